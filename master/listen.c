@@ -1,0 +1,146 @@
+#include "master/listen.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* SO_REUSEPORT lets any process of ours join a port silently, so before
+ * creating a group we make sure nobody listens there: a plain bind (with
+ * SO_REUSEADDR, so TIME_WAIT leftovers do not count) fails if someone does. */
+static int lb_listen_check_free(const struct lb_addr *a)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (sa->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    int rc = bind(fd, sa, a->len);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+static int lb_listen_socket(const struct lb_addr *a, int backlog)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        (sa->sa_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+        bind(fd, sa, a->len) < 0 || listen(fd, backlog) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+static struct lb_listen_group *lb_listen_find(struct lb_listen_set *set,
+                                              const struct lb_addr *a)
+{
+    for (size_t i = 0; set != NULL && i < set->ngroups; i++)
+        if (set->groups[i].fds != NULL && lb_addr_equal(&set->groups[i].addr, a))
+            return &set->groups[i];
+    return NULL;
+}
+
+static void lb_listen_group_close(struct lb_listen_group *g, unsigned from)
+{
+    for (unsigned i = from; g->fds != NULL && i < g->nfds; i++)
+        if (g->fds[i] >= 0)
+            close(g->fds[i]);
+}
+
+int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
+                   struct lb_listen_set *old, char *err, size_t errlen)
+{
+    unsigned n = cfg->workers;
+    set->ngroups = cfg->nlisteners;
+    set->groups = calloc(cfg->nlisteners, sizeof(*set->groups));
+    if (set->groups == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* Phase 1: open what is new, touching nothing of OLD. */
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct lb_listener_cfg *l = &cfg->listeners[i];
+        struct lb_listen_group *g = &set->groups[i];
+        struct lb_listen_group *prev = lb_listen_find(old, &l->addr);
+        g->addr = l->addr;
+        snprintf(g->address, sizeof(g->address), "%s", l->address);
+        g->nfds = n;
+        g->fds = malloc(n * sizeof(*g->fds));
+        if (g->fds == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        for (unsigned k = 0; k < n; k++)
+            g->fds[k] = -1;
+        if (prev == NULL && lb_listen_check_free(&l->addr) < 0) {
+            snprintf(err, errlen, "cannot listen on %s: %s%s", l->address, strerror(errno),
+                     errno == EADDRINUSE ? " (another process listens there)" : "");
+            goto fail;
+        }
+        for (unsigned k = prev ? prev->nfds : 0; k < n; k++) {
+            g->fds[k] = lb_listen_socket(&l->addr, l->backlog);
+            if (g->fds[k] < 0) {
+                snprintf(err, errlen, "cannot listen on %s: %s", l->address, strerror(errno));
+                goto fail;
+            }
+        }
+    }
+    /* Phase 2: take over the sockets OLD already has. */
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct lb_listen_group *g = &set->groups[i];
+        struct lb_listen_group *prev = lb_listen_find(old, &g->addr);
+        if (prev == NULL)
+            continue;
+        for (unsigned k = 0; k < prev->nfds && k < n; k++) {
+            g->fds[k] = prev->fds[k];
+            prev->fds[k] = -1;
+        }
+        lb_listen_group_close(prev, 0);     /* extra sockets of a shrink */
+        free(prev->fds);
+        prev->fds = NULL;
+    }
+    return 0;
+fail:
+    for (size_t i = 0; i < set->ngroups; i++) {
+        lb_listen_group_close(&set->groups[i], 0);
+        free(set->groups[i].fds);
+    }
+    free(set->groups);
+    set->groups = NULL;
+    set->ngroups = 0;
+    return -1;
+}
+
+void lb_listen_close(struct lb_listen_set *set)
+{
+    for (size_t i = 0; i < set->ngroups; i++) {
+        lb_listen_group_close(&set->groups[i], 0);
+        free(set->groups[i].fds);
+    }
+    free(set->groups);
+    set->groups = NULL;
+    set->ngroups = 0;
+}
+
+void lb_listen_fds_for(const struct lb_listen_set *set, unsigned id, int *fds)
+{
+    for (size_t i = 0; i < set->ngroups; i++)
+        fds[i] = id < set->groups[i].nfds ? set->groups[i].fds[id] : -1;
+}

@@ -1,0 +1,81 @@
+/* lbd: command line. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "master/master.h"
+#include "master/proctitle.h"
+#include "master/snapshot.h"
+#include "shared/config.h"
+
+#define LB_VERSION "0.1.0"
+#define LB_DEFAULT_CONFIG "/etc/lbd/lbd.conf"
+
+static void lb_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: lbd [-c FILE] [-w N] [-p PIDFILE] [-d] [-t] [-s]\n"
+            "  -c FILE   configuration file (default " LB_DEFAULT_CONFIG ")\n"
+            "  -w N      number of workers (overrides 'workers')\n"
+            "  -p FILE   write the master's pid to FILE\n"
+            "  -d        run in the background (default: foreground, for systemd)\n"
+            "  -t        check the configuration and exit (0 valid, 1 not)\n"
+            "  -s        print a JSON snapshot of the running instance's counters\n"
+            "  -v        print the version\n"
+            "signals to the master: TERM/QUIT graceful stop, INT fast stop,\n"
+            "HUP reload, USR1 reopen logs\n");
+}
+
+static int lb_check_config(const char *path)
+{
+    char err[512];
+    struct lb_config *cfg = NULL;
+    if (lb_config_load(path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "lbd: %s\n", err);
+        fprintf(stderr, "lbd: configuration file %s test failed\n", path);
+        return 1;
+    }
+    fprintf(stderr, "lbd: configuration file %s test is successful\n", cfg->path);
+    lb_config_free(cfg);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct lb_master_options opt = { .config_path = LB_DEFAULT_CONFIG };
+    bool test = false, snapshot = false;
+    int c;
+    while ((c = getopt(argc, argv, "c:w:p:dtsvh")) != -1) {
+        switch (c) {
+        case 'c': opt.config_path = optarg; break;
+        case 'p': opt.pid_file = optarg; break;
+        case 'd': opt.daemonize = true; break;
+        case 't': test = true; break;
+        case 's': snapshot = true; break;
+        case 'w': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end != '\0' || n < 1 || n > LB_MAX_WORKERS) {
+                fprintf(stderr, "lbd: -w takes a number from 1 to %d\n", LB_MAX_WORKERS);
+                return 1;
+            }
+            opt.workers = (unsigned)n;
+            break;
+        }
+        case 'v': printf("lbd " LB_VERSION "\n"); return 0;
+        case 'h': lb_usage(stdout); return 0;
+        default: lb_usage(stderr); return 1;
+        }
+    }
+    if (optind != argc) {
+        lb_usage(stderr);
+        return 1;
+    }
+    if (test)
+        return lb_check_config(opt.config_path);
+    if (snapshot)
+        return lb_snapshot_run(opt.config_path, stdout);
+    lb_proctitle_init(argc, argv);
+    return lb_master_run(&opt);
+}

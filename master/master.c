@@ -1,0 +1,525 @@
+#include "master/master.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "master/listen.h"
+#include "master/proctitle.h"
+#include "shared/config.h"
+#include "shared/instance.h"
+#include "shared/log.h"
+#include "shared/shm.h"
+#include "worker/worker.h"
+
+/* A worker that dies within this long of its start counts as crashing, and
+ * its respawns back off: 100 ms, 200 ms, ... up to LB_RESPAWN_MAX_MS. */
+#define LB_RESPAWN_FAST_MS  2000
+#define LB_RESPAWN_BASE_MS  100
+#define LB_RESPAWN_MAX_MS   10000
+#define LB_FAST_STOP_MS     5000
+
+struct lb_child {
+    pid_t pid;                  /* 0: slot unused */
+    unsigned id;
+    uint64_t generation;
+    uint64_t started_ms;
+    uint64_t kill_at_ms;        /* draining: SIGKILL after this, 0 if not draining */
+};
+
+struct lb_master {
+    const struct lb_master_options *opt;
+    struct lb_config *cfg;
+    struct lb_shm shm;
+    struct lb_listen_set listen;
+    uint64_t generation;
+    struct lb_child children[LB_SHM_MAX_SLOTS];     /* indexed by shm slot */
+    unsigned crashes[LB_MAX_WORKERS];               /* consecutive fast deaths */
+    uint64_t respawn_at[LB_MAX_WORKERS];            /* 0: none pending */
+    int instance_fd;
+    const char *pid_file;
+    bool stopping;
+    uint64_t stop_deadline_ms;
+};
+
+static volatile sig_atomic_t lb_sig_child, lb_sig_term, lb_sig_int, lb_sig_hup, lb_sig_usr1;
+
+static void lb_master_on_signal(int sig)
+{
+    switch (sig) {
+    case SIGCHLD: lb_sig_child = 1; break;
+    case SIGTERM:
+    case SIGQUIT: lb_sig_term = 1; break;
+    case SIGINT:  lb_sig_int = 1; break;
+    case SIGHUP:  lb_sig_hup = 1; break;
+    case SIGUSR1: lb_sig_usr1 = 1; break;
+    default: break;
+    }
+}
+
+static const int lb_master_signals[] = { SIGCHLD, SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1 };
+
+static int lb_master_setup_signals(sigset_t *wait_mask)
+{
+    sigset_t block;
+    sigemptyset(&block);
+    struct sigaction sa = { .sa_handler = lb_master_on_signal };
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < LB_ARRAY_SIZE(lb_master_signals); i++) {
+        sigaddset(&block, lb_master_signals[i]);
+        if (sigaction(lb_master_signals[i], &sa, NULL) < 0)
+            return -1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    /* Blocked except inside ppoll(): no flag is ever missed between a check
+     * and the wait. */
+    if (sigprocmask(SIG_BLOCK, &block, wait_mask) < 0)
+        return -1;
+    for (size_t i = 0; i < LB_ARRAY_SIZE(lb_master_signals); i++)
+        sigdelset(wait_mask, lb_master_signals[i]);
+    return 0;
+}
+
+/* ---- workers ------------------------------------------------------------ */
+
+static int lb_master_spawn(struct lb_master *m, unsigned id)
+{
+    struct lb_shm_header *h = m->shm.hdr;
+    int slot = lb_shm_slot_take(h, id, m->generation);
+    if (slot < 0) {
+        lb_log_error("no free worker slot in shared memory for worker %u", id);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        lb_log_error("fork() failed (%d: %s)", errno, strerror(errno));
+        lb_shm_slot_release(h, (unsigned)slot);
+        return -1;
+    }
+    if (pid == 0) {
+        char role[32];
+        snprintf(role, sizeof(role), "worker %u", id);
+        lb_log_set_role(role);
+        lb_proctitle_set("lbd: worker %u", id);
+        if (m->instance_fd >= 0)
+            close(m->instance_fd);
+        /* Keep this worker's sockets only: a socket's life must not depend
+         * on workers that never use it. */
+        int fds[m->cfg->nlisteners];
+        lb_listen_fds_for(&m->listen, id, fds);
+        for (size_t g = 0; g < m->listen.ngroups; g++)
+            for (unsigned k = 0; k < m->listen.groups[g].nfds; k++)
+                if (k != id)
+                    close(m->listen.groups[g].fds[k]);
+        close(m->shm.fd);
+        lb_worker_main(m->cfg, h, id, (unsigned)slot, fds);
+    }
+    struct lb_child *c = &m->children[slot];
+    *c = (struct lb_child){ .pid = pid, .id = id, .generation = m->generation,
+                            .started_ms = lb_now_ms() };
+    atomic_store(&lb_shm_worker(h, (unsigned)slot)->pid, (int32_t)pid);
+    lb_log_info("worker %u started (pid %d, generation %llu)", id, (int)pid,
+                (unsigned long long)m->generation);
+    return 0;
+}
+
+static size_t lb_master_live(const struct lb_master *m)
+{
+    size_t n = 0;
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
+        n += m->children[s].pid != 0;
+    return n;
+}
+
+static void lb_master_signal_all(struct lb_master *m, int sig)
+{
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
+        if (m->children[s].pid != 0)
+            kill(m->children[s].pid, sig);
+}
+
+static void lb_master_reclaim(struct lb_master *m)
+{
+    uint64_t oldest = m->generation;
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
+        if (m->children[s].pid != 0 && m->children[s].generation < oldest)
+            oldest = m->children[s].generation;
+    lb_shm_reclaim(m->shm.hdr, oldest);
+}
+
+static void lb_master_describe_exit(int status, char *buf, size_t len)
+{
+    if (WIFSIGNALED(status))
+        snprintf(buf, len, "killed by signal %d (%s)%s", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), WCOREDUMP(status) ? ", core dumped" : "");
+    else
+        snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
+}
+
+static void lb_master_reap(struct lb_master *m)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        size_t s = 0;
+        while (s < LB_SHM_MAX_SLOTS && m->children[s].pid != pid)
+            s++;
+        if (s == LB_SHM_MAX_SLOTS)
+            continue;
+        struct lb_child c = m->children[s];
+        m->children[s].pid = 0;
+        lb_shm_slot_release(m->shm.hdr, (unsigned)s);
+
+        char how[96];
+        lb_master_describe_exit(status, how, sizeof(how));
+        bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        bool expected = m->stopping || c.kill_at_ms != 0;
+        if (expected) {
+            if (clean)
+                lb_log_info("worker %u (pid %d) %s", c.id, (int)pid, how);
+            else
+                lb_log_warn("worker %u (pid %d) %s while stopping", c.id, (int)pid, how);
+            continue;
+        }
+        /* An unexpected death of a current worker: count it and respawn. */
+        atomic_fetch_add(&m->shm.hdr->worker_restarts[c.id], 1);
+        uint64_t now = lb_now_ms();
+        if (now - c.started_ms < LB_RESPAWN_FAST_MS)
+            m->crashes[c.id]++;
+        else
+            m->crashes[c.id] = 0;
+        uint64_t delay = 0;
+        if (m->crashes[c.id] > 0) {
+            unsigned shift = m->crashes[c.id] - 1 < 7 ? m->crashes[c.id] - 1 : 7;
+            delay = (uint64_t)LB_RESPAWN_BASE_MS << shift;
+            if (delay > LB_RESPAWN_MAX_MS)
+                delay = LB_RESPAWN_MAX_MS;
+        }
+        lb_log_error("worker %u (pid %d) %s; respawning in %llu ms", c.id, (int)pid, how,
+                     (unsigned long long)delay);
+        if (c.generation == m->generation && c.id < m->cfg->workers)
+            m->respawn_at[c.id] = now + delay + (delay == 0);
+    }
+    lb_master_reclaim(m);
+}
+
+static void lb_master_respawn_due(struct lb_master *m)
+{
+    uint64_t now = lb_now_ms();
+    for (unsigned id = 0; id < LB_MAX_WORKERS; id++) {
+        if (m->respawn_at[id] == 0 || m->respawn_at[id] > now)
+            continue;
+        m->respawn_at[id] = 0;
+        if (!m->stopping && lb_master_spawn(m, id) < 0)
+            m->respawn_at[id] = now + LB_RESPAWN_MAX_MS;
+    }
+}
+
+/* Draining workers past their deadline are killed. */
+static void lb_master_enforce_deadlines(struct lb_master *m)
+{
+    uint64_t now = lb_now_ms();
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+        struct lb_child *c = &m->children[s];
+        if (c->pid != 0 && c->kill_at_ms != 0 && c->kill_at_ms <= now) {
+            lb_log_warn("worker %u (pid %d) still busy after shutdown_timeout: killing it",
+                        c->id, (int)c->pid);
+            kill(c->pid, SIGKILL);
+            c->kill_at_ms = UINT64_MAX;     /* once */
+        }
+    }
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+static void lb_master_apply_overrides(const struct lb_master *m, struct lb_config *cfg)
+{
+    if (m->opt->workers != 0)
+        cfg->workers = m->opt->workers;
+}
+
+static int lb_master_open_log(const struct lb_config *cfg)
+{
+    lb_log_set_level(cfg->log_level);
+    if (lb_log_open(cfg->error_log) < 0) {
+        lb_log_error("cannot open error_log %s (%d: %s)", cfg->error_log, errno, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void lb_master_drain_generation(struct lb_master *m, uint64_t below)
+{
+    uint64_t deadline = lb_now_ms() + m->cfg->shutdown_timeout_ms;
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+        struct lb_child *c = &m->children[s];
+        if (c->pid != 0 && c->generation < below && c->kill_at_ms == 0) {
+            c->kill_at_ms = deadline ? deadline : 1;
+            kill(c->pid, SIGTERM);
+        }
+    }
+}
+
+static void lb_master_reload(struct lb_master *m)
+{
+    char err[512];
+    struct lb_config *cfg = NULL;
+    lb_log_info("reloading %s", m->cfg->path);
+    if (lb_config_load(m->opt->config_path, &cfg, err, sizeof(err)) < 0) {
+        lb_log_error("reload failed, keeping the running configuration: %s", err);
+        atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
+        return;
+    }
+    lb_master_apply_overrides(m, cfg);
+    struct lb_listen_set listen;
+    if (lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
+        lb_log_error("reload failed, keeping the running configuration: %s", err);
+        atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
+        lb_config_free(cfg);
+        return;
+    }
+    uint64_t gen = m->generation + 1;
+    if (lb_shm_assign(m->shm.hdr, cfg, gen, err, sizeof(err)) < 0) {
+        /* Ids handed out so far stay valid; the old generation keeps its. */
+        lb_log_error("reload failed, keeping the running configuration: %s", err);
+        atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
+        lb_listen_close(&m->listen);
+        m->listen = listen;
+        lb_config_free(cfg);
+        return;
+    }
+    lb_listen_close(&m->listen);    /* only what the new set did not take over */
+    m->listen = listen;
+    struct lb_config *old = m->cfg;
+    m->cfg = cfg;
+    m->generation = gen;
+    atomic_store(&m->shm.hdr->generation, gen);
+    atomic_store(&m->shm.hdr->workers, cfg->workers);
+    lb_master_open_log(cfg);
+
+    /* New workers first, then the old ones drain: the sockets are never
+     * without a worker that accepts. */
+    for (unsigned id = 0; id < LB_MAX_WORKERS; id++)
+        m->respawn_at[id] = 0;
+    for (unsigned id = 0; id < cfg->workers; id++) {
+        m->crashes[id] = 0;
+        if (lb_master_spawn(m, id) < 0)
+            m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
+    }
+    lb_master_drain_generation(m, gen);
+    lb_config_free(old);
+    atomic_fetch_add(&m->shm.hdr->reloads, 1);
+    lb_log_info("configuration reloaded (generation %llu, %u workers)",
+                (unsigned long long)gen, cfg->workers);
+}
+
+/* ---- start and stop ----------------------------------------------------- */
+
+static int lb_master_write_pid(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "%d\n", (int)getpid());
+    if (fclose(f) != 0 || rename(tmp, path) < 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static int lb_master_daemonize(void)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid > 0)
+        _exit(0);
+    if (setsid() < 0)
+        return -1;
+    int fd = open("/dev/null", O_RDWR);
+    if (fd < 0)
+        return -1;
+    dup2(fd, 0);
+    dup2(fd, 1);
+    if (lb_log_fd() != 2)
+        dup2(fd, 2);
+    if (fd > 2)
+        close(fd);
+    return 0;
+}
+
+static void lb_master_begin_stop(struct lb_master *m, bool graceful)
+{
+    if (m->stopping && graceful)
+        return;
+    m->stopping = true;
+    uint64_t wait = graceful ? m->cfg->shutdown_timeout_ms : LB_FAST_STOP_MS;
+    m->stop_deadline_ms = lb_now_ms() + wait;
+    lb_log_info("%s stop: %zu worker(s) to wait for", graceful ? "graceful" : "fast",
+                lb_master_live(m));
+    /* Listeners close now: the workers close their copies as they drain. */
+    lb_listen_close(&m->listen);
+    lb_master_signal_all(m, graceful ? SIGTERM : SIGINT);
+}
+
+static int lb_master_timeout(const struct lb_master *m)
+{
+    uint64_t now = lb_now_ms(), next = UINT64_MAX;
+    for (unsigned id = 0; id < LB_MAX_WORKERS; id++)
+        if (m->respawn_at[id] != 0 && m->respawn_at[id] < next)
+            next = m->respawn_at[id];
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
+        if (m->children[s].pid != 0 && m->children[s].kill_at_ms != 0 &&
+            m->children[s].kill_at_ms < next)
+            next = m->children[s].kill_at_ms;
+    if (m->stopping && m->stop_deadline_ms < next)
+        next = m->stop_deadline_ms;
+    if (next == UINT64_MAX)
+        return -1;
+    return next <= now ? 0 : (int)(next - now < 60000 ? next - now : 60000);
+}
+
+static int lb_master_start(struct lb_master *m)
+{
+    char err[512];
+    if (lb_config_load(m->opt->config_path, &m->cfg, err, sizeof(err)) < 0) {
+        lb_log_error("%s", err);
+        return -1;
+    }
+    lb_master_apply_overrides(m, m->cfg);
+    m->pid_file = m->opt->pid_file ? m->opt->pid_file : m->cfg->pid_file;
+
+    m->instance_fd = lb_instance_listen(m->cfg->path);
+    if (m->instance_fd < 0) {
+        if (errno == EADDRINUSE)
+            lb_log_error("an lbd for %s is already running", m->cfg->path);
+        else
+            lb_log_error("rendezvous socket failed (%d: %s)", errno, strerror(errno));
+        return -1;
+    }
+    if (lb_listen_open(&m->listen, m->cfg, NULL, err, sizeof(err)) < 0) {
+        lb_log_error("%s", err);
+        return -1;
+    }
+    if (lb_shm_create(&m->shm) < 0) {
+        lb_log_error("shared memory: memfd_create() failed (%d: %s)", errno, strerror(errno));
+        return -1;
+    }
+    m->generation = 1;
+    if (lb_shm_assign(m->shm.hdr, m->cfg, m->generation, err, sizeof(err)) < 0) {
+        lb_log_error("%s", err);
+        return -1;
+    }
+    atomic_store(&m->shm.hdr->generation, m->generation);
+    atomic_store(&m->shm.hdr->workers, m->cfg->workers);
+    if (lb_master_open_log(m->cfg) < 0)
+        return -1;
+    if (m->opt->daemonize && lb_master_daemonize() < 0) {
+        lb_log_error("daemonizing failed (%d: %s)", errno, strerror(errno));
+        return -1;
+    }
+    atomic_store(&m->shm.hdr->master_pid, (int32_t)getpid());
+    if (m->pid_file != NULL && lb_master_write_pid(m->pid_file) < 0) {
+        lb_log_error("cannot write pid file %s (%d: %s)", m->pid_file, errno, strerror(errno));
+        return -1;
+    }
+    lb_proctitle_set("lbd: master");
+    lb_log_info("lbd starting: %s, %u worker(s), %zu listener(s)", m->cfg->path,
+                m->cfg->workers, m->cfg->nlisteners);
+    for (unsigned id = 0; id < m->cfg->workers; id++)
+        if (lb_master_spawn(m, id) < 0)
+            return -1;
+    return 0;
+}
+
+int lb_master_run(const struct lb_master_options *opt)
+{
+    static struct lb_master master;
+    struct lb_master *m = &master;
+    m->opt = opt;
+    m->instance_fd = -1;
+    m->shm.fd = -1;
+    lb_log_set_role("master");
+
+    sigset_t wait_mask;
+    if (lb_master_setup_signals(&wait_mask) < 0) {
+        lb_log_error("signal setup failed (%d: %s)", errno, strerror(errno));
+        return 1;
+    }
+    int rc = 1;
+    if (lb_master_start(m) < 0) {
+        if (lb_master_live(m) > 0) {
+            lb_master_signal_all(m, SIGINT);
+            while (wait(NULL) > 0)
+                ;
+        }
+        goto out;
+    }
+
+    for (;;) {
+        if (lb_sig_child) {
+            lb_sig_child = 0;
+            lb_master_reap(m);
+        }
+        if (lb_sig_int) {
+            lb_sig_int = 0;
+            lb_master_begin_stop(m, false);
+        }
+        if (lb_sig_term) {
+            lb_sig_term = 0;
+            lb_master_begin_stop(m, true);
+        }
+        if (lb_sig_hup) {
+            lb_sig_hup = 0;
+            if (!m->stopping)
+                lb_master_reload(m);
+        }
+        if (lb_sig_usr1) {
+            lb_sig_usr1 = 0;
+            if (lb_log_reopen() < 0)
+                lb_log_error("reopening the log failed (%d: %s)", errno, strerror(errno));
+            lb_master_signal_all(m, SIGUSR1);
+        }
+        lb_master_respawn_due(m);
+        lb_master_enforce_deadlines(m);
+        if (m->stopping) {
+            if (lb_master_live(m) == 0)
+                break;
+            if (lb_now_ms() >= m->stop_deadline_ms) {
+                lb_log_warn("shutdown_timeout reached: killing %zu worker(s)", lb_master_live(m));
+                lb_master_signal_all(m, SIGKILL);
+                m->stop_deadline_ms = UINT64_MAX;
+            }
+        }
+
+        struct pollfd pfd = { .fd = m->instance_fd, .events = POLLIN };
+        int t = lb_master_timeout(m);
+        struct timespec ts = { .tv_sec = t / 1000, .tv_nsec = (long)(t % 1000) * 1000000L };
+        int n = ppoll(&pfd, 1, t < 0 ? NULL : &ts, &wait_mask);
+        if (n > 0 && (pfd.revents & POLLIN))
+            lb_instance_serve(m->instance_fd, m->shm.fd);
+    }
+    lb_log_info("stopped");
+    rc = 0;
+out:
+    if (m->pid_file != NULL && rc == 0)
+        unlink(m->pid_file);
+    if (m->instance_fd >= 0)
+        close(m->instance_fd);
+    lb_listen_close(&m->listen);
+    if (m->shm.hdr != NULL)
+        lb_shm_close(&m->shm);
+    lb_config_free(m->cfg);
+    return rc;
+}

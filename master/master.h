@@ -1,0 +1,28 @@
+/* The master process: owns the configuration, the shm segment and every
+ * listen socket; forks, supervises and replaces workers. Nothing else, so
+ * it has nothing that can make it fall over.
+ *
+ * Signals (handlers only set flags; the loop handles them in this order):
+ *   CHLD        reap, respawn crashed workers (with backoff)
+ *   INT         fast stop
+ *   TERM, QUIT  graceful stop within shutdown_timeout, exit 0
+ *   HUP         reload: a bad file is refused (FILE:LINE logged) and the
+ *               running generation keeps serving
+ *   USR1        reopen log files (and tell the workers)
+ */
+#ifndef LB_MASTER_H
+#define LB_MASTER_H
+
+#include <stdbool.h>
+
+struct lb_master_options {
+    const char *config_path;
+    const char *pid_file;       /* -p, overrides pid_file */
+    unsigned workers;           /* -w, 0: from the config */
+    bool daemonize;             /* -d */
+};
+
+/* Run the master until it stops. Returns the process exit status. */
+int lb_master_run(const struct lb_master_options *opt);
+
+#endif

@@ -1,0 +1,137 @@
+#include "master/snapshot.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shared/instance.h"
+
+static const char *const lb_class_names[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+
+static void lb_snapshot_classes(FILE *out, const uint64_t *c)
+{
+    fputc('{', out);
+    for (unsigned i = 0; i < LB_STATUS_CLASSES; i++)
+        fprintf(out, "%s\"%s\":%llu", i ? "," : "", lb_class_names[i], (unsigned long long)c[i]);
+    fputc('}', out);
+}
+
+static const char *lb_slot_state_name(uint32_t st)
+{
+    return st == LB_SLOT_RUNNING ? "running" : st == LB_SLOT_DRAINING ? "draining" : "free";
+}
+
+/* Names in shm were validated by the config loader (no quotes, no
+ * backslashes, printable), so they need no escaping. */
+void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
+{
+    fprintf(out, "{\"layout_version\":%u,\"master_pid\":%d,\"generation\":%llu,"
+                 "\"started_ms\":%llu,\"reloads\":%llu,\"reload_failures\":%llu,\"workers\":[",
+            h->layout_version, (int)atomic_load(&h->master_pid),
+            (unsigned long long)atomic_load(&h->generation),
+            (unsigned long long)atomic_load(&h->started_ms),
+            (unsigned long long)atomic_load(&h->reloads),
+            (unsigned long long)atomic_load(&h->reload_failures));
+    unsigned used = atomic_load(&h->slots_used);
+    bool first = true;
+    uint64_t totals[5] = { 0 };     /* connections, requests, active, in, out */
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_worker *w = lb_shm_worker(h, s);
+        uint32_t st = atomic_load(&w->state);
+        uint64_t resp[LB_STATUS_CLASSES];
+        for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
+            resp[c] = lb_counter_get(&w->responses[c]);
+        uint64_t conns = lb_counter_get(&w->connections);
+        uint64_t reqs = lb_counter_get(&w->requests);
+        uint64_t active = lb_counter_get(&w->active_connections);
+        uint64_t bin = lb_counter_get(&w->bytes_in), bout = lb_counter_get(&w->bytes_out);
+        totals[0] += conns;
+        totals[1] += reqs;
+        totals[2] += active;
+        totals[3] += bin;
+        totals[4] += bout;
+        if (st == LB_SLOT_FREE)
+            continue;       /* its counts live on in the totals */
+        unsigned id = atomic_load(&w->id);
+        fprintf(out, "%s{\"id\":%u,\"slot\":%u,\"pid\":%d,\"state\":\"%s\",\"generation\":%u,"
+                     "\"restarts\":%llu,\"connections\":%llu,\"active_connections\":%llu,"
+                     "\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
+                first ? "" : ",", id, s, (int)atomic_load(&w->pid), lb_slot_state_name(st),
+                atomic_load(&w->generation),
+                (unsigned long long)(id < LB_MAX_WORKERS ? atomic_load(&h->worker_restarts[id]) : 0),
+                (unsigned long long)conns, (unsigned long long)active,
+                (unsigned long long)reqs, (unsigned long long)bin, (unsigned long long)bout);
+        lb_snapshot_classes(out, resp);
+        fputc('}', out);
+        first = false;
+    }
+    uint64_t restarts = 0;
+    for (unsigned i = 0; i < LB_MAX_WORKERS; i++)
+        restarts += atomic_load(&h->worker_restarts[i]);
+    fprintf(out, "],\"totals\":{\"connections\":%llu,\"requests\":%llu,"
+                 "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                 "\"worker_restarts\":%llu},\"pools\":[",
+            (unsigned long long)totals[0], (unsigned long long)totals[1],
+            (unsigned long long)totals[2], (unsigned long long)totals[3],
+            (unsigned long long)totals[4], (unsigned long long)restarts);
+
+    static const char *const entry_state[] = { "free", "active", "retired" };
+    first = true;
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        uint32_t pst = atomic_load(&pool->state);
+        if (pst == LB_ENTRY_FREE)
+            continue;
+        fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"servers\":[", first ? "" : ",",
+                pool->name, entry_state[pst]);
+        first = false;
+        bool sfirst = true;
+        for (unsigned b = 0; b < h->max_backends; b++) {
+            struct lb_shm_backend *be = lb_shm_backend(h, b);
+            uint32_t bst = atomic_load(&be->state);
+            if (bst == LB_ENTRY_FREE || be->pool_id != p)
+                continue;
+            struct lb_backend_totals t;
+            lb_shm_backend_sum(h, b, &t);
+            fprintf(out, "%s{\"id\":%u,\"address\":\"%s\",\"state\":\"%s\",\"weight\":%u,"
+                         "\"requests\":%llu,\"active\":%llu,\"failures\":%llu,"
+                         "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
+                    sfirst ? "" : ",", b, be->address, entry_state[bst],
+                    atomic_load(&be->weight), (unsigned long long)t.requests,
+                    (unsigned long long)t.active, (unsigned long long)t.failures,
+                    (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out);
+            lb_snapshot_classes(out, t.responses);
+            fputc('}', out);
+            sfirst = false;
+        }
+        fputs("]}", out);
+    }
+    fputs("]}\n", out);
+}
+
+int lb_snapshot_run(const char *config_path, FILE *out)
+{
+    char *path = realpath(config_path, NULL);
+    if (path == NULL) {
+        fprintf(stderr, "lbd: %s: %s\n", config_path, strerror(errno));
+        return 1;
+    }
+    int fd = lb_instance_fetch(path);
+    if (fd < 0) {
+        fprintf(stderr, "lbd: no running lbd for %s (%s)\n", path, strerror(errno));
+        free(path);
+        return 1;
+    }
+    free(path);
+    struct lb_shm shm;
+    const char *why = NULL;
+    if (lb_shm_attach(fd, true, &shm, &why) < 0) {
+        fprintf(stderr, "lbd: cannot read the shared memory: %s\n", why);
+        close(fd);
+        return 1;
+    }
+    lb_snapshot_write(shm.hdr, out);
+    lb_shm_close(&shm);
+    return fflush(out) == 0 ? 0 : 1;
+}

@@ -1,0 +1,15 @@
+/* `lbd -s`: a JSON snapshot of a running instance's shared memory. */
+#ifndef LB_SNAPSHOT_H
+#define LB_SNAPSHOT_H
+
+#include <stdio.h>
+
+#include "shared/shm.h"
+
+/* Print the segment of the lbd running CONFIG_PATH to OUT. Returns the exit
+ * status (0, or 1 with the reason on stderr). */
+int lb_snapshot_run(const char *config_path, FILE *out);
+/* Write H as JSON (used by lb_snapshot_run; separate for tests). */
+void lb_snapshot_write(const struct lb_shm_header *h, FILE *out);
+
+#endif

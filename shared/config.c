@@ -1,0 +1,548 @@
+#include "shared/config.h"
+
+#include <errno.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Defaults chosen to match what nginx/HAProxy users expect out of the box. */
+#define LB_DEFAULT_SHUTDOWN_TIMEOUT_MS  30000
+#define LB_DEFAULT_BACKLOG              511
+#define LB_DEFAULT_KEEPALIVE            32
+#define LB_DEFAULT_WEIGHT               1
+
+struct lb_loader {
+    const char *path;       /* main file, for errors without a setting */
+    char *err;
+    size_t errlen;
+};
+
+static int lb_cfg_fail(struct lb_loader *ld, const config_setting_t *s,
+                       const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int lb_cfg_fail(struct lb_loader *ld, const config_setting_t *s,
+                       const char *fmt, ...)
+{
+    const char *file = s ? config_setting_source_file(s) : NULL;
+    int line = s ? (int)config_setting_source_line(s) : 0;
+    int n = snprintf(ld->err, ld->errlen, "%s:%d: ", file ? file : ld->path, line);
+    if (n < 0 || (size_t)n >= ld->errlen)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Refuse keys we do not know: a typo must not silently mean "default". */
+static int lb_cfg_check_keys(struct lb_loader *ld, const config_setting_t *group,
+                             const char *what, const char *const *allowed)
+{
+    int n = config_setting_length(group);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(group, (unsigned)i);
+        const char *name = config_setting_name(e);
+        bool ok = false;
+        for (const char *const *a = allowed; *a; a++)
+            if (strcmp(name, *a) == 0)
+                ok = true;
+        if (!ok)
+            return lb_cfg_fail(ld, e, "unknown key '%s' in %s", name, what);
+    }
+    return 0;
+}
+
+static const config_setting_t *lb_cfg_member(const config_setting_t *group,
+                                             const char *name)
+{
+    return config_setting_get_member(group, name);
+}
+
+static int lb_cfg_string(struct lb_loader *ld, const config_setting_t *group,
+                         const char *name, const char **out, bool required)
+{
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s == NULL) {
+        if (required)
+            return lb_cfg_fail(ld, group, "missing required key '%s'", name);
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return lb_cfg_fail(ld, s, "'%s' must be a string", name);
+    *out = config_setting_get_string(s);
+    return 0;
+}
+
+static int lb_cfg_int(struct lb_loader *ld, const config_setting_t *group,
+                      const char *name, long long lo, long long hi, long long *out)
+{
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s == NULL)
+        return 0;
+    int t = config_setting_type(s);
+    if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+        return lb_cfg_fail(ld, s, "'%s' must be an integer", name);
+    long long v = config_setting_get_int64(s);
+    if (v < lo || v > hi)
+        return lb_cfg_fail(ld, s, "'%s' must be between %lld and %lld", name, lo, hi);
+    *out = v;
+    return 0;
+}
+
+static int lb_cfg_duration(struct lb_loader *ld, const config_setting_t *group,
+                           const char *name, uint64_t *out)
+{
+    const char *str = NULL;
+    if (lb_cfg_string(ld, group, name, &str, false) < 0)
+        return -1;
+    if (str == NULL)
+        return 0;
+    if (lb_duration_parse(str, out) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(group, name),
+                           "'%s': invalid duration \"%s\" (use e.g. \"250ms\", \"2s\", \"1m\")",
+                           name, str);
+    return 0;
+}
+
+static int lb_cfg_list(struct lb_loader *ld, const config_setting_t *root,
+                       const char *name, const config_setting_t **out, bool required)
+{
+    const config_setting_t *s = lb_cfg_member(root, name);
+    if (s == NULL) {
+        if (required)
+            return lb_cfg_fail(ld, root, "missing required list '%s'", name);
+        *out = NULL;
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, s, "'%s' must be a list: %s = ( { ... }, ... );",
+                           name, name);
+    *out = s;
+    return 0;
+}
+
+static int lb_cfg_group_elem(struct lb_loader *ld, const config_setting_t *list,
+                             unsigned i, const char *what, const config_setting_t **out)
+{
+    const config_setting_t *e = config_setting_get_elem(list, i);
+    if (config_setting_type(e) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, e, "each %s must be a group { ... }", what);
+    *out = e;
+    return 0;
+}
+
+static int lb_cfg_address(struct lb_loader *ld, const config_setting_t *group,
+                          bool wildcard, struct lb_addr *addr, char *canon)
+{
+    const char *str = NULL;
+    const char *why = NULL;
+    if (lb_cfg_string(ld, group, "address", &str, true) < 0)
+        return -1;
+    if (lb_addr_parse(str, wildcard, addr, &why) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(group, "address"),
+                           "bad address \"%s\": %s", str, why);
+    lb_addr_format(addr, canon, LB_ADDR_STR_MAX);
+    return 0;
+}
+
+static bool lb_name_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= LB_NAME_MAX)
+        return false;
+    for (const char *p = s; *p; p++) {
+        char c = *p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
+                            struct lb_config *cfg)
+{
+    static const char *const keys[] = { "address", "backlog", NULL };
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, root, "listeners", &list, true) < 0)
+        return -1;
+    int n = config_setting_length(list);
+    if (n == 0)
+        return lb_cfg_fail(ld, list, "'listeners' must not be empty");
+    cfg->listeners = calloc((size_t)n, sizeof(*cfg->listeners));
+    if (cfg->listeners == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = NULL;
+        struct lb_listener_cfg *l = &cfg->listeners[i];
+        long long backlog = LB_DEFAULT_BACKLOG;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "listener", &g) < 0 ||
+            lb_cfg_check_keys(ld, g, "listener", keys) < 0 ||
+            lb_cfg_address(ld, g, true, &l->addr, l->address) < 0 ||
+            lb_cfg_int(ld, g, "backlog", 1, 65535, &backlog) < 0)
+            return -1;
+        l->backlog = (int)backlog;
+        cfg->nlisteners++;
+        for (int j = 0; j < i; j++)
+            if (lb_addr_equal(&cfg->listeners[j].addr, &l->addr))
+                return lb_cfg_fail(ld, g, "duplicate listener address %s", l->address);
+    }
+    return 0;
+}
+
+static int lb_cfg_strategy(struct lb_loader *ld, const config_setting_t *g,
+                           enum lb_strategy *out)
+{
+    static const struct { const char *name; enum lb_strategy s; } names[] = {
+        { "round_robin", LB_STRATEGY_ROUND_ROBIN },
+        { "weighted_round_robin", LB_STRATEGY_WEIGHTED_ROUND_ROBIN },
+    };
+    const char *str = NULL;
+    if (lb_cfg_string(ld, g, "strategy", &str, false) < 0)
+        return -1;
+    if (str == NULL) {
+        *out = LB_STRATEGY_ROUND_ROBIN;
+        return 0;
+    }
+    for (size_t i = 0; i < LB_ARRAY_SIZE(names); i++) {
+        if (strcmp(str, names[i].name) == 0) {
+            *out = names[i].s;
+            return 0;
+        }
+    }
+    return lb_cfg_fail(ld, lb_cfg_member(g, "strategy"),
+                       "unknown strategy \"%s\" (round_robin, weighted_round_robin)", str);
+}
+
+const char *lb_strategy_name(enum lb_strategy s)
+{
+    switch (s) {
+    case LB_STRATEGY_ROUND_ROBIN:          return "round_robin";
+    case LB_STRATEGY_WEIGHTED_ROUND_ROBIN: return "weighted_round_robin";
+    }
+    return "?";
+}
+
+static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_group,
+                          struct lb_pool_cfg *p)
+{
+    static const char *const keys[] = { "address", "weight", NULL };
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, pool_group, "servers", &list, true) < 0)
+        return -1;
+    int n = config_setting_length(list);
+    p->servers = calloc(n > 0 ? (size_t)n : 1, sizeof(*p->servers));
+    if (p->servers == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = NULL;
+        struct lb_server_cfg *s = &p->servers[i];
+        long long weight = LB_DEFAULT_WEIGHT;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "server", &g) < 0 ||
+            lb_cfg_check_keys(ld, g, "server", keys) < 0 ||
+            lb_cfg_address(ld, g, false, &s->addr, s->address) < 0 ||
+            lb_cfg_int(ld, g, "weight", 0, LB_WEIGHT_MAX, &weight) < 0)
+            return -1;
+        s->weight = (unsigned)weight;
+        p->nservers++;
+        for (int j = 0; j < i; j++)
+            if (lb_addr_equal(&p->servers[j].addr, &s->addr))
+                return lb_cfg_fail(ld, g, "duplicate server %s in pool '%s'",
+                                   s->address, p->name);
+    }
+    return 0;
+}
+
+static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
+                        struct lb_config *cfg)
+{
+    static const char *const keys[] = { "name", "strategy", "servers", "keepalive", NULL };
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
+        return -1;
+    int n = config_setting_length(list);
+    if (n == 0)
+        return lb_cfg_fail(ld, list, "'pools' must not be empty");
+    cfg->pools = calloc((size_t)n, sizeof(*cfg->pools));
+    if (cfg->pools == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = NULL;
+        struct lb_pool_cfg *p = &cfg->pools[i];
+        const char *name = NULL;
+        long long keepalive = LB_DEFAULT_KEEPALIVE;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "pool", &g) < 0 ||
+            lb_cfg_check_keys(ld, g, "pool", keys) < 0 ||
+            lb_cfg_string(ld, g, "name", &name, true) < 0)
+            return -1;
+        cfg->npools++;
+        if (!lb_name_valid(name))
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "bad pool name \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", name);
+        snprintf(p->name, sizeof(p->name), "%s", name);
+        for (int j = 0; j < i; j++)
+            if (strcmp(cfg->pools[j].name, name) == 0)
+                return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                                   "duplicate pool name '%s'", name);
+        if (lb_cfg_strategy(ld, g, &p->strategy) < 0 ||
+            lb_cfg_int(ld, g, "keepalive", 0, 100000, &keepalive) < 0 ||
+            lb_cfg_servers(ld, g, p) < 0)
+            return -1;
+        p->keepalive = (unsigned)keepalive;
+    }
+    return 0;
+}
+
+static int lb_cfg_route_host(struct lb_loader *ld, const config_setting_t *g,
+                             struct lb_route_cfg *r)
+{
+    const char *host = "*";
+    if (lb_cfg_string(ld, g, "host", &host, false) < 0)
+        return -1;
+    if (strcmp(host, "*") == 0) {
+        r->host_match = LB_HOST_ANY;
+        return 0;
+    }
+    const char *name = host;
+    r->host_match = LB_HOST_EXACT;
+    if (strncmp(host, "*.", 2) == 0) {
+        r->host_match = LB_HOST_SUFFIX;
+        name = host + 1;        /* keep the dot: ".example.com" */
+    }
+    size_t n = strlen(name);
+    bool ok = n > (r->host_match == LB_HOST_SUFFIX ? 1u : 0u) && n < sizeof(r->host);
+    for (size_t i = 0; ok && i < n; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+        r->host[i] = c;
+    }
+    if (!ok)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "host"),
+                           "bad host \"%s\" (use \"*\", \"name.example.com\" or \"*.example.com\")",
+                           host);
+    r->host[n] = '\0';
+    r->host_len = n;
+    return 0;
+}
+
+static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
+                         struct lb_config *cfg)
+{
+    static const char *const keys[] = { "host", "path_prefix", "pool", NULL };
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, root, "routes", &list, false) < 0)
+        return -1;
+    if (list == NULL) {
+        /* One pool and no routes: everything goes to it. */
+        if (cfg->npools != 1)
+            return lb_cfg_fail(ld, root, "missing 'routes' (required when there is more than one pool)");
+        cfg->routes = calloc(1, sizeof(*cfg->routes));
+        if (cfg->routes == NULL)
+            return lb_cfg_fail(ld, root, "out of memory");
+        cfg->routes[0] = (struct lb_route_cfg){ .host_match = LB_HOST_ANY,
+                                                .path_prefix = "/", .path_len = 1 };
+        cfg->nroutes = 1;
+        return 0;
+    }
+    int n = config_setting_length(list);
+    cfg->routes = calloc(n > 0 ? (size_t)n : 1, sizeof(*cfg->routes));
+    if (cfg->routes == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = NULL;
+        struct lb_route_cfg *r = &cfg->routes[i];
+        const char *prefix = "/";
+        const char *pool = NULL;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "route", &g) < 0 ||
+            lb_cfg_check_keys(ld, g, "route", keys) < 0 ||
+            lb_cfg_route_host(ld, g, r) < 0 ||
+            lb_cfg_string(ld, g, "path_prefix", &prefix, false) < 0 ||
+            lb_cfg_string(ld, g, "pool", &pool, true) < 0)
+            return -1;
+        cfg->nroutes++;
+        if (prefix[0] != '/' || strlen(prefix) >= sizeof(r->path_prefix))
+            return lb_cfg_fail(ld, lb_cfg_member(g, "path_prefix"),
+                               "path_prefix must start with '/' (got \"%s\")", prefix);
+        snprintf(r->path_prefix, sizeof(r->path_prefix), "%s", prefix);
+        r->path_len = strlen(prefix);
+        size_t p = 0;
+        while (p < cfg->npools && strcmp(cfg->pools[p].name, pool) != 0)
+            p++;
+        if (p == cfg->npools)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "pool"),
+                               "route to unknown pool '%s'", pool);
+        r->pool = p;
+    }
+    return 0;
+}
+
+static int lb_cfg_timeouts(struct lb_loader *ld, const config_setting_t *root,
+                           struct lb_timeouts *t)
+{
+    static const char *const keys[] = { "client_header", "client_idle", "connect",
+                                        "backend_response", "backend_idle", "send", NULL };
+    *t = (struct lb_timeouts){
+        .client_header_ms = 30000,
+        .client_idle_ms = 60000,
+        .connect_ms = 5000,
+        .backend_response_ms = 60000,
+        .backend_idle_ms = 30000,
+        .send_ms = 60000,
+    };
+    const config_setting_t *g = lb_cfg_member(root, "timeouts");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'timeouts' must be a group { ... }");
+    if (lb_cfg_check_keys(ld, g, "timeouts", keys) < 0 ||
+        lb_cfg_duration(ld, g, "client_header", &t->client_header_ms) < 0 ||
+        lb_cfg_duration(ld, g, "client_idle", &t->client_idle_ms) < 0 ||
+        lb_cfg_duration(ld, g, "connect", &t->connect_ms) < 0 ||
+        lb_cfg_duration(ld, g, "backend_response", &t->backend_response_ms) < 0 ||
+        lb_cfg_duration(ld, g, "backend_idle", &t->backend_idle_ms) < 0 ||
+        lb_cfg_duration(ld, g, "send", &t->send_ms) < 0)
+        return -1;
+    return 0;
+}
+
+static int lb_cfg_workers(struct lb_loader *ld, const config_setting_t *root,
+                          struct lb_config *cfg)
+{
+    const config_setting_t *s = lb_cfg_member(root, "workers");
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ncpu < 1)
+        ncpu = 1;
+    if (ncpu > LB_MAX_WORKERS)
+        ncpu = LB_MAX_WORKERS;
+    if (s == NULL) {
+        cfg->workers = (unsigned)ncpu;
+        cfg->workers_auto = true;
+        return 0;
+    }
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        if (strcmp(config_setting_get_string(s), "auto") != 0)
+            return lb_cfg_fail(ld, s, "'workers' must be a number or \"auto\"");
+        cfg->workers = (unsigned)ncpu;
+        cfg->workers_auto = true;
+        return 0;
+    }
+    long long n = 0;
+    if (lb_cfg_int(ld, root, "workers", 1, LB_MAX_WORKERS, &n) < 0)
+        return -1;
+    cfg->workers = (unsigned)n;
+    return 0;
+}
+
+static int lb_cfg_strdup(struct lb_loader *ld, const config_setting_t *root,
+                         const char *name, char **out)
+{
+    const char *str = NULL;
+    if (lb_cfg_string(ld, root, name, &str, false) < 0)
+        return -1;
+    if (str == NULL)
+        return 0;
+    if (*str == '\0')
+        return lb_cfg_fail(ld, lb_cfg_member(root, name), "'%s' must not be empty", name);
+    *out = strdup(str);
+    if (*out == NULL)
+        return lb_cfg_fail(ld, root, "out of memory");
+    return 0;
+}
+
+static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
+                       struct lb_config *cfg)
+{
+    static const char *const keys[] = { "workers", "shutdown_timeout", "error_log",
+                                        "log_level", "pid_file", "timeouts",
+                                        "listeners", "pools", "routes", NULL };
+    const char *level = NULL;
+    cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
+    cfg->log_level = LB_LOG_INFO;
+    if (lb_cfg_check_keys(ld, root, "the top level", keys) < 0 ||
+        lb_cfg_workers(ld, root, cfg) < 0 ||
+        lb_cfg_duration(ld, root, "shutdown_timeout", &cfg->shutdown_timeout_ms) < 0 ||
+        lb_cfg_strdup(ld, root, "error_log", &cfg->error_log) < 0 ||
+        lb_cfg_strdup(ld, root, "pid_file", &cfg->pid_file) < 0 ||
+        lb_cfg_string(ld, root, "log_level", &level, false) < 0)
+        return -1;
+    if (level != NULL && lb_log_level_parse(level, &cfg->log_level) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(root, "log_level"),
+                           "unknown log_level \"%s\" (error, warn, info, debug)", level);
+    if (lb_cfg_timeouts(ld, root, &cfg->timeouts) < 0 ||
+        lb_cfg_listeners(ld, root, cfg) < 0 ||
+        lb_cfg_pools(ld, root, cfg) < 0 ||
+        lb_cfg_routes(ld, root, cfg) < 0)
+        return -1;
+    return 0;
+}
+
+int lb_config_load(const char *path, struct lb_config **out, char *err, size_t errlen)
+{
+    struct lb_loader ld = { .path = path, .err = err, .errlen = errlen };
+    config_t lc;
+    int rc = -1;
+    struct lb_config *cfg = calloc(1, sizeof(*cfg));
+    if (cfg == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    config_init(&lc);
+
+    cfg->path = realpath(path, NULL);
+    if (cfg->path == NULL) {
+        snprintf(err, errlen, "%s:0: cannot open: %s", path, strerror(errno));
+        goto out;
+    }
+    /* @include "x.conf" is relative to the main file's directory. */
+    char *dir = strdup(cfg->path);
+    if (dir == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    config_set_include_dir(&lc, dir);
+    int ok = config_read_file(&lc, cfg->path);
+    free(dir);
+    if (!ok) {
+        if (config_error_type(&lc) == CONFIG_ERR_FILE_IO)
+            snprintf(err, errlen, "%s:0: cannot read file", path);
+        else
+            snprintf(err, errlen, "%s:%d: %s",
+                     config_error_file(&lc) ? config_error_file(&lc) : path,
+                     config_error_line(&lc), config_error_text(&lc));
+        goto out;
+    }
+    if (lb_cfg_root(&ld, config_root_setting(&lc), cfg) < 0)
+        goto out;
+    rc = 0;
+    *out = cfg;
+    cfg = NULL;
+out:
+    config_destroy(&lc);
+    lb_config_free(cfg);
+    return rc;
+}
+
+void lb_config_free(struct lb_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    for (size_t i = 0; i < cfg->npools; i++)
+        free(cfg->pools[i].servers);
+    free(cfg->pools);
+    free(cfg->listeners);
+    free(cfg->routes);
+    free(cfg->error_log);
+    free(cfg->pid_file);
+    free(cfg->path);
+    free(cfg);
+}

@@ -1,0 +1,131 @@
+/* Layout of the shared-memory segment (types only; functions in shm.h).
+ *
+ * One memfd, created by the master before it forks anything, mapped by every
+ * lbd process and read live by `lbd -s` (and later lbtop). Rules:
+ *   - the segment holds offsets, never pointers: another binary (USR2
+ *     upgrade) maps it at another address;
+ *   - every counter has exactly one writer; readers sum, never lock;
+ *   - per-worker rows start on their own cache lines so workers never share
+ *     a line they write;
+ *   - a layout change bumps LB_SHM_LAYOUT_VERSION.
+ *
+ *   +-----------------+ 0
+ *   | lb_shm_header   |  magic, version, size, generation, offsets
+ *   +-----------------+ off_workers
+ *   | lb_shm_worker   |  LB_SHM_MAX_SLOTS rows, one per live worker process
+ *   +-----------------+ off_pools
+ *   | lb_shm_pool     |  LB_SHM_MAX_POOLS, stable ids by name
+ *   +-----------------+ off_backends
+ *   | lb_shm_backend  |  LB_SHM_MAX_BACKENDS, stable ids by (pool, address)
+ *   +-----------------+ off_stats
+ *   | backend stats   |  [slot][backend] lb_shm_backend_stats, a row per slot
+ *   +-----------------+ size
+ */
+#ifndef LB_SHM_T_H
+#define LB_SHM_T_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "shared/config.h"
+
+#define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
+#define LB_SHM_LAYOUT_VERSION   1u
+#define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
+#define LB_SHM_MAX_POOLS        256
+#define LB_SHM_MAX_BACKENDS     1024
+#define LB_CACHELINE            64
+
+/* Response status classes 1xx..5xx, index 0..4. */
+#define LB_STATUS_CLASSES       5
+
+typedef _Atomic uint64_t lb_counter_t;
+
+/* Worker slot lifecycle (written by the master; the owner only sets DRAINING):
+ *
+ *   FREE --fork--> RUNNING --TERM/reload--> DRAINING
+ *     ^               |                        |
+ *     +----reaped-----+------------reaped------+
+ */
+enum lb_shm_slot_state {
+    LB_SLOT_FREE = 0,
+    LB_SLOT_RUNNING,
+    LB_SLOT_DRAINING,
+};
+
+struct lb_shm_worker {
+    /* Written by the master. */
+    _Atomic uint32_t state;
+    _Atomic int32_t pid;
+    _Atomic uint32_t id;                /* worker number 0..N-1 */
+    _Atomic uint32_t generation;
+    lb_counter_t started_ms;            /* wall clock */
+    /* Written by the worker that owns the slot; cumulative across owners. */
+    lb_counter_t connections;           /* accepted */
+    lb_counter_t active_connections;    /* gauge; the master zeroes it on reap */
+    lb_counter_t requests;
+    lb_counter_t responses[LB_STATUS_CLASSES];  /* sent to clients */
+    lb_counter_t bytes_in;              /* from clients */
+    lb_counter_t bytes_out;             /* to clients */
+} __attribute__((aligned(LB_CACHELINE)));
+
+enum lb_shm_entry_state {
+    LB_ENTRY_FREE = 0,
+    LB_ENTRY_ACTIVE,                    /* in the current configuration */
+    LB_ENTRY_RETIRED,                   /* removed; old workers may still use it */
+};
+
+struct lb_shm_pool {
+    _Atomic uint32_t state;
+    uint32_t retired_gen;
+    char name[LB_NAME_MAX];
+    /* Shared round-robin cursor: every worker takes the next position of
+     * one sequence, so the order is global, not per worker. */
+    lb_counter_t rr_next __attribute__((aligned(LB_CACHELINE)));
+} __attribute__((aligned(LB_CACHELINE)));
+
+struct lb_shm_backend {
+    _Atomic uint32_t state;
+    uint32_t retired_gen;
+    uint32_t pool_id;
+    _Atomic uint32_t weight;
+    char pool[LB_NAME_MAX];
+    char address[LB_ADDR_STR_MAX];
+} __attribute__((aligned(LB_CACHELINE)));
+
+/* One per (worker slot, backend). Written by the slot's worker only. */
+struct lb_shm_backend_stats {
+    lb_counter_t requests;
+    lb_counter_t responses[LB_STATUS_CLASSES];
+    lb_counter_t active;                /* gauge; the master zeroes it on reap */
+    lb_counter_t bytes_in;              /* from the backend */
+    lb_counter_t bytes_out;             /* to the backend */
+    lb_counter_t failures;              /* connect errors, resets, bad responses */
+};
+
+struct lb_shm_header {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t header_size;
+    uint64_t size;
+    uint32_t max_slots;
+    uint32_t max_pools;
+    uint32_t max_backends;
+    uint32_t max_workers;
+    uint64_t off_workers;
+    uint64_t off_pools;
+    uint64_t off_backends;
+    uint64_t off_stats;
+
+    /* Written by the master. */
+    _Atomic uint64_t generation;        /* configuration generation, +1 per reload */
+    _Atomic int32_t master_pid;
+    _Atomic uint32_t workers;           /* configured worker count */
+    _Atomic uint32_t slots_used;        /* high-water mark: readers scan [0, slots_used) */
+    lb_counter_t started_ms;
+    lb_counter_t reloads;
+    lb_counter_t reload_failures;
+    lb_counter_t worker_restarts[LB_MAX_WORKERS];   /* by worker number */
+};
+
+#endif

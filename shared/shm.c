@@ -1,0 +1,262 @@
+#include "shared/shm.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LB_ALIGN(x) (((x) + (LB_CACHELINE - 1)) & ~(uint64_t)(LB_CACHELINE - 1))
+
+static void lb_shm_layout(struct lb_shm_header *h)
+{
+    uint64_t off = LB_ALIGN(sizeof(*h));
+    h->off_workers = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_worker) * LB_SHM_MAX_SLOTS);
+    h->off_pools = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_pool) * LB_SHM_MAX_POOLS);
+    h->off_backends = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_backend) * LB_SHM_MAX_BACKENDS);
+    h->off_stats = off;
+    /* Each slot's row is a multiple of the cache line: rows never share one. */
+    uint64_t row = LB_ALIGN(sizeof(struct lb_shm_backend_stats) * LB_SHM_MAX_BACKENDS);
+    off += row * LB_SHM_MAX_SLOTS;
+    h->size = (off + 4095) & ~(uint64_t)4095;
+}
+
+int lb_shm_create(struct lb_shm *shm)
+{
+    struct lb_shm_header probe = { 0 };
+    lb_shm_layout(&probe);
+
+    int fd = memfd_create("lbd-shm", MFD_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    /* The file is sparse: pages cost memory only once a counter is touched. */
+    if (ftruncate(fd, (off_t)probe.size) < 0)
+        goto err;
+    void *base = mmap(NULL, probe.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+        goto err;
+
+    struct lb_shm_header *h = base;
+    *h = probe;
+    h->magic = LB_SHM_MAGIC;
+    h->layout_version = LB_SHM_LAYOUT_VERSION;
+    h->header_size = sizeof(*h);
+    h->max_slots = LB_SHM_MAX_SLOTS;
+    h->max_pools = LB_SHM_MAX_POOLS;
+    h->max_backends = LB_SHM_MAX_BACKENDS;
+    h->max_workers = LB_MAX_WORKERS;
+    atomic_store(&h->master_pid, (int32_t)getpid());
+    atomic_store(&h->started_ms, lb_wall_ms());
+
+    shm->fd = fd;
+    shm->base = base;
+    shm->size = probe.size;
+    shm->hdr = h;
+    return 0;
+err:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof(struct lb_shm_header)) {
+        *why = "segment too small";
+        return -1;
+    }
+    int prot = PROT_READ | (readonly ? 0 : PROT_WRITE);
+    void *base = mmap(NULL, (size_t)st.st_size, prot, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        *why = "mmap failed";
+        return -1;
+    }
+    const struct lb_shm_header *h = base;
+    if (h->magic != LB_SHM_MAGIC) {
+        *why = "not an lbd segment (bad magic)";
+    } else if (h->layout_version != LB_SHM_LAYOUT_VERSION) {
+        *why = "segment layout version differs from this binary's";
+    } else if (h->size > (uint64_t)st.st_size) {
+        *why = "segment truncated";
+    } else {
+        shm->fd = fd;
+        shm->base = base;
+        shm->size = (size_t)st.st_size;
+        shm->hdr = base;
+        return 0;
+    }
+    munmap(base, (size_t)st.st_size);
+    return -1;
+}
+
+void lb_shm_close(struct lb_shm *shm)
+{
+    if (shm->base != NULL)
+        munmap(shm->base, shm->size);
+    if (shm->fd >= 0)
+        close(shm->fd);
+    shm->base = NULL;
+    shm->hdr = NULL;
+    shm->fd = -1;
+}
+
+static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
+{
+    int free_id = -1;
+    for (unsigned i = 0; i < h->max_pools; i++) {
+        struct lb_shm_pool *p = lb_shm_pool(h, i);
+        uint32_t st = atomic_load(&p->state);
+        if (st != LB_ENTRY_FREE && strcmp(p->name, name) == 0)
+            return (int)i;
+        if (st == LB_ENTRY_FREE && free_id < 0)
+            free_id = (int)i;
+    }
+    if (free_id >= 0) {
+        struct lb_shm_pool *p = lb_shm_pool(h, (unsigned)free_id);
+        snprintf(p->name, sizeof(p->name), "%s", name);
+        atomic_store(&p->rr_next, 0);
+    }
+    return free_id;
+}
+
+static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const char *address)
+{
+    int free_id = -1;
+    for (unsigned i = 0; i < h->max_backends; i++) {
+        struct lb_shm_backend *b = lb_shm_backend(h, i);
+        uint32_t st = atomic_load(&b->state);
+        if (st != LB_ENTRY_FREE && strcmp(b->pool, pool) == 0 &&
+            strcmp(b->address, address) == 0)
+            return (int)i;
+        if (st == LB_ENTRY_FREE && free_id < 0)
+            free_id = (int)i;
+    }
+    if (free_id >= 0) {
+        /* A reused id starts from zero: no worker writes a FREE entry. */
+        unsigned used = atomic_load(&h->slots_used);
+        for (unsigned s = 0; s < used; s++)
+            memset(lb_shm_stats(h, s, (unsigned)free_id), 0,
+                   sizeof(struct lb_shm_backend_stats));
+        struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
+        snprintf(b->pool, sizeof(b->pool), "%s", pool);
+        snprintf(b->address, sizeof(b->address), "%s", address);
+    }
+    return free_id;
+}
+
+int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
+                  char *err, size_t errlen)
+{
+    /* Mark everything in use by CFG; whatever stays unmarked is retired. */
+    bool pool_used[LB_SHM_MAX_POOLS] = { false };
+    bool backend_used[LB_SHM_MAX_BACKENDS] = { false };
+
+    for (size_t i = 0; i < cfg->npools; i++) {
+        struct lb_pool_cfg *pc = &cfg->pools[i];
+        int pid = lb_shm_pool_id(h, pc->name);
+        if (pid < 0) {
+            snprintf(err, errlen, "shared memory: more than %u pools", h->max_pools);
+            return -1;
+        }
+        pool_used[pid] = true;
+        pc->shm_id = (uint32_t)pid;
+        atomic_store(&lb_shm_pool(h, (unsigned)pid)->state, LB_ENTRY_ACTIVE);
+        for (size_t j = 0; j < pc->nservers; j++) {
+            struct lb_server_cfg *sc = &pc->servers[j];
+            int bid = lb_shm_backend_id(h, pc->name, sc->address);
+            if (bid < 0) {
+                snprintf(err, errlen, "shared memory: more than %u servers", h->max_backends);
+                return -1;
+            }
+            backend_used[bid] = true;
+            sc->shm_id = (uint32_t)bid;
+            struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)bid);
+            b->pool_id = (uint32_t)pid;
+            atomic_store(&b->weight, sc->weight);
+            atomic_store(&b->state, LB_ENTRY_ACTIVE);
+        }
+    }
+    for (unsigned i = 0; i < h->max_pools; i++) {
+        struct lb_shm_pool *p = lb_shm_pool(h, i);
+        if (!pool_used[i] && atomic_load(&p->state) == LB_ENTRY_ACTIVE) {
+            p->retired_gen = (uint32_t)generation;
+            atomic_store(&p->state, LB_ENTRY_RETIRED);
+        }
+    }
+    for (unsigned i = 0; i < h->max_backends; i++) {
+        struct lb_shm_backend *b = lb_shm_backend(h, i);
+        if (!backend_used[i] && atomic_load(&b->state) == LB_ENTRY_ACTIVE) {
+            b->retired_gen = (uint32_t)generation;
+            atomic_store(&b->state, LB_ENTRY_RETIRED);
+        }
+    }
+    return 0;
+}
+
+void lb_shm_reclaim(struct lb_shm_header *h, uint64_t oldest_live_gen)
+{
+    for (unsigned i = 0; i < h->max_pools; i++) {
+        struct lb_shm_pool *p = lb_shm_pool(h, i);
+        if (atomic_load(&p->state) == LB_ENTRY_RETIRED && p->retired_gen <= oldest_live_gen)
+            atomic_store(&p->state, LB_ENTRY_FREE);
+    }
+    for (unsigned i = 0; i < h->max_backends; i++) {
+        struct lb_shm_backend *b = lb_shm_backend(h, i);
+        if (atomic_load(&b->state) == LB_ENTRY_RETIRED && b->retired_gen <= oldest_live_gen)
+            atomic_store(&b->state, LB_ENTRY_FREE);
+    }
+}
+
+int lb_shm_slot_take(struct lb_shm_header *h, unsigned id, uint64_t generation)
+{
+    for (unsigned s = 0; s < h->max_slots; s++) {
+        struct lb_shm_worker *w = lb_shm_worker(h, s);
+        if (atomic_load(&w->state) != LB_SLOT_FREE)
+            continue;
+        atomic_store(&w->id, id);
+        atomic_store(&w->generation, (uint32_t)generation);
+        atomic_store(&w->pid, 0);
+        atomic_store(&w->started_ms, lb_wall_ms());
+        atomic_store(&w->state, LB_SLOT_RUNNING);
+        if (atomic_load(&h->slots_used) <= s)
+            atomic_store(&h->slots_used, s + 1);
+        return (int)s;
+    }
+    return -1;
+}
+
+void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
+{
+    struct lb_shm_worker *w = lb_shm_worker(h, slot);
+    /* The owner is gone: its gauges would otherwise count dead connections
+     * forever. Cumulative counters stay; the next owner continues them. */
+    atomic_store(&w->active_connections, 0);
+    for (unsigned b = 0; b < h->max_backends; b++)
+        atomic_store(&lb_shm_stats(h, slot, b)->active, 0);
+    atomic_store(&w->pid, 0);
+    atomic_store(&w->state, LB_SLOT_FREE);
+}
+
+void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
+                        struct lb_backend_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    /* Only rows ever used: touching the others would fault in zero pages. */
+    unsigned used = atomic_load(&h->slots_used);
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_backend_stats *st = lb_shm_stats(h, s, backend);
+        out->requests += lb_counter_get(&st->requests);
+        for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
+            out->responses[c] += lb_counter_get(&st->responses[c]);
+        out->active += lb_counter_get(&st->active);
+        out->bytes_in += lb_counter_get(&st->bytes_in);
+        out->bytes_out += lb_counter_get(&st->bytes_out);
+        out->failures += lb_counter_get(&st->failures);
+    }
+}

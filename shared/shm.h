@@ -1,0 +1,88 @@
+/* The shared-memory segment: creation (master), attachment (readers) and
+ * the master's bookkeeping of slots. Layout in shm-t.h. */
+#ifndef LB_SHM_H
+#define LB_SHM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "shared/config.h"
+#include "shared/shm-t.h"
+
+struct lb_shm {
+    int fd;                             /* memfd; -1 once closed */
+    void *base;
+    size_t size;
+    struct lb_shm_header *hdr;
+};
+
+/* Master: create and initialise a new segment. 0, or -1 with errno. */
+int lb_shm_create(struct lb_shm *shm);
+/* Map an existing segment (read-only if readonly) and check its header.
+ * 0, or -1 with *why set. Takes ownership of fd on success. */
+int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why);
+void lb_shm_close(struct lb_shm *shm);
+
+static inline struct lb_shm_worker *lb_shm_worker(const struct lb_shm_header *h, unsigned slot)
+{
+    return (struct lb_shm_worker *)((char *)h + h->off_workers) + slot;
+}
+
+static inline struct lb_shm_pool *lb_shm_pool(const struct lb_shm_header *h, unsigned id)
+{
+    return (struct lb_shm_pool *)((char *)h + h->off_pools) + id;
+}
+
+static inline struct lb_shm_backend *lb_shm_backend(const struct lb_shm_header *h, unsigned id)
+{
+    return (struct lb_shm_backend *)((char *)h + h->off_backends) + id;
+}
+
+static inline struct lb_shm_backend_stats *
+lb_shm_stats(const struct lb_shm_header *h, unsigned slot, unsigned backend)
+{
+    return (struct lb_shm_backend_stats *)((char *)h + h->off_stats) +
+           (size_t)slot * h->max_backends + backend;
+}
+
+/* Single-writer counters: a relaxed load and store is exact (one writer)
+ * and costs a plain add, not a locked instruction. */
+static inline void lb_counter_add(lb_counter_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t lb_counter_get(lb_counter_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/* Master: give every pool and server of CFG a stable id (same name, same
+ * address: same id as before), record them in the segment, and retire those
+ * CFG no longer has, marking them with GENERATION. -1 when a table is full. */
+int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
+                  char *err, size_t errlen);
+/* Master: free entries retired before OLDEST_LIVE_GEN (no worker of an older
+ * generation is left to write them). */
+void lb_shm_reclaim(struct lb_shm_header *h, uint64_t oldest_live_gen);
+
+/* Master: take a free worker slot for worker ID of GENERATION. -1 if none. */
+int lb_shm_slot_take(struct lb_shm_header *h, unsigned id, uint64_t generation);
+/* Master, after reaping the slot's process: zero its gauges, free it. */
+void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot);
+
+/* A reader's copy of lb_shm_backend_stats, summed over all slots. */
+struct lb_backend_totals {
+    uint64_t requests;
+    uint64_t responses[LB_STATUS_CLASSES];
+    uint64_t active;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t failures;
+};
+
+void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
+                        struct lb_backend_totals *out);
+
+#endif

@@ -1,0 +1,56 @@
+/* Request-head parsing for the test backend.
+ *
+ * Pure functions over a byte buffer, no libevent: the server hands over a
+ * complete head (request line, header lines, blank line) and gets back what
+ * it needs to frame the body and to choose the response. Strict where a
+ * load balancer could be fooled (duplicate or bad Content-Length, unknown
+ * transfer codings, obs-fold), lenient where real clients differ (bare LF).
+ */
+#ifndef LB_TESTBACKEND_REQUEST_H
+#define LB_TESTBACKEND_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A head longer than this is answered with 400: no sane test sends one. */
+#define REQ_HEAD_MAX (64 * 1024)
+
+struct request {
+    /* framing, from the request line and the headers */
+    bool is_head;           /* method HEAD: no response body */
+    bool is_get;
+    int minor;              /* HTTP/1.<minor>, 0 or 1 */
+    bool keep_alive;        /* version default adjusted by Connection */
+    bool expect_continue;   /* Expect: 100-continue */
+    bool chunked_body;      /* Transfer-Encoding ends in chunked */
+    bool te_and_cl;         /* both framings sent: chunked wins, then close */
+    uint64_t content_length;
+
+    /* behaviour, from the query string */
+    bool stats;             /* path is exactly /stats */
+    int status;             /* 100..999, default 200 */
+    uint64_t delay_ms;
+    bool has_size;
+    uint64_t size;
+    bool chunked;           /* respond with Transfer-Encoding: chunked */
+    bool close;
+    bool reset;
+    bool drop;
+    bool echo;
+    bool hang;
+};
+
+/* Length of the head at the start of buf (through its terminating blank
+ * line, CRLF or bare LF), or 0 when buf does not hold a whole head yet. */
+size_t req_head_end(const char *buf, size_t len);
+
+/* Parse a whole head as delimited by req_head_end. Returns 0 and fills *req,
+ * or -1 when the head is malformed (the caller answers 400). */
+int req_parse(const char *head, size_t len, struct request *req);
+
+/* Parse a chunk-size line ("1a2b", optionally ";ext..."), without its line
+ * ending. Returns 0 and sets *size, or -1 when malformed or too large. */
+int req_parse_chunk_size(const char *line, uint64_t *size);
+
+#endif

@@ -1,0 +1,831 @@
+#include "worker/proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/util.h>
+
+#include "shared/log.h"
+#include "worker/route.h"
+#include "worker/upstream.h"
+
+enum lb_session_state {
+    LB_S_HEAD,          /* waiting for a request head */
+    LB_S_PROXY,         /* forwarding a request, relaying its response */
+    LB_S_CLOSING,       /* flushing the last response, then close */
+};
+
+struct lb_session {
+    struct lb_list node;
+    struct lb_worker *w;
+    struct bufferevent *client;
+    struct lb_upconn *up;               /* NULL outside PROXY */
+    struct lb_server_rt *server;
+    struct event head_timer;            /* client_header deadline */
+    char client_ip[INET6_ADDRSTRLEN];
+
+    uint8_t state;
+    bool keepalive;                     /* client may keep the connection */
+    bool client_eof;
+    bool head_pending;                  /* request head still in client input */
+    bool up_reused;
+    bool retried;
+    bool resp_head_done;
+    bool resp_started;                  /* response bytes queued to the client */
+    bool req_done;
+    bool resp_done;
+    bool up_eof;                        /* the backend closed its side */
+    bool shut;                          /* CLOSING: our FIN is sent */
+    uint8_t req_minor;
+    uint32_t req_flags;
+    size_t head_len;
+    size_t scan;                        /* head-end scan position (client) */
+    size_t resp_scan;                   /* head-end scan position (backend) */
+    enum lb_http_body req_body;
+    enum lb_http_body resp_body;
+    uint64_t req_left;
+    uint64_t resp_left;
+    struct lb_chunked req_chunk;
+    struct lb_chunked resp_chunk;
+};
+
+static void lb_session_close(struct lb_session *s);
+static void lb_session_try_head(struct lb_session *s);
+static void lb_session_error(struct lb_session *s, int status);
+static void lb_up_read(struct bufferevent *bev, void *arg);
+static void lb_up_write(struct bufferevent *bev, void *arg);
+static void lb_up_event(struct bufferevent *bev, short what, void *arg);
+
+static struct timeval lb_tv(uint64_t ms)
+{
+    return (struct timeval){ .tv_sec = (time_t)(ms / 1000),
+                             .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+}
+
+static unsigned lb_status_class(int status)
+{
+    unsigned c = (unsigned)(status / 100);
+    return c >= 1 && c <= 5 ? c - 1 : 4;
+}
+
+static const char *lb_reason(int status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default:  return "Error";
+    }
+}
+
+static void lb_evbuffer_add_str(struct evbuffer *b, const char *s)
+{
+    evbuffer_add(b, s, strlen(s));
+}
+
+/* ---- timers and teardown -------------------------------------------- */
+
+static void lb_session_set_idle(struct lb_session *s)
+{
+    struct timeval idle = lb_tv(s->w->cfg->timeouts.client_idle_ms);
+    struct timeval send = lb_tv(s->w->cfg->timeouts.send_ms);
+    bufferevent_set_timeouts(s->client, &idle, &send);
+}
+
+static void lb_session_release_up(struct lb_session *s, bool reusable)
+{
+    if (s->up == NULL)
+        return;
+    lb_counter_add(&s->server->stats->active, (uint64_t)-1);
+    if (reusable)
+        s->up->requests++;
+    lb_upconn_release(s->up, reusable);
+    s->up = NULL;
+}
+
+static void lb_session_close(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    lb_session_release_up(s, false);
+    event_del(&s->head_timer);
+    bufferevent_free(s->client);
+    lb_list_remove(&s->node);
+    w->nsessions--;
+    lb_counter_add(&w->slot_stats->active_connections, (uint64_t)-1);
+    free(s);
+    lb_worker_session_gone(w);
+}
+
+/* Close after the client has everything queued. Like nginx's lingering
+ * close: send our FIN first and read (and drop) until the client's, so
+ * unread request bytes cannot make the kernel reset the connection and
+ * destroy the response in flight. */
+#define LB_LINGER_MS 5000
+
+static void lb_session_linger(struct lb_session *s)
+{
+    s->state = LB_S_CLOSING;
+    lb_session_release_up(s, false);
+    event_del(&s->head_timer);
+    struct timeval tv = lb_tv(LB_LINGER_MS);
+    bufferevent_set_timeouts(s->client, &tv, &tv);
+    bufferevent_enable(s->client, EV_READ | EV_WRITE);
+    if (evbuffer_get_length(bufferevent_get_output(s->client)) == 0 && !s->shut) {
+        s->shut = true;
+        shutdown(bufferevent_getfd(s->client), SHUT_WR);
+    }
+}
+
+static void lb_session_reset_request(struct lb_session *s)
+{
+    s->state = LB_S_HEAD;
+    s->server = NULL;
+    s->head_pending = s->up_reused = s->retried = false;
+    s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
+    s->head_len = s->scan = s->resp_scan = 0;
+    s->req_left = s->resp_left = 0;
+    s->req_flags = 0;
+}
+
+/* ---- responses lbd writes itself -------------------------------------- */
+
+static void lb_session_count_response(struct lb_session *s, int status)
+{
+    lb_counter_add(&s->w->slot_stats->responses[lb_status_class(status)], 1);
+}
+
+/* Answer STATUS. Once response bytes went out nothing can be said any more:
+ * the connection is cut so the client sees a truncated response. */
+static void lb_session_error(struct lb_session *s, int status)
+{
+    if (s->resp_started) {
+        lb_session_linger(s);
+        return;
+    }
+    /* Keep the connection only when the request was consumed whole and the
+     * error is the backend's, not the request's. */
+    bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof &&
+                (status == 404 || (status >= 500 && status != 501 && status != 505));
+    lb_session_release_up(s, false);
+
+    char body[64];
+    int blen = snprintf(body, sizeof(body), "%d %s\n", status, lb_reason(status));
+    struct evbuffer *out = bufferevent_get_output(s->client);
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\n"
+                        "Content-Type: text/plain\r\n"
+                        "Content-Length: %d\r\n"
+                        "%s\r\n%s",
+                        status, lb_reason(status), blen,
+                        keep ? "" : "Connection: close\r\n", body);
+    lb_counter_add(&s->w->slot_stats->bytes_out, evbuffer_get_length(out) - before);
+    lb_session_count_response(s, status);
+
+    if (!keep) {
+        lb_session_linger(s);
+        return;
+    }
+    if (s->head_pending) {
+        evbuffer_drain(bufferevent_get_input(s->client), s->head_len);
+        lb_counter_add(&s->w->slot_stats->bytes_in, s->head_len);
+    }
+    lb_session_reset_request(s);
+    lb_session_set_idle(s);
+    lb_session_try_head(s);
+}
+
+/* ---- request: client -> backend ---------------------------------------- */
+
+static void lb_add_header(struct evbuffer *b, const struct lb_http_header *h)
+{
+    /* One contiguous copy per header: name, ": ", value, CRLF. */
+    size_t n = h->name_len + 2 + h->value_len + 2;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(b, (ev_ssize_t)n, &v, 1) < 1)
+        return;
+    char *p = v.iov_base;
+    memcpy(p, h->name, h->name_len);
+    p += h->name_len;
+    *p++ = ':';
+    *p++ = ' ';
+    memcpy(p, h->value, h->value_len);
+    p += h->value_len;
+    *p++ = '\r';
+    *p++ = '\n';
+    v.iov_len = n;
+    evbuffer_commit_space(b, &v, 1);
+}
+
+/* Serialise the request head as the backend must see it: hop-by-hop headers
+ * gone, one Content-Length at most, X-Forwarded-* ours. */
+static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_msg *m,
+                                    struct evbuffer *out)
+{
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add(out, m->method, m->method_len);
+    evbuffer_add(out, " ", 1);
+    evbuffer_add(out, m->target, m->target_len);
+    /* HTTP/1.0 clients cannot read chunked responses: ask the backend for a
+     * 1.0 response, kept alive so the backend connection is still pooled. */
+    if (m->version_minor == 0)
+        lb_evbuffer_add_str(out, " HTTP/1.0\r\nConnection: keep-alive\r\n");
+    else
+        lb_evbuffer_add_str(out, " HTTP/1.1\r\n");
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_FORWARDED | LB_HDR_DUPLICATE))
+            continue;
+        lb_add_header(out, h);
+    }
+    /* Untrusted by default: the client's own X-Forwarded-For is replaced. */
+    evbuffer_add_printf(out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n\r\n",
+                        s->client_ip);
+    return evbuffer_get_length(out) - before;
+}
+
+/* Bytes of a chunked body available in SRC, feeding the framer. -1 on bad
+ * framing. The bytes are not consumed. */
+static ssize_t lb_chunked_scan(struct lb_chunked *c, struct evbuffer *src)
+{
+    size_t avail = evbuffer_get_length(src);
+    size_t total = 0;
+    while (total < avail && !lb_chunked_done(c)) {
+        uint64_t skip = lb_chunked_data_left(c);
+        if (skip > 0) {
+            /* Chunk data is never looked at: only counted. */
+            size_t n = skip < avail - total ? (size_t)skip : avail - total;
+            lb_chunked_skip(c, n);
+            total += n;
+            continue;
+        }
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v[8];
+        evbuffer_ptr_set(src, &pos, total, EVBUFFER_PTR_SET);
+        int nv = evbuffer_peek(src, (ev_ssize_t)(avail - total), &pos, v, 8);
+        if (nv > 8)
+            nv = 8;
+        bool progressed = false;
+        for (int i = 0; i < nv && !lb_chunked_done(c); i++) {
+            ssize_t r = lb_chunked_feed(c, v[i].iov_base, v[i].iov_len);
+            if (r < 0)
+                return -1;
+            total += (size_t)r;
+            progressed = progressed || r > 0;
+            if ((size_t)r < v[i].iov_len || lb_chunked_data_left(c) > 0)
+                break;
+        }
+        if (!progressed)
+            break;
+    }
+    return (ssize_t)total;
+}
+
+/* Move what is available of the request body to the backend. */
+static void lb_forward_request_body(struct lb_session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->client);
+    struct evbuffer *out = bufferevent_get_output(s->up->bev);
+    if (evbuffer_get_length(out) >= s->w->buffer_limit)
+        return;         /* resumed by lb_up_write */
+    size_t avail = evbuffer_get_length(in);
+    size_t n = 0;
+    if (s->req_body == LB_BODY_LENGTH) {
+        n = avail < s->req_left ? avail : (size_t)s->req_left;
+        s->req_left -= n;
+        s->req_done = s->req_left == 0;
+    } else if (s->req_body == LB_BODY_CHUNKED) {
+        ssize_t r = lb_chunked_scan(&s->req_chunk, in);
+        if (r < 0) {
+            lb_log_info("client %s: malformed chunked request body", s->client_ip);
+            lb_session_error(s, 400);
+            return;
+        }
+        n = (size_t)r;
+        s->req_done = lb_chunked_done(&s->req_chunk);
+    }
+    if (n > 0) {
+        evbuffer_remove_buffer(in, out, n);
+        lb_counter_add(&s->w->slot_stats->bytes_in, n);
+        lb_counter_add(&s->server->stats->bytes_out, n);
+    }
+}
+
+/* ---- response: backend -> client --------------------------------------- */
+
+static void lb_write_response_head(struct lb_session *s, const char *raw,
+                                   const struct lb_http_msg *m, struct evbuffer *out)
+{
+    const char *eol = memchr(raw, '\r', m->head_len);
+    evbuffer_add(out, raw, (size_t)(eol - raw) + 2);       /* status line as is */
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_DUPLICATE))
+            continue;
+        lb_add_header(out, h);
+    }
+    if (!s->keepalive)
+        lb_evbuffer_add_str(out, "Connection: close\r\n\r\n");
+    else if (s->req_minor == 0)
+        lb_evbuffer_add_str(out, "Connection: keep-alive\r\n\r\n");
+    else
+        evbuffer_add(out, "\r\n", 2);
+}
+
+/* The exchange is over on both sides: pool the backend connection if it
+ * is clean, and either wait for the next request or close. */
+static void lb_session_finish(struct lb_session *s)
+{
+    bool reusable = s->req_done && s->resp_body != LB_BODY_CLOSE && !s->up_eof &&
+                    !(s->req_flags & LB_MSG_CONN_CLOSE);
+    lb_session_release_up(s, reusable);
+    if (!s->keepalive || !s->req_done || s->client_eof || s->w->draining) {
+        lb_session_linger(s);
+        return;
+    }
+    lb_session_reset_request(s);
+    lb_session_set_idle(s);
+    bufferevent_enable(s->client, EV_READ);
+    lb_session_try_head(s);     /* a pipelined request may be waiting */
+}
+
+static void lb_relay_response_body(struct lb_session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->up->bev);
+    struct evbuffer *out = bufferevent_get_output(s->client);
+    if (evbuffer_get_length(out) >= s->w->buffer_limit)
+        return;         /* resumed by lb_client_write */
+    size_t avail = evbuffer_get_length(in);
+    size_t n = 0;
+    switch (s->resp_body) {
+    case LB_BODY_NONE:
+        s->resp_done = true;
+        break;
+    case LB_BODY_LENGTH:
+        n = avail < s->resp_left ? avail : (size_t)s->resp_left;
+        s->resp_left -= n;
+        s->resp_done = s->resp_left == 0;
+        break;
+    case LB_BODY_CHUNKED: {
+        ssize_t r = lb_chunked_scan(&s->resp_chunk, in);
+        if (r < 0) {
+            lb_log_warn("backend %s: malformed chunked response", s->server->cfg->address);
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_linger(s);
+            return;
+        }
+        n = (size_t)r;
+        s->resp_done = lb_chunked_done(&s->resp_chunk);
+        break;
+    }
+    case LB_BODY_CLOSE:
+        n = avail;      /* ends at the backend's EOF */
+        break;
+    }
+    if (n > 0) {
+        evbuffer_remove_buffer(in, out, n);
+        lb_counter_add(&s->server->stats->bytes_in, n);
+        lb_counter_add(&s->w->slot_stats->bytes_out, n);
+    }
+    if (!s->resp_done && s->up_eof && evbuffer_get_length(in) == 0) {
+        if (s->resp_body != LB_BODY_CLOSE) {
+            /* Cut mid-response: nothing to answer, so cut the client too. */
+            lb_log_warn("backend %s closed the connection mid-response",
+                        s->server->cfg->address);
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_linger(s);
+            return;
+        }
+        s->resp_done = true;
+    }
+    if (s->resp_done) {
+        if (s->req_done)
+            lb_session_finish(s);
+        else
+            lb_session_linger(s);   /* answered before the body was read: close */
+    }
+}
+
+/* Parse response heads in the backend input; relay interim 1xx ones.
+ * True when the final head is done and the body can be relayed; false when
+ * more bytes are needed or the session was ended (S may be gone). */
+static bool lb_handle_response_head(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    struct evbuffer *in = bufferevent_get_input(s->up->bev);
+    for (;;) {
+        size_t len = evbuffer_get_length(in);
+        size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
+        if (n == 0)
+            return false;
+        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        size_t head_len = lb_http_head_end(buf, n, &s->resp_scan);
+        if (head_len == 0) {
+            if (len > w->limits.max_head) {
+                lb_log_warn("backend %s: response head over %zu bytes",
+                            s->server->cfg->address, w->limits.max_head);
+                lb_counter_add(&s->server->stats->failures, 1);
+                lb_session_error(s, 502);
+            }
+            return false;
+        }
+        struct lb_http_msg m = { .headers = w->scratch, .max_headers = LB_MAX_HEADERS };
+        if (lb_http_parse_response(buf, head_len, &m, s->req_flags & LB_MSG_HEAD,
+                                   &w->limits) < 0 || m.status == 101) {
+            lb_log_warn("backend %s: invalid response head", s->server->cfg->address);
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_error(s, 502);
+            return false;
+        }
+        s->resp_scan = 0;
+        if (s->head_pending) {
+            /* The backend answered: the request can no longer be retried. */
+            evbuffer_drain(bufferevent_get_input(s->client), s->head_len);
+            lb_counter_add(&w->slot_stats->bytes_in, s->head_len);
+            s->head_pending = false;
+        }
+        struct evbuffer *out = bufferevent_get_output(s->client);
+        size_t before = evbuffer_get_length(out);
+        if (m.status < 200) {
+            /* 100 Continue and friends: pass on to 1.1 clients only. */
+            if (s->req_minor == 1)
+                evbuffer_add(out, buf, head_len);
+            evbuffer_drain(in, head_len);
+            lb_counter_add(&s->server->stats->bytes_in, head_len);
+            lb_counter_add(&w->slot_stats->bytes_out, evbuffer_get_length(out) - before);
+            continue;
+        }
+        s->resp_head_done = true;
+        s->resp_started = true;
+        s->resp_body = m.body;
+        s->resp_left = m.content_length;
+        lb_chunked_init(&s->resp_chunk);
+        bool backend_keep = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
+                                                 : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
+        if (!backend_keep)
+            s->req_flags |= LB_MSG_CONN_CLOSE;     /* do not pool this connection */
+        if (m.body == LB_BODY_CLOSE || w->draining || s->client_eof)
+            s->keepalive = false;
+        lb_write_response_head(s, buf, &m, out);
+        evbuffer_drain(in, head_len);
+        lb_counter_add(&s->server->stats->bytes_in, head_len);
+        lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
+        lb_counter_add(&w->slot_stats->bytes_out, evbuffer_get_length(out) - before);
+        lb_session_count_response(s, m.status);
+        /* From here the response streams: the backend may pause as long as
+         * the send timeout allows, not the first-byte timeout. */
+        struct timeval rd = lb_tv(w->cfg->timeouts.backend_response_ms);
+        struct timeval wr = lb_tv(w->cfg->timeouts.send_ms);
+        bufferevent_set_timeouts(s->up->bev, &rd, &wr);
+        return true;
+    }
+}
+
+/* ---- backend events ----------------------------------------------------- */
+
+static void lb_up_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct lb_session *s = arg;
+    if (!s->resp_head_done && !lb_handle_response_head(s))
+        return;
+    lb_relay_response_body(s);
+}
+
+static void lb_up_write(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct lb_session *s = arg;
+    if (!s->req_done)
+        lb_forward_request_body(s);
+}
+
+static int lb_session_connect(struct lb_session *s);
+
+static void lb_up_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct lb_session *s = arg;
+    struct lb_upconn *up = s->up;
+    const char *addr = s->server->cfg->address;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        up->connected = true;
+        struct timeval rd = lb_tv(s->w->cfg->timeouts.backend_response_ms);
+        struct timeval wr = lb_tv(s->w->cfg->timeouts.send_ms);
+        bufferevent_set_timeouts(bev, &rd, &wr);
+        return;
+    }
+    if (s->resp_head_done) {
+        /* Relay what is buffered; the relay decides whether the response
+         * ended (close-delimited) or was cut. */
+        if (!(what & BEV_EVENT_EOF)) {
+            lb_log_warn("backend %s: %s mid-response", addr,
+                        (what & BEV_EVENT_TIMEOUT) ? "timeout" : "connection error");
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_linger(s);
+            return;
+        }
+        s->up_eof = true;
+        lb_relay_response_body(s);
+        return;
+    }
+    int err = EVUTIL_SOCKET_ERROR();
+    /* A pooled connection the backend closed just as we reused it: the
+     * request never reached it, so it is safe to send again, once. */
+    if (!(what & BEV_EVENT_TIMEOUT) && s->up_reused && !s->retried && s->head_pending) {
+        s->retried = true;
+        lb_session_release_up(s, false);
+        lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
+        if (lb_session_connect(s) < 0)
+            lb_session_error(s, 502);
+        return;
+    }
+    lb_counter_add(&s->server->stats->failures, 1);
+    if (what & BEV_EVENT_TIMEOUT) {
+        lb_log_warn("backend %s timed out %s", addr,
+                    up->connected ? "waiting for the response" : "while connecting");
+        lb_session_error(s, 504);
+    } else if (!up->connected) {
+        lb_log_warn("connect() to %s failed (%d: %s)", addr, err, evutil_socket_error_to_string(err));
+        lb_session_error(s, 502);
+    } else {
+        lb_log_warn("backend %s %s before responding", addr,
+                    (what & BEV_EVENT_EOF) ? "closed the connection" : "reset the connection");
+        lb_session_error(s, 502);
+    }
+}
+
+/* ---- dispatch ----------------------------------------------------------- */
+
+/* (Re)send the pending request head to s->server on a pooled or new
+ * connection. 0, or -1 when no connection could be started. */
+static int lb_session_connect(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    struct lb_upconn *up = lb_upconn_get(w, s->server, &s->up_reused);
+    if (up == NULL)
+        return -1;
+    s->up = up;
+    lb_counter_add(&s->server->stats->active, 1);
+    lb_counter_add(&s->server->stats->requests, 1);
+    bufferevent_setcb(up->bev, lb_up_read, lb_up_write, lb_up_event, s);
+    if (!s->up_reused) {
+        struct timeval ct = lb_tv(w->cfg->timeouts.connect_ms);
+        bufferevent_set_timeouts(up->bev, &ct, &ct);
+        const struct lb_addr *a = &s->server->cfg->addr;
+        if (bufferevent_socket_connect(up->bev, (const struct sockaddr *)&a->ss,
+                                       (int)a->len) < 0) {
+            int err = EVUTIL_SOCKET_ERROR();
+            lb_log_warn("connect() to %s failed (%d: %s)", s->server->cfg->address, err,
+                        evutil_socket_error_to_string(err));
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_release_up(s, false);
+            return -1;
+        }
+    } else {
+        struct timeval rd = lb_tv(w->cfg->timeouts.backend_response_ms);
+        struct timeval wr = lb_tv(w->cfg->timeouts.send_ms);
+        bufferevent_set_timeouts(up->bev, &rd, &wr);
+    }
+    bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+
+    if (s->retried) {
+        /* Re-parse the head still in the client buffer: same bytes, same result. */
+        struct evbuffer *in = bufferevent_get_input(s->client);
+        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->head_len);
+        struct lb_http_msg m = { .headers = w->scratch, .max_headers = LB_MAX_HEADERS };
+        if (buf == NULL || lb_http_parse_request(buf, s->head_len, &m, &w->limits) != 0)
+            return -1;
+        size_t n = lb_write_request_head(s, &m, bufferevent_get_output(up->bev));
+        lb_counter_add(&s->server->stats->bytes_out, n);
+    }
+    return 0;
+}
+
+static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
+{
+    struct lb_worker *w = s->w;
+    const struct lb_http_header *host = m->host >= 0 ? &m->headers[m->host] : NULL;
+    const struct lb_route_cfg *r = lb_route_match(w->cfg, host ? host->value : NULL,
+                                                  host ? host->value_len : 0,
+                                                  m->target, m->target_len);
+    if (r == NULL) {
+        lb_session_error(s, 404);
+        return;
+    }
+    struct lb_pool_rt *pool = &w->pools[r->pool];
+    int idx = lb_balancer_pick(&pool->balancer);
+    if (idx < 0) {
+        lb_log_warn("pool '%s': no server available", pool->cfg->name);
+        lb_session_error(s, 503);
+        return;
+    }
+    s->server = &pool->servers[idx];
+    s->state = LB_S_PROXY;
+    event_del(&s->head_timer);
+    if (lb_session_connect(s) < 0) {
+        lb_session_error(s, 502);
+        return;
+    }
+    size_t n = lb_write_request_head(s, m, bufferevent_get_output(s->up->bev));
+    lb_counter_add(&s->server->stats->bytes_out, n);
+
+    if (s->req_body == LB_BODY_NONE)
+        return;     /* the head stays buffered (for a retry) until answered */
+    evbuffer_drain(bufferevent_get_input(s->client), m->head_len);
+    lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
+    s->head_pending = false;
+    lb_forward_request_body(s);
+}
+
+/* ---- client side -------------------------------------------------------- */
+
+static void lb_head_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_session *s = arg;
+    lb_log_info("client %s: request head not received within client_header", s->client_ip);
+    s->keepalive = false;
+    lb_session_error(s, 408);
+}
+
+static void lb_session_try_head(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    struct evbuffer *in = bufferevent_get_input(s->client);
+    size_t len = evbuffer_get_length(in);
+
+    /* RFC 9112 §2.2: ignore empty lines before a request line. */
+    while (len >= 2 && s->scan == 0) {
+        unsigned char two[2];
+        evbuffer_copyout(in, two, 2);
+        if (two[0] != '\r' || two[1] != '\n')
+            break;
+        evbuffer_drain(in, 2);
+        len -= 2;
+    }
+    if (len == 0)
+        return;
+    if (!evtimer_pending(&s->head_timer, NULL) && w->cfg->timeouts.client_header_ms) {
+        struct timeval tv = lb_tv(w->cfg->timeouts.client_header_ms);
+        evtimer_add(&s->head_timer, &tv);
+    }
+
+    size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
+    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    size_t head_len = lb_http_head_end(buf, n, &s->scan);
+    if (head_len == 0) {
+        int st = lb_http_check_partial(buf, n, &w->limits);
+        if (st != 0) {
+            s->keepalive = false;
+            lb_session_error(s, st);
+        }
+        return;
+    }
+
+    struct lb_http_msg m = { .headers = w->scratch, .max_headers = LB_MAX_HEADERS };
+    int st = lb_http_parse_request(buf, head_len, &m, &w->limits);
+    lb_counter_add(&w->slot_stats->requests, 1);
+    if (st != 0) {
+        lb_log_info("client %s: bad request (%d)", s->client_ip, st);
+        s->keepalive = false;
+        lb_session_error(s, st);
+        return;
+    }
+    s->head_len = head_len;
+    s->req_minor = (uint8_t)m.version_minor;
+    s->req_flags = m.flags & LB_MSG_HEAD;
+    s->keepalive = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
+                                        : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
+    s->req_body = m.body;
+    s->req_left = m.content_length;
+    s->req_done = m.body == LB_BODY_NONE;
+    s->head_pending = true;
+    lb_chunked_init(&s->req_chunk);
+    lb_session_dispatch(s, &m);
+}
+
+static void lb_client_read(struct bufferevent *bev, void *arg)
+{
+    struct lb_session *s = arg;
+    switch (s->state) {
+    case LB_S_HEAD:
+        lb_session_try_head(s);
+        break;
+    case LB_S_PROXY:
+        if (!s->req_done && s->up != NULL)
+            lb_forward_request_body(s);
+        /* else: a pipelined request waits in the buffer, bounded by the
+         * read watermark, until this exchange is over. */
+        break;
+    default:        /* CLOSING: whatever the client still sends is dropped */
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        break;
+    }
+}
+
+static void lb_client_write(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct lb_session *s = arg;
+    if (s->state == LB_S_CLOSING) {
+        if (!s->shut && evbuffer_get_length(bufferevent_get_output(s->client)) == 0) {
+            s->shut = true;
+            shutdown(bufferevent_getfd(s->client), SHUT_WR);
+        }
+        return;
+    }
+    if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
+        lb_relay_response_body(s);
+}
+
+static void lb_client_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct lb_session *s = arg;
+    if (s->state == LB_S_CLOSING) {
+        lb_session_close(s);    /* the client's FIN, an error, or linger time up */
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->state == LB_S_PROXY &&
+        s->req_done) {
+        /* Half-close after a complete request: still deliver the answer. */
+        s->client_eof = true;
+        s->keepalive = false;
+        return;
+    }
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && s->state == LB_S_PROXY) {
+        /* Waiting on the backend is not the client's idleness. */
+        bufferevent_enable(s->client, EV_READ);
+        return;
+    }
+    lb_session_close(s);
+}
+
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
+{
+    struct lb_session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return;
+    }
+    s->client = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (s->client == NULL) {
+        close(fd);
+        free(s);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    s->w = w;
+    lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
+    evtimer_assign(&s->head_timer, w->base, lb_head_timeout, s);
+    lb_session_reset_request(s);
+    lb_list_push(&w->sessions, &s->node);
+    w->nsessions++;
+    lb_counter_add(&w->slot_stats->connections, 1);
+    lb_counter_add(&w->slot_stats->active_connections, 1);
+
+    bufferevent_setcb(s->client, lb_client_read, lb_client_write, lb_client_event, s);
+    bufferevent_setwatermark(s->client, EV_READ, 0, w->buffer_limit);
+    lb_session_set_idle(s);
+    bufferevent_enable(s->client, EV_READ | EV_WRITE);
+}
+
+void lb_proxy_drain(struct lb_worker *w)
+{
+    struct lb_list *pos, *tmp;
+    lb_list_foreach_safe(pos, tmp, &w->sessions) {
+        struct lb_session *s = LB_CONTAINER_OF(pos, struct lb_session, node);
+        /* Idle keep-alive connections go now; the others close after their
+         * current response (lb_session_finish sees w->draining). */
+        if (s->state == LB_S_HEAD &&
+            evbuffer_get_length(bufferevent_get_input(s->client)) == 0)
+            lb_session_close(s);
+    }
+}
+
+void lb_proxy_close_all(struct lb_worker *w)
+{
+    while (!lb_list_empty(&w->sessions))
+        lb_session_close(LB_CONTAINER_OF(w->sessions.next, struct lb_session, node));
+}

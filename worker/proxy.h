@@ -1,0 +1,37 @@
+/* The HTTP/1.1 reverse proxy: one lb_session per client connection.
+ *
+ * Session states:
+ *
+ *              accept
+ *                |
+ *                v        head complete, routed, backend picked
+ *   +-------> HEAD -------------------------------------------> PROXY
+ *   |            |  bad head / no route / no backend                |
+ *   |            +--> error response ---+                           |
+ *   |                                   v                           |
+ *   +---- keep-alive, next request -- (exchange done) <-------------+
+ *                                       |
+ *                                       v  close wanted
+ *                                    CLOSING --client output flushed--> freed
+ *
+ * In PROXY the request and the response advance independently: the request
+ * body streams to the backend while the response may already stream back.
+ * Each direction moves whole evbuffer chains and stops reading its source
+ * once the destination holds buffer_limit bytes, resuming when it drains.
+ */
+#ifndef LB_PROXY_H
+#define LB_PROXY_H
+
+#include <sys/socket.h>
+
+#include "worker/worker.h"
+
+/* Take ownership of accepted FD and start serving it. */
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer);
+/* Graceful stop: close idle client connections, let busy ones finish their
+ * current exchange and close. */
+void lb_proxy_drain(struct lb_worker *w);
+/* Free every session at once (fast stop). */
+void lb_proxy_close_all(struct lb_worker *w);
+
+#endif

@@ -1,0 +1,43 @@
+/* Backend connections and the per-worker keep-alive pool.
+ *
+ * An lb_upconn is owned either by one session (busy) or by its server's idle
+ * list (pooled). A pooled connection is watched: any byte or EOF from the
+ * backend while idle closes it, and so does backend_idle.
+ *
+ *   connect --> BUSY --response read to its end, reusable--> IDLE
+ *                 ^                                            |
+ *                 +------------taken by a session--------------+
+ *   BUSY or IDLE --error/EOF/timeout/not reusable--> closed
+ */
+#ifndef LB_UPSTREAM_H
+#define LB_UPSTREAM_H
+
+#include <stdbool.h>
+
+#include "worker/worker.h"
+
+struct bufferevent;
+
+struct lb_upconn {
+    struct bufferevent *bev;
+    struct lb_server_rt *server;
+    struct lb_worker *w;
+    struct lb_list idle_node;
+    unsigned requests;                  /* requests completed on it */
+    bool connected;
+};
+
+/* Build the per-pool runtime (balancers, server rows) of W. 0 or -1. */
+int lb_upstream_init(struct lb_worker *w);
+void lb_upstream_destroy(struct lb_worker *w);
+
+/* A connection to S: a pooled one if any (*reused = true), else a new
+ * non-blocking connect. NULL if the socket could not even be created. */
+struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, bool *reused);
+/* Give UP back: to the idle pool when REUSABLE and there is room, else
+ * close it. Callbacks must be the caller's no more after this. */
+void lb_upconn_release(struct lb_upconn *up, bool reusable);
+/* Close every idle connection (draining). */
+void lb_upstream_close_idle(struct lb_worker *w);
+
+#endif

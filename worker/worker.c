@@ -1,0 +1,171 @@
+#include "worker/worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "shared/log.h"
+#include "worker/proxy.h"
+#include "worker/upstream.h"
+
+/* Limits until they become configurable (HTTP issue): nginx's 8 KiB request
+ * line, HAProxy-like head size, and a quarter megabyte in flight per
+ * direction per connection. */
+#define LB_DEFAULT_MAX_REQUEST_LINE 8192
+#define LB_DEFAULT_MAX_HEAD         32768
+#define LB_DEFAULT_MAX_HEADERS      100
+#define LB_DEFAULT_BUFFER_LIMIT     (256 * 1024)
+
+static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
+                             struct sockaddr *sa, int socklen, void *arg)
+{
+    (void)l;
+    (void)socklen;
+    lb_proxy_accept(arg, fd, sa);
+}
+
+static void lb_worker_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    /* EMFILE and friends: libevent keeps the listener; say why once per hit. */
+    lb_log_error("accept() failed (%d: %s)", err, evutil_socket_error_to_string(err));
+}
+
+static void lb_worker_close_listeners(struct lb_worker *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i] != NULL)
+            evconnlistener_free(w->listeners[i]);
+        w->listeners[i] = NULL;
+    }
+}
+
+void lb_worker_session_gone(struct lb_worker *w)
+{
+    if (w->draining && w->nsessions == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void lb_worker_drain(struct lb_worker *w)
+{
+    if (w->draining)
+        return;
+    lb_log_info("draining: %zu connection(s) open", w->nsessions);
+    w->draining = true;
+    atomic_store(&w->slot_stats->state, LB_SLOT_DRAINING);
+    /* Our copies only: the master still holds every listen socket, so the
+     * connections queued on it wait for the next worker instead of being
+     * reset. */
+    lb_worker_close_listeners(w);
+    lb_upstream_close_idle(w);
+    lb_proxy_drain(w);
+    lb_worker_session_gone(w);
+}
+
+static void lb_worker_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct lb_worker *w = arg;
+    switch (sig) {
+    case SIGTERM:
+    case SIGQUIT:
+        lb_worker_drain(w);
+        break;
+    case SIGINT:
+        event_base_loopbreak(w->base);
+        break;
+    case SIGUSR1:
+        if (lb_log_reopen() < 0)
+            lb_log_error("reopening the log failed (%d: %s)", errno, strerror(errno));
+        break;
+    default:
+        break;
+    }
+}
+
+void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
+                    unsigned id, unsigned slot, const int *listen_fds)
+{
+    static struct lb_worker worker;
+    struct lb_worker *w = &worker;
+    static const int sigs[] = { SIGTERM, SIGQUIT, SIGINT, SIGUSR1 };
+    int rc = 1;
+
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    /* If the master dies, drain rather than serve unsupervised forever. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+
+    w->cfg = cfg;
+    w->shm = shm;
+    w->id = id;
+    w->slot = slot;
+    w->slot_stats = lb_shm_worker(shm, slot);
+    w->limits = (struct lb_http_limits){
+        .max_request_line = LB_DEFAULT_MAX_REQUEST_LINE,
+        .max_head = LB_DEFAULT_MAX_HEAD,
+        .max_headers = LB_DEFAULT_MAX_HEADERS,
+    };
+    w->buffer_limit = LB_DEFAULT_BUFFER_LIMIT;
+    lb_list_init(&w->sessions);
+
+    struct event_config *ec = event_config_new();
+    if (ec != NULL)
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    w->base = ec ? event_base_new_with_config(ec) : NULL;
+    event_config_free(ec);
+    if (w->base == NULL) {
+        lb_log_error("event_base_new() failed");
+        goto out;
+    }
+    if (lb_upstream_init(w) < 0)
+        goto out;
+
+    w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
+    if (w->listeners == NULL)
+        goto out;
+    w->nlisteners = cfg->nlisteners;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, w,
+                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                             -1, listen_fds[i]);
+        if (w->listeners[i] == NULL) {
+            lb_log_error("listener %s: evconnlistener_new() failed", cfg->listeners[i].address);
+            goto out;
+        }
+        evconnlistener_set_error_cb(w->listeners[i], lb_worker_accept_error);
+    }
+    for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++) {
+        w->signals[i] = evsignal_new(w->base, sigs[i], lb_worker_signal, w);
+        if (w->signals[i] == NULL || event_add(w->signals[i], NULL) < 0)
+            goto out;
+    }
+    /* The master forks with its signals blocked: unblock only now that
+     * libevent handles them, so a TERM sent early is pending, not fatal. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    lb_log_debug("started in slot %u", slot);
+    event_base_dispatch(w->base);
+    rc = 0;
+out:
+    lb_proxy_close_all(w);
+    lb_worker_close_listeners(w);
+    free(w->listeners);
+    lb_upstream_destroy(w);
+    for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
+        if (w->signals[i] != NULL)
+            event_free(w->signals[i]);
+    if (w->base != NULL)
+        event_base_free(w->base);
+    exit(rc);
+}

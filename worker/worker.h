@@ -1,0 +1,82 @@
+/* A worker process: one libevent loop that accepts on its own listen
+ * sockets, proxies, and records what happened in its shm slot.
+ *
+ * Worker states (the shm slot mirrors RUNNING/DRAINING):
+ *
+ *   RUNNING --SIGTERM--> DRAINING --last session closed--> exit 0
+ *      |                    |
+ *      +------SIGINT--------+---------------------------> exit 0 at once
+ *
+ * DRAINING: listeners are closed (the master keeps the sockets, so queued
+ * connections wait for the next generation instead of being reset), idle
+ * client connections are closed, busy ones get `Connection: close` on their
+ * current response.
+ */
+#ifndef LB_WORKER_H
+#define LB_WORKER_H
+
+#include <stdbool.h>
+
+#include "shared/config.h"
+#include "shared/list.h"
+#include "shared/shm.h"
+#include "worker/balancer.h"
+#include "worker/http.h"
+
+struct event_base;
+struct evconnlistener;
+struct event;
+
+#define LB_MAX_HEADERS 128
+
+struct lb_pool_rt;
+
+/* Per-worker state of one configured server. */
+struct lb_server_rt {
+    const struct lb_server_cfg *cfg;
+    struct lb_pool_rt *pool;
+    struct lb_shm_backend_stats *stats;     /* this worker's row */
+    struct lb_list idle;                    /* idle keep-alive lb_upconn */
+    unsigned nidle;
+};
+
+struct lb_pool_rt {
+    const struct lb_pool_cfg *cfg;
+    struct lb_balancer balancer;
+    struct lb_server_rt *servers;
+};
+
+struct lb_worker {
+    struct event_base *base;
+    const struct lb_config *cfg;
+    struct lb_shm_header *shm;
+    struct lb_shm_worker *slot_stats;
+    unsigned id;
+    unsigned slot;
+    bool draining;
+
+    struct evconnlistener **listeners;
+    size_t nlisteners;
+    struct lb_pool_rt *pools;
+    struct lb_list sessions;
+    size_t nsessions;
+    struct event *signals[4];
+
+    struct lb_http_limits limits;
+    size_t buffer_limit;                    /* per direction, per connection */
+    /* Scratch headers: a head is parsed and re-serialised in one go, so one
+     * array per worker serves every connection. */
+    struct lb_http_header scratch[LB_MAX_HEADERS];
+};
+
+/* Run worker ID in shm slot SLOT on LISTEN_FDS (one per cfg->listeners,
+ * owned from now on). Never returns. */
+__attribute__((noreturn))
+void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
+                    unsigned id, unsigned slot, const int *listen_fds);
+
+/* Called by the proxy when a session ends: exits the loop once draining and
+ * nothing is left. */
+void lb_worker_session_gone(struct lb_worker *w);
+
+#endif
