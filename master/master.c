@@ -105,6 +105,9 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         return -1;
     }
     if (pid == 0) {
+        /* Own process group: a terminal's Ctrl-C reaches the master only,
+         * which then stops the workers in order. */
+        setpgid(0, 0);
         char role[32];
         snprintf(role, sizeof(role), "worker %u", id);
         lb_log_set_role(role);
