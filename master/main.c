@@ -76,6 +76,18 @@ int main(int argc, char **argv)
         return lb_check_config(opt.config_path);
     if (snapshot)
         return lb_snapshot_run(opt.config_path, stdout);
+    /* Process titles overwrite argv: keep our own copies of what we use. */
+    char *config_path = strdup(opt.config_path);
+    char *pid_file = opt.pid_file ? strdup(opt.pid_file) : NULL;
+    if (config_path == NULL || (opt.pid_file != NULL && pid_file == NULL)) {
+        fprintf(stderr, "lbd: out of memory\n");
+        return 1;
+    }
+    opt.config_path = config_path;
+    opt.pid_file = pid_file;
     lb_proctitle_init(argc, argv);
-    return lb_master_run(&opt);
+    int rc = lb_master_run(&opt);
+    free(config_path);
+    free(pid_file);
+    return rc;
 }

@@ -276,28 +276,21 @@ static void lb_master_reload(struct lb_master *m)
     char err[512];
     struct lb_config *cfg = NULL;
     lb_log_info("reloading %s", m->cfg->path);
-    if (lb_config_load(m->opt->config_path, &cfg, err, sizeof(err)) < 0) {
-        lb_log_error("reload failed, keeping the running configuration: %s", err);
-        atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
-        return;
-    }
+    if (lb_config_load(m->opt->config_path, &cfg, err, sizeof(err)) < 0)
+        goto fail;
     lb_master_apply_overrides(m, cfg);
-    struct lb_listen_set listen;
-    if (lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
-        lb_log_error("reload failed, keeping the running configuration: %s", err);
-        atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
-        lb_config_free(cfg);
-        return;
-    }
     uint64_t gen = m->generation + 1;
+    struct lb_listen_set listen;
+    /* Every check that can fail comes before anything running is touched. */
+    if (!lb_shm_assign_fits(m->shm.hdr, cfg)) {
+        snprintf(err, sizeof(err), "too many pools or servers for the shared memory tables");
+        goto fail;
+    }
+    if (lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0)
+        goto fail;
     if (lb_shm_assign(m->shm.hdr, cfg, gen, err, sizeof(err)) < 0) {
-        /* Ids handed out so far stay valid; the old generation keeps its. */
-        lb_log_error("reload failed, keeping the running configuration: %s", err);
-        atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
-        lb_listen_close(&m->listen);
-        m->listen = listen;
-        lb_config_free(cfg);
-        return;
+        lb_log_error("BUG: shared memory assignment failed after its check: %s", err);
+        abort();
     }
     lb_listen_close(&m->listen);    /* only what the new set did not take over */
     m->listen = listen;
@@ -322,6 +315,11 @@ static void lb_master_reload(struct lb_master *m)
     atomic_fetch_add(&m->shm.hdr->reloads, 1);
     lb_log_info("configuration reloaded (generation %llu, %u workers)",
                 (unsigned long long)gen, cfg->workers);
+    return;
+fail:
+    lb_log_error("reload failed, keeping the running configuration: %s", err);
+    atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
+    lb_config_free(cfg);
 }
 
 /* ---- start and stop ----------------------------------------------------- */

@@ -150,9 +150,53 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
     return free_id;
 }
 
+static bool lb_shm_has_pool(const struct lb_shm_header *h, const char *name)
+{
+    for (unsigned i = 0; i < h->max_pools; i++) {
+        struct lb_shm_pool *p = lb_shm_pool(h, i);
+        if (atomic_load(&p->state) != LB_ENTRY_FREE && strcmp(p->name, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool lb_shm_has_backend(const struct lb_shm_header *h, const char *pool,
+                               const char *address)
+{
+    for (unsigned i = 0; i < h->max_backends; i++) {
+        struct lb_shm_backend *b = lb_shm_backend(h, i);
+        if (atomic_load(&b->state) != LB_ENTRY_FREE && strcmp(b->pool, pool) == 0 &&
+            strcmp(b->address, address) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg)
+{
+    unsigned free_pools = 0, free_backends = 0, new_pools = 0, new_backends = 0;
+    for (unsigned i = 0; i < h->max_pools; i++)
+        free_pools += atomic_load(&lb_shm_pool(h, i)->state) == LB_ENTRY_FREE;
+    for (unsigned i = 0; i < h->max_backends; i++)
+        free_backends += atomic_load(&lb_shm_backend(h, i)->state) == LB_ENTRY_FREE;
+    for (size_t i = 0; i < cfg->npools; i++) {
+        const struct lb_pool_cfg *pc = &cfg->pools[i];
+        new_pools += !lb_shm_has_pool(h, pc->name);
+        for (size_t j = 0; j < pc->nservers; j++)
+            new_backends += !lb_shm_has_backend(h, pc->name, pc->servers[j].address);
+    }
+    return new_pools <= free_pools && new_backends <= free_backends;
+}
+
 int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
                   char *err, size_t errlen)
 {
+    if (!lb_shm_assign_fits(h, cfg)) {
+        snprintf(err, errlen, "shared memory: more than %u pools or %u servers in use "
+                 "(removed ones are freed once their old workers exit)",
+                 h->max_pools, h->max_backends);
+        return -1;
+    }
     /* Mark everything in use by CFG; whatever stays unmarked is retired. */
     bool pool_used[LB_SHM_MAX_POOLS] = { false };
     bool backend_used[LB_SHM_MAX_BACKENDS] = { false };

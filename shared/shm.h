@@ -60,9 +60,12 @@ static inline uint64_t lb_counter_get(lb_counter_t *c)
 
 /* Master: give every pool and server of CFG a stable id (same name, same
  * address: same id as before), record them in the segment, and retire those
- * CFG no longer has, marking them with GENERATION. -1 when a table is full. */
+ * CFG no longer has, marking them with GENERATION. -1 (and nothing changed)
+ * when a table is full. */
 int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
                   char *err, size_t errlen);
+/* Whether lb_shm_assign() would find room for CFG (it changes nothing). */
+bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg);
 /* Master: free entries retired before OLDEST_LIVE_GEN (no worker of an older
  * generation is left to write them). */
 void lb_shm_reclaim(struct lb_shm_header *h, uint64_t oldest_live_gen);

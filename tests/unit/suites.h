@@ -1,0 +1,14 @@
+/* Suites of the lbd unit tests; tests/unit/main.c runs them all. */
+#ifndef LB_UNIT_SUITES_H
+#define LB_UNIT_SUITES_H
+
+#include <check.h>
+
+Suite *config_suite(void);
+Suite *util_suite(void);
+Suite *balancer_suite(void);
+Suite *route_suite(void);
+Suite *http_suite(void);
+Suite *shm_suite(void);
+
+#endif
