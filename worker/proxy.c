@@ -163,6 +163,7 @@ static void lb_session_reset_request(struct lb_session *s)
     s->head_len = s->scan = s->resp_scan = 0;
     s->req_left = s->resp_left = 0;
     s->req_flags = 0;
+    event_del(&s->head_timer);
 }
 
 /* ---- responses lbd writes itself -------------------------------------- */
@@ -580,7 +581,9 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
 static int lb_session_connect(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
-    struct lb_upconn *up = lb_upconn_get(w, s->server, &s->up_reused);
+    /* A retry must not land on another pooled connection that may be just
+     * as stale as the first. */
+    struct lb_upconn *up = lb_upconn_get(w, s->server, !s->retried, &s->up_reused);
     if (up == NULL)
         return -1;
     s->up = up;
@@ -807,6 +810,8 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
 
     bufferevent_setcb(s->client, lb_client_read, lb_client_write, lb_client_event, s);
     bufferevent_setwatermark(s->client, EV_READ, 0, w->buffer_limit);
+    /* Refill once half of the limit has drained, not only when empty. */
+    bufferevent_setwatermark(s->client, EV_WRITE, w->buffer_limit / 2, 0);
     lb_session_set_idle(s);
     bufferevent_enable(s->client, EV_READ | EV_WRITE);
 }

@@ -93,9 +93,10 @@ static void lb_upconn_idle_event(struct bufferevent *bev, short what, void *arg)
     lb_upconn_free(arg);
 }
 
-struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, bool *reused)
+struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, bool pooled,
+                                bool *reused)
 {
-    if (!lb_list_empty(&s->idle)) {
+    if (pooled && !lb_list_empty(&s->idle)) {
         struct lb_upconn *up = LB_CONTAINER_OF(s->idle.next, struct lb_upconn, idle_node);
         lb_list_remove(&up->idle_node);
         s->nidle--;
@@ -129,6 +130,7 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
     lb_list_init(&up->idle_node);
     /* Bounded input: the kernel holds the rest until we have room. */
     bufferevent_setwatermark(up->bev, EV_READ, 0, w->buffer_limit);
+    bufferevent_setwatermark(up->bev, EV_WRITE, w->buffer_limit / 2, 0);
     return up;
 }
 

@@ -31,9 +31,10 @@ struct lb_upconn {
 int lb_upstream_init(struct lb_worker *w);
 void lb_upstream_destroy(struct lb_worker *w);
 
-/* A connection to S: a pooled one if any (*reused = true), else a new
- * non-blocking connect. NULL if the socket could not even be created. */
-struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, bool *reused);
+/* A connection to S: a pooled one if POOLED and there is one (*reused =
+ * true), else a new non-blocking connect. NULL if no socket could be made. */
+struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, bool pooled,
+                                bool *reused);
 /* Give UP back: to the idle pool when REUSABLE and there is room, else
  * close it. Callbacks must be the caller's no more after this. */
 void lb_upconn_release(struct lb_upconn *up, bool reusable);

@@ -1,0 +1,618 @@
+/* lb_config_load on temporary files: a full valid configuration, defaults,
+ * and every validation error with its FILE:LINE. */
+#include <check.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shared/config.h"
+#include "tests/unit/suites.h"
+
+static char conf_path[64];
+
+/* Write TEXT to a new file in /tmp, load it, remove the file. */
+static int load_text(const char *text, struct lb_config **cfg, char *err, size_t errlen)
+{
+    snprintf(conf_path, sizeof(conf_path), "/tmp/lbd-unit-conf-XXXXXX");
+    int fd = mkstemp(conf_path);
+    ck_assert_msg(fd >= 0, "mkstemp failed");
+    size_t len = strlen(text);
+    ck_assert_msg(write(fd, text, len) == (ssize_t)len, "short write");
+    close(fd);
+    err[0] = '\0';
+    *cfg = NULL;
+    int rc = lb_config_load(conf_path, cfg, err, errlen);
+    unlink(conf_path);
+    return rc;
+}
+
+/* 1-based number of the line of TEXT containing NEEDLE (which must occur
+ * exactly once, so the test says unambiguously where the error is). */
+static int line_of(const char *text, const char *needle)
+{
+    const char *hit = strstr(text, needle);
+    ck_assert_msg(hit != NULL, "test bug: '%s' not in the config", needle);
+    ck_assert_msg(strstr(hit + 1, needle) == NULL, "test bug: '%s' occurs twice", needle);
+    int line = 1;
+    for (const char *p = text; p < hit; p++)
+        line += *p == '\n';
+    return line;
+}
+
+/* Loading TEXT fails with "PATH:LINE: ..." where LINE is the line holding
+ * AT (or 0 when AT is NULL), and the message mentions WHAT. */
+static void expect_error_line(const char *text, const char *at, int line, const char *what)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(text, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == -1, "accepted a bad config (expected error about '%s'):\n%s", what, text);
+    ck_assert_ptr_null(cfg);
+    if (at != NULL)
+        line = line_of(text, at);
+    char prefix[128];
+    snprintf(prefix, sizeof(prefix), "%s:%d: ", conf_path, line);
+    ck_assert_msg(strncmp(err, prefix, strlen(prefix)) == 0,
+                  "error \"%s\" does not start with \"%s\"", err, prefix);
+    ck_assert_msg(strstr(err, what) != NULL, "error \"%s\" does not mention \"%s\"", err, what);
+}
+
+static void expect_error(const char *text, const char *at, const char *what)
+{
+    expect_error_line(text, at, 0, what);
+}
+
+#define LISTENERS "listeners = ( { address = \"127.0.0.1:8080\"; } );\n"
+#define POOL_WEB \
+    "pools = (\n" \
+    "  { name = \"web\"; servers = ( { address = \"127.0.0.1:9001\"; } ); }\n" \
+    ");\n"
+#define MINIMAL LISTENERS POOL_WEB
+
+static const char full_conf[] =
+    "# a full configuration\n"
+    "workers = 4;\n"
+    "shutdown_timeout = \"2m\";\n"
+    "log_level = \"debug\";\n"
+    "error_log = \"/tmp/lbd-unit-error.log\";\n"
+    "pid_file = \"/tmp/lbd-unit.pid\";\n"
+    "timeouts = {\n"
+    "    client_header = \"250ms\";\n"
+    "    connect = \"2s\";\n"
+    "    backend_idle = \"1h\";\n"
+    "    send = \"0\";\n"
+    "};\n"
+    "listeners = (\n"
+    "    { address = \"*:8080\"; backlog = 128; },\n"
+    "    { address = \"[::1]:8443\"; },\n"
+    "    { address = \"localhost:9000\"; }\n"
+    ");\n"
+    "pools = (\n"
+    "    { name = \"web\"; strategy = \"weighted_round_robin\"; keepalive = 8;\n"
+    "      servers = ( { address = \"127.0.0.1:9001\"; weight = 5; },\n"
+    "                  { address = \"127.0.0.1:9002\"; },\n"
+    "                  { address = \"[::1]:9003\"; weight = 0; } ); },\n"
+    "    { name = \"api\"; strategy = \"round_robin\";\n"
+    "      servers = ( { address = \"10.0.0.1:80\"; weight = 1000; } ); }\n"
+    ");\n"
+    "routes = (\n"
+    "    { host = \"API.Example.com\"; path_prefix = \"/v1\"; pool = \"api\"; },\n"
+    "    { host = \"*.example.com\"; pool = \"web\"; },\n"
+    "    { pool = \"web\"; }\n"
+    ");\n";
+
+static unsigned online_workers(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > LB_MAX_WORKERS)
+        n = LB_MAX_WORKERS;
+    return (unsigned)n;
+}
+
+START_TEST(test_full_config)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(full_conf, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_ptr_nonnull(cfg);
+
+    ck_assert_ptr_nonnull(cfg->path);
+    ck_assert_msg(cfg->path[0] == '/', "path not absolute: %s", cfg->path);
+    ck_assert_str_eq(strrchr(cfg->path, '/'), strrchr(conf_path, '/'));
+    ck_assert_uint_eq(cfg->workers, 4);
+    ck_assert(!cfg->workers_auto);
+    ck_assert_uint_eq(cfg->shutdown_timeout_ms, 120000);
+    ck_assert_int_eq(cfg->log_level, LB_LOG_DEBUG);
+    ck_assert_str_eq(cfg->error_log, "/tmp/lbd-unit-error.log");
+    ck_assert_str_eq(cfg->pid_file, "/tmp/lbd-unit.pid");
+
+    /* Overrides, and defaults for the rest. */
+    ck_assert_uint_eq(cfg->timeouts.client_header_ms, 250);
+    ck_assert_uint_eq(cfg->timeouts.client_idle_ms, 60000);
+    ck_assert_uint_eq(cfg->timeouts.connect_ms, 2000);
+    ck_assert_uint_eq(cfg->timeouts.backend_response_ms, 60000);
+    ck_assert_uint_eq(cfg->timeouts.backend_idle_ms, 3600000);
+    ck_assert_uint_eq(cfg->timeouts.send_ms, 0);
+
+    ck_assert_uint_eq(cfg->nlisteners, 3);
+    ck_assert_str_eq(cfg->listeners[0].address, "0.0.0.0:8080");
+    ck_assert_int_eq(cfg->listeners[0].backlog, 128);
+    ck_assert_str_eq(cfg->listeners[1].address, "[::1]:8443");
+    ck_assert_int_eq(cfg->listeners[1].backlog, 511);
+    ck_assert_str_eq(cfg->listeners[2].address, "127.0.0.1:9000");
+
+    ck_assert_uint_eq(cfg->npools, 2);
+    const struct lb_pool_cfg *web = &cfg->pools[0], *api = &cfg->pools[1];
+    ck_assert_str_eq(web->name, "web");
+    ck_assert_int_eq(web->strategy, LB_STRATEGY_WEIGHTED_ROUND_ROBIN);
+    ck_assert_uint_eq(web->keepalive, 8);
+    ck_assert_uint_eq(web->nservers, 3);
+    ck_assert_str_eq(web->servers[0].address, "127.0.0.1:9001");
+    ck_assert_uint_eq(web->servers[0].weight, 5);
+    ck_assert_str_eq(web->servers[1].address, "127.0.0.1:9002");
+    ck_assert_uint_eq(web->servers[1].weight, 1);
+    ck_assert_str_eq(web->servers[2].address, "[::1]:9003");
+    ck_assert_uint_eq(web->servers[2].weight, 0);
+    ck_assert_str_eq(api->name, "api");
+    ck_assert_int_eq(api->strategy, LB_STRATEGY_ROUND_ROBIN);
+    ck_assert_uint_eq(api->keepalive, 32);
+    ck_assert_uint_eq(api->nservers, 1);
+    ck_assert_str_eq(api->servers[0].address, "10.0.0.1:80");
+    ck_assert_uint_eq(api->servers[0].weight, 1000);
+
+    ck_assert_uint_eq(cfg->nroutes, 3);
+    const struct lb_route_cfg *r = cfg->routes;
+    ck_assert_int_eq(r[0].host_match, LB_HOST_EXACT);
+    ck_assert_str_eq(r[0].host, "api.example.com");
+    ck_assert_uint_eq(r[0].host_len, 15);
+    ck_assert_str_eq(r[0].path_prefix, "/v1");
+    ck_assert_uint_eq(r[0].path_len, 3);
+    ck_assert_uint_eq(r[0].pool, 1);
+    ck_assert_int_eq(r[1].host_match, LB_HOST_SUFFIX);
+    ck_assert_str_eq(r[1].host, ".example.com");
+    ck_assert_uint_eq(r[1].host_len, 12);
+    ck_assert_str_eq(r[1].path_prefix, "/");
+    ck_assert_uint_eq(r[1].path_len, 1);
+    ck_assert_uint_eq(r[1].pool, 0);
+    ck_assert_int_eq(r[2].host_match, LB_HOST_ANY);
+    ck_assert_str_eq(r[2].path_prefix, "/");
+    ck_assert_uint_eq(r[2].pool, 0);
+
+    ck_assert_str_eq(lb_strategy_name(web->strategy), "weighted_round_robin");
+    ck_assert_str_eq(lb_strategy_name(api->strategy), "round_robin");
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_defaults)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->workers, online_workers());
+    ck_assert(cfg->workers_auto);
+    ck_assert_uint_eq(cfg->shutdown_timeout_ms, 30000);
+    ck_assert_int_eq(cfg->log_level, LB_LOG_INFO);
+    ck_assert_ptr_null(cfg->error_log);
+    ck_assert_ptr_null(cfg->pid_file);
+    ck_assert_uint_eq(cfg->timeouts.client_header_ms, 30000);
+    ck_assert_uint_eq(cfg->timeouts.client_idle_ms, 60000);
+    ck_assert_uint_eq(cfg->timeouts.connect_ms, 5000);
+    ck_assert_uint_eq(cfg->timeouts.backend_response_ms, 60000);
+    ck_assert_uint_eq(cfg->timeouts.backend_idle_ms, 30000);
+    ck_assert_uint_eq(cfg->timeouts.send_ms, 60000);
+    ck_assert_uint_eq(cfg->nlisteners, 1);
+    ck_assert_int_eq(cfg->listeners[0].backlog, 511);
+    ck_assert_uint_eq(cfg->npools, 1);
+    ck_assert_int_eq(cfg->pools[0].strategy, LB_STRATEGY_ROUND_ROBIN);
+    ck_assert_uint_eq(cfg->pools[0].keepalive, 32);
+    ck_assert_uint_eq(cfg->pools[0].servers[0].weight, 1);
+    /* Routes omitted with one pool: everything goes to it. */
+    ck_assert_uint_eq(cfg->nroutes, 1);
+    ck_assert_int_eq(cfg->routes[0].host_match, LB_HOST_ANY);
+    ck_assert_str_eq(cfg->routes[0].path_prefix, "/");
+    ck_assert_uint_eq(cfg->routes[0].path_len, 1);
+    ck_assert_uint_eq(cfg->routes[0].pool, 0);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_workers_auto)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text("workers = \"auto\";\n" MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert(cfg->workers_auto);
+    ck_assert_uint_eq(cfg->workers, online_workers());
+    lb_config_free(cfg);
+
+    rc = load_text("workers = 64;\n" MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert(!cfg->workers_auto);
+    ck_assert_uint_eq(cfg->workers, 64);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_durations)
+{
+    static const struct { const char *text; uint64_t ms; } cases[] = {
+        { "0", 0 }, { "0ms", 0 }, { "1ms", 1 }, { "250ms", 250 }, { "2s", 2000 },
+        { "1m", 60000 }, { "1h", 3600000 }, { "90s", 90000 },
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(cases); i++) {
+        char text[512];
+        snprintf(text, sizeof(text), "shutdown_timeout = \"%s\";\n" MINIMAL, cases[i].text);
+        struct lb_config *cfg;
+        char err[512];
+        int rc = load_text(text, &cfg, err, sizeof(err));
+        ck_assert_msg(rc == 0, "\"%s\": %s", cases[i].text, err);
+        ck_assert_uint_eq(cfg->shutdown_timeout_ms, cases[i].ms);
+        lb_config_free(cfg);
+    }
+}
+END_TEST
+
+START_TEST(test_missing_file)
+{
+    struct lb_config *cfg = NULL;
+    char err[512] = "";
+    const char *path = "/tmp/lbd-unit-no-such-dir/lbd.conf";
+    ck_assert_int_eq(lb_config_load(path, &cfg, err, sizeof(err)), -1);
+    ck_assert_ptr_null(cfg);
+    ck_assert_msg(strncmp(err, path, strlen(path)) == 0 && err[strlen(path)] == ':',
+                  "error does not name the file: %s", err);
+}
+END_TEST
+
+START_TEST(test_err_syntax)
+{
+    expect_error("workers = 2;\n"
+                 "shutdown_timeout = = \"1s\";\n" MINIMAL,
+                 "= =", "syntax error");
+}
+END_TEST
+
+START_TEST(test_err_unknown_top_key)
+{
+    expect_error(LISTENERS "worker = 4;\n" POOL_WEB, "worker =", "unknown key 'worker'");
+}
+END_TEST
+
+START_TEST(test_err_unknown_server_key)
+{
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    servers = (\n"
+                 "      { address = \"127.0.0.1:9001\";\n"
+                 "        wieght = 2; }\n"
+                 "    );\n"
+                 "  }\n"
+                 ");\n",
+                 "wieght", "unknown key 'wieght' in server");
+}
+END_TEST
+
+START_TEST(test_err_unknown_other_keys)
+{
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8080\";\n    port = 1; }\n);\n" POOL_WEB,
+                 "port", "unknown key 'port' in listener");
+    expect_error(MINIMAL "timeouts = {\n  read = \"1s\";\n};\n", "read", "unknown key 'read' in timeouts");
+    expect_error(MINIMAL "routes = (\n  { pool = \"web\";\n    prefix = \"/\"; }\n);\n",
+                 "prefix", "unknown key 'prefix' in route");
+}
+END_TEST
+
+START_TEST(test_err_wrong_types)
+{
+    expect_error(MINIMAL "workers = \"x\";\n", "workers", "'workers' must be a number or \"auto\"");
+    expect_error(MINIMAL "workers = 2.5;\n", "workers", "'workers' must be an integer");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; servers = (\n"
+                 "    { address = \"127.0.0.1:9001\";\n"
+                 "      weight = \"3\"; }\n"
+                 "  ); }\n"
+                 ");\n",
+                 "weight", "'weight' must be an integer");
+    expect_error(MINIMAL "shutdown_timeout = 30;\n", "shutdown_timeout", "'shutdown_timeout' must be a string");
+    expect_error("listeners = { address = \"127.0.0.1:8080\"; };\n" POOL_WEB,
+                 "listeners", "'listeners' must be a list");
+    expect_error(MINIMAL "timeouts = ( 1 );\n", "timeouts", "'timeouts' must be a group");
+}
+END_TEST
+
+START_TEST(test_err_workers_range)
+{
+    expect_error(MINIMAL "workers = 0;\n", "workers", "'workers' must be between 1 and 64");
+    expect_error(MINIMAL "workers = 65;\n", "workers", "'workers' must be between 1 and 64");
+    expect_error(MINIMAL "workers = -1;\n", "workers", "'workers' must be between 1 and 64");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; servers = (\n"
+                 "    { address = \"127.0.0.1:9001\";\n"
+                 "      weight = 1001; }\n"
+                 "  ); }\n"
+                 ");\n",
+                 "weight", "'weight' must be between 0 and 1000");
+}
+END_TEST
+
+static void expect_listener_error(const char *address, const char *what)
+{
+    char text[512];
+    snprintf(text, sizeof(text),
+             "workers = 1;\n"
+             "listeners = (\n"
+             "  { address = \"127.0.0.1:8080\"; },\n"
+             "  { backlog = 16;\n"
+             "    address = \"%s\"; }\n"
+             ");\n" POOL_WEB, address);
+    expect_error_line(text, NULL, 5, what);
+}
+
+static void expect_server_error(const char *address, const char *what)
+{
+    char text[512];
+    snprintf(text, sizeof(text),
+             LISTENERS
+             "pools = (\n"
+             "  { name = \"web\";\n"
+             "    servers = (\n"
+             "      { weight = 2;\n"
+             "        address = \"%s\"; }\n"
+             "    );\n"
+             "  }\n"
+             ");\n", address);
+    expect_error_line(text, NULL, 6, what);
+}
+
+START_TEST(test_err_bad_address)
+{
+    expect_listener_error("127.0.0.1", "bad address \"127.0.0.1\"");
+    expect_listener_error("127.0.0.1:0", "bad address \"127.0.0.1:0\"");
+    expect_listener_error("127.0.0.1:99999", "bad address \"127.0.0.1:99999\"");
+    expect_listener_error("127.0.0.1:", "bad address");
+    expect_listener_error("nonsense:80", "bad address \"nonsense:80\"");
+    expect_listener_error("::1:80", "must be bracketed");
+    expect_listener_error("[::1]80", "bad address");
+    expect_listener_error("256.1.1.1:80", "bad address");
+    expect_server_error("*:9001", "wildcard");
+    expect_server_error("0.0.0.0:9001", "wildcard");
+    expect_server_error("[::]:9001", "wildcard");
+    expect_server_error(":9001", "wildcard");
+    expect_server_error("example.com:80", "bad address");
+    expect_server_error("127.0.0.1:65536", "invalid port");
+}
+END_TEST
+
+START_TEST(test_err_missing_address)
+{
+    expect_error("listeners = (\n  { backlog = 5; }\n);\n" POOL_WEB, "backlog", "missing required key 'address'");
+}
+END_TEST
+
+START_TEST(test_err_duplicate_listener)
+{
+    /* Duplicates are found on the parsed address, not the text. */
+    expect_error("listeners = (\n"
+                 "  { address = \"127.0.0.1:8080\"; },\n"
+                 "  { address = \"localhost:8080\"; }\n"
+                 ");\n" POOL_WEB,
+                 "localhost:8080", "duplicate listener address 127.0.0.1:8080");
+}
+END_TEST
+
+START_TEST(test_err_duplicate_pool)
+{
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; servers = ( { address = \"127.0.0.1:9001\"; } ); },\n"
+                 "  { servers = ( { address = \"127.0.0.1:9002\"; } );\n"
+                 "    name = \"web\"; }\n"
+                 ");\n",
+                 "name = \"web\"; }", "duplicate pool name 'web'");
+}
+END_TEST
+
+START_TEST(test_err_duplicate_server)
+{
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; servers = (\n"
+                 "    { address = \"127.0.0.1:9001\"; },\n"
+                 "    { address = \"localhost:9001\"; }\n"
+                 "  ); }\n"
+                 ");\n",
+                 "localhost:9001", "duplicate server 127.0.0.1:9001 in pool 'web'");
+    /* The same address in two pools is fine. */
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(LISTENERS
+                       "pools = (\n"
+                       "  { name = \"a\"; servers = ( { address = \"127.0.0.1:9001\"; } ); },\n"
+                       "  { name = \"b\"; servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                       ");\n"
+                       "routes = ( { pool = \"a\"; } );\n", &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "%s", err);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_bad_pool_name)
+{
+    static const char *const names[] = {
+        "web pool", "", "web/1", "w\xc3\xa9b", "web!",
+        "a123456789012345678901234567890123456789012345678901234567890123", /* 64 */
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(names); i++) {
+        char text[512];
+        snprintf(text, sizeof(text),
+                 LISTENERS
+                 "pools = (\n"
+                 "  { servers = ( { address = \"127.0.0.1:9001\"; } );\n"
+                 "    name = \"%s\"; }\n"
+                 ");\n", names[i]);
+        expect_error(text, "name =", "bad pool name");
+    }
+    /* 63 characters of every allowed class is fine. */
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(LISTENERS
+                       "pools = ( { name = \"Az09_-.a12345678901234567890123456789012345678901234567890123456\";\n"
+                       "  servers = ( { address = \"127.0.0.1:9001\"; } ); } );\n",
+                       &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "%s", err);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_unknown_strategy)
+{
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    strategy = \"least_conn\";\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "strategy", "unknown strategy \"least_conn\"");
+}
+END_TEST
+
+START_TEST(test_err_route_missing_pool)
+{
+    expect_error(MINIMAL
+                 "routes = (\n"
+                 "  { host = \"*\"; path_prefix = \"/\";\n"
+                 "    pool = \"api\"; }\n"
+                 ");\n",
+                 "pool = \"api\"", "unknown pool 'api'");
+}
+END_TEST
+
+START_TEST(test_err_routes_missing)
+{
+    /* Nothing in the file to point at: the message names the file, line 0. */
+    expect_error_line(LISTENERS
+                      "pools = (\n"
+                      "  { name = \"a\"; servers = ( { address = \"127.0.0.1:9001\"; } ); },\n"
+                      "  { name = \"b\"; servers = ( { address = \"127.0.0.1:9002\"; } ); }\n"
+                      ");\n",
+                      NULL, 0, "missing 'routes'");
+}
+END_TEST
+
+START_TEST(test_err_bad_duration)
+{
+    static const char *const bad[] = { "10", "5 s", "1x", "-1s", "", "s", "1.5s", "1S",
+                                       "99999999999999999999ms", "18446744073709551615h" };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(bad); i++) {
+        char text[512];
+        snprintf(text, sizeof(text),
+                 MINIMAL
+                 "timeouts = {\n"
+                 "  client_idle = \"1m\";\n"
+                 "  connect = \"%s\";\n"
+                 "};\n", bad[i]);
+        char what[128];
+        snprintf(what, sizeof(what), "'connect': invalid duration \"%s\"", bad[i]);
+        expect_error(text, "connect", what);
+    }
+    expect_error("shutdown_timeout = \"10\";\n" MINIMAL, "shutdown_timeout",
+                 "invalid duration \"10\"");
+}
+END_TEST
+
+START_TEST(test_err_empty_lists)
+{
+    expect_error("workers = 1;\nlisteners = ( );\n" POOL_WEB, "listeners", "'listeners' must not be empty");
+    expect_error(LISTENERS "pools = ( );\n", "pools", "'pools' must not be empty");
+}
+END_TEST
+
+START_TEST(test_err_bad_host)
+{
+    static const char *const bad[] = { "exa mple.com", "", "*.", "*example.com", "a.*.com",
+                                       "example.com:80", "ex_ample.com", "*.*.example.com" };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(bad); i++) {
+        char text[512];
+        snprintf(text, sizeof(text),
+                 MINIMAL
+                 "routes = (\n"
+                 "  { pool = \"web\";\n"
+                 "    host = \"%s\"; }\n"
+                 ");\n", bad[i]);
+        char what[128];
+        snprintf(what, sizeof(what), "bad host \"%s\"", bad[i]);
+        expect_error(text, "host =", what);
+    }
+}
+END_TEST
+
+START_TEST(test_err_path_prefix)
+{
+    expect_error(MINIMAL
+                 "routes = (\n"
+                 "  { pool = \"web\";\n"
+                 "    path_prefix = \"api\"; }\n"
+                 ");\n",
+                 "path_prefix", "path_prefix must start with '/'");
+    expect_error(MINIMAL
+                 "routes = (\n"
+                 "  { pool = \"web\";\n"
+                 "    path_prefix = \"\"; }\n"
+                 ");\n",
+                 "path_prefix", "path_prefix must start with '/'");
+}
+END_TEST
+
+START_TEST(test_err_log_level)
+{
+    expect_error(MINIMAL "log_level = \"verbose\";\n", "log_level", "unknown log_level \"verbose\"");
+    expect_error(MINIMAL "pid_file = \"\";\n", "pid_file", "'pid_file' must not be empty");
+}
+END_TEST
+
+Suite *config_suite(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("valid");
+    tcase_add_test(tc, test_full_config);
+    tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_workers_auto);
+    tcase_add_test(tc, test_durations);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("errors");
+    tcase_add_test(tc, test_missing_file);
+    tcase_add_test(tc, test_err_syntax);
+    tcase_add_test(tc, test_err_unknown_top_key);
+    tcase_add_test(tc, test_err_unknown_server_key);
+    tcase_add_test(tc, test_err_unknown_other_keys);
+    tcase_add_test(tc, test_err_wrong_types);
+    tcase_add_test(tc, test_err_workers_range);
+    tcase_add_test(tc, test_err_bad_address);
+    tcase_add_test(tc, test_err_missing_address);
+    tcase_add_test(tc, test_err_duplicate_listener);
+    tcase_add_test(tc, test_err_duplicate_pool);
+    tcase_add_test(tc, test_err_duplicate_server);
+    tcase_add_test(tc, test_err_bad_pool_name);
+    tcase_add_test(tc, test_err_unknown_strategy);
+    tcase_add_test(tc, test_err_route_missing_pool);
+    tcase_add_test(tc, test_err_routes_missing);
+    tcase_add_test(tc, test_err_bad_duration);
+    tcase_add_test(tc, test_err_empty_lists);
+    tcase_add_test(tc, test_err_bad_host);
+    tcase_add_test(tc, test_err_path_prefix);
+    tcase_add_test(tc, test_err_log_level);
+    suite_add_tcase(s, tc);
+    return s;
+}
