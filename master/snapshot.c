@@ -17,6 +17,19 @@ static void lb_snapshot_classes(FILE *out, const uint64_t *c)
     fputc('}', out);
 }
 
+static const char *const lb_timeout_names[LB_TIMEOUT_KINDS] = {
+    "client_header", "client_body", "client_idle", "connect", "backend_response",
+    "send", "deadline", "tunnel",
+};
+
+static void lb_snapshot_timeouts(FILE *out, const uint64_t *c)
+{
+    fputc('{', out);
+    for (unsigned i = 0; i < LB_TIMEOUT_KINDS; i++)
+        fprintf(out, "%s\"%s\":%llu", i ? "," : "", lb_timeout_names[i], (unsigned long long)c[i]);
+    fputc('}', out);
+}
+
 static const char *lb_slot_state_name(uint32_t st)
 {
     return st == LB_SLOT_RUNNING ? "running" : st == LB_SLOT_DRAINING ? "draining" : "free";
@@ -36,6 +49,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     unsigned used = atomic_load(&h->slots_used);
     bool first = true;
     uint64_t totals[5] = { 0 };     /* connections, requests, active, in, out */
+    uint64_t timeouts_total[LB_TIMEOUT_KINDS] = { 0 };
     for (unsigned s = 0; s < used && s < h->max_slots; s++) {
         struct lb_shm_worker *w = lb_shm_worker(h, s);
         uint32_t st = atomic_load(&w->state);
@@ -51,6 +65,11 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         totals[2] += active;
         totals[3] += bin;
         totals[4] += bout;
+        uint64_t to[LB_TIMEOUT_KINDS];
+        for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++) {
+            to[k] = lb_counter_get(&w->timeouts[k]);
+            timeouts_total[k] += to[k];
+        }
         if (st == LB_SLOT_FREE)
             continue;       /* its counts live on in the totals */
         unsigned id = atomic_load(&w->id);
@@ -63,6 +82,8 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)conns, (unsigned long long)active,
                 (unsigned long long)reqs, (unsigned long long)bin, (unsigned long long)bout);
         lb_snapshot_classes(out, resp);
+        fputs(",\"timeouts\":", out);
+        lb_snapshot_timeouts(out, to);
         fputc('}', out);
         first = false;
     }
@@ -71,10 +92,12 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         restarts += atomic_load(&h->worker_restarts[i]);
     fprintf(out, "],\"totals\":{\"connections\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                 "\"worker_restarts\":%llu},\"pools\":[",
+                 "\"worker_restarts\":%llu,\"timeouts\":",
             (unsigned long long)totals[0], (unsigned long long)totals[1],
             (unsigned long long)totals[2], (unsigned long long)totals[3],
             (unsigned long long)totals[4], (unsigned long long)restarts);
+    lb_snapshot_timeouts(out, timeouts_total);
+    fputs("},\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };
     first = true;

@@ -1,7 +1,9 @@
 #include "shared/config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <libconfig.h>
+#include <netinet/in.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -228,6 +230,9 @@ const char *lb_strategy_name(enum lb_strategy s)
     return "?";
 }
 
+static int lb_cfg_timeouts(struct lb_loader *ld, const config_setting_t *parent,
+                           struct lb_timeouts *t, bool pool);
+
 static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_group,
                           struct lb_pool_cfg *p)
 {
@@ -261,7 +266,8 @@ static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_gro
 static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
-    static const char *const keys[] = { "name", "strategy", "servers", "keepalive", NULL };
+    static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
+                                        "timeouts", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -289,7 +295,9 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             if (strcmp(cfg->pools[j].name, name) == 0)
                 return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
                                    "duplicate pool name '%s'", name);
-        if (lb_cfg_strategy(ld, g, &p->strategy) < 0 ||
+        p->timeouts = cfg->timeouts;
+        if (lb_cfg_timeouts(ld, g, &p->timeouts, true) < 0 ||
+            lb_cfg_strategy(ld, g, &p->strategy) < 0 ||
             lb_cfg_int(ld, g, "keepalive", 0, 100000, &keepalive) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;
@@ -383,32 +391,182 @@ static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
-static int lb_cfg_timeouts(struct lb_loader *ld, const config_setting_t *root,
-                           struct lb_timeouts *t)
+/* Timeout keys; the pool column says whether a pool may override it (the
+ * client-side ones run before routing knows the pool). */
+static const struct {
+    const char *name;
+    size_t offset;
+    bool per_pool;
+} lb_timeout_keys[] = {
+    { "client_header", offsetof(struct lb_timeouts, client_header_ms), false },
+    { "client_body", offsetof(struct lb_timeouts, client_body_ms), true },
+    { "client_idle", offsetof(struct lb_timeouts, client_idle_ms), false },
+    { "connect", offsetof(struct lb_timeouts, connect_ms), true },
+    { "backend_response", offsetof(struct lb_timeouts, backend_response_ms), true },
+    { "backend_idle", offsetof(struct lb_timeouts, backend_idle_ms), true },
+    { "send", offsetof(struct lb_timeouts, send_ms), true },
+    { "deadline", offsetof(struct lb_timeouts, deadline_ms), true },
+    { "tunnel", offsetof(struct lb_timeouts, tunnel_ms), true },
+};
+
+/* Read the 'timeouts' group of PARENT (root or a pool) over T. */
+static int lb_cfg_timeouts(struct lb_loader *ld, const config_setting_t *parent,
+                           struct lb_timeouts *t, bool pool)
 {
-    static const char *const keys[] = { "client_header", "client_idle", "connect",
-                                        "backend_response", "backend_idle", "send", NULL };
-    *t = (struct lb_timeouts){
-        .client_header_ms = 30000,
-        .client_idle_ms = 60000,
-        .connect_ms = 5000,
-        .backend_response_ms = 60000,
-        .backend_idle_ms = 30000,
-        .send_ms = 60000,
-    };
-    const config_setting_t *g = lb_cfg_member(root, "timeouts");
+    const config_setting_t *g = lb_cfg_member(parent, "timeouts");
     if (g == NULL)
         return 0;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
         return lb_cfg_fail(ld, g, "'timeouts' must be a group { ... }");
-    if (lb_cfg_check_keys(ld, g, "timeouts", keys) < 0 ||
-        lb_cfg_duration(ld, g, "client_header", &t->client_header_ms) < 0 ||
-        lb_cfg_duration(ld, g, "client_idle", &t->client_idle_ms) < 0 ||
-        lb_cfg_duration(ld, g, "connect", &t->connect_ms) < 0 ||
-        lb_cfg_duration(ld, g, "backend_response", &t->backend_response_ms) < 0 ||
-        lb_cfg_duration(ld, g, "backend_idle", &t->backend_idle_ms) < 0 ||
-        lb_cfg_duration(ld, g, "send", &t->send_ms) < 0)
+    int n = config_setting_length(g);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(g, (unsigned)i);
+        const char *name = config_setting_name(e);
+        size_t k = 0;
+        while (k < LB_ARRAY_SIZE(lb_timeout_keys) && strcmp(lb_timeout_keys[k].name, name) != 0)
+            k++;
+        if (k == LB_ARRAY_SIZE(lb_timeout_keys))
+            return lb_cfg_fail(ld, e, "unknown key '%s' in timeouts", name);
+        if (pool && !lb_timeout_keys[k].per_pool)
+            return lb_cfg_fail(ld, e, "timeout '%s' is global only (not per pool)", name);
+        if (lb_cfg_duration(ld, g, name, (uint64_t *)((char *)t + lb_timeout_keys[k].offset)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* A size: an integer (bytes) or a string with a unit ("64k", "1m"). */
+static int lb_cfg_size(struct lb_loader *ld, const config_setting_t *group, const char *name,
+                       uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s == NULL)
+        return 0;
+    uint64_t v;
+    int t = config_setting_type(s);
+    if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+        long long x = config_setting_get_int64(s);
+        if (x < 0)
+            return lb_cfg_fail(ld, s, "'%s' must not be negative", name);
+        v = (uint64_t)x;
+    } else if (t == CONFIG_TYPE_STRING) {
+        if (lb_size_parse(config_setting_get_string(s), &v) < 0)
+            return lb_cfg_fail(ld, s, "'%s': invalid size \"%s\" (use e.g. 8192, \"64k\", \"1m\")",
+                               name, config_setting_get_string(s));
+    } else {
+        return lb_cfg_fail(ld, s, "'%s' must be a size (8192 or \"8k\")", name);
+    }
+    if (v < lo || v > hi)
+        return lb_cfg_fail(ld, s, "'%s' must be between %llu and %llu bytes", name,
+                           (unsigned long long)lo, (unsigned long long)hi);
+    *out = v;
+    return 0;
+}
+
+static int lb_cfg_limits(struct lb_loader *ld, const config_setting_t *root,
+                         struct lb_limits *l)
+{
+    static const char *const keys[] = { "request_line", "header_size", "headers", "body",
+                                        "buffer", NULL };
+    const config_setting_t *g = lb_cfg_member(root, "limits");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'limits' must be a group { ... }");
+    if (lb_cfg_check_keys(ld, g, "limits", keys) < 0 ||
+        lb_cfg_size(ld, g, "request_line", 64, 1 << 20, &l->request_line) < 0 ||
+        lb_cfg_size(ld, g, "header_size", 256, 1 << 20, &l->header_size) < 0 ||
+        lb_cfg_size(ld, g, "headers", 1, LB_MAX_HEADERS_LIMIT, &l->headers) < 0 ||
+        lb_cfg_size(ld, g, "body", 0, UINT64_MAX, &l->body) < 0 ||
+        lb_cfg_size(ld, g, "buffer", 4096, 64 << 20, &l->buffer) < 0)
         return -1;
+    if (l->request_line > l->header_size)
+        return lb_cfg_fail(ld, g, "limits: request_line must not exceed header_size");
+    return 0;
+}
+
+int lb_cidr_parse(const char *s, struct lb_cidr *out)
+{
+    char buf[64];
+    const char *slash = strchr(s, '/');
+    size_t n = slash ? (size_t)(slash - s) : strlen(s);
+    if (n == 0 || n >= sizeof(buf))
+        return -1;
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    memset(out, 0, sizeof(*out));
+    unsigned max, base;
+    struct in_addr v4;
+    if (inet_pton(AF_INET, buf, &v4) == 1) {
+        out->addr[10] = out->addr[11] = 0xff;
+        memcpy(out->addr + 12, &v4, 4);
+        max = 32;
+        base = 96;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        max = 128;
+        base = 0;
+    } else {
+        return -1;
+    }
+    unsigned prefix = max;
+    if (slash != NULL) {
+        char *end;
+        errno = 0;
+        unsigned long p = strtoul(slash + 1, &end, 10);
+        if (errno != 0 || end == slash + 1 || *end != '\0' || p > max)
+            return -1;
+        prefix = (unsigned)p;
+    }
+    out->prefix = base + prefix;
+    return 0;
+}
+
+bool lb_cidr_match(const struct lb_cidr *blocks, size_t n, const struct sockaddr *sa)
+{
+    uint8_t a[16] = { 0 };
+    if (sa->sa_family == AF_INET) {
+        a[10] = a[11] = 0xff;
+        memcpy(a + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else if (sa->sa_family == AF_INET6) {
+        memcpy(a, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    } else {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned bits = blocks[i].prefix, full = bits / 8, rest = bits % 8;
+        if (memcmp(a, blocks[i].addr, full) != 0)
+            continue;
+        if (rest != 0) {
+            uint8_t mask = (uint8_t)(0xff << (8 - rest));
+            if ((a[full] & mask) != (blocks[i].addr[full] & mask))
+                continue;
+        }
+        return true;
+    }
+    return false;
+}
+
+static int lb_cfg_trusted(struct lb_loader *ld, const config_setting_t *root,
+                          struct lb_config *cfg)
+{
+    const config_setting_t *s = lb_cfg_member(root, "trusted_proxies");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) != CONFIG_TYPE_LIST && config_setting_type(s) != CONFIG_TYPE_ARRAY)
+        return lb_cfg_fail(ld, s, "'trusted_proxies' must be a list of addresses: "
+                                  "[ \"10.0.0.0/8\", \"::1\" ]");
+    int n = config_setting_length(s);
+    cfg->trusted_proxies = calloc(n > 0 ? (size_t)n : 1, sizeof(*cfg->trusted_proxies));
+    if (cfg->trusted_proxies == NULL)
+        return lb_cfg_fail(ld, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING ||
+            lb_cidr_parse(config_setting_get_string(e), &cfg->trusted_proxies[i]) < 0)
+            return lb_cfg_fail(ld, e, "trusted_proxies: expected an address or block "
+                                      "like \"10.0.0.0/8\" or \"::1\"");
+        cfg->ntrusted_proxies++;
+    }
     return 0;
 }
 
@@ -460,22 +618,44 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                        struct lb_config *cfg)
 {
     static const char *const keys[] = { "workers", "shutdown_timeout", "error_log",
-                                        "log_level", "pid_file", "timeouts",
-                                        "listeners", "pools", "routes", NULL };
+                                        "log_level", "pid_file", "access_log", "timeouts",
+                                        "limits", "trusted_proxies", "listeners", "pools",
+                                        "routes", NULL };
     const char *level = NULL;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
     cfg->log_level = LB_LOG_INFO;
+    cfg->timeouts = (struct lb_timeouts){
+        .client_header_ms = 30000,
+        .client_body_ms = 30000,
+        .client_idle_ms = 60000,
+        .connect_ms = 5000,
+        .backend_response_ms = 60000,
+        .backend_idle_ms = 30000,
+        .send_ms = 60000,
+        .deadline_ms = 0,
+        .tunnel_ms = 3600000,
+    };
+    cfg->limits = (struct lb_limits){
+        .request_line = 8192,
+        .header_size = 32768,
+        .headers = 100,
+        .body = 0,
+        .buffer = 256 * 1024,
+    };
     if (lb_cfg_check_keys(ld, root, "the top level", keys) < 0 ||
         lb_cfg_workers(ld, root, cfg) < 0 ||
         lb_cfg_duration(ld, root, "shutdown_timeout", &cfg->shutdown_timeout_ms) < 0 ||
         lb_cfg_strdup(ld, root, "error_log", &cfg->error_log) < 0 ||
         lb_cfg_strdup(ld, root, "pid_file", &cfg->pid_file) < 0 ||
+        lb_cfg_strdup(ld, root, "access_log", &cfg->access_log) < 0 ||
         lb_cfg_string(ld, root, "log_level", &level, false) < 0)
         return -1;
     if (level != NULL && lb_log_level_parse(level, &cfg->log_level) < 0)
         return lb_cfg_fail(ld, lb_cfg_member(root, "log_level"),
                            "unknown log_level \"%s\" (error, warn, info, debug)", level);
-    if (lb_cfg_timeouts(ld, root, &cfg->timeouts) < 0 ||
+    if (lb_cfg_timeouts(ld, root, &cfg->timeouts, false) < 0 ||
+        lb_cfg_limits(ld, root, &cfg->limits) < 0 ||
+        lb_cfg_trusted(ld, root, cfg) < 0 ||
         lb_cfg_listeners(ld, root, cfg) < 0 ||
         lb_cfg_pools(ld, root, cfg) < 0 ||
         lb_cfg_routes(ld, root, cfg) < 0)
@@ -543,6 +723,8 @@ void lb_config_free(struct lb_config *cfg)
     free(cfg->routes);
     free(cfg->error_log);
     free(cfg->pid_file);
+    free(cfg->access_log);
+    free(cfg->trusted_proxies);
     free(cfg->path);
     free(cfg);
 }

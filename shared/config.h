@@ -22,10 +22,25 @@
 #define LB_HOST_MAX     256
 #define LB_MAX_WORKERS  64
 #define LB_WEIGHT_MAX   1000
+#define LB_MAX_HEADERS_LIMIT 1000       /* upper bound of limits.headers */
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
     LB_STRATEGY_WEIGHTED_ROUND_ROBIN,   /* smooth WRR, as nginx */
+};
+
+/* Every wait has a bound (0: none). Defaults in config.c, documented in the
+ * README. The global set applies to every pool unless the pool overrides. */
+struct lb_timeouts {
+    uint64_t client_header_ms;  /* first byte to end of request head: 408 */
+    uint64_t client_body_ms;    /* for each further 8 KiB of request body: 408 */
+    uint64_t client_idle_ms;    /* keep-alive wait for the next request */
+    uint64_t connect_ms;        /* TCP connect to a backend: 504 */
+    uint64_t backend_response_ms; /* request sent to response head, and between reads: 504 */
+    uint64_t backend_idle_ms;   /* pooled idle backend connection */
+    uint64_t send_ms;           /* a stalled write to either side */
+    uint64_t deadline_ms;       /* request head received to response complete: 504 */
+    uint64_t tunnel_ms;         /* idle upgraded (WebSocket) connection */
 };
 
 struct lb_server_cfg {
@@ -41,6 +56,7 @@ struct lb_pool_cfg {
     struct lb_server_cfg *servers;
     size_t nservers;
     unsigned keepalive;                 /* idle connections kept per server, per worker */
+    struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };
 
@@ -65,14 +81,20 @@ struct lb_route_cfg {
     size_t pool;                        /* index into lb_config.pools */
 };
 
-/* Every wait has a bound. Defaults in config.c, documented in the README. */
-struct lb_timeouts {
-    uint64_t client_header_ms;  /* first byte to end of request head */
-    uint64_t client_idle_ms;    /* keep-alive wait for the next request */
-    uint64_t connect_ms;        /* TCP connect to a backend */
-    uint64_t backend_response_ms; /* request sent to first response byte, and between reads */
-    uint64_t backend_idle_ms;   /* pooled idle backend connection */
-    uint64_t send_ms;           /* a stalled write to either side */
+/* Sizes in bytes; request_line/header_size/headers/body answer 414/431/431/413. */
+struct lb_limits {
+    uint64_t request_line;
+    uint64_t header_size;       /* the whole head, request line included */
+    uint64_t headers;           /* number of header fields */
+    uint64_t body;              /* 0: unlimited */
+    uint64_t buffer;            /* buffered per direction per connection */
+};
+
+/* An address block whose clients' X-Forwarded-For / Forwarded lbd trusts.
+ * IPv4 is held as IPv4-mapped IPv6 so one comparison serves both. */
+struct lb_cidr {
+    uint8_t addr[16];
+    unsigned prefix;            /* 0-128 over the mapped form */
 };
 
 struct lb_config {
@@ -84,6 +106,10 @@ struct lb_config {
     enum lb_log_level log_level;
     char *pid_file;                     /* NULL: none unless -p */
     struct lb_timeouts timeouts;
+    struct lb_limits limits;
+    char *access_log;                   /* NULL: off */
+    struct lb_cidr *trusted_proxies;
+    size_t ntrusted_proxies;
 
     struct lb_listener_cfg *listeners;
     size_t nlisteners;
@@ -100,5 +126,10 @@ int lb_config_load(const char *path, struct lb_config **out, char *err,
 void lb_config_free(struct lb_config *cfg);
 
 const char *lb_strategy_name(enum lb_strategy s);
+
+/* Parse "10.0.0.0/8", "127.0.0.1", "::1", "2001:db8::/32". 0 or -1. */
+int lb_cidr_parse(const char *s, struct lb_cidr *out);
+/* Whether SA (AF_INET or AF_INET6) lies in one of the N blocks. */
+bool lb_cidr_match(const struct lb_cidr *blocks, size_t n, const struct sockaddr *sa);
 
 #endif

@@ -39,6 +39,19 @@
 /* Response status classes 1xx..5xx, index 0..4. */
 #define LB_STATUS_CLASSES       5
 
+/* Timeouts that fired, by kind (README: timeouts). */
+enum lb_timeout_kind {
+    LB_TO_CLIENT_HEADER,
+    LB_TO_CLIENT_BODY,
+    LB_TO_CLIENT_IDLE,
+    LB_TO_CONNECT,
+    LB_TO_BACKEND_RESPONSE,
+    LB_TO_SEND,
+    LB_TO_DEADLINE,
+    LB_TO_TUNNEL,
+    LB_TIMEOUT_KINDS
+};
+
 typedef _Atomic uint64_t lb_counter_t;
 
 /* Worker slot lifecycle (written by the master; the owner only sets DRAINING):
@@ -67,6 +80,7 @@ struct lb_shm_worker {
     lb_counter_t responses[LB_STATUS_CLASSES];  /* sent to clients */
     lb_counter_t bytes_in;              /* from clients */
     lb_counter_t bytes_out;             /* to clients */
+    lb_counter_t timeouts[LB_TIMEOUT_KINDS];
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {

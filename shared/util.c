@@ -36,6 +36,31 @@ int lb_duration_parse(const char *s, uint64_t *ms)
     return 0;
 }
 
+int lb_size_parse(const char *s, uint64_t *bytes)
+{
+    if (s == NULL || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -1;
+    unsigned shift;
+    switch (*end) {
+    case '\0': shift = 0; break;
+    case 'k': case 'K': shift = 10; break;
+    case 'm': case 'M': shift = 20; break;
+    case 'g': case 'G': shift = 30; break;
+    default: return -1;
+    }
+    if (shift != 0 && end[1] != '\0')
+        return -1;
+    if (v > (UINT64_MAX >> shift))
+        return -1;
+    *bytes = (uint64_t)v << shift;
+    return 0;
+}
+
 static int lb_port_parse(const char *s, uint16_t *port)
 {
     if (*s == '\0')

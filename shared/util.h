@@ -17,6 +17,9 @@
  * milliseconds to another. Returns 0, or -1 on malformed or overflowing. */
 int lb_duration_parse(const char *s, uint64_t *ms);
 
+/* "8192", "64k", "1m", "2g" (powers of 1024). 0 or -1. */
+int lb_size_parse(const char *s, uint64_t *bytes);
+
 /* A parsed socket address, IPv4 or IPv6. */
 struct lb_addr {
     struct sockaddr_storage ss;

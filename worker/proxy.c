@@ -31,7 +31,8 @@ struct lb_session {
     struct bufferevent *client;
     struct lb_upconn *up;               /* NULL outside PROXY */
     struct lb_server_rt *server;
-    struct event head_timer;            /* client_header deadline */
+    struct event client_timer;          /* client_header, then client_body progress */
+    struct event deadline_timer;        /* the whole exchange (deadline) */
     char client_ip[INET6_ADDRSTRLEN];
 
     uint8_t state;
@@ -55,6 +56,8 @@ struct lb_session {
     enum lb_http_body resp_body;
     uint64_t req_left;
     uint64_t resp_left;
+    uint64_t req_body_bytes;            /* received so far (limits.body) */
+    uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
 };
@@ -103,11 +106,37 @@ static void lb_evbuffer_add_str(struct evbuffer *b, const char *s)
 
 /* ---- timers and teardown -------------------------------------------- */
 
+static void lb_count_timeout(struct lb_session *s, enum lb_timeout_kind k)
+{
+    lb_counter_add(&s->w->slot_stats->timeouts[k], 1);
+}
+
+static void lb_timer_arm(struct event *ev, uint64_t ms)
+{
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
+                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    if (ms != 0)
+        evtimer_add(ev, &tv);
+}
+
+/* A zero duration means "no timeout": libevent takes NULL for that. */
+static void lb_set_timeouts(struct bufferevent *bev, uint64_t read_ms, uint64_t write_ms)
+{
+    struct timeval rd = lb_tv(read_ms), wr = lb_tv(write_ms);
+    bufferevent_set_timeouts(bev, read_ms ? &rd : NULL, write_ms ? &wr : NULL);
+}
+
+/* Backend connection timeouts once connected: first byte/between reads,
+ * and stalled writes, from the pool's timeouts. */
+static void lb_session_up_timeouts(struct lb_session *s)
+{
+    const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
+    lb_set_timeouts(s->up->bev, t->backend_response_ms, t->send_ms);
+}
+
 static void lb_session_set_idle(struct lb_session *s)
 {
-    struct timeval idle = lb_tv(s->w->cfg->timeouts.client_idle_ms);
-    struct timeval send = lb_tv(s->w->cfg->timeouts.send_ms);
-    bufferevent_set_timeouts(s->client, &idle, &send);
+    lb_set_timeouts(s->client, s->w->cfg->timeouts.client_idle_ms, s->w->cfg->timeouts.send_ms);
 }
 
 static void lb_session_release_up(struct lb_session *s, bool reusable)
@@ -125,7 +154,8 @@ static void lb_session_close(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
     lb_session_release_up(s, false);
-    event_del(&s->head_timer);
+    event_del(&s->client_timer);
+    event_del(&s->deadline_timer);
     bufferevent_free(s->client);
     lb_list_remove(&s->node);
     w->nsessions--;
@@ -139,12 +169,14 @@ static void lb_session_close(struct lb_session *s)
  * unread request bytes cannot make the kernel reset the connection and
  * destroy the response in flight. */
 #define LB_LINGER_MS 5000
+#define LB_BODY_PROGRESS 8192
 
 static void lb_session_linger(struct lb_session *s)
 {
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
-    event_del(&s->head_timer);
+    event_del(&s->client_timer);
+    event_del(&s->deadline_timer);
     struct timeval tv = lb_tv(LB_LINGER_MS);
     bufferevent_set_timeouts(s->client, &tv, &tv);
     bufferevent_enable(s->client, EV_READ | EV_WRITE);
@@ -162,8 +194,10 @@ static void lb_session_reset_request(struct lb_session *s)
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->head_len = s->scan = s->resp_scan = 0;
     s->req_left = s->resp_left = 0;
+    s->req_body_bytes = s->body_progress = 0;
     s->req_flags = 0;
-    event_del(&s->head_timer);
+    event_del(&s->client_timer);
+    event_del(&s->deadline_timer);
 }
 
 /* ---- responses lbd writes itself -------------------------------------- */
@@ -324,9 +358,29 @@ static void lb_forward_request_body(struct lb_session *s)
         s->req_done = lb_chunked_done(&s->req_chunk);
     }
     if (n > 0) {
+        s->req_body_bytes += n;
+        uint64_t max = s->w->cfg->limits.body;
+        if (max != 0 && s->req_body_bytes > max) {
+            /* Only chunked bodies get here: a declared length is checked
+             * before anything is forwarded. */
+            lb_log_info("client %s: request body over %llu bytes", s->client_ip,
+                        (unsigned long long)max);
+            s->keepalive = false;
+            lb_session_error(s, 413);
+            return;
+        }
         evbuffer_remove_buffer(in, out, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
+        s->body_progress += n;
+    }
+    /* client_body bounds the time for each further 8 KiB: a client
+     * dripping a byte a second is cut, a slow but honest upload is not. */
+    if (s->req_done) {
+        event_del(&s->client_timer);
+    } else if (s->body_progress >= LB_BODY_PROGRESS || !evtimer_pending(&s->client_timer, NULL)) {
+        s->body_progress = 0;
+        lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.client_body_ms);
     }
 }
 
@@ -448,7 +502,7 @@ static bool lb_handle_response_head(struct lb_session *s)
             }
             return false;
         }
-        struct lb_http_msg m = { .headers = w->scratch, .max_headers = LB_MAX_HEADERS };
+        struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
         if (lb_http_parse_response(buf, head_len, &m, s->req_flags & LB_MSG_HEAD,
                                    &w->limits) < 0 || m.status == 101) {
             lb_log_warn("backend %s: invalid response head", s->server->cfg->address);
@@ -493,9 +547,7 @@ static bool lb_handle_response_head(struct lb_session *s)
         lb_session_count_response(s, m.status);
         /* From here the response streams: the backend may pause as long as
          * the send timeout allows, not the first-byte timeout. */
-        struct timeval rd = lb_tv(w->cfg->timeouts.backend_response_ms);
-        struct timeval wr = lb_tv(w->cfg->timeouts.send_ms);
-        bufferevent_set_timeouts(s->up->bev, &rd, &wr);
+        lb_session_up_timeouts(s);
         return true;
     }
 }
@@ -528,16 +580,18 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
     const char *addr = s->server->cfg->address;
 
     if (what & BEV_EVENT_CONNECTED) {
+        (void)bev;
         up->connected = true;
-        struct timeval rd = lb_tv(s->w->cfg->timeouts.backend_response_ms);
-        struct timeval wr = lb_tv(s->w->cfg->timeouts.send_ms);
-        bufferevent_set_timeouts(bev, &rd, &wr);
+        lb_session_up_timeouts(s);
         return;
     }
     if (s->resp_head_done) {
         /* Relay what is buffered; the relay decides whether the response
          * ended (close-delimited) or was cut. */
         if (!(what & BEV_EVENT_EOF)) {
+            if (what & BEV_EVENT_TIMEOUT)
+                lb_count_timeout(s, (what & BEV_EVENT_READING) ? LB_TO_BACKEND_RESPONSE
+                                                               : LB_TO_SEND);
             lb_log_warn("backend %s: %s mid-response", addr,
                         (what & BEV_EVENT_TIMEOUT) ? "timeout" : "connection error");
             lb_counter_add(&s->server->stats->failures, 1);
@@ -561,8 +615,12 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
     }
     lb_counter_add(&s->server->stats->failures, 1);
     if (what & BEV_EVENT_TIMEOUT) {
+        lb_count_timeout(s, !up->connected ? LB_TO_CONNECT
+                            : (what & BEV_EVENT_READING) ? LB_TO_BACKEND_RESPONSE : LB_TO_SEND);
         lb_log_warn("backend %s timed out %s", addr,
-                    up->connected ? "waiting for the response" : "while connecting");
+                    !up->connected ? "while connecting"
+                    : (what & BEV_EVENT_READING) ? "waiting for the response"
+                                                 : "taking the request");
         lb_session_error(s, 504);
     } else if (!up->connected) {
         lb_log_warn("connect() to %s failed (%d: %s)", addr, err, evutil_socket_error_to_string(err));
@@ -591,8 +649,8 @@ static int lb_session_connect(struct lb_session *s)
     lb_counter_add(&s->server->stats->requests, 1);
     bufferevent_setcb(up->bev, lb_up_read, lb_up_write, lb_up_event, s);
     if (!s->up_reused) {
-        struct timeval ct = lb_tv(w->cfg->timeouts.connect_ms);
-        bufferevent_set_timeouts(up->bev, &ct, &ct);
+        uint64_t ct = s->server->pool->cfg->timeouts.connect_ms;
+        lb_set_timeouts(up->bev, ct, ct);
         const struct lb_addr *a = &s->server->cfg->addr;
         if (bufferevent_socket_connect(up->bev, (const struct sockaddr *)&a->ss,
                                        (int)a->len) < 0) {
@@ -604,9 +662,7 @@ static int lb_session_connect(struct lb_session *s)
             return -1;
         }
     } else {
-        struct timeval rd = lb_tv(w->cfg->timeouts.backend_response_ms);
-        struct timeval wr = lb_tv(w->cfg->timeouts.send_ms);
-        bufferevent_set_timeouts(up->bev, &rd, &wr);
+        lb_session_up_timeouts(s);
     }
     bufferevent_enable(up->bev, EV_READ | EV_WRITE);
 
@@ -614,7 +670,7 @@ static int lb_session_connect(struct lb_session *s)
         /* Re-parse the head still in the client buffer: same bytes, same result. */
         struct evbuffer *in = bufferevent_get_input(s->client);
         const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->head_len);
-        struct lb_http_msg m = { .headers = w->scratch, .max_headers = LB_MAX_HEADERS };
+        struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
         if (buf == NULL || lb_http_parse_request(buf, s->head_len, &m, &w->limits) != 0)
             return -1;
         size_t n = lb_write_request_head(s, &m, bufferevent_get_output(up->bev));
@@ -626,6 +682,13 @@ static int lb_session_connect(struct lb_session *s)
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
+    if (w->cfg->limits.body != 0 && s->req_body == LB_BODY_LENGTH &&
+        s->req_left > w->cfg->limits.body) {
+        /* Refused before a byte of it is read (or 100-continue sent). */
+        s->keepalive = false;
+        lb_session_error(s, 413);
+        return;
+    }
     const struct lb_http_header *host = m->host >= 0 ? &m->headers[m->host] : NULL;
     const struct lb_route_cfg *r = lb_route_match(w->cfg, host ? host->value : NULL,
                                                   host ? host->value_len : 0,
@@ -643,7 +706,8 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     }
     s->server = &pool->servers[idx];
     s->state = LB_S_PROXY;
-    event_del(&s->head_timer);
+    event_del(&s->client_timer);
+    lb_timer_arm(&s->deadline_timer, pool->cfg->timeouts.deadline_ms);
     if (lb_session_connect(s) < 0) {
         lb_session_error(s, 502);
         return;
@@ -661,14 +725,37 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
 
 /* ---- client side -------------------------------------------------------- */
 
-static void lb_head_timeout(evutil_socket_t fd, short what, void *arg)
+static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct lb_session *s = arg;
-    lb_log_info("client %s: request head not received within client_header", s->client_ip);
+    if (s->state == LB_S_HEAD) {
+        lb_log_info("client %s: request head not received within client_header", s->client_ip);
+        lb_count_timeout(s, LB_TO_CLIENT_HEADER);
+    } else {
+        /* Our own back-pressure is not the client's slowness. */
+        if (s->up != NULL &&
+            evbuffer_get_length(bufferevent_get_output(s->up->bev)) >= s->w->buffer_limit) {
+            lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.client_body_ms);
+            return;
+        }
+        lb_log_info("client %s: request body too slow (client_body)", s->client_ip);
+        lb_count_timeout(s, LB_TO_CLIENT_BODY);
+    }
     s->keepalive = false;
     lb_session_error(s, 408);
+}
+
+static void lb_deadline_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_session *s = arg;
+    lb_log_info("client %s: request deadline passed", s->client_ip);
+    lb_count_timeout(s, LB_TO_DEADLINE);
+    s->keepalive = false;
+    lb_session_error(s, 504);
 }
 
 static void lb_session_try_head(struct lb_session *s)
@@ -688,9 +775,9 @@ static void lb_session_try_head(struct lb_session *s)
     }
     if (len == 0)
         return;
-    if (!evtimer_pending(&s->head_timer, NULL) && w->cfg->timeouts.client_header_ms) {
+    if (!evtimer_pending(&s->client_timer, NULL) && w->cfg->timeouts.client_header_ms) {
         struct timeval tv = lb_tv(w->cfg->timeouts.client_header_ms);
-        evtimer_add(&s->head_timer, &tv);
+        evtimer_add(&s->client_timer, &tv);
     }
 
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
@@ -705,7 +792,7 @@ static void lb_session_try_head(struct lb_session *s)
         return;
     }
 
-    struct lb_http_msg m = { .headers = w->scratch, .max_headers = LB_MAX_HEADERS };
+    struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
     int st = lb_http_parse_request(buf, head_len, &m, &w->limits);
     lb_counter_add(&w->slot_stats->requests, 1);
     if (st != 0) {
@@ -781,6 +868,8 @@ static void lb_client_event(struct bufferevent *bev, short what, void *arg)
         bufferevent_enable(s->client, EV_READ);
         return;
     }
+    if (what & BEV_EVENT_TIMEOUT)
+        lb_count_timeout(s, (what & BEV_EVENT_READING) ? LB_TO_CLIENT_IDLE : LB_TO_SEND);
     lb_session_close(s);
 }
 
@@ -801,7 +890,8 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     s->w = w;
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
-    evtimer_assign(&s->head_timer, w->base, lb_head_timeout, s);
+    evtimer_assign(&s->client_timer, w->base, lb_client_timeout, s);
+    evtimer_assign(&s->deadline_timer, w->base, lb_deadline_timeout, s);
     lb_session_reset_request(s);
     lb_list_push(&w->sessions, &s->node);
     w->nsessions++;

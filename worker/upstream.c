@@ -144,10 +144,11 @@ void lb_upconn_release(struct lb_upconn *up, bool reusable)
         lb_upconn_free(up);
         return;
     }
-    struct timeval idle = { .tv_sec = (time_t)(w->cfg->timeouts.backend_idle_ms / 1000),
-                            .tv_usec = (suseconds_t)(w->cfg->timeouts.backend_idle_ms % 1000) * 1000 };
+    uint64_t ms = s->pool->cfg->timeouts.backend_idle_ms;
+    struct timeval idle = { .tv_sec = (time_t)(ms / 1000),
+                            .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
     bufferevent_setcb(up->bev, lb_upconn_idle_read, NULL, lb_upconn_idle_event, up);
-    bufferevent_set_timeouts(up->bev, w->cfg->timeouts.backend_idle_ms ? &idle : NULL, NULL);
+    bufferevent_set_timeouts(up->bev, ms ? &idle : NULL, NULL);
     bufferevent_enable(up->bev, EV_READ);
     lb_list_push(&s->idle, &up->idle_node);
     s->nidle++;

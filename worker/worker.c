@@ -14,14 +14,6 @@
 #include "worker/proxy.h"
 #include "worker/upstream.h"
 
-/* Limits until they become configurable (HTTP issue): nginx's 8 KiB request
- * line, HAProxy-like head size, and a quarter megabyte in flight per
- * direction per connection. */
-#define LB_DEFAULT_MAX_REQUEST_LINE 8192
-#define LB_DEFAULT_MAX_HEAD         32768
-#define LB_DEFAULT_MAX_HEADERS      100
-#define LB_DEFAULT_BUFFER_LIMIT     (256 * 1024)
-
 static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
                              struct sockaddr *sa, int socklen, void *arg)
 {
@@ -110,11 +102,14 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     w->slot = slot;
     w->slot_stats = lb_shm_worker(shm, slot);
     w->limits = (struct lb_http_limits){
-        .max_request_line = LB_DEFAULT_MAX_REQUEST_LINE,
-        .max_head = LB_DEFAULT_MAX_HEAD,
-        .max_headers = LB_DEFAULT_MAX_HEADERS,
+        .max_request_line = cfg->limits.request_line,
+        .max_head = cfg->limits.header_size,
+        .max_headers = cfg->limits.headers,
     };
-    w->buffer_limit = LB_DEFAULT_BUFFER_LIMIT;
+    w->buffer_limit = cfg->limits.buffer;
+    w->scratch = calloc(cfg->limits.headers, sizeof(*w->scratch));
+    if (w->scratch == NULL)
+        goto out;
     lb_list_init(&w->sessions);
 
     struct event_config *ec = event_config_new();
@@ -167,5 +162,6 @@ out:
             event_free(w->signals[i]);
     if (w->base != NULL)
         event_base_free(w->base);
+    free(w->scratch);
     exit(rc);
 }

@@ -27,8 +27,6 @@ struct event_base;
 struct evconnlistener;
 struct event;
 
-#define LB_MAX_HEADERS 128
-
 struct lb_pool_rt;
 
 /* Per-worker state of one configured server. */
@@ -64,9 +62,10 @@ struct lb_worker {
 
     struct lb_http_limits limits;
     size_t buffer_limit;                    /* per direction, per connection */
-    /* Scratch headers: a head is parsed and re-serialised in one go, so one
-     * array per worker serves every connection. */
-    struct lb_http_header scratch[LB_MAX_HEADERS];
+    /* Scratch headers (limits.headers of them): a head is parsed and
+     * re-serialised in one go, so one array per worker serves every
+     * connection. */
+    struct lb_http_header *scratch;
 };
 
 /* Run worker ID in shm slot SLOT on LISTEN_FDS (one per cfg->listeners,

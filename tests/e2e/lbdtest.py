@@ -1,0 +1,734 @@
+"""Harness for lbd's end-to-end tests: real lbd, real test backends.
+
+Everything here uses Debian's python3 standard library only.
+
+A test case derives from LbdTestCase. Each test gets its own temp dir
+(kept when the test fails and LBD_KEEP=1), its own ports, its own backends
+and its own lbd; cleanups stop only the processes the test started, by PID.
+Every wait polls a condition against a deadline: no fixed sleeps where a
+condition can be polled, and no assertions on how long something took.
+"""
+import ctypes
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+LBD = os.environ.get("LBD") or os.path.join(ROOT, "build", "lbd")
+LBD_BACKEND = os.environ.get("LBD_BACKEND") or os.path.join(ROOT, "build", "lbd-testbackend")
+
+# Temp dirs of failed tests kept because LBD_KEEP=1 (run.py prints them).
+KEPT_DIRS = []
+
+# The body of ?size=N is this 64-byte line repeated.
+PATTERN_LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-\n"
+assert len(PATTERN_LINE) == 64
+
+
+def pattern_body(n):
+    reps = n // 64 + 1
+    return (PATTERN_LINE * reps)[:n]
+
+
+# ---------------------------------------------------------------------------
+# small utilities
+
+class Timeout(AssertionError):
+    pass
+
+
+def wait_for(cond, timeout=10.0, interval=0.02, what="condition"):
+    """Poll COND until it returns a true value; return that value.
+    Raises Timeout (an AssertionError) after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+            last_exc = None
+        except Exception as e:  # a probe that fails is just "not yet"
+            last_exc = e
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_exc!r})" if last_exc else ""
+            raise Timeout(f"timed out after {timeout:.1f}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+_libc = None
+
+
+def _set_pdeathsig():
+    """preexec_fn: if the runner dies, its children get SIGTERM (no leaks)."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(1, signal.SIGTERM, 0, 0, 0)     # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+_ports_lock = threading.Lock()
+_ports_used = set()
+
+
+def _port_free(port):
+    for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0")):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    if ipv6_loopback_available():
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(("::1", port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+def free_port():
+    """A port nobody listens on, below the ephemeral range (so outgoing
+    connections do not grab it between the probe and its use), and never
+    handed out twice by this process."""
+    with _ports_lock:
+        for _ in range(2000):
+            port = random.randrange(20000, 32000)
+            if port in _ports_used:
+                continue
+            if _port_free(port):
+                _ports_used.add(port)
+                return port
+    raise RuntimeError("no free port found")
+
+
+_ipv6 = None
+
+
+def ipv6_loopback_available():
+    global _ipv6
+    if _ipv6 is None:
+        try:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            try:
+                s.bind(("::1", 0))
+                _ipv6 = True
+            finally:
+                s.close()
+        except OSError:
+            _ipv6 = False
+    return _ipv6
+
+
+def split_hostport(addr):
+    """'127.0.0.1:80' or '[::1]:80' -> (host, port)."""
+    if addr.startswith("["):
+        host, _, port = addr[1:].partition("]:")
+    else:
+        host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+def connect(addr, timeout=10.0):
+    host, port = split_hostport(addr)
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+    except BaseException:
+        s.close()
+        raise
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        return st[st.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def proc_cmdline(pid):
+    """The NUL-separated argv of PID as a list (process titles included)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0")]
+
+
+def proc_title(pid):
+    args = proc_cmdline(pid)
+    return args[0] if args else None
+
+
+def proc_children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------
+# HTTP client over a raw socket: full control of bytes and of the connection
+# (http.client reconnects silently, which hides what a test wants to see).
+
+class Response:
+    def __init__(self, status, reason, headers, body, raw_head):
+        self.status = status
+        self.reason = reason
+        self.headers = headers          # list of (name, value)
+        self.body = body
+        self.raw_head = raw_head
+
+    def header(self, name, default=None):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    @property
+    def backend(self):
+        return self.header("X-Backend")
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.reason} backend={self.backend} body={len(self.body)}B>"
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class HttpConn:
+    """One client TCP connection; requests and responses in order."""
+
+    def __init__(self, addr, timeout=10.0):
+        self.addr = addr
+        self.sock = connect(addr, timeout)
+        self.buf = bytearray()
+        self.eof = False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def local_port(self):
+        return self.sock.getsockname()[1]
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        if self.eof:
+            return False
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def _read_until(self, sep, limit=1 << 20):
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(sep)])
+                del self.buf[:i + len(sep)]
+                return out
+            if len(self.buf) > limit:
+                raise ValueError("line too long")
+            if not self._fill():
+                raise ConnectionClosed(f"connection closed (had {len(self.buf)} bytes)")
+
+    def _read_exact(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise ConnectionClosed(f"connection closed with {n - len(self.buf)} bytes missing")
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def read_until_eof(self):
+        while self._fill():
+            pass
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+    def read_response(self, head_request=False):
+        """Read one response (interim 1xx responses are skipped)."""
+        while True:
+            head = self._read_until(b"\r\n\r\n")
+            lines = head[:-4].split(b"\r\n")
+            m = re.match(rb"HTTP/1\.[01] (\d{3})(?: (.*))?$", lines[0])
+            if not m:
+                raise ValueError(f"bad status line {lines[0]!r}")
+            status = int(m.group(1))
+            reason = (m.group(2) or b"").decode("latin-1")
+            headers = []
+            for ln in lines[1:]:
+                k, _, v = ln.partition(b":")
+                headers.append((k.decode("latin-1"), v.strip().decode("latin-1")))
+            resp = Response(status, reason, headers, b"", head)
+            if 100 <= status < 200:
+                continue
+            break
+        te = (resp.header("Transfer-Encoding") or "").lower()
+        cl = resp.header("Content-Length")
+        if head_request or status in (204, 304):
+            body = b""
+        elif "chunked" in te:
+            parts = []
+            while True:
+                size_line = self._read_until(b"\r\n")
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self._read_until(b"\r\n") != b"\r\n":
+                        pass
+                    break
+                parts.append(self._read_exact(size))
+                if self._read_exact(2) != b"\r\n":
+                    raise ValueError("bad chunk terminator")
+            body = b"".join(parts)
+        elif cl is not None:
+            body = self._read_exact(int(cl))
+        else:
+            body = self.read_until_eof()
+        resp.body = body
+        return resp
+
+    def request(self, target="/", host="lbd.test", method="GET", headers=(), body=None):
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+        for k, v in headers:
+            lines.append(f"{k}: {v}")
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if body:
+            data += body
+        self.send(data)
+        return self.read_response(head_request=(method == "HEAD"))
+
+
+def http_get(addr, target="/", host="lbd.test", headers=(), timeout=10.0, method="GET", body=None):
+    """One request on a fresh connection (closed afterwards)."""
+    with HttpConn(addr, timeout) as c:
+        return c.request(target, host=host, headers=headers, method=method, body=body)
+
+
+def raw_exchange(addr, data, timeout=10.0, shut_write=False):
+    """Send DATA on a fresh connection and read until the server closes.
+    Returns the bytes received."""
+    with HttpConn(addr, timeout) as c:
+        c.send(data)
+        if shut_write:
+            c.sock.shutdown(socket.SHUT_WR)
+        return c.read_until_eof()
+
+
+def parse_status(raw):
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
+    return int(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------
+# processes
+
+class Backend:
+    def __init__(self, tc, name, port=None, host="127.0.0.1"):
+        self.name = name
+        self.port = port or free_port()
+        self.addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.log_path = os.path.join(tc.tmp, f"backend-{name}.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [tc.backend_bin, "-l", self.addr, "-n", name],
+            stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
+            preexec_fn=_set_pdeathsig)
+        self.pid = self.proc.pid
+        line = self._readline_with_timeout(10)
+        if line.strip() != b"ready":
+            self.stop()
+            raise AssertionError(f"backend {name} did not become ready: {line!r}; "
+                                 f"log: {self.log_tail()}")
+
+    def _readline_with_timeout(self, timeout):
+        out = []
+        t = threading.Thread(target=lambda: out.append(self.proc.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        return out[0] if out else b""
+
+    def log_tail(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-2000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stats(self):
+        """The backend's own counters (GET /stats, direct). The /stats
+        request itself counts as one request."""
+        r = http_get(self.addr, "/stats")
+        return json.loads(r.body)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._log.close()
+
+
+class Lbd:
+    """A running lbd master started by a test."""
+
+    def __init__(self, tc, config_path, listen, args=(), workers=None, wait=True):
+        self.tc = tc
+        self.config_path = config_path
+        self.listen = listen                # the address tests connect to
+        self.log_path = os.path.join(tc.tmp, "lbd.stderr.log")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [tc.lbd_bin, "-c", config_path] + list(args),
+            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
+            preexec_fn=_set_pdeathsig)
+        self.pid = self.proc.pid
+        self.seen_workers = set()           # every worker pid observed (for cleanup)
+        self.exit_checked = False
+        if wait:
+            self.wait_ready(workers)
+
+    # -- status -----------------------------------------------------------
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_since(self, offset):
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, regex, since=0, timeout=10.0):
+        rx = re.compile(regex)
+
+        def probe():
+            m = rx.search(self.log_since(since))
+            return m
+        return wait_for(probe, timeout, what=f"log line /{regex}/ in {self.log_path}")
+
+    def snapshot(self):
+        r = subprocess.run([self.tc.lbd_bin, "-s", "-c", self.config_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=15)
+        if r.returncode != 0:
+            raise AssertionError(f"lbd -s failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
+        snap = json.loads(r.stdout)
+        for w in snap.get("workers", []):
+            if w.get("pid"):
+                self.seen_workers.add(w["pid"])
+        return snap
+
+    def worker_pids(self):
+        """{worker id: pid} of the master's children titled 'lbd: worker N'
+        (during a reload both generations show up: the newest pid wins)."""
+        out = {}
+        for pid in proc_children(self.pid):
+            title = proc_title(pid) or ""
+            m = re.match(r"lbd: worker (\d+)$", title)
+            if m:
+                self.seen_workers.add(pid)
+                out.setdefault(int(m.group(1)), []).append(pid)
+        return {k: max(v) for k, v in out.items()}
+
+    def running_workers(self, snap=None):
+        snap = snap or self.snapshot()
+        return [w for w in snap["workers"] if w["state"] == "running"]
+
+    def wait_ready(self, workers=None, timeout=15.0):
+        """Listener accepts, `lbd -s` works, and WORKERS workers run."""
+        def probe():
+            if not self.alive():
+                raise AssertionError(f"lbd exited early with {self.proc.returncode}:\n{self.log()}")
+            s = connect(self.listen, timeout=2)
+            s.close()
+            snap = self.snapshot()
+            ws = [w for w in snap["workers"] if w["state"] == "running" and w["pid"] > 0]
+            if workers is not None and len(ws) != workers:
+                return False
+            if not ws:
+                return False
+            # Titled children exist (forked and past lb_proctitle_set).
+            return all((proc_title(w["pid"]) or "").startswith("lbd: worker") for w in ws)
+        try:
+            wait_for(probe, timeout, what="lbd to be ready")
+        except Timeout:
+            if not self.alive():
+                raise AssertionError(f"lbd exited with {self.proc.returncode}:\n{self.log()}")
+            raise
+
+    # -- control ----------------------------------------------------------
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def reload(self, config_text=None, expect_ok=True, timeout=15.0):
+        """Rewrite the config (atomically) if given, SIGHUP, and wait until
+        the generation increments (expect_ok) or reload_failures does."""
+        before = self.snapshot()
+        if config_text is not None:
+            self.tc.write_file(self.config_path, config_text)
+        self.signal(signal.SIGHUP)
+
+        def probe():
+            s = self.snapshot()
+            if s["generation"] > before["generation"]:
+                return ("ok", s)
+            if s["reload_failures"] > before["reload_failures"]:
+                return ("failed", s)
+            return None
+        outcome, snap = wait_for(probe, timeout, what="the reload to finish")
+        if expect_ok and outcome != "ok":
+            raise AssertionError(f"reload failed unexpectedly; log:\n{self.log()[-3000:]}")
+        if not expect_ok and outcome != "failed":
+            raise AssertionError("reload of a broken config succeeded")
+        return before, snap
+
+    def wait_exit(self, timeout):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, check=True):
+        """Graceful stop (SIGTERM); assert a clean exit when CHECK.
+        Anything of ours still alive afterwards is killed by PID."""
+        problems = []
+        try:
+            self.snapshot()     # learn the current worker pids
+        except Exception:
+            pass
+        self.worker_pids()
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            rc = self.wait_exit(20)
+            if rc is None:
+                problems.append("lbd did not exit within 20s of SIGTERM")
+                self.proc.kill()
+                self.proc.wait(5)
+            elif rc != 0:
+                problems.append(f"lbd exited with {rc} after SIGTERM")
+        elif self.proc.returncode != 0:
+            problems.append(f"lbd had exited by itself with {self.proc.returncode}")
+        for pid in sorted(self.seen_workers):
+            if pid_alive(pid) and (proc_title(pid) or "").startswith("lbd:"):
+                problems.append(f"worker pid {pid} outlived the master")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self._log.close()
+        if problems and check and not self.exit_checked:
+            raise AssertionError("; ".join(problems) + f"\nlog tail:\n{self.log()[-3000:]}")
+
+
+# ---------------------------------------------------------------------------
+# configuration
+
+def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
+               log_level="info", timeouts=None, extra=""):
+    """Render a config. LISTEN: address or list. POOLS: list of dicts
+    {name, strategy, servers: [(address, weight)], keepalive}. ROUTES: list of
+    (host, path_prefix, pool); default one '*' route to the first pool."""
+    if isinstance(listen, str):
+        listen = [listen]
+    t = {"connect": "2s", "backend_response": "5s", "client_header": "5s",
+         "client_idle": "10s"}
+    t.update(timeouts or {})
+    lines = []
+    if workers is not None:
+        lines.append(f"workers = {workers};")
+    lines.append(f'shutdown_timeout = "{shutdown_timeout}";')
+    lines.append(f'log_level = "{log_level}";')
+    lines.append("timeouts = { " + " ".join(f'{k} = "{v}";' for k, v in t.items()) + " };")
+    lines.append("listeners = (")
+    lines.append(",\n".join(f'    {{ address = "{a}"; }}' for a in listen))
+    lines.append(");")
+    lines.append("pools = (")
+    ps = []
+    for p in pools:
+        srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
+                         for a, w in p["servers"])
+        ka = f' keepalive = {p["keepalive"]};' if "keepalive" in p else ""
+        ps.append(f'    {{ name = "{p["name"]}"; strategy = "{p.get("strategy", "round_robin")}";{ka}\n'
+                  f"        servers = (\n{srv}\n        ); }}")
+    lines.append(",\n".join(ps))
+    lines.append(");")
+    if routes is None:
+        routes = [("*", "/", pools[0]["name"])]
+    lines.append("routes = (")
+    lines.append(",\n".join(f'    {{ host = "{h}"; path_prefix = "{p}"; pool = "{pool}"; }}'
+                            for h, p, pool in routes))
+    lines.append(");")
+    if extra:
+        lines.append(extra)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# the base test case
+
+class LbdTestCase(unittest.TestCase):
+    lbd_bin = LBD
+    backend_bin = LBD_BACKEND
+
+    def setUp(self):
+        for b in (self.lbd_bin, self.backend_bin):
+            if not os.access(b, os.X_OK):
+                self.fail(f"{b} is not an executable: run `make` first")
+        self.tmp = tempfile.mkdtemp(prefix=f"lbd-e2e-{self._testMethodName}-")
+        self.lbd = None
+        self.backends = []
+        self._lbds = []
+        # Cleanups run in reverse: backends stop after lbd.
+        self.addCleanup(self._stop_backends)
+        self.addCleanup(self._stop_lbds)
+
+    # Keep or delete the temp dir once the outcome is known.
+    def run(self, result=None):
+        if result is None:
+            return super().run(result)
+        before = len(result.failures) + len(result.errors)
+        try:
+            return super().run(result)
+        finally:
+            tmp = getattr(self, "tmp", None)
+            if tmp and os.path.isdir(tmp):
+                failed = len(result.failures) + len(result.errors) > before
+                if failed and os.environ.get("LBD_KEEP") == "1":
+                    KEPT_DIRS.append((self.id(), tmp))
+                    print(f"\n    [kept temp dir of {self.id()}: {tmp}]", flush=True)
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+    def _stop_lbds(self):
+        errors = []
+        for l in reversed(self._lbds):
+            try:
+                l.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        if errors:
+            raise AssertionError("teardown: " + "\n".join(errors))
+
+    def _stop_backends(self):
+        for b in self.backends:
+            b.stop()
+
+    # -- helpers ------------------------------------------------------------
+
+    def write_file(self, path, text):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def start_backend(self, name, host="127.0.0.1"):
+        b = Backend(self, name, host=host)
+        self.backends.append(b)
+        return b
+
+    def start_backends(self, *names):
+        return [self.start_backend(n) for n in names]
+
+    def start_lbd(self, config_text, listen, args=(), workers=None, name="lbd.conf", wait=True):
+        path = self.write_file(self.path(name), config_text)
+        l = Lbd(self, path, listen, args=args, workers=workers, wait=wait)
+        self._lbds.append(l)
+        if self.lbd is None:
+            self.lbd = l
+        return l
+
+    def simple_lbd(self, backends, strategy="round_robin", weights=None, workers=2, **kw):
+        """lbd on a fresh port with one pool 'web' over BACKENDS."""
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        weights = weights or [1] * len(backends)
+        cfg = lbd_config(listen, [{"name": "web", "strategy": strategy,
+                                   "servers": list(zip([b.addr for b in backends], weights))}],
+                         workers=workers, **kw)
+        return self.start_lbd(cfg, listen, workers=workers)
+
+    def get(self, target="/", host="lbd.test", lbd=None, **kw):
+        lbd = lbd or self.lbd
+        return http_get(lbd.listen, target, host=host, **kw)
+
+    def assertServes(self, lbd=None, host="lbd.test", target="/", backend=None):
+        r = self.get(target, host=host, lbd=lbd)
+        self.assertEqual(r.status, 200, f"expected 200, got {r!r}")
+        if backend is not None:
+            self.assertEqual(r.backend, backend)
+        return r

@@ -1,0 +1,335 @@
+"""Proxying: keep-alive, header rewriting, bodies, errors, malformed input."""
+import socket
+import unittest
+
+import lbdtest
+from lbdtest import (HttpConn, LbdTestCase, free_port, http_get, lbd_config, parse_status,
+                     pattern_body, raw_exchange)
+
+
+class KeepAliveTest(LbdTestCase):
+
+    def test_client_and_upstream_keepalive(self):
+        """Many requests over one client connection: one client TCP
+        connection serves them all, and lbd reuses one pooled backend
+        connection (same X-Conn-Id, X-Conn-Seq counting up)."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=2)
+        base = lbd.snapshot()["totals"]
+        n = 10
+        with HttpConn(lbd.listen) as c:
+            local = c.local_port()
+            rs = []
+            for i in range(n):
+                r = c.request(f"/?i={i}")
+                self.assertEqual(r.status, 200, r)
+                self.assertIsNone(r.header("Connection"), "no Connection: close on keep-alive")
+                rs.append(r)
+            self.assertEqual(c.local_port(), local)
+            self.assertFalse(c.eof)
+        conn_ids = {r.header("X-Conn-Id") for r in rs}
+        self.assertEqual(len(conn_ids), 1, f"one upstream connection, got ids {conn_ids}")
+        seqs = [int(r.header("X-Conn-Seq")) for r in rs]
+        self.assertEqual(seqs, list(range(seqs[0], seqs[0] + n)), "X-Conn-Seq increases by one")
+        totals = lbd.snapshot()["totals"]
+        self.assertEqual(totals["connections"] - base["connections"], 1,
+                         "one client connection served every request")
+        self.assertEqual(totals["requests"] - base["requests"], n)
+        st = b.stats()
+        self.assertEqual(st["connections"] - 1, 1, "the backend saw one connection from lbd "
+                         f"(plus the /stats one): {st}")
+
+    def test_pipelined_requests(self):
+        """Two requests sent in one write are both answered, in order."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        with HttpConn(lbd.listen) as c:
+            c.send(b"GET /?size=10 HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /?size=20 HTTP/1.1\r\nHost: x\r\n\r\n")
+            r1 = c.read_response()
+            r2 = c.read_response()
+        self.assertEqual((r1.status, r1.body), (200, pattern_body(10)))
+        self.assertEqual((r2.status, r2.body), (200, pattern_body(20)))
+
+
+class HeadersTest(LbdTestCase):
+
+    def test_forwarded_and_hop_by_hop_headers(self):
+        """The backend sees Host as sent, X-Forwarded-For: 127.0.0.1 (the
+        client's own replaced), X-Forwarded-Proto: http, and no hop-by-hop
+        header (Connection, Keep-Alive, TE, Upgrade, Proxy-Connection, the
+        headers Connection names)."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        req = (b"GET /?echo=1 HTTP/1.1\r\n"
+               b"Host: Example.TEST:8080\r\n"
+               b"X-Forwarded-For: 6.6.6.6\r\n"
+               b"X-Forwarded-Proto: https\r\n"
+               b"Connection: keep-alive, X-Secret\r\n"
+               b"Keep-Alive: timeout=5\r\n"
+               b"X-Secret: hush\r\n"
+               b"TE: trailers\r\n"
+               b"Upgrade: h2c\r\n"
+               b"Proxy-Connection: keep-alive\r\n"
+               b"X-Keep: yes\r\n"
+               b"Accept: */*\r\n"
+               b"\r\n")
+        with HttpConn(lbd.listen) as c:
+            c.send(req)
+            r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        head = r.body.decode("latin-1")
+        self.assertTrue(head.startswith("GET /?echo=1 HTTP/1.1\r\n"), head)
+        self.assertTrue(head.endswith("\r\n\r\n"), head)
+        fields = [ln.split(":", 1) for ln in head.split("\r\n")[1:] if ln]
+        names = [k.strip().lower() for k, _ in fields]
+        values = {k.strip().lower(): v.strip() for k, v in fields}
+
+        self.assertEqual(values.get("host"), "Example.TEST:8080", "Host is kept as sent")
+        self.assertEqual(names.count("x-forwarded-for"), 1, head)
+        self.assertEqual(values.get("x-forwarded-for"), "127.0.0.1", head)
+        self.assertEqual(names.count("x-forwarded-proto"), 1, head)
+        self.assertEqual(values.get("x-forwarded-proto"), "http", head)
+        self.assertEqual(values.get("x-keep"), "yes")
+        self.assertEqual(values.get("accept"), "*/*")
+        for hop in ("connection", "keep-alive", "x-secret", "te", "upgrade", "proxy-connection"):
+            self.assertNotIn(hop, names, f"hop-by-hop header {hop} forwarded:\n{head}")
+
+    def test_hop_by_hop_response_headers_dropped(self):
+        """A backend's Connection: close is not passed on as such: the
+        client's keep-alive connection survives a backend that closes."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        with HttpConn(lbd.listen) as c:
+            r1 = c.request("/?close=1")
+            self.assertEqual(r1.status, 200, r1)
+            self.assertIsNone(r1.header("Connection"), r1.headers)
+            r2 = c.request("/")
+            self.assertEqual(r2.status, 200, r2)
+            self.assertNotEqual(r1.header("X-Conn-Id"), r2.header("X-Conn-Id"),
+                                "the closed backend connection was not reused")
+
+
+class BodyTest(LbdTestCase):
+
+    def setUp(self):
+        super().setUp()
+        (self.b,) = self.start_backends("b1")
+        self.simple_lbd([self.b], workers=2)
+
+    def test_request_body_content_length(self):
+        """A 1 MB POST body with Content-Length reaches the backend whole."""
+        body = pattern_body(1 << 20)
+        r = http_get(self.lbd.listen, "/upload", method="POST", body=body, timeout=30)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.header("X-Body-Bytes"), str(len(body)))
+
+    def test_request_body_chunked(self):
+        """A chunked request body reaches the backend whole."""
+        chunks = [b"a" * 1000, b"b" * 70000, b"c" * 5]
+        data = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        for ch in chunks:
+            data += b"%x\r\n%s\r\n" % (len(ch), ch)
+        data += b"0\r\n\r\n"
+        with HttpConn(self.lbd.listen) as c:
+            c.send(data)
+            r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.header("X-Body-Bytes"), str(sum(map(len, chunks))))
+
+    def test_chunked_response(self):
+        """?chunked=1&size=100000 arrives whole and chunked."""
+        with HttpConn(self.lbd.listen) as c:
+            r = c.request("/?chunked=1&size=100000")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual((r.header("Transfer-Encoding") or "").lower(), "chunked")
+            self.assertEqual(len(r.body), 100000)
+            self.assertEqual(r.body, pattern_body(100000))
+            # The connection is still usable: the chunked framing ended right.
+            r2 = c.request("/")
+            self.assertEqual(r2.status, 200, r2)
+
+    def test_large_response(self):
+        """?size=5000000 arrives with the right length and content."""
+        with HttpConn(self.lbd.listen, timeout=30) as c:
+            r = c.request("/?size=5000000")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.header("Content-Length"), "5000000")
+            self.assertEqual(len(r.body), 5000000)
+            self.assertTrue(r.body == pattern_body(5000000), "body content differs")
+            r2 = c.request("/")
+            self.assertEqual(r2.status, 200, r2)
+
+    def test_curl_large_download(self):
+        """The same through curl, a real client (checks what it writes)."""
+        import subprocess
+        out = self.path("dl")
+        p = subprocess.run(["curl", "-sS", "-o", out, "-w", "%{http_code} %{size_download}",
+                            "--max-time", "30", f"http://{self.lbd.listen}/?size=3000000"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.decode(), "200 3000000")
+        with open(out, "rb") as f:
+            self.assertTrue(f.read() == pattern_body(3000000))
+
+    def test_head_request(self):
+        """HEAD gets the length a GET would have, and no body."""
+        with HttpConn(self.lbd.listen) as c:
+            r = c.request("/?size=1234", method="HEAD")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.header("Content-Length"), "1234")
+            r2 = c.request("/?size=7")
+            self.assertEqual(r2.body, pattern_body(7), "no stray body bytes after HEAD")
+
+
+class ErrorsTest(LbdTestCase):
+    """Each error class, and the (single) worker goes on serving after it."""
+
+    def setUp(self):
+        super().setUp()
+        (self.b,) = self.start_backends("good")
+        self.dead = f"127.0.0.1:{free_port()}"      # nothing listens there
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [
+            {"name": "web", "servers": [(self.b.addr, 1)]},
+            {"name": "dead", "servers": [(self.dead, 1)]},
+            {"name": "zero", "strategy": "weighted_round_robin",
+             "servers": [(self.b.addr, 0), (self.dead, 0)]},
+        ], routes=[("web.test", "/", "web"), ("dead.test", "/", "dead"),
+                   ("zero.test", "/", "zero")],
+            workers=1, timeouts={"backend_response": "1s", "connect": "2s"})
+        self.start_lbd(cfg, listen, workers=1)
+        self.pid0 = self.lbd.worker_pids()[0]
+
+    def check_still_serving(self):
+        r = self.get("/", host="web.test")
+        self.assertEqual((r.status, r.backend), (200, "good"), r)
+        self.assertEqual(self.lbd.worker_pids().get(0), self.pid0, "the worker did not die")
+
+    def check_error(self, status, target, host):
+        r = self.get(target, host=host)
+        self.assertEqual(r.status, status, f"{host}{target}: {r!r} {r.body!r}")
+        self.check_still_serving()
+        # The same on a kept-alive connection, then a good request on it.
+        with HttpConn(self.lbd.listen) as c:
+            ok = c.request("/", host="web.test")
+            self.assertEqual(ok.status, 200, ok)
+            r = c.request(target, host=host)
+            self.assertEqual(r.status, status, r)
+            if (r.header("Connection") or "").lower() != "close":
+                r2 = c.request("/", host="web.test")
+                self.assertEqual(r2.status, 200, r2)
+        self.check_still_serving()
+        return r
+
+    def test_502_nothing_listens(self):
+        self.check_error(502, "/", "dead.test")
+
+    def test_502_backend_reset(self):
+        self.check_error(502, "/?reset=1", "web.test")
+
+    def test_502_backend_drop(self):
+        self.check_error(502, "/?drop=1", "web.test")
+
+    def test_503_all_weights_zero(self):
+        self.check_error(503, "/", "zero.test")
+
+    def test_504_backend_hangs(self):
+        self.check_error(504, "/?hang=1", "web.test")
+
+    def test_404_no_route(self):
+        self.check_error(404, "/", "elsewhere.test")
+
+    def test_error_counters(self):
+        """Errors show in the snapshot: 5xx/4xx classes, server failures."""
+        for target, host in (("/", "dead.test"), ("/?reset=1", "web.test"),
+                             ("/", "zero.test"), ("/", "nowhere.test")):
+            self.get(target, host=host)
+        snap = self.lbd.snapshot()
+        (w,) = [w for w in snap["workers"] if w["state"] == "running"]
+        self.assertEqual(w["responses"]["5xx"], 3, w)
+        self.assertEqual(w["responses"]["4xx"], 1, w)
+        servers = {(p["name"], s["address"]): s for p in snap["pools"] for s in p["servers"]}
+        self.assertGreaterEqual(servers[("dead", self.dead)]["failures"], 1)
+        self.assertGreaterEqual(servers[("web", self.b.addr)]["failures"], 1)
+        self.assertEqual(servers[("zero", self.b.addr)]["requests"], 0)
+
+
+class MalformedTest(LbdTestCase):
+    """Bad requests over raw sockets: the right 4xx, then the worker goes on."""
+
+    def setUp(self):
+        super().setUp()
+        (self.b,) = self.start_backends("b1")
+        self.simple_lbd([self.b], workers=1)
+        self.pid0 = self.lbd.worker_pids()[0]
+
+    def check(self, data, status):
+        raw = raw_exchange(self.lbd.listen, data, timeout=15)
+        self.assertEqual(parse_status(raw), status, f"request {data[:120]!r}...\nanswer {raw[:300]!r}")
+        head = raw.split(b"\r\n\r\n", 1)[0].lower()
+        self.assertIn(b"connection: close", head, "lbd closes after a bad request")
+        r = self.get("/")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.lbd.worker_pids().get(0), self.pid0, "the worker did not die")
+        return raw
+
+    def test_content_length_and_chunked(self):
+        self.check(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n", 400)
+
+    def test_space_before_colon(self):
+        self.check(b"GET / HTTP/1.1\r\nHost: a\r\nX-Bad : 1\r\n\r\n", 400)
+
+    def test_missing_host(self):
+        self.check(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400)
+
+    def test_bad_request_line(self):
+        self.check(b"THIS IS NOT HTTP\r\n\r\n", 400)
+        self.check(b"GET /\r\nHost: a\r\n\r\n", 400)
+
+    def test_duplicate_content_length(self):
+        self.check(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                   b"Content-Length: 6\r\n\r\nhello!", 400)
+
+    def test_obs_fold(self):
+        self.check(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n continued\r\n\r\n", 400)
+
+    def test_request_line_too_long(self):
+        self.check(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414)
+
+    def test_request_line_too_long_partial(self):
+        """A request line past 8 KiB is refused before it even ends."""
+        self.check(b"GET /" + b"a" * 9000, 414)
+
+    def test_header_block_too_large(self):
+        hdrs = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(40))
+        self.check(b"GET / HTTP/1.1\r\nHost: a\r\n" + hdrs + b"\r\n", 431)
+
+    def test_malformed_counted(self):
+        """Bad requests count as 4xx responses."""
+        self.check(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400)
+        snap = self.lbd.snapshot()
+        self.assertEqual(sum(w["responses"]["4xx"] for w in snap["workers"]), 1)
+        self.assertEqual(sum(w["responses"]["2xx"] for w in snap["workers"]), 1)
+
+
+class Ipv6Test(LbdTestCase):
+
+    def test_ipv6_listener(self):
+        if not lbdtest.ipv6_loopback_available():
+            raise unittest.SkipTest("::1 is not available on this machine")
+        (b,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"[::1]:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}], workers=2)
+        lbd = self.start_lbd(cfg, listen, workers=2)
+        r = http_get(lbd.listen, "/?echo=1", host=f"[::1]:{port}")
+        self.assertEqual(r.status, 200, r)
+        self.assertIn(b"\r\nX-Forwarded-For: ::1\r\n", r.body)
+        self.assertIn(f"\r\nHost: [::1]:{port}\r\n".encode(), r.body)
+        # Not on IPv4: only the configured address listens.
+        with self.assertRaises(OSError):
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.close()

@@ -1,0 +1,429 @@
+/* worker/balancer.c: the smooth weighted round-robin cycle and the
+ * round_robin / weighted_round_robin balancers on hand-built pools. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/balancer.h"
+#include "tests/unit/suites.h"
+
+/* Deterministic pseudo-random numbers (xorshift), so failures reproduce. */
+static uint32_t rng_state = 2463534242u;
+
+static uint32_t rng(void)
+{
+    uint32_t x = rng_state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return rng_state = x;
+}
+
+static unsigned gcd(unsigned a, unsigned b)
+{
+    while (b != 0) {
+        unsigned t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+static void expect_cycle(const unsigned *w, size_t n, const uint16_t *want, size_t want_len)
+{
+    uint16_t out[64];
+    size_t len = lb_swrr_cycle(w, n, out, LB_ARRAY_SIZE(out));
+    ck_assert_uint_eq(len, want_len);
+    for (size_t i = 0; i < want_len; i++)
+        ck_assert_msg(out[i] == want[i], "position %zu: got %u, want %u", i, out[i], want[i]);
+}
+
+/* ---- lb_swrr_cycle ---------------------------------------------------------- */
+
+START_TEST(test_swrr_nginx_5_1_1)
+{
+    /* nginx's documented sequence for 5,1,1: a a b a c a a. */
+    static const unsigned w[] = { 5, 1, 1 };
+    static const uint16_t want[] = { 0, 0, 1, 0, 2, 0, 0 };
+    expect_cycle(w, 3, want, 7);
+}
+END_TEST
+
+START_TEST(test_swrr_equal)
+{
+    static const unsigned w[] = { 1, 1, 1 };
+    static const uint16_t want[] = { 0, 1, 2 };
+    expect_cycle(w, 3, want, 3);
+
+    static const unsigned one[] = { 7 };
+    static const uint16_t want_one[] = { 0 };
+    expect_cycle(one, 1, want_one, 1);
+}
+END_TEST
+
+START_TEST(test_swrr_gcd)
+{
+    static const unsigned w2[] = { 2, 2 };
+    static const uint16_t want2[] = { 0, 1 };
+    expect_cycle(w2, 2, want2, 2);
+
+    static const unsigned w3[] = { 1000, 1000, 1000 };
+    static const uint16_t want3[] = { 0, 1, 2 };
+    expect_cycle(w3, 3, want3, 3);
+
+    /* 4,2 reduces to 2,1. */
+    static const unsigned w4[] = { 4, 2 };
+    static const uint16_t want4[] = { 0, 1, 0 };
+    expect_cycle(w4, 2, want4, 3);
+
+    /* 10,5,5 reduces to 2,1,1. */
+    static const unsigned w5[] = { 10, 5, 5 };
+    static const uint16_t want5[] = { 0, 1, 2, 0 };
+    expect_cycle(w5, 3, want5, 4);
+}
+END_TEST
+
+START_TEST(test_swrr_zero_weights)
+{
+    /* Zero weights are excluded and do not spoil the gcd. */
+    static const unsigned w[] = { 0, 3, 0, 3 };
+    static const uint16_t want[] = { 1, 3 };
+    expect_cycle(w, 4, want, 2);
+
+    static const unsigned w2[] = { 0, 5, 1, 1 };
+    static const uint16_t want2[] = { 1, 1, 2, 1, 3, 1, 1 };
+    expect_cycle(w2, 4, want2, 7);
+
+    static const unsigned w3[] = { 2, 0 };
+    static const uint16_t want3[] = { 0 };
+    expect_cycle(w3, 2, want3, 1);
+}
+END_TEST
+
+START_TEST(test_swrr_all_zero)
+{
+    uint16_t out[4] = { 99, 99, 99, 99 };
+    static const unsigned z[] = { 0, 0, 0 };
+    ck_assert_uint_eq(lb_swrr_cycle(z, 3, out, 4), 0);
+    ck_assert_uint_eq(lb_swrr_cycle(z, 0, out, 4), 0);
+    ck_assert_uint_eq(out[0], 99);
+}
+END_TEST
+
+START_TEST(test_swrr_proportions_random)
+{
+    enum { MAXN = 16, CAP = MAXN * 100 };
+    static uint16_t out[CAP];
+    for (int round = 0; round < 300; round++) {
+        size_t n = 1 + rng() % MAXN;
+        unsigned w[MAXN];
+        unsigned g = 0, total = 0;
+        for (size_t i = 0; i < n; i++) {
+            w[i] = rng() % 4 == 0 ? 0 : rng() % 100;
+            g = gcd(g, w[i]);
+        }
+        for (size_t i = 0; i < n; i++)
+            total += g ? w[i] / g : 0;
+        size_t len = lb_swrr_cycle(w, n, out, CAP);
+        ck_assert_uint_eq(len, total);
+        unsigned count[MAXN] = { 0 };
+        for (size_t k = 0; k < len; k++) {
+            ck_assert_uint_lt(out[k], n);
+            count[out[k]]++;
+        }
+        for (size_t i = 0; i < n; i++)
+            ck_assert_msg(count[i] == w[i] / g, "round %d server %zu: %u picks for weight %u (gcd %u)",
+                          round, i, count[i], w[i], g);
+    }
+}
+END_TEST
+
+START_TEST(test_swrr_smoothness)
+{
+    /* Equal weights: every server once per cycle, none twice in a row,
+     * not even across the wrap to the next cycle. */
+    enum { N = 50 };
+    unsigned w[N];
+    uint16_t out[N];
+    for (size_t n = 1; n <= N; n++) {
+        for (size_t i = 0; i < n; i++)
+            w[i] = 3;
+        ck_assert_uint_eq(lb_swrr_cycle(w, n, out, N), n);
+        bool seen[N] = { false };
+        for (size_t k = 0; k < n; k++) {
+            ck_assert(!seen[out[k]]);
+            seen[out[k]] = true;
+            if (n > 1)
+                ck_assert_uint_ne(out[k], out[(k + 1) % n]);
+        }
+    }
+
+    /* The sequence is nginx's: its literal algorithm (no gcd reduction,
+     * which scales every current weight alike and so changes nothing) run
+     * over two cycles agrees with the computed cycle repeated. */
+    static uint16_t cyc[8 * 50];
+    for (int round = 0; round < 300; round++) {
+        size_t n = 1 + rng() % 8;
+        unsigned ww[8], raw_total = 0;
+        for (size_t i = 0; i < n; i++) {
+            ww[i] = rng() % 6 == 0 ? 0 : 1 + rng() % 50;
+            raw_total += ww[i];
+        }
+        size_t len = lb_swrr_cycle(ww, n, cyc, LB_ARRAY_SIZE(cyc));
+        if (raw_total == 0) {
+            ck_assert_uint_eq(len, 0);
+            continue;
+        }
+        ck_assert_uint_ne(len, (size_t)-1);
+        long long cur[8] = { 0 };
+        for (size_t k = 0; k < 2 * (size_t)raw_total; k++) {
+            int best = -1;
+            for (size_t i = 0; i < n; i++) {
+                if (ww[i] == 0)
+                    continue;
+                cur[i] += ww[i];
+                if (best < 0 || cur[i] > cur[best])
+                    best = (int)i;
+            }
+            cur[best] -= raw_total;
+            ck_assert_msg(cyc[k % len] == best, "round %d step %zu: cycle says %u, nginx says %d",
+                          round, k, cyc[k % len], best);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_swrr_capacity)
+{
+    static const unsigned w[] = { 5, 1, 1 };
+    uint16_t out[8];
+    for (size_t i = 0; i < LB_ARRAY_SIZE(out); i++)
+        out[i] = 0xbeef;
+    ck_assert_uint_eq(lb_swrr_cycle(w, 3, out, 6), (size_t)-1);
+    ck_assert_uint_eq(lb_swrr_cycle(w, 3, out, 0), (size_t)-1);
+    /* Nothing was written past the capacity. */
+    ck_assert_uint_eq(out[6], 0xbeef);
+    ck_assert_uint_eq(lb_swrr_cycle(w, 3, out, 7), 7);
+    ck_assert_uint_eq(out[7], 0xbeef);
+
+    /* The capacity is compared with the gcd-reduced length. */
+    static const unsigned big[] = { 1000, 1000 };
+    ck_assert_uint_eq(lb_swrr_cycle(big, 2, out, 2), 2);
+    static const unsigned odd[] = { 1000, 999 };
+    ck_assert_uint_eq(lb_swrr_cycle(odd, 2, out, 8), (size_t)-1);
+}
+END_TEST
+
+/* ---- lb_balancer on hand-built pools ----------------------------------------- */
+
+struct test_pool {
+    struct lb_server_cfg servers[32];
+    struct lb_pool_cfg pool;
+};
+
+static void make_pool(struct test_pool *tp, enum lb_strategy strategy, const unsigned *w, size_t n)
+{
+    memset(tp, 0, sizeof(*tp));
+    ck_assert_uint_le(n, LB_ARRAY_SIZE(tp->servers));
+    for (size_t i = 0; i < n; i++)
+        tp->servers[i].weight = w[i];
+    snprintf(tp->pool.name, sizeof(tp->pool.name), "test");
+    tp->pool.strategy = strategy;
+    tp->pool.servers = tp->servers;
+    tp->pool.nservers = n;
+}
+
+START_TEST(test_rr_ignores_weights)
+{
+    static const unsigned w[] = { 5, 0, 2, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_ROUND_ROBIN, w, 4);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    ck_assert_ptr_eq(b.cursor, &b.private_cursor);
+    /* Equal shares among 0, 2, 3; weight 0 still excludes server 1. */
+    static const int want[] = { 0, 2, 3 };
+    for (int k = 0; k < 30; k++)
+        ck_assert_int_eq(lb_balancer_pick(&b), want[k % 3]);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_wrr_follows_weights)
+{
+    static const unsigned w[] = { 5, 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    static const int want[] = { 0, 0, 1, 0, 2, 0, 0 };
+    for (int k = 0; k < 70; k++)
+        ck_assert_int_eq(lb_balancer_pick(&b), want[k % 7]);
+    lb_balancer_destroy(&b);
+
+    /* A weight-0 server is never picked. */
+    static const unsigned w0[] = { 3, 0, 1 };
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w0, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    for (int k = 0; k < 100; k++)
+        ck_assert_int_ne(lb_balancer_pick(&b), 1);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_all_zero_picks_none)
+{
+    static const unsigned w[] = { 0, 0, 0 };
+    for (int s = 0; s < 2; s++) {
+        struct test_pool tp;
+        struct lb_balancer b;
+        make_pool(&tp, s ? LB_STRATEGY_WEIGHTED_ROUND_ROBIN : LB_STRATEGY_ROUND_ROBIN, w, 3);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+        for (int k = 0; k < 5; k++)
+            ck_assert_int_eq(lb_balancer_pick(&b), -1);
+        lb_balancer_destroy(&b);
+
+        /* No servers at all. */
+        make_pool(&tp, s ? LB_STRATEGY_WEIGHTED_ROUND_ROBIN : LB_STRATEGY_ROUND_ROBIN, w, 0);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+        ck_assert_int_eq(lb_balancer_pick(&b), -1);
+        lb_balancer_destroy(&b);
+    }
+}
+END_TEST
+
+/* Over N picks the split is exact: N / T full cycles plus the head of one. */
+static void check_split(enum lb_strategy strategy, const unsigned *w, size_t n, unsigned picks)
+{
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, strategy, w, n);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+
+    unsigned eff[32], g = 0, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        eff[i] = strategy == LB_STRATEGY_ROUND_ROBIN ? (w[i] > 0) : w[i];
+        g = gcd(g, eff[i]);
+    }
+    for (size_t i = 0; i < n; i++)
+        total += eff[i] / g;
+    uint16_t cyc[32 * 1000];
+    size_t len = lb_swrr_cycle(eff, n, cyc, LB_ARRAY_SIZE(cyc));
+    ck_assert_uint_eq(len, total);
+
+    unsigned want[32] = { 0 }, got[32] = { 0 };
+    for (size_t i = 0; i < n; i++)
+        want[i] = (picks / total) * (eff[i] / g);
+    for (size_t k = 0; k < picks % total; k++)
+        want[cyc[k]]++;
+    for (unsigned k = 0; k < picks; k++) {
+        int s = lb_balancer_pick(&b);
+        ck_assert_int_ge(s, 0);
+        ck_assert_int_lt(s, (int)n);
+        got[s]++;
+    }
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(got[i] == want[i], "server %zu (weight %u): %u picks, want %u",
+                      i, w[i], got[i], want[i]);
+    lb_balancer_destroy(&b);
+}
+
+START_TEST(test_split_exact)
+{
+    static const unsigned w1[] = { 5, 1, 1 };
+    check_split(LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w1, 3, 10000);
+    /* 10000 = 1428 * 7 + 4, and the cycle starts 0 0 1 0. */
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w1, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    unsigned got[3] = { 0 };
+    for (int k = 0; k < 10000; k++)
+        got[lb_balancer_pick(&b)]++;
+    ck_assert_uint_eq(got[0], 1428 * 5 + 3);
+    ck_assert_uint_eq(got[1], 1428 + 1);
+    ck_assert_uint_eq(got[2], 1428);
+    lb_balancer_destroy(&b);
+
+    check_split(LB_STRATEGY_ROUND_ROBIN, w1, 3, 10000);
+    for (int round = 0; round < 50; round++) {
+        size_t n = 1 + rng() % 32;
+        unsigned w[32];
+        bool any = false;
+        for (size_t i = 0; i < n; i++) {
+            w[i] = rng() % 5 == 0 ? 0 : rng() % (LB_WEIGHT_MAX + 1);
+            any |= w[i] != 0;
+        }
+        if (!any)
+            w[0] = 1;
+        check_split(round % 2 ? LB_STRATEGY_ROUND_ROBIN : LB_STRATEGY_WEIGHTED_ROUND_ROBIN,
+                    w, n, 10000);
+    }
+}
+END_TEST
+
+START_TEST(test_shared_cursor)
+{
+    /* Two balancers (two workers) on one cursor walk one global sequence. */
+    static const unsigned w[] = { 5, 1, 1 };
+    static const int want[] = { 0, 0, 1, 0, 2, 0, 0 };
+    struct test_pool tp;
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
+    lb_counter_t cursor = 0;
+    struct lb_balancer a, b;
+    ck_assert_int_eq(lb_balancer_init(&a, &tp.pool, &cursor), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, &cursor), 0);
+    ck_assert_ptr_eq(a.cursor, &cursor);
+    for (int k = 0; k < 70; k++) {
+        struct lb_balancer *x = (rng() & 1) ? &a : &b;
+        ck_assert_int_eq(lb_balancer_pick(x), want[k % 7]);
+    }
+    ck_assert_uint_eq(atomic_load(&cursor), 70);
+    lb_balancer_destroy(&a);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_cursor_wraps)
+{
+    /* A cursor near 2^64 keeps the order exact across the wrap only when the
+     * cycle length divides 2^64; it must at least stay in range. */
+    static const unsigned w[] = { 5, 1, 1 };
+    struct test_pool tp;
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
+    lb_counter_t cursor = UINT64_MAX - 3;
+    struct lb_balancer b;
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, &cursor), 0);
+    for (int k = 0; k < 10; k++) {
+        int s = lb_balancer_pick(&b);
+        ck_assert_int_ge(s, 0);
+        ck_assert_int_lt(s, 3);
+    }
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+Suite *balancer_suite(void)
+{
+    Suite *s = suite_create("balancer");
+    TCase *tc = tcase_create("swrr");
+    tcase_add_test(tc, test_swrr_nginx_5_1_1);
+    tcase_add_test(tc, test_swrr_equal);
+    tcase_add_test(tc, test_swrr_gcd);
+    tcase_add_test(tc, test_swrr_zero_weights);
+    tcase_add_test(tc, test_swrr_all_zero);
+    tcase_add_test(tc, test_swrr_proportions_random);
+    tcase_add_test(tc, test_swrr_smoothness);
+    tcase_add_test(tc, test_swrr_capacity);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("pick");
+    tcase_add_test(tc, test_rr_ignores_weights);
+    tcase_add_test(tc, test_wrr_follows_weights);
+    tcase_add_test(tc, test_all_zero_picks_none);
+    tcase_add_test(tc, test_split_exact);
+    tcase_add_test(tc, test_shared_cursor);
+    tcase_add_test(tc, test_cursor_wraps);
+    suite_add_tcase(s, tc);
+    return s;
+}
