@@ -249,6 +249,22 @@ static void lb_master_apply_overrides(const struct lb_master *m, struct lb_confi
         cfg->workers = m->opt->workers;
 }
 
+/* The workers open the access log; checking here turns a bad path into a
+ * refused start or reload instead of a worker-side error. */
+static int lb_master_check_access_log(const struct lb_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->access_log == NULL)
+        return 0;
+    int fd = open(cfg->access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open access_log %s (%d: %s)", cfg->access_log, errno,
+                 strerror(errno));
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 static int lb_master_open_log(const struct lb_config *cfg)
 {
     lb_log_set_level(cfg->log_level);
@@ -286,7 +302,8 @@ static void lb_master_reload(struct lb_master *m)
         snprintf(err, sizeof(err), "too many pools or servers for the shared memory tables");
         goto fail;
     }
-    if (lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0)
+    if (lb_master_check_access_log(cfg, err, sizeof(err)) < 0 ||
+        lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0)
         goto fail;
     if (lb_shm_assign(m->shm.hdr, cfg, gen, err, sizeof(err)) < 0) {
         lb_log_error("BUG: shared memory assignment failed after its check: %s", err);
@@ -424,6 +441,10 @@ static int lb_master_start(struct lb_master *m)
     }
     atomic_store(&m->shm.hdr->generation, m->generation);
     atomic_store(&m->shm.hdr->workers, m->cfg->workers);
+    if (lb_master_check_access_log(m->cfg, err, sizeof(err)) < 0) {
+        lb_log_error("%s", err);
+        return -1;
+    }
     if (lb_master_open_log(m->cfg) < 0)
         return -1;
     if (m->opt->daemonize && lb_master_daemonize() < 0) {

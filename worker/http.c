@@ -188,14 +188,26 @@ static int lb_http_semantics(struct lb_http_msg *m, bool request)
             if (lb_hdr_is(h, "te"))
                 h->flags |= LB_HDR_HOP_BY_HOP;
             break;
+        case 9:
+            if (lb_hdr_is(h, "forwarded"))
+                h->flags |= LB_HDR_FORWARDED;
+            break;
+        case 12:
+            if (lb_hdr_is(h, "x-request-id") && m->request_id < 0)
+                m->request_id = (int)i;
+            break;
         case 6:
             if (lb_hdr_is(h, "expect") && request &&
                 lb_str_ieq(h->value, h->value_len, "100-continue"))
                 m->flags |= LB_MSG_EXPECT_CONTINUE;
             break;
         case 7:
-            if (lb_hdr_is(h, "upgrade"))
+            if (lb_hdr_is(h, "upgrade")) {
                 h->flags |= LB_HDR_HOP_BY_HOP;
+                if (m->upgrade >= 0)
+                    return 400;
+                m->upgrade = (int)i;
+            }
             break;
         case 10:
             if (lb_hdr_is(h, "connection")) {
@@ -330,6 +342,35 @@ static void lb_http_msg_reset(struct lb_http_msg *m)
     m->headers = hdrs;
     m->max_headers = max;
     m->host = -1;
+    m->request_id = -1;
+    m->upgrade = -1;
+}
+
+bool lb_http_absolute_target(const char *target, size_t len, const char **auth,
+                             size_t *auth_len, const char **path, size_t *path_len)
+{
+    size_t skip;
+    if (len > 7 && lb_str_ieq(target, 7, "http://"))
+        skip = 7;
+    else if (len > 8 && lb_str_ieq(target, 8, "https://"))
+        skip = 8;
+    else
+        return false;
+    const char *a = target + skip, *end = target + len;
+    const char *p = a;
+    while (p < end && *p != '/' && *p != '?')
+        p++;
+    *auth = a;
+    *auth_len = (size_t)(p - a);
+    if (p == end || *p == '?') {
+        /* "http://h" and "http://h?q" have the path "/" (RFC 9112 3.2.1). */
+        *path = p == end ? "/" : p;
+        *path_len = p == end ? 1 : (size_t)(end - p);
+        return true;
+    }
+    *path = p;
+    *path_len = (size_t)(end - p);
+    return true;
 }
 
 int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *m,
@@ -380,9 +421,14 @@ int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *
         if (m->target_len != 1 || !options)
             return 400;
     } else if (m->target[0] != '/') {
-        if (!(m->target_len > 7 && lb_str_ieq(m->target, 7, "http://")) &&
-            !(m->target_len > 8 && lb_str_ieq(m->target, 8, "https://")))
+        const char *auth, *path;
+        size_t alen, plen;
+        if (!lb_http_absolute_target(m->target, m->target_len, &auth, &alen, &path, &plen) ||
+            alen == 0 || path[0] == '?')
             return 400;
+        for (size_t i = 0; i < alen; i++)
+            if (!lb_is((unsigned char)auth[i], C_HOST) || auth[i] == '@')
+                return 400;     /* userinfo is not sent to a proxy */
     }
     if (m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0)
         m->flags |= LB_MSG_HEAD;

@@ -29,7 +29,7 @@ struct lb_http_header {
 /* Headers lbd itself rewrites or drops when forwarding. */
 #define LB_HDR_HOP_BY_HOP   0x1u    /* Connection, Keep-Alive, TE, Upgrade, ... */
 #define LB_HDR_FRAMING      0x2u    /* Content-Length, Transfer-Encoding */
-#define LB_HDR_FORWARDED    0x4u    /* X-Forwarded-For/-Proto: replaced */
+#define LB_HDR_FORWARDED    0x4u    /* X-Forwarded-For/-Proto, Forwarded: ours */
 #define LB_HDR_DUPLICATE    0x8u    /* repeat of an identical Content-Length */
 
 enum lb_http_body {
@@ -69,6 +69,8 @@ struct lb_http_msg {
     size_t nheaders;
     size_t max_headers;         /* capacity of headers[] */
     int host;                   /* index of Host, or -1 */
+    int request_id;             /* index of X-Request-Id, or -1 */
+    int upgrade;                /* index of Upgrade, or -1 */
     enum lb_http_body body;
     uint64_t content_length;
     uint32_t flags;
@@ -95,6 +97,12 @@ int lb_http_check_partial(const char *buf, size_t len, const struct lb_http_limi
  * whatever the headers say). Returns 0, or -1 for a malformed response. */
 int lb_http_parse_response(const char *buf, size_t head_len, struct lb_http_msg *m,
                            bool head_request, const struct lb_http_limits *lim);
+
+/* Split an absolute-form target ("http://host:port/p?q") into its
+ * authority and its origin-form rest ("/p?q", or "/" when empty). False if
+ * TARGET is not absolute-form. */
+bool lb_http_absolute_target(const char *target, size_t len, const char **auth,
+                             size_t *auth_len, const char **path, size_t *path_len);
 
 /* True if header H of M is named by one of M's Connection tokens. */
 bool lb_http_named_by_connection(const struct lb_http_msg *m, const struct lb_http_header *h);

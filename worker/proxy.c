@@ -16,12 +16,14 @@
 #include <event2/util.h>
 
 #include "shared/log.h"
+#include "worker/accesslog.h"
 #include "worker/route.h"
 #include "worker/upstream.h"
 
 enum lb_session_state {
     LB_S_HEAD,          /* waiting for a request head */
     LB_S_PROXY,         /* forwarding a request, relaying its response */
+    LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
 };
 
@@ -34,6 +36,8 @@ struct lb_session {
     struct event client_timer;          /* client_header, then client_body progress */
     struct event deadline_timer;        /* the whole exchange (deadline) */
     char client_ip[INET6_ADDRSTRLEN];
+    char request_id[65];                /* X-Request-Id, for the access log */
+    struct lb_access_entry *acc;        /* NULL unless access_log is on */
 
     uint8_t state;
     bool keepalive;                     /* client may keep the connection */
@@ -47,6 +51,8 @@ struct lb_session {
     bool resp_done;
     bool up_eof;                        /* the backend closed its side */
     bool shut;                          /* CLOSING: our FIN is sent */
+    bool peer_trusted;                  /* client is in trusted_proxies */
+    bool upgrade;                       /* request asks for a protocol upgrade */
     uint8_t req_minor;
     uint32_t req_flags;
     size_t head_len;
@@ -106,6 +112,53 @@ static void lb_evbuffer_add_str(struct evbuffer *b, const char *s)
 
 /* ---- timers and teardown -------------------------------------------- */
 
+static uint64_t lb_session_now_us(struct lb_session *s)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(s->w->base, &tv);
+    return (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
+}
+
+/* Bytes queued to the client, for the counters and the access log. */
+static void lb_session_sent(struct lb_session *s, size_t n)
+{
+    lb_counter_add(&s->w->slot_stats->bytes_out, n);
+    if (s->acc != NULL)
+        s->acc->bytes += n;
+}
+
+/* The current exchange ended, however it ended: its log line, once. */
+static void lb_session_log(struct lb_session *s)
+{
+    struct lb_access_entry *e = s->acc;
+    if (e == NULL || e->start_us == 0)
+        return;
+    lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
+                       s->request_id, lb_session_now_us(s));
+    e->start_us = e->connect_us = e->header_us = e->bytes = 0;
+    e->status = e->upstream_status = 0;
+}
+
+static void lb_session_log_start(struct lb_session *s, const char *buf, size_t head_len,
+                                 const struct lb_http_msg *m)
+{
+    struct lb_access_entry *e = s->acc;
+    if (e == NULL)
+        return;
+    const char *eol = memchr(buf, '\r', head_len);
+    lb_accesslog_copy(e->request, sizeof(e->request), buf, eol ? (size_t)(eol - buf) : 0);
+    e->referer[0] = e->user_agent[0] = '\0';
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (h->name_len == 7 && lb_str_ieq(h->name, 7, "referer"))
+            lb_accesslog_copy(e->referer, sizeof(e->referer), h->value, h->value_len);
+        else if (h->name_len == 10 && lb_str_ieq(h->name, 10, "user-agent"))
+            lb_accesslog_copy(e->user_agent, sizeof(e->user_agent), h->value, h->value_len);
+    }
+    s->request_id[0] = '\0';
+    e->start_us = lb_session_now_us(s);
+}
+
 static void lb_count_timeout(struct lb_session *s, enum lb_timeout_kind k)
 {
     lb_counter_add(&s->w->slot_stats->timeouts[k], 1);
@@ -153,6 +206,8 @@ static void lb_session_release_up(struct lb_session *s, bool reusable)
 static void lb_session_close(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
+    lb_session_log(s);
+    free(s->acc);
     lb_session_release_up(s, false);
     event_del(&s->client_timer);
     event_del(&s->deadline_timer);
@@ -173,6 +228,7 @@ static void lb_session_close(struct lb_session *s)
 
 static void lb_session_linger(struct lb_session *s)
 {
+    lb_session_log(s);
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
     event_del(&s->client_timer);
@@ -190,7 +246,7 @@ static void lb_session_reset_request(struct lb_session *s)
 {
     s->state = LB_S_HEAD;
     s->server = NULL;
-    s->head_pending = s->up_reused = s->retried = false;
+    s->head_pending = s->up_reused = s->retried = s->upgrade = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->head_len = s->scan = s->resp_scan = 0;
     s->req_left = s->resp_left = 0;
@@ -205,6 +261,8 @@ static void lb_session_reset_request(struct lb_session *s)
 static void lb_session_count_response(struct lb_session *s, int status)
 {
     lb_counter_add(&s->w->slot_stats->responses[lb_status_class(status)], 1);
+    if (s->acc != NULL)
+        s->acc->status = status;
 }
 
 /* Answer STATUS. Once response bytes went out nothing can be said any more:
@@ -232,8 +290,9 @@ static void lb_session_error(struct lb_session *s, int status)
                         "%s\r\n%s",
                         status, lb_reason(status), blen,
                         keep ? "" : "Connection: close\r\n", body);
-    lb_counter_add(&s->w->slot_stats->bytes_out, evbuffer_get_length(out) - before);
+    lb_session_sent(s, evbuffer_get_length(out) - before);
     lb_session_count_response(s, status);
+    lb_session_log(s);
 
     if (!keep) {
         lb_session_linger(s);
@@ -270,30 +329,114 @@ static void lb_add_header(struct evbuffer *b, const struct lb_http_header *h)
     evbuffer_commit_space(b, &v, 1);
 }
 
+static uint64_t lb_rand64(struct lb_worker *w)
+{
+    uint64_t a = w->rng[0], b = w->rng[1];
+    w->rng[0] = b;
+    a ^= a << 23;
+    w->rng[1] = a ^ b ^ (a >> 17) ^ (b >> 26);
+    return w->rng[1] + b;
+}
+
+/* Values of every header of kind NAME_LEN (X-Forwarded-For 15, -Proto 17,
+ * Forwarded 9) joined by ", ", followed by ", " when APPEND. */
+static void lb_add_joined(struct evbuffer *out, const struct lb_http_msg *m,
+                          uint32_t name_len, bool append)
+{
+    bool any = false;
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (!(h->flags & LB_HDR_FORWARDED) || h->name_len != name_len || h->value_len == 0)
+            continue;
+        if (any)
+            evbuffer_add(out, ", ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        any = true;
+    }
+    if (any && append)
+        evbuffer_add(out, ", ", 2);
+}
+
+static bool lb_has_kind(const struct lb_http_msg *m, uint32_t name_len)
+{
+    for (size_t i = 0; i < m->nheaders; i++)
+        if ((m->headers[i].flags & LB_HDR_FORWARDED) && m->headers[i].name_len == name_len)
+            return true;
+    return false;
+}
+
 /* Serialise the request head as the backend must see it: hop-by-hop headers
- * gone, one Content-Length at most, X-Forwarded-* ours. */
+ * gone, one Content-Length at most, an absolute-form target turned into
+ * origin-form plus Host (so lbd and the backend agree on the host), and the
+ * forwarding headers ours. A trusted peer's X-Forwarded-For / Forwarded are
+ * kept and appended to; anyone else's are replaced. */
 static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_msg *m,
                                     struct evbuffer *out)
 {
     size_t before = evbuffer_get_length(out);
+    const char *target = m->target, *auth = NULL;
+    size_t tlen = m->target_len, alen = 0;
+    bool absolute = lb_http_absolute_target(m->target, m->target_len, &auth, &alen,
+                                            &target, &tlen);
+    bool trusted = s->peer_trusted;
+
     evbuffer_add(out, m->method, m->method_len);
     evbuffer_add(out, " ", 1);
-    evbuffer_add(out, m->target, m->target_len);
+    evbuffer_add(out, target, tlen);
     /* HTTP/1.0 clients cannot read chunked responses: ask the backend for a
      * 1.0 response, kept alive so the backend connection is still pooled. */
     if (m->version_minor == 0)
         lb_evbuffer_add_str(out, " HTTP/1.0\r\nConnection: keep-alive\r\n");
     else
         lb_evbuffer_add_str(out, " HTTP/1.1\r\n");
+    if (absolute) {
+        lb_evbuffer_add_str(out, "Host: ");
+        evbuffer_add(out, auth, alen);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (s->upgrade) {
+        lb_evbuffer_add_str(out, "Connection: upgrade\r\n");
+        lb_add_header(out, &m->headers[m->upgrade]);
+    }
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct lb_http_header *h = &m->headers[i];
         if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_FORWARDED | LB_HDR_DUPLICATE))
             continue;
+        if (absolute && (int)i == m->host)
+            continue;
         lb_add_header(out, h);
     }
-    /* Untrusted by default: the client's own X-Forwarded-For is replaced. */
-    evbuffer_add_printf(out, "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n\r\n",
-                        s->client_ip);
+
+    lb_evbuffer_add_str(out, "X-Forwarded-For: ");
+    if (trusted)
+        lb_add_joined(out, m, 15, true);
+    lb_evbuffer_add_str(out, s->client_ip);
+    lb_evbuffer_add_str(out, "\r\nX-Forwarded-Proto: ");
+    if (trusted && lb_has_kind(m, 17))
+        lb_add_joined(out, m, 17, false);
+    else
+        lb_evbuffer_add_str(out, "http");
+    if (lb_has_kind(m, 9)) {
+        lb_evbuffer_add_str(out, "\r\nForwarded: ");
+        if (trusted)
+            lb_add_joined(out, m, 9, true);
+        evbuffer_add_printf(out, strchr(s->client_ip, ':') ? "for=\"[%s]\";proto=http"
+                                                           : "for=%s;proto=http",
+                            s->client_ip);
+    }
+    lb_evbuffer_add_str(out, "\r\nVia: 1.1 lbd\r\n");
+    if (m->request_id < 0) {
+        snprintf(s->request_id, sizeof(s->request_id), "%016llx%016llx",
+                 (unsigned long long)lb_rand64(s->w), (unsigned long long)lb_rand64(s->w));
+        evbuffer_add_printf(out, "X-Request-Id: %s\r\n", s->request_id);
+    } else {
+        const struct lb_http_header *h = &m->headers[m->request_id];
+        size_t n = h->value_len < sizeof(s->request_id) - 1 ? h->value_len
+                                                            : sizeof(s->request_id) - 1;
+        memcpy(s->request_id, h->value, n);
+        s->request_id[n] = '\0';
+    }
+    evbuffer_add(out, "\r\n", 2);
     return evbuffer_get_length(out) - before;
 }
 
@@ -412,6 +555,7 @@ static void lb_session_finish(struct lb_session *s)
     bool reusable = s->req_done && s->resp_body != LB_BODY_CLOSE && !s->up_eof &&
                     !(s->req_flags & LB_MSG_CONN_CLOSE);
     lb_session_release_up(s, reusable);
+    lb_session_log(s);
     if (!s->keepalive || !s->req_done || s->client_eof || s->w->draining) {
         lb_session_linger(s);
         return;
@@ -458,7 +602,7 @@ static void lb_relay_response_body(struct lb_session *s)
     if (n > 0) {
         evbuffer_remove_buffer(in, out, n);
         lb_counter_add(&s->server->stats->bytes_in, n);
-        lb_counter_add(&s->w->slot_stats->bytes_out, n);
+        lb_session_sent(s, n);
     }
     if (!s->resp_done && s->up_eof && evbuffer_get_length(in) == 0) {
         if (s->resp_body != LB_BODY_CLOSE) {
@@ -477,6 +621,67 @@ static void lb_relay_response_body(struct lb_session *s)
         else
             lb_session_linger(s);   /* answered before the body was read: close */
     }
+}
+
+/* ---- tunnel (after 101 Switching Protocols) ----------------------------- */
+
+static void lb_tunnel_arm(struct lb_session *s)
+{
+    lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.tunnel_ms);
+}
+
+/* Move what each side has to the other, bounded by buffer_limit, and end
+ * the tunnel once a side has closed and everything it sent is passed on:
+ * the client's FIN is passed to the backend as ours; the backend's close
+ * ends the session after the client got every byte. */
+static void lb_tunnel_pump(struct lb_session *s)
+{
+    struct evbuffer *cin = bufferevent_get_input(s->client);
+    struct evbuffer *cout = bufferevent_get_output(s->client);
+    struct evbuffer *uin = bufferevent_get_input(s->up->bev);
+    struct evbuffer *uout = bufferevent_get_output(s->up->bev);
+    size_t limit = s->w->buffer_limit, moved = 0;
+
+    size_t n = evbuffer_get_length(cin);
+    if (n > 0 && evbuffer_get_length(uout) < limit) {
+        evbuffer_remove_buffer(cin, uout, n);
+        lb_counter_add(&s->w->slot_stats->bytes_in, n);
+        lb_counter_add(&s->server->stats->bytes_out, n);
+        moved += n;
+    }
+    n = evbuffer_get_length(uin);
+    if (n > 0 && evbuffer_get_length(cout) < limit) {
+        evbuffer_remove_buffer(uin, cout, n);
+        lb_counter_add(&s->server->stats->bytes_in, n);
+        lb_session_sent(s, n);
+        moved += n;
+    }
+    if (moved > 0)
+        lb_tunnel_arm(s);
+    if (s->client_eof && !s->shut && evbuffer_get_length(cin) == 0 &&
+        evbuffer_get_length(uout) == 0) {
+        s->shut = true;     /* here: our FIN towards the backend is sent */
+        shutdown(bufferevent_getfd(s->up->bev), SHUT_WR);
+    }
+    if (s->up_eof && evbuffer_get_length(uin) == 0) {
+        s->shut = false;
+        lb_session_linger(s);
+    }
+}
+
+static void lb_tunnel_start(struct lb_session *s)
+{
+    s->state = LB_S_TUNNEL;
+    s->keepalive = false;
+    event_del(&s->deadline_timer);
+    const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
+    /* Idleness is judged on both directions together (the timer), not per
+     * side: a quiet client under a busy server push is not idle. */
+    lb_set_timeouts(s->client, 0, t->send_ms);
+    lb_set_timeouts(s->up->bev, 0, t->send_ms);
+    bufferevent_enable(s->client, EV_READ | EV_WRITE);
+    lb_tunnel_arm(s);
+    lb_tunnel_pump(s);
 }
 
 /* Parse response heads in the backend input; relay interim 1xx ones.
@@ -504,7 +709,7 @@ static bool lb_handle_response_head(struct lb_session *s)
         }
         struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
         if (lb_http_parse_response(buf, head_len, &m, s->req_flags & LB_MSG_HEAD,
-                                   &w->limits) < 0 || m.status == 101) {
+                                   &w->limits) < 0 || (m.status == 101 && !s->upgrade)) {
             lb_log_warn("backend %s: invalid response head", s->server->cfg->address);
             lb_counter_add(&s->server->stats->failures, 1);
             lb_session_error(s, 502);
@@ -519,13 +724,27 @@ static bool lb_handle_response_head(struct lb_session *s)
         }
         struct evbuffer *out = bufferevent_get_output(s->client);
         size_t before = evbuffer_get_length(out);
+        if (m.status == 101) {
+            /* Switching protocols: the head goes to the client as the
+             * backend wrote it (its Upgrade and Connection are the point). */
+            evbuffer_remove_buffer(in, out, head_len);
+            lb_counter_add(&s->server->stats->bytes_in, head_len);
+            lb_counter_add(&s->server->stats->responses[0], 1);
+            lb_session_sent(s, head_len);
+            lb_session_count_response(s, 101);
+            if (s->acc != NULL)
+                s->acc->upstream_status = 101;
+            lb_session_log(s);
+            lb_tunnel_start(s);
+            return false;
+        }
         if (m.status < 200) {
             /* 100 Continue and friends: pass on to 1.1 clients only. */
             if (s->req_minor == 1)
                 evbuffer_add(out, buf, head_len);
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
-            lb_counter_add(&w->slot_stats->bytes_out, evbuffer_get_length(out) - before);
+            lb_session_sent(s, evbuffer_get_length(out) - before);
             continue;
         }
         s->resp_head_done = true;
@@ -543,8 +762,12 @@ static bool lb_handle_response_head(struct lb_session *s)
         evbuffer_drain(in, head_len);
         lb_counter_add(&s->server->stats->bytes_in, head_len);
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
-        lb_counter_add(&w->slot_stats->bytes_out, evbuffer_get_length(out) - before);
+        lb_session_sent(s, evbuffer_get_length(out) - before);
         lb_session_count_response(s, m.status);
+        if (s->acc != NULL) {
+            s->acc->upstream_status = m.status;
+            s->acc->header_us = lb_session_now_us(s);
+        }
         /* From here the response streams: the backend may pause as long as
          * the send timeout allows, not the first-byte timeout. */
         lb_session_up_timeouts(s);
@@ -558,6 +781,10 @@ static void lb_up_read(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct lb_session *s = arg;
+    if (s->state == LB_S_TUNNEL) {
+        lb_tunnel_pump(s);
+        return;
+    }
     if (!s->resp_head_done && !lb_handle_response_head(s))
         return;
     lb_relay_response_body(s);
@@ -567,6 +794,10 @@ static void lb_up_write(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct lb_session *s = arg;
+    if (s->state == LB_S_TUNNEL) {
+        lb_tunnel_pump(s);
+        return;
+    }
     if (!s->req_done)
         lb_forward_request_body(s);
 }
@@ -582,7 +813,18 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         (void)bev;
         up->connected = true;
+        if (s->acc != NULL)
+            s->acc->connect_us = lb_session_now_us(s);
         lb_session_up_timeouts(s);
+        return;
+    }
+    if (s->state == LB_S_TUNNEL) {
+        if (what & BEV_EVENT_EOF) {
+            s->up_eof = true;
+            lb_tunnel_pump(s);
+        } else {
+            lb_session_linger(s);
+        }
         return;
     }
     if (s->resp_head_done) {
@@ -663,6 +905,8 @@ static int lb_session_connect(struct lb_session *s)
         }
     } else {
         lb_session_up_timeouts(s);
+        if (s->acc != NULL)
+            s->acc->connect_us = lb_session_now_us(s);
     }
     bufferevent_enable(up->bev, EV_READ | EV_WRITE);
 
@@ -690,9 +934,11 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     const struct lb_http_header *host = m->host >= 0 ? &m->headers[m->host] : NULL;
-    const struct lb_route_cfg *r = lb_route_match(w->cfg, host ? host->value : NULL,
-                                                  host ? host->value_len : 0,
-                                                  m->target, m->target_len);
+    const char *hval = host ? host->value : NULL, *path = m->target;
+    size_t hlen = host ? host->value_len : 0, plen = m->target_len;
+    /* RFC 9112 3.2.2: an absolute-form target's authority replaces Host. */
+    lb_http_absolute_target(m->target, m->target_len, &hval, &hlen, &path, &plen);
+    const struct lb_route_cfg *r = lb_route_match(w->cfg, hval, hlen, path, plen);
     if (r == NULL) {
         lb_session_error(s, 404);
         return;
@@ -730,6 +976,11 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct lb_session *s = arg;
+    if (s->state == LB_S_TUNNEL) {
+        lb_count_timeout(s, LB_TO_TUNNEL);
+        lb_session_close(s);
+        return;
+    }
     if (s->state == LB_S_HEAD) {
         lb_log_info("client %s: request head not received within client_header", s->client_ip);
         lb_count_timeout(s, LB_TO_CLIENT_HEADER);
@@ -795,6 +1046,7 @@ static void lb_session_try_head(struct lb_session *s)
     struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
     int st = lb_http_parse_request(buf, head_len, &m, &w->limits);
     lb_counter_add(&w->slot_stats->requests, 1);
+    lb_session_log_start(s, buf, head_len, &m);
     if (st != 0) {
         lb_log_info("client %s: bad request (%d)", s->client_ip, st);
         s->keepalive = false;
@@ -808,6 +1060,9 @@ static void lb_session_try_head(struct lb_session *s)
                                         : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
     s->req_body = m.body;
     s->req_left = m.content_length;
+    /* A tunnel only for a body-less HTTP/1.1 request that asks for one. */
+    s->upgrade = (m.flags & LB_MSG_CONN_UPGRADE) && m.upgrade >= 0 &&
+                 m.version_minor == 1 && m.body == LB_BODY_NONE;
     s->req_done = m.body == LB_BODY_NONE;
     s->head_pending = true;
     lb_chunked_init(&s->req_chunk);
@@ -820,6 +1075,9 @@ static void lb_client_read(struct bufferevent *bev, void *arg)
     switch (s->state) {
     case LB_S_HEAD:
         lb_session_try_head(s);
+        break;
+    case LB_S_TUNNEL:
+        lb_tunnel_pump(s);
         break;
     case LB_S_PROXY:
         if (!s->req_done && s->up != NULL)
@@ -844,7 +1102,9 @@ static void lb_client_write(struct bufferevent *bev, void *arg)
         }
         return;
     }
-    if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
+    if (s->state == LB_S_TUNNEL)
+        lb_tunnel_pump(s);
+    else if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
         lb_relay_response_body(s);
 }
 
@@ -854,6 +1114,11 @@ static void lb_client_event(struct bufferevent *bev, short what, void *arg)
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
         lb_session_close(s);    /* the client's FIN, an error, or linger time up */
+        return;
+    }
+    if (s->state == LB_S_TUNNEL && (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+        s->client_eof = true;
+        lb_tunnel_pump(s);
         return;
     }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->state == LB_S_PROXY &&
@@ -889,7 +1154,14 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     s->w = w;
+    if (w->cfg->access_log != NULL && (s->acc = calloc(1, sizeof(*s->acc))) == NULL) {
+        bufferevent_free(s->client);
+        free(s);
+        return;
+    }
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
+    s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&
+                      lb_cidr_match(w->cfg->trusted_proxies, w->cfg->ntrusted_proxies, peer);
     evtimer_assign(&s->client_timer, w->base, lb_client_timeout, s);
     evtimer_assign(&s->deadline_timer, w->base, lb_deadline_timeout, s);
     lb_session_reset_request(s);

@@ -24,30 +24,12 @@ static size_t lb_route_norm_host(const char *host, size_t len, char *buf, size_t
     return len;
 }
 
-/* The path of an absolute-form target ("http://h/p" -> "/p"). */
-static void lb_route_path(const char **path, size_t *len)
-{
-    if (*len == 0 || (*path)[0] == '/')
-        return;
-    const char *scheme_end = memchr(*path, ':', *len);
-    if (scheme_end == NULL || (size_t)(scheme_end - *path) + 3 > *len) {
-        *len = 0;
-        return;
-    }
-    const char *auth = scheme_end + 3;
-    const char *end = *path + *len;
-    const char *slash = memchr(auth, '/', (size_t)(end - auth));
-    *path = slash ? slash : "/";
-    *len = slash ? (size_t)(end - slash) : 1;
-}
-
 const struct lb_route_cfg *lb_route_match(const struct lb_config *cfg,
                                           const char *host, size_t host_len,
                                           const char *path, size_t path_len)
 {
     char h[LB_HOST_MAX];
     size_t hlen = host ? lb_route_norm_host(host, host_len, h, sizeof(h)) : 0;
-    lb_route_path(&path, &path_len);
 
     const struct lb_route_cfg *best = NULL;
     size_t best_host = 0, best_path = 0;

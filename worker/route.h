@@ -7,7 +7,8 @@
 #include "shared/config.h"
 
 /* The route for HOST (a Host header value, port allowed, may be NULL) and
- * the request target PATH. Among the routes whose host and prefix both
+ * PATH (origin-form: the caller turns an absolute-form target into its
+ * authority and path first). Among the routes whose host and prefix both
  * match, the most specific host wins (exact, then the longest "*.suffix",
  * then "*"), then the longest prefix. NULL if none matches. */
 const struct lb_route_cfg *lb_route_match(const struct lb_config *cfg,

@@ -5,12 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/listener.h>
 
 #include "shared/log.h"
+#include "worker/accesslog.h"
 #include "worker/proxy.h"
 #include "worker/upstream.h"
 
@@ -77,6 +79,8 @@ static void lb_worker_signal(evutil_socket_t sig, short what, void *arg)
     case SIGUSR1:
         if (lb_log_reopen() < 0)
             lb_log_error("reopening the log failed (%d: %s)", errno, strerror(errno));
+        if (lb_accesslog_reopen() < 0)
+            lb_log_error("reopening the access log failed (%d: %s)", errno, strerror(errno));
         break;
     default:
         break;
@@ -107,6 +111,11 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         .max_headers = cfg->limits.headers,
     };
     w->buffer_limit = cfg->limits.buffer;
+    if (getrandom(w->rng, sizeof(w->rng), 0) != (ssize_t)sizeof(w->rng) ||
+        (w->rng[0] | w->rng[1]) == 0) {
+        w->rng[0] = lb_wall_ms() ^ ((uint64_t)getpid() << 32);
+        w->rng[1] = ~w->rng[0] | 1;
+    }
     w->scratch = calloc(cfg->limits.headers, sizeof(*w->scratch));
     if (w->scratch == NULL)
         goto out;
@@ -123,6 +132,9 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     }
     if (lb_upstream_init(w) < 0)
         goto out;
+    if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
+        lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
+                     strerror(errno));
 
     w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
     if (w->listeners == NULL)
@@ -154,6 +166,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     rc = 0;
 out:
     lb_proxy_close_all(w);
+    lb_accesslog_close();
     lb_worker_close_listeners(w);
     free(w->listeners);
     lb_upstream_destroy(w);

@@ -61,6 +61,7 @@ struct lb_worker {
     struct event *signals[4];
 
     struct lb_http_limits limits;
+    uint64_t rng[2];                        /* xorshift128+ for request ids */
     size_t buffer_limit;                    /* per direction, per connection */
     /* Scratch headers (limits.headers of them): a head is parsed and
      * re-serialised in one go, so one array per worker serves every

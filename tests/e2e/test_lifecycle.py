@@ -1,0 +1,415 @@
+"""Process lifecycle: respawn, graceful stop, reload, signals, titles."""
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from lbdtest import (HttpConn, LbdTestCase, free_port, http_get, lbd_config, pid_alive,
+                     proc_cmdline, proc_title, split_hostport, wait_for)
+
+
+class LoadLoop:
+    """Client threads doing requests in a loop until stopped (bounded),
+    each over its own keep-alive connection (NEW_CONN: a new connection
+    per request). A failed request counts as an error and the thread goes
+    on with a new connection."""
+
+    def __init__(self, addr, nthreads=4, new_conn=False, target="/", max_seconds=60):
+        self.addr = addr
+        self.new_conn = new_conn
+        self.target = target
+        self.stop_ev = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.errors = []            # (thread, repr)
+        self.backends = []          # X-Backend of each success, in completion order
+        self.statuses = {}
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(nthreads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i):
+        c = None
+        while not self.stop_ev.is_set() and time.monotonic() < self.deadline:
+            try:
+                if c is None:
+                    c = HttpConn(self.addr, timeout=10)
+                r = c.request(self.target)
+                with self.lock:
+                    self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
+                    if r.status == 200:
+                        self.ok += 1
+                        self.backends.append(r.backend)
+                    else:
+                        self.errors.append((i, f"status {r.status}"))
+                if self.new_conn or (r.header("Connection") or "").lower() == "close":
+                    c.close()
+                    c = None
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                with self.lock:
+                    self.errors.append((i, repr(e)))
+                if c:
+                    c.close()
+                c = None
+        if c:
+            c.close()
+
+    def count(self):
+        with self.lock:
+            return self.ok
+
+    def wait_count(self, n, timeout=20):
+        wait_for(lambda: self.count() >= n, timeout, what=f"{n} successful requests")
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(30)
+
+
+class RespawnTest(LbdTestCase):
+
+    def test_kill9_worker_under_load(self):
+        """kill -9 a busy worker: it is respawned (same id, new pid, log says
+        respawning), restarts == 1, and only its connections saw errors."""
+        bs = self.start_backends("b1", "b2")
+        lbd = self.simple_lbd(bs, workers=2)
+        old = lbd.worker_pids()
+        self.assertEqual(sorted(old), [0, 1])
+        nthreads = 6
+        load = LoadLoop(lbd.listen, nthreads=nthreads)
+        try:
+            load.wait_count(200)
+            # The victim: the worker with the most open connections.
+            snap = lbd.snapshot()
+            victim = max(lbd.running_workers(snap), key=lambda w: w["active_connections"])
+            vid, vpid = victim["id"], victim["pid"]
+            self.assertEqual(old[vid], vpid)
+            log_at = lbd.log_size()
+            os.kill(vpid, signal.SIGKILL)
+            lbd.wait_log(rf"worker {vid} \(pid {vpid}\) killed by signal 9.*respawning", log_at)
+
+            def respawned():
+                s = lbd.snapshot()
+                ws = [w for w in lbd.running_workers(s) if w["id"] == vid]
+                return ws and ws[0]["pid"] not in (0, vpid) and s
+            snap = wait_for(respawned, 15, what=f"worker {vid} to be respawned")
+            new_pid = [w for w in snap["workers"] if w["id"] == vid and w["state"] == "running"][0]["pid"]
+            self.assertEqual(proc_title(new_pid), f"lbd: worker {vid}")
+            self.assertEqual(lbd.worker_pids()[vid], new_pid)
+            self.assertFalse(pid_alive(vpid))
+            at_respawn = load.count()
+            load.wait_count(at_respawn + 200)
+        finally:
+            load.stop()
+        snap = lbd.snapshot()
+        restarts = {w["id"]: w["restarts"] for w in lbd.running_workers(snap)}
+        self.assertEqual(restarts, {vid: 1, 1 - vid: 0})
+        self.assertEqual(snap["totals"]["worker_restarts"], 1)
+        self.assertEqual(lbd.worker_pids()[1 - vid], old[1 - vid], "the other worker lived on")
+        # Only the requests in flight on the killed worker's connections fail:
+        # at most one per client connection.
+        self.assertLessEqual(len(load.errors), nthreads, load.errors)
+        self.assertGreater(load.ok, 400)
+        # And new connections are served, by every worker.
+        for _ in range(20):
+            r = self.get("/")
+            self.assertEqual(r.status, 200, r)
+        self.assertIn("respawning", lbd.log())
+
+
+class StopTest(LbdTestCase):
+
+    def test_graceful_stop(self):
+        """SIGTERM with a slow request in flight: new connections are refused
+        at once, the request completes with 200 and its body, lbd exits 0."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=2, shutdown_timeout="10s")
+        result = {}
+
+        def slow():
+            try:
+                result["r"] = http_get(lbd.listen, "/?delay=3000&size=1000", timeout=20)
+            except Exception as e:  # noqa: BLE001
+                result["e"] = e
+        t = threading.Thread(target=slow, daemon=True)
+        t.start()
+        wait_for(lambda: sum(s["active"] for p in lbd.snapshot()["pools"] for s in p["servers"]) == 1,
+                 10, what="the slow request to reach the backend")
+        lbd.signal(signal.SIGTERM)
+
+        def refused():
+            try:
+                s = socket.create_connection(split_hostport(lbd.listen), timeout=2)
+            except ConnectionRefusedError:
+                return True
+            s.close()
+            return False
+        wait_for(refused, 5, what="new connections to be refused")
+        self.assertTrue(t.is_alive(), "the slow request was still in flight when refusing began")
+        t.join(20)
+        self.assertFalse(t.is_alive())
+        self.assertNotIn("e", result, f"the in-flight request failed: {result.get('e')!r}")
+        r = result["r"]
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(r.body), 1000)
+        rc = lbd.wait_exit(15)
+        self.assertEqual(rc, 0, f"lbd exit status; log:\n{lbd.log()[-2000:]}")
+        lbd.exit_checked = True
+        self.assertRegex(lbd.log(), r"graceful stop")
+
+    def test_fast_stop(self):
+        """SIGINT: lbd exits promptly (exit 0) even with a request hanging."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=2, shutdown_timeout="30s")
+        c = HttpConn(lbd.listen, timeout=20)
+        try:
+            c.send(b"GET /?hang=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: sum(s["active"] for p in lbd.snapshot()["pools"]
+                                 for s in p["servers"]) == 1, 10, what="the request to be in flight")
+            pids = list(lbd.worker_pids().values())
+            lbd.signal(signal.SIGINT)
+            rc = lbd.wait_exit(10)
+            self.assertEqual(rc, 0)
+            lbd.exit_checked = True
+            for pid in pids:
+                wait_for(lambda: not pid_alive(pid), 5, what=f"worker {pid} to exit")
+        finally:
+            c.close()
+
+
+class ReloadTest(LbdTestCase):
+
+    def config(self, listen, servers, strategy="round_robin"):
+        return lbd_config(listen, [{"name": "web", "strategy": strategy, "servers": servers}],
+                          workers=2, shutdown_timeout="10s")
+
+    def test_reload_changed_pool(self):
+        """Reload from b1,b2 to b3 only (other weight and strategy): new
+        requests go to b3, no request fails during the reload, generation
+        increments, the workers are new processes."""
+        b1, b2, b3 = self.start_backends("b1", "b2", "b3")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        lbd = self.start_lbd(self.config(listen, [(b1.addr, 1), (b2.addr, 1)]), listen, workers=2)
+        got = [self.get("/").backend for _ in range(4)]
+        self.assertEqual(got, ["b1", "b2", "b1", "b2"])
+        old = lbd.worker_pids()
+        master = lbd.pid
+
+        load = LoadLoop(lbd.listen, nthreads=2, new_conn=True)
+        try:
+            load.wait_count(50)
+            before, after = lbd.reload(self.config(listen, [(b3.addr, 7)], "weighted_round_robin"))
+            self.assertEqual(after["generation"], before["generation"] + 1)
+
+            # Old workers stop accepting once they drain; then only b3 answers.
+            def old_gone():
+                s = lbd.snapshot()
+                return all(w["generation"] == after["generation"] or w["state"] == "draining"
+                           for w in s["workers"]) and s
+            wait_for(old_gone, 15, what="the old generation to drain")
+            n = load.count()
+            load.wait_count(n + 100)
+        finally:
+            load.stop()
+        self.assertEqual(load.errors, [], "requests failed during the reload")
+        self.assertIn("b3", load.backends)
+        for _ in range(20):
+            r = self.get("/")
+            self.assertEqual((r.status, r.backend), (200, "b3"), r)
+
+        snap = lbd.snapshot()
+        self.assertEqual(snap["reloads"], 1)
+        self.assertEqual(snap["reload_failures"], 0)
+        self.assertEqual(snap["master_pid"], master)
+        wait_for(lambda: all(not pid_alive(p) for p in old.values()), 15,
+                 what="the old workers to exit")
+        new = lbd.worker_pids()
+        self.assertEqual(sorted(new), [0, 1])
+        self.assertFalse(set(new.values()) & set(old.values()), f"old {old} new {new}")
+        running = lbd.running_workers()
+        self.assertEqual(sorted(w["pid"] for w in running), sorted(new.values()))
+        self.assertTrue(all(w["generation"] == after["generation"] for w in running))
+        (pool,) = [p for p in snap["pools"] if p["state"] == "active"]
+        active = [s for s in pool["servers"] if s["state"] == "active"]
+        self.assertEqual([(s["address"], s["weight"]) for s in active], [(b3.addr, 7)])
+
+    def test_reload_broken_config_keeps_serving(self):
+        """A syntax error, an unknown key, a route to a missing pool: each
+        reload fails with FILE:LINE in the log, reload_failures increments,
+        the old config keeps serving, the master and workers stay."""
+        (b1,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        good = self.config(listen, [(b1.addr, 1)])
+        lbd = self.start_lbd(good, listen, workers=2)
+        path = os.path.realpath(lbd.config_path)
+        master = lbd.pid
+        workers = lbd.worker_pids()
+        gen = lbd.snapshot()["generation"]
+
+        lines = good.splitlines()
+        cases = []
+        # 1. syntax error on a line of its own
+        bad = lines[:3] + ["workers = = 3;"] + lines[3:]
+        cases.append(("syntax", "\n".join(bad) + "\n", 4))
+        # 2. unknown top-level key
+        bad = lines[:2] + ["frobnicate = 1;"] + lines[2:]
+        cases.append(("unknown key", "\n".join(bad) + "\n", 3))
+        # 3. route to a pool that does not exist
+        i = next(k for k, ln in enumerate(lines) if 'pool = "web"' in ln and "host" in ln)
+        bad = list(lines)
+        bad[i] = bad[i].replace('pool = "web"', 'pool = "nope"')
+        cases.append(("missing pool", "\n".join(bad) + "\n", i + 1))
+
+        for n, (what, text, line) in enumerate(cases, 1):
+            with self.subTest(what):
+                at = lbd.log_size()
+                before, after = lbd.reload(text, expect_ok=False)
+                self.assertEqual(after["reload_failures"], n)
+                self.assertEqual(after["generation"], gen)
+                self.assertEqual(after["master_pid"], master)
+                m = lbd.wait_log(r"\[error\].*reload failed.*", at)
+                self.assertIn(f"{path}:{line}:", m.group(0), f"{what}: wrong FILE:LINE")
+                for _ in range(4):
+                    r = self.get("/")
+                    self.assertEqual((r.status, r.backend), (200, "b1"), r)
+                self.assertTrue(pid_alive(master))
+                self.assertEqual(lbd.worker_pids(), workers, "the workers were not replaced")
+        # And a good file again reloads fine.
+        lbd.reload(good)
+        self.assertEqual(lbd.snapshot()["reload_failures"], len(cases))
+
+    def test_reload_listener_change(self):
+        """A reload can add a listener; the old one keeps working."""
+        (b1,) = self.start_backends("b1")
+        p1, p2 = free_port(), free_port()
+        l1, l2 = f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"
+        cfg = lbd_config(l1, [{"name": "web", "servers": [(b1.addr, 1)]}], workers=2)
+        lbd = self.start_lbd(cfg, l1, workers=2)
+        cfg2 = lbd_config([l1, l2], [{"name": "web", "servers": [(b1.addr, 1)]}], workers=2)
+        lbd.reload(cfg2)
+        for addr in (l1, l2):
+            r = wait_for(lambda: http_get(addr, "/"), 10, what=f"{addr} to answer")
+            self.assertEqual(r.status, 200, r)
+
+
+class SignalsTest(LbdTestCase):
+
+    def test_usr1_reopens_logs(self):
+        """error_log moved away + USR1: the file is created again and master
+        and worker lines go to it."""
+        (b,) = self.start_backends("b1")
+        dead = f"127.0.0.1:{free_port()}"
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        log = self.path("error.log")
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]},
+                                  {"name": "dead", "servers": [(dead, 1)]}],
+                         routes=[("*", "/", "web"), ("dead.test", "/", "dead")],
+                         workers=2, extra=f'error_log = "{log}";')
+        lbd = self.start_lbd(cfg, listen, workers=2)
+        wait_for(lambda: os.path.exists(log) and "worker 1 started" in open(log).read(), 10,
+                 what="the error_log to get the start lines")
+        os.rename(log, log + ".1")
+        lbd.signal(signal.SIGUSR1)
+        wait_for(lambda: os.path.exists(log), 10, what="USR1 to create the log file again")
+
+        # Worker lines: a request to a dead server makes its worker log a
+        # warning. Go on until both workers have written to the new file.
+        workers = lbd.worker_pids()
+
+        def both_workers_logged():
+            self.get("/", host="dead.test")
+            text = open(log).read()
+            return all(f"{pid}#worker {i}:" in text for i, pid in workers.items())
+        wait_for(both_workers_logged, 15, interval=0.05,
+                 what="lines from both workers in the new error_log")
+        # A master line: a reload logs "reloading".
+        lbd.reload()
+        wait_for(lambda: re.search(rf"{lbd.pid}#master: reloading", open(log).read()), 10,
+                 what="a master line in the new error_log")
+        old_text = open(log + ".1").read()
+        self.assertNotIn("reloading", old_text, "the master still wrote to the moved file")
+        self.assertNotIn("connect() to", old_text, "a worker still wrote to the moved file")
+
+
+class StartupTest(LbdTestCase):
+
+    def test_refuses_taken_port(self):
+        """Another process listens on the address: exit 1, naming it."""
+        (b,) = self.start_backends("b1")
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(squatter.close)
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(5)
+        port = squatter.getsockname()[1]
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}], workers=2)
+        lbd = self.start_lbd(cfg, listen, wait=False)
+        rc = lbd.wait_exit(10)
+        lbd.exit_checked = True
+        self.assertEqual(rc, 1, f"exit status; log:\n{lbd.log()}")
+        self.assertIn(listen, lbd.log())
+        # The squatter still owns the port.
+        c = socket.create_connection(("127.0.0.1", port), timeout=2)
+        conn, _ = squatter.accept()
+        conn.close()
+        c.close()
+
+    def test_refuses_second_instance(self):
+        """A second lbd on the same config file refuses to start."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        p = subprocess.run([self.lbd_bin, "-c", lbd.config_path], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=10, preexec_fn=None)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(http_get(lbd.listen, "/").status, 200)
+
+    def test_process_titles(self):
+        """lbd: master / lbd: worker N in /proc/PID/cmdline; -w 3 gives three."""
+        (b,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}], workers=2)
+        lbd = self.start_lbd(cfg, listen, workers=2)
+        self.assertTrue(proc_cmdline(lbd.pid)[0].startswith("lbd: master"), proc_cmdline(lbd.pid))
+        pids = lbd.worker_pids()
+        self.assertEqual(sorted(pids), [0, 1])
+        for i, pid in pids.items():
+            self.assertEqual(proc_cmdline(pid)[0], f"lbd: worker {i}")
+        with open(f"/proc/{lbd.pid}/comm") as f:
+            self.assertEqual(f.read().strip(), "lbd: master")
+        lbd.stop()
+        lbd.exit_checked = True
+
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}], workers=2)
+        lbd3 = self.start_lbd(cfg, listen, args=["-w", "3"], workers=3, name="lbd3.conf")
+        pids = lbd3.worker_pids()
+        self.assertEqual(sorted(pids), [0, 1, 2])
+        for i, pid in pids.items():
+            self.assertTrue(proc_cmdline(pid)[0].startswith(f"lbd: worker {i}"))
+        self.assertEqual(len(lbd3.running_workers()), 3)
+        self.assertTrue(proc_cmdline(lbd3.pid)[0].startswith("lbd: master"))
+
+    def test_pid_file(self):
+        """-p writes the master pid, removed at a clean stop."""
+        (b,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        pidfile = self.path("lbd.pid")
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}], workers=1)
+        lbd = self.start_lbd(cfg, listen, args=["-p", pidfile], workers=1)
+        with open(pidfile) as f:
+            self.assertEqual(int(f.read().strip()), lbd.pid)
+        lbd.stop()
+        self.assertFalse(os.path.exists(pidfile))

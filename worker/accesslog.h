@@ -1,0 +1,41 @@
+/* The access log: one line per request, buffered per worker and written
+ * with one write(2) per flush (O_APPEND, so workers never interleave
+ * within a line). Off unless `access_log` is set. Format (README):
+ *
+ *   ADDR - - [TIME] "REQUEST LINE" STATUS BYTES "REFERER" "USER-AGENT"
+ *     upstream=ADDR upstream_status=N request_id=ID rt=SEC uct=SEC uht=SEC
+ */
+#ifndef LB_ACCESSLOG_H
+#define LB_ACCESSLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+/* What a request leaves for its log line, filled as it goes. */
+struct lb_access_entry {
+    char request[512];          /* request line, truncated */
+    char referer[256];
+    char user_agent[256];
+    uint64_t start_us;          /* head complete (wall clock) */
+    uint64_t connect_us;        /* backend connection ready; 0 if never */
+    uint64_t header_us;         /* backend response head; 0 if never */
+    uint64_t bytes;             /* sent to the client for this request */
+    int status;                 /* sent to the client; 0 if none */
+    int upstream_status;        /* from the backend; 0 if none */
+};
+
+/* Open PATH (per worker) and flush every second on BASE. 0 or -1 (errno). */
+int lb_accesslog_open(const char *path, struct event_base *base);
+int lb_accesslog_reopen(void);
+void lb_accesslog_close(void);
+/* Append one line. CLIENT and UPSTREAM are addresses, REQUEST_ID may be "". */
+void lb_accesslog_write(const struct lb_access_entry *e, const char *client,
+                        const char *upstream, const char *request_id, uint64_t now_us);
+
+/* Copy a header value for the log: at most CAP-1 bytes, '"' and '\' escaped
+ * away (replaced by '_'), so a line always parses. */
+void lb_accesslog_copy(char *dst, size_t cap, const char *src, size_t len);
+
+#endif
