@@ -210,6 +210,8 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
         return parse_flag(v, vn, &req->echo);
     } else if (KEY_IS("hang")) {
         return parse_flag(v, vn, &req->hang);
+    } else if (KEY_IS("ws")) {
+        return parse_flag(v, vn, &req->ws);
     }
     /* Unknown keys are ignored, so tests can add cache-busters and such. */
 #undef KEY_IS

@@ -39,6 +39,7 @@ struct request {
     bool drop;
     bool echo;
     bool hang;
+    bool ws;                /* ws=1: answer 101 and echo every byte after it */
 };
 
 /* Length of the head at the start of buf (through its terminating blank

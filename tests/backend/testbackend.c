@@ -85,6 +85,7 @@ enum conn_state {
     CS_SENDING,     /* streaming the response body under back-pressure */
     CS_DRAIN,       /* response queued; waiting for the output to empty */
     CS_HANG,        /* hang=1: discard input, never answer */
+    CS_ECHO,        /* ws=1: after the 101, every byte read is written back */
     CS_LINGER,      /* write side shut down; discard input until EOF */
 };
 
@@ -387,6 +388,16 @@ static enum step request_complete(struct conn *c)
 {
     const struct request *r = &c->req;
 
+    if (r->ws) {
+        /* A stand-in for a WebSocket server: the upgrade, then raw echo
+         * (framing is the endpoints' business, not the proxy's). */
+        static const char up[] = "HTTP/1.1 101 Switching Protocols\r\n"
+                                 "Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        c->srv->requests++;
+        bufferevent_write(c->bev, up, sizeof(up) - 1);
+        c->state = CS_ECHO;
+        return STEP_AGAIN;
+    }
     if (r->hang) {
         /* Never answer, and no idle timeout either: the peer decides. */
         c->state = CS_HANG;
@@ -591,6 +602,9 @@ static void conn_process(struct conn *c)
         case CS_TRAILER:
             s = step_chunk_line(c);
             break;
+        case CS_ECHO:
+            bufferevent_write_buffer(c->bev, in);
+            return;
         case CS_HANG:
         case CS_LINGER:
             evbuffer_drain(in, evbuffer_get_length(in));
@@ -750,7 +764,7 @@ static void usage(FILE *f)
             "  -n  backend name for X-Backend and the default body (default: first -l)\n"
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
-            "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1\n"
+            "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
             "GET /stats returns counters as JSON.\n",
             IDLE_TIMEOUT_DEFAULT);
 }
