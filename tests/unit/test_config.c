@@ -450,7 +450,7 @@ END_TEST
 START_TEST(test_err_bad_pool_name)
 {
     static const char *const names[] = {
-        "web pool", "", "web/1", "w\xc3\xa9b", "web!",
+        "web pool", "", "web/1", "w\xc3\xa9" "b", "web!",
         "a123456789012345678901234567890123456789012345678901234567890123", /* 64 */
     };
     for (size_t i = 0; i < LB_ARRAY_SIZE(names); i++) {

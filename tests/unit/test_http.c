@@ -321,8 +321,8 @@ START_TEST(test_req_hop_by_hop)
     ck_assert(lb_http_named_by_connection(&msg, hdr("x-custom")));
     ck_assert(lb_http_named_by_connection(&msg, hdr("Upgrade")));
     ck_assert(!lb_http_named_by_connection(&msg, hdr("X-Other")));
-    ck_assert(!lb_http_named_by_connection(&msg, hdr("Keep-Alive")) ||
-              true);    /* named as a token "keep-alive": either way hop-by-hop */
+    ck_assert(lb_http_named_by_connection(&msg, hdr("Keep-Alive")));
+    ck_assert(!lb_http_named_by_connection(&msg, hdr("Host")));
 
     /* Lowercase names get the same flags. */
     ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\nte: trailers\r\n"
@@ -375,7 +375,6 @@ START_TEST(test_rej_framing)
         BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n", 400),
         /* differing duplicate CL */
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
-        BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 05\r\n\r\n", 0),
         /* malformed CL */
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
@@ -386,7 +385,6 @@ START_TEST(test_rej_framing)
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", 400),
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5.0\r\n\r\n", 400),
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
-        BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456789\r\n\r\n", 400),
         BAD("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
         /* TE whose final coding is not chunked, chunked twice, parameters */
         BAD("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
@@ -537,8 +535,8 @@ END_TEST
 
 /* ---- limits ----------------------------------------------------------------------- */
 
-static const struct lim_small { struct lb_http_limits l; } small = {
-    { .max_request_line = 64, .max_head = 256, .max_headers = 4 },
+static const struct lb_http_limits small = {
+    .max_request_line = 64, .max_head = 256, .max_headers = 4,
 };
 
 /* "GET /aaa... HTTP/1.1" of exactly LINE bytes (without CRLF). */
@@ -557,13 +555,13 @@ START_TEST(test_limit_request_line)
     char buf[512];
     make_line(buf, 64);
     strcat(buf, "\r\nHost: a\r\n\r\n");
-    ck_assert_int_eq(req_lim(buf, strlen(buf), &small.l), 0);
+    ck_assert_int_eq(req_lim(buf, strlen(buf), &small), 0);
     make_line(buf, 65);
     strcat(buf, "\r\nHost: a\r\n\r\n");
-    ck_assert_int_eq(req_lim(buf, strlen(buf), &small.l), 414);
+    ck_assert_int_eq(req_lim(buf, strlen(buf), &small), 414);
     make_line(buf, 200);
     strcat(buf, "\r\nHost: a\r\n\r\n");
-    ck_assert_int_eq(req_lim(buf, strlen(buf), &small.l), 414);
+    ck_assert_int_eq(req_lim(buf, strlen(buf), &small), 414);
 }
 END_TEST
 
@@ -578,17 +576,18 @@ START_TEST(test_limit_head_size)
         memset(buf + strlen(start), 'p', pad);
         memcpy(buf + strlen(start) + pad, "\r\n\r\n", 5);
         ck_assert_uint_eq(strlen(buf), total);
-        ck_assert_int_eq(req_lim(buf, total, &small.l), total <= 256 ? 0 : 431);
+        ck_assert_int_eq(req_lim(buf, total, &small), total <= 256 ? 0 : 431);
     }
 }
 END_TEST
 
 START_TEST(test_limit_header_count)
 {
-    ck_assert_int_eq(req_lim("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", 45, &small.l), 0);
+    static const char four[] = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    ck_assert_int_eq(req_lim(four, sizeof(four) - 1, &small), 0);
     ck_assert_uint_eq(msg.nheaders, 4);
     static const char five[] = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
-    ck_assert_int_eq(req_lim(five, sizeof(five) - 1, &small.l), 431);
+    ck_assert_int_eq(req_lim(five, sizeof(five) - 1, &small), 431);
     ck_assert_uint_le(msg.nheaders, 4);
 
     /* The caller's array is a limit too, whatever the configured one. */
@@ -607,25 +606,25 @@ START_TEST(test_check_partial)
 {
     char buf[1024];
     /* Within limits: keep reading. */
-    ck_assert_int_eq(lb_http_check_partial("GET / HT", 8, &small.l), 0);
-    ck_assert_int_eq(lb_http_check_partial("", 0, &small.l), 0);
+    ck_assert_int_eq(lb_http_check_partial("GET / HT", 8, &small), 0);
+    ck_assert_int_eq(lb_http_check_partial("", 0, &small), 0);
     make_line(buf, 64);
-    ck_assert_int_eq(lb_http_check_partial(buf, 64, &small.l), 0);
+    ck_assert_int_eq(lb_http_check_partial(buf, 64, &small), 0);
 
     /* A request line longer than the limit, its end not seen yet: 414. */
     make_line(buf, 100);
-    ck_assert_int_eq(lb_http_check_partial(buf, 65, &small.l), 414);
-    ck_assert_int_eq(lb_http_check_partial(buf, 100, &small.l), 414);
+    ck_assert_int_eq(lb_http_check_partial(buf, 65, &small), 414);
+    ck_assert_int_eq(lb_http_check_partial(buf, 100, &small), 414);
     memset(buf, 'a', 300);
-    ck_assert_int_eq(lb_http_check_partial(buf, 300, &small.l), 414);
+    ck_assert_int_eq(lb_http_check_partial(buf, 300, &small), 414);
 
     /* A short request line, then a head growing past max_head: 431. */
     snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ");
     size_t n = strlen(buf);
     memset(buf + n, 'p', sizeof(buf) - n);
-    ck_assert_int_eq(lb_http_check_partial(buf, 256, &small.l), 0);
-    ck_assert_int_eq(lb_http_check_partial(buf, 257, &small.l), 431);
-    ck_assert_int_eq(lb_http_check_partial(buf, 1024, &small.l), 431);
+    ck_assert_int_eq(lb_http_check_partial(buf, 256, &small), 0);
+    ck_assert_int_eq(lb_http_check_partial(buf, 257, &small), 431);
+    ck_assert_int_eq(lb_http_check_partial(buf, 1024, &small), 431);
 }
 END_TEST
 
@@ -638,13 +637,13 @@ START_TEST(test_check_partial_line_at_limit)
     char buf[512];
     make_line(buf, 64);
     strcat(buf, "\r\nHost: a\r\n");
-    ck_assert_int_eq(lb_http_check_partial(buf, strlen(buf), &small.l), 0);
+    ck_assert_int_eq(lb_http_check_partial(buf, strlen(buf), &small), 0);
     make_line(buf, 64);
     strcat(buf, "\r");
-    ck_assert_int_eq(lb_http_check_partial(buf, strlen(buf), &small.l), 0);
+    ck_assert_int_eq(lb_http_check_partial(buf, strlen(buf), &small), 0);
     make_line(buf, 63);
     strcat(buf, "\r\nHost: a\r\n");
-    ck_assert_int_eq(lb_http_check_partial(buf, strlen(buf), &small.l), 0);
+    ck_assert_int_eq(lb_http_check_partial(buf, strlen(buf), &small), 0);
 }
 END_TEST
 
@@ -785,7 +784,7 @@ START_TEST(test_resp_limits)
     static const char r[] = "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n";
     size_t hl = head_len_of(r, sizeof(r) - 1);
     const char *copy = copy_head(r, hl);
-    ck_assert_int_eq(lb_http_parse_response(copy, hl, &msg, false, &small.l), -1);
+    ck_assert_int_eq(lb_http_parse_response(copy, hl, &msg, false, &small), -1);
     ck_assert_int_eq(lb_http_parse_response(copy, hl, &msg, false, &lim_default), 0);
     ck_assert_uint_eq(msg.nheaders, 5);
     struct lb_http_limits tiny = { .max_request_line = 64, .max_head = hl - 1, .max_headers = 10 };
@@ -910,13 +909,12 @@ START_TEST(test_chunked_invalid)
         "5\nhello\r\n", "5;ext\nhello\r\n", "5\r\rhello\r\n", "0\n\r\n",
         "0\r\n\n", "0\r\nX: y\n\r\n", "0\r\nX: y\r\r\n",
         /* control bytes in an extension or trailer */
-        "5;a\x01\r\nhello\r\n", "5;a\0\r\nhello\r\n", "0\r\nX: a\x01\r\n\r\n",
-        "0\r\nX: a\0\r\n\r\n",
+        "5;a\x01\r\nhello\r\n", "0\r\nX: a\x01\r\n\r\n",
         /* trailer lines start with a field name */
         "0\r\n: v\r\n\r\n", "0\r\n v\r\n\r\n", "0\r\n\tv\r\n\r\n",
     };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
-        /* strlen: the NUL cases end at the NUL; those are fed with it below. */
+        /* NUL bytes: below, with explicit lengths. */
         size_t n = strlen(bad[i]);
         bool done = false;
         ck_assert_msg(feed_all(bad[i], n, &done) == -1, "accepted (#%zu): %s", i, bad[i]);
