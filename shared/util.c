@@ -214,7 +214,7 @@ uint64_t lb_wall_ms(void)
 uint64_t lb_hash64(const void *data, size_t len)
 {
     const unsigned char *p = data;
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 14695981039346656037ULL;     /* FNV-1a 64 offset basis */
     for (size_t i = 0; i < len; i++) {
         h ^= p[i];
         h *= 1099511628211ULL;

@@ -49,7 +49,8 @@ size_t lb_http_head_end(const char *buf, size_t len, size_t *scanned)
 
 int lb_http_check_partial(const char *buf, size_t len, const struct lb_http_limits *lim)
 {
-    const char *eol = memchr(buf, '\n', len < lim->max_request_line + 1 ? len : lim->max_request_line + 1);
+    /* The request line's length is measured up to its CR, as in the parser. */
+    const char *eol = memchr(buf, '\r', len < lim->max_request_line + 1 ? len : lim->max_request_line + 1);
     if (eol == NULL && len > lim->max_request_line)
         return 414;
     if (len > lim->max_head)
