@@ -203,6 +203,11 @@ static int lb_cfg_strategy(struct lb_loader *ld, const config_setting_t *g,
     static const struct { const char *name; enum lb_strategy s; } names[] = {
         { "round_robin", LB_STRATEGY_ROUND_ROBIN },
         { "weighted_round_robin", LB_STRATEGY_WEIGHTED_ROUND_ROBIN },
+        { "least_connections", LB_STRATEGY_LEAST_CONNECTIONS },
+        { "power_of_two", LB_STRATEGY_POWER_OF_TWO },
+        { "random", LB_STRATEGY_RANDOM },
+        { "hash", LB_STRATEGY_HASH },
+        { "least_time", LB_STRATEGY_LEAST_TIME },
     };
     const char *str = NULL;
     if (lb_cfg_string(ld, g, "strategy", &str, false) < 0)
@@ -218,7 +223,8 @@ static int lb_cfg_strategy(struct lb_loader *ld, const config_setting_t *g,
         }
     }
     return lb_cfg_fail(ld, lb_cfg_member(g, "strategy"),
-                       "unknown strategy \"%s\" (round_robin, weighted_round_robin)", str);
+                       "unknown strategy \"%s\" (round_robin, weighted_round_robin, "
+                       "least_connections, power_of_two, random, hash, least_time)", str);
 }
 
 const char *lb_strategy_name(enum lb_strategy s)
@@ -226,12 +232,150 @@ const char *lb_strategy_name(enum lb_strategy s)
     switch (s) {
     case LB_STRATEGY_ROUND_ROBIN:          return "round_robin";
     case LB_STRATEGY_WEIGHTED_ROUND_ROBIN: return "weighted_round_robin";
+    case LB_STRATEGY_LEAST_CONNECTIONS:    return "least_connections";
+    case LB_STRATEGY_POWER_OF_TWO:         return "power_of_two";
+    case LB_STRATEGY_RANDOM:               return "random";
+    case LB_STRATEGY_HASH:                 return "hash";
+    case LB_STRATEGY_LEAST_TIME:           return "least_time";
     }
     return "?";
 }
 
 static int lb_cfg_timeouts(struct lb_loader *ld, const config_setting_t *parent,
                            struct lb_timeouts *t, bool pool);
+
+static int lb_cfg_hash_key(struct lb_loader *ld, const config_setting_t *g,
+                           struct lb_pool_cfg *p)
+{
+    const char *key = NULL;
+    if (lb_cfg_string(ld, g, "hash_key", &key, false) < 0)
+        return -1;
+    p->hash_key = LB_HASH_CLIENT_IP;
+    if (key == NULL || strcmp(key, "client_ip") == 0)
+        return 0;
+    const char *name = NULL;
+    if (strncmp(key, "header:", 7) == 0) {
+        p->hash_key = LB_HASH_HEADER;
+        name = key + 7;
+    } else if (strncmp(key, "cookie:", 7) == 0) {
+        p->hash_key = LB_HASH_COOKIE;
+        name = key + 7;
+    }
+    bool ok = name != NULL && *name != '\0' && strlen(name) < sizeof(p->hash_name);
+    for (const char *c = name; ok && *c; c++)
+        ok = *c > 0x20 && *c < 0x7f && *c != ':' && *c != '=' && *c != ';';
+    if (!ok)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "hash_key"),
+                           "bad hash_key \"%s\" (client_ip, \"header:NAME\" or \"cookie:NAME\")",
+                           key);
+    snprintf(p->hash_name, sizeof(p->hash_name), "%s", name);
+    return 0;
+}
+
+static int lb_cfg_status_range(const char *s, int *lo, int *hi)
+{
+    char *end;
+    long a = strtol(s, &end, 10), b = a;
+    if (end == s)
+        return -1;
+    if (*end == '-') {
+        const char *t = end + 1;
+        b = strtol(t, &end, 10);
+        if (end == t)
+            return -1;
+    }
+    if (*end != '\0' || a < 100 || b > 599 || a > b)
+        return -1;
+    *lo = (int)a;
+    *hi = (int)b;
+    return 0;
+}
+
+static int lb_cfg_health(struct lb_loader *ld, const config_setting_t *pool,
+                         struct lb_health_cfg *h)
+{
+    static const char *const keys[] = { "path", "interval", "timeout", "rise", "fall",
+                                        "expect_status", NULL };
+    *h = (struct lb_health_cfg){ .interval_ms = 2000, .timeout_ms = 1000, .rise = 2,
+                                 .fall = 3, .expect_lo = 200, .expect_hi = 399 };
+    const config_setting_t *g = lb_cfg_member(pool, "health_check");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'health_check' must be a group { ... }");
+    const char *path = NULL, *expect = NULL;
+    long long rise = h->rise, fall = h->fall;
+    if (lb_cfg_check_keys(ld, g, "health_check", keys) < 0 ||
+        lb_cfg_string(ld, g, "path", &path, false) < 0 ||
+        lb_cfg_duration(ld, g, "interval", &h->interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &h->timeout_ms) < 0 ||
+        lb_cfg_int(ld, g, "rise", 1, 100, &rise) < 0 ||
+        lb_cfg_int(ld, g, "fall", 1, 100, &fall) < 0 ||
+        lb_cfg_string(ld, g, "expect_status", &expect, false) < 0)
+        return -1;
+    if (path != NULL) {
+        bool ok = path[0] == '/' && strlen(path) < sizeof(h->path);
+        for (const char *c = path; ok && *c; c++)
+            ok = *c > 0x20 && *c < 0x7f;
+        if (!ok)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "path"),
+                               "health_check path must start with '/' and be plain ASCII");
+        snprintf(h->path, sizeof(h->path), "%s", path);
+    }
+    if (expect != NULL && lb_cfg_status_range(expect, &h->expect_lo, &h->expect_hi) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "expect_status"),
+                           "expect_status must be a status or range like \"200-399\"");
+    if (h->interval_ms < 100 || h->timeout_ms == 0)
+        return lb_cfg_fail(ld, g, "health_check: interval must be at least 100ms and timeout non-zero");
+    h->rise = (unsigned)rise;
+    h->fall = (unsigned)fall;
+    h->enabled = true;
+    return 0;
+}
+
+static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *pool,
+                          struct lb_passive_cfg *p)
+{
+    static const char *const keys[] = { "failures", "on_5xx", "cooldown", NULL };
+    *p = (struct lb_passive_cfg){ .failures = 0, .cooldown_ms = 10000 };
+    const config_setting_t *g = lb_cfg_member(pool, "passive_health");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'passive_health' must be a group { ... }");
+    long long failures = 5;
+    if (lb_cfg_check_keys(ld, g, "passive_health", keys) < 0 ||
+        lb_cfg_int(ld, g, "failures", 1, 1000, &failures) < 0 ||
+        lb_cfg_duration(ld, g, "cooldown", &p->cooldown_ms) < 0)
+        return -1;
+    const config_setting_t *b = lb_cfg_member(g, "on_5xx");
+    if (b != NULL) {
+        if (config_setting_type(b) != CONFIG_TYPE_BOOL)
+            return lb_cfg_fail(ld, b, "'on_5xx' must be true or false");
+        p->on_5xx = config_setting_get_bool(b);
+    }
+    p->failures = (unsigned)failures;
+    return 0;
+}
+
+static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
+                        struct lb_config *cfg)
+{
+    static const char *const keys[] = { "address", NULL };
+    const config_setting_t *g = lb_cfg_member(root, "admin");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'admin' must be a group: admin = { address = \"127.0.0.1:9090\"; };");
+    if (lb_cfg_check_keys(ld, g, "admin", keys) < 0 ||
+        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0)
+        return -1;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (lb_addr_equal(&cfg->listeners[i].addr, &cfg->admin_addr))
+            return lb_cfg_fail(ld, g, "admin address %s is also a listener", cfg->admin_address);
+    cfg->admin = true;
+    return 0;
+}
 
 static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_group,
                           struct lb_pool_cfg *p)
@@ -267,7 +411,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
-                                        "timeouts", NULL };
+                                        "timeouts", "hash_key", "health_check",
+                                        "passive_health", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -298,6 +443,9 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
         p->timeouts = cfg->timeouts;
         if (lb_cfg_timeouts(ld, g, &p->timeouts, true) < 0 ||
             lb_cfg_strategy(ld, g, &p->strategy) < 0 ||
+            lb_cfg_hash_key(ld, g, p) < 0 ||
+            lb_cfg_health(ld, g, &p->health) < 0 ||
+            lb_cfg_passive(ld, g, &p->passive) < 0 ||
             lb_cfg_int(ld, g, "keepalive", 0, 100000, &keepalive) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;
@@ -620,7 +768,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     static const char *const keys[] = { "workers", "shutdown_timeout", "error_log",
                                         "log_level", "pid_file", "access_log", "timeouts",
                                         "limits", "trusted_proxies", "listeners", "pools",
-                                        "routes", NULL };
+                                        "routes", "admin", NULL };
     const char *level = NULL;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
     cfg->log_level = LB_LOG_INFO;
@@ -658,7 +806,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
         lb_cfg_trusted(ld, root, cfg) < 0 ||
         lb_cfg_listeners(ld, root, cfg) < 0 ||
         lb_cfg_pools(ld, root, cfg) < 0 ||
-        lb_cfg_routes(ld, root, cfg) < 0)
+        lb_cfg_routes(ld, root, cfg) < 0 ||
+        lb_cfg_admin(ld, root, cfg) < 0)
         return -1;
     return 0;
 }

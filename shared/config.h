@@ -27,6 +27,35 @@
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
     LB_STRATEGY_WEIGHTED_ROUND_ROBIN,   /* smooth WRR, as nginx */
+    LB_STRATEGY_LEAST_CONNECTIONS,      /* fewest in-flight requests per weight, all workers */
+    LB_STRATEGY_POWER_OF_TWO,           /* less loaded of two random picks (Envoy) */
+    LB_STRATEGY_RANDOM,                 /* weighted random */
+    LB_STRATEGY_HASH,                   /* consistent hashing (ketama) on hash_key */
+    LB_STRATEGY_LEAST_TIME,             /* P2C on peak EWMA of response time x load */
+};
+
+enum lb_hash_key {
+    LB_HASH_CLIENT_IP,
+    LB_HASH_HEADER,                     /* "header:NAME" */
+    LB_HASH_COOKIE,                     /* "cookie:NAME" */
+};
+
+/* Active health checks, run by the control process once per server. */
+struct lb_health_cfg {
+    bool enabled;
+    char path[256];                     /* "" : TCP connect check */
+    uint64_t interval_ms;
+    uint64_t timeout_ms;
+    unsigned rise;                      /* passes in a row to go UP */
+    unsigned fall;                      /* failures in a row to go DOWN */
+    int expect_lo, expect_hi;           /* accepted status range */
+};
+
+/* Passive health: failed requests in a row take a server DOWN. */
+struct lb_passive_cfg {
+    unsigned failures;                  /* 0: off */
+    bool on_5xx;                        /* 5xx responses count as failures */
+    uint64_t cooldown_ms;               /* without active checks: retry after */
 };
 
 /* Every wait has a bound (0: none). Defaults in config.c, documented in the
@@ -56,6 +85,10 @@ struct lb_pool_cfg {
     struct lb_server_cfg *servers;
     size_t nservers;
     unsigned keepalive;                 /* idle connections kept per server, per worker */
+    enum lb_hash_key hash_key;
+    char hash_name[LB_NAME_MAX];        /* header or cookie name for hash_key */
+    struct lb_health_cfg health;
+    struct lb_passive_cfg passive;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };
@@ -110,6 +143,9 @@ struct lb_config {
     char *access_log;                   /* NULL: off */
     struct lb_cidr *trusted_proxies;
     size_t ntrusted_proxies;
+    bool admin;                         /* admin listener configured */
+    struct lb_addr admin_addr;
+    char admin_address[LB_ADDR_STR_MAX];
 
     struct lb_listener_cfg *listeners;
     size_t nlisteners;

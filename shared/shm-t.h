@@ -30,7 +30,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   1u
+#define LB_SHM_LAYOUT_VERSION   2u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -38,6 +38,12 @@
 
 /* Response status classes 1xx..5xx, index 0..4. */
 #define LB_STATUS_CLASSES       5
+
+/* Request duration histogram buckets, upper bounds in microseconds (the
+ * last is +Inf): Prometheus' defaults. */
+#define LB_DURATION_BUCKETS 12
+#define LB_DURATION_BOUNDS_US { 5000, 10000, 25000, 50000, 100000, 250000, 500000, \
+                                1000000, 2500000, 5000000, 10000000, UINT64_MAX }
 
 /* Timeouts that fired, by kind (README: timeouts). */
 enum lb_timeout_kind {
@@ -98,13 +104,53 @@ struct lb_shm_pool {
     lb_counter_t rr_next __attribute__((aligned(LB_CACHELINE)));
 } __attribute__((aligned(LB_CACHELINE)));
 
+/* Backend health, as every worker sees it:
+ *
+ *          fall failed checks, or N failed requests in a row (passive)
+ *     UP ---------------------------------------------------------> DOWN
+ *      ^                                                             |
+ *      +---- rise passed checks (or, without active checks, the -----+
+ *            passive cooldown ends and a request succeeds)
+ *
+ * Independently an operator may set a server to drain (no new requests).
+ */
+enum lb_health {
+    LB_HEALTH_UP = 0,
+    LB_HEALTH_DOWN,
+};
+
+enum lb_down_reason {
+    LB_DOWN_NONE = 0,
+    LB_DOWN_CHECK,              /* active health check */
+    LB_DOWN_PASSIVE,            /* failed requests in a row */
+};
+
+#define LB_ERROR_TEXT 96
+
 struct lb_shm_backend {
-    _Atomic uint32_t state;
+    /* Read-mostly: written on reload (master) and on health changes. */
+    _Atomic uint32_t state;             /* lb_shm_entry_state */
     uint32_t retired_gen;
     uint32_t pool_id;
     _Atomic uint32_t weight;
+    _Atomic uint32_t health;            /* lb_health */
+    _Atomic uint32_t down_reason;       /* lb_down_reason */
+    _Atomic uint32_t drain;             /* 1: no new requests (operator) */
+    _Atomic uint32_t check_successes;   /* consecutive, control process */
+    _Atomic uint32_t check_failures;    /* consecutive, control process */
+    lb_counter_t checks_ok;
+    lb_counter_t checks_failed;
+    lb_counter_t last_check_ms;         /* wall clock */
+    lb_counter_t last_change_ms;        /* wall clock of the last UP/DOWN change */
+    lb_counter_t passive_until_ms;      /* passive DOWN without checks: retry after */
+    char last_error[LB_ERROR_TEXT];     /* of the last failed check; may tear, cosmetic */
     char pool[LB_NAME_MAX];
     char address[LB_ADDR_STR_MAX];
+    /* Hot: written by every worker on the data path, on its own line. */
+    _Atomic int64_t inflight __attribute__((aligned(LB_CACHELINE)));
+    _Atomic uint64_t fails_in_row;      /* passive health */
+    _Atomic uint64_t ewma_us;           /* peak EWMA of response time (least_time) */
+    _Atomic uint64_t ewma_stamp_us;
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* One per (worker slot, backend). Written by the slot's worker only. */
@@ -115,6 +161,8 @@ struct lb_shm_backend_stats {
     lb_counter_t bytes_in;              /* from the backend */
     lb_counter_t bytes_out;             /* to the backend */
     lb_counter_t failures;              /* connect errors, resets, bad responses */
+    lb_counter_t duration[LB_DURATION_BUCKETS];     /* request durations, not cumulative */
+    lb_counter_t duration_sum_us;
 };
 
 struct lb_shm_header {

@@ -144,6 +144,21 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
             memset(lb_shm_stats(h, s, (unsigned)free_id), 0,
                    sizeof(struct lb_shm_backend_stats));
         struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
+        atomic_store(&b->health, LB_HEALTH_UP);
+        atomic_store(&b->down_reason, LB_DOWN_NONE);
+        atomic_store(&b->drain, 0);
+        atomic_store(&b->check_successes, 0);
+        atomic_store(&b->check_failures, 0);
+        atomic_store(&b->checks_ok, 0);
+        atomic_store(&b->checks_failed, 0);
+        atomic_store(&b->last_check_ms, 0);
+        atomic_store(&b->last_change_ms, lb_wall_ms());
+        atomic_store(&b->passive_until_ms, 0);
+        atomic_store(&b->inflight, 0);
+        atomic_store(&b->fails_in_row, 0);
+        atomic_store(&b->ewma_us, 0);
+        atomic_store(&b->ewma_stamp_us, 0);
+        b->last_error[0] = '\0';
         snprintf(b->pool, sizeof(b->pool), "%s", pool);
         snprintf(b->address, sizeof(b->address), "%s", address);
     }
@@ -281,8 +296,15 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
     /* The owner is gone: its gauges would otherwise count dead connections
      * forever. Cumulative counters stay; the next owner continues them. */
     atomic_store(&w->active_connections, 0);
-    for (unsigned b = 0; b < h->max_backends; b++)
-        atomic_store(&lb_shm_stats(h, slot, b)->active, 0);
+    for (unsigned b = 0; b < h->max_backends; b++) {
+        lb_counter_t *active = &lb_shm_stats(h, slot, b)->active;
+        uint64_t n = lb_counter_get(active);
+        if (n == 0)
+            continue;
+        /* The shared in-flight count still holds the dead worker's requests. */
+        atomic_fetch_sub(&lb_shm_backend(h, b)->inflight, (int64_t)n);
+        atomic_store(active, 0);
+    }
     atomic_store(&w->pid, 0);
     atomic_store(&w->state, LB_SLOT_FREE);
 }
@@ -302,5 +324,8 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
         out->bytes_in += lb_counter_get(&st->bytes_in);
         out->bytes_out += lb_counter_get(&st->bytes_out);
         out->failures += lb_counter_get(&st->failures);
+        for (unsigned k = 0; k < LB_DURATION_BUCKETS; k++)
+            out->duration[k] += lb_counter_get(&st->duration[k]);
+        out->duration_sum_us += lb_counter_get(&st->duration_sum_us);
     }
 }

@@ -58,6 +58,21 @@ static inline uint64_t lb_counter_get(lb_counter_t *c)
     return atomic_load_explicit(c, memory_order_relaxed);
 }
 
+/* Whether a backend may take a new request now (health, drain, passive
+ * cooldown). Weight 0 is the balancer's business. */
+static inline bool lb_backend_usable(const struct lb_shm_backend *b, uint64_t now_ms)
+{
+    if (atomic_load_explicit(&b->drain, memory_order_relaxed))
+        return false;
+    if (atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_UP)
+        return true;
+    /* Passively downed with no active check to bring it back: try again
+     * once the cooldown is over; one success makes it UP again. */
+    uint64_t until = atomic_load_explicit((lb_counter_t *)&b->passive_until_ms,
+                                          memory_order_relaxed);
+    return until != 0 && now_ms >= until;
+}
+
 /* Master: give every pool and server of CFG a stable id (same name, same
  * address: same id as before), record them in the segment, and retire those
  * CFG no longer has, marking them with GENERATION. -1 (and nothing changed)
@@ -83,6 +98,8 @@ struct lb_backend_totals {
     uint64_t bytes_in;
     uint64_t bytes_out;
     uint64_t failures;
+    uint64_t duration[LB_DURATION_BUCKETS];
+    uint64_t duration_sum_us;
 };
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

@@ -1,7 +1,64 @@
 #include "worker/balancer.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "shared/shm.h"
+#include "shared/util.h"
+
+/* ---- helpers shared by the strategies --------------------------------- */
+
+static inline unsigned lb_weight(const struct lb_balancer *b, size_t i)
+{
+    return atomic_load_explicit(&b->backends[i]->weight, memory_order_relaxed);
+}
+
+static inline bool lb_usable(const struct lb_balancer *b, size_t i, uint64_t now_ms)
+{
+    return lb_weight(b, i) > 0 && lb_backend_usable(b->backends[i], now_ms);
+}
+
+static inline int64_t lb_inflight(const struct lb_balancer *b, size_t i)
+{
+    int64_t n = atomic_load_explicit(&b->backends[i]->inflight, memory_order_relaxed);
+    return n > 0 ? n : 0;
+}
+
+static uint64_t lb_rand(struct lb_balancer *b)
+{
+    /* xorshift128+: per worker, never shared, good enough to spread load. */
+    uint64_t x = b->rng[0], y = b->rng[1];
+    b->rng[0] = y;
+    x ^= x << 23;
+    b->rng[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return b->rng[1] + y;
+}
+
+/* splitmix64's finaliser: spreads FNV output over the whole ring. */
+static uint64_t lb_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t lb_balancer_key(const void *data, size_t len)
+{
+    return lb_mix64(lb_hash64(data, len));
+}
+
+/* Load per unit of weight, compared without division:
+ * a is lighter than b when (load_a + 1) * w_b < (load_b + 1) * w_a. */
+static bool lb_lighter(uint64_t load_a, unsigned w_a, uint64_t load_b, unsigned w_b)
+{
+    return (load_a + 1) * (uint64_t)w_b < (load_b + 1) * (uint64_t)w_a;
+}
+
+/* ---- round robin ------------------------------------------------------- */
 
 static unsigned lb_gcd(unsigned a, unsigned b)
 {
@@ -79,12 +136,18 @@ static int lb_rr_init(struct lb_balancer *b)
     return 0;
 }
 
-static int lb_rr_pick(struct lb_balancer *b)
+static int lb_rr_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {
     if (b->seq_len == 0)
         return -1;
     uint64_t k = atomic_fetch_add_explicit(b->cursor, 1, memory_order_relaxed);
-    return b->seq[k % b->seq_len];
+    /* An unusable server gives its turn to the next one of the cycle. */
+    for (size_t step = 0; step < b->seq_len; step++) {
+        size_t i = b->seq[(k + step) % b->seq_len];
+        if (lb_usable(b, i, ctx->now_ms))
+            return (int)i;
+    }
+    return -1;
 }
 
 static void lb_rr_destroy(struct lb_balancer *b)
@@ -93,11 +156,249 @@ static void lb_rr_destroy(struct lb_balancer *b)
     b->seq = NULL;
 }
 
+/* ---- least connections ------------------------------------------------- */
+
+static int lb_lc_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    int best = -1;
+    uint64_t best_load = 0;
+    unsigned best_w = 0;
+    size_t start = b->n ? b->rotor++ % b->n : 0;
+    for (size_t k = 0; k < b->n; k++) {
+        size_t i = (start + k) % b->n;
+        if (!lb_usable(b, i, ctx->now_ms))
+            continue;
+        uint64_t load = (uint64_t)lb_inflight(b, i);
+        unsigned w = lb_weight(b, i);
+        if (best < 0 || lb_lighter(load, w, best_load, best_w)) {
+            best = (int)i;
+            best_load = load;
+            best_w = w;
+        }
+    }
+    return best;
+}
+
+/* ---- random and power of two ------------------------------------------ */
+
+static int lb_random_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (lb_usable(b, i, ctx->now_ms))
+            total += lb_weight(b, i);
+    if (total == 0)
+        return -1;
+    uint64_t r = lb_rand(b) % total;
+    for (size_t i = 0; i < b->n; i++) {
+        if (!lb_usable(b, i, ctx->now_ms))
+            continue;
+        unsigned w = lb_weight(b, i);
+        if (r < w)
+            return (int)i;
+        r -= w;
+    }
+    return -1;
+}
+
+/* Two distinct usable servers at random (weighted), or one if only one is. */
+static int lb_two_choices(struct lb_balancer *b, const struct lb_pick_ctx *ctx, int *second)
+{
+    int a = lb_random_pick(b, ctx);
+    *second = -1;
+    if (a < 0)
+        return -1;
+    for (int tries = 0; tries < 4 && *second < 0; tries++) {
+        int c = lb_random_pick(b, ctx);
+        if (c != a)
+            *second = c;
+    }
+    return a;
+}
+
+static int lb_p2c_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    int c;
+    int a = lb_two_choices(b, ctx, &c);
+    if (a < 0 || c < 0)
+        return a;
+    return lb_lighter((uint64_t)lb_inflight(b, (size_t)c), lb_weight(b, (size_t)c),
+                      (uint64_t)lb_inflight(b, (size_t)a), lb_weight(b, (size_t)a)) ? c : a;
+}
+
+/* ---- least time (peak EWMA) -------------------------------------------- */
+
+/* A server with no sample yet is assumed fast, so it gets tried. */
+#define LB_EWMA_DEFAULT_US 1000
+#define LB_EWMA_TAU_US     10000000.0       /* 10 s decay */
+
+static double lb_cost(struct lb_balancer *b, size_t i)
+{
+    uint64_t ewma = atomic_load_explicit(&b->backends[i]->ewma_us, memory_order_relaxed);
+    double latency = ewma ? (double)ewma : LB_EWMA_DEFAULT_US;
+    return latency * (double)(lb_inflight(b, i) + 1) / (double)lb_weight(b, i);
+}
+
+static int lb_lt_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    int c;
+    int a = lb_two_choices(b, ctx, &c);
+    if (a < 0 || c < 0)
+        return a;
+    return lb_cost(b, (size_t)c) < lb_cost(b, (size_t)a) ? c : a;
+}
+
+void lb_backend_observe(struct lb_shm_backend *b, uint64_t sample_us, uint64_t now_us)
+{
+    /* Several workers may race here; a lost update only loses one sample. */
+    uint64_t old = atomic_load_explicit(&b->ewma_us, memory_order_relaxed);
+    uint64_t stamp = atomic_load_explicit(&b->ewma_stamp_us, memory_order_relaxed);
+    uint64_t next;
+    if (old == 0 || sample_us > old) {
+        next = sample_us;       /* peak: react to a slowdown at once */
+    } else {
+        double dt = now_us > stamp ? (double)(now_us - stamp) : 0.0;
+        double w = exp(-dt / LB_EWMA_TAU_US);
+        next = (uint64_t)((double)old * w + (double)sample_us * (1.0 - w));
+    }
+    atomic_store_explicit(&b->ewma_us, next ? next : 1, memory_order_relaxed);
+    atomic_store_explicit(&b->ewma_stamp_us, now_us, memory_order_relaxed);
+}
+
+bool lb_backend_report(struct lb_shm_backend *b, bool ok, const struct lb_pool_cfg *pool,
+                       uint64_t now_ms)
+{
+    if (ok) {
+        /* Read before writing: the common case leaves the line unshared. */
+        if (atomic_load_explicit(&b->fails_in_row, memory_order_relaxed) != 0)
+            atomic_store_explicit(&b->fails_in_row, 0, memory_order_relaxed);
+        if (!pool->health.enabled &&
+            atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_DOWN &&
+            atomic_load_explicit(&b->down_reason, memory_order_relaxed) == LB_DOWN_PASSIVE) {
+            atomic_store(&b->passive_until_ms, 0);
+            atomic_store(&b->down_reason, LB_DOWN_NONE);
+            atomic_store(&b->last_change_ms, lb_wall_ms());
+            atomic_store(&b->health, LB_HEALTH_UP);
+        }
+        return false;
+    }
+    if (pool->passive.failures == 0)
+        return false;
+    uint64_t n = atomic_fetch_add_explicit(&b->fails_in_row, 1, memory_order_relaxed) + 1;
+    uint32_t up = LB_HEALTH_UP;
+    if (n >= pool->passive.failures &&
+        atomic_compare_exchange_strong(&b->health, &up, LB_HEALTH_DOWN)) {
+        atomic_store(&b->down_reason, LB_DOWN_PASSIVE);
+        atomic_store(&b->check_successes, 0);   /* the next checks must pass again */
+        atomic_store(&b->passive_until_ms,
+                     pool->health.enabled ? 0 : now_ms + pool->passive.cooldown_ms);
+        atomic_store(&b->last_change_ms, lb_wall_ms());
+        return true;
+    }
+    if (up == LB_HEALTH_DOWN && !pool->health.enabled &&
+        atomic_load(&b->passive_until_ms) != 0) {
+        /* The retry after the cooldown failed too: another cooldown. */
+        atomic_store(&b->passive_until_ms, now_ms + pool->passive.cooldown_ms);
+    }
+    return false;
+}
+
+/* ---- consistent hashing (ketama) ---------------------------------------- */
+
+#define LB_KETAMA_POINTS 160            /* per unit of weight */
+#define LB_KETAMA_MAX    (1u << 20)
+
+static int lb_ring_cmp(const void *a, const void *b)
+{
+    const struct lb_ring_point *x = a, *y = b;
+    if (x->hash != y->hash)
+        return x->hash < y->hash ? -1 : 1;
+    return x->server < y->server ? -1 : x->server > y->server;
+}
+
+static int lb_hash_init(struct lb_balancer *b)
+{
+    const struct lb_pool_cfg *p = b->pool;
+    uint64_t total = 0;
+    for (size_t i = 0; i < p->nservers; i++)
+        total += (uint64_t)p->servers[i].weight * LB_KETAMA_POINTS;
+    /* Scale down uniformly if the ring would be too large. */
+    uint64_t per = LB_KETAMA_POINTS;
+    while (total > LB_KETAMA_MAX && per > 1) {
+        per /= 2;
+        total = 0;
+        for (size_t i = 0; i < p->nservers; i++)
+            total += (uint64_t)p->servers[i].weight * per;
+    }
+    b->ring = calloc(total ? total : 1, sizeof(*b->ring));
+    if (b->ring == NULL)
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < p->nservers; i++) {
+        /* Points depend on the server's address only, never on its place in
+         * the list: the same server lands on the same points in every
+         * configuration, which is what keeps keys from moving. */
+        const char *addr = p->servers[i].address;
+        size_t alen = strlen(addr);
+        uint64_t base = lb_hash64(addr, alen);
+        for (uint64_t j = 0; j < p->servers[i].weight * per; j++) {
+            b->ring[k].hash = lb_mix64(base ^ lb_mix64(j + 1));
+            b->ring[k].server = (uint32_t)i;
+            k++;
+        }
+    }
+    qsort(b->ring, k, sizeof(*b->ring), lb_ring_cmp);
+    b->ring_len = k;
+    return 0;
+}
+
+static int lb_hash_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    if (b->ring_len == 0)
+        return -1;
+    size_t lo = 0, hi = b->ring_len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (b->ring[mid].hash < ctx->key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* Walk clockwise past unusable servers: their keys spread over the
+     * others, and come back when they do. */
+    for (size_t step = 0; step < b->ring_len; step++) {
+        uint32_t s = b->ring[(lo + step) % b->ring_len].server;
+        if (lb_usable(b, s, ctx->now_ms))
+            return (int)s;
+    }
+    return -1;
+}
+
+static void lb_hash_destroy(struct lb_balancer *b)
+{
+    free(b->ring);
+    b->ring = NULL;
+}
+
+/* ---- the table ----------------------------------------------------------- */
+
 static const struct lb_balancer_ops lb_rr_ops = {
-    .name = "round_robin",
-    .init = lb_rr_init,
-    .pick = lb_rr_pick,
-    .destroy = lb_rr_destroy,
+    .name = "round_robin", .init = lb_rr_init, .pick = lb_rr_pick, .destroy = lb_rr_destroy,
+};
+static const struct lb_balancer_ops lb_lc_ops = {
+    .name = "least_connections", .pick = lb_lc_pick,
+};
+static const struct lb_balancer_ops lb_p2c_ops = {
+    .name = "power_of_two", .pick = lb_p2c_pick,
+};
+static const struct lb_balancer_ops lb_random_ops = {
+    .name = "random", .pick = lb_random_pick,
+};
+static const struct lb_balancer_ops lb_hash_ops = {
+    .name = "hash", .init = lb_hash_init, .pick = lb_hash_pick, .destroy = lb_hash_destroy,
+};
+static const struct lb_balancer_ops lb_lt_ops = {
+    .name = "least_time", .pick = lb_lt_pick,
 };
 
 static const struct lb_balancer_ops *lb_balancer_ops_for(enum lb_strategy s)
@@ -106,16 +407,27 @@ static const struct lb_balancer_ops *lb_balancer_ops_for(enum lb_strategy s)
     case LB_STRATEGY_ROUND_ROBIN:
     case LB_STRATEGY_WEIGHTED_ROUND_ROBIN:
         return &lb_rr_ops;
+    case LB_STRATEGY_LEAST_CONNECTIONS: return &lb_lc_ops;
+    case LB_STRATEGY_POWER_OF_TWO:      return &lb_p2c_ops;
+    case LB_STRATEGY_RANDOM:            return &lb_random_ops;
+    case LB_STRATEGY_HASH:              return &lb_hash_ops;
+    case LB_STRATEGY_LEAST_TIME:        return &lb_lt_ops;
     }
     return NULL;
 }
 
 int lb_balancer_init(struct lb_balancer *b, const struct lb_pool_cfg *pool,
-                     lb_counter_t *cursor)
+                     struct lb_shm_backend **backends, lb_counter_t *cursor)
 {
-    *b = (struct lb_balancer){ .pool = pool, .ops = lb_balancer_ops_for(pool->strategy) };
+    *b = (struct lb_balancer){ .pool = pool, .backends = backends, .n = pool->nservers,
+                               .ops = lb_balancer_ops_for(pool->strategy) };
     b->cursor = cursor ? cursor : &b->private_cursor;
-    if (b->ops == NULL || b->ops->init(b) < 0) {
+    if (getrandom(b->rng, sizeof(b->rng), GRND_NONBLOCK) != (ssize_t)sizeof(b->rng) ||
+        (b->rng[0] | b->rng[1]) == 0) {
+        b->rng[0] = lb_wall_ms() ^ ((uint64_t)getpid() << 32);
+        b->rng[1] = ~b->rng[0] | 1;
+    }
+    if (b->ops == NULL || (b->ops->init != NULL && b->ops->init(b) < 0)) {
         lb_balancer_destroy(b);
         errno = ENOMEM;
         return -1;

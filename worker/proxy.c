@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -50,6 +51,7 @@ struct lb_session {
     bool req_done;
     bool resp_done;
     bool up_eof;                        /* the backend closed its side */
+    bool counted_failure;               /* a 5xx already reported (on_5xx) */
     bool shut;                          /* CLOSING: our FIN is sent */
     bool peer_trusted;                  /* client is in trusted_proxies */
     bool upgrade;                       /* request asks for a protocol upgrade */
@@ -63,6 +65,7 @@ struct lb_session {
     uint64_t req_left;
     uint64_t resp_left;
     uint64_t req_body_bytes;            /* received so far (limits.body) */
+    uint64_t sent_us;                   /* request dispatched (wall clock) */
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
@@ -192,11 +195,37 @@ static void lb_session_set_idle(struct lb_session *s)
     lb_set_timeouts(s->client, s->w->cfg->timeouts.client_idle_ms, s->w->cfg->timeouts.send_ms);
 }
 
+/* A failure that counts against the backend: counters and passive health. */
+static void lb_session_backend_failed(struct lb_session *s)
+{
+    lb_counter_add(&s->server->stats->failures, 1);
+    if (lb_backend_report(s->server->shared, false, s->server->pool->cfg,
+                          lb_session_now_us(s) / 1000))
+        lb_log_warn("server %s of pool '%s' marked DOWN after %u failed requests in a row",
+                    s->server->cfg->address, s->server->pool->cfg->name,
+                    s->server->pool->cfg->passive.failures);
+}
+
+/* The exchange went through: duration histogram, passive health. */
+static void lb_session_backend_done(struct lb_session *s)
+{
+    static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
+    uint64_t d = lb_session_now_us(s) - s->sent_us;
+    unsigned k = 0;
+    while (k + 1 < LB_DURATION_BUCKETS && d > bounds[k])
+        k++;
+    lb_counter_add(&s->server->stats->duration[k], 1);
+    lb_counter_add(&s->server->stats->duration_sum_us, d);
+    if (!s->counted_failure)
+        lb_backend_report(s->server->shared, true, s->server->pool->cfg, 0);
+}
+
 static void lb_session_release_up(struct lb_session *s, bool reusable)
 {
     if (s->up == NULL)
         return;
     lb_counter_add(&s->server->stats->active, (uint64_t)-1);
+    atomic_fetch_sub_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     if (reusable)
         s->up->requests++;
     lb_upconn_release(s->up, reusable);
@@ -248,6 +277,7 @@ static void lb_session_reset_request(struct lb_session *s)
     s->server = NULL;
     s->head_pending = s->up_reused = s->retried = s->upgrade = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
+    s->counted_failure = false;
     s->head_len = s->scan = s->resp_scan = 0;
     s->req_left = s->resp_left = 0;
     s->req_body_bytes = s->body_progress = 0;
@@ -554,6 +584,8 @@ static void lb_session_finish(struct lb_session *s)
 {
     bool reusable = s->req_done && s->resp_body != LB_BODY_CLOSE && !s->up_eof &&
                     !(s->req_flags & LB_MSG_CONN_CLOSE);
+    if (s->server != NULL)
+        lb_session_backend_done(s);
     lb_session_release_up(s, reusable);
     lb_session_log(s);
     if (!s->keepalive || !s->req_done || s->client_eof || s->w->draining) {
@@ -587,7 +619,7 @@ static void lb_relay_response_body(struct lb_session *s)
         ssize_t r = lb_chunked_scan(&s->resp_chunk, in);
         if (r < 0) {
             lb_log_warn("backend %s: malformed chunked response", s->server->cfg->address);
-            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_backend_failed(s);
             lb_session_linger(s);
             return;
         }
@@ -609,7 +641,7 @@ static void lb_relay_response_body(struct lb_session *s)
             /* Cut mid-response: nothing to answer, so cut the client too. */
             lb_log_warn("backend %s closed the connection mid-response",
                         s->server->cfg->address);
-            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_backend_failed(s);
             lb_session_linger(s);
             return;
         }
@@ -702,7 +734,7 @@ static bool lb_handle_response_head(struct lb_session *s)
             if (len > w->limits.max_head) {
                 lb_log_warn("backend %s: response head over %zu bytes",
                             s->server->cfg->address, w->limits.max_head);
-                lb_counter_add(&s->server->stats->failures, 1);
+                lb_session_backend_failed(s);
                 lb_session_error(s, 502);
             }
             return false;
@@ -711,7 +743,7 @@ static bool lb_handle_response_head(struct lb_session *s)
         if (lb_http_parse_response(buf, head_len, &m, s->req_flags & LB_MSG_HEAD,
                                    &w->limits) < 0 || (m.status == 101 && !s->upgrade)) {
             lb_log_warn("backend %s: invalid response head", s->server->cfg->address);
-            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_backend_failed(s);
             lb_session_error(s, 502);
             return false;
         }
@@ -764,6 +796,12 @@ static bool lb_handle_response_head(struct lb_session *s)
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
         lb_session_sent(s, evbuffer_get_length(out) - before);
         lb_session_count_response(s, m.status);
+        uint64_t now_us = lb_session_now_us(s);
+        lb_backend_observe(s->server->shared, now_us - s->sent_us, now_us);
+        if (m.status >= 500 && s->server->pool->cfg->passive.on_5xx) {
+            lb_session_backend_failed(s);
+            s->counted_failure = true;
+        }
         if (s->acc != NULL) {
             s->acc->upstream_status = m.status;
             s->acc->header_us = lb_session_now_us(s);
@@ -836,7 +874,7 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
                                                                : LB_TO_SEND);
             lb_log_warn("backend %s: %s mid-response", addr,
                         (what & BEV_EVENT_TIMEOUT) ? "timeout" : "connection error");
-            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_backend_failed(s);
             lb_session_linger(s);
             return;
         }
@@ -855,7 +893,7 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
             lb_session_error(s, 502);
         return;
     }
-    lb_counter_add(&s->server->stats->failures, 1);
+    lb_session_backend_failed(s);
     if (what & BEV_EVENT_TIMEOUT) {
         lb_count_timeout(s, !up->connected ? LB_TO_CONNECT
                             : (what & BEV_EVENT_READING) ? LB_TO_BACKEND_RESPONSE : LB_TO_SEND);
@@ -888,6 +926,7 @@ static int lb_session_connect(struct lb_session *s)
         return -1;
     s->up = up;
     lb_counter_add(&s->server->stats->active, 1);
+    atomic_fetch_add_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     lb_counter_add(&s->server->stats->requests, 1);
     bufferevent_setcb(up->bev, lb_up_read, lb_up_write, lb_up_event, s);
     if (!s->up_reused) {
@@ -899,7 +938,7 @@ static int lb_session_connect(struct lb_session *s)
             int err = EVUTIL_SOCKET_ERROR();
             lb_log_warn("connect() to %s failed (%d: %s)", s->server->cfg->address, err,
                         evutil_socket_error_to_string(err));
-            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_backend_failed(s);
             lb_session_release_up(s, false);
             return -1;
         }
@@ -923,6 +962,49 @@ static int lb_session_connect(struct lb_session *s)
     return 0;
 }
 
+/* Cookie NAME's value in a Cookie header value ("a=1; b=2"), or NULL. */
+static const char *lb_cookie_value(const char *v, size_t len, const char *name,
+                                   size_t *out_len)
+{
+    size_t nlen = strlen(name);
+    const char *p = v, *end = v + len;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == ';'))
+            p++;
+        const char *pair = p;
+        while (p < end && *p != ';')
+            p++;
+        if ((size_t)(p - pair) > nlen && memcmp(pair, name, nlen) == 0 && pair[nlen] == '=') {
+            *out_len = (size_t)(p - pair) - nlen - 1;
+            return pair + nlen + 1;
+        }
+    }
+    return NULL;
+}
+
+/* The hash strategy's key: the configured header or cookie, else (absent)
+ * the client address, so a request always lands somewhere stable. */
+static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_msg *m,
+                                    const struct lb_pool_cfg *pool)
+{
+    if (pool->hash_key != LB_HASH_CLIENT_IP) {
+        size_t nlen = strlen(pool->hash_name);
+        for (size_t i = 0; i < m->nheaders; i++) {
+            const struct lb_http_header *h = &m->headers[i];
+            if (pool->hash_key == LB_HASH_HEADER) {
+                if (h->name_len == nlen && strncasecmp(h->name, pool->hash_name, nlen) == 0)
+                    return lb_balancer_key(h->value, h->value_len);
+            } else if (h->name_len == 6 && lb_str_ieq(h->name, 6, "cookie")) {
+                size_t vlen;
+                const char *v = lb_cookie_value(h->value, h->value_len, pool->hash_name, &vlen);
+                if (v != NULL)
+                    return lb_balancer_key(v, vlen);
+            }
+        }
+    }
+    return lb_balancer_key(s->client_ip, strlen(s->client_ip));
+}
+
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
@@ -944,7 +1026,11 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     struct lb_pool_rt *pool = &w->pools[r->pool];
-    int idx = lb_balancer_pick(&pool->balancer);
+    s->sent_us = lb_session_now_us(s);
+    struct lb_pick_ctx ctx = { .now_ms = s->sent_us / 1000 };
+    if (pool->cfg->strategy == LB_STRATEGY_HASH)
+        ctx.key = lb_session_hash_key(s, m, pool->cfg);
+    int idx = lb_balancer_pick(&pool->balancer, &ctx);
     if (idx < 0) {
         lb_log_warn("pool '%s': no server available", pool->cfg->name);
         lb_session_error(s, 503);

@@ -25,19 +25,22 @@ int lb_upstream_init(struct lb_worker *w)
         struct lb_pool_rt *p = &w->pools[i];
         p->cfg = pc;
         p->servers = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->servers));
-        if (p->servers == NULL)
+        p->shared = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->shared));
+        if (p->servers == NULL || p->shared == NULL)
             return -1;
-        lb_counter_t *cursor = w->shm ? &lb_shm_pool(w->shm, pc->shm_id)->rr_next : NULL;
-        if (lb_balancer_init(&p->balancer, pc, cursor) < 0) {
-            lb_log_error("pool '%s': cannot build the balancer", pc->name);
-            return -1;
-        }
         for (size_t j = 0; j < pc->nservers; j++) {
             struct lb_server_rt *s = &p->servers[j];
             s->cfg = &pc->servers[j];
             s->pool = p;
             s->stats = lb_shm_stats(w->shm, w->slot, s->cfg->shm_id);
+            s->shared = lb_shm_backend(w->shm, s->cfg->shm_id);
+            p->shared[j] = s->shared;
             lb_list_init(&s->idle);
+        }
+        lb_counter_t *cursor = &lb_shm_pool(w->shm, pc->shm_id)->rr_next;
+        if (lb_balancer_init(&p->balancer, pc, p->shared, cursor) < 0) {
+            lb_log_error("pool '%s': cannot build the balancer", pc->name);
+            return -1;
         }
     }
     return 0;
@@ -61,6 +64,7 @@ void lb_upstream_destroy(struct lb_worker *w)
     for (size_t i = 0; i < w->cfg->npools; i++) {
         lb_balancer_destroy(&w->pools[i].balancer);
         free(w->pools[i].servers);
+        free(w->pools[i].shared);
     }
     free(w->pools);
     w->pools = NULL;

@@ -34,6 +34,7 @@ struct lb_server_rt {
     const struct lb_server_cfg *cfg;
     struct lb_pool_rt *pool;
     struct lb_shm_backend_stats *stats;     /* this worker's row */
+    struct lb_shm_backend *shared;          /* health, in-flight, EWMA */
     struct lb_list idle;                    /* idle keep-alive lb_upconn */
     unsigned nidle;
 };
@@ -42,6 +43,7 @@ struct lb_pool_rt {
     const struct lb_pool_cfg *cfg;
     struct lb_balancer balancer;
     struct lb_server_rt *servers;
+    struct lb_shm_backend **shared;         /* per server, for the balancer */
 };
 
 struct lb_worker {

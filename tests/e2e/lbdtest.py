@@ -640,6 +640,7 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
 class LbdTestCase(unittest.TestCase):
     lbd_bin = LBD
     backend_bin = LBD_BACKEND
+    maxDiff = None
 
     def setUp(self):
         for b in (self.lbd_bin, self.backend_bin):

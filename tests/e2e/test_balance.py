@@ -114,3 +114,33 @@ class BalanceTest(LbdTestCase):
         # Gauges settle to zero once every client has gone.
         wait_for(lambda: lbd.snapshot()["totals"]["active_connections"] == 0, 10,
                  what="active_connections to drop to 0")
+
+    def test_byte_counters(self):
+        """bytes_in/bytes_out: exactly what the client sent and received, and
+        per server what went to and came from the backend."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        base = lbd.snapshot()
+        req = b"GET /?echo=1 HTTP/1.1\r\nHost: bytes.test\r\nX-Pad: " + b"p" * 100 + b"\r\n\r\n"
+        body = b"q" * 5000
+        post = (b"POST /?echo=1 HTTP/1.1\r\nHost: bytes.test\r\nContent-Length: %d\r\n\r\n"
+                % len(body)) + body
+        with HttpConn(lbd.listen) as c:
+            c.send(req)
+            r1 = c.read_response()
+            c.send(post)
+            r2 = c.read_response()
+        received = len(r1.raw_head) + len(r1.body) + len(r2.raw_head) + len(r2.body)
+        self.assertEqual((r1.status, r2.status), (200, 200))
+        self.assertEqual(r2.header("X-Body-Bytes"), str(len(body)))
+        snap = lbd.snapshot()
+        t, t0 = snap["totals"], base["totals"]
+        self.assertEqual(t["bytes_in"] - t0["bytes_in"], len(req) + len(post))
+        self.assertEqual(t["bytes_out"] - t0["bytes_out"], received)
+        (s,) = snap["pools"][0]["servers"]
+        # Each echo body is the head exactly as the backend got it.
+        self.assertEqual(s["bytes_out"], len(r1.body) + len(r2.body) + len(body))
+        # From the backend: the two bodies plus two heads; what the client
+        # got differs only by the response headers lbd rewrites.
+        self.assertGreater(s["bytes_in"], len(r1.body) + len(r2.body) + 2 * 100)
+        self.assertLess(abs(s["bytes_in"] - received), 200, (s["bytes_in"], received))

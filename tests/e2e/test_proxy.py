@@ -307,12 +307,149 @@ class MalformedTest(LbdTestCase):
         hdrs = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(40))
         self.check(b"GET / HTTP/1.1\r\nHost: a\r\n" + hdrs + b"\r\n", 431)
 
+    def test_lingering_close_is_bounded(self):
+        """After an error response lbd reads and drops what the client still
+        sends (lingering close), but not forever: a client that keeps
+        trickling bytes is cut off within a bounded time (lbd lingers
+        5 s, LB_LINGER_MS; 15 s is allowed here)."""
+        import time
+        with HttpConn(self.lbd.listen, timeout=5) as c:
+            c.send(b"BAD REQUEST LINE\r\n\r\n")
+            r = c.read_response()
+            self.assertEqual(r.status, 400)
+            deadline = time.monotonic() + 15
+            cut = False
+            while time.monotonic() < deadline:
+                try:
+                    c.send(b"x")
+                except OSError:     # EPIPE / ECONNRESET: lbd closed the socket
+                    cut = True
+                    break
+                time.sleep(0.25)
+            self.assertTrue(cut, "lbd still holds the connection of a client that trickles "
+                            "bytes 15 s after answering 400")
+        self.assertServes()
+
     def test_malformed_counted(self):
         """Bad requests count as 4xx responses."""
         self.check(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400)
         snap = self.lbd.snapshot()
         self.assertEqual(sum(w["responses"]["4xx"] for w in snap["workers"]), 1)
         self.assertEqual(sum(w["responses"]["2xx"] for w in snap["workers"]), 1)
+
+
+class RoutingTest(LbdTestCase):
+
+    def test_route_specificity(self):
+        """Exact host beats *.suffix beats *, then the longest path_prefix;
+        hosts match case-insensitively without port; no route: 404."""
+        names = ["any", "any_api", "suffix", "deep_suffix", "exact", "exact_v2"]
+        bs = dict(zip(names, self.start_backends(*names)))
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": n, "servers": [(b.addr, 1)]} for n, b in bs.items()],
+                         routes=[("*", "/", "any"), ("*", "/api", "any_api"),
+                                 ("*.example.com", "/", "suffix"),
+                                 ("*.b.example.com", "/", "deep_suffix"),
+                                 ("api.example.com", "/", "exact"),
+                                 ("api.example.com", "/v2", "exact_v2")], workers=2)
+        self.start_lbd(cfg, listen, workers=2)
+        cases = [
+            ("other.test", "/x", "any"),
+            ("other.test", "/api/x", "any_api"),
+            ("www.example.com", "/api/x", "suffix"),        # host beats path
+            ("example.com", "/", "any"),                    # *.x is not the apex
+            ("a.b.example.com", "/", "deep_suffix"),        # longer suffix wins
+            ("x.a.example.com", "/", "suffix"),
+            ("api.example.com", "/", "exact"),
+            ("api.example.com", "/v2/users", "exact_v2"),
+            ("API.Example.COM:8080", "/v2", "exact_v2"),     # case, port
+            ("api.example.com", "/api", "exact"),
+        ]
+        for host, path, want in cases:
+            r = self.get(path, host=host)
+            self.assertEqual((r.status, r.backend), (200, want), f"Host {host} {path}")
+
+    def test_no_route_404(self):
+        (b,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}],
+                         routes=[("only.test", "/app", "web")], workers=1)
+        self.start_lbd(cfg, listen, workers=1)
+        self.assertEqual(self.get("/app/x", host="only.test").status, 200)
+        self.assertEqual(self.get("/other", host="only.test").status, 404)
+        self.assertEqual(self.get("/app", host="else.test").status, 404)
+        self.assertEqual(b.stats()["requests"], 2, "404s never reach a backend")
+
+
+class TimeoutsTest(LbdTestCase):
+
+    def setUp(self):
+        super().setUp()
+        (self.b,) = self.start_backends("b1")
+        self.simple_lbd([self.b], workers=1,
+                        timeouts={"client_header": "1s", "client_idle": "2s"})
+
+    def test_client_header_timeout_408(self):
+        """A head not complete within client_header: 408, then close."""
+        for partial in (b"G", b"GET / HTTP/1.1\r\nHost: a\r\n"):
+            raw = raw_exchange(self.lbd.listen, partial, timeout=15)
+            self.assertEqual(parse_status(raw), 408, raw)
+        self.assertServes()
+
+    def test_client_idle_timeout_closes(self):
+        """An idle keep-alive connection is closed after client_idle."""
+        with HttpConn(self.lbd.listen, timeout=15) as c:
+            self.assertEqual(c.request("/").status, 200)
+            self.assertEqual(c.read_until_eof(), b"", "closed without a word")
+        self.assertServes()
+
+    def test_upstream_keepalive_zero(self):
+        """keepalive = 0: no pooled backend connections."""
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "keepalive": 0, "servers": [(self.b.addr, 1)]}],
+                         workers=1)
+        lbd = self.start_lbd(cfg, listen, workers=1, name="ka0.conf")
+        with HttpConn(lbd.listen) as c:
+            ids = [c.request("/").header("X-Conn-Id") for _ in range(3)]
+        self.assertEqual(len(set(ids)), 3, ids)
+
+
+class HalfCloseTest(LbdTestCase):
+
+    def test_half_closed_client_gets_response(self):
+        """A client that sends its request and then shuts down its sending
+        side (RFC 9112 9.6) still gets the whole response: lbd must flush
+        what it queued before closing. Five tries each, as the loss depends
+        on event order."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        cases = [
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"b1\n"),
+            (b"GET /?delay=200 HTTP/1.1\r\nHost: a\r\n\r\n", b"b1\n"),
+            (b"GET /?size=300000 HTTP/1.1\r\nHost: a\r\n\r\n", pattern_body(300000)),
+            (b"GET /?size=10 HTTP/1.0\r\n\r\n", pattern_body(10)),
+        ]
+        failures = []
+        for req, body in cases:
+            for _ in range(5):
+                raw = raw_exchange(lbd.listen, req, shut_write=True)
+                head, _, got = raw.partition(b"\r\n\r\n")
+                if parse_status(raw) != 200 or got != body:
+                    line = req.split(b"\r\n")[0]
+                    failures.append(f"{line!r}: status {parse_status(raw)}, "
+                                    f"{len(raw)} bytes received, body {len(got)}/{len(body)}")
+        self.assertEqual(failures, [], "responses lost or cut after the client's half-close")
+
+    def test_half_closed_client_gets_error_response(self):
+        """The same for a response lbd writes itself (400)."""
+        (b,) = self.start_backends("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        for _ in range(5):
+            raw = raw_exchange(lbd.listen, b"GET / HTTP/1.1\r\n\r\n", shut_write=True)
+            self.assertEqual(parse_status(raw), 400, raw)
 
 
 class Ipv6Test(LbdTestCase):

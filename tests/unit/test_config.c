@@ -1,6 +1,8 @@
 /* lb_config_load on temporary files: a full valid configuration, defaults,
  * and every validation error with its FILE:LINE. */
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,12 +80,18 @@ static const char full_conf[] =
     "log_level = \"debug\";\n"
     "error_log = \"/tmp/lbd-unit-error.log\";\n"
     "pid_file = \"/tmp/lbd-unit.pid\";\n"
+    "access_log = \"/tmp/lbd-unit-access.log\";\n"
     "timeouts = {\n"
     "    client_header = \"250ms\";\n"
     "    connect = \"2s\";\n"
     "    backend_idle = \"1h\";\n"
     "    send = \"0\";\n"
+    "    deadline = \"30s\";\n"
+    "    tunnel = \"10m\";\n"
     "};\n"
+    "limits = { request_line = 1024; header_size = \"16k\"; headers = 50;\n"
+    "           body = \"1m\"; buffer = \"64K\"; };\n"
+    "trusted_proxies = [ \"10.0.0.0/8\", \"::1\" ];\n"
     "listeners = (\n"
     "    { address = \"*:8080\"; backlog = 128; },\n"
     "    { address = \"[::1]:8443\"; },\n"
@@ -91,6 +99,7 @@ static const char full_conf[] =
     ");\n"
     "pools = (\n"
     "    { name = \"web\"; strategy = \"weighted_round_robin\"; keepalive = 8;\n"
+    "      timeouts = { connect = \"1s\"; deadline = \"5s\"; client_body = \"0\"; };\n"
     "      servers = ( { address = \"127.0.0.1:9001\"; weight = 5; },\n"
     "                  { address = \"127.0.0.1:9002\"; },\n"
     "                  { address = \"[::1]:9003\"; weight = 0; } ); },\n"
@@ -138,6 +147,19 @@ START_TEST(test_full_config)
     ck_assert_uint_eq(cfg->timeouts.backend_response_ms, 60000);
     ck_assert_uint_eq(cfg->timeouts.backend_idle_ms, 3600000);
     ck_assert_uint_eq(cfg->timeouts.send_ms, 0);
+    ck_assert_uint_eq(cfg->timeouts.client_body_ms, 30000);
+    ck_assert_uint_eq(cfg->timeouts.deadline_ms, 30000);
+    ck_assert_uint_eq(cfg->timeouts.tunnel_ms, 600000);
+
+    ck_assert_str_eq(cfg->access_log, "/tmp/lbd-unit-access.log");
+    ck_assert_uint_eq(cfg->limits.request_line, 1024);
+    ck_assert_uint_eq(cfg->limits.header_size, 16384);
+    ck_assert_uint_eq(cfg->limits.headers, 50);
+    ck_assert_uint_eq(cfg->limits.body, 1048576);
+    ck_assert_uint_eq(cfg->limits.buffer, 65536);
+    ck_assert_uint_eq(cfg->ntrusted_proxies, 2);
+    ck_assert_uint_eq(cfg->trusted_proxies[0].prefix, 96 + 8);
+    ck_assert_uint_eq(cfg->trusted_proxies[1].prefix, 128);
 
     ck_assert_uint_eq(cfg->nlisteners, 3);
     ck_assert_str_eq(cfg->listeners[0].address, "0.0.0.0:8080");
@@ -164,6 +186,16 @@ START_TEST(test_full_config)
     ck_assert_uint_eq(api->nservers, 1);
     ck_assert_str_eq(api->servers[0].address, "10.0.0.1:80");
     ck_assert_uint_eq(api->servers[0].weight, 1000);
+
+    /* Pool timeouts: the global set, the pool's overrides on top. */
+    ck_assert_uint_eq(web->timeouts.connect_ms, 1000);
+    ck_assert_uint_eq(web->timeouts.deadline_ms, 5000);
+    ck_assert_uint_eq(web->timeouts.client_body_ms, 0);
+    ck_assert_uint_eq(web->timeouts.client_header_ms, 250);
+    ck_assert_uint_eq(web->timeouts.backend_idle_ms, 3600000);
+    ck_assert_uint_eq(web->timeouts.backend_response_ms, 60000);
+    ck_assert_uint_eq(web->timeouts.tunnel_ms, 600000);
+    ck_assert_mem_eq(&api->timeouts, &cfg->timeouts, sizeof(cfg->timeouts));
 
     ck_assert_uint_eq(cfg->nroutes, 3);
     const struct lb_route_cfg *r = cfg->routes;
@@ -207,6 +239,17 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->timeouts.backend_response_ms, 60000);
     ck_assert_uint_eq(cfg->timeouts.backend_idle_ms, 30000);
     ck_assert_uint_eq(cfg->timeouts.send_ms, 60000);
+    ck_assert_uint_eq(cfg->timeouts.client_body_ms, 30000);
+    ck_assert_uint_eq(cfg->timeouts.deadline_ms, 0);
+    ck_assert_uint_eq(cfg->timeouts.tunnel_ms, 3600000);
+    ck_assert_mem_eq(&cfg->pools[0].timeouts, &cfg->timeouts, sizeof(cfg->timeouts));
+    ck_assert_uint_eq(cfg->limits.request_line, 8192);
+    ck_assert_uint_eq(cfg->limits.header_size, 32768);
+    ck_assert_uint_eq(cfg->limits.headers, 100);
+    ck_assert_uint_eq(cfg->limits.body, 0);
+    ck_assert_uint_eq(cfg->limits.buffer, 256 * 1024);
+    ck_assert_ptr_null(cfg->access_log);
+    ck_assert_uint_eq(cfg->ntrusted_proxies, 0);
     ck_assert_uint_eq(cfg->nlisteners, 1);
     ck_assert_int_eq(cfg->listeners[0].backlog, 511);
     ck_assert_uint_eq(cfg->npools, 1);
@@ -450,7 +493,7 @@ END_TEST
 START_TEST(test_err_bad_pool_name)
 {
     static const char *const names[] = {
-        "web pool", "", "web/1", "w\xc3\xa9" "b", "web!",
+        "web pool", "", "web/1", "w\xc3\xa9", "web!",
         "a123456789012345678901234567890123456789012345678901234567890123", /* 64 */
     };
     for (size_t i = 0; i < LB_ARRAY_SIZE(names); i++) {
@@ -467,7 +510,7 @@ START_TEST(test_err_bad_pool_name)
     struct lb_config *cfg;
     char err[512];
     int rc = load_text(LISTENERS
-                       "pools = ( { name = \"Az09_-.a12345678901234567890123456789012345678901234567890123456\";\n"
+                       "pools = ( { name = \"Az09_-.a1234567890123456789012345678901234567890123456789012345\";\n"
                        "  servers = ( { address = \"127.0.0.1:9001\"; } ); } );\n",
                        &cfg, err, sizeof(err));
     ck_assert_msg(rc == 0, "%s", err);
@@ -480,10 +523,10 @@ START_TEST(test_err_unknown_strategy)
     expect_error(LISTENERS
                  "pools = (\n"
                  "  { name = \"web\";\n"
-                 "    strategy = \"least_conn\";\n"
+                 "    strategy = \"most_favoured\";\n"
                  "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
                  ");\n",
-                 "strategy", "unknown strategy \"least_conn\"");
+                 "strategy", "unknown strategy \"most_favoured\"");
 }
 END_TEST
 
@@ -581,6 +624,131 @@ START_TEST(test_err_log_level)
 }
 END_TEST
 
+START_TEST(test_err_pool_timeouts)
+{
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    timeouts = { connect = \"1s\";\n"
+                 "      client_header = \"5s\"; };\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "client_header", "timeout 'client_header' is global only");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    timeouts = {\n"
+                 "      conect = \"5s\"; };\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "conect", "unknown key 'conect' in timeouts");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    timeouts = {\n"
+                 "      deadline = \"5\"; };\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "deadline", "invalid duration \"5\"");
+}
+END_TEST
+
+START_TEST(test_err_limits)
+{
+    expect_error(MINIMAL "limits = {\n  request_line = 32;\n};\n", "request_line",
+                 "'request_line' must be between 64 and");
+    expect_error(MINIMAL "limits = {\n  header_size = \"1x\";\n};\n", "header_size",
+                 "'header_size': invalid size \"1x\"");
+    expect_error(MINIMAL "limits = {\n  headers = 0;\n};\n", "headers", "'headers' must be between 1 and 1000");
+    expect_error(MINIMAL "limits = {\n  body = -1;\n};\n", "body", "'body' must not be negative");
+    expect_error(MINIMAL "limits = {\n  buffer = true;\n};\n", "buffer", "'buffer' must be a size");
+    expect_error(MINIMAL "limits = {\n  bodies = 1;\n};\n", "bodies", "unknown key 'bodies' in limits");
+    expect_error(MINIMAL "limits = {\n  request_line = \"8k\";\n  header_size = \"4k\";\n};\n",
+                 "limits", "request_line must not exceed header_size");
+}
+END_TEST
+
+START_TEST(test_err_trusted_proxies)
+{
+    expect_error(MINIMAL "trusted_proxies = \"10.0.0.0/8\";\n", "trusted_proxies",
+                 "'trusted_proxies' must be a list");
+    /* (libconfig 1.5 dates a scalar list element after its lookahead token:
+     * the last element alone on its line is reported on the next line, so
+     * the bad entries here are followed by a comma.) */
+    expect_error(MINIMAL "trusted_proxies = (\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n  \"::1\"\n);\n",
+                 "/33", "trusted_proxies: expected an address or block");
+    expect_error(MINIMAL "trusted_proxies = [\n  \"::1\",\n  \"10.0.0.0/8x\",\n  \"::2\"\n];\n",
+                 "/8x", "trusted_proxies: expected an address or block");
+    expect_error(MINIMAL "trusted_proxies = (\n  \"::1\",\n  5,\n  \"::2\"\n);\n",
+                 "  5", "trusted_proxies: expected an address or block");
+}
+END_TEST
+
+static struct sockaddr_storage sa_of(const char *ip)
+{
+    struct sockaddr_storage ss = { 0 };
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1)
+        sin->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, ip, &sin6->sin6_addr) == 1)
+        sin6->sin6_family = AF_INET6;
+    else
+        ck_abort_msg("test bug: bad ip %s", ip);
+    return ss;
+}
+
+static bool in_block(const char *cidr, const char *ip)
+{
+    struct lb_cidr c;
+    ck_assert_msg(lb_cidr_parse(cidr, &c) == 0, "refused: %s", cidr);
+    struct sockaddr_storage ss = sa_of(ip);
+    return lb_cidr_match(&c, 1, (const struct sockaddr *)&ss);
+}
+
+START_TEST(test_cidr)
+{
+    ck_assert(in_block("10.0.0.0/8", "10.1.2.3"));
+    ck_assert(in_block("10.0.0.0/8", "10.255.255.255"));
+    ck_assert(!in_block("10.0.0.0/8", "11.0.0.1"));
+    ck_assert(!in_block("10.0.0.0/8", "9.255.255.255"));
+    ck_assert(in_block("10.0.0.0/8", "::ffff:10.9.9.9"));     /* v4-mapped */
+    ck_assert(!in_block("10.0.0.0/8", "::1"));
+    ck_assert(in_block("10.128.0.0/9", "10.200.0.1"));
+    ck_assert(!in_block("10.128.0.0/9", "10.127.0.1"));
+    ck_assert(in_block("192.168.1.7", "192.168.1.7"));
+    ck_assert(!in_block("192.168.1.7", "192.168.1.8"));
+    ck_assert(in_block("0.0.0.0/0", "203.0.113.9"));
+    ck_assert(!in_block("0.0.0.0/0", "2001:db8::1"));
+    ck_assert(in_block("::1", "::1"));
+    ck_assert(!in_block("::1", "::2"));
+    ck_assert(in_block("2001:db8::/32", "2001:db8:ffff::1"));
+    ck_assert(!in_block("2001:db8::/32", "2001:db9::1"));
+    ck_assert(in_block("::/0", "2001:db8::1"));
+    ck_assert(in_block("::/0", "127.0.0.1"));
+    ck_assert(in_block("10.1.2.3/8", "10.7.7.7"));          /* host bits ignored */
+
+    struct lb_cidr blocks[2];
+    ck_assert_int_eq(lb_cidr_parse("10.0.0.0/8", &blocks[0]), 0);
+    ck_assert_int_eq(lb_cidr_parse("::1", &blocks[1]), 0);
+    struct sockaddr_storage a = sa_of("::1"), b = sa_of("127.0.0.1");
+    ck_assert(lb_cidr_match(blocks, 2, (const struct sockaddr *)&a));
+    ck_assert(!lb_cidr_match(blocks, 2, (const struct sockaddr *)&b));
+    ck_assert(!lb_cidr_match(blocks, 0, (const struct sockaddr *)&a));
+    struct sockaddr_storage unix_sa = { .ss_family = AF_UNIX };
+    ck_assert(!lb_cidr_match(blocks, 2, (const struct sockaddr *)&unix_sa));
+
+    static const char *const bad[] = {
+        "", "/8", "10.0.0.0/", "10.0.0.0/33", "::1/129", "10.0.0.0/8x", "10.0.0/8",
+        "nonsense", "10.0.0.0/-1", "[::1]", "localhost",
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(bad); i++) {
+        struct lb_cidr c;
+        ck_assert_msg(lb_cidr_parse(bad[i], &c) == -1, "accepted: \"%s\"", bad[i]);
+    }
+}
+END_TEST
+
 Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -613,6 +781,13 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_bad_host);
     tcase_add_test(tc, test_err_path_prefix);
     tcase_add_test(tc, test_err_log_level);
+    tcase_add_test(tc, test_err_pool_timeouts);
+    tcase_add_test(tc, test_err_limits);
+    tcase_add_test(tc, test_err_trusted_proxies);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("cidr");
+    tcase_add_test(tc, test_cidr);
     suite_add_tcase(s, tc);
     return s;
 }

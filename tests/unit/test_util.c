@@ -60,6 +60,34 @@ START_TEST(test_duration_rejects)
 }
 END_TEST
 
+/* ---- lb_size_parse ----------------------------------------------------------- */
+
+START_TEST(test_size_parse)
+{
+    static const struct { const char *s; uint64_t bytes; } ok[] = {
+        { "0", 0 }, { "1", 1 }, { "8192", 8192 }, { "1k", 1024 }, { "64k", 65536 },
+        { "64K", 65536 }, { "1m", 1048576 }, { "3M", 3145728 }, { "2g", 2147483648ULL },
+        { "0k", 0 }, { "18446744073709551615", UINT64_MAX },
+        { "17179869183g", 17179869183ULL << 30 },
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(ok); i++) {
+        uint64_t v = 12345;
+        ck_assert_msg(lb_size_parse(ok[i].s, &v) == 0, "\"%s\" refused", ok[i].s);
+        ck_assert_msg(v == ok[i].bytes, "\"%s\" gave %llu", ok[i].s, (unsigned long long)v);
+    }
+    static const char *const bad[] = {
+        "", "k", "-1", "+1", " 1", "1 k", "1kb", "1K ", "1.5k", "1t", "1b", "0x10", "1e3",
+        "18446744073709551616", "17179869184g", "18014398509481984k",
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(bad); i++) {
+        uint64_t v = 0;
+        ck_assert_msg(lb_size_parse(bad[i], &v) == -1, "\"%s\" accepted", bad[i]);
+    }
+    uint64_t v;
+    ck_assert_int_eq(lb_size_parse(NULL, &v), -1);
+}
+END_TEST
+
 /* ---- lb_addr_parse / lb_addr_format --------------------------------------- */
 
 static void roundtrip(const char *in, bool wildcard, const char *canon, int family, unsigned port)
@@ -276,6 +304,7 @@ Suite *util_suite(void)
     TCase *tc = tcase_create("duration");
     tcase_add_test(tc, test_duration_units);
     tcase_add_test(tc, test_duration_rejects);
+    tcase_add_test(tc, test_size_parse);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("addr");
