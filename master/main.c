@@ -9,7 +9,7 @@
 #include "master/snapshot.h"
 #include "shared/config.h"
 
-#define LB_VERSION "0.1.0"
+#include "shared/version.h"
 #define LB_DEFAULT_CONFIG "/etc/lbd/lbd.conf"
 
 static void lb_usage(FILE *out)

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "master/control.h"
 #include "master/listen.h"
 #include "master/proctitle.h"
 #include "shared/config.h"
@@ -45,6 +46,13 @@ struct lb_master {
     unsigned crashes[LB_MAX_WORKERS];               /* consecutive fast deaths */
     uint64_t respawn_at[LB_MAX_WORKERS];            /* 0: none pending */
     int instance_fd;
+    int admin_fd;                   /* admin listener, -1 if none */
+    struct lb_addr admin_addr;
+    pid_t control_pid;              /* 0: none running */
+    pid_t control_retired;          /* a replaced control still exiting */
+    uint64_t control_started_ms;
+    unsigned control_crashes;
+    uint64_t control_respawn_at;    /* 0: none pending */
     const char *pid_file;
     bool stopping;
     uint64_t stop_deadline_ms;
@@ -123,6 +131,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
                 if (k != id)
                     close(m->listen.groups[g].fds[k]);
         close(m->shm.fd);
+        if (m->admin_fd >= 0)
+            close(m->admin_fd);
         lb_worker_main(m->cfg, h, id, (unsigned)slot, fds);
     }
     struct lb_child *c = &m->children[slot];
@@ -134,9 +144,49 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
     return 0;
 }
 
+/* Listening socket for the admin address (no SO_REUSEPORT: exactly one). */
+static int lb_master_admin_socket(const struct lb_addr *a, char *err, size_t errlen,
+                                  const char *address)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, sa, a->len) < 0 || listen(fd, 64) < 0) {
+        snprintf(err, errlen, "cannot listen on admin address %s: %s", address, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int lb_master_spawn_control(struct lb_master *m)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        lb_log_error("fork() failed (%d: %s)", errno, strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        lb_log_set_role("control");
+        lb_proctitle_set("lbd: control");
+        if (m->instance_fd >= 0)
+            close(m->instance_fd);
+        lb_listen_close(&m->listen);
+        close(m->shm.fd);
+        lb_control_main(m->cfg, m->shm.hdr, m->admin_fd);
+    }
+    m->control_pid = pid;
+    m->control_started_ms = lb_now_ms();
+    lb_log_info("control process started (pid %d)", (int)pid);
+    return 0;
+}
+
 static size_t lb_master_live(const struct lb_master *m)
 {
-    size_t n = 0;
+    size_t n = (m->control_pid != 0) + (m->control_retired != 0);
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
         n += m->children[s].pid != 0;
     return n;
@@ -147,6 +197,10 @@ static void lb_master_signal_all(struct lb_master *m, int sig)
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
         if (m->children[s].pid != 0)
             kill(m->children[s].pid, sig);
+    if (m->control_pid != 0)
+        kill(m->control_pid, sig);
+    if (m->control_retired != 0)
+        kill(m->control_retired, sig);
 }
 
 static void lb_master_reclaim(struct lb_master *m)
@@ -167,11 +221,45 @@ static void lb_master_describe_exit(int status, char *buf, size_t len)
         snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
 }
 
+static uint64_t lb_master_backoff(unsigned crashes)
+{
+    if (crashes == 0)
+        return 0;
+    unsigned shift = crashes - 1 < 7 ? crashes - 1 : 7;
+    uint64_t delay = (uint64_t)LB_RESPAWN_BASE_MS << shift;
+    return delay > LB_RESPAWN_MAX_MS ? LB_RESPAWN_MAX_MS : delay;
+}
+
+static void lb_master_reap_control(struct lb_master *m, int status)
+{
+    char how[96];
+    lb_master_describe_exit(status, how, sizeof(how));
+    m->control_pid = 0;
+    if (m->stopping) {
+        lb_log_info("control process %s", how);
+        return;
+    }
+    uint64_t now = lb_now_ms();
+    m->control_crashes = now - m->control_started_ms < LB_RESPAWN_FAST_MS
+                         ? m->control_crashes + 1 : 0;
+    uint64_t delay = lb_master_backoff(m->control_crashes);
+    lb_log_error("control process %s; respawning in %llu ms", how, (unsigned long long)delay);
+    m->control_respawn_at = now + delay + (delay == 0);
+}
+
 static void lb_master_reap(struct lb_master *m)
 {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == m->control_retired) {
+            m->control_retired = 0;
+            continue;
+        }
+        if (pid == m->control_pid) {
+            lb_master_reap_control(m, status);
+            continue;
+        }
         size_t s = 0;
         while (s < LB_SHM_MAX_SLOTS && m->children[s].pid != pid)
             s++;
@@ -199,13 +287,7 @@ static void lb_master_reap(struct lb_master *m)
             m->crashes[c.id]++;
         else
             m->crashes[c.id] = 0;
-        uint64_t delay = 0;
-        if (m->crashes[c.id] > 0) {
-            unsigned shift = m->crashes[c.id] - 1 < 7 ? m->crashes[c.id] - 1 : 7;
-            delay = (uint64_t)LB_RESPAWN_BASE_MS << shift;
-            if (delay > LB_RESPAWN_MAX_MS)
-                delay = LB_RESPAWN_MAX_MS;
-        }
+        uint64_t delay = lb_master_backoff(m->crashes[c.id]);
         lb_log_error("worker %u (pid %d) %s; respawning in %llu ms", c.id, (int)pid, how,
                      (unsigned long long)delay);
         if (c.generation == m->generation && c.id < m->cfg->workers)
@@ -217,6 +299,11 @@ static void lb_master_reap(struct lb_master *m)
 static void lb_master_respawn_due(struct lb_master *m)
 {
     uint64_t now = lb_now_ms();
+    if (m->control_respawn_at != 0 && m->control_respawn_at <= now && !m->stopping) {
+        m->control_respawn_at = 0;
+        if (lb_master_spawn_control(m) < 0)
+            m->control_respawn_at = now + LB_RESPAWN_MAX_MS;
+    }
     for (unsigned id = 0; id < LB_MAX_WORKERS; id++) {
         if (m->respawn_at[id] == 0 || m->respawn_at[id] > now)
             continue;
@@ -302,9 +389,20 @@ static void lb_master_reload(struct lb_master *m)
         snprintf(err, sizeof(err), "too many pools or servers for the shared memory tables");
         goto fail;
     }
+    int admin_fd = m->admin_fd;
+    bool admin_changed = cfg->admin != (m->admin_fd >= 0) ||
+                         (cfg->admin && !lb_addr_equal(&cfg->admin_addr, &m->admin_addr));
+    if (admin_changed && cfg->admin) {
+        admin_fd = lb_master_admin_socket(&cfg->admin_addr, err, sizeof(err), cfg->admin_address);
+        if (admin_fd < 0)
+            goto fail;
+    }
     if (lb_master_check_access_log(cfg, err, sizeof(err)) < 0 ||
-        lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0)
+        lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
+        if (admin_changed && admin_fd >= 0)
+            close(admin_fd);
         goto fail;
+    }
     if (lb_shm_assign(m->shm.hdr, cfg, gen, err, sizeof(err)) < 0) {
         lb_log_error("BUG: shared memory assignment failed after its check: %s", err);
         abort();
@@ -328,6 +426,26 @@ static void lb_master_reload(struct lb_master *m)
             m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
     }
     lb_master_drain_generation(m, gen);
+
+    /* The control process restarts with the new configuration; its state
+     * (health) is in shm and carries over. */
+    if (admin_changed) {
+        if (m->admin_fd >= 0)
+            close(m->admin_fd);
+        m->admin_fd = cfg->admin ? admin_fd : -1;
+        m->admin_addr = cfg->admin_addr;
+    }
+    if (m->control_pid != 0) {
+        if (m->control_retired != 0)
+            kill(m->control_retired, SIGKILL);
+        m->control_retired = m->control_pid;
+        kill(m->control_pid, SIGTERM);
+        m->control_pid = 0;
+    }
+    m->control_respawn_at = 0;
+    m->control_crashes = 0;
+    if (lb_master_spawn_control(m) < 0)
+        m->control_respawn_at = lb_now_ms() + LB_RESPAWN_MAX_MS;
     lb_config_free(old);
     atomic_fetch_add(&m->shm.hdr->reloads, 1);
     lb_log_info("configuration reloaded (generation %llu, %u workers)",
@@ -397,6 +515,8 @@ static int lb_master_timeout(const struct lb_master *m)
     for (unsigned id = 0; id < LB_MAX_WORKERS; id++)
         if (m->respawn_at[id] != 0 && m->respawn_at[id] < next)
             next = m->respawn_at[id];
+    if (m->control_respawn_at != 0 && m->control_respawn_at < next)
+        next = m->control_respawn_at;
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
         if (m->children[s].pid != 0 && m->children[s].kill_at_ms != 0 &&
             m->children[s].kill_at_ms < next)
@@ -430,6 +550,15 @@ static int lb_master_start(struct lb_master *m)
         lb_log_error("%s", err);
         return -1;
     }
+    if (m->cfg->admin) {
+        m->admin_fd = lb_master_admin_socket(&m->cfg->admin_addr, err, sizeof(err),
+                                             m->cfg->admin_address);
+        if (m->admin_fd < 0) {
+            lb_log_error("%s", err);
+            return -1;
+        }
+        m->admin_addr = m->cfg->admin_addr;
+    }
     if (lb_shm_create(&m->shm) < 0) {
         lb_log_error("shared memory: memfd_create() failed (%d: %s)", errno, strerror(errno));
         return -1;
@@ -462,6 +591,8 @@ static int lb_master_start(struct lb_master *m)
     for (unsigned id = 0; id < m->cfg->workers; id++)
         if (lb_master_spawn(m, id) < 0)
             return -1;
+    if (lb_master_spawn_control(m) < 0)
+        return -1;
     return 0;
 }
 
@@ -471,6 +602,7 @@ int lb_master_run(const struct lb_master_options *opt)
     struct lb_master *m = &master;
     m->opt = opt;
     m->instance_fd = -1;
+    m->admin_fd = -1;
     m->shm.fd = -1;
     lb_log_set_role("master");
 
@@ -539,6 +671,8 @@ out:
         unlink(m->pid_file);
     if (m->instance_fd >= 0)
         close(m->instance_fd);
+    if (m->admin_fd >= 0)
+        close(m->admin_fd);
     lb_listen_close(&m->listen);
     if (m->shm.hdr != NULL)
         lb_shm_close(&m->shm);

@@ -30,6 +30,21 @@ static void lb_snapshot_timeouts(FILE *out, const uint64_t *c)
     fputc('}', out);
 }
 
+static void lb_json_string(FILE *out, const char *s, size_t max)
+{
+    fputc('"', out);
+    for (size_t i = 0; i < max && s[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(out, "\\u%04x", c);
+        else
+            fputc(c, out);
+    }
+    fputc('"', out);
+}
+
 static const char *lb_slot_state_name(uint32_t st)
 {
     return st == LB_SLOT_RUNNING ? "running" : st == LB_SLOT_DRAINING ? "draining" : "free";
@@ -117,6 +132,9 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 continue;
             struct lb_backend_totals t;
             lb_shm_backend_sum(h, b, &t);
+            static const char *const reasons[] = { "none", "health_check", "passive" };
+            uint32_t reason = atomic_load(&be->down_reason);
+            int64_t inflight = atomic_load(&be->inflight);
             fprintf(out, "%s{\"id\":%u,\"address\":\"%s\",\"state\":\"%s\",\"weight\":%u,"
                          "\"requests\":%llu,\"active\":%llu,\"failures\":%llu,"
                          "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
@@ -125,7 +143,22 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)t.active, (unsigned long long)t.failures,
                     (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out);
             lb_snapshot_classes(out, t.responses);
-            fputc('}', out);
+            fprintf(out, ",\"health\":\"%s\",\"drain\":%s,\"down_reason\":\"%s\","
+                         "\"in_flight\":%lld,\"ewma_ms\":%.3f,\"checks\":{\"ok\":%llu,"
+                         "\"failed\":%llu,\"consecutive_successes\":%u,"
+                         "\"consecutive_failures\":%u,\"last_check_ms\":%llu,"
+                         "\"last_change_ms\":%llu,\"last_error\":",
+                    atomic_load(&be->health) == LB_HEALTH_UP ? "up" : "down",
+                    atomic_load(&be->drain) ? "true" : "false",
+                    reasons[reason < 3 ? reason : 0], (long long)(inflight > 0 ? inflight : 0),
+                    (double)atomic_load(&be->ewma_us) / 1000.0,
+                    (unsigned long long)atomic_load(&be->checks_ok),
+                    (unsigned long long)atomic_load(&be->checks_failed),
+                    atomic_load(&be->check_successes), atomic_load(&be->check_failures),
+                    (unsigned long long)atomic_load(&be->last_check_ms),
+                    (unsigned long long)atomic_load(&be->last_change_ms));
+            lb_json_string(out, be->last_error, sizeof(be->last_error));
+            fputs("}}", out);
             sfirst = false;
         }
         fputs("]}", out);

@@ -140,10 +140,11 @@ static int lb_rr_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {
     if (b->seq_len == 0)
         return -1;
-    uint64_t k = atomic_fetch_add_explicit(b->cursor, 1, memory_order_relaxed);
-    /* An unusable server gives its turn to the next one of the cycle. */
+    /* An unusable server's turn is skipped by taking the next ticket, so
+     * the others keep their proportions (not: its share to its successor). */
     for (size_t step = 0; step < b->seq_len; step++) {
-        size_t i = b->seq[(k + step) % b->seq_len];
+        uint64_t k = atomic_fetch_add_explicit(b->cursor, 1, memory_order_relaxed);
+        size_t i = b->seq[k % b->seq_len];
         if (lb_usable(b, i, ctx->now_ms))
             return (int)i;
     }

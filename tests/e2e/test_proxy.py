@@ -307,6 +307,14 @@ class MalformedTest(LbdTestCase):
         hdrs = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(40))
         self.check(b"GET / HTTP/1.1\r\nHost: a\r\n" + hdrs + b"\r\n", 431)
 
+    def test_too_many_headers(self):
+        hdrs = b"".join(b"X-H%d: v\r\n" % i for i in range(150))
+        self.check(b"GET / HTTP/1.1\r\nHost: a\r\n" + hdrs + b"\r\n", 431)
+
+    def test_unsupported_version_and_method(self):
+        self.check(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505)
+        self.check(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", 501)
+
     def test_lingering_close_is_bounded(self):
         """After an error response lbd reads and drops what the client still
         sends (lingering close), but not forever: a client that keeps

@@ -1,0 +1,71 @@
+#include "master/control.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+
+#include <event2/event.h>
+
+#include "master/admin.h"
+#include "master/health.h"
+#include "shared/log.h"
+
+static void lb_control_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct event_base *base = arg;
+    if (sig == SIGUSR1) {
+        if (lb_log_reopen() < 0)
+            lb_log_error("reopening the log failed (%d: %s)", errno, strerror(errno));
+        return;
+    }
+    event_base_loopbreak(base);     /* TERM, QUIT, INT: nothing to drain */
+}
+
+void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int admin_fd)
+{
+    static const int sigs[] = { SIGTERM, SIGQUIT, SIGINT, SIGUSR1 };
+    struct event *sev[4] = { NULL };
+    struct lb_checker *health = NULL;
+    struct lb_admin *admin = NULL;
+    int rc = 1;
+
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+
+    struct event_base *base = event_base_new();
+    if (base == NULL)
+        goto out;
+    for (size_t i = 0; i < 4; i++) {
+        sev[i] = evsignal_new(base, sigs[i], lb_control_signal, base);
+        if (sev[i] == NULL || event_add(sev[i], NULL) < 0)
+            goto out;
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    health = lb_health_start(base, cfg, shm);
+    if (health == NULL) {
+        lb_log_error("health checks could not start");
+        goto out;
+    }
+    if (admin_fd >= 0 && (admin = lb_admin_start(base, admin_fd, shm)) == NULL) {
+        lb_log_error("admin listener %s could not start", cfg->admin_address);
+        goto out;
+    }
+    event_base_dispatch(base);
+    rc = 0;
+out:
+    lb_admin_stop(admin);
+    lb_health_stop(health);
+    for (size_t i = 0; i < 4; i++)
+        if (sev[i] != NULL)
+            event_free(sev[i]);
+    if (base != NULL)
+        event_base_free(base);
+    exit(rc);
+}

@@ -1,0 +1,230 @@
+#include "master/health.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "shared/log.h"
+#include "shared/shm.h"
+
+/* Probe lifecycle:
+ *
+ *   WAIT --interval--> CONNECTING --connected--> (path? SENT : pass)
+ *    ^                     |                        |
+ *    +--- result recorded -+-- error/timeout -------+-- status line read
+ */
+struct lb_probe {
+    struct lb_checker *owner;
+    const struct lb_pool_cfg *pool;
+    const struct lb_server_cfg *server;
+    struct lb_shm_backend *shared;
+    struct event *timer;
+    struct bufferevent *bev;
+};
+
+struct lb_checker {
+    struct event_base *base;
+    struct lb_probe *probes;
+    size_t nprobes;
+};
+
+int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
+                     const char *error)
+{
+    atomic_store(&b->last_check_ms, lb_wall_ms());
+    uint32_t health = atomic_load(&b->health);
+    if (error == NULL) {
+        lb_counter_add(&b->checks_ok, 1);
+        atomic_store(&b->check_failures, 0);
+        uint32_t ok = atomic_fetch_add(&b->check_successes, 1) + 1;
+        if (health == LB_HEALTH_DOWN && ok >= cfg->rise) {
+            atomic_store(&b->down_reason, LB_DOWN_NONE);
+            atomic_store(&b->fails_in_row, 0);
+            atomic_store(&b->passive_until_ms, 0);
+            atomic_store(&b->last_change_ms, lb_wall_ms());
+            atomic_store(&b->health, LB_HEALTH_UP);
+            return 1;
+        }
+        return 0;
+    }
+    lb_counter_add(&b->checks_failed, 1);
+    snprintf(b->last_error, sizeof(b->last_error), "%s", error);
+    atomic_store(&b->check_successes, 0);
+    uint32_t failed = atomic_fetch_add(&b->check_failures, 1) + 1;
+    if (health == LB_HEALTH_UP && failed >= cfg->fall) {
+        atomic_store(&b->down_reason, LB_DOWN_CHECK);
+        atomic_store(&b->last_change_ms, lb_wall_ms());
+        atomic_store(&b->health, LB_HEALTH_DOWN);
+        return -1;
+    }
+    return 0;
+}
+
+static void lb_probe_schedule(struct lb_probe *p, uint64_t ms)
+{
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
+                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    evtimer_add(p->timer, &tv);
+}
+
+static void lb_probe_done(struct lb_probe *p, const char *error)
+{
+    if (p->bev != NULL) {
+        bufferevent_free(p->bev);
+        p->bev = NULL;
+    }
+    int change = lb_health_record(p->shared, &p->pool->health, error);
+    if (change > 0)
+        lb_log_info("server %s of pool '%s' is UP (health check passed %u times)",
+                    p->server->address, p->pool->name, p->pool->health.rise);
+    else if (change < 0)
+        lb_log_warn("server %s of pool '%s' is DOWN (%u failed health checks, last: %s)",
+                    p->server->address, p->pool->name, p->pool->health.fall, error);
+    lb_probe_schedule(p, p->pool->health.interval_ms);
+}
+
+/* Read until the status line is complete; judge it. */
+static void lb_probe_read(struct bufferevent *bev, void *arg)
+{
+    struct lb_probe *p = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t len = evbuffer_get_length(in);
+    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)(len < 256 ? len : 256));
+    const char *eol = buf ? memchr(buf, '\n', len < 256 ? len : 256) : NULL;
+    if (eol == NULL) {
+        if (len >= 256)
+            lb_probe_done(p, "malformed status line");
+        return;
+    }
+    int status = 0;
+    if (eol - buf < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ' ||
+        sscanf(buf + 9, "%3d", &status) != 1) {
+        lb_probe_done(p, "malformed status line");
+        return;
+    }
+    const struct lb_health_cfg *h = &p->pool->health;
+    if (status < h->expect_lo || status > h->expect_hi) {
+        char why[64];
+        snprintf(why, sizeof(why), "status %d", status);
+        lb_probe_done(p, why);
+        return;
+    }
+    lb_probe_done(p, NULL);
+}
+
+static void lb_probe_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct lb_probe *p = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        const struct lb_health_cfg *h = &p->pool->health;
+        if (h->path[0] == '\0') {
+            lb_probe_done(p, NULL);     /* TCP check: connected is healthy */
+            return;
+        }
+        evbuffer_add_printf(bufferevent_get_output(bev),
+                            "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbd-health\r\n"
+                            "Connection: close\r\n\r\n", h->path, p->server->address);
+        bufferevent_enable(bev, EV_READ | EV_WRITE);
+        return;
+    }
+    char why[LB_ERROR_TEXT];
+    if (what & BEV_EVENT_TIMEOUT) {
+        snprintf(why, sizeof(why), "timeout");
+    } else if (what & BEV_EVENT_EOF) {
+        snprintf(why, sizeof(why), "connection closed without a status line");
+    } else {
+        int err = EVUTIL_SOCKET_ERROR();
+        snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(err));
+    }
+    lb_probe_done(p, why);
+}
+
+static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_probe *p = arg;
+    struct event_base *base = p->owner->base;
+    const struct sockaddr *sa = (const struct sockaddr *)&p->server->addr.ss;
+    int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        lb_probe_done(p, "socket() failed");
+        return;
+    }
+    p->bev = bufferevent_socket_new(base, s, BEV_OPT_CLOSE_ON_FREE);
+    if (p->bev == NULL) {
+        close(s);
+        lb_probe_done(p, "out of memory");
+        return;
+    }
+    uint64_t ms = p->pool->health.timeout_ms;
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
+                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    bufferevent_set_timeouts(p->bev, &tv, &tv);
+    bufferevent_setcb(p->bev, lb_probe_read, NULL, lb_probe_event, p);
+    if (bufferevent_socket_connect(p->bev, sa, (int)p->server->addr.len) < 0) {
+        int err = EVUTIL_SOCKET_ERROR();
+        lb_probe_done(p, evutil_socket_error_to_string(err));
+    }
+}
+
+struct lb_checker *lb_health_start(struct event_base *base, const struct lb_config *cfg,
+                                  struct lb_shm_header *shm)
+{
+    struct lb_checker *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return NULL;
+    h->base = base;
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->npools; i++)
+        if (cfg->pools[i].health.enabled)
+            n += cfg->pools[i].nservers;
+    h->probes = calloc(n ? n : 1, sizeof(*h->probes));
+    if (h->probes == NULL) {
+        free(h);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->npools; i++) {
+        const struct lb_pool_cfg *pool = &cfg->pools[i];
+        if (!pool->health.enabled)
+            continue;
+        for (size_t j = 0; j < pool->nservers; j++) {
+            struct lb_probe *p = &h->probes[h->nprobes];
+            p->owner = h;
+            p->pool = pool;
+            p->server = &pool->servers[j];
+            p->shared = lb_shm_backend(shm, pool->servers[j].shm_id);
+            p->timer = evtimer_new(base, lb_probe_start, p);
+            if (p->timer == NULL) {
+                lb_health_stop(h);
+                return NULL;
+            }
+            h->nprobes++;
+            /* Spread the first probes over the interval: no thundering herd. */
+            lb_probe_schedule(p, pool->health.interval_ms * j / pool->nservers);
+        }
+    }
+    return h;
+}
+
+void lb_health_stop(struct lb_checker *h)
+{
+    if (h == NULL)
+        return;
+    for (size_t i = 0; i < h->nprobes; i++) {
+        if (h->probes[i].bev != NULL)
+            bufferevent_free(h->probes[i].bev);
+        event_free(h->probes[i].timer);
+    }
+    free(h->probes);
+    free(h);
+}

@@ -1,0 +1,198 @@
+#include "master/metrics.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "shared/version.h"
+
+static const char *const lb_codes[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
+static const char *const lb_timeout_kinds[LB_TIMEOUT_KINDS] = {
+    "client_header", "client_body", "client_idle", "connect", "backend_response",
+    "send", "deadline", "tunnel",
+};
+
+static void lb_family(FILE *out, const char *name, const char *type, const char *help)
+{
+    fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Backends that exist (active or retired but still counted), with totals. */
+struct lb_metrics_backend {
+    const struct lb_shm_backend *b;
+    struct lb_backend_totals t;
+};
+
+static size_t lb_metrics_backends(const struct lb_shm_header *h, struct lb_metrics_backend **out)
+{
+    size_t n = 0;
+    struct lb_metrics_backend *v = calloc(h->max_backends, sizeof(*v));
+    if (v == NULL)
+        return 0;
+    for (unsigned i = 0; i < h->max_backends; i++) {
+        const struct lb_shm_backend *b = lb_shm_backend(h, i);
+        if (atomic_load(&b->state) != LB_ENTRY_ACTIVE)
+            continue;
+        v[n].b = b;
+        lb_shm_backend_sum(h, i, &v[n].t);
+        n++;
+    }
+    *out = v;
+    return n;
+}
+
+#define LB_LABELS "pool=\"%s\",server=\"%s\""
+
+static void lb_metrics_backend_counter(FILE *out, const struct lb_metrics_backend *v, size_t n,
+                                       const char *name, const char *help, size_t offset)
+{
+    lb_family(out, name, "counter", help);
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "%s{" LB_LABELS "} %llu\n", name, v[i].b->pool, v[i].b->address,
+                (unsigned long long)*(const uint64_t *)((const char *)&v[i].t + offset));
+}
+
+void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
+{
+    static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
+
+    lb_family(out, "lbd_build_info", "gauge", "lbd version; always 1.");
+    fprintf(out, "lbd_build_info{version=\"%s\",shm_layout=\"%u\"} 1\n", LB_VERSION,
+            h->layout_version);
+    lb_family(out, "lbd_start_time_seconds", "gauge", "When the master started, seconds since the epoch.");
+    fprintf(out, "lbd_start_time_seconds %.3f\n", (double)atomic_load(&h->started_ms) / 1000.0);
+    lb_family(out, "lbd_config_generation", "gauge", "Configuration generation, +1 per reload.");
+    fprintf(out, "lbd_config_generation %llu\n", (unsigned long long)atomic_load(&h->generation));
+    lb_family(out, "lbd_config_reloads_total", "counter", "Successful configuration reloads.");
+    fprintf(out, "lbd_config_reloads_total %llu\n", (unsigned long long)atomic_load(&h->reloads));
+    lb_family(out, "lbd_config_reload_failures_total", "counter", "Refused configuration reloads.");
+    fprintf(out, "lbd_config_reload_failures_total %llu\n",
+            (unsigned long long)atomic_load(&h->reload_failures));
+
+    struct lb_metrics_backend *v = NULL;
+    size_t n = lb_metrics_backends(h, &v);
+    lb_metrics_backend_counter(out, v, n, "lbd_backend_requests_total",
+                               "Requests sent to a server.",
+                               offsetof(struct lb_backend_totals, requests));
+    lb_family(out, "lbd_backend_responses_total", "counter", "Responses from a server by status class.");
+    for (size_t i = 0; i < n; i++)
+        for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
+            fprintf(out, "lbd_backend_responses_total{" LB_LABELS ",code=\"%s\"} %llu\n",
+                    v[i].b->pool, v[i].b->address, lb_codes[c],
+                    (unsigned long long)v[i].t.responses[c]);
+    lb_metrics_backend_counter(out, v, n, "lbd_backend_failures_total",
+                               "Failed exchanges with a server (connect, reset, timeout, bad response).",
+                               offsetof(struct lb_backend_totals, failures));
+    lb_metrics_backend_counter(out, v, n, "lbd_backend_received_bytes_total",
+                               "Bytes received from a server.",
+                               offsetof(struct lb_backend_totals, bytes_in));
+    lb_metrics_backend_counter(out, v, n, "lbd_backend_sent_bytes_total",
+                               "Bytes sent to a server.",
+                               offsetof(struct lb_backend_totals, bytes_out));
+    lb_family(out, "lbd_backend_active_requests", "gauge", "Requests in flight to a server, all workers.");
+    for (size_t i = 0; i < n; i++) {
+        int64_t a = atomic_load(&v[i].b->inflight);
+        fprintf(out, "lbd_backend_active_requests{" LB_LABELS "} %lld\n", v[i].b->pool,
+                v[i].b->address, (long long)(a > 0 ? a : 0));
+    }
+    lb_family(out, "lbd_backend_up", "gauge", "1 if the server takes requests (healthy, not draining).");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_backend_up{" LB_LABELS "} %d\n", v[i].b->pool, v[i].b->address,
+                atomic_load(&v[i].b->health) == LB_HEALTH_UP && !atomic_load(&v[i].b->drain));
+    lb_family(out, "lbd_backend_weight", "gauge", "Current weight of a server.");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, v[i].b->address,
+                atomic_load(&v[i].b->weight));
+    lb_family(out, "lbd_health_checks_total", "counter", "Active health check results.");
+    for (size_t i = 0; i < n; i++) {
+        fprintf(out, "lbd_health_checks_total{" LB_LABELS ",result=\"ok\"} %llu\n",
+                v[i].b->pool, v[i].b->address,
+                (unsigned long long)atomic_load(&v[i].b->checks_ok));
+        fprintf(out, "lbd_health_checks_total{" LB_LABELS ",result=\"failed\"} %llu\n",
+                v[i].b->pool, v[i].b->address,
+                (unsigned long long)atomic_load(&v[i].b->checks_failed));
+    }
+    lb_family(out, "lbd_backend_response_time_ewma_seconds", "gauge",
+              "Peak EWMA of time to response head (least_time).");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_backend_response_time_ewma_seconds{" LB_LABELS "} %.6f\n",
+                v[i].b->pool, v[i].b->address,
+                (double)atomic_load(&v[i].b->ewma_us) / 1e6);
+    lb_family(out, "lbd_request_duration_seconds", "histogram",
+              "Time from dispatch to the last response byte, by server.");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t cum = 0;
+        for (unsigned k = 0; k < LB_DURATION_BUCKETS; k++) {
+            cum += v[i].t.duration[k];
+            if (k + 1 < LB_DURATION_BUCKETS)
+                fprintf(out, "lbd_request_duration_seconds_bucket{" LB_LABELS ",le=\"%g\"} %llu\n",
+                        v[i].b->pool, v[i].b->address, (double)bounds[k] / 1e6,
+                        (unsigned long long)cum);
+            else
+                fprintf(out, "lbd_request_duration_seconds_bucket{" LB_LABELS ",le=\"+Inf\"} %llu\n",
+                        v[i].b->pool, v[i].b->address, (unsigned long long)cum);
+        }
+        fprintf(out, "lbd_request_duration_seconds_sum{" LB_LABELS "} %.6f\n", v[i].b->pool,
+                v[i].b->address, (double)v[i].t.duration_sum_us / 1e6);
+        fprintf(out, "lbd_request_duration_seconds_count{" LB_LABELS "} %llu\n", v[i].b->pool,
+                v[i].b->address, (unsigned long long)cum);
+    }
+    free(v);
+
+    /* Client side, summed over every worker slot ever used. */
+    uint64_t conns = 0, active = 0, reqs = 0, bin = 0, bout = 0;
+    uint64_t resp[LB_STATUS_CLASSES] = { 0 }, to[LB_TIMEOUT_KINDS] = { 0 };
+    unsigned used = atomic_load(&h->slots_used);
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_worker *w = lb_shm_worker(h, s);
+        conns += lb_counter_get(&w->connections);
+        active += lb_counter_get(&w->active_connections);
+        reqs += lb_counter_get(&w->requests);
+        bin += lb_counter_get(&w->bytes_in);
+        bout += lb_counter_get(&w->bytes_out);
+        for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
+            resp[c] += lb_counter_get(&w->responses[c]);
+        for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
+            to[k] += lb_counter_get(&w->timeouts[k]);
+    }
+    lb_family(out, "lbd_connections_total", "counter", "Client connections accepted.");
+    fprintf(out, "lbd_connections_total %llu\n", (unsigned long long)conns);
+    lb_family(out, "lbd_active_connections", "gauge", "Client connections open now.");
+    fprintf(out, "lbd_active_connections %llu\n", (unsigned long long)active);
+    lb_family(out, "lbd_requests_total", "counter", "Client requests parsed (valid or not).");
+    fprintf(out, "lbd_requests_total %llu\n", (unsigned long long)reqs);
+    lb_family(out, "lbd_responses_total", "counter", "Responses sent to clients by status class.");
+    for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
+        fprintf(out, "lbd_responses_total{code=\"%s\"} %llu\n", lb_codes[c],
+                (unsigned long long)resp[c]);
+    lb_family(out, "lbd_received_bytes_total", "counter", "Bytes received from clients.");
+    fprintf(out, "lbd_received_bytes_total %llu\n", (unsigned long long)bin);
+    lb_family(out, "lbd_sent_bytes_total", "counter", "Bytes sent to clients.");
+    fprintf(out, "lbd_sent_bytes_total %llu\n", (unsigned long long)bout);
+    lb_family(out, "lbd_timeouts_total", "counter", "Timeouts that fired, by kind.");
+    for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
+        fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],
+                (unsigned long long)to[k]);
+
+    lb_family(out, "lbd_worker_restarts_total", "counter", "Unexpected worker deaths (each respawned).");
+    unsigned nworkers = atomic_load(&h->workers);
+    for (unsigned i = 0; i < nworkers && i < LB_MAX_WORKERS; i++)
+        fprintf(out, "lbd_worker_restarts_total{worker=\"%u\"} %llu\n", i,
+                (unsigned long long)atomic_load(&h->worker_restarts[i]));
+    lb_family(out, "lbd_worker_requests_total", "counter", "Requests parsed by the live worker processes.");
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_worker *w = lb_shm_worker(h, s);
+        if (atomic_load(&w->state) == LB_SLOT_FREE)
+            continue;
+        fprintf(out, "lbd_worker_requests_total{worker=\"%u\",slot=\"%u\"} %llu\n",
+                atomic_load(&w->id), s, (unsigned long long)lb_counter_get(&w->requests));
+    }
+    lb_family(out, "lbd_worker_active_connections", "gauge", "Client connections open per live worker.");
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_worker *w = lb_shm_worker(h, s);
+        if (atomic_load(&w->state) == LB_SLOT_FREE)
+            continue;
+        fprintf(out, "lbd_worker_active_connections{worker=\"%u\",slot=\"%u\"} %llu\n",
+                atomic_load(&w->id), s,
+                (unsigned long long)lb_counter_get(&w->active_connections));
+    }
+}

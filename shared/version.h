@@ -1,0 +1,6 @@
+#ifndef LB_VERSION_H
+#define LB_VERSION_H
+
+#define LB_VERSION "0.2.0"
+
+#endif
