@@ -660,6 +660,8 @@ int lb_cidr_parse(const char *s, struct lb_cidr *out)
     if (slash != NULL) {
         char *end;
         errno = 0;
+        if (slash[1] < '0' || slash[1] > '9')
+            return -1;
         unsigned long p = strtoul(slash + 1, &end, 10);
         if (errno != 0 || end == slash + 1 || *end != '\0' || p > max)
             return -1;
@@ -829,6 +831,9 @@ int lb_config_load(const char *path, struct lb_config **out, char *err, size_t e
         snprintf(err, errlen, "%s:0: cannot open: %s", path, strerror(errno));
         goto out;
     }
+    /* libconfig names settings by the path it read: errors without a
+     * setting use the same one, so every message names the file alike. */
+    ld.path = cfg->path;
     /* @include "x.conf" is relative to the main file's directory. */
     char *dir = strdup(cfg->path);
     if (dir == NULL) {

@@ -444,7 +444,7 @@ class Lbd:
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
             preexec_fn=_set_pdeathsig)
         self.pid = self.proc.pid
-        self.seen_workers = set()           # every worker pid observed (for cleanup)
+        self.seen_workers = set()           # every child pid observed (for cleanup)
         self.exit_checked = False
         if wait:
             self.wait_ready(workers)
@@ -494,9 +494,10 @@ class Lbd:
         out = {}
         for pid in proc_children(self.pid):
             title = proc_title(pid) or ""
+            if title.startswith("lbd:"):
+                self.seen_workers.add(pid)      # workers and any helper process
             m = re.match(r"lbd: worker (\d+)$", title)
             if m:
-                self.seen_workers.add(pid)
                 out.setdefault(int(m.group(1)), []).append(pid)
         return {k: max(v) for k, v in out.items()}
 
@@ -525,6 +526,7 @@ class Lbd:
             if not self.alive():
                 raise AssertionError(f"lbd exited with {self.proc.returncode}:\n{self.log()}")
             raise
+        self.worker_pids()      # remember every child, for the cleanup
 
     # -- control ----------------------------------------------------------
 
@@ -579,9 +581,16 @@ class Lbd:
                 problems.append(f"lbd exited with {rc} after SIGTERM")
         elif self.proc.returncode != 0:
             problems.append(f"lbd had exited by itself with {self.proc.returncode}")
-        for pid in sorted(self.seen_workers):
+        # Children exit with the master (it waits for its workers; others
+        # follow through PR_SET_PDEATHSIG): give them a moment, then kill.
+        ours = [p for p in self.seen_workers if (proc_title(p) or "").startswith("lbd:")]
+        try:
+            wait_for(lambda: not any(pid_alive(p) for p in ours), 5, what="lbd's children to exit")
+        except Timeout:
+            pass
+        for pid in sorted(ours):
             if pid_alive(pid) and (proc_title(pid) or "").startswith("lbd:"):
-                problems.append(f"worker pid {pid} outlived the master")
+                problems.append(f"{proc_title(pid)} (pid {pid}) outlived the master")
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:

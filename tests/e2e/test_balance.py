@@ -2,7 +2,7 @@
 import threading
 import time
 
-from lbdtest import HttpConn, LbdTestCase, wait_for
+from lbdtest import HttpConn, LbdTestCase, free_port, lbd_config, wait_for
 
 
 def hammer(addr, total, nconns, target="/", deadline_s=90.0):
@@ -83,6 +83,20 @@ class BalanceTest(LbdTestCase):
             want = w / 7
             self.assertLess(abs(share - want), 0.03 * want,
                             f"{be.name}: {per[be.addr]} of {total} ({share:.4f}, want {want:.4f})")
+
+    def test_weight_zero_is_out_of_rotation(self):
+        """weight 0 excludes a server, in both strategies."""
+        bs = self.start_backends("b1", "b2", "b3")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        servers = [(bs[0].addr, 1), (bs[1].addr, 0), (bs[2].addr, 1)]
+        cfg = lbd_config(listen, [{"name": "rr", "servers": servers},
+                                  {"name": "wrr", "strategy": "weighted_round_robin",
+                                   "servers": [(bs[0].addr, 2), (bs[1].addr, 0), (bs[2].addr, 1)]}],
+                         routes=[("*", "/", "rr"), ("*", "/w", "wrr")], workers=2)
+        self.start_lbd(cfg, listen, workers=2)
+        self.assertEqual([self.get("/").backend for _ in range(6)], ["b1", "b3"] * 3)
+        self.assertEqual([self.get("/w").backend for _ in range(6)], ["b1", "b3", "b1"] * 2)
 
     def test_snapshot_counters(self):
         """After exactly N requests: totals.requests == N, the per-server

@@ -98,7 +98,6 @@ class ConfigTestTest(LbdTestCase):
         self.assertIn(b"test is successful", p.stderr)
 
     def test_missing_file(self):
-        rc, err, _ = self.check(BASE)
         p = subprocess.run([self.lbd_bin, "-t", "-c", self.path("nope.conf")],
                            stderr=subprocess.PIPE, timeout=10)
         self.assertEqual(p.returncode, 1)

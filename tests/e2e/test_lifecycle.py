@@ -528,7 +528,7 @@ class StartupTest(LbdTestCase):
         (b,) = self.start_backends("b1")
         lbd = self.simple_lbd([b], workers=1)
         p = subprocess.run([self.lbd_bin, "-c", lbd.config_path], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, timeout=10, preexec_fn=None)
+                           stderr=subprocess.PIPE, timeout=10)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertEqual(http_get(lbd.listen, "/").status, 200)
 
@@ -568,6 +568,21 @@ class StartupTest(LbdTestCase):
             self.assertTrue(proc_cmdline(pid)[0].startswith(f"lbd: worker {i}"))
         self.assertEqual(len(lbd3.running_workers()), 3)
         self.assertTrue(proc_cmdline(lbd3.pid)[0].startswith("lbd: master"))
+
+    def test_workers_option_survives_reload(self):
+        """-w N overrides the file's workers, across reloads too."""
+        (b,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}], workers=2)
+        lbd = self.start_lbd(cfg, listen, args=["-w", "3"], workers=3)
+        _, after = lbd.reload(cfg)
+
+        def settled():
+            ws = lbd.snapshot()["workers"]
+            return len(ws) == 3 and all(w["generation"] == after["generation"] for w in ws)
+        wait_for(settled, 15, what="three workers of the new generation, and no others")
+        self.assertEqual(sorted(lbd.worker_pids()), [0, 1, 2])
 
     def test_pid_file(self):
         """-p writes the master pid, removed at a clean stop."""

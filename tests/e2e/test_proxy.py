@@ -4,7 +4,7 @@ import unittest
 
 import lbdtest
 from lbdtest import (HttpConn, LbdTestCase, free_port, http_get, lbd_config, parse_status,
-                     pattern_body, raw_exchange)
+                     pattern_body, raw_exchange, split_hostport)
 
 
 class KeepAliveTest(LbdTestCase):
@@ -118,8 +118,23 @@ class BodyTest(LbdTestCase):
         self.simple_lbd([self.b], workers=2)
 
     def test_request_body_content_length(self):
-        """A 1 MB POST body with Content-Length reaches the backend whole."""
+        """A 1 MB POST body with Content-Length reaches the backend whole
+        (http.client, a stock client, on one keep-alive connection)."""
+        import http.client
+        host, port = split_hostport(self.lbd.listen)
         body = pattern_body(1 << 20)
+        c = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            for _ in range(2):
+                c.request("POST", "/upload", body=body,
+                          headers={"Content-Type": "application/octet-stream"})
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.getheader("X-Body-Bytes"), str(len(body)))
+        finally:
+            c.close()
+        # The same over the raw client.
         r = http_get(self.lbd.listen, "/upload", method="POST", body=body, timeout=30)
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.header("X-Body-Bytes"), str(len(body)))
@@ -240,6 +255,26 @@ class ErrorsTest(LbdTestCase):
 
     def test_404_no_route(self):
         self.check_error(404, "/", "elsewhere.test")
+
+    def test_slow_upload_is_not_a_backend_timeout(self):
+        """backend_response runs from "request sent" (etc/lbd.conf): a client
+        pausing mid-body longer than backend_response (1 s here) but within
+        the client timeouts is not answered 504, nor counted against the
+        backend, which was only waiting for the body."""
+        import time
+        with HttpConn(self.lbd.listen, timeout=15) as c:
+            c.send(b"POST /up HTTP/1.1\r\nHost: web.test\r\nContent-Length: 10\r\n\r\n12345")
+            time.sleep(2.0)
+            try:
+                c.send(b"67890")
+            except OSError:
+                pass        # lbd already gave up; the response says why
+            r = c.read_response()
+        self.assertEqual(r.status, 200, f"{r!r} {r.body!r}")
+        self.assertEqual(r.header("X-Body-Bytes"), "10")
+        snap = self.lbd.snapshot()
+        (web,) = [s for p in snap["pools"] if p["name"] == "web" for s in p["servers"]]
+        self.assertEqual(web["failures"], 0, web)
 
     def test_error_counters(self):
         """Errors show in the snapshot: 5xx/4xx classes, server failures."""

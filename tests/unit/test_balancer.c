@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shared/shm.h"
 #include "worker/balancer.h"
 #include "tests/unit/suites.h"
 
@@ -219,8 +220,12 @@ END_TEST
 
 /* ---- lb_balancer on hand-built pools ----------------------------------------- */
 
+/* A pool and the shared state of its servers (as the master publishes it:
+ * the configured weight, UP, not draining). */
 struct test_pool {
     struct lb_server_cfg servers[32];
+    struct lb_shm_backend shm[32];
+    struct lb_shm_backend *backends[32];
     struct lb_pool_cfg pool;
 };
 
@@ -228,12 +233,23 @@ static void make_pool(struct test_pool *tp, enum lb_strategy strategy, const uns
 {
     memset(tp, 0, sizeof(*tp));
     ck_assert_uint_le(n, LB_ARRAY_SIZE(tp->servers));
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         tp->servers[i].weight = w[i];
+        snprintf(tp->servers[i].address, sizeof(tp->servers[i].address), "10.0.0.%zu:80", i + 1);
+        atomic_store(&tp->shm[i].weight, w[i]);
+        atomic_store(&tp->shm[i].health, LB_HEALTH_UP);
+        tp->backends[i] = &tp->shm[i];
+    }
     snprintf(tp->pool.name, sizeof(tp->pool.name), "test");
     tp->pool.strategy = strategy;
     tp->pool.servers = tp->servers;
     tp->pool.nservers = n;
+}
+
+static int pick(struct lb_balancer *b)
+{
+    static const struct lb_pick_ctx ctx = { .now_ms = 1000 };
+    return lb_balancer_pick(b, &ctx);
 }
 
 START_TEST(test_rr_ignores_weights)
@@ -242,12 +258,12 @@ START_TEST(test_rr_ignores_weights)
     struct test_pool tp;
     struct lb_balancer b;
     make_pool(&tp, LB_STRATEGY_ROUND_ROBIN, w, 4);
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
     ck_assert_ptr_eq(b.cursor, &b.private_cursor);
     /* Equal shares among 0, 2, 3; weight 0 still excludes server 1. */
     static const int want[] = { 0, 2, 3 };
     for (int k = 0; k < 30; k++)
-        ck_assert_int_eq(lb_balancer_pick(&b), want[k % 3]);
+        ck_assert_int_eq(pick(&b), want[k % 3]);
     lb_balancer_destroy(&b);
 }
 END_TEST
@@ -258,18 +274,18 @@ START_TEST(test_wrr_follows_weights)
     struct test_pool tp;
     struct lb_balancer b;
     make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
     static const int want[] = { 0, 0, 1, 0, 2, 0, 0 };
     for (int k = 0; k < 70; k++)
-        ck_assert_int_eq(lb_balancer_pick(&b), want[k % 7]);
+        ck_assert_int_eq(pick(&b), want[k % 7]);
     lb_balancer_destroy(&b);
 
     /* A weight-0 server is never picked. */
     static const unsigned w0[] = { 3, 0, 1 };
     make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w0, 3);
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
     for (int k = 0; k < 100; k++)
-        ck_assert_int_ne(lb_balancer_pick(&b), 1);
+        ck_assert_int_ne(pick(&b), 1);
     lb_balancer_destroy(&b);
 }
 END_TEST
@@ -281,15 +297,15 @@ START_TEST(test_all_zero_picks_none)
         struct test_pool tp;
         struct lb_balancer b;
         make_pool(&tp, s ? LB_STRATEGY_WEIGHTED_ROUND_ROBIN : LB_STRATEGY_ROUND_ROBIN, w, 3);
-        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
         for (int k = 0; k < 5; k++)
-            ck_assert_int_eq(lb_balancer_pick(&b), -1);
+            ck_assert_int_eq(pick(&b), -1);
         lb_balancer_destroy(&b);
 
         /* No servers at all. */
         make_pool(&tp, s ? LB_STRATEGY_WEIGHTED_ROUND_ROBIN : LB_STRATEGY_ROUND_ROBIN, w, 0);
-        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
-        ck_assert_int_eq(lb_balancer_pick(&b), -1);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+        ck_assert_int_eq(pick(&b), -1);
         lb_balancer_destroy(&b);
     }
 }
@@ -301,7 +317,7 @@ static void check_split(enum lb_strategy strategy, const unsigned *w, size_t n, 
     struct test_pool tp;
     struct lb_balancer b;
     make_pool(&tp, strategy, w, n);
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
 
     unsigned eff[32], g = 0, total = 0;
     for (size_t i = 0; i < n; i++) {
@@ -320,7 +336,7 @@ static void check_split(enum lb_strategy strategy, const unsigned *w, size_t n, 
     for (size_t k = 0; k < picks % total; k++)
         want[cyc[k]]++;
     for (unsigned k = 0; k < picks; k++) {
-        int s = lb_balancer_pick(&b);
+        int s = pick(&b);
         ck_assert_int_ge(s, 0);
         ck_assert_int_lt(s, (int)n);
         got[s]++;
@@ -339,10 +355,10 @@ START_TEST(test_split_exact)
     struct test_pool tp;
     struct lb_balancer b;
     make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w1, 3);
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, NULL), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
     unsigned got[3] = { 0 };
     for (int k = 0; k < 10000; k++)
-        got[lb_balancer_pick(&b)]++;
+        got[pick(&b)]++;
     ck_assert_uint_eq(got[0], 1428 * 5 + 3);
     ck_assert_uint_eq(got[1], 1428 + 1);
     ck_assert_uint_eq(got[2], 1428);
@@ -374,12 +390,12 @@ START_TEST(test_shared_cursor)
     make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
     lb_counter_t cursor = 0;
     struct lb_balancer a, b;
-    ck_assert_int_eq(lb_balancer_init(&a, &tp.pool, &cursor), 0);
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, &cursor), 0);
+    ck_assert_int_eq(lb_balancer_init(&a, &tp.pool, tp.backends, &cursor), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, &cursor), 0);
     ck_assert_ptr_eq(a.cursor, &cursor);
     for (int k = 0; k < 70; k++) {
         struct lb_balancer *x = (rng() & 1) ? &a : &b;
-        ck_assert_int_eq(lb_balancer_pick(x), want[k % 7]);
+        ck_assert_int_eq(pick(x), want[k % 7]);
     }
     ck_assert_uint_eq(atomic_load(&cursor), 70);
     lb_balancer_destroy(&a);
@@ -396,13 +412,323 @@ START_TEST(test_cursor_wraps)
     make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
     lb_counter_t cursor = UINT64_MAX - 3;
     struct lb_balancer b;
-    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, &cursor), 0);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, &cursor), 0);
     for (int k = 0; k < 10; k++) {
-        int s = lb_balancer_pick(&b);
+        int s = pick(&b);
         ck_assert_int_ge(s, 0);
         ck_assert_int_lt(s, 3);
     }
     lb_balancer_destroy(&b);
+}
+END_TEST
+
+/* ---- shared state: down, draining, runtime weight ------------------------------ */
+
+START_TEST(test_rr_skips_unusable)
+{
+    static const unsigned w[] = { 5, 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+
+    /* 0 down: its turns are skipped, 1 and 2 keep their equal shares. */
+    atomic_store(&tp.shm[0].health, LB_HEALTH_DOWN);
+    for (int k = 0; k < 20; k++)
+        ck_assert_int_eq(pick(&b), 1 + k % 2);
+    /* 1 draining as well: only 2. */
+    atomic_store(&tp.shm[1].drain, 1);
+    for (int k = 0; k < 10; k++)
+        ck_assert_int_eq(pick(&b), 2);
+    /* 2 weighted to 0 at run time: nobody. */
+    atomic_store(&tp.shm[2].weight, 0);
+    ck_assert_int_eq(pick(&b), -1);
+    /* Back to normal: the cycle's proportions over whole cycles. */
+    atomic_store(&tp.shm[0].health, LB_HEALTH_UP);
+    atomic_store(&tp.shm[1].drain, 0);
+    atomic_store(&tp.shm[2].weight, 1);
+    unsigned got[3] = { 0 };
+    for (int k = 0; k < 700; k++)
+        got[pick(&b)]++;
+    ck_assert_uint_eq(got[0], 500);
+    ck_assert_uint_eq(got[1], 100);
+    ck_assert_uint_eq(got[2], 100);
+
+    /* Passively down without active checks: usable again after the cooldown. */
+    atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
+    atomic_store(&tp.shm[1].down_reason, LB_DOWN_PASSIVE);
+    atomic_store(&tp.shm[1].passive_until_ms, 5000);     /* pick() says now = 1000 */
+    for (int k = 0; k < 70; k++)
+        ck_assert_int_ne(pick(&b), 1);
+    atomic_store(&tp.shm[1].passive_until_ms, 1000);
+    memset(got, 0, sizeof(got));
+    for (int k = 0; k < 70; k++)
+        got[pick(&b)]++;
+    ck_assert_uint_eq(got[1], 10);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_rr_proportions_with_one_down)
+{
+    /* Skipping takes the next ticket: the others keep their ratio exactly. */
+    static const unsigned w[] = { 3, 2, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, w, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    atomic_store(&tp.shm[2].health, LB_HEALTH_DOWN);
+    unsigned got[3] = { 0 };
+    for (int k = 0; k < 5000; k++)
+        got[pick(&b)]++;
+    ck_assert_uint_eq(got[0], 3000);
+    ck_assert_uint_eq(got[1], 2000);
+    ck_assert_uint_eq(got[2], 0);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+/* ---- the other strategies --------------------------------------------------------- */
+
+START_TEST(test_least_connections)
+{
+    static const unsigned w[] = { 1, 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_LEAST_CONNECTIONS, w, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+
+    /* Ties go round the pool. */
+    unsigned got[3] = { 0 };
+    for (int k = 0; k < 30; k++)
+        got[pick(&b)]++;
+    ck_assert_uint_eq(got[0], 10);
+    ck_assert_uint_eq(got[1], 10);
+    ck_assert_uint_eq(got[2], 10);
+
+    atomic_store(&tp.shm[0].inflight, 5);
+    atomic_store(&tp.shm[1].inflight, 2);
+    atomic_store(&tp.shm[2].inflight, 9);
+    for (int k = 0; k < 10; k++)
+        ck_assert_int_eq(pick(&b), 1);
+    /* The least loaded is skipped when down or draining. */
+    atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
+    ck_assert_int_eq(pick(&b), 0);
+    atomic_store(&tp.shm[0].drain, 1);
+    ck_assert_int_eq(pick(&b), 2);
+    atomic_store(&tp.shm[2].weight, 0);
+    ck_assert_int_eq(pick(&b), -1);
+    /* A negative gauge (a race at reap) counts as zero. */
+    atomic_store(&tp.shm[1].health, LB_HEALTH_UP);
+    atomic_store(&tp.shm[1].inflight, -3);
+    ck_assert_int_eq(pick(&b), 1);
+    lb_balancer_destroy(&b);
+
+    /* Per unit of weight: 3 in flight on weight 3 is lighter than 1 on 1. */
+    static const unsigned w2[] = { 1, 3 };
+    make_pool(&tp, LB_STRATEGY_LEAST_CONNECTIONS, w2, 2);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    atomic_store(&tp.shm[0].inflight, 1);
+    atomic_store(&tp.shm[1].inflight, 3);
+    for (int k = 0; k < 4; k++)
+        ck_assert_int_eq(pick(&b), 1);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_random)
+{
+    static const unsigned w[] = { 1, 0, 3 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_RANDOM, w, 3);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    unsigned got[3] = { 0 };
+    for (int k = 0; k < 40000; k++) {
+        int s = pick(&b);
+        ck_assert(s == 0 || s == 2);
+        got[s]++;
+    }
+    /* Expected 10000 / 30000; the bounds are > 10 standard deviations wide. */
+    ck_assert_uint_gt(got[0], 9000);
+    ck_assert_uint_lt(got[0], 11000);
+    atomic_store(&tp.shm[2].health, LB_HEALTH_DOWN);
+    for (int k = 0; k < 100; k++)
+        ck_assert_int_eq(pick(&b), 0);
+    atomic_store(&tp.shm[0].drain, 1);
+    ck_assert_int_eq(pick(&b), -1);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_power_of_two)
+{
+    static const unsigned w[] = { 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_POWER_OF_TWO, w, 2);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    atomic_store(&tp.shm[0].inflight, 100);
+    unsigned got[2] = { 0 };
+    for (int k = 0; k < 1000; k++)
+        got[pick(&b)]++;
+    /* Whenever both are drawn the idle one wins (about 97% of picks). */
+    ck_assert_uint_gt(got[1], 900);
+    atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
+    for (int k = 0; k < 20; k++)
+        ck_assert_int_eq(pick(&b), 0);
+    atomic_store(&tp.shm[0].health, LB_HEALTH_DOWN);
+    ck_assert_int_eq(pick(&b), -1);
+    lb_balancer_destroy(&b);
+}
+END_TEST
+
+START_TEST(test_least_time)
+{
+    static const unsigned w[] = { 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_LEAST_TIME, w, 2);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    lb_backend_observe(&tp.shm[0], 50000, 1000000);
+    lb_backend_observe(&tp.shm[1], 2000, 1000000);
+    unsigned got[2] = { 0 };
+    for (int k = 0; k < 1000; k++)
+        got[pick(&b)]++;
+    ck_assert_uint_gt(got[1], 900);
+    lb_balancer_destroy(&b);
+
+    /* Peak EWMA: a slower sample is taken at once, a faster one decays in. */
+    struct lb_shm_backend sb;
+    memset(&sb, 0, sizeof(sb));
+    lb_backend_observe(&sb, 1000, 10000000);
+    ck_assert_uint_eq(atomic_load(&sb.ewma_us), 1000);
+    lb_backend_observe(&sb, 5000, 10000000);
+    ck_assert_uint_eq(atomic_load(&sb.ewma_us), 5000);
+    lb_backend_observe(&sb, 100, 20000000);      /* 10 s later: weight e^-1 */
+    uint64_t e = atomic_load(&sb.ewma_us);
+    ck_assert_uint_gt(e, 1900);                    /* 5000/e + 100(1-1/e) = 1902 */
+    ck_assert_uint_lt(e, 1905);
+    lb_backend_observe(&sb, 100, 20000000);      /* no time passed: unchanged */
+    ck_assert_uint_eq(atomic_load(&sb.ewma_us), e);
+}
+END_TEST
+
+/* Which server (by address) each of NKEYS keys lands on. */
+#define NKEYS 2000
+static void hash_map(struct test_pool *tp, const char **out)
+{
+    struct lb_balancer b;
+    ck_assert_int_eq(lb_balancer_init(&b, &tp->pool, tp->backends, NULL), 0);
+    for (unsigned k = 0; k < NKEYS; k++) {
+        char key[32];
+        int n = snprintf(key, sizeof(key), "client-%u", k);
+        struct lb_pick_ctx ctx = { .now_ms = 1000, .key = lb_balancer_key(key, (size_t)n) };
+        int s = lb_balancer_pick(&b, &ctx);
+        out[k] = s < 0 ? NULL : tp->servers[s].address;
+    }
+    lb_balancer_destroy(&b);
+}
+
+START_TEST(test_hash_consistent)
+{
+    static const char *before[NKEYS], *after[NKEYS], *again[NKEYS];
+    static const unsigned w[] = { 1, 1, 2, 1, 1 };
+    static struct test_pool tp;
+    make_pool(&tp, LB_STRATEGY_HASH, w, 5);
+    hash_map(&tp, before);
+    hash_map(&tp, again);
+    unsigned per[5] = { 0 };
+    for (unsigned k = 0; k < NKEYS; k++) {
+        ck_assert_ptr_nonnull(before[k]);
+        ck_assert_str_eq(before[k], again[k]);      /* deterministic */
+        per[before[k][7] - '1']++;                  /* "10.0.0.N:80" */
+    }
+    /* Roughly by weight: 1/6, 1/6, 2/6, 1/6, 1/6. */
+    for (int i = 0; i < 5; i++) {
+        double share = (double)per[i] / NKEYS, want = w[i] / 6.0;
+        ck_assert_msg(share > want * 0.6 && share < want * 1.4, "server %d: %.3f of keys, want %.3f",
+                      i, share, want);
+    }
+
+    /* A server down: only its keys move. */
+    atomic_store(&tp.shm[3].health, LB_HEALTH_DOWN);
+    hash_map(&tp, after);
+    for (unsigned k = 0; k < NKEYS; k++) {
+        ck_assert_ptr_nonnull(after[k]);
+        ck_assert_str_ne(after[k], "10.0.0.4:80");
+        if (strcmp(before[k], "10.0.0.4:80") != 0)
+            ck_assert_str_eq(after[k], before[k]);
+    }
+    atomic_store(&tp.shm[3].health, LB_HEALTH_UP);
+
+    /* Server removed from the configuration, the others reordered: keys
+     * follow addresses, not positions; only the removed server's move. */
+    static struct test_pool tp2;
+    static const unsigned w2[] = { 1, 1, 1, 2 };
+    make_pool(&tp2, LB_STRATEGY_HASH, w2, 4);
+    static const char *const order[] = { "10.0.0.5:80", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80" };
+    for (int i = 0; i < 4; i++)
+        snprintf(tp2.servers[i].address, sizeof(tp2.servers[i].address), "%s", order[i]);
+    hash_map(&tp2, after);
+    for (unsigned k = 0; k < NKEYS; k++) {
+        ck_assert_ptr_nonnull(after[k]);
+        if (strcmp(before[k], "10.0.0.4:80") != 0)
+            ck_assert_msg(strcmp(after[k], before[k]) == 0, "key %u moved from %s to %s",
+                          k, before[k], after[k]);
+    }
+
+    /* All down: nobody. */
+    for (int i = 0; i < 5; i++)
+        atomic_store(&tp.shm[i].drain, 1);
+    hash_map(&tp, after);
+    ck_assert_ptr_null(after[0]);
+}
+END_TEST
+
+START_TEST(test_passive_health)
+{
+    struct lb_pool_cfg pool = { .passive = { .failures = 3, .cooldown_ms = 5000 } };
+    struct lb_shm_backend sb;
+    memset(&sb, 0, sizeof(sb));
+    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
+    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
+    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_UP);
+    /* A success resets the count. */
+    ck_assert(!lb_backend_report(&sb, true, &pool, 1000));
+    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
+    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
+    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
+    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_DOWN);
+    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_PASSIVE);
+    ck_assert(!lb_backend_usable(&sb, 5999));
+    ck_assert(lb_backend_usable(&sb, 6000));
+    /* Only the call that took it down says so. */
+    ck_assert(!lb_backend_report(&sb, false, &pool, 7000));
+    ck_assert(!lb_backend_usable(&sb, 11999));      /* the retry failed: another cooldown */
+    ck_assert(lb_backend_usable(&sb, 12000));
+    /* One success brings it back. */
+    ck_assert(!lb_backend_report(&sb, true, &pool, 12000));
+    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_UP);
+    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_NONE);
+    ck_assert(lb_backend_usable(&sb, 0));
+
+    /* With active checks, only the checks bring it back. */
+    pool.health.enabled = true;
+    memset(&sb, 0, sizeof(sb));
+    for (int i = 0; i < 2; i++)
+        lb_backend_report(&sb, false, &pool, 1000);
+    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
+    ck_assert(!lb_backend_usable(&sb, UINT64_MAX));
+    lb_backend_report(&sb, true, &pool, 2000);
+    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_DOWN);
+
+    /* failures = 0: passive health off. */
+    struct lb_pool_cfg off = { .passive = { .failures = 0 } };
+    memset(&sb, 0, sizeof(sb));
+    for (int i = 0; i < 100; i++)
+        ck_assert(!lb_backend_report(&sb, false, &off, 1000));
+    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_UP);
 }
 END_TEST
 
@@ -427,6 +753,17 @@ Suite *balancer_suite(void)
     tcase_add_test(tc, test_split_exact);
     tcase_add_test(tc, test_shared_cursor);
     tcase_add_test(tc, test_cursor_wraps);
+    tcase_add_test(tc, test_rr_skips_unusable);
+    tcase_add_test(tc, test_rr_proportions_with_one_down);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("strategies");
+    tcase_add_test(tc, test_least_connections);
+    tcase_add_test(tc, test_random);
+    tcase_add_test(tc, test_power_of_two);
+    tcase_add_test(tc, test_least_time);
+    tcase_add_test(tc, test_hash_consistent);
+    tcase_add_test(tc, test_passive_health);
     suite_add_tcase(s, tc);
     return s;
 }

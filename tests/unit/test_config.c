@@ -303,6 +303,22 @@ START_TEST(test_durations)
 }
 END_TEST
 
+START_TEST(test_example_config)
+{
+    /* The shipped example loads (make unit runs from the top directory). */
+    if (access("etc/lbd.conf", R_OK) != 0)
+        return;
+    struct lb_config *cfg = NULL;
+    char err[512] = "";
+    int rc = lb_config_load("etc/lbd.conf", &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "etc/lbd.conf: %s", err);
+    ck_assert_uint_ge(cfg->nlisteners, 1);
+    ck_assert_uint_ge(cfg->npools, 1);
+    ck_assert_uint_ge(cfg->nroutes, 1);
+    lb_config_free(cfg);
+}
+END_TEST
+
 START_TEST(test_missing_file)
 {
     struct lb_config *cfg = NULL;
@@ -757,6 +773,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_workers_auto);
     tcase_add_test(tc, test_durations);
+    tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("errors");
