@@ -486,10 +486,11 @@ static int lb_master_daemonize(void)
     int fd = open("/dev/null", O_RDWR);
     if (fd < 0)
         return -1;
+    /* Keep no tie to the caller's terminal or pipe: a pipe reader would
+     * otherwise wait for the daemon's end. */
     dup2(fd, 0);
     dup2(fd, 1);
-    if (lb_log_fd() != 2)
-        dup2(fd, 2);
+    dup2(fd, 2);
     if (fd > 2)
         close(fd);
     return 0;
@@ -576,6 +577,8 @@ static int lb_master_start(struct lb_master *m)
     }
     if (lb_master_open_log(m->cfg) < 0)
         return -1;
+    if (m->opt->daemonize && m->cfg->error_log == NULL)
+        lb_log_warn("running in the background without error_log: log lines are discarded");
     if (m->opt->daemonize && lb_master_daemonize() < 0) {
         lb_log_error("daemonizing failed (%d: %s)", errno, strerror(errno));
         return -1;

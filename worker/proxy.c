@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -54,6 +55,7 @@ struct lb_session {
     bool counted_failure;               /* a 5xx already reported (on_5xx) */
     bool shut;                          /* CLOSING: our FIN is sent */
     bool peer_trusted;                  /* client is in trusted_proxies */
+    unsigned served;                    /* exchanges completed on this connection */
     bool upgrade;                       /* request asks for a protocol upgrade */
     uint8_t req_minor;
     uint32_t req_flags;
@@ -182,12 +184,13 @@ static void lb_set_timeouts(struct bufferevent *bev, uint64_t read_ms, uint64_t 
     bufferevent_set_timeouts(bev, read_ms ? &rd : NULL, write_ms ? &wr : NULL);
 }
 
-/* Backend connection timeouts once connected: first byte/between reads,
- * and stalled writes, from the pool's timeouts. */
+/* Backend connection timeouts once connected, from the pool's timeouts:
+ * stalled writes always; backend_response only once the whole request is
+ * sent (a slow upload is the client's time, judged by client_body). */
 static void lb_session_up_timeouts(struct lb_session *s)
 {
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
-    lb_set_timeouts(s->up->bev, t->backend_response_ms, t->send_ms);
+    lb_set_timeouts(s->up->bev, s->req_done ? t->backend_response_ms : 0, t->send_ms);
 }
 
 static void lb_session_set_idle(struct lb_session *s)
@@ -260,12 +263,21 @@ static void lb_session_linger(struct lb_session *s)
     lb_session_log(s);
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
-    event_del(&s->client_timer);
     event_del(&s->deadline_timer);
-    struct timeval tv = lb_tv(LB_LINGER_MS);
-    bufferevent_set_timeouts(s->client, &tv, &tv);
+    /* The whole linger is bounded (a client trickling bytes cannot hold
+     * it), as are the flush and each read within it. */
+    lb_timer_arm(&s->client_timer, LB_LINGER_MS);
+    lb_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
+    bool flushed = evbuffer_get_length(bufferevent_get_output(s->client)) == 0;
+    if (s->client_eof) {
+        /* The client already sent its FIN: flush, then close. */
+        bufferevent_disable(s->client, EV_READ);
+        if (flushed)
+            lb_session_close(s);
+        return;
+    }
     bufferevent_enable(s->client, EV_READ | EV_WRITE);
-    if (evbuffer_get_length(bufferevent_get_output(s->client)) == 0 && !s->shut) {
+    if (flushed && !s->shut) {
         s->shut = true;
         shutdown(bufferevent_getfd(s->client), SHUT_WR);
     }
@@ -332,6 +344,7 @@ static void lb_session_error(struct lb_session *s, int status)
         evbuffer_drain(bufferevent_get_input(s->client), s->head_len);
         lb_counter_add(&s->w->slot_stats->bytes_in, s->head_len);
     }
+    s->served++;
     lb_session_reset_request(s);
     lb_session_set_idle(s);
     lb_session_try_head(s);
@@ -551,6 +564,8 @@ static void lb_forward_request_body(struct lb_session *s)
      * dripping a byte a second is cut, a slow but honest upload is not. */
     if (s->req_done) {
         event_del(&s->client_timer);
+        if (s->up->connected)
+            lb_session_up_timeouts(s);
     } else if (s->body_progress >= LB_BODY_PROGRESS || !evtimer_pending(&s->client_timer, NULL)) {
         s->body_progress = 0;
         lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.client_body_ms);
@@ -588,6 +603,7 @@ static void lb_session_finish(struct lb_session *s)
         lb_session_backend_done(s);
     lb_session_release_up(s, reusable);
     lb_session_log(s);
+    s->served++;
     if (!s->keepalive || !s->req_done || s->client_eof || s->w->draining) {
         lb_session_linger(s);
         return;
@@ -1020,6 +1036,9 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     size_t hlen = host ? host->value_len : 0, plen = m->target_len;
     /* RFC 9112 3.2.2: an absolute-form target's authority replaces Host. */
     lb_http_absolute_target(m->target, m->target_len, &hval, &hlen, &path, &plen);
+    if (plen == 1 && path[0] == '*') {
+        path = "/";             /* OPTIONS *: the server as a whole */
+    }
     const struct lb_route_cfg *r = lb_route_match(w->cfg, hval, hlen, path, plen);
     if (r == NULL) {
         lb_session_error(s, 404);
@@ -1062,6 +1081,10 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct lb_session *s = arg;
+    if (s->state == LB_S_CLOSING) {
+        lb_session_close(s);    /* linger time is up */
+        return;
+    }
     if (s->state == LB_S_TUNNEL) {
         lb_count_timeout(s, LB_TO_TUNNEL);
         lb_session_close(s);
@@ -1182,7 +1205,11 @@ static void lb_client_write(struct bufferevent *bev, void *arg)
     (void)bev;
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
-        if (!s->shut && evbuffer_get_length(bufferevent_get_output(s->client)) == 0) {
+        if (evbuffer_get_length(bufferevent_get_output(s->client)) != 0)
+            return;
+        if (s->client_eof) {
+            lb_session_close(s);
+        } else if (!s->shut) {
             s->shut = true;
             shutdown(bufferevent_getfd(s->client), SHUT_WR);
         }
@@ -1199,6 +1226,13 @@ static void lb_client_event(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
+        if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
+            evbuffer_get_length(bufferevent_get_output(s->client)) != 0) {
+            /* Their FIN before our last bytes left: finish sending first. */
+            s->client_eof = true;
+            bufferevent_disable(s->client, EV_READ);
+            return;
+        }
         lb_session_close(s);    /* the client's FIN, an error, or linger time up */
         return;
     }
@@ -1214,8 +1248,11 @@ static void lb_client_event(struct bufferevent *bev, short what, void *arg)
         s->keepalive = false;
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && s->state == LB_S_PROXY) {
-        /* Waiting on the backend is not the client's idleness. */
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+        (s->state == LB_S_PROXY ||
+         (s->state == LB_S_HEAD && evtimer_pending(&s->client_timer, NULL)))) {
+        /* Waiting on the backend is not the client's idleness, and a head
+         * in progress is client_header's to judge (it answers 408). */
         bufferevent_enable(s->client, EV_READ);
         return;
     }
@@ -1270,9 +1307,14 @@ void lb_proxy_drain(struct lb_worker *w)
     lb_list_foreach_safe(pos, tmp, &w->sessions) {
         struct lb_session *s = LB_CONTAINER_OF(pos, struct lb_session, node);
         /* Idle keep-alive connections go now; the others close after their
-         * current response (lb_session_finish sees w->draining). */
-        if (s->state == LB_S_HEAD &&
-            evbuffer_get_length(bufferevent_get_input(s->client)) == 0)
+         * current response (lb_session_finish sees w->draining). A fresh
+         * connection is not idle: its first request may be on its way. And
+         * bytes already in the kernel mean a request: serve it. */
+        if (s->state != LB_S_HEAD || s->served == 0 ||
+            evbuffer_get_length(bufferevent_get_input(s->client)) != 0)
+            continue;
+        int pending = 0;
+        if (ioctl(bufferevent_getfd(s->client), FIONREAD, &pending) == 0 && pending == 0)
             lb_session_close(s);
     }
 }
