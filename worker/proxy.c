@@ -12,13 +12,13 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <event2/util.h>
 
 #include "shared/log.h"
 #include "worker/accesslog.h"
+#include "worker/conn.h"
 #include "worker/route.h"
 #include "worker/upstream.h"
 
@@ -32,7 +32,7 @@ enum lb_session_state {
 struct lb_session {
     struct lb_list node;
     struct lb_worker *w;
-    struct bufferevent *client;
+    struct lb_conn *client;
     struct lb_upconn *up;               /* NULL outside PROXY */
     struct lb_server_rt *server;
     struct event client_timer;          /* client_header, then client_body progress */
@@ -54,6 +54,7 @@ struct lb_session {
     bool up_eof;                        /* the backend closed its side */
     bool counted_failure;               /* a 5xx already reported (on_5xx) */
     bool shut;                          /* CLOSING: our FIN is sent */
+    bool quick_close;                   /* CLOSING without lingering */
     bool peer_trusted;                  /* client is in trusted_proxies */
     unsigned served;                    /* exchanges completed on this connection */
     bool upgrade;                       /* request asks for a protocol upgrade */
@@ -76,9 +77,9 @@ struct lb_session {
 static void lb_session_close(struct lb_session *s);
 static void lb_session_try_head(struct lb_session *s);
 static void lb_session_error(struct lb_session *s, int status);
-static void lb_up_read(struct bufferevent *bev, void *arg);
-static void lb_up_write(struct bufferevent *bev, void *arg);
-static void lb_up_event(struct bufferevent *bev, short what, void *arg);
+static void lb_up_read(struct lb_conn *conn, void *arg);
+static void lb_up_write(struct lb_conn *conn, void *arg);
+static void lb_up_event(struct lb_conn *conn, short what, void *arg);
 
 static struct timeval lb_tv(uint64_t ms)
 {
@@ -177,25 +178,18 @@ static void lb_timer_arm(struct event *ev, uint64_t ms)
         evtimer_add(ev, &tv);
 }
 
-/* A zero duration means "no timeout": libevent takes NULL for that. */
-static void lb_set_timeouts(struct bufferevent *bev, uint64_t read_ms, uint64_t write_ms)
-{
-    struct timeval rd = lb_tv(read_ms), wr = lb_tv(write_ms);
-    bufferevent_set_timeouts(bev, read_ms ? &rd : NULL, write_ms ? &wr : NULL);
-}
-
 /* Backend connection timeouts once connected, from the pool's timeouts:
  * stalled writes always; backend_response only once the whole request is
  * sent (a slow upload is the client's time, judged by client_body). */
 static void lb_session_up_timeouts(struct lb_session *s)
 {
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
-    lb_set_timeouts(s->up->bev, s->req_done ? t->backend_response_ms : 0, t->send_ms);
+    lb_conn_set_timeouts(s->up->conn, s->req_done ? t->backend_response_ms : 0, t->send_ms);
 }
 
 static void lb_session_set_idle(struct lb_session *s)
 {
-    lb_set_timeouts(s->client, s->w->cfg->timeouts.client_idle_ms, s->w->cfg->timeouts.send_ms);
+    lb_conn_set_timeouts(s->client, s->w->cfg->timeouts.client_idle_ms, s->w->cfg->timeouts.send_ms);
 }
 
 /* A failure that counts against the backend: counters and passive health. */
@@ -243,7 +237,7 @@ static void lb_session_close(struct lb_session *s)
     lb_session_release_up(s, false);
     event_del(&s->client_timer);
     event_del(&s->deadline_timer);
-    bufferevent_free(s->client);
+    lb_conn_free(s->client);
     lb_list_remove(&s->node);
     w->nsessions--;
     lb_counter_add(&w->slot_stats->active_connections, (uint64_t)-1);
@@ -267,19 +261,20 @@ static void lb_session_linger(struct lb_session *s)
     /* The whole linger is bounded (a client trickling bytes cannot hold
      * it), as are the flush and each read within it. */
     lb_timer_arm(&s->client_timer, LB_LINGER_MS);
-    lb_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
-    bool flushed = evbuffer_get_length(bufferevent_get_output(s->client)) == 0;
-    if (s->client_eof) {
-        /* The client already sent its FIN: flush, then close. */
-        bufferevent_disable(s->client, EV_READ);
+    lb_conn_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
+    bool flushed = evbuffer_get_length(s->client->out) == 0;
+    if (s->client_eof || s->quick_close) {
+        /* The client already sent its FIN, or has nothing left to send
+         * (request read whole, nothing buffered): flush, then close. */
+        lb_conn_read_disable(s->client);
         if (flushed)
             lb_session_close(s);
         return;
     }
-    bufferevent_enable(s->client, EV_READ | EV_WRITE);
+    lb_conn_read_enable(s->client);
     if (flushed && !s->shut) {
         s->shut = true;
-        shutdown(bufferevent_getfd(s->client), SHUT_WR);
+        shutdown(s->client->fd, SHUT_WR);
     }
 }
 
@@ -323,7 +318,7 @@ static void lb_session_error(struct lb_session *s, int status)
 
     char body[64];
     int blen = snprintf(body, sizeof(body), "%d %s\n", status, lb_reason(status));
-    struct evbuffer *out = bufferevent_get_output(s->client);
+    struct evbuffer *out = s->client->out;
     size_t before = evbuffer_get_length(out);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\n"
@@ -341,7 +336,7 @@ static void lb_session_error(struct lb_session *s, int status)
         return;
     }
     if (s->head_pending) {
-        evbuffer_drain(bufferevent_get_input(s->client), s->head_len);
+        evbuffer_drain(s->client->in, s->head_len);
         lb_counter_add(&s->w->slot_stats->bytes_in, s->head_len);
     }
     s->served++;
@@ -523,8 +518,8 @@ static ssize_t lb_chunked_scan(struct lb_chunked *c, struct evbuffer *src)
 /* Move what is available of the request body to the backend. */
 static void lb_forward_request_body(struct lb_session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->client);
-    struct evbuffer *out = bufferevent_get_output(s->up->bev);
+    struct evbuffer *in = s->client->in;
+    struct evbuffer *out = s->up->conn->out;
     if (evbuffer_get_length(out) >= s->w->buffer_limit)
         return;         /* resumed by lb_up_write */
     size_t avail = evbuffer_get_length(in);
@@ -605,19 +600,22 @@ static void lb_session_finish(struct lb_session *s)
     lb_session_log(s);
     s->served++;
     if (!s->keepalive || !s->req_done || s->client_eof || s->w->draining) {
+        /* Lingering is for clients that may still be sending: not for one
+         * whose request was read whole with nothing after it. */
+        s->quick_close = s->req_done && evbuffer_get_length(s->client->in) == 0;
         lb_session_linger(s);
         return;
     }
     lb_session_reset_request(s);
     lb_session_set_idle(s);
-    bufferevent_enable(s->client, EV_READ);
+    lb_conn_read_enable(s->client);
     lb_session_try_head(s);     /* a pipelined request may be waiting */
 }
 
 static void lb_relay_response_body(struct lb_session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->up->bev);
-    struct evbuffer *out = bufferevent_get_output(s->client);
+    struct evbuffer *in = s->up->conn->in;
+    struct evbuffer *out = s->client->out;
     if (evbuffer_get_length(out) >= s->w->buffer_limit)
         return;         /* resumed by lb_client_write */
     size_t avail = evbuffer_get_length(in);
@@ -684,10 +682,10 @@ static void lb_tunnel_arm(struct lb_session *s)
  * ends the session after the client got every byte. */
 static void lb_tunnel_pump(struct lb_session *s)
 {
-    struct evbuffer *cin = bufferevent_get_input(s->client);
-    struct evbuffer *cout = bufferevent_get_output(s->client);
-    struct evbuffer *uin = bufferevent_get_input(s->up->bev);
-    struct evbuffer *uout = bufferevent_get_output(s->up->bev);
+    struct evbuffer *cin = s->client->in;
+    struct evbuffer *cout = s->client->out;
+    struct evbuffer *uin = s->up->conn->in;
+    struct evbuffer *uout = s->up->conn->out;
     size_t limit = s->w->buffer_limit, moved = 0;
 
     size_t n = evbuffer_get_length(cin);
@@ -709,7 +707,7 @@ static void lb_tunnel_pump(struct lb_session *s)
     if (s->client_eof && !s->shut && evbuffer_get_length(cin) == 0 &&
         evbuffer_get_length(uout) == 0) {
         s->shut = true;     /* here: our FIN towards the backend is sent */
-        shutdown(bufferevent_getfd(s->up->bev), SHUT_WR);
+        shutdown(s->up->conn->fd, SHUT_WR);
     }
     if (s->up_eof && evbuffer_get_length(uin) == 0) {
         s->shut = false;
@@ -725,9 +723,9 @@ static void lb_tunnel_start(struct lb_session *s)
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
     /* Idleness is judged on both directions together (the timer), not per
      * side: a quiet client under a busy server push is not idle. */
-    lb_set_timeouts(s->client, 0, t->send_ms);
-    lb_set_timeouts(s->up->bev, 0, t->send_ms);
-    bufferevent_enable(s->client, EV_READ | EV_WRITE);
+    lb_conn_set_timeouts(s->client, 0, t->send_ms);
+    lb_conn_set_timeouts(s->up->conn, 0, t->send_ms);
+    lb_conn_read_enable(s->client);
     lb_tunnel_arm(s);
     lb_tunnel_pump(s);
 }
@@ -738,7 +736,7 @@ static void lb_tunnel_start(struct lb_session *s)
 static bool lb_handle_response_head(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
-    struct evbuffer *in = bufferevent_get_input(s->up->bev);
+    struct evbuffer *in = s->up->conn->in;
     for (;;) {
         size_t len = evbuffer_get_length(in);
         size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
@@ -766,11 +764,11 @@ static bool lb_handle_response_head(struct lb_session *s)
         s->resp_scan = 0;
         if (s->head_pending) {
             /* The backend answered: the request can no longer be retried. */
-            evbuffer_drain(bufferevent_get_input(s->client), s->head_len);
+            evbuffer_drain(s->client->in, s->head_len);
             lb_counter_add(&w->slot_stats->bytes_in, s->head_len);
             s->head_pending = false;
         }
-        struct evbuffer *out = bufferevent_get_output(s->client);
+        struct evbuffer *out = s->client->out;
         size_t before = evbuffer_get_length(out);
         if (m.status == 101) {
             /* Switching protocols: the head goes to the client as the
@@ -831,9 +829,9 @@ static bool lb_handle_response_head(struct lb_session *s)
 
 /* ---- backend events ----------------------------------------------------- */
 
-static void lb_up_read(struct bufferevent *bev, void *arg)
+static void lb_up_read(struct lb_conn *conn, void *arg)
 {
-    (void)bev;
+    (void)conn;
     struct lb_session *s = arg;
     if (s->state == LB_S_TUNNEL) {
         lb_tunnel_pump(s);
@@ -844,9 +842,9 @@ static void lb_up_read(struct bufferevent *bev, void *arg)
     lb_relay_response_body(s);
 }
 
-static void lb_up_write(struct bufferevent *bev, void *arg)
+static void lb_up_write(struct lb_conn *conn, void *arg)
 {
-    (void)bev;
+    (void)conn;
     struct lb_session *s = arg;
     if (s->state == LB_S_TUNNEL) {
         lb_tunnel_pump(s);
@@ -858,14 +856,14 @@ static void lb_up_write(struct bufferevent *bev, void *arg)
 
 static int lb_session_connect(struct lb_session *s);
 
-static void lb_up_event(struct bufferevent *bev, short what, void *arg)
+static void lb_up_event(struct lb_conn *conn, short what, void *arg)
 {
     struct lb_session *s = arg;
     struct lb_upconn *up = s->up;
     const char *addr = s->server->cfg->address;
 
-    if (what & BEV_EVENT_CONNECTED) {
-        (void)bev;
+    if (what & LB_CONN_CONNECTED) {
+        (void)conn;
         up->connected = true;
         if (s->acc != NULL)
             s->acc->connect_us = lb_session_now_us(s);
@@ -873,7 +871,7 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (s->state == LB_S_TUNNEL) {
-        if (what & BEV_EVENT_EOF) {
+        if (what & LB_CONN_EOF) {
             s->up_eof = true;
             lb_tunnel_pump(s);
         } else {
@@ -884,12 +882,12 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
     if (s->resp_head_done) {
         /* Relay what is buffered; the relay decides whether the response
          * ended (close-delimited) or was cut. */
-        if (!(what & BEV_EVENT_EOF)) {
-            if (what & BEV_EVENT_TIMEOUT)
-                lb_count_timeout(s, (what & BEV_EVENT_READING) ? LB_TO_BACKEND_RESPONSE
+        if (!(what & LB_CONN_EOF)) {
+            if (what & LB_CONN_TIMEOUT)
+                lb_count_timeout(s, (what & LB_CONN_READING) ? LB_TO_BACKEND_RESPONSE
                                                                : LB_TO_SEND);
             lb_log_warn("backend %s: %s mid-response", addr,
-                        (what & BEV_EVENT_TIMEOUT) ? "timeout" : "connection error");
+                        (what & LB_CONN_TIMEOUT) ? "timeout" : "connection error");
             lb_session_backend_failed(s);
             lb_session_linger(s);
             return;
@@ -898,10 +896,10 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
         lb_relay_response_body(s);
         return;
     }
-    int err = EVUTIL_SOCKET_ERROR();
+    int err = errno;
     /* A pooled connection the backend closed just as we reused it: the
      * request never reached it, so it is safe to send again, once. */
-    if (!(what & BEV_EVENT_TIMEOUT) && s->up_reused && !s->retried && s->head_pending) {
+    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending) {
         s->retried = true;
         lb_session_release_up(s, false);
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
@@ -910,12 +908,12 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     lb_session_backend_failed(s);
-    if (what & BEV_EVENT_TIMEOUT) {
+    if (what & LB_CONN_TIMEOUT) {
         lb_count_timeout(s, !up->connected ? LB_TO_CONNECT
-                            : (what & BEV_EVENT_READING) ? LB_TO_BACKEND_RESPONSE : LB_TO_SEND);
+                            : (what & LB_CONN_READING) ? LB_TO_BACKEND_RESPONSE : LB_TO_SEND);
         lb_log_warn("backend %s timed out %s", addr,
                     !up->connected ? "while connecting"
-                    : (what & BEV_EVENT_READING) ? "waiting for the response"
+                    : (what & LB_CONN_READING) ? "waiting for the response"
                                                  : "taking the request");
         lb_session_error(s, 504);
     } else if (!up->connected) {
@@ -923,7 +921,7 @@ static void lb_up_event(struct bufferevent *bev, short what, void *arg)
         lb_session_error(s, 502);
     } else {
         lb_log_warn("backend %s %s before responding", addr,
-                    (what & BEV_EVENT_EOF) ? "closed the connection" : "reset the connection");
+                    (what & LB_CONN_EOF) ? "closed the connection" : "reset the connection");
         lb_session_error(s, 502);
     }
 }
@@ -944,14 +942,14 @@ static int lb_session_connect(struct lb_session *s)
     lb_counter_add(&s->server->stats->active, 1);
     atomic_fetch_add_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     lb_counter_add(&s->server->stats->requests, 1);
-    bufferevent_setcb(up->bev, lb_up_read, lb_up_write, lb_up_event, s);
+    lb_conn_setcb(up->conn, lb_up_read, lb_up_write, lb_up_event, s);
     if (!s->up_reused) {
         uint64_t ct = s->server->pool->cfg->timeouts.connect_ms;
-        lb_set_timeouts(up->bev, ct, ct);
+        lb_conn_set_timeouts(up->conn, ct, ct);
         const struct lb_addr *a = &s->server->cfg->addr;
-        if (bufferevent_socket_connect(up->bev, (const struct sockaddr *)&a->ss,
+        if (lb_conn_connect(up->conn, (const struct sockaddr *)&a->ss,
                                        (int)a->len) < 0) {
-            int err = EVUTIL_SOCKET_ERROR();
+            int err = errno;
             lb_log_warn("connect() to %s failed (%d: %s)", s->server->cfg->address, err,
                         evutil_socket_error_to_string(err));
             lb_session_backend_failed(s);
@@ -963,16 +961,16 @@ static int lb_session_connect(struct lb_session *s)
         if (s->acc != NULL)
             s->acc->connect_us = lb_session_now_us(s);
     }
-    bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+    lb_conn_read_enable(up->conn);
 
     if (s->retried) {
         /* Re-parse the head still in the client buffer: same bytes, same result. */
-        struct evbuffer *in = bufferevent_get_input(s->client);
+        struct evbuffer *in = s->client->in;
         const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->head_len);
         struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
         if (buf == NULL || lb_http_parse_request(buf, s->head_len, &m, &w->limits) != 0)
             return -1;
-        size_t n = lb_write_request_head(s, &m, bufferevent_get_output(up->bev));
+        size_t n = lb_write_request_head(s, &m, up->conn->out);
         lb_counter_add(&s->server->stats->bytes_out, n);
     }
     return 0;
@@ -1063,12 +1061,12 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         lb_session_error(s, 502);
         return;
     }
-    size_t n = lb_write_request_head(s, m, bufferevent_get_output(s->up->bev));
+    size_t n = lb_write_request_head(s, m, s->up->conn->out);
     lb_counter_add(&s->server->stats->bytes_out, n);
 
     if (s->req_body == LB_BODY_NONE)
         return;     /* the head stays buffered (for a retry) until answered */
-    evbuffer_drain(bufferevent_get_input(s->client), m->head_len);
+    evbuffer_drain(s->client->in, m->head_len);
     lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
     s->head_pending = false;
     lb_forward_request_body(s);
@@ -1096,7 +1094,7 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     } else {
         /* Our own back-pressure is not the client's slowness. */
         if (s->up != NULL &&
-            evbuffer_get_length(bufferevent_get_output(s->up->bev)) >= s->w->buffer_limit) {
+            evbuffer_get_length(s->up->conn->out) >= s->w->buffer_limit) {
             lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.client_body_ms);
             return;
         }
@@ -1121,7 +1119,7 @@ static void lb_deadline_timeout(evutil_socket_t fd, short what, void *arg)
 static void lb_session_try_head(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
-    struct evbuffer *in = bufferevent_get_input(s->client);
+    struct evbuffer *in = s->client->in;
     size_t len = evbuffer_get_length(in);
 
     /* RFC 9112 §2.2: ignore empty lines before a request line. */
@@ -1178,7 +1176,7 @@ static void lb_session_try_head(struct lb_session *s)
     lb_session_dispatch(s, &m);
 }
 
-static void lb_client_read(struct bufferevent *bev, void *arg)
+static void lb_client_read(struct lb_conn *conn, void *arg)
 {
     struct lb_session *s = arg;
     switch (s->state) {
@@ -1195,23 +1193,23 @@ static void lb_client_read(struct bufferevent *bev, void *arg)
          * read watermark, until this exchange is over. */
         break;
     default:        /* CLOSING: whatever the client still sends is dropped */
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        evbuffer_drain(conn->in, evbuffer_get_length(conn->in));
         break;
     }
 }
 
-static void lb_client_write(struct bufferevent *bev, void *arg)
+static void lb_client_write(struct lb_conn *conn, void *arg)
 {
-    (void)bev;
+    (void)conn;
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(s->client)) != 0)
+        if (evbuffer_get_length(s->client->out) != 0)
             return;
-        if (s->client_eof) {
+        if (s->client_eof || s->quick_close) {
             lb_session_close(s);
         } else if (!s->shut) {
             s->shut = true;
-            shutdown(bufferevent_getfd(s->client), SHUT_WR);
+            shutdown(s->client->fd, SHUT_WR);
         }
         return;
     }
@@ -1221,43 +1219,43 @@ static void lb_client_write(struct bufferevent *bev, void *arg)
         lb_relay_response_body(s);
 }
 
-static void lb_client_event(struct bufferevent *bev, short what, void *arg)
+static void lb_client_event(struct lb_conn *conn, short what, void *arg)
 {
-    (void)bev;
+    (void)conn;
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
-        if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) &&
-            evbuffer_get_length(bufferevent_get_output(s->client)) != 0) {
+        if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) &&
+            evbuffer_get_length(s->client->out) != 0) {
             /* Their FIN before our last bytes left: finish sending first. */
             s->client_eof = true;
-            bufferevent_disable(s->client, EV_READ);
+            lb_conn_read_disable(s->client);
             return;
         }
         lb_session_close(s);    /* the client's FIN, an error, or linger time up */
         return;
     }
-    if (s->state == LB_S_TUNNEL && (what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+    if (s->state == LB_S_TUNNEL && (what & LB_CONN_EOF) && !(what & LB_CONN_ERROR)) {
         s->client_eof = true;
         lb_tunnel_pump(s);
         return;
     }
-    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->state == LB_S_PROXY &&
+    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && s->state == LB_S_PROXY &&
         s->req_done) {
         /* Half-close after a complete request: still deliver the answer. */
         s->client_eof = true;
         s->keepalive = false;
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+    if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
         (s->state == LB_S_PROXY ||
          (s->state == LB_S_HEAD && evtimer_pending(&s->client_timer, NULL)))) {
         /* Waiting on the backend is not the client's idleness, and a head
          * in progress is client_header's to judge (it answers 408). */
-        bufferevent_enable(s->client, EV_READ);
+        lb_conn_read_enable(s->client);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT)
-        lb_count_timeout(s, (what & BEV_EVENT_READING) ? LB_TO_CLIENT_IDLE : LB_TO_SEND);
+    if (what & LB_CONN_TIMEOUT)
+        lb_count_timeout(s, (what & LB_CONN_READING) ? LB_TO_CLIENT_IDLE : LB_TO_SEND);
     lb_session_close(s);
 }
 
@@ -1268,17 +1266,14 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
         close(fd);
         return;
     }
-    s->client = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    s->client = lb_conn_new(fd);
     if (s->client == NULL) {
-        close(fd);
         free(s);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    s->w = w;
+    s->w = w;       /* TCP_NODELAY: inherited from the listener */
     if (w->cfg->access_log != NULL && (s->acc = calloc(1, sizeof(*s->acc))) == NULL) {
-        bufferevent_free(s->client);
+        lb_conn_free(s->client);
         free(s);
         return;
     }
@@ -1293,12 +1288,11 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     lb_counter_add(&w->slot_stats->connections, 1);
     lb_counter_add(&w->slot_stats->active_connections, 1);
 
-    bufferevent_setcb(s->client, lb_client_read, lb_client_write, lb_client_event, s);
-    bufferevent_setwatermark(s->client, EV_READ, 0, w->buffer_limit);
-    /* Refill once half of the limit has drained, not only when empty. */
-    bufferevent_setwatermark(s->client, EV_WRITE, w->buffer_limit / 2, 0);
+    lb_conn_setcb(s->client, lb_client_read, lb_client_write, lb_client_event, s);
+    /* Bounded input; refill output once half of the limit has drained. */
+    lb_conn_set_limits(s->client, (uint32_t)w->buffer_limit, (uint32_t)w->buffer_limit / 2);
     lb_session_set_idle(s);
-    bufferevent_enable(s->client, EV_READ | EV_WRITE);
+    lb_conn_read_enable(s->client);
 }
 
 void lb_proxy_drain(struct lb_worker *w)
@@ -1311,10 +1305,10 @@ void lb_proxy_drain(struct lb_worker *w)
          * connection is not idle: its first request may be on its way. And
          * bytes already in the kernel mean a request: serve it. */
         if (s->state != LB_S_HEAD || s->served == 0 ||
-            evbuffer_get_length(bufferevent_get_input(s->client)) != 0)
+            evbuffer_get_length(s->client->in) != 0)
             continue;
         int pending = 0;
-        if (ioctl(bufferevent_getfd(s->client), FIONREAD, &pending) == 0 && pending == 0)
+        if (ioctl(s->client->fd, FIONREAD, &pending) == 0 && pending == 0)
             lb_session_close(s);
     }
 }

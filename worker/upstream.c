@@ -9,10 +9,10 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "shared/log.h"
+#include "worker/conn.h"
 
 int lb_upstream_init(struct lb_worker *w)
 {
@@ -52,7 +52,7 @@ static void lb_upconn_free(struct lb_upconn *up)
         lb_list_remove(&up->idle_node);
         up->server->nidle--;
     }
-    bufferevent_free(up->bev);
+    lb_conn_free(up->conn);
     free(up);
 }
 
@@ -84,15 +84,15 @@ void lb_upstream_close_idle(struct lb_worker *w)
 
 /* While pooled, anything from the backend (a late byte, EOF, RST) or the
  * idle timeout means the connection is no longer safe to reuse. */
-static void lb_upconn_idle_read(struct bufferevent *bev, void *arg)
+static void lb_upconn_idle_read(struct lb_conn *conn, void *arg)
 {
-    (void)bev;
+    (void)conn;
     lb_upconn_free(arg);
 }
 
-static void lb_upconn_idle_event(struct bufferevent *bev, short what, void *arg)
+static void lb_upconn_idle_event(struct lb_conn *conn, short what, void *arg)
 {
-    (void)bev;
+    (void)conn;
     (void)what;
     lb_upconn_free(arg);
 }
@@ -123,9 +123,8 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
         close(fd);
         return NULL;
     }
-    up->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (up->bev == NULL) {
-        close(fd);
+    up->conn = lb_conn_new(fd);
+    if (up->conn == NULL) {
         free(up);
         return NULL;
     }
@@ -133,8 +132,7 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
     up->w = w;
     lb_list_init(&up->idle_node);
     /* Bounded input: the kernel holds the rest until we have room. */
-    bufferevent_setwatermark(up->bev, EV_READ, 0, w->buffer_limit);
-    bufferevent_setwatermark(up->bev, EV_WRITE, w->buffer_limit / 2, 0);
+    lb_conn_set_limits(up->conn, (uint32_t)w->buffer_limit, (uint32_t)w->buffer_limit / 2);
     return up;
 }
 
@@ -143,17 +141,14 @@ void lb_upconn_release(struct lb_upconn *up, bool reusable)
     struct lb_server_rt *s = up->server;
     struct lb_worker *w = up->w;
     if (!reusable || w->draining || s->nidle >= s->pool->cfg->keepalive ||
-        evbuffer_get_length(bufferevent_get_input(up->bev)) != 0 ||
-        evbuffer_get_length(bufferevent_get_output(up->bev)) != 0) {
+        evbuffer_get_length(up->conn->in) != 0 ||
+        evbuffer_get_length(up->conn->out) != 0) {
         lb_upconn_free(up);
         return;
     }
-    uint64_t ms = s->pool->cfg->timeouts.backend_idle_ms;
-    struct timeval idle = { .tv_sec = (time_t)(ms / 1000),
-                            .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
-    bufferevent_setcb(up->bev, lb_upconn_idle_read, NULL, lb_upconn_idle_event, up);
-    bufferevent_set_timeouts(up->bev, ms ? &idle : NULL, NULL);
-    bufferevent_enable(up->bev, EV_READ);
+    lb_conn_setcb(up->conn, lb_upconn_idle_read, NULL, lb_upconn_idle_event, up);
+    lb_conn_set_timeouts(up->conn, s->pool->cfg->timeouts.backend_idle_ms, 0);
+    lb_conn_read_enable(up->conn);
     lb_list_push(&s->idle, &up->idle_node);
     s->nidle++;
 }

@@ -16,10 +16,10 @@
 
 #include "worker/worker.h"
 
-struct bufferevent;
+struct lb_conn;
 
 struct lb_upconn {
-    struct bufferevent *bev;
+    struct lb_conn *conn;
     struct lb_server_rt *server;
     struct lb_worker *w;
     struct lb_list idle_node;

@@ -13,6 +13,7 @@
 
 #include "shared/log.h"
 #include "worker/accesslog.h"
+#include "worker/conn.h"
 #include "worker/proxy.h"
 #include "worker/upstream.h"
 
@@ -130,7 +131,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         lb_log_error("event_base_new() failed");
         goto out;
     }
-    if (lb_upstream_init(w) < 0)
+    if (lb_conn_loop_init(w->base) < 0 || lb_upstream_init(w) < 0)
         goto out;
     if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
@@ -173,6 +174,7 @@ out:
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
         if (w->signals[i] != NULL)
             event_free(w->signals[i]);
+    lb_conn_loop_free();
     if (w->base != NULL)
         event_base_free(w->base);
     free(w->scratch);

@@ -148,12 +148,16 @@ def split_hostport(addr):
     return host, int(port)
 
 
-def connect(addr, timeout=10.0):
+def connect(addr, timeout=10.0, source=None):
+    """A TCP connection to ADDR; SOURCE: local address to bind first
+    (say "127.0.0.2", to connect from another loopback address)."""
     host, port = split_hostport(addr)
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
+        if source is not None:
+            s.bind((source, 0))
         s.connect((host, port))
     except BaseException:
         s.close()
@@ -239,9 +243,9 @@ class ConnectionClosed(Exception):
 class HttpConn:
     """One client TCP connection; requests and responses in order."""
 
-    def __init__(self, addr, timeout=10.0):
+    def __init__(self, addr, timeout=10.0, source=None):
         self.addr = addr
-        self.sock = connect(addr, timeout)
+        self.sock = connect(addr, timeout, source=source)
         self.buf = bytearray()
         self.eof = False
 
@@ -446,8 +450,48 @@ class Lbd:
         self.pid = self.proc.pid
         self.seen_workers = set()           # every child pid observed (for cleanup)
         self.exit_checked = False
+        self.log_paths = {self.log_path}    # stderr, plus every error_log it was given
+        self._note_error_log()
         if wait:
             self.wait_ready(workers)
+
+    def _note_error_log(self):
+        try:
+            with open(self.config_path) as f:
+                text = f.read()
+        except OSError:
+            return
+        for m in re.finditer(r'^\s*error_log\s*=\s*"([^"]*)"', text, re.M):
+            path = m.group(1)
+            if not os.path.isabs(path):
+                path = os.path.join(os.path.dirname(self.config_path), path)
+            self.log_paths.add(path)
+
+    # Log lines that mean something went wrong even if every assertion held.
+    SANITIZER_RX = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:")
+    RESPAWN_RX = re.compile(r"respawning")
+
+    def log_problems(self, allow_respawns=False):
+        """Lines of every log this lbd wrote (stderr, where sanitizers
+        report, and its error_log files) that show a sanitizer report or,
+        unless ALLOW_RESPAWNS, a worker (or helper process) that died and
+        was respawned."""
+        out = []
+        for path in sorted(self.log_paths):
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            lines = text.splitlines()
+            for i, ln in enumerate(lines):
+                if self.SANITIZER_RX.search(ln):
+                    # The report's first frames say where.
+                    ctx = "\n      ".join(lines[i + 1:i + 12])
+                    out.append(f"{os.path.basename(path)}: {ln}\n      {ctx}")
+                elif not allow_respawns and self.RESPAWN_RX.search(ln):
+                    out.append(f"{os.path.basename(path)}: {ln}")
+        return out
 
     # -- status -----------------------------------------------------------
 
@@ -539,6 +583,7 @@ class Lbd:
         before = self.snapshot()
         if config_text is not None:
             self.tc.write_file(self.config_path, config_text)
+            self._note_error_log()
         self.signal(signal.SIGHUP)
 
         def probe():
@@ -606,7 +651,8 @@ class Lbd:
 def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
                log_level="info", timeouts=None, extra=""):
     """Render a config. LISTEN: address or list. POOLS: list of dicts
-    {name, strategy, servers: [(address, weight)], keepalive}. ROUTES: list of
+    {name, strategy, servers: [(address, weight)], keepalive, timeouts: {kind: "1s"}}.
+    ROUTES: list of
     (host, path_prefix, pool); default one '*' route to the first pool."""
     if isinstance(listen, str):
         listen = [listen]
@@ -628,6 +674,9 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
         srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
                          for a, w in p["servers"])
         ka = f' keepalive = {p["keepalive"]};' if "keepalive" in p else ""
+        if p.get("timeouts"):
+            ka += " timeouts = { " + " ".join(f'{k} = "{v}";'
+                                              for k, v in p["timeouts"].items()) + " };"
         ps.append(f'    {{ name = "{p["name"]}"; strategy = "{p.get("strategy", "round_robin")}";{ka}\n'
                   f"        servers = (\n{srv}\n        ); }}")
     lines.append(",\n".join(ps))
@@ -650,6 +699,17 @@ class LbdTestCase(unittest.TestCase):
     lbd_bin = LBD
     backend_bin = LBD_BACKEND
     maxDiff = None
+    # At teardown every test fails if lbd's logs show a sanitizer report
+    # (AddressSanitizer, LeakSanitizer, UBSan's "runtime error:"; `make asan`)
+    # or a respawn ("respawning": a worker died). A test that kills workers
+    # on purpose opts out of the latter: call self.expect_worker_deaths(), or
+    # set allow_worker_deaths = True on its class.
+    allow_worker_deaths = False
+
+    def expect_worker_deaths(self):
+        """This test kills lbd's workers (or helper processes) on purpose:
+        "respawning" in the log is no failure (sanitizer reports still are)."""
+        self.allow_worker_deaths = True
 
     def setUp(self):
         for b in (self.lbd_bin, self.backend_bin):
@@ -687,6 +747,14 @@ class LbdTestCase(unittest.TestCase):
                 l.stop()
             except AssertionError as e:
                 errors.append(str(e))
+        # After the stop: sanitizers report leaks as processes exit.
+        seen = set()
+        for l in self._lbds:
+            bad = [ln for ln in l.log_problems(self.allow_worker_deaths) if ln not in seen]
+            seen.update(bad)
+            if bad:
+                errors.append("lbd's log shows a sanitizer report or an unexpected worker "
+                              "death (respawning):\n  " + "\n  ".join(bad[:40]))
         if errors:
             raise AssertionError("teardown: " + "\n".join(errors))
 

@@ -78,6 +78,7 @@ class RespawnTest(LbdTestCase):
     def test_kill9_worker_under_load(self):
         """kill -9 a busy worker: it is respawned (same id, new pid, log says
         respawning), restarts == 1, and only its connections saw errors."""
+        self.expect_worker_deaths()
         bs = self.start_backends("b1", "b2")
         lbd = self.simple_lbd(bs, workers=2)
         old = lbd.worker_pids()

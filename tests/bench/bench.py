@@ -1,0 +1,312 @@
+#!/usr/bin/python3
+"""lbd against HAProxy and nginx: same machine, same backends, same client,
+same run.
+
+Every proxy forwards to the same three nginx backends (small fixed body at /,
+64 KiB at /64k) with keep-alive. wrk drives each proxy in turn, interleaved
+(lbd, haproxy, nginx, lbd, haproxy, nginx, ...) for --rounds rounds, and the
+table shows medians: requests/s, p50/p99 latency, proxy CPU time per request
+(from /proc/PID/task/*/schedstat, all processes and threads of the proxy),
+peak RSS (VmHWM summed), and the ratios lbd/HAProxy and lbd/nginx.
+
+Pinning (2 cores): with 1 worker each proxy runs on CPU 0 and wrk plus the
+backends on CPU 1, so the proxy has a core of its own and the client never
+steals from it. With 2 workers the proxies get both cores and so do wrk and
+the backends: the ratio still compares like with like.
+
+    tests/bench/bench.py [--rounds 3] [--duration 5] [--only ka64,newconn]
+"""
+import argparse
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+LBD = os.environ.get("LBD", os.path.join(ROOT, "build", "lbd"))
+
+# name, connections, extra wrk args, path, workers
+SCENARIOS = [
+    ("ka64", 64, [], "/", 1, "keep-alive, 64 connections"),
+    ("ka512", 512, [], "/", 1, "keep-alive, 512 connections"),
+    ("newconn", 64, ["-H", "Connection: close"], "/", 1, "new connection per request"),
+    ("64k", 64, [], "/64k", 1, "64 KiB responses, keep-alive"),
+    ("ka64-w2", 64, [], "/", 2, "keep-alive, 64 connections, 2 workers"),
+    ("newconn-w2", 64, ["-H", "Connection: close"], "/", 2, "new connection per request, 2 workers"),
+]
+PROXIES = ["lbd", "haproxy", "nginx"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fill(template, path, values):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("@%s@" % k, str(v))
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def wait_port(port, deadline=10.0):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("port %d never accepted" % port)
+
+
+def tree(pid):
+    """PID and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, t)) as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ns(pids):
+    total = 0
+    for p in pids:
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/schedstat" % (p, t)) as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def mem_kb(pids, field):
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Proxy:
+    def __init__(self, name, workdir, backends, workers):
+        self.name, self.dir, self.workers = name, workdir, workers
+        self.port = free_port()
+        listen = "127.0.0.1:%d" % self.port
+        values = {"WORKERS": workers, "DIR": workdir, "LISTEN": listen,
+                  "B1": backends[0], "B2": backends[1], "B3": backends[2]}
+        cpus = "0" if workers == 1 else "0,1"
+        if name == "lbd":
+            conf = os.path.join(workdir, "lbd-%d.conf" % workers)
+            fill("lbd.conf.in", conf, values)
+            cmd = [LBD, "-c", conf]
+        elif name == "haproxy":
+            conf = os.path.join(workdir, "haproxy-%d.cfg" % workers)
+            fill("haproxy.cfg.in", conf, values)
+            cmd = ["haproxy", "-db", "-f", conf]
+        else:
+            conf = os.path.join(workdir, "nginx-proxy-%d.conf" % workers)
+            fill("nginx-proxy.conf.in", conf, values)
+            cmd = ["nginx", "-c", conf, "-g", "daemon off;"]
+        self.log = open(os.path.join(workdir, "%s-%d.log" % (name, workers)), "w")
+        self.proc = subprocess.Popen(["taskset", "-c", cpus] + cmd, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        time.sleep(0.3)     # workers up
+
+    def pids(self):
+        return tree(self.proc.pid)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM if self.name != "nginx" else signal.SIGQUIT)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            for p in self.pids():
+                os.kill(p, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+def parse_latency(text, label):
+    m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % re.escape(label), text, re.M)
+    if not m:
+        return float("nan")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def run_wrk(proxy, conns, extra, path, duration, client_cpus):
+    url = "http://127.0.0.1:%d%s" % (proxy.port, path)
+    pids = proxy.pids()
+    before = cpu_ns(pids)
+    out = subprocess.run(["taskset", "-c", client_cpus, "wrk", "-t1", "-c%d" % conns,
+                          "-d%ds" % duration, "--latency"] + extra + [url],
+                         capture_output=True, text=True, timeout=duration + 60).stdout
+    after = cpu_ns(pids)
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return {
+        "rps": rps,
+        "p50": parse_latency(out, "50%"),
+        "p99": parse_latency(out, "99%"),
+        "cpu_us": (after - before) / 1000.0 / max(reqs, 1),
+        "rss_kb": mem_kb(pids, "VmHWM"),
+        "errors": errors,
+    }
+
+
+def idle_memory(proxy, n):
+    """Memory per idle keep-alive client connection: N connections, one
+    request each, left open; RSS growth of the proxy divided by N."""
+    before = mem_kb(proxy.pids(), "VmRSS")
+    socks = []
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            s.sendall(req)
+            socks.append(s)
+        for s in socks:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        time.sleep(1.0)
+        after = mem_kb(proxy.pids(), "VmRSS")
+    finally:
+        for s in socks:
+            s.close()
+    return (after - before) * 1024.0 / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--idle", type=int, default=9000,
+                    help="idle connections (0: skip); the fd hard limit here is 20000")
+    ap.add_argument("--markdown", default="", help="also write the table to this file")
+    args = ap.parse_args()
+
+    for tool in ("wrk", "haproxy", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit("bench: %s not found (make deps installs it)" % tool)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ncpu = os.cpu_count() or 1
+    scenarios = [s for s in SCENARIOS if not args.only or s[0] in args.only.split(",")]
+
+    work = tempfile.mkdtemp(prefix="lbd-bench-")
+    os.makedirs(os.path.join(work, "www"))
+    with open(os.path.join(work, "www", "64k"), "wb") as f:
+        f.write(os.urandom(65536))
+    backends = ["127.0.0.1:%d" % free_port() for _ in range(3)]
+    fill("nginx-backends.conf.in", os.path.join(work, "backends.conf"),
+         {"DIR": work, "B1": backends[0], "B2": backends[1], "B3": backends[2]})
+    back = subprocess.Popen(["taskset", "-c", "1" if ncpu > 1 else "0", "nginx", "-c",
+                             os.path.join(work, "backends.conf"), "-g", "daemon off;"])
+    results = {}        # (scenario, proxy) -> list of runs
+    idle = {}
+    try:
+        for b in backends:
+            wait_port(int(b.split(":")[1]))
+        for workers in sorted({s[4] for s in scenarios}):
+            proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
+            client_cpus = "1" if workers == 1 and ncpu > 1 else "0-%d" % (ncpu - 1)
+            try:
+                for sc in [s for s in scenarios if s[4] == workers]:
+                    name, conns, extra, path = sc[0], sc[1], sc[2], sc[3]
+                    for r in range(args.rounds):
+                        for p in PROXIES:
+                            run = run_wrk(proxies[p], conns, extra, path, args.duration, client_cpus)
+                            results.setdefault((name, p), []).append(run)
+                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req" %
+                                  (name, r + 1, p, run["rps"], run["p99"], run["cpu_us"]),
+                                  flush=True)
+                if workers == 1 and args.idle > 0:
+                    for p in PROXIES:
+                        idle[p] = idle_memory(proxies[p], args.idle)
+                        print("idle       %-8s %7.0f bytes per idle connection" % (p, idle[p]),
+                              flush=True)
+            finally:
+                for p in proxies.values():
+                    p.stop()
+    finally:
+        back.send_signal(signal.SIGQUIT)
+        back.wait(timeout=15)
+
+    def med(name, p, key):
+        return statistics.median(run[key] for run in results[(name, p)])
+
+    lines = []
+    lines.append("| scenario | lbd req/s | HAProxy req/s | nginx req/s | lbd/HAProxy | lbd/nginx "
+                 "| p50 ms (lbd/HAP/ngx) | p99 ms (lbd/HAP/ngx) | CPU us/req (lbd/HAP/ngx) "
+                 "| peak RSS MiB (lbd/HAP/ngx) | errors |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for sc in scenarios:
+        name = sc[0]
+        rps = {p: med(name, p, "rps") for p in PROXIES}
+        errs = sum(run["errors"] for p in PROXIES for run in results[(name, p)])
+        lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %s | %s | %s | %s | %d |" % (
+            name, sc[5], rps["lbd"], rps["haproxy"], rps["nginx"],
+            rps["lbd"] / rps["haproxy"], rps["lbd"] / rps["nginx"],
+            " / ".join("%.2f" % med(name, p, "p50") for p in PROXIES),
+            " / ".join("%.2f" % med(name, p, "p99") for p in PROXIES),
+            " / ".join("%.1f" % med(name, p, "cpu_us") for p in PROXIES),
+            " / ".join("%.1f" % (max(r["rss_kb"] for r in results[(name, p)]) / 1024.0)
+                       for p in PROXIES),
+            errs))
+    if idle:
+        lines.append("")
+        lines.append("Memory per idle keep-alive client connection (%d connections): %s" % (
+            args.idle, ", ".join("%s %.0f bytes" % (p, idle[p]) for p in PROXIES)))
+    lines.append("")
+    lines.append("Medians of %d interleaved rounds of %d s; %d CPUs; %s." % (
+        args.rounds, args.duration, ncpu,
+        subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+        + ", " + subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()))
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+#include "worker/conn.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+/* Read sizes: a first read of 16 KiB suits requests and small responses;
+ * a read that fills it is followed by bigger ones, up to 4 per wakeup. */
+#define LB_CONN_READ_FIRST (16 * 1024)
+#define LB_CONN_READ_MORE  (64 * 1024)
+#define LB_CONN_READS      4
+
+static struct {
+    struct event_base *base;
+    struct event *flush_ev;
+    struct lb_conn *head, *tail;        /* connections with output to write */
+} lb_loop;
+
+static struct timeval lb_conn_tv(uint32_t ms)
+{
+    return (struct timeval){ .tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+}
+
+/* event_add() with no timeout keeps a pending event's old timeout: drop
+ * the event first when a timeout is being removed. */
+static void lb_conn_arm(struct event *ev, bool armed, uint32_t ms)
+{
+    struct timeval tv = lb_conn_tv(ms);
+    if (armed && ms == 0)
+        event_del(ev);
+    event_add(ev, ms ? &tv : NULL);
+}
+
+static void lb_conn_arm_read(struct lb_conn *c)
+{
+    lb_conn_arm(&c->rev, c->read_armed, c->read_timeout_ms);
+    c->read_armed = 1;
+}
+
+static void lb_conn_disarm_read(struct lb_conn *c)
+{
+    if (c->read_armed) {
+        event_del(&c->rev);
+        c->read_armed = 0;
+    }
+}
+
+static void lb_conn_arm_write(struct lb_conn *c)
+{
+    lb_conn_arm(&c->wev, c->write_armed, c->write_timeout_ms);
+    c->write_armed = 1;
+}
+
+static void lb_conn_disarm_write(struct lb_conn *c)
+{
+    if (c->write_armed) {
+        event_del(&c->wev);
+        c->write_armed = 0;
+    }
+}
+
+/* Whether reading should be on: wanted, no EOF yet, room in the input. */
+static bool lb_conn_should_read(const struct lb_conn *c)
+{
+    return c->read_enabled && !c->eof && !c->connecting &&
+           evbuffer_get_length(c->in) < c->read_limit;
+}
+
+static void lb_conn_update_read(struct lb_conn *c)
+{
+    if (lb_conn_should_read(c)) {
+        if (!c->read_armed)
+            lb_conn_arm_read(c);
+    } else {
+        lb_conn_disarm_read(c);
+    }
+}
+
+static void lb_conn_unlink_pending(struct lb_conn *c)
+{
+    if (!c->pending)
+        return;
+    struct lb_conn **pp = &lb_loop.head, *prev = NULL;
+    while (*pp != NULL && *pp != c) {
+        prev = *pp;
+        pp = &(*pp)->next_pending;
+    }
+    if (*pp == c) {
+        *pp = c->next_pending;
+        if (lb_loop.tail == c)
+            lb_loop.tail = prev;
+    }
+    c->next_pending = NULL;
+    c->pending = 0;
+}
+
+static void lb_conn_schedule(struct lb_conn *c)
+{
+    if (c->pending || c->write_armed || c->connecting)
+        return;         /* already queued, or waiting for the socket */
+    c->pending = 1;
+    c->next_pending = NULL;
+    if (lb_loop.tail != NULL)
+        lb_loop.tail->next_pending = c;
+    else
+        lb_loop.head = c;
+    lb_loop.tail = c;
+    event_active(lb_loop.flush_ev, EV_WRITE, 1);
+}
+
+/* Write now; arm EPOLLOUT only if the socket took less than everything.
+ * May call back into the user (write_cb, event_cb): C may be gone after. */
+static void lb_conn_write(struct lb_conn *c)
+{
+    if (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            int err = errno;
+            lb_conn_disarm_write(c);
+            evbuffer_drain(c->out, evbuffer_get_length(c->out));
+            errno = err;
+            c->event_cb(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+            return;
+        }
+        if (evbuffer_get_length(c->out) > 0) {
+            if (!c->write_armed)
+                lb_conn_arm_write(c);
+            else if (n > 0 && c->write_timeout_ms)
+                lb_conn_arm_write(c);   /* progress: restart the write timeout */
+            return;
+        }
+    }
+    lb_conn_disarm_write(c);
+    if (c->write_cb != NULL && evbuffer_get_length(c->out) <= c->write_low)
+        c->write_cb(c, c->arg);
+}
+
+void lb_conn_flush(struct lb_conn *c)
+{
+    lb_conn_unlink_pending(c);
+    if (!c->connecting)
+        lb_conn_write(c);
+}
+
+/* End of a pass of callbacks: write every connection that got output. */
+static void lb_conn_flush_all(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    while (lb_loop.head != NULL) {
+        struct lb_conn *c = lb_loop.head;
+        lb_loop.head = c->next_pending;
+        if (lb_loop.head == NULL)
+            lb_loop.tail = NULL;
+        c->next_pending = NULL;
+        c->pending = 0;
+        lb_conn_write(c);
+    }
+}
+
+static void lb_conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    if (info->n_added > 0)
+        lb_conn_schedule(arg);
+}
+
+/* Input drained below the limit: reading may resume (back-pressure off). */
+static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    (void)buf;
+    struct lb_conn *c = arg;
+    if (info->n_deleted > 0 && !c->read_armed && lb_conn_should_read(c))
+        lb_conn_arm_read(c);
+}
+
+static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct lb_conn *c = arg;
+    if (what & EV_TIMEOUT) {
+        lb_conn_disarm_read(c);
+        c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
+        return;
+    }
+    size_t want = LB_CONN_READ_FIRST;
+    for (int i = 0; i < LB_CONN_READS; i++) {
+        size_t len = evbuffer_get_length(c->in);
+        if (len >= c->read_limit)
+            break;
+        size_t room = c->read_limit - len;
+        if (room > want)
+            room = want;
+        struct evbuffer_iovec v[2];
+        int nv = evbuffer_reserve_space(c->in, (ev_ssize_t)room, v, 2);
+        if (nv <= 0)
+            break;
+        struct iovec iov[2];
+        size_t left = room;
+        for (int k = 0; k < nv; k++) {
+            iov[k].iov_base = v[k].iov_base;
+            iov[k].iov_len = v[k].iov_len < left ? v[k].iov_len : left;
+            left -= iov[k].iov_len;
+        }
+        ssize_t n = readv(fd, iov, nv);
+        if (n <= 0) {
+            int err = errno;
+            evbuffer_commit_space(c->in, v, 0);
+            if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+                break;
+            /* Data read in this wakeup goes to the user first; the end is
+             * reported on the next wakeup (read() says so again), so no
+             * callback ever runs after one that may have freed C. */
+            if (i > 0)
+                break;
+            c->eof = 1;
+            lb_conn_disarm_read(c);
+            errno = err;
+            c->event_cb(c, n == 0 ? LB_CONN_EOF | LB_CONN_READING
+                                  : LB_CONN_ERROR | LB_CONN_READING, c->arg);
+            return;
+        }
+        size_t got = (size_t)n;
+        for (int k = 0; k < nv; k++) {
+            v[k].iov_len = got < iov[k].iov_len ? got : iov[k].iov_len;
+            got -= v[k].iov_len;
+        }
+        evbuffer_commit_space(c->in, v, nv);
+        if ((size_t)n < room)
+            break;      /* the socket is empty (most likely) */
+        want = LB_CONN_READ_MORE;
+    }
+    if (evbuffer_get_length(c->in) >= c->read_limit)
+        lb_conn_disarm_read(c);     /* back-pressure until the user drains */
+    if (evbuffer_get_length(c->in) > 0)
+        c->read_cb(c, c->arg);
+}
+
+static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    struct lb_conn *c = arg;
+    if (c->connecting) {
+        int err = c->connect_error;
+        if (what & EV_TIMEOUT) {
+            lb_conn_disarm_write(c);
+            c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_WRITING, c->arg);
+            return;
+        }
+        if (err == 0) {
+            socklen_t len = sizeof(err);
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+        }
+        if (err == EINPROGRESS)
+            return;     /* spurious: still connecting */
+        lb_conn_disarm_write(c);
+        c->connecting = 0;
+        if (err != 0) {
+            c->eof = 1;
+            errno = err;
+            c->event_cb(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+            return;
+        }
+        if (evbuffer_get_length(c->out) > 0)
+            lb_conn_schedule(c);    /* written at the end of this pass */
+        lb_conn_update_read(c);
+        c->event_cb(c, LB_CONN_CONNECTED, c->arg);
+        return;
+    }
+    if (what & EV_TIMEOUT) {
+        lb_conn_disarm_write(c);
+        c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_WRITING, c->arg);
+        return;
+    }
+    lb_conn_write(c);
+}
+
+int lb_conn_loop_init(struct event_base *base)
+{
+    lb_loop.base = base;
+    lb_loop.head = lb_loop.tail = NULL;
+    lb_loop.flush_ev = event_new(base, -1, 0, lb_conn_flush_all, NULL);
+    return lb_loop.flush_ev ? 0 : -1;
+}
+
+void lb_conn_loop_free(void)
+{
+    if (lb_loop.flush_ev != NULL)
+        event_free(lb_loop.flush_ev);
+    lb_loop.flush_ev = NULL;
+}
+
+struct lb_conn *lb_conn_new(int fd)
+{
+    struct lb_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    if (c->in == NULL || c->out == NULL ||
+        evbuffer_add_cb(c->out, lb_conn_out_cb, c) == NULL ||
+        evbuffer_add_cb(c->in, lb_conn_in_cb, c) == NULL) {
+        if (c->in != NULL)
+            evbuffer_free(c->in);
+        if (c->out != NULL)
+            evbuffer_free(c->out);
+        close(fd);
+        free(c);
+        return NULL;
+    }
+    event_assign(&c->rev, lb_loop.base, fd, EV_READ | EV_PERSIST, lb_conn_on_read, c);
+    event_assign(&c->wev, lb_loop.base, fd, EV_WRITE | EV_PERSIST, lb_conn_on_write, c);
+    c->read_limit = 256 * 1024;
+    return c;
+}
+
+void lb_conn_free(struct lb_conn *c)
+{
+    if (c == NULL)
+        return;
+    lb_conn_unlink_pending(c);
+    lb_conn_disarm_read(c);
+    lb_conn_disarm_write(c);
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    close(c->fd);
+    free(c);
+}
+
+void lb_conn_setcb(struct lb_conn *c, lb_conn_data_cb read_cb, lb_conn_data_cb write_cb,
+                   lb_conn_event_cb event_cb, void *arg)
+{
+    c->read_cb = read_cb;
+    c->write_cb = write_cb;
+    c->event_cb = event_cb;
+    c->arg = arg;
+}
+
+int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len)
+{
+    c->connecting = 1;
+    if (connect(c->fd, sa, len) < 0 && errno != EINPROGRESS) {
+        if (errno != ECONNREFUSED && errno != ENETUNREACH && errno != EHOSTUNREACH &&
+            errno != EADDRNOTAVAIL && errno != ECONNRESET) {
+            c->connecting = 0;
+            return -1;
+        }
+        /* Refused at once (loopback): reported like any other failure,
+         * from the loop, so the caller's state is set up first. */
+        c->connect_error = errno;
+        event_active(&c->wev, EV_WRITE, 1);
+        return 0;
+    }
+    lb_conn_arm_write(c);       /* writable = connected (or failed) */
+    return 0;
+}
+
+void lb_conn_read_enable(struct lb_conn *c)
+{
+    c->read_enabled = 1;
+    lb_conn_update_read(c);
+}
+
+void lb_conn_read_disable(struct lb_conn *c)
+{
+    c->read_enabled = 0;
+    lb_conn_disarm_read(c);
+}
+
+void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms)
+{
+    uint32_t r = read_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)read_ms;
+    uint32_t w = write_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)write_ms;
+    bool rchg = r != c->read_timeout_ms, wchg = w != c->write_timeout_ms;
+    c->read_timeout_ms = r;
+    c->write_timeout_ms = w;
+    /* Re-add armed events so the new timeout applies from now. */
+    if (rchg && c->read_armed)
+        lb_conn_arm_read(c);
+    if (wchg && c->write_armed)
+        lb_conn_arm_write(c);
+}
+
+void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low)
+{
+    c->read_limit = read_limit ? read_limit : 1;
+    c->write_low = write_low;
+    lb_conn_update_read(c);
+}

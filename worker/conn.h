@@ -1,0 +1,90 @@
+/* A non-blocking TCP connection with an input and an output evbuffer: the
+ * I/O layer under the proxy (clients and backends alike).
+ *
+ * Why not libevent's bufferevent: a bufferevent writes on the next loop
+ * iteration, after arming EPOLLOUT, and reads after an ioctl(FIONREAD); that
+ * is four epoll_ctl and two ioctl calls per proxied request. Here output is
+ * written at the end of the current pass of callbacks (all additions to one
+ * connection in one writev), EPOLLOUT is armed only when the socket is full,
+ * and reads go straight into reserved evbuffer space.
+ *
+ *   connect() --EINPROGRESS--> CONNECTING --writable, SO_ERROR 0--> OPEN
+ *   accept()  -------------------------------------------------->  OPEN
+ *   OPEN: reading while enabled and the input holds < read_limit bytes;
+ *         writing whenever the output holds bytes; EOF and errors reported
+ *         once through the event callback.
+ */
+#ifndef LB_CONN_H
+#define LB_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/event_struct.h>
+
+struct event_base;
+struct evbuffer;
+
+/* Event callback flags (the same values as libevent's BEV_EVENT_*). */
+#define LB_CONN_READING   0x01
+#define LB_CONN_WRITING   0x02
+#define LB_CONN_EOF       0x10
+#define LB_CONN_ERROR     0x20
+#define LB_CONN_TIMEOUT   0x40
+#define LB_CONN_CONNECTED 0x80
+
+struct lb_conn;
+typedef void (*lb_conn_data_cb)(struct lb_conn *c, void *arg);
+typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
+
+struct lb_conn {
+    int fd;
+    struct event rev;
+    struct event wev;
+    struct evbuffer *in;
+    struct evbuffer *out;
+    lb_conn_data_cb read_cb;            /* new input */
+    lb_conn_data_cb write_cb;           /* output drained to <= write_low */
+    lb_conn_event_cb event_cb;
+    void *arg;
+    struct lb_conn *next_pending;       /* in the flush list */
+    uint32_t read_limit;                /* stop reading at this much input */
+    uint32_t write_low;
+    uint32_t read_timeout_ms;
+    uint32_t write_timeout_ms;
+    int connect_error;                  /* immediate connect() failure */
+    uint8_t read_enabled : 1;           /* the user wants input */
+    uint8_t read_armed : 1;             /* rev is added */
+    uint8_t write_armed : 1;            /* wev is added (socket was full) */
+    uint8_t pending : 1;                /* in the flush list */
+    uint8_t connecting : 1;
+    uint8_t eof : 1;                    /* read side saw EOF or an error */
+};
+
+/* Once per process, before any connection: the loop whose pass ends with
+ * the flush of every connection that got output. */
+int lb_conn_loop_init(struct event_base *base);
+void lb_conn_loop_free(void);
+
+/* Wrap FD (non-blocking, owned from now on). NULL if out of memory (FD is
+ * then closed). Reading starts disabled. */
+struct lb_conn *lb_conn_new(int fd);
+void lb_conn_free(struct lb_conn *c);
+
+void lb_conn_setcb(struct lb_conn *c, lb_conn_data_cb read_cb, lb_conn_data_cb write_cb,
+                   lb_conn_event_cb event_cb, void *arg);
+/* Start a non-blocking connect; the event callback reports CONNECTED or an
+ * ERROR (also for an immediate failure). 0, or -1 if not even started. */
+int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len);
+
+void lb_conn_read_enable(struct lb_conn *c);
+void lb_conn_read_disable(struct lb_conn *c);
+/* Timeouts in ms, 0 for none: read while reading is enabled and no byte
+ * comes; write while output is pending and no byte leaves (and connect). */
+void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms);
+void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low);
+/* Write what can be written now (normally done at the end of the pass). */
+void lb_conn_flush(struct lb_conn *c);
+
+#endif
