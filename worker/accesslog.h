@@ -18,6 +18,7 @@ struct lb_access_entry {
     char request[512];          /* request line, truncated */
     char referer[256];
     char user_agent[256];
+    char request_id[65];
     uint64_t start_us;          /* head complete (wall clock) */
     uint64_t connect_us;        /* backend connection ready; 0 if never */
     uint64_t header_us;         /* backend response head; 0 if never */

@@ -9,9 +9,9 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* Read sizes: a first read of 16 KiB suits requests and small responses;
+/* Read sizes: a first read of 4 KiB suits requests and small responses;
  * a read that fills it is followed by bigger ones, up to 4 per wakeup. */
-#define LB_CONN_READ_FIRST (16 * 1024)
+#define LB_CONN_READ_FIRST (4 * 1024)
 #define LB_CONN_READ_MORE  (64 * 1024)
 #define LB_CONN_READS      4
 
@@ -50,25 +50,45 @@ static void lb_conn_disarm_read(struct lb_conn *c)
     }
 }
 
+static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg);
+
+static bool lb_conn_make_wev(struct lb_conn *c)
+{
+    if (c->wev == NULL)
+        c->wev = event_new(lb_loop.base, c->fd, EV_WRITE | EV_PERSIST, lb_conn_on_write, c);
+    return c->wev != NULL;
+}
+
 static void lb_conn_arm_write(struct lb_conn *c)
 {
-    lb_conn_arm(&c->wev, c->write_armed, c->write_timeout_ms);
+    if (!lb_conn_make_wev(c))
+        return;     /* out of memory: the write timeout will not save us */
+    lb_conn_arm(c->wev, c->write_armed, c->write_timeout_ms);
     c->write_armed = 1;
 }
 
 static void lb_conn_disarm_write(struct lb_conn *c)
 {
     if (c->write_armed) {
-        event_del(&c->wev);
+        event_del(c->wev);
         c->write_armed = 0;
     }
+}
+
+size_t lb_conn_in_len(const struct lb_conn *c)
+{
+    return c->in ? evbuffer_get_length(c->in) : 0;
+}
+
+size_t lb_conn_out_len(const struct lb_conn *c)
+{
+    return c->out ? evbuffer_get_length(c->out) : 0;
 }
 
 /* Whether reading should be on: wanted, no EOF yet, room in the input. */
 static bool lb_conn_should_read(const struct lb_conn *c)
 {
-    return c->read_enabled && !c->eof && !c->connecting &&
-           evbuffer_get_length(c->in) < c->read_limit;
+    return c->read_enabled && !c->eof && !c->connecting && lb_conn_in_len(c) < c->read_limit;
 }
 
 static void lb_conn_update_read(struct lb_conn *c)
@@ -117,7 +137,7 @@ static void lb_conn_schedule(struct lb_conn *c)
  * May call back into the user (write_cb, event_cb): C may be gone after. */
 static void lb_conn_write(struct lb_conn *c)
 {
-    if (evbuffer_get_length(c->out) > 0) {
+    if (lb_conn_out_len(c) > 0) {
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             int err = errno;
@@ -136,7 +156,7 @@ static void lb_conn_write(struct lb_conn *c)
         }
     }
     lb_conn_disarm_write(c);
-    if (c->write_cb != NULL && evbuffer_get_length(c->out) <= c->write_low)
+    if (c->write_cb != NULL && lb_conn_out_len(c) <= c->write_low)
         c->write_cb(c, c->arg);
 }
 
@@ -180,12 +200,20 @@ static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
         lb_conn_arm_read(c);
 }
 
+static int lb_conn_buffers(struct lb_conn *c);
+
 static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
     if (what & EV_TIMEOUT) {
         lb_conn_disarm_read(c);
         c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
+        return;
+    }
+    if (lb_conn_buffers(c) < 0) {
+        lb_conn_disarm_read(c);
+        errno = ENOMEM;
+        c->event_cb(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
         return;
     }
     size_t want = LB_CONN_READ_FIRST;
@@ -266,7 +294,7 @@ static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
             c->event_cb(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
             return;
         }
-        if (evbuffer_get_length(c->out) > 0)
+        if (lb_conn_out_len(c) > 0)
             lb_conn_schedule(c);    /* written at the end of this pass */
         lb_conn_update_read(c);
         c->event_cb(c, LB_CONN_CONNECTED, c->arg);
@@ -295,6 +323,35 @@ void lb_conn_loop_free(void)
     lb_loop.flush_ev = NULL;
 }
 
+/* Make the buffers if they are not there. 0, or -1 (nothing changed). */
+static int lb_conn_buffers(struct lb_conn *c)
+{
+    if (c->in != NULL)
+        return 0;
+    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+    if (in == NULL || out == NULL || evbuffer_add_cb(out, lb_conn_out_cb, c) == NULL ||
+        evbuffer_add_cb(in, lb_conn_in_cb, c) == NULL) {
+        if (in != NULL)
+            evbuffer_free(in);
+        if (out != NULL)
+            evbuffer_free(out);
+        return -1;
+    }
+    c->in = in;
+    c->out = out;
+    return 0;
+}
+
+void lb_conn_shrink(struct lb_conn *c)
+{
+    if (c->in == NULL || c->pending || c->write_armed || c->connecting ||
+        evbuffer_get_length(c->in) != 0 || evbuffer_get_length(c->out) != 0)
+        return;
+    evbuffer_free(c->in);
+    evbuffer_free(c->out);
+    c->in = c->out = NULL;
+}
+
 struct lb_conn *lb_conn_new(int fd)
 {
     struct lb_conn *c = calloc(1, sizeof(*c));
@@ -303,21 +360,12 @@ struct lb_conn *lb_conn_new(int fd)
         return NULL;
     }
     c->fd = fd;
-    c->in = evbuffer_new();
-    c->out = evbuffer_new();
-    if (c->in == NULL || c->out == NULL ||
-        evbuffer_add_cb(c->out, lb_conn_out_cb, c) == NULL ||
-        evbuffer_add_cb(c->in, lb_conn_in_cb, c) == NULL) {
-        if (c->in != NULL)
-            evbuffer_free(c->in);
-        if (c->out != NULL)
-            evbuffer_free(c->out);
+    if (lb_conn_buffers(c) < 0) {
         close(fd);
         free(c);
         return NULL;
     }
     event_assign(&c->rev, lb_loop.base, fd, EV_READ | EV_PERSIST, lb_conn_on_read, c);
-    event_assign(&c->wev, lb_loop.base, fd, EV_WRITE | EV_PERSIST, lb_conn_on_write, c);
     c->read_limit = 256 * 1024;
     return c;
 }
@@ -329,8 +377,12 @@ void lb_conn_free(struct lb_conn *c)
     lb_conn_unlink_pending(c);
     lb_conn_disarm_read(c);
     lb_conn_disarm_write(c);
-    evbuffer_free(c->in);
-    evbuffer_free(c->out);
+    if (c->wev != NULL)
+        event_free(c->wev);
+    if (c->in != NULL)
+        evbuffer_free(c->in);
+    if (c->out != NULL)
+        evbuffer_free(c->out);
     close(c->fd);
     free(c);
 }
@@ -356,7 +408,11 @@ int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len)
         /* Refused at once (loopback): reported like any other failure,
          * from the loop, so the caller's state is set up first. */
         c->connect_error = errno;
-        event_active(&c->wev, EV_WRITE, 1);
+        if (!lb_conn_make_wev(c)) {
+            c->connecting = 0;
+            return -1;
+        }
+        event_active(c->wev, EV_WRITE, 1);
         return 0;
     }
     lb_conn_arm_write(c);       /* writable = connected (or failed) */

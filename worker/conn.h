@@ -18,6 +18,7 @@
 #define LB_CONN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -41,8 +42,9 @@ typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
 struct lb_conn {
     int fd;
     struct event rev;
-    struct event wev;
-    struct evbuffer *in;
+    struct event *wev;                  /* made when first needed: most
+                                         * client sockets never fill up */
+    struct evbuffer *in;                /* NULL while shrunk (idle) */
     struct evbuffer *out;
     lb_conn_data_cb read_cb;            /* new input */
     lb_conn_data_cb write_cb;           /* output drained to <= write_low */
@@ -86,5 +88,11 @@ void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low);
 /* Write what can be written now (normally done at the end of the pass). */
 void lb_conn_flush(struct lb_conn *c);
+/* An idle connection gives its (empty) buffers back; the next read brings
+ * them again. Only while both are empty and nothing is being written. */
+void lb_conn_shrink(struct lb_conn *c);
+/* Bytes in the input / output (0 while shrunk). */
+size_t lb_conn_in_len(const struct lb_conn *c);
+size_t lb_conn_out_len(const struct lb_conn *c);
 
 #endif

@@ -36,9 +36,8 @@ struct lb_session {
     struct lb_upconn *up;               /* NULL outside PROXY */
     struct lb_server_rt *server;
     struct event client_timer;          /* client_header, then client_body progress */
-    struct event deadline_timer;        /* the whole exchange (deadline) */
+    struct event *deadline_timer;       /* only once a pool has a deadline */
     char client_ip[INET6_ADDRSTRLEN];
-    char request_id[65];                /* X-Request-Id, for the access log */
     struct lb_access_entry *acc;        /* NULL unless access_log is on */
 
     uint8_t state;
@@ -140,7 +139,7 @@ static void lb_session_log(struct lb_session *s)
     if (e == NULL || e->start_us == 0)
         return;
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
-                       s->request_id, lb_session_now_us(s));
+                       e->request_id, lb_session_now_us(s));
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
 }
@@ -161,13 +160,22 @@ static void lb_session_log_start(struct lb_session *s, const char *buf, size_t h
         else if (h->name_len == 10 && lb_str_ieq(h->name, 10, "user-agent"))
             lb_accesslog_copy(e->user_agent, sizeof(e->user_agent), h->value, h->value_len);
     }
-    s->request_id[0] = '\0';
+    e->request_id[0] = '\0';
     e->start_us = lb_session_now_us(s);
 }
 
 static void lb_count_timeout(struct lb_session *s, enum lb_timeout_kind k)
 {
     lb_counter_add(&s->w->slot_stats->timeouts[k], 1);
+}
+
+static void lb_timer_arm(struct event *ev, uint64_t ms);
+static void lb_deadline_timeout(evutil_socket_t fd, short what, void *arg);
+
+static void lb_session_deadline_off(struct lb_session *s)
+{
+    if (s->deadline_timer != NULL)
+        event_del(s->deadline_timer);
 }
 
 static void lb_timer_arm(struct event *ev, uint64_t ms)
@@ -236,7 +244,8 @@ static void lb_session_close(struct lb_session *s)
     free(s->acc);
     lb_session_release_up(s, false);
     event_del(&s->client_timer);
-    event_del(&s->deadline_timer);
+    if (s->deadline_timer != NULL)
+        event_free(s->deadline_timer);
     lb_conn_free(s->client);
     lb_list_remove(&s->node);
     w->nsessions--;
@@ -257,12 +266,12 @@ static void lb_session_linger(struct lb_session *s)
     lb_session_log(s);
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
-    event_del(&s->deadline_timer);
+    lb_session_deadline_off(s);
     /* The whole linger is bounded (a client trickling bytes cannot hold
      * it), as are the flush and each read within it. */
     lb_timer_arm(&s->client_timer, LB_LINGER_MS);
     lb_conn_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
-    bool flushed = evbuffer_get_length(s->client->out) == 0;
+    bool flushed = lb_conn_out_len(s->client) == 0;
     if (s->client_eof || s->quick_close) {
         /* The client already sent its FIN, or has nothing left to send
          * (request read whole, nothing buffered): flush, then close. */
@@ -290,7 +299,7 @@ static void lb_session_reset_request(struct lb_session *s)
     s->req_body_bytes = s->body_progress = 0;
     s->req_flags = 0;
     event_del(&s->client_timer);
-    event_del(&s->deadline_timer);
+    lb_session_deadline_off(s);
 }
 
 /* ---- responses lbd writes itself -------------------------------------- */
@@ -463,17 +472,21 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
                             s->client_ip);
     }
     lb_evbuffer_add_str(out, "\r\nVia: 1.1 lbd\r\n");
+    char generated[33];
+    const char *rid = generated;
+    size_t rid_len = 32;
     if (m->request_id < 0) {
-        snprintf(s->request_id, sizeof(s->request_id), "%016llx%016llx",
+        snprintf(generated, sizeof(generated), "%016llx%016llx",
                  (unsigned long long)lb_rand64(s->w), (unsigned long long)lb_rand64(s->w));
-        evbuffer_add_printf(out, "X-Request-Id: %s\r\n", s->request_id);
+        lb_evbuffer_add_str(out, "X-Request-Id: ");
+        evbuffer_add(out, generated, 32);
+        evbuffer_add(out, "\r\n", 2);
     } else {
-        const struct lb_http_header *h = &m->headers[m->request_id];
-        size_t n = h->value_len < sizeof(s->request_id) - 1 ? h->value_len
-                                                            : sizeof(s->request_id) - 1;
-        memcpy(s->request_id, h->value, n);
-        s->request_id[n] = '\0';
+        rid = m->headers[m->request_id].value;
+        rid_len = m->headers[m->request_id].value_len;
     }
+    if (s->acc != NULL)
+        lb_accesslog_copy(s->acc->request_id, sizeof(s->acc->request_id), rid, rid_len);
     evbuffer_add(out, "\r\n", 2);
     return evbuffer_get_length(out) - before;
 }
@@ -719,7 +732,7 @@ static void lb_tunnel_start(struct lb_session *s)
 {
     s->state = LB_S_TUNNEL;
     s->keepalive = false;
-    event_del(&s->deadline_timer);
+    lb_session_deadline_off(s);
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
     /* Idleness is judged on both directions together (the timer), not per
      * side: a quiet client under a busy server push is not idle. */
@@ -1056,7 +1069,12 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     s->server = &pool->servers[idx];
     s->state = LB_S_PROXY;
     event_del(&s->client_timer);
-    lb_timer_arm(&s->deadline_timer, pool->cfg->timeouts.deadline_ms);
+    if (pool->cfg->timeouts.deadline_ms != 0) {
+        if (s->deadline_timer == NULL)
+            s->deadline_timer = evtimer_new(w->base, lb_deadline_timeout, s);
+        if (s->deadline_timer != NULL)
+            lb_timer_arm(s->deadline_timer, pool->cfg->timeouts.deadline_ms);
+    }
     if (lb_session_connect(s) < 0) {
         lb_session_error(s, 502);
         return;
@@ -1213,6 +1231,13 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
         }
         return;
     }
+    if (s->state == LB_S_HEAD) {
+        /* The answer is out and nothing else is buffered: an idle
+         * keep-alive connection needs no buffers until its next request. */
+        if (s->served > 0 && lb_conn_in_len(s->client) == 0 && lb_conn_out_len(s->client) == 0)
+            lb_conn_shrink(s->client);
+        return;
+    }
     if (s->state == LB_S_TUNNEL)
         lb_tunnel_pump(s);
     else if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
@@ -1281,7 +1306,6 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&
                       lb_cidr_match(w->cfg->trusted_proxies, w->cfg->ntrusted_proxies, peer);
     evtimer_assign(&s->client_timer, w->base, lb_client_timeout, s);
-    evtimer_assign(&s->deadline_timer, w->base, lb_deadline_timeout, s);
     lb_session_reset_request(s);
     lb_list_push(&w->sessions, &s->node);
     w->nsessions++;
@@ -1304,8 +1328,7 @@ void lb_proxy_drain(struct lb_worker *w)
          * current response (lb_session_finish sees w->draining). A fresh
          * connection is not idle: its first request may be on its way. And
          * bytes already in the kernel mean a request: serve it. */
-        if (s->state != LB_S_HEAD || s->served == 0 ||
-            evbuffer_get_length(s->client->in) != 0)
+        if (s->state != LB_S_HEAD || s->served == 0 || lb_conn_in_len(s->client) != 0)
             continue;
         int pending = 0;
         if (ioctl(s->client->fd, FIONREAD, &pending) == 0 && pending == 0)
