@@ -9,10 +9,12 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* Read sizes: a first read of 4 KiB suits requests and small responses;
+/* Read sizes (less a chain header, so libevent allocates 4 or 64 KiB, not
+ * the next power of two): a first read of 4 KiB suits requests and small
+ * responses;
  * a read that fills it is followed by bigger ones, up to 4 per wakeup. */
-#define LB_CONN_READ_FIRST (4 * 1024)
-#define LB_CONN_READ_MORE  (64 * 1024)
+#define LB_CONN_READ_FIRST (4 * 1024 - 128)
+#define LB_CONN_READ_MORE  (64 * 1024 - 128)
 #define LB_CONN_READS      4
 
 static struct {

@@ -35,7 +35,8 @@ struct lb_session {
     struct lb_conn *client;
     struct lb_upconn *up;               /* NULL outside PROXY */
     struct lb_server_rt *server;
-    struct event client_timer;          /* client_header, then client_body progress */
+    struct lb_timer *timer;             /* client_header, client_body progress,
+                                         * linger, tunnel idle; NULL when none */
     struct event *deadline_timer;       /* only once a pool has a deadline */
     char client_ip[INET6_ADDRSTRLEN];
     struct lb_access_entry *acc;        /* NULL unless access_log is on */
@@ -79,12 +80,6 @@ static void lb_session_error(struct lb_session *s, int status);
 static void lb_up_read(struct lb_conn *conn, void *arg);
 static void lb_up_write(struct lb_conn *conn, void *arg);
 static void lb_up_event(struct lb_conn *conn, short what, void *arg);
-
-static struct timeval lb_tv(uint64_t ms)
-{
-    return (struct timeval){ .tv_sec = (time_t)(ms / 1000),
-                             .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
-}
 
 static unsigned lb_status_class(int status)
 {
@@ -178,6 +173,52 @@ static void lb_session_deadline_off(struct lb_session *s)
         event_del(s->deadline_timer);
 }
 
+static void lb_client_timeout(evutil_socket_t fd, short what, void *arg);
+
+/* Session timers come from a per-worker free list: an idle keep-alive
+ * connection holds none, and arming one never mallocs once warm. */
+struct lb_timer {
+    struct event ev;
+    struct lb_timer *next_free;
+};
+
+static struct lb_timer *lb_timer_free_list;
+
+static void lb_session_timer_stop(struct lb_session *s)
+{
+    struct lb_timer *t = s->timer;
+    if (t == NULL)
+        return;
+    event_del(&t->ev);
+    t->next_free = lb_timer_free_list;
+    lb_timer_free_list = t;
+    s->timer = NULL;
+}
+
+static bool lb_session_timer_pending(const struct lb_session *s)
+{
+    return s->timer != NULL && evtimer_pending(&s->timer->ev, NULL);
+}
+
+/* (Re)arm the session's timer MS from now; 0 stops it. */
+static void lb_session_timer_arm(struct lb_session *s, uint64_t ms)
+{
+    if (ms == 0) {
+        lb_session_timer_stop(s);
+        return;
+    }
+    if (s->timer == NULL) {
+        struct lb_timer *t = lb_timer_free_list;
+        if (t != NULL)
+            lb_timer_free_list = t->next_free;
+        else if ((t = malloc(sizeof(*t))) == NULL)
+            return;     /* out of memory: this wait goes unbounded */
+        evtimer_assign(&t->ev, s->w->base, lb_client_timeout, s);
+        s->timer = t;
+    }
+    lb_timer_arm(&s->timer->ev, ms);
+}
+
 static void lb_timer_arm(struct event *ev, uint64_t ms)
 {
     struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
@@ -243,7 +284,7 @@ static void lb_session_close(struct lb_session *s)
     lb_session_log(s);
     free(s->acc);
     lb_session_release_up(s, false);
-    event_del(&s->client_timer);
+    lb_session_timer_stop(s);
     if (s->deadline_timer != NULL)
         event_free(s->deadline_timer);
     lb_conn_free(s->client);
@@ -269,7 +310,7 @@ static void lb_session_linger(struct lb_session *s)
     lb_session_deadline_off(s);
     /* The whole linger is bounded (a client trickling bytes cannot hold
      * it), as are the flush and each read within it. */
-    lb_timer_arm(&s->client_timer, LB_LINGER_MS);
+    lb_session_timer_arm(s, LB_LINGER_MS);
     lb_conn_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
     bool flushed = lb_conn_out_len(s->client) == 0;
     if (s->client_eof || s->quick_close) {
@@ -298,7 +339,7 @@ static void lb_session_reset_request(struct lb_session *s)
     s->req_left = s->resp_left = 0;
     s->req_body_bytes = s->body_progress = 0;
     s->req_flags = 0;
-    event_del(&s->client_timer);
+    lb_session_timer_stop(s);
     lb_session_deadline_off(s);
 }
 
@@ -571,12 +612,12 @@ static void lb_forward_request_body(struct lb_session *s)
     /* client_body bounds the time for each further 8 KiB: a client
      * dripping a byte a second is cut, a slow but honest upload is not. */
     if (s->req_done) {
-        event_del(&s->client_timer);
+        lb_session_timer_stop(s);
         if (s->up->connected)
             lb_session_up_timeouts(s);
-    } else if (s->body_progress >= LB_BODY_PROGRESS || !evtimer_pending(&s->client_timer, NULL)) {
+    } else if (s->body_progress >= LB_BODY_PROGRESS || !lb_session_timer_pending(s)) {
         s->body_progress = 0;
-        lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.client_body_ms);
+        lb_session_timer_arm(s, s->server->pool->cfg->timeouts.client_body_ms);
     }
 }
 
@@ -686,7 +727,7 @@ static void lb_relay_response_body(struct lb_session *s)
 
 static void lb_tunnel_arm(struct lb_session *s)
 {
-    lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.tunnel_ms);
+    lb_session_timer_arm(s, s->server->pool->cfg->timeouts.tunnel_ms);
 }
 
 /* Move what each side has to the other, bounded by buffer_limit, and end
@@ -1068,7 +1109,7 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     }
     s->server = &pool->servers[idx];
     s->state = LB_S_PROXY;
-    event_del(&s->client_timer);
+    lb_session_timer_stop(s);
     if (pool->cfg->timeouts.deadline_ms != 0) {
         if (s->deadline_timer == NULL)
             s->deadline_timer = evtimer_new(w->base, lb_deadline_timeout, s);
@@ -1113,7 +1154,7 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         /* Our own back-pressure is not the client's slowness. */
         if (s->up != NULL &&
             evbuffer_get_length(s->up->conn->out) >= s->w->buffer_limit) {
-            lb_timer_arm(&s->client_timer, s->server->pool->cfg->timeouts.client_body_ms);
+            lb_session_timer_arm(s, s->server->pool->cfg->timeouts.client_body_ms);
             return;
         }
         lb_log_info("client %s: request body too slow (client_body)", s->client_ip);
@@ -1151,10 +1192,8 @@ static void lb_session_try_head(struct lb_session *s)
     }
     if (len == 0)
         return;
-    if (!evtimer_pending(&s->client_timer, NULL) && w->cfg->timeouts.client_header_ms) {
-        struct timeval tv = lb_tv(w->cfg->timeouts.client_header_ms);
-        evtimer_add(&s->client_timer, &tv);
-    }
+    if (!lb_session_timer_pending(s))
+        lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
 
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
     const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
@@ -1273,7 +1312,7 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
         (s->state == LB_S_PROXY ||
-         (s->state == LB_S_HEAD && evtimer_pending(&s->client_timer, NULL)))) {
+         (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
         /* Waiting on the backend is not the client's idleness, and a head
          * in progress is client_header's to judge (it answers 408). */
         lb_conn_read_enable(s->client);
@@ -1305,7 +1344,6 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
     s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&
                       lb_cidr_match(w->cfg->trusted_proxies, w->cfg->ntrusted_proxies, peer);
-    evtimer_assign(&s->client_timer, w->base, lb_client_timeout, s);
     lb_session_reset_request(s);
     lb_list_push(&w->sessions, &s->node);
     w->nsessions++;
