@@ -37,14 +37,16 @@ static void lb_admin_conn_write(struct bufferevent *bev, void *arg)
         bufferevent_free(bev);
 }
 
+/* HEAD gets the headers GET would (Content-Length included), no body. */
 static void lb_admin_reply(struct bufferevent *bev, int status, const char *reason,
-                           const char *type, const char *body, size_t len)
+                           const char *type, const char *body, size_t len, bool head)
 {
     struct evbuffer *out = bufferevent_get_output(bev);
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                              "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
                         status, reason, type, len);
-    evbuffer_add(out, body, len);
+    if (!head)
+        evbuffer_add(out, body, len);
     bufferevent_disable(bev, EV_READ);
     bufferevent_setcb(bev, NULL, lb_admin_conn_write, lb_admin_conn_event, NULL);
     bufferevent_enable(bev, EV_WRITE);
@@ -61,7 +63,7 @@ static void lb_admin_conn_read(struct bufferevent *bev, void *arg)
     size_t head = lb_http_head_end(buf, n, &scanned);
     if (head == 0) {
         if (len >= LB_ADMIN_MAX_HEAD)
-            lb_admin_reply(bev, 431, "Request Header Fields Too Large", "text/plain", "", 0);
+            lb_admin_reply(bev, 431, "Request Header Fields Too Large", "text/plain", "", 0, false);
         return;
     }
     struct lb_http_header hdrs[64];
@@ -70,7 +72,7 @@ static void lb_admin_conn_read(struct bufferevent *bev, void *arg)
                                   .max_headers = 64 };
     if (lb_http_parse_request(buf, head, &m, &lim) != 0) {
         static const char bad[] = "bad request\n";
-        lb_admin_reply(bev, 400, "Bad Request", "text/plain", bad, sizeof(bad) - 1);
+        lb_admin_reply(bev, 400, "Bad Request", "text/plain", bad, sizeof(bad) - 1, false);
         return;
     }
     /* The path without its query string. */
@@ -86,7 +88,7 @@ static void lb_admin_conn_read(struct bufferevent *bev, void *arg)
     const char *type = NULL;
     FILE *f = open_memstream(&body, &blen);
     if (f == NULL) {
-        lb_admin_reply(bev, 500, "Internal Server Error", "text/plain", "", 0);
+        lb_admin_reply(bev, 500, "Internal Server Error", "text/plain", "", 0, false);
         return;
     }
     if (get && plen == 8 && memcmp(m.target, "/metrics", 8) == 0) {
@@ -99,9 +101,10 @@ static void lb_admin_conn_read(struct bufferevent *bev, void *arg)
     fclose(f);
     if (type == NULL) {
         static const char nf[] = "not found: try /metrics or /status\n";
-        lb_admin_reply(bev, 404, "Not Found", "text/plain", nf, sizeof(nf) - 1);
+        lb_admin_reply(bev, 404, "Not Found", "text/plain", nf, sizeof(nf) - 1,
+                       (m.flags & LB_MSG_HEAD) != 0);
     } else {
-        lb_admin_reply(bev, 200, "OK", type, body, (m.flags & LB_MSG_HEAD) ? 0 : blen);
+        lb_admin_reply(bev, 200, "OK", type, body, blen, (m.flags & LB_MSG_HEAD) != 0);
     }
     free(body);
 }

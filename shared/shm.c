@@ -203,6 +203,26 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
     return new_pools <= free_pools && new_backends <= free_backends;
 }
 
+/* A server keeps its health over a reload, unless what would bring it back
+ * is gone: with no health_check left in its pool, a server a check took down
+ * is UP again, and one passive health took down gets its cooldown. */
+static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_cfg *pc)
+{
+    if (pc->health.enabled || atomic_load(&b->health) != LB_HEALTH_DOWN)
+        return;
+    uint32_t reason = atomic_load(&b->down_reason);
+    if (reason == LB_DOWN_PASSIVE && pc->passive.failures > 0) {
+        if (atomic_load(&b->passive_until_ms) == 0)
+            atomic_store(&b->passive_until_ms, lb_wall_ms() + pc->passive.cooldown_ms);
+        return;
+    }
+    atomic_store(&b->down_reason, LB_DOWN_NONE);
+    atomic_store(&b->passive_until_ms, 0);
+    atomic_store(&b->fails_in_row, 0);
+    atomic_store(&b->last_change_ms, lb_wall_ms());
+    atomic_store(&b->health, LB_HEALTH_UP);
+}
+
 int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
                   char *err, size_t errlen)
 {
@@ -239,6 +259,7 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             b->pool_id = (uint32_t)pid;
             atomic_store(&b->weight, sc->weight);
             atomic_store(&b->state, LB_ENTRY_ACTIVE);
+            lb_shm_health_carry(b, pc);
         }
     }
     for (unsigned i = 0; i < h->max_pools; i++) {

@@ -49,6 +49,10 @@ size_t lb_http_head_end(const char *buf, size_t len, size_t *scanned)
 
 int lb_http_check_partial(const char *buf, size_t len, const struct lb_http_limits *lim)
 {
+    for (const char *lf = memchr(buf, '\n', len); lf != NULL;
+         lf = memchr(lf + 1, '\n', len - (size_t)(lf + 1 - buf)))
+        if (lf == buf || lf[-1] != '\r')
+            return 400;
     /* The request line's length is measured up to its CR, as in the parser. */
     const char *eol = memchr(buf, '\r', len < lim->max_request_line + 1 ? len : lim->max_request_line + 1);
     if (eol == NULL && len > lim->max_request_line)
@@ -535,6 +539,7 @@ void lb_chunked_skip(struct lb_chunked *c, uint64_t n)
     if (c->state != CH_DATA || n > c->remaining)
         return;
     c->remaining -= n;
+    c->data_bytes += n;
     if (c->remaining == 0)
         c->state = CH_DATA_CR;
 }
@@ -591,6 +596,7 @@ ssize_t lb_chunked_feed(struct lb_chunked *c, const char *p, size_t len)
             if (n > c->remaining)
                 n = c->remaining;
             c->remaining -= n;
+            c->data_bytes += n;
             i += (size_t)n;
             if (c->remaining == 0)
                 c->state = CH_DATA_CR;

@@ -89,8 +89,10 @@ size_t lb_http_head_end(const char *buf, size_t len, size_t *scanned);
 int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *m,
                           const struct lb_http_limits *lim);
 
-/* Status to answer when no complete head fits the limits: 414 if the request
- * line alone is already too long, 431 otherwise, 0 while within limits. */
+/* Status to answer before a head is complete: 400 for a bare LF (it can
+ * only ever be refused, so waiting would just hold the connection), 414
+ * if the request line alone is already too long, 431 beyond the head size,
+ * 0 while all is well. */
 int lb_http_check_partial(const char *buf, size_t len, const struct lb_http_limits *lim);
 
 /* Parse a complete response head. HEAD_REQUEST: the request was HEAD (no body
@@ -115,6 +117,7 @@ struct lb_chunked {
     uint16_t line_len;          /* bytes in the current size/trailer line */
     uint32_t trailer_len;
     uint64_t remaining;         /* data bytes left in the current chunk */
+    uint64_t data_bytes;        /* chunk data seen so far (the body's size) */
 };
 
 #define LB_CHUNKED_MAX_LINE     4096    /* size line with extensions */

@@ -593,7 +593,9 @@ static void lb_forward_request_body(struct lb_session *s)
         s->req_done = lb_chunked_done(&s->req_chunk);
     }
     if (n > 0) {
-        s->req_body_bytes += n;
+        /* The limit is on the body, not on its chunked framing. */
+        s->req_body_bytes = s->req_body == LB_BODY_CHUNKED ? s->req_chunk.data_bytes
+                                                           : s->req_body_bytes + n;
         uint64_t max = s->w->cfg->limits.body;
         if (max != 0 && s->req_body_bytes > max) {
             /* Only chunked bodies get here: a declared length is checked

@@ -124,7 +124,10 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
 
     struct event_config *ec = event_config_new();
     if (ec != NULL)
-        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        /* Precise: request durations (histogram, access log, least_time)
+         * come from the loop's cached clock, which must not tick in 4 ms
+         * steps (CLOCK_MONOTONIC_COARSE). Still no syscall: vDSO. */
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER);
     w->base = ec ? event_base_new_with_config(ec) : NULL;
     event_config_free(ec);
     if (w->base == NULL) {

@@ -340,10 +340,12 @@ class Load:
 class PyServer:
     """Threaded HTTP/1.1 server on 127.0.0.1:PORT answering every request
     after DELAY seconds with STATUS, body NAME, `X-Backend: NAME` and
-    `Connection: close`. Counts requests. stop() by the test's cleanup."""
+    `Connection: close` (HEALTHY_PATH, if given: 200 at once, not counted).
+    Counts requests. stop() by the test's cleanup."""
 
-    def __init__(self, name, delay=0.0, status=200, port=None):
+    def __init__(self, name, delay=0.0, status=200, port=None, healthy_path=None):
         self.name = name
+        self.healthy_path = healthy_path     # this path always gets 200 at once
         self.delay = delay
         self.status = status
         self.requests = 0
@@ -354,12 +356,13 @@ class PyServer:
             protocol_version = "HTTP/1.1"
 
             def _answer(self, body=True):
+                health = outer.healthy_path is not None and self.path == outer.healthy_path
                 with outer.lock:
-                    outer.requests += 1
-                if outer.delay:
+                    outer.requests += 0 if health else 1
+                if outer.delay and not health:
                     time.sleep(outer.delay)
                 data = (outer.name + "\n").encode()
-                self.send_response(outer.status)
+                self.send_response(200 if health else outer.status)
                 self.send_header("X-Backend", outer.name)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(data)))

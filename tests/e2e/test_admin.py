@@ -9,7 +9,7 @@ import socket
 import subprocess
 
 from lbdtest import HttpConn, LbdTestCase, connect, free_port, pid_alive, proc_title, wait_for
-from lbdextra import (Metrics, admin_get, admin_metrics, admin_metrics_text, admin_status,
+from lbdextra import (admin_get, admin_metrics, admin_metrics_text, admin_status,
                       control_pids, ext_config, find_server, kill_backend, run_requests, tally,
                       wait_control, wait_health)
 
@@ -102,8 +102,6 @@ class AdminTest(LbdTestCase):
             cnt = m.value("lbd_request_duration_seconds_count", pool="web", server=b.addr)
             self.assertEqual(vals[-1], cnt)
             self.assertEqual(cnt, n / 3)
-            self.assertGreaterEqual(m.value("lbd_request_duration_seconds_sum", pool="web",
-                                            server=b.addr), 0)
         self.assertEqual(m.value("lbd_requests_total"), n + 1)
         self.assertEqual(m.value("lbd_responses_total", code="2xx"), n)
         self.assertEqual(m.value("lbd_responses_total", code="4xx"), 1)

@@ -65,9 +65,12 @@ class HealthTest(LbdTestCase):
         all succeed on the other two; restarted on its port it comes back
         UP and gets its share again."""
         lbd, bs, back = self._down_then_up(HTTP_CHECK, r"(?i)refused")
-        # The probes are real HTTP requests.
+        # The probes are real HTTP requests: besides the 10 proxied ones
+        # and our /stats, the restarted backend got at least `rise` probes.
+        proxied = find_server(admin_status(self.admin), back.addr)["requests"]
+        self.assertEqual(proxied, 10)
         st = back.stats()
-        self.assertGreaterEqual(st["requests"], 3, st)
+        self.assertGreaterEqual(st["requests"] - proxied - 1, 2, st)
 
     def test_tcp_check_down_and_back_up(self):
         """No path: a TCP connect is the check; same life cycle, and the
@@ -86,19 +89,26 @@ class HealthTest(LbdTestCase):
         """path = "/healthz?status=500": the default expect_status 200-399
         fails it (DOWN, last_error names the status, its pool answers 503);
         the same server checked with path /healthz stays UP, and with
-        expect_status = "500" the 500 counts as healthy."""
+        expect_status = "500" the 500 counts as healthy; a check answered
+        after its timeout fails."""
         (b,) = self.start_backends("b1")
         pools = [{"name": "bad", "servers": [(b.addr, 1)],
                   "health_check": dict(HTTP_CHECK, path="/healthz?status=500")},
                  {"name": "good", "servers": [(b.addr, 1)], "health_check": HTTP_CHECK},
                  {"name": "odd", "servers": [(b.addr, 1)],
                   "health_check": dict(HTTP_CHECK, path="/healthz?status=500",
-                                       expect_status="500")}]
-        routes = [("*", "/bad", "bad"), ("*", "/good", "good"), ("*", "/odd", "odd")]
+                                       expect_status="500")},
+                 {"name": "slow", "servers": [(b.addr, 1)],
+                  "health_check": dict(HTTP_CHECK, path="/healthz?delay=1000")}]
+        routes = [("*", "/bad", "bad"), ("*", "/good", "good"), ("*", "/odd", "odd"),
+                  ("*", "/slow", "slow")]
         self._lbd(pools, routes=routes)
         srv = wait_health(self.admin, b.addr, "down", pool="bad", reason="health_check")
         self.assertIn("500", srv["checks"]["last_error"], srv)
         self.assertEqual(self.get("/bad").status, 503)
+        # an answer later than the check's timeout (200 ms) is a failure too
+        srv = wait_health(self.admin, b.addr, "down", pool="slow", reason="health_check")
+        self.assertRegex(srv["checks"]["last_error"], r"(?i)time")
 
         def others_checked():
             st = admin_status(self.admin)
@@ -177,6 +187,77 @@ class HealthTest(LbdTestCase):
         wait_for(reached, 15, interval=0.05, what="b2 to get requests after the cooldown")
         srv = wait_health(self.admin, dead, "up", timeout=5)
         self.assertEqual(srv["down_reason"], "none")
+
+    def test_passive_down_until_checks_pass(self):
+        """With an active check too, a passively DOWN server (here: 500s with
+        on_5xx) stays DOWN, skipped, until the check passes `rise` times;
+        then it is UP (logged) and gets requests again."""
+        (good,) = self.start_backends("good")
+        flaky = PyServer("flaky", status=500, healthy_path="/healthz")
+        self.addCleanup(flaky.stop)
+        lbd = self._lbd([{"name": "web", "servers": [(good.addr, 1), (flaky.addr, 1)],
+                          "health_check": dict(HTTP_CHECK, rise=4),
+                          "passive_health": {"failures": 2, "on_5xx": True}}])
+        off = lbd.log_size()
+        st = [self.get("/").status for _ in range(4)]
+        self.assertEqual(sorted(st), [200, 200, 500, 500], st)
+        srv = wait_health(self.admin, flaky.addr, "down", reason="passive", timeout=5)
+        lbd.wait_log(rf"server {flaky.addr} of pool 'web' marked DOWN after 2 failed requests",
+                     since=off)
+        ok0 = srv["checks"]["ok"]
+        seen = set()
+        while True:
+            r = self.get("/")
+            s = find_server(admin_status(self.admin), flaky.addr)
+            if s["health"] == "up":
+                break
+            # still DOWN after this request: it went elsewhere
+            self.assertEqual((r.status, r.backend), (200, "good"))
+            seen.add(s["down_reason"])
+            self.assertLess(len(seen), 2, seen)
+            self.assertLess(s["checks"]["ok"], ok0 + 4 + 2,
+                            f"still DOWN after {s['checks']['ok'] - ok0} passed checks: {s}")
+        self.assertEqual(s["down_reason"], "none", s)
+        self.assertGreaterEqual(s["checks"]["ok"], ok0 + 4, "UP only after `rise` passed checks")
+        lbd.wait_log(rf"server {flaky.addr} of pool 'web' is UP", since=off)
+        wait_for(lambda: self.get("/").backend == "flaky", 10, what="flaky to get requests again")
+
+    def test_reload_dropping_health_check_frees_down_server(self):
+        """A server DOWN by its health check, then a reload whose pool has no
+        health_check any more: nothing will ever check it again, so it must
+        not stay DOWN for good (its pool answers 503 meanwhile)."""
+        (b,) = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+
+        def cfg(check):
+            return ext_config(listen, [{"name": "web", "servers": [(b.addr, 1)],
+                                        "health_check": check}], admin=self.admin)
+        lbd = self.start_lbd(cfg(dict(HTTP_CHECK, path="/healthz?status=503")), listen, workers=2)
+        wait_health(self.admin, b.addr, "down", reason="health_check")
+        self.assertEqual(self.get("/").status, 503)
+        lbd.reload(cfg(None))
+        wait_for(lambda: self.get("/").status == 200, 5,
+                 what="the server to take requests once no check is configured")
+        self.assertEqual(find_server(admin_status(self.admin), b.addr)["health"], "up")
+
+    def test_reload_new_check_path_applies(self):
+        """A reload that fixes the check path: the restarted control process
+        checks the new path and the server comes back UP."""
+        (b,) = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+
+        def cfg(path):
+            return ext_config(listen, [{"name": "web", "servers": [(b.addr, 1)],
+                                        "health_check": dict(HTTP_CHECK, path=path)}],
+                              admin=self.admin)
+        lbd = self.start_lbd(cfg("/healthz?status=404"), listen, workers=2)
+        srv = wait_health(self.admin, b.addr, "down", reason="health_check")
+        self.assertIn("404", srv["checks"]["last_error"])
+        lbd.reload(cfg("/healthz"))
+        wait_health(self.admin, b.addr, "up")
+        self.assertEqual(self.get("/").status, 200)
 
     def test_passive_on_5xx(self):
         """on_5xx = true: a server answering 500 is DOWN after `failures`

@@ -208,28 +208,29 @@ class StrategyTest(LbdTestCase):
         fast, slow = self._slow_fast_run("round_robin", 48)
         self.assertEqual((fast, slow), (24, 24))
 
-    def test_least_connections_counts_across_workers(self):
-        """4 workers, 2 equal servers, requests that hang in lbd for 400 ms
-        each: 8 concurrent requests end up 4 and 4, which needs the
-        in-flight counts of every worker (a per-worker count lets one
-        server take several of them)."""
+    def _hold_requests(self, weights, n=8, workers=4):
+        """N requests held 1.5 s by their backend, started one at a time,
+        each once the earlier ones are in flight (whichever worker took
+        them). Returns {backend: count}."""
         a, b = self.start_backends("a", "b")
         self._lbd([{"name": "web", "strategy": "least_connections",
-                    "servers": [(a.addr, 1), (b.addr, 1)]}], workers=4)
+                    "servers": [(a.addr, weights[0]), (b.addr, weights[1])]}], workers=workers)
         out = []
         lock = threading.Lock()
 
         def one():
-            r = self.get("/?delay=1500")
+            try:
+                r = self.get("/?delay=1500")
+                res = (r.status, r.backend)
+            except Exception as e:  # noqa: BLE001 - reported
+                res = ("error", repr(e))
             with lock:
-                out.append((r.status, r.backend))
+                out.append(res)
 
         def in_flight():
             return sum(s["in_flight"] for s in admin_status(self.admin)["pools"][0]["servers"])
-        # One at a time, each once the previous ones are in flight, so every
-        # pick sees the earlier ones (whichever worker took them).
         threads = []
-        for i in range(8):
+        for i in range(n):
             t = threading.Thread(target=one, daemon=True)
             t.start()
             threads.append(t)
@@ -238,4 +239,14 @@ class StrategyTest(LbdTestCase):
             t.join(30)
         per, bad = tally(out)
         self.assertEqual(bad, [])
-        self.assertEqual(per, {"a": 4, "b": 4})
+        return per
+
+    def test_least_connections_counts_across_workers(self):
+        """4 workers, 2 equal servers, 8 long requests started one after the
+        other: 4 and 4, which needs the in-flight counts of every worker."""
+        self.assertEqual(self._hold_requests((1, 1)), {"a": 4, "b": 4})
+
+    def test_least_connections_is_weighted(self):
+        """Weights 3 and 1: 8 long requests split by in-flight per weight:
+        6:2 (whichever way the ties at 2:0 and 5:1 break)."""
+        self.assertEqual(self._hold_requests((3, 1)), {"a": 6, "b": 2})
