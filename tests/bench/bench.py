@@ -231,9 +231,12 @@ def main():
     scenarios = [s for s in SCENARIOS if not args.only or s[0] in args.only.split(",")]
 
     work = tempfile.mkdtemp(prefix="lbd-bench-")
+    # nginx's workers run as an unprivileged user: they must be able to read.
+    os.chmod(work, 0o755)
     os.makedirs(os.path.join(work, "www"))
     with open(os.path.join(work, "www", "64k"), "wb") as f:
         f.write(os.urandom(65536))
+    os.chmod(os.path.join(work, "www", "64k"), 0o644)
     backends = ["127.0.0.1:%d" % free_port() for _ in range(3)]
     fill("nginx-backends.conf.in", os.path.join(work, "backends.conf"),
          {"DIR": work, "B1": backends[0], "B2": backends[1], "B3": backends[2]})
@@ -254,17 +257,22 @@ def main():
                         for p in PROXIES:
                             run = run_wrk(proxies[p], conns, extra, path, args.duration, client_cpus)
                             results.setdefault((name, p), []).append(run)
-                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req" %
-                                  (name, r + 1, p, run["rps"], run["p99"], run["cpu_us"]),
-                                  flush=True)
-                if workers == 1 and args.idle > 0:
-                    for p in PROXIES:
-                        idle[p] = idle_memory(proxies[p], args.idle)
-                        print("idle       %-8s %7.0f bytes per idle connection" % (p, idle[p]),
-                              flush=True)
+                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req%s" %
+                                  (name, r + 1, p, run["rps"], run["p99"], run["cpu_us"],
+                                   "  (%d errors: run invalid)" % run["errors"]
+                                   if run["errors"] else ""), flush=True)
             finally:
                 for p in proxies.values():
                     p.stop()
+        if args.idle > 0:
+            # Fresh instances: a heap grown by the load runs would hide the cost.
+            for p in PROXIES:
+                proxy = Proxy(p, work, backends, 1)
+                try:
+                    idle[p] = idle_memory(proxy, args.idle)
+                finally:
+                    proxy.stop()
+                print("idle       %-8s %7.0f bytes per idle connection" % (p, idle[p]), flush=True)
     finally:
         back.send_signal(signal.SIGQUIT)
         back.wait(timeout=15)
