@@ -122,13 +122,7 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
     }
     return 0;
 fail:
-    for (size_t i = 0; i < set->ngroups; i++) {
-        lb_listen_group_close(&set->groups[i], 0);
-        free(set->groups[i].fds);
-    }
-    free(set->groups);
-    set->groups = NULL;
-    set->ngroups = 0;
+    lb_listen_close(set);       /* only what phase 1 opened: OLD is untouched */
     return -1;
 }
 

@@ -51,6 +51,21 @@ static void lb_metrics_backend_counter(FILE *out, const struct lb_metrics_backen
                 (unsigned long long)*(const uint64_t *)((const char *)&v[i].t + offset));
 }
 
+/* One family with a sample per live worker slot, of the counter at OFFSET. */
+static void lb_metrics_live_workers(FILE *out, const struct lb_shm_header *h, const char *name,
+                                    const char *type, const char *help, size_t offset)
+{
+    lb_family(out, name, type, help);
+    unsigned used = atomic_load(&h->slots_used);
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_worker *w = lb_shm_worker(h, s);
+        if (atomic_load(&w->state) == LB_SLOT_FREE)
+            continue;
+        fprintf(out, "%s{worker=\"%u\",slot=\"%u\"} %llu\n", name, atomic_load(&w->id), s,
+                (unsigned long long)lb_counter_get((lb_counter_t *)((char *)w + offset)));
+    }
+}
+
 void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
@@ -139,60 +154,38 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     free(v);
 
     /* Client side, summed over every worker slot ever used. */
-    uint64_t conns = 0, active = 0, reqs = 0, bin = 0, bout = 0;
-    uint64_t resp[LB_STATUS_CLASSES] = { 0 }, to[LB_TIMEOUT_KINDS] = { 0 };
+    struct lb_worker_totals all = { 0 };
     unsigned used = atomic_load(&h->slots_used);
-    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
-        struct lb_shm_worker *w = lb_shm_worker(h, s);
-        conns += lb_counter_get(&w->connections);
-        active += lb_counter_get(&w->active_connections);
-        reqs += lb_counter_get(&w->requests);
-        bin += lb_counter_get(&w->bytes_in);
-        bout += lb_counter_get(&w->bytes_out);
-        for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
-            resp[c] += lb_counter_get(&w->responses[c]);
-        for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
-            to[k] += lb_counter_get(&w->timeouts[k]);
-    }
+    for (unsigned s = 0; s < used && s < h->max_slots; s++)
+        lb_shm_worker_add(lb_shm_worker(h, s), &all);
     lb_family(out, "lbd_connections_total", "counter", "Client connections accepted.");
-    fprintf(out, "lbd_connections_total %llu\n", (unsigned long long)conns);
+    fprintf(out, "lbd_connections_total %llu\n", (unsigned long long)all.connections);
     lb_family(out, "lbd_active_connections", "gauge", "Client connections open now.");
-    fprintf(out, "lbd_active_connections %llu\n", (unsigned long long)active);
+    fprintf(out, "lbd_active_connections %llu\n", (unsigned long long)all.active_connections);
     lb_family(out, "lbd_requests_total", "counter", "Client requests parsed (valid or not).");
-    fprintf(out, "lbd_requests_total %llu\n", (unsigned long long)reqs);
+    fprintf(out, "lbd_requests_total %llu\n", (unsigned long long)all.requests);
     lb_family(out, "lbd_responses_total", "counter", "Responses sent to clients by status class.");
     for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
         fprintf(out, "lbd_responses_total{code=\"%s\"} %llu\n", lb_codes[c],
-                (unsigned long long)resp[c]);
+                (unsigned long long)all.responses[c]);
     lb_family(out, "lbd_received_bytes_total", "counter", "Bytes received from clients.");
-    fprintf(out, "lbd_received_bytes_total %llu\n", (unsigned long long)bin);
+    fprintf(out, "lbd_received_bytes_total %llu\n", (unsigned long long)all.bytes_in);
     lb_family(out, "lbd_sent_bytes_total", "counter", "Bytes sent to clients.");
-    fprintf(out, "lbd_sent_bytes_total %llu\n", (unsigned long long)bout);
+    fprintf(out, "lbd_sent_bytes_total %llu\n", (unsigned long long)all.bytes_out);
     lb_family(out, "lbd_timeouts_total", "counter", "Timeouts that fired, by kind.");
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],
-                (unsigned long long)to[k]);
+                (unsigned long long)all.timeouts[k]);
 
     lb_family(out, "lbd_worker_restarts_total", "counter", "Unexpected worker deaths (each respawned).");
     unsigned nworkers = atomic_load(&h->workers);
     for (unsigned i = 0; i < nworkers && i < LB_MAX_WORKERS; i++)
         fprintf(out, "lbd_worker_restarts_total{worker=\"%u\"} %llu\n", i,
                 (unsigned long long)atomic_load(&h->worker_restarts[i]));
-    lb_family(out, "lbd_worker_requests_total", "counter", "Requests parsed by the live worker processes.");
-    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
-        struct lb_shm_worker *w = lb_shm_worker(h, s);
-        if (atomic_load(&w->state) == LB_SLOT_FREE)
-            continue;
-        fprintf(out, "lbd_worker_requests_total{worker=\"%u\",slot=\"%u\"} %llu\n",
-                atomic_load(&w->id), s, (unsigned long long)lb_counter_get(&w->requests));
-    }
-    lb_family(out, "lbd_worker_active_connections", "gauge", "Client connections open per live worker.");
-    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
-        struct lb_shm_worker *w = lb_shm_worker(h, s);
-        if (atomic_load(&w->state) == LB_SLOT_FREE)
-            continue;
-        fprintf(out, "lbd_worker_active_connections{worker=\"%u\",slot=\"%u\"} %llu\n",
-                atomic_load(&w->id), s,
-                (unsigned long long)lb_counter_get(&w->active_connections));
-    }
+    lb_metrics_live_workers(out, h, "lbd_worker_requests_total", "counter",
+                            "Requests parsed by the live worker processes.",
+                            offsetof(struct lb_shm_worker, requests));
+    lb_metrics_live_workers(out, h, "lbd_worker_active_connections", "gauge",
+                            "Client connections open per live worker.",
+                            offsetof(struct lb_shm_worker, active_connections));
 }

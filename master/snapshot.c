@@ -63,28 +63,13 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             (unsigned long long)atomic_load(&h->reload_failures));
     unsigned used = atomic_load(&h->slots_used);
     bool first = true;
-    uint64_t totals[5] = { 0 };     /* connections, requests, active, in, out */
-    uint64_t timeouts_total[LB_TIMEOUT_KINDS] = { 0 };
+    struct lb_worker_totals all = { 0 };
     for (unsigned s = 0; s < used && s < h->max_slots; s++) {
         struct lb_shm_worker *w = lb_shm_worker(h, s);
         uint32_t st = atomic_load(&w->state);
-        uint64_t resp[LB_STATUS_CLASSES];
-        for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
-            resp[c] = lb_counter_get(&w->responses[c]);
-        uint64_t conns = lb_counter_get(&w->connections);
-        uint64_t reqs = lb_counter_get(&w->requests);
-        uint64_t active = lb_counter_get(&w->active_connections);
-        uint64_t bin = lb_counter_get(&w->bytes_in), bout = lb_counter_get(&w->bytes_out);
-        totals[0] += conns;
-        totals[1] += reqs;
-        totals[2] += active;
-        totals[3] += bin;
-        totals[4] += bout;
-        uint64_t to[LB_TIMEOUT_KINDS];
-        for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++) {
-            to[k] = lb_counter_get(&w->timeouts[k]);
-            timeouts_total[k] += to[k];
-        }
+        struct lb_worker_totals one = { 0 };
+        lb_shm_worker_add(w, &one);
+        lb_shm_worker_add(w, &all);
         if (st == LB_SLOT_FREE)
             continue;       /* its counts live on in the totals */
         unsigned id = atomic_load(&w->id);
@@ -94,11 +79,12 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 first ? "" : ",", id, s, (int)atomic_load(&w->pid), lb_slot_state_name(st),
                 atomic_load(&w->generation),
                 (unsigned long long)(id < LB_MAX_WORKERS ? atomic_load(&h->worker_restarts[id]) : 0),
-                (unsigned long long)conns, (unsigned long long)active,
-                (unsigned long long)reqs, (unsigned long long)bin, (unsigned long long)bout);
-        lb_snapshot_classes(out, resp);
+                (unsigned long long)one.connections, (unsigned long long)one.active_connections,
+                (unsigned long long)one.requests, (unsigned long long)one.bytes_in,
+                (unsigned long long)one.bytes_out);
+        lb_snapshot_classes(out, one.responses);
         fputs(",\"timeouts\":", out);
-        lb_snapshot_timeouts(out, to);
+        lb_snapshot_timeouts(out, one.timeouts);
         fputc('}', out);
         first = false;
     }
@@ -108,10 +94,10 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     fprintf(out, "],\"totals\":{\"connections\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                  "\"worker_restarts\":%llu,\"timeouts\":",
-            (unsigned long long)totals[0], (unsigned long long)totals[1],
-            (unsigned long long)totals[2], (unsigned long long)totals[3],
-            (unsigned long long)totals[4], (unsigned long long)restarts);
-    lb_snapshot_timeouts(out, timeouts_total);
+            (unsigned long long)all.connections, (unsigned long long)all.requests,
+            (unsigned long long)all.active_connections, (unsigned long long)all.bytes_in,
+            (unsigned long long)all.bytes_out, (unsigned long long)restarts);
+    lb_snapshot_timeouts(out, all.timeouts);
     fputs("},\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };

@@ -9,6 +9,26 @@
 
 #include "shared/util.h"
 
+/* One byte of payload carrying one descriptor (SCM_RIGHTS). */
+struct lb_fd_msg {
+    char byte;
+    struct iovec iov;
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg;
+};
+
+static void lb_fd_msg_init(struct lb_fd_msg *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->byte = 'L';
+    m->iov = (struct iovec){ .iov_base = &m->byte, .iov_len = 1 };
+    m->msg = (struct msghdr){ .msg_iov = &m->iov, .msg_iovlen = 1,
+                              .msg_control = m->u.buf, .msg_controllen = sizeof(m->u.buf) };
+}
+
 static socklen_t lb_instance_addr(const char *config_path, struct sockaddr_un *sun)
 {
     memset(sun, 0, sizeof(*sun));
@@ -41,21 +61,15 @@ void lb_instance_serve(int listen_fd, int shm_fd)
         int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0)
             return;
-        char byte = 'L';
-        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } u;
-        struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
-                              .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        struct lb_fd_msg m;
+        lb_fd_msg_init(&m);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m.msg);
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(cm), &shm_fd, sizeof(int));
         /* A fresh unix socket's buffer takes one byte at once: no blocking. */
-        (void)sendmsg(c, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)sendmsg(c, &m.msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         close(c);
     }
 }
@@ -72,19 +86,13 @@ int lb_instance_fetch(const char *config_path)
         goto out;
     struct timeval tv = { .tv_sec = 5 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    char byte;
-    struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
-                          .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
-    if (recvmsg(fd, &msg, MSG_CMSG_CLOEXEC) <= 0) {
+    struct lb_fd_msg m;
+    lb_fd_msg_init(&m);
+    if (recvmsg(fd, &m.msg, MSG_CMSG_CLOEXEC) <= 0) {
         errno = errno ? errno : ECONNRESET;
         goto out;
     }
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m.msg);
     if (cm == NULL || cm->cmsg_type != SCM_RIGHTS) {
         errno = EPROTO;
         goto out;

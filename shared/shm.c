@@ -330,6 +330,19 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
     atomic_store(&w->state, LB_SLOT_FREE);
 }
 
+void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
+{
+    out->connections += lb_counter_get(&w->connections);
+    out->active_connections += lb_counter_get(&w->active_connections);
+    out->requests += lb_counter_get(&w->requests);
+    out->bytes_in += lb_counter_get(&w->bytes_in);
+    out->bytes_out += lb_counter_get(&w->bytes_out);
+    for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
+        out->responses[c] += lb_counter_get(&w->responses[c]);
+    for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
+        out->timeouts[k] += lb_counter_get(&w->timeouts[k]);
+}
+
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
                         struct lb_backend_totals *out)
 {

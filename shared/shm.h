@@ -105,4 +105,18 @@ struct lb_backend_totals {
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
                         struct lb_backend_totals *out);
 
+/* A reader's copy of lb_shm_worker's counters. */
+struct lb_worker_totals {
+    uint64_t connections;
+    uint64_t active_connections;
+    uint64_t requests;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t responses[LB_STATUS_CLASSES];
+    uint64_t timeouts[LB_TIMEOUT_KINDS];
+};
+
+/* Add worker slot W's counters to OUT. */
+void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out);
+
 #endif

@@ -8,14 +8,22 @@
 #include <string.h>
 #include <time.h>
 
-int lb_duration_parse(const char *s, uint64_t *ms)
+/* A decimal number at the start of S (digits first: no sign, no space);
+ * *END is what follows it. 0, or -1. */
+static int lb_parse_leading_uint(const char *s, unsigned long long *v, char **end)
 {
     if (s == NULL || *s < '0' || *s > '9')
         return -1;
     errno = 0;
+    *v = strtoull(s, end, 10);
+    return errno != 0 ? -1 : 0;
+}
+
+int lb_duration_parse(const char *s, uint64_t *ms)
+{
     char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno != 0)
+    unsigned long long v;
+    if (lb_parse_leading_uint(s, &v, &end) < 0)
         return -1;
     uint64_t mult;
     if (strcmp(end, "ms") == 0)
@@ -38,12 +46,9 @@ int lb_duration_parse(const char *s, uint64_t *ms)
 
 int lb_size_parse(const char *s, uint64_t *bytes)
 {
-    if (s == NULL || *s < '0' || *s > '9')
-        return -1;
-    errno = 0;
     char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno != 0)
+    unsigned long long v;
+    if (lb_parse_leading_uint(s, &v, &end) < 0)
         return -1;
     unsigned shift;
     switch (*end) {
