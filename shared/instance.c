@@ -13,11 +13,11 @@
 struct lb_fd_msg {
     char byte;
     struct iovec iov;
-    union {
+    struct msghdr msg;
+    union {                     /* last: clang sees CMSG_SPACE as variable */
         char buf[CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
     } u;
-    struct msghdr msg;
 };
 
 static void lb_fd_msg_init(struct lb_fd_msg *m)
