@@ -503,7 +503,7 @@ static void lb_master_begin_stop(struct lb_master *m, bool graceful)
     m->stopping = true;
     uint64_t wait = graceful ? m->cfg->shutdown_timeout_ms : LB_FAST_STOP_MS;
     m->stop_deadline_ms = lb_now_ms() + wait;
-    lb_log_info("%s stop: %zu worker(s) to wait for", graceful ? "graceful" : "fast",
+    lb_log_info("%s stop: %zu process(es) to wait for", graceful ? "graceful" : "fast",
                 lb_master_live(m));
     /* Listeners close now: the workers close their copies as they drain. */
     lb_listen_close(&m->listen);
@@ -654,7 +654,7 @@ int lb_master_run(const struct lb_master_options *opt)
             if (lb_master_live(m) == 0)
                 break;
             if (lb_now_ms() >= m->stop_deadline_ms) {
-                lb_log_warn("shutdown_timeout reached: killing %zu worker(s)", lb_master_live(m));
+                lb_log_warn("shutdown_timeout reached: killing %zu process(es)", lb_master_live(m));
                 lb_master_signal_all(m, SIGKILL);
                 m->stop_deadline_ms = UINT64_MAX;
             }
