@@ -630,6 +630,9 @@ static int lb_cfg_limits(struct lb_loader *ld, const config_setting_t *root,
         return -1;
     if (l->request_line > l->header_size)
         return lb_cfg_fail(ld, g, "limits: request_line must not exceed header_size");
+    /* A head must fit in what a connection may buffer, or it never completes. */
+    if (l->buffer < l->header_size + 4)
+        return lb_cfg_fail(ld, g, "limits: buffer must be larger than header_size");
     return 0;
 }
 

@@ -150,14 +150,16 @@ static void lb_conn_write(struct lb_conn *c)
             return;
         }
         if (evbuffer_get_length(c->out) > 0) {
-            if (!c->write_armed)
-                lb_conn_arm_write(c);
-            else if (n > 0 && c->write_timeout_ms)
-                lb_conn_arm_write(c);   /* progress: restart the write timeout */
-            return;
+            if (!c->write_armed || (n > 0 && c->write_timeout_ms))
+                lb_conn_arm_write(c);   /* (progress restarts the write timeout) */
+        } else {
+            lb_conn_disarm_write(c);
         }
+    } else {
+        lb_conn_disarm_write(c);
     }
-    lb_conn_disarm_write(c);
+    /* Below the low mark the user may add more: streaming never waits for
+     * the socket to drain completely. */
     if (c->write_cb != NULL && lb_conn_out_len(c) <= c->write_low)
         c->write_cb(c, c->arg);
 }
@@ -212,9 +214,12 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
         c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
         return;
     }
-    if (lb_conn_buffers(c) < 0) {
+    if (c->read_error != 0 || lb_conn_buffers(c) < 0) {
+        /* An error held back while its wakeup's data went to the user. */
+        int err = c->read_error ? c->read_error : ENOMEM;
+        c->eof = 1;
         lb_conn_disarm_read(c);
-        errno = ENOMEM;
+        errno = err;
         c->event_cb(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
         return;
     }
@@ -244,10 +249,14 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
                 break;
             /* Data read in this wakeup goes to the user first; the end is
-             * reported on the next wakeup (read() says so again), so no
-             * callback ever runs after one that may have freed C. */
-            if (i > 0)
+             * reported on the next wakeup (EOF: read() says so again; an
+             * error is kept for it), so no callback ever runs after one
+             * that may have freed C. */
+            if (i > 0) {
+                if (n < 0)
+                    c->read_error = err;
                 break;
+            }
             c->eof = 1;
             lb_conn_disarm_read(c);
             errno = err;
@@ -437,13 +446,14 @@ void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms
 {
     uint32_t r = read_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)read_ms;
     uint32_t w = write_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)write_ms;
-    bool rchg = r != c->read_timeout_ms, wchg = w != c->write_timeout_ms;
     c->read_timeout_ms = r;
     c->write_timeout_ms = w;
-    /* Re-add armed events so the new timeout applies from now. */
-    if (rchg && c->read_armed)
+    /* Setting timeouts marks a new phase (idle, waiting for a response, a
+     * pooled connection taken): armed events count from now, even when the
+     * value is the same as before. */
+    if (c->read_armed)
         lb_conn_arm_read(c);
-    if (wchg && c->write_armed)
+    if (c->write_armed)
         lb_conn_arm_write(c);
 }
 

@@ -56,6 +56,7 @@ struct lb_conn {
     uint32_t read_timeout_ms;
     uint32_t write_timeout_ms;
     int connect_error;                  /* immediate connect() failure */
+    int read_error;                     /* reported on the next read wakeup */
     uint8_t read_enabled : 1;           /* the user wants input */
     uint8_t read_armed : 1;             /* rev is added */
     uint8_t write_armed : 1;            /* wev is added (socket was full) */

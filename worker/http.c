@@ -305,10 +305,24 @@ static int lb_http_semantics(struct lb_http_msg *m, bool request)
     }
 
     if (m->flags & LB_MSG_CONN_OTHER) {
-        /* Headers named in Connection are hop-by-hop too. */
-        for (size_t i = 0; i < m->nheaders; i++)
-            if (lb_http_named_by_connection(m, &m->headers[i]))
-                m->headers[i].flags |= LB_HDR_HOP_BY_HOP;
+        /* Headers named in Connection are hop-by-hop too, except those lbd
+         * frames or routes by: dropping Content-Length or Transfer-Encoding
+         * would let the backend read the body as another request, dropping
+         * Host would route there by something else than here. A request
+         * asking for that is refused; a response's token is ignored. */
+        for (size_t i = 0; i < m->nheaders; i++) {
+            struct lb_http_header *h = &m->headers[i];
+            if (!lb_http_named_by_connection(m, h))
+                continue;
+            if ((h->flags & LB_HDR_FRAMING) || (int)i == m->host) {
+                if (request)
+                    return 400;
+                continue;
+            }
+            h->flags |= LB_HDR_HOP_BY_HOP;
+            if ((int)i == m->request_id)
+                m->request_id = -1;     /* not passed on: one is generated */
+        }
     }
     return 0;
 }
@@ -436,7 +450,10 @@ int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *
                 return 400;     /* userinfo is not sent to a proxy */
     }
     if (m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0)
-        m->flags |= LB_MSG_HEAD;
+        m->flags |= LB_MSG_HEAD | LB_MSG_SAFE;
+    if ((m->method_len == 3 && memcmp(m->method, "GET", 3) == 0) || options ||
+        (m->method_len == 5 && memcmp(m->method, "TRACE", 5) == 0))
+        m->flags |= LB_MSG_SAFE;
 
     size_t max = m->max_headers < lim->max_headers ? m->max_headers : lim->max_headers;
     int rc = lb_http_parse_fields(eol + 2, end, m, max);

@@ -45,6 +45,7 @@ enum lb_http_body {
 #define LB_MSG_CONN_UPGRADE     0x04u
 #define LB_MSG_EXPECT_CONTINUE  0x08u
 #define LB_MSG_HEAD             0x10u   /* request method is HEAD */
+#define LB_MSG_SAFE             0x20u   /* GET, HEAD, OPTIONS, TRACE: may be retried */
 
 struct lb_http_limits {
     size_t max_request_line;    /* 414 beyond */

@@ -55,6 +55,7 @@ struct lb_session {
     bool counted_failure;               /* a 5xx already reported (on_5xx) */
     bool shut;                          /* CLOSING: our FIN is sent */
     bool quick_close;                   /* CLOSING without lingering */
+    bool resume_head;                   /* parse the next request once flushed */
     bool peer_trusted;                  /* client is in trusted_proxies */
     unsigned served;                    /* exchanges completed on this connection */
     bool upgrade;                       /* request asks for a protocol upgrade */
@@ -300,7 +301,19 @@ static void lb_session_close(struct lb_session *s)
  * unread request bytes cannot make the kernel reset the connection and
  * destroy the response in flight. */
 #define LB_LINGER_MS 5000
+#define LB_DRAIN_GRACE_MS 2000
 #define LB_BODY_PROGRESS 8192
+
+/* Our FIN is sent: the client has LB_LINGER_MS in all to send its own (a
+ * client trickling bytes cannot hold the connection). */
+static void lb_session_shut(struct lb_session *s)
+{
+    if (s->shut)
+        return;
+    s->shut = true;
+    shutdown(s->client->fd, SHUT_WR);
+    lb_session_timer_arm(s, LB_LINGER_MS);
+}
 
 static void lb_session_linger(struct lb_session *s)
 {
@@ -308,9 +321,9 @@ static void lb_session_linger(struct lb_session *s)
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
     lb_session_deadline_off(s);
-    /* The whole linger is bounded (a client trickling bytes cannot hold
-     * it), as are the flush and each read within it. */
-    lb_session_timer_arm(s, LB_LINGER_MS);
+    lb_session_timer_stop(s);
+    /* Sending the rest is bounded by the send timeout (a slow reader gets
+     * every byte); only then does the bounded linger start. */
     lb_conn_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
     bool flushed = lb_conn_out_len(s->client) == 0;
     if (s->client_eof || s->quick_close) {
@@ -322,10 +335,8 @@ static void lb_session_linger(struct lb_session *s)
         return;
     }
     lb_conn_read_enable(s->client);
-    if (flushed && !s->shut) {
-        s->shut = true;
-        shutdown(s->client->fd, SHUT_WR);
-    }
+    if (flushed)
+        lb_session_shut(s);
 }
 
 static void lb_session_reset_request(struct lb_session *s)
@@ -377,6 +388,12 @@ static void lb_session_error(struct lb_session *s, int status)
                         "%s\r\n%s",
                         status, lb_reason(status), blen,
                         keep ? "" : "Connection: close\r\n", body);
+    if (s->acc != NULL && s->acc->start_us == 0) {
+        /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
+        snprintf(s->acc->request, sizeof(s->acc->request), "-");
+        s->acc->referer[0] = s->acc->user_agent[0] = s->acc->request_id[0] = '\0';
+        s->acc->start_us = lb_session_now_us(s);
+    }
     lb_session_sent(s, evbuffer_get_length(out) - before);
     lb_session_count_response(s, status);
     lb_session_log(s);
@@ -392,7 +409,7 @@ static void lb_session_error(struct lb_session *s, int status)
     s->served++;
     lb_session_reset_request(s);
     lb_session_set_idle(s);
-    lb_session_try_head(s);
+    s->resume_head = lb_conn_in_len(s->client) > 0;     /* see lb_client_write */
 }
 
 /* ---- request: client -> backend ---------------------------------------- */
@@ -953,9 +970,12 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
         return;
     }
     int err = errno;
-    /* A pooled connection the backend closed just as we reused it: the
-     * request never reached it, so it is safe to send again, once. */
-    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending) {
+    /* A pooled connection the backend closed just as we reused it, before
+     * a byte of answer: the request most likely never reached it. Sent
+     * again once, and only if sending it twice is harmless (safe method,
+     * no body), as nginx and HAProxy do. */
+    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending &&
+        (s->req_flags & LB_MSG_SAFE) && lb_conn_in_len(up->conn) == 0) {
         s->retried = true;
         lb_session_release_up(s, false);
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
@@ -1141,7 +1161,7 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
-        lb_session_close(s);    /* linger time is up */
+        lb_session_close(s);    /* linger time is up (armed once flushed) */
         return;
     }
     if (s->state == LB_S_TUNNEL) {
@@ -1183,6 +1203,9 @@ static void lb_session_try_head(struct lb_session *s)
     struct evbuffer *in = s->client->in;
     size_t len = evbuffer_get_length(in);
 
+    /* Any byte starts the client_header clock, empty lines included. */
+    if (len > 0 && !lb_session_timer_pending(s))
+        lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
     /* RFC 9112 §2.2: ignore empty lines before a request line. */
     while (len >= 2 && s->scan == 0) {
         unsigned char two[2];
@@ -1194,8 +1217,6 @@ static void lb_session_try_head(struct lb_session *s)
     }
     if (len == 0)
         return;
-    if (!lb_session_timer_pending(s))
-        lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
 
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
     const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
@@ -1221,14 +1242,16 @@ static void lb_session_try_head(struct lb_session *s)
     }
     s->head_len = head_len;
     s->req_minor = (uint8_t)m.version_minor;
-    s->req_flags = m.flags & LB_MSG_HEAD;
+    s->req_flags = m.flags & (LB_MSG_HEAD | LB_MSG_SAFE);
     s->keepalive = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
                                         : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
     s->req_body = m.body;
     s->req_left = m.content_length;
     /* A tunnel only for a body-less HTTP/1.1 request that asks for one. */
     s->upgrade = (m.flags & LB_MSG_CONN_UPGRADE) && m.upgrade >= 0 &&
-                 m.version_minor == 1 && m.body == LB_BODY_NONE;
+                 m.version_minor == 1 && m.body == LB_BODY_NONE &&
+                 lb_str_ieq(m.headers[m.upgrade].value, m.headers[m.upgrade].value_len,
+                            "websocket");
     s->req_done = m.body == LB_BODY_NONE;
     s->head_pending = true;
     lb_chunked_init(&s->req_chunk);
@@ -1264,18 +1287,26 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
     if (s->state == LB_S_CLOSING) {
         if (evbuffer_get_length(s->client->out) != 0)
             return;
-        if (s->client_eof || s->quick_close) {
+        if (s->client_eof || s->quick_close)
             lb_session_close(s);
-        } else if (!s->shut) {
-            s->shut = true;
-            shutdown(s->client->fd, SHUT_WR);
-        }
+        else
+            lb_session_shut(s);
         return;
     }
     if (s->state == LB_S_HEAD) {
+        if (lb_conn_out_len(s->client) != 0)
+            return;
+        if (s->resume_head) {
+            /* Pipelined requests after one lbd answered itself: parsed
+             * only once that answer is out, so a client that does not
+             * read cannot make the worker buffer (or recurse) without end. */
+            s->resume_head = false;
+            lb_session_try_head(s);
+            return;
+        }
         /* The answer is out and nothing else is buffered: an idle
          * keep-alive connection needs no buffers until its next request. */
-        if (s->served > 0 && lb_conn_in_len(s->client) == 0 && lb_conn_out_len(s->client) == 0)
+        if (s->served > 0 && lb_conn_in_len(s->client) == 0)
             lb_conn_shrink(s->client);
         return;
     }
@@ -1368,8 +1399,17 @@ void lb_proxy_drain(struct lb_worker *w)
          * current response (lb_session_finish sees w->draining). A fresh
          * connection is not idle: its first request may be on its way. And
          * bytes already in the kernel mean a request: serve it. */
-        if (s->state != LB_S_HEAD || s->served == 0 || lb_conn_in_len(s->client) != 0)
+        if (s->state != LB_S_HEAD || lb_conn_in_len(s->client) != 0)
             continue;
+        if (s->served == 0) {
+            /* A fresh connection (a browser's preconnect, say) gets a short
+             * grace for its first request, not all of client_idle. */
+            uint64_t idle = s->w->cfg->timeouts.client_idle_ms;
+            lb_conn_set_timeouts(s->client, idle && idle < LB_DRAIN_GRACE_MS ? idle
+                                                                              : LB_DRAIN_GRACE_MS,
+                                 s->w->cfg->timeouts.send_ms);
+            continue;
+        }
         int pending = 0;
         if (ioctl(s->client->fd, FIONREAD, &pending) == 0 && pending == 0)
             lb_session_close(s);

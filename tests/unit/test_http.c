@@ -134,7 +134,7 @@ START_TEST(test_req_simple_get)
     ck_assert_int_eq(msg.host, 0);
     ck_value("Host", "example.com");
     ck_assert_int_eq(msg.body, LB_BODY_NONE);
-    ck_assert_uint_eq(msg.flags, 0);
+    ck_assert_uint_eq(msg.flags, LB_MSG_SAFE);      /* GET may be retried */
     ck_assert_uint_eq(msg.headers[0].flags, 0);
     /* Zero-copy: the spans point into the parsed buffer. */
     ck_assert_ptr_eq(msg.method, head_copy);
@@ -185,14 +185,14 @@ END_TEST
 START_TEST(test_req_connection_flags)
 {
     ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_CLOSE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_CLOSE | LB_MSG_SAFE);
     ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_KEEPALIVE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_KEEPALIVE | LB_MSG_SAFE);
     ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\nConnection: CLOSE\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_CLOSE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_CLOSE | LB_MSG_SAFE);
     ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\n"
                          "Connection: ,keep-alive , Upgrade,\r\nUpgrade: websocket\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_KEEPALIVE | LB_MSG_CONN_UPGRADE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_KEEPALIVE | LB_MSG_CONN_UPGRADE | LB_MSG_SAFE);
     /* Tokens, not substrings. */
     ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\nConnection: closed, keep-alives\r\n\r\n"), 0);
     ck_assert_uint_eq(msg.flags & (LB_MSG_CONN_CLOSE | LB_MSG_CONN_KEEPALIVE), 0);
@@ -265,7 +265,7 @@ START_TEST(test_req_expect_head_options)
     ck_assert_uint_eq(msg.flags, 0);
 
     ck_assert_int_eq(REQ("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_HEAD);
+    ck_assert_uint_eq(msg.flags, LB_MSG_HEAD | LB_MSG_SAFE);
     ck_span(msg.method, msg.method_len, "HEAD");
     /* Methods are case-sensitive: "head" is some other method. */
     ck_assert_int_eq(REQ("head / HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
@@ -338,12 +338,32 @@ START_TEST(test_req_hop_by_hop)
 }
 END_TEST
 
+/* Connection may not make lbd's own framing or routing hop-by-hop: the
+ * backend would read the body as another request (smuggling). */
+START_TEST(test_req_connection_names_framing)
+{
+    ck_assert_int_eq(REQ("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n"
+                         "Content-Length: 3\r\n\r\n"), 400);
+    ck_assert_int_eq(REQ("POST / HTTP/1.1\r\nHost: a\r\nConnection: close, Transfer-Encoding\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n"), 400);
+    ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n"), 400);
+    /* A named X-Request-Id is dropped, so it counts as absent (one is made). */
+    ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: a\r\nConnection: x-request-id\r\n"
+                         "X-Request-Id: abc\r\n\r\n"), 0);
+    ck_assert_int_eq(msg.request_id, -1);
+    ck_assert_uint_eq(msg.headers[2].flags & LB_HDR_HOP_BY_HOP, LB_HDR_HOP_BY_HOP);
+    /* POST is not safe to retry; GET, HEAD, OPTIONS, TRACE are. */
+    ck_assert_int_eq(REQ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags & LB_MSG_SAFE, 0);
+}
+END_TEST
+
 START_TEST(test_req_upgrade_request_id)
 {
     ck_assert_int_eq(REQ("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
                          "Upgrade: websocket\r\nX-Request-Id: abc-123\r\n"
                          "Forwarded: for=192.0.2.1\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_UPGRADE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_CONN_UPGRADE | LB_MSG_SAFE);
     ck_assert_int_eq(msg.upgrade, 2);
     ck_assert_int_eq(msg.request_id, 3);
     ck_assert_uint_eq(hdr("Forwarded")->flags, LB_HDR_FORWARDED);
@@ -1086,6 +1106,7 @@ Suite *http_suite(void)
     tcase_add_test(tc, test_req_absolute_form);
     tcase_add_test(tc, test_req_hop_by_hop);
     tcase_add_test(tc, test_req_upgrade_request_id);
+    tcase_add_test(tc, test_req_connection_names_framing);
     tcase_add_test(tc, test_absolute_target);
     suite_add_tcase(s, tc);
 

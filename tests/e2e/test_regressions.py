@@ -1,0 +1,189 @@
+"""Regressions found by review: each test failed before its fix.
+
+- Connection naming a framing header must not strip it (smuggling);
+- a response on a connection lbd closes is delivered whole to a slow reader;
+- pipelined requests lbd answers itself neither recurse nor buffer without end;
+- timeouts restart at each phase (idle after a response, a pooled
+  connection taken again);
+- only safe methods are retried on a stale pooled connection.
+"""
+import socket
+import threading
+import time
+
+from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status,
+                     raw_exchange, wait_for)
+
+
+def worker_rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class RawBackend:
+    """A backend that answers each connection's first request with a
+    keep-alive 200 and closes on the second without answering: what a
+    server closing an idle keep-alive connection looks like to a proxy
+    that reuses it at that moment. Records every request line it sees."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", free_port()))
+        self.sock.listen(64)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.seen = []
+        self.lock = threading.Lock()
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        n = 0
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        d = c.recv(65536)
+                    except OSError:
+                        return
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                with self.lock:
+                    self.seen.append(head.split(b"\r\n", 1)[0].decode())
+                n += 1
+                if n >= 2:
+                    return      # close without answering
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+class RegressionTest(LbdTestCase):
+
+    def test_connection_naming_content_length_is_refused(self):
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        before = b.stats()["requests"]
+        inner = (b"GET /admin-secret HTTP/1.1\r\nHost: internal\r\n"
+                 b"X-Forwarded-For: 127.0.0.1\r\n\r\n")
+        req = (b"POST /public HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(inner)) + inner
+        raw = raw_exchange(lbd.listen, req)
+        self.assertEqual(parse_status(raw), 400, raw[:200])
+        for name in (b"transfer-encoding", b"host"):
+            raw = raw_exchange(lbd.listen, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: " + name +
+                               b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            self.assertEqual(parse_status(raw), 400, raw[:200])
+        self.assertEqual(b.stats()["requests"], before + 1,
+                         "only the /stats request itself reached the backend")
+
+    def test_slow_reader_gets_the_whole_response_on_a_closing_connection(self):
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1)
+        size = 1500000
+        s = connect(lbd.listen)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(b"GET /?size=%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % size)
+        got = b""
+        end = time.time() + 60
+        # About 250 KB/s: well past the 5 s linger while bytes are still pending.
+        while time.time() < end:
+            d = s.recv(16384)
+            if not d:
+                break
+            got += d
+            time.sleep(0.06)
+        s.close()
+        head, _, body = got.partition(b"\r\n\r\n")
+        self.assertEqual(parse_status(got), 200)
+        self.assertEqual(len(body), size, "response cut short")
+
+    def test_pipelined_errors_do_not_grow_without_bound(self):
+        b = self.start_backend("b1")
+        port = free_port()
+        listen = "127.0.0.1:%d" % port
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}],
+                         routes=[("only.example", "/", "web")], workers=1)
+        lbd = self.start_lbd(cfg, listen, workers=1)
+        pid = lbd.worker_pids()[0]
+        before = worker_rss_kb(pid)
+        s = connect(lbd.listen)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"      # 404: no route for host a
+        blob = one * 2000
+        sent = 0
+        end = time.time() + 3
+        # Never read: lbd must stop taking requests instead of queueing answers.
+        while sent < 40 * 1024 * 1024 and time.time() < end:
+            try:
+                sent += s.send(blob)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+        time.sleep(0.3)
+        self.assertTrue(lbd.alive())
+        self.assertIn(pid, lbd.worker_pids().values(), "the worker died")
+        grown = worker_rss_kb(pid) - before
+        self.assertLess(grown, 64 * 1024, "worker grew by %d KiB" % grown)
+        s.close()
+        self.assertEqual(self.get(host="only.example").status, 200)
+
+    def test_client_idle_counts_from_the_response(self):
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1, timeouts={"client_idle": "2s"})
+        s = connect(lbd.listen)
+        s.sendall(b"GET /?delay=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.settimeout(10)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        self.assertEqual(parse_status(got), 200)
+        time.sleep(1.0)     # 2.5 s after the request, 1 s after the answer
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        got = s.recv(65536)
+        s.close()
+        self.assertEqual(parse_status(got), 200, "keep-alive closed early: %r" % got[:80])
+
+    def test_pooled_connection_gets_a_fresh_response_timeout(self):
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1,
+                              timeouts={"backend_idle": "3s", "backend_response": "3s"})
+        self.assertEqual(self.get("/?delay=100").status, 200)
+        time.sleep(1.5)     # the pooled connection has been idle 1.5 s
+        r = self.get("/?delay=2000")
+        self.assertEqual(r.status, 200, "504 means the idle time was counted: %r" % r)
+
+    def test_only_safe_methods_are_retried(self):
+        rb = RawBackend()
+        self.addCleanup(rb.stop)
+        port = free_port()
+        listen = "127.0.0.1:%d" % port
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(rb.addr, 1)]}], workers=1)
+        lbd = self.start_lbd(cfg, listen, workers=1)
+        self.assertEqual(self.get("/warm").status, 200)
+        # GET on the now-stale pooled connection: retried on a new one.
+        r = self.get("/again")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(rb.seen.count("GET /again HTTP/1.1"), 2)
+        # POST on the stale connection: not sent twice, the client gets 502.
+        r = self.get("/post", method="POST", body=b"")
+        self.assertEqual(r.status, 502, r)
+        self.assertEqual(rb.seen.count("POST /post HTTP/1.1"), 1, rb.seen)
