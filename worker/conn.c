@@ -436,6 +436,12 @@ void lb_conn_read_enable(struct lb_conn *c)
     lb_conn_update_read(c);
 }
 
+void lb_conn_read_now(struct lb_conn *c)
+{
+    if (c->read_armed)
+        event_active(&c->rev, EV_READ, 1);
+}
+
 void lb_conn_read_disable(struct lb_conn *c)
 {
     c->read_enabled = 0;

@@ -82,6 +82,9 @@ void lb_conn_setcb(struct lb_conn *c, lb_conn_data_cb read_cb, lb_conn_data_cb w
 int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len);
 
 void lb_conn_read_enable(struct lb_conn *c);
+/* Try a read in this pass, without waiting for epoll to report one: for a
+ * just-accepted socket whose request is most likely there already. */
+void lb_conn_read_now(struct lb_conn *c);
 void lb_conn_read_disable(struct lb_conn *c);
 /* Timeouts in ms, 0 for none: read while reading is enabled and no byte
  * comes; write while output is pending and no byte leaves (and connect). */

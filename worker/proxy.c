@@ -1388,6 +1388,7 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     lb_conn_set_limits(s->client, (uint32_t)w->buffer_limit, (uint32_t)w->buffer_limit / 2);
     lb_session_set_idle(s);
     lb_conn_read_enable(s->client);
+    lb_conn_read_now(s->client);
 }
 
 void lb_proxy_drain(struct lb_worker *w)

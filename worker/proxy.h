@@ -6,13 +6,15 @@
  *                |
  *                v        head complete, routed, backend picked
  *   +-------> HEAD -------------------------------------------> PROXY
- *   |            |  bad head / no route / no backend                |
- *   |            +--> error response ---+                           |
- *   |                                   v                           |
- *   +---- keep-alive, next request -- (exchange done) <-------------+
+ *   |            |  bad head / no route / no backend             |   |
+ *   |            +--> error response ---+                        |   | 101 to an
+ *   |                                   v                        |   | Upgrade:
+ *   +---- keep-alive, next request -- (exchange done) <----------+   | websocket
+ *                                       |                            v
+ *                                       v  close wanted           TUNNEL
+ *                                    CLOSING <--- either side ends ---+
  *                                       |
- *                                       v  close wanted
- *                                    CLOSING --client output flushed--> freed
+ *                 output sent, our FIN, the client's FIN (<= 5 s) --> freed
  *
  * In PROXY the request and the response advance independently: the request
  * body streams to the backend while the response may already stream back.
