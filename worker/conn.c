@@ -223,7 +223,9 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
         c->event_cb(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
         return;
     }
-    size_t want = LB_CONN_READ_FIRST;
+    /* A connection that streamed last time starts with a big read. */
+    size_t want = c->bulk ? LB_CONN_READ_MORE : LB_CONN_READ_FIRST;
+    c->bulk = 0;
     for (int i = 0; i < LB_CONN_READS; i++) {
         size_t len = evbuffer_get_length(c->in);
         if (len >= c->read_limit)
@@ -273,6 +275,7 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
         if ((size_t)n < room)
             break;      /* the socket is empty (most likely) */
         want = LB_CONN_READ_MORE;
+        c->bulk = 1;
     }
     if (evbuffer_get_length(c->in) >= c->read_limit)
         lb_conn_disarm_read(c);     /* back-pressure until the user drains */

@@ -63,6 +63,7 @@ struct lb_conn {
     uint8_t pending : 1;                /* in the flush list */
     uint8_t connecting : 1;
     uint8_t eof : 1;                    /* read side saw EOF or an error */
+    uint8_t bulk : 1;                   /* last wakeup filled its reads: start big */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with

@@ -1,6 +1,7 @@
 #include "worker/worker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +99,11 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
 
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
+    /* Body chains of 4-64 KiB come and go at every request: glibc would
+     * hand the top of the heap back and take it again (brk twice per large
+     * response) or mmap them. Keep what the worker has peaked at. */
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
     /* If the master dies, drain rather than serve unsupervised forever. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
 
