@@ -98,6 +98,24 @@ static int lb_master_setup_signals(sigset_t *wait_mask)
 
 /* ---- workers ------------------------------------------------------------ */
 
+/* Drain the workers of older generations that have a successor: worker
+ * ID (all of them if ID is LB_MAX_WORKERS), or, with ONLY_GONE, those whose
+ * number the current configuration no longer has. A worker whose successor
+ * failed to start keeps serving its socket until one does. */
+static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone)
+{
+    uint64_t deadline = lb_now_ms() + m->cfg->shutdown_timeout_ms;
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+        struct lb_child *c = &m->children[s];
+        if (c->pid == 0 || c->generation >= m->generation || c->kill_at_ms != 0)
+            continue;
+        if (only_gone ? c->id < m->cfg->workers : (id != LB_MAX_WORKERS && c->id != id))
+            continue;
+        c->kill_at_ms = deadline ? deadline : 1;
+        kill(c->pid, SIGTERM);
+    }
+}
+
 static int lb_master_spawn(struct lb_master *m, unsigned id)
 {
     struct lb_shm_header *h = m->shm.hdr;
@@ -138,6 +156,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
     struct lb_child *c = &m->children[slot];
     *c = (struct lb_child){ .pid = pid, .id = id, .generation = m->generation,
                             .started_ms = lb_now_ms() };
+    /* The successor is up: the previous generation's worker ID may go. */
+    lb_master_drain_old(m, id, false);
     atomic_store(&lb_shm_worker(h, (unsigned)slot)->pid, (int32_t)pid);
     lb_log_info("worker %u started (pid %d, generation %llu)", id, (int)pid,
                 (unsigned long long)m->generation);
@@ -362,17 +382,6 @@ static int lb_master_open_log(const struct lb_config *cfg)
     return 0;
 }
 
-static void lb_master_drain_generation(struct lb_master *m, uint64_t below)
-{
-    uint64_t deadline = lb_now_ms() + m->cfg->shutdown_timeout_ms;
-    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
-        struct lb_child *c = &m->children[s];
-        if (c->pid != 0 && c->generation < below && c->kill_at_ms == 0) {
-            c->kill_at_ms = deadline ? deadline : 1;
-            kill(c->pid, SIGTERM);
-        }
-    }
-}
 
 static void lb_master_reload(struct lb_master *m)
 {
@@ -425,7 +434,7 @@ static void lb_master_reload(struct lb_master *m)
         if (lb_master_spawn(m, id) < 0)
             m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
     }
-    lb_master_drain_generation(m, gen);
+    lb_master_drain_old(m, LB_MAX_WORKERS, true);  /* numbers that are gone */
 
     /* The control process restarts with the new configuration; its state
      * (health) is in shm and carries over. */
