@@ -1,8 +1,6 @@
 """Helpers for the strategy, health and admin end-to-end tests.
 
-Additions to lbdtest (which stays as it is): a config renderer that knows
-the per-pool keys hash_key, health_check and passive_health and the admin
-group; an admin client (/status as JSON, /metrics parsed); client
+Additions to lbdtest: an admin client (/status as JSON, /metrics parsed); client
 connections from a chosen source address (the whole of 127.0.0.0/8 is
 loopback); a tiny threaded HTTP server that is slow (or answers 500) on
 purpose; bounded parallel request runners. Python standard library only.
@@ -16,67 +14,16 @@ import socket
 import threading
 import time
 
-from lbdtest import (HttpConn, http_get, pid_alive, proc_children, proc_title, split_hostport,
-                     wait_for)
+from lbdtest import (HttpConn, http_get, lbd_config, pid_alive, proc_children, proc_title,
+                     split_hostport, wait_for)
 
 
 # ---------------------------------------------------------------------------
 # configuration
 
-def _value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, dict):
-        return "{ " + " ".join(f"{k} = {_value(x)};" for k, x in v.items()) + " }"
-    return '"' + str(v) + '"'
-
-
-def ext_config(listen, pools, routes=None, workers=2, admin=None, log_level="info",
-               shutdown_timeout="10s", timeouts=None, extra=""):
-    """Render a config. POOLS: list of dicts with name, servers
-    [(address, weight)], and optionally strategy, keepalive, hash_key,
-    health_check (dict), passive_health (dict). ADMIN: admin address or
-    None. ROUTES: (host, path_prefix, pool) tuples; default: '*' '/' to the
-    first pool."""
-    if isinstance(listen, str):
-        listen = [listen]
-    t = {"connect": "2s", "backend_response": "5s", "client_header": "5s",
-         "client_idle": "10s"}
-    t.update(timeouts or {})
-    out = []
-    if workers is not None:
-        out.append(f"workers = {workers};")
-    out.append(f'shutdown_timeout = "{shutdown_timeout}";')
-    out.append(f'log_level = "{log_level}";')
-    out.append("timeouts = " + _value(t) + ";")
-    out.append("listeners = (")
-    out.append(",\n".join(f'    {{ address = "{a}"; }}' for a in listen))
-    out.append(");")
-    out.append("pools = (")
-    ps = []
-    for p in pools:
-        keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
-        for k in ("keepalive", "hash_key", "health_check", "passive_health"):
-            if k in p and p[k] is not None:
-                keys.append(f"{k} = {_value(p[k])};")
-        srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
-                         for a, w in p["servers"])
-        ps.append("    { " + "\n      ".join(keys) + f"\n        servers = (\n{srv}\n        ); }}")
-    out.append(",\n".join(ps))
-    out.append(");")
-    if routes is None:
-        routes = [("*", "/", pools[0]["name"])]
-    out.append("routes = (")
-    out.append(",\n".join(f'    {{ host = "{h}"; path_prefix = "{pp}"; pool = "{pool}"; }}'
-                          for h, pp, pool in routes))
-    out.append(");")
-    if admin:
-        out.append(f'admin = {{ address = "{admin}"; }};')
-    if extra:
-        out.append(extra)
-    return "\n".join(out) + "\n"
+# lbdtest.lbd_config knows every pool key (hash_key, health_check,
+# passive_health) and the admin group.
+ext_config = lbd_config
 
 
 # ---------------------------------------------------------------------------

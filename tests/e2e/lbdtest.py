@@ -648,12 +648,24 @@ class Lbd:
 # ---------------------------------------------------------------------------
 # configuration
 
+def _cfg_value(v):
+    """A Python value as libconfig: bool, int, dict (group) or string."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, dict):
+        return "{ " + " ".join(f"{k} = {_cfg_value(x)};" for k, x in v.items()) + " }"
+    return '"' + str(v) + '"'
+
+
 def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
-               log_level="info", timeouts=None, extra=""):
+               log_level="info", timeouts=None, extra="", admin=None):
     """Render a config. LISTEN: address or list. POOLS: list of dicts
-    {name, strategy, servers: [(address, weight)], keepalive, timeouts: {kind: "1s"}}.
-    ROUTES: list of
-    (host, path_prefix, pool); default one '*' route to the first pool."""
+    {name, servers: [(address, weight)]} and optionally strategy, keepalive,
+    timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...}.
+    ROUTES: list of (host, path_prefix, pool); default one '*' route to the
+    first pool. ADMIN: admin listener address or None."""
     if isinstance(listen, str):
         listen = [listen]
     t = {"connect": "2s", "backend_response": "5s", "client_header": "5s",
@@ -664,29 +676,30 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
         lines.append(f"workers = {workers};")
     lines.append(f'shutdown_timeout = "{shutdown_timeout}";')
     lines.append(f'log_level = "{log_level}";')
-    lines.append("timeouts = { " + " ".join(f'{k} = "{v}";' for k, v in t.items()) + " };")
+    lines.append("timeouts = " + _cfg_value(t) + ";")
     lines.append("listeners = (")
     lines.append(",\n".join(f'    {{ address = "{a}"; }}' for a in listen))
     lines.append(");")
     lines.append("pools = (")
     ps = []
     for p in pools:
+        keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
+        for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health"):
+            if p.get(k) is not None:
+                keys.append(f"{k} = {_cfg_value(p[k])};")
         srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
                          for a, w in p["servers"])
-        ka = f' keepalive = {p["keepalive"]};' if "keepalive" in p else ""
-        if p.get("timeouts"):
-            ka += " timeouts = { " + " ".join(f'{k} = "{v}";'
-                                              for k, v in p["timeouts"].items()) + " };"
-        ps.append(f'    {{ name = "{p["name"]}"; strategy = "{p.get("strategy", "round_robin")}";{ka}\n'
-                  f"        servers = (\n{srv}\n        ); }}")
+        ps.append("    { " + "\n      ".join(keys) + f"\n        servers = (\n{srv}\n        ); }}")
     lines.append(",\n".join(ps))
     lines.append(");")
     if routes is None:
         routes = [("*", "/", pools[0]["name"])]
     lines.append("routes = (")
-    lines.append(",\n".join(f'    {{ host = "{h}"; path_prefix = "{p}"; pool = "{pool}"; }}'
-                            for h, p, pool in routes))
+    lines.append(",\n".join(f'    {{ host = "{h}"; path_prefix = "{pp}"; pool = "{pool}"; }}'
+                            for h, pp, pool in routes))
     lines.append(");")
+    if admin:
+        lines.append(f'admin = {{ address = "{admin}"; }};')
     if extra:
         lines.append(extra)
     return "\n".join(lines) + "\n"
