@@ -16,6 +16,9 @@
 #define LB_CONN_READ_FIRST (4 * 1024 - 128)
 #define LB_CONN_READ_MORE  (64 * 1024 - 128)
 #define LB_CONN_READS      4
+/* Smaller moves are copied next to what the output holds (a head, say):
+ * one block, one send(); bigger ones move whole chains without a copy. */
+#define LB_CONN_COPY_MAX   2048
 
 static struct {
     struct event_base *base;
@@ -140,7 +143,17 @@ static void lb_conn_schedule(struct lb_conn *c)
 static void lb_conn_write(struct lb_conn *c)
 {
     if (lb_conn_out_len(c) > 0) {
-        int n = evbuffer_write(c->out, c->fd);
+        /* One contiguous block (the common small response): send(), which
+         * costs the kernel less than writev() and its iovec import. */
+        struct evbuffer_iovec v[2];
+        int n;
+        if (evbuffer_peek(c->out, -1, NULL, v, 2) == 1) {
+            n = (int)send(c->fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0)
+                evbuffer_drain(c->out, (size_t)n);
+        } else {
+            n = evbuffer_write(c->out, c->fd);
+        }
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             int err = errno;
             lb_conn_disarm_write(c);
@@ -244,7 +257,8 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             iov[k].iov_len = v[k].iov_len < left ? v[k].iov_len : left;
             left -= iov[k].iov_len;
         }
-        ssize_t n = readv(fd, iov, nv);
+        ssize_t n = (nv == 1 || iov[1].iov_len == 0) ? recv(fd, iov[0].iov_base, iov[0].iov_len, 0)
+                                                     : readv(fd, iov, nv);
         if (n <= 0) {
             int err = errno;
             evbuffer_commit_space(c->in, v, 0);
@@ -279,8 +293,14 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
     }
     if (evbuffer_get_length(c->in) >= c->read_limit)
         lb_conn_disarm_read(c);     /* back-pressure until the user drains */
-    if (evbuffer_get_length(c->in) > 0)
+    if (evbuffer_get_length(c->in) > 0) {
         c->read_cb(c, c->arg);
+        /* What this input produced leaves now, not after every other ready
+         * event of the pass: the peer (a backend, the client) starts on it
+         * while we go on, instead of waiting for a burst. C may be gone;
+         * the list holds only live connections. */
+        lb_conn_flush_all(-1, 0, NULL);
+    }
 }
 
 static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
@@ -464,6 +484,21 @@ void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms
         lb_conn_arm_read(c);
     if (c->write_armed)
         lb_conn_arm_write(c);
+}
+
+void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n)
+{
+    if (n <= LB_CONN_COPY_MAX) {
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(dst, (ev_ssize_t)n, &v, 1) == 1 && v.iov_len >= n) {
+            evbuffer_copyout(src, v.iov_base, n);
+            v.iov_len = n;
+            evbuffer_commit_space(dst, &v, 1);
+            evbuffer_drain(src, n);
+            return;
+        }
+    }
+    evbuffer_remove_buffer(src, dst, n);
 }
 
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low)

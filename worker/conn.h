@@ -96,6 +96,10 @@ void lb_conn_flush(struct lb_conn *c);
 /* An idle connection gives its (empty) buffers back; the next read brings
  * them again. Only while both are empty and nothing is being written. */
 void lb_conn_shrink(struct lb_conn *c);
+/* Move N bytes from SRC to DST: small amounts are copied onto DST's last
+ * block (so a head and a small body leave in one send), large ones move
+ * whole chains (no copy). */
+void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n);
 /* Bytes in the input / output (0 while shrunk). */
 size_t lb_conn_in_len(const struct lb_conn *c);
 size_t lb_conn_out_len(const struct lb_conn *c);

@@ -623,7 +623,7 @@ static void lb_forward_request_body(struct lb_session *s)
             lb_session_error(s, 413);
             return;
         }
-        evbuffer_remove_buffer(in, out, n);
+        lb_conn_move(in, out, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
         s->body_progress += n;
@@ -719,7 +719,7 @@ static void lb_relay_response_body(struct lb_session *s)
         break;
     }
     if (n > 0) {
-        evbuffer_remove_buffer(in, out, n);
+        lb_conn_move(in, out, n);
         lb_counter_add(&s->server->stats->bytes_in, n);
         lb_session_sent(s, n);
     }
