@@ -1145,8 +1145,14 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     size_t n = lb_write_request_head(s, m, s->up->conn->out);
     lb_counter_add(&s->server->stats->bytes_out, n);
 
-    if (s->req_body == LB_BODY_NONE)
+    if (s->req_body == LB_BODY_NONE) {
+        /* A client that will be closed after this answer has nothing more
+         * to say: stop watching it (undone in the same pass, the watch
+         * never reaches epoll). A vanished client shows when we write. */
+        if (!s->keepalive)
+            lb_conn_read_disable(s->client);
         return;     /* the head stays buffered (for a retry) until answered */
+    }
     evbuffer_drain(s->client->in, m->head_len);
     lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
     s->head_pending = false;

@@ -133,7 +133,11 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         /* Precise: request durations (histogram, access log, least_time)
          * come from the loop's cached clock, which must not tick in 4 ms
          * steps (CLOCK_MONOTONIC_COARSE). Still no syscall: vDSO. */
-        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER);
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER |
+                                  /* epoll changes made and undone in one pass
+                                   * (a connection read, answered and closed
+                                   * before the next wait) cost no syscall */
+                                  EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     w->base = ec ? event_base_new_with_config(ec) : NULL;
     event_config_free(ec);
     if (w->base == NULL) {
