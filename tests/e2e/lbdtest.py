@@ -166,6 +166,16 @@ def connect(addr, timeout=10.0, source=None):
     return s
 
 
+def sanitized(path):
+    """True if the binary at PATH is built with AddressSanitizer (its RSS is
+    then dominated by shadow memory and the quarantine, not by lbd)."""
+    try:
+        with open(path, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
 def pid_alive(pid):
     try:
         os.kill(pid, 0)

@@ -17,7 +17,7 @@ import time
 import unittest
 
 from lbdtest import (ROOT, HttpConn, LbdTestCase, PATTERN_LINE, free_port, lbd_config,
-                     parse_status, pattern_body, wait_for)
+                     parse_status, pattern_body, sanitized, wait_for)
 
 S_SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -95,16 +95,6 @@ def vm_rss_kib(pid):
             if ln.startswith("VmRSS:"):
                 return int(ln.split()[1])
     return 0
-
-
-def sanitized(path):
-    """True if the binary at PATH is built with AddressSanitizer (its RSS is
-    then dominated by shadow memory and the quarantine, not by lbd)."""
-    try:
-        with open(path, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
 
 
 class RssSampler(threading.Thread):
