@@ -10,12 +10,11 @@ import json
 import os
 import re
 import signal
-import socket
 import threading
 import time
 
 from lbdtest import (HttpConn, http_get, lbd_config, pid_alive, proc_children, proc_title,
-                     split_hostport, wait_for)
+                     wait_for)
 
 
 # ---------------------------------------------------------------------------
@@ -151,26 +150,6 @@ def kill_backend(b):
 
 # ---------------------------------------------------------------------------
 # clients
-
-class HttpConnFrom(HttpConn):
-    """An HttpConn whose socket is bound to SRC (e.g. 127.0.0.7) first."""
-
-    def __init__(self, addr, src, timeout=10.0):
-        host, port = split_hostport(addr)
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.bind((src, 0))
-            s.connect((host, port))
-        except BaseException:
-            s.close()
-            raise
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.addr = addr
-        self.sock = s
-        self.buf = bytearray()
-        self.eof = False
-
 
 def run_requests(addr, jobs, nthreads=6, deadline_s=90.0, new_conn=False):
     """Run JOBS, a list of (target, headers) in parallel over NTHREADS

@@ -12,7 +12,7 @@ import threading
 import time
 
 from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status,
-                     raw_exchange, sanitized, wait_for)
+                     raw_exchange, sanitized)
 
 
 def worker_rss_kb(pid):

@@ -3,8 +3,8 @@
 zero-weight servers."""
 import threading
 
-from lbdtest import LbdTestCase, free_port, wait_for
-from lbdextra import (HttpConnFrom, PyServer, admin_status, ext_config, find_server, kill_backend,
+from lbdtest import HttpConn, LbdTestCase, free_port, wait_for
+from lbdextra import (PyServer, admin_status, ext_config, find_server, kill_backend,
                       run_requests, tally, wait_health)
 
 STRATEGIES = ["round_robin", "weighted_round_robin", "least_connections", "power_of_two",
@@ -168,7 +168,7 @@ class StrategyTest(LbdTestCase):
             got = set()
             for path, hdrs in (("/hd", ()), ("/ck", [("Cookie", "other=1")]), ("/hd", ()),
                                ("/ip", ())):
-                with HttpConnFrom(self.lbd.listen, src) as conn:
+                with HttpConn(self.lbd.listen, source=src) as conn:
                     r = conn.request(path, headers=hdrs)
                 self.assertEqual(r.status, 200, r)
                 got.add(r.backend)
