@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "shared/log.h"
+
 /* SO_REUSEPORT lets any process of ours join a port silently, so before
  * creating a group we make sure nobody listens there: a plain bind (with
  * SO_REUSEADDR, so TIME_WAIT leftovers do not count) fails if someone does. */
@@ -29,8 +31,26 @@ static int lb_listen_check_free(const struct lb_addr *a)
     return rc;
 }
 
-static int lb_listen_socket(const struct lb_addr *a, int backlog)
+/* Options a reload may change on a socket it keeps (new ones get them too).
+ * They only cost speed if refused: a log line, and lbd goes on.
+ * - Delayed ACKs from the first byte (TCP_QUICKACK 0, inherited by every
+ *   accepted socket): the ACK of a request rides on its response instead
+ *   of going out alone (HAProxy does the same).
+ * - TCP_DEFER_ACCEPT: a connection is handed over once its request has
+ *   arrived, so the read after accept() finds it; a client that stays
+ *   silent is handed over after about a second. */
+static void lb_listen_tune(int fd, const struct lb_listener_cfg *l)
 {
+    int zero = 0, defer = l->defer_accept ? 1 : 0;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero)) < 0)
+        lb_log_warn("%s: TCP_QUICKACK refused (%d: %s)", l->address, errno, strerror(errno));
+    if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof(defer)) < 0)
+        lb_log_warn("%s: TCP_DEFER_ACCEPT refused (%d: %s)", l->address, errno, strerror(errno));
+}
+
+static int lb_listen_socket(const struct lb_listener_cfg *l)
+{
+    const struct lb_addr *a = &l->addr;
     const struct sockaddr *sa = (const struct sockaddr *)&a->ss;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -43,12 +63,13 @@ static int lb_listen_socket(const struct lb_addr *a, int backlog)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
         (sa->sa_family == AF_INET6 &&
          setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
-        bind(fd, sa, a->len) < 0 || listen(fd, backlog) < 0) {
+        bind(fd, sa, a->len) < 0 || listen(fd, l->backlog) < 0) {
         int saved = errno;
         close(fd);
         errno = saved;
         return -1;
     }
+    lb_listen_tune(fd, l);
     return fd;
 }
 
@@ -99,14 +120,15 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
             goto fail;
         }
         for (unsigned k = prev ? prev->nfds : 0; k < n; k++) {
-            g->fds[k] = lb_listen_socket(&l->addr, l->backlog);
+            g->fds[k] = lb_listen_socket(l);
             if (g->fds[k] < 0) {
                 snprintf(err, errlen, "cannot listen on %s: %s", l->address, strerror(errno));
                 goto fail;
             }
         }
     }
-    /* Phase 2: take over the sockets OLD already has. */
+    /* Phase 2: take over the sockets OLD already has, with this config's
+     * options. */
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct lb_listen_group *g = &set->groups[i];
         struct lb_listen_group *prev = lb_listen_find(old, &g->addr);
@@ -115,6 +137,10 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
         for (unsigned k = 0; k < prev->nfds && k < n; k++) {
             g->fds[k] = prev->fds[k];
             prev->fds[k] = -1;
+            lb_listen_tune(g->fds[k], &cfg->listeners[i]);
+            /* listen() again on a listening socket sets its new backlog. */
+            if (listen(g->fds[k], cfg->listeners[i].backlog) < 0)
+                lb_log_warn("%s: listen() refused (%d: %s)", g->address, errno, strerror(errno));
         }
         lb_listen_group_close(prev, 0);     /* extra sockets of a shrink */
         free(prev->fds);

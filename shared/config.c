@@ -111,6 +111,19 @@ static int lb_cfg_duration(struct lb_loader *ld, const config_setting_t *group,
     return 0;
 }
 
+/* An optional true/false; *OUT keeps its default when absent. */
+static int lb_cfg_bool(struct lb_loader *ld, const config_setting_t *group,
+                       const char *name, bool *out)
+{
+    const config_setting_t *b = lb_cfg_member(group, name);
+    if (b == NULL)
+        return 0;
+    if (config_setting_type(b) != CONFIG_TYPE_BOOL)
+        return lb_cfg_fail(ld, b, "'%s' must be true or false", name);
+    *out = config_setting_get_bool(b);
+    return 0;
+}
+
 static int lb_cfg_list(struct lb_loader *ld, const config_setting_t *root,
                        const char *name, const config_setting_t **out, bool required)
 {
@@ -169,7 +182,7 @@ static bool lb_name_valid(const char *s)
 static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
                             struct lb_config *cfg)
 {
-    static const char *const keys[] = { "address", "backlog", NULL };
+    static const char *const keys[] = { "address", "backlog", "defer_accept", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "listeners", &list, true) < 0)
         return -1;
@@ -183,10 +196,12 @@ static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
         const config_setting_t *g = NULL;
         struct lb_listener_cfg *l = &cfg->listeners[i];
         long long backlog = LB_DEFAULT_BACKLOG;
+        l->defer_accept = true;
         if (lb_cfg_group_elem(ld, list, (unsigned)i, "listener", &g) < 0 ||
             lb_cfg_check_keys(ld, g, "listener", keys) < 0 ||
             lb_cfg_address(ld, g, true, &l->addr, l->address) < 0 ||
-            lb_cfg_int(ld, g, "backlog", 1, 65535, &backlog) < 0)
+            lb_cfg_int(ld, g, "backlog", 1, 65535, &backlog) < 0 ||
+            lb_cfg_bool(ld, g, "defer_accept", &l->defer_accept) < 0)
             return -1;
         l->backlog = (int)backlog;
         cfg->nlisteners++;
@@ -346,14 +361,9 @@ static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *pool,
     long long failures = 5;
     if (lb_cfg_check_keys(ld, g, "passive_health", keys) < 0 ||
         lb_cfg_int(ld, g, "failures", 1, 1000, &failures) < 0 ||
-        lb_cfg_duration(ld, g, "cooldown", &p->cooldown_ms) < 0)
+        lb_cfg_duration(ld, g, "cooldown", &p->cooldown_ms) < 0 ||
+        lb_cfg_bool(ld, g, "on_5xx", &p->on_5xx) < 0)
         return -1;
-    const config_setting_t *b = lb_cfg_member(g, "on_5xx");
-    if (b != NULL) {
-        if (config_setting_type(b) != CONFIG_TYPE_BOOL)
-            return lb_cfg_fail(ld, b, "'on_5xx' must be true or false");
-        p->on_5xx = config_setting_get_bool(b);
-    }
     p->failures = (unsigned)failures;
     return 0;
 }

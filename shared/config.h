@@ -97,6 +97,7 @@ struct lb_listener_cfg {
     char address[LB_ADDR_STR_MAX];
     struct lb_addr addr;
     int backlog;
+    bool defer_accept;                  /* TCP_DEFER_ACCEPT: wake on data */
 };
 
 enum lb_host_match {

@@ -148,7 +148,8 @@ static void lb_conn_write(struct lb_conn *c)
         struct evbuffer_iovec v[2];
         int n;
         if (evbuffer_peek(c->out, -1, NULL, v, 2) == 1) {
-            n = (int)send(c->fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            n = (int)send(c->fd, v[0].iov_base, v[0].iov_len,
+                          MSG_NOSIGNAL | MSG_DONTWAIT | (c->last ? MSG_MORE : 0));
             if (n > 0)
                 evbuffer_drain(c->out, (size_t)n);
         } else {
@@ -348,6 +349,11 @@ int lb_conn_loop_init(struct event_base *base)
     lb_loop.head = lb_loop.tail = NULL;
     lb_loop.flush_ev = event_new(base, -1, 0, lb_conn_flush_all, NULL);
     return lb_loop.flush_ev ? 0 : -1;
+}
+
+void lb_conn_set_last(struct lb_conn *c)
+{
+    c->last = 1;
 }
 
 void lb_conn_loop_free(void)

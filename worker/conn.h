@@ -64,12 +64,14 @@ struct lb_conn {
     uint8_t connecting : 1;
     uint8_t eof : 1;                    /* read side saw EOF or an error */
     uint8_t bulk : 1;                   /* last wakeup filled its reads: start big */
+    uint8_t last : 1;                   /* the output ends the connection */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with
  * the flush of every connection that got output. */
 int lb_conn_loop_init(struct event_base *base);
 void lb_conn_loop_free(void);
+
 
 /* Wrap FD (non-blocking, owned from now on). NULL if out of memory (FD is
  * then closed). Reading starts disabled. */
@@ -103,5 +105,10 @@ void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n);
 /* Bytes in the input / output (0 while shrunk). */
 size_t lb_conn_in_len(const struct lb_conn *c);
 size_t lb_conn_out_len(const struct lb_conn *c);
+/* What the output holds now is the last of the connection, and a close()
+ * or shutdown() follows once it is written: the tail is held back
+ * (MSG_MORE) so that our FIN leaves in the same segment as the end of the
+ * data, and the client gets one packet and one wakeup instead of two. */
+void lb_conn_set_last(struct lb_conn *c);
 
 #endif

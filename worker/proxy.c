@@ -325,6 +325,7 @@ static void lb_session_linger(struct lb_session *s)
     /* Sending the rest is bounded by the send timeout (a slow reader gets
      * every byte); only then does the bounded linger start. */
     lb_conn_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
+    lb_conn_set_last(s->client);
     bool flushed = lb_conn_out_len(s->client) == 0;
     if (s->client_eof || s->quick_close) {
         /* The client already sent its FIN, or has nothing left to send

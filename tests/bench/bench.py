@@ -98,6 +98,17 @@ def cpu_ns(pids):
     return total
 
 
+def cpu_busy():
+    """Per-CPU (busy, total) jiffies from /proc/stat."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if re.match(r"cpu\d", line):
+                v = [int(x) for x in line.split()[1:9]]
+                out.append((sum(v) - v[3] - v[4], sum(v)))
+    return out
+
+
 def mem_kb(pids, field):
     total = 0
     for p in pids:
@@ -162,11 +173,12 @@ def parse_latency(text, label):
 def run_wrk(proxy, conns, extra, path, duration, client_cpus):
     url = "http://127.0.0.1:%d%s" % (proxy.port, path)
     pids = proxy.pids()
-    before = cpu_ns(pids)
+    before, busy0 = cpu_ns(pids), cpu_busy()
     out = subprocess.run(["taskset", "-c", client_cpus, "wrk", "-t1", "-c%d" % conns,
                           "-d%ds" % duration, "--latency"] + extra + [url],
                          capture_output=True, text=True, timeout=duration + 60).stdout
-    after = cpu_ns(pids)
+    after, busy1 = cpu_ns(pids), cpu_busy()
+    util = [100.0 * (b1 - b0) / max(t1 - t0, 1) for (b0, t0), (b1, t1) in zip(busy0, busy1)]
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = 0
@@ -183,6 +195,7 @@ def run_wrk(proxy, conns, extra, path, duration, client_cpus):
         "cpu_us": (after - before) / 1000.0 / max(reqs, 1),
         "rss_kb": mem_kb(pids, "VmHWM"),
         "errors": errors,
+        "util": util,
     }
 
 
@@ -257,8 +270,9 @@ def main():
                         for p in PROXIES:
                             run = run_wrk(proxies[p], conns, extra, path, args.duration, client_cpus)
                             results.setdefault((name, p), []).append(run)
-                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req%s" %
+                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req  cpu busy %s%s" %
                                   (name, r + 1, p, run["rps"], run["p99"], run["cpu_us"],
+                                   "/".join("%.0f%%" % u for u in run["util"]),
                                    "  (%d errors: run invalid)" % run["errors"]
                                    if run["errors"] else ""), flush=True)
             finally:

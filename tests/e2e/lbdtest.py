@@ -670,12 +670,13 @@ def _cfg_value(v):
 
 
 def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
-               log_level="info", timeouts=None, extra="", admin=None):
+               log_level="info", timeouts=None, extra="", admin=None, listener=None):
     """Render a config. LISTEN: address or list. POOLS: list of dicts
     {name, servers: [(address, weight)]} and optionally strategy, keepalive,
     timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...}.
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
-    first pool. ADMIN: admin listener address or None."""
+    first pool. ADMIN: admin listener address or None. LISTENER: extra keys
+    of every listener, e.g. {"defer_accept": False}."""
     if isinstance(listen, str):
         listen = [listen]
     t = {"connect": "2s", "backend_response": "5s", "client_header": "5s",
@@ -688,7 +689,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     lines.append(f'log_level = "{log_level}";')
     lines.append("timeouts = " + _cfg_value(t) + ";")
     lines.append("listeners = (")
-    lines.append(",\n".join(f'    {{ address = "{a}"; }}' for a in listen))
+    more = "".join(f" {k} = {_cfg_value(v)};" for k, v in (listener or {}).items())
+    lines.append(",\n".join(f'    {{ address = "{a}";{more} }}' for a in listen))
     lines.append(");")
     lines.append("pools = (")
     ps = []

@@ -93,7 +93,7 @@ static const char full_conf[] =
     "           body = \"1m\"; buffer = \"64K\"; };\n"
     "trusted_proxies = [ \"10.0.0.0/8\", \"::1\" ];\n"
     "listeners = (\n"
-    "    { address = \"*:8080\"; backlog = 128; },\n"
+    "    { address = \"*:8080\"; backlog = 128; defer_accept = false; },\n"
     "    { address = \"[::1]:8443\"; },\n"
     "    { address = \"localhost:9000\"; }\n"
     ");\n"
@@ -164,8 +164,10 @@ START_TEST(test_full_config)
     ck_assert_uint_eq(cfg->nlisteners, 3);
     ck_assert_str_eq(cfg->listeners[0].address, "0.0.0.0:8080");
     ck_assert_int_eq(cfg->listeners[0].backlog, 128);
+    ck_assert(!cfg->listeners[0].defer_accept);
     ck_assert_str_eq(cfg->listeners[1].address, "[::1]:8443");
     ck_assert_int_eq(cfg->listeners[1].backlog, 511);
+    ck_assert(cfg->listeners[1].defer_accept);
     ck_assert_str_eq(cfg->listeners[2].address, "127.0.0.1:9000");
 
     ck_assert_uint_eq(cfg->npools, 2);
@@ -252,6 +254,7 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->ntrusted_proxies, 0);
     ck_assert_uint_eq(cfg->nlisteners, 1);
     ck_assert_int_eq(cfg->listeners[0].backlog, 511);
+    ck_assert(cfg->listeners[0].defer_accept);
     ck_assert_uint_eq(cfg->npools, 1);
     ck_assert_int_eq(cfg->pools[0].strategy, LB_STRATEGY_ROUND_ROBIN);
     ck_assert_uint_eq(cfg->pools[0].keepalive, 32);
@@ -590,6 +593,15 @@ START_TEST(test_err_bad_duration)
 }
 END_TEST
 
+START_TEST(test_err_defer_accept)
+{
+    expect_error("listeners = (\n"
+                 "  { address = \"127.0.0.1:8080\";\n"
+                 "    defer_accept = 1; }\n"
+                 ");\n" POOL_WEB, "defer_accept", "'defer_accept' must be true or false");
+}
+END_TEST
+
 START_TEST(test_err_empty_lists)
 {
     expect_error("workers = 1;\nlisteners = ( );\n" POOL_WEB, "listeners", "'listeners' must not be empty");
@@ -795,6 +807,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_routes_missing);
     tcase_add_test(tc, test_err_bad_duration);
     tcase_add_test(tc, test_err_empty_lists);
+    tcase_add_test(tc, test_err_defer_accept);
     tcase_add_test(tc, test_err_bad_host);
     tcase_add_test(tc, test_err_path_prefix);
     tcase_add_test(tc, test_err_log_level);
