@@ -381,14 +381,10 @@ bool lb_http_absolute_target(const char *target, size_t len, const char **auth,
         p++;
     *auth = a;
     *auth_len = (size_t)(p - a);
-    if (p == end || *p == '?') {
-        /* "http://h" and "http://h?q" have the path "/" (RFC 9112 3.2.1). */
-        *path = p == end ? "/" : p;
-        *path_len = p == end ? 1 : (size_t)(end - p);
-        return true;
-    }
-    *path = p;
-    *path_len = (size_t)(end - p);
+    /* "http://h" and "http://h?q" have the path "/" (RFC 9112 3.2.1): the
+     * caller adds it before a query. */
+    *path = p == end ? "/" : p;
+    *path_len = p == end ? 1 : (size_t)(end - p);
     return true;
 }
 
@@ -443,7 +439,7 @@ int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *
         const char *auth, *path;
         size_t alen, plen;
         if (!lb_http_absolute_target(m->target, m->target_len, &auth, &alen, &path, &plen) ||
-            alen == 0 || path[0] == '?')
+            alen == 0)
             return 400;
         for (size_t i = 0; i < alen; i++)
             if (!lb_is((unsigned char)auth[i], C_HOST) || auth[i] == '@')
@@ -578,10 +574,13 @@ ssize_t lb_chunked_feed(struct lb_chunked *c, const char *p, size_t len)
         case CH_SIZE: {
             int v = lb_hexval(ch);
             if (v >= 0) {
-                /* 15 hex digits: far beyond any body, far below overflow. */
-                if (++c->digits > 15)
+                /* At most 15 significant hex digits: far beyond any body,
+                 * far below overflow. Leading zeros are allowed (RFC 9112),
+                 * bounded by the line limit. */
+                if (c->remaining >> 56)
                     return -1;
                 c->remaining = (c->remaining << 4) | (uint64_t)v;
+                c->digits = 1;
             } else if (c->digits == 0) {
                 return -1;
             } else if (ch == ';') {

@@ -102,8 +102,9 @@ int lb_http_parse_response(const char *buf, size_t head_len, struct lb_http_msg 
                            bool head_request, const struct lb_http_limits *lim);
 
 /* Split an absolute-form target ("http://host:port/p?q") into its
- * authority and its origin-form rest ("/p?q", or "/" when empty). False if
- * TARGET is not absolute-form. */
+ * authority and its origin-form rest ("/p?q"; "/" when empty; "?q" when only
+ * a query follows: the path is "/" then, which the caller puts in front).
+ * False if TARGET is not absolute-form. */
 bool lb_http_absolute_target(const char *target, size_t len, const char **auth,
                              size_t *auth_len, const char **path, size_t *path_len);
 
@@ -114,7 +115,7 @@ bool lb_http_named_by_connection(const struct lb_http_msg *m, const struct lb_ht
  * (bytes are forwarded as they are, so framing is validated, not rebuilt). */
 struct lb_chunked {
     uint8_t state;
-    uint8_t digits;
+    uint8_t digits;             /* the size line has a digit */
     uint16_t line_len;          /* bytes in the current size/trailer line */
     uint32_t trailer_len;
     uint64_t remaining;         /* data bytes left in the current chunk */

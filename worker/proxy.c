@@ -487,7 +487,7 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     bool trusted = s->peer_trusted;
 
     evbuffer_add(out, m->method, m->method_len);
-    evbuffer_add(out, " ", 1);
+    evbuffer_add(out, target[0] == '?' ? " /" : " ", target[0] == '?' ? 2 : 1);
     evbuffer_add(out, target, tlen);
     /* HTTP/1.0 clients cannot read chunked responses: ask the backend for a
      * 1.0 response, kept alive so the backend connection is still pooled. */
@@ -1111,8 +1111,9 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     size_t hlen = host ? host->value_len : 0, plen = m->target_len;
     /* RFC 9112 3.2.2: an absolute-form target's authority replaces Host. */
     lb_http_absolute_target(m->target, m->target_len, &hval, &hlen, &path, &plen);
-    if (plen == 1 && path[0] == '*') {
-        path = "/";             /* OPTIONS *: the server as a whole */
+    if ((plen == 1 && path[0] == '*') || path[0] == '?') {
+        path = "/";             /* OPTIONS *: the server as a whole; "http://h?q" */
+        plen = 1;
     }
     const struct lb_route_cfg *r = lb_route_match(w->cfg, hval, hlen, path, plen);
     if (r == NULL) {

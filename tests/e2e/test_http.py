@@ -906,6 +906,16 @@ class HeadersTest(HttpTestCase):
         self.assertEqual(line, "GET /p?echo=1 HTTP/1.1")
         self.assertEqual(values(f, "Host"), ["other.example"])
 
+    def test_absolute_form_query_without_path(self):
+        """"http://h?q" has the path "/" (RFC 9112 3.2.1): forwarded as "/?q"."""
+        with HttpConn(self.lbd.listen) as c:
+            c.send(b"GET http://other.example?echo=1 HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
+            r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        line, f = echo_fields(r.body)
+        self.assertEqual(line, "GET /?echo=1 HTTP/1.1")
+        self.assertEqual(values(f, "Host"), ["other.example"])
+
 
 # ---------------------------------------------------------------------------
 # 10. timeouts: status, connection, counter

@@ -394,6 +394,8 @@ START_TEST(test_absolute_target)
         { "https://[::1]:443/x", "[::1]:443", "/x" },
         { "HTTP://H/P", "H", "/P" },
         { "hTtPs://h/", "h", "/" },
+        { "http://h?q=1", "h", "?q=1" },      /* path "/", put in front by the caller */
+        { "http://h:81?", "h:81", "?" },
     };
     for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
         ck_assert_msg(lb_http_absolute_target(ok[i].t, strlen(ok[i].t), &auth, &alen, &path, &plen),
@@ -416,6 +418,7 @@ START_TEST(test_absolute_target)
         { "GET http://h{/ HTTP/1.1\r\nHost: h\r\n\r\n", 400 },
         { "GET http://h:80/x HTTP/1.1\r\nHost: h\r\n\r\n", 0 },
         { "GET http://[::1]:80/x HTTP/1.1\r\nHost: h\r\n\r\n", 0 },
+        { "GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n", 0 },
     };
     for (size_t i = 0; i < ARRAY_SIZE(reqs); i++)
         ck_assert_msg(req_lim(reqs[i].r, strlen(reqs[i].r), &lim_default) == reqs[i].st,
@@ -951,11 +954,18 @@ START_TEST(test_chunked_valid)
         "0\r\nTrailer: v\r\n\r\n",
         "0\r\nA: 1\r\nB: 2\r\n\r\n",
         "00000000000000f\r\n0123456789abcde\r\n0\r\n\r\n",
+        /* leading zeros do not count towards the 15 significant digits */
+        "0000000000000000\r\n\r\n",
+        "00000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
+        "0fffffffffffffff\r\n",  /* (not done: 2^60-1 bytes to come) */
     };
     for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
         size_t n = strlen(ok[i]);
-        ck_assert_msg(feed_all(ok[i], n, &done) == (ssize_t)n && done, "refused: %s", ok[i]);
-        ck_assert_msg(feed_steps(ok[i], n, 1, &done) == (ssize_t)n && done, "byte by byte: %s", ok[i]);
+        bool open_ended = ok[i][0] == '0' && ok[i][1] == 'f';
+        ck_assert_msg(feed_all(ok[i], n, &done) == (ssize_t)n && done != open_ended,
+                      "refused: %s", ok[i]);
+        ck_assert_msg(feed_steps(ok[i], n, 1, &done) == (ssize_t)n && done != open_ended,
+                      "byte by byte: %s", ok[i]);
     }
 }
 END_TEST
@@ -984,9 +994,9 @@ START_TEST(test_chunked_invalid)
         /* bad hex / size line */
         "g\r\n", "\r\n", ";ext\r\n", " 5\r\nhello\r\n", "5 \r\nhello\r\n", "-5\r\n",
         "+5\r\n", "0x5\r\nhello\r\n", "5\t\r\n", "5 ;ext\r\n",
-        /* size overflow: 16 or more hex digits */
-        "ffffffffffffffff\r\n", "10000000000000000\r\n", "0000000000000000\r\n\r\n",
-        "fffffffffffffffff\r\n",
+        /* size overflow: 16 or more significant hex digits */
+        "ffffffffffffffff\r\n", "1000000000000000\r\n", "10000000000000000\r\n",
+        "fffffffffffffffff\r\n", "00001000000000000000\r\n",
         /* missing or wrong CRLF after the data */
         "5\r\nhelloX\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n", "5\r\nhello\r0\r\n\r\n",
         "5\r\nhello0\r\n\r\n", "3\r\nhello\r\n0\r\n\r\n",
@@ -1031,6 +1041,10 @@ START_TEST(test_chunked_line_limits)
     ck_assert_int_eq(feed_all(buf, n, &done), -1);
     ck_assert_int_eq(feed_steps(buf, n, 1, &done), -1);
     ck_assert_int_eq(feed_steps(buf, n, 100, &done), -1);
+
+    /* Leading zeros are bounded by the same line limit. */
+    memset(buf, '0', LB_CHUNKED_MAX_LINE + 10);
+    ck_assert_int_eq(feed_all(buf, LB_CHUNKED_MAX_LINE + 10, &done), -1);
 
     /* The limit is per line: many moderate size lines are fine. */
     n = 0;
