@@ -7,14 +7,16 @@ Every proxy forwards to the same three nginx backends (small fixed body at /,
 (lbd, haproxy, nginx, lbd, haproxy, nginx, ...) for --rounds rounds, and the
 table shows medians: requests/s, p50/p99 latency, proxy CPU time per request
 (from /proc/PID/task/*/schedstat, all processes and threads of the proxy),
-peak RSS (VmHWM summed), and the ratios lbd/HAProxy and lbd/nginx.
+peak RSS (VmHWM summed), and the ratios lbd/HAProxy and lbd/nginx. Each
+run's line also shows how busy each CPU was (/proc/stat): the side at 100 %
+is the one that limits the run.
 
 Pinning (2 cores): with 1 worker each proxy runs on CPU 0 and wrk plus the
 backends on CPU 1, so the proxy has a core of its own and the client never
-steals from it. With 2 workers the proxies get both cores and so do wrk and
-the backends: the ratio still compares like with like.
+steals from it. With 2 workers the proxies get both cores and so do wrk (two
+threads) and the backends: the ratio still compares like with like.
 
-    tests/bench/bench.py [--rounds 3] [--duration 5] [--only ka64,newconn]
+    tests/bench/bench.py [--rounds 5] [--duration 4] [--only ka64,newconn]
 """
 import argparse
 import os
@@ -170,11 +172,23 @@ def parse_latency(text, label):
     return float(m.group(1)) * scale
 
 
+def cpu_list(spec):
+    """taskset's "0", "0-1", "0,2-3" as a list of CPU numbers."""
+    cpus = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return cpus
+
+
 def run_wrk(proxy, conns, extra, path, duration, client_cpus):
     url = "http://127.0.0.1:%d%s" % (proxy.port, path)
     pids = proxy.pids()
     before, busy0 = cpu_ns(pids), cpu_busy()
-    out = subprocess.run(["taskset", "-c", client_cpus, "wrk", "-t1", "-c%d" % conns,
+    # One wrk thread per CPU the client may use: a single thread would make
+    # wrk itself the limit once it shares both cores (2 workers).
+    out = subprocess.run(["taskset", "-c", client_cpus, "wrk", "-t%d" % len(cpu_list(client_cpus)),
+                          "-c%d" % conns,
                           "-d%ds" % duration, "--latency"] + extra + [url],
                          capture_output=True, text=True, timeout=duration + 60).stdout
     after, busy1 = cpu_ns(pids), cpu_busy()
@@ -227,8 +241,8 @@ def idle_memory(proxy, n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--idle", type=int, default=9000,
                     help="idle connections (0: skip); the fd hard limit here is 20000")
