@@ -351,11 +351,6 @@ int lb_conn_loop_init(struct event_base *base)
     return lb_loop.flush_ev ? 0 : -1;
 }
 
-void lb_conn_set_last(struct lb_conn *c)
-{
-    c->last = 1;
-}
-
 void lb_conn_loop_free(void)
 {
     if (lb_loop.flush_ev != NULL)
@@ -505,6 +500,11 @@ void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n)
         }
     }
     evbuffer_remove_buffer(src, dst, n);
+}
+
+void lb_conn_set_last(struct lb_conn *c)
+{
+    c->last = 1;
 }
 
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low)

@@ -72,7 +72,6 @@ struct lb_conn {
 int lb_conn_loop_init(struct event_base *base);
 void lb_conn_loop_free(void);
 
-
 /* Wrap FD (non-blocking, owned from now on). NULL if out of memory (FD is
  * then closed). Reading starts disabled. */
 struct lb_conn *lb_conn_new(int fd);
