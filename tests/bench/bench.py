@@ -281,7 +281,9 @@ def main():
                 for sc in [s for s in scenarios if s[4] == workers]:
                     name, conns, extra, path = sc[0], sc[1], sc[2], sc[3]
                     for r in range(args.rounds):
-                        for p in PROXIES:
+                        # Each round starts with the next proxy: none always
+                        # runs first (after a pause, or after a given peer).
+                        for p in PROXIES[r % len(PROXIES):] + PROXIES[:r % len(PROXIES)]:
                             run = run_wrk(proxies[p], conns, extra, path, args.duration, client_cpus)
                             results.setdefault((name, p), []).append(run)
                             print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req  cpu busy %s%s" %
@@ -308,18 +310,27 @@ def main():
     def med(name, p, key):
         return statistics.median(run[key] for run in results[(name, p)])
 
+    def paired(name, peer):
+        """Median of the per-round ratios: the runs of one round are seconds
+        apart, so a drift of the machine between rounds cancels out."""
+        return statistics.median(a["rps"] / b["rps"] for a, b in
+                                 zip(results[(name, "lbd")], results[(name, peer)]))
+
     lines = []
     lines.append("| scenario | lbd req/s | HAProxy req/s | nginx req/s | lbd/HAProxy | lbd/nginx "
+                 "| per-round ratio (HAP/ngx) "
                  "| p50 ms (lbd/HAP/ngx) | p99 ms (lbd/HAP/ngx) | CPU us/req (lbd/HAP/ngx) "
                  "| peak RSS MiB (lbd/HAP/ngx) | errors |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sc in scenarios:
         name = sc[0]
         rps = {p: med(name, p, "rps") for p in PROXIES}
         errs = sum(run["errors"] for p in PROXIES for run in results[(name, p)])
-        lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %s | %s | %s | %s | %d |" % (
+        lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.2f / %.2f "
+                     "| %s | %s | %s | %s | %d |" % (
             name, sc[5], rps["lbd"], rps["haproxy"], rps["nginx"],
             rps["lbd"] / rps["haproxy"], rps["lbd"] / rps["nginx"],
+            paired(name, "haproxy"), paired(name, "nginx"),
             " / ".join("%.2f" % med(name, p, "p50") for p in PROXIES),
             " / ".join("%.2f" % med(name, p, "p99") for p in PROXIES),
             " / ".join("%.1f" % med(name, p, "cpu_us") for p in PROXIES),
