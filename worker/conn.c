@@ -20,10 +20,23 @@
  * one block, one send(); bigger ones move whole chains without a copy. */
 #define LB_CONN_COPY_MAX   2048
 
+/* A pair of buffers with their callbacks registered once. A connection
+ * takes a pair when it has something to hold and gives it back when idle,
+ * so a keep-alive request allocates no evbuffer and registers no callback;
+ * idle connections still hold no buffers. */
+struct lb_conn_bufs {
+    struct evbuffer *in, *out;
+    struct lb_conn *owner;              /* NULL while in the pool */
+    struct lb_conn_bufs *next;          /* in the pool */
+};
+#define LB_CONN_BUFS_POOL 256           /* pairs kept per worker */
+
 static struct {
     struct event_base *base;
     struct event *flush_ev;
     struct lb_conn *head, *tail;        /* connections with output to write */
+    struct lb_conn_bufs *pool;          /* free pairs, empty */
+    unsigned npool;
 } lb_loop;
 
 static struct timeval lb_conn_tv(uint32_t ms)
@@ -205,16 +218,17 @@ static void lb_conn_flush_all(evutil_socket_t fd, short what, void *arg)
 static void lb_conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     (void)buf;
-    if (info->n_added > 0)
-        lb_conn_schedule(arg);
+    struct lb_conn_bufs *b = arg;
+    if (info->n_added > 0 && b->owner != NULL)
+        lb_conn_schedule(b->owner);
 }
 
 /* Input drained below the limit: reading may resume (back-pressure off). */
 static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     (void)buf;
-    struct lb_conn *c = arg;
-    if (info->n_deleted > 0 && !c->read_armed && lb_conn_should_read(c))
+    struct lb_conn *c = ((struct lb_conn_bufs *)arg)->owner;
+    if (c != NULL && info->n_deleted > 0 && !c->read_armed && lb_conn_should_read(c))
         lb_conn_arm_read(c);
 }
 
@@ -351,29 +365,66 @@ int lb_conn_loop_init(struct event_base *base)
     return lb_loop.flush_ev ? 0 : -1;
 }
 
-void lb_conn_loop_free(void)
+static void lb_conn_bufs_free(struct lb_conn_bufs *b)
 {
-    if (lb_loop.flush_ev != NULL)
-        event_free(lb_loop.flush_ev);
-    lb_loop.flush_ev = NULL;
+    if (b->in != NULL)
+        evbuffer_free(b->in);
+    if (b->out != NULL)
+        evbuffer_free(b->out);
+    free(b);
+}
+
+static struct lb_conn_bufs *lb_conn_bufs_new(void)
+{
+    struct lb_conn_bufs *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    b->in = evbuffer_new();
+    b->out = evbuffer_new();
+    if (b->in == NULL || b->out == NULL || evbuffer_add_cb(b->out, lb_conn_out_cb, b) == NULL ||
+        evbuffer_add_cb(b->in, lb_conn_in_cb, b) == NULL) {
+        lb_conn_bufs_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Give C's pair back: to the pool when empty and there is room. */
+static void lb_conn_bufs_release(struct lb_conn *c)
+{
+    struct lb_conn_bufs *b = c->bufs;
+    if (b == NULL)
+        return;
+    c->bufs = NULL;
+    c->in = c->out = NULL;
+    b->owner = NULL;
+    if (lb_loop.npool < LB_CONN_BUFS_POOL && evbuffer_get_length(b->in) == 0 &&
+        evbuffer_get_length(b->out) == 0) {
+        b->next = lb_loop.pool;
+        lb_loop.pool = b;
+        lb_loop.npool++;
+    } else {
+        lb_conn_bufs_free(b);
+    }
 }
 
 /* Make the buffers if they are not there. 0, or -1 (nothing changed). */
 static int lb_conn_buffers(struct lb_conn *c)
 {
-    if (c->in != NULL)
+    if (c->bufs != NULL)
         return 0;
-    struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
-    if (in == NULL || out == NULL || evbuffer_add_cb(out, lb_conn_out_cb, c) == NULL ||
-        evbuffer_add_cb(in, lb_conn_in_cb, c) == NULL) {
-        if (in != NULL)
-            evbuffer_free(in);
-        if (out != NULL)
-            evbuffer_free(out);
+    struct lb_conn_bufs *b = lb_loop.pool;
+    if (b != NULL) {
+        lb_loop.pool = b->next;
+        lb_loop.npool--;
+    } else if ((b = lb_conn_bufs_new()) == NULL) {
         return -1;
     }
-    c->in = in;
-    c->out = out;
+    b->owner = c;
+    b->next = NULL;
+    c->bufs = b;
+    c->in = b->in;
+    c->out = b->out;
     return 0;
 }
 
@@ -382,9 +433,20 @@ void lb_conn_shrink(struct lb_conn *c)
     if (c->in == NULL || c->pending || c->write_armed || c->connecting ||
         evbuffer_get_length(c->in) != 0 || evbuffer_get_length(c->out) != 0)
         return;
-    evbuffer_free(c->in);
-    evbuffer_free(c->out);
-    c->in = c->out = NULL;
+    lb_conn_bufs_release(c);
+}
+
+void lb_conn_loop_free(void)
+{
+    while (lb_loop.pool != NULL) {
+        struct lb_conn_bufs *b = lb_loop.pool;
+        lb_loop.pool = b->next;
+        lb_conn_bufs_free(b);
+    }
+    lb_loop.npool = 0;
+    if (lb_loop.flush_ev != NULL)
+        event_free(lb_loop.flush_ev);
+    lb_loop.flush_ev = NULL;
 }
 
 struct lb_conn *lb_conn_new(int fd)
@@ -414,10 +476,7 @@ void lb_conn_free(struct lb_conn *c)
     lb_conn_disarm_write(c);
     if (c->wev != NULL)
         event_free(c->wev);
-    if (c->in != NULL)
-        evbuffer_free(c->in);
-    if (c->out != NULL)
-        evbuffer_free(c->out);
+    lb_conn_bufs_release(c);
     close(c->fd);
     free(c);
 }

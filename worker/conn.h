@@ -39,6 +39,8 @@ struct lb_conn;
 typedef void (*lb_conn_data_cb)(struct lb_conn *c, void *arg);
 typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
 
+struct lb_conn_bufs;
+
 struct lb_conn {
     int fd;
     struct event rev;
@@ -46,6 +48,7 @@ struct lb_conn {
                                          * client sockets never fill up */
     struct evbuffer *in;                /* NULL while shrunk (idle) */
     struct evbuffer *out;
+    struct lb_conn_bufs *bufs;          /* the pair IN and OUT belong to */
     lb_conn_data_cb read_cb;            /* new input */
     lb_conn_data_cb write_cb;           /* output drained to <= write_low */
     lb_conn_event_cb event_cb;

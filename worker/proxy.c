@@ -531,12 +531,17 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
                             s->client_ip);
     }
     lb_evbuffer_add_str(out, "\r\nVia: 1.1 lbd\r\n");
-    char generated[33];
+    char generated[32];
     const char *rid = generated;
-    size_t rid_len = 32;
+    size_t rid_len = sizeof(generated);
     if (m->request_id < 0) {
-        snprintf(generated, sizeof(generated), "%016llx%016llx",
-                 (unsigned long long)lb_rand64(s->w), (unsigned long long)lb_rand64(s->w));
+        /* 128 random bits in hex, without printf: this runs per request. */
+        static const char hex[] = "0123456789abcdef";
+        for (size_t half = 0; half < 2; half++) {
+            uint64_t v = lb_rand64(s->w);
+            for (size_t i = 0; i < 16; i++)
+                generated[half * 16 + i] = hex[(v >> (60 - 4 * i)) & 15];
+        }
         lb_evbuffer_add_str(out, "X-Request-Id: ");
         evbuffer_add(out, generated, 32);
         evbuffer_add(out, "\r\n", 2);
