@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -29,13 +30,15 @@ struct lb_conn_bufs {
     struct lb_conn *owner;              /* NULL while in the pool */
     struct lb_conn_bufs *next;          /* in the pool */
 };
-#define LB_CONN_BUFS_POOL 256           /* pairs kept per worker */
+#define LB_CONN_BUFS_POOL 128           /* pairs kept per worker */
 
 static struct {
     struct event_base *base;
     struct event *flush_ev;
     struct lb_conn *head, *tail;        /* connections with output to write */
-    struct lb_conn_bufs *pool;          /* free pairs, empty */
+    struct lb_conn_bufs *pool;          /* free pairs: no data, at most an
+                                         * empty 4 KiB block reserved by a
+                                         * read that found nothing */
     unsigned npool;
 } lb_loop;
 
@@ -151,6 +154,25 @@ static void lb_conn_schedule(struct lb_conn *c)
     event_active(lb_loop.flush_ev, EV_WRITE, 1);
 }
 
+/* The last output of a connection in several blocks: one sendmsg() with
+ * MSG_MORE (see lb_conn_set_last), up to LB_CONN_IOV blocks at a time. */
+#define LB_CONN_IOV 16
+static int lb_conn_sendmsg_more(struct lb_conn *c)
+{
+    struct evbuffer_iovec v[LB_CONN_IOV];
+    struct iovec iov[LB_CONN_IOV];
+    int nv = evbuffer_peek(c->out, -1, NULL, v, LB_CONN_IOV);
+    if (nv > LB_CONN_IOV)
+        nv = LB_CONN_IOV;
+    for (int i = 0; i < nv; i++)
+        iov[i] = (struct iovec){ .iov_base = v[i].iov_base, .iov_len = v[i].iov_len };
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)nv };
+    ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE);
+    if (n > 0)
+        evbuffer_drain(c->out, (size_t)n);
+    return (int)n;
+}
+
 /* Write now; arm EPOLLOUT only if the socket took less than everything.
  * May call back into the user (write_cb, event_cb): C may be gone after. */
 static void lb_conn_write(struct lb_conn *c)
@@ -165,9 +187,13 @@ static void lb_conn_write(struct lb_conn *c)
                           MSG_NOSIGNAL | MSG_DONTWAIT | (c->last ? MSG_MORE : 0));
             if (n > 0)
                 evbuffer_drain(c->out, (size_t)n);
+        } else if (c->last) {
+            n = lb_conn_sendmsg_more(c);
         } else {
             n = evbuffer_write(c->out, c->fd);
         }
+        if (c->last && n > 0)
+            c->corked = 1;
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             int err = errno;
             lb_conn_disarm_write(c);
@@ -261,6 +287,8 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
         size_t room = c->read_limit - len;
         if (room > want)
             room = want;
+        if (room > LB_CONN_READ_FIRST)
+            c->big_block = 1;
         struct evbuffer_iovec v[2];
         int nv = evbuffer_reserve_space(c->in, (ev_ssize_t)room, v, 2);
         if (nv <= 0)
@@ -398,7 +426,8 @@ static void lb_conn_bufs_release(struct lb_conn *c)
     c->bufs = NULL;
     c->in = c->out = NULL;
     b->owner = NULL;
-    if (lb_loop.npool < LB_CONN_BUFS_POOL && evbuffer_get_length(b->in) == 0 &&
+    /* A pair that had big reads may keep an empty 64 KiB block: not kept. */
+    if (lb_loop.npool < LB_CONN_BUFS_POOL && !c->big_block && evbuffer_get_length(b->in) == 0 &&
         evbuffer_get_length(b->out) == 0) {
         b->next = lb_loop.pool;
         lb_loop.pool = b;
@@ -423,9 +452,15 @@ static int lb_conn_buffers(struct lb_conn *c)
     b->owner = c;
     b->next = NULL;
     c->bufs = b;
+    c->big_block = 0;
     c->in = b->in;
     c->out = b->out;
     return 0;
+}
+
+int lb_conn_ensure_buffers(struct lb_conn *c)
+{
+    return lb_conn_buffers(c);
 }
 
 void lb_conn_shrink(struct lb_conn *c)
@@ -477,6 +512,10 @@ void lb_conn_free(struct lb_conn *c)
     if (c->wev != NULL)
         event_free(c->wev);
     lb_conn_bufs_release(c);
+    /* Held-back output leaves with the FIN of shutdown(); a bare close()
+     * with unread input would reset the connection and drop it instead. */
+    if (c->corked)
+        shutdown(c->fd, SHUT_WR);
     close(c->fd);
     free(c);
 }

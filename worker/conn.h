@@ -68,6 +68,8 @@ struct lb_conn {
     uint8_t eof : 1;                    /* read side saw EOF or an error */
     uint8_t bulk : 1;                   /* last wakeup filled its reads: start big */
     uint8_t last : 1;                   /* the output ends the connection */
+    uint8_t corked : 1;                 /* sent with MSG_MORE: push before close */
+    uint8_t big_block : 1;              /* IN has had a read of more than 4 KiB */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with
@@ -100,6 +102,9 @@ void lb_conn_flush(struct lb_conn *c);
 /* An idle connection gives its (empty) buffers back; the next read brings
  * them again. Only while both are empty and nothing is being written. */
 void lb_conn_shrink(struct lb_conn *c);
+/* Bring the buffers back before writing to a shrunk connection outside a
+ * read (an answer from a timer). 0, or -1 when out of memory. */
+int lb_conn_ensure_buffers(struct lb_conn *c);
 /* Move N bytes from SRC to DST: small amounts are copied onto DST's last
  * block (so a head and a small body leave in one send), large ones move
  * whole chains (no copy). */

@@ -323,8 +323,9 @@ static void lb_session_linger(struct lb_session *s)
     lb_session_deadline_off(s);
     lb_session_timer_stop(s);
     /* Sending the rest is bounded by the send timeout (a slow reader gets
-     * every byte); only then does the bounded linger start. */
-    lb_conn_set_timeouts(s->client, LB_LINGER_MS, s->w->cfg->timeouts.send_ms);
+     * every byte, and what it sends meanwhile is read and dropped without a
+     * clock); only then does the bounded linger start (lb_session_shut). */
+    lb_conn_set_timeouts(s->client, 0, s->w->cfg->timeouts.send_ms);
     lb_conn_set_last(s->client);
     bool flushed = lb_conn_out_len(s->client) == 0;
     if (s->client_eof || s->quick_close) {
@@ -377,6 +378,10 @@ static void lb_session_error(struct lb_session *s, int status)
     bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof &&
                 (status == 404 || (status >= 500 && status != 501 && status != 505));
     lb_session_release_up(s, false);
+    if (lb_conn_ensure_buffers(s->client) < 0) {
+        lb_session_close(s);    /* out of memory: no answer possible */
+        return;
+    }
 
     char body[64];
     int blen = snprintf(body, sizeof(body), "%d %s\n", status, lb_reason(status));
@@ -1116,9 +1121,17 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     size_t hlen = host ? host->value_len : 0, plen = m->target_len;
     /* RFC 9112 3.2.2: an absolute-form target's authority replaces Host. */
     lb_http_absolute_target(m->target, m->target_len, &hval, &hlen, &path, &plen);
-    if ((plen == 1 && path[0] == '*') || path[0] == '?') {
-        path = "/";             /* OPTIONS *: the server as a whole; "http://h?q" */
-        plen = 1;
+    char slash_query[LB_HOST_MAX + 1];
+    if (plen == 1 && path[0] == '*') {
+        path = "/";             /* OPTIONS *: the server as a whole */
+    } else if (path[0] == '?') {
+        /* "http://h?q" is routed as the "/?q" it is forwarded as; prefixes
+         * are shorter than LB_HOST_MAX, so that much of it decides. */
+        size_t n = plen < LB_HOST_MAX ? plen : LB_HOST_MAX;
+        slash_query[0] = '/';
+        memcpy(slash_query + 1, path, n);
+        path = slash_query;
+        plen = n + 1;
     }
     const struct lb_route_cfg *r = lb_route_match(w->cfg, hval, hlen, path, plen);
     if (r == NULL) {
@@ -1318,8 +1331,10 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
             return;
         }
         /* The answer is out and nothing else is buffered: an idle
-         * keep-alive connection needs no buffers until its next request. */
-        if (s->served > 0 && lb_conn_in_len(s->client) == 0)
+         * keep-alive connection needs no buffers until its next request.
+         * (Not once empty lines have started the client_header clock: its
+         * 408 needs them.) */
+        if (s->served > 0 && lb_conn_in_len(s->client) == 0 && !lb_session_timer_pending(s))
             lb_conn_shrink(s->client);
         return;
     }

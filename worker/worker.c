@@ -157,7 +157,8 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, w,
                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-                                             -1, listen_fds[i]);
+                                             0 /* listening already, with its backlog */,
+                                             listen_fds[i]);
         if (w->listeners[i] == NULL) {
             lb_log_error("listener %s: evconnlistener_new() failed", cfg->listeners[i].address);
             goto out;

@@ -174,8 +174,8 @@ class HealthTest(LbdTestCase):
         (b1,) = self.start_backends("b1")
         port = free_port()
         dead = f"127.0.0.1:{port}"
-        lbd = self._lbd([{"name": "web", "servers": [(b1.addr, 1), (dead, 1)],
-                          "passive_health": {"failures": 2, "cooldown": "1s"}}])
+        self._lbd([{"name": "web", "servers": [(b1.addr, 1), (dead, 1)],
+                   "passive_health": {"failures": 2, "cooldown": "1s"}}])
         for _ in range(4):
             self.get("/")
         wait_health(self.admin, dead, "down", reason="passive", timeout=5)

@@ -5,7 +5,10 @@
 - pipelined requests lbd answers itself neither recurse nor buffer without end;
 - timeouts restart at each phase (idle after a response, a pooled
   connection taken again);
-- only safe methods are retried on a stale pooled connection.
+- only safe methods are retried on a stale pooled connection;
+- an empty line after a keep-alive request, then silence: 408, not a crash
+  (the answer once went to buffers the idle connection had given back);
+- an absolute-form "http://h?x" is routed as the "/?x" it is forwarded as.
 """
 import socket
 import threading
@@ -114,6 +117,22 @@ class RegressionTest(LbdTestCase):
         self.assertEqual(parse_status(got), 200)
         self.assertEqual(len(body), size, "response cut short")
 
+    def test_absolute_form_query_routes_like_origin_form(self):
+        """"http://h?x" is forwarded as "/?x" and must be routed as "/?x" too,
+        or a route on "/?x" could be bypassed."""
+        b1, b2 = self.start_backend("b1"), self.start_backend("b2")
+        port = free_port()
+        listen = "127.0.0.1:%d" % port
+        cfg = lbd_config(listen, [{"name": "p1", "servers": [(b1.addr, 1)]},
+                                  {"name": "p2", "servers": [(b2.addr, 1)]}],
+                         routes=[("*", "/?x", "p2"), ("*", "/", "p1")], workers=1)
+        lbd = self.start_lbd(cfg, listen, workers=1)
+        for target in (b"/?x", b"http://lbd.test?x"):
+            raw = raw_exchange(lbd.listen, b"GET " + target + b" HTTP/1.1\r\nHost: lbd.test\r\n"
+                               b"Connection: close\r\n\r\n")
+            self.assertEqual(parse_status(raw), 200, raw[:200])
+            self.assertIn(b"X-Backend: b2", raw, target)
+
     def test_pipelined_errors_do_not_grow_without_bound(self):
         b = self.start_backend("b1")
         port = free_port()
@@ -166,10 +185,32 @@ class RegressionTest(LbdTestCase):
         s.close()
         self.assertEqual(parse_status(got), 200, "keep-alive closed early: %r" % got[:80])
 
+    def test_empty_lines_after_a_request_then_silence_get_408(self):
+        """A CRLF after a keep-alive request starts the client_header clock.
+        The connection used to give its buffers back when the answer left,
+        and the 408 then wrote to none: the worker crashed."""
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1, timeouts={"client_header": "1s"})
+        s = connect(lbd.listen)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n")
+        s.settimeout(15)
+        got = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+        first, _, rest = got.partition(b"\r\n\r\n")
+        self.assertEqual(parse_status(got), 200, got[:200])
+        self.assertIn(b"HTTP/1.1 408", rest, "no 408 after the empty line: %r" % got[-200:])
+        self.assertEqual(lbd.snapshot()["workers"][0]["pid"], lbd.worker_pids()[0])
+        self.assertServes(lbd)
+
     def test_pooled_connection_gets_a_fresh_response_timeout(self):
         b = self.start_backend("b1")
-        lbd = self.simple_lbd([b], workers=1,
-                              timeouts={"backend_idle": "3s", "backend_response": "3s"})
+        self.simple_lbd([b], workers=1,
+                        timeouts={"backend_idle": "3s", "backend_response": "3s"})
         self.assertEqual(self.get("/?delay=100").status, 200)
         time.sleep(1.5)     # the pooled connection has been idle 1.5 s
         r = self.get("/?delay=2000")
@@ -181,7 +222,7 @@ class RegressionTest(LbdTestCase):
         port = free_port()
         listen = "127.0.0.1:%d" % port
         cfg = lbd_config(listen, [{"name": "web", "servers": [(rb.addr, 1)]}], workers=1)
-        lbd = self.start_lbd(cfg, listen, workers=1)
+        self.start_lbd(cfg, listen, workers=1)
         self.assertEqual(self.get("/warm").status, 200)
         # GET on the now-stale pooled connection: retried on a new one.
         r = self.get("/again")
