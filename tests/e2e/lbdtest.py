@@ -375,6 +375,16 @@ def http_get(addr, target="/", host="lbd.test", headers=(), timeout=10.0, method
         return c.request(target, host=host, headers=headers, method=method, body=body)
 
 
+def recv_until_eof(sock):
+    """Everything SOCK receives until the peer closes."""
+    got = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            return got
+        got += d
+
+
 def raw_exchange(addr, data, timeout=10.0, shut_write=False):
     """Send DATA on a fresh connection and read until the server closes.
     Returns the bytes received."""

@@ -898,23 +898,16 @@ class HeadersTest(HttpTestCase):
         self.assertEqual(found, want)
 
     def test_absolute_form_target(self):
-        with HttpConn(self.lbd.listen) as c:
-            c.send(b"GET http://other.example/p?echo=1 HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
-            r = c.read_response()
-        self.assertEqual(r.status, 200, r)
-        line, f = echo_fields(r.body)
-        self.assertEqual(line, "GET /p?echo=1 HTTP/1.1")
-        self.assertEqual(values(f, "Host"), ["other.example"])
-
-    def test_absolute_form_query_without_path(self):
-        """"http://h?q" has the path "/" (RFC 9112 3.2.1): forwarded as "/?q"."""
-        with HttpConn(self.lbd.listen) as c:
-            c.send(b"GET http://other.example?echo=1 HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
-            r = c.read_response()
-        self.assertEqual(r.status, 200, r)
-        line, f = echo_fields(r.body)
-        self.assertEqual(line, "GET /?echo=1 HTTP/1.1")
-        self.assertEqual(values(f, "Host"), ["other.example"])
+        # "http://h?q" has the path "/" (RFC 9112 3.2.1): forwarded as "/?q".
+        for target, line in ((b"http://other.example/p?echo=1", "GET /p?echo=1 HTTP/1.1"),
+                             (b"http://other.example?echo=1", "GET /?echo=1 HTTP/1.1")):
+            with HttpConn(self.lbd.listen) as c:
+                c.send(b"GET " + target + b" HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
+                r = c.read_response()
+            self.assertEqual(r.status, 200, r)
+            got, f = echo_fields(r.body)
+            self.assertEqual(got, line)
+            self.assertEqual(values(f, "Host"), ["other.example"])
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import threading
 import time
 
 from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status,
-                     raw_exchange, sanitized)
+                     raw_exchange, recv_until_eof, sanitized)
 
 
 def worker_rss_kb(pid):
@@ -194,14 +194,9 @@ class RegressionTest(LbdTestCase):
         s = connect(lbd.listen)
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n")
         s.settimeout(15)
-        got = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
+        got = recv_until_eof(s)
         s.close()
-        first, _, rest = got.partition(b"\r\n\r\n")
+        rest = got.partition(b"\r\n\r\n")[2]
         self.assertEqual(parse_status(got), 200, got[:200])
         self.assertIn(b"HTTP/1.1 408", rest, "no 408 after the empty line: %r" % got[-200:])
         self.assertEqual(lbd.snapshot()["workers"][0]["pid"], lbd.worker_pids()[0])

@@ -16,7 +16,8 @@ import struct
 import subprocess
 import time
 
-from lbdtest import LbdTestCase, connect, free_port, lbd_config, parse_status, wait_for
+from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status,
+                     recv_until_eof, wait_for)
 
 # struct tcp_info (linux/tcp.h): tcpi_segs_in follows tcpi_segs_out at 136.
 TCPI_SEGS_IN = 140
@@ -63,12 +64,7 @@ class TcpTest(LbdTestCase):
         s = connect(lbd.listen)
         try:
             s.sendall(b"GET /?size=%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % size)
-            got = b""
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
+            got = recv_until_eof(s)
             return got, segs_in(s)
         finally:
             s.close()
@@ -107,12 +103,7 @@ class TcpTest(LbdTestCase):
             time.sleep(0.2)
             self.assertEqual(lbd.snapshot()["totals"]["active_connections"], 0)
             s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            got = b""
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
+            got = recv_until_eof(s)
             self.assertEqual(parse_status(got), 200, got[:200])
         finally:
             s.close()
