@@ -31,30 +31,49 @@ struct lb_conn_bufs {
     struct lb_conn_bufs *next;          /* in the pool */
 };
 #define LB_CONN_BUFS_POOL 128           /* pairs kept per worker */
+#define LB_CONN_COMMON_MAX 32           /* distinct timeout durations */
 
 static struct {
     struct event_base *base;
     struct event *flush_ev;
     struct lb_conn *head, *tail;        /* connections with output to write */
+    struct {
+        uint64_t ms;
+        const struct timeval *tv;
+    } common[LB_CONN_COMMON_MAX];       /* libevent common timeouts by duration */
+    unsigned ncommon;
     struct lb_conn_bufs *pool;          /* free pairs: no data, at most an
                                          * empty 4 KiB block reserved by a
                                          * read that found nothing */
     unsigned npool;
 } lb_loop;
 
-static struct timeval lb_conn_tv(uint32_t ms)
+const struct timeval *lb_conn_timeout(uint64_t ms, struct timeval *scratch)
 {
-    return (struct timeval){ .tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    for (unsigned i = 0; i < lb_loop.ncommon; i++)
+        if (lb_loop.common[i].ms == ms)
+            return lb_loop.common[i].tv;
+    *scratch = (struct timeval){ .tv_sec = (time_t)(ms / 1000),
+                                 .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    if (lb_loop.ncommon == LB_CONN_COMMON_MAX)
+        return scratch;
+    const struct timeval *tv = event_base_init_common_timeout(lb_loop.base, scratch);
+    if (tv == NULL)
+        return scratch;
+    lb_loop.common[lb_loop.ncommon].ms = ms;
+    lb_loop.common[lb_loop.ncommon].tv = tv;
+    lb_loop.ncommon++;
+    return tv;
 }
 
 /* event_add() with no timeout keeps a pending event's old timeout: drop
  * the event first when a timeout is being removed. */
 static void lb_conn_arm(struct event *ev, bool armed, uint32_t ms)
 {
-    struct timeval tv = lb_conn_tv(ms);
+    struct timeval scratch;
     if (armed && ms == 0)
         event_del(ev);
-    event_add(ev, ms ? &tv : NULL);
+    event_add(ev, ms ? lb_conn_timeout(ms, &scratch) : NULL);
 }
 
 static void lb_conn_arm_read(struct lb_conn *c)
@@ -388,6 +407,7 @@ static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
 int lb_conn_loop_init(struct event_base *base)
 {
     lb_loop.base = base;
+    lb_loop.ncommon = 0;
     lb_loop.head = lb_loop.tail = NULL;
     lb_loop.flush_ev = event_new(base, -1, 0, lb_conn_flush_all, NULL);
     return lb_loop.flush_ev ? 0 : -1;

@@ -40,6 +40,7 @@ typedef void (*lb_conn_data_cb)(struct lb_conn *c, void *arg);
 typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
 
 struct lb_conn_bufs;
+struct timeval;
 
 struct lb_conn {
     int fd;
@@ -76,6 +77,10 @@ struct lb_conn {
  * the flush of every connection that got output. */
 int lb_conn_loop_init(struct event_base *base);
 void lb_conn_loop_free(void);
+/* The timeval to give event_add() for a timeout of MS: one of libevent's
+ * common timeouts (events of one duration wait in a FIFO, so re-arming one
+ * per request costs O(1) instead of a heap update), or SCRATCH filled in. */
+const struct timeval *lb_conn_timeout(uint64_t ms, struct timeval *scratch);
 
 /* Wrap FD (non-blocking, owned from now on). NULL if out of memory (FD is
  * then closed). Reading starts disabled. */

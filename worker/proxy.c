@@ -222,10 +222,9 @@ static void lb_session_timer_arm(struct lb_session *s, uint64_t ms)
 
 static void lb_timer_arm(struct event *ev, uint64_t ms)
 {
-    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
-                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    struct timeval scratch;
     if (ms != 0)
-        evtimer_add(ev, &tv);
+        evtimer_add(ev, lb_conn_timeout(ms, &scratch));
 }
 
 /* Backend connection timeouts once connected, from the pool's timeouts:
