@@ -71,8 +71,7 @@ int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
 
 static void lb_probe_schedule(struct lb_probe *p, uint64_t ms)
 {
-    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
-                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    struct timeval tv = lb_ms_timeval(ms);
     evtimer_add(p->timer, &tv);
 }
 
@@ -166,9 +165,7 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
         lb_probe_done(p, "out of memory");
         return;
     }
-    uint64_t ms = p->pool->health.timeout_ms;
-    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
-                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    struct timeval tv = lb_ms_timeval(p->pool->health.timeout_ms);
     bufferevent_set_timeouts(p->bev, &tv, &tv);
     bufferevent_setcb(p->bev, lb_probe_read, NULL, lb_probe_event, p);
     if (bufferevent_socket_connect(p->bev, sa, (int)p->server->addr.len) < 0) {

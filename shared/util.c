@@ -209,6 +209,12 @@ uint64_t lb_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+struct timeval lb_ms_timeval(uint64_t ms)
+{
+    return (struct timeval){ .tv_sec = (time_t)(ms / 1000),
+                             .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+}
+
 uint64_t lb_wall_ms(void)
 {
     struct timespec ts;

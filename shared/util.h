@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #define LB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define LB_CONTAINER_OF(ptr, type, member) \
@@ -41,6 +42,8 @@ void lb_addr_format_host(const struct sockaddr *sa, char *buf, size_t len);
 
 /* Milliseconds on CLOCK_MONOTONIC (not affected by clock changes). */
 uint64_t lb_now_ms(void);
+/* MS milliseconds as a struct timeval (for libevent). */
+struct timeval lb_ms_timeval(uint64_t ms);
 /* Milliseconds since the epoch. */
 uint64_t lb_wall_ms(void);
 

@@ -10,6 +10,8 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "shared/util.h"
+
 /* Read sizes (less a chain header, so libevent allocates 4 or 64 KiB, not
  * the next power of two): a first read of 4 KiB suits requests and small
  * responses;
@@ -53,8 +55,7 @@ const struct timeval *lb_conn_timeout(uint64_t ms, struct timeval *scratch)
     for (unsigned i = 0; i < lb_loop.ncommon; i++)
         if (lb_loop.common[i].ms == ms)
             return lb_loop.common[i].tv;
-    *scratch = (struct timeval){ .tv_sec = (time_t)(ms / 1000),
-                                 .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    *scratch = lb_ms_timeval(ms);
     if (lb_loop.ncommon == LB_CONN_COMMON_MAX)
         return scratch;
     const struct timeval *tv = event_base_init_common_timeout(lb_loop.base, scratch);
@@ -277,7 +278,6 @@ static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
         lb_conn_arm_read(c);
 }
 
-static int lb_conn_buffers(struct lb_conn *c);
 
 static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
 {
@@ -287,7 +287,7 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
         c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
         return;
     }
-    if (c->read_error != 0 || lb_conn_buffers(c) < 0) {
+    if (c->read_error != 0 || lb_conn_ensure_buffers(c) < 0) {
         /* An error held back while its wakeup's data went to the user. */
         int err = c->read_error ? c->read_error : ENOMEM;
         c->eof = 1;
@@ -458,7 +458,7 @@ static void lb_conn_bufs_release(struct lb_conn *c)
 }
 
 /* Make the buffers if they are not there. 0, or -1 (nothing changed). */
-static int lb_conn_buffers(struct lb_conn *c)
+int lb_conn_ensure_buffers(struct lb_conn *c)
 {
     if (c->bufs != NULL)
         return 0;
@@ -476,11 +476,6 @@ static int lb_conn_buffers(struct lb_conn *c)
     c->in = b->in;
     c->out = b->out;
     return 0;
-}
-
-int lb_conn_ensure_buffers(struct lb_conn *c)
-{
-    return lb_conn_buffers(c);
 }
 
 void lb_conn_shrink(struct lb_conn *c)
@@ -512,7 +507,7 @@ struct lb_conn *lb_conn_new(int fd)
         return NULL;
     }
     c->fd = fd;
-    if (lb_conn_buffers(c) < 0) {
+    if (lb_conn_ensure_buffers(c) < 0) {
         close(fd);
         free(c);
         return NULL;

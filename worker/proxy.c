@@ -1330,10 +1330,9 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
             return;
         }
         /* The answer is out and nothing else is buffered: an idle
-         * keep-alive connection needs no buffers until its next request.
-         * (Not once empty lines have started the client_header clock: its
-         * 408 needs them.) */
-        if (s->served > 0 && lb_conn_in_len(s->client) == 0 && !lb_session_timer_pending(s))
+         * keep-alive connection needs no buffers until its next request
+         * (an answer from a timer, a 408, takes them again). */
+        if (s->served > 0 && lb_conn_in_len(s->client) == 0)
             lb_conn_shrink(s->client);
         return;
     }

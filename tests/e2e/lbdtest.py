@@ -565,6 +565,11 @@ class Lbd:
                 out.setdefault(int(m.group(1)), []).append(pid)
         return {k: max(v) for k, v in out.items()}
 
+    def wait_in_flight(self, n, what="the request to be in flight"):
+        """Wait until N requests are in flight to the backends."""
+        wait_for(lambda: sum(s["active"] for p in self.snapshot()["pools"]
+                             for s in p["servers"]) == n, 10, what=what)
+
     def running_workers(self, snap=None):
         snap = snap or self.snapshot()
         return [w for w in snap["workers"] if w["state"] == "running"]

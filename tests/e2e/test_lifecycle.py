@@ -141,8 +141,7 @@ class StopTest(LbdTestCase):
                 result["e"] = e
         t = threading.Thread(target=slow, daemon=True)
         t.start()
-        wait_for(lambda: sum(s["active"] for p in lbd.snapshot()["pools"] for s in p["servers"]) == 1,
-                 10, what="the slow request to reach the backend")
+        lbd.wait_in_flight(1, what="the slow request to reach the backend")
         lbd.signal(signal.SIGTERM)
 
         def refused():
@@ -171,8 +170,7 @@ class StopTest(LbdTestCase):
         lbd = self.simple_lbd([b], workers=1)
         with HttpConn(lbd.listen, timeout=20) as c:
             c.send(b"GET /?delay=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: sum(s["active"] for p in lbd.snapshot()["pools"]
-                                 for s in p["servers"]) == 1, 10, what="the request to be in flight")
+            lbd.wait_in_flight(1)
             lbd.signal(signal.SIGQUIT)
             r = c.read_response()
             self.assertEqual((r.status, r.body), (200, b"b1\n"))
@@ -188,8 +186,7 @@ class StopTest(LbdTestCase):
         c = HttpConn(lbd.listen, timeout=20)
         try:
             c.send(b"GET /?hang=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: sum(s["active"] for p in lbd.snapshot()["pools"]
-                                 for s in p["servers"]) == 1, 10, what="the request to be in flight")
+            lbd.wait_in_flight(1)
             pids = list(lbd.worker_pids().values())
             lbd.signal(signal.SIGINT)
             rc = lbd.wait_exit(10)
@@ -208,8 +205,7 @@ class StopTest(LbdTestCase):
         lbd = self.simple_lbd([b], workers=2, shutdown_timeout="1s")
         with HttpConn(lbd.listen, timeout=20) as c:
             c.send(b"GET /?hang=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: sum(s["active"] for p in lbd.snapshot()["pools"]
-                                 for s in p["servers"]) == 1, 10, what="the request to be in flight")
+            lbd.wait_in_flight(1)
             pids = list(lbd.worker_pids().values())
             lbd.signal(signal.SIGTERM)
             rc = lbd.wait_exit(20)

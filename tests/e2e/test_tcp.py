@@ -51,13 +51,6 @@ def segs_in(sock):
 
 class TcpTest(LbdTestCase):
 
-    def start(self, backends, **listener):
-        port = free_port()
-        listen = "127.0.0.1:%d" % port
-        cfg = lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1) for b in backends]}],
-                         workers=1, admin="127.0.0.1:%d" % free_port(), listener=listener)
-        return self.start_lbd(cfg, listen, workers=1)
-
     def closing_exchange(self, lbd, size=300):
         """One request with Connection: close, read to EOF: the response
         and the number of segments the client received."""
@@ -71,7 +64,7 @@ class TcpTest(LbdTestCase):
 
     def test_close_response_is_one_segment_with_the_fin(self):
         b = self.start_backend("b1")
-        lbd = self.start([b])
+        lbd = self.simple_lbd([b], workers=1)
         # 300 bytes: head and body in one block (send); 20000: the body's
         # blocks moved behind the head (sendmsg).
         for size in (300, 20000):
@@ -94,7 +87,7 @@ class TcpTest(LbdTestCase):
 
     def test_defer_accept_hands_over_with_the_request(self):
         b = self.start_backend("b1")
-        lbd = self.start([b])
+        lbd = self.simple_lbd([b], workers=1)
         s = connect(lbd.listen)
         try:
             # The kernel holds the connection (for about a second) until data
@@ -110,7 +103,7 @@ class TcpTest(LbdTestCase):
 
     def test_silent_connection_is_accepted_at_once_without_defer_accept(self):
         b = self.start_backend("b1")
-        lbd = self.start([b], defer_accept=False)
+        lbd = self.simple_lbd([b], workers=1, listener={"defer_accept": False})
         s = connect(lbd.listen)
         try:
             self.assertEqual(server_side_state(lbd, s), "ESTABLISHED")
@@ -123,13 +116,12 @@ class TcpTest(LbdTestCase):
 
     def test_reload_changes_defer_accept_on_kept_sockets(self):
         b = self.start_backend("b1")
-        lbd = self.start([b])
+        lbd = self.simple_lbd([b], workers=1)
         s = connect(lbd.listen)
         self.assertEqual(server_side_state(lbd, s), "SYN_RECV")
         s.close()
-        admin = "127.0.0.1:%d" % free_port()
         lbd.reload(lbd_config(lbd.listen, [{"name": "web", "servers": [(b.addr, 1)]}],
-                              workers=1, admin=admin, listener={"defer_accept": False}))
+                              workers=1, listener={"defer_accept": False}))
         s = connect(lbd.listen)
         try:
             self.assertEqual(server_side_state(lbd, s), "ESTABLISHED")
