@@ -37,11 +37,17 @@ static inline bool lb_is(unsigned char c, uint8_t cls)
 
 size_t lb_http_head_end(const char *buf, size_t len, size_t *scanned)
 {
-    size_t from = *scanned > 3 ? *scanned - 3 : 0;
-    if (len >= 4 && from < len) {
-        const char *hit = memmem(buf + from, len - from, "\r\n\r\n", 4);
-        if (hit != NULL)
-            return (size_t)(hit - buf) + 4;
+    /* Each LF (memchr is vectorised; memmem with a 4-byte needle is not)
+     * is checked for the CRLF CRLF it may end. LFs before *SCANNED were
+     * checked by an earlier call. */
+    size_t k = *scanned > 3 ? *scanned : 3;
+    while (k < len) {
+        const char *lf = memchr(buf + k, '\n', len - k);
+        if (lf == NULL)
+            break;
+        if (memcmp(lf - 3, "\r\n\r", 3) == 0)
+            return (size_t)(lf - buf) + 1;
+        k = (size_t)(lf - buf) + 1;
     }
     *scanned = len;
     return 0;

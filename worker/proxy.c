@@ -106,11 +106,6 @@ static const char *lb_reason(int status)
     }
 }
 
-static void lb_evbuffer_add_str(struct evbuffer *b, const char *s)
-{
-    evbuffer_add(b, s, strlen(s));
-}
-
 /* ---- timers and teardown -------------------------------------------- */
 
 static uint64_t lb_session_now_us(struct lb_session *s)
@@ -419,24 +414,67 @@ static void lb_session_error(struct lb_session *s, int status)
 
 /* ---- request: client -> backend ---------------------------------------- */
 
-static void lb_add_header(struct evbuffer *b, const struct lb_http_header *h)
-{
-    /* One contiguous copy per header: name, ": ", value, CRLF. */
-    size_t n = h->name_len + 2 + h->value_len + 2;
+/* A head is written into one block reserved for its whole bound and
+ * committed once: one copy per piece, one buffer update and one callback
+ * per head instead of one per piece. The bound comes from the parsed head,
+ * so a put past it would be a bug: it is refused and the head dropped. */
+struct lb_head_out {
+    struct evbuffer *buf;
     struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(b, (ev_ssize_t)n, &v, 1) < 1)
+    char *p, *end;
+};
+
+static bool lb_head_begin(struct lb_head_out *o, struct evbuffer *buf, size_t bound)
+{
+    o->buf = buf;
+    if (evbuffer_reserve_space(buf, (ev_ssize_t)bound, &o->v, 1) < 1)
+        return false;
+    o->p = o->v.iov_base;
+    o->end = o->p + bound;
+    return true;
+}
+
+static void lb_head_put(struct lb_head_out *o, const void *s, size_t n)
+{
+    if (o->p == NULL || (size_t)(o->end - o->p) < n) {
+        o->p = o->end = NULL;
         return;
-    char *p = v.iov_base;
-    memcpy(p, h->name, h->name_len);
-    p += h->name_len;
-    *p++ = ':';
-    *p++ = ' ';
-    memcpy(p, h->value, h->value_len);
-    p += h->value_len;
-    *p++ = '\r';
-    *p++ = '\n';
-    v.iov_len = n;
-    evbuffer_commit_space(b, &v, 1);
+    }
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+
+static void lb_head_str(struct lb_head_out *o, const char *s)
+{
+    lb_head_put(o, s, strlen(s));
+}
+
+/* Bytes committed: 0 if the head outgrew its bound (nothing is added). */
+static size_t lb_head_commit(struct lb_head_out *o)
+{
+    if (o->p == NULL) {
+        lb_log_error("a message head outgrew its bound: not forwarded");
+        evbuffer_commit_space(o->buf, &o->v, 0);
+        return 0;
+    }
+    o->v.iov_len = (size_t)(o->p - (char *)o->v.iov_base);
+    evbuffer_commit_space(o->buf, &o->v, 1);
+    return o->v.iov_len;
+}
+
+/* A head rewritten from M: M's bytes, plus ": " where the sender wrote ":"
+ * (one byte per header, two for safety), plus EXTRA for what is added. */
+static size_t lb_head_bound(const struct lb_http_msg *m, size_t extra)
+{
+    return m->head_len + 2 * m->nheaders + extra;
+}
+
+static void lb_add_header(struct lb_head_out *o, const struct lb_http_header *h)
+{
+    lb_head_put(o, h->name, h->name_len);
+    lb_head_put(o, ": ", 2);
+    lb_head_put(o, h->value, h->value_len);
+    lb_head_put(o, "\r\n", 2);
 }
 
 static uint64_t lb_rand64(struct lb_worker *w)
@@ -450,7 +488,7 @@ static uint64_t lb_rand64(struct lb_worker *w)
 
 /* Values of every header of kind NAME_LEN (X-Forwarded-For 15, -Proto 17,
  * Forwarded 9) joined by ", ", followed by ", " when APPEND. */
-static void lb_add_joined(struct evbuffer *out, const struct lb_http_msg *m,
+static void lb_add_joined(struct lb_head_out *out, const struct lb_http_msg *m,
                           uint32_t name_len, bool append)
 {
     bool any = false;
@@ -459,12 +497,12 @@ static void lb_add_joined(struct evbuffer *out, const struct lb_http_msg *m,
         if (!(h->flags & LB_HDR_FORWARDED) || h->name_len != name_len || h->value_len == 0)
             continue;
         if (any)
-            evbuffer_add(out, ", ", 2);
-        evbuffer_add(out, h->value, h->value_len);
+            lb_head_put(out, ", ", 2);
+        lb_head_put(out, h->value, h->value_len);
         any = true;
     }
     if (any && append)
-        evbuffer_add(out, ", ", 2);
+        lb_head_put(out, ", ", 2);
 }
 
 static bool lb_has_kind(const struct lb_http_msg *m, uint32_t name_len)
@@ -481,31 +519,36 @@ static bool lb_has_kind(const struct lb_http_msg *m, uint32_t name_len)
  * forwarding headers ours. A trusted peer's X-Forwarded-For / Forwarded are
  * kept and appended to; anyone else's are replaced. */
 static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_msg *m,
-                                    struct evbuffer *out)
+                                    struct evbuffer *buf)
 {
-    size_t before = evbuffer_get_length(out);
     const char *target = m->target, *auth = NULL;
     size_t tlen = m->target_len, alen = 0;
     bool absolute = lb_http_absolute_target(m->target, m->target_len, &auth, &alen,
                                             &target, &tlen);
     bool trusted = s->peer_trusted;
+    struct lb_head_out o, *out = &o;
+    /* Beyond the request's own bytes: "/" before "?q", the 1.0 keep-alive
+     * line, Connection: upgrade, our forwarding headers (the client's
+     * address in two of them) and the request id. */
+    if (!lb_head_begin(out, buf, lb_head_bound(m, 2 * sizeof(s->client_ip) + 320)))
+        return 0;
 
-    evbuffer_add(out, m->method, m->method_len);
-    evbuffer_add(out, target[0] == '?' ? " /" : " ", target[0] == '?' ? 2 : 1);
-    evbuffer_add(out, target, tlen);
+    lb_head_put(out, m->method, m->method_len);
+    lb_head_put(out, target[0] == '?' ? " /" : " ", target[0] == '?' ? 2 : 1);
+    lb_head_put(out, target, tlen);
     /* HTTP/1.0 clients cannot read chunked responses: ask the backend for a
      * 1.0 response, kept alive so the backend connection is still pooled. */
     if (m->version_minor == 0)
-        lb_evbuffer_add_str(out, " HTTP/1.0\r\nConnection: keep-alive\r\n");
+        lb_head_str(out, " HTTP/1.0\r\nConnection: keep-alive\r\n");
     else
-        lb_evbuffer_add_str(out, " HTTP/1.1\r\n");
+        lb_head_str(out, " HTTP/1.1\r\n");
     if (absolute) {
-        lb_evbuffer_add_str(out, "Host: ");
-        evbuffer_add(out, auth, alen);
-        evbuffer_add(out, "\r\n", 2);
+        lb_head_str(out, "Host: ");
+        lb_head_put(out, auth, alen);
+        lb_head_put(out, "\r\n", 2);
     }
     if (s->upgrade) {
-        lb_evbuffer_add_str(out, "Connection: upgrade\r\n");
+        lb_head_str(out, "Connection: upgrade\r\n");
         lb_add_header(out, &m->headers[m->upgrade]);
     }
     for (size_t i = 0; i < m->nheaders; i++) {
@@ -517,24 +560,25 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
         lb_add_header(out, h);
     }
 
-    lb_evbuffer_add_str(out, "X-Forwarded-For: ");
+    lb_head_str(out, "X-Forwarded-For: ");
     if (trusted)
         lb_add_joined(out, m, 15, true);
-    lb_evbuffer_add_str(out, s->client_ip);
-    lb_evbuffer_add_str(out, "\r\nX-Forwarded-Proto: ");
+    lb_head_str(out, s->client_ip);
+    lb_head_str(out, "\r\nX-Forwarded-Proto: ");
     if (trusted && lb_has_kind(m, 17))
         lb_add_joined(out, m, 17, false);
     else
-        lb_evbuffer_add_str(out, "http");
+        lb_head_str(out, "http");
     if (lb_has_kind(m, 9)) {
-        lb_evbuffer_add_str(out, "\r\nForwarded: ");
+        lb_head_str(out, "\r\nForwarded: ");
         if (trusted)
             lb_add_joined(out, m, 9, true);
-        evbuffer_add_printf(out, strchr(s->client_ip, ':') ? "for=\"[%s]\";proto=http"
-                                                           : "for=%s;proto=http",
-                            s->client_ip);
+        bool v6 = strchr(s->client_ip, ':') != NULL;
+        lb_head_str(out, v6 ? "for=\"[" : "for=");
+        lb_head_str(out, s->client_ip);
+        lb_head_str(out, v6 ? "]\";proto=http" : ";proto=http");
     }
-    lb_evbuffer_add_str(out, "\r\nVia: 1.1 lbd\r\n");
+    lb_head_str(out, "\r\nVia: 1.1 lbd\r\n");
     char generated[32];
     const char *rid = generated;
     size_t rid_len = sizeof(generated);
@@ -546,17 +590,17 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
             for (size_t i = 0; i < 16; i++)
                 generated[half * 16 + i] = hex[(v >> (60 - 4 * i)) & 15];
         }
-        lb_evbuffer_add_str(out, "X-Request-Id: ");
-        evbuffer_add(out, generated, 32);
-        evbuffer_add(out, "\r\n", 2);
+        lb_head_str(out, "X-Request-Id: ");
+        lb_head_put(out, generated, 32);
+        lb_head_put(out, "\r\n", 2);
     } else {
         rid = m->headers[m->request_id].value;
         rid_len = m->headers[m->request_id].value_len;
     }
     if (s->acc != NULL)
         lb_accesslog_copy(s->acc->request_id, sizeof(s->acc->request_id), rid, rid_len);
-    evbuffer_add(out, "\r\n", 2);
-    return evbuffer_get_length(out) - before;
+    lb_head_put(out, "\r\n", 2);
+    return lb_head_commit(out);
 }
 
 /* Bytes of a chunked body available in SRC, feeding the framer. -1 on bad
@@ -652,23 +696,27 @@ static void lb_forward_request_body(struct lb_session *s)
 
 /* ---- response: backend -> client --------------------------------------- */
 
-static void lb_write_response_head(struct lb_session *s, const char *raw,
-                                   const struct lb_http_msg *m, struct evbuffer *out)
+static size_t lb_write_response_head(struct lb_session *s, const char *raw,
+                                     const struct lb_http_msg *m, struct evbuffer *buf)
 {
+    struct lb_head_out o;
+    if (!lb_head_begin(&o, buf, lb_head_bound(m, sizeof("Connection: keep-alive\r\n\r\n"))))
+        return 0;
     const char *eol = memchr(raw, '\r', m->head_len);
-    evbuffer_add(out, raw, (size_t)(eol - raw) + 2);       /* status line as is */
+    lb_head_put(&o, raw, (size_t)(eol - raw) + 2);       /* status line as is */
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct lb_http_header *h = &m->headers[i];
         if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_DUPLICATE))
             continue;
-        lb_add_header(out, h);
+        lb_add_header(&o, h);
     }
     if (!s->keepalive)
-        lb_evbuffer_add_str(out, "Connection: close\r\n\r\n");
+        lb_head_str(&o, "Connection: close\r\n\r\n");
     else if (s->req_minor == 0)
-        lb_evbuffer_add_str(out, "Connection: keep-alive\r\n\r\n");
+        lb_head_str(&o, "Connection: keep-alive\r\n\r\n");
     else
-        evbuffer_add(out, "\r\n", 2);
+        lb_head_put(&o, "\r\n", 2);
+    return lb_head_commit(&o);
 }
 
 /* The exchange is over on both sides: pool the backend connection if it
@@ -887,7 +935,10 @@ static bool lb_handle_response_head(struct lb_session *s)
             s->req_flags |= LB_MSG_CONN_CLOSE;     /* do not pool this connection */
         if (m.body == LB_BODY_CLOSE || w->draining || s->client_eof)
             s->keepalive = false;
-        lb_write_response_head(s, buf, &m, out);
+        if (lb_write_response_head(s, buf, &m, out) == 0) {
+            lb_session_error(s, 502);
+            return false;
+        }
         evbuffer_drain(in, head_len);
         lb_counter_add(&s->server->stats->bytes_in, head_len);
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
@@ -1057,6 +1108,8 @@ static int lb_session_connect(struct lb_session *s)
         if (buf == NULL || lb_http_parse_request(buf, s->head_len, &m, &w->limits) != 0)
             return -1;
         size_t n = lb_write_request_head(s, &m, up->conn->out);
+        if (n == 0)
+            return -1;
         lb_counter_add(&s->server->stats->bytes_out, n);
     }
     return 0;
@@ -1162,6 +1215,10 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     size_t n = lb_write_request_head(s, m, s->up->conn->out);
+    if (n == 0) {
+        lb_session_error(s, 500);
+        return;
+    }
     lb_counter_add(&s->server->stats->bytes_out, n);
 
     if (s->req_body == LB_BODY_NONE) {
