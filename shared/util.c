@@ -217,9 +217,14 @@ struct timeval lb_ms_timeval(uint64_t ms)
 
 uint64_t lb_wall_ms(void)
 {
+    return lb_wall_us() / 1000;
+}
+
+uint64_t lb_wall_us(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 uint64_t lb_hash64(const void *data, size_t len)

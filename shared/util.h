@@ -44,8 +44,9 @@ void lb_addr_format_host(const struct sockaddr *sa, char *buf, size_t len);
 uint64_t lb_now_ms(void);
 /* MS milliseconds as a struct timeval (for libevent). */
 struct timeval lb_ms_timeval(uint64_t ms);
-/* Milliseconds since the epoch. */
+/* Milliseconds / microseconds since the epoch (vDSO: no syscall). */
 uint64_t lb_wall_ms(void);
+uint64_t lb_wall_us(void);
 
 /* FNV-1a, for names that must map to the same value in every process. */
 uint64_t lb_hash64(const void *data, size_t len);

@@ -108,11 +108,11 @@ static const char *lb_reason(int status)
 
 /* ---- timers and teardown -------------------------------------------- */
 
-static uint64_t lb_session_now_us(struct lb_session *s)
+/* Times are on the wall clock (the access log prints them): one set back
+ * must not make a duration of 584,000 years. */
+static uint64_t lb_elapsed_us(uint64_t from, uint64_t to)
 {
-    struct timeval tv;
-    event_base_gettimeofday_cached(s->w->base, &tv);
-    return (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
+    return to > from ? to - from : 0;
 }
 
 /* Bytes queued to the client, for the counters and the access log. */
@@ -130,7 +130,7 @@ static void lb_session_log(struct lb_session *s)
     if (e == NULL || e->start_us == 0)
         return;
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
-                       e->request_id, lb_session_now_us(s));
+                       e->request_id, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
 }
@@ -152,7 +152,7 @@ static void lb_session_log_start(struct lb_session *s, const char *buf, size_t h
             lb_accesslog_copy(e->user_agent, sizeof(e->user_agent), h->value, h->value_len);
     }
     e->request_id[0] = '\0';
-    e->start_us = lb_session_now_us(s);
+    e->start_us = lb_wall_us();
 }
 
 static void lb_count_timeout(struct lb_session *s, enum lb_timeout_kind k)
@@ -241,7 +241,7 @@ static void lb_session_backend_failed(struct lb_session *s)
 {
     lb_counter_add(&s->server->stats->failures, 1);
     if (lb_backend_report(s->server->shared, false, s->server->pool->cfg,
-                          lb_session_now_us(s) / 1000))
+                          lb_wall_ms()))
         lb_log_warn("server %s of pool '%s' marked DOWN after %u failed requests in a row",
                     s->server->cfg->address, s->server->pool->cfg->name,
                     s->server->pool->cfg->passive.failures);
@@ -251,7 +251,7 @@ static void lb_session_backend_failed(struct lb_session *s)
 static void lb_session_backend_done(struct lb_session *s)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
-    uint64_t d = lb_session_now_us(s) - s->sent_us;
+    uint64_t d = lb_elapsed_us(s->sent_us, lb_wall_us());
     unsigned k = 0;
     while (k + 1 < LB_DURATION_BUCKETS && d > bounds[k])
         k++;
@@ -392,7 +392,7 @@ static void lb_session_error(struct lb_session *s, int status)
         /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
         snprintf(s->acc->request, sizeof(s->acc->request), "-");
         s->acc->referer[0] = s->acc->user_agent[0] = s->acc->request_id[0] = '\0';
-        s->acc->start_us = lb_session_now_us(s);
+        s->acc->start_us = lb_wall_us();
     }
     lb_session_sent(s, evbuffer_get_length(out) - before);
     lb_session_count_response(s, status);
@@ -944,15 +944,15 @@ static bool lb_handle_response_head(struct lb_session *s)
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
         lb_session_sent(s, evbuffer_get_length(out) - before);
         lb_session_count_response(s, m.status);
-        uint64_t now_us = lb_session_now_us(s);
-        lb_backend_observe(s->server->shared, now_us - s->sent_us, now_us);
+        uint64_t now_us = lb_wall_us();
+        lb_backend_observe(s->server->shared, lb_elapsed_us(s->sent_us, now_us), now_us);
         if (m.status >= 500 && s->server->pool->cfg->passive.on_5xx) {
             lb_session_backend_failed(s);
             s->counted_failure = true;
         }
         if (s->acc != NULL) {
             s->acc->upstream_status = m.status;
-            s->acc->header_us = lb_session_now_us(s);
+            s->acc->header_us = lb_wall_us();
         }
         /* From here the response streams: the backend may pause as long as
          * the send timeout allows, not the first-byte timeout. */
@@ -1000,7 +1000,7 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
         (void)conn;
         up->connected = true;
         if (s->acc != NULL)
-            s->acc->connect_us = lb_session_now_us(s);
+            s->acc->connect_us = lb_wall_us();
         lb_session_up_timeouts(s);
         return;
     }
@@ -1096,7 +1096,7 @@ static int lb_session_connect(struct lb_session *s)
     } else {
         lb_session_up_timeouts(s);
         if (s->acc != NULL)
-            s->acc->connect_us = lb_session_now_us(s);
+            s->acc->connect_us = lb_wall_us();
     }
     lb_conn_read_enable(up->conn);
 
@@ -1191,7 +1191,7 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     struct lb_pool_rt *pool = &w->pools[r->pool];
-    s->sent_us = lb_session_now_us(s);
+    s->sent_us = lb_wall_us();
     struct lb_pick_ctx ctx = { .now_ms = s->sent_us / 1000 };
     if (pool->cfg->strategy == LB_STRATEGY_HASH)
         ctx.key = lb_session_hash_key(s, m, pool->cfg);

@@ -130,10 +130,10 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
 
     struct event_config *ec = event_config_new();
     if (ec != NULL)
-        /* Precise: request durations (histogram, access log, least_time)
-         * come from the loop's cached clock, which must not tick in 4 ms
-         * steps (CLOCK_MONOTONIC_COARSE). Still no syscall: vDSO. */
-        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER |
+        /* Not EVENT_BASE_FLAG_PRECISE_TIMER: it arms a timerfd before every
+         * wait. Timeouts are fine at the coarse clock's few ms; request
+         * durations read the clock themselves (lb_session_now_us). */
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK |
                                   /* epoll changes made and undone in one pass
                                    * (a connection read, answered and closed
                                    * before the next wait) cost no syscall */
