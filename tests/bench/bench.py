@@ -164,6 +164,23 @@ class Proxy:
         self.log.close()
 
 
+class Direct:
+    """No proxy: wrk straight to one backend, both on the client's core.
+    Behind a proxy that core does all of this work and more (the proxy's
+    sockets, its wakeups, the headers it adds), so with 1 worker this rate
+    bounds what any proxy can reach in the keep-alive scenarios. (With a
+    new connection per request the backend's own accept and close would
+    land on the client's core too, and with 2 workers nothing is pinned:
+    no bound there.)"""
+    name = "direct"
+
+    def __init__(self, backend):
+        self.port = int(backend.split(":")[1])
+
+    def pids(self):
+        return []
+
+
 def parse_latency(text, label):
     m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % re.escape(label), text, re.M)
     if not m:
@@ -239,6 +256,11 @@ def idle_memory(proxy, n):
     return (after - before) * 1024.0 / n
 
 
+def has_bound(sc, ncpu):
+    """Whether the no-proxy run bounds this scenario (see Direct)."""
+    return sc[4] == 1 and ncpu > 1 and "Connection: close" not in sc[2]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -276,15 +298,18 @@ def main():
             wait_port(int(b.split(":")[1]))
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
+            direct = Direct(backends[0])
             client_cpus = "1" if workers == 1 and ncpu > 1 else "0-%d" % (ncpu - 1)
             try:
                 for sc in [s for s in scenarios if s[4] == workers]:
                     name, conns, extra, path = sc[0], sc[1], sc[2], sc[3]
+                    names = PROXIES + (["direct"] if has_bound(sc, ncpu) else [])
                     for r in range(args.rounds):
                         # Each round starts with the next proxy: none always
                         # runs first (after a pause, or after a given peer).
-                        for p in PROXIES[r % len(PROXIES):] + PROXIES[:r % len(PROXIES)]:
-                            run = run_wrk(proxies[p], conns, extra, path, args.duration, client_cpus)
+                        for p in names[r % len(names):] + names[:r % len(names)]:
+                            target = proxies[p] if p != "direct" else direct
+                            run = run_wrk(target, conns, extra, path, args.duration, client_cpus)
                             results.setdefault((name, p), []).append(run)
                             print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req  cpu busy %s%s" %
                                   (name, r + 1, p, run["rps"], run["p99"], run["cpu_us"],
@@ -318,19 +343,23 @@ def main():
 
     lines = []
     lines.append("| scenario | lbd req/s | HAProxy req/s | nginx req/s | lbd/HAProxy | lbd/nginx "
-                 "| per-round ratio (HAP/ngx) "
+                 "| per-round ratio (HAP/ngx) | no proxy req/s (lbd's share) "
                  "| p50 ms (lbd/HAP/ngx) | p99 ms (lbd/HAP/ngx) | CPU us/req (lbd/HAP/ngx) "
                  "| peak RSS MiB (lbd/HAP/ngx) | errors |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sc in scenarios:
         name = sc[0]
         rps = {p: med(name, p, "rps") for p in PROXIES}
         errs = sum(run["errors"] for p in PROXIES for run in results[(name, p)])
-        lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.2f / %.2f "
+        bound = "-"
+        if (name, "direct") in results:
+            d = statistics.median(run["rps"] for run in results[(name, "direct")])
+            bound = "%.0f (%.0f %%)" % (d, 100.0 * rps["lbd"] / d)
+        lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.2f / %.2f | %s "
                      "| %s | %s | %s | %s | %d |" % (
             name, sc[5], rps["lbd"], rps["haproxy"], rps["nginx"],
             rps["lbd"] / rps["haproxy"], rps["lbd"] / rps["nginx"],
-            paired(name, "haproxy"), paired(name, "nginx"),
+            paired(name, "haproxy"), paired(name, "nginx"), bound,
             " / ".join("%.2f" % med(name, p, "p50") for p in PROXIES),
             " / ".join("%.2f" % med(name, p, "p99") for p in PROXIES),
             " / ".join("%.1f" % med(name, p, "cpu_us") for p in PROXIES),
