@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -33,6 +34,19 @@ struct lb_conn_bufs {
     struct lb_conn_bufs *next;          /* in the pool */
 };
 #define LB_CONN_BUFS_POOL 128           /* pairs kept per worker */
+
+/* Read timeouts: one FIFO of connections per duration, oldest deadline
+ * first, and one timer per FIFO, due no later than its head. A read
+ * restarts a connection's clock by moving it to the tail (a few stores),
+ * where a timed libevent event costs an event_add() of a few hundred
+ * instructions at every wakeup (a persistent event's timeout is re-added
+ * each time) and at every change of phase. The timer is re-armed only
+ * when it fires. */
+struct lb_conn_tq {
+    uint32_t ms;
+    struct lb_conn *head, *tail;
+    struct event *timer;
+};
 #define LB_CONN_COMMON_MAX 32           /* distinct timeout durations */
 
 static struct {
@@ -48,7 +62,110 @@ static struct {
                                          * empty 4 KiB block reserved by a
                                          * read that found nothing */
     unsigned npool;
+    struct lb_conn_tq *tq;              /* read-timeout FIFOs by duration */
+    unsigned ntq;
 } lb_loop;
+
+static uint64_t lb_conn_clock_ms(void)
+{
+    /* The clock libevent's own timeouts use (no precise-timer mode). */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void lb_conn_tq_unlink(struct lb_conn *c)
+{
+    if (!c->in_tq)
+        return;
+    struct lb_conn_tq *q = &lb_loop.tq[c->tq];
+    if (c->tq_prev != NULL)
+        c->tq_prev->tq_next = c->tq_next;
+    else
+        q->head = c->tq_next;
+    if (c->tq_next != NULL)
+        c->tq_next->tq_prev = c->tq_prev;
+    else
+        q->tail = c->tq_prev;
+    c->tq_prev = c->tq_next = NULL;
+    c->in_tq = 0;
+    /* The timer stays: due early now, it finds nothing and moves on. */
+}
+
+static void lb_conn_tq_expire(evutil_socket_t fd, short what, void *arg);
+
+/* The FIFO for MS, made on first use: durations come from the config, so
+ * there are a handful. -1 when out of memory. */
+static int lb_conn_tq_find(uint32_t ms)
+{
+    for (unsigned i = 0; i < lb_loop.ntq; i++)
+        if (lb_loop.tq[i].ms == ms)
+            return (int)i;
+    if (lb_loop.ntq == UINT16_MAX)
+        return -1;
+    struct lb_conn_tq *v = realloc(lb_loop.tq, (lb_loop.ntq + 1) * sizeof(*v));
+    if (v == NULL)
+        return -1;
+    lb_loop.tq = v;
+    unsigned i = lb_loop.ntq;
+    v[i] = (struct lb_conn_tq){ .ms = ms };
+    v[i].timer = evtimer_new(lb_loop.base, lb_conn_tq_expire, (void *)(uintptr_t)i);
+    if (v[i].timer == NULL)
+        return -1;
+    lb_loop.ntq++;
+    return (int)i;
+}
+
+static void lb_conn_tq_schedule(struct lb_conn_tq *q, uint64_t in_ms)
+{
+    struct timeval tv = lb_ms_timeval(in_ms);
+    evtimer_add(q->timer, &tv);
+}
+
+/* (Re)start C's read clock: its timeout is due READ_TIMEOUT_MS from now. */
+static void lb_conn_tq_touch(struct lb_conn *c)
+{
+    lb_conn_tq_unlink(c);
+    if (c->read_timeout_ms == 0)
+        return;
+    int i = lb_conn_tq_find(c->read_timeout_ms);
+    if (i < 0)
+        return;     /* out of memory: this connection goes without */
+    struct lb_conn_tq *q = &lb_loop.tq[i];
+    c->read_deadline_ms = lb_conn_clock_ms() + c->read_timeout_ms;
+    c->tq = (uint16_t)i;
+    c->in_tq = 1;
+    c->tq_prev = q->tail;
+    if (q->tail != NULL) {
+        q->tail->tq_next = c;
+    } else {
+        q->head = c;
+        if (!evtimer_pending(q->timer, NULL))
+            lb_conn_tq_schedule(q, c->read_timeout_ms);
+    }
+    q->tail = c;
+}
+
+static void lb_conn_disarm_read(struct lb_conn *c);
+
+/* A FIFO's timer: time out every connection whose deadline has passed,
+ * then set the timer for the new head. */
+static void lb_conn_tq_expire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    unsigned i = (unsigned)(uintptr_t)arg;
+    uint64_t now = lb_conn_clock_ms();
+    struct lb_conn *c;
+    /* The callback may free or re-arm any connection, this FIFO's too, and
+     * make new FIFOs (lb_loop.tq may move): re-read the head each time. */
+    while ((c = lb_loop.tq[i].head) != NULL && c->read_deadline_ms <= now) {
+        lb_conn_disarm_read(c);
+        c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
+    }
+    if ((c = lb_loop.tq[i].head) != NULL)
+        lb_conn_tq_schedule(&lb_loop.tq[i], c->read_deadline_ms - now);
+}
 
 const struct timeval *lb_conn_timeout(uint64_t ms, struct timeval *scratch)
 {
@@ -79,8 +196,10 @@ static void lb_conn_arm(struct event *ev, bool armed, uint32_t ms)
 
 static void lb_conn_arm_read(struct lb_conn *c)
 {
-    lb_conn_arm(&c->rev, c->read_armed, c->read_timeout_ms);
+    if (!c->read_armed)
+        event_add(&c->rev, NULL);
     c->read_armed = 1;
+    lb_conn_tq_touch(c);
 }
 
 static void lb_conn_disarm_read(struct lb_conn *c)
@@ -89,6 +208,7 @@ static void lb_conn_disarm_read(struct lb_conn *c)
         event_del(&c->rev);
         c->read_armed = 0;
     }
+    lb_conn_tq_unlink(c);
 }
 
 static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg);
@@ -282,11 +402,9 @@ static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
 static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
-    if (what & EV_TIMEOUT) {
-        lb_conn_disarm_read(c);
-        c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
-        return;
-    }
+    (void)what;
+    if (c->in_tq)
+        lb_conn_tq_touch(c);    /* activity restarts the read clock */
     if (c->read_error != 0 || lb_conn_ensure_buffers(c) < 0) {
         /* An error held back while its wakeup's data went to the user. */
         int err = c->read_error ? c->read_error : ENOMEM;
@@ -494,6 +612,11 @@ void lb_conn_loop_free(void)
         lb_conn_bufs_free(b);
     }
     lb_loop.npool = 0;
+    for (unsigned i = 0; i < lb_loop.ntq; i++)
+        event_free(lb_loop.tq[i].timer);
+    free(lb_loop.tq);
+    lb_loop.tq = NULL;
+    lb_loop.ntq = 0;
     if (lb_loop.flush_ev != NULL)
         event_free(lb_loop.flush_ev);
     lb_loop.flush_ev = NULL;
