@@ -17,6 +17,11 @@ steals from it. With 2 workers the proxies get both cores and so do wrk (two
 threads) and the backends: the ratio still compares like with like.
 
     tests/bench/bench.py [--rounds 5] [--duration 4] [--only ka64,newconn]
+
+--instructions instead counts the instructions lbd's worker executes per
+keep-alive request (valgrind's callgrind): exact and repeatable where time
+on a shared 2-core VM is not, so a change to the data path can be judged on
+its own.
 """
 import argparse
 import os
@@ -256,6 +261,46 @@ def idle_memory(proxy, n):
     return (after - before) * 1024.0 / n
 
 
+def instructions(work, backends, duration):
+    """Instructions per keep-alive request in lbd's worker (1 worker, 64
+    connections), counted by callgrind after a warm-up run."""
+    port = free_port()
+    conf = os.path.join(work, "lbd-callgrind.conf")
+    fill("lbd.conf.in", conf, {"WORKERS": 1, "DIR": work, "LISTEN": "127.0.0.1:%d" % port,
+                               "B1": backends[0], "B2": backends[1], "B3": backends[2]})
+    out = os.path.join(work, "callgrind.out")
+    log = open(os.path.join(work, "lbd-callgrind.log"), "w")
+    # Nothing is counted until the worker's instrumentation is switched on
+    # after a warm-up: not the start, not the master or the control process.
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
+                             "--instr-atstart=no", "--callgrind-out-file=" + out + ".%p",
+                             LBD, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+    url = "http://127.0.0.1:%d/" % port
+    try:
+        wait_port(port, deadline=60)
+        subprocess.run(["wrk", "-t1", "-c64", "-d2s", url], capture_output=True, timeout=60)
+        # The worker is the child that served the warm-up (under valgrind
+        # the process titles are not visible).
+        worker = max(tree(proc.pid)[1:], key=lambda p: cpu_ns([p]))
+        subprocess.run(["callgrind_control", "-i", "on", str(worker)], capture_output=True,
+                       check=True)
+        text = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % duration, url], capture_output=True,
+                              text=True, timeout=duration + 60).stdout
+        reqs = int(re.search(r"(\d+) requests in", text).group(1))
+        # The dump holds what was counted since the switch: the run.
+        subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, check=True)
+        total = 0
+        for f in [f for f in os.listdir(work) if f.startswith("callgrind.out.%d" % worker)]:
+            with open(os.path.join(work, f)) as fh:
+                m = re.search(r"^(?:summary|totals): (\d+)", fh.read(), re.M)
+                total = max(total, int(m.group(1)) if m else 0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    return total / max(reqs, 1), reqs
+
+
 def has_bound(sc, ncpu):
     """Whether the no-proxy run bounds this scenario (see Direct)."""
     return sc[4] == 1 and ncpu > 1 and "Connection: close" not in sc[2]
@@ -269,9 +314,12 @@ def main():
     ap.add_argument("--idle", type=int, default=9000,
                     help="idle connections (0: skip); the fd hard limit here is 20000")
     ap.add_argument("--markdown", default="", help="also write the table to this file")
+    ap.add_argument("--instructions", action="store_true",
+                    help="only count lbd's instructions per keep-alive request (callgrind)")
     args = ap.parse_args()
 
-    for tool in ("wrk", "haproxy", "nginx", "taskset"):
+    for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
+                                                            if args.instructions else ()):
         if shutil.which(tool) is None:
             sys.exit("bench: %s not found (make deps installs it)" % tool)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -296,6 +344,11 @@ def main():
     try:
         for b in backends:
             wait_port(int(b.split(":")[1]))
+        if args.instructions:
+            per, reqs = instructions(work, backends, args.duration)
+            print("lbd worker: %.0f instructions per keep-alive request (callgrind, %d requests)"
+                  % (per, reqs))
+            scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
             direct = Direct(backends[0])
@@ -331,6 +384,10 @@ def main():
     finally:
         back.send_signal(signal.SIGQUIT)
         back.wait(timeout=15)
+
+    if not scenarios:
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     def med(name, p, key):
         return statistics.median(run[key] for run in results[(name, p)])
