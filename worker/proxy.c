@@ -924,8 +924,6 @@ static bool lb_handle_response_head(struct lb_session *s)
             lb_session_sent(s, evbuffer_get_length(out) - before);
             continue;
         }
-        s->resp_head_done = true;
-        s->resp_started = true;
         s->resp_body = m.body;
         s->resp_left = m.content_length;
         lb_chunked_init(&s->resp_chunk);
@@ -936,9 +934,11 @@ static bool lb_handle_response_head(struct lb_session *s)
         if (m.body == LB_BODY_CLOSE || w->draining || s->client_eof)
             s->keepalive = false;
         if (lb_write_response_head(s, buf, &m, out) == 0) {
-            lb_session_error(s, 502);
+            lb_session_error(s, 502);   /* nothing sent yet: the client gets it */
             return false;
         }
+        s->resp_head_done = true;
+        s->resp_started = true;
         evbuffer_drain(in, head_len);
         lb_counter_add(&s->server->stats->bytes_in, head_len);
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
@@ -1216,6 +1216,7 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     }
     size_t n = lb_write_request_head(s, m, s->up->conn->out);
     if (n == 0) {
+        lb_counter_add(&s->server->stats->requests, (uint64_t)-1);     /* never sent */
         lb_session_error(s, 500);
         return;
     }

@@ -132,7 +132,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     if (ec != NULL)
         /* Not EVENT_BASE_FLAG_PRECISE_TIMER: it arms a timerfd before every
          * wait. Timeouts are fine at the coarse clock's few ms; request
-         * durations read the clock themselves (lb_session_now_us). */
+         * durations read the clock themselves (lb_wall_us). */
         event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK |
                                   /* epoll changes made and undone in one pass
                                    * (a connection read, answered and closed

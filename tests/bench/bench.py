@@ -281,7 +281,10 @@ def instructions(work, backends, duration):
         subprocess.run(["wrk", "-t1", "-c64", "-d2s", url], capture_output=True, timeout=60)
         # The worker is the child that served the warm-up (under valgrind
         # the process titles are not visible).
-        worker = max(tree(proc.pid)[1:], key=lambda p: cpu_ns([p]))
+        children = tree(proc.pid)[1:]
+        if not children:
+            raise RuntimeError("lbd under valgrind started no worker (see %s)" % log.name)
+        worker = max(children, key=lambda p: cpu_ns([p]))
         subprocess.run(["callgrind_control", "-i", "on", str(worker)], capture_output=True,
                        check=True)
         text = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % duration, url], capture_output=True,
@@ -290,7 +293,8 @@ def instructions(work, backends, duration):
         # The dump holds what was counted since the switch: the run.
         subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, check=True)
         total = 0
-        for f in [f for f in os.listdir(work) if f.startswith("callgrind.out.%d" % worker)]:
+        mine = re.compile(r"callgrind\.out\.%d(\.\d+)?$" % worker)
+        for f in [f for f in os.listdir(work) if mine.match(f)]:
             with open(os.path.join(work, f)) as fh:
                 m = re.search(r"^(?:summary|totals): (\d+)", fh.read(), re.M)
                 total = max(total, int(m.group(1)) if m else 0)
@@ -407,11 +411,11 @@ def main():
     for sc in scenarios:
         name = sc[0]
         rps = {p: med(name, p, "rps") for p in PROXIES}
-        errs = sum(run["errors"] for p in PROXIES for run in results[(name, p)])
+        errs = sum(run["errors"] for p in PROXIES + ["direct"] for run in results.get((name, p), []))
         bound = "-"
         if (name, "direct") in results:
             d = statistics.median(run["rps"] for run in results[(name, "direct")])
-            bound = "%.0f (%.0f %%)" % (d, 100.0 * rps["lbd"] / d)
+            bound = "%.0f (%.0f %%)" % (d, 100.0 * rps["lbd"] / max(d, 1))
         lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.2f / %.2f | %s "
                      "| %s | %s | %s | %s | %d |" % (
             name, sc[5], rps["lbd"], rps["haproxy"], rps["nginx"],
