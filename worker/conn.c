@@ -161,7 +161,7 @@ static void lb_conn_tq_expire(evutil_socket_t fd, short what, void *arg)
      * make new FIFOs (lb_loop.tq may move): re-read the head each time. */
     while ((c = lb_loop.tq[i].head) != NULL && c->read_deadline_ms <= now) {
         lb_conn_disarm_read(c);
-        c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
+        c->ops->event(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
     }
     if ((c = lb_loop.tq[i].head) != NULL)
         lb_conn_tq_schedule(&lb_loop.tq[i], c->read_deadline_ms - now);
@@ -314,7 +314,7 @@ static int lb_conn_sendmsg_more(struct lb_conn *c)
 }
 
 /* Write now; arm EPOLLOUT only if the socket took less than everything.
- * May call back into the user (write_cb, event_cb): C may be gone after. */
+ * May call back into the user (write, event): C may be gone after. */
 static void lb_conn_write(struct lb_conn *c)
 {
     if (lb_conn_out_len(c) > 0) {
@@ -339,7 +339,7 @@ static void lb_conn_write(struct lb_conn *c)
             lb_conn_disarm_write(c);
             evbuffer_drain(c->out, evbuffer_get_length(c->out));
             errno = err;
-            c->event_cb(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+            c->ops->event(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
             return;
         }
         if (evbuffer_get_length(c->out) > 0) {
@@ -353,8 +353,8 @@ static void lb_conn_write(struct lb_conn *c)
     }
     /* Below the low mark the user may add more: streaming never waits for
      * the socket to drain completely. */
-    if (c->write_cb != NULL && lb_conn_out_len(c) <= c->write_low)
-        c->write_cb(c, c->arg);
+    if (c->ops->write != NULL && lb_conn_out_len(c) <= c->write_low)
+        c->ops->write(c, c->arg);
 }
 
 void lb_conn_flush(struct lb_conn *c)
@@ -405,13 +405,13 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (c->in_tq)
         lb_conn_tq_touch(c);    /* activity restarts the read clock */
-    if (c->read_error != 0 || lb_conn_ensure_buffers(c) < 0) {
+    if (c->held_error != 0 || lb_conn_ensure_buffers(c) < 0) {
         /* An error held back while its wakeup's data went to the user. */
-        int err = c->read_error ? c->read_error : ENOMEM;
+        int err = c->held_error ? c->held_error : ENOMEM;
         c->eof = 1;
         lb_conn_disarm_read(c);
         errno = err;
-        c->event_cb(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
+        c->ops->event(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
         return;
     }
     /* A connection that streamed last time starts with a big read. */
@@ -450,13 +450,13 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
              * that may have freed C. */
             if (i > 0) {
                 if (n < 0)
-                    c->read_error = err;
+                    c->held_error = err;
                 break;
             }
             c->eof = 1;
             lb_conn_disarm_read(c);
             errno = err;
-            c->event_cb(c, n == 0 ? LB_CONN_EOF | LB_CONN_READING
+            c->ops->event(c, n == 0 ? LB_CONN_EOF | LB_CONN_READING
                                   : LB_CONN_ERROR | LB_CONN_READING, c->arg);
             return;
         }
@@ -474,7 +474,7 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
     if (evbuffer_get_length(c->in) >= c->read_limit)
         lb_conn_disarm_read(c);     /* back-pressure until the user drains */
     if (evbuffer_get_length(c->in) > 0) {
-        c->read_cb(c, c->arg);
+        c->ops->read(c, c->arg);
         /* What this input produced leaves now, not after every other ready
          * event of the pass: the peer (a backend, the client) starts on it
          * while we go on, instead of waiting for a burst. C may be gone;
@@ -487,10 +487,10 @@ static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
     if (c->connecting) {
-        int err = c->connect_error;
+        int err = c->held_error;
         if (what & EV_TIMEOUT) {
             lb_conn_disarm_write(c);
-            c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_WRITING, c->arg);
+            c->ops->event(c, LB_CONN_TIMEOUT | LB_CONN_WRITING, c->arg);
             return;
         }
         if (err == 0) {
@@ -505,18 +505,18 @@ static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
         if (err != 0) {
             c->eof = 1;
             errno = err;
-            c->event_cb(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+            c->ops->event(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
             return;
         }
         if (lb_conn_out_len(c) > 0)
             lb_conn_schedule(c);    /* written at the end of this pass */
         lb_conn_update_read(c);
-        c->event_cb(c, LB_CONN_CONNECTED, c->arg);
+        c->ops->event(c, LB_CONN_CONNECTED, c->arg);
         return;
     }
     if (what & EV_TIMEOUT) {
         lb_conn_disarm_write(c);
-        c->event_cb(c, LB_CONN_TIMEOUT | LB_CONN_WRITING, c->arg);
+        c->ops->event(c, LB_CONN_TIMEOUT | LB_CONN_WRITING, c->arg);
         return;
     }
     lb_conn_write(c);
@@ -658,12 +658,9 @@ void lb_conn_free(struct lb_conn *c)
     free(c);
 }
 
-void lb_conn_setcb(struct lb_conn *c, lb_conn_data_cb read_cb, lb_conn_data_cb write_cb,
-                   lb_conn_event_cb event_cb, void *arg)
+void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg)
 {
-    c->read_cb = read_cb;
-    c->write_cb = write_cb;
-    c->event_cb = event_cb;
+    c->ops = ops;
     c->arg = arg;
 }
 
@@ -678,7 +675,7 @@ int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len)
         }
         /* Refused at once (loopback): reported like any other failure,
          * from the loop, so the caller's state is set up first. */
-        c->connect_error = errno;
+        c->held_error = errno;
         if (!lb_conn_make_wev(c)) {
             c->connecting = 0;
             return -1;

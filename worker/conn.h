@@ -42,6 +42,14 @@ typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
 struct lb_conn_bufs;
 struct timeval;
 
+/* Whom a connection reports to: one table per kind of connection (client,
+ * backend, pooled backend), so a connection holds one pointer, not three. */
+struct lb_conn_ops {
+    lb_conn_data_cb read;               /* new input */
+    lb_conn_data_cb write;              /* output drained to <= write_low; may be NULL */
+    lb_conn_event_cb event;
+};
+
 struct lb_conn {
     int fd;
     struct event rev;
@@ -50,9 +58,7 @@ struct lb_conn {
     struct evbuffer *in;                /* NULL while shrunk (idle) */
     struct evbuffer *out;
     struct lb_conn_bufs *bufs;          /* the pair IN and OUT belong to */
-    lb_conn_data_cb read_cb;            /* new input */
-    lb_conn_data_cb write_cb;           /* output drained to <= write_low */
-    lb_conn_event_cb event_cb;
+    const struct lb_conn_ops *ops;
     void *arg;
     struct lb_conn *next_pending;       /* in the flush list */
     struct lb_conn *tq_prev, *tq_next;  /* in the read-timeout FIFO */
@@ -62,8 +68,9 @@ struct lb_conn {
     uint32_t read_timeout_ms;
     uint32_t write_timeout_ms;
     uint16_t tq;                        /* which FIFO, while in_tq */
-    int connect_error;                  /* immediate connect() failure */
-    int read_error;                     /* reported on the next read wakeup */
+    int held_error;                     /* connecting: an immediate connect()
+                                         * failure; open: a read error, reported
+                                         * on the next read wakeup */
     uint8_t read_enabled : 1;           /* the user wants input */
     uint8_t read_armed : 1;             /* rev is added */
     uint8_t write_armed : 1;            /* wev is added (socket was full) */
@@ -91,8 +98,7 @@ const struct timeval *lb_conn_timeout(uint64_t ms, struct timeval *scratch);
 struct lb_conn *lb_conn_new(int fd);
 void lb_conn_free(struct lb_conn *c);
 
-void lb_conn_setcb(struct lb_conn *c, lb_conn_data_cb read_cb, lb_conn_data_cb write_cb,
-                   lb_conn_event_cb event_cb, void *arg);
+void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg);
 /* Start a non-blocking connect; the event callback reports CONNECTED or an
  * ERROR (also for an immediate failure). 0, or -1 if not even started. */
 int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len);

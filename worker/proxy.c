@@ -29,38 +29,11 @@ enum lb_session_state {
     LB_S_CLOSING,       /* flushing the last response, then close */
 };
 
-struct lb_session {
-    struct lb_list node;
-    struct lb_worker *w;
-    struct lb_conn *client;
-    struct lb_upconn *up;               /* NULL outside PROXY */
-    struct lb_server_rt *server;
-    struct lb_timer *timer;             /* client_header, client_body progress,
-                                         * linger, tunnel idle; NULL when none */
-    struct event *deadline_timer;       /* only once a pool has a deadline */
-    char client_ip[INET6_ADDRSTRLEN];
-    struct lb_access_entry *acc;        /* NULL unless access_log is on */
-
-    uint8_t state;
-    bool keepalive;                     /* client may keep the connection */
-    bool client_eof;
-    bool head_pending;                  /* request head still in client input */
-    bool up_reused;
-    bool retried;
-    bool resp_head_done;
-    bool resp_started;                  /* response bytes queued to the client */
-    bool req_done;
-    bool resp_done;
-    bool up_eof;                        /* the backend closed its side */
-    bool counted_failure;               /* a 5xx already reported (on_5xx) */
-    bool shut;                          /* CLOSING: our FIN is sent */
-    bool quick_close;                   /* CLOSING without lingering */
-    bool resume_head;                   /* parse the next request once flushed */
-    bool peer_trusted;                  /* client is in trusted_proxies */
-    unsigned served;                    /* exchanges completed on this connection */
-    bool upgrade;                       /* request asks for a protocol upgrade */
-    uint8_t req_minor;
-    uint32_t req_flags;
+/* What one exchange (a request and its response) needs while it is under
+ * way, from the first byte of its head to the end of its response: an idle
+ * keep-alive connection holds none (its memory is what 10,000 idle clients
+ * cost). From a per-worker free list, like the session timers. */
+struct lb_exchange {
     size_t head_len;
     size_t scan;                        /* head-end scan position (client) */
     size_t resp_scan;                   /* head-end scan position (backend) */
@@ -73,6 +46,42 @@ struct lb_session {
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
+    struct lb_exchange *next_free;
+};
+
+struct lb_session {
+    struct lb_list node;
+    struct lb_worker *w;
+    struct lb_conn *client;
+    struct lb_upconn *up;               /* NULL outside PROXY */
+    struct lb_server_rt *server;
+    struct lb_timer *timer;             /* client_header, client_body progress,
+                                         * linger, tunnel idle; NULL when none */
+    struct event *deadline_timer;       /* only once a pool has a deadline */
+    char client_ip[INET6_ADDRSTRLEN];
+    struct lb_access_entry *acc;        /* NULL unless access_log is on */
+    struct lb_exchange *x;              /* NULL while idle */
+    unsigned served;                    /* exchanges completed on this connection */
+    uint32_t req_flags;
+    uint8_t state;
+    uint8_t req_minor;
+    /* Bits: the session is what every idle client costs. */
+    bool keepalive : 1;                 /* client may keep the connection */
+    bool client_eof : 1;
+    bool head_pending : 1;              /* request head still in client input */
+    bool up_reused : 1;
+    bool retried : 1;
+    bool resp_head_done : 1;
+    bool resp_started : 1;              /* response bytes queued to the client */
+    bool req_done : 1;
+    bool resp_done : 1;
+    bool up_eof : 1;                    /* the backend closed its side */
+    bool counted_failure : 1;           /* a 5xx already reported (on_5xx) */
+    bool shut : 1;                      /* CLOSING: our FIN is sent */
+    bool quick_close : 1;               /* CLOSING without lingering */
+    bool resume_head : 1;               /* parse the next request once flushed */
+    bool peer_trusted : 1;              /* client is in trusted_proxies */
+    bool upgrade : 1;                   /* request asks for a protocol upgrade */
 };
 
 static void lb_session_close(struct lb_session *s);
@@ -215,6 +224,34 @@ static void lb_session_timer_arm(struct lb_session *s, uint64_t ms)
     lb_timer_arm(&s->timer->ev, ms);
 }
 
+static struct lb_exchange *lb_exchange_free_list;
+
+/* The exchange state for S's next request, zeroed. false when out of
+ * memory. */
+static bool lb_session_exchange_take(struct lb_session *s)
+{
+    if (s->x != NULL)
+        return true;
+    struct lb_exchange *x = lb_exchange_free_list;
+    if (x != NULL)
+        lb_exchange_free_list = x->next_free;
+    else if ((x = malloc(sizeof(*x))) == NULL)
+        return false;
+    memset(x, 0, sizeof(*x));
+    s->x = x;
+    return true;
+}
+
+static void lb_session_exchange_put(struct lb_session *s)
+{
+    struct lb_exchange *x = s->x;
+    if (x == NULL)
+        return;
+    x->next_free = lb_exchange_free_list;
+    lb_exchange_free_list = x;
+    s->x = NULL;
+}
+
 static void lb_timer_arm(struct event *ev, uint64_t ms)
 {
     struct timeval scratch;
@@ -251,7 +288,7 @@ static void lb_session_backend_failed(struct lb_session *s)
 static void lb_session_backend_done(struct lb_session *s)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
-    uint64_t d = lb_elapsed_us(s->sent_us, lb_wall_us());
+    uint64_t d = lb_elapsed_us(s->x->sent_us, lb_wall_us());
     unsigned k = 0;
     while (k + 1 < LB_DURATION_BUCKETS && d > bounds[k])
         k++;
@@ -280,6 +317,7 @@ static void lb_session_close(struct lb_session *s)
     free(s->acc);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
+    lb_session_exchange_put(s);
     if (s->deadline_timer != NULL)
         event_free(s->deadline_timer);
     lb_conn_free(s->client);
@@ -342,9 +380,8 @@ static void lb_session_reset_request(struct lb_session *s)
     s->head_pending = s->up_reused = s->retried = s->upgrade = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->counted_failure = false;
-    s->head_len = s->scan = s->resp_scan = 0;
-    s->req_left = s->resp_left = 0;
-    s->req_body_bytes = s->body_progress = 0;
+    if (s->x != NULL)
+        memset(s->x, 0, sizeof(*s->x));
     s->req_flags = 0;
     lb_session_timer_stop(s);
     lb_session_deadline_off(s);
@@ -403,8 +440,8 @@ static void lb_session_error(struct lb_session *s, int status)
         return;
     }
     if (s->head_pending) {
-        evbuffer_drain(s->client->in, s->head_len);
-        lb_counter_add(&s->w->slot_stats->bytes_in, s->head_len);
+        evbuffer_drain(s->client->in, s->x->head_len);
+        lb_counter_add(&s->w->slot_stats->bytes_in, s->x->head_len);
     }
     s->served++;
     lb_session_reset_request(s);
@@ -649,26 +686,26 @@ static void lb_forward_request_body(struct lb_session *s)
         return;         /* resumed by lb_up_write */
     size_t avail = evbuffer_get_length(in);
     size_t n = 0;
-    if (s->req_body == LB_BODY_LENGTH) {
-        n = avail < s->req_left ? avail : (size_t)s->req_left;
-        s->req_left -= n;
-        s->req_done = s->req_left == 0;
-    } else if (s->req_body == LB_BODY_CHUNKED) {
-        ssize_t r = lb_chunked_scan(&s->req_chunk, in);
+    if (s->x->req_body == LB_BODY_LENGTH) {
+        n = avail < s->x->req_left ? avail : (size_t)s->x->req_left;
+        s->x->req_left -= n;
+        s->req_done = s->x->req_left == 0;
+    } else if (s->x->req_body == LB_BODY_CHUNKED) {
+        ssize_t r = lb_chunked_scan(&s->x->req_chunk, in);
         if (r < 0) {
             lb_log_info("client %s: malformed chunked request body", s->client_ip);
             lb_session_error(s, 400);
             return;
         }
         n = (size_t)r;
-        s->req_done = lb_chunked_done(&s->req_chunk);
+        s->req_done = lb_chunked_done(&s->x->req_chunk);
     }
     if (n > 0) {
         /* The limit is on the body, not on its chunked framing. */
-        s->req_body_bytes = s->req_body == LB_BODY_CHUNKED ? s->req_chunk.data_bytes
-                                                           : s->req_body_bytes + n;
+        s->x->req_body_bytes = s->x->req_body == LB_BODY_CHUNKED ? s->x->req_chunk.data_bytes
+                                                           : s->x->req_body_bytes + n;
         uint64_t max = s->w->cfg->limits.body;
-        if (max != 0 && s->req_body_bytes > max) {
+        if (max != 0 && s->x->req_body_bytes > max) {
             /* Only chunked bodies get here: a declared length is checked
              * before anything is forwarded. */
             lb_log_info("client %s: request body over %llu bytes", s->client_ip,
@@ -680,7 +717,7 @@ static void lb_forward_request_body(struct lb_session *s)
         lb_conn_move(in, out, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
-        s->body_progress += n;
+        s->x->body_progress += n;
     }
     /* client_body bounds the time for each further 8 KiB: a client
      * dripping a byte a second is cut, a slow but honest upload is not. */
@@ -688,8 +725,8 @@ static void lb_forward_request_body(struct lb_session *s)
         lb_session_timer_stop(s);
         if (s->up->connected)
             lb_session_up_timeouts(s);
-    } else if (s->body_progress >= LB_BODY_PROGRESS || !lb_session_timer_pending(s)) {
-        s->body_progress = 0;
+    } else if (s->x->body_progress >= LB_BODY_PROGRESS || !lb_session_timer_pending(s)) {
+        s->x->body_progress = 0;
         lb_session_timer_arm(s, s->server->pool->cfg->timeouts.client_body_ms);
     }
 }
@@ -723,7 +760,7 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
  * is clean, and either wait for the next request or close. */
 static void lb_session_finish(struct lb_session *s)
 {
-    bool reusable = s->req_done && s->resp_body != LB_BODY_CLOSE && !s->up_eof &&
+    bool reusable = s->req_done && s->x->resp_body != LB_BODY_CLOSE && !s->up_eof &&
                     !(s->req_flags & LB_MSG_CONN_CLOSE);
     if (s->server != NULL)
         lb_session_backend_done(s);
@@ -751,17 +788,17 @@ static void lb_relay_response_body(struct lb_session *s)
         return;         /* resumed by lb_client_write */
     size_t avail = evbuffer_get_length(in);
     size_t n = 0;
-    switch (s->resp_body) {
+    switch (s->x->resp_body) {
     case LB_BODY_NONE:
         s->resp_done = true;
         break;
     case LB_BODY_LENGTH:
-        n = avail < s->resp_left ? avail : (size_t)s->resp_left;
-        s->resp_left -= n;
-        s->resp_done = s->resp_left == 0;
+        n = avail < s->x->resp_left ? avail : (size_t)s->x->resp_left;
+        s->x->resp_left -= n;
+        s->resp_done = s->x->resp_left == 0;
         break;
     case LB_BODY_CHUNKED: {
-        ssize_t r = lb_chunked_scan(&s->resp_chunk, in);
+        ssize_t r = lb_chunked_scan(&s->x->resp_chunk, in);
         if (r < 0) {
             lb_log_warn("backend %s: malformed chunked response", s->server->cfg->address);
             lb_session_backend_failed(s);
@@ -769,7 +806,7 @@ static void lb_relay_response_body(struct lb_session *s)
             return;
         }
         n = (size_t)r;
-        s->resp_done = lb_chunked_done(&s->resp_chunk);
+        s->resp_done = lb_chunked_done(&s->x->resp_chunk);
         break;
     }
     case LB_BODY_CLOSE:
@@ -782,7 +819,7 @@ static void lb_relay_response_body(struct lb_session *s)
         lb_session_sent(s, n);
     }
     if (!s->resp_done && s->up_eof && evbuffer_get_length(in) == 0) {
-        if (s->resp_body != LB_BODY_CLOSE) {
+        if (s->x->resp_body != LB_BODY_CLOSE) {
             /* Cut mid-response: nothing to answer, so cut the client too. */
             lb_log_warn("backend %s closed the connection mid-response",
                         s->server->cfg->address);
@@ -874,7 +911,7 @@ static bool lb_handle_response_head(struct lb_session *s)
         if (n == 0)
             return false;
         const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-        size_t head_len = lb_http_head_end(buf, n, &s->resp_scan);
+        size_t head_len = lb_http_head_end(buf, n, &s->x->resp_scan);
         if (head_len == 0) {
             if (len > w->limits.max_head) {
                 lb_log_warn("backend %s: response head over %zu bytes",
@@ -892,11 +929,11 @@ static bool lb_handle_response_head(struct lb_session *s)
             lb_session_error(s, 502);
             return false;
         }
-        s->resp_scan = 0;
+        s->x->resp_scan = 0;
         if (s->head_pending) {
             /* The backend answered: the request can no longer be retried. */
-            evbuffer_drain(s->client->in, s->head_len);
-            lb_counter_add(&w->slot_stats->bytes_in, s->head_len);
+            evbuffer_drain(s->client->in, s->x->head_len);
+            lb_counter_add(&w->slot_stats->bytes_in, s->x->head_len);
             s->head_pending = false;
         }
         struct evbuffer *out = s->client->out;
@@ -924,9 +961,9 @@ static bool lb_handle_response_head(struct lb_session *s)
             lb_session_sent(s, evbuffer_get_length(out) - before);
             continue;
         }
-        s->resp_body = m.body;
-        s->resp_left = m.content_length;
-        lb_chunked_init(&s->resp_chunk);
+        s->x->resp_body = m.body;
+        s->x->resp_left = m.content_length;
+        lb_chunked_init(&s->x->resp_chunk);
         bool backend_keep = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
                                                  : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
         if (!backend_keep)
@@ -945,7 +982,7 @@ static bool lb_handle_response_head(struct lb_session *s)
         lb_session_sent(s, evbuffer_get_length(out) - before);
         lb_session_count_response(s, m.status);
         uint64_t now_us = lb_wall_us();
-        lb_backend_observe(s->server->shared, lb_elapsed_us(s->sent_us, now_us), now_us);
+        lb_backend_observe(s->server->shared, lb_elapsed_us(s->x->sent_us, now_us), now_us);
         if (m.status >= 500 && s->server->pool->cfg->passive.on_5xx) {
             lb_session_backend_failed(s);
             s->counted_failure = true;
@@ -1072,14 +1109,17 @@ static int lb_session_connect(struct lb_session *s)
     struct lb_worker *w = s->w;
     /* A retry must not land on another pooled connection that may be just
      * as stale as the first. */
-    struct lb_upconn *up = lb_upconn_get(w, s->server, !s->retried, &s->up_reused);
+    bool reused;
+    struct lb_upconn *up = lb_upconn_get(w, s->server, !s->retried, &reused);
     if (up == NULL)
         return -1;
     s->up = up;
+    s->up_reused = reused;
     lb_counter_add(&s->server->stats->active, 1);
     atomic_fetch_add_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     lb_counter_add(&s->server->stats->requests, 1);
-    lb_conn_setcb(up->conn, lb_up_read, lb_up_write, lb_up_event, s);
+    static const struct lb_conn_ops up_ops = { lb_up_read, lb_up_write, lb_up_event };
+    lb_conn_setcb(up->conn, &up_ops, s);
     if (!s->up_reused) {
         uint64_t ct = s->server->pool->cfg->timeouts.connect_ms;
         lb_conn_set_timeouts(up->conn, ct, ct);
@@ -1103,9 +1143,9 @@ static int lb_session_connect(struct lb_session *s)
     if (s->retried) {
         /* Re-parse the head still in the client buffer: same bytes, same result. */
         struct evbuffer *in = s->client->in;
-        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->head_len);
+        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->x->head_len);
         struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
-        if (buf == NULL || lb_http_parse_request(buf, s->head_len, &m, &w->limits) != 0)
+        if (buf == NULL || lb_http_parse_request(buf, s->x->head_len, &m, &w->limits) != 0)
             return -1;
         size_t n = lb_write_request_head(s, &m, up->conn->out);
         if (n == 0)
@@ -1161,8 +1201,8 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
-    if (w->cfg->limits.body != 0 && s->req_body == LB_BODY_LENGTH &&
-        s->req_left > w->cfg->limits.body) {
+    if (w->cfg->limits.body != 0 && s->x->req_body == LB_BODY_LENGTH &&
+        s->x->req_left > w->cfg->limits.body) {
         /* Refused before a byte of it is read (or 100-continue sent). */
         s->keepalive = false;
         lb_session_error(s, 413);
@@ -1191,8 +1231,8 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     struct lb_pool_rt *pool = &w->pools[r->pool];
-    s->sent_us = lb_wall_us();
-    struct lb_pick_ctx ctx = { .now_ms = s->sent_us / 1000 };
+    s->x->sent_us = lb_wall_us();
+    struct lb_pick_ctx ctx = { .now_ms = s->x->sent_us / 1000 };
     if (pool->cfg->strategy == LB_STRATEGY_HASH)
         ctx.key = lb_session_hash_key(s, m, pool->cfg);
     int idx = lb_balancer_pick(&pool->balancer, &ctx);
@@ -1222,7 +1262,7 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     }
     lb_counter_add(&s->server->stats->bytes_out, n);
 
-    if (s->req_body == LB_BODY_NONE) {
+    if (s->x->req_body == LB_BODY_NONE) {
         /* A client that will be closed after this answer has nothing more
          * to say: stop watching it (undone in the same pass, the watch
          * never reaches epoll). A vanished client shows when we write. */
@@ -1286,11 +1326,16 @@ static void lb_session_try_head(struct lb_session *s)
     struct evbuffer *in = s->client->in;
     size_t len = evbuffer_get_length(in);
 
+    if (!lb_session_exchange_take(s)) {
+        lb_session_close(s);    /* out of memory: no answer possible */
+        return;
+    }
+
     /* Any byte starts the client_header clock, empty lines included. */
     if (len > 0 && !lb_session_timer_pending(s))
         lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
     /* RFC 9112 §2.2: ignore empty lines before a request line. */
-    while (len >= 2 && s->scan == 0) {
+    while (len >= 2 && s->x->scan == 0) {
         unsigned char two[2];
         evbuffer_copyout(in, two, 2);
         if (two[0] != '\r' || two[1] != '\n')
@@ -1303,7 +1348,7 @@ static void lb_session_try_head(struct lb_session *s)
 
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
     const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    size_t head_len = lb_http_head_end(buf, n, &s->scan);
+    size_t head_len = lb_http_head_end(buf, n, &s->x->scan);
     if (head_len == 0) {
         int st = lb_http_check_partial(buf, n, &w->limits);
         if (st != 0) {
@@ -1323,13 +1368,13 @@ static void lb_session_try_head(struct lb_session *s)
         lb_session_error(s, st);
         return;
     }
-    s->head_len = head_len;
+    s->x->head_len = head_len;
     s->req_minor = (uint8_t)m.version_minor;
     s->req_flags = m.flags & (LB_MSG_HEAD | LB_MSG_SAFE);
     s->keepalive = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
                                         : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
-    s->req_body = m.body;
-    s->req_left = m.content_length;
+    s->x->req_body = m.body;
+    s->x->req_left = m.content_length;
     /* A tunnel only for a body-less HTTP/1.1 request that asks for one. */
     s->upgrade = (m.flags & LB_MSG_CONN_UPGRADE) && m.upgrade >= 0 &&
                  m.version_minor == 1 && m.body == LB_BODY_NONE &&
@@ -1337,7 +1382,7 @@ static void lb_session_try_head(struct lb_session *s)
                             "websocket");
     s->req_done = m.body == LB_BODY_NONE;
     s->head_pending = true;
-    lb_chunked_init(&s->req_chunk);
+    lb_chunked_init(&s->x->req_chunk);
     lb_session_dispatch(s, &m);
 }
 
@@ -1390,8 +1435,10 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
         /* The answer is out and nothing else is buffered: an idle
          * keep-alive connection needs no buffers until its next request
          * (an answer from a timer, a 408, takes them again). */
-        if (s->served > 0 && lb_conn_in_len(s->client) == 0)
+        if (s->served > 0 && lb_conn_in_len(s->client) == 0) {
             lb_conn_shrink(s->client);
+            lb_session_exchange_put(s);
+        }
         return;
     }
     if (s->state == LB_S_TUNNEL)
@@ -1467,7 +1514,9 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     lb_counter_add(&w->slot_stats->connections, 1);
     lb_counter_add(&w->slot_stats->active_connections, 1);
 
-    lb_conn_setcb(s->client, lb_client_read, lb_client_write, lb_client_event, s);
+    static const struct lb_conn_ops client_ops = { lb_client_read, lb_client_write,
+                                                   lb_client_event };
+    lb_conn_setcb(s->client, &client_ops, s);
     /* Bounded input; refill output once half of the limit has drained. */
     lb_conn_set_limits(s->client, (uint32_t)w->buffer_limit, (uint32_t)w->buffer_limit / 2);
     lb_session_set_idle(s);

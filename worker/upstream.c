@@ -146,7 +146,8 @@ void lb_upconn_release(struct lb_upconn *up, bool reusable)
         lb_upconn_free(up);
         return;
     }
-    lb_conn_setcb(up->conn, lb_upconn_idle_read, NULL, lb_upconn_idle_event, up);
+    static const struct lb_conn_ops idle_ops = { lb_upconn_idle_read, NULL, lb_upconn_idle_event };
+    lb_conn_setcb(up->conn, &idle_ops, up);
     lb_conn_set_timeouts(up->conn, s->pool->cfg->timeouts.backend_idle_ms, 0);
     lb_conn_read_enable(up->conn);
     lb_list_push(&s->idle, &up->idle_node);

@@ -237,22 +237,30 @@ def run_wrk(proxy, conns, extra, path, duration, client_cpus):
 
 def idle_memory(proxy, n):
     """Memory per idle keep-alive client connection: N connections, one
-    request each, left open; RSS growth of the proxy divided by N."""
-    before = mem_kb(proxy.pids(), "VmRSS")
-    socks = []
+    request each, answered before the next connection opens, left open;
+    RSS growth of the proxy divided by N. One request at a time, so what is
+    measured is the idle connection, not backend connections opened for a
+    burst of requests in flight (how many depends on timing)."""
     req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    socks = []
+
+    def one():
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        socks.append(s)
+        s.sendall(req)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError("%s closed an idle-memory connection" % proxy.name)
+            buf += chunk
+
     try:
+        one()           # backend connections and pools exist before the baseline
+        time.sleep(0.5)
+        before = mem_kb(proxy.pids(), "VmRSS")
         for _ in range(n):
-            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-            s.sendall(req)
-            socks.append(s)
-        for s in socks:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                buf += chunk
+            one()
         time.sleep(1.0)
         after = mem_kb(proxy.pids(), "VmRSS")
     finally:
