@@ -887,6 +887,9 @@ static void lb_tunnel_start(struct lb_session *s)
 {
     s->state = LB_S_TUNNEL;
     s->keepalive = false;
+    /* Bytes both ways have no exchange state: idle WebSockets, which can
+     * be many, hold none. */
+    lb_session_exchange_put(s);
     lb_session_deadline_off(s);
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
     /* Idleness is judged on both directions together (the timer), not per
