@@ -26,11 +26,48 @@ struct lb_loader {
 static int lb_cfg_fail(struct lb_loader *ld, const config_setting_t *s,
                        const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* libconfig stamps a string element of a list or array with the line of
+ * the token after it: the last element, with the closing bracket on a line
+ * of its own, comes out one line (or a few, past comments) late. Errors
+ * only: find the element's quoted text between the line of the element
+ * before it (or the list's start) and the stamped line, the last hit. */
+static int lb_cfg_elem_line(const char *file, const config_setting_t *s, int line)
+{
+    const config_setting_t *parent = config_setting_parent(s);
+    if (file == NULL || config_setting_type(s) != CONFIG_TYPE_STRING || parent == NULL ||
+        (config_setting_type(parent) != CONFIG_TYPE_ARRAY &&
+         config_setting_type(parent) != CONFIG_TYPE_LIST))
+        return line;
+    int idx = config_setting_index(s);
+    int from = idx > 0 ? (int)config_setting_source_line(
+                             config_setting_get_elem(parent, (unsigned)idx - 1))
+                       : 1;
+    char quoted[512];
+    int qn = snprintf(quoted, sizeof(quoted), "\"%s\"", config_setting_get_string(s));
+    FILE *f = fopen(file, "r");
+    if (f == NULL || qn < 0 || (size_t)qn >= sizeof(quoted)) {
+        if (f != NULL)
+            fclose(f);
+        return line;
+    }
+    char *buf = NULL;
+    size_t cap = 0;
+    int n = 0, found = 0;
+    while (n < line && getline(&buf, &cap, f) >= 0) {
+        n++;
+        if (n >= from && strstr(buf, quoted) != NULL)
+            found = n;
+    }
+    free(buf);
+    fclose(f);
+    return found ? found : line;
+}
+
 static int lb_cfg_fail(struct lb_loader *ld, const config_setting_t *s,
                        const char *fmt, ...)
 {
     const char *file = s ? config_setting_source_file(s) : NULL;
-    int line = s ? (int)config_setting_source_line(s) : 0;
+    int line = s ? lb_cfg_elem_line(file, s, (int)config_setting_source_line(s)) : 0;
     int n = snprintf(ld->err, ld->errlen, "%s:%d: ", file ? file : ld->path, line);
     if (n < 0 || (size_t)n >= ld->errlen)
         return -1;

@@ -126,6 +126,18 @@ class ConfigTestTest(LbdTestCase):
                                   '            { address = "127.0.0.1:19003"; wieght = 2; }')
         self.assertInvalid(text, line, "wieght")
 
+    def test_last_list_element_line(self):
+        """libconfig stamps the last element of a list with the line of the
+        closing bracket (here past a comment): the error names the element's
+        own line."""
+        text, line = insert_after(BASE, 'log_level = "info";',
+                                  'trusted_proxies = [\n    "10.0.0.0/8",\n    "nonsense"\n'
+                                  '    # a comment\n];')
+        self.assertInvalid(text, line + 2, "trusted_proxies")
+        text, line = insert_after(BASE, 'log_level = "info";',
+                                  'trusted_proxies = [\n    "nonsense",\n    "10.0.0.0/8"\n];')
+        self.assertInvalid(text, line + 1, "trusted_proxies")
+
     def test_wrong_type_workers(self):
         text, line = replace_line(BASE, "workers = 2;", 'workers = "x";')
         self.assertInvalid(text, line, "workers")
