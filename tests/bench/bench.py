@@ -203,17 +203,17 @@ def cpu_list(spec):
     return cpus
 
 
-def run_wrk(proxy, conns, extra, path, duration, client_cpus):
+def run_wrk(proxy, conns, extra, path, duration, client_cpus, backend_pids):
     url = "http://127.0.0.1:%d%s" % (proxy.port, path)
     pids = proxy.pids()
-    before, busy0 = cpu_ns(pids), cpu_busy()
+    before, busy0, back0 = cpu_ns(pids), cpu_busy(), cpu_ns(backend_pids)
     # One wrk thread per CPU the client may use: a single thread would make
     # wrk itself the limit once it shares both cores (2 workers).
     out = subprocess.run(["taskset", "-c", client_cpus, "wrk", "-t%d" % len(cpu_list(client_cpus)),
                           "-c%d" % conns,
                           "-d%ds" % duration, "--latency"] + extra + [url],
                          capture_output=True, text=True, timeout=duration + 60).stdout
-    after, busy1 = cpu_ns(pids), cpu_busy()
+    after, busy1, back1 = cpu_ns(pids), cpu_busy(), cpu_ns(backend_pids)
     util = [100.0 * (b1 - b0) / max(t1 - t0, 1) for (b0, t0), (b1, t1) in zip(busy0, busy1)]
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -229,6 +229,7 @@ def run_wrk(proxy, conns, extra, path, duration, client_cpus):
         "p50": parse_latency(out, "50%"),
         "p99": parse_latency(out, "99%"),
         "cpu_us": (after - before) / 1000.0 / max(reqs, 1),
+        "backend_us": (back1 - back0) / 1000.0 / max(reqs, 1),
         "rss_kb": mem_kb(pids, "VmHWM"),
         "errors": errors,
         "util": util,
@@ -374,10 +375,13 @@ def main():
                         # runs first (after a pause, or after a given peer).
                         for p in names[r % len(names):] + names[:r % len(names)]:
                             target = proxies[p] if p != "direct" else direct
-                            run = run_wrk(target, conns, extra, path, args.duration, client_cpus)
+                            run = run_wrk(target, conns, extra, path, args.duration, client_cpus,
+                                          tree(back.pid))
                             results.setdefault((name, p), []).append(run)
-                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req  cpu busy %s%s" %
+                            print("%-10s round %d %-8s %9.0f req/s p99 %7.2f ms %6.1f us/req  "
+                                  "backends %4.1f us/req  cpu busy %s%s" %
                                   (name, r + 1, p, run["rps"], run["p99"], run["cpu_us"],
+                                   run["backend_us"],
                                    "/".join("%.0f%%" % u for u in run["util"]),
                                    "  (%d errors: run invalid)" % run["errors"]
                                    if run["errors"] else ""), flush=True)
