@@ -46,7 +46,6 @@ struct lb_exchange {
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
-    struct lb_exchange *next_free;
 };
 
 struct lb_session {
@@ -59,7 +58,7 @@ struct lb_session {
                                          * linger, tunnel idle; NULL when none */
     struct event *deadline_timer;       /* only once a pool has a deadline */
     char client_ip[INET6_ADDRSTRLEN];
-    struct lb_access_entry *acc;        /* NULL unless access_log is on */
+    struct lb_access_entry *acc;        /* with x, when access_log is on */
     struct lb_exchange *x;              /* NULL while idle */
     unsigned served;                    /* exchanges completed on this connection */
     uint32_t req_flags;
@@ -180,14 +179,41 @@ static void lb_session_deadline_off(struct lb_session *s)
 
 static void lb_client_timeout(evutil_socket_t fd, short what, void *arg);
 
-/* Session timers come from a per-worker free list: an idle keep-alive
- * connection holds none, and arming one never mallocs once warm. */
-struct lb_timer {
-    struct event ev;
-    struct lb_timer *next_free;
+/* What an idle connection gives back (its session timer, its exchange
+ * state, its access-log entry) waits in a per-worker free list for the next
+ * request: warm, a request mallocs none of them, and an idle keep-alive
+ * connection holds none. A listed object's first bytes hold the link. */
+struct lb_freelist {
+    void *head;
+    size_t size;
 };
 
-static struct lb_timer *lb_timer_free_list;
+/* A zeroed object, or NULL when out of memory. */
+static void *lb_freelist_take(struct lb_freelist *l)
+{
+    void *o = l->head;
+    if (o == NULL)
+        return calloc(1, l->size);
+    memcpy(&l->head, o, sizeof(void *));
+    memset(o, 0, l->size);
+    return o;
+}
+
+static void lb_freelist_put(struct lb_freelist *l, void *o)
+{
+    if (o == NULL)
+        return;
+    memcpy(o, &l->head, sizeof(void *));
+    l->head = o;
+}
+
+struct lb_timer {
+    struct event ev;
+};
+
+static struct lb_freelist lb_timers = { NULL, sizeof(struct lb_timer) };
+static struct lb_freelist lb_exchanges = { NULL, sizeof(struct lb_exchange) };
+static struct lb_freelist lb_log_entries = { NULL, sizeof(struct lb_access_entry) };
 
 static void lb_session_timer_stop(struct lb_session *s)
 {
@@ -195,8 +221,7 @@ static void lb_session_timer_stop(struct lb_session *s)
     if (t == NULL)
         return;
     event_del(&t->ev);
-    t->next_free = lb_timer_free_list;
-    lb_timer_free_list = t;
+    lb_freelist_put(&lb_timers, t);
     s->timer = NULL;
 }
 
@@ -213,10 +238,8 @@ static void lb_session_timer_arm(struct lb_session *s, uint64_t ms)
         return;
     }
     if (s->timer == NULL) {
-        struct lb_timer *t = lb_timer_free_list;
-        if (t != NULL)
-            lb_timer_free_list = t->next_free;
-        else if ((t = malloc(sizeof(*t))) == NULL)
+        struct lb_timer *t = lb_freelist_take(&lb_timers);
+        if (t == NULL)
             return;     /* out of memory: this wait goes unbounded */
         evtimer_assign(&t->ev, s->w->base, lb_client_timeout, s);
         s->timer = t;
@@ -224,32 +247,30 @@ static void lb_session_timer_arm(struct lb_session *s, uint64_t ms)
     lb_timer_arm(&s->timer->ev, ms);
 }
 
-static struct lb_exchange *lb_exchange_free_list;
-
-/* The exchange state for S's next request, zeroed. false when out of
- * memory. */
+/* The exchange state (and access-log entry) for S's next request, zeroed.
+ * false when out of memory. */
 static bool lb_session_exchange_take(struct lb_session *s)
 {
     if (s->x != NULL)
         return true;
-    struct lb_exchange *x = lb_exchange_free_list;
-    if (x != NULL)
-        lb_exchange_free_list = x->next_free;
-    else if ((x = malloc(sizeof(*x))) == NULL)
+    struct lb_exchange *x = lb_freelist_take(&lb_exchanges);
+    if (x == NULL)
         return false;
-    memset(x, 0, sizeof(*x));
+    if (s->w->cfg->access_log != NULL && (s->acc = lb_freelist_take(&lb_log_entries)) == NULL) {
+        lb_freelist_put(&lb_exchanges, x);
+        return false;
+    }
     s->x = x;
     return true;
 }
 
+/* Give them back: the exchange is over and logged (or never started). */
 static void lb_session_exchange_put(struct lb_session *s)
 {
-    struct lb_exchange *x = s->x;
-    if (x == NULL)
-        return;
-    x->next_free = lb_exchange_free_list;
-    lb_exchange_free_list = x;
+    lb_freelist_put(&lb_exchanges, s->x);
+    lb_freelist_put(&lb_log_entries, s->acc);
     s->x = NULL;
+    s->acc = NULL;
 }
 
 static void lb_timer_arm(struct event *ev, uint64_t ms)
@@ -314,7 +335,6 @@ static void lb_session_close(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
     lb_session_log(s);
-    free(s->acc);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
     lb_session_exchange_put(s);
@@ -1503,11 +1523,6 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
         return;
     }
     s->w = w;       /* TCP_NODELAY: inherited from the listener */
-    if (w->cfg->access_log != NULL && (s->acc = calloc(1, sizeof(*s->acc))) == NULL) {
-        lb_conn_free(s->client);
-        free(s);
-        return;
-    }
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
     s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&
                       lb_cidr_match(w->cfg->trusted_proxies, w->cfg->ntrusted_proxies, peer);

@@ -1117,6 +1117,20 @@ class AccessLogTest(HttpTestCase):
         self.assertEqual((bad["up"], bad["ustatus"]), ("-", "0"))
         self.assertEqual(int(bad["bytes"]), len(raw))
 
+    def test_keepalive_requests_each_logged(self):
+        """An idle keep-alive connection gives its log entry back between
+        requests: each request on it still gets its own, whole line."""
+        with HttpConn(self.lbd.listen) as c:
+            first = c.request("/first", host="web.test", headers=[("User-Agent", "one")])
+            self.lines(n=1)     # logged, and the connection idle again
+            second = c.request("/second", host="web.test")
+        self.assertEqual((first.status, second.status), (200, 200))
+        a, b = (self.parse(ln) for ln in self.lines(n=2))
+        self.assertEqual((a["req"], a["ua"]), ("GET /first HTTP/1.1", "one"))
+        self.assertEqual((b["req"], b["ua"]), ("GET /second HTTP/1.1", "-"))
+        self.assertEqual(int(b["bytes"]), len(second.raw_head) + len(second.body))
+        self.assertNotEqual(a["rid"], b["rid"])
+
     def test_reopen_on_usr1(self):
         for i in range(3):
             self.assertEqual(self.get(f"/before?i={i}", host="web.test").status, 200)
