@@ -171,12 +171,13 @@ class Proxy:
 
 class Direct:
     """No proxy: wrk straight to one backend, both on the client's core.
-    Behind a proxy that core does all of this work and more (the proxy's
-    sockets, its wakeups, the headers it adds), so with 1 worker this rate
-    bounds what any proxy can reach in the keep-alive scenarios. (With a
-    new connection per request the backend's own accept and close would
-    land on the client's core too, and with 2 workers nothing is pinned:
-    no bound there.)"""
+    Behind a proxy that core does the same work and more (the proxy's
+    sockets, its wakeups, the headers it adds), so with 1 worker and 64
+    connections this rate is about the most a proxy can reach. With 512 it
+    is a reference only: a proxy pooling its backend connections can spare
+    the backend part of the cost of 512 connections. (With a new connection
+    per request the backend's own accept and close would land on the
+    client's core too, and with 2 workers nothing is pinned: no run there.)"""
     name = "direct"
 
     def __init__(self, backend):
