@@ -398,7 +398,6 @@ static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
         lb_conn_arm_read(c);
 }
 
-
 static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;

@@ -54,7 +54,7 @@ struct lb_session {
     struct lb_conn *client;
     struct lb_upconn *up;               /* NULL outside PROXY */
     struct lb_server_rt *server;
-    struct lb_timer *timer;             /* client_header, client_body progress,
+    struct event *timer;                /* client_header, client_body progress,
                                          * linger, tunnel idle; NULL when none */
     struct event *deadline_timer;       /* only once a pool has a deadline */
     char client_ip[INET6_ADDRSTRLEN];
@@ -207,27 +207,23 @@ static void lb_freelist_put(struct lb_freelist *l, void *o)
     l->head = o;
 }
 
-struct lb_timer {
-    struct event ev;
-};
-
-static struct lb_freelist lb_timers = { NULL, sizeof(struct lb_timer) };
+static struct lb_freelist lb_timers = { NULL, sizeof(struct event) };
 static struct lb_freelist lb_exchanges = { NULL, sizeof(struct lb_exchange) };
 static struct lb_freelist lb_log_entries = { NULL, sizeof(struct lb_access_entry) };
 
 static void lb_session_timer_stop(struct lb_session *s)
 {
-    struct lb_timer *t = s->timer;
+    struct event *t = s->timer;
     if (t == NULL)
         return;
-    event_del(&t->ev);
+    event_del(t);
     lb_freelist_put(&lb_timers, t);
     s->timer = NULL;
 }
 
 static bool lb_session_timer_pending(const struct lb_session *s)
 {
-    return s->timer != NULL && evtimer_pending(&s->timer->ev, NULL);
+    return s->timer != NULL && evtimer_pending(s->timer, NULL);
 }
 
 /* (Re)arm the session's timer MS from now; 0 stops it. */
@@ -238,13 +234,13 @@ static void lb_session_timer_arm(struct lb_session *s, uint64_t ms)
         return;
     }
     if (s->timer == NULL) {
-        struct lb_timer *t = lb_freelist_take(&lb_timers);
+        struct event *t = lb_freelist_take(&lb_timers);
         if (t == NULL)
             return;     /* out of memory: this wait goes unbounded */
-        evtimer_assign(&t->ev, s->w->base, lb_client_timeout, s);
+        evtimer_assign(t, s->w->base, lb_client_timeout, s);
         s->timer = t;
     }
-    lb_timer_arm(&s->timer->ev, ms);
+    lb_timer_arm(s->timer, ms);
 }
 
 /* The exchange state (and access-log entry) for S's next request, zeroed.
@@ -723,7 +719,7 @@ static void lb_forward_request_body(struct lb_session *s)
     if (n > 0) {
         /* The limit is on the body, not on its chunked framing. */
         s->x->req_body_bytes = s->x->req_body == LB_BODY_CHUNKED ? s->x->req_chunk.data_bytes
-                                                           : s->x->req_body_bytes + n;
+                                                                 : s->x->req_body_bytes + n;
         uint64_t max = s->w->cfg->limits.body;
         if (max != 0 && s->x->req_body_bytes > max) {
             /* Only chunked bodies get here: a declared length is checked
