@@ -19,6 +19,7 @@
 #include "shared/log.h"
 #include "worker/accesslog.h"
 #include "worker/conn.h"
+#include "worker/freelist.h"
 #include "worker/route.h"
 #include "worker/upstream.h"
 
@@ -179,37 +180,14 @@ static void lb_session_deadline_off(struct lb_session *s)
 
 static void lb_client_timeout(evutil_socket_t fd, short what, void *arg);
 
-/* What an idle connection gives back (its session timer, its exchange
- * state, its access-log entry) waits in a per-worker free list for the next
- * request: warm, a request mallocs none of them, and an idle keep-alive
- * connection holds none. A listed object's first bytes hold the link. */
-struct lb_freelist {
-    void *head;
-    size_t size;
-};
-
-/* A zeroed object, or NULL when out of memory. */
-static void *lb_freelist_take(struct lb_freelist *l)
-{
-    void *o = l->head;
-    if (o == NULL)
-        return calloc(1, l->size);
-    memcpy(&l->head, o, sizeof(void *));
-    memset(o, 0, l->size);
-    return o;
-}
-
-static void lb_freelist_put(struct lb_freelist *l, void *o)
-{
-    if (o == NULL)
-        return;
-    memcpy(o, &l->head, sizeof(void *));
-    l->head = o;
-}
-
-static struct lb_freelist lb_timers = { NULL, sizeof(struct event) };
-static struct lb_freelist lb_exchanges = { NULL, sizeof(struct lb_exchange) };
-static struct lb_freelist lb_log_entries = { NULL, sizeof(struct lb_access_entry) };
+/* What an idle connection gives back waits here for the next request. Up
+ * to this many of each are kept: more than a worker has requests in flight
+ * under the benchmarks' loads, and at most ~1.5 MiB (log entries). */
+#define LB_FREELIST_KEEP 1024
+static struct lb_freelist lb_timers = LB_FREELIST_INIT(sizeof(struct event), LB_FREELIST_KEEP);
+static struct lb_freelist lb_exchanges = LB_FREELIST_INIT(sizeof(struct lb_exchange), LB_FREELIST_KEEP);
+static struct lb_freelist lb_log_entries =
+    LB_FREELIST_INIT(sizeof(struct lb_access_entry), LB_FREELIST_KEEP);
 
 static void lb_session_timer_stop(struct lb_session *s)
 {
@@ -1568,4 +1546,7 @@ void lb_proxy_close_all(struct lb_worker *w)
 {
     while (!lb_list_empty(&w->sessions))
         lb_session_close(LB_CONTAINER_OF(w->sessions.next, struct lb_session, node));
+    lb_freelist_clear(&lb_timers);
+    lb_freelist_clear(&lb_exchanges);
+    lb_freelist_clear(&lb_log_entries);
 }

@@ -33,7 +33,7 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer);
 /* Graceful stop: close idle client connections, let busy ones finish their
  * current exchange and close. */
 void lb_proxy_drain(struct lb_worker *w);
-/* Free every session at once (fast stop). */
+/* Free every session at once (fast stop), and the free lists. */
 void lb_proxy_close_all(struct lb_worker *w);
 
 #endif

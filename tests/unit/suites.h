@@ -10,5 +10,6 @@ Suite *balancer_suite(void);
 Suite *route_suite(void);
 Suite *http_suite(void);
 Suite *shm_suite(void);
+Suite *freelist_suite(void);
 
 #endif
