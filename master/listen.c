@@ -1,6 +1,7 @@
 #include "master/listen.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -73,6 +74,42 @@ static int lb_listen_socket(const struct lb_listener_cfg *l)
     return fd;
 }
 
+#define LB_MIGRATE_SYSCTL "/proc/sys/net/ipv4/tcp_migrate_req"
+
+/* net.ipv4.tcp_migrate_req: 1, 0, or -1 when unreadable (before Linux 5.14,
+ * or no /proc). */
+static int lb_listen_migrate_state(void)
+{
+    char c = 0;
+    int fd = open(LB_MIGRATE_SYSCTL, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, &c, 1);
+    close(fd);
+    return n == 1 ? c == '1' : -1;
+}
+
+bool lb_listen_migrate(const struct lb_config *cfg)
+{
+    int state = lb_listen_migrate_state();
+    if (state == 1 || !cfg->tcp_migrate_req)
+        return state == 1;
+    int fd = state < 0 ? -1 : open(LB_MIGRATE_SYSCTL, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0 && write(fd, "1\n", 2) == 2) {
+        close(fd);
+        lb_log_info("net.ipv4.tcp_migrate_req set to 1: connections queued on a socket a "
+                    "reload closes go to the remaining workers");
+        return true;
+    }
+    int saved = state < 0 ? ENOENT : errno;
+    if (fd >= 0)
+        close(fd);
+    lb_log_warn("net.ipv4.tcp_migrate_req is off and cannot be set (%s): a reload that lowers "
+                "the worker count resets connections still queued on the sockets it closes",
+                state < 0 ? "needs Linux 5.14" : strerror(saved));
+    return false;
+}
+
 static struct lb_listen_group *lb_listen_find(struct lb_listen_set *set,
                                               const struct lb_addr *a)
 {
@@ -142,6 +179,9 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
             if (listen(g->fds[k], cfg->listeners[i].backlog) < 0)
                 lb_log_warn("%s: listen() refused (%d: %s)", g->address, errno, strerror(errno));
         }
+        if (prev->nfds > n && lb_listen_migrate_state() != 1)
+            lb_log_warn("%s: closing %u listening sockets without net.ipv4.tcp_migrate_req: "
+                        "connections queued on them are reset", g->address, prev->nfds - n);
         lb_listen_group_close(prev, 0);     /* extra sockets of a shrink */
         free(prev->fds);
         prev->fds = NULL;

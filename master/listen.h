@@ -4,6 +4,7 @@
 #ifndef LB_LISTEN_H
 #define LB_LISTEN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "shared/config.h"
@@ -26,6 +27,12 @@ struct lb_listen_set {
  * is touched and ERR says why. */
 int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
                    struct lb_listen_set *old, char *err, size_t errlen);
+/* A listening socket closed with connections in its queue resets them,
+ * unless net.ipv4.tcp_migrate_req (Linux 5.14) hands them to another socket
+ * of its SO_REUSEPORT group; a reload that lowers the worker count closes
+ * sockets. Turn it on when CFG allows and the kernel lets us (a log line
+ * says when it does not). Returns whether it is on. */
+bool lb_listen_migrate(const struct lb_config *cfg);
 /* Close every socket of SET. */
 void lb_listen_close(struct lb_listen_set *set);
 /* Fill FDS (cfg->nlisteners entries) with worker ID's sockets. */

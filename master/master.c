@@ -406,6 +406,7 @@ static void lb_master_reload(struct lb_master *m)
         if (admin_fd < 0)
             goto fail;
     }
+    lb_listen_migrate(cfg);     /* before the sockets of a shrink close */
     if (lb_master_check_access_log(cfg, err, sizeof(err)) < 0 ||
         lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
         if (admin_changed && admin_fd >= 0)
@@ -560,6 +561,7 @@ static int lb_master_start(struct lb_master *m)
         lb_log_error("%s", err);
         return -1;
     }
+    lb_listen_migrate(m->cfg);
     if (m->cfg->admin) {
         m->admin_fd = lb_master_admin_socket(&m->cfg->admin_addr, err, sizeof(err),
                                              m->cfg->admin_address);

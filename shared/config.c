@@ -820,8 +820,9 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     static const char *const keys[] = { "workers", "shutdown_timeout", "error_log",
                                         "log_level", "pid_file", "access_log", "timeouts",
                                         "limits", "trusted_proxies", "listeners", "pools",
-                                        "routes", "admin", NULL };
+                                        "routes", "admin", "tcp_migrate_req", NULL };
     const char *level = NULL;
+    cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
     cfg->log_level = LB_LOG_INFO;
     cfg->timeouts = (struct lb_timeouts){
@@ -848,7 +849,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
         lb_cfg_strdup(ld, root, "error_log", &cfg->error_log) < 0 ||
         lb_cfg_strdup(ld, root, "pid_file", &cfg->pid_file) < 0 ||
         lb_cfg_strdup(ld, root, "access_log", &cfg->access_log) < 0 ||
-        lb_cfg_string(ld, root, "log_level", &level, false) < 0)
+        lb_cfg_string(ld, root, "log_level", &level, false) < 0 ||
+        lb_cfg_bool(ld, root, "tcp_migrate_req", &cfg->tcp_migrate_req) < 0)
         return -1;
     if (level != NULL && lb_log_level_parse(level, &cfg->log_level) < 0)
         return lb_cfg_fail(ld, lb_cfg_member(root, "log_level"),

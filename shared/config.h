@@ -139,6 +139,7 @@ struct lb_config {
     char *error_log;                    /* NULL: stderr */
     enum lb_log_level log_level;
     char *pid_file;                     /* NULL: none unless -p */
+    bool tcp_migrate_req;               /* set net.ipv4.tcp_migrate_req */
     struct lb_timeouts timeouts;
     struct lb_limits limits;
     char *access_log;                   /* NULL: off */

@@ -804,6 +804,14 @@ class LbdTestCase(unittest.TestCase):
 
     # -- helpers ------------------------------------------------------------
 
+    def require_capability(self, missing):
+        """The kernel or our privileges lack what this test needs (MISSING
+        says what): skip, or fail when LBD_REQUIRE_BPF=1 (as .ci/run sets),
+        where the machine is known to have it."""
+        if os.environ.get("LBD_REQUIRE_BPF") == "1":
+            self.fail(f"{missing} (LBD_REQUIRE_BPF=1)")
+        self.skipTest(missing)
+
     def write_file(self, path, text):
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

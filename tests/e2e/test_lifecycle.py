@@ -270,9 +270,9 @@ class StopTest(LbdTestCase):
 
 class ReloadTest(LbdTestCase):
 
-    def config(self, listen, servers, strategy="round_robin"):
+    def config(self, listen, servers, strategy="round_robin", workers=2, **kw):
         return lbd_config(listen, [{"name": "web", "strategy": strategy, "servers": servers}],
-                          workers=2, shutdown_timeout="10s")
+                          workers=workers, shutdown_timeout="10s", **kw)
 
     def test_reload_changed_pool(self):
         """Reload from b1,b2 to b3 only (other weight and strategy): new
@@ -373,6 +373,52 @@ class ReloadTest(LbdTestCase):
             except (OSError, ConnectionClosed) as e:
                 self.fail(f"the accepted connection was dropped by the reload: {e!r}")
             self.assertEqual(r.status, 200, r)
+
+    def test_reload_to_fewer_workers_hands_queued_connections_over(self):
+        """A reload that lowers the worker count closes the sockets of the
+        slots that go. Connections still queued on such a socket are handed
+        to the remaining workers (net.ipv4.tcp_migrate_req, which lbd turns
+        on), not reset. Made deterministic: the worker of slot 2 is stopped
+        while clients connect, so its socket's queue fills; after the
+        reload to 1 worker it is killed, which closes the socket."""
+        self.expect_worker_deaths()
+        (b1,) = self.start_backends("b1")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        lbd = self.start_lbd(self.config(listen, [(b1.addr, 1)], workers=3), listen, workers=3)
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+            if f.read().strip() != "1":
+                self.require_capability("net.ipv4.tcp_migrate_req is off and lbd could not "
+                                        "set it (needs root and Linux 5.14)")
+        (victim,) = [w["pid"] for w in lbd.running_workers() if w["id"] == 2]
+        os.kill(victim, signal.SIGSTOP)
+        conns = []
+        try:
+            for _ in range(30):
+                c = HttpConn(lbd.listen, timeout=10)
+                conns.append(c)
+                c.send(b"GET / HTTP/1.1\r\nHost: lbd.test\r\nConnection: close\r\n\r\n")
+            # The workers that run answer theirs; the stopped one's wait.
+            seen = []
+
+            def settled():
+                seen.append(lbd.snapshot()["totals"]["requests"])
+                return len(seen) >= 5 and seen[-1] == seen[-5] and seen[-1] > 0
+            wait_for(settled, 20, interval=0.1, what="the running workers to answer theirs")
+            queued = 30 - seen[-1]
+            self.assertGreater(queued, 0, "no connection queued on the stopped worker's socket")
+            # The master closes its copy of the sockets of slots 1 and 2
+            # before the generation moves on.
+            lbd.reload(self.config(listen, [(b1.addr, 1)], workers=1))
+        finally:
+            os.kill(victim, signal.SIGKILL)     # its socket closes with it
+        for i, c in enumerate(conns):
+            try:
+                r = c.read_response()
+            except (OSError, ConnectionClosed) as e:
+                self.fail(f"connection {i} of 30 was lost when its socket closed: {e!r}")
+            self.assertEqual(r.status, 200, r)
+        self.assertEqual(lbd.snapshot()["totals"]["requests"], 30)
 
     def test_reload_broken_config_keeps_serving(self):
         """A syntax error, an unknown key, a route to a missing pool: each
