@@ -57,7 +57,7 @@ int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
         return 0;
     }
     lb_counter_add(&b->checks_failed, 1);
-    snprintf(b->last_error, sizeof(b->last_error), "%s", error);
+    lb_shm_error_set(b, error);
     atomic_store(&b->check_successes, 0);
     uint32_t failed = atomic_fetch_add(&b->check_failures, 1) + 1;
     if (health == LB_HEALTH_UP && failed >= cfg->fall) {

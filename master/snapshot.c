@@ -143,7 +143,9 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     atomic_load(&be->check_successes), atomic_load(&be->check_failures),
                     (unsigned long long)atomic_load(&be->last_check_ms),
                     (unsigned long long)atomic_load(&be->last_change_ms));
-            lb_json_string(out, be->last_error, sizeof(be->last_error));
+            char error[LB_ERROR_TEXT];
+            lb_shm_error_get(be, error, sizeof(error));
+            lb_json_string(out, error, sizeof(error));
             fputs("}}", out);
             sfirst = false;
         }

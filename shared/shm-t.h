@@ -30,7 +30,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   2u
+#define LB_SHM_LAYOUT_VERSION   3u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -138,12 +138,13 @@ struct lb_shm_backend {
     _Atomic uint32_t drain;             /* 1: no new requests (operator) */
     _Atomic uint32_t check_successes;   /* consecutive, control process */
     _Atomic uint32_t check_failures;    /* consecutive, control process */
+    _Atomic uint32_t error_seq;         /* last_error's seqlock: odd while written */
     lb_counter_t checks_ok;
     lb_counter_t checks_failed;
     lb_counter_t last_check_ms;         /* wall clock */
     lb_counter_t last_change_ms;        /* wall clock of the last UP/DOWN change */
     lb_counter_t passive_until_ms;      /* passive DOWN without checks: retry after */
-    char last_error[LB_ERROR_TEXT];     /* of the last failed check; may tear, cosmetic */
+    char last_error[LB_ERROR_TEXT];     /* of the last failed check: lb_shm_error_* */
     char pool[LB_NAME_MAX];
     char address[LB_ADDR_STR_MAX];
     /* Hot: written by every worker on the data path, on its own line. */

@@ -158,7 +158,7 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         atomic_store(&b->fails_in_row, 0);
         atomic_store(&b->ewma_us, 0);
         atomic_store(&b->ewma_stamp_us, 0);
-        b->last_error[0] = '\0';
+        lb_shm_error_set(b, "");
         snprintf(b->pool, sizeof(b->pool), "%s", pool);
         snprintf(b->address, sizeof(b->address), "%s", address);
     }
@@ -362,4 +362,35 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
             out->duration[k] += lb_counter_get(&st->duration[k]);
         out->duration_sum_us += lb_counter_get(&st->duration_sum_us);
     }
+}
+
+/* A seqlock: the writer makes the sequence odd, writes, makes it even; a
+ * reader retries when it was odd or moved while it copied. A writer that
+ * died mid-write left it odd: the next one goes on from there. */
+void lb_shm_error_set(struct lb_shm_backend *b, const char *text)
+{
+    uint32_t seq = (atomic_load_explicit(&b->error_seq, memory_order_relaxed) + 1) | 1;
+    atomic_store_explicit(&b->error_seq, seq, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    snprintf(b->last_error, sizeof(b->last_error), "%s", text);
+    atomic_store_explicit(&b->error_seq, seq + 1, memory_order_release);
+}
+
+void lb_shm_error_get(const struct lb_shm_backend *b, char *out, size_t n)
+{
+    if (n == 0)
+        return;
+    size_t len = n < sizeof(b->last_error) ? n : sizeof(b->last_error);
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(&b->error_seq, memory_order_acquire);
+        if (before & 1)
+            continue;
+        memcpy(out, b->last_error, len);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&b->error_seq, memory_order_relaxed) == before) {
+            out[len - 1] = '\0';
+            return;
+        }
+    }
+    out[0] = '\0';
 }

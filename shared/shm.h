@@ -119,4 +119,11 @@ struct lb_worker_totals {
 /* Add worker slot W's counters to OUT. */
 void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out);
 
+/* A backend's last check error: one writer at a time (the control process,
+ * or the master while it assigns the entry), readers in any process get a
+ * whole text, never half of an old one and half of a new one. */
+void lb_shm_error_set(struct lb_shm_backend *b, const char *text);
+/* Copy it into OUT (N bytes, NUL-terminated); "" if it keeps changing. */
+void lb_shm_error_get(const struct lb_shm_backend *b, char *out, size_t n);
+
 #endif

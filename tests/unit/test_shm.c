@@ -3,9 +3,13 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "shared/shm.h"
@@ -498,6 +502,54 @@ START_TEST(test_backend_sum)
 }
 END_TEST
 
+/* ---- last_error ------------------------------------------------------------------- */
+
+START_TEST(test_error_text_never_torn)
+{
+    struct lb_shm_backend *b = lb_shm_backend(shm.hdr, 3);
+    char a[LB_ERROR_TEXT], z[LB_ERROR_TEXT], got[LB_ERROR_TEXT];
+    memset(a, 'a', sizeof(a) - 1);
+    memset(z, 'z', sizeof(z) - 1);
+    a[sizeof(a) - 1] = z[sizeof(z) - 1] = '\0';
+    lb_shm_error_set(b, a);
+    lb_shm_error_get(b, got, sizeof(got));
+    ck_assert_str_eq(got, a);
+
+    /* Another process rewrites it as fast as it can while we read. */
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        for (int i = 0; i < 4000000; i++)
+            lb_shm_error_set(b, i & 1 ? a : z);
+        _exit(0);
+    }
+    unsigned reads = 0, whole = 0;
+    bool reaped = false;
+    while (reads < 200000 && !(reaped = waitpid(pid, NULL, WNOHANG) == pid)) {
+        lb_shm_error_get(b, got, sizeof(got));
+        reads++;
+        if (got[0] == '\0')
+            continue;       /* gave up while the writer kept writing */
+        ck_assert_msg(strcmp(got, a) == 0 || strcmp(got, z) == 0, "torn text: %s", got);
+        whole++;
+    }
+    if (!reaped) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    ck_assert_uint_gt(whole, 0);
+
+    /* A writer that died mid-write leaves the sequence odd: "" not garbage. */
+    atomic_fetch_or(&b->error_seq, 1);
+    lb_shm_error_get(b, got, sizeof(got));
+    ck_assert_str_eq(got, "");
+    /* The master's assign rewrites the entry whole and clears that. */
+    lb_shm_error_set(b, "connect: refused");
+    lb_shm_error_get(b, got, sizeof(got));
+    ck_assert_str_eq(got, "connect: refused");
+}
+END_TEST
+
 /* ---- attach ----------------------------------------------------------------------- */
 
 START_TEST(test_attach_readonly)
@@ -606,6 +658,7 @@ Suite *shm_suite(void)
     tcase_add_test(tc, test_assign_full);
     tcase_add_test(tc, test_slots);
     tcase_add_test(tc, test_backend_sum);
+    tcase_add_test(tc, test_error_text_never_torn);
     tcase_add_test(tc, test_attach_readonly);
     tcase_add_test(tc, test_attach_refuses);
     suite_add_tcase(s, tc);
