@@ -91,6 +91,7 @@ static int lb_listen_migrate_state(void)
 
 bool lb_listen_migrate(const struct lb_config *cfg)
 {
+    static bool warned;         /* once per master: every reload asks again */
     int state = lb_listen_migrate_state();
     if (state == 1 || !cfg->tcp_migrate_req)
         return state == 1;
@@ -104,6 +105,9 @@ bool lb_listen_migrate(const struct lb_config *cfg)
     int saved = state < 0 ? ENOENT : errno;
     if (fd >= 0)
         close(fd);
+    if (warned)
+        return false;
+    warned = true;
     lb_log_warn("net.ipv4.tcp_migrate_req is off and cannot be set (%s): a reload that lowers "
                 "the worker count resets connections still queued on the sockets it closes",
                 state < 0 ? "needs Linux 5.14" : strerror(saved));
