@@ -1,6 +1,7 @@
 #include "master/listen.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -77,7 +78,7 @@ static int lb_listen_socket(const struct lb_listener_cfg *l)
 #define LB_MIGRATE_SYSCTL "/proc/sys/net/ipv4/tcp_migrate_req"
 
 /* net.ipv4.tcp_migrate_req: 1, 0, or -1 when unreadable (before Linux 5.14,
- * or no /proc). */
+ * no /proc). */
 static int lb_listen_migrate_state(void)
 {
     char c = 0;
@@ -89,29 +90,29 @@ static int lb_listen_migrate_state(void)
     return n == 1 ? c == '1' : -1;
 }
 
-bool lb_listen_migrate(const struct lb_config *cfg)
+void lb_listen_migrate(const struct lb_config *cfg)
 {
     static bool warned;         /* once per master: every reload asks again */
     int state = lb_listen_migrate_state();
     if (state == 1 || !cfg->tcp_migrate_req)
-        return state == 1;
+        return;
     int fd = state < 0 ? -1 : open(LB_MIGRATE_SYSCTL, O_WRONLY | O_CLOEXEC);
     if (fd >= 0 && write(fd, "1\n", 2) == 2) {
         close(fd);
         lb_log_info("net.ipv4.tcp_migrate_req set to 1: connections queued on a socket a "
                     "reload closes go to the remaining workers");
-        return true;
+        return;
     }
-    int saved = state < 0 ? ENOENT : errno;
+    int saved = errno;
     if (fd >= 0)
         close(fd);
     if (warned)
-        return false;
+        return;
     warned = true;
     lb_log_warn("net.ipv4.tcp_migrate_req is off and cannot be set (%s): a reload that lowers "
                 "the worker count resets connections still queued on the sockets it closes",
-                state < 0 ? "needs Linux 5.14" : strerror(saved));
-    return false;
+                state < 0 ? "no " LB_MIGRATE_SYSCTL ": Linux 5.14 or later has it"
+                          : strerror(saved));
 }
 
 static struct lb_listen_group *lb_listen_find(struct lb_listen_set *set,

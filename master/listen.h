@@ -1,10 +1,10 @@
 /* Listen sockets: one SO_REUSEPORT socket per (listener, worker) pair, all
  * owned by the master, so a worker's exit never closes a socket and
- * connections queued on it wait for its successor. */
+ * connections queued on it wait for its successor. Only a reload to fewer
+ * workers closes sockets (lb_listen_migrate). */
 #ifndef LB_LISTEN_H
 #define LB_LISTEN_H
 
-#include <stdbool.h>
 #include <stddef.h>
 
 #include "shared/config.h"
@@ -31,8 +31,8 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
  * unless net.ipv4.tcp_migrate_req (Linux 5.14) hands them to another socket
  * of its SO_REUSEPORT group; a reload that lowers the worker count closes
  * sockets. Turn it on when CFG allows and the kernel lets us (a log line
- * says when it does not). Returns whether it is on. */
-bool lb_listen_migrate(const struct lb_config *cfg);
+ * says when it does not). */
+void lb_listen_migrate(const struct lb_config *cfg);
 /* Close every socket of SET. */
 void lb_listen_close(struct lb_listen_set *set);
 /* Fill FDS (cfg->nlisteners entries) with worker ID's sockets. */

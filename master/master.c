@@ -225,6 +225,11 @@ static void lb_master_signal_all(struct lb_master *m, int sig)
 
 static void lb_master_reclaim(struct lb_master *m)
 {
+    /* A replaced control process may still be checking old backends and
+     * writing their entries: nothing is reused before it is gone (its exit
+     * brings us back here). */
+    if (m->control_retired != 0)
+        return;
     uint64_t oldest = m->generation;
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
         if (m->children[s].pid != 0 && m->children[s].generation < oldest)
@@ -406,7 +411,9 @@ static void lb_master_reload(struct lb_master *m)
         if (admin_fd < 0)
             goto fail;
     }
-    lb_listen_migrate(cfg);     /* before the sockets of a shrink close */
+    /* Before the sockets of a shrink close. It touches the host, not the
+     * running lbd: harmless if a check below then fails. */
+    lb_listen_migrate(cfg);
     if (lb_master_check_access_log(cfg, err, sizeof(err)) < 0 ||
         lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
         if (admin_changed && admin_fd >= 0)
@@ -561,7 +568,6 @@ static int lb_master_start(struct lb_master *m)
         lb_log_error("%s", err);
         return -1;
     }
-    lb_listen_migrate(m->cfg);
     if (m->cfg->admin) {
         m->admin_fd = lb_master_admin_socket(&m->cfg->admin_addr, err, sizeof(err),
                                              m->cfg->admin_address);
@@ -588,6 +594,7 @@ static int lb_master_start(struct lb_master *m)
     }
     if (lb_master_open_log(m->cfg) < 0)
         return -1;
+    lb_listen_migrate(m->cfg);      /* its log line goes to error_log */
     if (m->opt->daemonize && m->cfg->error_log == NULL)
         lb_log_warn("running in the background without error_log: log lines are discarded");
     if (m->opt->daemonize && lb_master_daemonize() < 0) {

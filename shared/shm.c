@@ -1,6 +1,7 @@
 #include "shared/shm.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -383,8 +384,10 @@ void lb_shm_error_get(const struct lb_shm_backend *b, char *out, size_t n)
     size_t len = n < sizeof(b->last_error) ? n : sizeof(b->last_error);
     for (int tries = 0; tries < 100; tries++) {
         uint32_t before = atomic_load_explicit(&b->error_seq, memory_order_acquire);
-        if (before & 1)
+        if (before & 1) {
+            sched_yield();      /* the writer may have been preempted mid-text */
             continue;
+        }
         memcpy(out, b->last_error, len);
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(&b->error_seq, memory_order_relaxed) == before) {

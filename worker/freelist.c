@@ -1,8 +1,8 @@
 /* Per-worker free lists of fixed-size objects; see freelist.h. */
+#include "worker/freelist.h"
+
 #include <stdlib.h>
 #include <string.h>
-
-#include "worker/freelist.h"
 
 void *lb_freelist_take(struct lb_freelist *l)
 {

@@ -17,7 +17,8 @@ struct lb_freelist {
     unsigned max;           /* most kept */
 };
 
-#define LB_FREELIST_INIT(obj_size, max_kept) { NULL, (obj_size), 0, (max_kept) }
+#define LB_FREELIST_INIT(obj_size, max_kept) \
+    { .head = NULL, .size = (obj_size), .count = 0, .max = (max_kept) }
 
 /* A zeroed object: a listed one, or a new one; NULL when out of memory. */
 void *lb_freelist_take(struct lb_freelist *l);

@@ -182,10 +182,12 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg);
 
 /* What an idle connection gives back waits here for the next request. Up
  * to this many of each are kept: more than a worker has requests in flight
- * under the benchmarks' loads, and at most ~1.5 MiB (log entries). */
+ * under the benchmarks' loads, and ~1.5 MiB in all (most of it log
+ * entries). */
 #define LB_FREELIST_KEEP 1024
 static struct lb_freelist lb_timers = LB_FREELIST_INIT(sizeof(struct event), LB_FREELIST_KEEP);
-static struct lb_freelist lb_exchanges = LB_FREELIST_INIT(sizeof(struct lb_exchange), LB_FREELIST_KEEP);
+static struct lb_freelist lb_exchanges =
+    LB_FREELIST_INIT(sizeof(struct lb_exchange), LB_FREELIST_KEEP);
 static struct lb_freelist lb_log_entries =
     LB_FREELIST_INIT(sizeof(struct lb_access_entry), LB_FREELIST_KEEP);
 

@@ -59,7 +59,8 @@ static void lb_worker_drain(struct lb_worker *w)
     atomic_store(&w->slot_stats->state, LB_SLOT_DRAINING);
     /* Our copies only: the master still holds every listen socket, so the
      * connections queued on it wait for the next worker instead of being
-     * reset. */
+     * reset. A reload to fewer workers closes the sockets of the slots that
+     * go; their queues move to the others (tcp_migrate_req, listen.c). */
     lb_worker_close_listeners(w);
     lb_upstream_close_idle(w);
     lb_proxy_drain(w);
@@ -123,10 +124,10 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         w->rng[0] = lb_wall_ms() ^ ((uint64_t)getpid() << 32);
         w->rng[1] = ~w->rng[0] | 1;
     }
+    lb_list_init(&w->sessions);     /* before any goto out: the exit walks it */
     w->scratch = calloc(cfg->limits.headers, sizeof(*w->scratch));
     if (w->scratch == NULL)
         goto out;
-    lb_list_init(&w->sessions);
 
     struct event_config *ec = event_config_new();
     if (ec != NULL)

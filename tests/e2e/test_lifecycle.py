@@ -382,17 +382,31 @@ class ReloadTest(LbdTestCase):
         while clients connect, so its socket's queue fills; after the
         reload to 1 worker it is killed, which closes the socket."""
         self.expect_worker_deaths()
+        sysctl = "/proc/sys/net/ipv4/tcp_migrate_req"
+        try:
+            # Off first (where we may), so that lbd is seen turning it on.
+            with open(sysctl, "w") as f:
+                f.write("0\n")
+            was_reset = True
+        except OSError:
+            was_reset = False
         (b1,) = self.start_backends("b1")
         port = free_port()
         listen = f"127.0.0.1:{port}"
         lbd = self.start_lbd(self.config(listen, [(b1.addr, 1)], workers=3), listen, workers=3)
-        with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
-            if f.read().strip() != "1":
-                self.require_capability("net.ipv4.tcp_migrate_req is off and lbd could not "
-                                        "set it (needs root and Linux 5.14)")
+        try:
+            with open(sysctl) as f:
+                on = f.read().strip() == "1"
+        except OSError:
+            on = False
+        if not on:
+            self.assertIn("tcp_migrate_req is off and cannot be set", lbd.log())
+            self.require_capability("net.ipv4.tcp_migrate_req is off and lbd could not set it "
+                                    "(needs root and Linux 5.14)")
         (victim,) = [w["pid"] for w in lbd.running_workers() if w["id"] == 2]
         os.kill(victim, signal.SIGSTOP)
         conns = []
+        killed = False
         try:
             for _ in range(30):
                 c = HttpConn(lbd.listen, timeout=10)
@@ -410,15 +424,22 @@ class ReloadTest(LbdTestCase):
             # The master closes its copy of the sockets of slots 1 and 2
             # before the generation moves on.
             lbd.reload(self.config(listen, [(b1.addr, 1)], workers=1))
-        finally:
             os.kill(victim, signal.SIGKILL)     # its socket closes with it
-        for i, c in enumerate(conns):
-            try:
-                r = c.read_response()
-            except (OSError, ConnectionClosed) as e:
-                self.fail(f"connection {i} of 30 was lost when its socket closed: {e!r}")
-            self.assertEqual(r.status, 200, r)
+            killed = True
+            for i, c in enumerate(conns):
+                try:
+                    r = c.read_response()
+                except (OSError, ConnectionClosed) as e:
+                    self.fail(f"connection {i} of 30 was lost when its socket closed: {e!r}")
+                self.assertEqual(r.status, 200, r)
+        finally:
+            if not killed:                      # never a pid the master reaped
+                os.kill(victim, signal.SIGKILL)
+            for c in conns:
+                c.close()
         self.assertEqual(lbd.snapshot()["totals"]["requests"], 30)
+        if was_reset:
+            self.assertIn("net.ipv4.tcp_migrate_req set to 1", lbd.log())
 
     def test_reload_broken_config_keeps_serving(self):
         """A syntax error, an unknown key, a route to a missing pool: each

@@ -81,6 +81,7 @@ static const char full_conf[] =
     "error_log = \"/tmp/lbd-unit-error.log\";\n"
     "pid_file = \"/tmp/lbd-unit.pid\";\n"
     "access_log = \"/tmp/lbd-unit-access.log\";\n"
+    "tcp_migrate_req = false;\n"
     "timeouts = {\n"
     "    client_header = \"250ms\";\n"
     "    connect = \"2s\";\n"
@@ -165,6 +166,7 @@ START_TEST(test_full_config)
     ck_assert_str_eq(cfg->listeners[0].address, "0.0.0.0:8080");
     ck_assert_int_eq(cfg->listeners[0].backlog, 128);
     ck_assert(!cfg->listeners[0].defer_accept);
+    ck_assert(!cfg->tcp_migrate_req);
     ck_assert_str_eq(cfg->listeners[1].address, "[::1]:8443");
     ck_assert_int_eq(cfg->listeners[1].backlog, 511);
     ck_assert(cfg->listeners[1].defer_accept);
@@ -255,6 +257,7 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->nlisteners, 1);
     ck_assert_int_eq(cfg->listeners[0].backlog, 511);
     ck_assert(cfg->listeners[0].defer_accept);
+    ck_assert(cfg->tcp_migrate_req);
     ck_assert_uint_eq(cfg->npools, 1);
     ck_assert_int_eq(cfg->pools[0].strategy, LB_STRATEGY_ROUND_ROBIN);
     ck_assert_uint_eq(cfg->pools[0].keepalive, 32);
@@ -599,6 +602,8 @@ START_TEST(test_err_defer_accept)
                  "  { address = \"127.0.0.1:8080\";\n"
                  "    defer_accept = 1; }\n"
                  ");\n" POOL_WEB, "defer_accept", "'defer_accept' must be true or false");
+    expect_error("tcp_migrate_req = \"yes\";\n" MINIMAL, "tcp_migrate_req",
+                 "'tcp_migrate_req' must be true or false");
 }
 END_TEST
 
