@@ -409,6 +409,13 @@ def main():
     def med(name, p, key):
         return statistics.median(run[key] for run in results[(name, p)])
 
+    def busy(name, p):
+        """Median busy % of each CPU ("CPU 0/CPU 1"): with 1 worker, the
+        proxy's core, then the client's (wrk and the backends)."""
+        runs = results[(name, p)]
+        return "/".join("%.0f" % statistics.median(r["util"][i] for r in runs)
+                        for i in range(len(runs[0]["util"])))
+
     def paired(name, peer):
         """Median of the per-round ratios: the runs of one round are seconds
         apart, so a drift of the machine between rounds cancels out."""
@@ -419,8 +426,8 @@ def main():
     lines.append("| scenario | lbd req/s | HAProxy req/s | nginx req/s | lbd/HAProxy | lbd/nginx "
                  "| per-round ratio (HAP/ngx) | no proxy req/s (lbd's share) "
                  "| p50 ms (lbd/HAP/ngx) | p99 ms (lbd/HAP/ngx) | CPU us/req (lbd/HAP/ngx) "
-                 "| peak RSS MiB (lbd/HAP/ngx) | errors |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| cores busy % (lbd; HAP; ngx) | peak RSS MiB (lbd/HAP/ngx) | errors |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sc in scenarios:
         name = sc[0]
         rps = {p: med(name, p, "rps") for p in PROXIES}
@@ -430,13 +437,14 @@ def main():
             d = statistics.median(run["rps"] for run in results[(name, "direct")])
             bound = "%.0f (%.0f %%)" % (d, 100.0 * rps["lbd"] / max(d, 1))
         lines.append("| %s (%s) | %.0f | %.0f | %.0f | **%.2f** | **%.2f** | %.2f / %.2f | %s "
-                     "| %s | %s | %s | %s | %d |" % (
+                     "| %s | %s | %s | %s | %s | %d |" % (
             name, sc[5], rps["lbd"], rps["haproxy"], rps["nginx"],
             rps["lbd"] / rps["haproxy"], rps["lbd"] / rps["nginx"],
             paired(name, "haproxy"), paired(name, "nginx"), bound,
             " / ".join("%.2f" % med(name, p, "p50") for p in PROXIES),
             " / ".join("%.2f" % med(name, p, "p99") for p in PROXIES),
             " / ".join("%.1f" % med(name, p, "cpu_us") for p in PROXIES),
+            "; ".join(busy(name, p) for p in PROXIES),
             " / ".join("%.1f" % (max(r["rss_kb"] for r in results[(name, p)]) / 1024.0)
                        for p in PROXIES),
             errs))
