@@ -98,13 +98,21 @@ static int lb_master_setup_signals(sigset_t *wait_mask)
 
 /* ---- workers ------------------------------------------------------------ */
 
+/* MS from now; a timeout of ~584 million years does not wrap round to an
+ * immediate kill. */
+static uint64_t lb_master_deadline(uint64_t ms)
+{
+    uint64_t now = lb_now_ms();
+    return ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
+}
+
 /* Drain the workers of older generations that have a successor: worker
  * ID (all of them if ID is LB_MAX_WORKERS), or, with ONLY_GONE, those whose
  * number the current configuration no longer has. A worker whose successor
  * failed to start keeps serving its socket until one does. */
 static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone)
 {
-    uint64_t deadline = lb_now_ms() + m->cfg->shutdown_timeout_ms;
+    uint64_t deadline = lb_master_deadline(m->cfg->shutdown_timeout_ms);
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
         struct lb_child *c = &m->children[s];
         if (c->pid == 0 || c->generation >= m->generation || c->kill_at_ms != 0)
@@ -363,17 +371,23 @@ static void lb_master_apply_overrides(const struct lb_master *m, struct lb_confi
 
 /* The workers open the access log; checking here turns a bad path into a
  * refused start or reload instead of a worker-side error. */
-static int lb_master_check_access_log(const struct lb_config *cfg, char *err, size_t errlen)
+/* The log files CFG names can be opened for appending (created if need
+ * be): a reload checks this before it touches anything. */
+static int lb_master_check_logs(const struct lb_config *cfg, char *err, size_t errlen)
 {
-    if (cfg->access_log == NULL)
-        return 0;
-    int fd = open(cfg->access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot open access_log %s (%d: %s)", cfg->access_log, errno,
-                 strerror(errno));
-        return -1;
+    const char *const paths[] = { cfg->access_log, cfg->error_log };
+    const char *const keys[] = { "access_log", "error_log" };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(paths); i++) {
+        if (paths[i] == NULL)
+            continue;
+        int fd = open(paths[i], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            snprintf(err, errlen, "cannot open %s %s (%d: %s)", keys[i], paths[i], errno,
+                     strerror(errno));
+            return -1;
+        }
+        close(fd);
     }
-    close(fd);
     return 0;
 }
 
@@ -414,7 +428,7 @@ static void lb_master_reload(struct lb_master *m)
     /* Before the sockets of a shrink close. It touches the host, not the
      * running lbd: harmless if a check below then fails. */
     lb_listen_migrate(cfg);
-    if (lb_master_check_access_log(cfg, err, sizeof(err)) < 0 ||
+    if (lb_master_check_logs(cfg, err, sizeof(err)) < 0 ||
         lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
         if (admin_changed && admin_fd >= 0)
             close(admin_fd);
@@ -433,6 +447,15 @@ static void lb_master_reload(struct lb_master *m)
     atomic_store(&m->shm.hdr->workers, cfg->workers);
     lb_master_open_log(cfg);
 
+    /* Before any fork: a new worker closes m->admin_fd, which must be the
+     * new admin socket, not keep it open (and listening) for its life. */
+    if (admin_changed) {
+        if (m->admin_fd >= 0)
+            close(m->admin_fd);
+        m->admin_fd = cfg->admin ? admin_fd : -1;
+        m->admin_addr = cfg->admin_addr;
+    }
+
     /* New workers first, then the old ones drain: the sockets are never
      * without a worker that accepts. */
     for (unsigned id = 0; id < LB_MAX_WORKERS; id++)
@@ -446,12 +469,6 @@ static void lb_master_reload(struct lb_master *m)
 
     /* The control process restarts with the new configuration; its state
      * (health) is in shm and carries over. */
-    if (admin_changed) {
-        if (m->admin_fd >= 0)
-            close(m->admin_fd);
-        m->admin_fd = cfg->admin ? admin_fd : -1;
-        m->admin_addr = cfg->admin_addr;
-    }
     if (m->control_pid != 0) {
         if (m->control_retired != 0)
             kill(m->control_retired, SIGKILL);
@@ -519,7 +536,8 @@ static void lb_master_begin_stop(struct lb_master *m, bool graceful)
         return;
     m->stopping = true;
     uint64_t wait = graceful ? m->cfg->shutdown_timeout_ms : LB_FAST_STOP_MS;
-    m->stop_deadline_ms = lb_now_ms() + wait;
+    m->stop_deadline_ms = lb_master_deadline(wait);
+    m->control_respawn_at = 0;      /* nothing respawns now: no wake-up for it */
     lb_log_info("%s stop: %zu process(es) to wait for", graceful ? "graceful" : "fast",
                 lb_master_live(m));
     /* Listeners close now: the workers close their copies as they drain. */
@@ -588,7 +606,7 @@ static int lb_master_start(struct lb_master *m)
     }
     atomic_store(&m->shm.hdr->generation, m->generation);
     atomic_store(&m->shm.hdr->workers, m->cfg->workers);
-    if (lb_master_check_access_log(m->cfg, err, sizeof(err)) < 0) {
+    if (lb_master_check_logs(m->cfg, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
         return -1;
     }

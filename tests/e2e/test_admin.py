@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 
 from lbdtest import HttpConn, LbdTestCase, connect, free_port, pid_alive, proc_title, wait_for
 from lbdextra import (admin_get, admin_metrics, admin_metrics_text, admin_status,
@@ -42,6 +43,33 @@ SERVER_KEYS = {"address", "weight", "health", "down_reason", "drain", "in_flight
 CHECK_KEYS = {"ok", "failed", "consecutive_successes", "consecutive_failures", "last_check_ms",
               "last_change_ms", "last_error"}
 WORKER_KEYS = {"pid", "id", "state", "restarts", "connections", "requests"}
+
+
+def listen_holders(addr, pids):
+    """Those of PIDS with an fd on the listening TCP socket at ADDR
+    ("127.0.0.1:port"), found through /proc/net/tcp and /proc/PID/fd."""
+    port = int(addr.rsplit(":", 1)[1])
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                inodes.add(fields[9])
+    holders = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                holders.append(pid)
+                break
+    return holders
 
 
 class AdminTest(LbdTestCase):
@@ -291,6 +319,51 @@ class AdminTest(LbdTestCase):
         self.assertEqual(set(per), {"b1", "b3"})
         self.assertEqual(lbd.snapshot()["totals"]["worker_restarts"], 0, "workers untouched")
 
+    def test_stop_with_control_respawn_pending_does_not_spin(self):
+        """A graceful stop while the control process's respawn waits out its
+        backoff: nothing respawns during a stop, and the master sleeps until
+        its worker has drained (it used to wake without pause once the
+        respawn was due: a core at 100 % for the whole drain)."""
+        self.expect_worker_deaths()     # the log says "respawning"
+        (b,) = self.start_backends("b1")
+        lbd = self._lbd([{"name": "web", "servers": [(b.addr, 1)]}], workers=1)
+        # Crashes within 2 s of a start back off: 100, 200, 400, 800 ms.
+        ctl = wait_control(lbd)
+        delay = 0
+        for _ in range(6):
+            off = lbd.log_size()
+            os.kill(ctl, signal.SIGKILL)
+            m = lbd.wait_log(r"control process killed by signal 9.*; respawning in (\d+) ms",
+                             since=off)
+            delay = int(m.group(1))
+            if delay >= 800:
+                break
+            ctl = wait_control(lbd, not_pid=ctl)
+        self.assertGreaterEqual(delay, 800, "the control's respawn never backed off")
+        slow = HttpConn(lbd.listen, timeout=30)
+        self.addCleanup(slow.close)
+        slow.send(b"GET /?delay=4000 HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
+        lbd.wait_in_flight(1)
+        lbd.signal(signal.SIGTERM)
+
+        def cpu_ticks():
+            with open(f"/proc/{lbd.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])     # utime + stime
+        # The respawn falls due inside this window; the request is still on.
+        before = cpu_ticks()
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end and lbd.alive():
+            time.sleep(0.1)
+        used = cpu_ticks() - before
+        hz = os.sysconf("SC_CLK_TCK")
+        self.assertLess(used, hz // 2, f"the master used {used} ticks of CPU in 2.5 s of drain")
+        r = slow.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(lbd.wait_exit(15), 0, lbd.log()[-2000:])
+        lbd.exit_checked = True
+        self.assertEqual(control_pids(lbd), [])
+
     def test_reload_restarts_control_health_survives(self):
         """SIGHUP: a new control process with the new configuration; the
         DOWN server is DOWN in its first answer and stays DOWN, requests
@@ -344,6 +417,10 @@ class AdminTest(LbdTestCase):
         new = f"127.0.0.1:{free_port()}"
         lbd.reload(self._config(new))
         self.assertEqual(admin_status(new)["generation"], 2)
+        # Only the master and the control process hold the admin socket: a
+        # worker that kept it would keep it listening while it drains.
+        workers = [w["pid"] for w in lbd.running_workers()]
+        self.assertEqual(listen_holders(new, workers), [], "workers hold the admin socket")
 
         def old_refused():
             try:

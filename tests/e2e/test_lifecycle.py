@@ -441,6 +441,21 @@ class ReloadTest(LbdTestCase):
         if was_reset:
             self.assertIn("net.ipv4.tcp_migrate_req set to 1", lbd.log())
 
+    def test_reload_to_unwritable_error_log_fails(self):
+        """A reload whose error_log cannot be opened fails as a whole (it used
+        to be applied, with the log left where it was): generation stays,
+        reload_failures counts it, the log says why, lbd keeps serving."""
+        (b1,) = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start_lbd(self.config(listen, [(b1.addr, 1)]), listen, workers=2)
+        off = lbd.log_size()
+        bad = self.path("no-such-dir/error.log")
+        _, snap = lbd.reload(self.config(listen, [(b1.addr, 1)],
+                                         extra=f'error_log = "{bad}";'), expect_ok=False)
+        self.assertEqual((snap["generation"], snap["reload_failures"]), (1, 1))
+        lbd.wait_log(r"reload failed.*cannot open error_log " + re.escape(bad), since=off)
+        self.assertServes(lbd)
+
     def test_reload_broken_config_keeps_serving(self):
         """A syntax error, an unknown key, a route to a missing pool: each
         reload fails with FILE:LINE in the log, reload_failures increments,
