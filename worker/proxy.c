@@ -369,6 +369,20 @@ static void lb_session_linger(struct lb_session *s)
         lb_session_shut(s);
 }
 
+/* Between exchanges (HEAD state, already logged) with the last answer still
+ * leaving: close once it has left, bounded by the send timeout. A graceful
+ * stop and a client's FIN must not cut what the client was sent. */
+static void lb_session_close_when_sent(struct lb_session *s)
+{
+    s->state = LB_S_CLOSING;
+    s->keepalive = false;
+    s->quick_close = true;
+    lb_session_timer_stop(s);
+    lb_conn_read_disable(s->client);
+    lb_conn_set_timeouts(s->client, 0, s->w->cfg->timeouts.send_ms);
+    lb_conn_set_last(s->client);
+}
+
 static void lb_session_reset_request(struct lb_session *s)
 {
     s->state = LB_S_HEAD;
@@ -780,8 +794,15 @@ static void lb_relay_response_body(struct lb_session *s)
 {
     struct evbuffer *in = s->up->conn->in;
     struct evbuffer *out = s->client->out;
-    if (evbuffer_get_length(out) >= s->w->buffer_limit)
-        return;         /* resumed by lb_client_write */
+    if (evbuffer_get_length(out) >= s->w->buffer_limit) {
+        /* The client is the one not reading: stop reading the backend, and
+         * its response clock with it (a slow reader is the client's send
+         * timeout's to judge, not the backend's fault). lb_client_write
+         * resumes. */
+        lb_conn_read_disable(s->up->conn);
+        return;
+    }
+    lb_conn_read_enable(s->up->conn);
     size_t avail = evbuffer_get_length(in);
     size_t n = 0;
     switch (s->x->resp_body) {
@@ -910,6 +931,10 @@ static bool lb_handle_response_head(struct lb_session *s)
         if (n == 0)
             return false;
         const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+        if (buf == NULL) {          /* out of memory */
+            lb_session_error(s, 502);
+            return false;
+        }
         size_t head_len = lb_http_head_end(buf, n, &s->x->resp_scan);
         if (head_len == 0) {
             if (len > w->limits.max_head) {
@@ -1347,6 +1372,8 @@ static void lb_session_try_head(struct lb_session *s)
 
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
     const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (buf == NULL)
+        return;     /* out of memory: client_header's clock (armed above) ends it */
     size_t head_len = lb_http_head_end(buf, n, &s->x->scan);
     if (head_len == 0) {
         int st = lb_http_check_partial(buf, n, &w->limits);
@@ -1481,6 +1508,19 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         lb_conn_read_enable(s->client);
         return;
     }
+    if (s->state == LB_S_HEAD && (what & LB_CONN_READING) && !(what & LB_CONN_ERROR) &&
+        lb_conn_out_len(s->client) != 0) {
+        /* The last answer is still leaving. Its reader's pace is the send
+         * timeout's to judge, not client_idle's; a FIN after the request
+         * still gets the whole answer. */
+        if (what & LB_CONN_EOF) {
+            s->client_eof = true;
+            lb_session_close_when_sent(s);
+        } else {
+            lb_conn_read_enable(s->client);
+        }
+        return;
+    }
     if (what & LB_CONN_TIMEOUT)
         lb_count_timeout(s, (what & LB_CONN_READING) ? LB_TO_CLIENT_IDLE : LB_TO_SEND);
     lb_session_close(s);
@@ -1539,7 +1579,11 @@ void lb_proxy_drain(struct lb_worker *w)
             continue;
         }
         int pending = 0;
-        if (ioctl(s->client->fd, FIONREAD, &pending) == 0 && pending == 0)
+        if (ioctl(s->client->fd, FIONREAD, &pending) != 0 || pending != 0)
+            continue;
+        if (lb_conn_out_len(s->client) != 0)
+            lb_session_close_when_sent(s);      /* its last answer is still leaving */
+        else
             lb_session_close(s);
     }
 }

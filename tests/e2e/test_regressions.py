@@ -8,14 +8,17 @@
 - only safe methods are retried on a stale pooled connection;
 - an empty line after a keep-alive request, then silence: 408, not a crash
   (the answer once went to buffers the idle connection had given back);
-- an absolute-form "http://h?x" is routed as the "/?x" it is forwarded as.
+- an absolute-form "http://h?x" is routed as the "/?x" it is forwarded as;
+- a client that reads slowly is not cut off by backend_response, by
+  client_idle, or by a graceful stop, while its answer is still leaving.
 """
+import signal
 import socket
 import threading
 import time
 
-from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status,
-                     raw_exchange, recv_until_eof, sanitized)
+from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status, pid_alive,
+                     raw_exchange, recv_until_eof, sanitized, wait_for)
 
 
 def worker_rss_kb(pid):
@@ -78,6 +81,84 @@ class RawBackend:
 
 
 class RegressionTest(LbdTestCase):
+
+    # An answer larger than the kernel can queue towards a stalled client
+    # (a 4 MiB send buffer at most, tcp_wmem) and a buffer that takes all
+    # of it: the exchange completes on lbd's side with megabytes still in
+    # its own buffer.
+    HELD = 8000000
+    BIG_BUFFER = 'limits = { buffer = "16m"; };'
+
+    def _stalled_reader(self, lbd, size):
+        """A keep-alive request for SIZE bytes from a client with a 4 KiB
+        receive buffer that reads nothing: most of the answer ends up held
+        by lbd. (Reading it all through such a window would take minutes,
+        so the tests judge lbd's side: is the connection still served?)"""
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = lbd.listen.rsplit(":", 1)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /?size=%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
+        wait_for(lambda: s.recv(1, socket.MSG_PEEK) == b"H", 10, what="the answer to start")
+        return s
+
+    def _open_connections(self, lbd):
+        return lbd.snapshot()["totals"]["active_connections"]
+
+    def _wait_answer_held(self, lbd):
+        """The exchange is over on lbd's side (the whole answer is in its
+        buffers and the kernel's, the backend connection given back), while
+        the client has read almost none of it."""
+        def done():
+            (srv,) = lbd.snapshot()["pools"][0]["servers"]
+            return srv["requests"] == 1 and srv["active"] == 0
+        wait_for(done, 20, what="lbd to hold the whole answer")
+
+    def test_stalled_reader_outlasts_backend_response_timeout(self):
+        """The backend sent everything; the client reads slower than
+        backend_response. That is not the backend timing out: the
+        connection stays served and the backend is not counted as failing
+        (lbd used to cut the answer and blame the backend)."""
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1, timeouts={"backend_response": "1s"},
+                              extra=self.BIG_BUFFER)
+        off = lbd.log_size()
+        # The kernel's share, a full client-side buffer, and half a buffer
+        # more: the backend can send it all, and lbd holds the last part.
+        self._stalled_reader(lbd, 4000000 + 16 * 1048576 + 8000000)
+        time.sleep(2.5)         # past backend_response, nothing read
+        self.assertEqual(self._open_connections(lbd), 1, "the answer was cut")
+        (srv,) = lbd.snapshot()["pools"][0]["servers"]
+        self.assertEqual(srv["failures"], 0, srv)
+        self.assertNotIn("mid-response", lbd.log_since(off))
+
+    def test_stalled_reader_outlasts_client_idle(self):
+        """client_idle is for a connection waiting for its next request, not
+        for one whose answer is still leaving (that is the send timeout's)."""
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1, timeouts={"client_idle": "1s"},
+                              extra=self.BIG_BUFFER)
+        self._stalled_reader(lbd, self.HELD)
+        self._wait_answer_held(lbd)
+        time.sleep(2.5)         # past client_idle, nothing read
+        self.assertEqual(self._open_connections(lbd), 1, "the answer was cut")
+
+    def test_graceful_stop_lets_the_last_answer_leave(self):
+        """SIGTERM while an answer is still leaving: the draining worker stays
+        until it has left (bounded by the send timeout), it does not close
+        the connection under it. Once the client goes, lbd exits 0."""
+        b = self.start_backend("b1")
+        lbd = self.simple_lbd([b], workers=1, shutdown_timeout="20s", extra=self.BIG_BUFFER)
+        worker = lbd.worker_pids()[0]
+        s = self._stalled_reader(lbd, self.HELD)
+        self._wait_answer_held(lbd)
+        lbd.signal(signal.SIGTERM)
+        time.sleep(1.5)
+        self.assertTrue(pid_alive(worker), "the worker closed a connection still being answered")
+        s.close()
+        self.assertEqual(lbd.wait_exit(20), 0, lbd.log()[-2000:])
+        lbd.exit_checked = True
 
     def test_connection_naming_content_length_is_refused(self):
         b = self.start_backend("b1")
