@@ -369,10 +369,9 @@ static void lb_master_apply_overrides(const struct lb_master *m, struct lb_confi
         cfg->workers = m->opt->workers;
 }
 
-/* The workers open the access log; checking here turns a bad path into a
- * refused start or reload instead of a worker-side error. */
 /* The log files CFG names can be opened for appending (created if need
- * be): a reload checks this before it touches anything. */
+ * be). Checked before anything is touched: a bad path is a refused start
+ * or reload, not a worker-side error or a reload half applied. */
 static int lb_master_check_logs(const struct lb_config *cfg, char *err, size_t errlen)
 {
     const char *const paths[] = { cfg->access_log, cfg->error_log };
