@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 
 #include <event2/event.h>
 
@@ -34,7 +33,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
 
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    lb_follow_parent(atomic_load(&shm->master_pid));
 
     struct event_base *base = event_base_new();
     if (base == NULL)

@@ -5,8 +5,11 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
+#include <unistd.h>
 
 /* A decimal number at the start of S (digits first: no sign, no space);
  * *END is what follows it. 0, or -1. */
@@ -249,4 +252,11 @@ bool lb_str_ieq(const char *s, size_t len, const char *lower)
             return false;
     }
     return lower[i] == '\0';
+}
+
+void lb_follow_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent)
+        raise(SIGTERM);
 }

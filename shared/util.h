@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -54,5 +55,9 @@ uint64_t lb_hash64(const void *data, size_t len);
 /* Case-insensitive compare of a counted string with a NUL-terminated
  * lowercase literal. */
 bool lb_str_ieq(const char *s, size_t len, const char *lower);
+
+/* In a child of PARENT: SIGTERM when the parent dies, also when it died
+ * between our fork() and now (the death signal would never come then). */
+void lb_follow_parent(pid_t parent);
 
 #endif

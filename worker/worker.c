@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -106,7 +105,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
     mallopt(M_MMAP_THRESHOLD, 4 << 20);
     /* If the master dies, drain rather than serve unsupervised forever. */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    lb_follow_parent(atomic_load(&shm->master_pid));
 
     w->cfg = cfg;
     w->shm = shm;
