@@ -35,6 +35,8 @@ struct lb_checker {
     struct event_base *base;
     struct lb_probe *probes;
     size_t nprobes;
+    const struct lb_shm_header *shm;
+    uint64_t generation;        /* of the configuration these checks are */
 };
 
 int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
@@ -81,6 +83,8 @@ static void lb_probe_done(struct lb_probe *p, const char *error)
         bufferevent_free(p->bev);
         p->bev = NULL;
     }
+    if (!lb_shm_generation_current(p->owner->shm, p->owner->generation))
+        return;     /* retiring: a newer configuration owns health now */
     int change = lb_health_record(p->shared, &p->pool->health, error);
     if (change > 0)
         lb_log_info("server %s of pool '%s' is UP (health check passed %u times)",
@@ -181,6 +185,8 @@ struct lb_checker *lb_health_start(struct event_base *base, const struct lb_conf
     if (h == NULL)
         return NULL;
     h->base = base;
+    h->shm = shm;
+    h->generation = atomic_load(&shm->generation);     /* set before the fork */
     size_t n = 0;
     for (size_t i = 0; i < cfg->npools; i++)
         if (cfg->pools[i].health.enabled)

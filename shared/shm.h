@@ -58,6 +58,16 @@ static inline uint64_t lb_counter_get(lb_counter_t *c)
     return atomic_load_explicit(c, memory_order_relaxed);
 }
 
+/* Whether GENERATION is the running configuration's. Health state (UP,
+ * DOWN, passive cooldowns) is written only by the current generation's
+ * processes: a retiring worker or control process still applying the old
+ * configuration's rules (checks that no longer exist, say) would undo what
+ * the reload carried over. */
+static inline bool lb_shm_generation_current(const struct lb_shm_header *h, uint64_t generation)
+{
+    return atomic_load_explicit(&h->generation, memory_order_relaxed) == generation;
+}
+
 /* Whether a backend may take a new request now (health, drain, passive
  * cooldown). Weight 0 is the balancer's business. */
 static inline bool lb_backend_usable(const struct lb_shm_backend *b, uint64_t now_ms)

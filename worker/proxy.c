@@ -274,8 +274,8 @@ static void lb_session_set_idle(struct lb_session *s)
 static void lb_session_backend_failed(struct lb_session *s)
 {
     lb_counter_add(&s->server->stats->failures, 1);
-    if (lb_backend_report(s->server->shared, false, s->server->pool->cfg,
-                          lb_wall_ms()))
+    if (lb_shm_generation_current(s->w->shm, s->w->generation) &&
+        lb_backend_report(s->server->shared, false, s->server->pool->cfg, lb_wall_ms()))
         lb_log_warn("server %s of pool '%s' marked DOWN after %u failed requests in a row",
                     s->server->cfg->address, s->server->pool->cfg->name,
                     s->server->pool->cfg->passive.failures);
@@ -291,7 +291,7 @@ static void lb_session_backend_done(struct lb_session *s)
         k++;
     lb_counter_add(&s->server->stats->duration[k], 1);
     lb_counter_add(&s->server->stats->duration_sum_us, d);
-    if (!s->counted_failure)
+    if (!s->counted_failure && lb_shm_generation_current(s->w->shm, s->w->generation))
         lb_backend_report(s->server->shared, true, s->server->pool->cfg, 0);
 }
 

@@ -109,6 +109,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
 
     w->cfg = cfg;
     w->shm = shm;
+    w->generation = atomic_load(&shm->generation);      /* set before the fork */
     w->id = id;
     w->slot = slot;
     w->slot_stats = lb_shm_worker(shm, slot);

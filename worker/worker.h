@@ -53,6 +53,7 @@ struct lb_worker {
     struct lb_shm_worker *slot_stats;
     unsigned id;
     unsigned slot;
+    uint64_t generation;        /* of the configuration this worker runs */
     bool draining;
 
     struct evconnlistener **listeners;

@@ -2,7 +2,7 @@
 per instance; passive health from failed requests; DOWN servers skipped."""
 import time
 
-from lbdtest import Backend, LbdTestCase, free_port, wait_for
+from lbdtest import Backend, ConnectionClosed, HttpConn, LbdTestCase, free_port, wait_for
 from lbdextra import (Load, PyServer, admin_metrics, admin_status, control_pids, ext_config,
                       find_server, kill_backend, run_requests, tally, wait_health)
 
@@ -258,6 +258,44 @@ class HealthTest(LbdTestCase):
         lbd.reload(cfg("/healthz"))
         wait_health(self.admin, b.addr, "up")
         self.assertEqual(self.get("/").status, 200)
+
+    def test_retiring_worker_cannot_strand_a_server_down(self):
+        """A reload drops the pool's health check. A request of the retiring
+        worker then fails. The old configuration would mark the server DOWN
+        for the checks to revive, but the new one has no checks: the server
+        would stay DOWN for good. Only the current generation writes health
+        state, so once the server is back it serves again."""
+        (b,) = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        passive = {"failures": 1, "cooldown": "500ms"}
+
+        def cfg(check):
+            pool = {"name": "web", "servers": [(b.addr, 1)], "passive_health": passive}
+            if check:
+                pool["health_check"] = dict(HTTP_CHECK, interval="60s")
+            return ext_config(listen, [pool], workers=1, admin=self.admin)
+        lbd = self.start_lbd(cfg(True), listen, workers=1)
+        slow = HttpConn(listen, timeout=30)
+        self.addCleanup(slow.close)
+        slow.send(b"GET /?delay=5000 HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
+        lbd.wait_in_flight(1)
+        lbd.reload(cfg(False))
+        kill_backend(b)                 # the retiring worker's request fails
+        try:
+            status = slow.read_response().status
+        except (OSError, ConnectionClosed):
+            status = None
+        self.assertNotEqual(status, 200, "the retiring worker's request went through")
+        back = Backend(self, "b1", port=b.port)
+        self.backends.append(back)
+
+        def serves():
+            try:
+                return self.get("/").status == 200
+            except (OSError, ConnectionClosed):
+                return False
+        wait_for(serves, 10, interval=0.2, what="the restarted server to serve again")
 
     def test_passive_on_5xx(self):
         """on_5xx = true: a server answering 500 is DOWN after `failures`
