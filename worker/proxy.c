@@ -270,12 +270,19 @@ static void lb_session_set_idle(struct lb_session *s)
     lb_conn_set_timeouts(s->client, s->w->cfg->timeouts.client_idle_ms, s->w->cfg->timeouts.send_ms);
 }
 
+/* Passive health: only the current generation's workers change it (see
+ * lb_shm_generation_current). Whether the server just went DOWN. */
+static bool lb_session_report(struct lb_session *s, bool ok, uint64_t now_ms)
+{
+    return lb_shm_generation_current(s->w->shm, s->w->generation) &&
+           lb_backend_report(s->server->shared, ok, s->server->pool->cfg, now_ms);
+}
+
 /* A failure that counts against the backend: counters and passive health. */
 static void lb_session_backend_failed(struct lb_session *s)
 {
     lb_counter_add(&s->server->stats->failures, 1);
-    if (lb_shm_generation_current(s->w->shm, s->w->generation) &&
-        lb_backend_report(s->server->shared, false, s->server->pool->cfg, lb_wall_ms()))
+    if (lb_session_report(s, false, lb_wall_ms()))
         lb_log_warn("server %s of pool '%s' marked DOWN after %u failed requests in a row",
                     s->server->cfg->address, s->server->pool->cfg->name,
                     s->server->pool->cfg->passive.failures);
@@ -291,8 +298,8 @@ static void lb_session_backend_done(struct lb_session *s)
         k++;
     lb_counter_add(&s->server->stats->duration[k], 1);
     lb_counter_add(&s->server->stats->duration_sum_us, d);
-    if (!s->counted_failure && lb_shm_generation_current(s->w->shm, s->w->generation))
-        lb_backend_report(s->server->shared, true, s->server->pool->cfg, 0);
+    if (!s->counted_failure)
+        lb_session_report(s, true, 0);
 }
 
 static void lb_session_release_up(struct lb_session *s, bool reusable)
@@ -369,18 +376,15 @@ static void lb_session_linger(struct lb_session *s)
         lb_session_shut(s);
 }
 
-/* Between exchanges (HEAD state, already logged) with the last answer still
- * leaving: close once it has left, bounded by the send timeout. A graceful
- * stop and a client's FIN must not cut what the client was sent. */
+/* Between exchanges with the last answer still leaving: close once it has
+ * left, bounded by the send timeout (a graceful stop and a client's FIN must
+ * not cut what the client was sent). Lingering does just that; the exchange
+ * is already logged, and lb_session_log does not log it twice. */
 static void lb_session_close_when_sent(struct lb_session *s)
 {
-    s->state = LB_S_CLOSING;
     s->keepalive = false;
     s->quick_close = true;
-    lb_session_timer_stop(s);
-    lb_conn_read_disable(s->client);
-    lb_conn_set_timeouts(s->client, 0, s->w->cfg->timeouts.send_ms);
-    lb_conn_set_last(s->client);
+    lb_session_linger(s);
 }
 
 static void lb_session_reset_request(struct lb_session *s)
