@@ -44,7 +44,7 @@ struct lb_conn_bufs {
  * when it fires. */
 struct lb_conn_tq {
     uint32_t ms;
-    struct lb_conn *head, *tail;
+    struct lb_list conns;               /* by deadline: the oldest first */
     struct event *timer;
 };
 #define LB_CONN_COMMON_MAX 32           /* distinct timeout durations */
@@ -62,7 +62,8 @@ static struct {
                                          * empty 4 KiB block reserved by a
                                          * read that found nothing */
     unsigned npool;
-    struct lb_conn_tq *tq;              /* read-timeout FIFOs by duration */
+    struct lb_conn_tq **tq;             /* read-timeout FIFOs by duration (each
+                                         * at a fixed address: the list heads) */
     unsigned ntq;
 } lb_loop;
 
@@ -74,46 +75,48 @@ static uint64_t lb_conn_clock_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static bool lb_conn_tq_linked(const struct lb_conn *c)
+{
+    return !lb_list_empty(&c->tq_node);
+}
+
 static void lb_conn_tq_unlink(struct lb_conn *c)
 {
-    if (!c->in_tq)
-        return;
-    struct lb_conn_tq *q = &lb_loop.tq[c->tq];
-    if (c->tq_prev != NULL)
-        c->tq_prev->tq_next = c->tq_next;
-    else
-        q->head = c->tq_next;
-    if (c->tq_next != NULL)
-        c->tq_next->tq_prev = c->tq_prev;
-    else
-        q->tail = c->tq_prev;
-    c->tq_prev = c->tq_next = NULL;
-    c->in_tq = 0;
     /* The timer stays: due early now, it finds nothing and moves on. */
+    lb_list_remove(&c->tq_node);
+}
+
+static struct lb_conn *lb_conn_tq_head(struct lb_conn_tq *q)
+{
+    return lb_list_empty(&q->conns) ? NULL
+                                    : LB_CONTAINER_OF(q->conns.next, struct lb_conn, tq_node);
 }
 
 static void lb_conn_tq_expire(evutil_socket_t fd, short what, void *arg);
 
 /* The FIFO for MS, made on first use: durations come from the config, so
- * there are a handful. -1 when out of memory. */
-static int lb_conn_tq_find(uint32_t ms)
+ * there are a handful. NULL when out of memory. */
+static struct lb_conn_tq *lb_conn_tq_find(uint32_t ms)
 {
     for (unsigned i = 0; i < lb_loop.ntq; i++)
-        if (lb_loop.tq[i].ms == ms)
-            return (int)i;
-    if (lb_loop.ntq == UINT16_MAX)
-        return -1;
-    struct lb_conn_tq *v = realloc(lb_loop.tq, (lb_loop.ntq + 1) * sizeof(*v));
+        if (lb_loop.tq[i]->ms == ms)
+            return lb_loop.tq[i];
+    struct lb_conn_tq **v = realloc(lb_loop.tq, (lb_loop.ntq + 1) * sizeof(*v));
     if (v == NULL)
-        return -1;
+        return NULL;
     lb_loop.tq = v;
-    unsigned i = lb_loop.ntq;
-    v[i] = (struct lb_conn_tq){ .ms = ms };
-    v[i].timer = evtimer_new(lb_loop.base, lb_conn_tq_expire, (void *)(uintptr_t)i);
-    if (v[i].timer == NULL)
-        return -1;
-    lb_loop.ntq++;
-    return (int)i;
+    struct lb_conn_tq *q = calloc(1, sizeof(*q));
+    if (q == NULL)
+        return NULL;
+    q->ms = ms;
+    lb_list_init(&q->conns);
+    q->timer = evtimer_new(lb_loop.base, lb_conn_tq_expire, q);
+    if (q->timer == NULL) {
+        free(q);
+        return NULL;
+    }
+    v[lb_loop.ntq++] = q;
+    return q;
 }
 
 static void lb_conn_tq_schedule(struct lb_conn_tq *q, uint64_t in_ms)
@@ -128,22 +131,13 @@ static void lb_conn_tq_touch(struct lb_conn *c)
     lb_conn_tq_unlink(c);
     if (c->read_timeout_ms == 0)
         return;
-    int i = lb_conn_tq_find(c->read_timeout_ms);
-    if (i < 0)
+    struct lb_conn_tq *q = lb_conn_tq_find(c->read_timeout_ms);
+    if (q == NULL)
         return;     /* out of memory: this connection goes without */
-    struct lb_conn_tq *q = &lb_loop.tq[i];
     c->read_deadline_ms = lb_conn_clock_ms() + c->read_timeout_ms;
-    c->tq = (uint16_t)i;
-    c->in_tq = 1;
-    c->tq_prev = q->tail;
-    if (q->tail != NULL) {
-        q->tail->tq_next = c;
-    } else {
-        q->head = c;
-        if (!evtimer_pending(q->timer, NULL))
-            lb_conn_tq_schedule(q, c->read_timeout_ms);
-    }
-    q->tail = c;
+    if (lb_list_empty(&q->conns) && !evtimer_pending(q->timer, NULL))
+        lb_conn_tq_schedule(q, c->read_timeout_ms);
+    lb_list_push(q->conns.prev, &c->tq_node);       /* at the tail */
 }
 
 static void lb_conn_disarm_read(struct lb_conn *c);
@@ -154,17 +148,17 @@ static void lb_conn_tq_expire(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    unsigned i = (unsigned)(uintptr_t)arg;
+    struct lb_conn_tq *q = arg;
     uint64_t now = lb_conn_clock_ms();
     struct lb_conn *c;
-    /* The callback may free or re-arm any connection, this FIFO's too, and
-     * make new FIFOs (lb_loop.tq may move): re-read the head each time. */
-    while ((c = lb_loop.tq[i].head) != NULL && c->read_deadline_ms <= now) {
+    /* The callback may free or re-arm any connection, this FIFO's too:
+     * re-read the head each time. */
+    while ((c = lb_conn_tq_head(q)) != NULL && c->read_deadline_ms <= now) {
         lb_conn_disarm_read(c);
         c->ops->event(c, LB_CONN_TIMEOUT | LB_CONN_READING, c->arg);
     }
-    if ((c = lb_loop.tq[i].head) != NULL)
-        lb_conn_tq_schedule(&lb_loop.tq[i], c->read_deadline_ms - now);
+    if ((c = lb_conn_tq_head(q)) != NULL)
+        lb_conn_tq_schedule(q, c->read_deadline_ms - now);
 }
 
 const struct timeval *lb_conn_timeout(uint64_t ms, struct timeval *scratch)
@@ -402,7 +396,7 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
     (void)what;
-    if (c->in_tq)
+    if (lb_conn_tq_linked(c))
         lb_conn_tq_touch(c);    /* activity restarts the read clock */
     if (c->held_error != 0 || lb_conn_ensure_buffers(c) < 0) {
         /* An error held back while its wakeup's data went to the user. */
@@ -611,8 +605,10 @@ void lb_conn_loop_free(void)
         lb_conn_bufs_free(b);
     }
     lb_loop.npool = 0;
-    for (unsigned i = 0; i < lb_loop.ntq; i++)
-        event_free(lb_loop.tq[i].timer);
+    for (unsigned i = 0; i < lb_loop.ntq; i++) {
+        event_free(lb_loop.tq[i]->timer);
+        free(lb_loop.tq[i]);
+    }
     free(lb_loop.tq);
     lb_loop.tq = NULL;
     lb_loop.ntq = 0;
@@ -629,6 +625,7 @@ struct lb_conn *lb_conn_new(int fd)
         return NULL;
     }
     c->fd = fd;
+    lb_list_init(&c->tq_node);
     if (lb_conn_ensure_buffers(c) < 0) {
         close(fd);
         free(c);

@@ -24,6 +24,8 @@
 
 #include <event2/event_struct.h>
 
+#include "shared/list.h"
+
 struct event_base;
 struct evbuffer;
 
@@ -61,13 +63,12 @@ struct lb_conn {
     const struct lb_conn_ops *ops;
     void *arg;
     struct lb_conn *next_pending;       /* in the flush list */
-    struct lb_conn *tq_prev, *tq_next;  /* in the read-timeout FIFO */
+    struct lb_list tq_node;             /* in a read-timeout FIFO: the clock runs */
     uint64_t read_deadline_ms;          /* CLOCK_MONOTONIC_COARSE */
     uint32_t read_limit;                /* stop reading at this much input */
     uint32_t write_low;
     uint32_t read_timeout_ms;
     uint32_t write_timeout_ms;
-    uint16_t tq;                        /* which FIFO, while in_tq */
     int held_error;                     /* connecting: an immediate connect()
                                          * failure; open: a read error, reported
                                          * on the next read wakeup */
@@ -81,7 +82,6 @@ struct lb_conn {
     uint8_t last : 1;                   /* the output ends the connection */
     uint8_t corked : 1;                 /* sent with MSG_MORE: push before close */
     uint8_t big_block : 1;              /* IN has had a read of more than 4 KiB */
-    uint8_t in_tq : 1;                  /* read clock running */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with
