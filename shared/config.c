@@ -602,6 +602,7 @@ static const struct {
     { "send", offsetof(struct lb_timeouts, send_ms), true },
     { "deadline", offsetof(struct lb_timeouts, deadline_ms), true },
     { "tunnel", offsetof(struct lb_timeouts, tunnel_ms), true },
+    { "drain_idle", offsetof(struct lb_timeouts, drain_idle_ms), false },
 };
 
 /* Read the 'timeouts' group of PARENT (root or a pool) over T. */
@@ -835,6 +836,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
         .send_ms = 60000,
         .deadline_ms = 0,
         .tunnel_ms = 3600000,
+        .drain_idle_ms = 5000,
     };
     cfg->limits = (struct lb_limits){
         .request_line = 8192,

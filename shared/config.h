@@ -70,6 +70,7 @@ struct lb_timeouts {
     uint64_t send_ms;           /* a stalled write to either side */
     uint64_t deadline_ms;       /* request head received to response complete: 504 */
     uint64_t tunnel_ms;         /* idle upgraded (WebSocket) connection */
+    uint64_t drain_idle_ms;     /* draining worker: idle keep-alive connection's last wait */
 };
 
 struct lb_server_cfg {

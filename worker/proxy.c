@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -265,9 +264,15 @@ static void lb_session_up_timeouts(struct lb_session *s)
     lb_conn_set_timeouts(s->up->conn, s->req_done ? t->backend_response_ms : 0, t->send_ms);
 }
 
+/* Between requests. A draining worker keeps an idle keep-alive connection
+ * open for its next request (answered with Connection: close, then closed)
+ * for drain_idle at most: closing it at once would race a client that is
+ * sending on it at that instant, and lose that request. */
 static void lb_session_set_idle(struct lb_session *s)
 {
-    lb_conn_set_timeouts(s->client, s->w->cfg->timeouts.client_idle_ms, s->w->cfg->timeouts.send_ms);
+    struct lb_worker *w = s->w;
+    lb_conn_set_timeouts(s->client, w->draining ? w->drain_idle_ms : w->cfg->timeouts.client_idle_ms,
+                         w->cfg->timeouts.send_ms);
 }
 
 /* Passive health: only the current generation's workers change it (see
@@ -336,7 +341,6 @@ static void lb_session_close(struct lb_session *s)
  * unread request bytes cannot make the kernel reset the connection and
  * destroy the response in flight. */
 #define LB_LINGER_MS 5000
-#define LB_DRAIN_GRACE_MS 2000
 #define LB_BODY_PROGRESS 8192
 
 /* Our FIN is sent: the client has LB_LINGER_MS in all to send its own (a
@@ -781,7 +785,10 @@ static void lb_session_finish(struct lb_session *s)
     lb_session_release_up(s, reusable);
     lb_session_log(s);
     s->served++;
-    if (!s->keepalive || !s->req_done || s->client_eof || s->w->draining) {
+    /* A draining worker closes only after an answer that said so: one that
+     * promised keep-alive before the drain began waits for the next request
+     * like any idle connection (lb_session_set_idle). */
+    if (!s->keepalive || !s->req_done || s->client_eof) {
         /* Lingering is for clients that may still be sending: not for one
          * whose request was read whole with nothing after it. */
         s->quick_close = s->req_done && evbuffer_get_length(s->client->in) == 0;
@@ -1525,7 +1532,9 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         }
         return;
     }
-    if (what & LB_CONN_TIMEOUT)
+    /* An idle connection a draining worker closes is not a client_idle
+     * timeout: its drain_idle is up. */
+    if ((what & LB_CONN_TIMEOUT) && !(s->w->draining && (what & LB_CONN_READING)))
         lb_count_timeout(s, (what & LB_CONN_READING) ? LB_TO_CLIENT_IDLE : LB_TO_SEND);
     lb_session_close(s);
 }
@@ -1567,28 +1576,13 @@ void lb_proxy_drain(struct lb_worker *w)
     struct lb_list *pos, *tmp;
     lb_list_foreach_safe(pos, tmp, &w->sessions) {
         struct lb_session *s = LB_CONTAINER_OF(pos, struct lb_session, node);
-        /* Idle keep-alive connections go now; the others close after their
-         * current response (lb_session_finish sees w->draining). A fresh
-         * connection is not idle: its first request may be on its way. And
-         * bytes already in the kernel mean a request: serve it. */
-        if (s->state != LB_S_HEAD || lb_conn_in_len(s->client) != 0)
-            continue;
-        if (s->served == 0) {
-            /* A fresh connection (a browser's preconnect, say) gets a short
-             * grace for its first request, not all of client_idle. */
-            uint64_t idle = s->w->cfg->timeouts.client_idle_ms;
-            lb_conn_set_timeouts(s->client, idle && idle < LB_DRAIN_GRACE_MS ? idle
-                                                                              : LB_DRAIN_GRACE_MS,
-                                 s->w->cfg->timeouts.send_ms);
-            continue;
-        }
-        int pending = 0;
-        if (ioctl(s->client->fd, FIONREAD, &pending) != 0 || pending != 0)
-            continue;
-        if (lb_conn_out_len(s->client) != 0)
-            lb_session_close_when_sent(s);      /* its last answer is still leaving */
-        else
-            lb_session_close(s);
+        /* Idle connections (fresh ones too: a first request may be on its
+         * way) get drain_idle for their next request. The others finish
+         * their exchange: an answer written from now on says
+         * Connection: close (w->draining), one already promised keep-alive
+         * goes idle as above. */
+        if (s->state == LB_S_HEAD && lb_conn_in_len(s->client) == 0 && !lb_session_timer_pending(s))
+            lb_session_set_idle(s);
     }
 }
 

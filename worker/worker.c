@@ -49,10 +49,26 @@ void lb_worker_session_gone(struct lb_worker *w)
         event_base_loopexit(w->base, NULL);
 }
 
+/* How long a draining worker waits for an idle connection's next request:
+ * drain_idle, or client_idle when shorter (or drain_idle is 0), and never
+ * more than half the shutdown timeout, so that the worker closes its idle
+ * connections itself, cleanly, before the master would kill it. */
+uint64_t lb_worker_drain_idle_ms(const struct lb_config *cfg)
+{
+    uint64_t idle = cfg->timeouts.drain_idle_ms, client = cfg->timeouts.client_idle_ms;
+    if (idle == 0 || (client != 0 && client < idle))
+        idle = client;
+    uint64_t cap = cfg->shutdown_timeout_ms / 2;
+    if (cap != 0 && (idle == 0 || idle > cap))
+        idle = cap;
+    return idle;
+}
+
 static void lb_worker_drain(struct lb_worker *w)
 {
     if (w->draining)
         return;
+    w->drain_idle_ms = lb_worker_drain_idle_ms(w->cfg);
     lb_log_info("draining: %zu connection(s) open", w->nsessions);
     w->draining = true;
     atomic_store(&w->slot_stats->state, LB_SLOT_DRAINING);

@@ -55,6 +55,7 @@ struct lb_worker {
     unsigned slot;
     uint64_t generation;        /* of the configuration this worker runs */
     bool draining;
+    uint64_t drain_idle_ms;     /* set when draining: lb_worker_drain_idle_ms */
 
     struct evconnlistener **listeners;
     size_t nlisteners;
@@ -77,6 +78,10 @@ struct lb_worker {
 __attribute__((noreturn))
 void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
                     unsigned id, unsigned slot, const int *listen_fds);
+
+/* How long a draining worker keeps an idle keep-alive connection open for
+ * its next request (see the README's drain_idle). */
+uint64_t lb_worker_drain_idle_ms(const struct lb_config *cfg);
 
 /* Called by the proxy when a session ends: exits the loop once draining and
  * nothing is left. */

@@ -356,8 +356,9 @@ class HttpConn:
         resp.body = body
         return resp
 
-    def request(self, target="/", host="lbd.test", method="GET", headers=(), body=None):
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    def request(self, target="/", host="lbd.test", method="GET", headers=(), body=None,
+                version="1.1"):
+        lines = [f"{method} {target} HTTP/{version}", f"Host: {host}"]
         for k, v in headers:
             lines.append(f"{k}: {v}")
         if body is not None:

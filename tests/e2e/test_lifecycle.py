@@ -18,9 +18,12 @@ class LoadLoop:
     per request). A failed request counts as an error and the thread goes
     on with a new connection."""
 
-    def __init__(self, addr, nthreads=4, new_conn=False, target="/", max_seconds=60):
+    def __init__(self, addr, nthreads=4, new_conn=False, target="/", max_seconds=60,
+                 http10=False):
         self.addr = addr
         self.new_conn = new_conn
+        self.http10 = http10        # HTTP/1.0 with Connection: keep-alive
+        self.connections = 0        # opened; ok / connections = requests per connection
         self.target = target
         self.stop_ev = threading.Event()
         self.lock = threading.Lock()
@@ -40,7 +43,12 @@ class LoadLoop:
             try:
                 if c is None:
                     c = HttpConn(self.addr, timeout=10)
-                r = c.request(self.target)
+                    with self.lock:
+                        self.connections += 1
+                if self.http10:
+                    r = c.request(self.target, version="1.0", headers=[("Connection", "keep-alive")])
+                else:
+                    r = c.request(self.target)
                 with self.lock:
                     self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
                     if r.status == 200:
@@ -48,7 +56,8 @@ class LoadLoop:
                         self.backends.append(r.backend)
                     else:
                         self.errors.append((i, f"status {r.status}"))
-                if self.new_conn or (r.header("Connection") or "").lower() == "close":
+                conn = (r.header("Connection") or "").lower()
+                if self.new_conn or conn == "close" or (self.http10 and conn != "keep-alive"):
                     c.close()
                     c = None
             except Exception as e:  # noqa: BLE001 - counted and reported
@@ -163,6 +172,54 @@ class StopTest(LbdTestCase):
         self.assertEqual(rc, 0, f"lbd exit status; log:\n{lbd.log()[-2000:]}")
         lbd.exit_checked = True
         self.assertRegex(lbd.log(), r"graceful stop")
+
+    def test_graceful_stop_closes_keepalive_clients_with_their_answer(self):
+        """SIGTERM while keep-alive clients send requests back to back: each
+        connection's last answer is whole and says Connection: close (HTTP/1.1)
+        or drops keep-alive (HTTP/1.0); no request meets a closed
+        connection, and lbd exits 0."""
+        bs = self.start_backends("b1", "b2")
+        lbd = self.simple_lbd(bs, workers=2, shutdown_timeout="10s")
+        lock = threading.Lock()
+        results = []            # (thread, requests, how the connection ended)
+        going = threading.Barrier(7)
+
+        def client(i, http10):
+            n = 0
+            how = "no answer said close"
+            with HttpConn(lbd.listen, timeout=10) as c:
+                try:
+                    going.wait(10)
+                    while n < 100000:
+                        if http10:
+                            r = c.request("/", version="1.0",
+                                          headers=[("Connection", "keep-alive")])
+                        else:
+                            r = c.request("/")
+                        if r.status != 200:
+                            how = f"status {r.status}"
+                            break
+                        n += 1
+                        conn = (r.header("Connection") or "").lower()
+                        if conn == "close" or (http10 and conn != "keep-alive"):
+                            how = "close"
+                            break
+                except Exception as e:  # noqa: BLE001 - reported below
+                    how = repr(e)
+            with lock:
+                results.append((i, n, how))
+        threads = [threading.Thread(target=client, args=(i, i >= 4), daemon=True)
+                   for i in range(6)]
+        for t in threads:
+            t.start()
+        going.wait(10)
+        lbd.wait_in_flight(1, what="requests to be under way")
+        lbd.signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        self.assertEqual(sorted(how for _, _, how in results), ["close"] * 6, results)
+        self.assertEqual(lbd.wait_exit(15), 0)
+        lbd.exit_checked = True
 
     def test_quit_is_graceful(self):
         """SIGQUIT stops gracefully too: the in-flight request completes."""
@@ -348,6 +405,49 @@ class ReloadTest(LbdTestCase):
         self.assertEqual(snap["reloads"], 10)
         # totals include the workers that have exited.
         self.assertEqual(snap["totals"]["requests"], load.ok + len(load.errors))
+
+    def test_reloads_under_keepalive_load_lose_no_request(self):
+        """Twenty reloads, every other one changing the worker count, while
+        keep-alive clients (HTTP/1.1, and HTTP/1.0 with keep-alive) send
+        requests back to back and others open a connection per request:
+        every request gets its whole answer, none a reset or an empty
+        reply. A draining worker does not close an idle keep-alive
+        connection under a client that may be sending on it: it answers the
+        next request with Connection: close (drain_idle)."""
+        bs = self.start_backends("b1", "b2", "b3")
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        servers = [(b.addr, 1) for b in bs]
+        lbd = self.start_lbd(self.config(listen, servers, workers=2), listen, workers=2)
+        loads = [LoadLoop(lbd.listen, nthreads=4, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, http10=True, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        counts = [3, 2, 1, 2]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            for i in range(20):
+                workers = counts[(i // 2) % len(counts)] if i % 2 else None
+                if workers:
+                    lbd.reload(self.config(listen, servers, workers=workers))
+                else:
+                    lbd.reload()
+                # Each kind of client gets answers from the new generation
+                # before the next reload.
+                for ld in loads:
+                    ld.wait_count(ld.count() + 10)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("HTTP/1.1 keep-alive", "HTTP/1.0 keep-alive", "new connection"),
+                            loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed across 20 reloads")
+        # The keep-alive clients really reused their connections (the race
+        # needs a connection that is reused).
+        for ld in loads[:2]:
+            self.assertGreater(ld.ok, 3 * ld.connections, (ld.ok, ld.connections))
+        self.assertEqual(lbd.snapshot()["reloads"], 20)
 
     def test_reload_serves_already_accepted_connection(self):
         """A connection lbd accepted before a reload, whose request arrives

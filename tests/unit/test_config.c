@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "shared/config.h"
+#include "worker/worker.h"
 #include "tests/unit/suites.h"
 
 static char conf_path[64];
@@ -246,6 +247,8 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->timeouts.client_body_ms, 30000);
     ck_assert_uint_eq(cfg->timeouts.deadline_ms, 0);
     ck_assert_uint_eq(cfg->timeouts.tunnel_ms, 3600000);
+    ck_assert_uint_eq(cfg->timeouts.drain_idle_ms, 5000);
+    ck_assert_uint_eq(lb_worker_drain_idle_ms(cfg), 5000);
     ck_assert_mem_eq(&cfg->pools[0].timeouts, &cfg->timeouts, sizeof(cfg->timeouts));
     ck_assert_uint_eq(cfg->limits.request_line, 8192);
     ck_assert_uint_eq(cfg->limits.header_size, 32768);
@@ -686,6 +689,41 @@ START_TEST(test_err_pool_timeouts)
 }
 END_TEST
 
+/* drain_idle is bounded by client_idle and by half of shutdown_timeout, so
+ * a draining worker closes its idle connections before it could be killed. */
+START_TEST(test_drain_idle_bounds)
+{
+    static const struct {
+        const char *text;
+        uint64_t want;
+    } cases[] = {
+        { "timeouts = { drain_idle = \"20s\"; };\n", 15000 },     /* shutdown 30s / 2 */
+        { "timeouts = { drain_idle = \"3s\"; client_idle = \"1s\"; };\n", 1000 },
+        { "timeouts = { drain_idle = \"0\"; client_idle = \"10s\"; };\n", 10000 },
+        { "timeouts = { drain_idle = \"0\"; client_idle = \"0\"; };\n", 15000 },
+        { "shutdown_timeout = \"0\";\ntimeouts = { drain_idle = \"40s\"; };\n", 40000 },
+        { "shutdown_timeout = \"4s\";\n", 2000 },
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(cases); i++) {
+        char text[1024];
+        snprintf(text, sizeof(text), "%s" MINIMAL, cases[i].text);
+        struct lb_config *cfg;
+        char err[512];
+        ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_uint_eq(lb_worker_drain_idle_ms(cfg), cases[i].want);
+        lb_config_free(cfg);
+    }
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    timeouts = {\n"
+                 "      drain_idle = \"5s\"; };\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "drain_idle", "timeout 'drain_idle' is global only");
+}
+END_TEST
+
 START_TEST(test_err_limits)
 {
     expect_error(MINIMAL "limits = {\n  request_line = 32;\n};\n", "request_line",
@@ -818,6 +856,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_log_level);
     tcase_add_test(tc, test_err_pool_timeouts);
     tcase_add_test(tc, test_err_limits);
+    tcase_add_test(tc, test_drain_idle_bounds);
     tcase_add_test(tc, test_err_trusted_proxies);
     suite_add_tcase(s, tc);
 
