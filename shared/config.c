@@ -14,7 +14,6 @@
 /* Defaults chosen to match what nginx/HAProxy users expect out of the box. */
 #define LB_DEFAULT_SHUTDOWN_TIMEOUT_MS  30000
 #define LB_DEFAULT_BACKLOG              511
-#define LB_DEFAULT_KEEPALIVE            32
 #define LB_DEFAULT_WEIGHT               1
 
 struct lb_loader {
@@ -454,6 +453,30 @@ static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_gro
     return 0;
 }
 
+/* "auto" (the default): as many idle connections as the recent peak of
+ * requests in flight needs (worker/upstream.c); a number fixes the bound,
+ * 0 turns pooling off. */
+static int lb_cfg_keepalive(struct lb_loader *ld, const config_setting_t *g,
+                            struct lb_pool_cfg *p)
+{
+    const config_setting_t *s = lb_cfg_member(g, "keepalive");
+    p->keepalive_auto = true;
+    p->keepalive = 0;
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        if (strcmp(config_setting_get_string(s), "auto") != 0)
+            return lb_cfg_fail(ld, s, "'keepalive' must be a number or \"auto\"");
+        return 0;
+    }
+    long long n = 0;
+    if (lb_cfg_int(ld, g, "keepalive", 0, 100000, &n) < 0)
+        return -1;
+    p->keepalive_auto = false;
+    p->keepalive = (unsigned)n;
+    return 0;
+}
+
 static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
@@ -473,7 +496,6 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
         const config_setting_t *g = NULL;
         struct lb_pool_cfg *p = &cfg->pools[i];
         const char *name = NULL;
-        long long keepalive = LB_DEFAULT_KEEPALIVE;
         if (lb_cfg_group_elem(ld, list, (unsigned)i, "pool", &g) < 0 ||
             lb_cfg_check_keys(ld, g, "pool", keys) < 0 ||
             lb_cfg_string(ld, g, "name", &name, true) < 0)
@@ -493,10 +515,9 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_hash_key(ld, g, p) < 0 ||
             lb_cfg_health(ld, g, &p->health) < 0 ||
             lb_cfg_passive(ld, g, &p->passive) < 0 ||
-            lb_cfg_int(ld, g, "keepalive", 0, 100000, &keepalive) < 0 ||
+            lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;
-        p->keepalive = (unsigned)keepalive;
     }
     return 0;
 }

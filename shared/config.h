@@ -85,7 +85,8 @@ struct lb_pool_cfg {
     enum lb_strategy strategy;
     struct lb_server_cfg *servers;
     size_t nservers;
-    unsigned keepalive;                 /* idle connections kept per server, per worker */
+    bool keepalive_auto;                /* idle connections follow the recent peak */
+    unsigned keepalive;                 /* else: idle connections kept per server, per worker */
     enum lb_hash_key hash_key;
     char hash_name[LB_NAME_MAX];        /* header or cookie name for hash_key */
     struct lb_health_cfg health;

@@ -1,10 +1,12 @@
 #include "worker/upstream.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -14,9 +16,59 @@
 #include "shared/log.h"
 #include "worker/conn.h"
 
+/* How often the allowances of "auto" pools decay. */
+#define LB_POOL_TICK_MS 1000
+
+unsigned lb_upstream_keep_next(unsigned keep, unsigned peak)
+{
+    unsigned half = (unsigned)(((unsigned long long)keep + peak) / 2);
+    return half > peak ? half : peak;
+}
+
+unsigned lb_upstream_idle_cap(const struct lb_worker *w)
+{
+    (void)w;
+    /* A quarter of the fds (HAProxy starts closing idle server connections
+     * once a quarter of its fds are in use, tune.pool-high-fd-ratio): idle
+     * connections must not be what makes accept() or connect() fail.
+     * To become a share of the worker's fd budget once it has one. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur / 4 > UINT_MAX)
+        return UINT_MAX;
+    return (unsigned)(rl.rlim_cur / 4);
+}
+
+static void lb_upconn_free(struct lb_upconn *up);
+
+/* Once per LB_POOL_TICK_MS: every "auto" allowance falls halfway toward
+ * the peak of the tick that ends (never below it), the peak starts again
+ * from what is busy now, and idle connections beyond the allowance close,
+ * least recently used first (the ones reuse would reach last). */
+static void lb_upstream_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_worker *w = arg;
+    for (size_t i = 0; i < w->cfg->npools; i++) {
+        struct lb_pool_rt *p = &w->pools[i];
+        if (!p->cfg->keepalive_auto)
+            continue;
+        for (size_t j = 0; j < p->cfg->nservers; j++) {
+            struct lb_server_rt *s = &p->servers[j];
+            s->keep = lb_upstream_keep_next(s->keep, s->peak);
+            s->peak = s->busy;
+            while (s->nidle > 0 && s->busy + s->nidle > s->keep)
+                lb_upconn_free(LB_CONTAINER_OF(s->idle.prev, struct lb_upconn, idle_node));
+        }
+    }
+}
+
 int lb_upstream_init(struct lb_worker *w)
 {
     const struct lb_config *cfg = w->cfg;
+    bool any_auto = false;
+    w->idle_cap = lb_upstream_idle_cap(w);
     w->pools = calloc(cfg->npools, sizeof(*w->pools));
     if (w->pools == NULL)
         return -1;
@@ -36,10 +88,20 @@ int lb_upstream_init(struct lb_worker *w)
             s->shared = lb_shm_backend(w->shm, s->cfg->shm_id);
             p->shared[j] = s->shared;
             lb_list_init(&s->idle);
+            s->keep = pc->keepalive_auto ? 0 : pc->keepalive;
         }
+        any_auto |= pc->keepalive_auto;
         lb_counter_t *cursor = &lb_shm_pool(w->shm, pc->shm_id)->rr_next;
         if (lb_balancer_init(&p->balancer, pc, p->shared, cursor) < 0) {
             lb_log_error("pool '%s': cannot build the balancer", pc->name);
+            return -1;
+        }
+    }
+    if (any_auto) {
+        w->pool_tick = event_new(w->base, -1, EV_PERSIST, lb_upstream_tick, w);
+        struct timeval tv = { LB_POOL_TICK_MS / 1000, (LB_POOL_TICK_MS % 1000) * 1000 };
+        if (w->pool_tick == NULL || event_add(w->pool_tick, &tv) < 0) {
+            lb_log_error("cannot start the keep-alive pool timer");
             return -1;
         }
     }
@@ -51,6 +113,7 @@ static void lb_upconn_free(struct lb_upconn *up)
     if (!lb_list_empty(&up->idle_node)) {
         lb_list_remove(&up->idle_node);
         up->server->nidle--;
+        up->w->nidle--;
     }
     lb_conn_free(up->conn);
     free(up);
@@ -58,6 +121,9 @@ static void lb_upconn_free(struct lb_upconn *up)
 
 void lb_upstream_destroy(struct lb_worker *w)
 {
+    if (w->pool_tick != NULL)
+        event_free(w->pool_tick);
+    w->pool_tick = NULL;
     if (w->pools == NULL)
         return;
     lb_upstream_close_idle(w);
@@ -97,13 +163,31 @@ static void lb_upconn_idle_event(struct lb_conn *conn, short what, void *arg)
     lb_upconn_free(arg);
 }
 
+/* One more connection of S carries a request. Per request this is an
+ * increment and a compare (no clock): the peak of the tick, and an "auto"
+ * allowance that follows it up at once, so that every connection a burst
+ * opened is kept. */
+static void lb_upstream_busy(struct lb_server_rt *s)
+{
+    if (++s->busy > s->peak) {
+        s->peak = s->busy;
+        if (s->peak > s->keep && s->pool->cfg->keepalive_auto)
+            s->keep = s->peak;
+    }
+}
+
 struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, bool pooled,
                                 bool *reused)
 {
+    /* Most recently used first: under a steady load the same connections
+     * serve, and those beyond what it needs stay at the tail, where the
+     * tick and backend_idle close them. */
     if (pooled && !lb_list_empty(&s->idle)) {
         struct lb_upconn *up = LB_CONTAINER_OF(s->idle.next, struct lb_upconn, idle_node);
         lb_list_remove(&up->idle_node);
         s->nidle--;
+        w->nidle--;
+        lb_upstream_busy(s);
         *reused = true;
         return up;
     }
@@ -133,6 +217,7 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
     lb_list_init(&up->idle_node);
     /* Bounded input: the kernel holds the rest until we have room. */
     lb_conn_set_limits(up->conn, (uint32_t)w->buffer_limit, (uint32_t)w->buffer_limit / 2);
+    lb_upstream_busy(s);
     return up;
 }
 
@@ -140,7 +225,8 @@ void lb_upconn_release(struct lb_upconn *up, bool reusable)
 {
     struct lb_server_rt *s = up->server;
     struct lb_worker *w = up->w;
-    if (!reusable || w->draining || s->nidle >= s->pool->cfg->keepalive ||
+    s->busy--;
+    if (!reusable || w->draining || s->nidle >= s->keep || w->nidle >= w->idle_cap ||
         evbuffer_get_length(up->conn->in) != 0 ||
         evbuffer_get_length(up->conn->out) != 0) {
         lb_upconn_free(up);
@@ -152,4 +238,5 @@ void lb_upconn_release(struct lb_upconn *up, bool reusable)
     lb_conn_read_enable(up->conn);
     lb_list_push(&s->idle, &up->idle_node);
     s->nidle++;
+    w->nidle++;
 }

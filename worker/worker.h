@@ -35,8 +35,11 @@ struct lb_server_rt {
     struct lb_pool_rt *pool;
     struct lb_shm_backend_stats *stats;     /* this worker's row */
     struct lb_shm_backend *shared;          /* health, in-flight, EWMA */
-    struct lb_list idle;                    /* idle keep-alive lb_upconn */
+    struct lb_list idle;                    /* idle keep-alive lb_upconn, most recent first */
     unsigned nidle;
+    unsigned busy;                          /* connections carrying a request now */
+    unsigned peak;                          /* most busy at once since the last pool tick */
+    unsigned keep;                          /* idle connections allowed (upstream.c) */
 };
 
 struct lb_pool_rt {
@@ -60,6 +63,9 @@ struct lb_worker {
     struct evconnlistener **listeners;
     size_t nlisteners;
     struct lb_pool_rt *pools;
+    unsigned nidle;                         /* idle backend connections, all servers */
+    unsigned idle_cap;                      /* at most that many (a share of the fds) */
+    struct event *pool_tick;                /* decays "auto" keep-alive allowances */
     struct lb_list sessions;
     size_t nsessions;
     struct event *signals[4];

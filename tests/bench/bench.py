@@ -40,15 +40,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 LBD = os.environ.get("LBD", os.path.join(ROOT, "build", "lbd"))
 
-# name, connections, extra wrk args, path, workers
+# name, connections, extra wrk args, path, workers, description, lbd's pool
+# ("fixed": keepalive = 256 per server, sized like the peers' pools;
+# "default": no keepalive key, what users run; the peers keep their configs)
 SCENARIOS = [
-    ("ka64", 64, [], "/", 1, "keep-alive, 64 connections"),
-    ("ka512", 512, [], "/", 1, "keep-alive, 512 connections"),
-    ("newconn", 64, ["-H", "Connection: close"], "/", 1, "new connection per request"),
-    ("64k", 64, [], "/64k", 1, "64 KiB responses, keep-alive"),
-    ("ka64-w2", 64, [], "/", 2, "keep-alive, 64 connections, 2 workers"),
-    ("newconn-w2", 64, ["-H", "Connection: close"], "/", 2, "new connection per request, 2 workers"),
+    ("ka64", 64, [], "/", 1, "keep-alive, 64 connections", "fixed"),
+    ("ka256-default", 256, [], "/", 1, "keep-alive, 256 connections, lbd's default pool", "default"),
+    ("ka512", 512, [], "/", 1, "keep-alive, 512 connections", "fixed"),
+    ("newconn", 64, ["-H", "Connection: close"], "/", 1, "new connection per request", "fixed"),
+    ("64k", 64, [], "/64k", 1, "64 KiB responses, keep-alive", "fixed"),
+    ("ka64-w2", 64, [], "/", 2, "keep-alive, 64 connections, 2 workers", "fixed"),
+    ("newconn-w2", 64, ["-H", "Connection: close"], "/", 2, "new connection per request, 2 workers",
+     "fixed"),
 ]
+# lbd.conf.in's @KEEPALIVE@ for each kind of pool.
+LBD_POOLS = {"fixed": " keepalive = 256;", "default": ""}
 PROXIES = ["lbd", "haproxy", "nginx"]
 
 
@@ -130,15 +136,17 @@ def mem_kb(pids, field):
 
 
 class Proxy:
-    def __init__(self, name, workdir, backends, workers):
+    def __init__(self, name, workdir, backends, workers, pool="fixed"):
         self.name, self.dir, self.workers = name, workdir, workers
         self.port = free_port()
         listen = "127.0.0.1:%d" % self.port
         values = {"WORKERS": workers, "DIR": workdir, "LISTEN": listen,
-                  "B1": backends[0], "B2": backends[1], "B3": backends[2]}
+                  "B1": backends[0], "B2": backends[1], "B3": backends[2],
+                  "KEEPALIVE": LBD_POOLS[pool]}
         cpus = "0" if workers == 1 else "0,1"
+        tag = "%d" % workers if pool == "fixed" else "%d-%s" % (workers, pool)
         if name == "lbd":
-            conf = os.path.join(workdir, "lbd-%d.conf" % workers)
+            conf = os.path.join(workdir, "lbd-%s.conf" % tag)
             fill("lbd.conf.in", conf, values)
             cmd = [LBD, "-c", conf]
         elif name == "haproxy":
@@ -149,7 +157,7 @@ class Proxy:
             conf = os.path.join(workdir, "nginx-proxy-%d.conf" % workers)
             fill("nginx-proxy.conf.in", conf, values)
             cmd = ["nginx", "-c", conf, "-g", "daemon off;"]
-        self.log = open(os.path.join(workdir, "%s-%d.log" % (name, workers)), "w")
+        self.log = open(os.path.join(workdir, "%s-%s.log" % (name, tag)), "w")
         self.proc = subprocess.Popen(["taskset", "-c", cpus] + cmd, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         wait_port(self.port)
@@ -271,13 +279,15 @@ def idle_memory(proxy, n):
     return (after - before) * 1024.0 / n
 
 
-def instructions(work, backends, duration):
+def instructions(work, backends, duration, pool):
     """Instructions per keep-alive request in lbd's worker (1 worker, 64
-    connections), counted by callgrind after a warm-up run."""
+    connections, the POOL kind of pool), counted by callgrind after a
+    warm-up run."""
     port = free_port()
     conf = os.path.join(work, "lbd-callgrind.conf")
     fill("lbd.conf.in", conf, {"WORKERS": 1, "DIR": work, "LISTEN": "127.0.0.1:%d" % port,
-                               "B1": backends[0], "B2": backends[1], "B3": backends[2]})
+                               "B1": backends[0], "B2": backends[1], "B3": backends[2],
+                               "KEEPALIVE": LBD_POOLS[pool]})
     out = os.path.join(work, "callgrind.out")
     log = open(os.path.join(work, "lbd-callgrind.log"), "w")
     # Nothing is counted until the worker's instrumentation is switched on
@@ -330,6 +340,9 @@ def main():
     ap.add_argument("--markdown", default="", help="also write the table to this file")
     ap.add_argument("--instructions", action="store_true",
                     help="only count lbd's instructions per keep-alive request (callgrind)")
+    ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
+                    help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
+                         "default) or default (no keepalive key)")
     args = ap.parse_args()
 
     for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
@@ -359,12 +372,16 @@ def main():
         for b in backends:
             wait_port(int(b.split(":")[1]))
         if args.instructions:
-            per, reqs = instructions(work, backends, args.duration)
-            print("lbd worker: %.0f instructions per keep-alive request (callgrind, %d requests)"
-                  % (per, reqs))
+            per, reqs = instructions(work, backends, args.duration, args.pool)
+            print("lbd worker: %.0f instructions per keep-alive request (callgrind, %d requests%s)"
+                  % (per, reqs, ", default pool" if args.pool == "default" else ""))
             scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
+            # Other pools of lbd's than the fixed one: an instance each, for
+            # the scenarios that ask for it.
+            for pool in sorted({s[6] for s in scenarios if s[4] == workers} - {"fixed"}):
+                proxies["lbd-" + pool] = Proxy("lbd", work, backends, workers, pool)
             direct = Direct(backends[0])
             client_cpus = "1" if workers == 1 and ncpu > 1 else "0-%d" % (ncpu - 1)
             try:
@@ -375,7 +392,9 @@ def main():
                         # Each round starts with the next proxy: none always
                         # runs first (after a pause, or after a given peer).
                         for p in names[r % len(names):] + names[:r % len(names)]:
-                            target = proxies[p] if p != "direct" else direct
+                            target = direct if p == "direct" else \
+                                proxies["lbd-" + sc[6]] if p == "lbd" and sc[6] != "fixed" else \
+                                proxies[p]
                             run = run_wrk(target, conns, extra, path, args.duration, client_cpus,
                                           tree(back.pid))
                             results.setdefault((name, p), []).append(run)

@@ -1,4 +1,5 @@
 """Proxying: keep-alive, header rewriting, bodies, errors, malformed input."""
+import resource
 import socket
 import unittest
 
@@ -50,6 +51,97 @@ class KeepAliveTest(LbdTestCase):
             r2 = c.read_response()
         self.assertEqual((r1.status, r1.body), (200, pattern_body(10)))
         self.assertEqual((r2.status, r2.body), (200, pattern_body(20)))
+
+
+class BackendPoolTest(LbdTestCase):
+    """The keep-alive pool to the backends: "auto" (the default) keeps as
+    many idle connections as were busy at once lately, `keepalive = N` at
+    most N. Counted on the backend (connections it accepted, open now)."""
+
+    CLIENTS = 40
+    ROUNDS = 10
+
+    def setUp(self):
+        super().setUp()
+        (self.b,) = self.start_backends("b1")
+
+    def pool_lbd(self, **pool):
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        cfg = lbd_config(listen, [dict(name="web", servers=[(self.b.addr, 1)], **pool)], workers=1)
+        return self.start_lbd(cfg, listen, workers=1)
+
+    def load(self, lbd, clients=CLIENTS, rounds=ROUNDS):
+        """CLIENTS keep-alive connections each send a request, all at once
+        (the backend holds each 100 ms, so they are in flight together), then
+        read the answers; ROUNDS times. Returns (connections the backend
+        accepted, requests it served) meanwhile."""
+        before = self.b.stats()
+        conns = [HttpConn(lbd.listen) for _ in range(clients)]
+        try:
+            for _ in range(rounds):
+                for c in conns:
+                    c.send(b"GET /?delay=100 HTTP/1.1\r\nHost: lbd.test\r\n\r\n")
+                for c in conns:
+                    r = c.read_response()
+                    self.assertEqual(r.status, 200, r)
+        finally:
+            for c in conns:
+                c.close()
+        after = self.b.stats()
+        # Less the /stats exchange of `after` itself.
+        return (after["connections"] - before["connections"] - 1,
+                after["requests"] - before["requests"] - 1)
+
+    def test_default_pool_keeps_what_the_load_needs(self):
+        """Default config, 40 clients with 40 requests in flight at once:
+        the backend sees about 40 connections for 400 requests (with the old
+        fixed default of 32 idle per server, 8 were closed and reopened at
+        every round: 112)."""
+        lbd = self.pool_lbd()
+        conns, reqs = self.load(lbd)
+        self.assertEqual(reqs, self.CLIENTS * self.ROUNDS)
+        self.assertLessEqual(conns, self.CLIENTS + 10,
+                             f"{conns} backend connections for {reqs} requests")
+
+    def test_fixed_keepalive_churns_beyond_it(self):
+        """keepalive = 2 keeps 2: the 38 others are closed after each round
+        and reopened at the next."""
+        lbd = self.pool_lbd(keepalive=2)
+        conns, reqs = self.load(lbd)
+        self.assertEqual(reqs, self.CLIENTS * self.ROUNDS)
+        self.assertGreaterEqual(conns, 3 * self.CLIENTS,
+                                f"only {conns} backend connections for {reqs} requests")
+
+    def test_auto_pool_shrinks_after_the_load(self):
+        """Once the load is gone the allowance decays, and the idle
+        connections close, although backend_idle (1 h) would keep them."""
+        lbd = self.pool_lbd(timeouts={"backend_idle": "1h"})
+        conns, _ = self.load(lbd, clients=16, rounds=3)
+        self.assertLessEqual(conns, 16 + 10)
+        # Only the /stats connection itself is left open at the backend.
+        lbdtest.wait_for(lambda: self.b.stats()["active"] <= 1, timeout=30,
+                         what="the idle backend connections to close")
+        self.assertServes(lbd)
+
+    def test_idle_connections_bounded_by_fd_limit(self):
+        """With an fd limit of 96 a worker keeps at most 24 idle backend
+        connections in all (a quarter), whatever the load had in flight: of
+        30 connections 6 are closed after each round (the old fixed 32 per
+        server kept all 30)."""
+        clients = 30
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (96, hard))
+        try:
+            lbd = self.pool_lbd()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        conns, reqs = self.load(lbd, clients=clients)
+        self.assertEqual(reqs, clients * self.ROUNDS)
+        self.assertGreaterEqual(conns, clients + 3 * (self.ROUNDS - 1),
+                                f"only {conns} backend connections for {reqs} requests")
+        # The 24 idle ones and this /stats exchange.
+        self.assertLessEqual(self.b.stats()["active"], 24 + 1)
 
 
 class HeadersTest(LbdTestCase):

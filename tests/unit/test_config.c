@@ -177,6 +177,7 @@ START_TEST(test_full_config)
     const struct lb_pool_cfg *web = &cfg->pools[0], *api = &cfg->pools[1];
     ck_assert_str_eq(web->name, "web");
     ck_assert_int_eq(web->strategy, LB_STRATEGY_WEIGHTED_ROUND_ROBIN);
+    ck_assert(!web->keepalive_auto);
     ck_assert_uint_eq(web->keepalive, 8);
     ck_assert_uint_eq(web->nservers, 3);
     ck_assert_str_eq(web->servers[0].address, "127.0.0.1:9001");
@@ -187,7 +188,7 @@ START_TEST(test_full_config)
     ck_assert_uint_eq(web->servers[2].weight, 0);
     ck_assert_str_eq(api->name, "api");
     ck_assert_int_eq(api->strategy, LB_STRATEGY_ROUND_ROBIN);
-    ck_assert_uint_eq(api->keepalive, 32);
+    ck_assert(api->keepalive_auto);
     ck_assert_uint_eq(api->nservers, 1);
     ck_assert_str_eq(api->servers[0].address, "10.0.0.1:80");
     ck_assert_uint_eq(api->servers[0].weight, 1000);
@@ -263,7 +264,7 @@ START_TEST(test_defaults)
     ck_assert(cfg->tcp_migrate_req);
     ck_assert_uint_eq(cfg->npools, 1);
     ck_assert_int_eq(cfg->pools[0].strategy, LB_STRATEGY_ROUND_ROBIN);
-    ck_assert_uint_eq(cfg->pools[0].keepalive, 32);
+    ck_assert(cfg->pools[0].keepalive_auto);
     ck_assert_uint_eq(cfg->pools[0].servers[0].weight, 1);
     /* Routes omitted with one pool: everything goes to it. */
     ck_assert_uint_eq(cfg->nroutes, 1);
@@ -290,6 +291,28 @@ START_TEST(test_workers_auto)
     ck_assert(!cfg->workers_auto);
     ck_assert_uint_eq(cfg->workers, 64);
     lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_keepalive_auto_or_fixed)
+{
+    static const struct { const char *value; bool is_auto; unsigned n; } cases[] = {
+        { "\"auto\"", true, 0 }, { "0", false, 0 }, { "2", false, 2 }, { "100000", false, 100000 },
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(cases); i++) {
+        char text[512];
+        snprintf(text, sizeof(text), LISTENERS
+                 "pools = ( { name = \"web\"; keepalive = %s;\n"
+                 "            servers = ( { address = \"127.0.0.1:9001\"; } ); } );\n",
+                 cases[i].value);
+        struct lb_config *cfg;
+        char err[512];
+        int rc = load_text(text, &cfg, err, sizeof(err));
+        ck_assert_msg(rc == 0, "load failed: %s", err);
+        ck_assert_int_eq(cfg->pools[0].keepalive_auto, cases[i].is_auto);
+        ck_assert_uint_eq(cfg->pools[0].keepalive, cases[i].n);
+        lb_config_free(cfg);
+    }
 }
 END_TEST
 
@@ -411,6 +434,27 @@ START_TEST(test_err_workers_range)
                  "  ); }\n"
                  ");\n",
                  "weight", "'weight' must be between 0 and 1000");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    keepalive = -1;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "keepalive", "'keepalive' must be between 0 and 100000");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    keepalive = \"many\";\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "keepalive", "'keepalive' must be a number or \"auto\"");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\";\n"
+                 "    keepalive = 1.5;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n",
+                 "keepalive", "'keepalive' must be an integer");
 }
 END_TEST
 
@@ -827,6 +871,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_full_config);
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_workers_auto);
+    tcase_add_test(tc, test_keepalive_auto_or_fixed);
     tcase_add_test(tc, test_durations);
     tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
