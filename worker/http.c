@@ -580,13 +580,15 @@ ssize_t lb_chunked_feed(struct lb_chunked *c, const char *p, size_t len)
         case CH_SIZE: {
             int v = lb_hexval(ch);
             if (v >= 0) {
-                /* At most 15 significant hex digits: far beyond any body,
-                 * far below overflow. Leading zeros are allowed (RFC 9112),
-                 * bounded by the line limit. */
-                if (c->remaining >> 56)
+                /* At most 16 hex digits, leading zeros included: a backend
+                 * that reads no more (Go's net/http) must see the framing
+                 * lbd saw, and RFC 9112 leaves the zeros' count open. The
+                 * value stays below 2^60: far beyond any body, far below
+                 * overflow. */
+                if (c->digits == LB_CHUNKED_MAX_DIGITS || (c->remaining >> 56))
                     return -1;
                 c->remaining = (c->remaining << 4) | (uint64_t)v;
-                c->digits = 1;
+                c->digits++;
             } else if (c->digits == 0) {
                 return -1;
             } else if (ch == ';') {

@@ -954,9 +954,9 @@ START_TEST(test_chunked_valid)
         "0\r\nTrailer: v\r\n\r\n",
         "0\r\nA: 1\r\nB: 2\r\n\r\n",
         "00000000000000f\r\n0123456789abcde\r\n0\r\n\r\n",
-        /* leading zeros do not count towards the 15 significant digits */
+        /* up to 16 hex digits, leading zeros included */
         "0000000000000000\r\n\r\n",
-        "00000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
+        "0000000000000005\r\nhello\r\n0\r\n\r\n",
         "0fffffffffffffff\r\n",  /* (not done: 2^60-1 bytes to come) */
     };
     for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
@@ -997,6 +997,14 @@ START_TEST(test_chunked_invalid)
         /* size overflow: 16 or more significant hex digits */
         "ffffffffffffffff\r\n", "1000000000000000\r\n", "10000000000000000\r\n",
         "fffffffffffffffff\r\n", "00001000000000000000\r\n",
+        /* more than 16 hex digits, however many are leading zeros: a
+         * backend that reads 16 at most would frame the body otherwise */
+        "00000000000000000000000000000041\r\n"
+        "POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n"
+        "\r\n0\r\n\r\n",
+        "00000000000000005\r\nhello\r\n0\r\n\r\n", "00000000000000000\r\n\r\n",
+        "00000000000000000;ext\r\n\r\n",
+        "00000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
         /* missing or wrong CRLF after the data */
         "5\r\nhelloX\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n", "5\r\nhello\r0\r\n\r\n",
         "5\r\nhello0\r\n\r\n", "3\r\nhello\r\n0\r\n\r\n",
@@ -1042,7 +1050,7 @@ START_TEST(test_chunked_line_limits)
     ck_assert_int_eq(feed_steps(buf, n, 1, &done), -1);
     ck_assert_int_eq(feed_steps(buf, n, 100, &done), -1);
 
-    /* Leading zeros are bounded by the same line limit. */
+    /* Leading zeros count towards the 16 digits, long before the line limit. */
     memset(buf, '0', LB_CHUNKED_MAX_LINE + 10);
     ck_assert_int_eq(feed_all(buf, LB_CHUNKED_MAX_LINE + 10, &done), -1);
 
