@@ -370,6 +370,20 @@ class SmugglingTest(HttpTestCase):
         self.check_refused(b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n")
         self.check_refused(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n")
 
+    def test_malformed_authority(self):
+        """An absolute-form target's authority becomes Host and picks the
+        route: host [":" port] with an IP literal whole, or refused."""
+        for target in (b"http://[::1", b"http://[::1]x/", b"http://[zz]/", b"http://]/",
+                       b"http://[]/", b"http://%61dmin/", b"http://h:80:90/"):
+            self.check_refused(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.check_refused(b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n")
+        # An IPv6 literal as it should be is served, and passed on as Host.
+        with HttpConn(self.lbd.listen) as c:
+            c.send(b"GET http://[::1]:8080/?echo=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(values(echo_fields(r.body)[1], "Host"), ["[::1]:8080"])
+
     def chunked_post(self, body):
         return self.post(b"Transfer-Encoding: chunked\r\n", body)
 
