@@ -11,5 +11,6 @@ Suite *route_suite(void);
 Suite *http_suite(void);
 Suite *shm_suite(void);
 Suite *freelist_suite(void);
+Suite *health_suite(void);
 
 #endif
