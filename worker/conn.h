@@ -88,6 +88,8 @@ struct lb_conn {
  * the flush of every connection that got output. */
 int lb_conn_loop_init(struct event_base *base);
 void lb_conn_loop_free(void);
+/* Free the pooled buffer pairs (after a burst: see lb_worker_trim). */
+void lb_conn_pool_clear(void);
 /* The timeval to give event_add() for a timeout of MS: one of libevent's
  * common timeouts (events of one duration wait in a FIFO, so re-arming one
  * per request costs O(1) instead of a heap update), or SCRATCH filled in. */

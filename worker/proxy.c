@@ -1557,7 +1557,8 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
                       lb_cidr_match(w->cfg->trusted_proxies, w->cfg->ntrusted_proxies, peer);
     lb_session_reset_request(s);
     lb_list_push(&w->sessions, &s->node);
-    w->nsessions++;
+    if (++w->nsessions > w->peak_sessions)
+        lb_worker_new_peak(w);
     lb_counter_add(&w->slot_stats->connections, 1);
     lb_counter_add(&w->slot_stats->active_connections, 1);
 
@@ -1590,6 +1591,11 @@ void lb_proxy_close_all(struct lb_worker *w)
 {
     while (!lb_list_empty(&w->sessions))
         lb_session_close(LB_CONTAINER_OF(w->sessions.next, struct lb_session, node));
+    lb_proxy_lists_clear();
+}
+
+void lb_proxy_lists_clear(void)
+{
     lb_freelist_clear(&lb_timers);
     lb_freelist_clear(&lb_exchanges);
     lb_freelist_clear(&lb_log_entries);

@@ -35,5 +35,7 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer);
 void lb_proxy_drain(struct lb_worker *w);
 /* Free every session at once (fast stop), and the free lists. */
 void lb_proxy_close_all(struct lb_worker *w);
+/* Free the free lists' objects (after a burst: see lb_worker_trim). */
+void lb_proxy_lists_clear(void);
 
 #endif

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -41,6 +42,61 @@ static void lb_worker_close_listeners(struct lb_worker *w)
             evconnlistener_free(w->listeners[i]);
         w->listeners[i] = NULL;
     }
+}
+
+/* A burst worth trimming after: below this many sessions at the peak the
+ * memory at stake (about 7 KiB per connection with a request in flight) is
+ * not worth a malloc_trim. */
+#define LB_TRIM_MIN_PEAK  512
+#define LB_TRIM_CALM_S    3     /* seconds at most half the peak */
+
+void lb_worker_new_peak(struct lb_worker *w)
+{
+    w->peak_sessions = w->nsessions;
+    w->calm_ticks = 0;
+    if (w->peak_sessions >= LB_TRIM_MIN_PEAK && w->trim_timer != NULL &&
+        !evtimer_pending(w->trim_timer, NULL)) {
+        struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+        evtimer_add(w->trim_timer, &tv);
+    }
+}
+
+static size_t lb_worker_rss_kib(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (size_t)resident * (size_t)(sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Hand back what a burst took, once it is over. The free lists and the
+ * buffer pool refill from malloc as requests come; M_TRIM_THRESHOLD still
+ * keeps the heap's top through ordinary request churn. */
+static void lb_worker_trim_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_worker *w = arg;
+    if (w->nsessions > w->peak_sessions / 2) {
+        w->calm_ticks = 0;
+    } else if (++w->calm_ticks >= LB_TRIM_CALM_S) {
+        size_t before = lb_worker_rss_kib();
+        lb_proxy_lists_clear();
+        lb_conn_pool_clear();
+        malloc_trim(0);
+        lb_log_info("memory returned after a peak of %zu connections (%zu now): "
+                    "RSS %zu -> %zu KiB",
+                     w->peak_sessions, w->nsessions, before, lb_worker_rss_kib());
+        w->peak_sessions = w->nsessions;
+        w->calm_ticks = 0;
+        return;         /* re-armed by the next big peak */
+    }
+    struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+    evtimer_add(w->trim_timer, &tv);
 }
 
 void lb_worker_session_gone(struct lb_worker *w)
@@ -163,6 +219,9 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     }
     if (lb_conn_loop_init(w->base) < 0 || lb_upstream_init(w) < 0)
         goto out;
+    w->trim_timer = evtimer_new(w->base, lb_worker_trim_tick, w);
+    if (w->trim_timer == NULL)
+        goto out;
     if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
                      strerror(errno));
@@ -205,6 +264,8 @@ out:
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
         if (w->signals[i] != NULL)
             event_free(w->signals[i]);
+    if (w->trim_timer != NULL)
+        event_free(w->trim_timer);
     lb_conn_loop_free();
     if (w->base != NULL)
         event_base_free(w->base);

@@ -68,6 +68,9 @@ struct lb_worker {
     struct event *pool_tick;                /* decays "auto" keep-alive allowances */
     struct lb_list sessions;
     size_t nsessions;
+    size_t peak_sessions;       /* since the last trim (lb_worker_new_peak) */
+    unsigned calm_ticks;        /* seconds in a row well below the peak */
+    struct event *trim_timer;   /* armed while a big peak may be trimmed */
     struct event *signals[4];
 
     struct lb_http_limits limits;
@@ -92,5 +95,12 @@ uint64_t lb_worker_drain_idle_ms(const struct lb_config *cfg);
 /* Called by the proxy when a session ends: exits the loop once draining and
  * nothing is left. */
 void lb_worker_session_gone(struct lb_worker *w);
+
+/* Called by the proxy when the session count passes peak_sessions. Memory
+ * after a burst: once the count has stayed well below a big peak for a few
+ * seconds, the worker frees its free lists and pooled buffers and hands
+ * the heap's free pages back to the kernel (malloc_trim). Checked by a
+ * once-a-second timer armed only after such a peak, never per request. */
+void lb_worker_new_peak(struct lb_worker *w);
 
 #endif

@@ -40,6 +40,9 @@ struct request {
     bool echo;
     bool hang;
     bool ws;                /* ws=1: answer 101 and echo every byte after it */
+    uint64_t trickle_ms;    /* trickle=MS: the response head, a byte per MS ms */
+    bool endless;           /* endless=1: header lines without end */
+    uint64_t hdrsize;       /* hdrsize=N: one header line with an N-byte value */
 };
 
 /* Length of the head at the start of buf (through its terminating blank

@@ -5,7 +5,8 @@
  *
  * It prints "ready" once every listener is bound, then answers each request
  * as its query string asks (status=, delay=, size=, chunked=, close=,
- * reset=, drop=, echo=, hang=; see request.h) so a test can provoke exactly
+ * reset=, drop=, echo=, hang=, ws=, trickle=, endless=, hdrsize=; see
+ * request.h) so a test can provoke exactly
  * the backend behaviour it wants to see lbd handle. GET /stats reports
  * counters as JSON.
  *
@@ -82,6 +83,8 @@ enum conn_state {
     CS_CHUNK_CRLF,  /* chunked body: expecting the CRLF after the data */
     CS_TRAILER,     /* chunked body: trailer lines up to the empty one */
     CS_DELAY,       /* request read; delay= timer pending */
+    CS_TRICKLE,     /* trickle=: the head a byte per timer tick */
+    CS_HEAD_STREAM, /* endless= or hdrsize=: header bytes under back-pressure */
     CS_SENDING,     /* streaming the response body under back-pressure */
     CS_DRAIN,       /* response queued; waiting for the output to empty */
     CS_HANG,        /* hang=1: discard input, never answer */
@@ -93,7 +96,7 @@ struct conn {
     struct server *srv;
     struct conn *prev, *next;
     struct bufferevent *bev;
-    struct event *timer;        /* delay= */
+    struct event *timer;        /* delay=, trickle= */
     enum conn_state state;
     uint64_t id;                /* 1-based among accepted connections */
     uint64_t seq;               /* 1-based request index on this conn */
@@ -110,6 +113,9 @@ struct conn {
     const char *src;            /* fixed body, or NULL for the pattern */
     size_t src_off;
     uint64_t resp_left;         /* body bytes still to queue */
+    char *trickle;              /* trickle=: the head, TRICKLE_LEN bytes */
+    size_t trickle_len, trickle_off;
+    uint64_t hdr_left;          /* hdrsize=: value bytes still to queue */
     char scratch[2048];         /* the /stats body lives here */
 };
 
@@ -137,6 +143,7 @@ static void conn_free(struct conn *c)
     event_free(c->timer);
     bufferevent_free(c->bev);   /* BEV_OPT_CLOSE_ON_FREE closes the fd */
     free(c->head);
+    free(c->trickle);
     free(c);
 }
 
@@ -277,6 +284,63 @@ static enum step fill(struct conn *c)
     return STEP_WAIT;
 }
 
+/* endless=: HDR_LINE repeated, 64 bytes each; hdrsize=: 'v' repeated. */
+#define HDR_LINE "X-Endless: 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO\r\n"
+#define HDR_LINE_LEN 64
+static char hdr_lines[PIECE_MAX];
+static char hdr_value[PIECE_MAX];
+
+/* endless= or hdrsize=: queue header bytes while the output drains, as
+ * fill() does for bodies; hdrsize= then ends the head and sends the body. */
+static enum step fill_head(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    while ((c->req.endless || c->hdr_left > 0) && evbuffer_get_length(out) < OUT_HIGH_WATER) {
+        size_t n = c->req.endless || c->hdr_left > PIECE_MAX ? PIECE_MAX : (size_t)c->hdr_left;
+        if (evbuffer_add_reference(out, c->req.endless ? hdr_lines : hdr_value, n,
+                                   NULL, NULL) != 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        if (!c->req.endless)
+            c->hdr_left -= n;
+    }
+    if (c->req.endless || c->hdr_left > 0) {
+        c->state = CS_HEAD_STREAM;
+        bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+        return STEP_WAIT;
+    }
+    if (evbuffer_add(out, "\r\n\r\n", 4) != 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    return fill(c);
+}
+
+/* trickle=: one byte of the head per tick, then the body at once. */
+static enum step trickle_step(struct conn *c)
+{
+    if (bufferevent_write(c->bev, c->trickle + c->trickle_off, 1) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (++c->trickle_off < c->trickle_len) {
+        struct timeval tv = {
+            .tv_sec = (time_t)(c->req.trickle_ms / 1000),
+            .tv_usec = (suseconds_t)(c->req.trickle_ms % 1000) * 1000,
+        };
+        if (evtimer_add(c->timer, &tv) < 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        return STEP_WAIT;
+    }
+    free(c->trickle);
+    c->trickle = NULL;
+    return fill(c);
+}
+
 /* Choose the body source and length for the current request. */
 static void choose_body(struct conn *c)
 {
@@ -333,16 +397,40 @@ static enum step respond(struct conn *c)
         HEAD_ADD("Connection: close\r\n");
     else if (r->minor == 0)
         HEAD_ADD("Connection: keep-alive\r\n");
-    HEAD_ADD("\r\n");
+    bool stream = !c->bad && !r->stats && (r->endless || r->hdrsize > 0);
+    if (stream && r->hdrsize > 0 && !r->endless)
+        HEAD_ADD("X-Big: ");
+    else if (!stream)
+        HEAD_ADD("\r\n");
 #undef HEAD_ADD
-    /* Cannot overflow: the name is capped at NAME_MAX_LEN bytes. */
-    if (n >= sizeof head || bufferevent_write(c->bev, head, n) < 0) {
-        conn_free(c);
-        return STEP_GONE;
-    }
     if (r->is_head || bodyless_status) {
         c->resp_left = 0;
         c->chunked_resp = false;    /* no body means no last-chunk either */
+    }
+    /* Cannot overflow: the name is capped at NAME_MAX_LEN bytes. */
+    if (n >= sizeof head) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (!c->bad && !r->stats && r->trickle_ms > 0 && !stream) {
+        c->trickle = malloc(n);
+        if (c->trickle == NULL) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        memcpy(c->trickle, head, n);
+        c->trickle_len = n;
+        c->trickle_off = 0;
+        c->state = CS_TRICKLE;
+        return trickle_step(c);
+    }
+    if (bufferevent_write(c->bev, head, n) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (stream) {
+        c->hdr_left = r->hdrsize;
+        return fill_head(c);
     }
     return fill(c);
 }
@@ -376,9 +464,14 @@ static void response_done(struct conn *c)
 
 static void delay_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct conn *c = arg;
+
     (void)fd;
     (void)what;
-    respond(arg);
+    if (c->state == CS_TRICKLE)
+        trickle_step(c);
+    else
+        respond(c);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -632,6 +725,8 @@ static void write_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     if (c->state == CS_SENDING)
         fill(c);
+    else if (c->state == CS_HEAD_STREAM)
+        fill_head(c);
     else if (c->state == CS_DRAIN)
         response_done(c);
     /* else: a 100 Continue went out; nothing to do */
@@ -765,6 +860,7 @@ static void usage(FILE *f)
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
+            "  trickle=MS endless=1 hdrsize=N\n"
             "GET /stats returns counters as JSON.\n",
             IDLE_TIMEOUT_DEFAULT);
 }
@@ -837,6 +933,10 @@ static void init_pattern(void)
 {
     for (size_t i = 0; i < sizeof pattern; i += PATTERN_LINE_LEN)
         memcpy(pattern + i, PATTERN_LINE, PATTERN_LINE_LEN);
+    _Static_assert(sizeof HDR_LINE - 1 == HDR_LINE_LEN, "HDR_LINE is 64 bytes");
+    for (size_t i = 0; i < sizeof hdr_lines; i += HDR_LINE_LEN)
+        memcpy(hdr_lines + i, HDR_LINE, HDR_LINE_LEN);
+    memset(hdr_value, 'v', sizeof hdr_value);
 }
 
 /* Everything main() may have to free, whichever step failed. */

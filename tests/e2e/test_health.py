@@ -12,10 +12,11 @@ TCP_CHECK = {"interval": "300ms", "timeout": "200ms", "rise": 2, "fall": 2}
 
 class HealthTest(LbdTestCase):
 
-    def _lbd(self, pools, routes=None, workers=2):
+    def _lbd(self, pools, routes=None, workers=2, extra=""):
         listen = f"127.0.0.1:{free_port()}"
         self.admin = f"127.0.0.1:{free_port()}"
-        cfg = ext_config(listen, pools, routes=routes, workers=workers, admin=self.admin)
+        cfg = ext_config(listen, pools, routes=routes, workers=workers, admin=self.admin,
+                         extra=extra)
         return self.start_lbd(cfg, listen, workers=workers)
 
     def _restart_backend(self, old):
@@ -120,6 +121,39 @@ class HealthTest(LbdTestCase):
             self.assertEqual((s["health"], s["checks"]["failed"]), ("up", 0), (p, s))
         self.assertEqual(self.get("/good").status, 200)
         self.assertEqual(self.get("/odd").status, 200)
+
+    def test_check_needs_whole_valid_head_in_time(self):
+        """A check passes on a complete, valid response head (status line,
+        headers, empty line) within `timeout` in all, no larger than
+        limits.header_size: a server that answers with an endless head, a
+        1 GB header line or a head trickled a byte per 200 ms (timeout 1 s)
+        is one real requests cannot use, and goes DOWN, logged with why;
+        a head of 4000 bytes under the 8 KiB limit passes."""
+        (b,) = self.start_backends("b1")
+        check = {"interval": "300ms", "timeout": "1s", "rise": 2, "fall": 2}
+        paths = {"endless": "/healthz?endless=1", "huge": "/healthz?hdrsize=1073741824",
+                 "trickle": "/healthz?trickle=200", "big": "/healthz?hdrsize=4000",
+                 "good": "/healthz"}
+        pools = [{"name": name, "servers": [(b.addr, 1)],
+                  "health_check": dict(check, path=path)} for name, path in paths.items()]
+        lbd = self._lbd(pools, extra='limits = { header_size = "8k"; };')
+        why = {"endless": r"^response head over 8192 bytes \(limits\.header_size\)$",
+               "huge": r"^response head over 8192 bytes \(limits\.header_size\)$",
+               "trickle": r"^timeout: no complete response head after 1000 ms \(\d+ bytes\)$"}
+        for name, rx in why.items():
+            srv = wait_health(self.admin, b.addr, "down", pool=name, reason="health_check")
+            self.assertRegex(srv["checks"]["last_error"], rx, (name, srv))
+            self.assertEqual(srv["checks"]["ok"], 0, (name, srv))
+            lbd.wait_log(rf"server {b.addr} of pool '{name}' is DOWN \(2 failed health "
+                         rf"checks, last: {rx[1:-1]}\)")
+
+        def others_checked():
+            st = admin_status(self.admin)
+            return all(find_server(st, b.addr, p)["checks"]["ok"] >= 3 for p in ("big", "good"))
+        wait_for(others_checked, 10, what="3 passed checks in pools big and good")
+        for name in ("big", "good"):
+            srv = find_server(admin_status(self.admin), b.addr, name)
+            self.assertEqual((srv["health"], srv["checks"]["failed"]), ("up", 0), (name, srv))
 
     def test_checks_once_per_instance(self):
         """workers = 4, interval 300 ms: over about 3 s the backend gets about
