@@ -820,6 +820,25 @@ static int lb_cfg_workers(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
+/* "auto" (the default: from the fd limit, at start) or a number. */
+static int lb_cfg_max_connections(struct lb_loader *ld, const config_setting_t *root,
+                                  struct lb_config *cfg)
+{
+    const config_setting_t *s = lb_cfg_member(root, "max_connections");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        if (strcmp(config_setting_get_string(s), "auto") != 0)
+            return lb_cfg_fail(ld, s, "'max_connections' must be a number or \"auto\"");
+        return 0;
+    }
+    long long n = 0;
+    if (lb_cfg_int(ld, root, "max_connections", 1, LB_MAX_CONNECTIONS_LIMIT, &n) < 0)
+        return -1;
+    cfg->max_connections = (unsigned)n;
+    return 0;
+}
+
 static int lb_cfg_strdup(struct lb_loader *ld, const config_setting_t *root,
                          const char *name, char **out)
 {
@@ -842,7 +861,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     static const char *const keys[] = { "workers", "shutdown_timeout", "error_log",
                                         "log_level", "pid_file", "access_log", "timeouts",
                                         "limits", "trusted_proxies", "listeners", "pools",
-                                        "routes", "admin", "tcp_migrate_req", NULL };
+                                        "routes", "admin", "tcp_migrate_req",
+                                        "max_connections", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -868,6 +888,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     };
     if (lb_cfg_check_keys(ld, root, "the top level", keys) < 0 ||
         lb_cfg_workers(ld, root, cfg) < 0 ||
+        lb_cfg_max_connections(ld, root, cfg) < 0 ||
         lb_cfg_duration(ld, root, "shutdown_timeout", &cfg->shutdown_timeout_ms) < 0 ||
         lb_cfg_strdup(ld, root, "error_log", &cfg->error_log) < 0 ||
         lb_cfg_strdup(ld, root, "pid_file", &cfg->pid_file) < 0 ||

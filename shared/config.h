@@ -23,6 +23,7 @@
 #define LB_MAX_WORKERS  64
 #define LB_WEIGHT_MAX   1000
 #define LB_MAX_HEADERS_LIMIT 1000       /* upper bound of limits.headers */
+#define LB_MAX_CONNECTIONS_LIMIT 16777216   /* upper bound of max_connections */
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
@@ -137,6 +138,7 @@ struct lb_config {
     char *path;                         /* absolute path of the main file */
     unsigned workers;                   /* resolved ("auto" = online CPUs) */
     bool workers_auto;
+    unsigned max_connections;           /* client connections per worker; 0: from the fd limit */
     uint64_t shutdown_timeout_ms;
     char *error_log;                    /* NULL: stderr */
     enum lb_log_level log_level;

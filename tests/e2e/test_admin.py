@@ -36,6 +36,9 @@ DOCUMENTED = {
     "lbd_worker_restarts_total": "counter",
     "lbd_config_reloads_total": "counter",
     "lbd_config_reload_failures_total": "counter",
+    "lbd_fd_limit": "gauge",
+    "lbd_worker_max_connections": "gauge",
+    "lbd_accept_pauses_total": "counter",
 }
 
 SERVER_KEYS = {"address", "weight", "health", "down_reason", "drain", "in_flight", "ewma_ms",
