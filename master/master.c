@@ -427,10 +427,21 @@ static void lb_master_fd_budget(struct lb_master *m, const struct lb_config *cfg
     char raised[48] = "";
     if (before != limit)
         snprintf(raised, sizeof(raised), " (raised from %u)", before);
+    char admin[128] = "";
+    if (cfg->admin) {
+        struct lb_fdbudget_control cb;
+        lb_fdbudget_control(cfg, limit, m->fd_inherited + lb_fdbudget_control_own(cfg), &cb);
+        if (cb.lowered)
+            lb_log_warn("admin.max_connections %u does not fit in the fd limit %u with %u "
+                        "health checks: %u", cfg->admin_max_connections, limit, cb.health,
+                        cb.admin_max);
+        snprintf(admin, sizeof(admin), "; control: %u admin connections, %u fds for health checks",
+                 cb.admin_max, cb.health);
+    }
     lb_log_info("fd limit %u%s; per worker: %u client connections (max_connections), "
                 "a backend connection for each, idle backend connections in what they "
-                "leave (at most %u), %u fds held or spare", limit, raised, wb.max_connections,
-                wb.idle_max, wb.held + LB_FD_SLACK);
+                "leave (at most %u), %u fds held or spare%s", limit, raised,
+                wb.max_connections, wb.idle_max, wb.held + LB_FD_SLACK, admin);
 }
 
 static void lb_master_reload(struct lb_master *m)

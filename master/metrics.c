@@ -186,6 +186,22 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)all.accept_pauses[r]);
     lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
     fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
+    lb_family(out, "lbd_admin_connections", "gauge", "Admin connections open now.");
+    fprintf(out, "lbd_admin_connections %llu\n",
+            (unsigned long long)atomic_load(&h->admin_connections));
+    lb_family(out, "lbd_admin_max_connections", "gauge",
+              "Admin connections open at once at most (admin.max_connections, fd budget).");
+    fprintf(out, "lbd_admin_max_connections %llu\n",
+            (unsigned long long)atomic_load(&h->admin_max_connections));
+    lb_family(out, "lbd_admin_accept_pauses_total", "counter",
+              "Times the admin listener stopped accepting, by reason (cap, fd).");
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        fprintf(out, "lbd_admin_accept_pauses_total{reason=\"%s\"} %llu\n", reasons[r],
+                (unsigned long long)atomic_load(&h->admin_accept_pauses[r]));
+    lb_family(out, "lbd_admin_timeouts_total", "counter",
+              "Admin connections cut at admin.timeout (request head or answer).");
+    fprintf(out, "lbd_admin_timeouts_total %llu\n",
+            (unsigned long long)atomic_load(&h->admin_timeouts));
 
     lb_family(out, "lbd_worker_restarts_total", "counter", "Unexpected worker deaths (each respawned).");
     unsigned nworkers = atomic_load(&h->workers);

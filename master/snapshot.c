@@ -109,8 +109,17 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     lb_snapshot_timeouts(out, all.timeouts);
     fputs(",\"accept_pauses\":", out);
     lb_snapshot_pauses(out, all.accept_pauses);
-    fprintf(out, "},\"fd_limit\":%llu,\"pools\":[",
-            (unsigned long long)atomic_load(&h->fd_limit));
+    lb_counter_t *ap = (lb_counter_t *)h->admin_accept_pauses;
+    uint64_t admin_pauses[LB_PAUSE_REASONS] = { lb_counter_get(&ap[LB_PAUSE_CAP]),
+                                                lb_counter_get(&ap[LB_PAUSE_FD]) };
+    fprintf(out, "},\"fd_limit\":%llu,\"admin\":{\"connections\":%llu,"
+                 "\"max_connections\":%llu,\"timeouts\":%llu,\"accept_pauses\":",
+            (unsigned long long)atomic_load(&h->fd_limit),
+            (unsigned long long)atomic_load(&h->admin_connections),
+            (unsigned long long)atomic_load(&h->admin_max_connections),
+            (unsigned long long)atomic_load(&h->admin_timeouts));
+    lb_snapshot_pauses(out, admin_pauses);
+    fputs("},\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };
     first = true;

@@ -407,15 +407,25 @@ static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *pool,
 static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
-    static const char *const keys[] = { "address", NULL };
+    static const char *const keys[] = { "address", "max_connections", "timeout", NULL };
+    cfg->admin_max_connections = LB_ADMIN_MAX_CONNECTIONS;
+    cfg->admin_timeout_ms = 10000;
     const config_setting_t *g = lb_cfg_member(root, "admin");
     if (g == NULL)
         return 0;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
         return lb_cfg_fail(ld, g, "'admin' must be a group: admin = { address = \"127.0.0.1:9090\"; };");
+    long long maxconn = cfg->admin_max_connections;
     if (lb_cfg_check_keys(ld, g, "admin", keys) < 0 ||
-        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0)
+        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0 ||
+        lb_cfg_int(ld, g, "max_connections", 1, 65536, &maxconn) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &cfg->admin_timeout_ms) < 0)
         return -1;
+    if (cfg->admin_timeout_ms == 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "admin timeout must not be \"0\": a connection that never sends "
+                           "its request would hold its place for ever");
+    cfg->admin_max_connections = (unsigned)maxconn;
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (lb_addr_equal(&cfg->listeners[i].addr, &cfg->admin_addr))
             return lb_cfg_fail(ld, g, "admin address %s is also a listener", cfg->admin_address);

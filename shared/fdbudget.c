@@ -51,6 +51,12 @@ unsigned lb_fdbudget_worker_own(const struct lb_config *cfg)
     return (unsigned)cfg->nlisteners + 3 + (cfg->error_log != NULL) + (cfg->access_log != NULL);
 }
 
+unsigned lb_fdbudget_control_own(const struct lb_config *cfg)
+{
+    /* epoll, the signal pipe, the admin listen socket, the error_log */
+    return 3 + cfg->admin + (cfg->error_log != NULL);
+}
+
 static unsigned lb_fdbudget_avail(unsigned limit, unsigned held)
 {
     return limit > held + LB_FD_SLACK ? limit - held - LB_FD_SLACK : 0;
@@ -71,4 +77,22 @@ void lb_fdbudget_worker(const struct lb_config *cfg, unsigned limit, unsigned he
         out->max_connections = 1;
         out->starved = true;
     }
+}
+
+void lb_fdbudget_control(const struct lb_config *cfg, unsigned limit, unsigned held,
+                         struct lb_fdbudget_control *out)
+{
+    *out = (struct lb_fdbudget_control){ .limit = limit, .held = held };
+    unsigned avail = lb_fdbudget_avail(limit, held);
+    for (size_t i = 0; i < cfg->npools; i++)
+        if (cfg->pools[i].health.enabled)
+            out->health += (unsigned)cfg->pools[i].nservers;
+    unsigned room = avail > out->health ? avail - out->health : 0;
+    out->admin_max = cfg->admin_max_connections;
+    if (out->admin_max > room) {
+        out->admin_max = room;
+        out->lowered = true;
+    }
+    if (out->admin_max == 0)
+        out->admin_max = 1;     /* an admin listener that never accepts helps nobody */
 }

@@ -1,5 +1,6 @@
 /* File descriptor budgets: how many client connections a worker may hold,
- * so that what is already accepted never fails for lack of an fd.
+ * and how many admin connections the control process may hold, so that
+ * what is already accepted never fails for lack of an fd.
  *
  * The master raises RLIMIT_NOFILE's soft limit to the hard one at start;
  * every process it forks inherits that limit and has a table of its own.
@@ -22,6 +23,10 @@
  * connection would pass it (HAProxy kills idle server connections when it
  * needs their fds too). They are also capped at a quarter of avail
  * (tune.pool-high-fd-ratio's 25 %).
+ *
+ * The control process's table: held + LB_FD_SLACK + one fd per health
+ * probe (a probe holds one socket at a time) + admin connections, capped
+ * so that admin traffic can never take an fd a health check needs.
  */
 #ifndef LB_FDBUDGET_H
 #define LB_FDBUDGET_H
@@ -43,6 +48,14 @@ struct lb_fdbudget {
     bool starved;               /* the limit leaves room for less than one of each */
 };
 
+struct lb_fdbudget_control {
+    unsigned limit;
+    unsigned held;
+    unsigned health;            /* fds kept for health probes */
+    unsigned admin_max;         /* admin connections at once */
+    bool lowered;               /* admin.max_connections did not fit */
+};
+
 /* Raise the soft RLIMIT_NOFILE to the hard limit. *BEFORE and *AFTER get
  * the soft limit before and after (capped to what an unsigned holds).
  * 0, or -1 with errno (the limit is then unchanged). */
@@ -54,9 +67,14 @@ unsigned lb_fdbudget_limit(void);
 unsigned lb_fdbudget_count_open(unsigned fallback);
 /* The fds a worker of CFG opens for itself beyond what it inherits. */
 unsigned lb_fdbudget_worker_own(const struct lb_config *cfg);
+/* The fds the control process of CFG opens for itself beyond what it inherits. */
+unsigned lb_fdbudget_control_own(const struct lb_config *cfg);
 
 /* A worker's budget under LIMIT when it holds HELD fds for itself. */
 void lb_fdbudget_worker(const struct lb_config *cfg, unsigned limit, unsigned held,
                         struct lb_fdbudget *out);
+/* The control process's budget under LIMIT when it holds HELD fds. */
+void lb_fdbudget_control(const struct lb_config *cfg, unsigned limit, unsigned held,
+                         struct lb_fdbudget_control *out);
 
 #endif

@@ -199,6 +199,14 @@ struct lb_shm_header {
     lb_counter_t reload_failures;
     lb_counter_t worker_restarts[LB_MAX_WORKERS];   /* by worker number */
     lb_counter_t fd_limit;              /* RLIMIT_NOFILE of every lbd process */
+
+    /* Written by the control process. A retiring one may overlap its
+     * successor for a moment: counters are added atomically (the only
+     * multi-writer counters), gauges stored whole. */
+    lb_counter_t admin_max_connections; /* gauge */
+    lb_counter_t admin_connections;     /* gauge: open now */
+    lb_counter_t admin_accept_pauses[LB_PAUSE_REASONS];
+    lb_counter_t admin_timeouts;        /* head or answer not done in admin.timeout */
 };
 
 #endif

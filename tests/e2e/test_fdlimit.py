@@ -5,7 +5,9 @@ and the tests open more connections than it can hold.
 A worker at max_connections stops accepting (the kernel's backlog holds
 new clients) instead of spinning on accept() and flooding the log, keeps
 an fd for the backend connection of every connection it holds, and
-accepts again once connections close. CPU is measured from /proc/PID/stat with a generous bound
+accepts again once connections close. The admin listener is capped and
+deadlined so that a flood of it cannot starve the health checks of the
+same process. CPU is measured from /proc/PID/stat with a generous bound
 (under half of the wall time): a behaviour check that separates a busy
 loop (100 %) from a paused listener (about 0), not a timing assertion."""
 import os
@@ -264,3 +266,87 @@ class FdLimitTest(LbdTestCase):
         for _ in range(3):
             self.assertEqual(self.get("/").status, 200)
         self.assertEqual(self._worker(lbd)["pid"], pid, "no restart needed")
+
+    # -- the admin listener ----------------------------------------------------------
+
+    def test_admin_flood_changes_no_health_check(self):
+        """600 connections to the admin port of an lbd limited to 256 fds:
+        the control process holds admin.max_connections (64) of them, its
+        health checks go on passing (ok counters rise, none fails, no server
+        goes DOWN) and proxied requests get 200 all along; once the flood
+        ends /status answers again."""
+        bs = self.start_backends("b1", "b2", "b3")
+        admin = f"127.0.0.1:{free_port()}"
+        lbd = self._lbd(bs, health=HEALTH, admin=admin)
+
+        def servers():
+            return {s["address"]: s for s in lbd.snapshot()["pools"][0]["servers"]}
+        wait_for(lambda: all(s["checks"]["ok"] >= 1 for s in servers().values()), 10,
+                 what="a passed check on every server")
+        self._flood(admin, 600)
+        wait_for(lambda: lbd.snapshot()["admin"]["connections"] == 64, 10,
+                 what="the admin listener to fill up to its cap")
+        before = {a: s["checks"]["ok"] for a, s in servers().items()}
+        # lbd -s reads shared memory through the master: the admin port is full.
+        wait_for(lambda: all(s["checks"]["ok"] >= before[a] + 10 for a, s in servers().items()),
+                 20, what="ten more passed checks on every server during the flood")
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 30, nthreads=3))
+        self.assertEqual(bad, [], "proxied requests during the admin flood")
+        snap = lbd.snapshot()
+        for s in snap["pools"][0]["servers"]:
+            self.assertEqual((s["health"], s["checks"]["failed"]), ("up", 0), s)
+        self.assertEqual(snap["admin"]["max_connections"], 64)
+        self.assertLessEqual(snap["admin"]["connections"], 64)
+        self.assertGreaterEqual(snap["admin"]["accept_pauses"]["cap"], 1)
+        self.assertEqual(snap["admin"]["accept_pauses"]["fd"], 0)
+        self.assertNotRegex(lbd.log(), r"skipped|is DOWN|socket\(\) failed")
+
+        self._close_floods()
+        wait_for(lambda: admin_get(admin, "/status", timeout=2).status == 200, 20,
+                 what="/status to answer once the flood is over")
+
+    def test_admin_head_deadline_counts_from_accept(self):
+        """admin.timeout is one deadline for the whole request head, not
+        restarted by each byte: a client sending a byte every 200 ms gets
+        408 (timeout 1s) long before its 70-byte head is complete."""
+        b = self.start_backend("b1")
+        admin = f"127.0.0.1:{free_port()}"
+        lbd = self._lbd([b], admin=admin, admin_keys={"timeout": "1s"})
+        head = b"GET /status HTTP/1.1\r\nHost: admin.test\r\nUser-Agent: one-byte-at-a-time\r\n\r\n"
+        s = connect(admin)
+        self.addCleanup(s.close)
+        sent, got = 0, b""
+        for i in range(len(head)):
+            try:
+                s.send(head[i:i + 1])
+            except OSError:
+                break
+            sent += 1
+            if select.select([s], [], [], 0.2)[0]:
+                got = recv_until_eof(s)
+                break
+        self.assertEqual(parse_status(got), 408, got[:200])
+        self.assertLess(sent, len(head), "cut before the head was complete")
+        self.assertEqual(lbd.snapshot()["admin"]["timeouts"], 1)
+
+    def test_admin_answers_survive_unread_input(self):
+        """An oversized head (100 KB), garbage and a pipelined flood each get
+        their answer whole, then our FIN: lbd reads and drops what it does
+        not use instead of closing with unread bytes (a reset that would
+        destroy the answer)."""
+        b = self.start_backend("b1")
+        admin = f"127.0.0.1:{free_port()}"
+        self._lbd([b], admin=admin)
+        big = b"GET /status HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n"
+        garbage = b"\x01\x02 nonsense\r\n\r\n" + b"z" * 100000
+        piped = b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n" * 3000
+        for name, payload, status in (("100 KB head", big, 431), ("garbage", garbage, 400),
+                                      ("pipelined", piped, 200)):
+            with HttpConn(admin) as c:
+                c.send(payload)
+                try:
+                    data = c.read_until_eof()
+                except ConnectionResetError as e:
+                    self.fail(f"{name}: the answer was destroyed by a reset ({e})")
+            self.assertEqual(parse_status(data), status, f"{name}: {data[:200]!r}")
+            self.assertIn(b"Connection: close", data)

@@ -1,5 +1,5 @@
-/* shared/fdbudget.c: what a worker may hold under an fd limit, so that what
- * it accepted never lacks an fd. */
+/* shared/fdbudget.c: what a worker and the control process may hold under
+ * an fd limit, so that what they accepted never lacks an fd. */
 #include <check.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -25,6 +25,8 @@ static void fixture_init(struct fixture *f, size_t nservers, unsigned keepalive,
     f->cfg.npools = 1;
     f->cfg.nlisteners = 1;
     f->cfg.max_connections = max_connections;
+    f->cfg.admin = true;
+    f->cfg.admin_max_connections = 64;
 }
 
 /* Everything fits: the worker's own fds, the slack, a client and a backend
@@ -99,6 +101,34 @@ START_TEST(test_worker_starved_and_invariant)
 }
 END_TEST
 
+START_TEST(test_control)
+{
+    struct fixture f;
+    struct lb_fdbudget_control c;
+    fixture_init(&f, 3, 32, true, 0);
+    lb_fdbudget_control(&f.cfg, 256, 10, &c);
+    ck_assert_uint_eq(c.health, 3);
+    ck_assert_uint_eq(c.admin_max, 64);
+    ck_assert(!c.lowered);
+
+    /* 64 - 10 - 8 = 46, of which 3 stay for the probes. */
+    lb_fdbudget_control(&f.cfg, 64, 10, &c);
+    ck_assert_uint_eq(c.admin_max, 43);
+    ck_assert(c.lowered);
+
+    /* Nothing left: one admin connection all the same. */
+    lb_fdbudget_control(&f.cfg, 20, 10, &c);
+    ck_assert_uint_eq(c.admin_max, 1);
+    ck_assert(c.lowered);
+
+    /* Servers of pools without checks need no fd here. */
+    fixture_init(&f, 3, 32, false, 0);
+    lb_fdbudget_control(&f.cfg, 64, 10, &c);
+    ck_assert_uint_eq(c.health, 0);
+    ck_assert_uint_eq(c.admin_max, 46);
+}
+END_TEST
+
 START_TEST(test_count_open)
 {
     unsigned n = lb_fdbudget_count_open(0);
@@ -119,6 +149,7 @@ Suite *fdbudget_suite(void)
     tcase_add_test(tc, test_worker_auto);
     tcase_add_test(tc, test_worker_configured);
     tcase_add_test(tc, test_worker_starved_and_invariant);
+    tcase_add_test(tc, test_control);
     tcase_add_test(tc, test_count_open);
     suite_add_tcase(s, tc);
     return s;
