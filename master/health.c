@@ -49,6 +49,7 @@ struct lb_checker {
     uint64_t generation;        /* of the configuration these checks are */
     struct lb_http_limits limits;
     struct lb_http_header *headers;     /* parser scratch, limits.max_headers */
+    struct lb_log_limit skip_log;
 };
 
 int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
@@ -189,6 +190,19 @@ static void lb_probe_deadline(evutil_socket_t fd, short what, void *arg)
     lb_probe_done(p, why);
 }
 
+/* The check could not even start for a reason of our own (no fd, no
+ * memory): that says nothing about the server, so no verdict is recorded;
+ * the probe tries again after its interval. */
+static void lb_probe_skip(struct lb_probe *p, const char *what, int err)
+{
+    uint64_t n;
+    if (lb_log_limit_hit(&p->owner->skip_log, lb_now_ms(), &n))
+        lb_log_error("health check of %s skipped: %s failed (%d: %s) (%llu check(s) skipped "
+                     "since the last such line)", p->server->address, what, err, strerror(err),
+                     (unsigned long long)n);
+    lb_probe_schedule(p, p->pool->health.interval_ms);
+}
+
 static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -200,13 +214,17 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
     p->connected = false;
     int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s < 0) {
-        lb_probe_done(p, "socket() failed");
+        int err = errno;
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+            lb_probe_skip(p, "socket()", err);
+        else
+            lb_probe_done(p, "socket() failed");
         return;
     }
     p->bev = bufferevent_socket_new(base, s, BEV_OPT_CLOSE_ON_FREE);
     if (p->bev == NULL) {
         close(s);
-        lb_probe_done(p, "out of memory");
+        lb_probe_skip(p, "bufferevent_socket_new()", ENOMEM);
         return;
     }
     struct timeval tv = lb_ms_timeval(p->pool->health.timeout_ms);

@@ -16,6 +16,7 @@
 #include "master/listen.h"
 #include "master/proctitle.h"
 #include "shared/config.h"
+#include "shared/fdbudget.h"
 #include "shared/instance.h"
 #include "shared/log.h"
 #include "shared/shm.h"
@@ -54,6 +55,8 @@ struct lb_master {
     unsigned control_crashes;
     uint64_t control_respawn_at;    /* 0: none pending */
     const char *pid_file;
+    unsigned fd_inherited;          /* fds open when lbd started (stdio and strays) */
+    unsigned fd_before;             /* the soft fd limit lbd was started with */
     bool stopping;
     uint64_t stop_deadline_ms;
 };
@@ -401,6 +404,46 @@ static int lb_master_open_log(const struct lb_config *cfg)
 }
 
 
+/* Raise the fd limit (soft to hard) and say what it allows per process
+ * of CFG. Workers and the control process compute the same from the fds
+ * they really hold (shared/fdbudget.h). */
+static void lb_master_fd_budget(struct lb_master *m, const struct lb_config *cfg)
+{
+    unsigned before = m->fd_before, now = 0, limit = 0;
+    if (lb_fdbudget_raise(&now, &limit) < 0)
+        lb_log_warn("raising the fd limit from %u failed (%d: %s)", now, errno,
+                    strerror(errno));
+    limit = lb_fdbudget_limit();
+    m->fd_before = limit;       /* a reload says "raised" only if it raised it */
+    atomic_store(&m->shm.hdr->fd_limit, limit);
+    struct lb_fdbudget wb;
+    lb_fdbudget_worker(cfg, limit, m->fd_inherited + lb_fdbudget_worker_own(cfg), &wb);
+    if (wb.lowered)
+        lb_log_warn("max_connections %u does not fit in the fd limit %u: %u per worker",
+                    cfg->max_connections, limit, wb.max_connections);
+    if (wb.starved)
+        lb_log_warn("the fd limit %u leaves no room for connections: raise it "
+                    "(ulimit -n, LimitNOFILE=)", limit);
+    char raised[48] = "";
+    if (before != limit)
+        snprintf(raised, sizeof(raised), " (raised from %u)", before);
+    char admin[128] = "";
+    if (cfg->admin) {
+        struct lb_fdbudget_control cb;
+        lb_fdbudget_control(cfg, limit, m->fd_inherited + lb_fdbudget_control_own(cfg), &cb);
+        if (cb.lowered)
+            lb_log_warn("admin.max_connections %u does not fit in the fd limit %u with %u "
+                        "health checks: %u", cfg->admin_max_connections, limit, cb.health,
+                        cb.admin_max);
+        snprintf(admin, sizeof(admin), "; control: %u admin connections, %u fds for health checks",
+                 cb.admin_max, cb.health);
+    }
+    lb_log_info("fd limit %u%s; per worker: %u client connections (max_connections), "
+                "a backend connection for each, idle backend connections in what they "
+                "leave (at most %u), %u fds held or spare%s", limit, raised,
+                wb.max_connections, wb.idle_max, wb.held + LB_FD_SLACK, admin);
+}
+
 static void lb_master_reload(struct lb_master *m)
 {
     char err[512];
@@ -445,6 +488,7 @@ static void lb_master_reload(struct lb_master *m)
     atomic_store(&m->shm.hdr->generation, gen);
     atomic_store(&m->shm.hdr->workers, cfg->workers);
     lb_master_open_log(cfg);
+    lb_master_fd_budget(m, cfg);
 
     /* Before any fork: a new worker closes m->admin_fd, which must be the
      * new admin socket, not keep it open (and listening) for its life. */
@@ -611,6 +655,7 @@ static int lb_master_start(struct lb_master *m)
     }
     if (lb_master_open_log(m->cfg) < 0)
         return -1;
+    lb_master_fd_budget(m, m->cfg);
     lb_listen_migrate(m->cfg);      /* its log line goes to error_log */
     if (m->opt->daemonize && m->cfg->error_log == NULL)
         lb_log_warn("running in the background without error_log: log lines are discarded");
@@ -643,6 +688,13 @@ int lb_master_run(const struct lb_master_options *opt)
     m->admin_fd = -1;
     m->shm.fd = -1;
     lb_log_set_role("master");
+    /* Before lbd opens anything: what every process it forks inherits. */
+    m->fd_inherited = lb_fdbudget_count_open(3);
+    /* Raised at once (sockets opened at start count too); logged once the
+     * log is open. */
+    unsigned after;
+    if (lb_fdbudget_raise(&m->fd_before, &after) < 0)
+        m->fd_before = lb_fdbudget_limit();
 
     sigset_t wait_mask;
     if (lb_master_setup_signals(&wait_mask) < 0) {

@@ -177,6 +177,32 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],
                 (unsigned long long)all.timeouts[k]);
 
+    static const char *const reasons[LB_PAUSE_REASONS] = { "cap", "fd" };
+    lb_family(out, "lbd_accept_pauses_total", "counter",
+              "Times a worker stopped accepting: max_connections reached (cap), "
+              "accept() failed (fd).");
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        fprintf(out, "lbd_accept_pauses_total{reason=\"%s\"} %llu\n", reasons[r],
+                (unsigned long long)all.accept_pauses[r]);
+    lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
+    fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
+    lb_family(out, "lbd_admin_connections", "gauge", "Admin connections open now.");
+    fprintf(out, "lbd_admin_connections %llu\n",
+            (unsigned long long)atomic_load(&h->admin_connections));
+    lb_family(out, "lbd_admin_max_connections", "gauge",
+              "Admin connections open at once at most (admin.max_connections, fd budget).");
+    fprintf(out, "lbd_admin_max_connections %llu\n",
+            (unsigned long long)atomic_load(&h->admin_max_connections));
+    lb_family(out, "lbd_admin_accept_pauses_total", "counter",
+              "Times the admin listener stopped accepting, by reason (cap, fd).");
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        fprintf(out, "lbd_admin_accept_pauses_total{reason=\"%s\"} %llu\n", reasons[r],
+                (unsigned long long)atomic_load(&h->admin_accept_pauses[r]));
+    lb_family(out, "lbd_admin_timeouts_total", "counter",
+              "Admin connections cut at admin.timeout (request head or answer).");
+    fprintf(out, "lbd_admin_timeouts_total %llu\n",
+            (unsigned long long)atomic_load(&h->admin_timeouts));
+
     lb_family(out, "lbd_worker_restarts_total", "counter", "Unexpected worker deaths (each respawned).");
     unsigned nworkers = atomic_load(&h->workers);
     for (unsigned i = 0; i < nworkers && i < LB_MAX_WORKERS; i++)
@@ -188,4 +214,7 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_metrics_live_workers(out, h, "lbd_worker_active_connections", "gauge",
                             "Client connections open per live worker.",
                             offsetof(struct lb_shm_worker, active_connections));
+    lb_metrics_live_workers(out, h, "lbd_worker_max_connections", "gauge",
+                            "Client connections a live worker holds at most (max_connections).",
+                            offsetof(struct lb_shm_worker, max_connections));
 }

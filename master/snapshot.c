@@ -30,6 +30,12 @@ static void lb_snapshot_timeouts(FILE *out, const uint64_t *c)
     fputc('}', out);
 }
 
+static void lb_snapshot_pauses(FILE *out, const uint64_t *c)
+{
+    fprintf(out, "{\"cap\":%llu,\"fd\":%llu}", (unsigned long long)c[LB_PAUSE_CAP],
+            (unsigned long long)c[LB_PAUSE_FD]);
+}
+
 static void lb_json_string(FILE *out, const char *s, size_t max)
 {
     fputc('"', out);
@@ -85,6 +91,9 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         lb_snapshot_classes(out, one.responses);
         fputs(",\"timeouts\":", out);
         lb_snapshot_timeouts(out, one.timeouts);
+        fprintf(out, ",\"max_connections\":%llu,\"accept_pauses\":",
+                (unsigned long long)lb_counter_get(&w->max_connections));
+        lb_snapshot_pauses(out, one.accept_pauses);
         fputc('}', out);
         first = false;
     }
@@ -98,6 +107,18 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             (unsigned long long)all.active_connections, (unsigned long long)all.bytes_in,
             (unsigned long long)all.bytes_out, (unsigned long long)restarts);
     lb_snapshot_timeouts(out, all.timeouts);
+    fputs(",\"accept_pauses\":", out);
+    lb_snapshot_pauses(out, all.accept_pauses);
+    lb_counter_t *ap = (lb_counter_t *)h->admin_accept_pauses;
+    uint64_t admin_pauses[LB_PAUSE_REASONS] = { lb_counter_get(&ap[LB_PAUSE_CAP]),
+                                                lb_counter_get(&ap[LB_PAUSE_FD]) };
+    fprintf(out, "},\"fd_limit\":%llu,\"admin\":{\"connections\":%llu,"
+                 "\"max_connections\":%llu,\"timeouts\":%llu,\"accept_pauses\":",
+            (unsigned long long)atomic_load(&h->fd_limit),
+            (unsigned long long)atomic_load(&h->admin_connections),
+            (unsigned long long)atomic_load(&h->admin_max_connections),
+            (unsigned long long)atomic_load(&h->admin_timeouts));
+    lb_snapshot_pauses(out, admin_pauses);
     fputs("},\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };

@@ -407,15 +407,25 @@ static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *pool,
 static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
-    static const char *const keys[] = { "address", NULL };
+    static const char *const keys[] = { "address", "max_connections", "timeout", NULL };
+    cfg->admin_max_connections = LB_ADMIN_MAX_CONNECTIONS;
+    cfg->admin_timeout_ms = 10000;
     const config_setting_t *g = lb_cfg_member(root, "admin");
     if (g == NULL)
         return 0;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
         return lb_cfg_fail(ld, g, "'admin' must be a group: admin = { address = \"127.0.0.1:9090\"; };");
+    long long maxconn = cfg->admin_max_connections;
     if (lb_cfg_check_keys(ld, g, "admin", keys) < 0 ||
-        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0)
+        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0 ||
+        lb_cfg_int(ld, g, "max_connections", 1, 65536, &maxconn) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &cfg->admin_timeout_ms) < 0)
         return -1;
+    if (cfg->admin_timeout_ms == 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "admin timeout must not be \"0\": a connection that never sends "
+                           "its request would hold its place for ever");
+    cfg->admin_max_connections = (unsigned)maxconn;
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (lb_addr_equal(&cfg->listeners[i].addr, &cfg->admin_addr))
             return lb_cfg_fail(ld, g, "admin address %s is also a listener", cfg->admin_address);
@@ -820,6 +830,25 @@ static int lb_cfg_workers(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
+/* "auto" (the default: from the fd limit, at start) or a number. */
+static int lb_cfg_max_connections(struct lb_loader *ld, const config_setting_t *root,
+                                  struct lb_config *cfg)
+{
+    const config_setting_t *s = lb_cfg_member(root, "max_connections");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        if (strcmp(config_setting_get_string(s), "auto") != 0)
+            return lb_cfg_fail(ld, s, "'max_connections' must be a number or \"auto\"");
+        return 0;
+    }
+    long long n = 0;
+    if (lb_cfg_int(ld, root, "max_connections", 1, LB_MAX_CONNECTIONS_LIMIT, &n) < 0)
+        return -1;
+    cfg->max_connections = (unsigned)n;
+    return 0;
+}
+
 static int lb_cfg_strdup(struct lb_loader *ld, const config_setting_t *root,
                          const char *name, char **out)
 {
@@ -842,7 +871,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     static const char *const keys[] = { "workers", "shutdown_timeout", "error_log",
                                         "log_level", "pid_file", "access_log", "timeouts",
                                         "limits", "trusted_proxies", "listeners", "pools",
-                                        "routes", "admin", "tcp_migrate_req", NULL };
+                                        "routes", "admin", "tcp_migrate_req",
+                                        "max_connections", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -868,6 +898,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     };
     if (lb_cfg_check_keys(ld, root, "the top level", keys) < 0 ||
         lb_cfg_workers(ld, root, cfg) < 0 ||
+        lb_cfg_max_connections(ld, root, cfg) < 0 ||
         lb_cfg_duration(ld, root, "shutdown_timeout", &cfg->shutdown_timeout_ms) < 0 ||
         lb_cfg_strdup(ld, root, "error_log", &cfg->error_log) < 0 ||
         lb_cfg_strdup(ld, root, "pid_file", &cfg->pid_file) < 0 ||

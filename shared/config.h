@@ -23,6 +23,8 @@
 #define LB_MAX_WORKERS  64
 #define LB_WEIGHT_MAX   1000
 #define LB_MAX_HEADERS_LIMIT 1000       /* upper bound of limits.headers */
+#define LB_MAX_CONNECTIONS_LIMIT 16777216   /* upper bound of max_connections */
+#define LB_ADMIN_MAX_CONNECTIONS 64     /* default of admin.max_connections */
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
@@ -137,6 +139,7 @@ struct lb_config {
     char *path;                         /* absolute path of the main file */
     unsigned workers;                   /* resolved ("auto" = online CPUs) */
     bool workers_auto;
+    unsigned max_connections;           /* client connections per worker; 0: from the fd limit */
     uint64_t shutdown_timeout_ms;
     char *error_log;                    /* NULL: stderr */
     enum lb_log_level log_level;
@@ -150,6 +153,8 @@ struct lb_config {
     bool admin;                         /* admin listener configured */
     struct lb_addr admin_addr;
     char admin_address[LB_ADDR_STR_MAX];
+    unsigned admin_max_connections;     /* open at once; further ones wait in the backlog */
+    uint64_t admin_timeout_ms;          /* accept to end of head, then to answer sent */
 
     struct lb_listener_cfg *listeners;
     size_t nlisteners;

@@ -30,7 +30,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   3u
+#define LB_SHM_LAYOUT_VERSION   4u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -56,6 +56,13 @@ enum lb_timeout_kind {
     LB_TO_DEADLINE,
     LB_TO_TUNNEL,
     LB_TIMEOUT_KINDS
+};
+
+/* Why a listener stopped accepting for a while (README: max_connections). */
+enum lb_pause_reason {
+    LB_PAUSE_CAP,               /* max_connections reached: until one closes */
+    LB_PAUSE_FD,                /* accept() failed (EMFILE, ENFILE, ENOBUFS...): 500 ms */
+    LB_PAUSE_REASONS
 };
 
 typedef _Atomic uint64_t lb_counter_t;
@@ -87,6 +94,8 @@ struct lb_shm_worker {
     lb_counter_t bytes_in;              /* from clients */
     lb_counter_t bytes_out;             /* to clients */
     lb_counter_t timeouts[LB_TIMEOUT_KINDS];
+    lb_counter_t max_connections;       /* gauge: this owner's cap, set at its start */
+    lb_counter_t accept_pauses[LB_PAUSE_REASONS];
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {
@@ -189,6 +198,15 @@ struct lb_shm_header {
     lb_counter_t reloads;
     lb_counter_t reload_failures;
     lb_counter_t worker_restarts[LB_MAX_WORKERS];   /* by worker number */
+    lb_counter_t fd_limit;              /* RLIMIT_NOFILE of every lbd process */
+
+    /* Written by the control process. A retiring one may overlap its
+     * successor for a moment: counters are added atomically (the only
+     * multi-writer counters), gauges stored whole. */
+    lb_counter_t admin_max_connections; /* gauge */
+    lb_counter_t admin_connections;     /* gauge: open now */
+    lb_counter_t admin_accept_pauses[LB_PAUSE_REASONS];
+    lb_counter_t admin_timeouts;        /* head or answer not done in admin.timeout */
 };
 
 #endif

@@ -318,6 +318,7 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
     /* The owner is gone: its gauges would otherwise count dead connections
      * forever. Cumulative counters stay; the next owner continues them. */
     atomic_store(&w->active_connections, 0);
+    atomic_store(&w->max_connections, 0);
     for (unsigned b = 0; b < h->max_backends; b++) {
         lb_counter_t *active = &lb_shm_stats(h, slot, b)->active;
         uint64_t n = lb_counter_get(active);
@@ -342,6 +343,8 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->responses[c] += lb_counter_get(&w->responses[c]);
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         out->timeouts[k] += lb_counter_get(&w->timeouts[k]);
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        out->accept_pauses[r] += lb_counter_get(&w->accept_pauses[r]);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

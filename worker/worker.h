@@ -19,6 +19,7 @@
 
 #include "shared/config.h"
 #include "shared/list.h"
+#include "shared/log.h"
 #include "shared/shm.h"
 #include "worker/balancer.h"
 #include "worker/http.h"
@@ -62,9 +63,22 @@ struct lb_worker {
 
     struct evconnlistener **listeners;
     size_t nlisteners;
+    /* The fd budget (shared/fdbudget.h), fixed at start. Invariant kept by
+     * closing idle backend connections (lb_upstream_make_room):
+     * nsessions + nupconns <= fd_avail. */
+    unsigned fd_limit;
+    unsigned fd_avail;                      /* for client and backend connections */
+    unsigned max_connections;               /* client connections (sessions) */
+    unsigned nupconns;                      /* backend connections, busy or idle */
+    /* Accepting, or paused: 1 + lb_pause_reason. At the cap the listeners
+     * resume when a session closes below it; after a failed accept() when
+     * accept_timer fires. */
+    unsigned accept_paused;
+    struct event *accept_timer;
+    struct lb_log_limit pause_log[LB_PAUSE_REASONS];
     struct lb_pool_rt *pools;
     unsigned nidle;                         /* idle backend connections, all servers */
-    unsigned idle_cap;                      /* at most that many (a share of the fds) */
+    unsigned idle_cap;                      /* at most that many (the fd budget's share) */
     struct event *pool_tick;                /* decays "auto" keep-alive allowances */
     struct lb_list sessions;
     size_t nsessions;

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -458,16 +459,20 @@ class Backend:
 class Lbd:
     """A running lbd master started by a test."""
 
-    def __init__(self, tc, config_path, listen, args=(), workers=None, wait=True):
+    def __init__(self, tc, config_path, listen, args=(), workers=None, wait=True, nofile=None):
         self.tc = tc
         self.config_path = config_path
         self.listen = listen                # the address tests connect to
         self.log_path = os.path.join(tc.tmp, "lbd.stderr.log")
         self._log = open(self.log_path, "ab")
+        def preexec():
+            _set_pdeathsig()
+            if nofile is not None:      # (soft, hard), as `prlimit --nofile=S:H`
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         self.proc = subprocess.Popen(
             [tc.lbd_bin, "-c", config_path] + list(args),
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
-            preexec_fn=_set_pdeathsig)
+            preexec_fn=preexec)
         self.pid = self.proc.pid
         self.seen_workers = set()           # every child pid observed (for cleanup)
         self.exit_checked = False
@@ -831,9 +836,11 @@ class LbdTestCase(unittest.TestCase):
     def start_backends(self, *names):
         return [self.start_backend(n) for n in names]
 
-    def start_lbd(self, config_text, listen, args=(), workers=None, name="lbd.conf", wait=True):
+    def start_lbd(self, config_text, listen, args=(), workers=None, name="lbd.conf", wait=True,
+                  nofile=None):
+        """NOFILE: (soft, hard) RLIMIT_NOFILE to start lbd under."""
         path = self.write_file(self.path(name), config_text)
-        l = Lbd(self, path, listen, args=args, workers=workers, wait=wait)
+        l = Lbd(self, path, listen, args=args, workers=workers, wait=wait, nofile=nofile)
         self._lbds.append(l)
         if self.lbd is None:
             self.lbd = l

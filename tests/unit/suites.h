@@ -13,5 +13,6 @@ Suite *shm_suite(void);
 Suite *freelist_suite(void);
 Suite *upstream_suite(void);
 Suite *health_suite(void);
+Suite *fdbudget_suite(void);
 
 #endif

@@ -83,6 +83,8 @@ static const char full_conf[] =
     "pid_file = \"/tmp/lbd-unit.pid\";\n"
     "access_log = \"/tmp/lbd-unit-access.log\";\n"
     "tcp_migrate_req = false;\n"
+    "max_connections = 5000;\n"
+    "admin = { address = \"127.0.0.1:8404\"; max_connections = 8; timeout = \"3s\"; };\n"
     "timeouts = {\n"
     "    client_header = \"250ms\";\n"
     "    connect = \"2s\";\n"
@@ -141,6 +143,10 @@ START_TEST(test_full_config)
     ck_assert_int_eq(cfg->log_level, LB_LOG_DEBUG);
     ck_assert_str_eq(cfg->error_log, "/tmp/lbd-unit-error.log");
     ck_assert_str_eq(cfg->pid_file, "/tmp/lbd-unit.pid");
+    ck_assert_uint_eq(cfg->max_connections, 5000);
+    ck_assert(cfg->admin);
+    ck_assert_uint_eq(cfg->admin_max_connections, 8);
+    ck_assert_uint_eq(cfg->admin_timeout_ms, 3000);
 
     /* Overrides, and defaults for the rest. */
     ck_assert_uint_eq(cfg->timeouts.client_header_ms, 250);
@@ -262,6 +268,10 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg->listeners[0].backlog, 511);
     ck_assert(cfg->listeners[0].defer_accept);
     ck_assert(cfg->tcp_migrate_req);
+    ck_assert_uint_eq(cfg->max_connections, 0);             /* from the fd limit */
+    ck_assert(!cfg->admin);
+    ck_assert_uint_eq(cfg->admin_max_connections, LB_ADMIN_MAX_CONNECTIONS);
+    ck_assert_uint_eq(cfg->admin_timeout_ms, 10000);
     ck_assert_uint_eq(cfg->npools, 1);
     ck_assert_int_eq(cfg->pools[0].strategy, LB_STRATEGY_ROUND_ROBIN);
     ck_assert(cfg->pools[0].keepalive_auto);
@@ -313,6 +323,46 @@ START_TEST(test_keepalive_auto_or_fixed)
         ck_assert_uint_eq(cfg->pools[0].keepalive, cases[i].n);
         lb_config_free(cfg);
     }
+}
+END_TEST
+
+START_TEST(test_max_connections)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text("max_connections = \"auto\";\n"
+                       "admin = { address = \"127.0.0.1:8404\"; };\n" MINIMAL,
+                       &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->max_connections, 0);
+    ck_assert_uint_eq(cfg->admin_max_connections, 64);
+    ck_assert_uint_eq(cfg->admin_timeout_ms, 10000);
+    lb_config_free(cfg);
+    rc = load_text("max_connections = 16777216;\n" MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->max_connections, 16777216);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_max_connections)
+{
+    expect_error(MINIMAL "max_connections = 0;\n", "max_connections",
+                 "'max_connections' must be between 1 and 16777216");
+    expect_error(MINIMAL "max_connections = 16777217;\n", "max_connections",
+                 "'max_connections' must be between 1 and 16777216");
+    expect_error(MINIMAL "max_connections = \"lots\";\n", "max_connections",
+                 "'max_connections' must be a number or \"auto\"");
+    expect_error(MINIMAL "max_connections = 1.5;\n", "max_connections",
+                 "'max_connections' must be an integer");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  max_connections = 0;\n};\n",
+                 "max_connections", "'max_connections' must be between 1 and 65536");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  timeout = \"0\";\n};\n",
+                 "timeout", "admin timeout must not be \"0\"");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  timeout = \"10\";\n};\n",
+                 "timeout", "'timeout': invalid duration \"10\"");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  backlog = 5;\n};\n",
+                 "backlog", "unknown key 'backlog' in admin");
 }
 END_TEST
 
@@ -872,6 +922,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_workers_auto);
     tcase_add_test(tc, test_keepalive_auto_or_fixed);
+    tcase_add_test(tc, test_max_connections);
     tcase_add_test(tc, test_durations);
     tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
@@ -902,6 +953,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_pool_timeouts);
     tcase_add_test(tc, test_err_limits);
     tcase_add_test(tc, test_drain_idle_bounds);
+    tcase_add_test(tc, test_err_max_connections);
     tcase_add_test(tc, test_err_trusted_proxies);
     suite_add_tcase(s, tc);
 
