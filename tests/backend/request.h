@@ -40,6 +40,13 @@ struct request {
     bool echo;
     bool hang;
     bool ws;                /* ws=1: answer 101 and echo every byte after it */
+    bool has_retry_after;   /* retry_after=S: a Retry-After: S header */
+    uint64_t retry_after;
+    /* GET /control?...: the query (status=, reset=, delay=, retry_after=) applies to
+     * every later request but /stats and /control until the next /control;
+     * a bare /control goes back to normal. A test makes a server fail and
+     * recover this way, without restarting it. */
+    bool control;
 };
 
 /* Length of the head at the start of buf (through its terminating blank
