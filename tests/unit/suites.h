@@ -11,5 +11,6 @@ Suite *route_suite(void);
 Suite *http_suite(void);
 Suite *shm_suite(void);
 Suite *freelist_suite(void);
+Suite *breaker_suite(void);
 
 #endif
