@@ -63,8 +63,6 @@ int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
         uint32_t ok = atomic_fetch_add(&b->check_successes, 1) + 1;
         if (health == LB_HEALTH_DOWN && ok >= cfg->rise) {
             atomic_store(&b->down_reason, LB_DOWN_NONE);
-            atomic_store(&b->fails_in_row, 0);
-            atomic_store(&b->passive_until_ms, 0);
             atomic_store(&b->last_change_ms, lb_wall_ms());
             atomic_store(&b->health, LB_HEALTH_UP);
             return 1;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "master/snapshot.h"
 #include "shared/version.h"
 
 static const char *const lb_codes[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
@@ -109,10 +110,23 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "lbd_backend_active_requests{" LB_LABELS "} %lld\n", v[i].b->pool,
                 v[i].b->address, (long long)(a > 0 ? a : 0));
     }
-    lb_family(out, "lbd_backend_up", "gauge", "1 if the server takes requests (healthy, not draining).");
+    lb_family(out, "lbd_backend_up", "gauge", "1 if the server is healthy (active checks) and not draining; its breaker: lbd_backend_breaker_state.");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_up{" LB_LABELS "} %d\n", v[i].b->pool, v[i].b->address,
                 atomic_load(&v[i].b->health) == LB_HEALTH_UP && !atomic_load(&v[i].b->drain));
+    lb_family(out, "lbd_backend_breaker_state", "gauge",
+              "Circuit breaker of a server: 0 closed, 1 open, 2 half-open.");
+    uint64_t now_ms = lb_now_ms();
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_backend_breaker_state{" LB_LABELS "} %d\n", v[i].b->pool,
+                v[i].b->address, (int)lb_shm_breaker_shown(v[i].b, now_ms));
+    lb_family(out, "lbd_backend_breaker_transitions_total", "counter",
+              "Circuit breaker transitions of a server, by the state entered.");
+    for (size_t i = 0; i < n; i++)
+        for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
+            fprintf(out, "lbd_backend_breaker_transitions_total{" LB_LABELS ",to=\"%s\"} %llu\n",
+                    v[i].b->pool, v[i].b->address, lb_breaker_state_names[k],
+                    (unsigned long long)atomic_load(&v[i].b->breaker_transitions[k]));
     lb_family(out, "lbd_backend_weight", "gauge", "Current weight of a server.");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, v[i].b->address,
@@ -152,6 +166,15 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
                 v[i].b->address, (unsigned long long)cum);
     }
     free(v);
+
+    lb_family(out, "lbd_pool_breaker_refused_total", "counter",
+              "Requests a pool answered 503 at once: every usable server's circuit breaker was open.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_pool_breaker_refused_total{pool=\"%s\"} %llu\n", pool->name,
+                    (unsigned long long)atomic_load(&pool->breaker_refused));
+    }
 
     /* Client side, summed over every worker slot ever used. */
     struct lb_worker_totals all = { 0 };

@@ -7,6 +7,8 @@
 
 #include "shared/instance.h"
 
+const char *const lb_breaker_state_names[LB_BREAKER_STATES] = { "closed", "open", "half_open" };
+
 static const char *const lb_class_names[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
 
 static void lb_snapshot_classes(FILE *out, const uint64_t *c)
@@ -122,14 +124,17 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     fputs("},\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };
+    uint64_t now_ms = lb_now_ms();
     first = true;
     for (unsigned p = 0; p < h->max_pools; p++) {
         struct lb_shm_pool *pool = lb_shm_pool(h, p);
         uint32_t pst = atomic_load(&pool->state);
         if (pst == LB_ENTRY_FREE)
             continue;
-        fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"servers\":[", first ? "" : ",",
-                pool->name, entry_state[pst]);
+        fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"breakers_open\":%u,"
+                     "\"breaker_refused\":%llu,\"servers\":[", first ? "" : ",",
+                pool->name, entry_state[pst], atomic_load(&pool->breakers_open),
+                (unsigned long long)atomic_load(&pool->breaker_refused));
         first = false;
         bool sfirst = true;
         for (unsigned b = 0; b < h->max_backends; b++) {
@@ -139,7 +144,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 continue;
             struct lb_backend_totals t;
             lb_shm_backend_sum(h, b, &t);
-            static const char *const reasons[] = { "none", "health_check", "passive" };
+            static const char *const reasons[] = { "none", "health_check" };
             uint32_t reason = atomic_load(&be->down_reason);
             int64_t inflight = atomic_load(&be->inflight);
             fprintf(out, "%s{\"id\":%u,\"address\":\"%s\",\"state\":\"%s\",\"weight\":%u,"
@@ -150,6 +155,15 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)t.active, (unsigned long long)t.failures,
                     (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out);
             lb_snapshot_classes(out, t.responses);
+            fprintf(out, ",\"breaker\":\"%s\",\"breaker_opened\":%llu,"
+                         "\"breaker_open_interval_ms\":%llu,\"breaker_transitions\":{"
+                         "\"closed\":%llu,\"open\":%llu,\"half_open\":%llu}",
+                    lb_breaker_state_names[lb_shm_breaker_shown(be, now_ms)],
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_OPEN]),
+                    (unsigned long long)atomic_load(&be->breaker_interval_ms),
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_CLOSED]),
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_OPEN]),
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_HALF_OPEN]));
             fprintf(out, ",\"health\":\"%s\",\"drain\":%s,\"down_reason\":\"%s\","
                          "\"in_flight\":%lld,\"ewma_ms\":%.3f,\"checks\":{\"ok\":%llu,"
                          "\"failed\":%llu,\"consecutive_successes\":%u,"
@@ -157,7 +171,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                          "\"last_change_ms\":%llu,\"last_error\":",
                     atomic_load(&be->health) == LB_HEALTH_UP ? "up" : "down",
                     atomic_load(&be->drain) ? "true" : "false",
-                    reasons[reason < 3 ? reason : 0], (long long)(inflight > 0 ? inflight : 0),
+                    reasons[reason < 2 ? reason : 0], (long long)(inflight > 0 ? inflight : 0),
                     (double)atomic_load(&be->ewma_us) / 1000.0,
                     (unsigned long long)atomic_load(&be->checks_ok),
                     (unsigned long long)atomic_load(&be->checks_failed),

@@ -12,4 +12,7 @@ int lb_snapshot_run(const char *config_path, FILE *out);
 /* Write H as JSON (used by lb_snapshot_run; separate for tests). */
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out);
 
+/* "closed", "open", "half_open", by enum lb_breaker_state (also /metrics). */
+extern const char *const lb_breaker_state_names[LB_BREAKER_STATES];
+
 #endif

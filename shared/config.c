@@ -384,23 +384,132 @@ static int lb_cfg_health(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
-static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *pool,
-                          struct lb_passive_cfg *p)
+/* A number between LO and HI, integer or not ("0.5", "1"). */
+static int lb_cfg_number(struct lb_loader *ld, const config_setting_t *group, const char *name,
+                         double lo, double hi, double *out)
+{
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s == NULL)
+        return 0;
+    int t = config_setting_type(s);
+    double v;
+    if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64)
+        v = (double)config_setting_get_int64(s);
+    else if (t == CONFIG_TYPE_FLOAT)
+        v = config_setting_get_float(s);
+    else
+        return lb_cfg_fail(ld, s, "'%s' must be a number", name);
+    if (!(v >= lo && v <= hi))
+        return lb_cfg_fail(ld, s, "'%s' must be between %g and %g", name, lo, hi);
+    *out = v;
+    return 0;
+}
+
+/* A duration that must not be "0". */
+static int lb_cfg_duration_pos(struct lb_loader *ld, const config_setting_t *group,
+                               const char *name, uint64_t max_ms, uint64_t *out)
+{
+    if (lb_cfg_duration(ld, group, name, out) < 0)
+        return -1;
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s != NULL && (*out == 0 || *out > max_ms))
+        return lb_cfg_fail(ld, s, "'%s' must be more than 0 and at most %llus", name,
+                           (unsigned long long)(max_ms / 1000));
+    return 0;
+}
+
+#define LB_BREAKER_OPEN_MAX_MS  (24ull * 3600 * 1000)
+#define LB_BREAKER_WINDOW_MAX_MS (3600ull * 1000)
+
+/* passive_health = { failures; on_5xx; cooldown; } is the breaker with its
+ * consecutive trigger alone, a fixed open interval (cooldown) and no
+ * ejection limit: what passive health always did, as one state machine. */
+static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *g,
+                          struct lb_breaker_cfg *b)
 {
     static const char *const keys[] = { "failures", "on_5xx", "cooldown", NULL };
-    *p = (struct lb_passive_cfg){ .failures = 0, .cooldown_ms = 10000 };
-    const config_setting_t *g = lb_cfg_member(pool, "passive_health");
-    if (g == NULL)
-        return 0;
-    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
-        return lb_cfg_fail(ld, g, "'passive_health' must be a group { ... }");
     long long failures = 5;
+    uint64_t cooldown = 10000;
+    b->on_5xx = false;
     if (lb_cfg_check_keys(ld, g, "passive_health", keys) < 0 ||
         lb_cfg_int(ld, g, "failures", 1, 1000, &failures) < 0 ||
-        lb_cfg_duration(ld, g, "cooldown", &p->cooldown_ms) < 0 ||
-        lb_cfg_bool(ld, g, "on_5xx", &p->on_5xx) < 0)
+        lb_cfg_duration_pos(ld, g, "cooldown", LB_BREAKER_OPEN_MAX_MS, &cooldown) < 0 ||
+        lb_cfg_bool(ld, g, "on_5xx", &b->on_5xx) < 0)
         return -1;
-    p->failures = (unsigned)failures;
+    b->failures = (unsigned)failures;
+    b->ratio_ppm = 0;
+    b->open_ms = b->open_max_ms = cooldown;
+    b->half_open_requests = 1;
+    b->max_ejection_percent = 100;
+    return 0;
+}
+
+static int lb_cfg_breaker(struct lb_loader *ld, const config_setting_t *pool,
+                          struct lb_pool_cfg *p)
+{
+    static const char *const keys[] = { "failures", "failure_ratio", "window", "min_requests",
+                                        "on_5xx", "open", "open_max", "half_open_requests",
+                                        "max_ejection_percent", NULL };
+    struct lb_breaker_cfg *b = &p->breaker;
+    *b = (struct lb_breaker_cfg){ .failures = 5, .ratio_ppm = LB_BREAKER_RATIO_ONE / 2,
+                                  .window_ms = 10000, .min_requests = 20, .on_5xx = true,
+                                  .open_ms = 5000, .open_max_ms = 300000,
+                                  .half_open_requests = 1, .max_ejection_percent = 50 };
+    const config_setting_t *g = lb_cfg_member(pool, "circuit_breaker");
+    const config_setting_t *passive = lb_cfg_member(pool, "passive_health");
+    if (g != NULL && passive != NULL)
+        return lb_cfg_fail(ld, passive, "'passive_health' and 'circuit_breaker' are one mechanism: "
+                           "keep circuit_breaker (passive_health = { failures = N; on_5xx = B; "
+                           "cooldown = D; } is circuit_breaker = { failures = N; failure_ratio = 0; "
+                           "on_5xx = B; open = D; open_max = D; max_ejection_percent = 100; })");
+    if (passive != NULL) {
+        if (config_setting_type(passive) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, passive, "'passive_health' must be a group { ... }");
+        if (lb_cfg_passive(ld, passive, b) < 0)
+            return -1;
+    } else if (g != NULL) {
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, g, "'circuit_breaker' must be a group { ... }");
+        long long failures = b->failures, min_requests = b->min_requests;
+        long long trials = b->half_open_requests, eject = b->max_ejection_percent;
+        double ratio = 0.5;
+        if (lb_cfg_check_keys(ld, g, "circuit_breaker", keys) < 0 ||
+            lb_cfg_int(ld, g, "failures", 0, 1000, &failures) < 0 ||
+            lb_cfg_number(ld, g, "failure_ratio", 0.0, 1.0, &ratio) < 0 ||
+            lb_cfg_duration(ld, g, "window", &b->window_ms) < 0 ||
+            lb_cfg_int(ld, g, "min_requests", 1, 1000000, &min_requests) < 0 ||
+            lb_cfg_bool(ld, g, "on_5xx", &b->on_5xx) < 0 ||
+            lb_cfg_duration_pos(ld, g, "open", LB_BREAKER_OPEN_MAX_MS, &b->open_ms) < 0 ||
+            lb_cfg_duration_pos(ld, g, "open_max", LB_BREAKER_OPEN_MAX_MS, &b->open_max_ms) < 0 ||
+            lb_cfg_int(ld, g, "half_open_requests", 1, LB_BREAKER_MAX_TRIALS, &trials) < 0 ||
+            lb_cfg_int(ld, g, "max_ejection_percent", 0, 100, &eject) < 0)
+            return -1;
+        if (b->window_ms < 1000 || b->window_ms > LB_BREAKER_WINDOW_MAX_MS)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "window"),
+                               "circuit_breaker: window must be between 1s and 1h");
+        if (b->open_ms > b->open_max_ms)
+            return lb_cfg_fail(ld, lb_cfg_member(g, lb_cfg_member(g, "open_max") ? "open_max" : "open"),
+                               "circuit_breaker: open (%llums) must not exceed open_max (%llums)",
+                               (unsigned long long)b->open_ms, (unsigned long long)b->open_max_ms);
+        b->failures = (unsigned)failures;
+        b->ratio_ppm = (uint32_t)(ratio * LB_BREAKER_RATIO_ONE + 0.5);
+        if (b->failures == 0 && b->ratio_ppm == 0)
+            return lb_cfg_fail(ld, g, "circuit_breaker: failures and failure_ratio are both 0: "
+                                      "it would never open (leave circuit_breaker out instead)");
+        b->min_requests = (unsigned)min_requests;
+        b->half_open_requests = (unsigned)trials;
+        b->max_ejection_percent = (unsigned)eject;
+    } else {
+        *b = (struct lb_breaker_cfg){ .enabled = false };
+        return 0;
+    }
+    /* A trial the breaker let through and never heard of again (its worker
+     * died) must not hold the breaker half-open for good: after the time a
+     * response head may take, its place goes to another trial. */
+    uint64_t connect = p->timeouts.connect_ms ? p->timeouts.connect_ms : 60000;
+    uint64_t response = p->timeouts.backend_response_ms ? p->timeouts.backend_response_ms : 60000;
+    b->trial_timeout_ms = connect + response;
+    b->enabled = true;
     return 0;
 }
 
@@ -492,7 +601,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
-                                        "passive_health", NULL };
+                                        "passive_health", "circuit_breaker", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -524,7 +633,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_strategy(ld, g, &p->strategy) < 0 ||
             lb_cfg_hash_key(ld, g, p) < 0 ||
             lb_cfg_health(ld, g, &p->health) < 0 ||
-            lb_cfg_passive(ld, g, &p->passive) < 0 ||
+            lb_cfg_breaker(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;

@@ -53,11 +53,22 @@ struct lb_health_cfg {
     int expect_lo, expect_hi;           /* accepted status range */
 };
 
-/* Passive health: failed requests in a row take a server DOWN. */
-struct lb_passive_cfg {
-    unsigned failures;                  /* 0: off */
-    bool on_5xx;                        /* 5xx responses count as failures */
-    uint64_t cooldown_ms;               /* without active checks: retry after */
+/* Circuit breaker (worker/breaker.h), per server, state in shm. Also what
+ * `passive_health` sets up: a preset of these keys. */
+#define LB_BREAKER_MAX_TRIALS   1000        /* half_open_requests: 10 bits in the state word */
+#define LB_BREAKER_RATIO_ONE    1000000u    /* failure_ratio is kept in millionths */
+struct lb_breaker_cfg {
+    bool enabled;
+    unsigned failures;                  /* consecutive failures that open it; 0: off */
+    uint32_t ratio_ppm;                 /* failure share that opens it (ppm); 0: off */
+    uint64_t window_ms;                 /* ... among the requests of this sliding window */
+    unsigned min_requests;              /* ... once it holds at least this many */
+    bool on_5xx;                        /* 5xx answers count as failures */
+    uint64_t open_ms;                   /* first open interval; doubles per re-open */
+    uint64_t open_max_ms;               /* ... up to this */
+    unsigned half_open_requests;        /* trials let through, all workers together */
+    unsigned max_ejection_percent;      /* of the pool's servers open at once (at least one) */
+    uint64_t trial_timeout_ms;          /* an unanswered trial is given up after this */
 };
 
 /* Every wait has a bound (0: none). Defaults in config.c, documented in the
@@ -92,7 +103,7 @@ struct lb_pool_cfg {
     enum lb_hash_key hash_key;
     char hash_name[LB_NAME_MAX];        /* header or cookie name for hash_key */
     struct lb_health_cfg health;
-    struct lb_passive_cfg passive;
+    struct lb_breaker_cfg breaker;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };

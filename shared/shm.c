@@ -122,8 +122,22 @@ static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
         struct lb_shm_pool *p = lb_shm_pool(h, (unsigned)free_id);
         snprintf(p->name, sizeof(p->name), "%s", name);
         atomic_store(&p->rr_next, 0);
+        atomic_store(&p->breakers_open, 0);
+        atomic_store(&p->breaker_refused, 0);
     }
     return free_id;
+}
+
+/* Closed, with no history: a new server, or a pool whose breaker a reload
+ * removed. */
+static void lb_shm_breaker_reset(struct lb_shm_backend *b)
+{
+    atomic_store(&b->breaker, 0);
+    atomic_store(&b->fails_in_row, 0);
+    atomic_store(&b->breaker_interval_ms, 0);
+    atomic_store(&b->breaker_closed_ms, 0);
+    for (unsigned k = 0; k < LB_BREAKER_BUCKETS; k++)
+        atomic_store(&b->breaker_window[k], 0);
 }
 
 static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const char *address)
@@ -154,11 +168,12 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         atomic_store(&b->checks_failed, 0);
         atomic_store(&b->last_check_ms, 0);
         atomic_store(&b->last_change_ms, lb_wall_ms());
-        atomic_store(&b->passive_until_ms, 0);
         atomic_store(&b->inflight, 0);
-        atomic_store(&b->fails_in_row, 0);
         atomic_store(&b->ewma_us, 0);
         atomic_store(&b->ewma_stamp_us, 0);
+        lb_shm_breaker_reset(b);
+        for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
+            atomic_store(&b->breaker_transitions[k], 0);
         lb_shm_error_set(b, "");
         snprintf(b->pool, sizeof(b->pool), "%s", pool);
         snprintf(b->address, sizeof(b->address), "%s", address);
@@ -204,22 +219,17 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
     return new_pools <= free_pools && new_backends <= free_backends;
 }
 
-/* A server keeps its health over a reload, unless what would bring it back
- * is gone: with no health_check left in its pool, a server a check took down
- * is UP again, and one passive health took down gets its cooldown. */
+/* A server keeps its health and its breaker over a reload, unless what
+ * would bring it back is gone: with no health_check left in its pool, a
+ * server a check took down is UP again; with no breaker left, the breaker
+ * is closed. */
 static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_cfg *pc)
 {
+    if (!pc->breaker.enabled && atomic_load(&b->breaker) != 0)
+        lb_shm_breaker_reset(b);
     if (pc->health.enabled || atomic_load(&b->health) != LB_HEALTH_DOWN)
         return;
-    uint32_t reason = atomic_load(&b->down_reason);
-    if (reason == LB_DOWN_PASSIVE && pc->passive.failures > 0) {
-        if (atomic_load(&b->passive_until_ms) == 0)
-            atomic_store(&b->passive_until_ms, lb_wall_ms() + pc->passive.cooldown_ms);
-        return;
-    }
     atomic_store(&b->down_reason, LB_DOWN_NONE);
-    atomic_store(&b->passive_until_ms, 0);
-    atomic_store(&b->fails_in_row, 0);
     atomic_store(&b->last_change_ms, lb_wall_ms());
     atomic_store(&b->health, LB_HEALTH_UP);
 }
@@ -262,6 +272,13 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             atomic_store(&b->state, LB_ENTRY_ACTIVE);
             lb_shm_health_carry(b, pc);
         }
+        /* Transitions keep this count; recounting here heals what a worker
+         * that died between its two steps of a transition left (see
+         * worker/breaker.c), and forgets servers the pool no longer has. */
+        uint32_t open = 0;
+        for (size_t j = 0; j < pc->nservers; j++)
+            open += atomic_load(&lb_shm_backend(h, pc->servers[j].shm_id)->breaker) != 0;
+        atomic_store(&lb_shm_pool(h, (unsigned)pid)->breakers_open, open);
     }
     for (unsigned i = 0; i < h->max_pools; i++) {
         struct lb_shm_pool *p = lb_shm_pool(h, i);

@@ -17,6 +17,7 @@
 
 #include "shared/log.h"
 #include "worker/accesslog.h"
+#include "worker/breaker.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
 #include "worker/route.h"
@@ -43,6 +44,8 @@ struct lb_exchange {
     uint64_t resp_left;
     uint64_t req_body_bytes;            /* received so far (limits.body) */
     uint64_t sent_us;                   /* request dispatched (wall clock) */
+    uint64_t breaker_ticket;            /* a half-open breaker's trial: its round */
+    uint64_t breaker_ms;                /* CLOCK_MONOTONIC at the pick (breaker on) */
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
@@ -275,25 +278,44 @@ static void lb_session_set_idle(struct lb_session *s)
                          w->cfg->timeouts.send_ms);
 }
 
-/* Passive health: only the current generation's workers change it (see
- * lb_shm_generation_current). Whether the server just went DOWN. */
-static bool lb_session_report(struct lb_session *s, bool ok, uint64_t now_ms)
+/* Tell the server's circuit breaker what became of the request. Only the
+ * current generation's workers change breaker state (see
+ * lb_shm_generation_current), except that a trial's outcome is always
+ * reported: its round would otherwise wait for the trial timeout. */
+static void lb_session_report(struct lb_session *s, enum lb_breaker_outcome outcome,
+                              uint64_t retry_after_ms)
 {
-    return lb_shm_generation_current(s->w->shm, s->w->generation) &&
-           lb_backend_report(s->server->shared, ok, s->server->pool->cfg, now_ms);
+    const struct lb_pool_rt *pool = s->server->pool;
+    if (!pool->cfg->breaker.enabled)
+        return;
+    uint64_t ticket = s->x != NULL ? s->x->breaker_ticket : 0;
+    if (ticket != 0)
+        s->x->breaker_ticket = 0;
+    else if (!lb_shm_generation_current(s->w->shm, s->w->generation))
+        return;
+    /* A success counts at its pick's time; anything else reads the clock. */
+    uint64_t now_ms = outcome == LB_BREAKER_SUCCESS && s->x != NULL ? s->x->breaker_ms : 0;
+    const struct lb_breaker_site site = { s->server->shared, pool->shm, pool->cfg };
+    lb_breaker_report(&site, ticket, outcome, retry_after_ms, now_ms);
 }
 
-/* A failure that counts against the backend: counters and passive health. */
+/* The exchange ends in an error or a close: a trial it still holds had no
+ * verdict (the client left, or the request was never sent), and goes back
+ * to the breaker. (An exchange that ends well has reported its outcome.) */
+static void lb_session_trial_end(struct lb_session *s)
+{
+    if (s->x != NULL && s->x->breaker_ticket != 0 && s->server != NULL)
+        lb_session_report(s, LB_BREAKER_ABANDONED, 0);
+}
+
+/* A failure that counts against the backend: counters and breaker. */
 static void lb_session_backend_failed(struct lb_session *s)
 {
     lb_counter_add(&s->server->stats->failures, 1);
-    if (lb_session_report(s, false, lb_wall_ms()))
-        lb_log_warn("server %s of pool '%s' marked DOWN after %u failed requests in a row",
-                    s->server->cfg->address, s->server->pool->cfg->name,
-                    s->server->pool->cfg->passive.failures);
+    lb_session_report(s, LB_BREAKER_FAILURE, 0);
 }
 
-/* The exchange went through: duration histogram, passive health. */
+/* The exchange went through: duration histogram, breaker. */
 static void lb_session_backend_done(struct lb_session *s)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
@@ -304,7 +326,7 @@ static void lb_session_backend_done(struct lb_session *s)
     lb_counter_add(&s->server->stats->duration[k], 1);
     lb_counter_add(&s->server->stats->duration_sum_us, d);
     if (!s->counted_failure)
-        lb_session_report(s, true, 0);
+        lb_session_report(s, LB_BREAKER_SUCCESS, 0);
 }
 
 static void lb_session_release_up(struct lb_session *s, bool reusable)
@@ -322,6 +344,7 @@ static void lb_session_release_up(struct lb_session *s, bool reusable)
 static void lb_session_close(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
+    lb_session_trial_end(s);
     lb_session_log(s);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
@@ -418,6 +441,7 @@ static void lb_session_count_response(struct lb_session *s, int status)
  * the connection is cut so the client sees a truncated response. */
 static void lb_session_error(struct lb_session *s, int status)
 {
+    lb_session_trial_end(s);
     if (s->resp_started) {
         lb_session_linger(s);
         return;
@@ -929,6 +953,17 @@ static void lb_tunnel_start(struct lb_session *s)
     lb_tunnel_pump(s);
 }
 
+/* A 503's Retry-After, for the breaker: ms from now, 0 if none. */
+static uint64_t lb_retry_after_ms(const struct lb_http_msg *m)
+{
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (h->name_len == 11 && lb_str_ieq(h->name, 11, "retry-after"))
+            return lb_breaker_retry_after_ms(h->value, h->value_len, lb_wall_ms());
+    }
+    return 0;
+}
+
 /* Parse response heads in the backend input; relay interim 1xx ones.
  * True when the final head is done and the body can be relayed; false when
  * more bytes are needed or the session was ended (S may be gone). */
@@ -984,6 +1019,7 @@ static bool lb_handle_response_head(struct lb_session *s)
             if (s->acc != NULL)
                 s->acc->upstream_status = 101;
             lb_session_log(s);
+            lb_session_report(s, LB_BREAKER_SUCCESS, 0);
             lb_tunnel_start(s);
             return false;
         }
@@ -1018,8 +1054,9 @@ static bool lb_handle_response_head(struct lb_session *s)
         lb_session_count_response(s, m.status);
         uint64_t now_us = lb_wall_us();
         lb_backend_observe(s->server->shared, lb_elapsed_us(s->x->sent_us, now_us), now_us);
-        if (m.status >= 500 && s->server->pool->cfg->passive.on_5xx) {
-            lb_session_backend_failed(s);
+        if (m.status >= 500 && s->server->pool->cfg->breaker.on_5xx) {
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_report(s, LB_BREAKER_FAILURE, m.status == 503 ? lb_retry_after_ms(&m) : 0);
             s->counted_failure = true;
         }
         if (s->acc != NULL) {
@@ -1233,6 +1270,22 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
     return lb_balancer_key(s->client_ip, strlen(s->client_ip));
 }
 
+/* The breaker's admission of the picked server IDX. Another worker may
+ * have taken its last half-open trial since the pick (the pick then skips
+ * it): pick again, a few times. The server's index, or -1. */
+static int lb_session_admit(struct lb_session *s, struct lb_pool_rt *pool,
+                            const struct lb_pick_ctx *ctx, int idx)
+{
+    s->x->breaker_ms = ctx->now_ms;
+    for (int tries = 0; idx >= 0 && tries < 4; tries++) {
+        const struct lb_breaker_site site = { pool->shared[idx], pool->shm, pool->cfg };
+        if (lb_breaker_admit(&site, ctx->now_ms, &s->x->breaker_ticket))
+            return idx;
+        idx = lb_balancer_pick(&pool->balancer, ctx);
+    }
+    return -1;
+}
+
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
@@ -1267,12 +1320,26 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     }
     struct lb_pool_rt *pool = &w->pools[r->pool];
     s->x->sent_us = lb_wall_us();
-    struct lb_pick_ctx ctx = { .now_ms = s->x->sent_us / 1000 };
+    struct lb_pick_ctx ctx = { .now_ms = 0 };
+    bool breaker = pool->cfg->breaker.enabled;
+    if (breaker) {
+        ctx.now_ms = lb_now_ms();
+        /* A retiring worker takes no trial: it may not report them. */
+        ctx.trials = lb_shm_generation_current(w->shm, w->generation);
+    }
     if (pool->cfg->strategy == LB_STRATEGY_HASH)
         ctx.key = lb_session_hash_key(s, m, pool->cfg);
     int idx = lb_balancer_pick(&pool->balancer, &ctx);
+    if (breaker && idx >= 0)
+        idx = lb_session_admit(s, pool, &ctx, idx);
     if (idx < 0) {
-        lb_log_warn("pool '%s': no server available", pool->cfg->name);
+        if (pool->cfg->breaker.enabled && lb_breaker_refused_all(pool->shared, pool->cfg->nservers)) {
+            /* Every server left is open: 503 at once, no connect tried. */
+            atomic_fetch_add_explicit(&pool->shm->breaker_refused, 1, memory_order_relaxed);
+            lb_log_debug("pool '%s': every usable server's circuit breaker is open", pool->cfg->name);
+        } else {
+            lb_log_warn("pool '%s': no server available", pool->cfg->name);
+        }
         lb_session_error(s, 503);
         return;
     }
@@ -1351,6 +1418,10 @@ static void lb_deadline_timeout(evutil_socket_t fd, short what, void *arg)
     struct lb_session *s = arg;
     lb_log_info("client %s: request deadline passed", s->client_ip);
     lb_count_timeout(s, LB_TO_DEADLINE);
+    /* The whole request was sent and no answer came: the backend's timeout
+     * (a slow upload is not). */
+    if (s->state == LB_S_PROXY && s->server != NULL && s->req_done && !s->resp_head_done)
+        lb_session_backend_failed(s);
     s->keepalive = false;
     lb_session_error(s, 504);
 }

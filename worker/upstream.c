@@ -59,6 +59,7 @@ int lb_upstream_init(struct lb_worker *w)
         const struct lb_pool_cfg *pc = &cfg->pools[i];
         struct lb_pool_rt *p = &w->pools[i];
         p->cfg = pc;
+        p->shm = lb_shm_pool(w->shm, pc->shm_id);
         p->servers = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->servers));
         p->shared = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->shared));
         if (p->servers == NULL || p->shared == NULL)

@@ -48,6 +48,7 @@ struct lb_pool_rt {
     struct lb_balancer balancer;
     struct lb_server_rt *servers;
     struct lb_shm_backend **shared;         /* per server, for the balancer */
+    struct lb_shm_pool *shm;                /* shared pool state (breakers) */
 };
 
 struct lb_worker {

@@ -220,6 +220,10 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
     } else if (KEY_IS("hdrsize")) {
         if (parse_u64(v, vn, REQ_NUM_MAX, &req->hdrsize) < 0)
             return -1;
+    } else if (KEY_IS("retry_after")) {
+        if (parse_u64(v, vn, 86400, &req->retry_after) < 0)
+            return -1;
+        req->has_retry_after = true;
     }
     /* Unknown keys are ignored, so tests can add cache-busters and such. */
 #undef KEY_IS
@@ -244,6 +248,7 @@ static int parse_target(struct request *req, const char *target)
     size_t path_len = strcspn(path, "?");
     req->stats = path_len == 6 && memcmp(path, "/stats", 6) == 0 &&
                  (req->is_get || req->is_head);
+    req->control = path_len == 8 && memcmp(path, "/control", 8) == 0 && req->is_get;
     /* /stats ignores its query: it must answer even in a test that appends
      * behaviour parameters to every URL. */
     if (req->stats || path[path_len] != '?')

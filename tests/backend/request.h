@@ -43,6 +43,13 @@ struct request {
     uint64_t trickle_ms;    /* trickle=MS: the response head, a byte per MS ms */
     bool endless;           /* endless=1: header lines without end */
     uint64_t hdrsize;       /* hdrsize=N: one header line with an N-byte value */
+    bool has_retry_after;   /* retry_after=S: a Retry-After: S header */
+    uint64_t retry_after;
+    /* GET /control?...: the query (status=, reset=, delay=, retry_after=) applies to
+     * every later request but /stats and /control until the next /control;
+     * a bare /control goes back to normal. A test makes a server fail and
+     * recover this way, without restarting it. */
+    bool control;
 };
 
 /* Length of the head at the start of buf (through its terminating blank

@@ -5,10 +5,11 @@
  *
  * It prints "ready" once every listener is bound, then answers each request
  * as its query string asks (status=, delay=, size=, chunked=, close=,
- * reset=, drop=, echo=, hang=, ws=, trickle=, endless=, hdrsize=; see
- * request.h) so a test can provoke exactly
- * the backend behaviour it wants to see lbd handle. GET /stats reports
- * counters as JSON.
+ * reset=, drop=, echo=, hang=, ws=, trickle=, endless=, hdrsize=, retry_after=;
+ * see request.h) so a test can provoke exactly the backend behaviour it
+ * wants to see lbd handle. GET /stats reports counters as JSON; GET
+ * /control?status=503 (or reset=1) makes every later request fail so until
+ * a bare GET /control.
  *
  * It is written on bare bufferevents rather than evhttp because the tests
  * need control of every byte and of the connection itself: keep-alive
@@ -72,6 +73,8 @@ struct server {
     uint64_t accepted;          /* connections since start; gives conn ids */
     uint64_t requests;          /* responses started since start */
     uint64_t active;            /* connections open now */
+    uint64_t heads;             /* request heads but /stats and /control */
+    struct request fault;       /* set by GET /control: applies to every request */
     struct conn *conns;         /* every open connection, freed on exit */
 };
 
@@ -235,8 +238,8 @@ static void stats_body(struct conn *c)
     json_escape(name, sizeof name, srv->name);
     n = snprintf(c->scratch, sizeof c->scratch,
                  "{\"name\":\"%s\",\"connections\":%" PRIu64 ",\"requests\":%" PRIu64
-                 ",\"active\":%" PRIu64 "}\n",
-                 name, srv->accepted, srv->requests, srv->active);
+                 ",\"active\":%" PRIu64 ",\"heads\":%" PRIu64 "}\n",
+                 name, srv->accepted, srv->requests, srv->active, srv->heads);
     c->src = c->scratch;
     c->resp_left = n > 0 ? (uint64_t)n : 0;
 }
@@ -393,6 +396,8 @@ static enum step respond(struct conn *c)
     HEAD_ADD("X-Conn-Id: %" PRIu64 "\r\n", c->id);
     HEAD_ADD("X-Conn-Seq: %" PRIu64 "\r\n", c->seq);
     HEAD_ADD("X-Body-Bytes: %" PRIu64 "\r\n", c->body_bytes);
+    if (!c->bad && r->has_retry_after)
+        HEAD_ADD("Retry-After: %" PRIu64 "\r\n", r->retry_after);
     if (c->close_after)
         HEAD_ADD("Connection: close\r\n");
     else if (r->minor == 0)
@@ -556,6 +561,37 @@ static void skip_empty_lines(struct evbuffer *in)
     }
 }
 
+/* GET /control sets the server's fault (answered 200, counted as /stats
+ * is); every other request but /stats gets it and is counted in heads. */
+static void apply_fault(struct conn *c)
+{
+    struct server *srv = c->srv;
+    struct request *r = &c->req;
+
+    if (r->stats)
+        return;
+    if (r->control) {
+        srv->fault = *r;
+        r->status = 200;
+        r->reset = false;
+        r->delay_ms = 0;
+        r->has_retry_after = false;
+        return;
+    }
+    srv->heads++;
+    if (!srv->fault.control)
+        return;
+    if (srv->fault.status != 200)
+        r->status = srv->fault.status;
+    r->reset = r->reset || srv->fault.reset;
+    if (srv->fault.delay_ms > 0)
+        r->delay_ms = srv->fault.delay_ms;
+    if (srv->fault.has_retry_after) {
+        r->has_retry_after = true;
+        r->retry_after = srv->fault.retry_after;
+    }
+}
+
 static enum step step_head(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -594,6 +630,7 @@ static enum step step_head(struct conn *c)
     c->bad = false;
     if (req_parse(c->head, end, &c->req) < 0)
         return bad_request(c);
+    apply_fault(c);
     return request_start(c);
 }
 
@@ -860,8 +897,11 @@ static void usage(FILE *f)
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
-            "  trickle=MS endless=1 hdrsize=N\n"
-            "GET /stats returns counters as JSON.\n",
+            "  trickle=MS endless=1 hdrsize=N retry_after=S\n"
+            "GET /stats returns counters as JSON (heads: requests but /stats and /control).\n"
+            "GET /control?status=N&reset=1&delay=MS&retry_after=S makes every later request\n"
+            "behave so;\n"
+            "a bare GET /control restores normal answers.\n",
             IDLE_TIMEOUT_DEFAULT);
 }
 

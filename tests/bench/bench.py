@@ -21,7 +21,8 @@ threads) and the backends: the ratio still compares like with like.
 --instructions instead counts the instructions lbd's worker executes per
 keep-alive request (valgrind's callgrind): exact and repeatable where time
 on a shared 2-core VM is not, so a change to the data path can be judged on
-its own.
+its own. --breaker gives lbd's pool a circuit breaker (no failures happen:
+what it costs a healthy pool).
 """
 import argparse
 import os
@@ -64,7 +65,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Extra keys of lbd's pool (--breaker).
+POOL_EXTRA = ""
+
+
 def fill(template, path, values):
+    values = dict(values, POOL_EXTRA=POOL_EXTRA)
     with open(os.path.join(HERE, template)) as f:
         text = f.read()
     for k, v in values.items():
@@ -343,7 +349,12 @@ def main():
     ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
                     help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
                          "default) or default (no keepalive key)")
+    ap.add_argument("--breaker", action="store_true",
+                    help="lbd's pool with circuit_breaker (its defaults: both triggers)")
     args = ap.parse_args()
+    global POOL_EXTRA
+    if args.breaker:
+        POOL_EXTRA = "circuit_breaker = { };"
 
     for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
                                                             if args.instructions else ()):

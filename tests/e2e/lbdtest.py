@@ -443,6 +443,14 @@ class Backend:
         r = http_get(self.addr, "/stats")
         return json.loads(r.body)
 
+    def control(self, query=""):
+        """GET /control?QUERY (direct): every later request but /stats and
+        /control behaves as if its query held QUERY ("status=503",
+        "reset=1", "delay=500", "retry_after=2"); "" restores normal answers."""
+        r = http_get(self.addr, "/control" + ("?" + query if query else ""))
+        if r.status != 200:
+            raise AssertionError(f"GET /control?{query} on {self.name}: {r!r}")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -680,11 +688,13 @@ class Lbd:
 # configuration
 
 def _cfg_value(v):
-    """A Python value as libconfig: bool, int, dict (group) or string."""
+    """A Python value as libconfig: bool, int, float, dict (group) or string."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        return repr(v)
     if isinstance(v, dict):
         return "{ " + " ".join(f"{k} = {_cfg_value(x)};" for k, x in v.items()) + " }"
     return '"' + str(v) + '"'
@@ -694,7 +704,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
                log_level="info", timeouts=None, extra="", admin=None, listener=None):
     """Render a config. LISTEN: address or list. POOLS: list of dicts
     {name, servers: [(address, weight)]} and optionally strategy, keepalive,
-    timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...}.
+    timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...},
+    circuit_breaker {...}.
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
     first pool. ADMIN: admin listener address or None. LISTENER: extra keys
     of every listener, e.g. {"defer_accept": False}."""
@@ -717,7 +728,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     ps = []
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
-        for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health"):
+        for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
+                  "circuit_breaker"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
         srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'

@@ -192,6 +192,22 @@ class ConfigTestTest(LbdTestCase):
                                   '            { address = "127.0.0.1:19002"; weight = 1001; }')
         self.assertInvalid(text, line, "weight")
 
+    def test_breaker_out_of_range(self):
+        """circuit_breaker values out of range, each at its line."""
+        for key, bad, what in (("failure_ratio", "1.5", "between 0 and 1"),
+                               ("max_ejection_percent", "101", "between 0 and 100"),
+                               ("half_open_requests", "0", "between 1 and 1000"),
+                               ("open", '"10m"', "must not exceed open_max")):
+            with self.subTest(key):
+                text, line = insert_after(BASE, 'strategy = "round_robin";',
+                                          f"        circuit_breaker = {{\n"
+                                          f"            {key} = {bad};\n        }};")
+                self.assertInvalid(text, line + 1, what)
+        text, line = insert_after(BASE, 'strategy = "round_robin";',
+                                  "        passive_health = { failures = 3; };\n"
+                                  "        circuit_breaker = { failures = 3; };")
+        self.assertInvalid(text, line, "keep circuit_breaker")
+
     def test_missing_listeners(self):
         lines = BASE.split("\n")
         start = lines.index("listeners = (")

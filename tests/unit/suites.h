@@ -14,5 +14,6 @@ Suite *freelist_suite(void);
 Suite *upstream_suite(void);
 Suite *health_suite(void);
 Suite *fdbudget_suite(void);
+Suite *breaker_suite(void);
 
 #endif

@@ -871,6 +871,150 @@ static bool in_block(const char *cidr, const char *ip)
     return lb_cidr_match(&c, 1, (const struct sockaddr *)&ss);
 }
 
+/* A pool "web" with BREAKER's text as its circuit_breaker or passive_health
+ * (KEY), the group starting on line 3. */
+static void breaker_conf(char *out, size_t n, const char *key, const char *group)
+{
+    snprintf(out, n, LISTENERS
+             "pools = (\n"
+             "  { name = \"web\"; %s = {\n%s};\n"
+             "    timeouts = { connect = \"1s\"; backend_response = \"4s\"; };\n"
+             "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+             ");\n", key, group);
+}
+
+static struct lb_breaker_cfg load_breaker(const char *key, const char *group)
+{
+    char text[2048], err[512];
+    struct lb_config *cfg;
+    breaker_conf(text, sizeof(text), key, group);
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s\n%s", err, text);
+    struct lb_breaker_cfg b = cfg->pools[0].breaker;
+    lb_config_free(cfg);
+    return b;
+}
+
+START_TEST(test_breaker_config)
+{
+    /* Off unless configured. */
+    struct lb_config *cfg;
+    char err[512];
+    ck_assert_int_eq(load_text(MINIMAL, &cfg, err, sizeof(err)), 0);
+    ck_assert(!cfg->pools[0].breaker.enabled);
+    ck_assert(!cfg->pools[0].breaker.on_5xx);
+    lb_config_free(cfg);
+
+    /* Defaults: the example. */
+    struct lb_breaker_cfg b = load_breaker("circuit_breaker", "");
+    ck_assert(b.enabled && b.on_5xx);
+    ck_assert_uint_eq(b.failures, 5);
+    ck_assert_uint_eq(b.ratio_ppm, 500000);
+    ck_assert_uint_eq(b.window_ms, 10000);
+    ck_assert_uint_eq(b.min_requests, 20);
+    ck_assert_uint_eq(b.open_ms, 5000);
+    ck_assert_uint_eq(b.open_max_ms, 300000);
+    ck_assert_uint_eq(b.half_open_requests, 1);
+    ck_assert_uint_eq(b.max_ejection_percent, 50);
+    ck_assert_uint_eq(b.trial_timeout_ms, 5000);        /* connect + backend_response */
+
+    b = load_breaker("circuit_breaker",
+                     "failures = 0; failure_ratio = 0.25; window = \"30s\"; min_requests = 7;\n"
+                     "on_5xx = false; open = \"1s\"; open_max = \"1s\"; half_open_requests = 3;\n"
+                     "max_ejection_percent = 100;\n");
+    ck_assert_uint_eq(b.failures, 0);
+    ck_assert_uint_eq(b.ratio_ppm, 250000);
+    ck_assert_uint_eq(b.window_ms, 30000);
+    ck_assert_uint_eq(b.min_requests, 7);
+    ck_assert(!b.on_5xx);
+    ck_assert_uint_eq(b.open_ms, 1000);
+    ck_assert_uint_eq(b.open_max_ms, 1000);
+    ck_assert_uint_eq(b.half_open_requests, 3);
+    ck_assert_uint_eq(b.max_ejection_percent, 100);
+    /* An integer ratio, and ratio off. */
+    ck_assert_uint_eq(load_breaker("circuit_breaker", "failure_ratio = 1;\n").ratio_ppm, 1000000);
+    ck_assert_uint_eq(load_breaker("circuit_breaker", "failure_ratio = 0;\n").ratio_ppm, 0);
+
+    /* passive_health is a preset: failures in a row, a fixed open interval
+     * (cooldown), one trial, no ejection limit. */
+    b = load_breaker("passive_health", "failures = 3; cooldown = \"2s\";\n");
+    ck_assert(b.enabled && !b.on_5xx);
+    ck_assert_uint_eq(b.failures, 3);
+    ck_assert_uint_eq(b.ratio_ppm, 0);
+    ck_assert_uint_eq(b.open_ms, 2000);
+    ck_assert_uint_eq(b.open_max_ms, 2000);
+    ck_assert_uint_eq(b.half_open_requests, 1);
+    ck_assert_uint_eq(b.max_ejection_percent, 100);
+    b = load_breaker("passive_health", "on_5xx = true;\n");
+    ck_assert_uint_eq(b.failures, 5);
+    ck_assert_uint_eq(b.open_ms, 10000);
+    ck_assert(b.on_5xx);
+}
+END_TEST
+
+static void expect_breaker_error(const char *key, const char *group, const char *at,
+                                 const char *what)
+{
+    char text[2048];
+    breaker_conf(text, sizeof(text), key, group);
+    if (at != NULL)
+        expect_error(text, at, what);
+    else
+        expect_error_line(text, NULL, 3, what);
+}
+
+START_TEST(test_err_breaker)
+{
+    expect_breaker_error("circuit_breaker", "failure_ratio = 1.5;\n", "failure_ratio",
+                         "'failure_ratio' must be between 0 and 1");
+    expect_breaker_error("circuit_breaker", "failure_ratio = -0.1;\n", "failure_ratio",
+                         "'failure_ratio' must be between 0 and 1");
+    expect_breaker_error("circuit_breaker", "failure_ratio = \"half\";\n", "failure_ratio",
+                         "'failure_ratio' must be a number");
+    expect_breaker_error("circuit_breaker", "max_ejection_percent = 101;\n", "max_ejection",
+                         "'max_ejection_percent' must be between 0 and 100");
+    expect_breaker_error("circuit_breaker", "half_open_requests = 0;\n", "half_open",
+                         "'half_open_requests' must be between 1 and 1000");
+    expect_breaker_error("circuit_breaker", "failures = -1;\n", "failures",
+                         "'failures' must be between 0 and 1000");
+    expect_breaker_error("circuit_breaker", "min_requests = 0;\n", "min_requests",
+                         "'min_requests' must be between 1");
+    expect_breaker_error("circuit_breaker", "open = \"10m\";\n", "open =",
+                         "open (600000ms) must not exceed open_max (300000ms)");
+    expect_breaker_error("circuit_breaker", "open = \"10s\";\nopen_max = \"5s\";\n", "open_max",
+                         "must not exceed open_max");
+    expect_breaker_error("circuit_breaker", "open = \"0\";\n", "open =",
+                         "'open' must be more than 0");
+    expect_breaker_error("circuit_breaker", "open_max = \"25h\";\n", "open_max",
+                         "'open_max' must be more than 0 and at most 86400s");
+    expect_breaker_error("circuit_breaker", "window = \"500ms\";\n", "window",
+                         "window must be between 1s and 1h");
+    expect_breaker_error("circuit_breaker", "on_5xx = 1;\n", "on_5xx", "'on_5xx' must be true or false");
+    expect_breaker_error("circuit_breaker", "failures = 0; failure_ratio = 0;\n", NULL,
+                         "it would never open");
+    expect_breaker_error("circuit_breaker", "cooldown = \"1s\";\n", "cooldown",
+                         "unknown key 'cooldown' in circuit_breaker");
+    expect_breaker_error("passive_health", "failures = 0;\n", "failures",
+                         "'failures' must be between 1 and 1000");
+    expect_breaker_error("passive_health", "cooldown = \"0\";\n", "cooldown",
+                         "'cooldown' must be more than 0");
+    expect_breaker_error("passive_health", "open = \"1s\";\n", "open",
+                         "unknown key 'open' in passive_health");
+    /* Both: one mechanism, the error names the new keys. */
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; circuit_breaker = { failures = 3; };\n"
+                 "    passive_health = { failures = 3; };\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "passive_health",
+                 "'passive_health' and 'circuit_breaker' are one mechanism: keep circuit_breaker");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; circuit_breaker = 5;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "circuit_breaker", "'circuit_breaker' must be a group");
+}
+END_TEST
+
 START_TEST(test_cidr)
 {
     ck_assert(in_block("10.0.0.0/8", "10.1.2.3"));
@@ -955,6 +1099,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_drain_idle_bounds);
     tcase_add_test(tc, test_err_max_connections);
     tcase_add_test(tc, test_err_trusted_proxies);
+    tcase_add_test(tc, test_breaker_config);
+    tcase_add_test(tc, test_err_breaker);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cidr");

@@ -1,13 +1,12 @@
 /* master/health.c: the exact rise/fall counting of active checks
- * (lb_health_record), and how it meets passive health (lb_backend_report):
- * an off-by-one in either would pass every end-to-end test. */
+ * (lb_health_record): an off-by-one would pass every end-to-end test.
+ * Failed requests are the circuit breaker's (test_breaker.c), not health's. */
 #include <check.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #include "master/health.h"
 #include "shared/shm.h"
-#include "worker/balancer.h"
 #include "tests/unit/suites.h"
 
 static struct lb_shm_backend sb;
@@ -140,64 +139,6 @@ START_TEST(test_record_counters)
 }
 END_TEST
 
-START_TEST(test_passive_down_needs_rise_checks)
-{
-    /* Passive health with active checks: requests take the server DOWN,
-     * only `rise` checks in a row that pass after that bring it back (the
-     * passes it had before do not count). */
-    struct lb_pool_cfg pool = { .health = check(3, 2), .passive = { .failures = 2 } };
-    fresh();
-    feed(&pool.health, "PPPPP", ".....");
-    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert(!is_up());
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_PASSIVE);
-    ck_assert_uint_eq(atomic_load(&sb.check_successes), 0);
-    /* A request that goes through (the worker's retry) does not revive it. */
-    ck_assert(!lb_backend_report(&sb, true, &pool, 2000));
-    ck_assert(!is_up());
-    feed(&pool.health, "PP", "..");
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_PASSIVE);
-    feed(&pool.health, "P", "+");
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_NONE);
-    ck_assert_uint_eq(atomic_load(&sb.fails_in_row), 0);
-    ck_assert_uint_eq(atomic_load(&sb.passive_until_ms), 0);
-    /* Its passive count starts again from zero. */
-    ck_assert(!lb_backend_report(&sb, false, &pool, 3000));
-    ck_assert(is_up());
-}
-END_TEST
-
-START_TEST(test_passive_and_check_failures)
-{
-    struct lb_pool_cfg pool = { .health = check(2, 3), .passive = { .failures = 1 } };
-    /* DOWN by requests, then a failed check: still DOWN, still for the
-     * reason that took it down, and the passes start from zero. */
-    fresh();
-    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
-    feed(&pool.health, "PFP", "...");
-    ck_assert(!is_up());
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_PASSIVE);
-    feed(&pool.health, "P", "+");
-
-    /* Failed checks short of `fall`, then a failed request: DOWN (passive);
-     * the checks' failure count does not announce a second change. */
-    fresh();
-    feed(&pool.health, "FF", "..");
-    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
-    feed(&pool.health, "F", ".");
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_PASSIVE);
-
-    /* DOWN by checks: failed requests neither announce nor change it. */
-    fresh();
-    feed(&pool.health, "FFF", "..-");
-    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_CHECK);
-    feed(&pool.health, "PP", ".+");
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_NONE);
-}
-END_TEST
-
 Suite *health_suite(void)
 {
     Suite *s = suite_create("health");
@@ -207,8 +148,6 @@ Suite *health_suite(void)
     tcase_add_test(tc, test_fall1_rise1);
     tcase_add_test(tc, test_counts_reset_in_between);
     tcase_add_test(tc, test_record_counters);
-    tcase_add_test(tc, test_passive_down_needs_rise_checks);
-    tcase_add_test(tc, test_passive_and_check_failures);
     suite_add_tcase(s, tc);
     return s;
 }
