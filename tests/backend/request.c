@@ -212,6 +212,14 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
         return parse_flag(v, vn, &req->hang);
     } else if (KEY_IS("ws")) {
         return parse_flag(v, vn, &req->ws);
+    } else if (KEY_IS("trickle_head")) {
+        if (parse_u64(v, vn, 86400000, &req->trickle_head_ms) < 0)
+            return -1;
+    } else if (KEY_IS("early_hints")) {
+        if (vn == 7 && memcmp(v, "forever", 7) == 0)
+            req->early_hints = REQ_FOREVER;
+        else if (parse_u64(v, vn, REQ_NUM_MAX, &req->early_hints) < 0)
+            return -1;
     }
     /* Unknown keys are ignored, so tests can add cache-busters and such. */
 #undef KEY_IS

@@ -40,7 +40,13 @@ struct request {
     bool echo;
     bool hang;
     bool ws;                /* ws=1: answer 101 and echo every byte after it */
+    uint64_t trickle_head_ms;   /* trickle_head=MS: the head after its status
+                                 * line goes out one byte per MS ms */
+    uint64_t early_hints;       /* early_hints=N: N "103 Early Hints" before the
+                                 * answer; early_hints=forever: without end */
 };
+
+#define REQ_FOREVER UINT64_MAX
 
 /* Length of the head at the start of buf (through its terminating blank
  * line, CRLF or bare LF), or 0 when buf does not hold a whole head yet. */

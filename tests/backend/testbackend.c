@@ -5,7 +5,8 @@
  *
  * It prints "ready" once every listener is bound, then answers each request
  * as its query string asks (status=, delay=, size=, chunked=, close=,
- * reset=, drop=, echo=, hang=; see request.h) so a test can provoke exactly
+ * reset=, drop=, echo=, hang=, ws=, trickle_head=, early_hints=; see
+ * request.h) so a test can provoke exactly
  * the backend behaviour it wants to see lbd handle. GET /stats reports
  * counters as JSON.
  *
@@ -82,6 +83,8 @@ enum conn_state {
     CS_CHUNK_CRLF,  /* chunked body: expecting the CRLF after the data */
     CS_TRAILER,     /* chunked body: trailer lines up to the empty one */
     CS_DELAY,       /* request read; delay= timer pending */
+    CS_HINTS,       /* early_hints=: 103 responses under back-pressure */
+    CS_TRICKLE,     /* trickle_head=: the head leaves a byte per tick */
     CS_SENDING,     /* streaming the response body under back-pressure */
     CS_DRAIN,       /* response queued; waiting for the output to empty */
     CS_HANG,        /* hang=1: discard input, never answer */
@@ -110,6 +113,9 @@ struct conn {
     const char *src;            /* fixed body, or NULL for the pattern */
     size_t src_off;
     uint64_t resp_left;         /* body bytes still to queue */
+    uint64_t hints_left;        /* 103s still to send (REQ_FOREVER: no end) */
+    char *trickle;              /* trickle_head=: the head not yet sent */
+    size_t trickle_len, trickle_off;
     char scratch[2048];         /* the /stats body lives here */
 };
 
@@ -137,6 +143,7 @@ static void conn_free(struct conn *c)
     event_free(c->timer);
     bufferevent_free(c->bev);   /* BEV_OPT_CLOSE_ON_FREE closes the fd */
     free(c->head);
+    free(c->trickle);
     free(c);
 }
 
@@ -301,6 +308,35 @@ static void choose_body(struct conn *c)
     }
 }
 
+static enum step head_sent(struct conn *c);
+
+static enum step trickle_arm(struct conn *c)
+{
+    uint64_t ms = c->req.trickle_head_ms;
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
+                          .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+
+    if (evtimer_add(c->timer, &tv) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    return STEP_WAIT;
+}
+
+/* One more byte of a trickled head; the body once it is all out. */
+static enum step trickle_step(struct conn *c)
+{
+    if (bufferevent_write(c->bev, c->trickle + c->trickle_off, 1) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (++c->trickle_off < c->trickle_len)
+        return trickle_arm(c);
+    free(c->trickle);
+    c->trickle = NULL;
+    return head_sent(c);
+}
+
 static enum step respond(struct conn *c)
 {
     struct server *srv = c->srv;
@@ -336,10 +372,39 @@ static enum step respond(struct conn *c)
     HEAD_ADD("\r\n");
 #undef HEAD_ADD
     /* Cannot overflow: the name is capped at NAME_MAX_LEN bytes. */
-    if (n >= sizeof head || bufferevent_write(c->bev, head, n) < 0) {
+    if (n >= sizeof head) {
         conn_free(c);
         return STEP_GONE;
     }
+    if (r->trickle_head_ms > 0) {
+        /* The status line at once, the rest a byte per tick: a backend
+         * that is "responding" without ever finishing its head. */
+        size_t line = (size_t)(strstr(head, "\r\n") - head) + 2;
+        c->trickle = malloc(n - line);
+        if (c->trickle == NULL || bufferevent_write(c->bev, head, line) < 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        memcpy(c->trickle, head + line, n - line);
+        c->trickle_len = n - line;
+        c->trickle_off = 0;
+        c->state = CS_TRICKLE;
+        return trickle_arm(c);
+    }
+    if (bufferevent_write(c->bev, head, n) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    return head_sent(c);
+}
+
+/* The head is queued: the body (if any) follows. */
+static enum step head_sent(struct conn *c)
+{
+    const struct request *r = &c->req;
+    int status = c->bad ? 400 : r->stats ? 200 : r->status;
+    bool bodyless_status = status < 200 || status == 204 || status == 304;
+
     if (r->is_head || bodyless_status) {
         c->resp_left = 0;
         c->chunked_resp = false;    /* no body means no last-chunk either */
@@ -374,11 +439,46 @@ static void response_done(struct conn *c)
     conn_process(c);
 }
 
+/* early_hints=: queue 103s up to the high-water mark; the write callback
+ * asks for more as they drain, and the answer follows the last one. */
+static enum step send_hints(struct conn *c)
+{
+    static const char hint[] = "HTTP/1.1 103 Early Hints\r\n"
+                               "Link: </style.css>; rel=preload; as=style\r\n\r\n";
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    while (c->hints_left > 0 && evbuffer_get_length(out) < OUT_HIGH_WATER) {
+        if (evbuffer_add(out, hint, sizeof hint - 1) < 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        if (c->hints_left != REQ_FOREVER)
+            c->hints_left--;
+    }
+    if (c->hints_left > 0) {
+        c->state = CS_HINTS;
+        bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+        return STEP_WAIT;
+    }
+    return respond(c);
+}
+
+/* The request is read and its delay over: interim responses, then the answer. */
+static enum step answer(struct conn *c)
+{
+    return c->hints_left > 0 ? send_hints(c) : respond(c);
+}
+
 static void delay_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct conn *c = arg;
+
     (void)fd;
     (void)what;
-    respond(arg);
+    if (c->state == CS_TRICKLE)
+        trickle_step(c);
+    else
+        answer(c);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -406,6 +506,7 @@ static enum step request_complete(struct conn *c)
     }
     /* Stop reading while we answer: pipelined data waits in the kernel. */
     bufferevent_disable(c->bev, EV_READ);
+    c->hints_left = r->early_hints;
     if (r->delay_ms > 0) {
         struct timeval tv = {
             .tv_sec = (time_t)(r->delay_ms / 1000),
@@ -418,7 +519,7 @@ static enum step request_complete(struct conn *c)
         }
         return STEP_WAIT;
     }
-    return respond(c);
+    return answer(c);
 }
 
 /* A head has been parsed: act on it before any body arrives. */
@@ -632,6 +733,8 @@ static void write_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     if (c->state == CS_SENDING)
         fill(c);
+    else if (c->state == CS_HINTS)
+        send_hints(c);
     else if (c->state == CS_DRAIN)
         response_done(c);
     /* else: a 100 Continue went out; nothing to do */
@@ -765,6 +868,7 @@ static void usage(FILE *f)
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
+            "  trickle_head=MS early_hints=N|forever\n"
             "GET /stats returns counters as JSON.\n",
             IDLE_TIMEOUT_DEFAULT);
 }
