@@ -258,11 +258,20 @@ static void lb_timer_arm(struct event *ev, uint64_t ms)
 
 /* Backend connection timeouts once connected, from the pool's timeouts:
  * stalled writes always; backend_response only once the whole request is
- * sent (a slow upload is the client's time, judged by client_body). */
+ * sent (a slow upload is the client's time, judged by client_body). Until
+ * the response head is complete, backend_response runs on the session
+ * timer, from the request to the end of the final head: the connection's
+ * read clock restarts at every byte, and a backend trickling its head or
+ * sending 1xx heads without end would never run out of it. After the head
+ * it bounds each pause between body reads. */
 static void lb_session_up_timeouts(struct lb_session *s)
 {
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
-    lb_conn_set_timeouts(s->up->conn, s->req_done ? t->backend_response_ms : 0, t->send_ms);
+    bool head_wait = s->req_done && !s->resp_head_done;
+    lb_conn_set_timeouts(s->up->conn, s->req_done && !head_wait ? t->backend_response_ms : 0,
+                         t->send_ms);
+    if (head_wait)
+        lb_session_timer_arm(s, t->backend_response_ms);
 }
 
 static void lb_session_set_idle(struct lb_session *s)
@@ -987,6 +996,13 @@ static bool lb_handle_response_head(struct lb_session *s)
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
             lb_session_sent(s, evbuffer_get_length(out) - before);
+            if (evbuffer_get_length(out) >= w->buffer_limit) {
+                /* A client not reading a stream of them: held back like a
+                 * body, resumed by lb_client_write (backend_response runs
+                 * on regardless). */
+                lb_conn_read_disable(s->up->conn);
+                return false;
+            }
             continue;
         }
         s->x->resp_body = m.body;
@@ -1019,8 +1035,10 @@ static bool lb_handle_response_head(struct lb_session *s)
             s->acc->upstream_status = m.status;
             s->acc->header_us = lb_wall_us();
         }
-        /* From here the response streams: the backend may pause as long as
-         * the send timeout allows, not the first-byte timeout. */
+        /* From here the response streams: each pause of the backend is
+         * bounded by backend_response, not the whole of it. */
+        if (s->req_done)
+            lb_session_timer_stop(s);   /* else client_body's, still running */
         lb_session_up_timeouts(s);
         return true;
     }
@@ -1103,6 +1121,7 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
     if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending &&
         (s->req_flags & LB_MSG_SAFE) && lb_conn_in_len(up->conn) == 0) {
         s->retried = true;
+        lb_session_timer_stop(s);       /* backend_response starts again */
         lb_session_release_up(s, false);
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
         if (lb_session_connect(s) < 0)
@@ -1320,6 +1339,15 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_session_close(s);
         return;
     }
+    if (s->state == LB_S_PROXY && s->req_done && !s->resp_head_done && s->up != NULL) {
+        /* backend_response, waiting for the response head (see
+         * lb_session_up_timeouts): whatever interim heads came, none final. */
+        lb_count_timeout(s, LB_TO_BACKEND_RESPONSE);
+        lb_log_warn("backend %s timed out waiting for the response", s->server->cfg->address);
+        lb_session_backend_failed(s);
+        lb_session_error(s, 504);
+        return;
+    }
     if (s->state == LB_S_HEAD) {
         lb_log_info("client %s: request head not received within client_header", s->client_ip);
         lb_count_timeout(s, LB_TO_CLIENT_HEADER);
@@ -1359,10 +1387,8 @@ static void lb_session_try_head(struct lb_session *s)
         return;
     }
 
-    /* Any byte starts the client_header clock, empty lines included. */
-    if (len > 0 && !lb_session_timer_pending(s))
-        lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
     /* RFC 9112 §2.2: ignore empty lines before a request line. */
+    bool any = len > 0;
     while (len >= 2 && s->x->scan == 0) {
         unsigned char two[2];
         evbuffer_copyout(in, two, 2);
@@ -1371,16 +1397,18 @@ static void lb_session_try_head(struct lb_session *s)
         evbuffer_drain(in, 2);
         len -= 2;
     }
-    if (len == 0)
-        return;
-
+    const char *buf = NULL;
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
-    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    if (buf == NULL)
-        return;     /* out of memory: client_header's clock (armed above) ends it */
-    size_t head_len = lb_http_head_end(buf, n, &s->x->scan);
+    size_t head_len = 0;
+    if (len > 0 && (buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n)) != NULL)
+        head_len = lb_http_head_end(buf, n, &s->x->scan);
     if (head_len == 0) {
-        int st = lb_http_check_partial(buf, n, &w->limits);
+        /* Any byte starts the client_header clock, empty lines included;
+         * a head whole in its first read needs none. (Out of memory for
+         * the pullup: the clock ends it.) */
+        if (any && !lb_session_timer_pending(s))
+            lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
+        int st = buf != NULL ? lb_http_check_partial(buf, n, &w->limits) : 0;
         if (st != 0) {
             s->keepalive = false;
             lb_session_error(s, st);
@@ -1471,10 +1499,18 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
         }
         return;
     }
-    if (s->state == LB_S_TUNNEL)
+    if (s->state == LB_S_TUNNEL) {
         lb_tunnel_pump(s);
-    else if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
-        lb_relay_response_body(s);
+    } else if (s->state == LB_S_PROXY && s->up != NULL && !s->resp_done) {
+        if (s->resp_head_done) {
+            lb_relay_response_body(s);
+        } else if (!s->up->conn->read_enabled) {
+            /* Interim heads held back (lb_handle_response_head): go on. */
+            lb_conn_read_enable(s->up->conn);
+            if (lb_handle_response_head(s))
+                lb_relay_response_body(s);
+        }
+    }
 }
 
 static void lb_client_event(struct lb_conn *conn, short what, void *arg)
