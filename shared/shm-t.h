@@ -30,7 +30,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   3u
+#define LB_SHM_LAYOUT_VERSION   4u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -87,6 +87,7 @@ struct lb_shm_worker {
     lb_counter_t bytes_in;              /* from clients */
     lb_counter_t bytes_out;             /* to clients */
     lb_counter_t timeouts[LB_TIMEOUT_KINDS];
+    lb_counter_t client_aborts;         /* clients gone before their answer began */
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {

@@ -342,6 +342,7 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->responses[c] += lb_counter_get(&w->responses[c]);
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         out->timeouts[k] += lb_counter_get(&w->timeouts[k]);
+    out->client_aborts += lb_counter_get(&w->client_aborts);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

@@ -1513,6 +1513,34 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
     }
 }
 
+/* The client's FIN while its answer is awaited: a half-close (RFC 9112
+ * 9.6: it still gets its answer) and a close (nobody will read it) look the
+ * same. A 100 Continue, which an HTTP/1.1 client must accept before any
+ * answer, tells them apart: a closed socket answers data with a reset,
+ * which ends the exchange (lb_client_event). HTTP/1.0 has no interim
+ * responses: such a client is found gone only when its answer is written. */
+static void lb_session_probe_client(struct lb_session *s)
+{
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (s->req_minor != 1 || lb_conn_ensure_buffers(s->client) < 0)
+        return;
+    evbuffer_add(s->client->out, probe, sizeof(probe) - 1);
+    lb_session_sent(s, sizeof(probe) - 1);
+    lb_conn_watch_reset(s->client);
+}
+
+/* The client left before its answer began (a reset, or its FIN before the
+ * whole request): the exchange stops, and its backend connection, with a
+ * request in flight, is closed. Logged as nginx does, 499. */
+static void lb_session_abort(struct lb_session *s)
+{
+    lb_counter_add(&s->w->slot_stats->client_aborts, 1);
+    if (s->acc != NULL)
+        s->acc->status = 499;
+    lb_log_debug("client %s closed the connection before its response", s->client_ip);
+    lb_session_close(s);
+}
+
 static void lb_client_event(struct lb_conn *conn, short what, void *arg)
 {
     (void)conn;
@@ -1535,9 +1563,12 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     }
     if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && s->state == LB_S_PROXY &&
         s->req_done) {
-        /* Half-close after a complete request: still deliver the answer. */
+        /* Half-close after a complete request: still deliver the answer
+         * (unless the probe finds the client gone). */
         s->client_eof = true;
         s->keepalive = false;
+        if (!s->resp_started)
+            lb_session_probe_client(s);
         return;
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
@@ -1559,6 +1590,10 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         } else {
             lb_conn_read_enable(s->client);
         }
+        return;
+    }
+    if (s->state == LB_S_PROXY && !s->resp_started && !(what & LB_CONN_TIMEOUT)) {
+        lb_session_abort(s);
         return;
     }
     if (what & LB_CONN_TIMEOUT)

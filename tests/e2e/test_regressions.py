@@ -12,7 +12,9 @@
 - a client that reads slowly is not cut off by backend_response, by
   client_idle, or by a graceful stop, while its answer is still leaving;
 - backend_response bounds the whole response head: a backend trickling it
-  a byte at a time, or sending 103 Early Hints without end, gets a 504.
+  a byte at a time, or sending 103 Early Hints without end, gets a 504;
+- a client that closes while its request waits for the response head is
+  noticed: the exchange stops, its backend connection is closed, 499.
 """
 import os
 import re
@@ -342,7 +344,8 @@ def final_status(sock, deadline):
 
 
 class ResponseHeadTest(LbdTestCase):
-    """backend_response is a bound on the response head as a whole."""
+    """backend_response is a bound on the response head as a whole, and a
+    client that leaves while it waits for one is let go."""
 
     def _lbd(self, backend_response="1s", **kw):
         self.b = self.start_backend("b1")
@@ -410,3 +413,45 @@ class ResponseHeadTest(LbdTestCase):
         wait_for(lambda: lbd.snapshot()["totals"]["timeouts"]["backend_response"] == 1, 10,
                  what="backend_response to end the hints")
         self._exchange_over(lbd)
+
+    def _abort_while_waiting(self, reset):
+        lbd = self._lbd(backend_response="60s")
+        s = connect(lbd.listen)
+        s.sendall(b"GET /?hang=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        lbd.wait_in_flight(1)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        wait_for(lambda: lbd.snapshot()["totals"]["active_connections"] == 0, 10,
+                 what="the client connection to be closed")
+        self._exchange_over(lbd)
+        self.assertEqual(self._log_statuses(1), [499])
+        snap = lbd.snapshot()
+        self.assertEqual(snap["totals"]["client_aborts"], 1)
+        self.assertEqual(snap["totals"]["timeouts"]["backend_response"], 0)
+        self.assertEqual(self._server(lbd)["failures"], 0, "not the backend's fault")
+        self.assertServes(lbd)
+
+    def test_client_closing_while_waiting_for_the_head_is_let_go(self):
+        """close(): a FIN, like a half-close. lbd tells them apart by what
+        the client's TCP does with a "100 Continue": a closed socket
+        answers with a reset."""
+        self._abort_while_waiting(reset=False)
+
+    def test_client_resetting_while_waiting_for_the_head_is_let_go(self):
+        self._abort_while_waiting(reset=True)
+
+    def test_half_closed_client_still_gets_a_slow_answer(self):
+        """shutdown(SHUT_WR) after the request is no abort: the answer (after
+        the 100 Continue that asked) still comes whole."""
+        lbd = self._lbd(backend_response="10s")
+        s = connect(lbd.listen, timeout=10)
+        s.sendall(b"GET /?delay=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(s)
+        s.close()
+        self.assertTrue(got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+                        got[:200])
+        self.assertTrue(got.endswith(b"\r\n\r\nb1\n"), got[-100:])
+        self.assertEqual(self._log_statuses(1), [200])
+        self.assertEqual(lbd.snapshot()["totals"]["client_aborts"], 0)
