@@ -414,6 +414,24 @@ class ResponseHeadTest(LbdTestCase):
                  what="backend_response to end the hints")
         self._exchange_over(lbd)
 
+    def test_early_hints_held_back_are_all_delivered(self):
+        """The interim heads held back for a slow reader go on once it
+        reads: every one of them arrives, then the answer."""
+        lbd = self._lbd(backend_response="20s")
+        n = 100000      # 6.7 MB of hints: more than the kernel buffers hold
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = lbd.listen.rsplit(":", 1)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /?early_hints=%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % n)
+        time.sleep(0.5)     # lbd holds hints back meanwhile
+        s.settimeout(20)
+        got = recv_until_eof(s)
+        self.assertEqual(got.count(b"HTTP/1.1 103 Early Hints\r\n"), n)
+        self.assertIn(b"HTTP/1.1 200 OK\r\n", got[-300:])
+        self.assertTrue(got.endswith(b"\r\n\r\nb1\n"), got[-100:])
+
     def _abort_while_waiting(self, reset):
         lbd = self._lbd(backend_response="60s")
         s = connect(lbd.listen)
