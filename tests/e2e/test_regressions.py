@@ -16,7 +16,6 @@
 - a client that closes while its request waits for the response head is
   noticed: the exchange stops, its backend connection is closed, 499.
 """
-import os
 import re
 import signal
 import socket
