@@ -46,6 +46,7 @@ struct lb_master {
     struct lb_child children[LB_SHM_MAX_SLOTS];     /* indexed by shm slot */
     unsigned crashes[LB_MAX_WORKERS];               /* consecutive fast deaths */
     uint64_t respawn_at[LB_MAX_WORKERS];            /* 0: none pending */
+    bool backoff[LB_MAX_WORKERS];   /* no worker for a while: its sockets are parked */
     int instance_fd;
     int admin_fd;                   /* admin listener, -1 if none */
     struct lb_addr admin_addr;
@@ -127,9 +128,13 @@ static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone
     }
 }
 
+static void lb_master_park_waiting(struct lb_master *m);
+
 static int lb_master_spawn(struct lb_master *m, unsigned id)
 {
     struct lb_shm_header *h = m->shm.hdr;
+    if (lb_listen_unpark(&m->listen, m->cfg, id) < 0)
+        return -1;
     int slot = lb_shm_slot_take(h, id, m->generation);
     if (slot < 0) {
         lb_log_error("no free worker slot in shared memory for worker %u", id);
@@ -157,7 +162,7 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         lb_listen_fds_for(&m->listen, id, fds);
         for (size_t g = 0; g < m->listen.ngroups; g++)
             for (unsigned k = 0; k < m->listen.groups[g].nfds; k++)
-                if (k != id)
+                if (k != id && m->listen.groups[g].fds[k] >= 0)
                     close(m->listen.groups[g].fds[k]);
         close(m->shm.fd);
         if (m->admin_fd >= 0)
@@ -172,7 +177,33 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
     atomic_store(&lb_shm_worker(h, (unsigned)slot)->pid, (int32_t)pid);
     lb_log_info("worker %u started (pid %d, generation %llu)", id, (int)pid,
                 (unsigned long long)m->generation);
+    m->backoff[id] = false;
+    lb_master_park_waiting(m);      /* one kept as the port's last may go now */
     return 0;
+}
+
+/* Whether a worker of the current generation, other than ID, runs. */
+static bool lb_master_other_serves(const struct lb_master *m, unsigned id)
+{
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+        const struct lb_child *c = &m->children[s];
+        if (c->pid != 0 && c->generation == m->generation && c->kill_at_ms == 0 && c->id != id)
+            return true;
+    }
+    return false;
+}
+
+/* The sockets of a worker waiting out a respawn backoff leave their
+ * SO_REUSEPORT groups: otherwise the kernel's hash keeps sending it a
+ * share of the new connections, to wait for seconds in a queue nobody
+ * accepts from. With no other worker running they stay (nobody else to
+ * send them to); lb_master_spawn calls this again once one runs, and opens
+ * a worker's own sockets again before it starts. */
+static void lb_master_park_waiting(struct lb_master *m)
+{
+    for (unsigned id = 0; id < m->cfg->workers && id < LB_MAX_WORKERS; id++)
+        if (m->backoff[id] && lb_master_other_serves(m, id))
+            lb_listen_park(&m->listen, id);
 }
 
 /* Listening socket for the admin address (no SO_REUSEPORT: exactly one). */
@@ -326,9 +357,12 @@ static void lb_master_reap(struct lb_master *m)
         uint64_t delay = lb_master_backoff(m->crashes[c.id]);
         lb_log_error("worker %u (pid %d) %s; respawning in %llu ms", c.id, (int)pid, how,
                      (unsigned long long)delay);
-        if (c.generation == m->generation && c.id < m->cfg->workers)
+        if (c.generation == m->generation && c.id < m->cfg->workers) {
             m->respawn_at[c.id] = now + delay + (delay == 0);
+            m->backoff[c.id] = delay > 0;
+        }
     }
+    lb_master_park_waiting(m);
     lb_master_reclaim(m);
 }
 
@@ -344,8 +378,11 @@ static void lb_master_respawn_due(struct lb_master *m)
         if (m->respawn_at[id] == 0 || m->respawn_at[id] > now)
             continue;
         m->respawn_at[id] = 0;
-        if (!m->stopping && lb_master_spawn(m, id) < 0)
+        if (!m->stopping && lb_master_spawn(m, id) < 0) {
             m->respawn_at[id] = now + LB_RESPAWN_MAX_MS;
+            m->backoff[id] = true;
+            lb_master_park_waiting(m);
+        }
     }
 }
 
@@ -501,13 +538,18 @@ static void lb_master_reload(struct lb_master *m)
 
     /* New workers first, then the old ones drain: the sockets are never
      * without a worker that accepts. */
-    for (unsigned id = 0; id < LB_MAX_WORKERS; id++)
+    for (unsigned id = 0; id < LB_MAX_WORKERS; id++) {
         m->respawn_at[id] = 0;
+        m->backoff[id] = false;
+    }
     for (unsigned id = 0; id < cfg->workers; id++) {
         m->crashes[id] = 0;
-        if (lb_master_spawn(m, id) < 0)
+        if (lb_master_spawn(m, id) < 0) {
             m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
+            m->backoff[id] = true;
+        }
     }
+    lb_master_park_waiting(m);
     lb_master_drain_old(m, LB_MAX_WORKERS, true);  /* numbers that are gone */
 
     /* The control process restarts with the new configuration; its state

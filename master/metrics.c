@@ -195,6 +195,9 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     fprintf(out, "lbd_received_bytes_total %llu\n", (unsigned long long)all.bytes_in);
     lb_family(out, "lbd_sent_bytes_total", "counter", "Bytes sent to clients.");
     fprintf(out, "lbd_sent_bytes_total %llu\n", (unsigned long long)all.bytes_out);
+    lb_family(out, "lbd_client_aborts_total", "counter",
+              "Clients gone before their answer began (logged as 499).");
+    fprintf(out, "lbd_client_aborts_total %llu\n", (unsigned long long)all.client_aborts);
     lb_family(out, "lbd_timeouts_total", "counter", "Timeouts that fired, by kind.");
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],

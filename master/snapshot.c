@@ -83,13 +83,14 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         unsigned id = atomic_load(&w->id);
         fprintf(out, "%s{\"id\":%u,\"slot\":%u,\"pid\":%d,\"state\":\"%s\",\"generation\":%u,"
                      "\"restarts\":%llu,\"connections\":%llu,\"active_connections\":%llu,"
-                     "\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
+                     "\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                     "\"client_aborts\":%llu,\"responses\":",
                 first ? "" : ",", id, s, (int)atomic_load(&w->pid), lb_slot_state_name(st),
                 atomic_load(&w->generation),
                 (unsigned long long)(id < LB_MAX_WORKERS ? atomic_load(&h->worker_restarts[id]) : 0),
                 (unsigned long long)one.connections, (unsigned long long)one.active_connections,
                 (unsigned long long)one.requests, (unsigned long long)one.bytes_in,
-                (unsigned long long)one.bytes_out);
+                (unsigned long long)one.bytes_out, (unsigned long long)one.client_aborts);
         lb_snapshot_classes(out, one.responses);
         fputs(",\"timeouts\":", out);
         lb_snapshot_timeouts(out, one.timeouts);
@@ -104,10 +105,11 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         restarts += atomic_load(&h->worker_restarts[i]);
     fprintf(out, "],\"totals\":{\"connections\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                 "\"worker_restarts\":%llu,\"timeouts\":",
+                 "\"client_aborts\":%llu,\"worker_restarts\":%llu,\"timeouts\":",
             (unsigned long long)all.connections, (unsigned long long)all.requests,
             (unsigned long long)all.active_connections, (unsigned long long)all.bytes_in,
-            (unsigned long long)all.bytes_out, (unsigned long long)restarts);
+            (unsigned long long)all.bytes_out, (unsigned long long)all.client_aborts,
+            (unsigned long long)restarts);
     lb_snapshot_timeouts(out, all.timeouts);
     fputs(",\"accept_pauses\":", out);
     lb_snapshot_pauses(out, all.accept_pauses);

@@ -96,6 +96,7 @@ struct lb_shm_worker {
     lb_counter_t timeouts[LB_TIMEOUT_KINDS];
     lb_counter_t max_connections;       /* gauge: this owner's cap, set at its start */
     lb_counter_t accept_pauses[LB_PAUSE_REASONS];
+    lb_counter_t client_aborts;         /* clients gone before their answer began */
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {

@@ -362,6 +362,7 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->timeouts[k] += lb_counter_get(&w->timeouts[k]);
     for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
         out->accept_pauses[r] += lb_counter_get(&w->accept_pauses[r]);
+    out->client_aborts += lb_counter_get(&w->client_aborts);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

@@ -131,6 +131,7 @@ struct lb_worker_totals {
     uint64_t responses[LB_STATUS_CLASSES];
     uint64_t timeouts[LB_TIMEOUT_KINDS];
     uint64_t accept_pauses[LB_PAUSE_REASONS];
+    uint64_t client_aborts;
 };
 
 /* Add worker slot W's counters to OUT. */

@@ -507,6 +507,34 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* The peer's end (EOF) is read, and its reset is what is watched for: a
+ * wakeup of the edge-triggered watch with a pending socket error. */
+static void lb_conn_on_reset(evutil_socket_t fd, short what, void *arg)
+{
+    struct lb_conn *c = arg;
+    (void)what;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err == 0)
+        return;     /* the wakeup of the watch's start (the EOF is there) */
+    lb_conn_disarm_read(c);
+    errno = err;
+    c->ops->event(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
+}
+
+void lb_conn_watch_reset(struct lb_conn *c)
+{
+    if (!c->eof || c->read_armed)
+        return;
+    /* Edge-triggered: the socket stays readable (EOF) for good, and a
+     * level-triggered watch would wake the loop without end. */
+    event_assign(&c->rev, lb_loop.base, c->fd, EV_READ | EV_ET | EV_PERSIST, lb_conn_on_reset, c);
+    if (event_add(&c->rev, NULL) == 0)
+        c->read_armed = 1;
+}
+
 static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
@@ -749,7 +777,7 @@ void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms
     /* Setting timeouts marks a new phase (idle, waiting for a response, a
      * pooled connection taken): armed events count from now, even when the
      * value is the same as before. */
-    if (c->read_armed)
+    if (c->read_armed && !c->eof)   /* (after EOF: a reset watch, no clock) */
         lb_conn_arm_read(c);
     if (c->write_armed)
         lb_conn_arm_write(c);

@@ -260,11 +260,20 @@ static void lb_timer_arm(struct event *ev, uint64_t ms)
 
 /* Backend connection timeouts once connected, from the pool's timeouts:
  * stalled writes always; backend_response only once the whole request is
- * sent (a slow upload is the client's time, judged by client_body). */
+ * sent (a slow upload is the client's time, judged by client_body). Until
+ * the response head is complete, backend_response runs on the session
+ * timer, from the request to the end of the final head: the connection's
+ * read clock restarts at every byte, and a backend trickling its head or
+ * sending 1xx heads without end would never run out of it. After the head
+ * it bounds each pause between body reads. */
 static void lb_session_up_timeouts(struct lb_session *s)
 {
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
-    lb_conn_set_timeouts(s->up->conn, s->req_done ? t->backend_response_ms : 0, t->send_ms);
+    bool head_wait = s->req_done && !s->resp_head_done;
+    lb_conn_set_timeouts(s->up->conn, s->req_done && !head_wait ? t->backend_response_ms : 0,
+                         t->send_ms);
+    if (head_wait)
+        lb_session_timer_arm(s, t->backend_response_ms);
 }
 
 /* Between requests. A draining worker keeps an idle keep-alive connection
@@ -1030,6 +1039,13 @@ static bool lb_handle_response_head(struct lb_session *s)
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
             lb_session_sent(s, evbuffer_get_length(out) - before);
+            if (evbuffer_get_length(out) >= w->buffer_limit) {
+                /* A client not reading a stream of them: held back like a
+                 * body, resumed by lb_client_write (backend_response runs
+                 * on regardless). */
+                lb_conn_read_disable(s->up->conn);
+                return false;
+            }
             continue;
         }
         s->x->resp_body = m.body;
@@ -1063,8 +1079,10 @@ static bool lb_handle_response_head(struct lb_session *s)
             s->acc->upstream_status = m.status;
             s->acc->header_us = lb_wall_us();
         }
-        /* From here the response streams: the backend may pause as long as
-         * the send timeout allows, not the first-byte timeout. */
+        /* From here the response streams: each pause of the backend is
+         * bounded by backend_response, not the whole of it. */
+        if (s->req_done)
+            lb_session_timer_stop(s);   /* else client_body's, still running */
         lb_session_up_timeouts(s);
         return true;
     }
@@ -1147,6 +1165,7 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
     if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending &&
         (s->req_flags & LB_MSG_SAFE) && lb_conn_in_len(up->conn) == 0) {
         s->retried = true;
+        lb_session_timer_stop(s);       /* backend_response starts again */
         lb_session_release_up(s, false);
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
         if (lb_session_connect(s) < 0)
@@ -1394,6 +1413,15 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_session_close(s);
         return;
     }
+    if (s->state == LB_S_PROXY && s->req_done && !s->resp_head_done && s->up != NULL) {
+        /* backend_response, waiting for the response head (see
+         * lb_session_up_timeouts): whatever interim heads came, none final. */
+        lb_count_timeout(s, LB_TO_BACKEND_RESPONSE);
+        lb_log_warn("backend %s timed out waiting for the response", s->server->cfg->address);
+        lb_session_backend_failed(s);
+        lb_session_error(s, 504);
+        return;
+    }
     if (s->state == LB_S_HEAD) {
         lb_log_info("client %s: request head not received within client_header", s->client_ip);
         lb_count_timeout(s, LB_TO_CLIENT_HEADER);
@@ -1437,10 +1465,8 @@ static void lb_session_try_head(struct lb_session *s)
         return;
     }
 
-    /* Any byte starts the client_header clock, empty lines included. */
-    if (len > 0 && !lb_session_timer_pending(s))
-        lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
     /* RFC 9112 §2.2: ignore empty lines before a request line. */
+    bool any = len > 0;
     while (len >= 2 && s->x->scan == 0) {
         unsigned char two[2];
         evbuffer_copyout(in, two, 2);
@@ -1449,16 +1475,18 @@ static void lb_session_try_head(struct lb_session *s)
         evbuffer_drain(in, 2);
         len -= 2;
     }
-    if (len == 0)
-        return;
-
+    const char *buf = NULL;
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
-    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    if (buf == NULL)
-        return;     /* out of memory: client_header's clock (armed above) ends it */
-    size_t head_len = lb_http_head_end(buf, n, &s->x->scan);
+    size_t head_len = 0;
+    if (len > 0 && (buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n)) != NULL)
+        head_len = lb_http_head_end(buf, n, &s->x->scan);
     if (head_len == 0) {
-        int st = lb_http_check_partial(buf, n, &w->limits);
+        /* Any byte starts the client_header clock, empty lines included;
+         * a head whole in its first read needs none. (Out of memory for
+         * the pullup: the clock ends it.) */
+        if (any && !lb_session_timer_pending(s))
+            lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
+        int st = buf != NULL ? lb_http_check_partial(buf, n, &w->limits) : 0;
         if (st != 0) {
             s->keepalive = false;
             lb_session_error(s, st);
@@ -1549,10 +1577,46 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
         }
         return;
     }
-    if (s->state == LB_S_TUNNEL)
+    if (s->state == LB_S_TUNNEL) {
         lb_tunnel_pump(s);
-    else if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
-        lb_relay_response_body(s);
+    } else if (s->state == LB_S_PROXY && s->up != NULL && !s->resp_done) {
+        if (s->resp_head_done) {
+            lb_relay_response_body(s);
+        } else if (!s->up->conn->read_enabled) {
+            /* Interim heads held back (lb_handle_response_head): go on. */
+            lb_conn_read_enable(s->up->conn);
+            if (lb_handle_response_head(s))
+                lb_relay_response_body(s);
+        }
+    }
+}
+
+/* The client's FIN while its answer is awaited: a half-close (RFC 9112
+ * 9.6: it still gets its answer) and a close (nobody will read it) look the
+ * same. A 100 Continue, which an HTTP/1.1 client must accept before any
+ * answer, tells them apart: a closed socket answers data with a reset,
+ * which ends the exchange (lb_client_event). HTTP/1.0 has no interim
+ * responses: such a client is found gone only when its answer is written. */
+static void lb_session_probe_client(struct lb_session *s)
+{
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (s->req_minor != 1 || lb_conn_ensure_buffers(s->client) < 0)
+        return;
+    evbuffer_add(s->client->out, probe, sizeof(probe) - 1);
+    lb_session_sent(s, sizeof(probe) - 1);
+    lb_conn_watch_reset(s->client);
+}
+
+/* The client left before its answer began (a reset, or its FIN before the
+ * whole request): the exchange stops, and its backend connection, with a
+ * request in flight, is closed. Logged as nginx does, 499. */
+static void lb_session_abort(struct lb_session *s)
+{
+    lb_counter_add(&s->w->slot_stats->client_aborts, 1);
+    if (s->acc != NULL)
+        s->acc->status = 499;
+    lb_log_debug("client %s closed the connection before its response", s->client_ip);
+    lb_session_close(s);
 }
 
 static void lb_client_event(struct lb_conn *conn, short what, void *arg)
@@ -1577,9 +1641,12 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     }
     if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && s->state == LB_S_PROXY &&
         s->req_done) {
-        /* Half-close after a complete request: still deliver the answer. */
+        /* Half-close after a complete request: still deliver the answer
+         * (unless the probe finds the client gone). */
         s->client_eof = true;
         s->keepalive = false;
+        if (!s->resp_started)
+            lb_session_probe_client(s);
         return;
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
@@ -1601,6 +1668,10 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         } else {
             lb_conn_read_enable(s->client);
         }
+        return;
+    }
+    if (s->state == LB_S_PROXY && !s->resp_started && !(what & LB_CONN_TIMEOUT)) {
+        lb_session_abort(s);
         return;
     }
     /* An idle connection a draining worker closes is not a client_idle

@@ -224,6 +224,14 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
         if (parse_u64(v, vn, 86400, &req->retry_after) < 0)
             return -1;
         req->has_retry_after = true;
+    } else if (KEY_IS("trickle_head")) {
+        if (parse_u64(v, vn, 86400000, &req->trickle_head_ms) < 0)
+            return -1;
+    } else if (KEY_IS("early_hints")) {
+        if (vn == 7 && memcmp(v, "forever", 7) == 0)
+            req->early_hints = REQ_FOREVER;
+        else if (parse_u64(v, vn, REQ_NUM_MAX, &req->early_hints) < 0)
+            return -1;
     }
     /* Unknown keys are ignored, so tests can add cache-busters and such. */
 #undef KEY_IS

@@ -50,7 +50,13 @@ struct request {
      * a bare /control goes back to normal. A test makes a server fail and
      * recover this way, without restarting it. */
     bool control;
+    uint64_t trickle_head_ms;   /* trickle_head=MS: the head after its status
+                                 * line goes out one byte per MS ms */
+    uint64_t early_hints;       /* early_hints=N: N "103 Early Hints" before the
+                                 * answer; early_hints=forever: without end */
 };
+
+#define REQ_FOREVER UINT64_MAX
 
 /* Length of the head at the start of buf (through its terminating blank
  * line, CRLF or bare LF), or 0 when buf does not hold a whole head yet. */

@@ -5,8 +5,8 @@
  *
  * It prints "ready" once every listener is bound, then answers each request
  * as its query string asks (status=, delay=, size=, chunked=, close=,
- * reset=, drop=, echo=, hang=, ws=, trickle=, endless=, hdrsize=, retry_after=;
- * see request.h) so a test can provoke exactly the backend behaviour it
+ * reset=, drop=, echo=, hang=, ws=, trickle=, trickle_head=, endless=,
+ * hdrsize=, retry_after=, early_hints=; see request.h) so a test can provoke exactly the backend behaviour it
  * wants to see lbd handle. GET /stats reports counters as JSON; GET
  * /control?status=503 (or reset=1) makes every later request fail so until
  * a bare GET /control.
@@ -86,7 +86,8 @@ enum conn_state {
     CS_CHUNK_CRLF,  /* chunked body: expecting the CRLF after the data */
     CS_TRAILER,     /* chunked body: trailer lines up to the empty one */
     CS_DELAY,       /* request read; delay= timer pending */
-    CS_TRICKLE,     /* trickle=: the head a byte per timer tick */
+    CS_TRICKLE,     /* trickle= or trickle_head=: the head a byte per timer tick */
+    CS_HINTS,       /* early_hints=: 103 responses under back-pressure */
     CS_HEAD_STREAM, /* endless= or hdrsize=: header bytes under back-pressure */
     CS_SENDING,     /* streaming the response body under back-pressure */
     CS_DRAIN,       /* response queued; waiting for the output to empty */
@@ -116,7 +117,8 @@ struct conn {
     const char *src;            /* fixed body, or NULL for the pattern */
     size_t src_off;
     uint64_t resp_left;         /* body bytes still to queue */
-    char *trickle;              /* trickle=: the head, TRICKLE_LEN bytes */
+    uint64_t hints_left;        /* 103s still to send (REQ_FOREVER: no end) */
+    char *trickle;              /* trickle=, trickle_head=: the head not yet sent */
     size_t trickle_len, trickle_off;
     uint64_t hdr_left;          /* hdrsize=: value bytes still to queue */
     char scratch[2048];         /* the /stats body lives here */
@@ -321,7 +323,9 @@ static enum step fill_head(struct conn *c)
     return fill(c);
 }
 
-/* trickle=: one byte of the head per tick, then the body at once. */
+/* trickle= (the whole head) or trickle_head= (all but the status line,
+ * sent at once: a backend "responding" that never ends its head): one byte
+ * of the head per tick, then the body at once. */
 static enum step trickle_step(struct conn *c)
 {
     if (bufferevent_write(c->bev, c->trickle + c->trickle_off, 1) < 0) {
@@ -329,9 +333,10 @@ static enum step trickle_step(struct conn *c)
         return STEP_GONE;
     }
     if (++c->trickle_off < c->trickle_len) {
+        uint64_t ms = c->req.trickle_ms ? c->req.trickle_ms : c->req.trickle_head_ms;
         struct timeval tv = {
-            .tv_sec = (time_t)(c->req.trickle_ms / 1000),
-            .tv_usec = (suseconds_t)(c->req.trickle_ms % 1000) * 1000,
+            .tv_sec = (time_t)(ms / 1000),
+            .tv_usec = (suseconds_t)(ms % 1000) * 1000,
         };
         if (evtimer_add(c->timer, &tv) < 0) {
             conn_free(c);
@@ -417,14 +422,15 @@ static enum step respond(struct conn *c)
         conn_free(c);
         return STEP_GONE;
     }
-    if (!c->bad && !r->stats && r->trickle_ms > 0 && !stream) {
-        c->trickle = malloc(n);
-        if (c->trickle == NULL) {
+    if (!c->bad && !r->stats && (r->trickle_ms > 0 || r->trickle_head_ms > 0) && !stream) {
+        size_t line = r->trickle_ms > 0 ? 0 : (size_t)(strstr(head, "\r\n") - head) + 2;
+        c->trickle = malloc(n - line);
+        if (c->trickle == NULL || (line > 0 && bufferevent_write(c->bev, head, line) < 0)) {
             conn_free(c);
             return STEP_GONE;
         }
-        memcpy(c->trickle, head, n);
-        c->trickle_len = n;
+        memcpy(c->trickle, head + line, n - line);
+        c->trickle_len = n - line;
         c->trickle_off = 0;
         c->state = CS_TRICKLE;
         return trickle_step(c);
@@ -467,6 +473,36 @@ static void response_done(struct conn *c)
     conn_process(c);
 }
 
+/* early_hints=: queue 103s up to the high-water mark; the write callback
+ * asks for more as they drain, and the answer follows the last one. */
+static enum step send_hints(struct conn *c)
+{
+    static const char hint[] = "HTTP/1.1 103 Early Hints\r\n"
+                               "Link: </style.css>; rel=preload; as=style\r\n\r\n";
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    while (c->hints_left > 0 && evbuffer_get_length(out) < OUT_HIGH_WATER) {
+        if (evbuffer_add(out, hint, sizeof hint - 1) < 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        if (c->hints_left != REQ_FOREVER)
+            c->hints_left--;
+    }
+    if (c->hints_left > 0) {
+        c->state = CS_HINTS;
+        bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+        return STEP_WAIT;
+    }
+    return respond(c);
+}
+
+/* The request is read and its delay over: interim responses, then the answer. */
+static enum step answer(struct conn *c)
+{
+    return c->hints_left > 0 ? send_hints(c) : respond(c);
+}
+
 static void delay_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
@@ -476,7 +512,7 @@ static void delay_cb(evutil_socket_t fd, short what, void *arg)
     if (c->state == CS_TRICKLE)
         trickle_step(c);
     else
-        respond(c);
+        answer(c);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -504,6 +540,7 @@ static enum step request_complete(struct conn *c)
     }
     /* Stop reading while we answer: pipelined data waits in the kernel. */
     bufferevent_disable(c->bev, EV_READ);
+    c->hints_left = r->early_hints;
     if (r->delay_ms > 0) {
         struct timeval tv = {
             .tv_sec = (time_t)(r->delay_ms / 1000),
@@ -516,7 +553,7 @@ static enum step request_complete(struct conn *c)
         }
         return STEP_WAIT;
     }
-    return respond(c);
+    return answer(c);
 }
 
 /* A head has been parsed: act on it before any body arrives. */
@@ -764,6 +801,8 @@ static void write_cb(struct bufferevent *bev, void *arg)
         fill(c);
     else if (c->state == CS_HEAD_STREAM)
         fill_head(c);
+    else if (c->state == CS_HINTS)
+        send_hints(c);
     else if (c->state == CS_DRAIN)
         response_done(c);
     /* else: a 100 Continue went out; nothing to do */
@@ -897,7 +936,8 @@ static void usage(FILE *f)
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
-            "  trickle=MS endless=1 hdrsize=N retry_after=S\n"
+            "  trickle=MS trickle_head=MS endless=1 hdrsize=N retry_after=S\n"
+            "  early_hints=N|forever\n"
             "GET /stats returns counters as JSON (heads: requests but /stats and /control).\n"
             "GET /control?status=N&reset=1&delay=MS&retry_after=S makes every later request\n"
             "behave so;\n"
