@@ -74,6 +74,8 @@ struct server {
     uint64_t requests;          /* responses started since start */
     uint64_t active;            /* connections open now */
     uint64_t heads;             /* request heads but /stats and /control */
+    uint64_t delayed;           /* requests waiting out their delay= now */
+    uint64_t delayed_peak;      /* most of them at once since start */
     struct request fault;       /* set by GET /control: applies to every request */
     struct conn *conns;         /* every open connection, freed on exit */
 };
@@ -138,6 +140,8 @@ static void conn_free(struct conn *c)
 {
     struct server *srv = c->srv;
 
+    if (c->state == CS_DELAY)
+        srv->delayed--;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -240,8 +244,10 @@ static void stats_body(struct conn *c)
     json_escape(name, sizeof name, srv->name);
     n = snprintf(c->scratch, sizeof c->scratch,
                  "{\"name\":\"%s\",\"connections\":%" PRIu64 ",\"requests\":%" PRIu64
-                 ",\"active\":%" PRIu64 ",\"heads\":%" PRIu64 "}\n",
-                 name, srv->accepted, srv->requests, srv->active, srv->heads);
+                 ",\"active\":%" PRIu64 ",\"heads\":%" PRIu64 ",\"delayed\":%" PRIu64
+                 ",\"delayed_peak\":%" PRIu64 "}\n",
+                 name, srv->accepted, srv->requests, srv->active, srv->heads, srv->delayed,
+                 srv->delayed_peak);
     c->src = c->scratch;
     c->resp_left = n > 0 ? (uint64_t)n : 0;
 }
@@ -509,10 +515,15 @@ static void delay_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
-    if (c->state == CS_TRICKLE)
+    if (c->state == CS_TRICKLE) {
         trickle_step(c);
-    else
-        answer(c);
+        return;
+    }
+    if (c->state == CS_DELAY) {
+        c->srv->delayed--;
+        c->state = CS_DRAIN;    /* what answer() queues sets the next state */
+    }
+    answer(c);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -547,6 +558,8 @@ static enum step request_complete(struct conn *c)
             .tv_usec = (suseconds_t)(r->delay_ms % 1000) * 1000,
         };
         c->state = CS_DELAY;
+        if (++c->srv->delayed > c->srv->delayed_peak)
+            c->srv->delayed_peak = c->srv->delayed;
         if (evtimer_add(c->timer, &tv) < 0) {
             conn_free(c);
             return STEP_GONE;
@@ -938,7 +951,8 @@ static void usage(FILE *f)
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
             "  trickle=MS trickle_head=MS endless=1 hdrsize=N retry_after=S\n"
             "  early_hints=N|forever\n"
-            "GET /stats returns counters as JSON (heads: requests but /stats and /control).\n"
+            "GET /stats returns counters as JSON (heads: requests but /stats and /control;\n"
+            "delayed, delayed_peak: requests waiting out delay= now, and most at once).\n"
             "GET /control?status=N&reset=1&delay=MS&retry_after=S makes every later request\n"
             "behave so;\n"
             "a bare GET /control restores normal answers.\n",
