@@ -64,6 +64,7 @@ int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
         if (health == LB_HEALTH_DOWN && ok >= cfg->rise) {
             atomic_store(&b->down_reason, LB_DOWN_NONE);
             atomic_store(&b->last_change_ms, lb_wall_ms());
+            atomic_store(&b->usable_ms, lb_now_ms());      /* slow start from now */
             atomic_store(&b->health, LB_HEALTH_UP);
             return 1;
         }

@@ -131,6 +131,18 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, v[i].b->address,
                 atomic_load(&v[i].b->weight));
+    lb_family(out, "lbd_backend_effective_weight", "gauge",
+              "Weight of a server as the balancer uses it now: less than lbd_backend_weight while it slow-starts.");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t slow = atomic_load(&lb_shm_pool(h, v[i].b->pool_id)->slow_start_ms);
+        fprintf(out, "lbd_backend_effective_weight{" LB_LABELS "} %g\n", v[i].b->pool,
+                v[i].b->address, lb_snapshot_effective_weight(v[i].b, slow, now_ms));
+    }
+    lb_family(out, "lbd_backend_max_requests", "gauge",
+              "Requests in flight a server takes at most, all workers (0: no limit).");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_backend_max_requests{" LB_LABELS "} %u\n", v[i].b->pool,
+                v[i].b->address, atomic_load(&v[i].b->max_requests));
     lb_family(out, "lbd_health_checks_total", "counter", "Active health check results.");
     for (size_t i = 0; i < n; i++) {
         fprintf(out, "lbd_health_checks_total{" LB_LABELS ",result=\"ok\"} %llu\n",
@@ -174,6 +186,35 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
             fprintf(out, "lbd_pool_breaker_refused_total{pool=\"%s\"} %llu\n", pool->name,
                     (unsigned long long)atomic_load(&pool->breaker_refused));
+    }
+
+    lb_family(out, "lbd_pool_queue_depth", "gauge",
+              "Requests waiting in a pool's queue for a server under its max_requests, all workers.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_pool_queue_depth{pool=\"%s\"} %u\n", pool->name,
+                    atomic_load(&pool->queue_depth));
+    }
+    lb_family(out, "lbd_pool_queued_total", "counter",
+              "Requests that waited in a pool's queue (every usable server was at its max_requests).");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_pool_queued_total{pool=\"%s\"} %llu\n", pool->name,
+                    (unsigned long long)atomic_load(&pool->queued));
+    }
+    static const char *const refusals[LB_QUEUE_REFUSALS] = { "full", "timeout" };
+    lb_family(out, "lbd_pool_queue_refused_total", "counter",
+              "Requests a pool's queue answered 503: it was full, or no server had room within queue.timeout.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) != LB_ENTRY_ACTIVE)
+            continue;
+        for (unsigned r = 0; r < LB_QUEUE_REFUSALS; r++)
+            fprintf(out, "lbd_pool_queue_refused_total{pool=\"%s\",reason=\"%s\"} %llu\n",
+                    pool->name, refusals[r],
+                    (unsigned long long)atomic_load(&pool->queue_refused[r]));
     }
 
     /* Client side, summed over every worker slot ever used. */

@@ -58,6 +58,13 @@ static const char *lb_slot_state_name(uint32_t st)
     return st == LB_SLOT_RUNNING ? "running" : st == LB_SLOT_DRAINING ? "draining" : "free";
 }
 
+double lb_snapshot_effective_weight(const struct lb_shm_backend *b, uint64_t slow_start_ms,
+                                    uint64_t now_ms)
+{
+    unsigned p = lb_slow_start_permille(lb_shm_backend_usable_since(b), now_ms, slow_start_ms);
+    return (double)atomic_load(&b->weight) * p / 1000.0;
+}
+
 /* Names in shm were validated by the config loader (no quotes, no
  * backslashes, printable), so they need no escaping. */
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
@@ -133,10 +140,18 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         uint32_t pst = atomic_load(&pool->state);
         if (pst == LB_ENTRY_FREE)
             continue;
+        uint64_t slow_start_ms = atomic_load(&pool->slow_start_ms);
         fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"breakers_open\":%u,"
-                     "\"breaker_refused\":%llu,\"servers\":[", first ? "" : ",",
+                     "\"breaker_refused\":%llu,\"queue_size\":%u,\"queue_depth\":%u,"
+                     "\"queued\":%llu,\"queue_refused\":{\"full\":%llu,\"timeout\":%llu},"
+                     "\"slow_start_ms\":%llu,\"servers\":[", first ? "" : ",",
                 pool->name, entry_state[pst], atomic_load(&pool->breakers_open),
-                (unsigned long long)atomic_load(&pool->breaker_refused));
+                (unsigned long long)atomic_load(&pool->breaker_refused),
+                atomic_load(&pool->queue_size), atomic_load(&pool->queue_depth),
+                (unsigned long long)atomic_load(&pool->queued),
+                (unsigned long long)atomic_load(&pool->queue_refused[LB_QUEUE_FULL]),
+                (unsigned long long)atomic_load(&pool->queue_refused[LB_QUEUE_TIMEOUT]),
+                (unsigned long long)slow_start_ms);
         first = false;
         bool sfirst = true;
         for (unsigned b = 0; b < h->max_backends; b++) {
@@ -150,10 +165,12 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             uint32_t reason = atomic_load(&be->down_reason);
             int64_t inflight = atomic_load(&be->inflight);
             fprintf(out, "%s{\"id\":%u,\"address\":\"%s\",\"state\":\"%s\",\"weight\":%u,"
+                         "\"effective_weight\":%g,\"max_requests\":%u,"
                          "\"requests\":%llu,\"active\":%llu,\"failures\":%llu,"
                          "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
                     sfirst ? "" : ",", b, be->address, entry_state[bst],
-                    atomic_load(&be->weight), (unsigned long long)t.requests,
+                    atomic_load(&be->weight), lb_snapshot_effective_weight(be, slow_start_ms, now_ms),
+                    atomic_load(&be->max_requests), (unsigned long long)t.requests,
                     (unsigned long long)t.active, (unsigned long long)t.failures,
                     (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out);
             lb_snapshot_classes(out, t.responses);

@@ -12,6 +12,11 @@ int lb_snapshot_run(const char *config_path, FILE *out);
 /* Write H as JSON (used by lb_snapshot_run; separate for tests). */
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out);
 
+/* B's weight as the balancer uses it NOW_MS: its slow start's share of it
+ * for its pool's SLOW_START_MS (also /metrics). */
+double lb_snapshot_effective_weight(const struct lb_shm_backend *b, uint64_t slow_start_ms,
+                                    uint64_t now_ms);
+
 /* "closed", "open", "half_open", by enum lb_breaker_state (also /metrics). */
 extern const char *const lb_breaker_state_names[LB_BREAKER_STATES];
 

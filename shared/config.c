@@ -545,7 +545,7 @@ static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
 static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_group,
                           struct lb_pool_cfg *p)
 {
-    static const char *const keys[] = { "address", "weight", NULL };
+    static const char *const keys[] = { "address", "weight", "max_requests", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, pool_group, "servers", &list, true) < 0)
         return -1;
@@ -556,19 +556,61 @@ static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_gro
     for (int i = 0; i < n; i++) {
         const config_setting_t *g = NULL;
         struct lb_server_cfg *s = &p->servers[i];
-        long long weight = LB_DEFAULT_WEIGHT;
+        long long weight = LB_DEFAULT_WEIGHT, max_requests = 0;
         if (lb_cfg_group_elem(ld, list, (unsigned)i, "server", &g) < 0 ||
             lb_cfg_check_keys(ld, g, "server", keys) < 0 ||
             lb_cfg_address(ld, g, false, &s->addr, s->address) < 0 ||
-            lb_cfg_int(ld, g, "weight", 0, LB_WEIGHT_MAX, &weight) < 0)
+            lb_cfg_int(ld, g, "weight", 0, LB_WEIGHT_MAX, &weight) < 0 ||
+            lb_cfg_int(ld, g, "max_requests", 0, LB_MAX_REQUESTS_LIMIT, &max_requests) < 0)
             return -1;
         s->weight = (unsigned)weight;
+        s->max_requests = (unsigned)max_requests;
         p->nservers++;
         for (int j = 0; j < i; j++)
             if (lb_addr_equal(&p->servers[j].addr, &s->addr))
                 return lb_cfg_fail(ld, g, "duplicate server %s in pool '%s'",
                                    s->address, p->name);
     }
+    return 0;
+}
+
+#define LB_QUEUE_TIMEOUT_MAX_MS  (3600ull * 1000)
+#define LB_SLOW_START_MAX_MS     (3600ull * 1000)
+
+/* queue = { size; timeout; }: where requests wait while every usable
+ * server is at its max_requests. Defaults apply without the key (they
+ * matter only once a server has max_requests). */
+static int lb_cfg_queue(struct lb_loader *ld, const config_setting_t *pool,
+                        struct lb_pool_cfg *p)
+{
+    static const char *const keys[] = { "size", "timeout", NULL };
+    p->queue.size = 1000;
+    p->queue.timeout_ms = 5000;
+    const config_setting_t *g = lb_cfg_member(pool, "queue");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'queue' must be a group: queue = { size = 1000; timeout = \"5s\"; };");
+    long long size = p->queue.size;
+    if (lb_cfg_check_keys(ld, g, "queue", keys) < 0 ||
+        lb_cfg_int(ld, g, "size", 0, LB_MAX_REQUESTS_LIMIT, &size) < 0 ||
+        lb_cfg_duration_pos(ld, g, "timeout", LB_QUEUE_TIMEOUT_MAX_MS, &p->queue.timeout_ms) < 0)
+        return -1;
+    p->queue.size = (unsigned)size;
+    return 0;
+}
+
+/* slow_start = "30s": a server that becomes usable again ramps up over
+ * that time ("0", the default: at once). */
+static int lb_cfg_slow_start(struct lb_loader *ld, const config_setting_t *pool,
+                             struct lb_pool_cfg *p)
+{
+    p->slow_start_ms = 0;
+    if (lb_cfg_duration(ld, pool, "slow_start", &p->slow_start_ms) < 0)
+        return -1;
+    if (p->slow_start_ms > LB_SLOW_START_MAX_MS)
+        return lb_cfg_fail(ld, lb_cfg_member(pool, "slow_start"),
+                           "'slow_start' must be at most 3600s (\"0\": off)");
     return 0;
 }
 
@@ -601,7 +643,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
-                                        "passive_health", "circuit_breaker", NULL };
+                                        "passive_health", "circuit_breaker", "queue",
+                                        "slow_start", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -634,6 +677,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_hash_key(ld, g, p) < 0 ||
             lb_cfg_health(ld, g, &p->health) < 0 ||
             lb_cfg_breaker(ld, g, p) < 0 ||
+            lb_cfg_queue(ld, g, p) < 0 ||
+            lb_cfg_slow_start(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;

@@ -25,6 +25,7 @@
 #define LB_MAX_HEADERS_LIMIT 1000       /* upper bound of limits.headers */
 #define LB_MAX_CONNECTIONS_LIMIT 16777216   /* upper bound of max_connections */
 #define LB_ADMIN_MAX_CONNECTIONS 64     /* default of admin.max_connections */
+#define LB_MAX_REQUESTS_LIMIT   1000000 /* upper bound of servers[].max_requests, queue.size */
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
@@ -90,6 +91,7 @@ struct lb_server_cfg {
     char address[LB_ADDR_STR_MAX];      /* canonical form */
     struct lb_addr addr;
     unsigned weight;
+    unsigned max_requests;              /* in flight, all workers together; 0: no limit */
     uint32_t shm_id;                    /* backend slot, set by the master */
 };
 
@@ -104,6 +106,14 @@ struct lb_pool_cfg {
     char hash_name[LB_NAME_MAX];        /* header or cookie name for hash_key */
     struct lb_health_cfg health;
     struct lb_breaker_cfg breaker;
+    /* Requests wait here while every usable server is at its max_requests
+     * (worker/queue.h): at most `size` of them, all workers together, each
+     * for `timeout` at most; 503 beyond either. */
+    struct {
+        unsigned size;
+        uint64_t timeout_ms;
+    } queue;
+    uint64_t slow_start_ms;             /* a server usable again ramps up over this; 0: off */
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };

@@ -30,7 +30,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   4u
+#define LB_SHM_LAYOUT_VERSION   5u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -67,6 +67,13 @@ enum lb_pause_reason {
 
 typedef _Atomic uint64_t lb_counter_t;
 
+/* Why a pool's queue turned a request away with 503 (README: queue). */
+enum lb_queue_refusal {
+    LB_QUEUE_FULL,              /* queue.size requests were waiting already */
+    LB_QUEUE_TIMEOUT,           /* no server had room within queue.timeout */
+    LB_QUEUE_REFUSALS
+};
+
 /* Worker slot lifecycle (written by the master; the owner only sets DRAINING):
  *
  *   FREE --fork--> RUNNING --TERM/reload--> DRAINING
@@ -97,6 +104,10 @@ struct lb_shm_worker {
     lb_counter_t max_connections;       /* gauge: this owner's cap, set at its start */
     lb_counter_t accept_pauses[LB_PAUSE_REASONS];
     lb_counter_t client_aborts;         /* clients gone before their answer began */
+    /* Requests this worker has waiting in each pool's queue (by pool id):
+     * its share of lb_shm_pool.queue_depth, which the master takes back
+     * when it reaps the slot (a worker that died left them counted). */
+    _Atomic uint32_t queued[LB_SHM_MAX_POOLS];
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {
@@ -119,6 +130,17 @@ struct lb_shm_pool {
     /* Requests answered 503 at once because every server that could take
      * them had its breaker open: any worker, atomic add (only then). */
     lb_counter_t breaker_refused;
+    /* The queue (worker/queue.h), for requests that find every usable
+     * server at its max_requests. Depth: requests waiting in every worker;
+     * joined by compare-and-swap below queue.size, left by a subtraction;
+     * the master takes a dead worker's share back (lb_shm_worker.queued).
+     * The counters: any worker, atomic add, off the common path. */
+    _Atomic uint32_t queue_depth __attribute__((aligned(LB_CACHELINE)));
+    lb_counter_t queued;                /* requests that had to wait */
+    lb_counter_t queue_refused[LB_QUEUE_REFUSALS];
+    /* Written by the master at each assignment, for readers. */
+    _Atomic uint32_t queue_size;
+    _Atomic uint64_t slow_start_ms;
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* Backend health (active checks), as every worker sees it:
@@ -204,6 +226,18 @@ struct lb_shm_backend {
     uint32_t retired_gen;
     uint32_t pool_id;
     _Atomic uint32_t weight;
+    /* Requests in flight (`inflight`) at most, all workers and generations
+     * together; 0: no limit. Master, at each assignment. */
+    _Atomic uint32_t max_requests;
+    /* Slow start: CLOCK_MONOTONIC ms when the server last became usable
+     * again by its health or its configuration (0: never since it was
+     * first assigned; the breaker's closing is breaker_closed_ms).
+     * Written by whoever made it so: the control process when a check
+     * brings it UP, the master when a reload adds it, gives it weight
+     * again or brings it UP by dropping its health check (the master
+     * assigns before the new control process starts, and a retiring one
+     * no longer writes health). */
+    _Atomic uint64_t usable_ms;
     /* Breaker state word (above), read on every pick: changed only by
      * compare-and-swap, by the current generation's workers (and by the
      * worker that let a trial through, whatever its generation); reset by
@@ -226,7 +260,9 @@ struct lb_shm_backend {
     char last_error[LB_ERROR_TEXT];     /* of the last failed check: lb_shm_error_* */
     char pool[LB_NAME_MAX];
     char address[LB_ADDR_STR_MAX];
-    /* Hot: written by every worker on the data path, on its own line. */
+    /* Hot: written by every worker on the data path, on its own line.
+     * inflight: requests admitted and not yet over; with max_requests, a
+     * compare-and-swap below it admits one (worker/balancer.h). */
     _Atomic int64_t inflight __attribute__((aligned(LB_CACHELINE)));
     _Atomic uint64_t fails_in_row;      /* breaker: atomic add per failure, reset by a success */
     _Atomic uint64_t ewma_us;           /* peak EWMA of response time (least_time) */

@@ -124,6 +124,10 @@ static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
         atomic_store(&p->rr_next, 0);
         atomic_store(&p->breakers_open, 0);
         atomic_store(&p->breaker_refused, 0);
+        atomic_store(&p->queue_depth, 0);
+        atomic_store(&p->queued, 0);
+        for (unsigned k = 0; k < LB_QUEUE_REFUSALS; k++)
+            atomic_store(&p->queue_refused[k], 0);
     }
     return free_id;
 }
@@ -140,15 +144,21 @@ static void lb_shm_breaker_reset(struct lb_shm_backend *b)
         atomic_store(&b->breaker_window[k], 0);
 }
 
-static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const char *address)
+/* The id of POOL's server ADDRESS; *ADDED when it was not in use (a new
+ * entry, or one a previous reload retired). */
+static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const char *address,
+                             bool *added)
 {
     int free_id = -1;
+    *added = true;
     for (unsigned i = 0; i < h->max_backends; i++) {
         struct lb_shm_backend *b = lb_shm_backend(h, i);
         uint32_t st = atomic_load(&b->state);
         if (st != LB_ENTRY_FREE && strcmp(b->pool, pool) == 0 &&
-            strcmp(b->address, address) == 0)
+            strcmp(b->address, address) == 0) {
+            *added = st == LB_ENTRY_RETIRED;
             return (int)i;
+        }
         if (st == LB_ENTRY_FREE && free_id < 0)
             free_id = (int)i;
     }
@@ -171,6 +181,7 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         atomic_store(&b->inflight, 0);
         atomic_store(&b->ewma_us, 0);
         atomic_store(&b->ewma_stamp_us, 0);
+        atomic_store(&b->usable_ms, 0);
         lb_shm_breaker_reset(b);
         for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
             atomic_store(&b->breaker_transitions[k], 0);
@@ -225,12 +236,15 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
  * is closed. */
 static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_cfg *pc)
 {
-    if (!pc->breaker.enabled && atomic_load(&b->breaker) != 0)
+    if (!pc->breaker.enabled && atomic_load(&b->breaker) != 0) {
         lb_shm_breaker_reset(b);
+        atomic_store(&b->usable_ms, lb_now_ms());      /* back in rotation: slow start */
+    }
     if (pc->health.enabled || atomic_load(&b->health) != LB_HEALTH_DOWN)
         return;
     atomic_store(&b->down_reason, LB_DOWN_NONE);
     atomic_store(&b->last_change_ms, lb_wall_ms());
+    atomic_store(&b->usable_ms, lb_now_ms());
     atomic_store(&b->health, LB_HEALTH_UP);
 }
 
@@ -256,10 +270,14 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
         }
         pool_used[pid] = true;
         pc->shm_id = (uint32_t)pid;
-        atomic_store(&lb_shm_pool(h, (unsigned)pid)->state, LB_ENTRY_ACTIVE);
+        struct lb_shm_pool *sp = lb_shm_pool(h, (unsigned)pid);
+        atomic_store(&sp->queue_size, pc->queue.size);
+        atomic_store(&sp->slow_start_ms, pc->slow_start_ms);
+        atomic_store(&sp->state, LB_ENTRY_ACTIVE);
         for (size_t j = 0; j < pc->nservers; j++) {
             struct lb_server_cfg *sc = &pc->servers[j];
-            int bid = lb_shm_backend_id(h, pc->name, sc->address);
+            bool added;
+            int bid = lb_shm_backend_id(h, pc->name, sc->address, &added);
             if (bid < 0) {
                 snprintf(err, errlen, "shared memory: more than %u servers", h->max_backends);
                 return -1;
@@ -268,7 +286,14 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             sc->shm_id = (uint32_t)bid;
             struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)bid);
             b->pool_id = (uint32_t)pid;
+            /* Slow start for what a reload brings into rotation; at the
+             * first start every server is there from the beginning (as
+             * HAProxy: no ramp then). */
+            if (generation > 1 && sc->weight > 0 &&
+                (added || atomic_load(&b->weight) == 0))
+                atomic_store(&b->usable_ms, lb_now_ms());
             atomic_store(&b->weight, sc->weight);
+            atomic_store(&b->max_requests, sc->max_requests);
             atomic_store(&b->state, LB_ENTRY_ACTIVE);
             lb_shm_health_carry(b, pc);
         }
@@ -336,6 +361,14 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
      * forever. Cumulative counters stay; the next owner continues them. */
     atomic_store(&w->active_connections, 0);
     atomic_store(&w->max_connections, 0);
+    for (unsigned p = 0; p < h->max_pools && p < LB_SHM_MAX_POOLS; p++) {
+        uint32_t n = atomic_load(&w->queued[p]);
+        if (n == 0)
+            continue;
+        /* Requests it had waiting in a pool's queue died with it. */
+        atomic_fetch_sub(&lb_shm_pool(h, p)->queue_depth, n);
+        atomic_store(&w->queued[p], 0);
+    }
     for (unsigned b = 0; b < h->max_backends; b++) {
         lb_counter_t *active = &lb_shm_stats(h, slot, b)->active;
         uint64_t n = lb_counter_get(active);

@@ -89,6 +89,29 @@ static inline enum lb_breaker_state lb_shm_breaker_shown(const struct lb_shm_bac
     return st < LB_BREAKER_STATES ? (enum lb_breaker_state)st : LB_BREAKER_CLOSED;
 }
 
+/* Slow start: the share of its weight (per mille, 100-1000) a server has
+ * NOW_MS, having become usable again at SINCE_MS (0: not since it was
+ * first assigned), for a ramp of WINDOW_MS (0: none). Linear in the time
+ * since, clamped to 10 %..100 % (Envoy's min_weight_percent): a server
+ * back a tenth of the way into its ramp, or less, gets a tenth. */
+static inline unsigned lb_slow_start_permille(uint64_t since_ms, uint64_t now_ms,
+                                              uint64_t window_ms)
+{
+    if (window_ms == 0 || since_ms == 0 || now_ms >= since_ms + window_ms)
+        return 1000;
+    uint64_t p = (now_ms > since_ms ? now_ms - since_ms : 0) * 1000 / window_ms;
+    return p < 100 ? 100 : (unsigned)p;
+}
+
+/* When B last became usable again: health UP, a reload that (re)added it
+ * or gave it weight, or its breaker closing, whichever came last. */
+static inline uint64_t lb_shm_backend_usable_since(const struct lb_shm_backend *b)
+{
+    uint64_t a = atomic_load_explicit(&b->usable_ms, memory_order_relaxed);
+    uint64_t c = atomic_load_explicit(&b->breaker_closed_ms, memory_order_relaxed);
+    return a > c ? a : c;
+}
+
 /* Master: give every pool and server of CFG a stable id (same name, same
  * address: same id as before), record them in the segment, and retire those
  * CFG no longer has, marking them with GENERATION. -1 (and nothing changed)

@@ -18,10 +18,45 @@ static inline unsigned lb_weight(const struct lb_balancer *b, size_t i)
     return atomic_load_explicit(&b->backends[i]->weight, memory_order_relaxed);
 }
 
-static inline bool lb_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
+/* Usable but for its max_requests. (Inlined by force: each strategy's
+ * loop runs these per server, and GCC would otherwise call them.) */
+static inline __attribute__((always_inline))
+bool lb_up(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
 {
     return lb_weight(b, i) > 0 && lb_backend_usable(b->backends[i]) &&
            lb_breaker_usable(b->backends[i], &b->pool->breaker, ctx->now_ms, ctx->trials);
+}
+
+static inline __attribute__((always_inline))
+bool lb_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
+{
+    return lb_up(b, i, ctx) && lb_backend_has_room(b->backends[i]);
+}
+
+bool lb_balancer_full(const struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (lb_up(b, i, ctx) && !lb_backend_has_room(b->backends[i]))
+            return true;
+    return false;
+}
+
+/* Slow start: the share of its weight server I has now, per mille. */
+static inline unsigned lb_ramp(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
+{
+    if (b->slow_start_ms == 0)
+        return 1000;
+    return lb_slow_start_permille(lb_shm_backend_usable_since(b->backends[i]), ctx->now_ms,
+                                  b->slow_start_ms);
+}
+
+/* The weight the weighted strategies use: with slow start, the ramp's
+ * share of it (all servers of a pool on the same scale, x1000). */
+static inline uint64_t lb_eff_weight(const struct lb_balancer *b, size_t i,
+                                     const struct lb_pick_ctx *ctx)
+{
+    uint64_t w = lb_weight(b, i);
+    return b->slow_start_ms == 0 ? w : w * lb_ramp(b, i, ctx);
 }
 
 static inline int64_t lb_inflight(const struct lb_balancer *b, size_t i)
@@ -55,9 +90,9 @@ uint64_t lb_balancer_key(const void *data, size_t len)
 
 /* Load per unit of weight, compared without division:
  * a is lighter than b when (load_a + 1) * w_b < (load_b + 1) * w_a. */
-static bool lb_lighter(uint64_t load_a, unsigned w_a, uint64_t load_b, unsigned w_b)
+static bool lb_lighter(uint64_t load_a, uint64_t w_a, uint64_t load_b, uint64_t w_b)
 {
-    return (load_a + 1) * (uint64_t)w_b < (load_b + 1) * (uint64_t)w_a;
+    return (load_a + 1) * w_b < (load_b + 1) * w_a;
 }
 
 /* ---- round robin ------------------------------------------------------- */
@@ -138,10 +173,42 @@ static int lb_rr_init(struct lb_balancer *b)
     return 0;
 }
 
+/* Slow start for the cycle and the ring: whether server I, usable, lets
+ * this turn go (a random draw) or this key (its rank), at the share of
+ * its ramp it is at. The draw only while it ramps. */
+static bool lb_ramp_skips(struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx,
+                          const uint64_t *rank)
+{
+    unsigned p = lb_ramp(b, i, ctx);
+    return p < 1000 && (rank != NULL ? *rank : lb_rand(b)) % 1000 >= p;
+}
+
+/* With slow start: a ramping server's turn is skipped too, with the
+ * probability of the share it does not have yet; when every usable server
+ * skipped, the first of them is the answer. (Apart, so that the common
+ * loop stays as small as it was.) */
+static int lb_rr_pick_ramp(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    int ramping = -1;
+    for (size_t step = 0; step < b->seq_len; step++) {
+        uint64_t k = atomic_fetch_add_explicit(b->cursor, 1, memory_order_relaxed);
+        size_t i = b->seq[k % b->seq_len];
+        if (!lb_usable(b, i, ctx))
+            continue;
+        if (!lb_ramp_skips(b, i, ctx, NULL))
+            return (int)i;
+        if (ramping < 0)
+            ramping = (int)i;
+    }
+    return ramping;
+}
+
 static int lb_rr_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {
     if (b->seq_len == 0)
         return -1;
+    if (b->slow_start_ms != 0)
+        return lb_rr_pick_ramp(b, ctx);
     /* An unusable server's turn is skipped by taking the next ticket, so
      * the others keep their proportions (not: its share to its successor). */
     for (size_t step = 0; step < b->seq_len; step++) {
@@ -164,15 +231,14 @@ static void lb_rr_destroy(struct lb_balancer *b)
 static int lb_lc_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {
     int best = -1;
-    uint64_t best_load = 0;
-    unsigned best_w = 0;
+    uint64_t best_load = 0, best_w = 0;
     size_t start = b->n ? b->rotor++ % b->n : 0;
     for (size_t k = 0; k < b->n; k++) {
         size_t i = (start + k) % b->n;
         if (!lb_usable(b, i, ctx))
             continue;
         uint64_t load = (uint64_t)lb_inflight(b, i);
-        unsigned w = lb_weight(b, i);
+        uint64_t w = lb_eff_weight(b, i, ctx);
         if (best < 0 || lb_lighter(load, w, best_load, best_w)) {
             best = (int)i;
             best_load = load;
@@ -189,14 +255,14 @@ static int lb_random_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
     uint64_t total = 0;
     for (size_t i = 0; i < b->n; i++)
         if (lb_usable(b, i, ctx))
-            total += lb_weight(b, i);
+            total += lb_eff_weight(b, i, ctx);
     if (total == 0)
         return -1;
     uint64_t r = lb_rand(b) % total;
     for (size_t i = 0; i < b->n; i++) {
         if (!lb_usable(b, i, ctx))
             continue;
-        unsigned w = lb_weight(b, i);
+        uint64_t w = lb_eff_weight(b, i, ctx);
         if (r < w)
             return (int)i;
         r -= w;
@@ -225,8 +291,8 @@ static int lb_p2c_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
     int a = lb_two_choices(b, ctx, &c);
     if (a < 0 || c < 0)
         return a;
-    return lb_lighter((uint64_t)lb_inflight(b, (size_t)c), lb_weight(b, (size_t)c),
-                      (uint64_t)lb_inflight(b, (size_t)a), lb_weight(b, (size_t)a)) ? c : a;
+    return lb_lighter((uint64_t)lb_inflight(b, (size_t)c), lb_eff_weight(b, (size_t)c, ctx),
+                      (uint64_t)lb_inflight(b, (size_t)a), lb_eff_weight(b, (size_t)a, ctx)) ? c : a;
 }
 
 /* ---- least time (peak EWMA) -------------------------------------------- */
@@ -235,11 +301,11 @@ static int lb_p2c_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 #define LB_EWMA_DEFAULT_US 1000
 #define LB_EWMA_TAU_US     10000000.0       /* 10 s decay */
 
-static double lb_cost(struct lb_balancer *b, size_t i)
+static double lb_cost(struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
 {
     uint64_t ewma = atomic_load_explicit(&b->backends[i]->ewma_us, memory_order_relaxed);
     double latency = ewma ? (double)ewma : LB_EWMA_DEFAULT_US;
-    return latency * (double)(lb_inflight(b, i) + 1) / (double)lb_weight(b, i);
+    return latency * (double)(lb_inflight(b, i) + 1) / (double)lb_eff_weight(b, i, ctx);
 }
 
 static int lb_lt_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
@@ -248,7 +314,7 @@ static int lb_lt_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
     int a = lb_two_choices(b, ctx, &c);
     if (a < 0 || c < 0)
         return a;
-    return lb_cost(b, (size_t)c) < lb_cost(b, (size_t)a) ? c : a;
+    return lb_cost(b, (size_t)c, ctx) < lb_cost(b, (size_t)a, ctx) ? c : a;
 }
 
 void lb_backend_observe(struct lb_shm_backend *b, uint64_t sample_us, uint64_t now_us)
@@ -330,13 +396,21 @@ static int lb_hash_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
             hi = mid;
     }
     /* Walk clockwise past unusable servers: their keys spread over the
-     * others, and come back when they do. */
+     * others, and come back when they do. Past a ramping server too for
+     * the keys whose rank its ramp has not reached yet (the rank: another
+     * hash of the key, so it is independent of the ring position). */
+    uint64_t rank = b->slow_start_ms != 0 ? lb_mix64(ctx->key ^ 0x9e3779b97f4a7c15ULL) : 0;
+    int ramping = -1;
     for (size_t step = 0; step < b->ring_len; step++) {
         uint32_t s = b->ring[(lo + step) % b->ring_len].server;
-        if (lb_usable(b, s, ctx))
+        if (!lb_usable(b, s, ctx))
+            continue;
+        if (b->slow_start_ms == 0 || !lb_ramp_skips(b, s, ctx, &rank))
             return (int)s;
+        if (ramping < 0)
+            ramping = (int)s;
     }
-    return -1;
+    return ramping;
 }
 
 static void lb_hash_destroy(struct lb_balancer *b)
@@ -385,6 +459,7 @@ int lb_balancer_init(struct lb_balancer *b, const struct lb_pool_cfg *pool,
                      struct lb_shm_backend **backends, lb_counter_t *cursor)
 {
     *b = (struct lb_balancer){ .pool = pool, .backends = backends, .n = pool->nservers,
+                               .slow_start_ms = pool->slow_start_ms,
                                .ops = lb_balancer_ops_for(pool->strategy) };
     b->cursor = cursor ? cursor : &b->private_cursor;
     if (getrandom(b->rng, sizeof(b->rng), GRND_NONBLOCK) != (ssize_t)sizeof(b->rng) ||

@@ -1,8 +1,9 @@
 /* Backend selection. Each strategy is a table of functions (as h2o's
  * balancer.h), so strategies plug in without touching the proxy. Every
- * strategy skips servers that are down, draining or of weight 0, reading
- * their state from shared memory, so what one worker or the control
- * process learns every worker honours at once.
+ * strategy skips servers that are down, draining, of weight 0, whose
+ * breaker is open or that are at their max_requests, reading their state
+ * from shared memory, so what one worker or the control process learns
+ * every worker honours at once.
  *
  * round_robin, weighted_round_robin: one cycle of server indexes computed
  *   per configuration (smooth WRR, as nginx: weights 5,1,1 give
@@ -16,6 +17,16 @@
  *   removing one of N servers moves only its keys.
  * least_time: P2C on peak-EWMA response time x (in-flight + 1) / weight
  *   (Finagle/Linkerd).
+ *
+ * Slow start (pool slow_start): a server usable again for less than
+ * slow_start has a share of its weight, 10 % to 100 % over that time
+ * (lb_slow_start_permille). The weighted strategies use that effective
+ * weight; the two round robins keep their cycle and skip such a server's
+ * turn with the probability of the share it does not have yet (its turn
+ * goes to the next ticket), which gives it the same proportion without
+ * rebuilding the cycle; hash keeps its ring and sends a key to such a
+ * server only once the ramp has passed the key's rank (a second hash of
+ * the key, 0-999), so each key comes back once and stays.
  */
 #ifndef LB_BALANCER_H
 #define LB_BALANCER_H
@@ -31,7 +42,8 @@ struct lb_balancer;
 
 /* What a pick may look at besides shared state. */
 struct lb_pick_ctx {
-    uint64_t now_ms;                    /* CLOCK_MONOTONIC, for breakers (when the pool has one) */
+    uint64_t now_ms;                    /* CLOCK_MONOTONIC, for breakers and slow start
+                                         * (when the pool has them) */
     uint64_t key;                       /* hash: the key's hash (lb_balancer_key) */
     bool trials;                        /* may take a half-open breaker's trial */
 };
@@ -54,6 +66,7 @@ struct lb_balancer {
     const struct lb_pool_cfg *pool;
     struct lb_shm_backend **backends;   /* per server; shared state */
     size_t n;
+    uint64_t slow_start_ms;             /* pool->slow_start_ms */
     lb_counter_t *cursor;               /* in shm; private if NULL was given */
     lb_counter_t private_cursor;
     uint64_t rng[2];
@@ -74,6 +87,42 @@ static inline int lb_balancer_pick(struct lb_balancer *b, const struct lb_pick_c
 {
     return b->ops->pick(b, ctx);
 }
+
+/* Whether B has room for one more request under its max_requests. */
+static inline bool lb_backend_has_room(const struct lb_shm_backend *b)
+{
+    uint32_t max = atomic_load_explicit(&b->max_requests, memory_order_relaxed);
+    return max == 0 || atomic_load_explicit(&b->inflight, memory_order_relaxed) < (int64_t)max;
+}
+
+/* Count one request in flight to B, all workers together: with
+ * max_requests a compare-and-swap below it, so that never more are in
+ * flight however many workers race for the last place. false: full. */
+static inline bool lb_backend_take(struct lb_shm_backend *b)
+{
+    uint32_t max = atomic_load_explicit(&b->max_requests, memory_order_relaxed);
+    if (max == 0) {
+        atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
+        return true;
+    }
+    int64_t n = atomic_load_explicit(&b->inflight, memory_order_relaxed);
+    do {
+        if (n >= (int64_t)max)
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&b->inflight, &n, n + 1,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
+static inline void lb_backend_put(struct lb_shm_backend *b)
+{
+    atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
+}
+
+/* After a pick that found no server: whether that is because servers that
+ * could take the request are at their max_requests (it may wait in the
+ * pool's queue), rather than because none is usable at all. */
+bool lb_balancer_full(const struct lb_balancer *b, const struct lb_pick_ctx *ctx);
 
 /* The ring position of a key (client address, header or cookie value). */
 uint64_t lb_balancer_key(const void *data, size_t len);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 
 enum lb_session_state {
     LB_S_HEAD,          /* waiting for a request head */
+    LB_S_QUEUED,        /* a request waiting in its pool's queue (max_requests) */
     LB_S_PROXY,         /* forwarding a request, relaying its response */
     LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
@@ -49,6 +51,12 @@ struct lb_exchange {
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
+    /* QUEUED: the place in the pool's queue (worker/queue.h). Last: set
+     * when a request joins the queue, left alone by the reset between
+     * requests (lb_session_reset_request zeroes what comes before). */
+    struct lb_list qnode;
+    struct lb_session *qsession;
+    struct lb_pool_rt *qpool;
 };
 
 struct lb_session {
@@ -84,6 +92,7 @@ struct lb_session {
     bool resume_head : 1;               /* parse the next request once flushed */
     bool peer_trusted : 1;              /* client is in trusted_proxies */
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
+    bool slot : 1;                      /* counted in flight to server (max_requests) */
 };
 
 static void lb_session_close(struct lb_session *s);
@@ -338,21 +347,56 @@ static void lb_session_backend_done(struct lb_session *s)
         lb_session_report(s, LB_BREAKER_SUCCESS, 0);
 }
 
-static void lb_session_release_up(struct lb_session *s, bool reusable)
+static void lb_queue_kick(struct lb_pool_rt *pool);
+
+/* The request's place in flight to its server (taken by lb_session_pick)
+ * is given back: a request of the pool that waits in this worker's queue
+ * may take it (after the callback in progress). */
+static inline void lb_session_slot_put(struct lb_session *s)
+{
+    if (!s->slot)
+        return;
+    s->slot = false;
+    struct lb_server_rt *srv = s->server;
+    lb_counter_add(&srv->stats->active, (uint64_t)-1);
+    lb_backend_put(srv->shared);
+    if (srv->pool->queue.n > 0)
+        lb_queue_kick(srv->pool);
+}
+
+/* The backend connection goes (to the pool when REUSABLE); the request's
+ * place in flight stays (a stale pooled connection's retry). */
+static void lb_session_drop_up(struct lb_session *s, bool reusable)
 {
     if (s->up == NULL)
         return;
-    lb_counter_add(&s->server->stats->active, (uint64_t)-1);
-    atomic_fetch_sub_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     if (reusable)
         s->up->requests++;
     lb_upconn_release(s->up, reusable);
     s->up = NULL;
 }
 
+/* The exchange with the server is over: its connection and its place. */
+static void lb_session_release_up(struct lb_session *s, bool reusable)
+{
+    lb_session_slot_put(s);
+    lb_session_drop_up(s, reusable);
+}
+
+/* A request waiting in its pool's queue leaves it (to be answered by lbd,
+ * or closed); lb_queue_run takes the ones it sends out itself. */
+static void lb_session_unqueue(struct lb_session *s)
+{
+    if (s->state != LB_S_QUEUED)
+        return;
+    lb_queue_leave(&s->x->qpool->queue, &s->x->qnode);
+    s->state = LB_S_HEAD;
+}
+
 static void lb_session_close(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
+    lb_session_unqueue(s);
     lb_session_trial_end(s);
     lb_session_log(s);
     lb_session_release_up(s, false);
@@ -388,6 +432,7 @@ static void lb_session_shut(struct lb_session *s)
 
 static void lb_session_linger(struct lb_session *s)
 {
+    lb_session_unqueue(s);
     lb_session_log(s);
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
@@ -431,7 +476,7 @@ static void lb_session_reset_request(struct lb_session *s)
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->counted_failure = false;
     if (s->x != NULL)
-        memset(s->x, 0, sizeof(*s->x));
+        memset(s->x, 0, offsetof(struct lb_exchange, qnode));
     s->req_flags = 0;
     lb_session_timer_stop(s);
     lb_session_deadline_off(s);
@@ -450,6 +495,7 @@ static void lb_session_count_response(struct lb_session *s, int status)
  * the connection is cut so the client sees a truncated response. */
 static void lb_session_error(struct lb_session *s, int status)
 {
+    lb_session_unqueue(s);
     lb_session_trial_end(s);
     if (s->resp_started) {
         lb_session_linger(s);
@@ -1166,7 +1212,7 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
         (s->req_flags & LB_MSG_SAFE) && lb_conn_in_len(up->conn) == 0) {
         s->retried = true;
         lb_session_timer_stop(s);       /* backend_response starts again */
-        lb_session_release_up(s, false);
+        lb_session_drop_up(s, false);   /* same server: it keeps its place */
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
         if (lb_session_connect(s) < 0)
             lb_session_error(s, 502);
@@ -1206,8 +1252,6 @@ static int lb_session_connect(struct lb_session *s)
         return -1;
     s->up = up;
     s->up_reused = reused;
-    lb_counter_add(&s->server->stats->active, 1);
-    atomic_fetch_add_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     lb_counter_add(&s->server->stats->requests, 1);
     static const struct lb_conn_ops up_ops = { lb_up_read, lb_up_write, lb_up_event };
     lb_conn_setcb(up->conn, &up_ops, s);
@@ -1289,21 +1333,200 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
     return lb_balancer_key(s->client_ip, strlen(s->client_ip));
 }
 
-/* The breaker's admission of the picked server IDX. Another worker may
- * have taken its last half-open trial since the pick (the pick then skips
- * it): pick again, a few times. The server's index, or -1. */
-static int lb_session_admit(struct lb_session *s, struct lb_pool_rt *pool,
-                            const struct lb_pick_ctx *ctx, int idx)
+#define LB_PICK_FULL (-2)
+
+/* What the pick of a server of POOL for S's request M looks at. */
+static inline __attribute__((always_inline))
+void lb_session_pick_ctx(struct lb_session *s, struct lb_pool_rt *pool, const struct lb_http_msg *m,
+                         struct lb_pick_ctx *ctx)
+{
+    *ctx = (struct lb_pick_ctx){ .now_ms = 0 };
+    if (pool->cfg->breaker.enabled) {
+        ctx->now_ms = lb_now_ms();
+        /* A retiring worker takes no trial: it may not report them. */
+        ctx->trials = lb_shm_generation_current(s->w->shm, s->w->generation);
+    } else if (pool->cfg->slow_start_ms != 0) {
+        ctx->now_ms = lb_now_ms();
+    }
+    if (pool->cfg->strategy == LB_STRATEGY_HASH)
+        ctx->key = lb_session_hash_key(s, m, pool->cfg);
+}
+
+/* S holds a place in flight to SRV (lb_backend_take). */
+static inline void lb_session_slot_take(struct lb_session *s, struct lb_server_rt *srv)
+{
+    s->server = srv;
+    s->slot = true;
+    lb_counter_add(&srv->stats->active, 1);
+}
+
+/* lb_session_pick's loop when the pool has a breaker, or the first pick
+ * found no place. */
+static int lb_session_pick_more(struct lb_session *s, struct lb_pool_rt *pool,
+                                const struct lb_pick_ctx *ctx, int idx)
 {
     s->x->breaker_ms = ctx->now_ms;
     for (int tries = 0; idx >= 0 && tries < 4; tries++) {
-        const struct lb_breaker_site site = { pool->shared[idx], pool->shm, pool->cfg };
-        if (lb_breaker_admit(&site, ctx->now_ms, &s->x->breaker_ticket))
-            return idx;
+        struct lb_server_rt *srv = &pool->servers[idx];
+        if (lb_backend_take(srv->shared)) {
+            const struct lb_breaker_site site = { srv->shared, pool->shm, pool->cfg };
+            if (!pool->cfg->breaker.enabled ||
+                lb_breaker_admit(&site, ctx->now_ms, &s->x->breaker_ticket)) {
+                lb_session_slot_take(s, srv);
+                return idx;
+            }
+            lb_backend_put(srv->shared);
+        }
         idx = lb_balancer_pick(&pool->balancer, ctx);
     }
-    return -1;
+    return lb_balancer_full(&pool->balancer, ctx) ? LB_PICK_FULL : -1;
 }
+
+/* Pick a server of POOL and admit the request to it: a place in flight
+ * under its max_requests (all workers: lb_backend_take), then its
+ * breaker's admission (a half-open trial place). Another worker may have
+ * taken the last place since the pick, which then skips that server: pick
+ * again, a few times. The server's index (s->server, holding its place),
+ * LB_PICK_FULL when every server that could take it is at its
+ * max_requests (the request may wait), or -1. Inline: the common case, no
+ * breaker and a place at the first pick, costs what the pick did before. */
+static inline __attribute__((always_inline))
+int lb_session_pick(struct lb_session *s, struct lb_pool_rt *pool, const struct lb_pick_ctx *ctx)
+{
+    int idx = lb_balancer_pick(&pool->balancer, ctx);
+    if (idx >= 0 && !pool->cfg->breaker.enabled && lb_backend_take(pool->servers[idx].shared)) {
+        lb_session_slot_take(s, &pool->servers[idx]);
+        return idx;
+    }
+    return lb_session_pick_more(s, pool, ctx, idx);
+}
+
+/* No server of POOL can take S's request: 503. */
+static void lb_session_no_server(struct lb_session *s, struct lb_pool_rt *pool)
+{
+    if (pool->cfg->breaker.enabled && lb_breaker_refused_all(pool->shared, pool->cfg->nservers)) {
+        /* Every server left is open: 503 at once, no connect tried. */
+        atomic_fetch_add_explicit(&pool->shm->breaker_refused, 1, memory_order_relaxed);
+        lb_log_debug("pool '%s': every usable server's circuit breaker is open", pool->cfg->name);
+    } else {
+        lb_log_warn("pool '%s': no server available", pool->cfg->name);
+    }
+    lb_session_error(s, 503);
+}
+
+/* S's request M goes to the server lb_session_pick gave it. */
+static inline void lb_session_send(struct lb_session *s, const struct lb_http_msg *m)
+{
+    struct lb_worker *w = s->w;
+    s->state = LB_S_PROXY;
+    lb_session_timer_stop(s);
+    s->x->sent_us = lb_wall_us();
+    if (lb_session_connect(s) < 0) {
+        lb_session_error(s, 502);
+        return;
+    }
+    size_t n = lb_write_request_head(s, m, s->up->conn->out);
+    if (n == 0) {
+        lb_counter_add(&s->server->stats->requests, (uint64_t)-1);     /* never sent */
+        lb_session_error(s, 500);
+        return;
+    }
+    lb_counter_add(&s->server->stats->bytes_out, n);
+
+    if (s->x->req_body == LB_BODY_NONE) {
+        /* A client that will be closed after this answer has nothing more
+         * to say: stop watching it (undone in the same pass, the watch
+         * never reaches epoll). A vanished client shows when we write. */
+        if (!s->keepalive)
+            lb_conn_read_disable(s->client);
+        return;     /* the head stays buffered (for a retry) until answered */
+    }
+    evbuffer_drain(s->client->in, m->head_len);
+    lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
+    s->head_pending = false;
+    lb_forward_request_body(s);
+}
+
+/* ---- the pool's queue (max_requests; worker/queue.h) -------------------- */
+
+static void lb_queue_tick(evutil_socket_t fd, short what, void *arg);
+
+/* While requests wait, the queue is re-tried every LB_QUEUE_TICK_MS for
+ * places other workers free. */
+static void lb_queue_arm(struct lb_pool_rt *pool)
+{
+    if (pool->queue.n > 0 && !evtimer_pending(pool->queue.tick, NULL))
+        lb_timer_arm(pool->queue.tick, LB_QUEUE_TICK_MS);
+}
+
+/* One of this worker's requests to POOL gave its place back: re-try the
+ * queue once the callback in progress is over. */
+static void lb_queue_kick(struct lb_pool_rt *pool)
+{
+    event_active(pool->queue.tick, EV_TIMEOUT, 1);
+}
+
+/* S's request waits in POOL's queue for a place: 503 when the queue is
+ * full. queue.timeout bounds the wait (lb_client_timeout), and so does the
+ * pool's deadline. */
+static void lb_session_enqueue(struct lb_session *s, struct lb_pool_rt *pool)
+{
+    struct lb_queue *q = &pool->queue;
+    if (q->tick == NULL && (q->tick = evtimer_new(s->w->base, lb_queue_tick, pool)) == NULL) {
+        lb_session_error(s, 503);       /* out of memory */
+        return;
+    }
+    if (!lb_queue_join(q, &s->x->qnode, pool->cfg->queue.size)) {
+        lb_log_debug("pool '%s': queue full (%u requests waiting): 503", pool->cfg->name,
+                     pool->cfg->queue.size);
+        lb_session_error(s, 503);
+        return;
+    }
+    s->x->qsession = s;
+    s->x->qpool = pool;
+    s->state = LB_S_QUEUED;
+    lb_session_timer_arm(s, pool->cfg->queue.timeout_ms);
+    lb_queue_arm(pool);
+}
+
+/* Send the requests of POOL's queue, oldest first, while servers have
+ * room. The head was parsed when the request arrived and is still in the
+ * client's buffer: the same bytes parse the same way again. */
+static void lb_queue_run(struct lb_pool_rt *pool)
+{
+    struct lb_list *node;
+    while ((node = lb_queue_oldest(&pool->queue)) != NULL) {
+        struct lb_session *s = LB_CONTAINER_OF(node, struct lb_exchange, qnode)->qsession;
+        struct lb_worker *w = s->w;
+        const char *buf = (const char *)evbuffer_pullup(s->client->in,
+                                                        (ev_ssize_t)s->x->head_len);
+        struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
+        if (buf == NULL || lb_http_parse_request(buf, s->x->head_len, &m, &w->limits) != 0) {
+            lb_session_error(s, 500);   /* out of memory */
+            continue;
+        }
+        struct lb_pick_ctx ctx;
+        lb_session_pick_ctx(s, pool, &m, &ctx);
+        int idx = lb_session_pick(s, pool, &ctx);
+        if (idx == LB_PICK_FULL)
+            break;                      /* still no room: the others wait too */
+        lb_session_unqueue(s);
+        if (idx < 0)
+            lb_session_no_server(s, pool);
+        else
+            lb_session_send(s, &m);
+    }
+    lb_queue_arm(pool);
+}
+
+static void lb_queue_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    lb_queue_run(arg);
+}
+
+/* ---- dispatch: route, pick, send or wait ---------------------------------- */
 
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
@@ -1338,63 +1561,27 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     struct lb_pool_rt *pool = &w->pools[r->pool];
-    s->x->sent_us = lb_wall_us();
-    struct lb_pick_ctx ctx = { .now_ms = 0 };
-    bool breaker = pool->cfg->breaker.enabled;
-    if (breaker) {
-        ctx.now_ms = lb_now_ms();
-        /* A retiring worker takes no trial: it may not report them. */
-        ctx.trials = lb_shm_generation_current(w->shm, w->generation);
-    }
-    if (pool->cfg->strategy == LB_STRATEGY_HASH)
-        ctx.key = lb_session_hash_key(s, m, pool->cfg);
-    int idx = lb_balancer_pick(&pool->balancer, &ctx);
-    if (breaker && idx >= 0)
-        idx = lb_session_admit(s, pool, &ctx, idx);
-    if (idx < 0) {
-        if (pool->cfg->breaker.enabled && lb_breaker_refused_all(pool->shared, pool->cfg->nservers)) {
-            /* Every server left is open: 503 at once, no connect tried. */
-            atomic_fetch_add_explicit(&pool->shm->breaker_refused, 1, memory_order_relaxed);
-            lb_log_debug("pool '%s': every usable server's circuit breaker is open", pool->cfg->name);
-        } else {
-            lb_log_warn("pool '%s': no server available", pool->cfg->name);
-        }
-        lb_session_error(s, 503);
-        return;
-    }
-    s->server = &pool->servers[idx];
-    s->state = LB_S_PROXY;
-    lb_session_timer_stop(s);
+    /* The deadline runs from here: time spent in the queue counts. */
     if (pool->cfg->timeouts.deadline_ms != 0) {
         if (s->deadline_timer == NULL)
             s->deadline_timer = evtimer_new(w->base, lb_deadline_timeout, s);
         if (s->deadline_timer != NULL)
             lb_timer_arm(s->deadline_timer, pool->cfg->timeouts.deadline_ms);
     }
-    if (lb_session_connect(s) < 0) {
-        lb_session_error(s, 502);
+    if (pool->queue.n > 0) {
+        /* Requests wait here already: behind them (FIFO in this worker). */
+        lb_session_enqueue(s, pool);
         return;
     }
-    size_t n = lb_write_request_head(s, m, s->up->conn->out);
-    if (n == 0) {
-        lb_counter_add(&s->server->stats->requests, (uint64_t)-1);     /* never sent */
-        lb_session_error(s, 500);
-        return;
-    }
-    lb_counter_add(&s->server->stats->bytes_out, n);
-
-    if (s->x->req_body == LB_BODY_NONE) {
-        /* A client that will be closed after this answer has nothing more
-         * to say: stop watching it (undone in the same pass, the watch
-         * never reaches epoll). A vanished client shows when we write. */
-        if (!s->keepalive)
-            lb_conn_read_disable(s->client);
-        return;     /* the head stays buffered (for a retry) until answered */
-    }
-    evbuffer_drain(s->client->in, m->head_len);
-    lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
-    s->head_pending = false;
-    lb_forward_request_body(s);
+    struct lb_pick_ctx ctx;
+    lb_session_pick_ctx(s, pool, m, &ctx);
+    int idx = lb_session_pick(s, pool, &ctx);
+    if (idx >= 0)
+        lb_session_send(s, m);
+    else if (idx == LB_PICK_FULL)
+        lb_session_enqueue(s, pool);
+    else
+        lb_session_no_server(s, pool);
 }
 
 /* ---- client side -------------------------------------------------------- */
@@ -1406,6 +1593,14 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
         lb_session_close(s);    /* linger time is up (armed once flushed) */
+        return;
+    }
+    if (s->state == LB_S_QUEUED) {
+        /* queue.timeout: no server of the pool had room meanwhile. */
+        lb_queue_refused(&s->x->qpool->queue, LB_QUEUE_TIMEOUT);
+        lb_log_debug("client %s: no room in pool '%s' within queue.timeout: 503", s->client_ip,
+                     s->x->qpool->cfg->name);
+        lb_session_error(s, 503);
         return;
     }
     if (s->state == LB_S_TUNNEL) {
@@ -1538,6 +1733,8 @@ static void lb_client_read(struct lb_conn *conn, void *arg)
         /* else: a pipelined request waits in the buffer, bounded by the
          * read watermark, until this exchange is over. */
         break;
+    case LB_S_QUEUED:
+        break;          /* the body, or the next request, waits likewise */
     default:        /* CLOSING: whatever the client still sends is dropped */
         evbuffer_drain(conn->in, evbuffer_get_length(conn->in));
         break;
@@ -1639,8 +1836,8 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         lb_tunnel_pump(s);
         return;
     }
-    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && s->state == LB_S_PROXY &&
-        s->req_done) {
+    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) &&
+        (s->state == LB_S_PROXY || s->state == LB_S_QUEUED) && s->req_done) {
         /* Half-close after a complete request: still deliver the answer
          * (unless the probe finds the client gone). */
         s->client_eof = true;
@@ -1650,7 +1847,7 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         return;
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
-        (s->state == LB_S_PROXY ||
+        (s->state == LB_S_PROXY || s->state == LB_S_QUEUED ||
          (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
         /* Waiting on the backend is not the client's idleness, and a head
          * in progress is client_header's to judge (it answers 408). */
@@ -1670,7 +1867,8 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         }
         return;
     }
-    if (s->state == LB_S_PROXY && !s->resp_started && !(what & LB_CONN_TIMEOUT)) {
+    if ((s->state == LB_S_PROXY || s->state == LB_S_QUEUED) && !s->resp_started &&
+        !(what & LB_CONN_TIMEOUT)) {
         lb_session_abort(s);
         return;
     }

@@ -60,6 +60,7 @@ int lb_upstream_init(struct lb_worker *w)
         struct lb_pool_rt *p = &w->pools[i];
         p->cfg = pc;
         p->shm = lb_shm_pool(w->shm, pc->shm_id);
+        lb_queue_init(&p->queue, p->shm, &w->slot_stats->queued[pc->shm_id]);
         p->servers = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->servers));
         p->shared = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->shared));
         if (p->servers == NULL || p->shared == NULL)
@@ -129,6 +130,8 @@ void lb_upstream_destroy(struct lb_worker *w)
         return;
     lb_upstream_close_idle(w);
     for (size_t i = 0; i < w->cfg->npools; i++) {
+        if (w->pools[i].queue.tick != NULL)
+            event_free(w->pools[i].queue.tick);
         lb_balancer_destroy(&w->pools[i].balancer);
         free(w->pools[i].servers);
         free(w->pools[i].shared);

@@ -23,6 +23,7 @@
 #include "shared/shm.h"
 #include "worker/balancer.h"
 #include "worker/http.h"
+#include "worker/queue.h"
 
 struct event_base;
 struct evconnlistener;
@@ -48,7 +49,8 @@ struct lb_pool_rt {
     struct lb_balancer balancer;
     struct lb_server_rt *servers;
     struct lb_shm_backend **shared;         /* per server, for the balancer */
-    struct lb_shm_pool *shm;                /* shared pool state (breakers) */
+    struct lb_shm_pool *shm;                /* shared pool state (breakers, queue) */
+    struct lb_queue queue;                  /* requests waiting for a max_requests place */
 };
 
 struct lb_worker {

@@ -705,7 +705,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     """Render a config. LISTEN: address or list. POOLS: list of dicts
     {name, servers: [(address, weight)]} and optionally strategy, keepalive,
     timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...},
-    circuit_breaker {...}.
+    circuit_breaker {...}, queue {...}, slow_start. A server may be
+    (address, weight, {key: value}) for more keys (max_requests).
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
     first pool. ADMIN: admin listener address or None. LISTENER: extra keys
     of every listener, e.g. {"defer_accept": False}."""
@@ -729,11 +730,14 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
         for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
-                  "circuit_breaker"):
+                  "circuit_breaker", "queue", "slow_start"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
-        srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
-                         for a, w in p["servers"])
+
+        def server(a, w, more=None):
+            extra = "".join(f" {k} = {_cfg_value(v)};" for k, v in (more or {}).items())
+            return f'            {{ address = "{a}"; weight = {w};{extra} }}'
+        srv = ",\n".join(server(*s) for s in p["servers"])
         ps.append("    { " + "\n      ".join(keys) + f"\n        servers = (\n{srv}\n        ); }}")
     lines.append(",\n".join(ps))
     lines.append(");")

@@ -208,6 +208,18 @@ class ConfigTestTest(LbdTestCase):
                                   "        circuit_breaker = { failures = 3; };")
         self.assertInvalid(text, line, "keep circuit_breaker")
 
+    def test_limits_out_of_range(self):
+        """max_requests, queue and slow_start values out of range, each at its line."""
+        text, line = replace_line(BASE, 'weight = 3;',
+                                  '            { address = "127.0.0.1:19002"; max_requests = -1; }')
+        self.assertInvalid(text, line, "'max_requests' must be between 0 and 1000000")
+        for key, what in (('queue = {\n            size = 1000001;\n        };', "'size' must be between 0"),
+                          ('queue = {\n            timeout = "0";\n        };', "'timeout' must be more than 0"),
+                          ('slow_start = "2h";', "'slow_start' must be at most 3600s")):
+            with self.subTest(key):
+                text, line = insert_after(BASE, 'strategy = "round_robin";', "        " + key)
+                self.assertInvalid(text, line + (1 if "queue" in key else 0), what)
+
     def test_missing_listeners(self):
         lines = BASE.split("\n")
         start = lines.index("listeners = (")

@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "shared/shm.h"
 #include "worker/balancer.h"
@@ -698,6 +701,335 @@ START_TEST(test_hash_consistent)
 }
 END_TEST
 
+/* ---- max_requests ---------------------------------------------------------------- */
+
+/* A key's ring position, from a number. */
+static uint64_t key_of(uint64_t n)
+{
+    return lb_balancer_key(&n, sizeof(n));
+}
+
+START_TEST(test_max_requests_skip)
+{
+    static const unsigned w[] = { 1, 1 };
+    static const enum lb_strategy all[] = {
+        LB_STRATEGY_ROUND_ROBIN, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, LB_STRATEGY_LEAST_CONNECTIONS,
+        LB_STRATEGY_POWER_OF_TWO, LB_STRATEGY_RANDOM, LB_STRATEGY_HASH, LB_STRATEGY_LEAST_TIME,
+    };
+    for (size_t k = 0; k < LB_ARRAY_SIZE(all); k++) {
+        struct test_pool tp;
+        struct lb_balancer b;
+        make_pool(&tp, all[k], w, 2);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+        struct lb_pick_ctx ctx = { .now_ms = 1000, .key = 12345 };
+        /* Server 0 at its max: every strategy skips it, like a full one. */
+        atomic_store(&tp.shm[0].max_requests, 2);
+        atomic_store(&tp.shm[0].inflight, 2);
+        for (int i = 0; i < 50; i++)
+            ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 1);
+        /* Both full: no pick, and the pool is full (the request may wait). */
+        atomic_store(&tp.shm[1].max_requests, 1);
+        atomic_store(&tp.shm[1].inflight, 1);
+        ck_assert_int_eq(lb_balancer_pick(&b, &ctx), -1);
+        ck_assert(lb_balancer_full(&b, &ctx));
+        /* One full, the other down: still full (worth waiting for). */
+        atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
+        ck_assert_int_eq(lb_balancer_pick(&b, &ctx), -1);
+        ck_assert(lb_balancer_full(&b, &ctx));
+        /* The full one down too, or out of rotation: nothing to wait for. */
+        atomic_store(&tp.shm[0].weight, 0);
+        ck_assert(!lb_balancer_full(&b, &ctx));
+        atomic_store(&tp.shm[0].weight, 1);
+        /* A place frees up: taken again. */
+        atomic_store(&tp.shm[0].inflight, 1);
+        ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 0);
+        ck_assert(!lb_balancer_full(&b, &ctx));
+        lb_balancer_destroy(&b);
+    }
+}
+END_TEST
+
+START_TEST(test_backend_take)
+{
+    struct lb_shm_backend sb;
+    memset(&sb, 0, sizeof(sb));
+    /* No limit: always, counted. */
+    for (int i = 0; i < 5; i++)
+        ck_assert(lb_backend_take(&sb));
+    ck_assert_int_eq(atomic_load(&sb.inflight), 5);
+    atomic_store(&sb.inflight, 0);
+    atomic_store(&sb.max_requests, 2);
+    ck_assert(lb_backend_take(&sb));
+    ck_assert(lb_backend_take(&sb));
+    ck_assert(!lb_backend_take(&sb));
+    ck_assert_int_eq(atomic_load(&sb.inflight), 2);
+    lb_backend_put(&sb);
+    ck_assert(lb_backend_has_room(&sb));
+    ck_assert(lb_backend_take(&sb));
+    ck_assert(!lb_backend_has_room(&sb));
+    /* A gauge a reap left negative is room, not an error. */
+    atomic_store(&sb.inflight, -1);
+    ck_assert(lb_backend_take(&sb) && lb_backend_take(&sb) && lb_backend_take(&sb));
+    ck_assert(!lb_backend_take(&sb));
+}
+END_TEST
+
+/* Four processes race for 3 places of one server in shared memory, as
+ * workers do: none ever sees more than 3 taken. */
+START_TEST(test_backend_take_exact)
+{
+    struct shared {
+        struct lb_shm_backend b;
+        _Atomic int64_t seen_max;
+        _Atomic uint64_t taken;
+    } *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(sh, MAP_FAILED);
+    memset(sh, 0, sizeof(*sh));
+    atomic_store(&sh->b.max_requests, 3);
+    pid_t kids[4];
+    for (int k = 0; k < 4; k++) {
+        kids[k] = fork();
+        ck_assert_int_ge(kids[k], 0);
+        if (kids[k] == 0) {
+            for (int i = 0; i < 200000; i++) {
+                if (!lb_backend_take(&sh->b))
+                    continue;
+                atomic_fetch_add(&sh->taken, 1);
+                int64_t n = atomic_load(&sh->b.inflight), m = atomic_load(&sh->seen_max);
+                while (n > m && !atomic_compare_exchange_weak(&sh->seen_max, &m, n))
+                    ;
+                lb_backend_put(&sh->b);
+            }
+            _exit(0);
+        }
+    }
+    for (int k = 0; k < 4; k++) {
+        int st;
+        ck_assert_int_eq(waitpid(kids[k], &st, 0), kids[k]);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    ck_assert_int_le(atomic_load(&sh->seen_max), 3);
+    ck_assert_int_ge(atomic_load(&sh->seen_max), 1);
+    ck_assert_uint_gt(atomic_load(&sh->taken), 0);
+    ck_assert_int_eq(atomic_load(&sh->b.inflight), 0);
+    munmap(sh, sizeof(*sh));
+}
+END_TEST
+
+/* ---- slow start ----------------------------------------------------------------- */
+
+START_TEST(test_slow_start_ramp)
+{
+    /* Off, never usable again, or over: the whole weight. */
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 6000, 0), 1000);
+    ck_assert_uint_eq(lb_slow_start_permille(0, 6000, 30000), 1000);
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 35000, 30000), 1000);
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 99999999, 30000), 1000);
+    /* Linear in the time since, clamped to 10 %..100 %. */
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 5000, 30000), 100);
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 6500, 30000), 100);     /* 5 % */
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 8000, 30000), 100);     /* 10 % */
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 8030, 30000), 101);
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 12500, 30000), 250);
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 20000, 30000), 500);
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 34999, 30000), 999);
+    /* A clock behind the stamp (never expected): the least share. */
+    ck_assert_uint_eq(lb_slow_start_permille(5000, 4000, 30000), 100);
+    /* Monotonic, always within bounds. */
+    unsigned prev = 0;
+    for (uint64_t now = 1000; now < 50000; now += 7) {
+        unsigned p = lb_slow_start_permille(1000, now, 40000);
+        ck_assert_uint_ge(p, 100);
+        ck_assert_uint_le(p, 1000);
+        ck_assert_uint_ge(p, prev);
+        prev = p;
+    }
+    ck_assert_uint_eq(prev, 1000);
+
+    /* The ramp starts at the later of health/configuration and the breaker's closing. */
+    struct lb_shm_backend sb;
+    memset(&sb, 0, sizeof(sb));
+    ck_assert_uint_eq(lb_shm_backend_usable_since(&sb), 0);
+    atomic_store(&sb.usable_ms, 7000);
+    ck_assert_uint_eq(lb_shm_backend_usable_since(&sb), 7000);
+    atomic_store(&sb.breaker_closed_ms, 9000);
+    ck_assert_uint_eq(lb_shm_backend_usable_since(&sb), 9000);
+    atomic_store(&sb.usable_ms, 12000);
+    ck_assert_uint_eq(lb_shm_backend_usable_since(&sb), 12000);
+}
+END_TEST
+
+/* Server 1 of two (weight 1 each) became usable at 1000 ms, ramp 10 s:
+ * its share of N picks at NOW_MS. */
+static double ramp_share(enum lb_strategy strategy, uint64_t now_ms, unsigned n, bool breaker)
+{
+    static const unsigned w[] = { 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, strategy, w, 2);
+    tp.pool.slow_start_ms = 10000;
+    if (breaker)
+        atomic_store(&tp.shm[1].breaker_closed_ms, 1000);
+    else
+        atomic_store(&tp.shm[1].usable_ms, 1000);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    unsigned got = 0;
+    for (unsigned k = 0; k < n; k++) {
+        char key[32];
+        int len = snprintf(key, sizeof(key), "k%u", k);
+        struct lb_pick_ctx ctx = { .now_ms = now_ms, .key = lb_balancer_key(key, (size_t)len) };
+        int s = lb_balancer_pick(&b, &ctx);
+        ck_assert_int_ge(s, 0);
+        got += s == 1;
+    }
+    lb_balancer_destroy(&b);
+    return (double)got / n;
+}
+
+START_TEST(test_slow_start_shares)
+{
+    /* The weighted round robin cycle, round robin and random: the share of
+     * effective weights f / (1 + f), for f = 10 %, 50 %, 100 %. */
+    static const enum lb_strategy props[] = {
+        LB_STRATEGY_ROUND_ROBIN, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, LB_STRATEGY_RANDOM,
+        LB_STRATEGY_HASH,
+    };
+    for (size_t k = 0; k < LB_ARRAY_SIZE(props); k++) {
+        double at0 = ramp_share(props[k], 1000, 20000, false);
+        double at5 = ramp_share(props[k], 6000, 20000, k % 2 == 1);   /* the breaker's stamp too */
+        double done = ramp_share(props[k], 11000, 20000, false);
+        if (props[k] == LB_STRATEGY_HASH) {
+            /* Its keys come back with the ramp: f of the half it owns. */
+            ck_assert_msg(at0 > 0.03 && at0 < 0.08, "hash at 10 %%: %.3f", at0);
+            ck_assert_msg(at5 > 0.2 && at5 < 0.3, "hash at 50 %%: %.3f", at5);
+            ck_assert_msg(done > 0.4 && done < 0.6, "hash done: %.3f", done);
+            continue;
+        }
+        ck_assert_msg(at0 > 0.075 && at0 < 0.107, "strategy %d at 10 %%: %.3f", props[k], at0);
+        ck_assert_msg(at5 > 0.30 && at5 < 0.37, "strategy %d at 50 %%: %.3f", props[k], at5);
+        ck_assert_msg(done > 0.47 && done < 0.53, "strategy %d done: %.3f", props[k], done);
+    }
+}
+END_TEST
+
+START_TEST(test_slow_start_load_strategies)
+{
+    /* Least connections divides the load by the effective weight: at 10 %,
+     * server 1 idle is heavier than server 0 with 8 in flight
+     * ((0 + 1) / 0.1 = 10 > 9), lighter than it with 10 (11). */
+    static const unsigned w[] = { 1, 1 };
+    struct test_pool tp;
+    struct lb_balancer b;
+    make_pool(&tp, LB_STRATEGY_LEAST_CONNECTIONS, w, 2);
+    tp.pool.slow_start_ms = 10000;
+    atomic_store(&tp.shm[1].usable_ms, 1000);
+    ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+    struct lb_pick_ctx ctx = { .now_ms = 1500 };
+    atomic_store(&tp.shm[0].inflight, 8);
+    for (int i = 0; i < 50; i++)
+        ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 0);
+    atomic_store(&tp.shm[0].inflight, 10);
+    for (int i = 0; i < 50; i++)
+        ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 1);
+    /* The ramp over: the idle one, of course. */
+    atomic_store(&tp.shm[0].inflight, 1);
+    ctx.now_ms = 11000;
+    for (int i = 0; i < 50; i++)
+        ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 1);
+    lb_balancer_destroy(&b);
+
+    /* P2C and least time draw their two candidates by effective weight
+     * and compare load (and response time) per effective weight: with
+     * server 0 busy (4 in flight), the idle ramping server 1 gets far less
+     * than once its ramp is over; alone it takes everything. */
+    static const enum lb_strategy two[] = { LB_STRATEGY_POWER_OF_TWO, LB_STRATEGY_LEAST_TIME };
+    for (size_t k = 0; k < LB_ARRAY_SIZE(two); k++) {
+        make_pool(&tp, two[k], w, 2);
+        tp.pool.slow_start_ms = 10000;
+        atomic_store(&tp.shm[1].usable_ms, 1000);
+        atomic_store(&tp.shm[0].inflight, 4);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+        unsigned ramping = 0, over = 0;
+        for (int i = 0; i < 4000; i++) {
+            struct lb_pick_ctx c1 = { .now_ms = 1500 }, c2 = { .now_ms = 11000 };
+            ramping += lb_balancer_pick(&b, &c1) == 1;
+            over += lb_balancer_pick(&b, &c2) == 1;
+        }
+        ck_assert_msg(over > 3600 && ramping < 1000, "strategy %d: %u while ramping, %u after",
+                      two[k], ramping, over);
+        atomic_store(&tp.shm[0].health, LB_HEALTH_DOWN);
+        struct lb_pick_ctx c0 = { .now_ms = 1000 };
+        for (int i = 0; i < 50; i++)
+            ck_assert_int_eq(lb_balancer_pick(&b, &c0), 1);
+        lb_balancer_destroy(&b);
+    }
+}
+END_TEST
+
+START_TEST(test_slow_start_alone_and_hash_keys)
+{
+    /* A ramping server alone in rotation takes every request (the cycle
+     * and the ring fall back on it). */
+    static const enum lb_strategy all[] = {
+        LB_STRATEGY_ROUND_ROBIN, LB_STRATEGY_WEIGHTED_ROUND_ROBIN, LB_STRATEGY_RANDOM,
+        LB_STRATEGY_HASH,
+    };
+    static const unsigned w[] = { 1, 1 };
+    for (size_t k = 0; k < LB_ARRAY_SIZE(all); k++) {
+        struct test_pool tp;
+        struct lb_balancer b;
+        make_pool(&tp, all[k], w, 2);
+        tp.pool.slow_start_ms = 10000;
+        atomic_store(&tp.shm[1].usable_ms, 1000);
+        atomic_store(&tp.shm[0].drain, 1);
+        ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
+        for (uint64_t key = 0; key < 200; key++) {
+            struct lb_pick_ctx ctx = { .now_ms = 1000, .key = key_of(key) };
+            ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 1);
+        }
+        lb_balancer_destroy(&b);
+    }
+
+    /* hash: during the ramp a key only ever moves to the ramping server,
+     * once, and stays; at its end the map is the one without slow start. */
+    static const unsigned w3[] = { 1, 1, 1 };
+    static struct test_pool tp;
+    make_pool(&tp, LB_STRATEGY_HASH, w3, 3);
+    struct lb_balancer plain, slow;
+    ck_assert_int_eq(lb_balancer_init(&plain, &tp.pool, tp.backends, NULL), 0);
+    tp.pool.slow_start_ms = 10000;
+    atomic_store(&tp.shm[2].usable_ms, 1000);
+    ck_assert_int_eq(lb_balancer_init(&slow, &tp.pool, tp.backends, NULL), 0);
+    static int prev[NKEYS];
+    for (unsigned k = 0; k < NKEYS; k++)
+        prev[k] = -1;
+    unsigned moved = 0;
+    for (uint64_t now = 1000; now <= 11000; now += 500) {
+        unsigned on2 = 0;
+        for (unsigned k = 0; k < NKEYS; k++) {
+            struct lb_pick_ctx ctx = { .now_ms = now, .key = key_of(k + 1) };
+            int s = lb_balancer_pick(&slow, &ctx);
+            ck_assert_int_ge(s, 0);
+            if (prev[k] >= 0 && s != prev[k]) {
+                ck_assert_msg(s == 2 && prev[k] != 2, "key %u moved %d -> %d at %llu", k,
+                              prev[k], s, (unsigned long long)now);
+                moved++;
+            }
+            prev[k] = s;
+            on2 += s == 2;
+        }
+        (void)on2;
+    }
+    ck_assert_uint_gt(moved, NKEYS / 5);
+    for (unsigned k = 0; k < NKEYS; k++) {
+        struct lb_pick_ctx ctx = { .now_ms = 11000, .key = key_of(k + 1) };
+        ck_assert_int_eq(prev[k], lb_balancer_pick(&plain, &ctx));
+    }
+    lb_balancer_destroy(&plain);
+    lb_balancer_destroy(&slow);
+}
+END_TEST
+
 Suite *balancer_suite(void)
 {
     Suite *s = suite_create("balancer");
@@ -729,6 +1061,19 @@ Suite *balancer_suite(void)
     tcase_add_test(tc, test_power_of_two);
     tcase_add_test(tc, test_least_time);
     tcase_add_test(tc, test_hash_consistent);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("limits");
+    tcase_add_test(tc, test_max_requests_skip);
+    tcase_add_test(tc, test_backend_take);
+    tcase_add_test(tc, test_backend_take_exact);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("slow_start");
+    tcase_add_test(tc, test_slow_start_ramp);
+    tcase_add_test(tc, test_slow_start_shares);
+    tcase_add_test(tc, test_slow_start_load_strategies);
+    tcase_add_test(tc, test_slow_start_alone_and_hash_keys);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1015,6 +1015,85 @@ START_TEST(test_err_breaker)
 }
 END_TEST
 
+/* servers[].max_requests, pools[].queue, pools[].slow_start. */
+START_TEST(test_limits_config)
+{
+    struct lb_config *cfg;
+    char err[512];
+    /* Defaults: no limit; a queue of 1000 for 5 s once there is one; no ramp. */
+    ck_assert_int_eq(load_text(MINIMAL, &cfg, err, sizeof(err)), 0);
+    ck_assert_uint_eq(cfg->pools[0].servers[0].max_requests, 0);
+    ck_assert_uint_eq(cfg->pools[0].queue.size, 1000);
+    ck_assert_uint_eq(cfg->pools[0].queue.timeout_ms, 5000);
+    ck_assert_uint_eq(cfg->pools[0].slow_start_ms, 0);
+    lb_config_free(cfg);
+
+    static const char text[] =
+        LISTENERS
+        "pools = (\n"
+        "  { name = \"web\"; slow_start = \"30s\"; queue = { size = 0; timeout = \"250ms\"; };\n"
+        "    servers = ( { address = \"127.0.0.1:9001\"; max_requests = 1000000; },\n"
+        "                { address = \"127.0.0.1:9002\"; max_requests = 0; } ); },\n"
+        "  { name = \"api\"; queue = { timeout = \"1h\"; }; slow_start = \"0\";\n"
+        "    servers = ( { address = \"127.0.0.1:9003\"; max_requests = 2; } ); }\n"
+        ");\n"
+        "routes = ( { pool = \"web\"; } );\n";
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_uint_eq(cfg->pools[0].slow_start_ms, 30000);
+    ck_assert_uint_eq(cfg->pools[0].queue.size, 0);
+    ck_assert_uint_eq(cfg->pools[0].queue.timeout_ms, 250);
+    ck_assert_uint_eq(cfg->pools[0].servers[0].max_requests, 1000000);
+    ck_assert_uint_eq(cfg->pools[0].servers[1].max_requests, 0);
+    ck_assert_uint_eq(cfg->pools[1].queue.size, 1000);
+    ck_assert_uint_eq(cfg->pools[1].queue.timeout_ms, 3600000);
+    ck_assert_uint_eq(cfg->pools[1].slow_start_ms, 0);
+    ck_assert_uint_eq(cfg->pools[1].servers[0].max_requests, 2);
+    lb_config_free(cfg);
+}
+END_TEST
+
+/* A pool "web" whose line 4 holds KEYS (pool keys) and line 5 its server
+ * with SERVER_KEYS. */
+static void limits_conf(char *out, size_t n, const char *keys, const char *server_keys)
+{
+    snprintf(out, n, LISTENERS
+             "pools = (\n"
+             "  { name = \"web\";\n"
+             "    %s\n"
+             "    servers = ( { address = \"127.0.0.1:9001\"; %s } ); }\n"
+             ");\n", keys, server_keys);
+}
+
+static void expect_limits_error(const char *keys, const char *server_keys, int line,
+                                const char *what)
+{
+    char text[1024];
+    limits_conf(text, sizeof(text), keys, server_keys);
+    expect_error_line(text, NULL, line, what);
+}
+
+START_TEST(test_err_limits_config)
+{
+    expect_limits_error("", "max_requests = -1;", 5, "'max_requests' must be between 0 and 1000000");
+    expect_limits_error("", "max_requests = 1000001;", 5,
+                        "'max_requests' must be between 0 and 1000000");
+    expect_limits_error("", "max_requests = \"10\";", 5, "'max_requests' must be an integer");
+    expect_limits_error("queue = { size = -1; };", "", 4, "'size' must be between 0 and 1000000");
+    expect_limits_error("queue = { size = 1000001; };", "", 4,
+                        "'size' must be between 0 and 1000000");
+    expect_limits_error("queue = { timeout = \"0\"; };", "", 4,
+                        "'timeout' must be more than 0 and at most 3600s");
+    expect_limits_error("queue = { timeout = \"2h\"; };", "", 4,
+                        "'timeout' must be more than 0 and at most 3600s");
+    expect_limits_error("queue = { timeout = \"soon\"; };", "", 4, "invalid duration \"soon\"");
+    expect_limits_error("queue = { depth = 3; };", "", 4, "unknown key 'depth' in queue");
+    expect_limits_error("queue = 100;", "", 4, "'queue' must be a group");
+    expect_limits_error("slow_start = \"2h\";", "", 4, "'slow_start' must be at most 3600s");
+    expect_limits_error("slow_start = 30;", "", 4, "'slow_start' must be a string");
+    expect_limits_error("slow_start = \"-1s\";", "", 4, "invalid duration");
+}
+END_TEST
+
 START_TEST(test_cidr)
 {
     ck_assert(in_block("10.0.0.0/8", "10.1.2.3"));
@@ -1101,6 +1180,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_trusted_proxies);
     tcase_add_test(tc, test_breaker_config);
     tcase_add_test(tc, test_err_breaker);
+    tcase_add_test(tc, test_limits_config);
+    tcase_add_test(tc, test_err_limits_config);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cidr");

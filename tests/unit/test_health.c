@@ -88,8 +88,14 @@ START_TEST(test_fall1_rise1)
     struct lb_health_cfg cfg = check(1, 1);
     fresh();
     feed(&cfg, "PPF", "..-");
+    /* Going DOWN is no slow start; coming back UP starts one (shared/shm.h). */
+    ck_assert_uint_eq(atomic_load(&sb.usable_ms), 0);
+    uint64_t before = lb_now_ms();
     feed(&cfg, "FP", ".+");
+    uint64_t up = atomic_load(&sb.usable_ms);
+    ck_assert_uint_ge(up, before);
     feed(&cfg, "PF", ".-");
+    ck_assert_uint_eq(atomic_load(&sb.usable_ms), up);
     feed(&cfg, "P", "+");
 }
 END_TEST

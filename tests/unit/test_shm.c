@@ -339,11 +339,117 @@ START_TEST(test_assign_breakers)
     ck_assert_uint_eq(atomic_load(&b->breaker), open);
     ck_assert_uint_eq(atomic_load(&web->breakers_open), 1);
 
+    ck_assert_uint_eq(atomic_load(&b->usable_ms), 0);
+
     build(&t3, pools1, 2, servers1);
+    uint64_t before = lb_now_ms();
     assign(&t3, 3);
     ck_assert_uint_eq(atomic_load(&b->breaker), 0);
     ck_assert_uint_eq(atomic_load(&b->fails_in_row), 0);
     ck_assert_uint_eq(atomic_load(&web->breakers_open), 0);
+    ck_assert_uint_ge(atomic_load(&b->usable_ms), before);     /* back in rotation: ramps */
+}
+END_TEST
+
+START_TEST(test_assign_limits_and_slow_start)
+{
+    /* max_requests, the queue's size and slow_start reach the segment; the
+     * slow start stamp is set by what a reload brings into rotation (a new
+     * server, one back from weight 0 or from removal, one a dropped health
+     * check brings UP), never at the first start, and kept otherwise. */
+    struct lb_shm_header *h = shm.hdr;
+    static struct test_cfg t1, t2, t3, t4, t5;
+    build(&t1, pools1, 2, servers1);
+    server(&t1, "web", "127.0.0.1:9001")->max_requests = 7;
+    server(&t1, "web", "127.0.0.1:9003")->weight = 0;
+    t1.pools[0].queue.size = 33;
+    t1.pools[0].slow_start_ms = 30000;
+    t1.pools[0].health.enabled = true;
+    assign(&t1, 1);
+    struct lb_shm_backend *b1 = lb_shm_backend(h, server(&t1, "web", "127.0.0.1:9001")->shm_id);
+    struct lb_shm_backend *b2 = lb_shm_backend(h, server(&t1, "web", "127.0.0.1:9002")->shm_id);
+    struct lb_shm_backend *b3 = lb_shm_backend(h, server(&t1, "web", "127.0.0.1:9003")->shm_id);
+    struct lb_shm_pool *web = lb_shm_pool(h, t1.pools[0].shm_id);
+    ck_assert_uint_eq(atomic_load(&b1->max_requests), 7);
+    ck_assert_uint_eq(atomic_load(&b2->max_requests), 0);
+    ck_assert_uint_eq(atomic_load(&web->queue_size), 33);
+    ck_assert_uint_eq(atomic_load(&web->slow_start_ms), 30000);
+    for (size_t i = 0; i < 2; i++)
+        for (size_t j = 0; j < t1.pools[i].nservers; j++)
+            ck_assert_uint_eq(atomic_load(&lb_shm_backend(h, t1.pools[i].servers[j].shm_id)->usable_ms), 0);
+
+    /* Generation 2: 9003 gets weight, 9002 goes DOWN by its check and is
+     * removed; the limit changes. */
+    atomic_store(&b2->health, LB_HEALTH_DOWN);
+    build(&t2, pools1, 2, servers1);
+    t2.pools[0].servers[1] = t2.pools[0].servers[2];        /* drop 9002 */
+    t2.pools[0].nservers = 2;
+    server(&t2, "web", "127.0.0.1:9001")->max_requests = 9;
+    t2.pools[0].health.enabled = true;
+    uint64_t before = lb_now_ms();
+    assign(&t2, 2);
+    ck_assert_uint_eq(atomic_load(&b1->max_requests), 9);
+    ck_assert_uint_eq(atomic_load(&b1->usable_ms), 0);
+    ck_assert_uint_ge(atomic_load(&b3->usable_ms), before);
+    ck_assert_uint_eq(atomic_load(&b2->state), LB_ENTRY_RETIRED);
+    ck_assert_uint_eq(atomic_load(&web->slow_start_ms), 0);
+
+    /* Generation 3: 9002 back before its id is reclaimed (still DOWN: its
+     * check decides, the stamp says when it was added); the others keep
+     * their stamps. */
+    atomic_store(&b3->usable_ms, 5);
+    build(&t3, pools1, 2, servers1);
+    t3.pools[0].health.enabled = true;
+    before = lb_now_ms();
+    assign(&t3, 3);
+    ck_assert_uint_ge(atomic_load(&b2->usable_ms), before);
+    ck_assert_uint_eq(atomic_load(&b3->usable_ms), 5);
+    ck_assert_uint_eq(atomic_load(&b1->usable_ms), 0);
+
+    /* Generation 4: the health check goes, 9002 is UP: its ramp starts. */
+    atomic_store(&b2->usable_ms, 5);
+    build(&t4, pools1, 2, servers1);
+    before = lb_now_ms();
+    assign(&t4, 4);
+    ck_assert_uint_eq(atomic_load(&b2->health), LB_HEALTH_UP);
+    ck_assert_uint_ge(atomic_load(&b2->usable_ms), before);
+    ck_assert_uint_eq(atomic_load(&b1->usable_ms), 0);
+
+    /* Generation 5: weight 0 is no ramp; a server new to the segment is. */
+    atomic_store(&b2->usable_ms, 5);
+    static const char *const more[][MAXS] = {
+        { "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:9004", NULL },
+        { "127.0.0.1:9101", "127.0.0.1:9001", NULL },
+    };
+    build(&t5, pools1, 2, more);
+    server(&t5, "web", "127.0.0.1:9002")->weight = 0;
+    before = lb_now_ms();
+    assign(&t5, 5);
+    ck_assert_uint_eq(atomic_load(&b2->usable_ms), 5);
+    ck_assert_uint_ge(atomic_load(&lb_shm_backend(h, server(&t5, "web", "127.0.0.1:9004")->shm_id)->usable_ms),
+                      before);
+}
+END_TEST
+
+START_TEST(test_slot_release_queue)
+{
+    /* A worker that dies with requests in a pool's queue: the master takes
+     * its share out of the pool's depth, leaves the others' alone. */
+    struct lb_shm_header *h = shm.hdr;
+    ck_assert_int_eq(lb_shm_slot_take(h, 0, 1), 0);
+    ck_assert_int_eq(lb_shm_slot_take(h, 1, 1), 1);
+    struct lb_shm_pool *p3 = lb_shm_pool(h, 3), *p200 = lb_shm_pool(h, 200);
+    atomic_store(&p3->queue_depth, 5);
+    atomic_store(&lb_shm_worker(h, 0)->queued[3], 2);
+    atomic_store(&lb_shm_worker(h, 1)->queued[3], 3);
+    atomic_store(&p200->queue_depth, 4);
+    atomic_store(&lb_shm_worker(h, 1)->queued[200], 4);
+    lb_shm_slot_release(h, 1);
+    ck_assert_uint_eq(atomic_load(&p3->queue_depth), 2);
+    ck_assert_uint_eq(atomic_load(&p200->queue_depth), 0);
+    ck_assert_uint_eq(atomic_load(&lb_shm_worker(h, 1)->queued[3]), 0);
+    ck_assert_uint_eq(atomic_load(&lb_shm_worker(h, 1)->queued[200]), 0);
+    ck_assert_uint_eq(atomic_load(&lb_shm_worker(h, 0)->queued[3]), 2);
 }
 END_TEST
 
@@ -685,6 +791,8 @@ Suite *shm_suite(void)
     tcase_add_test(tc, test_assign_stable_and_retire);
     tcase_add_test(tc, test_assign_readd_before_reclaim);
     tcase_add_test(tc, test_assign_breakers);
+    tcase_add_test(tc, test_assign_limits_and_slow_start);
+    tcase_add_test(tc, test_slot_release_queue);
     tcase_add_test(tc, test_pool_retire_reclaim);
     tcase_add_test(tc, test_assign_full);
     tcase_add_test(tc, test_slots);
