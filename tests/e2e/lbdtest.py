@@ -203,6 +203,18 @@ def proc_cmdline(pid):
     return [a.decode("utf-8", "replace") for a in raw.split(b"\0")]
 
 
+def vm_rss_kib(pid):
+    """Resident memory of PID in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmRSS:"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def proc_title(pid):
     args = proc_cmdline(pid)
     return args[0] if args else None

@@ -17,7 +17,7 @@ import time
 import unittest
 
 from lbdtest import (ROOT, HttpConn, LbdTestCase, PATTERN_LINE, free_port, lbd_config,
-                     parse_status, pattern_body, sanitized, wait_for)
+                     parse_status, pattern_body, sanitized, vm_rss_kib, wait_for)
 
 S_SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -87,14 +87,6 @@ def chunked(body, size=8192, ext=b""):
         out += b"%x%s\r\n" % (len(part), ext) + part + b"\r\n"
     out += b"0\r\n\r\n"
     return bytes(out)
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    return 0
 
 
 class RssSampler(threading.Thread):
