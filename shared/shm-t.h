@@ -30,7 +30,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   4u
+#define LB_SHM_LAYOUT_VERSION   5u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -63,6 +63,19 @@ enum lb_pause_reason {
     LB_PAUSE_CAP,               /* max_connections reached: until one closes */
     LB_PAUSE_FD,                /* accept() failed (EMFILE, ENFILE, ENOBUFS...): 500 ms */
     LB_PAUSE_REASONS
+};
+
+/* Why a request was sent again (worker/retry.h): lbd_retries_total's
+ * `reason` label. */
+enum lb_retry_reason {
+    LB_RETRY_CONNECT,           /* the connection could not be made */
+    LB_RETRY_RESET,             /* reset, closed or an invalid head before an answer */
+    LB_RETRY_TIMEOUT,           /* no answer in time, or the request not taken */
+    LB_RETRY_502,
+    LB_RETRY_503,
+    LB_RETRY_504,
+    LB_RETRY_5XX,               /* any other 5xx answer */
+    LB_RETRY_REASONS
 };
 
 typedef _Atomic uint64_t lb_counter_t;
@@ -119,6 +132,10 @@ struct lb_shm_pool {
     /* Requests answered 503 at once because every server that could take
      * them had its breaker open: any worker, atomic add (only then). */
     lb_counter_t breaker_refused;
+    /* Retries (worker/retry.h): any worker, atomic add, on the retry path
+     * only. Requests sent again, by reason; retries the budget refused. */
+    lb_counter_t retries[LB_RETRY_REASONS];
+    lb_counter_t retry_budget_exhausted;
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* Backend health (active checks), as every worker sees it:
@@ -231,6 +248,13 @@ struct lb_shm_backend {
     _Atomic uint64_t fails_in_row;      /* breaker: atomic add per failure, reset by a success */
     _Atomic uint64_t ewma_us;           /* peak EWMA of response time (least_time) */
     _Atomic uint64_t ewma_stamp_us;
+    /* Retries under way that a failed try here started (from the decision
+     * to the answer of the next try, or the end of the request), and those
+     * of them waiting out their backoff: the pool's retry budget sums them.
+     * Atomic add by any worker on the retry path; each worker's share is
+     * also in its stats row, so a dead worker's is taken back. */
+    _Atomic int64_t retries;
+    _Atomic int64_t retries_waiting;
     /* Breaker's failure-ratio window: every worker, a CAS per report, on
      * lines of their own. */
     _Atomic uint64_t breaker_window[LB_BREAKER_BUCKETS] __attribute__((aligned(LB_CACHELINE)));
@@ -246,6 +270,8 @@ struct lb_shm_backend_stats {
     lb_counter_t failures;              /* connect errors, resets, bad responses */
     lb_counter_t duration[LB_DURATION_BUCKETS];     /* request durations, not cumulative */
     lb_counter_t duration_sum_us;
+    lb_counter_t retries;               /* gauges: this worker's share of lb_shm_backend's */
+    lb_counter_t retries_waiting;
 };
 
 struct lb_shm_header {

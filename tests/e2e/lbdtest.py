@@ -700,7 +700,8 @@ class Lbd:
 # configuration
 
 def _cfg_value(v):
-    """A Python value as libconfig: bool, int, float, dict (group) or string."""
+    """A Python value as libconfig: bool, int, float, dict (group), list
+    (array) or string."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -709,6 +710,8 @@ def _cfg_value(v):
         return repr(v)
     if isinstance(v, dict):
         return "{ " + " ".join(f"{k} = {_cfg_value(x)};" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(_cfg_value(x) for x in v) + " ]"
     return '"' + str(v) + '"'
 
 
@@ -717,7 +720,7 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     """Render a config. LISTEN: address or list. POOLS: list of dicts
     {name, servers: [(address, weight)]} and optionally strategy, keepalive,
     timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...},
-    circuit_breaker {...}.
+    circuit_breaker {...}, retries {...}.
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
     first pool. ADMIN: admin listener address or None. LISTENER: extra keys
     of every listener, e.g. {"defer_accept": False}."""
@@ -741,7 +744,7 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
         for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
-                  "circuit_breaker"):
+                  "circuit_breaker", "retries"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
         srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
