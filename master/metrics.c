@@ -217,6 +217,25 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)atomic_load(&pool->queue_refused[r]));
     }
 
+    lb_family(out, "lbd_retries_total", "counter",
+              "Requests sent again after a failed try, by pool and reason.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) != LB_ENTRY_ACTIVE)
+            continue;
+        for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
+            fprintf(out, "lbd_retries_total{pool=\"%s\",reason=\"%s\"} %llu\n", pool->name,
+                    lb_retry_reason_names[k], (unsigned long long)atomic_load(&pool->retries[k]));
+    }
+    lb_family(out, "lbd_retry_budget_exhausted_total", "counter",
+              "Retries not made because the pool's retry budget was spent.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_retry_budget_exhausted_total{pool=\"%s\"} %llu\n", pool->name,
+                    (unsigned long long)atomic_load(&pool->retry_budget_exhausted));
+    }
+
     /* Client side, summed over every worker slot ever used. */
     struct lb_worker_totals all = { 0 };
     unsigned used = atomic_load(&h->slots_used);

@@ -8,6 +8,8 @@
 #include "shared/instance.h"
 
 const char *const lb_breaker_state_names[LB_BREAKER_STATES] = { "closed", "open", "half_open" };
+const char *const lb_retry_reason_names[LB_RETRY_REASONS] = { "connect", "reset", "timeout",
+                                                               "502", "503", "504", "5xx" };
 
 static const char *const lb_class_names[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
 
@@ -144,7 +146,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"breakers_open\":%u,"
                      "\"breaker_refused\":%llu,\"queue_size\":%u,\"queue_depth\":%u,"
                      "\"queued\":%llu,\"queue_refused\":{\"full\":%llu,\"timeout\":%llu},"
-                     "\"slow_start_ms\":%llu,\"servers\":[", first ? "" : ",",
+                     "\"slow_start_ms\":%llu,\"retries\":{", first ? "" : ",",
                 pool->name, entry_state[pst], atomic_load(&pool->breakers_open),
                 (unsigned long long)atomic_load(&pool->breaker_refused),
                 atomic_load(&pool->queue_size), atomic_load(&pool->queue_depth),
@@ -152,6 +154,21 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)atomic_load(&pool->queue_refused[LB_QUEUE_FULL]),
                 (unsigned long long)atomic_load(&pool->queue_refused[LB_QUEUE_TIMEOUT]),
                 (unsigned long long)slow_start_ms);
+        for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
+            fprintf(out, "%s\"%s\":%llu", k ? "," : "", lb_retry_reason_names[k],
+                    (unsigned long long)atomic_load(&pool->retries[k]));
+        int64_t retrying = 0, waiting = 0;
+        for (unsigned b = 0; b < h->max_backends; b++) {
+            struct lb_shm_backend *be = lb_shm_backend(h, b);
+            if (atomic_load(&be->state) != LB_ENTRY_FREE && be->pool_id == p) {
+                retrying += atomic_load(&be->retries);
+                waiting += atomic_load(&be->retries_waiting);
+            }
+        }
+        fprintf(out, "},\"retry_budget_exhausted\":%llu,\"retries_in_flight\":%lld,"
+                     "\"retries_waiting\":%lld,\"servers\":[",
+                (unsigned long long)atomic_load(&pool->retry_budget_exhausted),
+                (long long)(retrying > 0 ? retrying : 0), (long long)(waiting > 0 ? waiting : 0));
         first = false;
         bool sfirst = true;
         for (unsigned b = 0; b < h->max_backends; b++) {

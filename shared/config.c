@@ -513,6 +513,117 @@ static int lb_cfg_breaker(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
+static int lb_cfg_size(struct lb_loader *ld, const config_setting_t *group, const char *name,
+                       uint64_t lo, uint64_t hi, uint64_t *out);
+
+#define LB_RETRY_BACKOFF_MAX_MS 60000
+
+/* One entry of retries.on: "connect", "reset", "timeout", "5xx" or a
+ * status 500-599. 0, or -1 if unknown. */
+static int lb_cfg_retry_on(const char *v, struct lb_retry_cfg *r)
+{
+    if (strcmp(v, "connect") == 0) {
+        r->on |= LB_RETRY_ON_CONNECT;
+    } else if (strcmp(v, "reset") == 0) {
+        r->on |= LB_RETRY_ON_RESET;
+    } else if (strcmp(v, "timeout") == 0) {
+        r->on |= LB_RETRY_ON_TIMEOUT;
+    } else if (strcmp(v, "5xx") == 0) {
+        r->on_status[0] = r->on_status[1] = UINT64_MAX;
+    } else if (v[0] == '5' && v[1] >= '0' && v[1] <= '9' && v[2] >= '0' && v[2] <= '9' &&
+               v[3] == '\0') {
+        unsigned bit = (unsigned)((v[1] - '0') * 10 + (v[2] - '0'));
+        r->on_status[bit / 64] |= 1ull << (bit % 64);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+/* retries = { attempts; on; backoff; backoff_max; per_try_timeout; budget;
+ * min_retries; methods; buffer; }: worker/retry.h. Without the group, or
+ * with attempts = 1, nothing is retried (a stale pooled connection's
+ * resend is not a retry: see the README). */
+static int lb_cfg_retries_keys(struct lb_loader *ld, const config_setting_t *pool,
+                               struct lb_retry_cfg *r)
+{
+    static const char *const keys[] = { "attempts", "on", "backoff", "backoff_max",
+                                        "per_try_timeout", "budget", "min_retries", "methods",
+                                        "buffer", NULL };
+    *r = (struct lb_retry_cfg){ .attempts = 1,
+                                .on = LB_RETRY_ON_CONNECT | LB_RETRY_ON_RESET | LB_RETRY_ON_TIMEOUT,
+                                .on_status = { 7ull << 2, 0 },      /* 502, 503, 504 */
+                                .backoff_ms = 25, .backoff_max_ms = 250, .budget_percent = 20,
+                                .min_retries = 3, .buffer = 64 * 1024 };
+    const config_setting_t *g = lb_cfg_member(pool, "retries");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'retries' must be a group { ... }");
+    long long attempts = r->attempts, budget = r->budget_percent, min = r->min_retries;
+    const char *methods = NULL;
+    if (lb_cfg_check_keys(ld, g, "retries", keys) < 0 ||
+        lb_cfg_int(ld, g, "attempts", 1, LB_RETRY_MAX_ATTEMPTS, &attempts) < 0 ||
+        lb_cfg_duration(ld, g, "backoff", &r->backoff_ms) < 0 ||
+        lb_cfg_duration(ld, g, "backoff_max", &r->backoff_max_ms) < 0 ||
+        lb_cfg_duration(ld, g, "per_try_timeout", &r->per_try_timeout_ms) < 0 ||
+        lb_cfg_int(ld, g, "budget", 0, 100, &budget) < 0 ||
+        lb_cfg_int(ld, g, "min_retries", 0, 100000, &min) < 0 ||
+        lb_cfg_string(ld, g, "methods", &methods, false) < 0 ||
+        lb_cfg_size(ld, g, "buffer", 0, 64 << 20, &r->buffer) < 0)
+        return -1;
+    const config_setting_t *on = lb_cfg_member(g, "on");
+    if (on != NULL) {
+        if (config_setting_type(on) != CONFIG_TYPE_ARRAY &&
+            config_setting_type(on) != CONFIG_TYPE_LIST)
+            return lb_cfg_fail(ld, on, "retries: 'on' must be a list: "
+                                       "[ \"connect\", \"reset\", \"timeout\", \"503\" ]");
+        r->on = 0;
+        r->on_status[0] = r->on_status[1] = 0;
+        int n = config_setting_length(on);
+        for (int i = 0; i < n; i++) {
+            const config_setting_t *e = config_setting_get_elem(on, (unsigned)i);
+            const char *v = config_setting_type(e) == CONFIG_TYPE_STRING
+                                ? config_setting_get_string(e) : "";
+            if (lb_cfg_retry_on(v, r) < 0)
+                return lb_cfg_fail(ld, e, "retries: unknown 'on' entry \"%s\" (strings: "
+                                          "\"connect\", \"reset\", \"timeout\", \"5xx\" or a "
+                                          "status \"500\"-\"599\")", v);
+        }
+    }
+    if (methods != NULL) {
+        if (strcmp(methods, "all") != 0 && strcmp(methods, "idempotent") != 0)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "methods"),
+                               "retries: methods must be \"idempotent\" or \"all\"");
+        r->methods_all = strcmp(methods, "all") == 0;
+    }
+    if (r->backoff_max_ms > LB_RETRY_BACKOFF_MAX_MS)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "backoff_max"),
+                           "retries: backoff_max must be at most 60s");
+    if (r->backoff_ms > r->backoff_max_ms)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "backoff"),
+                           "retries: backoff (%llums) must not exceed backoff_max (%llums)",
+                           (unsigned long long)r->backoff_ms, (unsigned long long)r->backoff_max_ms);
+    r->attempts = (unsigned)attempts;
+    r->budget_percent = (unsigned)budget;
+    r->min_retries = (unsigned)min;
+    r->enabled = r->attempts > 1;
+    return 0;
+}
+
+static int lb_cfg_retries(struct lb_loader *ld, const config_setting_t *pool,
+                          struct lb_pool_cfg *p)
+{
+    struct lb_retry_cfg *r = &p->retries;
+    if (lb_cfg_retries_keys(ld, pool, r) < 0)
+        return -1;
+    /* A try waits for its answer's head backend_response, or
+     * per_try_timeout if that is shorter: one value for the data path. */
+    uint64_t head = p->timeouts.backend_response_ms, per_try = r->per_try_timeout_ms;
+    r->head_timeout_ms = per_try != 0 && (head == 0 || per_try < head) ? per_try : head;
+    return 0;
+}
+
 static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
@@ -644,7 +755,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
                                         "passive_health", "circuit_breaker", "queue",
-                                        "slow_start", NULL };
+                                        "slow_start", "retries", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -679,6 +790,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_breaker(ld, g, p) < 0 ||
             lb_cfg_queue(ld, g, p) < 0 ||
             lb_cfg_slow_start(ld, g, p) < 0 ||
+            lb_cfg_retries(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;

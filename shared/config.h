@@ -72,6 +72,27 @@ struct lb_breaker_cfg {
     uint64_t trial_timeout_ms;          /* an unanswered trial is given up after this */
 };
 
+/* Retries (worker/retry.h), per pool: which failed tries are sent again,
+ * how long to wait first, and how many may be under way at once. */
+#define LB_RETRY_MAX_ATTEMPTS   10
+#define LB_RETRY_ON_CONNECT     0x1u    /* the connection could not be made */
+#define LB_RETRY_ON_RESET       0x2u    /* reset, closed or invalid before an answer */
+#define LB_RETRY_ON_TIMEOUT     0x4u    /* no answer in time (or the request not taken) */
+struct lb_retry_cfg {
+    bool enabled;                       /* attempts > 1 */
+    unsigned attempts;                  /* tries in all, the first included */
+    unsigned on;                        /* LB_RETRY_ON_* */
+    uint64_t on_status[2];              /* answers retried: bit (status - 500), 500-599 */
+    uint64_t backoff_ms;                /* full jitter in [0, min(backoff_max, backoff * 2^n)] */
+    uint64_t backoff_max_ms;
+    uint64_t per_try_timeout_ms;        /* a try's wait for its answer's head; 0: none */
+    uint64_t head_timeout_ms;           /* the shorter of it and backend_response (0: none) */
+    unsigned budget_percent;            /* retries under way: this share of the requests ... */
+    unsigned min_retries;               /* ... or at least this many */
+    bool methods_all;                   /* else idempotent methods only */
+    uint64_t buffer;                    /* request body bytes kept to send again */
+};
+
 /* Every wait has a bound (0: none). Defaults in config.c, documented in the
  * README. The global set applies to every pool unless the pool overrides. */
 struct lb_timeouts {
@@ -114,6 +135,7 @@ struct lb_pool_cfg {
         uint64_t timeout_ms;
     } queue;
     uint64_t slow_start_ms;             /* a server usable again ramps up over this; 0: off */
+    struct lb_retry_cfg retries;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };

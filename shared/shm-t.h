@@ -65,6 +65,19 @@ enum lb_pause_reason {
     LB_PAUSE_REASONS
 };
 
+/* Why a request was sent again (worker/retry.h): lbd_retries_total's
+ * `reason` label. */
+enum lb_retry_reason {
+    LB_RETRY_CONNECT,           /* the connection could not be made */
+    LB_RETRY_RESET,             /* reset, closed or an invalid head before an answer */
+    LB_RETRY_TIMEOUT,           /* no answer in time, or the request not taken */
+    LB_RETRY_502,
+    LB_RETRY_503,
+    LB_RETRY_504,
+    LB_RETRY_5XX,               /* any other 5xx answer */
+    LB_RETRY_REASONS
+};
+
 typedef _Atomic uint64_t lb_counter_t;
 
 /* Why a pool's queue turned a request away with 503 (README: queue). */
@@ -141,6 +154,10 @@ struct lb_shm_pool {
     /* Written by the master at each assignment, for readers. */
     _Atomic uint32_t queue_size;
     _Atomic uint64_t slow_start_ms;
+    /* Retries (worker/retry.h): any worker, atomic add, on the retry path
+     * only. Requests sent again, by reason; retries the budget refused. */
+    lb_counter_t retries[LB_RETRY_REASONS];
+    lb_counter_t retry_budget_exhausted;
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* Backend health (active checks), as every worker sees it:
@@ -267,6 +284,13 @@ struct lb_shm_backend {
     _Atomic uint64_t fails_in_row;      /* breaker: atomic add per failure, reset by a success */
     _Atomic uint64_t ewma_us;           /* peak EWMA of response time (least_time) */
     _Atomic uint64_t ewma_stamp_us;
+    /* Retries under way that a failed try here started (from the decision
+     * to the answer of the next try, or the end of the request), and those
+     * of them waiting out their backoff: the pool's retry budget sums them.
+     * Atomic add by any worker on the retry path; each worker's share is
+     * also in its stats row, so a dead worker's is taken back. */
+    _Atomic int64_t retries;
+    _Atomic int64_t retries_waiting;
     /* Breaker's failure-ratio window: every worker, a CAS per report, on
      * lines of their own. */
     _Atomic uint64_t breaker_window[LB_BREAKER_BUCKETS] __attribute__((aligned(LB_CACHELINE)));
@@ -282,6 +306,8 @@ struct lb_shm_backend_stats {
     lb_counter_t failures;              /* connect errors, resets, bad responses */
     lb_counter_t duration[LB_DURATION_BUCKETS];     /* request durations, not cumulative */
     lb_counter_t duration_sum_us;
+    lb_counter_t retries;               /* gauges: this worker's share of lb_shm_backend's */
+    lb_counter_t retries_waiting;
 };
 
 struct lb_shm_header {

@@ -128,6 +128,9 @@ static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
         atomic_store(&p->queued, 0);
         for (unsigned k = 0; k < LB_QUEUE_REFUSALS; k++)
             atomic_store(&p->queue_refused[k], 0);
+        for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
+            atomic_store(&p->retries[k], 0);
+        atomic_store(&p->retry_budget_exhausted, 0);
     }
     return free_id;
 }
@@ -179,6 +182,8 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         atomic_store(&b->last_check_ms, 0);
         atomic_store(&b->last_change_ms, lb_wall_ms());
         atomic_store(&b->inflight, 0);
+        atomic_store(&b->retries, 0);
+        atomic_store(&b->retries_waiting, 0);
         atomic_store(&b->ewma_us, 0);
         atomic_store(&b->ewma_stamp_us, 0);
         atomic_store(&b->usable_ms, 0);
@@ -370,13 +375,25 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
         atomic_store(&w->queued[p], 0);
     }
     for (unsigned b = 0; b < h->max_backends; b++) {
-        lb_counter_t *active = &lb_shm_stats(h, slot, b)->active;
-        uint64_t n = lb_counter_get(active);
-        if (n == 0)
-            continue;
-        /* The shared in-flight count still holds the dead worker's requests. */
-        atomic_fetch_sub(&lb_shm_backend(h, b)->inflight, (int64_t)n);
-        atomic_store(active, 0);
+        struct lb_shm_backend_stats *row = lb_shm_stats(h, slot, b);
+        struct lb_shm_backend *be = lb_shm_backend(h, b);
+        /* The shared in-flight and retry counts still hold the dead
+         * worker's requests (retry budgets would shrink for good). */
+        uint64_t n = lb_counter_get(&row->active);
+        if (n != 0) {
+            atomic_fetch_sub(&be->inflight, (int64_t)n);
+            atomic_store(&row->active, 0);
+        }
+        n = lb_counter_get(&row->retries);
+        if (n != 0) {
+            atomic_fetch_sub(&be->retries, (int64_t)n);
+            atomic_store(&row->retries, 0);
+        }
+        n = lb_counter_get(&row->retries_waiting);
+        if (n != 0) {
+            atomic_fetch_sub(&be->retries_waiting, (int64_t)n);
+            atomic_store(&row->retries_waiting, 0);
+        }
     }
     atomic_store(&w->pid, 0);
     atomic_store(&w->state, LB_SLOT_FREE);

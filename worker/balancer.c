@@ -481,3 +481,13 @@ void lb_balancer_destroy(struct lb_balancer *b)
         b->ops->destroy(b);
     b->ops = NULL;
 }
+
+bool lb_balancer_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
+{
+    return lb_usable(b, i, ctx);
+}
+
+bool lb_balancer_up(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
+{
+    return lb_up(b, i, ctx);
+}

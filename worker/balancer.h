@@ -136,4 +136,13 @@ size_t lb_swrr_cycle(const unsigned *weights, size_t n, uint16_t *out, size_t ma
 /* A response head arrived SAMPLE_US after the request was sent. */
 void lb_backend_observe(struct lb_shm_backend *b, uint64_t sample_us, uint64_t now_us);
 
+/* Whether server I of B may take a request now, as every strategy's pick
+ * judges it: for a retry looking past the servers it tried. */
+bool lb_balancer_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx);
+
+/* The same but for its max_requests: whether server I would be usable
+ * with room (a retry waits for such a server rather than go back to one
+ * it tried). */
+bool lb_balancer_up(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx);
+
 #endif

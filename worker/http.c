@@ -515,9 +515,12 @@ int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *
     }
     if (m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0)
         m->flags |= LB_MSG_HEAD | LB_MSG_SAFE;
-    if ((m->method_len == 3 && memcmp(m->method, "GET", 3) == 0) || options ||
-        (m->method_len == 5 && memcmp(m->method, "TRACE", 5) == 0))
+    else if ((m->method_len == 3 && memcmp(m->method, "GET", 3) == 0) || options ||
+             (m->method_len == 5 && memcmp(m->method, "TRACE", 5) == 0))
         m->flags |= LB_MSG_SAFE;
+    else if ((m->method_len == 3 && memcmp(m->method, "PUT", 3) == 0) ||
+             (m->method_len == 6 && memcmp(m->method, "DELETE", 6) == 0))
+        m->flags |= LB_MSG_IDEMPOTENT;
 
     size_t max = m->max_headers < lim->max_headers ? m->max_headers : lim->max_headers;
     int rc = lb_http_parse_fields(eol + 2, end, m, max);

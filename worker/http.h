@@ -46,6 +46,7 @@ enum lb_http_body {
 #define LB_MSG_EXPECT_CONTINUE  0x08u
 #define LB_MSG_HEAD             0x10u   /* request method is HEAD */
 #define LB_MSG_SAFE             0x20u   /* GET, HEAD, OPTIONS, TRACE: may be retried */
+#define LB_MSG_IDEMPOTENT       0x40u   /* PUT, DELETE: idempotent, not safe (RFC 9110 9.2.2) */
 
 struct lb_http_limits {
     size_t max_request_line;    /* 414 beyond */

@@ -21,6 +21,7 @@
 #include "worker/breaker.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
+#include "worker/retry.h"
 #include "worker/route.h"
 #include "worker/upstream.h"
 
@@ -28,6 +29,7 @@ enum lb_session_state {
     LB_S_HEAD,          /* waiting for a request head */
     LB_S_QUEUED,        /* a request waiting in its pool's queue (max_requests) */
     LB_S_PROXY,         /* forwarding a request, relaying its response */
+    LB_S_RETRY,         /* a try failed: waiting out the backoff before the next */
     LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
 };
@@ -49,6 +51,14 @@ struct lb_exchange {
     uint64_t breaker_ticket;            /* a half-open breaker's trial: its round */
     uint64_t breaker_ms;                /* CLOCK_MONOTONIC at the pick (breaker on) */
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
+    uint64_t request_id[2];             /* the X-Request-Id made for it, if it had none */
+    /* Retries (worker/retry.h). */
+    struct evbuffer *replay;            /* a request with a body: its head and the body
+                                         * so far, kept to send again; NULL: not kept */
+    struct lb_server_rt *retry_held;    /* whose retry count holds this request's retry */
+    uint64_t tried;                     /* servers tried: bit (index % 64) */
+    uint8_t retries;                    /* retries made (a stale connection's resend is none) */
+    bool retry_waiting;                 /* the held retry waits out its backoff */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
     /* QUEUED: the place in the pool's queue (worker/queue.h). Last: set
@@ -80,9 +90,10 @@ struct lb_session {
     bool client_eof : 1;
     bool head_pending : 1;              /* request head still in client input */
     bool up_reused : 1;
-    bool retried : 1;
+    bool stale_resent : 1;              /* this try went again on a new connection */
     bool resp_head_done : 1;
     bool resp_started : 1;              /* response bytes queued to the client */
+    bool interim_sent : 1;              /* a backend's 1xx head went to the client */
     bool req_done : 1;
     bool resp_done : 1;
     bool up_eof : 1;                    /* the backend closed its side */
@@ -149,6 +160,9 @@ static void lb_session_log(struct lb_session *s)
     struct lb_access_entry *e = s->acc;
     if (e == NULL || e->start_us == 0)
         return;
+    /* Tries: the first and each retry started (a stale connection's resend
+     * is none). */
+    e->attempts = s->server == NULL ? 0 : 1u + (s->x != NULL ? s->x->retries : 0);
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
                        e->request_id, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
@@ -251,6 +265,36 @@ static bool lb_session_exchange_take(struct lb_session *s)
     return true;
 }
 
+/* The request's retry (worker/retry.h) is over: the try it started was
+ * answered, or the request ends. */
+static void lb_session_retry_release(struct lb_session *s)
+{
+    struct lb_exchange *x = s->x;
+    struct lb_server_rt *held = x->retry_held;
+    if (held == NULL)
+        return;
+    if (x->retry_waiting)
+        lb_retry_gauge(&held->shared->retries_waiting, &held->stats->retries_waiting, -1);
+    lb_retry_gauge(&held->shared->retries, &held->stats->retries, -1);
+    x->retry_held = NULL;
+    x->retry_waiting = false;
+}
+
+/* The exchange no longer needs to send its request again: its final
+ * answer began, or it ends in an error or a close. (Cleared there, so that
+ * an exchange that ends well costs no check at its end.) */
+static void lb_session_retry_clear(struct lb_session *s)
+{
+    struct lb_exchange *x = s->x;
+    if (x == NULL)
+        return;
+    lb_session_retry_release(s);
+    if (x->replay != NULL) {
+        evbuffer_free(x->replay);
+        x->replay = NULL;
+    }
+}
+
 /* Give them back: the exchange is over and logged (or never started). */
 static void lb_session_exchange_put(struct lb_session *s)
 {
@@ -281,8 +325,8 @@ static void lb_session_up_timeouts(struct lb_session *s)
     bool head_wait = s->req_done && !s->resp_head_done;
     lb_conn_set_timeouts(s->up->conn, s->req_done && !head_wait ? t->backend_response_ms : 0,
                          t->send_ms);
-    if (head_wait)
-        lb_session_timer_arm(s, t->backend_response_ms);
+    if (head_wait)     /* (retries.per_try_timeout if shorter) */
+        lb_session_timer_arm(s, s->server->pool->cfg->retries.head_timeout_ms);
 }
 
 /* Between requests. A draining worker keeps an idle keep-alive connection
@@ -398,6 +442,7 @@ static void lb_session_close(struct lb_session *s)
     struct lb_worker *w = s->w;
     lb_session_unqueue(s);
     lb_session_trial_end(s);
+    lb_session_retry_clear(s);
     lb_session_log(s);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
@@ -433,6 +478,7 @@ static void lb_session_shut(struct lb_session *s)
 static void lb_session_linger(struct lb_session *s)
 {
     lb_session_unqueue(s);
+    lb_session_retry_clear(s);
     lb_session_log(s);
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
@@ -472,11 +518,11 @@ static void lb_session_reset_request(struct lb_session *s)
 {
     s->state = LB_S_HEAD;
     s->server = NULL;
-    s->head_pending = s->up_reused = s->retried = s->upgrade = false;
+    s->head_pending = s->up_reused = s->stale_resent = s->upgrade = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
-    s->counted_failure = false;
+    s->counted_failure = s->interim_sent = false;
     if (s->x != NULL)
-        memset(s->x, 0, offsetof(struct lb_exchange, qnode));
+        memset(s->x, 0, offsetof(struct lb_exchange, qnode));  /* (retry state cleared already) */
     s->req_flags = 0;
     lb_session_timer_stop(s);
     lb_session_deadline_off(s);
@@ -497,6 +543,7 @@ static void lb_session_error(struct lb_session *s, int status)
 {
     lb_session_unqueue(s);
     lb_session_trial_end(s);
+    lb_session_retry_clear(s);
     if (s->resp_started) {
         lb_session_linger(s);
         return;
@@ -653,7 +700,7 @@ static bool lb_has_kind(const struct lb_http_msg *m, uint32_t name_len)
  * forwarding headers ours. A trusted peer's X-Forwarded-For / Forwarded are
  * kept and appended to; anyone else's are replaced. */
 static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_msg *m,
-                                    struct evbuffer *buf)
+                                    struct evbuffer *buf, bool again)
 {
     const char *target = m->target, *auth = NULL;
     size_t tlen = m->target_len, alen = 0;
@@ -717,10 +764,16 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     const char *rid = generated;
     size_t rid_len = sizeof(generated);
     if (m->request_id < 0) {
-        /* 128 random bits in hex, without printf: this runs per request. */
+        /* 128 random bits in hex, without printf: this runs per request.
+         * Every try of the request (AGAIN) carries the same. */
         static const char hex[] = "0123456789abcdef";
+        uint64_t *id = s->x->request_id;
+        if (!again) {
+            id[0] = lb_rand64(s->w);
+            id[1] = lb_rand64(s->w);
+        }
         for (size_t half = 0; half < 2; half++) {
-            uint64_t v = lb_rand64(s->w);
+            uint64_t v = id[half];
             for (size_t i = 0; i < 16; i++)
                 generated[half * 16 + i] = hex[(v >> (60 - 4 * i)) & 15];
         }
@@ -774,6 +827,42 @@ static ssize_t lb_chunked_scan(struct lb_chunked *c, struct evbuffer *src)
     return (ssize_t)total;
 }
 
+/* Append LEN bytes of SRC from offset OFF to DST, copied (SRC keeps
+ * them). 0, or -1 when out of memory. */
+static int lb_buffer_copy(struct evbuffer *dst, struct evbuffer *src, size_t off, size_t len)
+{
+    while (len > 0) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v[8];
+        if (evbuffer_ptr_set(src, &pos, off, EVBUFFER_PTR_SET) < 0)
+            return -1;
+        int nv = evbuffer_peek(src, (ev_ssize_t)len, &pos, v, 8);
+        if (nv <= 0)
+            return -1;
+        for (int i = 0; i < nv && i < 8 && len > 0; i++) {
+            size_t n = v[i].iov_len < len ? v[i].iov_len : len;
+            if (evbuffer_add(dst, v[i].iov_base, n) < 0)
+                return -1;
+            off += n;
+            len -= n;
+        }
+    }
+    return 0;
+}
+
+/* The next N body bytes (at the start of IN) are kept to send again, up
+ * to retries.buffer: beyond, or out of memory, the request can no longer
+ * be sent again. A copy: the request's bytes go to the backend as ever. */
+static void lb_session_keep_body(struct lb_session *s, struct evbuffer *in, size_t n)
+{
+    struct evbuffer *r = s->x->replay;
+    if (evbuffer_get_length(r) - s->x->head_len + n > s->server->pool->cfg->retries.buffer ||
+        lb_buffer_copy(r, in, 0, n) < 0) {
+        evbuffer_free(r);
+        s->x->replay = NULL;
+    }
+}
+
 /* Move what is available of the request body to the backend. */
 static void lb_forward_request_body(struct lb_session *s)
 {
@@ -811,6 +900,8 @@ static void lb_forward_request_body(struct lb_session *s)
             lb_session_error(s, 413);
             return;
         }
+        if (s->x->replay != NULL)
+            lb_session_keep_body(s, in, n);
         lb_conn_move(in, out, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
@@ -996,6 +1087,7 @@ static void lb_tunnel_start(struct lb_session *s)
     s->keepalive = false;
     /* Bytes both ways have no exchange state: idle WebSockets, which can
      * be many, hold none. */
+    lb_session_retry_clear(s);
     lb_session_exchange_put(s);
     lb_session_deadline_off(s);
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
@@ -1017,6 +1109,117 @@ static uint64_t lb_retry_after_ms(const struct lb_http_msg *m)
             return lb_breaker_retry_after_ms(h->value, h->value_len, lb_wall_ms());
     }
     return 0;
+}
+
+/* ---- retries (worker/retry.h) ------------------------------------------- */
+
+static int lb_session_connect(struct lb_session *s, bool pooled);
+static int lb_session_resend(struct lb_session *s, struct evbuffer *out);
+
+/* Whether the request may be sent again: its method allows it (with
+ * retries: the policy's methods; without: the safe ones, for a stale
+ * connection's resend) and it is whole at hand: a body-less one's head is
+ * still in the client's input, or the head and body were kept. */
+static bool lb_session_replayable(const struct lb_session *s)
+{
+    const struct lb_retry_cfg *rc = &s->server->pool->cfg->retries;
+    bool method = !rc->enabled ? (s->req_flags & LB_MSG_SAFE) != 0
+                  : rc->methods_all || (s->req_flags & (LB_MSG_SAFE | LB_MSG_IDEMPOTENT));
+    return method && (s->head_pending || s->x->replay != NULL) && !s->interim_sent;
+}
+
+static bool lb_tried(uint64_t tried, size_t idx)
+{
+    return (tried >> (idx % 64)) & 1;
+}
+
+/* A try failed before any byte of its answer reached the client, and its
+ * outcome is reported. The pool's verdict: the delay before the next try
+ * (the retry is then held, counted and the server marked tried), or -1:
+ * give up, and answer as without retries. */
+static int64_t lb_session_retry_verdict(struct lb_session *s, enum lb_retry_reason reason,
+                                        int status)
+{
+    struct lb_pool_rt *pool = s->server->pool;
+    const struct lb_retry_cfg *rc = &pool->cfg->retries;
+    if (!rc->enabled)
+        return -1;
+    struct lb_exchange *x = s->x;
+    const struct lb_retry_try t = {
+        .reason = reason, .status = status, .retries = x->retries,
+        .replayable = lb_session_replayable(s),
+        .answered = s->resp_started || s->interim_sent,
+        .holding = x->retry_held != NULL,
+    };
+    const struct lb_retry_site site = { pool->shared, pool->cfg->nservers, pool->shm, rc };
+    uint64_t delay = 0;
+    enum lb_retry_verdict v = lb_retry_decide(&site, &t, lb_rand64(s->w), &delay);
+    if (v != LB_RETRY_AFTER) {
+        if (v == LB_RETRY_NO_BUDGET)
+            lb_log_debug("pool '%s': retry budget spent, not retried", pool->cfg->name);
+        return -1;
+    }
+    struct lb_server_rt *srv = s->server;
+    lb_session_retry_release(s);
+    lb_retry_gauge(&srv->shared->retries, &srv->stats->retries, 1);
+    x->retry_held = srv;
+    x->tried |= 1ull << ((size_t)(srv - pool->servers) % 64);
+    return (int64_t)delay;
+}
+
+static void lb_session_retry_go(struct lb_session *s);
+
+/* Wait DELAY_MS before the next try, on the session timer: the backend
+ * connection is closed (it may hold the rest of an answer), the worker
+ * serves others meanwhile, and lb_session_retry_go runs when it fires. */
+static void lb_session_retry_wait(struct lb_session *s, uint64_t delay_ms)
+{
+    struct lb_exchange *x = s->x;
+    struct lb_server_rt *held = x->retry_held;
+    lb_session_release_up(s, false);
+    lb_session_timer_stop(s);
+    s->state = LB_S_RETRY;
+    s->up_eof = false;
+    x->resp_scan = 0;
+    lb_retry_gauge(&held->shared->retries_waiting, &held->stats->retries_waiting, 1);
+    x->retry_waiting = true;
+    lb_session_timer_arm(s, delay_ms > 0 ? delay_ms : 1);
+    if (s->timer == NULL)
+        lb_session_retry_go(s);     /* out of memory for a timer: no wait */
+}
+
+/* Verdict, and the wait when it says retry. True: the request goes again,
+ * the caller stops there; false: the caller answers as it would have. */
+static bool lb_session_retry(struct lb_session *s, enum lb_retry_reason reason)
+{
+    int64_t delay = lb_session_retry_verdict(s, reason, 0);
+    if (delay < 0)
+        return false;
+    lb_session_retry_wait(s, (uint64_t)delay);
+    return true;
+}
+
+/* A 5xx answer, nothing of it sent yet. When it is retried, the try counts
+ * as the answer it got (a failure with the breaker's on_5xx, as when it is
+ * relayed) and true is returned; false: the caller relays it. */
+static bool lb_session_retry_answer(struct lb_session *s, const struct lb_http_msg *m,
+                                    size_t head_len)
+{
+    int64_t delay = lb_session_retry_verdict(s, lb_retry_reason_of(m->status), m->status);
+    if (delay < 0)
+        return false;
+    struct lb_server_rt *srv = s->server;
+    lb_counter_add(&srv->stats->bytes_in, head_len);
+    lb_counter_add(&srv->stats->responses[4], 1);
+    if (srv->pool->cfg->breaker.on_5xx) {
+        lb_counter_add(&srv->stats->failures, 1);
+        lb_session_report(s, LB_BREAKER_FAILURE, m->status == 503 ? lb_retry_after_ms(m) : 0);
+    } else {
+        lb_session_report(s, LB_BREAKER_SUCCESS, 0);
+    }
+    lb_log_info("backend %s answered %d: retried", srv->cfg->address, m->status);
+    lb_session_retry_wait(s, (uint64_t)delay);
+    return true;
 }
 
 /* Parse response heads in the backend input; relay interim 1xx ones.
@@ -1042,7 +1245,8 @@ static bool lb_handle_response_head(struct lb_session *s)
                 lb_log_warn("backend %s: response head over %zu bytes",
                             s->server->cfg->address, w->limits.max_head);
                 lb_session_backend_failed(s);
-                lb_session_error(s, 502);
+                if (!lb_session_retry(s, LB_RETRY_RESET))
+                    lb_session_error(s, 502);
             }
             return false;
         }
@@ -1051,10 +1255,14 @@ static bool lb_handle_response_head(struct lb_session *s)
                                    &w->limits) < 0 || (m.status == 101 && !s->upgrade)) {
             lb_log_warn("backend %s: invalid response head", s->server->cfg->address);
             lb_session_backend_failed(s);
-            lb_session_error(s, 502);
+            if (!lb_session_retry(s, LB_RETRY_RESET))
+                lb_session_error(s, 502);
             return false;
         }
         s->x->resp_scan = 0;
+        if (m.status >= 500 && s->server->pool->cfg->retries.enabled &&
+            lb_session_retry_answer(s, &m, head_len))
+            return false;
         if (s->head_pending) {
             /* The backend answered: the request can no longer be retried. */
             evbuffer_drain(s->client->in, s->x->head_len);
@@ -1080,8 +1288,10 @@ static bool lb_handle_response_head(struct lb_session *s)
         }
         if (m.status < 200) {
             /* 100 Continue and friends: pass on to 1.1 clients only. */
-            if (s->req_minor == 1)
+            if (s->req_minor == 1) {
                 evbuffer_add(out, buf, head_len);
+                s->interim_sent = true;     /* no retry from now on */
+            }
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
             lb_session_sent(s, evbuffer_get_length(out) - before);
@@ -1109,6 +1319,8 @@ static bool lb_handle_response_head(struct lb_session *s)
         }
         s->resp_head_done = true;
         s->resp_started = true;
+        if (s->x->retry_held != NULL || s->x->replay != NULL)
+            lb_session_retry_clear(s);      /* answered: no other try from now on */
         evbuffer_drain(in, head_len);
         lb_counter_add(&s->server->stats->bytes_in, head_len);
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
@@ -1161,8 +1373,6 @@ static void lb_up_write(struct lb_conn *conn, void *arg)
         lb_forward_request_body(s);
 }
 
-static int lb_session_connect(struct lb_session *s);
-
 static void lb_up_event(struct lb_conn *conn, short what, void *arg)
 {
     struct lb_session *s = arg;
@@ -1206,48 +1416,78 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
     int err = errno;
     /* A pooled connection the backend closed just as we reused it, before
      * a byte of answer: the request most likely never reached it. Sent
-     * again once, and only if sending it twice is harmless (safe method,
-     * no body), as nginx and HAProxy do. */
-    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending &&
-        (s->req_flags & LB_MSG_SAFE) && lb_conn_in_len(up->conn) == 0) {
-        s->retried = true;
+     * again once on a new connection to the same server if sending it
+     * twice is harmless (without retries: a safe method, no body), as
+     * nginx and HAProxy do. Free: no retry, no breaker verdict. */
+    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->stale_resent &&
+        lb_conn_in_len(up->conn) == 0 && lb_session_replayable(s)) {
+        s->stale_resent = true;
         lb_session_timer_stop(s);       /* backend_response starts again */
         lb_session_drop_up(s, false);   /* same server: it keeps its place */
-        lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
-        if (lb_session_connect(s) < 0)
+        int rc = lb_session_connect(s, false);
+        if (rc != -1)           /* the same request: counted once */
+            lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
+        if (rc < 0 || lb_session_resend(s, s->up->conn->out) < 0)
             lb_session_error(s, 502);
+        else if (!s->req_done)
+            lb_forward_request_body(s);
         return;
     }
     lb_session_backend_failed(s);
+    bool connected = up->connected;
     if (what & LB_CONN_TIMEOUT) {
-        lb_count_timeout(s, !up->connected ? LB_TO_CONNECT
+        lb_count_timeout(s, !connected ? LB_TO_CONNECT
                             : (what & LB_CONN_READING) ? LB_TO_BACKEND_RESPONSE : LB_TO_SEND);
         lb_log_warn("backend %s timed out %s", addr,
-                    !up->connected ? "while connecting"
+                    !connected ? "while connecting"
                     : (what & LB_CONN_READING) ? "waiting for the response"
                                                  : "taking the request");
-        lb_session_error(s, 504);
-    } else if (!up->connected) {
+        if (!lb_session_retry(s, connected ? LB_RETRY_TIMEOUT : LB_RETRY_CONNECT))
+            lb_session_error(s, 504);
+    } else if (!connected) {
         lb_log_warn("connect() to %s failed (%d: %s)", addr, err, evutil_socket_error_to_string(err));
-        lb_session_error(s, 502);
+        if (!lb_session_retry(s, LB_RETRY_CONNECT))
+            lb_session_error(s, 502);
     } else {
         lb_log_warn("backend %s %s before responding", addr,
                     (what & LB_CONN_EOF) ? "closed the connection" : "reset the connection");
-        lb_session_error(s, 502);
+        if (!lb_session_retry(s, LB_RETRY_RESET))
+            lb_session_error(s, 502);
     }
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
 
-/* (Re)send the pending request head to s->server on a pooled or new
- * connection. 0, or -1 when no connection could be started. */
-static int lb_session_connect(struct lb_session *s)
+/* Send the request again on a new try: its head re-serialised from the
+ * bytes kept (still in the client's input for a body-less request, else in
+ * x->replay), then the body kept so far. 0, or -1. */
+static int lb_session_resend(struct lb_session *s, struct evbuffer *out)
 {
     struct lb_worker *w = s->w;
-    /* A retry must not land on another pooled connection that may be just
-     * as stale as the first. */
+    struct evbuffer *src = s->head_pending ? s->client->in : s->x->replay;
+    size_t head_len = s->x->head_len;
+    const char *buf = src != NULL ? (const char *)evbuffer_pullup(src, (ev_ssize_t)head_len) : NULL;
+    /* Same bytes, same result. */
+    struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
+    if (buf == NULL || lb_http_parse_request(buf, head_len, &m, &w->limits) != 0)
+        return -1;
+    size_t n = lb_write_request_head(s, &m, out, true);
+    size_t body = s->head_pending ? 0 : evbuffer_get_length(src) - head_len;
+    if (n == 0 || lb_buffer_copy(out, src, head_len, body) < 0)
+        return -1;
+    lb_counter_add(&s->server->stats->bytes_out, n + body);
+    return 0;
+}
+
+/* Start a try of the request at s->server on a pooled (if POOLED) or new
+ * connection; the caller sends the request. 0; -1 when no connection
+ * could be had (nothing counted); -2 when connect() failed at once (the
+ * request counted, the server's failure reported). */
+static int lb_session_connect(struct lb_session *s, bool pooled)
+{
+    struct lb_worker *w = s->w;
     bool reused;
-    struct lb_upconn *up = lb_upconn_get(w, s->server, !s->retried, &reused);
+    struct lb_upconn *up = lb_upconn_get(w, s->server, pooled, &reused);
     if (up == NULL)
         return -1;
     s->up = up;
@@ -1266,7 +1506,7 @@ static int lb_session_connect(struct lb_session *s)
                         evutil_socket_error_to_string(err));
             lb_session_backend_failed(s);
             lb_session_release_up(s, false);
-            return -1;
+            return -2;
         }
     } else {
         lb_session_up_timeouts(s);
@@ -1274,19 +1514,6 @@ static int lb_session_connect(struct lb_session *s)
             s->acc->connect_us = lb_wall_us();
     }
     lb_conn_read_enable(up->conn);
-
-    if (s->retried) {
-        /* Re-parse the head still in the client buffer: same bytes, same result. */
-        struct evbuffer *in = s->client->in;
-        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->x->head_len);
-        struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
-        if (buf == NULL || lb_http_parse_request(buf, s->x->head_len, &m, &w->limits) != 0)
-            return -1;
-        size_t n = lb_write_request_head(s, &m, up->conn->out);
-        if (n == 0)
-            return -1;
-        lb_counter_add(&s->server->stats->bytes_out, n);
-    }
     return 0;
 }
 
@@ -1335,7 +1562,8 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
 
 #define LB_PICK_FULL (-2)
 
-/* What the pick of a server of POOL for S's request M looks at. */
+/* What the pick of a server of POOL for S's request M looks at (M NULL:
+ * a retry, which has no hash key: its pick looks past the servers tried). */
 static inline __attribute__((always_inline))
 void lb_session_pick_ctx(struct lb_session *s, struct lb_pool_rt *pool, const struct lb_http_msg *m,
                          struct lb_pick_ctx *ctx)
@@ -1348,7 +1576,7 @@ void lb_session_pick_ctx(struct lb_session *s, struct lb_pool_rt *pool, const st
     } else if (pool->cfg->slow_start_ms != 0) {
         ctx->now_ms = lb_now_ms();
     }
-    if (pool->cfg->strategy == LB_STRATEGY_HASH)
+    if (pool->cfg->strategy == LB_STRATEGY_HASH && m != NULL)
         ctx->key = lb_session_hash_key(s, m, pool->cfg);
 }
 
@@ -1360,6 +1588,25 @@ static inline void lb_session_slot_take(struct lb_session *s, struct lb_server_r
     lb_counter_add(&srv->stats->active, 1);
 }
 
+/* Admit S's request to server IDX of POOL: a place in flight under its
+ * max_requests (all workers: lb_backend_take), then its breaker's
+ * admission (a half-open trial place). True: s->server is IDX, holding
+ * its place; false: nothing taken. */
+static bool lb_session_admit(struct lb_session *s, struct lb_pool_rt *pool,
+                             const struct lb_pick_ctx *ctx, int idx)
+{
+    struct lb_server_rt *srv = &pool->servers[idx];
+    if (!lb_backend_take(srv->shared))
+        return false;
+    const struct lb_breaker_site site = { srv->shared, pool->shm, pool->cfg };
+    if (pool->cfg->breaker.enabled && !lb_breaker_admit(&site, ctx->now_ms, &s->x->breaker_ticket)) {
+        lb_backend_put(srv->shared);
+        return false;
+    }
+    lb_session_slot_take(s, srv);
+    return true;
+}
+
 /* lb_session_pick's loop when the pool has a breaker, or the first pick
  * found no place. */
 static int lb_session_pick_more(struct lb_session *s, struct lb_pool_rt *pool,
@@ -1367,29 +1614,20 @@ static int lb_session_pick_more(struct lb_session *s, struct lb_pool_rt *pool,
 {
     s->x->breaker_ms = ctx->now_ms;
     for (int tries = 0; idx >= 0 && tries < 4; tries++) {
-        struct lb_server_rt *srv = &pool->servers[idx];
-        if (lb_backend_take(srv->shared)) {
-            const struct lb_breaker_site site = { srv->shared, pool->shm, pool->cfg };
-            if (!pool->cfg->breaker.enabled ||
-                lb_breaker_admit(&site, ctx->now_ms, &s->x->breaker_ticket)) {
-                lb_session_slot_take(s, srv);
-                return idx;
-            }
-            lb_backend_put(srv->shared);
-        }
+        if (lb_session_admit(s, pool, ctx, idx))
+            return idx;
         idx = lb_balancer_pick(&pool->balancer, ctx);
     }
     return lb_balancer_full(&pool->balancer, ctx) ? LB_PICK_FULL : -1;
 }
 
-/* Pick a server of POOL and admit the request to it: a place in flight
- * under its max_requests (all workers: lb_backend_take), then its
- * breaker's admission (a half-open trial place). Another worker may have
- * taken the last place since the pick, which then skips that server: pick
- * again, a few times. The server's index (s->server, holding its place),
- * LB_PICK_FULL when every server that could take it is at its
- * max_requests (the request may wait), or -1. Inline: the common case, no
- * breaker and a place at the first pick, costs what the pick did before. */
+/* Pick a server of POOL and admit the request to it (lb_session_admit).
+ * Another worker may have taken the last place since the pick, which then
+ * skips that server: pick again, a few times. The server's index
+ * (s->server, holding its place), LB_PICK_FULL when every server that
+ * could take it is at its max_requests (the request may wait), or -1.
+ * Inline: the common case, no breaker and a place at the first pick, costs
+ * what the pick did before. */
 static inline __attribute__((always_inline))
 int lb_session_pick(struct lb_session *s, struct lb_pool_rt *pool, const struct lb_pick_ctx *ctx)
 {
@@ -1414,6 +1652,16 @@ static void lb_session_no_server(struct lb_session *s, struct lb_pool_rt *pool)
     lb_session_error(s, 503);
 }
 
+/* Whether a request with a body to POOL is kept as it is sent, to send it
+ * again: retries on, a method they allow, a body that may fit. */
+static bool lb_session_keeps_body(const struct lb_session *s, const struct lb_pool_rt *pool)
+{
+    const struct lb_retry_cfg *rc = &pool->cfg->retries;
+    return rc->enabled && rc->buffer > 0 &&
+           (rc->methods_all || (s->req_flags & (LB_MSG_SAFE | LB_MSG_IDEMPOTENT))) &&
+           (s->x->req_body != LB_BODY_LENGTH || s->x->req_left <= rc->buffer);
+}
+
 /* S's request M goes to the server lb_session_pick gave it. */
 static inline void lb_session_send(struct lb_session *s, const struct lb_http_msg *m)
 {
@@ -1421,11 +1669,11 @@ static inline void lb_session_send(struct lb_session *s, const struct lb_http_ms
     s->state = LB_S_PROXY;
     lb_session_timer_stop(s);
     s->x->sent_us = lb_wall_us();
-    if (lb_session_connect(s) < 0) {
+    if (lb_session_connect(s, true) < 0) {
         lb_session_error(s, 502);
         return;
     }
-    size_t n = lb_write_request_head(s, m, s->up->conn->out);
+    size_t n = lb_write_request_head(s, m, s->up->conn->out, false);
     if (n == 0) {
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);     /* never sent */
         lb_session_error(s, 500);
@@ -1441,10 +1689,115 @@ static inline void lb_session_send(struct lb_session *s, const struct lb_http_ms
             lb_conn_read_disable(s->client);
         return;     /* the head stays buffered (for a retry) until answered */
     }
-    evbuffer_drain(s->client->in, m->head_len);
+    /* With retries, the head and body are kept as they go, to be sent
+     * again (a body-less request's head stays in the client's input). */
+    size_t kept = 0;
+    if (lb_session_keeps_body(s, s->server->pool) && (s->x->replay = evbuffer_new()) != NULL) {
+        int moved = evbuffer_remove_buffer(s->client->in, s->x->replay, m->head_len);
+        kept = moved > 0 ? (size_t)moved : 0;
+        if (kept != m->head_len) {         /* out of memory: not kept */
+            evbuffer_free(s->x->replay);
+            s->x->replay = NULL;
+        }
+    }
+    evbuffer_drain(s->client->in, m->head_len - kept);
     lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
     s->head_pending = false;
     lb_forward_request_body(s);
+}
+
+/* ---- a retry's pick and send (worker/retry.h) --------------------------- */
+
+/* A retry's candidate: another server than those tried when one is usable
+ * (the strategy asked again a few times, then the next usable one after
+ * its pick); LB_PICK_FULL when the others that are up are only at their
+ * max_requests (the retry waits for one of them rather than go back to a
+ * server that failed it); else the strategy's pick, a server tried. */
+static int lb_session_retry_candidate(struct lb_session *s, struct lb_pool_rt *pool,
+                                      const struct lb_pick_ctx *ctx)
+{
+    uint64_t tried = s->x->tried;
+    int idx = lb_balancer_pick(&pool->balancer, ctx);
+    for (int k = 0; k < 3 && idx >= 0 && lb_tried(tried, (size_t)idx); k++)
+        idx = lb_balancer_pick(&pool->balancer, ctx);
+    if (idx < 0 || !lb_tried(tried, (size_t)idx))
+        return idx;
+    size_t n = pool->cfg->nservers;
+    bool full = false;
+    for (size_t k = 1; k < n; k++) {
+        size_t j = ((size_t)idx + k) % n;
+        if (lb_tried(tried, j))
+            continue;
+        if (lb_balancer_usable(&pool->balancer, j, ctx))
+            return (int)j;
+        full = full || lb_balancer_up(&pool->balancer, j, ctx);
+    }
+    return full ? LB_PICK_FULL : idx;
+}
+
+/* A retry's server (lb_session_retry_candidate), admitted as
+ * lb_session_pick admits a request: max_requests, breaker. Returns as
+ * lb_session_pick. */
+static int lb_session_pick_retry(struct lb_session *s, struct lb_pool_rt *pool,
+                                 const struct lb_pick_ctx *ctx)
+{
+    s->x->breaker_ms = ctx->now_ms;
+    int idx = lb_session_retry_candidate(s, pool, ctx);
+    for (int tries = 0; idx >= 0 && tries < 4; tries++) {
+        if (lb_session_admit(s, pool, ctx, idx))
+            return idx;
+        idx = lb_session_retry_candidate(s, pool, ctx);
+    }
+    if (idx == LB_PICK_FULL)
+        return idx;
+    return lb_balancer_full(&pool->balancer, ctx) ? LB_PICK_FULL : -1;
+}
+
+/* The next try of S's request, on server IDX that lb_session_pick_retry
+ * admitted it to (-1: none, 503). */
+static void lb_session_retry_send(struct lb_session *s, struct lb_pool_rt *pool, int idx)
+{
+    struct lb_exchange *x = s->x;
+    struct lb_server_rt *held = x->retry_held;
+    lb_retry_gauge(&held->shared->retries_waiting, &held->stats->retries_waiting, -1);
+    x->retry_waiting = false;
+    s->state = LB_S_PROXY;
+    lb_session_timer_stop(s);
+    if (idx < 0) {
+        lb_session_no_server(s, pool);
+        return;
+    }
+    s->stale_resent = false;
+    x->sent_us = lb_wall_us();
+    x->retries++;
+    if (lb_session_connect(s, true) < 0 || lb_session_resend(s, s->up->conn->out) < 0) {
+        lb_session_error(s, 502);
+        return;
+    }
+    if (!s->req_done)
+        lb_forward_request_body(s);
+}
+
+static void lb_session_enqueue(struct lb_session *s, struct lb_pool_rt *pool);
+
+/* The backoff is over: the next try, on a server picked now. When every
+ * server that could take it is at its max_requests, or requests of the
+ * pool wait in this worker's queue already, it waits in the queue as a new
+ * request would (still counted as a retry waiting: see lb_queue_run). */
+static void lb_session_retry_go(struct lb_session *s)
+{
+    struct lb_pool_rt *pool = s->server->pool;
+    if (pool->queue.n > 0) {
+        lb_session_enqueue(s, pool);
+        return;
+    }
+    struct lb_pick_ctx ctx;
+    lb_session_pick_ctx(s, pool, NULL, &ctx);
+    int idx = lb_session_pick_retry(s, pool, &ctx);
+    if (idx == LB_PICK_FULL)
+        lb_session_enqueue(s, pool);
+    else
+        lb_session_retry_send(s, pool, idx);
 }
 
 /* ---- the pool's queue (max_requests; worker/queue.h) -------------------- */
@@ -1490,14 +1843,25 @@ static void lb_session_enqueue(struct lb_session *s, struct lb_pool_rt *pool)
 }
 
 /* Send the requests of POOL's queue, oldest first, while servers have
- * room. The head was parsed when the request arrived and is still in the
- * client's buffer: the same bytes parse the same way again. */
+ * room. A first try's head was parsed when the request arrived and is
+ * still in the client's buffer: the same bytes parse the same way again.
+ * A retry (it holds one) is picked and sent as lb_session_retry_go does. */
 static void lb_queue_run(struct lb_pool_rt *pool)
 {
     struct lb_list *node;
     while ((node = lb_queue_oldest(&pool->queue)) != NULL) {
         struct lb_session *s = LB_CONTAINER_OF(node, struct lb_exchange, qnode)->qsession;
         struct lb_worker *w = s->w;
+        struct lb_pick_ctx ctx;
+        if (s->x->retry_held != NULL) {
+            lb_session_pick_ctx(s, pool, NULL, &ctx);
+            int idx = lb_session_pick_retry(s, pool, &ctx);
+            if (idx == LB_PICK_FULL)
+                break;
+            lb_session_unqueue(s);
+            lb_session_retry_send(s, pool, idx);
+            continue;
+        }
         const char *buf = (const char *)evbuffer_pullup(s->client->in,
                                                         (ev_ssize_t)s->x->head_len);
         struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
@@ -1505,7 +1869,6 @@ static void lb_queue_run(struct lb_pool_rt *pool)
             lb_session_error(s, 500);   /* out of memory */
             continue;
         }
-        struct lb_pick_ctx ctx;
         lb_session_pick_ctx(s, pool, &m, &ctx);
         int idx = lb_session_pick(s, pool, &ctx);
         if (idx == LB_PICK_FULL)
@@ -1603,6 +1966,10 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_session_error(s, 503);
         return;
     }
+    if (s->state == LB_S_RETRY) {
+        lb_session_retry_go(s);     /* the backoff is over */
+        return;
+    }
     if (s->state == LB_S_TUNNEL) {
         lb_count_timeout(s, LB_TO_TUNNEL);
         lb_session_close(s);
@@ -1614,7 +1981,8 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_count_timeout(s, LB_TO_BACKEND_RESPONSE);
         lb_log_warn("backend %s timed out waiting for the response", s->server->cfg->address);
         lb_session_backend_failed(s);
-        lb_session_error(s, 504);
+        if (!lb_session_retry(s, LB_RETRY_TIMEOUT))
+            lb_session_error(s, 504);
         return;
     }
     if (s->state == LB_S_HEAD) {
@@ -1701,7 +2069,7 @@ static void lb_session_try_head(struct lb_session *s)
     }
     s->x->head_len = head_len;
     s->req_minor = (uint8_t)m.version_minor;
-    s->req_flags = m.flags & (LB_MSG_HEAD | LB_MSG_SAFE);
+    s->req_flags = m.flags & (LB_MSG_HEAD | LB_MSG_SAFE | LB_MSG_IDEMPOTENT);
     s->keepalive = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
                                         : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
     s->x->req_body = m.body;
@@ -1728,10 +2096,11 @@ static void lb_client_read(struct lb_conn *conn, void *arg)
         lb_tunnel_pump(s);
         break;
     case LB_S_PROXY:
+    case LB_S_RETRY:
         if (!s->req_done && s->up != NULL)
             lb_forward_request_body(s);
-        /* else: a pipelined request waits in the buffer, bounded by the
-         * read watermark, until this exchange is over. */
+        /* else: a pipelined request (or, waiting to retry, the body) waits
+         * in the buffer, bounded by the read watermark. */
         break;
     case LB_S_QUEUED:
         break;          /* the body, or the next request, waits likewise */
@@ -1836,8 +2205,10 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         lb_tunnel_pump(s);
         return;
     }
-    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) &&
-        (s->state == LB_S_PROXY || s->state == LB_S_QUEUED) && s->req_done) {
+    /* (Waiting in the queue or to retry is as good as proxying for the
+     * client.) */
+    bool proxying = s->state == LB_S_PROXY || s->state == LB_S_QUEUED || s->state == LB_S_RETRY;
+    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && proxying && s->req_done) {
         /* Half-close after a complete request: still deliver the answer
          * (unless the probe finds the client gone). */
         s->client_eof = true;
@@ -1847,8 +2218,7 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         return;
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
-        (s->state == LB_S_PROXY || s->state == LB_S_QUEUED ||
-         (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
+        (proxying || (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
         /* Waiting on the backend is not the client's idleness, and a head
          * in progress is client_header's to judge (it answers 408). */
         lb_conn_read_enable(s->client);
@@ -1867,8 +2237,7 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         }
         return;
     }
-    if ((s->state == LB_S_PROXY || s->state == LB_S_QUEUED) && !s->resp_started &&
-        !(what & LB_CONN_TIMEOUT)) {
+    if (proxying && !s->resp_started && !(what & LB_CONN_TIMEOUT)) {
         lb_session_abort(s);
         return;
     }

@@ -2,11 +2,11 @@
  *
  * Session states:
  *
- *              accept
- *                |
- *                v        head complete, routed, backend picked
- *   +-------> HEAD -------------------------------------------> PROXY
- *   |            |  bad head / no route / no backend             |   |
+ *              accept                                     a try failed, retried
+ *                |                                         +---------------> RETRY
+ *                v        head complete, routed, backend picked   |  backoff over: |
+ *   +-------> HEAD -------------------------------------------> PROXY <---------------+
+ *   |            |  bad head / no route / no backend             |   |   the next try
  *   |            +--> error response ---+                        |   | 101 to an
  *   |                                   v                        |   | Upgrade:
  *   +---- keep-alive, next request -- (exchange done) <----------+   | websocket
@@ -15,6 +15,13 @@
  *                                    CLOSING <--- either side ends ---+
  *                                       |
  *                 output sent, our FIN, the client's FIN (<= 5 s) --> freed
+ *
+ * RETRY (worker/retry.h) holds no backend connection: the session timer
+ * brings the next try, on a server picked then.
+ *
+ * QUEUED (worker/queue.h): between HEAD (or RETRY) and PROXY when every
+ * server that could take the request is at its max_requests; it holds no
+ * backend connection and no place in flight until it is sent.
  *
  * In PROXY the request and the response advance independently: the request
  * body streams to the backend while the response may already stream back.

@@ -9,7 +9,8 @@
  * hdrsize=, retry_after=, early_hints=; see request.h) so a test can provoke exactly the backend behaviour it
  * wants to see lbd handle. GET /stats reports counters as JSON; GET
  * /control?status=503 (or reset=1) makes every later request fail so until
- * a bare GET /control.
+ * a bare GET /control. Every answer to a request with a body says how much
+ * of it arrived (X-Body-Bytes) and its FNV-1a 64 (X-Body-Sum, in hex).
  *
  * It is written on bare bufferevents rather than evhttp because the tests
  * need control of every byte and of the connection itself: keep-alive
@@ -46,7 +47,9 @@
 #define LINGER_TIMEOUT       2              /* seconds to drain after FIN */
 #define NAME_MAX_LEN         200
 #define CHUNK_MAX            (16 * 1024)    /* response chunk size */
-#define PIECE_MAX            (64 * 1024)    /* Content-Length body piece */
+#define PIECE_MAX            (64 * 1024)
+#define FNV_OFFSET           0xcbf29ce484222325ULL
+#define FNV_PRIME            0x100000001b3ULL    /* Content-Length body piece */
 #define OUT_LOW_WATER        (256 * 1024)   /* refill below this... */
 #define OUT_HIGH_WATER       (512 * 1024)   /* ...up to this */
 #define IO_SINGLE_MAX        (256 * 1024)   /* per read()/write() call */
@@ -113,6 +116,7 @@ struct conn {
     size_t head_len;
     uint64_t body_left;         /* of the current CL body or chunk */
     uint64_t body_bytes;        /* decoded request body bytes so far */
+    uint64_t body_sum;          /* their FNV-1a 64 (X-Body-Sum) */
 
     bool close_after;
     bool chunked_resp;
@@ -407,6 +411,8 @@ static enum step respond(struct conn *c)
     HEAD_ADD("X-Conn-Id: %" PRIu64 "\r\n", c->id);
     HEAD_ADD("X-Conn-Seq: %" PRIu64 "\r\n", c->seq);
     HEAD_ADD("X-Body-Bytes: %" PRIu64 "\r\n", c->body_bytes);
+    if (c->body_bytes > 0)
+        HEAD_ADD("X-Body-Sum: %016" PRIx64 "\r\n", c->body_sum);
     if (!c->bad && r->has_retry_after)
         HEAD_ADD("Retry-After: %" PRIu64 "\r\n", r->retry_after);
     if (c->close_after)
@@ -663,6 +669,7 @@ static enum step step_head(struct conn *c)
             return STEP_WAIT;
         c->seq++;
         c->body_bytes = 0;
+        c->body_sum = FNV_OFFSET;
         return bad_request(c);
     }
 
@@ -677,6 +684,7 @@ static enum step step_head(struct conn *c)
     evbuffer_drain(in, end);
     c->seq++;
     c->body_bytes = 0;
+    c->body_sum = FNV_OFFSET;
     c->bad = false;
     if (req_parse(c->head, end, &c->req) < 0)
         return bad_request(c);
@@ -692,6 +700,20 @@ static enum step step_body_data(struct conn *c, enum conn_state next)
 
     if (n == 0)
         return STEP_WAIT;
+    /* The body's checksum, so a test can tell it arrived intact. */
+    for (size_t done = 0; done < n;) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v[16];
+        evbuffer_ptr_set(in, &pos, done, EVBUFFER_PTR_SET);
+        int nv = evbuffer_peek(in, (ev_ssize_t)(n - done), &pos, v, 16);
+        for (int i = 0; i < nv && i < 16 && done < n; i++) {
+            const unsigned char *b = v[i].iov_base;
+            size_t k = v[i].iov_len < n - done ? v[i].iov_len : n - done;
+            for (size_t j = 0; j < k; j++)
+                c->body_sum = (c->body_sum ^ b[j]) * FNV_PRIME;
+            done += k;
+        }
+    }
     evbuffer_drain(in, n);
     c->body_left -= n;
     c->body_bytes += n;
@@ -955,7 +977,9 @@ static void usage(FILE *f)
             "delayed, delayed_peak: requests waiting out delay= now, and most at once).\n"
             "GET /control?status=N&reset=1&delay=MS&retry_after=S makes every later request\n"
             "behave so;\n"
-            "a bare GET /control restores normal answers.\n",
+            "a bare GET /control restores normal answers.\n"
+            "Answers say X-Body-Bytes (request body received) and, for a body,\n"
+            "X-Body-Sum (its FNV-1a 64 in hex).\n",
             IDLE_TIMEOUT_DEFAULT);
 }
 

@@ -21,8 +21,8 @@ threads) and the backends: the ratio still compares like with like.
 --instructions instead counts the instructions lbd's worker executes per
 keep-alive request (valgrind's callgrind): exact and repeatable where time
 on a shared 2-core VM is not, so a change to the data path can be judged on
-its own. --breaker gives lbd's pool a circuit breaker (no failures happen:
-what it costs a healthy pool).
+its own. --breaker gives lbd's pool a circuit breaker, --retries a retry
+policy (no failures happen: what they cost a healthy pool).
 """
 import argparse
 import os
@@ -65,7 +65,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-# Extra keys of lbd's pool (--breaker).
+# Extra keys of lbd's pool (--breaker, --retries).
 POOL_EXTRA = ""
 
 
@@ -351,10 +351,16 @@ def main():
                          "default) or default (no keepalive key)")
     ap.add_argument("--breaker", action="store_true",
                     help="lbd's pool with circuit_breaker (its defaults: both triggers)")
+    ap.add_argument("--retries", action="store_true",
+                    help="lbd's pool with retries (attempts = 3, per_try_timeout, the rest "
+                         "default)")
     args = ap.parse_args()
     global POOL_EXTRA
     if args.breaker:
-        POOL_EXTRA = "circuit_breaker = { };"
+        POOL_EXTRA += "circuit_breaker = { }; "
+    if args.retries:
+        POOL_EXTRA += 'retries = { attempts = 3; per_try_timeout = "2s"; }; '
+
 
     for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
                                                             if args.instructions else ()):

@@ -203,6 +203,18 @@ def proc_cmdline(pid):
     return [a.decode("utf-8", "replace") for a in raw.split(b"\0")]
 
 
+def vm_rss_kib(pid):
+    """Resident memory of PID in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmRSS:"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def proc_title(pid):
     args = proc_cmdline(pid)
     return args[0] if args else None
@@ -688,7 +700,8 @@ class Lbd:
 # configuration
 
 def _cfg_value(v):
-    """A Python value as libconfig: bool, int, float, dict (group) or string."""
+    """A Python value as libconfig: bool, int, float, dict (group), list
+    (array) or string."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -697,6 +710,8 @@ def _cfg_value(v):
         return repr(v)
     if isinstance(v, dict):
         return "{ " + " ".join(f"{k} = {_cfg_value(x)};" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(_cfg_value(x) for x in v) + " ]"
     return '"' + str(v) + '"'
 
 
@@ -705,8 +720,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     """Render a config. LISTEN: address or list. POOLS: list of dicts
     {name, servers: [(address, weight)]} and optionally strategy, keepalive,
     timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...},
-    circuit_breaker {...}, queue {...}, slow_start. A server may be
-    (address, weight, {key: value}) for more keys (max_requests).
+    circuit_breaker {...}, queue {...}, slow_start, retries {...}. A server
+    may be (address, weight, {key: value}) for more keys (max_requests).
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
     first pool. ADMIN: admin listener address or None. LISTENER: extra keys
     of every listener, e.g. {"defer_accept": False}."""
@@ -730,7 +745,7 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
         for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
-                  "circuit_breaker", "queue", "slow_start"):
+                  "circuit_breaker", "queue", "slow_start", "retries"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
 

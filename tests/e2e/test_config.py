@@ -220,6 +220,20 @@ class ConfigTestTest(LbdTestCase):
                 text, line = insert_after(BASE, 'strategy = "round_robin";', "        " + key)
                 self.assertInvalid(text, line + (1 if "queue" in key else 0), what)
 
+    def test_retries_out_of_range(self):
+        """retries values out of range (lbd -t), each at its line."""
+        for key, bad, what in (("attempts", "0", "between 1 and 10"),
+                               ("attempts", "11", "between 1 and 10"),
+                               ("budget", "101", "between 0 and 100"),
+                               ("on", '[ "connect", "502", "sometimes" ]',
+                                'unknown \'on\' entry "sometimes"'),
+                               ("methods", '"most"', 'must be "idempotent" or "all"')):
+            with self.subTest(key=key, bad=bad):
+                text, line = insert_after(BASE, 'strategy = "round_robin";',
+                                          f"        retries = {{\n"
+                                          f"            {key} = {bad};\n        }};")
+                self.assertInvalid(text, line + 1, what)
+
     def test_missing_listeners(self):
         lines = BASE.split("\n")
         start = lines.index("listeners = (")

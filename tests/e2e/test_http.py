@@ -17,7 +17,7 @@ import time
 import unittest
 
 from lbdtest import (ROOT, HttpConn, LbdTestCase, PATTERN_LINE, free_port, lbd_config,
-                     parse_status, pattern_body, sanitized, wait_for)
+                     parse_status, pattern_body, sanitized, vm_rss_kib, wait_for)
 
 S_SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -87,14 +87,6 @@ def chunked(body, size=8192, ext=b""):
         out += b"%x%s\r\n" % (len(part), ext) + part + b"\r\n"
     out += b"0\r\n\r\n"
     return bytes(out)
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    return 0
 
 
 class RssSampler(threading.Thread):
@@ -1101,7 +1093,8 @@ LOG_RX = re.compile(
     r'^(?P<addr>\S+) - - \[(?P<time>\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
     r'"(?P<req>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) "(?P<ref>[^"]*)" "(?P<ua>[^"]*)" '
     r'upstream=(?P<up>\S+) upstream_status=(?P<ustatus>\d+) request_id=(?P<rid>\S+) '
-    r'rt=(?P<rt>\d+\.\d{3}) uct=(?P<uct>\d+\.\d{3}|-) uht=(?P<uht>\d+\.\d{3}|-)$')
+    r'rt=(?P<rt>\d+\.\d{3}) uct=(?P<uct>\d+\.\d{3}|-) uht=(?P<uht>\d+\.\d{3}|-) '
+    r'attempts=(?P<attempts>\d+)$')
 
 
 class AccessLogTest(HttpTestCase):
@@ -1159,9 +1152,10 @@ class AccessLogTest(HttpTestCase):
         self.assertEqual(ok["rid"], rid)
         self.assertNotEqual(ok["uct"], "-")
         self.assertNotEqual(ok["uht"], "-")
+        self.assertEqual(ok["attempts"], "1")
 
         self.assertEqual((nf["req"], nf["status"]), ("GET /nothing HTTP/1.1", "404"))
-        self.assertEqual((nf["up"], nf["ustatus"]), ("-", "0"))
+        self.assertEqual((nf["up"], nf["ustatus"], nf["attempts"]), ("-", "0", "0"))
         self.assertEqual(int(nf["bytes"]), len(r404.raw_head) + len(r404.body))
         self.assertEqual((nf["ref"], nf["ua"]), ("-", "-"))
 

@@ -172,6 +172,13 @@ class CrashLoopTest(LbdTestCase):
                            lbd.worker_pids()[wid], 15, what=f"worker {wid} to be respawned")
         self.fail(f"no respawn delay of {until_ms} ms after 20 deaths")
 
+    def wait_served_by(self, lbd, wid):
+        """New connections until worker WID has served one."""
+        def served():
+            self.assertServes(lbd)
+            return [w for w in lbd.running_workers() if w["id"] == wid][0]["requests"] > 0
+        wait_for(served, 30, interval=0, what=f"worker {wid} to serve a connection")
+
     def start(self, workers):
         (b1,) = self.start_backends("b1")
         self.port = free_port()
@@ -245,11 +252,7 @@ class CrashLoopTest(LbdTestCase):
         self.crash_loop(lbd, 1, 200)
         wait_for(lambda: len(lbd.running_workers()) == 2, 15, what="worker 1 to be back")
         self.assertEqual(listening_sockets(self.port), 2)
-
-        def served_by_worker_1():
-            self.assertServes(lbd)
-            return [w for w in lbd.running_workers() if w["id"] == 1][0]["requests"] > 0
-        wait_for(served_by_worker_1, 30, interval=0, what="worker 1 to serve a connection")
+        self.wait_served_by(lbd, 1)
 
     def test_reload_during_a_backoff_opens_the_socket_again(self):
         """A reload starts every worker of the new configuration at once,
@@ -260,11 +263,7 @@ class CrashLoopTest(LbdTestCase):
         lbd.reload()
         wait_for(lambda: len(lbd.running_workers()) == 2, 15, what="both workers to run")
         self.assertEqual(listening_sockets(self.port), 2)
-
-        def served_by_worker_1():
-            self.assertServes(lbd)
-            return [w for w in lbd.running_workers() if w["id"] == 1][0]["requests"] > 0
-        wait_for(served_by_worker_1, 30, interval=0, what="worker 1 to serve a connection")
+        self.wait_served_by(lbd, 1)
 
     def test_single_worker_keeps_its_socket(self):
         """With one worker there is no other socket to send connections

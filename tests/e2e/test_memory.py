@@ -7,17 +7,9 @@ import socket
 import time
 
 from lbdtest import (LbdTestCase, Timeout, free_port, lbd_config, sanitized, split_hostport,
-                     wait_for)
+                     vm_rss_kib, wait_for)
 
 BURST = 3000            # connections with a request in flight at once
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    return 0
 
 
 class BurstMemoryTest(LbdTestCase):

@@ -1094,6 +1094,112 @@ START_TEST(test_err_limits_config)
 }
 END_TEST
 
+static struct lb_retry_cfg load_retries(const char *group)
+{
+    char text[2048], err[512];
+    struct lb_config *cfg;
+    breaker_conf(text, sizeof(text), "retries", group);
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s\n%s", err, text);
+    struct lb_retry_cfg r = cfg->pools[0].retries;
+    lb_config_free(cfg);
+    return r;
+}
+
+static bool retries_status(const struct lb_retry_cfg *r, unsigned status)
+{
+    unsigned bit = status - 500;
+    return (r->on_status[bit / 64] >> (bit % 64)) & 1;
+}
+
+START_TEST(test_retries_config)
+{
+    /* Without the group: one try, nothing kept. */
+    struct lb_config *cfg;
+    char err[512];
+    ck_assert_int_eq(load_text(MINIMAL, &cfg, err, sizeof(err)), 0);
+    ck_assert(!cfg->pools[0].retries.enabled);
+    ck_assert_uint_eq(cfg->pools[0].retries.attempts, 1);
+    ck_assert_uint_eq(cfg->pools[0].retries.per_try_timeout_ms, 0);
+    lb_config_free(cfg);
+
+    /* An empty group: still attempts = 1, the other values. */
+    struct lb_retry_cfg r = load_retries("");
+    ck_assert(!r.enabled);
+    ck_assert_uint_eq(r.attempts, 1);
+    ck_assert_uint_eq(r.on, LB_RETRY_ON_CONNECT | LB_RETRY_ON_RESET | LB_RETRY_ON_TIMEOUT);
+    ck_assert(retries_status(&r, 502) && retries_status(&r, 503) && retries_status(&r, 504));
+    ck_assert(!retries_status(&r, 500) && !retries_status(&r, 501) && !retries_status(&r, 505));
+    ck_assert_uint_eq(r.backoff_ms, 25);
+    ck_assert_uint_eq(r.backoff_max_ms, 250);
+    ck_assert_uint_eq(r.budget_percent, 20);
+    ck_assert_uint_eq(r.min_retries, 3);
+    ck_assert(!r.methods_all);
+    ck_assert_uint_eq(r.buffer, 65536);
+    ck_assert_uint_eq(r.head_timeout_ms, 4000);          /* the pool's backend_response */
+
+    r = load_retries("attempts = 10; on = [ \"connect\", \"500\", \"599\" ];\n"
+                     "backoff = \"0\"; backoff_max = \"1m\"; per_try_timeout = \"2s\";\n"
+                     "budget = 100; min_retries = 0; methods = \"all\"; buffer = \"1m\";\n");
+    ck_assert(r.enabled);
+    ck_assert_uint_eq(r.attempts, 10);
+    ck_assert_uint_eq(r.on, LB_RETRY_ON_CONNECT);
+    ck_assert(retries_status(&r, 500) && retries_status(&r, 599) && !retries_status(&r, 503));
+    ck_assert_uint_eq(r.backoff_ms, 0);
+    ck_assert_uint_eq(r.backoff_max_ms, 60000);
+    ck_assert_uint_eq(r.per_try_timeout_ms, 2000);
+    ck_assert_uint_eq(r.head_timeout_ms, 2000);          /* shorter than backend_response */
+    ck_assert_uint_eq(r.budget_percent, 100);
+    ck_assert_uint_eq(r.min_retries, 0);
+    ck_assert(r.methods_all);
+    ck_assert_uint_eq(r.buffer, 1 << 20);
+
+    /* "5xx": every 5xx; a list in parentheses; an empty one retries nothing. */
+    r = load_retries("attempts = 2; on = ( \"5xx\", \"reset\", \"timeout\" );\n");
+    ck_assert_uint_eq(r.on, LB_RETRY_ON_RESET | LB_RETRY_ON_TIMEOUT);
+    for (unsigned st = 500; st <= 599; st++)
+        ck_assert(retries_status(&r, st));
+    ck_assert_uint_eq(load_retries("per_try_timeout = \"9s\";\n").head_timeout_ms, 4000);
+    r = load_retries("attempts = 2; on = [ ];\n");
+    ck_assert(r.enabled && r.on == 0 && r.on_status[0] == 0 && r.on_status[1] == 0);
+}
+END_TEST
+
+START_TEST(test_err_retries)
+{
+    expect_breaker_error("retries", "attempts = 0;\n", "attempts",
+                         "'attempts' must be between 1 and 10");
+    expect_breaker_error("retries", "attempts = 11;\n", "attempts",
+                         "'attempts' must be between 1 and 10");
+    expect_breaker_error("retries", "budget = 101;\n", "budget",
+                         "'budget' must be between 0 and 100");
+    expect_breaker_error("retries", "min_retries = -1;\n", "min_retries",
+                         "'min_retries' must be between 0 and 100000");
+    expect_breaker_error("retries", "on = [ \"connect\",\n  \"teapot\" ];\n", "teapot",
+                         "retries: unknown 'on' entry \"teapot\"");
+    expect_breaker_error("retries", "on = [ \"418\" ];\n", "418", "unknown 'on' entry \"418\"");
+    expect_breaker_error("retries", "on = [ \"5000\" ];\n", "5000", "unknown 'on' entry");
+    expect_breaker_error("retries", "on = [ 503 ];\n", "on =", "unknown 'on' entry");
+    expect_breaker_error("retries", "on = \"503\";\n", "on =", "retries: 'on' must be a list");
+    expect_breaker_error("retries", "methods = \"safe\";\n", "methods",
+                         "methods must be \"idempotent\" or \"all\"");
+    expect_breaker_error("retries", "backoff = \"1s\"; backoff_max = \"500ms\";\n",
+                         "backoff = \"1s\"",
+                         "backoff (1000ms) must not exceed backoff_max (500ms)");
+    expect_breaker_error("retries", "backoff_max = \"2m\";\n", "backoff_max",
+                         "backoff_max must be at most 60s");
+    expect_breaker_error("retries", "per_try_timeout = \"soon\";\n", "per_try_timeout",
+                         "invalid duration");
+    expect_breaker_error("retries", "buffer = \"128m\";\n", "buffer",
+                         "'buffer' must be between 0 and 67108864 bytes");
+    expect_breaker_error("retries", "tries = 3;\n", "tries = 3", "unknown key 'tries' in retries");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; retries = 3;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "retries", "'retries' must be a group");
+}
+END_TEST
+
 START_TEST(test_cidr)
 {
     ck_assert(in_block("10.0.0.0/8", "10.1.2.3"));
@@ -1182,6 +1288,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_breaker);
     tcase_add_test(tc, test_limits_config);
     tcase_add_test(tc, test_err_limits_config);
+    tcase_add_test(tc, test_retries_config);
+    tcase_add_test(tc, test_err_retries);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cidr");

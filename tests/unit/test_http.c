@@ -256,12 +256,21 @@ END_TEST
 
 START_TEST(test_req_expect_head_options)
 {
+    /* (PUT is idempotent: LB_MSG_IDEMPOTENT, for retries.) */
     ck_assert_int_eq(REQ("PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
                          "Content-Length: 10\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE | LB_MSG_IDEMPOTENT);
     ck_assert_int_eq(REQ("PUT /f HTTP/1.1\r\nHost: a\r\nexpect: 100-Continue\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE | LB_MSG_IDEMPOTENT);
     ck_assert_int_eq(REQ("PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, LB_MSG_IDEMPOTENT);
+    ck_assert_int_eq(REQ("DELETE /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, LB_MSG_IDEMPOTENT);
+    ck_assert_int_eq(REQ("POST /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, 0);
+    ck_assert_int_eq(REQ("PATCH /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, 0);
+    ck_assert_int_eq(REQ("put /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
     ck_assert_uint_eq(msg.flags, 0);
 
     ck_assert_int_eq(REQ("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"), 0);

@@ -563,6 +563,15 @@ START_TEST(test_slots)
     lb_counter_add(&st->active, 2);
     lb_counter_add(&st->failures, 1);
     lb_counter_add(&lb_shm_stats(h, 1, LB_SHM_MAX_BACKENDS - 1)->active, 1);
+    /* Retries under way (worker/retry.h): its share of backend 7's, beside
+     * slot 0's share (one retry, waiting). */
+    struct lb_shm_backend *b7 = lb_shm_backend(h, 7);
+    lb_counter_add(&st->retries, 3);
+    lb_counter_add(&st->retries_waiting, 2);
+    lb_counter_add(&lb_shm_stats(h, 0, 7)->retries, 1);
+    lb_counter_add(&lb_shm_stats(h, 0, 7)->retries_waiting, 1);
+    atomic_store(&b7->retries, 4);
+    atomic_store(&b7->retries_waiting, 3);
     atomic_store(&w->pid, 4242);
 
     /* Reaped: gauges zeroed, cumulative counters kept, slot free. */
@@ -578,6 +587,11 @@ START_TEST(test_slots)
     ck_assert_uint_eq(lb_counter_get(&lb_shm_stats(h, 1, LB_SHM_MAX_BACKENDS - 1)->active), 0);
     ck_assert_uint_eq(lb_counter_get(&st->requests), 9);
     ck_assert_uint_eq(lb_counter_get(&st->failures), 1);
+    /* The dead worker's retries are taken back: slot 0's remain. */
+    ck_assert_uint_eq(lb_counter_get(&st->retries), 0);
+    ck_assert_uint_eq(lb_counter_get(&st->retries_waiting), 0);
+    ck_assert_int_eq(atomic_load(&b7->retries), 1);
+    ck_assert_int_eq(atomic_load(&b7->retries_waiting), 1);
     /* Slot 0 is untouched. */
     ck_assert_uint_eq(atomic_load(&lb_shm_worker(h, 0)->state), LB_SLOT_RUNNING);
 
