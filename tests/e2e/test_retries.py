@@ -10,7 +10,9 @@ import subprocess
 import threading
 
 from lbdtest import HttpConn, LbdTestCase, connect, free_port, pattern_body, wait_for
-from lbdextra import Load, admin_metrics, ext_config, kill_backend, run_requests, tally
+from lbdextra import (Load, admin_metrics, admin_status, ext_config, find_server, kill_backend,
+                      run_requests, tally)
+from test_limits import Held
 from test_regressions import RawBackend
 
 
@@ -390,3 +392,87 @@ class RetryTest(LbdTestCase):
         self.assertEqual(after["reload_failures"], 1)
         lbd.wait_log(r"reload failed.*:\d+: retries: unknown 'on' entry \"teapot\"", since=off)
         self.assertServes(lbd)
+
+
+class RetryWithLimitsTest(LbdTestCase):
+    """Retries in a pool whose servers have max_requests: each try takes a
+    place in flight when it is picked (under the limit, all workers) and
+    gives it back when it fails; a retry that finds every server that could
+    take it full waits in the pool's queue."""
+
+    _lbd = RetryTest._lbd
+    retries = RetryTest.retries
+    pool_snapshot = RetryTest.pool_snapshot
+    attempts = RetryTest.attempts
+
+    def server_status(self, addr):
+        return find_server(admin_status(self.admin), addr)
+
+    def test_retry_within_max_requests(self):
+        """Three servers with max_requests = 2, one answering 503, 4
+        workers, 8 clients on connections of their own asking for 200 ms
+        answers, attempts = 2: every request succeeds, each 503 was retried
+        once to a server not tried (waiting for its room, not going back to
+        the failing server that has room), the servers that answered never
+        had more than 2 requests at once, and at the end nothing is in
+        flight, retrying or waiting."""
+        b1, b2, b3 = self.start_backends("b1", "b2", "b3")
+        pool = {"name": "web", "servers": [(b.addr, 1, {"max_requests": 2}) for b in (b1, b2, b3)],
+                "retries": {"attempts": 2, "min_retries": 50},
+                "queue": {"size": 100, "timeout": "30s"}}
+        lbd = self._lbd([pool], timeouts={"backend_response": "30s"})
+        b2.control("status=503")
+        got = run_requests(lbd.listen, [("/?delay=200", [])] * 48, nthreads=8, new_conn=True)
+        per, bad = tally(got)
+        self.assertEqual(bad, [])
+        self.assertEqual(set(per), {"b1", "b3"})
+        self.assertEqual(heads(b1) + heads(b3), 48)
+        failed = heads(b2)
+        self.assertGreater(failed, 0)
+        self.assertEqual(self.retries("503"), failed)
+        for b in (b1, b3):
+            self.assertEqual(b.stats()["delayed_peak"], 2, b.name)
+        for b in (b1, b2, b3):
+            srv = self.server_status(b.addr)
+            self.assertEqual((srv["max_requests"], srv["in_flight"]), (2, 0), srv)
+        snap = self.pool_snapshot(lbd)
+        self.assertEqual((snap["retries_in_flight"], snap["retries_waiting"], snap["queue_depth"]),
+                         (0, 0, 0), snap)
+        self.assertEqual(admin_metrics(self.admin).value("lbd_backend_active_requests",
+                                                         pool="web", server=b1.addr), 0)
+
+    def test_retry_waits_in_the_queue_when_every_server_is_full(self):
+        """Two servers with max_requests = 1 and a breaker that opens at the
+        first failure, one worker. A slow request holds the good server's
+        place; the next one goes to the other server, which answers 503
+        (its breaker opens): its retry finds the one server left full and
+        waits in the queue (seen there, counted as a retry waiting) rather
+        than fail; when the slow request ends it goes to the good server.
+        The failing server had the request once; nothing left in flight."""
+        ba, bb = self.start_backends("b1", "b2")
+        pool = {"name": "web", "servers": [(b.addr, 1, {"max_requests": 1}) for b in (ba, bb)],
+                "retries": {"attempts": 3, "min_retries": 50},
+                "circuit_breaker": {"failures": 1, "open": "60s"},
+                "queue": {"size": 10, "timeout": "30s"}}
+        lbd = self._lbd([pool], workers=1, access_log=True,
+                        timeouts={"backend_response": "30s"})
+        slow = Held(lbd.listen, "/?delay=2500")
+        wait_for(lambda: ba.stats()["delayed"] + bb.stats()["delayed"] == 1, 10,
+                 what="the slow request at a backend")
+        good, failing = (ba, bb) if ba.stats()["delayed"] == 1 else (bb, ba)
+        failing.control("status=503")
+        nxt = Held(lbd.listen, "/")
+        wait_for(lambda: self.pool_snapshot(lbd)["queue_depth"] == 1, 10,
+                 what="the retry in the queue")
+        snap = self.pool_snapshot(lbd)
+        self.assertEqual((snap["retries"]["503"], snap["retries_in_flight"],
+                          snap["retries_waiting"], snap["queued"]), (1, 1, 1, 1), snap)
+        self.assertEqual(slow.result(), (200, good.name))
+        self.assertEqual(nxt.result(), (200, good.name))
+        self.assertEqual((heads(failing), heads(good)), (1, 2))
+        self.assertEqual(sorted(self.attempts(2)), [1, 2])
+        for b in (ba, bb):
+            self.assertEqual(self.server_status(b.addr)["in_flight"], 0, b.name)
+        snap = self.pool_snapshot(lbd)
+        self.assertEqual((snap["retries_in_flight"], snap["retries_waiting"], snap["queue_depth"],
+                          snap["queue_refused"]), (0, 0, 0, {"full": 0, "timeout": 0}), snap)

@@ -727,6 +727,10 @@ START_TEST(test_max_requests_skip)
         atomic_store(&tp.shm[0].inflight, 2);
         for (int i = 0; i < 50; i++)
             ck_assert_int_eq(lb_balancer_pick(&b, &ctx), 1);
+        /* What a retry looks at: full is not usable, but up (worth a wait). */
+        ck_assert(!lb_balancer_usable(&b, 0, &ctx));
+        ck_assert(lb_balancer_up(&b, 0, &ctx));
+        ck_assert(lb_balancer_usable(&b, 1, &ctx));
         /* Both full: no pick, and the pool is full (the request may wait). */
         atomic_store(&tp.shm[1].max_requests, 1);
         atomic_store(&tp.shm[1].inflight, 1);
@@ -736,6 +740,7 @@ START_TEST(test_max_requests_skip)
         atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
         ck_assert_int_eq(lb_balancer_pick(&b, &ctx), -1);
         ck_assert(lb_balancer_full(&b, &ctx));
+        ck_assert(!lb_balancer_up(&b, 1, &ctx));
         /* The full one down too, or out of rotation: nothing to wait for. */
         atomic_store(&tp.shm[0].weight, 0);
         ck_assert(!lb_balancer_full(&b, &ctx));
