@@ -14,5 +14,9 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out);
 
 /* "closed", "open", "half_open", by enum lb_breaker_state (also /metrics). */
 extern const char *const lb_breaker_state_names[LB_BREAKER_STATES];
+/* "full", "resumed", "failed"; "version", "cipher", "http", "protocol",
+ * "closed" (also /metrics). */
+extern const char *const lb_tls_result_names[LB_TLS_RESULTS];
+extern const char *const lb_tls_failure_names[LB_TLS_FAILURES];
 
 #endif

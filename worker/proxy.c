@@ -21,6 +21,7 @@
 #include "worker/conn.h"
 #include "worker/freelist.h"
 #include "worker/route.h"
+#include "worker/tls.h"
 #include "worker/upstream.h"
 
 enum lb_session_state {
@@ -84,6 +85,7 @@ struct lb_session {
     bool resume_head : 1;               /* parse the next request once flushed */
     bool peer_trusted : 1;              /* client is in trusted_proxies */
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
+    bool tls : 1;                       /* accepted on a TLS listener */
 };
 
 static void lb_session_close(struct lb_session *s);
@@ -141,7 +143,8 @@ static void lb_session_log(struct lb_session *s)
     if (e == NULL || e->start_us == 0)
         return;
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
-                       e->request_id, lb_wall_us());
+                       e->request_id, s->tls ? lb_tls_version(s->client) : NULL,
+                       s->tls ? lb_tls_cipher(s->client) : NULL, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
 }
@@ -382,7 +385,7 @@ static void lb_session_shut(struct lb_session *s)
     if (s->shut)
         return;
     s->shut = true;
-    shutdown(s->client->fd, SHUT_WR);
+    lb_conn_shutdown(s->client);        /* (TLS: close_notify first) */
     lb_session_timer_arm(s, LB_LINGER_MS);
 }
 
@@ -656,7 +659,7 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     if (trusted && lb_has_kind(m, 17))
         lb_add_joined(out, m, 17, false);
     else
-        lb_head_str(out, "http");
+        lb_head_str(out, s->tls ? "https" : "http");
     if (lb_has_kind(m, 9)) {
         lb_head_str(out, "\r\nForwarded: ");
         if (trusted)
@@ -664,7 +667,8 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
         bool v6 = strchr(s->client_ip, ':') != NULL;
         lb_head_str(out, v6 ? "for=\"[" : "for=");
         lb_head_str(out, s->client_ip);
-        lb_head_str(out, v6 ? "]\";proto=http" : ";proto=http");
+        lb_head_str(out, v6 ? "]\"" : "");
+        lb_head_str(out, s->tls ? ";proto=https" : ";proto=http");
     }
     lb_head_str(out, "\r\nVia: 1.1 lbd\r\n");
     char generated[32];
@@ -936,7 +940,7 @@ static void lb_tunnel_pump(struct lb_session *s)
     if (s->client_eof && !s->shut && evbuffer_get_length(cin) == 0 &&
         evbuffer_get_length(uout) == 0) {
         s->shut = true;     /* here: our FIN towards the backend is sent */
-        shutdown(s->up->conn->fd, SHUT_WR);
+        lb_conn_shutdown(s->up->conn);
     }
     if (s->up_eof && evbuffer_get_length(uin) == 0) {
         s->shut = false;
@@ -1681,7 +1685,8 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     lb_session_close(s);
 }
 
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
+                     const struct lb_listener_cfg *l)
 {
     struct lb_session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -1692,6 +1697,14 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
     if (s->client == NULL) {
         free(s);
         return;
+    }
+    if (l->tls != NULL) {
+        if (lb_tls_accept(s->client, l->tls) < 0) {
+            lb_conn_free(s->client);
+            free(s);
+            return;
+        }
+        s->tls = true;
     }
     s->w = w;       /* TCP_NODELAY: inherited from the listener */
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
