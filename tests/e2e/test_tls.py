@@ -15,7 +15,7 @@ import threading
 import time
 
 from lbdtest import LbdTestCase, connect, free_port, lbd_config, wait_for
-from lbdextra import admin_metrics, admin_metrics_text, admin_status
+from lbdextra import admin_metrics, admin_metrics_text, admin_status, wait_control
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -553,3 +553,59 @@ pools = ( { name = "web"; servers = ( { address = "127.0.0.1:9"; } ); } );
         rc, out = s_client(self.tls_addr, "a.lbd.test", ["-alpn", "h2"])
         self.assertIn("No ALPN negotiated", out)
         self.assertIn("HTTP/1.1 200 OK", out)
+
+
+class TicketTest(TlsCase):
+    """Session ticket keys in shm, rotated by the control process."""
+
+    def rotations(self):
+        return self.lbd.snapshot()["tls"][0]["ticket_rotations"]
+
+    def resume(self, sess):
+        rc, out = s_client(self.tls_addr, "a.lbd.test", ["-sess_in", sess])
+        self.assertIn("HTTP/1.1 200 OK", out)
+        return "Reused, TLSv1.3" in out
+
+    def test_rotation_keeps_two_previous_keys(self):
+        """ticket_rotation = "2s": a ticket made under one key still resumes
+        after one and two rotations (the previous keys decrypt), and no
+        longer after a third (its key is gone); lbd -s counts the
+        rotations and the keys kept."""
+        self.tls_lbd(tls_keys={"ticket_rotation": "2s"})
+        sess = os.path.join(self.tmp, "sess.pem")
+        for _ in range(5):      # saved within one key's time, known which
+            r0 = self.rotations()
+            rc, out = s_client(self.tls_addr, "a.lbd.test", ["-sess_out", sess])
+            if self.rotations() == r0:
+                break
+        self.assertIn("New, TLSv1.3", out)
+        for k in (1, 2):
+            wait_for(lambda: self.rotations() >= r0 + k, 15, what=f"rotation {k}")
+            reused = self.resume(sess)
+            if self.rotations() - r0 <= 2:
+                self.assertTrue(reused, f"not resumed after {k} rotation(s)")
+        self.assertEqual(self.lbd.snapshot()["tls"][0]["ticket_keys"], 3)
+        wait_for(lambda: self.rotations() >= r0 + 3, 15, what="rotation 3")
+        self.assertFalse(self.resume(sess), "resumed with a key that should be gone")
+        self.lbd.wait_log(r"listener 127\.0\.0\.1:\d+: session ticket keys rotated")
+
+    def test_keys_survive_reload_and_control_respawn(self):
+        """The keys live in shm: a session resumes after a reload (new
+        workers, new control process) and after the control process was
+        killed and respawned, with no rotation in between."""
+        self.expect_worker_deaths()
+        self.tls_lbd(workers=2)
+        sess = os.path.join(self.tmp, "sess.pem")
+        s_client(self.tls_addr, "a.lbd.test", ["-sess_out", sess])
+        self.assertTrue(self.resume(sess))
+        before = self.lbd.snapshot()
+        self.lbd.reload()
+        after = self.lbd.snapshot()
+        self.assertTrue(set(w["pid"] for w in after["workers"] if w["state"] == "running")
+                        .isdisjoint(w["pid"] for w in before["workers"]))
+        self.assertTrue(self.resume(sess))
+        ctl = wait_control(self.lbd)
+        os.kill(ctl, signal.SIGKILL)
+        wait_control(self.lbd, not_pid=ctl)
+        self.assertTrue(self.resume(sess))
+        self.assertEqual(self.rotations(), 0)
