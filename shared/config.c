@@ -394,6 +394,8 @@ static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
     int n = config_setting_length(list);
     if (n == 0)
         return lb_cfg_fail(ld, list, "'listeners' must not be empty");
+    if (n > LB_MAX_LISTENERS)
+        return lb_cfg_fail(ld, list, "at most %d listeners", LB_MAX_LISTENERS);
     cfg->listeners = calloc((size_t)n, sizeof(*cfg->listeners));
     if (cfg->listeners == NULL)
         return lb_cfg_fail(ld, list, "out of memory");

@@ -25,6 +25,7 @@
 #define LB_MAX_HEADERS_LIMIT 1000       /* upper bound of limits.headers */
 #define LB_MAX_CONNECTIONS_LIMIT 16777216   /* upper bound of max_connections */
 #define LB_ADMIN_MAX_CONNECTIONS 64     /* default of admin.max_connections */
+#define LB_MAX_LISTENERS 1024
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */

@@ -609,3 +609,99 @@ class TicketTest(TlsCase):
         wait_control(self.lbd, not_pid=ctl)
         self.assertTrue(self.resume(sess))
         self.assertEqual(self.rotations(), 0)
+
+
+class RedirectHstsTest(TlsCase):
+    """redirect_https on a plain listener, hsts on a TLS one."""
+
+    def start(self, redirect=None, hsts=None):
+        """REDIRECT: the plain listener's redirect_https (None: the TLS
+        listener's port)."""
+        text = self.tls_lbd(plain=True, start=False,
+                            tls_keys={"hsts": hsts} if hsts else None)
+        if redirect is None:
+            redirect = self.tls_addr.rsplit(":", 1)[1]
+        text = with_listener_keys(text, self.plain_addr, f"redirect_https = {redirect};")
+        return self.start_lbd(text, self.tls_addr)
+
+    def test_redirect_https_308(self):
+        """Every request to a redirect_https listener gets 308 to the same
+        host (port dropped) and target over https on the configured port,
+        keep-alive kept; ACME HTTP-01 challenge paths are proxied as usual;
+        curl -L follows it to the backend over TLS."""
+        from lbdtest import HttpConn
+        self.start()
+        tls_port = int(self.tls_addr.rsplit(":", 1)[1])
+        with HttpConn(self.plain_addr) as c:
+            for target, host, want in [
+                    ("/a/b?x=1&y=%20", "a.lbd.test:8080", f"https://a.lbd.test:{tls_port}/a/b?x=1&y=%20"),
+                    ("/", "B.lbd.test", f"https://B.lbd.test:{tls_port}/"),
+                    ("/v6", "[::1]:8080", f"https://[::1]:{tls_port}/v6"),
+                    ("http://c.lbd.test:81/abs?q", "ignored.test", f"https://c.lbd.test:{tls_port}/abs?q"),
+                    ("*", "a.lbd.test", f"https://a.lbd.test:{tls_port}/")]:
+                r = c.request(target, host=host, method="OPTIONS" if target == "*" else "GET")
+                self.assertEqual(r.status, 308, r)
+                self.assertEqual(r.header("Location"), want)
+                self.assertIsNone(r.header("Connection"))      # kept alive
+                self.assertIsNone(r.header("Strict-Transport-Security"))
+            # The challenge path goes to the backend, on the same connection.
+            r = c.request("/.well-known/acme-challenge/tok3n", host="a.lbd.test")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.backend, "b1")
+            r = c.request("/.well-known/acme-challenge", host="a.lbd.test")
+            self.assertEqual(r.status, 308, r)
+        self.assertEqual(self.backend.stats()["heads"], 1)
+        # A body that was not read: 308, then the connection is closed.
+        with HttpConn(self.plain_addr) as c:
+            r = c.request("/up", host="a.lbd.test", method="POST", body=b"x" * 100)
+            self.assertEqual(r.status, 308, r)
+            self.assertEqual(r.header("Connection"), "close")
+        # HTTP/1.0 without Host: nowhere to redirect to.
+        from lbdtest import raw_exchange, parse_status
+        self.assertEqual(parse_status(raw_exchange(self.plain_addr, b"GET / HTTP/1.0\r\n\r\n")), 400)
+        h, port = self.plain_addr.rsplit(":", 1)
+        r = run([CURL, "-sS", "-L", "--cacert", self.pki.ca, "--resolve",
+                 f"a.lbd.test:{port}:{h}", "--resolve", f"a.lbd.test:{tls_port}:{h}",
+                 "-o", "/dev/null", "-w", "%{http_code} %{url_effective} %{num_redirects}",
+                 f"http://a.lbd.test:{port}/followed?echo=1"])
+        self.assertEqual(r.stdout.decode(),
+                         f"200 https://a.lbd.test:{tls_port}/followed?echo=1 1", r.stderr)
+        self.assertEqual(self.lbd.snapshot()["totals"]["tls_handshakes"]["full"], 1)
+
+    def test_redirect_to_443_drops_the_port(self):
+        """redirect_https = true: https on its default port, no port in the
+        Location."""
+        self.start("true")
+        from lbdtest import http_get
+        r = http_get(self.plain_addr, "/x?y", host="www.lbd.test:8080")
+        self.assertEqual(r.status, 308)
+        self.assertEqual(r.header("Location"), "https://www.lbd.test/x?y")
+
+    def test_hsts_on_tls_answers(self):
+        """hsts on a TLS listener: every answer over it carries exactly one
+        Strict-Transport-Security with the configured value (lbd's own
+        answers too, and replacing the backend's), answers over plain HTTP
+        none."""
+        self.start("false", hsts="max-age=31536000; includeSubDomains")
+        want = "strict-transport-security: max-age=31536000; includeSubDomains"
+        for path in ("/", "/?sts=1", "/?status=503", "/?size=100000&chunked=1"):
+            status, head, body = self.curl(path)
+            self.assertIsNotNone(status, head)
+            sts = [l for l in head.split("\r\n") if l.lower().startswith("strict-transport-security:")]
+            self.assertEqual([s.lower() for s in sts], [want.lower()], head)
+            self.assertIn("max-age=31536000; includeSubDomains", sts[0])
+        # lbd's own answer (no route for the pool? a 404 needs routes: use 400).
+        ctx = ssl.create_default_context(cafile=self.pki.ca)
+        with ctx.wrap_socket(connect(self.tls_addr), server_hostname="a.lbd.test") as s:
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n")        # no Host: 400 from lbd
+            data = b""
+            while b"\r\n\r\n" not in data:
+                d = s.recv(4096)
+                if not d:
+                    break
+                data += d
+        self.assertIn(b" 400 ", data.split(b"\r\n")[0])
+        self.assertIn(b"\r\nStrict-Transport-Security: max-age=31536000; includeSubDomains\r\n", data)
+        from lbdtest import http_get
+        r = http_get(self.plain_addr, "/?sts=1")
+        self.assertEqual(r.header("Strict-Transport-Security"), "max-age=5")    # the backend's
