@@ -514,12 +514,16 @@ pools = ( { name = "web"; servers = ( { address = "127.0.0.1:9"; } ); } );
         rc, out = s_client(self.tls_addr, "a.lbd.test", ["-sess_out", sess])
         self.assertIn("New, TLSv1.3", out)
         self.assertTrue(os.path.exists(sess), out[-2000:])
-        reused = 0
+        reused = tickets = 0
         for _ in range(20):
             rc, out = s_client(self.tls_addr, "a.lbd.test", ["-sess_in", sess])
             self.assertIn("HTTP/1.1 200 OK", out)
             reused += "Reused, TLSv1.3" in out
-        self.assertEqual(reused, 20)
+            # A new ticket each time: OpenSSL's clients (curl, wrk) use a
+            # TLS 1.3 ticket once and would make every other connection a
+            # full handshake without one.
+            tickets += "Post-Handshake New Session Ticket arrived" in out
+        self.assertEqual((reused, tickets), (20, 20))
         snap = self.lbd.snapshot()
         per = [w["tls_handshakes"]["resumed"] for w in snap["workers"] if w["state"] == "running"]
         self.assertEqual(sum(per), 20)
@@ -530,6 +534,21 @@ pools = ( { name = "web"; servers = ( { address = "127.0.0.1:9"; } ); } );
         for _ in range(4):
             rc, out = s_client(self.tls_addr, "a.lbd.test", ["-tls1_2", "-sess_in", sess12])
             self.assertIn("Reused, TLSv1.2", out)
+
+    def test_clients_that_use_a_ticket_once_resume_every_time(self):
+        """A client that keeps only the last ticket it got (each used once)
+        resumes on every connection: curl over 10 connections in one run
+        (its session cache) makes one full handshake."""
+        self.tls_lbd()
+        h, port = self.tls_addr.rsplit(":", 1)
+        url = f"https://a.lbd.test:{port}/"
+        args = [CURL, "-sS", "--cacert", self.pki.ca, "--resolve", f"a.lbd.test:{port}:{h}",
+                "-H", "Connection: close", "-w", "%{http_code}\n"]
+        r = run(args + ["-o", "/dev/null"] * 10 + [url] * 10)
+        codes = r.stdout.decode().split()
+        self.assertEqual(codes, ["200"] * 10, r.stderr)
+        t = self.tls_totals()["tls_handshakes"]
+        self.assertEqual((t["full"], t["resumed"]), (1, 9))
 
     def test_no_session_tickets(self):
         """session_tickets = false: no ticket, every connection a full
@@ -705,3 +724,63 @@ class RedirectHstsTest(TlsCase):
         from lbdtest import http_get
         r = http_get(self.plain_addr, "/?sts=1")
         self.assertEqual(r.header("Strict-Transport-Security"), "max-age=5")    # the backend's
+
+
+class TlsLoadTest(TlsCase):
+
+    def test_reloads_under_tls_load_lose_no_request(self):
+        """wrk over TLS (keep-alive, 16 connections) and a client making a
+        new TLS connection (full handshake) per request, while lbd reloads:
+        no request fails (the drain of old workers applies to TLS
+        connections as to plain ones)."""
+        self.tls_lbd(workers=2)
+        wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d12s", "--timeout", "5s",
+                                f"https://{self.tls_addr}/"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stop = threading.Event()
+        results = {"ok": 0, "errors": []}
+        ctx = ssl.create_default_context(cafile=self.pki.ca)
+
+        def one_by_one():
+            deadline = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    with ctx.wrap_socket(connect(self.tls_addr), server_hostname="a.lbd.test") as s:
+                        s.sendall(b"GET / HTTP/1.1\r\nHost: a.lbd.test\r\nConnection: close\r\n\r\n")
+                        data = b""
+                        while True:
+                            d = s.recv(65536)
+                            if not d:
+                                break
+                            data += d
+                    if not data.startswith(b"HTTP/1.1 200 ") or not data.endswith(b"\n"):
+                        results["errors"].append(data[:200])
+                    else:
+                        results["ok"] += 1
+                except Exception as e:  # noqa: BLE001 - recorded
+                    results["errors"].append(repr(e))
+        t = threading.Thread(target=one_by_one, daemon=True)
+        t.start()
+        reloads = 0
+        try:
+            requests = lambda: self.tls_totals()["requests"]
+            wait_for(lambda: requests() > 300, 15, what="load under way")
+            for i in range(6):
+                if wrk.poll() is not None:
+                    break
+                self.lbd.reload()
+                reloads += 1
+                n = requests()
+                wait_for(lambda: requests() > n + 300 or wrk.poll() is not None, 15,
+                         what="requests after the reload")
+        finally:
+            stop.set()
+            t.join(30)
+            out = wrk.communicate(timeout=60)[0].decode("utf-8", "replace")
+        self.assertGreaterEqual(reloads, 3, out)
+        self.assertEqual(results["errors"], [])
+        self.assertGreater(results["ok"], 10)
+        m = re.search(r"(\d+) requests in", out)
+        self.assertTrue(m and int(m.group(1)) > 1000, out)
+        self.assertNotRegex(out, r"Socket errors: .*[1-9]", out)
+        self.assertNotIn("Non-2xx", out)
