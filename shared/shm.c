@@ -220,8 +220,7 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
         for (size_t j = 0; j < pc->nservers; j++)
             new_backends += !lb_shm_has_backend(h, pc->name, pc->servers[j].address);
     }
-    /* TLS entries of listeners gone are freed at once (no old worker is
-     * hurt: a ticket never resumes on another listener, see worker/tls.c). */
+    /* TLS entries of listeners gone are freed first (lb_shm_tls_assign). */
     return new_pools <= free_pools && new_backends <= free_backends &&
            cfg->ntls <= h->max_tls;
 }
@@ -337,27 +336,40 @@ void lb_shm_tls_certs_get(const struct lb_shm_tls *t, struct lb_shm_tls_cert *ou
 
 /* Every TLS listener of CFG gets its entry: the one of its address if
  * there is one (its ticket keys carry over), else a free one with a first
- * key. Entries no listener has any more are freed. */
+ * key. Entries no listener has any more are freed first, so CFG's
+ * listeners always fit (lb_shm_assign_fits: at most max_tls of them). A
+ * draining worker of a removed listener may still read its old entry, even
+ * once it is another listener's: its tickets then fail to decrypt or to
+ * resume (the session id context differs), and it makes full handshakes. */
 static void lb_shm_tls_assign(struct lb_shm_header *h, struct lb_config *cfg)
 {
     bool used[LB_SHM_MAX_TLS] = { false };
+    int ids[LB_MAX_LISTENERS];
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct lb_listener_cfg *l = &cfg->listeners[i];
+        ids[i] = -1;
+        for (unsigned k = 0; l->tls != NULL && k < h->max_tls && ids[i] < 0; k++) {
+            struct lb_shm_tls *t = lb_shm_tls(h, k);
+            if (atomic_load(&t->state) != LB_ENTRY_FREE && !used[k] &&
+                strcmp(t->address, l->address) == 0) {
+                ids[i] = (int)k;
+                used[k] = true;
+            }
+        }
+    }
+    for (unsigned k = 0; k < h->max_tls; k++)
+        if (!used[k])
+            atomic_store(&lb_shm_tls(h, k)->state, LB_ENTRY_FREE);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct lb_listener_cfg *l = &cfg->listeners[i];
         if (l->tls == NULL)
             continue;
-        int id = -1, free_id = -1;
-        for (unsigned k = 0; k < h->max_tls && id < 0; k++) {
-            struct lb_shm_tls *t = lb_shm_tls(h, k);
-            uint32_t st = atomic_load(&t->state);
-            if (st != LB_ENTRY_FREE && !used[k] && strcmp(t->address, l->address) == 0)
+        int id = ids[i];
+        for (unsigned k = 0; id < 0 && k < h->max_tls; k++)
+            if (!used[k])
                 id = (int)k;
-            else if (st == LB_ENTRY_FREE && free_id < 0)
-                free_id = (int)k;
-        }
-        struct lb_shm_tls *t;
-        if (id < 0) {
-            id = free_id;       /* there is one: lb_shm_assign_fits said so */
-            t = lb_shm_tls(h, (unsigned)id);
+        struct lb_shm_tls *t = lb_shm_tls(h, (unsigned)id);
+        if (ids[i] < 0) {
             uint32_t locked = lb_shm_seq_lock(&t->key_seq);
             memset(t->keys, 0, sizeof(t->keys));
             lb_shm_tls_new_key(&t->keys[0]);
@@ -366,7 +378,6 @@ static void lb_shm_tls_assign(struct lb_shm_header *h, struct lb_config *cfg)
             atomic_store(&t->rotations, 0);
             lb_shm_seq_unlock(&t->key_seq, locked);
         }
-        t = lb_shm_tls(h, (unsigned)id);
         used[id] = true;
         l->tls->shm_id = (uint32_t)id;
         uint32_t locked = lb_shm_seq_lock(&t->cert_seq);
@@ -381,9 +392,6 @@ static void lb_shm_tls_assign(struct lb_shm_header *h, struct lb_config *cfg)
         lb_shm_seq_unlock(&t->cert_seq, locked);
         atomic_store(&t->state, LB_ENTRY_ACTIVE);
     }
-    for (unsigned k = 0; k < h->max_tls; k++)
-        if (!used[k])
-            atomic_store(&lb_shm_tls(h, k)->state, LB_ENTRY_FREE);
 }
 
 int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,

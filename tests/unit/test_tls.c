@@ -297,6 +297,38 @@ START_TEST(test_ticket_keys_rotate)
 }
 END_TEST
 
+/* A reload that replaces every TLS listener by another one, with the
+ * table full: the old entries are freed first, so the new ones fit. */
+START_TEST(test_tls_entries_replaced_when_full)
+{
+    struct lb_shm shm;
+    char err[256];
+    ck_assert_int_eq(lb_shm_create(&shm), 0);
+    static struct lb_listener_cfg ls[LB_SHM_MAX_TLS];
+    static struct lb_tls_cfg tls[LB_SHM_MAX_TLS];
+    struct lb_config cfg = { .listeners = ls, .nlisteners = LB_SHM_MAX_TLS, .ntls = LB_SHM_MAX_TLS };
+    for (int round = 0; round < 2; round++) {
+        for (unsigned i = 0; i < LB_SHM_MAX_TLS; i++) {
+            memset(&ls[i], 0, sizeof(ls[i]));
+            snprintf(ls[i].address, sizeof(ls[i].address), "127.0.%d.1:%u", round, 8000 + i);
+            ls[i].tls = &tls[i];
+        }
+        ck_assert(lb_shm_assign_fits(shm.hdr, &cfg));
+        ck_assert_int_eq(lb_shm_assign(shm.hdr, &cfg, (uint64_t)round + 1, err, sizeof(err)), 0);
+        bool seen[LB_SHM_MAX_TLS] = { false };
+        for (unsigned i = 0; i < LB_SHM_MAX_TLS; i++) {
+            ck_assert_uint_lt(tls[i].shm_id, LB_SHM_MAX_TLS);
+            ck_assert(!seen[tls[i].shm_id]);
+            seen[tls[i].shm_id] = true;
+            struct lb_shm_tls *t = lb_shm_tls(shm.hdr, tls[i].shm_id);
+            ck_assert_str_eq(t->address, ls[i].address);
+            ck_assert_uint_eq(t->nkeys, 1);
+        }
+    }
+    lb_shm_close(&shm);
+}
+END_TEST
+
 Suite *tls_suite(void)
 {
     Suite *s = suite_create("tls");
@@ -308,6 +340,7 @@ Suite *tls_suite(void)
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_refresh_when_generation_moves);
     tcase_add_test(tc, test_ticket_keys_rotate);
+    tcase_add_test(tc, test_tls_entries_replaced_when_full);
     suite_add_tcase(s, tc);
     return s;
 }
