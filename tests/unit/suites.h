@@ -16,5 +16,6 @@ Suite *health_suite(void);
 Suite *fdbudget_suite(void);
 Suite *breaker_suite(void);
 Suite *retry_suite(void);
+Suite *tls_suite(void);
 
 #endif
