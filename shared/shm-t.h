@@ -19,6 +19,8 @@
  *   | lb_shm_backend  |  LB_SHM_MAX_BACKENDS, stable ids by (pool, address)
  *   +-----------------+ off_stats
  *   | backend stats   |  [slot][backend] lb_shm_backend_stats, a row per slot
+ *   +-----------------+ off_tls
+ *   | lb_shm_tls      |  LB_SHM_MAX_TLS, one per TLS listener, stable ids by address
  *   +-----------------+ size
  */
 #ifndef LB_SHM_T_H
@@ -34,6 +36,7 @@
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
+#define LB_SHM_MAX_TLS          64      /* TLS listeners */
 #define LB_CACHELINE            64
 
 /* Response status classes 1xx..5xx, index 0..4. */
@@ -78,6 +81,23 @@ enum lb_retry_reason {
     LB_RETRY_REASONS
 };
 
+/* TLS handshakes by outcome, and failed ones by reason (README: TLS). */
+enum lb_tls_result {
+    LB_TLS_FULL,                /* a full handshake */
+    LB_TLS_RESUMED,             /* resumed with a session ticket */
+    LB_TLS_FAILED,
+    LB_TLS_RESULTS
+};
+
+enum lb_tls_failure {
+    LB_TLS_FAIL_VERSION,        /* no protocol version in common (TLS 1.2 to a TLSv1.3 port) */
+    LB_TLS_FAIL_CIPHER,         /* no cipher, group or signature algorithm in common */
+    LB_TLS_FAIL_HTTP,           /* plain HTTP on a TLS port (answered 400 in clear) */
+    LB_TLS_FAIL_PROTOCOL,       /* anything else malformed or refused */
+    LB_TLS_FAIL_CLOSED,         /* the connection ended (or timed out) first */
+    LB_TLS_FAILURES
+};
+
 typedef _Atomic uint64_t lb_counter_t;
 
 /* Why a pool's queue turned a request away with 503 (README: queue). */
@@ -117,6 +137,8 @@ struct lb_shm_worker {
     lb_counter_t max_connections;       /* gauge: this owner's cap, set at its start */
     lb_counter_t accept_pauses[LB_PAUSE_REASONS];
     lb_counter_t client_aborts;         /* clients gone before their answer began */
+    lb_counter_t tls_handshakes[LB_TLS_RESULTS];
+    lb_counter_t tls_failures[LB_TLS_FAILURES];
     /* Requests this worker has waiting in each pool's queue (by pool id):
      * its share of lb_shm_pool.queue_depth, which the master takes back
      * when it reaps the slot (a worker that died left them counted). */
@@ -310,6 +332,52 @@ struct lb_shm_backend_stats {
     lb_counter_t retries_waiting;
 };
 
+/* TLS of one listener, found again by its address after a reload (so its
+ * session ticket keys outlive the workers and the control process that
+ * used them).
+ *
+ * Ticket keys: keys[0] encrypts every new ticket; keys[1] and keys[2],
+ * the previous two, still decrypt. The master makes the first key when it
+ * takes the entry, before any process uses it; from then on the control
+ * process alone writes them: every ticket_rotation it shifts them down and
+ * makes a new keys[0]. Writers take key_seq from even to odd by
+ * compare-and-swap and back to even when done (a seqlock: workers copy a
+ * key and retry when the sequence was odd or moved). */
+#define LB_TLS_KEYS             3
+#define LB_SHM_TLS_CERTS        16      /* = LB_TLS_MAX_CERTS */
+
+struct lb_shm_ticket_key {
+    uint8_t name[16];
+    uint8_t aes_key[32];                /* AES-256-CBC */
+    uint8_t hmac_key[32];               /* HMAC-SHA256 */
+};
+
+struct lb_shm_tls_cert {
+    char subject[LB_TLS_SUBJECT_MAX];
+    int64_t not_after;                  /* seconds since the epoch */
+};
+
+struct lb_shm_tls {
+    /* Written by the master (at start and reload), under cert_seq. */
+    _Atomic uint32_t state;             /* lb_shm_entry_state: FREE or ACTIVE */
+    _Atomic uint32_t cert_seq;          /* seqlock of what follows */
+    char address[LB_ADDR_STR_MAX];
+    uint32_t ncerts;
+    struct lb_shm_tls_cert certs[LB_SHM_TLS_CERTS];
+    /* Bumped by whoever replaces the listener's certificate files at run
+     * time (none yet; ACME in the control process): a worker that sees
+     * another value than the one it started with builds its contexts
+     * again from the files on its next handshake (worker/tls.c). A reload
+     * does not bump it: its new workers read the files anyway. */
+    _Atomic uint64_t cert_generation;
+    /* Ticket keys (above). */
+    _Atomic uint32_t key_seq __attribute__((aligned(LB_CACHELINE)));
+    uint32_t nkeys;                     /* 1..LB_TLS_KEYS */
+    struct lb_shm_ticket_key keys[LB_TLS_KEYS];
+    lb_counter_t rotated_ms;            /* CLOCK_MONOTONIC of keys[0]'s making */
+    lb_counter_t rotations;             /* since the entry was taken */
+} __attribute__((aligned(LB_CACHELINE)));
+
 struct lb_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -323,6 +391,8 @@ struct lb_shm_header {
     uint64_t off_pools;
     uint64_t off_backends;
     uint64_t off_stats;
+    uint64_t off_tls;
+    uint32_t max_tls;
 
     /* Written by the master. */
     _Atomic uint64_t generation;        /* configuration generation, +1 per reload */

@@ -219,10 +219,20 @@ static void lb_conn_arm(struct event *ev, bool armed, uint32_t ms)
     event_add(ev, ms ? lb_conn_timeout(ms, &scratch) : NULL);
 }
 
-static void lb_conn_arm_read(struct lb_conn *c)
+/* Input a transport holds has no wakeup of its own: made one. */
+static __attribute__((noinline, cold)) void lb_conn_tr_kick(struct lb_conn *c)
 {
-    if (!c->read_armed)
+    if (c->tr->pending(c))
+        event_active(&c->rev, EV_READ, 1);
+}
+
+static inline __attribute__((always_inline)) void lb_conn_arm_read(struct lb_conn *c)
+{
+    if (!c->read_armed) {
         event_add(&c->rev, NULL);
+        if (__builtin_expect(c->tr != NULL, 0))
+            lb_conn_tr_kick(c);
+    }
     c->read_armed = 1;
     lb_conn_tq_touch(c);
 }
@@ -340,8 +350,14 @@ static int lb_conn_sendmsg_more(struct lb_conn *c)
 
 /* Write now; arm EPOLLOUT only if the socket took less than everything.
  * May call back into the user (write, event): C may be gone after. */
+static void lb_conn_write_tr(struct lb_conn *c);
+
 static void lb_conn_write(struct lb_conn *c)
 {
+    if (c->tr != NULL) {
+        lb_conn_write_tr(c);
+        return;
+    }
     if (lb_conn_out_len(c) > 0) {
         /* One contiguous block (the common small response): send(), which
          * costs the kernel less than writev() and its iovec import. */
@@ -378,6 +394,60 @@ static void lb_conn_write(struct lb_conn *c)
     }
     /* Below the low mark the user may add more: streaming never waits for
      * the socket to drain completely. */
+    if (c->ops->write != NULL && lb_conn_out_len(c) <= c->write_low)
+        c->ops->write(c, c->arg);
+}
+
+/* A transport's records hold 16 KiB at most: the output is handed over in
+ * pieces of that size, small blocks joined (a head and the start of its
+ * body in one record, not two). */
+#define LB_CONN_RECORD 16384
+
+/* lb_conn_write through a transport. Its write is retried with the same
+ * bytes (they stay first in OUT until it has taken them), as TLS needs. */
+static void lb_conn_write_tr(struct lb_conn *c)
+{
+    if (c->tr_want_write) {
+        /* The transport's read waited for this: it goes on in this pass. */
+        c->tr_want_write = 0;
+        if (c->read_armed)
+            event_active(&c->rev, EV_READ, 1);
+    }
+    if (!c->tr_ready) {
+        lb_conn_disarm_write(c);    /* output waits for the handshake */
+        return;
+    }
+    int err = 0;
+    bool progress = false;
+    while (lb_conn_out_len(c) > 0) {
+        size_t len = evbuffer_get_length(c->out);
+        size_t n = len < LB_CONN_RECORD ? len : LB_CONN_RECORD;
+        unsigned char *p = evbuffer_pullup(c->out, (ev_ssize_t)n);
+        if (p == NULL) {
+            err = ENOMEM;
+            break;
+        }
+        ssize_t w = c->tr->write(c, p, n);
+        if (w <= 0) {
+            err = w < 0 ? errno : EPIPE;
+            break;
+        }
+        evbuffer_drain(c->out, (size_t)w);
+        progress = true;
+    }
+    if (err != 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+        lb_conn_disarm_write(c);
+        evbuffer_drain(c->out, evbuffer_get_length(c->out));
+        errno = err;
+        c->ops->event(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+        return;
+    }
+    if (lb_conn_out_len(c) > 0) {
+        if (!c->write_armed || (progress && c->write_timeout_ms))
+            lb_conn_arm_write(c);
+    } else if (!c->tr_want_write) {
+        lb_conn_disarm_write(c);
+    }
     if (c->ops->write != NULL && lb_conn_out_len(c) <= c->write_low)
         c->ops->write(c, c->arg);
 }
@@ -423,25 +493,39 @@ static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
         lb_conn_arm_read(c);
 }
 
-static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
+/* The read loop, inlined twice: for plain TCP (TLS false: what the
+ * compiler makes of it has no trace of a transport) and for a transport.
+ * C may be gone when it returns. */
+static inline __attribute__((always_inline)) void lb_conn_read_loop(struct lb_conn *c, int fd,
+                                                                    const bool tls)
 {
-    struct lb_conn *c = arg;
-    (void)what;
-    if (lb_conn_tq_linked(c))
-        lb_conn_tq_touch(c);    /* activity restarts the read clock */
+    /* Activity restarts the read clock; a transport's handshake does not:
+     * the first deadline bounds it whole. */
+    if (lb_conn_tq_linked(c) && (!tls || c->tr_ready))
+        lb_conn_tq_touch(c);
     if (c->held_error != 0 || lb_conn_ensure_buffers(c) < 0) {
-        /* An error held back while its wakeup's data went to the user. */
+        /* An error held back while its wakeup's data went to the user
+         * (-1: a transport's end, which it reports only once). */
         int err = c->held_error ? c->held_error : ENOMEM;
         c->eof = 1;
         lb_conn_disarm_read(c);
         errno = err;
-        c->ops->event(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
+        c->ops->event(c, tls && err == -1 ? LB_CONN_EOF | LB_CONN_READING
+                                          : LB_CONN_ERROR | LB_CONN_READING, c->arg);
         return;
     }
+    if (tls && c->tr_want_read) {
+        c->tr_want_read = 0;    /* a write waited for this wakeup */
+        lb_conn_schedule(c);
+    }
+    bool was_ready = !tls || c->tr_ready;
+    bool drained = false;       /* the transport has read all the socket had */
     /* A connection that streamed last time starts with a big read. */
     size_t want = c->bulk ? LB_CONN_READ_MORE : LB_CONN_READ_FIRST;
     c->bulk = 0;
-    for (int i = 0; i < LB_CONN_READS; i++) {
+    /* A transport hands out a record at a time (16 KiB at most): more
+     * rounds for the same amount. */
+    for (int i = 0; i < (tls ? 4 * LB_CONN_READS : LB_CONN_READS); i++) {
         size_t len = evbuffer_get_length(c->in);
         if (len >= c->read_limit)
             break;
@@ -461,13 +545,22 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             iov[k].iov_len = v[k].iov_len < left ? v[k].iov_len : left;
             left -= iov[k].iov_len;
         }
-        ssize_t n = (nv == 1 || iov[1].iov_len == 0) ? recv(fd, iov[0].iov_base, iov[0].iov_len, 0)
-                                                     : readv(fd, iov, nv);
+        ssize_t n;
+        if (tls) {
+            nv = 1;                 /* one buffer at a time */
+            room = iov[0].iov_len;
+            n = c->tr->read(c, iov[0].iov_base, iov[0].iov_len);
+        } else {
+            n = (nv == 1 || iov[1].iov_len == 0) ? recv(fd, iov[0].iov_base, iov[0].iov_len, 0)
+                                                 : readv(fd, iov, nv);
+        }
         if (n <= 0) {
             int err = errno;
             evbuffer_commit_space(c->in, v, 0);
-            if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+            if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
+                drained = true;
                 break;
+            }
             /* Data read in this wakeup goes to the user first; the end is
              * reported on the next wakeup (EOF: read() says so again; an
              * error is kept for it), so no callback ever runs after one
@@ -475,6 +568,8 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             if (i > 0) {
                 if (n < 0)
                     c->held_error = err;
+                else if (tls)
+                    c->held_error = -1;     /* a transport says its end once */
                 break;
             }
             c->eof = 1;
@@ -490,10 +585,30 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             got -= v[k].iov_len;
         }
         evbuffer_commit_space(c->in, v, nv);
-        if ((size_t)n < room)
+        if ((size_t)n < room && (!tls || !c->tr->pending(c))) {
+            drained = true;
             break;      /* the socket is empty (most likely) */
+        }
         want = LB_CONN_READ_MORE;
         c->bulk = 1;
+    }
+    if (tls) {
+        if (c->tr_want_write)
+            lb_conn_arm_write(c);       /* the transport's read goes on when writable */
+        if (!was_ready && c->tr_ready) {
+            /* Handshake done: its clock stops, the idle one starts, and
+             * output held back meanwhile may leave. */
+            lb_conn_tq_touch(c);
+            if (lb_conn_out_len(c) > 0)
+                lb_conn_schedule(c);
+        }
+        /* What the socket will not announce: input the transport holds
+         * when this pass stopped short of it, or an end it reported that
+         * waits for the next pass. (Not after the transport waited for
+         * the socket: what it holds then is part of a record, and a
+         * wakeup would find just that again, without end.) */
+        if (c->read_armed && (c->held_error != 0 || (!drained && c->tr->pending(c))))
+            event_active(&c->rev, EV_READ, 1);
     }
     if (evbuffer_get_length(c->in) >= c->read_limit)
         lb_conn_disarm_read(c);     /* back-pressure until the user drains */
@@ -505,6 +620,18 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
          * the list holds only live connections. */
         lb_conn_flush_all(-1, 0, NULL);
     }
+}
+
+static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    lb_conn_read_loop(arg, fd, false);
+}
+
+static void lb_conn_on_read_tr(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    lb_conn_read_loop(arg, fd, true);
 }
 
 /* The peer's end (EOF) is read, and its reset is what is watched for: a
@@ -713,6 +840,11 @@ void lb_conn_free(struct lb_conn *c)
     if (c->wev != NULL)
         event_free(c->wev);
     lb_conn_bufs_release(c);
+    if (c->tr != NULL) {
+        if (!c->tr_shut)
+            c->tr->shutdown(c);
+        c->tr->free(c);
+    }
     /* Held-back output leaves with the FIN of shutdown(); a bare close()
      * with unread input would reset the connection and drop it instead. */
     if (c->corked)
@@ -725,6 +857,27 @@ void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg)
 {
     c->ops = ops;
     c->arg = arg;
+}
+
+void lb_conn_set_transport(struct lb_conn *c, const struct lb_conn_transport *tr, void *ctx)
+{
+    bool armed = c->read_armed;
+    if (armed)
+        event_del(&c->rev);
+    c->tr = tr;
+    c->tr_ctx = ctx;
+    event_assign(&c->rev, lb_loop.base, c->fd, EV_READ | EV_PERSIST, lb_conn_on_read_tr, c);
+    if (armed)
+        event_add(&c->rev, NULL);
+}
+
+void lb_conn_shutdown(struct lb_conn *c)
+{
+    if (c->tr != NULL && !c->tr_shut) {
+        c->tr_shut = 1;
+        c->tr->shutdown(c);
+    }
+    shutdown(c->fd, SHUT_WR);
 }
 
 int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len)

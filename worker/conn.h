@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <event2/event_struct.h>
 
@@ -44,6 +45,29 @@ typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
 struct lb_conn_bufs;
 struct timeval;
 
+/* A transport under the connection other than plain TCP (TLS: worker/tls.c),
+ * as Redis' ConnectionType: the connection layer keeps its buffers, reads,
+ * back-pressure and timeouts, and calls these for the bytes themselves. A
+ * plain connection has none (tr == NULL) and never looks at it on its read
+ * path (its own read callback) and once per write (one branch). */
+struct lb_conn_transport {
+    /* As recv(): bytes read (> 0), 0 at the peer's orderly end, -1 with
+     * errno (EAGAIN: nothing now; the transport sets want_write when what
+     * it waits for is the socket becoming writable). Before the transport
+     * is ready (a handshake) it works on that and sets ready once done. */
+    ssize_t (*read)(struct lb_conn *c, void *buf, size_t len);
+    /* As send(): bytes taken (> 0) or -1 with errno (EAGAIN: wait for
+     * writable, or for readable when it sets want_read). Only once ready. */
+    ssize_t (*write)(struct lb_conn *c, const void *buf, size_t len);
+    /* Input the transport holds already (read ahead or decrypted), which
+     * epoll will not announce. */
+    bool (*pending)(struct lb_conn *c);
+    /* The end of our sending side (TLS close_notify), best effort, before
+     * shutdown(SHUT_WR) or close(). */
+    void (*shutdown)(struct lb_conn *c);
+    void (*free)(struct lb_conn *c);
+};
+
 /* Whom a connection reports to: one table per kind of connection (client,
  * backend, pooled backend), so a connection holds one pointer, not three. */
 struct lb_conn_ops {
@@ -62,6 +86,8 @@ struct lb_conn {
     struct lb_conn_bufs *bufs;          /* the pair IN and OUT belong to */
     const struct lb_conn_ops *ops;
     void *arg;
+    const struct lb_conn_transport *tr; /* NULL: plain TCP */
+    void *tr_ctx;                       /* the transport's (an SSL *) */
     struct lb_conn *next_pending;       /* in the flush list */
     struct lb_list tq_node;             /* in a read-timeout FIFO: the clock runs */
     uint64_t read_deadline_ms;          /* CLOCK_MONOTONIC_COARSE */
@@ -82,6 +108,10 @@ struct lb_conn {
     uint8_t last : 1;                   /* the output ends the connection */
     uint8_t corked : 1;                 /* sent with MSG_MORE: push before close */
     uint8_t big_block : 1;              /* IN has had a read of more than 4 KiB */
+    uint8_t tr_ready : 1;               /* transport: handshake done */
+    uint8_t tr_want_write : 1;          /* transport: its read waits for writable */
+    uint8_t tr_want_read : 1;           /* transport: its write waits for readable */
+    uint8_t tr_shut : 1;                /* transport: our end is sent */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with
@@ -101,6 +131,12 @@ struct lb_conn *lb_conn_new(int fd);
 void lb_conn_free(struct lb_conn *c);
 
 void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg);
+/* Put transport TR (state CTX, owned from now on: TR->free frees it) under
+ * C, before any read. */
+void lb_conn_set_transport(struct lb_conn *c, const struct lb_conn_transport *tr, void *ctx);
+/* End our sending side once the output has left: the transport's end
+ * (close_notify), then shutdown(SHUT_WR). */
+void lb_conn_shutdown(struct lb_conn *c);
 /* Start a non-blocking connect; the event callback reports CONNECTED or an
  * ERROR (also for an immediate failure). 0, or -1 if not even started. */
 int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len);

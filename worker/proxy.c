@@ -23,6 +23,7 @@
 #include "worker/freelist.h"
 #include "worker/retry.h"
 #include "worker/route.h"
+#include "worker/tls.h"
 #include "worker/upstream.h"
 
 enum lb_session_state {
@@ -85,6 +86,7 @@ struct lb_session {
     uint32_t req_flags;
     uint8_t state;
     uint8_t req_minor;
+    uint16_t listener;                  /* index in cfg->listeners */
     /* Bits: the session is what every idle client costs. */
     bool keepalive : 1;                 /* client may keep the connection */
     bool client_eof : 1;
@@ -104,7 +106,15 @@ struct lb_session {
     bool peer_trusted : 1;              /* client is in trusted_proxies */
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
     bool slot : 1;                      /* counted in flight to server (max_requests) */
+    bool tls : 1;                       /* accepted on a TLS listener */
+    bool hsts : 1;                      /* ... with hsts: answers carry it */
+    bool redirect : 1;                  /* accepted on a redirect_https listener */
 };
+
+static const struct lb_listener_cfg *lb_session_listener(const struct lb_session *s)
+{
+    return &s->w->cfg->listeners[s->listener];
+}
 
 static void lb_session_close(struct lb_session *s);
 static void lb_session_try_head(struct lb_session *s);
@@ -122,6 +132,7 @@ static unsigned lb_status_class(int status)
 static const char *lb_reason(int status)
 {
     switch (status) {
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 408: return "Request Timeout";
@@ -164,7 +175,8 @@ static void lb_session_log(struct lb_session *s)
      * is none). */
     e->attempts = s->server == NULL ? 0 : 1u + (s->x != NULL ? s->x->retries : 0);
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
-                       e->request_id, lb_wall_us());
+                       e->request_id, s->tls ? lb_tls_version(s->client) : NULL,
+                       s->tls ? lb_tls_cipher(s->client) : NULL, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
 }
@@ -471,7 +483,7 @@ static void lb_session_shut(struct lb_session *s)
     if (s->shut)
         return;
     s->shut = true;
-    shutdown(s->client->fd, SHUT_WR);
+    lb_conn_shutdown(s->client);        /* (TLS: close_notify first) */
     lb_session_timer_arm(s, LB_LINGER_MS);
 }
 
@@ -537,9 +549,19 @@ static void lb_session_count_response(struct lb_session *s, int status)
         s->acc->status = status;
 }
 
+static void lb_session_respond(struct lb_session *s, int status, const char *extra,
+                               size_t extra_len);
+
 /* Answer STATUS. Once response bytes went out nothing can be said any more:
  * the connection is cut so the client sees a truncated response. */
 static void lb_session_error(struct lb_session *s, int status)
+{
+    lb_session_respond(s, status, NULL, 0);
+}
+
+/* Answer STATUS with EXTRA (header lines, each ending in CRLF) in its head. */
+static void lb_session_respond(struct lb_session *s, int status, const char *extra,
+                               size_t extra_len)
 {
     lb_session_unqueue(s);
     lb_session_trial_end(s);
@@ -551,7 +573,8 @@ static void lb_session_error(struct lb_session *s, int status)
     /* Keep the connection only when the request was consumed whole and the
      * error is the backend's, not the request's. */
     bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof &&
-                (status == 404 || (status >= 500 && status != 501 && status != 505));
+                (status == 404 || status == 308 ||
+                 (status >= 500 && status != 501 && status != 505));
     lb_session_release_up(s, false);
     if (lb_conn_ensure_buffers(s->client) < 0) {
         lb_session_close(s);    /* out of memory: no answer possible */
@@ -562,13 +585,16 @@ static void lb_session_error(struct lb_session *s, int status)
     int blen = snprintf(body, sizeof(body), "%d %s\n", status, lb_reason(status));
     struct evbuffer *out = s->client->out;
     size_t before = evbuffer_get_length(out);
+    const struct lb_tls_cfg *hsts = s->hsts ? lb_session_listener(s)->tls : NULL;
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\n"
                         "Content-Type: text/plain\r\n"
                         "Content-Length: %d\r\n"
-                        "%s\r\n%s",
+                        "%s%s%s%s%.*s\r\n%s",
                         status, lb_reason(status), blen,
-                        keep ? "" : "Connection: close\r\n", body);
+                        keep ? "" : "Connection: close\r\n",
+                        hsts ? "Strict-Transport-Security: " : "", hsts ? hsts->hsts : "",
+                        hsts ? "\r\n" : "", (int)extra_len, extra ? extra : "", body);
     if (s->acc != NULL && s->acc->start_us == 0) {
         /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
         snprintf(s->acc->request, sizeof(s->acc->request), "-");
@@ -748,8 +774,10 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     lb_head_str(out, "\r\nX-Forwarded-Proto: ");
     if (trusted && lb_has_kind(m, 17))
         lb_add_joined(out, m, 17, false);
+    else if (s->tls)
+        lb_head_put(out, "https", 5);
     else
-        lb_head_str(out, "http");
+        lb_head_put(out, "http", 4);
     if (lb_has_kind(m, 9)) {
         lb_head_str(out, "\r\nForwarded: ");
         if (trusted)
@@ -757,7 +785,8 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
         bool v6 = strchr(s->client_ip, ':') != NULL;
         lb_head_str(out, v6 ? "for=\"[" : "for=");
         lb_head_str(out, s->client_ip);
-        lb_head_str(out, v6 ? "]\";proto=http" : ";proto=http");
+        lb_head_str(out, v6 ? "]\"" : "");
+        lb_head_str(out, s->tls ? ";proto=https" : ";proto=http");
     }
     lb_head_str(out, "\r\nVia: 1.1 lbd\r\n");
     char generated[32];
@@ -921,11 +950,19 @@ static void lb_forward_request_body(struct lb_session *s)
 
 /* ---- response: backend -> client --------------------------------------- */
 
-static size_t lb_write_response_head(struct lb_session *s, const char *raw,
-                                     const struct lb_http_msg *m, struct evbuffer *buf)
+#define LB_HSTS "Strict-Transport-Security: "
+
+/* Inlined twice: HSTS (known at compile time) off, as on every plain
+ * listener, costs nothing. With it our header replaces the backend's. */
+static inline __attribute__((always_inline)) size_t
+lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_http_msg *m,
+                         struct evbuffer *buf, const bool hsts)
 {
     struct lb_head_out o;
-    if (!lb_head_begin(&o, buf, lb_head_bound(m, sizeof("Connection: keep-alive\r\n\r\n"))))
+    const struct lb_tls_cfg *t = hsts ? lb_session_listener(s)->tls : NULL;
+    size_t extra = sizeof("Connection: keep-alive\r\n\r\n") +
+                   (hsts ? sizeof(LB_HSTS "\r\n") + t->hsts_len : 0);
+    if (!lb_head_begin(&o, buf, lb_head_bound(m, extra)))
         return 0;
     const char *eol = memchr(raw, '\r', m->head_len);
     lb_head_put(&o, raw, (size_t)(eol - raw) + 2);       /* status line as is */
@@ -933,7 +970,15 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
         const struct lb_http_header *h = &m->headers[i];
         if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_DUPLICATE))
             continue;
+        if (hsts && h->name_len == sizeof(LB_HSTS) - 3 &&
+            lb_str_ieq(h->name, h->name_len, "strict-transport-security"))
+            continue;
         lb_add_header(&o, h);
+    }
+    if (hsts) {
+        lb_head_put(&o, LB_HSTS, sizeof(LB_HSTS) - 1);
+        lb_head_put(&o, t->hsts, t->hsts_len);
+        lb_head_put(&o, "\r\n", 2);
     }
     if (!s->keepalive)
         lb_head_str(&o, "Connection: close\r\n\r\n");
@@ -942,6 +987,13 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
     else
         lb_head_put(&o, "\r\n", 2);
     return lb_head_commit(&o);
+}
+
+static size_t lb_write_response_head(struct lb_session *s, const char *raw,
+                                     const struct lb_http_msg *m, struct evbuffer *buf)
+{
+    return s->hsts ? lb_write_response_head_t(s, raw, m, buf, true)
+                   : lb_write_response_head_t(s, raw, m, buf, false);
 }
 
 /* The exchange is over on both sides: pool the backend connection if it
@@ -1073,7 +1125,7 @@ static void lb_tunnel_pump(struct lb_session *s)
     if (s->client_eof && !s->shut && evbuffer_get_length(cin) == 0 &&
         evbuffer_get_length(uout) == 0) {
         s->shut = true;     /* here: our FIN towards the backend is sent */
-        shutdown(s->up->conn->fd, SHUT_WR);
+        lb_conn_shutdown(s->up->conn);
     }
     if (s->up_eof && evbuffer_get_length(uin) == 0) {
         s->shut = false;
@@ -1891,6 +1943,47 @@ static void lb_queue_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- dispatch: route, pick, send or wait ---------------------------------- */
 
+/* ACME's HTTP-01 challenges must reach their answer over plain HTTP. */
+static bool lb_acme_challenge(const char *path, size_t len)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    return len >= sizeof(prefix) - 1 && memcmp(path, prefix, sizeof(prefix) - 1) == 0;
+}
+
+/* redirect_https: 308 to the same host (its port dropped) and target over
+ * https, on the configured port. */
+static void lb_session_redirect(struct lb_session *s, const char *host, size_t hlen,
+                                const char *path, size_t plen)
+{
+    size_t n = hlen;
+    if (n > 0 && host[0] == '[') {
+        const char *end = memchr(host, ']', n);     /* an IPv6 literal, whole */
+        n = end ? (size_t)(end - host) + 1 : n;
+    } else {
+        const char *colon = host ? memchr(host, ':', n) : NULL;
+        n = colon ? (size_t)(colon - host) : n;
+    }
+    if (n == 0) {
+        lb_session_error(s, 400);   /* no host (HTTP/1.0 without Host): nowhere to send it */
+        return;
+    }
+    unsigned port = lb_session_listener(s)->redirect_https;
+    size_t cap = n + plen + 48;
+    char *loc = malloc(cap);
+    if (loc == NULL) {
+        lb_session_error(s, 500);
+        return;
+    }
+    char pbuf[8] = "";
+    if (port != 443)
+        snprintf(pbuf, sizeof(pbuf), ":%u", port);
+    /* Host and target passed the parser: no CR, LF or controls. */
+    int len = snprintf(loc, cap, "Location: https://%.*s%s%.*s\r\n", (int)n, host, pbuf,
+                       (int)plen, plen ? path : "/");
+    lb_session_respond(s, 308, loc, (size_t)len);
+    free(loc);
+}
+
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
@@ -1917,6 +2010,10 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         memcpy(slash_query + 1, path, n);
         path = slash_query;
         plen = n + 1;
+    }
+    if (s->redirect && !lb_acme_challenge(path, plen)) {
+        lb_session_redirect(s, hval, hlen, path, plen);
+        return;
     }
     const struct lb_route_cfg *r = lb_route_match(w->cfg, hval, hlen, path, plen);
     if (r == NULL) {
@@ -2248,7 +2345,8 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     lb_session_close(s);
 }
 
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
+                     const struct lb_listener_cfg *l)
 {
     struct lb_session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -2260,6 +2358,17 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
         free(s);
         return;
     }
+    if (l->tls != NULL) {
+        if (lb_tls_accept(s->client, l->tls) < 0) {
+            lb_conn_free(s->client);
+            free(s);
+            return;
+        }
+        s->tls = true;
+        s->hsts = l->tls->hsts != NULL;
+    }
+    s->redirect = l->redirect_https != 0;
+    s->listener = (uint16_t)(l - w->cfg->listeners);
     s->w = w;       /* TCP_NODELAY: inherited from the listener */
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
     s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&

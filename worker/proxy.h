@@ -35,8 +35,9 @@
 
 #include "worker/worker.h"
 
-/* Take ownership of accepted FD and start serving it. */
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer);
+/* Take ownership of FD, accepted on listener L, and start serving it. */
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
+                     const struct lb_listener_cfg *l);
 /* Graceful stop: close idle client connections, let busy ones finish their
  * current exchange and close. */
 void lb_proxy_drain(struct lb_worker *w);

@@ -17,6 +17,7 @@
 #include "worker/accesslog.h"
 #include "worker/conn.h"
 #include "worker/proxy.h"
+#include "worker/tls.h"
 #include "worker/upstream.h"
 
 /* After a failed accept(), as nginx: the fds a closing connection gives
@@ -73,8 +74,9 @@ static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
 {
     (void)l;
     (void)socklen;
-    struct lb_worker *w = arg;
-    lb_proxy_accept(w, fd, sa);
+    const struct lb_worker_listener *lw = arg;
+    struct lb_worker *w = lw->w;
+    lb_proxy_accept(w, fd, sa, lw->cfg);
     /* The new client's fd and the backend connection it may need come
      * first: an idle backend connection goes if it must. */
     if (w->nsessions + w->nupconns > w->fd_avail)
@@ -89,7 +91,7 @@ static void lb_worker_accept_error(struct evconnlistener *l, void *arg)
     (void)l;
     /* EMFILE, ENFILE, ENOBUFS, ENOMEM (libevent retries EAGAIN, EINTR and
      * ECONNABORTED itself): the connection stays queued in the kernel. */
-    lb_worker_pause(arg, LB_PAUSE_FD, EVUTIL_SOCKET_ERROR());
+    lb_worker_pause(((struct lb_worker_listener *)arg)->w, LB_PAUSE_FD, EVUTIL_SOCKET_ERROR());
 }
 
 static void lb_worker_accept_retry(evutil_socket_t fd, short what, void *arg)
@@ -296,12 +298,15 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
                      strerror(errno));
 
+    lb_tls_worker_init(cfg, shm, w->slot_stats);
     w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
-    if (w->listeners == NULL)
+    w->lctx = calloc(cfg->nlisteners, sizeof(*w->lctx));
+    if (w->listeners == NULL || w->lctx == NULL)
         goto out;
     w->nlisteners = cfg->nlisteners;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, w,
+        w->lctx[i] = (struct lb_worker_listener){ w, &cfg->listeners[i] };
+        w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, &w->lctx[i],
                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
                                              0 /* listening already, with its backlog */,
                                              listen_fds[i]);
@@ -345,6 +350,7 @@ out:
     lb_accesslog_close();
     lb_worker_close_listeners(w);
     free(w->listeners);
+    free(w->lctx);
     lb_upstream_destroy(w);
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
         if (w->signals[i] != NULL)
