@@ -17,6 +17,7 @@ int main(void)
     srunner_add_suite(sr, health_suite());
     srunner_add_suite(sr, fdbudget_suite());
     srunner_add_suite(sr, breaker_suite());
+    srunner_add_suite(sr, conn_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

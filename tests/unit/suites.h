@@ -15,5 +15,6 @@ Suite *upstream_suite(void);
 Suite *health_suite(void);
 Suite *fdbudget_suite(void);
 Suite *breaker_suite(void);
+Suite *conn_suite(void);
 
 #endif
