@@ -212,7 +212,8 @@ struct lb_limits {
     uint64_t header_size;       /* the whole head, request line included */
     uint64_t headers;           /* number of header fields */
     uint64_t body;              /* 0: unlimited */
-    uint64_t buffer;            /* buffered per direction per connection */
+    uint64_t buffer;            /* held per direction per connection: read
+                                 * and not yet written, both buffers */
 };
 
 /* An address block whose clients' X-Forwarded-For / Forwarded lbd trusts.

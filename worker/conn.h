@@ -13,6 +13,11 @@
  *   OPEN: reading while enabled and the input holds < read_limit bytes;
  *         writing whenever the output holds bytes; EOF and errors reported
  *         once through the event callback.
+ *
+ * Paired connections (a client and its backend, lb_conn_pair): what one
+ * reads ends up in the other's output, and read_limit bounds the two
+ * together, the input plus the peer's unwritten output, so a side that does
+ * not read holds read_limit bytes in all, not read_limit in each buffer.
  */
 #ifndef LB_CONN_H
 #define LB_CONN_H
@@ -88,6 +93,7 @@ struct lb_conn {
     void *arg;
     const struct lb_conn_transport *tr; /* NULL: plain TCP */
     void *tr_ctx;                       /* the transport's (an SSL *) */
+    struct lb_conn *peer;               /* paired: reads go to its output */
     struct lb_conn *next_pending;       /* in the flush list */
     struct lb_list tq_node;             /* in a read-timeout FIFO: the clock runs */
     uint64_t read_deadline_ms;          /* CLOCK_MONOTONIC_COARSE */
@@ -112,6 +118,8 @@ struct lb_conn {
     uint8_t tr_want_write : 1;          /* transport: its read waits for writable */
     uint8_t tr_want_read : 1;           /* transport: its write waits for readable */
     uint8_t tr_shut : 1;                /* transport: our end is sent */
+    uint16_t tail_slack;                /* free space in IN's last block after
+                                         * the last read */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with
@@ -150,6 +158,17 @@ void lb_conn_read_disable(struct lb_conn *c);
  * comes; write while output is pending and no byte leaves (and connect). */
 void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms);
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low);
+/* Pair A and B while what each reads is passed to the other: each reads
+ * only while its input plus the other's output hold less than its
+ * read_limit, and resumes once the other's output is written down to the
+ * other's write_low. lb_conn_free unpairs. */
+void lb_conn_pair(struct lb_conn *a, struct lb_conn *b);
+/* Undo the pairing of C (if any) and its peer; a side that only its peer's
+ * output held back reads again. */
+void lb_conn_unpair(struct lb_conn *c);
+/* Bytes C has read and not yet passed on: its input, plus its peer's
+ * output when paired. Reading stops at read_limit. */
+size_t lb_conn_held(const struct lb_conn *c);
 /* After the peer's EOF: report an ERROR event if the connection is then
  * reset (the peer had closed its socket, not only its sending side, and
  * answers what we send with a reset). Ends with the connection, or when
@@ -163,10 +182,12 @@ void lb_conn_shrink(struct lb_conn *c);
 /* Bring the buffers back before writing to a shrunk connection outside a
  * read (an answer from a timer). 0, or -1 when out of memory. */
 int lb_conn_ensure_buffers(struct lb_conn *c);
-/* Move N bytes from SRC to DST: small amounts are copied onto DST's last
- * block (so a head and a small body leave in one send), large ones move
- * whole chains (no copy). */
-void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n);
+/* Move N bytes from FROM's input to TO's output: small amounts are copied
+ * onto the output's last block (so a head and a small body leave in one
+ * send), large ones move whole blocks (no copy); while TO's socket is full,
+ * a last block the last read left less than half full has its bytes copied
+ * instead (held a while, it would waste that much). */
+void lb_conn_move(struct lb_conn *from, struct lb_conn *to, size_t n);
 /* Bytes in the input / output (0 while shrunk). */
 size_t lb_conn_in_len(const struct lb_conn *c);
 size_t lb_conn_out_len(const struct lb_conn *c);

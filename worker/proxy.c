@@ -60,6 +60,8 @@ struct lb_exchange {
     uint64_t tried;                     /* servers tried: bit (index % 64) */
     uint8_t retries;                    /* retries made (a stale connection's resend is none) */
     bool retry_waiting;                 /* the held retry waits out its backoff */
+    uint64_t interim_out;               /* queued to the client before the final
+                                         * head: 1xx heads, a probe */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
     /* QUEUED: the place in the pool's queue (worker/queue.h). Last: set
@@ -428,6 +430,7 @@ static void lb_session_drop_up(struct lb_session *s, bool reusable)
         return;
     if (reusable)
         s->up->requests++;
+    lb_conn_unpair(s->client);
     lb_upconn_release(s->up, reusable);
     s->up = NULL;
 }
@@ -931,7 +934,7 @@ static void lb_forward_request_body(struct lb_session *s)
         }
         if (s->x->replay != NULL)
             lb_session_keep_body(s, in, n);
-        lb_conn_move(in, out, n);
+        lb_conn_move(s->client, s->up->conn, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
         s->x->body_progress += n;
@@ -1064,7 +1067,7 @@ static void lb_relay_response_body(struct lb_session *s)
         break;
     }
     if (n > 0) {
-        lb_conn_move(in, out, n);
+        lb_conn_move(s->up->conn, s->client, n);
         lb_counter_add(&s->server->stats->bytes_in, n);
         lb_session_sent(s, n);
     }
@@ -1108,14 +1111,14 @@ static void lb_tunnel_pump(struct lb_session *s)
 
     size_t n = evbuffer_get_length(cin);
     if (n > 0 && evbuffer_get_length(uout) < limit) {
-        evbuffer_remove_buffer(cin, uout, n);
+        lb_conn_move(s->client, s->up->conn, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
         moved += n;
     }
     n = evbuffer_get_length(uin);
     if (n > 0 && evbuffer_get_length(cout) < limit) {
-        evbuffer_remove_buffer(uin, cout, n);
+        lb_conn_move(s->up->conn, s->client, n);
         lb_counter_add(&s->server->stats->bytes_in, n);
         lb_session_sent(s, n);
         moved += n;
@@ -1346,7 +1349,9 @@ static bool lb_handle_response_head(struct lb_session *s)
             }
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
-            lb_session_sent(s, evbuffer_get_length(out) - before);
+            size_t queued = evbuffer_get_length(out) - before;
+            lb_session_sent(s, queued);
+            s->x->interim_out += queued;
             if (evbuffer_get_length(out) >= w->buffer_limit) {
                 /* A client not reading a stream of them: held back like a
                  * body, resumed by lb_client_write (backend_response runs
@@ -1544,6 +1549,10 @@ static int lb_session_connect(struct lb_session *s, bool pooled)
         return -1;
     s->up = up;
     s->up_reused = reused;
+    /* limits.buffer bounds each direction as a whole: what one side sent
+     * and the other has not taken yet, read and unwritten together. (The
+     * place in flight was taken at the pick: lb_session_pick.) */
+    lb_conn_pair(s->client, up->conn);
     lb_counter_add(&s->server->stats->requests, 1);
     static const struct lb_conn_ops up_ops = { lb_up_read, lb_up_write, lb_up_event };
     lb_conn_setcb(up->conn, &up_ops, s);
@@ -2075,6 +2084,15 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     if (s->state == LB_S_PROXY && s->req_done && !s->resp_head_done && s->up != NULL) {
         /* backend_response, waiting for the response head (see
          * lb_session_up_timeouts): whatever interim heads came, none final. */
+        if (lb_conn_held(s->up->conn) >= s->w->buffer_limit &&
+            lb_conn_out_len(s->client) > s->x->interim_out) {
+            /* Not read for want of room, taken by an earlier (pipelined)
+             * answer the client has yet to read (its bytes leave first, so
+             * some are left while the output holds more than this exchange
+             * queued): the client's slowness, send's to judge. */
+            lb_session_timer_arm(s, s->server->pool->cfg->timeouts.backend_response_ms);
+            return;
+        }
         lb_count_timeout(s, LB_TO_BACKEND_RESPONSE);
         lb_log_warn("backend %s timed out waiting for the response", s->server->cfg->address);
         lb_session_backend_failed(s);
@@ -2087,8 +2105,7 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_count_timeout(s, LB_TO_CLIENT_HEADER);
     } else {
         /* Our own back-pressure is not the client's slowness. */
-        if (s->up != NULL &&
-            evbuffer_get_length(s->up->conn->out) >= s->w->buffer_limit) {
+        if (s->up != NULL && lb_conn_held(s->client) >= s->w->buffer_limit) {
             lb_session_timer_arm(s, s->server->pool->cfg->timeouts.client_body_ms);
             return;
         }
@@ -2267,6 +2284,8 @@ static void lb_session_probe_client(struct lb_session *s)
         return;
     evbuffer_add(s->client->out, probe, sizeof(probe) - 1);
     lb_session_sent(s, sizeof(probe) - 1);
+    if (s->x != NULL)
+        s->x->interim_out += sizeof(probe) - 1;
     lb_conn_watch_reset(s->client);
 }
 

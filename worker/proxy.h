@@ -25,8 +25,10 @@
  *
  * In PROXY the request and the response advance independently: the request
  * body streams to the backend while the response may already stream back.
- * Each direction moves whole evbuffer chains and stops reading its source
- * once the destination holds buffer_limit bytes, resuming when it drains.
+ * Each direction moves whole evbuffer chains (lb_conn_move) and stops
+ * reading its source once the source's input and the destination's output
+ * hold buffer_limit bytes together (the two connections are paired:
+ * lb_conn_pair), resuming when the output drains to half of it.
  */
 #ifndef LB_PROXY_H
 #define LB_PROXY_H

@@ -18,5 +18,6 @@ Suite *breaker_suite(void);
 Suite *queue_suite(void);
 Suite *retry_suite(void);
 Suite *tls_suite(void);
+Suite *conn_suite(void);
 
 #endif
