@@ -19,7 +19,19 @@
  *   | lb_shm_backend  |  LB_SHM_MAX_BACKENDS, stable ids by (pool, address)
  *   +-----------------+ off_stats
  *   | backend stats   |  [slot][backend] lb_shm_backend_stats, a row per slot
+ *   +-----------------+ off_limits
+ *   | lb_shm_limit    |  LB_SHM_MAX_LIMITS rate limits, stable ids by (name, signature)
+ *   +-----------------+ off_limit_stats
+ *   | limit stats     |  [slot][limit] lb_shm_limit_stats
+ *   +-----------------+ off_conn (page aligned)
+ *   | conn tables     |  [slot] LB_SHM_CONN_ENTRIES lb_rl_entry: connections per address
+ *   +-----------------+ off_arena (page aligned)
+ *   | rate-limit      |  LB_SHM_ARENA_SIZE bytes: each limit's table of lb_rl_entry,
+ *   | tables          |  a page-aligned region given out by the master
  *   +-----------------+ size
+ *
+ * The file is sparse and its pages are touched lazily: the connection
+ * tables and the arena cost nothing until keys land in them.
  */
 #ifndef LB_SHM_T_H
 #define LB_SHM_T_H
@@ -30,11 +42,14 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   3u
+#define LB_SHM_LAYOUT_VERSION   4u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
 #define LB_CACHELINE            64
+#define LB_SHM_MAX_LIMITS       LB_RL_MAX_LIMITS
+#define LB_SHM_CONN_ENTRIES     65536   /* client addresses with connections, per worker */
+#define LB_SHM_ARENA_SIZE       (2 * LB_RL_TABLES_MAX_BYTES)
 
 /* Response status classes 1xx..5xx, index 0..4. */
 #define LB_STATUS_CLASSES       5
@@ -87,6 +102,7 @@ struct lb_shm_worker {
     lb_counter_t bytes_in;              /* from clients */
     lb_counter_t bytes_out;             /* to clients */
     lb_counter_t timeouts[LB_TIMEOUT_KINDS];
+    lb_counter_t conn_limited;          /* closed at accept: max_connections_per_ip */
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {
@@ -166,6 +182,48 @@ struct lb_shm_backend_stats {
     lb_counter_t duration_sum_us;
 };
 
+/* ---- rate limits (shared/rltable.h, worker/ratelimit.c) ---- */
+
+/* One key of a table, 16 bytes. Rate-limit tables: KEY is claimed and
+ * VAL (the key's GCRA TAT, ns on CLOCK_MONOTONIC) updated by compare-and-
+ * swap from any worker. Connection tables: both written by the slot's
+ * worker alone, VAL the key's open connections. */
+struct lb_rl_entry {
+    _Atomic uint64_t key;               /* 0: never used, 1: being claimed, else SipHash */
+    _Atomic uint64_t val;
+};
+
+/* A rate limit's table, kept over reloads while the limit keeps its name
+ * and signature (what its buckets mean: key, rate, burst, table size).
+ * Written by the master (assign, reclaim); log_ms by any worker. */
+struct lb_shm_limit {
+    _Atomic uint32_t state;             /* lb_shm_entry_state */
+    uint32_t retired_gen;
+    char name[LB_NAME_MAX];
+    char key[LB_NAME_MAX + 16];         /* "client_ip", "header:X-Api-Key", ... */
+    char rate[24];                      /* "10r/s" */
+    uint32_t burst;
+    uint32_t algorithm;                 /* enum lb_rl_algorithm */
+    uint32_t dry_run;
+    uint32_t status;
+    uint64_t signature;
+    uint64_t off_table;                 /* from the segment's start */
+    uint64_t capacity;                  /* entries */
+    uint64_t region;                    /* bytes of the arena held (page multiple) */
+    _Atomic uint64_t log_ms;            /* last rate-limited log line, CLOCK_MONOTONIC ms */
+} __attribute__((aligned(LB_CACHELINE)));
+
+/* One per (worker slot, limit), written by the slot's worker only. */
+struct lb_shm_limit_stats {
+    lb_counter_t allowed;               /* admitted at once */
+    lb_counter_t limited;               /* refused */
+    lb_counter_t delayed;               /* admitted after a wait (leaky bucket) */
+    lb_counter_t dry_run;               /* would have been refused (dry_run) */
+    lb_counter_t evictions;             /* a key with a debt dropped for another */
+    lb_counter_t inserts;               /* empty entries taken: keys held = their sum */
+    lb_counter_t pad[2];
+};
+
 struct lb_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -189,6 +247,16 @@ struct lb_shm_header {
     lb_counter_t reloads;
     lb_counter_t reload_failures;
     lb_counter_t worker_restarts[LB_MAX_WORKERS];   /* by worker number */
+
+    /* Rate limits (set at creation). */
+    uint32_t max_limits;
+    uint32_t conn_entries;              /* per slot */
+    uint64_t off_limits;
+    uint64_t off_limit_stats;
+    uint64_t off_conn;
+    uint64_t off_arena;
+    uint64_t arena_size;
+    uint64_t rl_hash_key[2];            /* SipHash key, random per instance */
 };
 
 #endif

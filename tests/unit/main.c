@@ -14,6 +14,7 @@ int main(void)
     srunner_add_suite(sr, shm_suite());
     srunner_add_suite(sr, freelist_suite());
     srunner_add_suite(sr, upstream_suite());
+    srunner_add_suite(sr, ratelimit_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

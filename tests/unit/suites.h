@@ -12,5 +12,6 @@ Suite *http_suite(void);
 Suite *shm_suite(void);
 Suite *freelist_suite(void);
 Suite *upstream_suite(void);
+Suite *ratelimit_suite(void);
 
 #endif
