@@ -19,6 +19,7 @@
 #include "worker/accesslog.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
+#include "worker/ratelimit.h"
 #include "worker/route.h"
 #include "worker/upstream.h"
 
@@ -27,6 +28,7 @@ enum lb_session_state {
     LB_S_PROXY,         /* forwarding a request, relaying its response */
     LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
+    LB_S_DELAYED,       /* a leaky bucket holds the request (the session timer) */
 };
 
 /* What one exchange (a request and its response) needs while it is under
@@ -46,6 +48,7 @@ struct lb_exchange {
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
+    struct lb_rl_note rl;               /* rate limits: response fields, log mark */
 };
 
 struct lb_session {
@@ -62,6 +65,7 @@ struct lb_session {
     struct lb_exchange *x;              /* NULL while idle */
     unsigned served;                    /* exchanges completed on this connection */
     uint32_t req_flags;
+    uint32_t conn_token;                /* max_connections_per_ip count to give back */
     uint8_t state;
     uint8_t req_minor;
     /* Bits: the session is what every idle client costs. */
@@ -81,6 +85,7 @@ struct lb_session {
     bool resume_head : 1;               /* parse the next request once flushed */
     bool peer_trusted : 1;              /* client is in trusted_proxies */
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
+    bool rl_passed : 1;                 /* held by a leaky bucket: not judged again */
 };
 
 static void lb_session_close(struct lb_session *s);
@@ -104,6 +109,7 @@ static const char *lb_reason(int status)
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
@@ -141,6 +147,7 @@ static void lb_session_log(struct lb_session *s)
                        e->request_id, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
+    e->limited[0] = '\0';
 }
 
 static void lb_session_log_start(struct lb_session *s, const char *buf, size_t head_len,
@@ -328,6 +335,7 @@ static void lb_session_close(struct lb_session *s)
     lb_session_exchange_put(s);
     if (s->deadline_timer != NULL)
         event_free(s->deadline_timer);
+    lb_ratelimit_conn_close(w->rl, s->conn_token);
     lb_conn_free(s->client);
     lb_list_remove(&s->node);
     w->nsessions--;
@@ -395,7 +403,7 @@ static void lb_session_reset_request(struct lb_session *s)
 {
     s->state = LB_S_HEAD;
     s->server = NULL;
-    s->head_pending = s->up_reused = s->retried = s->upgrade = false;
+    s->head_pending = s->up_reused = s->retried = s->upgrade = s->rl_passed = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->counted_failure = false;
     if (s->x != NULL)
@@ -414,9 +422,13 @@ static void lb_session_count_response(struct lb_session *s, int status)
         s->acc->status = status;
 }
 
-/* Answer STATUS. Once response bytes went out nothing can be said any more:
- * the connection is cut so the client sees a truncated response. */
-static void lb_session_error(struct lb_session *s, int status)
+/* Answer STATUS, with the header lines EXTRA (EXTRA_LEN bytes) when given.
+ * Once response bytes went out nothing can be said any more: the connection
+ * is cut so the client sees a truncated response. A refusal by a rate limit
+ * (LIMITED) keeps the connection like a backend's error: the request was
+ * read whole and said nothing wrong. */
+static void lb_session_answer(struct lb_session *s, int status, const char *extra,
+                              size_t extra_len, bool limited)
 {
     if (s->resp_started) {
         lb_session_linger(s);
@@ -425,7 +437,7 @@ static void lb_session_error(struct lb_session *s, int status)
     /* Keep the connection only when the request was consumed whole and the
      * error is the backend's, not the request's. */
     bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof &&
-                (status == 404 || (status >= 500 && status != 501 && status != 505));
+                (limited || status == 404 || (status >= 500 && status != 501 && status != 505));
     lb_session_release_up(s, false);
     if (lb_conn_ensure_buffers(s->client) < 0) {
         lb_session_close(s);    /* out of memory: no answer possible */
@@ -440,8 +452,8 @@ static void lb_session_error(struct lb_session *s, int status)
                         "HTTP/1.1 %d %s\r\n"
                         "Content-Type: text/plain\r\n"
                         "Content-Length: %d\r\n"
-                        "%s\r\n%s",
-                        status, lb_reason(status), blen,
+                        "%.*s%s\r\n%s",
+                        status, lb_reason(status), blen, (int)extra_len, extra ? extra : "",
                         keep ? "" : "Connection: close\r\n", body);
     if (s->acc != NULL && s->acc->start_us == 0) {
         /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
@@ -465,6 +477,11 @@ static void lb_session_error(struct lb_session *s, int status)
     lb_session_reset_request(s);
     lb_session_set_idle(s);
     s->resume_head = lb_conn_in_len(s->client) > 0;     /* see lb_client_write */
+}
+
+static void lb_session_error(struct lb_session *s, int status)
+{
+    lb_session_answer(s, status, NULL, 0, false);
 }
 
 /* ---- request: client -> backend ---------------------------------------- */
@@ -755,7 +772,12 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
                                      const struct lb_http_msg *m, struct evbuffer *buf)
 {
     struct lb_head_out o;
-    if (!lb_head_begin(&o, buf, lb_head_bound(m, sizeof("Connection: keep-alive\r\n\r\n"))))
+    char fields[LB_RL_FIELDS_MAX];
+    size_t nfields = 0;
+    if (s->x->rl.n > 0)     /* limits with headers = true */
+        nfields = lb_ratelimit_fields(s->w->rl, &s->x->rl, 0, fields, sizeof(fields));
+    if (!lb_head_begin(&o, buf, lb_head_bound(m, sizeof("Connection: keep-alive\r\n\r\n") +
+                                                     nfields)))
         return 0;
     const char *eol = memchr(raw, '\r', m->head_len);
     lb_head_put(&o, raw, (size_t)(eol - raw) + 2);       /* status line as is */
@@ -765,6 +787,7 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
             continue;
         lb_add_header(&o, h);
     }
+    lb_head_put(&o, fields, nfields);
     if (!s->keepalive)
         lb_head_str(&o, "Connection: close\r\n\r\n");
     else if (s->req_minor == 0)
@@ -1233,6 +1256,56 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
     return lb_balancer_key(s->client_ip, strlen(s->client_ip));
 }
 
+/* ---- rate limits -------------------------------------------------------- */
+
+/* Route R's rate limits on request M. True when they took the request
+ * over: refused (answered) or held (dispatched again by the timer). */
+static bool lb_session_limit(struct lb_session *s, const struct lb_route_cfg *r,
+                             const struct lb_http_msg *m)
+{
+    struct lb_worker *w = s->w;
+    struct lb_rl_decision d;
+    lb_ratelimit_check(w->rl, r, s->client_ip, s->peer_trusted, m, &s->x->rl, &d);
+    if (s->acc != NULL && s->x->rl.mark != LB_RL_MARK_NONE)
+        lb_ratelimit_log_mark(w->rl, &s->x->rl, s->acc->limited, sizeof(s->acc->limited));
+    if (d.verdict == LB_RL_ADMIT)
+        return false;
+    if (d.verdict == LB_RL_DELAY) {
+        /* The head stays in the client buffer; the timer parses it again
+         * and dispatches it (lb_session_delay_done). The client's further
+         * bytes wait in the buffer, bounded by its read limit. */
+        s->state = LB_S_DELAYED;
+        lb_session_timer_arm(s, d.delay_ms);
+        if (s->timer != NULL)
+            return true;
+        s->state = LB_S_HEAD;   /* out of memory for a timer: no wait then */
+        return false;
+    }
+    char fields[LB_RL_FIELDS_MAX];
+    size_t n = lb_ratelimit_fields(w->rl, &s->x->rl, d.retry_after_s, fields, sizeof(fields));
+    lb_session_answer(s, d.status, fields, n, true);
+    return true;
+}
+
+static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m);
+
+/* A held request's time has come: the head, still buffered, is parsed
+ * again (same bytes, same result) and dispatched past its limits. */
+static void lb_session_delay_done(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    struct evbuffer *in = s->client->in;
+    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->x->head_len);
+    struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
+    s->state = LB_S_HEAD;
+    s->rl_passed = true;
+    if (buf == NULL || lb_http_parse_request(buf, s->x->head_len, &m, &w->limits) != 0) {
+        lb_session_error(s, 500);
+        return;
+    }
+    lb_session_dispatch(s, &m);
+}
+
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
@@ -1265,6 +1338,8 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         lb_session_error(s, 404);
         return;
     }
+    if (r->nrate_limits > 0 && w->rl != NULL && !s->rl_passed && lb_session_limit(s, r, m))
+        return;
     struct lb_pool_rt *pool = &w->pools[r->pool];
     s->x->sent_us = lb_wall_us();
     struct lb_pick_ctx ctx = { .now_ms = s->x->sent_us / 1000 };
@@ -1320,6 +1395,10 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     struct lb_session *s = arg;
     if (s->state == LB_S_CLOSING) {
         lb_session_close(s);    /* linger time is up (armed once flushed) */
+        return;
+    }
+    if (s->state == LB_S_DELAYED) {
+        lb_session_delay_done(s);
         return;
     }
     if (s->state == LB_S_TUNNEL) {
@@ -1439,6 +1518,8 @@ static void lb_client_read(struct lb_conn *conn, void *arg)
         /* else: a pipelined request waits in the buffer, bounded by the
          * read watermark, until this exchange is over. */
         break;
+    case LB_S_DELAYED:
+        break;      /* the body or next request waits, bounded likewise */
     default:        /* CLOSING: whatever the client still sends is dropped */
         evbuffer_drain(conn->in, evbuffer_get_length(conn->in));
         break;
@@ -1504,15 +1585,15 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         lb_tunnel_pump(s);
         return;
     }
-    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && s->state == LB_S_PROXY &&
-        s->req_done) {
+    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) &&
+        (s->state == LB_S_PROXY || s->state == LB_S_DELAYED) && s->req_done) {
         /* Half-close after a complete request: still deliver the answer. */
         s->client_eof = true;
         s->keepalive = false;
         return;
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
-        (s->state == LB_S_PROXY ||
+        (s->state == LB_S_PROXY || s->state == LB_S_DELAYED ||
          (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
         /* Waiting on the backend is not the client's idleness, and a head
          * in progress is client_header's to judge (it answers 408). */
@@ -1539,18 +1620,26 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     lb_session_close(s);
 }
 
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer)
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, size_t listener)
 {
+    uint32_t token = 0;
+    if (w->rl != NULL && !lb_ratelimit_conn_open(w->rl, listener, peer, &token)) {
+        close(fd);      /* max_connections_per_ip: counted and logged */
+        return;
+    }
     struct lb_session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
+        lb_ratelimit_conn_close(w->rl, token);
         close(fd);
         return;
     }
     s->client = lb_conn_new(fd);
     if (s->client == NULL) {
+        lb_ratelimit_conn_close(w->rl, token);
         free(s);
         return;
     }
+    s->conn_token = token;
     s->w = w;       /* TCP_NODELAY: inherited from the listener */
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
     s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&

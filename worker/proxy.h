@@ -28,8 +28,9 @@
 
 #include "worker/worker.h"
 
-/* Take ownership of accepted FD and start serving it. */
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer);
+/* Take ownership of FD, accepted from PEER on cfg->listeners[LISTENER],
+ * and start serving it (or close it: max_connections_per_ip). */
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, size_t listener);
 /* Graceful stop: close idle client connections, let busy ones finish their
  * current exchange and close. */
 void lb_proxy_drain(struct lb_worker *w);

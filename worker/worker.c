@@ -15,14 +15,19 @@
 #include "worker/accesslog.h"
 #include "worker/conn.h"
 #include "worker/proxy.h"
+#include "worker/ratelimit.h"
 #include "worker/upstream.h"
 
 static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
                              struct sockaddr *sa, int socklen, void *arg)
 {
-    (void)l;
     (void)socklen;
-    lb_proxy_accept(arg, fd, sa);
+    struct lb_worker *w = arg;
+    size_t i = 0;
+    /* Which listener: max_connections_per_ip is set per listener. */
+    while (w->rl != NULL && i + 1 < w->nlisteners && w->listeners[i] != l)
+        i++;
+    lb_proxy_accept(w, fd, sa, i);
 }
 
 static void lb_worker_accept_error(struct evconnlistener *l, void *arg)
@@ -163,6 +168,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     }
     if (lb_conn_loop_init(w->base) < 0 || lb_upstream_init(w) < 0)
         goto out;
+    w->rl = lb_ratelimit_new(cfg, shm, slot);
     if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
                      strerror(errno));
@@ -202,6 +208,7 @@ out:
     lb_worker_close_listeners(w);
     free(w->listeners);
     lb_upstream_destroy(w);
+    lb_ratelimit_free(w->rl);
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
         if (w->signals[i] != NULL)
             event_free(w->signals[i]);

@@ -28,6 +28,7 @@ struct evconnlistener;
 struct event;
 
 struct lb_pool_rt;
+struct lb_ratelimit;
 
 /* Per-worker state of one configured server. */
 struct lb_server_rt {
@@ -68,6 +69,7 @@ struct lb_worker {
     struct event *pool_tick;                /* decays "auto" keep-alive allowances */
     struct lb_list sessions;
     size_t nsessions;
+    struct lb_ratelimit *rl;                /* NULL: no rate or connection limits */
     struct event *signals[4];
 
     struct lb_http_limits limits;

@@ -1,0 +1,451 @@
+#include "worker/ratelimit.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "shared/log.h"
+#include "shared/rltable.h"
+#include "shared/shm.h"
+#include "shared/siphash.h"
+#include "worker/http.h"
+
+/* One configured limit as this worker uses it. */
+struct lb_rl_limit {
+    const struct lb_ratelimit_cfg *cfg;
+    struct lb_shm_limit *shared;        /* table, log throttle */
+    struct lb_rl_entry *table;
+    uint64_t cap;
+    struct lb_gcra_params params;
+    struct lb_shm_limit_stats *stats;   /* this worker's row */
+    size_t header_len;                  /* key = header:NAME */
+};
+
+struct lb_ratelimit {
+    const struct lb_config *cfg;
+    struct lb_shm_header *shm;
+    unsigned slot;
+    uint64_t hash_key[2];
+    struct lb_rl_limit *limits;         /* as cfg->rate_limits */
+    uint64_t *route_keys;               /* key = route: one bucket per route */
+    uint64_t global_key;
+    uint64_t *listener_salts;           /* max_connections_per_ip: per listener */
+    struct lb_rl_entry *conns;          /* this worker's connection table */
+    uint64_t conn_log_ms;               /* last "connection refused" line */
+};
+
+static uint64_t lb_rl_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static uint32_t lb_rl_ceil_s(uint64_t ns)
+{
+    uint64_t s = ns / 1000000000ULL + (ns % 1000000000ULL != 0);
+    return s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;
+}
+
+static uint64_t lb_rl_hash(const struct lb_ratelimit *rl, const void *data, size_t len)
+{
+    return lb_rl_key(lb_siphash(rl->hash_key, data, len));
+}
+
+struct lb_ratelimit *lb_ratelimit_new(const struct lb_config *cfg, struct lb_shm_header *shm,
+                                      unsigned slot)
+{
+    bool conns = false;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        conns = conns || cfg->listeners[i].max_connections_per_ip > 0;
+    if (cfg->nrate_limits == 0 && !conns)
+        return NULL;
+    struct lb_ratelimit *rl = calloc(1, sizeof(*rl));
+    if (rl == NULL)
+        goto oom;
+    rl->cfg = cfg;
+    rl->shm = shm;
+    rl->slot = slot;
+    memcpy(rl->hash_key, shm->rl_hash_key, sizeof(rl->hash_key));
+    rl->limits = calloc(cfg->nrate_limits + 1, sizeof(*rl->limits));
+    rl->route_keys = calloc(cfg->nroutes + 1, sizeof(*rl->route_keys));
+    rl->listener_salts = calloc(cfg->nlisteners + 1, sizeof(*rl->listener_salts));
+    if (rl->limits == NULL || rl->route_keys == NULL || rl->listener_salts == NULL)
+        goto oom;
+    for (size_t i = 0; i < cfg->nrate_limits; i++) {
+        const struct lb_ratelimit_cfg *c = &cfg->rate_limits[i];
+        struct lb_rl_limit *l = &rl->limits[i];
+        l->cfg = c;
+        l->shared = lb_shm_limit(shm, c->shm_id);
+        l->table = lb_shm_limit_table(shm, l->shared);
+        l->cap = l->shared->capacity;
+        l->stats = lb_shm_limit_stats(shm, slot, c->shm_id);
+        l->header_len = strlen(c->header);
+        /* A token bucket never holds a request: its delay is the burst. */
+        lb_gcra_params_init(&l->params, c->interval_ns, c->burst,
+                            c->algorithm == LB_RL_LEAKY_BUCKET ? c->delay : c->burst);
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct lb_route_cfg *r = &cfg->routes[i];
+        char buf[2 * LB_HOST_MAX + 2];
+        int n = snprintf(buf, sizeof(buf), "%d %s %s", (int)r->host_match, r->host, r->path_prefix);
+        rl->route_keys[i] = lb_rl_hash(rl, buf, n > 0 ? (size_t)n : 0);
+    }
+    rl->global_key = lb_rl_hash(rl, "global", 6);
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        rl->listener_salts[i] = lb_siphash(rl->hash_key, cfg->listeners[i].address,
+                                           strlen(cfg->listeners[i].address));
+    rl->conns = lb_shm_conn_table(shm, slot);
+    return rl;
+oom:
+    lb_log_error("out of memory: rate limits and max_connections_per_ip are off in this worker");
+    lb_ratelimit_free(rl);
+    return NULL;
+}
+
+void lb_ratelimit_free(struct lb_ratelimit *rl)
+{
+    if (rl == NULL)
+        return;
+    free(rl->limits);
+    free(rl->route_keys);
+    free(rl->listener_salts);
+    free(rl);
+}
+
+/* ---- keys ---------------------------------------------------------------- */
+
+/* One X-Forwarded-For item ("1.2.3.4", "1.2.3.4:80", "2001:db8::1",
+ * "[2001:db8::1]:80") as an address. */
+static bool lb_rl_parse_item(const char *s, size_t len, struct sockaddr_storage *ss)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    if (len == 0 || len >= sizeof(buf))
+        return false;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *host = buf;
+    if (host[0] == '[') {
+        char *close = strchr(host, ']');
+        if (close == NULL)
+            return false;
+        *close = '\0';
+        host++;
+    } else {
+        char *colon = strchr(host, ':');
+        if (colon != NULL && strchr(colon + 1, ':') == NULL)
+            *colon = '\0';          /* IPv4 with a port */
+    }
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        return true;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        return true;
+    }
+    return false;
+}
+
+/* The client behind trusted proxies: X-Forwarded-For read from the right,
+ * past the addresses of trusted proxies (nginx's real_ip_recursive); the
+ * last one read if all are trusted, nothing (false) when the first item
+ * read is not an address. Canonical text into OUT. */
+static bool lb_rl_forwarded_client(const struct lb_config *cfg, const struct lb_http_msg *m,
+                                   char *out, size_t cap)
+{
+    bool have = false;
+    for (size_t i = m->nheaders; i-- > 0;) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (!(h->flags & LB_HDR_FORWARDED) || h->name_len != 15)
+            continue;       /* X-Forwarded-For only */
+        size_t end = h->value_len;
+        while (end > 0) {
+            size_t start = end;
+            while (start > 0 && h->value[start - 1] != ',')
+                start--;
+            size_t a = start, b = end;
+            while (a < b && (h->value[a] == ' ' || h->value[a] == '\t'))
+                a++;
+            while (b > a && (h->value[b - 1] == ' ' || h->value[b - 1] == '\t'))
+                b--;
+            end = start > 0 ? start - 1 : 0;
+            if (a == b)
+                continue;
+            struct sockaddr_storage ss;
+            if (!lb_rl_parse_item(h->value + a, b - a, &ss))
+                return have;
+            lb_addr_format_host((const struct sockaddr *)&ss, out, cap);
+            have = true;
+            if (!lb_cidr_match(cfg->trusted_proxies, cfg->ntrusted_proxies,
+                               (const struct sockaddr *)&ss))
+                return true;
+        }
+    }
+    return have;
+}
+
+/* The key of request M under limit L; false when the limit does not apply
+ * (key = header:NAME and no such header). */
+static bool lb_rl_request_key(struct lb_ratelimit *rl, const struct lb_rl_limit *l,
+                              const struct lb_route_cfg *r, const char *client_ip, bool trusted,
+                              const struct lb_http_msg *m, uint64_t *key)
+{
+    switch (l->cfg->key) {
+    case LB_RL_KEY_GLOBAL:
+        *key = rl->global_key;
+        return true;
+    case LB_RL_KEY_ROUTE:
+        *key = rl->route_keys[r - rl->cfg->routes];
+        return true;
+    case LB_RL_KEY_HEADER:
+        for (size_t i = 0; i < m->nheaders; i++) {
+            const struct lb_http_header *h = &m->headers[i];
+            if (h->name_len == l->header_len &&
+                strncasecmp(h->name, l->cfg->header, l->header_len) == 0) {
+                *key = lb_rl_hash(rl, h->value, h->value_len);
+                return true;
+            }
+        }
+        return false;
+    case LB_RL_KEY_CLIENT_IP:
+        break;
+    }
+    char real[INET6_ADDRSTRLEN];
+    if (trusted && lb_rl_forwarded_client(rl->cfg, m, real, sizeof(real)))
+        client_ip = real;
+    *key = lb_rl_hash(rl, client_ip, strlen(client_ip));
+    return true;
+}
+
+/* ---- the decision ---------------------------------------------------------- */
+
+/* A line about limit L, at most once a second over all workers (the slot
+ * in shm is the throttle), so a flood cannot flood the log. */
+static void lb_rl_log(struct lb_rl_limit *l, uint64_t now_ns, const char *client_ip,
+                      const char *what)
+{
+    uint64_t now_ms = now_ns / 1000000, last = atomic_load_explicit(&l->shared->log_ms,
+                                                                    memory_order_relaxed);
+    if (last != 0 && now_ms - last < 1000)
+        return;
+    if (!atomic_compare_exchange_strong(&l->shared->log_ms, &last, now_ms))
+        return;
+    lb_log_info("rate limit '%s' %s client %s (logged at most once a second per limit)",
+                l->cfg->name, what, client_ip);
+}
+
+static void lb_rl_mark(struct lb_rl_note *note, enum lb_rl_mark mark, size_t limit)
+{
+    /* A refusal beats a wait, which beats a dry run's would-be refusal. */
+    if (note->mark != LB_RL_MARK_NONE && note->mark <= mark)
+        return;
+    note->mark = (uint8_t)mark;
+    note->marked = (uint8_t)limit;
+}
+
+/* A limit that let a request through, until the others have spoken. */
+struct lb_rl_passed {
+    struct lb_rl_entry *e;
+    uint64_t key;
+    uint64_t wait_ns;
+    struct lb_rl_limit *l;
+};
+
+void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
+                        const char *client_ip, bool trusted, const struct lb_http_msg *m,
+                        struct lb_rl_note *note, struct lb_rl_decision *d)
+{
+    struct lb_rl_passed taken[LB_RL_ROUTE_MAX];
+    size_t ntaken = 0;
+    uint64_t now = lb_rl_now_ns(), wait = 0;
+    *d = (struct lb_rl_decision){ .verdict = LB_RL_ADMIT };
+    for (size_t k = 0; k < r->nrate_limits; k++) {
+        size_t li = r->rate_limits[k];
+        struct lb_rl_limit *l = &rl->limits[li];
+        uint64_t key;
+        if (!lb_rl_request_key(rl, l, r, client_ip, trusted, m, &key))
+            continue;
+        enum lb_rl_taken how;
+        struct lb_rl_entry *e = lb_rltable_get(l->table, l->cap, key, now, &how);
+        if (e == NULL)
+            continue;       /* the window was being claimed by others: let it pass */
+        if (how == LB_RL_NEW)
+            lb_counter_add(&l->stats->inserts, 1);
+        else if (how == LB_RL_EVICTED)
+            lb_counter_add(&l->stats->evictions, 1);
+        struct lb_gcra g;
+        lb_rltable_consume(e, now, &l->params, true, &g);
+        if (!g.admit && l->cfg->dry_run) {
+            lb_counter_add(&l->stats->dry_run, 1);
+            lb_rl_mark(note, LB_RL_MARK_DRY_RUN, li);
+            lb_rl_log(l, now, client_ip, "(dry run) would refuse");
+            continue;
+        }
+        if (!g.admit) {
+            /* The limits before this one let it through: their tokens
+             * go back, as the request goes nowhere. */
+            for (size_t i = 0; i < ntaken; i++)
+                lb_rltable_refund(taken[i].e, taken[i].key, taken[i].l->cfg->interval_ns);
+            lb_counter_add(&l->stats->limited, 1);
+            lb_rl_mark(note, LB_RL_MARK_REFUSED, li);
+            d->verdict = LB_RL_REFUSE;
+            d->status = l->cfg->status;
+            d->retry_after_s = lb_rl_ceil_s(g.retry_ns);
+            note->n = 1;
+            note->limit[0] = (uint8_t)li;
+            note->remaining[0] = 0;
+            note->reset_s[0] = d->retry_after_s;
+            lb_rl_log(l, now, client_ip, "refused");
+            return;
+        }
+        uint64_t w = l->cfg->dry_run ? 0 : g.wait_ns;
+        taken[ntaken++] = (struct lb_rl_passed){ e, key, w, l };
+        if (w > wait) {
+            wait = w;
+            lb_rl_mark(note, LB_RL_MARK_DELAYED, li);
+        }
+        if (l->cfg->headers) {
+            note->limit[note->n] = (uint8_t)li;
+            note->remaining[note->n] = g.remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)g.remaining;
+            note->reset_s[note->n] = lb_rl_ceil_s(g.reset_ns);
+            note->n++;
+        }
+    }
+    for (size_t i = 0; i < ntaken; i++)
+        lb_counter_add(taken[i].wait_ns > 0 ? &taken[i].l->stats->delayed
+                                            : &taken[i].l->stats->allowed, 1);
+    if (wait > 0) {
+        d->verdict = LB_RL_DELAY;
+        d->delay_ms = (wait + 999999) / 1000000;
+        note->delay_ms = d->delay_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)d->delay_ms;
+    }
+}
+
+/* ---- what the client and the log see --------------------------------------- */
+
+size_t lb_ratelimit_fields(const struct lb_ratelimit *rl, const struct lb_rl_note *note,
+                           uint32_t retry_after_s, char *buf, size_t cap)
+{
+    size_t len = 0;
+    int n;
+#define LB_RL_PUT(...) do { \
+        n = snprintf(buf + len, cap - len, __VA_ARGS__); \
+        if (n < 0 || (size_t)n >= cap - len) \
+            return 0; \
+        len += (size_t)n; \
+    } while (0)
+    if (retry_after_s > 0)
+        LB_RL_PUT("Retry-After: %u\r\n", retry_after_s);
+    if (note->n == 0)
+        return len;
+    /* draft-ietf-httpapi-ratelimit-headers: Structured Field lists of a
+     * quoted policy name with parameters. The policy is the configured
+     * rate (q requests per w seconds); the service limit what is left now
+     * (r) and the seconds until the bucket is full again (t), or on a
+     * refusal until a request will pass. Names need no escaping: the
+     * config allows A-Z a-z 0-9 _ - . only. */
+    LB_RL_PUT("RateLimit-Policy: ");
+    for (unsigned i = 0; i < note->n; i++) {
+        const struct lb_ratelimit_cfg *c = rl->limits[note->limit[i]].cfg;
+        LB_RL_PUT("%s\"%s\";q=%llu;w=%u", i ? ", " : "", c->name, (unsigned long long)c->rate,
+                  c->per_minute ? 60 : 1);
+    }
+    LB_RL_PUT("\r\nRateLimit: ");
+    for (unsigned i = 0; i < note->n; i++)
+        LB_RL_PUT("%s\"%s\";r=%u;t=%u", i ? ", " : "", rl->limits[note->limit[i]].cfg->name,
+                  note->remaining[i], note->reset_s[i]);
+    LB_RL_PUT("\r\n");
+#undef LB_RL_PUT
+    return len;
+}
+
+void lb_ratelimit_log_mark(const struct lb_ratelimit *rl, const struct lb_rl_note *note,
+                           char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (note->mark == LB_RL_MARK_NONE || rl == NULL)
+        return;
+    const char *name = rl->limits[note->marked].cfg->name;
+    if (note->mark == LB_RL_MARK_REFUSED)
+        snprintf(buf, cap, " limited=%s", name);
+    else if (note->mark == LB_RL_MARK_DRY_RUN)
+        snprintf(buf, cap, " limited=%s:dry_run", name);
+    else
+        snprintf(buf, cap, " limited=%s:delayed=%ums", name, note->delay_ms);
+}
+
+/* ---- connections per client address --------------------------------------- */
+
+bool lb_ratelimit_conn_open(struct lb_ratelimit *rl, size_t listener, const struct sockaddr *peer,
+                            uint32_t *token)
+{
+    *token = 0;
+    unsigned max = rl->cfg->listeners[listener].max_connections_per_ip;
+    if (max == 0)
+        return true;
+    /* The address (IPv4 as mapped IPv6) and the listener: a limit per
+     * listener, kept over reloads that keep the listener's address. */
+    unsigned char buf[24] = { 0 };
+    if (peer->sa_family == AF_INET) {
+        buf[10] = buf[11] = 0xff;
+        memcpy(buf + 12, &((const struct sockaddr_in *)peer)->sin_addr, 4);
+    } else if (peer->sa_family == AF_INET6) {
+        memcpy(buf, &((const struct sockaddr_in6 *)peer)->sin6_addr, 16);
+    } else {
+        return true;
+    }
+    memcpy(buf + 16, &rl->listener_salts[listener], 8);
+    uint64_t key = lb_rl_hash(rl, buf, sizeof(buf));
+    uint64_t cap = rl->shm->conn_entries;
+    struct lb_rl_entry *e = lb_conntable_get(rl->conns, cap, key);
+    if (e == NULL)
+        return true;        /* more addresses than the window holds: untracked */
+    /* Count ours first, then read the others': two workers accepting the
+     * same address at once may both refuse, never both exceed the limit. */
+    uint64_t mine = atomic_load_explicit(&e->val, memory_order_relaxed) + 1;
+    atomic_store_explicit(&e->val, mine, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t total = mine;
+    unsigned used = atomic_load_explicit(&rl->shm->slots_used, memory_order_relaxed);
+    for (unsigned s = 0; s < used && total <= max; s++) {
+        if (s == rl->slot ||
+            atomic_load_explicit(&lb_shm_worker(rl->shm, s)->state, memory_order_relaxed) ==
+                LB_SLOT_FREE)
+            continue;
+        total += lb_conntable_count(lb_shm_conn_table(rl->shm, s), cap, key);
+    }
+    if (total <= max) {
+        *token = (uint32_t)(e - rl->conns) + 1;
+        return true;
+    }
+    atomic_store_explicit(&e->val, mine - 1, memory_order_relaxed);
+    lb_counter_add(&lb_shm_worker(rl->shm, rl->slot)->conn_limited, 1);
+    uint64_t now_ms = lb_rl_now_ns() / 1000000;
+    if (rl->conn_log_ms == 0 || now_ms - rl->conn_log_ms >= 1000) {
+        rl->conn_log_ms = now_ms;
+        char addr[INET6_ADDRSTRLEN];
+        lb_addr_format_host(peer, addr, sizeof(addr));
+        lb_log_info("listener %s: connection from %s refused: max_connections_per_ip (%u) "
+                    "reached (logged at most once a second per worker)",
+                    rl->cfg->listeners[listener].address, addr, max);
+    }
+    return false;
+}
+
+void lb_ratelimit_conn_close(struct lb_ratelimit *rl, uint32_t token)
+{
+    if (rl == NULL || token == 0)
+        return;
+    struct lb_rl_entry *e = &rl->conns[token - 1];
+    uint64_t n = atomic_load_explicit(&e->val, memory_order_relaxed);
+    if (n > 0)
+        atomic_store_explicit(&e->val, n - 1, memory_order_relaxed);
+}
