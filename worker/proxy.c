@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,8 @@ struct lb_exchange {
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
+    /* Last: between requests only its n and mark are reset (the rest is
+     * read only as far as they say). */
     struct lb_rl_note rl;               /* rate limits: response fields, log mark */
 };
 
@@ -66,6 +69,7 @@ struct lb_session {
     unsigned served;                    /* exchanges completed on this connection */
     uint32_t req_flags;
     uint32_t conn_token;                /* max_connections_per_ip count to give back */
+    uint64_t rl_ip_key;                 /* rate limits: the peer's key, once hashed (0: not yet) */
     uint8_t state;
     uint8_t req_minor;
     /* Bits: the session is what every idle client costs. */
@@ -406,8 +410,10 @@ static void lb_session_reset_request(struct lb_session *s)
     s->head_pending = s->up_reused = s->retried = s->upgrade = s->rl_passed = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->counted_failure = false;
-    if (s->x != NULL)
-        memset(s->x, 0, sizeof(*s->x));
+    if (s->x != NULL) {
+        memset(s->x, 0, offsetof(struct lb_exchange, rl));
+        s->x->rl.n = s->x->rl.mark = 0;
+    }
     s->req_flags = 0;
     lb_session_timer_stop(s);
     lb_session_deadline_off(s);
@@ -787,7 +793,8 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
             continue;
         lb_add_header(&o, h);
     }
-    lb_head_put(&o, fields, nfields);
+    if (nfields > 0)
+        lb_head_put(&o, fields, nfields);
     if (!s->keepalive)
         lb_head_str(&o, "Connection: close\r\n\r\n");
     else if (s->req_minor == 0)
@@ -1265,7 +1272,7 @@ static bool lb_session_limit(struct lb_session *s, const struct lb_route_cfg *r,
 {
     struct lb_worker *w = s->w;
     struct lb_rl_decision d;
-    lb_ratelimit_check(w->rl, r, s->client_ip, s->peer_trusted, m, &s->x->rl, &d);
+    lb_ratelimit_check(w->rl, r, s->client_ip, s->peer_trusted, &s->rl_ip_key, m, &s->x->rl, &d);
     if (s->acc != NULL && s->x->rl.mark != LB_RL_MARK_NONE)
         lb_ratelimit_log_mark(w->rl, &s->x->rl, s->acc->limited, sizeof(s->acc->limited));
     if (d.verdict == LB_RL_ADMIT)

@@ -196,7 +196,7 @@ static bool lb_rl_forwarded_client(const struct lb_config *cfg, const struct lb_
  * (key = header:NAME and no such header). */
 static bool lb_rl_request_key(struct lb_ratelimit *rl, const struct lb_rl_limit *l,
                               const struct lb_route_cfg *r, const char *client_ip, bool trusted,
-                              const struct lb_http_msg *m, uint64_t *key)
+                              uint64_t *ip_key, const struct lb_http_msg *m, uint64_t *key)
 {
     switch (l->cfg->key) {
     case LB_RL_KEY_GLOBAL:
@@ -219,9 +219,14 @@ static bool lb_rl_request_key(struct lb_ratelimit *rl, const struct lb_rl_limit 
         break;
     }
     char real[INET6_ADDRSTRLEN];
-    if (trusted && lb_rl_forwarded_client(rl->cfg, m, real, sizeof(real)))
-        client_ip = real;
-    *key = lb_rl_hash(rl, client_ip, strlen(client_ip));
+    if (trusted && lb_rl_forwarded_client(rl->cfg, m, real, sizeof(real))) {
+        *key = lb_rl_hash(rl, real, strlen(real));
+        return true;
+    }
+    /* The peer's key: the same for every request of the connection. */
+    if (*ip_key == 0)
+        *ip_key = lb_rl_hash(rl, client_ip, strlen(client_ip));
+    *key = *ip_key;
     return true;
 }
 
@@ -260,8 +265,9 @@ struct lb_rl_passed {
 };
 
 void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
-                        const char *client_ip, bool trusted, const struct lb_http_msg *m,
-                        struct lb_rl_note *note, struct lb_rl_decision *d)
+                        const char *client_ip, bool trusted, uint64_t *ip_key,
+                        const struct lb_http_msg *m, struct lb_rl_note *note,
+                        struct lb_rl_decision *d)
 {
     struct lb_rl_passed taken[LB_RL_ROUTE_MAX];
     size_t ntaken = 0;
@@ -271,7 +277,7 @@ void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
         size_t li = r->rate_limits[k];
         struct lb_rl_limit *l = &rl->limits[li];
         uint64_t key;
-        if (!lb_rl_request_key(rl, l, r, client_ip, trusted, m, &key))
+        if (!lb_rl_request_key(rl, l, r, client_ip, trusted, ip_key, m, &key))
             continue;
         enum lb_rl_taken how;
         struct lb_rl_entry *e = lb_rltable_get(l->table, l->cap, key, now, &how);

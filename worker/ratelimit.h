@@ -66,10 +66,13 @@ void lb_ratelimit_free(struct lb_ratelimit *rl);
 
 /* The verdict of route R's limits (R->nrate_limits > 0) on request M from
  * CLIENT_IP (the peer's address; with TRUSTED, X-Forwarded-For's client
- * is used instead). NOTE is filled for the response and the log. */
+ * is used instead). *IP_KEY caches the peer's hashed key over the requests
+ * of a connection (0 at first). NOTE is filled for the response and the
+ * log. */
 void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
-                        const char *client_ip, bool trusted, const struct lb_http_msg *m,
-                        struct lb_rl_note *note, struct lb_rl_decision *d);
+                        const char *client_ip, bool trusted, uint64_t *ip_key,
+                        const struct lb_http_msg *m, struct lb_rl_note *note,
+                        struct lb_rl_decision *d);
 
 /* "RateLimit-Policy: ...\r\nRateLimit: ...\r\n" for NOTE's items, and with
  * RETRY_AFTER_S (a refusal) "Retry-After: N\r\n" first. Bytes written into
