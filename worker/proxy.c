@@ -450,17 +450,41 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
         return;
     }
 
-    char body[64];
-    int blen = snprintf(body, sizeof(body), "%d %s\n", status, lb_reason(status));
+    /* Assembled by hand, not printf: under a flood, refusals are most of
+     * what a worker does, and must cost less than proxying. */
+    const char *reason = lb_reason(status);
+    size_t rlen = strlen(reason);
+    char code[3] = { (char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                     (char)('0' + status % 10) };
+    size_t blen = sizeof(code) + 1 + rlen + 1;         /* "429 Too Many Requests\n" */
+    char clen[2] = { (char)('0' + blen / 10 % 10), (char)('0' + blen % 10) };  /* < 100 */
+    char buf[256 + LB_RL_FIELDS_MAX];
+    size_t n = 0;
+#define LB_ANSWER_PUT(p, len) do { memcpy(buf + n, (p), (len)); n += (len); } while (0)
+#define LB_ANSWER_STR(lit) LB_ANSWER_PUT(lit, sizeof(lit) - 1)
+    if (extra_len > LB_RL_FIELDS_MAX)
+        extra_len = 0;
+    LB_ANSWER_STR("HTTP/1.1 ");
+    LB_ANSWER_PUT(code, sizeof(code));
+    LB_ANSWER_STR(" ");
+    LB_ANSWER_PUT(reason, rlen);
+    LB_ANSWER_STR("\r\nContent-Type: text/plain\r\nContent-Length: ");
+    LB_ANSWER_PUT(clen + (blen < 10), 2 - (blen < 10));
+    LB_ANSWER_STR("\r\n");
+    if (extra_len > 0)
+        LB_ANSWER_PUT(extra, extra_len);
+    if (!keep)
+        LB_ANSWER_STR("Connection: close\r\n");
+    LB_ANSWER_STR("\r\n");
+    LB_ANSWER_PUT(code, sizeof(code));
+    LB_ANSWER_STR(" ");
+    LB_ANSWER_PUT(reason, rlen);
+    LB_ANSWER_STR("\n");
+#undef LB_ANSWER_STR
+#undef LB_ANSWER_PUT
     struct evbuffer *out = s->client->out;
     size_t before = evbuffer_get_length(out);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\n"
-                        "Content-Type: text/plain\r\n"
-                        "Content-Length: %d\r\n"
-                        "%.*s%s\r\n%s",
-                        status, lb_reason(status), blen, (int)extra_len, extra ? extra : "",
-                        keep ? "" : "Connection: close\r\n", body);
+    evbuffer_add(out, buf, n);
     if (s->acc != NULL && s->acc->start_us == 0) {
         /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
         snprintf(s->acc->request, sizeof(s->acc->request), "-");

@@ -337,40 +337,71 @@ void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
 
 /* ---- what the client and the log see --------------------------------------- */
 
+/* Appending to a bounded buffer without printf: a refusal must cost less
+ * than the request it spares the backend, and printf alone would cost more
+ * than lbd's whole handling of a request. P is NULL once out of room. */
+static char *lb_rl_put(char *p, const char *end, const char *s, size_t n)
+{
+    if (p == NULL || (size_t)(end - p) < n)
+        return NULL;
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *lb_rl_put_str(char *p, const char *end, const char *s)
+{
+    return lb_rl_put(p, end, s, strlen(s));
+}
+
+static char *lb_rl_put_u64(char *p, const char *end, uint64_t v)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[sizeof(digits) - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    return lb_rl_put(p, end, digits + sizeof(digits) - n, n);
+}
+
 size_t lb_ratelimit_fields(const struct lb_ratelimit *rl, const struct lb_rl_note *note,
                            uint32_t retry_after_s, char *buf, size_t cap)
 {
-    size_t len = 0;
-    int n;
-#define LB_RL_PUT(...) do { \
-        n = snprintf(buf + len, cap - len, __VA_ARGS__); \
-        if (n < 0 || (size_t)n >= cap - len) \
-            return 0; \
-        len += (size_t)n; \
-    } while (0)
-    if (retry_after_s > 0)
-        LB_RL_PUT("Retry-After: %u\r\n", retry_after_s);
-    if (note->n == 0)
-        return len;
-    /* draft-ietf-httpapi-ratelimit-headers: Structured Field lists of a
-     * quoted policy name with parameters. The policy is the configured
-     * rate (q requests per w seconds); the service limit what is left now
-     * (r) and the seconds until the bucket is full again (t), or on a
-     * refusal until a request will pass. Names need no escaping: the
-     * config allows A-Z a-z 0-9 _ - . only. */
-    LB_RL_PUT("RateLimit-Policy: ");
-    for (unsigned i = 0; i < note->n; i++) {
-        const struct lb_ratelimit_cfg *c = rl->limits[note->limit[i]].cfg;
-        LB_RL_PUT("%s\"%s\";q=%llu;w=%u", i ? ", " : "", c->name, (unsigned long long)c->rate,
-                  c->per_minute ? 60 : 1);
+    char *p = buf;
+    const char *end = buf + cap;
+    if (retry_after_s > 0) {
+        p = lb_rl_put_str(p, end, "Retry-After: ");
+        p = lb_rl_put_u64(p, end, retry_after_s);
+        p = lb_rl_put(p, end, "\r\n", 2);
     }
-    LB_RL_PUT("\r\nRateLimit: ");
-    for (unsigned i = 0; i < note->n; i++)
-        LB_RL_PUT("%s\"%s\";r=%u;t=%u", i ? ", " : "", rl->limits[note->limit[i]].cfg->name,
-                  note->remaining[i], note->reset_s[i]);
-    LB_RL_PUT("\r\n");
-#undef LB_RL_PUT
-    return len;
+    if (note->n > 0) {
+        /* draft-ietf-httpapi-ratelimit-headers: Structured Field lists of
+         * a quoted policy name with parameters. The policy is the
+         * configured rate (q requests per w seconds); the service limit
+         * what is left now (r) and the seconds until the bucket is full
+         * again (t), or on a refusal until a request will pass. Names need
+         * no escaping: the config allows A-Z a-z 0-9 _ - . only. */
+        p = lb_rl_put_str(p, end, "RateLimit-Policy: ");
+        for (unsigned i = 0; i < note->n; i++) {
+            const struct lb_ratelimit_cfg *c = rl->limits[note->limit[i]].cfg;
+            p = lb_rl_put_str(p, end, i ? ", \"" : "\"");
+            p = lb_rl_put_str(p, end, c->name);
+            p = lb_rl_put_str(p, end, "\";q=");
+            p = lb_rl_put_u64(p, end, c->rate);
+            p = lb_rl_put_str(p, end, c->per_minute ? ";w=60" : ";w=1");
+        }
+        p = lb_rl_put_str(p, end, "\r\nRateLimit: ");
+        for (unsigned i = 0; i < note->n; i++) {
+            p = lb_rl_put_str(p, end, i ? ", \"" : "\"");
+            p = lb_rl_put_str(p, end, rl->limits[note->limit[i]].cfg->name);
+            p = lb_rl_put_str(p, end, "\";r=");
+            p = lb_rl_put_u64(p, end, note->remaining[i]);
+            p = lb_rl_put_str(p, end, ";t=");
+            p = lb_rl_put_u64(p, end, note->reset_s[i]);
+        }
+        p = lb_rl_put(p, end, "\r\n", 2);
+    }
+    return p == NULL ? 0 : (size_t)(p - buf);
 }
 
 void lb_ratelimit_log_mark(const struct lb_ratelimit *rl, const struct lb_rl_note *note,
