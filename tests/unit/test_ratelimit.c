@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +17,8 @@
 #include "shared/rltable.h"
 #include "shared/shm.h"
 #include "shared/siphash.h"
+#include "worker/http.h"
+#include "worker/ratelimit.h"
 #include "tests/unit/suites.h"
 
 #define MS 1000000ULL           /* ns */
@@ -525,6 +528,184 @@ START_TEST(test_shm_conn_table_released)
 }
 END_TEST
 
+/* ---- worker/ratelimit.c: the decision over a route's limits ------------------- */
+
+struct rl_fixture {
+    struct lb_shm shm;
+    struct lb_config cfg;
+    struct lb_ratelimit_cfg limits[3];
+    struct lb_route_cfg route;
+    struct lb_cidr trusted[2];
+    struct lb_ratelimit *rl;
+};
+
+static void rl_fixture_init(struct rl_fixture *f)
+{
+    memset(f, 0, sizeof(*f));
+    ck_assert_int_eq(lb_shm_create(&f->shm), 0);
+    limit_cfg(&f->limits[0], "ip", 60 * SEC, 1);            /* 1r/m, burst 1 */
+    f->limits[0].headers = true;
+    limit_cfg(&f->limits[1], "key", 60 * SEC, 0);           /* header:X-Key, 1r/m */
+    f->limits[1].key = LB_RL_KEY_HEADER;
+    snprintf(f->limits[1].header, sizeof(f->limits[1].header), "X-Key");
+    limit_cfg(&f->limits[2], "dry", 60 * SEC, 0);
+    f->limits[2].dry_run = true;
+    for (int i = 0; i < 3; i++) {
+        f->limits[i].rate = 1;
+        f->limits[i].per_minute = true;
+    }
+    f->cfg.rate_limits = f->limits;
+    f->cfg.nrate_limits = 3;
+    f->cfg.rate_limit_table_size = 1000;
+    f->cfg.routes = &f->route;
+    f->cfg.nroutes = 1;
+    ck_assert_int_eq(lb_cidr_parse("10.0.0.0/8", &f->trusted[0]), 0);
+    ck_assert_int_eq(lb_cidr_parse("2001:db8::/32", &f->trusted[1]), 0);
+    f->cfg.trusted_proxies = f->trusted;
+    f->cfg.ntrusted_proxies = 2;
+    char err[256];
+    ck_assert_int_eq(lb_shm_assign(f->shm.hdr, &f->cfg, 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(lb_shm_slot_take(f->shm.hdr, 0, 1), 0);
+    f->rl = lb_ratelimit_new(&f->cfg, f->shm.hdr, 0);
+    ck_assert_ptr_nonnull(f->rl);
+}
+
+static void rl_fixture_free(struct rl_fixture *f)
+{
+    lb_ratelimit_free(f->rl);
+    lb_shm_close(&f->shm);
+}
+
+/* One request from PEER with headers NAME: VALUE pairs (NULL-terminated). */
+static enum lb_rl_verdict rl_check(struct rl_fixture *f, const char *peer, bool trusted,
+                                   const char *const *hdrs, struct lb_rl_note *note,
+                                   struct lb_rl_decision *d)
+{
+    struct lb_http_header h[8];
+    struct lb_http_msg m = { .headers = h, .max_headers = 8 };
+    for (size_t i = 0; hdrs != NULL && hdrs[2 * i] != NULL; i++) {
+        h[i] = (struct lb_http_header){ .name = hdrs[2 * i], .value = hdrs[2 * i + 1],
+                                        .name_len = (uint32_t)strlen(hdrs[2 * i]),
+                                        .value_len = (uint32_t)strlen(hdrs[2 * i + 1]) };
+        if (strcasecmp(hdrs[2 * i], "X-Forwarded-For") == 0)
+            h[i].flags = LB_HDR_FORWARDED;      /* as the parser marks it */
+        m.nheaders++;
+    }
+    uint64_t ip_key = 0;
+    memset(note, 0, sizeof(*note));
+    lb_ratelimit_check(f->rl, &f->route, peer, trusted, &ip_key, &m, note, d);
+    return d->verdict;
+}
+
+START_TEST(test_check_limits_in_order_with_refunds)
+{
+    struct rl_fixture f;
+    rl_fixture_init(&f);
+    f.route.rate_limits[0] = 0;     /* ip (burst 1), then key (burst 0) */
+    f.route.rate_limits[1] = 1;
+    f.route.nrate_limits = 2;
+    struct lb_rl_note note;
+    struct lb_rl_decision d;
+    static const char *const k1[] = { "x-key", "one", NULL };
+    ck_assert_int_eq(rl_check(&f, "192.0.2.1", false, k1, &note, &d), LB_RL_ADMIT);
+    ck_assert_uint_eq(note.n, 1);                   /* "ip" has headers = true */
+    ck_assert_uint_eq(note.remaining[0], 1);
+    /* "key" refuses: "ip" gets its token back, so it still has one left. */
+    ck_assert_int_eq(rl_check(&f, "192.0.2.1", false, k1, &note, &d), LB_RL_REFUSE);
+    ck_assert_int_eq(d.status, 429);
+    ck_assert_uint_eq(d.retry_after_s, 60);
+    ck_assert_int_eq(note.mark, LB_RL_MARK_REFUSED);
+    ck_assert_uint_eq(note.marked, 1);
+    char buf[LB_RL_FIELDS_MAX];
+    size_t n = lb_ratelimit_fields(f.rl, &note, d.retry_after_s, buf, sizeof(buf));
+    buf[n] = '\0';
+    ck_assert_str_eq(buf, "Retry-After: 60\r\nRateLimit-Policy: \"key\";q=1;w=60\r\n"
+                          "RateLimit: \"key\";r=0;t=60\r\n");
+    /* Without the header "key" does not apply; "ip" had its token back. */
+    ck_assert_int_eq(rl_check(&f, "192.0.2.1", false, NULL, &note, &d), LB_RL_ADMIT);
+    ck_assert_uint_eq(note.remaining[0], 0);
+    ck_assert_int_eq(rl_check(&f, "192.0.2.1", false, NULL, &note, &d), LB_RL_REFUSE);
+    char mark[128];
+    lb_ratelimit_log_mark(f.rl, &note, mark, sizeof(mark));
+    ck_assert_str_eq(mark, " limited=ip");
+    struct lb_limit_totals t;
+    lb_shm_limit_sum(f.shm.hdr, f.limits[0].shm_id, &t);
+    ck_assert_uint_eq(t.allowed, 2);
+    ck_assert_uint_eq(t.limited, 1);
+    ck_assert_uint_eq(t.keys, 1);
+    lb_shm_limit_sum(f.shm.hdr, f.limits[1].shm_id, &t);
+    ck_assert_uint_eq(t.allowed, 1);
+    ck_assert_uint_eq(t.limited, 1);
+    rl_fixture_free(&f);
+}
+END_TEST
+
+START_TEST(test_check_dry_run)
+{
+    struct rl_fixture f;
+    rl_fixture_init(&f);
+    f.route.rate_limits[0] = 2;
+    f.route.nrate_limits = 1;
+    struct lb_rl_note note;
+    struct lb_rl_decision d;
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(rl_check(&f, "192.0.2.9", false, NULL, &note, &d), LB_RL_ADMIT);
+    ck_assert_int_eq(note.mark, LB_RL_MARK_DRY_RUN);
+    char mark[128];
+    lb_ratelimit_log_mark(f.rl, &note, mark, sizeof(mark));
+    ck_assert_str_eq(mark, " limited=dry:dry_run");
+    struct lb_limit_totals t;
+    lb_shm_limit_sum(f.shm.hdr, f.limits[2].shm_id, &t);
+    ck_assert_uint_eq(t.allowed, 1);
+    ck_assert_uint_eq(t.dry_run, 4);
+    ck_assert_uint_eq(t.limited, 0);
+    rl_fixture_free(&f);
+}
+END_TEST
+
+/* key = client_ip behind trusted proxies: X-Forwarded-For from the right,
+ * past trusted hops, across several headers; ports and brackets dropped;
+ * an untrusted peer's header ignored. Two requests share a bucket (the
+ * second is refused, burst 1 allowing two: so three) when their client is
+ * the same. */
+START_TEST(test_check_forwarded_client)
+{
+    static const struct {
+        const char *peer;
+        bool trusted;
+        const char *xff1, *xff2;
+        const char *same_as;        /* a plain peer with the same bucket */
+    } cases[] = {
+        { "10.0.0.1", true, "192.0.2.1", NULL, "192.0.2.1" },
+        { "10.0.0.1", true, "198.51.100.7, 10.9.9.9", NULL, "198.51.100.7" },
+        { "10.0.0.1", true, "203.0.113.5:4711 , 10.1.1.1", NULL, "203.0.113.5" },
+        { "10.0.0.1", true, "192.0.2.44", "10.2.2.2", "192.0.2.44" },          /* two headers */
+        { "10.0.0.1", true, "[2001:db9::1]:80, 2001:db8::5", NULL, "2001:db9::1" },
+        { "10.0.0.1", true, "::ffff:192.0.2.60", NULL, "192.0.2.60" },          /* canonical */
+        { "10.0.0.1", true, "unknown, 192.0.2.61", NULL, "192.0.2.61" },       /* stops at junk */
+        { "10.0.0.1", true, "10.3.3.3, 10.4.4.4", NULL, "10.3.3.3" },           /* all trusted */
+        { "10.0.0.1", true, "garbage", NULL, "10.0.0.1" },                      /* the peer */
+        { "192.0.2.99", false, "192.0.2.100", NULL, "192.0.2.99" },            /* untrusted */
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(cases); i++) {
+        struct rl_fixture f;
+        rl_fixture_init(&f);
+        f.route.rate_limits[0] = 0;
+        f.route.nrate_limits = 1;
+        const char *hdrs[] = { "X-Forwarded-For", cases[i].xff1,
+                               cases[i].xff2 ? "x-forwarded-for" : NULL, cases[i].xff2, NULL };
+        struct lb_rl_note note;
+        struct lb_rl_decision d;
+        ck_assert_int_eq(rl_check(&f, cases[i].peer, cases[i].trusted, hdrs, &note, &d),
+                         LB_RL_ADMIT);
+        ck_assert_int_eq(rl_check(&f, cases[i].same_as, false, NULL, &note, &d), LB_RL_ADMIT);
+        ck_assert_msg(rl_check(&f, cases[i].same_as, false, NULL, &note, &d) == LB_RL_REFUSE,
+                      "case %zu: the forwarded client is not %s", i, cases[i].same_as);
+        rl_fixture_free(&f);
+    }
+}
+END_TEST
+
 Suite *ratelimit_suite(void)
 {
     Suite *s = suite_create("ratelimit");
@@ -544,6 +725,12 @@ Suite *ratelimit_suite(void)
     tcase_add_test(tc, test_table_eviction);
     tcase_add_test(tc, test_table_exact_across_processes);
     tcase_add_test(tc, test_conntable);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("check");
+    tcase_add_test(tc, test_check_limits_in_order_with_refunds);
+    tcase_add_test(tc, test_check_dry_run);
+    tcase_add_test(tc, test_check_forwarded_client);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("shm");
