@@ -214,6 +214,9 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_family(out, "lbd_connections_limited_total", "counter",
               "Client connections closed at accept: max_connections_per_ip reached.");
     fprintf(out, "lbd_connections_limited_total %llu\n", (unsigned long long)all.conn_limited);
+    lb_family(out, "lbd_ratelimit_redis_errors_total", "counter",
+              "Requests a fleet rate limit judged locally: redis unreachable or slower than its timeout.");
+    fprintf(out, "lbd_ratelimit_redis_errors_total %llu\n", (unsigned long long)all.rl_redis_errors);
     lb_family(out, "lbd_timeouts_total", "counter", "Timeouts that fired, by kind.");
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],

@@ -120,11 +120,11 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     for (unsigned i = 0; i < LB_MAX_WORKERS; i++)
         restarts += atomic_load(&h->worker_restarts[i]);
     fprintf(out, "],\"totals\":{\"connections\":%llu,\"connections_limited\":%llu,"
-                 "\"requests\":%llu,"
+                 "\"ratelimit_redis_errors\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                  "\"worker_restarts\":%llu,\"timeouts\":",
             (unsigned long long)all.connections, (unsigned long long)all.conn_limited,
-            (unsigned long long)all.requests,
+            (unsigned long long)all.rl_redis_errors, (unsigned long long)all.requests,
             (unsigned long long)all.active_connections, (unsigned long long)all.bytes_in,
             (unsigned long long)all.bytes_out, (unsigned long long)restarts);
     lb_snapshot_timeouts(out, all.timeouts);

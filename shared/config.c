@@ -972,9 +972,7 @@ static int lb_cfg_rl_one(struct lb_loader *ld, const config_setting_t *g,
             return lb_cfg_fail(ld, lb_cfg_member(g, "scope"),
                                "scope = \"fleet\" needs a redis group: "
                                "redis = { address = \"127.0.0.1:6379\"; };");
-        return lb_cfg_fail(ld, lb_cfg_member(g, "scope"),
-                           "scope = \"fleet\" is not supported yet (use \"local\": "
-                           "exact over this instance's workers)");
+        rl->scope = LB_RL_SCOPE_FLEET;
     } else if (scope != NULL && strcmp(scope, "local") != 0) {
         return lb_cfg_fail(ld, lb_cfg_member(g, "scope"),
                            "unknown scope \"%s\" (local, fleet)", scope);
@@ -1042,9 +1040,14 @@ static int lb_cfg_route_limits(struct lb_loader *ld, const config_setting_t *g,
             k++;
         if (k == cfg->nrate_limits)
             return lb_cfg_fail(ld, e, "route names unknown rate limit '%s'", name);
-        for (size_t j = 0; j < r->nrate_limits; j++)
+        for (size_t j = 0; j < r->nrate_limits; j++) {
             if (r->rate_limits[j] == k)
                 return lb_cfg_fail(ld, e, "rate limit '%s' named twice on one route", name);
+            /* One round trip to redis per request at most. */
+            if (cfg->rate_limits[k].scope == LB_RL_SCOPE_FLEET &&
+                cfg->rate_limits[r->rate_limits[j]].scope == LB_RL_SCOPE_FLEET)
+                return lb_cfg_fail(ld, e, "a route may name one fleet rate limit at most");
+        }
         r->rate_limits[r->nrate_limits++] = (uint8_t)k;
     }
     return 0;

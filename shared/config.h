@@ -125,7 +125,7 @@ enum lb_rl_algorithm {
 
 enum lb_rl_scope {
     LB_RL_SCOPE_LOCAL,                  /* exact over this instance's workers */
-    LB_RL_SCOPE_FLEET,                  /* through redis: not built yet (refused) */
+    LB_RL_SCOPE_FLEET,                  /* through redis, all instances (worker/fleet.c) */
 };
 
 struct lb_ratelimit_cfg {

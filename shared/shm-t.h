@@ -103,6 +103,7 @@ struct lb_shm_worker {
     lb_counter_t bytes_out;             /* to clients */
     lb_counter_t timeouts[LB_TIMEOUT_KINDS];
     lb_counter_t conn_limited;          /* closed at accept: max_connections_per_ip */
+    lb_counter_t rl_redis_errors;       /* fleet rate limits judged locally: redis down or slow */
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {

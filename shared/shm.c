@@ -550,6 +550,7 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
 {
     out->connections += lb_counter_get(&w->connections);
     out->conn_limited += lb_counter_get(&w->conn_limited);
+    out->rl_redis_errors += lb_counter_get(&w->rl_redis_errors);
     out->active_connections += lb_counter_get(&w->active_connections);
     out->requests += lb_counter_get(&w->requests);
     out->bytes_in += lb_counter_get(&w->bytes_in);

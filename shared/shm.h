@@ -145,6 +145,7 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
 struct lb_worker_totals {
     uint64_t connections;
     uint64_t conn_limited;
+    uint64_t rl_redis_errors;
     uint64_t active_connections;
     uint64_t requests;
     uint64_t bytes_in;

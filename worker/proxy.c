@@ -29,7 +29,8 @@ enum lb_session_state {
     LB_S_PROXY,         /* forwarding a request, relaying its response */
     LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
-    LB_S_DELAYED,       /* a leaky bucket holds the request (the session timer) */
+    LB_S_DELAYED,       /* a leaky bucket holds the request (the session timer),
+                         * or a fleet limit asked redis (x->rl_pending) */
 };
 
 /* What one exchange (a request and its response) needs while it is under
@@ -49,6 +50,7 @@ struct lb_exchange {
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
+    struct lb_rl_pending *rl_pending;   /* asking redis (a fleet limit) */
     /* Last: between requests only its n and mark are reset (the rest is
      * read only as far as they say). */
     struct lb_rl_note rl;               /* rate limits: response fields, log mark */
@@ -336,6 +338,10 @@ static void lb_session_close(struct lb_session *s)
     lb_session_log(s);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
+    if (s->x != NULL && s->x->rl_pending != NULL) {
+        lb_ratelimit_cancel(s->x->rl_pending);
+        s->x->rl_pending = NULL;
+    }
     lb_session_exchange_put(s);
     if (s->deadline_timer != NULL)
         event_free(s->deadline_timer);
@@ -1289,36 +1295,63 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
 
 /* ---- rate limits -------------------------------------------------------- */
 
-/* Route R's rate limits on request M. True when they took the request
- * over: refused (answered) or held (dispatched again by the timer). */
-static bool lb_session_limit(struct lb_session *s, const struct lb_route_cfg *r,
-                             const struct lb_http_msg *m)
+/* What the limits said (D, not LB_RL_ASK). True when they took the
+ * request over: refused (answered) or held (dispatched by the timer). */
+static bool lb_session_limited(struct lb_session *s, const struct lb_rl_decision *d)
 {
     struct lb_worker *w = s->w;
-    struct lb_rl_decision d;
-    lb_ratelimit_check(w->rl, r, s->client_ip, s->peer_trusted, &s->rl_ip_key, m, &s->x->rl, &d);
     if (s->acc != NULL && s->x->rl.mark != LB_RL_MARK_NONE)
         lb_ratelimit_log_mark(w->rl, &s->x->rl, s->acc->limited, sizeof(s->acc->limited));
-    if (d.verdict == LB_RL_ADMIT)
+    if (d->verdict == LB_RL_ADMIT)
         return false;
-    if (d.verdict == LB_RL_DELAY) {
+    if (d->verdict == LB_RL_DELAY) {
         /* The head stays in the client buffer; the timer parses it again
          * and dispatches it (lb_session_delay_done). The client's further
          * bytes wait in the buffer, bounded by its read limit. */
         s->state = LB_S_DELAYED;
-        lb_session_timer_arm(s, d.delay_ms);
+        lb_session_timer_arm(s, d->delay_ms);
         if (s->timer != NULL)
             return true;
         s->state = LB_S_HEAD;   /* out of memory for a timer: no wait then */
         return false;
     }
     char fields[LB_RL_FIELDS_MAX];
-    size_t n = lb_ratelimit_fields(w->rl, &s->x->rl, d.retry_after_s, fields, sizeof(fields));
-    lb_session_answer(s, d.status, fields, n, true);
+    size_t n = lb_ratelimit_fields(w->rl, &s->x->rl, d->retry_after_s, fields, sizeof(fields));
+    lb_session_answer(s, d->status, fields, n, true);
     return true;
 }
 
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m);
+static void lb_session_delay_done(struct lb_session *s);
+
+/* Redis's verdict on a fleet limit (or this instance's, redis being down
+ * or slow): dispatched past the limits, held, or refused. */
+static void lb_session_rl_done(void *arg, const struct lb_rl_decision *d)
+{
+    struct lb_session *s = arg;
+    s->x->rl_pending = NULL;
+    if (!lb_session_limited(s, d))
+        lb_session_delay_done(s);
+}
+
+/* Route R's rate limits on request M. True when they took the request
+ * over: refused, held, or waiting for redis. */
+static bool lb_session_limit(struct lb_session *s, const struct lb_route_cfg *r,
+                             const struct lb_http_msg *m)
+{
+    struct lb_rl_request req = { .route = r, .client_ip = s->client_ip,
+                                 .trusted = s->peer_trusted, .ip_key = &s->rl_ip_key, .m = m,
+                                 .done = lb_session_rl_done, .arg = s };
+    struct lb_rl_decision d;
+    lb_ratelimit_check(s->w->rl, &req, &s->x->rl, &d, &s->x->rl_pending);
+    if (d.verdict != LB_RL_ASK)
+        return lb_session_limited(s, &d);
+    /* The head stays buffered as for a hold; no clock runs meanwhile but
+     * redis.timeout's (the client_header one must not dispatch it). */
+    s->state = LB_S_DELAYED;
+    lb_session_timer_stop(s);
+    return true;
+}
 
 /* A held request's time has come: the head, still buffered, is parsed
  * again (same bytes, same result) and dispatched past its limits. */

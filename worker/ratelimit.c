@@ -12,6 +12,7 @@
 #include "shared/rltable.h"
 #include "shared/shm.h"
 #include "shared/siphash.h"
+#include "worker/fleet.h"
 #include "worker/http.h"
 
 /* One configured limit as this worker uses it. */
@@ -33,6 +34,9 @@ struct lb_ratelimit {
     struct lb_rl_limit *limits;         /* as cfg->rate_limits */
     uint64_t *route_keys;               /* key = route: one bucket per route */
     uint64_t global_key;
+    struct lb_fleet *fleet;             /* scope = "fleet": redis; NULL when none */
+    uint64_t *route_fleet_keys;         /* the same keys as every instance hashes them */
+    uint64_t global_fleet_key;
     uint64_t *listener_salts;           /* max_connections_per_ip: per listener */
     struct lb_rl_entry *conns;          /* this worker's connection table */
     uint64_t conn_log_ms;               /* last "connection refused" line */
@@ -56,8 +60,17 @@ static uint64_t lb_rl_hash(const struct lb_ratelimit *rl, const void *data, size
     return lb_rl_key(lb_siphash(rl->hash_key, data, len));
 }
 
+/* Fleet keys must be the same on every instance: a fixed SipHash key (the
+ * redis key names them; a client aiming collisions there would need to
+ * find 64-bit ones). */
+static uint64_t lb_rl_fleet_hash(const void *data, size_t len)
+{
+    static const uint64_t k[2] = { 0x6c62642d666c6565ULL, 0x742d6b65792d3031ULL };
+    return lb_siphash(k, data, len);
+}
+
 struct lb_ratelimit *lb_ratelimit_new(const struct lb_config *cfg, struct lb_shm_header *shm,
-                                      unsigned slot)
+                                      unsigned slot, struct event_base *base)
 {
     bool conns = false;
     for (size_t i = 0; i < cfg->nlisteners; i++)
@@ -74,7 +87,9 @@ struct lb_ratelimit *lb_ratelimit_new(const struct lb_config *cfg, struct lb_shm
     rl->limits = calloc(cfg->nrate_limits + 1, sizeof(*rl->limits));
     rl->route_keys = calloc(cfg->nroutes + 1, sizeof(*rl->route_keys));
     rl->listener_salts = calloc(cfg->nlisteners + 1, sizeof(*rl->listener_salts));
-    if (rl->limits == NULL || rl->route_keys == NULL || rl->listener_salts == NULL)
+    rl->route_fleet_keys = calloc(cfg->nroutes + 1, sizeof(*rl->route_fleet_keys));
+    if (rl->limits == NULL || rl->route_keys == NULL || rl->listener_salts == NULL ||
+        rl->route_fleet_keys == NULL)
         goto oom;
     for (size_t i = 0; i < cfg->nrate_limits; i++) {
         const struct lb_ratelimit_cfg *c = &cfg->rate_limits[i];
@@ -94,8 +109,11 @@ struct lb_ratelimit *lb_ratelimit_new(const struct lb_config *cfg, struct lb_shm
         char buf[2 * LB_HOST_MAX + 2];
         int n = snprintf(buf, sizeof(buf), "%d %s %s", (int)r->host_match, r->host, r->path_prefix);
         rl->route_keys[i] = lb_rl_hash(rl, buf, n > 0 ? (size_t)n : 0);
+        rl->route_fleet_keys[i] = lb_rl_fleet_hash(buf, n > 0 ? (size_t)n : 0);
     }
     rl->global_key = lb_rl_hash(rl, "global", 6);
+    rl->global_fleet_key = lb_rl_fleet_hash("global", 6);
+    rl->fleet = lb_fleet_new(cfg, base, lb_shm_worker(shm, slot));
     for (size_t i = 0; i < cfg->nlisteners; i++)
         rl->listener_salts[i] = lb_siphash(rl->hash_key, cfg->listeners[i].address,
                                            strlen(cfg->listeners[i].address));
@@ -111,8 +129,10 @@ void lb_ratelimit_free(struct lb_ratelimit *rl)
 {
     if (rl == NULL)
         return;
+    lb_fleet_free(rl->fleet);
     free(rl->limits);
     free(rl->route_keys);
+    free(rl->route_fleet_keys);
     free(rl->listener_salts);
     free(rl);
 }
@@ -192,41 +212,56 @@ static bool lb_rl_forwarded_client(const struct lb_config *cfg, const struct lb_
     return have;
 }
 
-/* The key of request M under limit L; false when the limit does not apply
- * (key = header:NAME and no such header). */
+/* The key of request REQ under limit L in this instance's table, and with
+ * FLEET (not NULL) the key every instance gives it; false when the limit
+ * does not apply (key = header:NAME and no such header). */
 static bool lb_rl_request_key(struct lb_ratelimit *rl, const struct lb_rl_limit *l,
-                              const struct lb_route_cfg *r, const char *client_ip, bool trusted,
-                              uint64_t *ip_key, const struct lb_http_msg *m, uint64_t *key)
+                              const struct lb_rl_request *req, uint64_t *key, uint64_t *fleet)
 {
+    const char *data;
+    size_t len;
+    char real[INET6_ADDRSTRLEN];
     switch (l->cfg->key) {
     case LB_RL_KEY_GLOBAL:
         *key = rl->global_key;
+        if (fleet != NULL)
+            *fleet = rl->global_fleet_key;
         return true;
     case LB_RL_KEY_ROUTE:
-        *key = rl->route_keys[r - rl->cfg->routes];
+        *key = rl->route_keys[req->route - rl->cfg->routes];
+        if (fleet != NULL)
+            *fleet = rl->route_fleet_keys[req->route - rl->cfg->routes];
         return true;
-    case LB_RL_KEY_HEADER:
-        for (size_t i = 0; i < m->nheaders; i++) {
-            const struct lb_http_header *h = &m->headers[i];
-            if (h->name_len == l->header_len &&
-                strncasecmp(h->name, l->cfg->header, l->header_len) == 0) {
-                *key = lb_rl_hash(rl, h->value, h->value_len);
-                return true;
-            }
-        }
-        return false;
-    case LB_RL_KEY_CLIENT_IP:
+    case LB_RL_KEY_HEADER: {
+        const struct lb_http_msg *m = req->m;
+        size_t i = 0;
+        while (i < m->nheaders && !(m->headers[i].name_len == l->header_len &&
+                                    strncasecmp(m->headers[i].name, l->cfg->header,
+                                                l->header_len) == 0))
+            i++;
+        if (i == m->nheaders)
+            return false;
+        data = m->headers[i].value;
+        len = m->headers[i].value_len;
         break;
     }
-    char real[INET6_ADDRSTRLEN];
-    if (trusted && lb_rl_forwarded_client(rl->cfg, m, real, sizeof(real))) {
-        *key = lb_rl_hash(rl, real, strlen(real));
+    default:
+        if (req->trusted && lb_rl_forwarded_client(rl->cfg, req->m, real, sizeof(real))) {
+            data = real;
+            len = strlen(real);
+            break;
+        }
+        /* The peer's key: the same for every request of the connection. */
+        if (*req->ip_key == 0)
+            *req->ip_key = lb_rl_hash(rl, req->client_ip, strlen(req->client_ip));
+        *key = *req->ip_key;
+        if (fleet != NULL)
+            *fleet = lb_rl_fleet_hash(req->client_ip, strlen(req->client_ip));
         return true;
     }
-    /* The peer's key: the same for every request of the connection. */
-    if (*ip_key == 0)
-        *ip_key = lb_rl_hash(rl, client_ip, strlen(client_ip));
-    *key = *ip_key;
+    *key = lb_rl_hash(rl, data, len);
+    if (fleet != NULL)
+        *fleet = lb_rl_fleet_hash(data, len);
     return true;
 }
 
@@ -258,81 +293,190 @@ static void lb_rl_mark(struct lb_rl_note *note, enum lb_rl_mark mark, size_t lim
 
 /* A limit that let a request through, until the others have spoken. */
 struct lb_rl_passed {
-    struct lb_rl_entry *e;
+    struct lb_rl_entry *e;              /* NULL: a fleet limit (nothing to refund here) */
     uint64_t key;
     uint64_t wait_ns;
     struct lb_rl_limit *l;
 };
 
-void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
-                        const char *client_ip, bool trusted, uint64_t *ip_key,
-                        const struct lb_http_msg *m, struct lb_rl_note *note,
+/* A request's judgement so far, kept while a fleet limit asks redis. */
+struct lb_rl_state {
+    struct lb_rl_passed taken[LB_RL_ROUTE_MAX];
+    size_t ntaken;
+    uint64_t wait;                      /* the longest hold asked so far */
+    uint64_t now;
+    struct lb_rl_note *note;
+    const char *client;                 /* for log lines (the session's, which outlives us) */
+};
+
+/* A request waiting for redis's word on its fleet limit. */
+struct lb_rl_pending {
+    struct lb_ratelimit *rl;
+    struct lb_rl_state st;
+    size_t li;                          /* the fleet limit */
+    uint64_t key;                       /* its key in this instance's table */
+    struct lb_fleet_ask *ask;
+    lb_rl_done_fn done;
+    void *arg;
+};
+
+/* Limit LI's verdict G on the request. false when it refused (D says how,
+ * the limits before it got their tokens back). */
+static bool lb_rl_apply(struct lb_ratelimit *rl, struct lb_rl_state *st, size_t li,
+                        struct lb_rl_entry *e, uint64_t key, const struct lb_gcra *g,
                         struct lb_rl_decision *d)
 {
-    struct lb_rl_passed taken[LB_RL_ROUTE_MAX];
-    size_t ntaken = 0;
-    uint64_t now = lb_rl_now_ns(), wait = 0;
+    struct lb_rl_limit *l = &rl->limits[li];
+    struct lb_rl_note *note = st->note;
+    if (!g->admit && l->cfg->dry_run) {
+        lb_counter_add(&l->stats->dry_run, 1);
+        lb_rl_mark(note, LB_RL_MARK_DRY_RUN, li);
+        lb_rl_log(l, st->now, st->client, "(dry run) would refuse");
+        return true;
+    }
+    if (!g->admit) {
+        /* The limits before this one let it through: their tokens go
+         * back, as the request goes nowhere. */
+        for (size_t i = 0; i < st->ntaken; i++)
+            if (st->taken[i].e != NULL)
+                lb_rltable_refund(st->taken[i].e, st->taken[i].key,
+                                  st->taken[i].l->cfg->interval_ns);
+        lb_counter_add(&l->stats->limited, 1);
+        lb_rl_mark(note, LB_RL_MARK_REFUSED, li);
+        d->verdict = LB_RL_REFUSE;
+        d->status = l->cfg->status;
+        d->retry_after_s = lb_rl_ceil_s(g->retry_ns);
+        note->n = 1;
+        note->limit[0] = (uint8_t)li;
+        note->remaining[0] = 0;
+        note->reset_s[0] = d->retry_after_s;
+        lb_rl_log(l, st->now, st->client, "refused");
+        return false;
+    }
+    uint64_t w = l->cfg->dry_run ? 0 : g->wait_ns;
+    st->taken[st->ntaken++] = (struct lb_rl_passed){ e, key, w, l };
+    if (w > st->wait) {
+        st->wait = w;
+        lb_rl_mark(note, LB_RL_MARK_DELAYED, li);
+    }
+    if (l->cfg->headers) {
+        note->limit[note->n] = (uint8_t)li;
+        note->remaining[note->n] = g->remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)g->remaining;
+        note->reset_s[note->n] = lb_rl_ceil_s(g->reset_ns);
+        note->n++;
+    }
+    return true;
+}
+
+/* Limit LI judged by this instance's table. */
+static bool lb_rl_local(struct lb_ratelimit *rl, struct lb_rl_state *st, size_t li, uint64_t key,
+                        struct lb_rl_decision *d)
+{
+    struct lb_rl_limit *l = &rl->limits[li];
+    enum lb_rl_taken how;
+    struct lb_rl_entry *e = lb_rltable_get(l->table, l->cap, key, st->now, &how);
+    if (e == NULL)
+        return true;        /* the window was being claimed by others: let it pass */
+    if (how == LB_RL_NEW)
+        lb_counter_add(&l->stats->inserts, 1);
+    else if (how == LB_RL_EVICTED)
+        lb_counter_add(&l->stats->evictions, 1);
+    struct lb_gcra g;
+    lb_rltable_consume(e, st->now, &l->params, true, &g);
+    return lb_rl_apply(rl, st, li, e, key, &g, d);
+}
+
+/* Every limit let the request through: count them, hold it if asked. */
+static void lb_rl_finish(struct lb_rl_state *st, struct lb_rl_decision *d)
+{
+    for (size_t i = 0; i < st->ntaken; i++)
+        lb_counter_add(st->taken[i].wait_ns > 0 ? &st->taken[i].l->stats->delayed
+                                                : &st->taken[i].l->stats->allowed, 1);
+    if (st->wait > 0) {
+        d->verdict = LB_RL_DELAY;
+        d->delay_ms = (st->wait + 999999) / 1000000;
+        st->note->delay_ms = d->delay_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)d->delay_ms;
+    }
+}
+
+/* Redis's word (OK) or its silence (judged here instead). */
+static void lb_rl_fleet_done(void *arg, bool ok, const struct lb_gcra *g)
+{
+    struct lb_rl_pending *p = arg;
+    struct lb_ratelimit *rl = p->rl;
+    struct lb_rl_decision d = { .verdict = LB_RL_ADMIT };
+    p->st.now = lb_rl_now_ns();
+    bool pass = ok ? lb_rl_apply(rl, &p->st, p->li, NULL, 0, g, &d)
+                   : lb_rl_local(rl, &p->st, p->li, p->key, &d);
+    if (pass)
+        lb_rl_finish(&p->st, &d);
+    lb_rl_done_fn done = p->done;
+    void *done_arg = p->arg;
+    free(p);
+    done(done_arg, &d);
+}
+
+void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_rl_request *req,
+                        struct lb_rl_note *note, struct lb_rl_decision *d,
+                        struct lb_rl_pending **pending)
+{
+    struct lb_rl_state st;
+    st.ntaken = 0;
+    st.wait = 0;
+    st.now = lb_rl_now_ns();
+    st.note = note;
+    st.client = req->client_ip;
     *d = (struct lb_rl_decision){ .verdict = LB_RL_ADMIT };
+    *pending = NULL;
+    size_t fleet_li = SIZE_MAX;
+    uint64_t fleet_local = 0, fleet_key = 0;
+    const struct lb_route_cfg *r = req->route;
     for (size_t k = 0; k < r->nrate_limits; k++) {
         size_t li = r->rate_limits[k];
         struct lb_rl_limit *l = &rl->limits[li];
+        bool fleet = l->cfg->scope == LB_RL_SCOPE_FLEET && rl->fleet != NULL;
         uint64_t key;
-        if (!lb_rl_request_key(rl, l, r, client_ip, trusted, ip_key, m, &key))
+        if (!lb_rl_request_key(rl, l, req, &key, fleet ? &fleet_key : NULL))
             continue;
-        enum lb_rl_taken how;
-        struct lb_rl_entry *e = lb_rltable_get(l->table, l->cap, key, now, &how);
-        if (e == NULL)
-            continue;       /* the window was being claimed by others: let it pass */
-        if (how == LB_RL_NEW)
-            lb_counter_add(&l->stats->inserts, 1);
-        else if (how == LB_RL_EVICTED)
-            lb_counter_add(&l->stats->evictions, 1);
-        struct lb_gcra g;
-        lb_rltable_consume(e, now, &l->params, true, &g);
-        if (!g.admit && l->cfg->dry_run) {
-            lb_counter_add(&l->stats->dry_run, 1);
-            lb_rl_mark(note, LB_RL_MARK_DRY_RUN, li);
-            lb_rl_log(l, now, client_ip, "(dry run) would refuse");
+        if (fleet) {
+            /* One per route (config): asked last, once the local limits
+             * passed, so that nothing after it can refuse. */
+            fleet_li = li;
+            fleet_local = key;
             continue;
         }
-        if (!g.admit) {
-            /* The limits before this one let it through: their tokens
-             * go back, as the request goes nowhere. */
-            for (size_t i = 0; i < ntaken; i++)
-                lb_rltable_refund(taken[i].e, taken[i].key, taken[i].l->cfg->interval_ns);
-            lb_counter_add(&l->stats->limited, 1);
-            lb_rl_mark(note, LB_RL_MARK_REFUSED, li);
-            d->verdict = LB_RL_REFUSE;
-            d->status = l->cfg->status;
-            d->retry_after_s = lb_rl_ceil_s(g.retry_ns);
-            note->n = 1;
-            note->limit[0] = (uint8_t)li;
-            note->remaining[0] = 0;
-            note->reset_s[0] = d->retry_after_s;
-            lb_rl_log(l, now, client_ip, "refused");
+        if (!lb_rl_local(rl, &st, li, key, d))
             return;
-        }
-        uint64_t w = l->cfg->dry_run ? 0 : g.wait_ns;
-        taken[ntaken++] = (struct lb_rl_passed){ e, key, w, l };
-        if (w > wait) {
-            wait = w;
-            lb_rl_mark(note, LB_RL_MARK_DELAYED, li);
-        }
-        if (l->cfg->headers) {
-            note->limit[note->n] = (uint8_t)li;
-            note->remaining[note->n] = g.remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)g.remaining;
-            note->reset_s[note->n] = lb_rl_ceil_s(g.reset_ns);
-            note->n++;
-        }
     }
-    for (size_t i = 0; i < ntaken; i++)
-        lb_counter_add(taken[i].wait_ns > 0 ? &taken[i].l->stats->delayed
-                                            : &taken[i].l->stats->allowed, 1);
-    if (wait > 0) {
-        d->verdict = LB_RL_DELAY;
-        d->delay_ms = (wait + 999999) / 1000000;
-        note->delay_ms = d->delay_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)d->delay_ms;
+    if (fleet_li != SIZE_MAX) {
+        struct lb_rl_pending *p = malloc(sizeof(*p));
+        if (p != NULL) {
+            *p = (struct lb_rl_pending){ .rl = rl, .st = st, .li = fleet_li, .key = fleet_local,
+                                         .done = req->done, .arg = req->arg };
+            p->ask = lb_fleet_ask(rl->fleet, rl->limits[fleet_li].cfg, fleet_key,
+                                  &rl->limits[fleet_li].params, lb_rl_fleet_done, p);
+            if (p->ask != NULL) {
+                d->verdict = LB_RL_ASK;
+                *pending = p;
+                return;
+            }
+            free(p);
+        } else {
+            lb_fleet_fallback(rl->fleet, "out of memory");
+        }
+        /* Redis is down: this instance judges alone (counted, logged). */
+        if (!lb_rl_local(rl, &st, fleet_li, fleet_local, d))
+            return;
     }
+    lb_rl_finish(&st, d);
+}
+
+void lb_ratelimit_cancel(struct lb_rl_pending *p)
+{
+    if (p == NULL)
+        return;
+    lb_fleet_cancel(p->ask);
+    free(p);
 }
 
 /* ---- what the client and the log see --------------------------------------- */

@@ -19,6 +19,7 @@
 
 #include "shared/config.h"
 
+struct event_base;
 struct lb_shm_header;
 struct lb_http_msg;
 
@@ -26,6 +27,7 @@ enum lb_rl_verdict {
     LB_RL_ADMIT,
     LB_RL_DELAY,                /* admit after delay_ms (leaky bucket) */
     LB_RL_REFUSE,               /* answer status */
+    LB_RL_ASK,                  /* a fleet limit asked redis: the verdict comes later */
 };
 
 /* How the access log marks a request (the limit in note.marked). */
@@ -56,23 +58,39 @@ struct lb_rl_decision {
 };
 
 struct lb_ratelimit;
+struct lb_rl_pending;
 
-/* A worker's view of CFG's limits in segment SHM, as worker slot SLOT.
- * NULL when CFG has neither rate limits nor max_connections_per_ip (the
- * data path then never calls in), or out of memory (limits off, logged). */
+/* A fleet limit's later verdict (never LB_RL_ASK). */
+typedef void (*lb_rl_done_fn)(void *arg, const struct lb_rl_decision *d);
+
+/* A request as its limits see it. */
+struct lb_rl_request {
+    const struct lb_route_cfg *route;   /* nrate_limits > 0 */
+    const char *client_ip;              /* the peer's address */
+    bool trusted;                       /* in trusted_proxies: X-Forwarded-For names the client */
+    uint64_t *ip_key;                   /* the peer's hashed key over a connection (0 at first) */
+    const struct lb_http_msg *m;
+    lb_rl_done_fn done;                 /* for LB_RL_ASK, with ARG */
+    void *arg;
+};
+
+/* A worker's view of CFG's limits in segment SHM, as worker slot SLOT, its
+ * redis client (fleet limits) on BASE. NULL when CFG has neither rate
+ * limits nor max_connections_per_ip (the data path then never calls in),
+ * or out of memory (limits off, logged). */
 struct lb_ratelimit *lb_ratelimit_new(const struct lb_config *cfg, struct lb_shm_header *shm,
-                                      unsigned slot);
+                                      unsigned slot, struct event_base *base);
 void lb_ratelimit_free(struct lb_ratelimit *rl);
 
-/* The verdict of route R's limits (R->nrate_limits > 0) on request M from
- * CLIENT_IP (the peer's address; with TRUSTED, X-Forwarded-For's client
- * is used instead). *IP_KEY caches the peer's hashed key over the requests
- * of a connection (0 at first). NOTE is filled for the response and the
- * log. */
-void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_route_cfg *r,
-                        const char *client_ip, bool trusted, uint64_t *ip_key,
-                        const struct lb_http_msg *m, struct lb_rl_note *note,
-                        struct lb_rl_decision *d);
+/* The verdict of REQ's route's limits. NOTE is filled for the response
+ * and the log (and must live as long as an ask). LB_RL_ASK: *PENDING is
+ * the request's place in line; REQ->done(REQ->arg, verdict) comes later,
+ * unless lb_ratelimit_cancel(*PENDING) first. */
+void lb_ratelimit_check(struct lb_ratelimit *rl, const struct lb_rl_request *req,
+                        struct lb_rl_note *note, struct lb_rl_decision *d,
+                        struct lb_rl_pending **pending);
+/* The request is gone (its session closed): no verdict will come. */
+void lb_ratelimit_cancel(struct lb_rl_pending *p);
 
 /* "RateLimit-Policy: ...\r\nRateLimit: ...\r\n" for NOTE's items, and with
  * RETRY_AFTER_S (a refusal) "Retry-After: N\r\n" first. Bytes written into

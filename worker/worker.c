@@ -168,7 +168,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     }
     if (lb_conn_loop_init(w->base) < 0 || lb_upstream_init(w) < 0)
         goto out;
-    w->rl = lb_ratelimit_new(cfg, shm, slot);
+    w->rl = lb_ratelimit_new(cfg, shm, slot, w->base);
     if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
                      strerror(errno));

@@ -1,7 +1,9 @@
 """Rate limiting (README "Rate limiting"): token and leaky buckets shared
 exactly by all workers, the RateLimit fields, dry runs, connections per
 client address, a table under many keys, buckets kept over reloads and
-worker restarts, configuration errors, /metrics.
+worker restarts, configuration errors, /metrics; fleet limits shared by two
+instances through a redis-server of the test's own, and what happens when
+that redis dies or stalls.
 
 Client addresses: the whole of 127.0.0.0/8 is loopback, so each test's
 clients bind their own 127.0.0.x source address and are separate keys.
@@ -10,12 +12,15 @@ count comes from the client's own clock over the run.
 """
 import os
 import re
+import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
 
-from lbdtest import HttpConn, LbdTestCase, _cfg_value, free_port, sanitized, wait_for
+from lbdtest import (HttpConn, LbdTestCase, _cfg_value, _set_pdeathsig, free_port, sanitized,
+                     wait_for)
 from lbdextra import Metrics, admin_metrics_text, admin_status
 
 PROMTOOL = "/usr/bin/promtool"
@@ -474,3 +479,164 @@ class TestVisibility(RateLimitTestCase):
         out = r.stdout.decode(errors="replace").strip()
         self.assertEqual((r.returncode, out), (0, ""), "promtool check metrics")
         self.assertEqual(st["rate_limits"], self.lbd.snapshot()["rate_limits"])
+
+
+# ---------------------------------------------------------------------------
+# fleet limits: redis shared by several instances
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+class Redis:
+    """A redis-server of the test's own, on a loopback port, no persistence."""
+
+    def __init__(self, tc, port=None):
+        if not os.access(REDIS_SERVER, os.X_OK):
+            tc.fail("redis-server not found (make deps installs it)")
+        self.port = port or free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.log = open(os.path.join(tc.tmp, f"redis-{self.port}.log"), "ab")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tc.tmp],
+            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+            preexec_fn=_set_pdeathsig)
+        wait_for(self.ping, what=f"redis on {self.addr}")
+
+    def ping(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+class TestFleet(RateLimitTestCase):
+    def start_fleet(self, limit, n=2, workers=2):
+        self.redis = Redis(self)
+        self.addCleanup(self.redis.stop)
+        self.backend = self.start_backend("b1")
+        extra = f'redis = {{ address = "{self.redis.addr}"; timeout = "200ms"; }};'
+        lbds = []
+        for i in range(n):
+            listen = f"127.0.0.1:{free_port()}"
+            cfg = rl_config(listen, [self.backend], [limit], [("/", [limit["name"]])],
+                            workers=workers, extra=extra)
+            lbds.append(self.start_lbd(cfg, listen, workers=workers, name=f"lbd{i}.conf"))
+        # Every worker on redis (all instances log to the test's one stderr).
+        wait_for(lambda: len(re.findall(r"redis \S+ (connected|answers again)", lbds[0].log()))
+                 == n * workers, what="every worker connected to redis")
+        return lbds
+
+    def errors(self, l):
+        return l.snapshot()["totals"]["ratelimit_redis_errors"]
+
+    def test_two_instances_share_one_limit(self):
+        """Two instances of 2 workers, one fleet limit of 20r/s burst 5, one
+        address flooding both for 2 s: admitted = 20 x elapsed + 6 over
+        both (within 5 % + 3), not twice that. Fails with local limits."""
+        lbds = self.start_fleet({"name": "fl", "rate": "20r/s", "burst": 5, "scope": "fleet"})
+        statuses, span, errors = {}, [None, None], []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + 2.0
+
+        def flood(l):
+            try:
+                with HttpConn(l.listen, timeout=15, source="127.0.0.20") as c:
+                    while time.monotonic() < stop_at:
+                        t0 = time.monotonic()
+                        r = c.request("/")
+                        t1 = time.monotonic()
+                        with lock:
+                            statuses[r.status] = statuses.get(r.status, 0) + 1
+                            span[0] = t0 if span[0] is None else min(span[0], t0)
+                            span[1] = t1 if span[1] is None else max(span[1], t1)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=flood, args=(lbds[k % 2],)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(set(statuses) - {200, 429}, set(), statuses)
+        admitted = statuses.get(200, 0)
+        elapsed = span[1] - span[0]
+        expected = 20 * elapsed + 6
+        if os.environ.get("LBD_DEBUG_RATE"):
+            print(f"\n    fleet: admitted {admitted} of {sum(statuses.values())} "
+                  f"in {elapsed:.3f}s, expected {expected:.1f}")
+        self.assertLessEqual(abs(admitted - expected), 0.05 * expected + 3,
+                             f"admitted {admitted}, expected {expected:.1f}: {statuses}")
+        per = [limit_stats(l.snapshot(), "fl")["requests"]["allowed"] for l in lbds]
+        self.assertTrue(all(p > 0 for p in per), f"one instance did all: {per}")
+        self.assertEqual([self.errors(l) for l in lbds], [0, 0])
+
+    def test_redis_down_falls_back_to_local_and_back(self):
+        """1r/m, burst 2: three requests pass over both instances, the next
+        is refused; redis killed: each instance limits alone (three each),
+        no 5xx, the fallbacks counted and logged once per worker; redis back
+        on its port: shared again."""
+        lbds = self.start_fleet({"name": "fl", "rate": "1r/m", "burst": 2, "scope": "fleet"},
+                                workers=1)
+        a, b = lbds
+        src = "127.0.0.21"
+        got = [self.request_to(a, src), self.request_to(b, src), self.request_to(a, src),
+               self.request_to(b, src)]
+        self.assertEqual(got, [200, 200, 200, 429])
+        port = self.redis.port
+        since = [l.log_size() for l in lbds]
+        self.redis.stop()
+        got = [self.request_to(l, src) for l in (a, a, a, a, b, b, b, b)]
+        self.assertEqual(got, [200, 200, 200, 429, 200, 200, 200, 429])
+        for l in lbds:
+            self.assertGreaterEqual(self.errors(l), 4)
+        # Both instances write to the test's one stderr log: a line each.
+        log = a.log_since(min(since))
+        self.assertEqual(len(re.findall(r"judged by this instance alone", log)), 2, log)
+        self.redis = Redis(self, port=port)
+        self.addCleanup(self.redis.stop)
+        wait_for(lambda: a.log_since(min(since)).count("answers again: fleet") == 2, timeout=15,
+                 what="both workers back on redis")
+        # Shared again: a fresh address gets three over both, not six.
+        src = "127.0.0.22"
+        got = [self.request_to(l, src) for l in (a, b, a, b)]
+        self.assertEqual(got, [200, 200, 200, 429])
+
+    def test_redis_too_slow_falls_back(self):
+        """Redis stopped (SIGSTOP): a request waits redis.timeout (200 ms),
+        then this instance judges it; the connection is dropped so the next
+        ones do not wait; no 5xx. Redis resumed: shared again."""
+        lbds = self.start_fleet({"name": "fl", "rate": "1r/m", "burst": 2, "scope": "fleet"},
+                                n=1, workers=1)
+        (a,) = lbds
+        since = a.log_size()
+        os.kill(self.redis.proc.pid, signal.SIGSTOP)
+        try:
+            # A client that resets its connection while its request waits
+            # for redis: the ask is dropped (ASan would see a use after free).
+            c = HttpConn(a.listen, timeout=15, source="127.0.0.25")
+            c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            wait_for(lambda: a.snapshot()["totals"]["requests"] >= 1, what="the request read")
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            got = [self.request_to(a, "127.0.0.23") for _ in range(4)]
+            self.assertEqual(got, [200, 200, 200, 429])
+            a.wait_log(r"no answer within redis\.timeout", since=since)
+            self.assertGreaterEqual(self.errors(a), 4)
+        finally:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
+        wait_for(lambda: "answers again: fleet" in a.log_since(since), timeout=15,
+                 what="the worker back on redis")
+        got = [self.request_to(a, "127.0.0.24") for _ in range(4)]
+        self.assertEqual(got, [200, 200, 200, 429])
+        self.assertEqual(len(re.findall(r"judged by this instance alone", a.log_since(since))), 1)
+
+    def request_to(self, l, source):
+        with HttpConn(l.listen, timeout=15, source=source) as c:
+            return c.request("/").status

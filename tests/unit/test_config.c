@@ -921,6 +921,7 @@ START_TEST(test_rate_limits)
     ck_assert(cfg->redis);
     ck_assert_str_eq(cfg->redis_address, "127.0.0.1:6379");
     ck_assert_uint_eq(cfg->redis_timeout_ms, 20);
+    ck_assert_int_eq(rl[0].scope, LB_RL_SCOPE_LOCAL);
     ck_assert_uint_eq(cfg->listeners[0].max_connections_per_ip, 100);
     ck_assert_uint_eq(cfg->listeners[1].max_connections_per_ip, 0);
     ck_assert_uint_eq(cfg->routes[0].nrate_limits, 2);
@@ -928,6 +929,15 @@ START_TEST(test_rate_limits)
     ck_assert_uint_eq(cfg->routes[0].rate_limits[1], 1);
     ck_assert_uint_eq(cfg->routes[1].nrate_limits, 1);
     ck_assert_uint_eq(cfg->routes[1].rate_limits[0], 2);
+    lb_config_free(cfg);
+
+    /* A fleet limit needs redis, and has it here. */
+    rc = load_text("redis = { address = \"127.0.0.1:6379\"; };\n"
+                   "rate_limits = ( { name = \"f\"; rate = \"1r/s\"; scope = \"fleet\"; } );\n"
+                   RL_POOL_ROUTE("[ \"f\" ]"), &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_int_eq(cfg->rate_limits[0].scope, LB_RL_SCOPE_FLEET);
+    ck_assert_uint_eq(cfg->redis_timeout_ms, 50);
     lb_config_free(cfg);
 
     /* Defaults: none configured, 100,000 keys a table, no redis. */
@@ -990,8 +1000,11 @@ START_TEST(test_err_rate_limits)
     expect_error(RL("name = \"a\"; rate = \"1r/s\"; status = 200;"), "status", "between 400 and 599");
     expect_error(RL("name = \"a\"; rate = \"1r/s\"; scope = \"fleet\";"), "fleet",
                  "needs a redis group");
+    /* One fleet limit per route: one round trip to redis per request. */
     expect_error("redis = { address = \"127.0.0.1:6379\"; };\n"
-                 RL("name = \"a\"; rate = \"1r/s\"; scope = \"fleet\";"), "fleet", "not supported yet");
+                 "rate_limits = ( { name = \"f1\"; rate = \"1r/s\"; scope = \"fleet\"; },\n"
+                 "  { name = \"f2\"; rate = \"1r/s\"; scope = \"fleet\"; } );\n"
+                 RL_POOL_ROUTE("[ \"f1\",\n \"f2\" ]"), "\"f2\" ]", "one fleet rate limit at most");
     expect_error(RL("name = \"a\"; rate = \"1r/s\"; scope = \"world\";"), "world", "unknown scope");
     expect_error(RL("name = \"a\"; burst = 1;"), "burst = 1", "missing required key 'rate'");
     expect_error("rate_limits = (\n  { name = \"a\"; rate = \"1r/s\"; },\n"

@@ -566,7 +566,7 @@ static void rl_fixture_init(struct rl_fixture *f)
     char err[256];
     ck_assert_int_eq(lb_shm_assign(f->shm.hdr, &f->cfg, 1, err, sizeof(err)), 0);
     ck_assert_int_eq(lb_shm_slot_take(f->shm.hdr, 0, 1), 0);
-    f->rl = lb_ratelimit_new(&f->cfg, f->shm.hdr, 0);
+    f->rl = lb_ratelimit_new(&f->cfg, f->shm.hdr, 0, NULL);     /* no fleet: no loop */
     ck_assert_ptr_nonnull(f->rl);
 }
 
@@ -593,7 +593,11 @@ static enum lb_rl_verdict rl_check(struct rl_fixture *f, const char *peer, bool 
     }
     uint64_t ip_key = 0;
     memset(note, 0, sizeof(*note));
-    lb_ratelimit_check(f->rl, &f->route, peer, trusted, &ip_key, &m, note, d);
+    struct lb_rl_request req = { .route = &f->route, .client_ip = peer, .trusted = trusted,
+                                 .ip_key = &ip_key, .m = &m };
+    struct lb_rl_pending *pending;
+    lb_ratelimit_check(f->rl, &req, note, d, &pending);
+    ck_assert_ptr_null(pending);
     return d->verdict;
 }
 
