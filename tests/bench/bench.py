@@ -22,7 +22,8 @@ threads) and the backends: the ratio still compares like with like.
 keep-alive request (valgrind's callgrind): exact and repeatable where time
 on a shared 2-core VM is not, so a change to the data path can be judged on
 its own. --ratelimit adds a per-client-address rate limit too high ever to
-refuse (what every request pays for a limit it passes).
+refuse (what every request pays for a limit it passes); --ratelimit refuse
+one that refuses nearly every request (1r/s: what a refusal costs).
 """
 import argparse
 import os
@@ -56,9 +57,14 @@ SCENARIOS = [
 ]
 # lbd.conf.in's @KEEPALIVE@ for each kind of pool.
 LBD_POOLS = {"fixed": " keepalive = 256;", "default": ""}
-# lbd.conf.in's @RATELIMIT@: nothing, or a per-IP limit that never refuses.
-LBD_RATELIMIT = ('rate_limits = ( { name = "per_ip"; rate = "1000000r/s"; burst = 1000000; } );\n'
-                 'routes = ( { pool = "be"; rate_limits = [ "per_ip" ]; } );')
+# lbd.conf.in's @RATELIMIT@: nothing, or a per-IP limit that never refuses
+# ("pass") or refuses nearly everything ("refuse").
+LBD_RATELIMIT = {
+    "pass": 'rate_limits = ( { name = "per_ip"; rate = "1000000r/s"; burst = 1000000; } );\n'
+            'routes = ( { pool = "be"; rate_limits = [ "per_ip" ]; } );',
+    "refuse": 'rate_limits = ( { name = "per_ip"; rate = "1r/s"; } );\n'
+              'routes = ( { pool = "be"; rate_limits = [ "per_ip" ]; } );',
+}
 PROXIES = ["lbd", "haproxy", "nginx"]
 
 
@@ -283,16 +289,17 @@ def idle_memory(proxy, n):
     return (after - before) * 1024.0 / n
 
 
-def instructions(work, backends, duration, pool, ratelimit=False):
+def instructions(work, backends, duration, pool, ratelimit=None):
     """Instructions per keep-alive request in lbd's worker (1 worker, 64
-    connections, the POOL kind of pool, with RATELIMIT a per-IP limit that
-    never refuses), counted by callgrind after a warm-up run."""
+    connections, the POOL kind of pool, with RATELIMIT "pass" or "refuse" a
+    per-IP limit, see LBD_RATELIMIT), counted by callgrind after a warm-up
+    run."""
     port = free_port()
     conf = os.path.join(work, "lbd-callgrind.conf")
     fill("lbd.conf.in", conf, {"WORKERS": 1, "DIR": work, "LISTEN": "127.0.0.1:%d" % port,
                                "B1": backends[0], "B2": backends[1], "B3": backends[2],
                                "KEEPALIVE": LBD_POOLS[pool],
-                               "RATELIMIT": LBD_RATELIMIT if ratelimit else ""})
+                               "RATELIMIT": LBD_RATELIMIT[ratelimit] if ratelimit else ""})
     out = os.path.join(work, "callgrind.out")
     log = open(os.path.join(work, "lbd-callgrind.log"), "w")
     # Nothing is counted until the worker's instrumentation is switched on
@@ -348,8 +355,9 @@ def main():
     ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
                     help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
                          "default) or default (no keepalive key)")
-    ap.add_argument("--ratelimit", action="store_true",
-                    help="with --instructions: a per-IP rate limit that never refuses")
+    ap.add_argument("--ratelimit", nargs="?", const="pass", choices=sorted(LBD_RATELIMIT),
+                    help="with --instructions: a per-IP rate limit that never refuses (pass), "
+                         "or refuses nearly every request (refuse)")
     args = ap.parse_args()
 
     for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
@@ -382,7 +390,7 @@ def main():
             per, reqs = instructions(work, backends, args.duration, args.pool, args.ratelimit)
             print("lbd worker: %.0f instructions per keep-alive request (callgrind, %d requests%s%s)"
                   % (per, reqs, ", default pool" if args.pool == "default" else "",
-                     ", per-IP rate limit" if args.ratelimit else ""))
+                     ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else ""))
             scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
