@@ -9,6 +9,7 @@
 
 #include "master/admin.h"
 #include "master/health.h"
+#include "shared/fdbudget.h"
 #include "shared/log.h"
 
 static void lb_control_signal(evutil_socket_t sig, short what, void *arg)
@@ -52,7 +53,14 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
         lb_log_error("health checks could not start");
         goto out;
     }
-    if (admin_fd >= 0 && (admin = lb_admin_start(base, admin_fd, shm)) == NULL) {
+    /* Health probes hold one fd each at most; admin connections get what
+     * is left, never more (shared/fdbudget.h). */
+    struct lb_fdbudget_control fb;
+    lb_fdbudget_control(cfg, lb_fdbudget_limit(),
+                        lb_fdbudget_count_open(3 + lb_fdbudget_control_own(cfg)), &fb);
+    if (admin_fd >= 0)
+        admin = lb_admin_start(base, admin_fd, shm, fb.admin_max, cfg->admin_timeout_ms);
+    if (admin_fd >= 0 && admin == NULL) {
         lb_log_error("admin listener %s could not start", cfg->admin_address);
         goto out;
     }

@@ -15,20 +15,30 @@
 
 #include "shared/log.h"
 #include "shared/shm.h"
+#include "worker/http.h"
 
 /* Probe lifecycle:
  *
  *   WAIT --interval--> CONNECTING --connected--> (path? SENT : pass)
  *    ^                     |                        |
- *    +--- result recorded -+-- error/timeout -------+-- status line read
+ *    +--- result recorded -+-- error/deadline ------+-- response head read
+ *
+ * One deadline covers the whole probe (connect, request, response head):
+ * a per-read timeout would let a backend that trickles its head stay UP
+ * while real requests, bounded by backend_response, fail on it. The head
+ * must be complete and valid by lbd's own response parser, and no larger
+ * than limits.header_size, as it must be for the data path.
  */
 struct lb_probe {
     struct lb_checker *owner;
     const struct lb_pool_cfg *pool;
     const struct lb_server_cfg *server;
     struct lb_shm_backend *shared;
-    struct event *timer;
+    struct event *timer;        /* next probe */
+    struct event *deadline;     /* end of the probe in flight */
     struct bufferevent *bev;
+    size_t scanned;             /* lb_http_head_end's position */
+    bool connected;
 };
 
 struct lb_checker {
@@ -37,6 +47,9 @@ struct lb_checker {
     size_t nprobes;
     const struct lb_shm_header *shm;
     uint64_t generation;        /* of the configuration these checks are */
+    struct lb_http_limits limits;
+    struct lb_http_header *headers;     /* parser scratch, limits.max_headers */
+    struct lb_log_limit skip_log;
 };
 
 int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
@@ -50,8 +63,6 @@ int lb_health_record(struct lb_shm_backend *b, const struct lb_health_cfg *cfg,
         uint32_t ok = atomic_fetch_add(&b->check_successes, 1) + 1;
         if (health == LB_HEALTH_DOWN && ok >= cfg->rise) {
             atomic_store(&b->down_reason, LB_DOWN_NONE);
-            atomic_store(&b->fails_in_row, 0);
-            atomic_store(&b->passive_until_ms, 0);
             atomic_store(&b->last_change_ms, lb_wall_ms());
             atomic_store(&b->health, LB_HEALTH_UP);
             return 1;
@@ -83,6 +94,7 @@ static void lb_probe_done(struct lb_probe *p, const char *error)
         bufferevent_free(p->bev);
         p->bev = NULL;
     }
+    evtimer_del(p->deadline);
     if (!lb_shm_generation_current(p->owner->shm, p->owner->generation))
         return;     /* retiring: a newer configuration owns health now */
     int change = lb_health_record(p->shared, &p->pool->health, error);
@@ -95,29 +107,37 @@ static void lb_probe_done(struct lb_probe *p, const char *error)
     lb_probe_schedule(p, p->pool->health.interval_ms);
 }
 
-/* Read until the status line is complete; judge it. */
+/* Read until the response head is complete; judge it. */
 static void lb_probe_read(struct bufferevent *bev, void *arg)
 {
     struct lb_probe *p = arg;
+    const struct lb_http_limits *lim = &p->owner->limits;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
-    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)(len < 256 ? len : 256));
-    const char *eol = buf ? memchr(buf, '\n', len < 256 ? len : 256) : NULL;
-    if (eol == NULL) {
-        if (len >= 256)
-            lb_probe_done(p, "malformed status line");
+    size_t n = len < lim->max_head + 4 ? len : lim->max_head + 4;
+    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (buf == NULL) {
+        lb_probe_done(p, "out of memory");
         return;
     }
-    int status = 0;
-    if (eol - buf < 12 || memcmp(buf, "HTTP/1.", 7) != 0 || buf[8] != ' ' ||
-        sscanf(buf + 9, "%3d", &status) != 1) {
-        lb_probe_done(p, "malformed status line");
+    size_t head_len = lb_http_head_end(buf, n, &p->scanned);
+    char why[LB_ERROR_TEXT];
+    if (head_len == 0 || head_len > lim->max_head) {
+        if (len > lim->max_head) {
+            snprintf(why, sizeof(why), "response head over %zu bytes (limits.header_size)",
+                     lim->max_head);
+            lb_probe_done(p, why);
+        }
+        return;
+    }
+    struct lb_http_msg m = { .headers = p->owner->headers, .max_headers = lim->max_headers };
+    if (lb_http_parse_response(buf, head_len, &m, false, lim) < 0) {
+        lb_probe_done(p, "invalid response head");
         return;
     }
     const struct lb_health_cfg *h = &p->pool->health;
-    if (status < h->expect_lo || status > h->expect_hi) {
-        char why[64];
-        snprintf(why, sizeof(why), "status %d", status);
+    if (m.status < h->expect_lo || m.status > h->expect_hi) {
+        snprintf(why, sizeof(why), "status %d", m.status);
         lb_probe_done(p, why);
         return;
     }
@@ -133,22 +153,52 @@ static void lb_probe_event(struct bufferevent *bev, short what, void *arg)
             lb_probe_done(p, NULL);     /* TCP check: connected is healthy */
             return;
         }
+        p->connected = true;
         evbuffer_add_printf(bufferevent_get_output(bev),
                             "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbd-health\r\n"
                             "Connection: close\r\n\r\n", h->path, p->server->address);
+        /* Reading stops just past the largest head there may be. */
+        bufferevent_setwatermark(bev, EV_READ, 0, p->owner->limits.max_head + 4);
         bufferevent_enable(bev, EV_READ | EV_WRITE);
         return;
     }
     char why[LB_ERROR_TEXT];
-    if (what & BEV_EVENT_TIMEOUT) {
-        snprintf(why, sizeof(why), "timeout");
-    } else if (what & BEV_EVENT_EOF) {
-        snprintf(why, sizeof(why), "connection closed without a status line");
+    if (what & BEV_EVENT_EOF) {
+        snprintf(why, sizeof(why), "connection closed before the response head ended");
     } else {
         int err = EVUTIL_SOCKET_ERROR();
         snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(err));
     }
     lb_probe_done(p, why);
+}
+
+static void lb_probe_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_probe *p = arg;
+    char why[LB_ERROR_TEXT];
+    uint64_t ms = p->pool->health.timeout_ms;
+    if (!p->connected)
+        snprintf(why, sizeof(why), "timeout: not connected after %llu ms",
+                 (unsigned long long)ms);
+    else
+        snprintf(why, sizeof(why), "timeout: no complete response head after %llu ms (%zu bytes)",
+                 (unsigned long long)ms, evbuffer_get_length(bufferevent_get_input(p->bev)));
+    lb_probe_done(p, why);
+}
+
+/* The check could not even start for a reason of our own (no fd, no
+ * memory): that says nothing about the server, so no verdict is recorded;
+ * the probe tries again after its interval. */
+static void lb_probe_skip(struct lb_probe *p, const char *what, int err)
+{
+    uint64_t n;
+    if (lb_log_limit_hit(&p->owner->skip_log, lb_now_ms(), &n))
+        lb_log_error("health check of %s skipped: %s failed (%d: %s) (%llu check(s) skipped "
+                     "since the last such line)", p->server->address, what, err, strerror(err),
+                     (unsigned long long)n);
+    lb_probe_schedule(p, p->pool->health.interval_ms);
 }
 
 static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
@@ -158,19 +208,25 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
     struct lb_probe *p = arg;
     struct event_base *base = p->owner->base;
     const struct sockaddr *sa = (const struct sockaddr *)&p->server->addr.ss;
+    p->scanned = 0;
+    p->connected = false;
     int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (s < 0) {
-        lb_probe_done(p, "socket() failed");
+        int err = errno;
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+            lb_probe_skip(p, "socket()", err);
+        else
+            lb_probe_done(p, "socket() failed");
         return;
     }
     p->bev = bufferevent_socket_new(base, s, BEV_OPT_CLOSE_ON_FREE);
     if (p->bev == NULL) {
         close(s);
-        lb_probe_done(p, "out of memory");
+        lb_probe_skip(p, "bufferevent_socket_new()", ENOMEM);
         return;
     }
     struct timeval tv = lb_ms_timeval(p->pool->health.timeout_ms);
-    bufferevent_set_timeouts(p->bev, &tv, &tv);
+    evtimer_add(p->deadline, &tv);
     bufferevent_setcb(p->bev, lb_probe_read, NULL, lb_probe_event, p);
     if (bufferevent_socket_connect(p->bev, sa, (int)p->server->addr.len) < 0) {
         int err = EVUTIL_SOCKET_ERROR();
@@ -187,12 +243,23 @@ struct lb_checker *lb_health_start(struct event_base *base, const struct lb_conf
     h->base = base;
     h->shm = shm;
     h->generation = atomic_load(&shm->generation);     /* set before the fork */
+    h->limits = (struct lb_http_limits){
+        .max_request_line = cfg->limits.request_line,
+        .max_head = cfg->limits.header_size,
+        .max_headers = cfg->limits.headers,
+    };
+    h->headers = calloc(cfg->limits.headers ? cfg->limits.headers : 1, sizeof(*h->headers));
+    if (h->headers == NULL) {
+        free(h);
+        return NULL;
+    }
     size_t n = 0;
     for (size_t i = 0; i < cfg->npools; i++)
         if (cfg->pools[i].health.enabled)
             n += cfg->pools[i].nservers;
     h->probes = calloc(n ? n : 1, sizeof(*h->probes));
     if (h->probes == NULL) {
+        free(h->headers);
         free(h);
         return NULL;
     }
@@ -207,11 +274,12 @@ struct lb_checker *lb_health_start(struct event_base *base, const struct lb_conf
             p->server = &pool->servers[j];
             p->shared = lb_shm_backend(shm, pool->servers[j].shm_id);
             p->timer = evtimer_new(base, lb_probe_start, p);
-            if (p->timer == NULL) {
+            p->deadline = evtimer_new(base, lb_probe_deadline, p);
+            h->nprobes++;
+            if (p->timer == NULL || p->deadline == NULL) {
                 lb_health_stop(h);
                 return NULL;
             }
-            h->nprobes++;
             /* Spread the first probes over the interval: no thundering herd. */
             lb_probe_schedule(p, pool->health.interval_ms * j / pool->nservers);
         }
@@ -226,8 +294,12 @@ void lb_health_stop(struct lb_checker *h)
     for (size_t i = 0; i < h->nprobes; i++) {
         if (h->probes[i].bev != NULL)
             bufferevent_free(h->probes[i].bev);
-        event_free(h->probes[i].timer);
+        if (h->probes[i].timer != NULL)
+            event_free(h->probes[i].timer);
+        if (h->probes[i].deadline != NULL)
+            event_free(h->probes[i].deadline);
     }
     free(h->probes);
+    free(h->headers);
     free(h);
 }

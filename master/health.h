@@ -4,8 +4,9 @@
  * on its next pick.
  *
  * A probe: TCP connect (the check when the pool's health_check has no
- * path), then "GET path HTTP/1.1" with Connection: close and the status
- * compared with expect_status; all within timeout.
+ * path), then "GET path HTTP/1.1" with Connection: close; its response head
+ * must be whole, valid for lbd's response parser and within
+ * limits.header_size, and its status in expect_status; all within timeout.
  */
 #ifndef LB_HEALTH_H
 #define LB_HEALTH_H

@@ -161,7 +161,9 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
                      errno == EADDRINUSE ? " (another process listens there)" : "");
             goto fail;
         }
-        for (unsigned k = prev ? prev->nfds : 0; k < n; k++) {
+        for (unsigned k = 0; k < n; k++) {
+            if (prev != NULL && k < prev->nfds && prev->fds[k] >= 0)
+                continue;   /* taken over in phase 2 (a parked one is opened) */
             g->fds[k] = lb_listen_socket(l);
             if (g->fds[k] < 0) {
                 snprintf(err, errlen, "cannot listen on %s: %s", l->address, strerror(errno));
@@ -177,6 +179,8 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
         if (prev == NULL)
             continue;
         for (unsigned k = 0; k < prev->nfds && k < n; k++) {
+            if (prev->fds[k] < 0)
+                continue;
             g->fds[k] = prev->fds[k];
             prev->fds[k] = -1;
             lb_listen_tune(g->fds[k], &cfg->listeners[i]);
@@ -206,6 +210,49 @@ void lb_listen_close(struct lb_listen_set *set)
     free(set->groups);
     set->groups = NULL;
     set->ngroups = 0;
+}
+
+void lb_listen_park(struct lb_listen_set *set, unsigned id)
+{
+    unsigned closed = 0;
+    for (size_t i = 0; i < set->ngroups; i++) {
+        struct lb_listen_group *g = &set->groups[i];
+        if (id >= g->nfds || g->fds[id] < 0)
+            continue;
+        unsigned open = 0;
+        for (unsigned k = 0; k < g->nfds; k++)
+            open += g->fds[k] >= 0;
+        if (open < 2)
+            continue;       /* the port's last socket: connections wait in it */
+        close(g->fds[id]);
+        g->fds[id] = -1;
+        closed++;
+    }
+    if (closed == 0)
+        return;
+    if (lb_listen_migrate_state() == 1)
+        lb_log_info("worker %u: its listening sockets leave their groups until it is respawned "
+                    "(connections go to the other workers, those queued too)", id);
+    else
+        lb_log_warn("worker %u: its listening sockets leave their groups until it is respawned; "
+                    "connections queued on them are reset (net.ipv4.tcp_migrate_req is off)", id);
+}
+
+int lb_listen_unpark(struct lb_listen_set *set, const struct lb_config *cfg, unsigned id)
+{
+    for (size_t i = 0; i < set->ngroups; i++) {
+        struct lb_listen_group *g = &set->groups[i];
+        if (id >= g->nfds || g->fds[id] >= 0)
+            continue;
+        /* Joins the group the others keep (same address, same user). */
+        g->fds[id] = lb_listen_socket(&cfg->listeners[i]);
+        if (g->fds[id] < 0) {
+            lb_log_error("worker %u: cannot listen on %s again (%d: %s)", id, g->address, errno,
+                         strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
 }
 
 void lb_listen_fds_for(const struct lb_listen_set *set, unsigned id, int *fds)

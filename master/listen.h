@@ -1,7 +1,8 @@
 /* Listen sockets: one SO_REUSEPORT socket per (listener, worker) pair, all
  * owned by the master, so a worker's exit never closes a socket and
- * connections queued on it wait for its successor. Only a reload to fewer
- * workers closes sockets (lb_listen_migrate). */
+ * connections queued on it wait for its successor. A reload to fewer
+ * workers closes sockets (lb_listen_migrate), and so does a worker's respawn
+ * backoff for as long as it lasts (lb_listen_park). */
 #ifndef LB_LISTEN_H
 #define LB_LISTEN_H
 
@@ -12,7 +13,7 @@
 struct lb_listen_group {
     struct lb_addr addr;
     char address[LB_ADDR_STR_MAX];
-    int *fds;                   /* one per worker number */
+    int *fds;                   /* one per worker number; -1: parked */
     unsigned nfds;
 };
 
@@ -35,6 +36,16 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
 void lb_listen_migrate(const struct lb_config *cfg);
 /* Close every socket of SET. */
 void lb_listen_close(struct lb_listen_set *set);
+/* Worker ID waits out a respawn backoff: close its sockets, so that the
+ * kernel hands new connections to the other sockets of each group instead
+ * of queueing them where nobody accepts (its queue moves with
+ * tcp_migrate_req, as on a reload). A group's last open socket is kept:
+ * with no other worker, waiting in its queue is the best there is. */
+void lb_listen_park(struct lb_listen_set *set, unsigned id);
+/* Open worker ID's parked sockets again (from CFG, the configuration SET
+ * was opened for): they join the groups the other sockets hold. 0, or -1
+ * (logged) when one cannot be opened. */
+int lb_listen_unpark(struct lb_listen_set *set, const struct lb_config *cfg, unsigned id);
 /* Fill FDS (cfg->nlisteners entries) with worker ID's sockets. */
 void lb_listen_fds_for(const struct lb_listen_set *set, unsigned id, int *fds);
 

@@ -16,6 +16,7 @@
 #include "master/listen.h"
 #include "master/proctitle.h"
 #include "shared/config.h"
+#include "shared/fdbudget.h"
 #include "shared/instance.h"
 #include "shared/log.h"
 #include "shared/shm.h"
@@ -45,6 +46,7 @@ struct lb_master {
     struct lb_child children[LB_SHM_MAX_SLOTS];     /* indexed by shm slot */
     unsigned crashes[LB_MAX_WORKERS];               /* consecutive fast deaths */
     uint64_t respawn_at[LB_MAX_WORKERS];            /* 0: none pending */
+    bool backoff[LB_MAX_WORKERS];   /* no worker for a while: its sockets are parked */
     int instance_fd;
     int admin_fd;                   /* admin listener, -1 if none */
     struct lb_addr admin_addr;
@@ -54,6 +56,8 @@ struct lb_master {
     unsigned control_crashes;
     uint64_t control_respawn_at;    /* 0: none pending */
     const char *pid_file;
+    unsigned fd_inherited;          /* fds open when lbd started (stdio and strays) */
+    unsigned fd_before;             /* the soft fd limit lbd was started with */
     bool stopping;
     uint64_t stop_deadline_ms;
 };
@@ -124,9 +128,13 @@ static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone
     }
 }
 
+static void lb_master_park_waiting(struct lb_master *m);
+
 static int lb_master_spawn(struct lb_master *m, unsigned id)
 {
     struct lb_shm_header *h = m->shm.hdr;
+    if (lb_listen_unpark(&m->listen, m->cfg, id) < 0)
+        return -1;
     int slot = lb_shm_slot_take(h, id, m->generation);
     if (slot < 0) {
         lb_log_error("no free worker slot in shared memory for worker %u", id);
@@ -154,7 +162,7 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         lb_listen_fds_for(&m->listen, id, fds);
         for (size_t g = 0; g < m->listen.ngroups; g++)
             for (unsigned k = 0; k < m->listen.groups[g].nfds; k++)
-                if (k != id)
+                if (k != id && m->listen.groups[g].fds[k] >= 0)
                     close(m->listen.groups[g].fds[k]);
         close(m->shm.fd);
         if (m->admin_fd >= 0)
@@ -169,7 +177,33 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
     atomic_store(&lb_shm_worker(h, (unsigned)slot)->pid, (int32_t)pid);
     lb_log_info("worker %u started (pid %d, generation %llu)", id, (int)pid,
                 (unsigned long long)m->generation);
+    m->backoff[id] = false;
+    lb_master_park_waiting(m);      /* one kept as the port's last may go now */
     return 0;
+}
+
+/* Whether a worker of the current generation, other than ID, runs. */
+static bool lb_master_other_serves(const struct lb_master *m, unsigned id)
+{
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+        const struct lb_child *c = &m->children[s];
+        if (c->pid != 0 && c->generation == m->generation && c->kill_at_ms == 0 && c->id != id)
+            return true;
+    }
+    return false;
+}
+
+/* The sockets of a worker waiting out a respawn backoff leave their
+ * SO_REUSEPORT groups: otherwise the kernel's hash keeps sending it a
+ * share of the new connections, to wait for seconds in a queue nobody
+ * accepts from. With no other worker running they stay (nobody else to
+ * send them to); lb_master_spawn calls this again once one runs, and opens
+ * a worker's own sockets again before it starts. */
+static void lb_master_park_waiting(struct lb_master *m)
+{
+    for (unsigned id = 0; id < m->cfg->workers && id < LB_MAX_WORKERS; id++)
+        if (m->backoff[id] && lb_master_other_serves(m, id))
+            lb_listen_park(&m->listen, id);
 }
 
 /* Listening socket for the admin address (no SO_REUSEPORT: exactly one). */
@@ -323,9 +357,12 @@ static void lb_master_reap(struct lb_master *m)
         uint64_t delay = lb_master_backoff(m->crashes[c.id]);
         lb_log_error("worker %u (pid %d) %s; respawning in %llu ms", c.id, (int)pid, how,
                      (unsigned long long)delay);
-        if (c.generation == m->generation && c.id < m->cfg->workers)
+        if (c.generation == m->generation && c.id < m->cfg->workers) {
             m->respawn_at[c.id] = now + delay + (delay == 0);
+            m->backoff[c.id] = delay > 0;
+        }
     }
+    lb_master_park_waiting(m);
     lb_master_reclaim(m);
 }
 
@@ -341,8 +378,11 @@ static void lb_master_respawn_due(struct lb_master *m)
         if (m->respawn_at[id] == 0 || m->respawn_at[id] > now)
             continue;
         m->respawn_at[id] = 0;
-        if (!m->stopping && lb_master_spawn(m, id) < 0)
+        if (!m->stopping && lb_master_spawn(m, id) < 0) {
             m->respawn_at[id] = now + LB_RESPAWN_MAX_MS;
+            m->backoff[id] = true;
+            lb_master_park_waiting(m);
+        }
     }
 }
 
@@ -401,6 +441,46 @@ static int lb_master_open_log(const struct lb_config *cfg)
 }
 
 
+/* Raise the fd limit (soft to hard) and say what it allows per process
+ * of CFG. Workers and the control process compute the same from the fds
+ * they really hold (shared/fdbudget.h). */
+static void lb_master_fd_budget(struct lb_master *m, const struct lb_config *cfg)
+{
+    unsigned before = m->fd_before, now = 0, limit = 0;
+    if (lb_fdbudget_raise(&now, &limit) < 0)
+        lb_log_warn("raising the fd limit from %u failed (%d: %s)", now, errno,
+                    strerror(errno));
+    limit = lb_fdbudget_limit();
+    m->fd_before = limit;       /* a reload says "raised" only if it raised it */
+    atomic_store(&m->shm.hdr->fd_limit, limit);
+    struct lb_fdbudget wb;
+    lb_fdbudget_worker(cfg, limit, m->fd_inherited + lb_fdbudget_worker_own(cfg), &wb);
+    if (wb.lowered)
+        lb_log_warn("max_connections %u does not fit in the fd limit %u: %u per worker",
+                    cfg->max_connections, limit, wb.max_connections);
+    if (wb.starved)
+        lb_log_warn("the fd limit %u leaves no room for connections: raise it "
+                    "(ulimit -n, LimitNOFILE=)", limit);
+    char raised[48] = "";
+    if (before != limit)
+        snprintf(raised, sizeof(raised), " (raised from %u)", before);
+    char admin[128] = "";
+    if (cfg->admin) {
+        struct lb_fdbudget_control cb;
+        lb_fdbudget_control(cfg, limit, m->fd_inherited + lb_fdbudget_control_own(cfg), &cb);
+        if (cb.lowered)
+            lb_log_warn("admin.max_connections %u does not fit in the fd limit %u with %u "
+                        "health checks: %u", cfg->admin_max_connections, limit, cb.health,
+                        cb.admin_max);
+        snprintf(admin, sizeof(admin), "; control: %u admin connections, %u fds for health checks",
+                 cb.admin_max, cb.health);
+    }
+    lb_log_info("fd limit %u%s; per worker: %u client connections (max_connections), "
+                "a backend connection for each, idle backend connections in what they "
+                "leave (at most %u), %u fds held or spare%s", limit, raised,
+                wb.max_connections, wb.idle_max, wb.held + LB_FD_SLACK, admin);
+}
+
 static void lb_master_reload(struct lb_master *m)
 {
     char err[512];
@@ -445,6 +525,7 @@ static void lb_master_reload(struct lb_master *m)
     atomic_store(&m->shm.hdr->generation, gen);
     atomic_store(&m->shm.hdr->workers, cfg->workers);
     lb_master_open_log(cfg);
+    lb_master_fd_budget(m, cfg);
 
     /* Before any fork: a new worker closes m->admin_fd, which must be the
      * new admin socket, not keep it open (and listening) for its life. */
@@ -457,13 +538,18 @@ static void lb_master_reload(struct lb_master *m)
 
     /* New workers first, then the old ones drain: the sockets are never
      * without a worker that accepts. */
-    for (unsigned id = 0; id < LB_MAX_WORKERS; id++)
+    for (unsigned id = 0; id < LB_MAX_WORKERS; id++) {
         m->respawn_at[id] = 0;
+        m->backoff[id] = false;
+    }
     for (unsigned id = 0; id < cfg->workers; id++) {
         m->crashes[id] = 0;
-        if (lb_master_spawn(m, id) < 0)
+        if (lb_master_spawn(m, id) < 0) {
             m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
+            m->backoff[id] = true;
+        }
     }
+    lb_master_park_waiting(m);
     lb_master_drain_old(m, LB_MAX_WORKERS, true);  /* numbers that are gone */
 
     /* The control process restarts with the new configuration; its state
@@ -611,6 +697,7 @@ static int lb_master_start(struct lb_master *m)
     }
     if (lb_master_open_log(m->cfg) < 0)
         return -1;
+    lb_master_fd_budget(m, m->cfg);
     lb_listen_migrate(m->cfg);      /* its log line goes to error_log */
     if (m->opt->daemonize && m->cfg->error_log == NULL)
         lb_log_warn("running in the background without error_log: log lines are discarded");
@@ -643,6 +730,13 @@ int lb_master_run(const struct lb_master_options *opt)
     m->admin_fd = -1;
     m->shm.fd = -1;
     lb_log_set_role("master");
+    /* Before lbd opens anything: what every process it forks inherits. */
+    m->fd_inherited = lb_fdbudget_count_open(3);
+    /* Raised at once (sockets opened at start count too); logged once the
+     * log is open. */
+    unsigned after;
+    if (lb_fdbudget_raise(&m->fd_before, &after) < 0)
+        m->fd_before = lb_fdbudget_limit();
 
     sigset_t wait_mask;
     if (lb_master_setup_signals(&wait_mask) < 0) {

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "master/snapshot.h"
 #include "shared/version.h"
 
 static const char *const lb_codes[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
@@ -148,10 +149,23 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "lbd_backend_active_requests{" LB_LABELS "} %lld\n", v[i].b->pool,
                 v[i].b->address, (long long)(a > 0 ? a : 0));
     }
-    lb_family(out, "lbd_backend_up", "gauge", "1 if the server takes requests (healthy, not draining).");
+    lb_family(out, "lbd_backend_up", "gauge", "1 if the server is healthy (active checks) and not draining; its breaker: lbd_backend_breaker_state.");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_up{" LB_LABELS "} %d\n", v[i].b->pool, v[i].b->address,
                 atomic_load(&v[i].b->health) == LB_HEALTH_UP && !atomic_load(&v[i].b->drain));
+    lb_family(out, "lbd_backend_breaker_state", "gauge",
+              "Circuit breaker of a server: 0 closed, 1 open, 2 half-open.");
+    uint64_t now_ms = lb_now_ms();
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_backend_breaker_state{" LB_LABELS "} %d\n", v[i].b->pool,
+                v[i].b->address, (int)lb_shm_breaker_shown(v[i].b, now_ms));
+    lb_family(out, "lbd_backend_breaker_transitions_total", "counter",
+              "Circuit breaker transitions of a server, by the state entered.");
+    for (size_t i = 0; i < n; i++)
+        for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
+            fprintf(out, "lbd_backend_breaker_transitions_total{" LB_LABELS ",to=\"%s\"} %llu\n",
+                    v[i].b->pool, v[i].b->address, lb_breaker_state_names[k],
+                    (unsigned long long)atomic_load(&v[i].b->breaker_transitions[k]));
     lb_family(out, "lbd_backend_weight", "gauge", "Current weight of a server.");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, v[i].b->address,
@@ -192,6 +206,34 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     }
     free(v);
 
+    lb_family(out, "lbd_pool_breaker_refused_total", "counter",
+              "Requests a pool answered 503 at once: every usable server's circuit breaker was open.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_pool_breaker_refused_total{pool=\"%s\"} %llu\n", pool->name,
+                    (unsigned long long)atomic_load(&pool->breaker_refused));
+    }
+
+    lb_family(out, "lbd_retries_total", "counter",
+              "Requests sent again after a failed try, by pool and reason.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) != LB_ENTRY_ACTIVE)
+            continue;
+        for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
+            fprintf(out, "lbd_retries_total{pool=\"%s\",reason=\"%s\"} %llu\n", pool->name,
+                    lb_retry_reason_names[k], (unsigned long long)atomic_load(&pool->retries[k]));
+    }
+    lb_family(out, "lbd_retry_budget_exhausted_total", "counter",
+              "Retries not made because the pool's retry budget was spent.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_retry_budget_exhausted_total{pool=\"%s\"} %llu\n", pool->name,
+                    (unsigned long long)atomic_load(&pool->retry_budget_exhausted));
+    }
+
     /* Client side, summed over every worker slot ever used. */
     struct lb_worker_totals all = { 0 };
     unsigned used = atomic_load(&h->slots_used);
@@ -211,6 +253,9 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     fprintf(out, "lbd_received_bytes_total %llu\n", (unsigned long long)all.bytes_in);
     lb_family(out, "lbd_sent_bytes_total", "counter", "Bytes sent to clients.");
     fprintf(out, "lbd_sent_bytes_total %llu\n", (unsigned long long)all.bytes_out);
+    lb_family(out, "lbd_client_aborts_total", "counter",
+              "Clients gone before their answer began (logged as 499).");
+    fprintf(out, "lbd_client_aborts_total %llu\n", (unsigned long long)all.client_aborts);
     lb_family(out, "lbd_connections_limited_total", "counter",
               "Client connections closed at accept: max_connections_per_ip reached.");
     fprintf(out, "lbd_connections_limited_total %llu\n", (unsigned long long)all.conn_limited);
@@ -221,6 +266,32 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],
                 (unsigned long long)all.timeouts[k]);
+
+    static const char *const reasons[LB_PAUSE_REASONS] = { "cap", "fd" };
+    lb_family(out, "lbd_accept_pauses_total", "counter",
+              "Times a worker stopped accepting: max_connections reached (cap), "
+              "accept() failed (fd).");
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        fprintf(out, "lbd_accept_pauses_total{reason=\"%s\"} %llu\n", reasons[r],
+                (unsigned long long)all.accept_pauses[r]);
+    lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
+    fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
+    lb_family(out, "lbd_admin_connections", "gauge", "Admin connections open now.");
+    fprintf(out, "lbd_admin_connections %llu\n",
+            (unsigned long long)atomic_load(&h->admin_connections));
+    lb_family(out, "lbd_admin_max_connections", "gauge",
+              "Admin connections open at once at most (admin.max_connections, fd budget).");
+    fprintf(out, "lbd_admin_max_connections %llu\n",
+            (unsigned long long)atomic_load(&h->admin_max_connections));
+    lb_family(out, "lbd_admin_accept_pauses_total", "counter",
+              "Times the admin listener stopped accepting, by reason (cap, fd).");
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        fprintf(out, "lbd_admin_accept_pauses_total{reason=\"%s\"} %llu\n", reasons[r],
+                (unsigned long long)atomic_load(&h->admin_accept_pauses[r]));
+    lb_family(out, "lbd_admin_timeouts_total", "counter",
+              "Admin connections cut at admin.timeout (request head or answer).");
+    fprintf(out, "lbd_admin_timeouts_total %llu\n",
+            (unsigned long long)atomic_load(&h->admin_timeouts));
 
     lb_family(out, "lbd_worker_restarts_total", "counter", "Unexpected worker deaths (each respawned).");
     unsigned nworkers = atomic_load(&h->workers);
@@ -233,5 +304,8 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_metrics_live_workers(out, h, "lbd_worker_active_connections", "gauge",
                             "Client connections open per live worker.",
                             offsetof(struct lb_shm_worker, active_connections));
+    lb_metrics_live_workers(out, h, "lbd_worker_max_connections", "gauge",
+                            "Client connections a live worker holds at most (max_connections).",
+                            offsetof(struct lb_shm_worker, max_connections));
     lb_metrics_limits(h, out);
 }

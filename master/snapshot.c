@@ -7,6 +7,10 @@
 
 #include "shared/instance.h"
 
+const char *const lb_breaker_state_names[LB_BREAKER_STATES] = { "closed", "open", "half_open" };
+const char *const lb_retry_reason_names[LB_RETRY_REASONS] = { "connect", "reset", "timeout",
+                                                               "502", "503", "504", "5xx" };
+
 static const char *const lb_class_names[LB_STATUS_CLASSES] = { "1xx", "2xx", "3xx", "4xx", "5xx" };
 
 static void lb_snapshot_classes(FILE *out, const uint64_t *c)
@@ -28,6 +32,12 @@ static void lb_snapshot_timeouts(FILE *out, const uint64_t *c)
     for (unsigned i = 0; i < LB_TIMEOUT_KINDS; i++)
         fprintf(out, "%s\"%s\":%llu", i ? "," : "", lb_timeout_names[i], (unsigned long long)c[i]);
     fputc('}', out);
+}
+
+static void lb_snapshot_pauses(FILE *out, const uint64_t *c)
+{
+    fprintf(out, "{\"cap\":%llu,\"fd\":%llu}", (unsigned long long)c[LB_PAUSE_CAP],
+            (unsigned long long)c[LB_PAUSE_FD]);
 }
 
 static void lb_json_string(FILE *out, const char *s, size_t max)
@@ -102,17 +112,21 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "%s{\"id\":%u,\"slot\":%u,\"pid\":%d,\"state\":\"%s\",\"generation\":%u,"
                      "\"restarts\":%llu,\"connections\":%llu,\"active_connections\":%llu,"
                      "\"connections_limited\":%llu,"
-                     "\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
+                     "\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
+                     "\"client_aborts\":%llu,\"responses\":",
                 first ? "" : ",", id, s, (int)atomic_load(&w->pid), lb_slot_state_name(st),
                 atomic_load(&w->generation),
                 (unsigned long long)(id < LB_MAX_WORKERS ? atomic_load(&h->worker_restarts[id]) : 0),
                 (unsigned long long)one.connections, (unsigned long long)one.active_connections,
                 (unsigned long long)one.conn_limited,
                 (unsigned long long)one.requests, (unsigned long long)one.bytes_in,
-                (unsigned long long)one.bytes_out);
+                (unsigned long long)one.bytes_out, (unsigned long long)one.client_aborts);
         lb_snapshot_classes(out, one.responses);
         fputs(",\"timeouts\":", out);
         lb_snapshot_timeouts(out, one.timeouts);
+        fprintf(out, ",\"max_connections\":%llu,\"accept_pauses\":",
+                (unsigned long long)lb_counter_get(&w->max_connections));
+        lb_snapshot_pauses(out, one.accept_pauses);
         fputc('}', out);
         first = false;
     }
@@ -122,23 +136,54 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     fprintf(out, "],\"totals\":{\"connections\":%llu,\"connections_limited\":%llu,"
                  "\"ratelimit_redis_errors\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                 "\"worker_restarts\":%llu,\"timeouts\":",
+                 "\"client_aborts\":%llu,\"worker_restarts\":%llu,\"timeouts\":",
             (unsigned long long)all.connections, (unsigned long long)all.conn_limited,
             (unsigned long long)all.rl_redis_errors, (unsigned long long)all.requests,
             (unsigned long long)all.active_connections, (unsigned long long)all.bytes_in,
-            (unsigned long long)all.bytes_out, (unsigned long long)restarts);
+            (unsigned long long)all.bytes_out, (unsigned long long)all.client_aborts,
+            (unsigned long long)restarts);
     lb_snapshot_timeouts(out, all.timeouts);
+    fputs(",\"accept_pauses\":", out);
+    lb_snapshot_pauses(out, all.accept_pauses);
+    lb_counter_t *ap = (lb_counter_t *)h->admin_accept_pauses;
+    uint64_t admin_pauses[LB_PAUSE_REASONS] = { lb_counter_get(&ap[LB_PAUSE_CAP]),
+                                                lb_counter_get(&ap[LB_PAUSE_FD]) };
+    fprintf(out, "},\"fd_limit\":%llu,\"admin\":{\"connections\":%llu,"
+                 "\"max_connections\":%llu,\"timeouts\":%llu,\"accept_pauses\":",
+            (unsigned long long)atomic_load(&h->fd_limit),
+            (unsigned long long)atomic_load(&h->admin_connections),
+            (unsigned long long)atomic_load(&h->admin_max_connections),
+            (unsigned long long)atomic_load(&h->admin_timeouts));
+    lb_snapshot_pauses(out, admin_pauses);
     fputs("},\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };
+    uint64_t now_ms = lb_now_ms();
     first = true;
     for (unsigned p = 0; p < h->max_pools; p++) {
         struct lb_shm_pool *pool = lb_shm_pool(h, p);
         uint32_t pst = atomic_load(&pool->state);
         if (pst == LB_ENTRY_FREE)
             continue;
-        fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"servers\":[", first ? "" : ",",
-                pool->name, entry_state[pst]);
+        fprintf(out, "%s{\"name\":\"%s\",\"state\":\"%s\",\"breakers_open\":%u,"
+                     "\"breaker_refused\":%llu,\"retries\":{", first ? "" : ",",
+                pool->name, entry_state[pst], atomic_load(&pool->breakers_open),
+                (unsigned long long)atomic_load(&pool->breaker_refused));
+        for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
+            fprintf(out, "%s\"%s\":%llu", k ? "," : "", lb_retry_reason_names[k],
+                    (unsigned long long)atomic_load(&pool->retries[k]));
+        int64_t retrying = 0, waiting = 0;
+        for (unsigned b = 0; b < h->max_backends; b++) {
+            struct lb_shm_backend *be = lb_shm_backend(h, b);
+            if (atomic_load(&be->state) != LB_ENTRY_FREE && be->pool_id == p) {
+                retrying += atomic_load(&be->retries);
+                waiting += atomic_load(&be->retries_waiting);
+            }
+        }
+        fprintf(out, "},\"retry_budget_exhausted\":%llu,\"retries_in_flight\":%lld,"
+                     "\"retries_waiting\":%lld,\"servers\":[",
+                (unsigned long long)atomic_load(&pool->retry_budget_exhausted),
+                (long long)(retrying > 0 ? retrying : 0), (long long)(waiting > 0 ? waiting : 0));
         first = false;
         bool sfirst = true;
         for (unsigned b = 0; b < h->max_backends; b++) {
@@ -148,7 +193,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 continue;
             struct lb_backend_totals t;
             lb_shm_backend_sum(h, b, &t);
-            static const char *const reasons[] = { "none", "health_check", "passive" };
+            static const char *const reasons[] = { "none", "health_check" };
             uint32_t reason = atomic_load(&be->down_reason);
             int64_t inflight = atomic_load(&be->inflight);
             fprintf(out, "%s{\"id\":%u,\"address\":\"%s\",\"state\":\"%s\",\"weight\":%u,"
@@ -159,6 +204,15 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)t.active, (unsigned long long)t.failures,
                     (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out);
             lb_snapshot_classes(out, t.responses);
+            fprintf(out, ",\"breaker\":\"%s\",\"breaker_opened\":%llu,"
+                         "\"breaker_open_interval_ms\":%llu,\"breaker_transitions\":{"
+                         "\"closed\":%llu,\"open\":%llu,\"half_open\":%llu}",
+                    lb_breaker_state_names[lb_shm_breaker_shown(be, now_ms)],
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_OPEN]),
+                    (unsigned long long)atomic_load(&be->breaker_interval_ms),
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_CLOSED]),
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_OPEN]),
+                    (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_HALF_OPEN]));
             fprintf(out, ",\"health\":\"%s\",\"drain\":%s,\"down_reason\":\"%s\","
                          "\"in_flight\":%lld,\"ewma_ms\":%.3f,\"checks\":{\"ok\":%llu,"
                          "\"failed\":%llu,\"consecutive_successes\":%u,"
@@ -166,7 +220,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                          "\"last_change_ms\":%llu,\"last_error\":",
                     atomic_load(&be->health) == LB_HEALTH_UP ? "up" : "down",
                     atomic_load(&be->drain) ? "true" : "false",
-                    reasons[reason < 3 ? reason : 0], (long long)(inflight > 0 ? inflight : 0),
+                    reasons[reason < 2 ? reason : 0], (long long)(inflight > 0 ? inflight : 0),
                     (double)atomic_load(&be->ewma_us) / 1000.0,
                     (unsigned long long)atomic_load(&be->checks_ok),
                     (unsigned long long)atomic_load(&be->checks_failed),

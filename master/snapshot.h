@@ -12,4 +12,10 @@ int lb_snapshot_run(const char *config_path, FILE *out);
 /* Write H as JSON (used by lb_snapshot_run; separate for tests). */
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out);
 
+/* "closed", "open", "half_open", by enum lb_breaker_state (also /metrics). */
+extern const char *const lb_breaker_state_names[LB_BREAKER_STATES];
+/* "connect", "reset", "timeout", "502", "503", "504", "5xx", by enum
+ * lb_retry_reason (also /metrics). */
+extern const char *const lb_retry_reason_names[LB_RETRY_REASONS];
+
 #endif

@@ -387,38 +387,268 @@ static int lb_cfg_health(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
-static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *pool,
-                          struct lb_passive_cfg *p)
+/* A number between LO and HI, integer or not ("0.5", "1"). */
+static int lb_cfg_number(struct lb_loader *ld, const config_setting_t *group, const char *name,
+                         double lo, double hi, double *out)
+{
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s == NULL)
+        return 0;
+    int t = config_setting_type(s);
+    double v;
+    if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64)
+        v = (double)config_setting_get_int64(s);
+    else if (t == CONFIG_TYPE_FLOAT)
+        v = config_setting_get_float(s);
+    else
+        return lb_cfg_fail(ld, s, "'%s' must be a number", name);
+    if (!(v >= lo && v <= hi))
+        return lb_cfg_fail(ld, s, "'%s' must be between %g and %g", name, lo, hi);
+    *out = v;
+    return 0;
+}
+
+/* A duration that must not be "0". */
+static int lb_cfg_duration_pos(struct lb_loader *ld, const config_setting_t *group,
+                               const char *name, uint64_t max_ms, uint64_t *out)
+{
+    if (lb_cfg_duration(ld, group, name, out) < 0)
+        return -1;
+    const config_setting_t *s = lb_cfg_member(group, name);
+    if (s != NULL && (*out == 0 || *out > max_ms))
+        return lb_cfg_fail(ld, s, "'%s' must be more than 0 and at most %llus", name,
+                           (unsigned long long)(max_ms / 1000));
+    return 0;
+}
+
+#define LB_BREAKER_OPEN_MAX_MS  (24ull * 3600 * 1000)
+#define LB_BREAKER_WINDOW_MAX_MS (3600ull * 1000)
+
+/* passive_health = { failures; on_5xx; cooldown; } is the breaker with its
+ * consecutive trigger alone, a fixed open interval (cooldown) and no
+ * ejection limit: what passive health always did, as one state machine. */
+static int lb_cfg_passive(struct lb_loader *ld, const config_setting_t *g,
+                          struct lb_breaker_cfg *b)
 {
     static const char *const keys[] = { "failures", "on_5xx", "cooldown", NULL };
-    *p = (struct lb_passive_cfg){ .failures = 0, .cooldown_ms = 10000 };
-    const config_setting_t *g = lb_cfg_member(pool, "passive_health");
+    long long failures = 5;
+    uint64_t cooldown = 10000;
+    b->on_5xx = false;
+    if (lb_cfg_check_keys(ld, g, "passive_health", keys) < 0 ||
+        lb_cfg_int(ld, g, "failures", 1, 1000, &failures) < 0 ||
+        lb_cfg_duration_pos(ld, g, "cooldown", LB_BREAKER_OPEN_MAX_MS, &cooldown) < 0 ||
+        lb_cfg_bool(ld, g, "on_5xx", &b->on_5xx) < 0)
+        return -1;
+    b->failures = (unsigned)failures;
+    b->ratio_ppm = 0;
+    b->open_ms = b->open_max_ms = cooldown;
+    b->half_open_requests = 1;
+    b->max_ejection_percent = 100;
+    return 0;
+}
+
+static int lb_cfg_breaker(struct lb_loader *ld, const config_setting_t *pool,
+                          struct lb_pool_cfg *p)
+{
+    static const char *const keys[] = { "failures", "failure_ratio", "window", "min_requests",
+                                        "on_5xx", "open", "open_max", "half_open_requests",
+                                        "max_ejection_percent", NULL };
+    struct lb_breaker_cfg *b = &p->breaker;
+    *b = (struct lb_breaker_cfg){ .failures = 5, .ratio_ppm = LB_BREAKER_RATIO_ONE / 2,
+                                  .window_ms = 10000, .min_requests = 20, .on_5xx = true,
+                                  .open_ms = 5000, .open_max_ms = 300000,
+                                  .half_open_requests = 1, .max_ejection_percent = 50 };
+    const config_setting_t *g = lb_cfg_member(pool, "circuit_breaker");
+    const config_setting_t *passive = lb_cfg_member(pool, "passive_health");
+    if (g != NULL && passive != NULL)
+        return lb_cfg_fail(ld, passive, "'passive_health' and 'circuit_breaker' are one mechanism: "
+                           "keep circuit_breaker (passive_health = { failures = N; on_5xx = B; "
+                           "cooldown = D; } is circuit_breaker = { failures = N; failure_ratio = 0; "
+                           "on_5xx = B; open = D; open_max = D; max_ejection_percent = 100; })");
+    if (passive != NULL) {
+        if (config_setting_type(passive) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, passive, "'passive_health' must be a group { ... }");
+        if (lb_cfg_passive(ld, passive, b) < 0)
+            return -1;
+    } else if (g != NULL) {
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, g, "'circuit_breaker' must be a group { ... }");
+        long long failures = b->failures, min_requests = b->min_requests;
+        long long trials = b->half_open_requests, eject = b->max_ejection_percent;
+        double ratio = 0.5;
+        if (lb_cfg_check_keys(ld, g, "circuit_breaker", keys) < 0 ||
+            lb_cfg_int(ld, g, "failures", 0, 1000, &failures) < 0 ||
+            lb_cfg_number(ld, g, "failure_ratio", 0.0, 1.0, &ratio) < 0 ||
+            lb_cfg_duration(ld, g, "window", &b->window_ms) < 0 ||
+            lb_cfg_int(ld, g, "min_requests", 1, 1000000, &min_requests) < 0 ||
+            lb_cfg_bool(ld, g, "on_5xx", &b->on_5xx) < 0 ||
+            lb_cfg_duration_pos(ld, g, "open", LB_BREAKER_OPEN_MAX_MS, &b->open_ms) < 0 ||
+            lb_cfg_duration_pos(ld, g, "open_max", LB_BREAKER_OPEN_MAX_MS, &b->open_max_ms) < 0 ||
+            lb_cfg_int(ld, g, "half_open_requests", 1, LB_BREAKER_MAX_TRIALS, &trials) < 0 ||
+            lb_cfg_int(ld, g, "max_ejection_percent", 0, 100, &eject) < 0)
+            return -1;
+        if (b->window_ms < 1000 || b->window_ms > LB_BREAKER_WINDOW_MAX_MS)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "window"),
+                               "circuit_breaker: window must be between 1s and 1h");
+        if (b->open_ms > b->open_max_ms)
+            return lb_cfg_fail(ld, lb_cfg_member(g, lb_cfg_member(g, "open_max") ? "open_max" : "open"),
+                               "circuit_breaker: open (%llums) must not exceed open_max (%llums)",
+                               (unsigned long long)b->open_ms, (unsigned long long)b->open_max_ms);
+        b->failures = (unsigned)failures;
+        b->ratio_ppm = (uint32_t)(ratio * LB_BREAKER_RATIO_ONE + 0.5);
+        if (b->failures == 0 && b->ratio_ppm == 0)
+            return lb_cfg_fail(ld, g, "circuit_breaker: failures and failure_ratio are both 0: "
+                                      "it would never open (leave circuit_breaker out instead)");
+        b->min_requests = (unsigned)min_requests;
+        b->half_open_requests = (unsigned)trials;
+        b->max_ejection_percent = (unsigned)eject;
+    } else {
+        *b = (struct lb_breaker_cfg){ .enabled = false };
+        return 0;
+    }
+    /* A trial the breaker let through and never heard of again (its worker
+     * died) must not hold the breaker half-open for good: after the time a
+     * response head may take, its place goes to another trial. */
+    uint64_t connect = p->timeouts.connect_ms ? p->timeouts.connect_ms : 60000;
+    uint64_t response = p->timeouts.backend_response_ms ? p->timeouts.backend_response_ms : 60000;
+    b->trial_timeout_ms = connect + response;
+    b->enabled = true;
+    return 0;
+}
+
+static int lb_cfg_size(struct lb_loader *ld, const config_setting_t *group, const char *name,
+                       uint64_t lo, uint64_t hi, uint64_t *out);
+
+#define LB_RETRY_BACKOFF_MAX_MS 60000
+
+/* One entry of retries.on: "connect", "reset", "timeout", "5xx" or a
+ * status 500-599. 0, or -1 if unknown. */
+static int lb_cfg_retry_on(const char *v, struct lb_retry_cfg *r)
+{
+    if (strcmp(v, "connect") == 0) {
+        r->on |= LB_RETRY_ON_CONNECT;
+    } else if (strcmp(v, "reset") == 0) {
+        r->on |= LB_RETRY_ON_RESET;
+    } else if (strcmp(v, "timeout") == 0) {
+        r->on |= LB_RETRY_ON_TIMEOUT;
+    } else if (strcmp(v, "5xx") == 0) {
+        r->on_status[0] = r->on_status[1] = UINT64_MAX;
+    } else if (v[0] == '5' && v[1] >= '0' && v[1] <= '9' && v[2] >= '0' && v[2] <= '9' &&
+               v[3] == '\0') {
+        unsigned bit = (unsigned)((v[1] - '0') * 10 + (v[2] - '0'));
+        r->on_status[bit / 64] |= 1ull << (bit % 64);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+/* retries = { attempts; on; backoff; backoff_max; per_try_timeout; budget;
+ * min_retries; methods; buffer; }: worker/retry.h. Without the group, or
+ * with attempts = 1, nothing is retried (a stale pooled connection's
+ * resend is not a retry: see the README). */
+static int lb_cfg_retries_keys(struct lb_loader *ld, const config_setting_t *pool,
+                               struct lb_retry_cfg *r)
+{
+    static const char *const keys[] = { "attempts", "on", "backoff", "backoff_max",
+                                        "per_try_timeout", "budget", "min_retries", "methods",
+                                        "buffer", NULL };
+    *r = (struct lb_retry_cfg){ .attempts = 1,
+                                .on = LB_RETRY_ON_CONNECT | LB_RETRY_ON_RESET | LB_RETRY_ON_TIMEOUT,
+                                .on_status = { 7ull << 2, 0 },      /* 502, 503, 504 */
+                                .backoff_ms = 25, .backoff_max_ms = 250, .budget_percent = 20,
+                                .min_retries = 3, .buffer = 64 * 1024 };
+    const config_setting_t *g = lb_cfg_member(pool, "retries");
     if (g == NULL)
         return 0;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
-        return lb_cfg_fail(ld, g, "'passive_health' must be a group { ... }");
-    long long failures = 5;
-    if (lb_cfg_check_keys(ld, g, "passive_health", keys) < 0 ||
-        lb_cfg_int(ld, g, "failures", 1, 1000, &failures) < 0 ||
-        lb_cfg_duration(ld, g, "cooldown", &p->cooldown_ms) < 0 ||
-        lb_cfg_bool(ld, g, "on_5xx", &p->on_5xx) < 0)
+        return lb_cfg_fail(ld, g, "'retries' must be a group { ... }");
+    long long attempts = r->attempts, budget = r->budget_percent, min = r->min_retries;
+    const char *methods = NULL;
+    if (lb_cfg_check_keys(ld, g, "retries", keys) < 0 ||
+        lb_cfg_int(ld, g, "attempts", 1, LB_RETRY_MAX_ATTEMPTS, &attempts) < 0 ||
+        lb_cfg_duration(ld, g, "backoff", &r->backoff_ms) < 0 ||
+        lb_cfg_duration(ld, g, "backoff_max", &r->backoff_max_ms) < 0 ||
+        lb_cfg_duration(ld, g, "per_try_timeout", &r->per_try_timeout_ms) < 0 ||
+        lb_cfg_int(ld, g, "budget", 0, 100, &budget) < 0 ||
+        lb_cfg_int(ld, g, "min_retries", 0, 100000, &min) < 0 ||
+        lb_cfg_string(ld, g, "methods", &methods, false) < 0 ||
+        lb_cfg_size(ld, g, "buffer", 0, 64 << 20, &r->buffer) < 0)
         return -1;
-    p->failures = (unsigned)failures;
+    const config_setting_t *on = lb_cfg_member(g, "on");
+    if (on != NULL) {
+        if (config_setting_type(on) != CONFIG_TYPE_ARRAY &&
+            config_setting_type(on) != CONFIG_TYPE_LIST)
+            return lb_cfg_fail(ld, on, "retries: 'on' must be a list: "
+                                       "[ \"connect\", \"reset\", \"timeout\", \"503\" ]");
+        r->on = 0;
+        r->on_status[0] = r->on_status[1] = 0;
+        int n = config_setting_length(on);
+        for (int i = 0; i < n; i++) {
+            const config_setting_t *e = config_setting_get_elem(on, (unsigned)i);
+            const char *v = config_setting_type(e) == CONFIG_TYPE_STRING
+                                ? config_setting_get_string(e) : "";
+            if (lb_cfg_retry_on(v, r) < 0)
+                return lb_cfg_fail(ld, e, "retries: unknown 'on' entry \"%s\" (strings: "
+                                          "\"connect\", \"reset\", \"timeout\", \"5xx\" or a "
+                                          "status \"500\"-\"599\")", v);
+        }
+    }
+    if (methods != NULL) {
+        if (strcmp(methods, "all") != 0 && strcmp(methods, "idempotent") != 0)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "methods"),
+                               "retries: methods must be \"idempotent\" or \"all\"");
+        r->methods_all = strcmp(methods, "all") == 0;
+    }
+    if (r->backoff_max_ms > LB_RETRY_BACKOFF_MAX_MS)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "backoff_max"),
+                           "retries: backoff_max must be at most 60s");
+    if (r->backoff_ms > r->backoff_max_ms)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "backoff"),
+                           "retries: backoff (%llums) must not exceed backoff_max (%llums)",
+                           (unsigned long long)r->backoff_ms, (unsigned long long)r->backoff_max_ms);
+    r->attempts = (unsigned)attempts;
+    r->budget_percent = (unsigned)budget;
+    r->min_retries = (unsigned)min;
+    r->enabled = r->attempts > 1;
+    return 0;
+}
+
+static int lb_cfg_retries(struct lb_loader *ld, const config_setting_t *pool,
+                          struct lb_pool_cfg *p)
+{
+    struct lb_retry_cfg *r = &p->retries;
+    if (lb_cfg_retries_keys(ld, pool, r) < 0)
+        return -1;
+    /* A try waits for its answer's head backend_response, or
+     * per_try_timeout if that is shorter: one value for the data path. */
+    uint64_t head = p->timeouts.backend_response_ms, per_try = r->per_try_timeout_ms;
+    r->head_timeout_ms = per_try != 0 && (head == 0 || per_try < head) ? per_try : head;
     return 0;
 }
 
 static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
-    static const char *const keys[] = { "address", NULL };
+    static const char *const keys[] = { "address", "max_connections", "timeout", NULL };
+    cfg->admin_max_connections = LB_ADMIN_MAX_CONNECTIONS;
+    cfg->admin_timeout_ms = 10000;
     const config_setting_t *g = lb_cfg_member(root, "admin");
     if (g == NULL)
         return 0;
     if (config_setting_type(g) != CONFIG_TYPE_GROUP)
         return lb_cfg_fail(ld, g, "'admin' must be a group: admin = { address = \"127.0.0.1:9090\"; };");
+    long long maxconn = cfg->admin_max_connections;
     if (lb_cfg_check_keys(ld, g, "admin", keys) < 0 ||
-        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0)
+        lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0 ||
+        lb_cfg_int(ld, g, "max_connections", 1, 65536, &maxconn) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &cfg->admin_timeout_ms) < 0)
         return -1;
+    if (cfg->admin_timeout_ms == 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "admin timeout must not be \"0\": a connection that never sends "
+                           "its request would hold its place for ever");
+    cfg->admin_max_connections = (unsigned)maxconn;
     for (size_t i = 0; i < cfg->nlisteners; i++)
         if (lb_addr_equal(&cfg->listeners[i].addr, &cfg->admin_addr))
             return lb_cfg_fail(ld, g, "admin address %s is also a listener", cfg->admin_address);
@@ -485,7 +715,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
-                                        "passive_health", NULL };
+                                        "passive_health", "circuit_breaker", "retries", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -517,7 +747,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_strategy(ld, g, &p->strategy) < 0 ||
             lb_cfg_hash_key(ld, g, p) < 0 ||
             lb_cfg_health(ld, g, &p->health) < 0 ||
-            lb_cfg_passive(ld, g, &p->passive) < 0 ||
+            lb_cfg_breaker(ld, g, p) < 0 ||
+            lb_cfg_retries(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;
@@ -828,6 +1059,25 @@ static int lb_cfg_workers(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
+/* "auto" (the default: from the fd limit, at start) or a number. */
+static int lb_cfg_max_connections(struct lb_loader *ld, const config_setting_t *root,
+                                  struct lb_config *cfg)
+{
+    const config_setting_t *s = lb_cfg_member(root, "max_connections");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+        if (strcmp(config_setting_get_string(s), "auto") != 0)
+            return lb_cfg_fail(ld, s, "'max_connections' must be a number or \"auto\"");
+        return 0;
+    }
+    long long n = 0;
+    if (lb_cfg_int(ld, root, "max_connections", 1, LB_MAX_CONNECTIONS_LIMIT, &n) < 0)
+        return -1;
+    cfg->max_connections = (unsigned)n;
+    return 0;
+}
+
 static int lb_cfg_strdup(struct lb_loader *ld, const config_setting_t *root,
                          const char *name, char **out)
 {
@@ -1082,7 +1332,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                                         "log_level", "pid_file", "access_log", "timeouts",
                                         "limits", "trusted_proxies", "listeners", "pools",
                                         "routes", "admin", "tcp_migrate_req",
-                                        "rate_limits", "rate_limit_table_size", "redis", NULL };
+                                        "max_connections", "rate_limits", "rate_limit_table_size",
+                                        "redis", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -1108,6 +1359,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     };
     if (lb_cfg_check_keys(ld, root, "the top level", keys) < 0 ||
         lb_cfg_workers(ld, root, cfg) < 0 ||
+        lb_cfg_max_connections(ld, root, cfg) < 0 ||
         lb_cfg_duration(ld, root, "shutdown_timeout", &cfg->shutdown_timeout_ms) < 0 ||
         lb_cfg_strdup(ld, root, "error_log", &cfg->error_log) < 0 ||
         lb_cfg_strdup(ld, root, "pid_file", &cfg->pid_file) < 0 ||

@@ -23,6 +23,8 @@
 #define LB_MAX_WORKERS  64
 #define LB_WEIGHT_MAX   1000
 #define LB_MAX_HEADERS_LIMIT 1000       /* upper bound of limits.headers */
+#define LB_MAX_CONNECTIONS_LIMIT 16777216   /* upper bound of max_connections */
+#define LB_ADMIN_MAX_CONNECTIONS 64     /* default of admin.max_connections */
 #define LB_RL_MAX_LIMITS 64             /* entries of rate_limits */
 #define LB_RL_ROUTE_MAX  8              /* rate limits on one route */
 /* All rate-limit tables of one configuration together (16 bytes a key):
@@ -57,11 +59,43 @@ struct lb_health_cfg {
     int expect_lo, expect_hi;           /* accepted status range */
 };
 
-/* Passive health: failed requests in a row take a server DOWN. */
-struct lb_passive_cfg {
-    unsigned failures;                  /* 0: off */
-    bool on_5xx;                        /* 5xx responses count as failures */
-    uint64_t cooldown_ms;               /* without active checks: retry after */
+/* Circuit breaker (worker/breaker.h), per server, state in shm. Also what
+ * `passive_health` sets up: a preset of these keys. */
+#define LB_BREAKER_MAX_TRIALS   1000        /* half_open_requests: 10 bits in the state word */
+#define LB_BREAKER_RATIO_ONE    1000000u    /* failure_ratio is kept in millionths */
+struct lb_breaker_cfg {
+    bool enabled;
+    unsigned failures;                  /* consecutive failures that open it; 0: off */
+    uint32_t ratio_ppm;                 /* failure share that opens it (ppm); 0: off */
+    uint64_t window_ms;                 /* ... among the requests of this sliding window */
+    unsigned min_requests;              /* ... once it holds at least this many */
+    bool on_5xx;                        /* 5xx answers count as failures */
+    uint64_t open_ms;                   /* first open interval; doubles per re-open */
+    uint64_t open_max_ms;               /* ... up to this */
+    unsigned half_open_requests;        /* trials let through, all workers together */
+    unsigned max_ejection_percent;      /* of the pool's servers open at once (at least one) */
+    uint64_t trial_timeout_ms;          /* an unanswered trial is given up after this */
+};
+
+/* Retries (worker/retry.h), per pool: which failed tries are sent again,
+ * how long to wait first, and how many may be under way at once. */
+#define LB_RETRY_MAX_ATTEMPTS   10
+#define LB_RETRY_ON_CONNECT     0x1u    /* the connection could not be made */
+#define LB_RETRY_ON_RESET       0x2u    /* reset, closed or invalid before an answer */
+#define LB_RETRY_ON_TIMEOUT     0x4u    /* no answer in time (or the request not taken) */
+struct lb_retry_cfg {
+    bool enabled;                       /* attempts > 1 */
+    unsigned attempts;                  /* tries in all, the first included */
+    unsigned on;                        /* LB_RETRY_ON_* */
+    uint64_t on_status[2];              /* answers retried: bit (status - 500), 500-599 */
+    uint64_t backoff_ms;                /* full jitter in [0, min(backoff_max, backoff * 2^n)] */
+    uint64_t backoff_max_ms;
+    uint64_t per_try_timeout_ms;        /* a try's wait for its answer's head; 0: none */
+    uint64_t head_timeout_ms;           /* the shorter of it and backend_response (0: none) */
+    unsigned budget_percent;            /* retries under way: this share of the requests ... */
+    unsigned min_retries;               /* ... or at least this many */
+    bool methods_all;                   /* else idempotent methods only */
+    uint64_t buffer;                    /* request body bytes kept to send again */
 };
 
 /* Every wait has a bound (0: none). Defaults in config.c, documented in the
@@ -96,7 +130,8 @@ struct lb_pool_cfg {
     enum lb_hash_key hash_key;
     char hash_name[LB_NAME_MAX];        /* header or cookie name for hash_key */
     struct lb_health_cfg health;
-    struct lb_passive_cfg passive;
+    struct lb_breaker_cfg breaker;
+    struct lb_retry_cfg retries;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };
@@ -183,6 +218,7 @@ struct lb_config {
     char *path;                         /* absolute path of the main file */
     unsigned workers;                   /* resolved ("auto" = online CPUs) */
     bool workers_auto;
+    unsigned max_connections;           /* client connections per worker; 0: from the fd limit */
     uint64_t shutdown_timeout_ms;
     char *error_log;                    /* NULL: stderr */
     enum lb_log_level log_level;
@@ -196,6 +232,8 @@ struct lb_config {
     bool admin;                         /* admin listener configured */
     struct lb_addr admin_addr;
     char admin_address[LB_ADDR_STR_MAX];
+    unsigned admin_max_connections;     /* open at once; further ones wait in the backlog */
+    uint64_t admin_timeout_ms;          /* accept to end of head, then to answer sent */
 
     struct lb_listener_cfg *listeners;
     size_t nlisteners;

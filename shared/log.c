@@ -126,3 +126,14 @@ void lb_log(enum lb_log_level level, const char *fmt, ...)
     (void)w;                    /* nowhere left to report a failed log write */
     errno = saved_errno;
 }
+
+bool lb_log_limit_hit(struct lb_log_limit *l, uint64_t now_ms, uint64_t *events)
+{
+    l->events++;
+    if (now_ms < l->next_ms)
+        return false;
+    *events = l->events;
+    l->events = 0;
+    l->next_ms = now_ms + 1000;
+    return true;
+}

@@ -9,7 +9,9 @@
 #ifndef LB_LOG_H
 #define LB_LOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 enum lb_log_level {
     LB_LOG_ERROR,
@@ -34,6 +36,18 @@ int lb_log_fd(void);
 
 void lb_log(enum lb_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* A line for an event that may recur thousands of times a second (accept()
+ * out of fds, a cap reached): at most one per second, saying how many
+ * events it stands for. */
+struct lb_log_limit {
+    uint64_t next_ms;           /* no line before this (monotonic ms) */
+    uint64_t events;            /* since that line */
+};
+
+/* Count one event at NOW_MS; true when a line is due, with *EVENTS set to
+ * how many it stands for (this one included). */
+bool lb_log_limit_hit(struct lb_log_limit *l, uint64_t now_ms, uint64_t *events);
 
 #define lb_log_error(...) lb_log(LB_LOG_ERROR, __VA_ARGS__)
 #define lb_log_warn(...)  lb_log(LB_LOG_WARN, __VA_ARGS__)

@@ -42,7 +42,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   4u
+#define LB_SHM_LAYOUT_VERSION   6u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -71,6 +71,26 @@ enum lb_timeout_kind {
     LB_TO_DEADLINE,
     LB_TO_TUNNEL,
     LB_TIMEOUT_KINDS
+};
+
+/* Why a listener stopped accepting for a while (README: max_connections). */
+enum lb_pause_reason {
+    LB_PAUSE_CAP,               /* max_connections reached: until one closes */
+    LB_PAUSE_FD,                /* accept() failed (EMFILE, ENFILE, ENOBUFS...): 500 ms */
+    LB_PAUSE_REASONS
+};
+
+/* Why a request was sent again (worker/retry.h): lbd_retries_total's
+ * `reason` label. */
+enum lb_retry_reason {
+    LB_RETRY_CONNECT,           /* the connection could not be made */
+    LB_RETRY_RESET,             /* reset, closed or an invalid head before an answer */
+    LB_RETRY_TIMEOUT,           /* no answer in time, or the request not taken */
+    LB_RETRY_502,
+    LB_RETRY_503,
+    LB_RETRY_504,
+    LB_RETRY_5XX,               /* any other 5xx answer */
+    LB_RETRY_REASONS
 };
 
 typedef _Atomic uint64_t lb_counter_t;
@@ -102,6 +122,9 @@ struct lb_shm_worker {
     lb_counter_t bytes_in;              /* from clients */
     lb_counter_t bytes_out;             /* to clients */
     lb_counter_t timeouts[LB_TIMEOUT_KINDS];
+    lb_counter_t max_connections;       /* gauge: this owner's cap, set at its start */
+    lb_counter_t accept_pauses[LB_PAUSE_REASONS];
+    lb_counter_t client_aborts;         /* clients gone before their answer began */
     lb_counter_t conn_limited;          /* closed at accept: max_connections_per_ip */
     lb_counter_t rl_redis_errors;       /* fleet rate limits judged locally: redis down or slow */
 } __attribute__((aligned(LB_CACHELINE)));
@@ -119,17 +142,29 @@ struct lb_shm_pool {
     /* Shared round-robin cursor: every worker takes the next position of
      * one sequence, so the order is global, not per worker. */
     lb_counter_t rr_next __attribute__((aligned(LB_CACHELINE)));
+    /* Circuit breakers (worker/breaker.h). Servers whose breaker is not
+     * CLOSED, for max_ejection_percent: the winner of each transition adds
+     * or takes one; the master recounts it at every assignment. */
+    _Atomic uint32_t breakers_open __attribute__((aligned(LB_CACHELINE)));
+    /* Requests answered 503 at once because every server that could take
+     * them had its breaker open: any worker, atomic add (only then). */
+    lb_counter_t breaker_refused;
+    /* Retries (worker/retry.h): any worker, atomic add, on the retry path
+     * only. Requests sent again, by reason; retries the budget refused. */
+    lb_counter_t retries[LB_RETRY_REASONS];
+    lb_counter_t retry_budget_exhausted;
 } __attribute__((aligned(LB_CACHELINE)));
 
-/* Backend health, as every worker sees it:
+/* Backend health (active checks), as every worker sees it:
  *
- *          fall failed checks, or N failed requests in a row (passive)
- *     UP ---------------------------------------------------------> DOWN
- *      ^                                                             |
- *      +---- rise passed checks (or, without active checks, the -----+
- *            passive cooldown ends and a request succeeds)
+ *          fall failed checks
+ *     UP ----------------------> DOWN
+ *      ^                          |
+ *      +---- rise passed checks --+
  *
- * Independently an operator may set a server to drain (no new requests).
+ * Independently an operator may set a server to drain (no new requests),
+ * and its circuit breaker (below) may be open: a server takes requests when
+ * it is UP, not draining, of non-zero weight and its breaker admits them.
  */
 enum lb_health {
     LB_HEALTH_UP = 0,
@@ -139,8 +174,61 @@ enum lb_health {
 enum lb_down_reason {
     LB_DOWN_NONE = 0,
     LB_DOWN_CHECK,              /* active health check */
-    LB_DOWN_PASSIVE,            /* failed requests in a row */
 };
+
+/* Circuit breaker of one server (worker/breaker.h: the state machine), one
+ * for every worker together; `passive_health` is a preset of it:
+ *
+ *             `failures` failures in a row, or `failure_ratio` of the
+ *             requests of `window` (at least `min_requests`) failed, and
+ *             fewer than max_ejection_percent of the pool's servers open
+ *   CLOSED -----------------------------------------------------------> OPEN
+ *     ^                                                               |   ^
+ *     |                                the open interval has elapsed: |   | a trial failed:
+ *     |                                the first trial is let through |   | open again, the
+ *     |                                                               v   | interval doubled
+ *     +------ all `half_open_requests` trials succeeded ------- HALF_OPEN  (<= open_max)
+ *
+ * While OPEN no worker sends the server a request; once the interval is
+ * over it shows as half-open, and the first request admitted takes it to
+ * HALF_OPEN. There exactly half_open_requests trials are let through, all
+ * workers together. A trial that gets no verdict (its client left) frees
+ * its place; one never heard of (its worker died) is given up after
+ * breaker.trial_timeout_ms. The interval goes back to `open` once the
+ * breaker has stayed closed for open_max.
+ *
+ * The whole state is one word, changed only by compare-and-swap, so exactly
+ * one worker wins each transition (and alone logs and counts it):
+ *   bits  0-1   state
+ *   bits  2-11  trials let through in this half-open round
+ *   bits 12-21  trials of this round that succeeded
+ *   bits 22-63  OPEN: when it may half-open; HALF_OPEN: when this round
+ *               began, which is also the round's id (CLOCK_MONOTONIC ms)
+ * CLOSED is the word 0: the data path's test is a load and a compare.
+ */
+enum lb_breaker_state {
+    LB_BREAKER_CLOSED = 0,
+    LB_BREAKER_OPEN,
+    LB_BREAKER_HALF_OPEN,
+    LB_BREAKER_STATES
+};
+
+#define LB_BRK_STATE(w)         ((unsigned)((w) & 3u))
+#define LB_BRK_ADMITTED(w)      ((unsigned)(((w) >> 2) & 0x3ffu))
+#define LB_BRK_SUCCEEDED(w)     ((unsigned)(((w) >> 12) & 0x3ffu))
+#define LB_BRK_STAMP(w)         ((uint64_t)(w) >> 22)
+#define LB_BRK_WORD(state, admitted, succeeded, stamp)                             \
+    ((uint64_t)(state) | ((uint64_t)(admitted) << 2) | ((uint64_t)(succeeded) << 12) | \
+     ((uint64_t)(stamp) << 22))
+
+/* The failure-ratio window: a ring of buckets, each one word (a period
+ * number's low 24 bits, failures, requests: 20 bits each), replaced whole
+ * by compare-and-swap when its period comes round again. */
+#define LB_BREAKER_BUCKETS      16
+#define LB_BRK_BUCKET_MAX       0xfffffu
+#define LB_BRK_BUCKET_TAG(w)    ((uint32_t)((uint64_t)(w) >> 40))
+#define LB_BRK_BUCKET_FAILS(w)  ((uint32_t)(((w) >> 20) & LB_BRK_BUCKET_MAX))
+#define LB_BRK_BUCKET_TOTAL(w)  ((uint32_t)((w) & LB_BRK_BUCKET_MAX))
 
 #define LB_ERROR_TEXT 96
 
@@ -150,6 +238,11 @@ struct lb_shm_backend {
     uint32_t retired_gen;
     uint32_t pool_id;
     _Atomic uint32_t weight;
+    /* Breaker state word (above), read on every pick: changed only by
+     * compare-and-swap, by the current generation's workers (and by the
+     * worker that let a trial through, whatever its generation); reset by
+     * the master when a reload removes the breaker. */
+    _Atomic uint64_t breaker;
     _Atomic uint32_t health;            /* lb_health */
     _Atomic uint32_t down_reason;       /* lb_down_reason */
     _Atomic uint32_t drain;             /* 1: no new requests (operator) */
@@ -160,15 +253,28 @@ struct lb_shm_backend {
     lb_counter_t checks_failed;
     lb_counter_t last_check_ms;         /* wall clock */
     lb_counter_t last_change_ms;        /* wall clock of the last UP/DOWN change */
-    lb_counter_t passive_until_ms;      /* passive DOWN without checks: retry after */
+    /* Breaker bookkeeping, written by the winner of a transition. */
+    _Atomic uint64_t breaker_interval_ms;   /* current open interval (->OPEN) */
+    _Atomic uint64_t breaker_closed_ms;     /* monotonic ms of the last ->CLOSED */
+    lb_counter_t breaker_transitions[LB_BREAKER_STATES];   /* by new state; atomic add */
     char last_error[LB_ERROR_TEXT];     /* of the last failed check: lb_shm_error_* */
     char pool[LB_NAME_MAX];
     char address[LB_ADDR_STR_MAX];
     /* Hot: written by every worker on the data path, on its own line. */
     _Atomic int64_t inflight __attribute__((aligned(LB_CACHELINE)));
-    _Atomic uint64_t fails_in_row;      /* passive health */
+    _Atomic uint64_t fails_in_row;      /* breaker: atomic add per failure, reset by a success */
     _Atomic uint64_t ewma_us;           /* peak EWMA of response time (least_time) */
     _Atomic uint64_t ewma_stamp_us;
+    /* Retries under way that a failed try here started (from the decision
+     * to the answer of the next try, or the end of the request), and those
+     * of them waiting out their backoff: the pool's retry budget sums them.
+     * Atomic add by any worker on the retry path; each worker's share is
+     * also in its stats row, so a dead worker's is taken back. */
+    _Atomic int64_t retries;
+    _Atomic int64_t retries_waiting;
+    /* Breaker's failure-ratio window: every worker, a CAS per report, on
+     * lines of their own. */
+    _Atomic uint64_t breaker_window[LB_BREAKER_BUCKETS] __attribute__((aligned(LB_CACHELINE)));
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* One per (worker slot, backend). Written by the slot's worker only. */
@@ -181,6 +287,8 @@ struct lb_shm_backend_stats {
     lb_counter_t failures;              /* connect errors, resets, bad responses */
     lb_counter_t duration[LB_DURATION_BUCKETS];     /* request durations, not cumulative */
     lb_counter_t duration_sum_us;
+    lb_counter_t retries;               /* gauges: this worker's share of lb_shm_backend's */
+    lb_counter_t retries_waiting;
 };
 
 /* ---- rate limits (shared/rltable.h, worker/ratelimit.c) ---- */
@@ -248,6 +356,15 @@ struct lb_shm_header {
     lb_counter_t reloads;
     lb_counter_t reload_failures;
     lb_counter_t worker_restarts[LB_MAX_WORKERS];   /* by worker number */
+    lb_counter_t fd_limit;              /* RLIMIT_NOFILE of every lbd process */
+
+    /* Written by the control process. A retiring one may overlap its
+     * successor for a moment: counters are added atomically (the only
+     * multi-writer counters), gauges stored whole. */
+    lb_counter_t admin_max_connections; /* gauge */
+    lb_counter_t admin_connections;     /* gauge: open now */
+    lb_counter_t admin_accept_pauses[LB_PAUSE_REASONS];
+    lb_counter_t admin_timeouts;        /* head or answer not done in admin.timeout */
 
     /* Rate limits (set at creation). */
     uint32_t max_limits;

@@ -146,8 +146,25 @@ static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
         struct lb_shm_pool *p = lb_shm_pool(h, (unsigned)free_id);
         snprintf(p->name, sizeof(p->name), "%s", name);
         atomic_store(&p->rr_next, 0);
+        atomic_store(&p->breakers_open, 0);
+        atomic_store(&p->breaker_refused, 0);
+        for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
+            atomic_store(&p->retries[k], 0);
+        atomic_store(&p->retry_budget_exhausted, 0);
     }
     return free_id;
+}
+
+/* Closed, with no history: a new server, or a pool whose breaker a reload
+ * removed. */
+static void lb_shm_breaker_reset(struct lb_shm_backend *b)
+{
+    atomic_store(&b->breaker, 0);
+    atomic_store(&b->fails_in_row, 0);
+    atomic_store(&b->breaker_interval_ms, 0);
+    atomic_store(&b->breaker_closed_ms, 0);
+    for (unsigned k = 0; k < LB_BREAKER_BUCKETS; k++)
+        atomic_store(&b->breaker_window[k], 0);
 }
 
 static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const char *address)
@@ -178,11 +195,14 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         atomic_store(&b->checks_failed, 0);
         atomic_store(&b->last_check_ms, 0);
         atomic_store(&b->last_change_ms, lb_wall_ms());
-        atomic_store(&b->passive_until_ms, 0);
         atomic_store(&b->inflight, 0);
-        atomic_store(&b->fails_in_row, 0);
+        atomic_store(&b->retries, 0);
+        atomic_store(&b->retries_waiting, 0);
         atomic_store(&b->ewma_us, 0);
         atomic_store(&b->ewma_stamp_us, 0);
+        lb_shm_breaker_reset(b);
+        for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
+            atomic_store(&b->breaker_transitions[k], 0);
         lb_shm_error_set(b, "");
         snprintf(b->pool, sizeof(b->pool), "%s", pool);
         snprintf(b->address, sizeof(b->address), "%s", address);
@@ -394,22 +414,17 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
     return new_pools <= free_pools && new_backends <= free_backends;
 }
 
-/* A server keeps its health over a reload, unless what would bring it back
- * is gone: with no health_check left in its pool, a server a check took down
- * is UP again, and one passive health took down gets its cooldown. */
+/* A server keeps its health and its breaker over a reload, unless what
+ * would bring it back is gone: with no health_check left in its pool, a
+ * server a check took down is UP again; with no breaker left, the breaker
+ * is closed. */
 static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_cfg *pc)
 {
+    if (!pc->breaker.enabled && atomic_load(&b->breaker) != 0)
+        lb_shm_breaker_reset(b);
     if (pc->health.enabled || atomic_load(&b->health) != LB_HEALTH_DOWN)
         return;
-    uint32_t reason = atomic_load(&b->down_reason);
-    if (reason == LB_DOWN_PASSIVE && pc->passive.failures > 0) {
-        if (atomic_load(&b->passive_until_ms) == 0)
-            atomic_store(&b->passive_until_ms, lb_wall_ms() + pc->passive.cooldown_ms);
-        return;
-    }
     atomic_store(&b->down_reason, LB_DOWN_NONE);
-    atomic_store(&b->passive_until_ms, 0);
-    atomic_store(&b->fails_in_row, 0);
     atomic_store(&b->last_change_ms, lb_wall_ms());
     atomic_store(&b->health, LB_HEALTH_UP);
 }
@@ -459,6 +474,13 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             atomic_store(&b->state, LB_ENTRY_ACTIVE);
             lb_shm_health_carry(b, pc);
         }
+        /* Transitions keep this count; recounting here heals what a worker
+         * that died between its two steps of a transition left (see
+         * worker/breaker.c), and forgets servers the pool no longer has. */
+        uint32_t open = 0;
+        for (size_t j = 0; j < pc->nservers; j++)
+            open += atomic_load(&lb_shm_backend(h, pc->servers[j].shm_id)->breaker) != 0;
+        atomic_store(&lb_shm_pool(h, (unsigned)pid)->breakers_open, open);
     }
     for (unsigned i = 0; i < h->max_pools; i++) {
         struct lb_shm_pool *p = lb_shm_pool(h, i);
@@ -531,16 +553,29 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
     /* The owner is gone: its gauges would otherwise count dead connections
      * forever. Cumulative counters stay; the next owner continues them. */
     atomic_store(&w->active_connections, 0);
+    atomic_store(&w->max_connections, 0);
     /* Its connections are closed: their counts go, and the pages too. */
     lb_shm_discard(lb_shm_conn_table(h, slot), (uint64_t)h->conn_entries * sizeof(struct lb_rl_entry));
     for (unsigned b = 0; b < h->max_backends; b++) {
-        lb_counter_t *active = &lb_shm_stats(h, slot, b)->active;
-        uint64_t n = lb_counter_get(active);
-        if (n == 0)
-            continue;
-        /* The shared in-flight count still holds the dead worker's requests. */
-        atomic_fetch_sub(&lb_shm_backend(h, b)->inflight, (int64_t)n);
-        atomic_store(active, 0);
+        struct lb_shm_backend_stats *row = lb_shm_stats(h, slot, b);
+        struct lb_shm_backend *be = lb_shm_backend(h, b);
+        /* The shared in-flight and retry counts still hold the dead
+         * worker's requests (retry budgets would shrink for good). */
+        uint64_t n = lb_counter_get(&row->active);
+        if (n != 0) {
+            atomic_fetch_sub(&be->inflight, (int64_t)n);
+            atomic_store(&row->active, 0);
+        }
+        n = lb_counter_get(&row->retries);
+        if (n != 0) {
+            atomic_fetch_sub(&be->retries, (int64_t)n);
+            atomic_store(&row->retries, 0);
+        }
+        n = lb_counter_get(&row->retries_waiting);
+        if (n != 0) {
+            atomic_fetch_sub(&be->retries_waiting, (int64_t)n);
+            atomic_store(&row->retries_waiting, 0);
+        }
     }
     atomic_store(&w->pid, 0);
     atomic_store(&w->state, LB_SLOT_FREE);
@@ -559,6 +594,9 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->responses[c] += lb_counter_get(&w->responses[c]);
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         out->timeouts[k] += lb_counter_get(&w->timeouts[k]);
+    for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
+        out->accept_pauses[r] += lb_counter_get(&w->accept_pauses[r]);
+    out->client_aborts += lb_counter_get(&w->client_aborts);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

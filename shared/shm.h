@@ -82,29 +82,35 @@ static inline uint64_t lb_counter_get(lb_counter_t *c)
     return atomic_load_explicit(c, memory_order_relaxed);
 }
 
-/* Whether GENERATION is the running configuration's. Health state (UP,
- * DOWN, passive cooldowns) is written only by the current generation's
- * processes: a retiring worker or control process still applying the old
- * configuration's rules (checks that no longer exist, say) would undo what
- * the reload carried over. */
+/* Whether GENERATION is the running configuration's. Health and breaker
+ * state is written only by the current generation's processes: a retiring
+ * worker or control process still applying the old configuration's rules
+ * (checks that no longer exist, say) would undo what the reload carried
+ * over. */
 static inline bool lb_shm_generation_current(const struct lb_shm_header *h, uint64_t generation)
 {
     return atomic_load_explicit(&h->generation, memory_order_relaxed) == generation;
 }
 
-/* Whether a backend may take a new request now (health, drain, passive
- * cooldown). Weight 0 is the balancer's business. */
-static inline bool lb_backend_usable(const struct lb_shm_backend *b, uint64_t now_ms)
+/* Whether a backend may take a new request as far as health and drain go.
+ * Weight 0 and the breaker are the balancer's business. */
+static inline bool lb_backend_usable(const struct lb_shm_backend *b)
 {
-    if (atomic_load_explicit(&b->drain, memory_order_relaxed))
-        return false;
-    if (atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_UP)
-        return true;
-    /* Passively downed with no active check to bring it back: try again
-     * once the cooldown is over; one success makes it UP again. */
-    uint64_t until = atomic_load_explicit((lb_counter_t *)&b->passive_until_ms,
-                                          memory_order_relaxed);
-    return until != 0 && now_ms >= until;
+    return !atomic_load_explicit(&b->drain, memory_order_relaxed) &&
+           atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_UP;
+}
+
+/* The breaker state as shown (/status, metrics) at NOW_MS (CLOCK_MONOTONIC):
+ * an OPEN breaker whose interval is over is half-open already, though the
+ * transition is made (and counted) by the first trial let through. */
+static inline enum lb_breaker_state lb_shm_breaker_shown(const struct lb_shm_backend *b,
+                                                         uint64_t now_ms)
+{
+    uint64_t w = atomic_load_explicit(&b->breaker, memory_order_relaxed);
+    unsigned st = LB_BRK_STATE(w);
+    if (st == LB_BREAKER_OPEN && now_ms >= LB_BRK_STAMP(w))
+        return LB_BREAKER_HALF_OPEN;
+    return st < LB_BREAKER_STATES ? (enum lb_breaker_state)st : LB_BREAKER_CLOSED;
 }
 
 /* Master: give every pool and server of CFG a stable id (same name, same
@@ -152,6 +158,8 @@ struct lb_worker_totals {
     uint64_t bytes_out;
     uint64_t responses[LB_STATUS_CLASSES];
     uint64_t timeouts[LB_TIMEOUT_KINDS];
+    uint64_t accept_pauses[LB_PAUSE_REASONS];
+    uint64_t client_aborts;
 };
 
 /* A reader's copy of one limit's counters, summed over all slots, and

@@ -3,7 +3,7 @@
  * within a line). Off unless `access_log` is set. Format (README):
  *
  *   ADDR - - [TIME] "REQUEST LINE" STATUS BYTES "REFERER" "USER-AGENT"
- *     upstream=ADDR upstream_status=N request_id=ID rt=SEC uct=SEC uht=SEC
+ *     upstream=ADDR upstream_status=N request_id=ID rt=SEC uct=SEC uht=SEC attempts=N
  */
 #ifndef LB_ACCESSLOG_H
 #define LB_ACCESSLOG_H
@@ -27,6 +27,7 @@ struct lb_access_entry {
     uint64_t bytes;             /* sent to the client for this request */
     int status;                 /* sent to the client; 0 if none */
     int upstream_status;        /* from the backend; 0 if none */
+    unsigned attempts;          /* tries sent to a backend (retries + 1); 0 if none */
     char limited[LB_NAME_MAX + 32]; /* " limited=NAME..." (rate limits), or "" */
 };
 

@@ -9,6 +9,7 @@
 
 #include "shared/shm.h"
 #include "shared/util.h"
+#include "worker/breaker.h"
 
 /* ---- helpers shared by the strategies --------------------------------- */
 
@@ -17,9 +18,10 @@ static inline unsigned lb_weight(const struct lb_balancer *b, size_t i)
     return atomic_load_explicit(&b->backends[i]->weight, memory_order_relaxed);
 }
 
-static inline bool lb_usable(const struct lb_balancer *b, size_t i, uint64_t now_ms)
+static inline bool lb_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
 {
-    return lb_weight(b, i) > 0 && lb_backend_usable(b->backends[i], now_ms);
+    return lb_weight(b, i) > 0 && lb_backend_usable(b->backends[i]) &&
+           lb_breaker_usable(b->backends[i], &b->pool->breaker, ctx->now_ms, ctx->trials);
 }
 
 static inline int64_t lb_inflight(const struct lb_balancer *b, size_t i)
@@ -145,7 +147,7 @@ static int lb_rr_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
     for (size_t step = 0; step < b->seq_len; step++) {
         uint64_t k = atomic_fetch_add_explicit(b->cursor, 1, memory_order_relaxed);
         size_t i = b->seq[k % b->seq_len];
-        if (lb_usable(b, i, ctx->now_ms))
+        if (lb_usable(b, i, ctx))
             return (int)i;
     }
     return -1;
@@ -167,7 +169,7 @@ static int lb_lc_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
     size_t start = b->n ? b->rotor++ % b->n : 0;
     for (size_t k = 0; k < b->n; k++) {
         size_t i = (start + k) % b->n;
-        if (!lb_usable(b, i, ctx->now_ms))
+        if (!lb_usable(b, i, ctx))
             continue;
         uint64_t load = (uint64_t)lb_inflight(b, i);
         unsigned w = lb_weight(b, i);
@@ -186,13 +188,13 @@ static int lb_random_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {
     uint64_t total = 0;
     for (size_t i = 0; i < b->n; i++)
-        if (lb_usable(b, i, ctx->now_ms))
+        if (lb_usable(b, i, ctx))
             total += lb_weight(b, i);
     if (total == 0)
         return -1;
     uint64_t r = lb_rand(b) % total;
     for (size_t i = 0; i < b->n; i++) {
-        if (!lb_usable(b, i, ctx->now_ms))
+        if (!lb_usable(b, i, ctx))
             continue;
         unsigned w = lb_weight(b, i);
         if (r < w)
@@ -266,44 +268,6 @@ void lb_backend_observe(struct lb_shm_backend *b, uint64_t sample_us, uint64_t n
     atomic_store_explicit(&b->ewma_stamp_us, now_us, memory_order_relaxed);
 }
 
-bool lb_backend_report(struct lb_shm_backend *b, bool ok, const struct lb_pool_cfg *pool,
-                       uint64_t now_ms)
-{
-    if (ok) {
-        /* Read before writing: the common case leaves the line unshared. */
-        if (atomic_load_explicit(&b->fails_in_row, memory_order_relaxed) != 0)
-            atomic_store_explicit(&b->fails_in_row, 0, memory_order_relaxed);
-        if (!pool->health.enabled &&
-            atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_DOWN &&
-            atomic_load_explicit(&b->down_reason, memory_order_relaxed) == LB_DOWN_PASSIVE) {
-            atomic_store(&b->passive_until_ms, 0);
-            atomic_store(&b->down_reason, LB_DOWN_NONE);
-            atomic_store(&b->last_change_ms, lb_wall_ms());
-            atomic_store(&b->health, LB_HEALTH_UP);
-        }
-        return false;
-    }
-    if (pool->passive.failures == 0)
-        return false;
-    uint64_t n = atomic_fetch_add_explicit(&b->fails_in_row, 1, memory_order_relaxed) + 1;
-    uint32_t up = LB_HEALTH_UP;
-    if (n >= pool->passive.failures &&
-        atomic_compare_exchange_strong(&b->health, &up, LB_HEALTH_DOWN)) {
-        atomic_store(&b->down_reason, LB_DOWN_PASSIVE);
-        atomic_store(&b->check_successes, 0);   /* the next checks must pass again */
-        atomic_store(&b->passive_until_ms,
-                     pool->health.enabled ? 0 : now_ms + pool->passive.cooldown_ms);
-        atomic_store(&b->last_change_ms, lb_wall_ms());
-        return true;
-    }
-    if (up == LB_HEALTH_DOWN && !pool->health.enabled &&
-        atomic_load(&b->passive_until_ms) != 0) {
-        /* The retry after the cooldown failed too: another cooldown. */
-        atomic_store(&b->passive_until_ms, now_ms + pool->passive.cooldown_ms);
-    }
-    return false;
-}
-
 /* ---- consistent hashing (ketama) ---------------------------------------- */
 
 #define LB_KETAMA_POINTS 160            /* per unit of weight */
@@ -369,7 +333,7 @@ static int lb_hash_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
      * others, and come back when they do. */
     for (size_t step = 0; step < b->ring_len; step++) {
         uint32_t s = b->ring[(lo + step) % b->ring_len].server;
-        if (lb_usable(b, s, ctx->now_ms))
+        if (lb_usable(b, s, ctx))
             return (int)s;
     }
     return -1;
@@ -441,4 +405,9 @@ void lb_balancer_destroy(struct lb_balancer *b)
     if (b->ops != NULL && b->ops->destroy != NULL)
         b->ops->destroy(b);
     b->ops = NULL;
+}
+
+bool lb_balancer_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
+{
+    return lb_usable(b, i, ctx);
 }

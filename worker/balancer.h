@@ -31,8 +31,9 @@ struct lb_balancer;
 
 /* What a pick may look at besides shared state. */
 struct lb_pick_ctx {
-    uint64_t now_ms;                    /* wall clock, for passive cooldowns */
+    uint64_t now_ms;                    /* CLOCK_MONOTONIC, for breakers (when the pool has one) */
     uint64_t key;                       /* hash: the key's hash (lb_balancer_key) */
+    bool trials;                        /* may take a half-open breaker's trial */
 };
 
 struct lb_balancer_ops {
@@ -85,9 +86,9 @@ size_t lb_swrr_cycle(const unsigned *weights, size_t n, uint16_t *out, size_t ma
 /* Feedback from the data path. */
 /* A response head arrived SAMPLE_US after the request was sent. */
 void lb_backend_observe(struct lb_shm_backend *b, uint64_t sample_us, uint64_t now_us);
-/* An exchange with B ended well (OK) or with a failure that counts for
- * passive health. Returns true when this call took B down. */
-bool lb_backend_report(struct lb_shm_backend *b, bool ok, const struct lb_pool_cfg *pool,
-                       uint64_t now_ms);
+
+/* Whether server I of B may take a request now, as every strategy's pick
+ * judges it: for a retry looking past the servers it tried. */
+bool lb_balancer_usable(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx);
 
 #endif

@@ -65,7 +65,38 @@ static struct {
     struct lb_conn_tq **tq;             /* read-timeout FIFOs by duration (each
                                          * at a fixed address: the list heads) */
     unsigned ntq;
+    int fd_mapped;                      /* libevent has entries for fds below */
 } lb_loop;
+
+/* libevent allocates a small entry (about 40 bytes) for an fd number the
+ * first time it is watched, and keeps it until the loop is freed. Made one
+ * at a time as a burst of connections reaches new fd numbers, these would
+ * sit every few KiB among the burst's buffers and pin those pages once the
+ * burst is over (malloc_trim returns whole free pages only): 3,000
+ * connections left 13 MiB that way. So they are made ahead, a block of fd
+ * numbers at a time, side by side. */
+#define LB_CONN_FD_BLOCK 1024
+
+static void lb_conn_map_noop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+}
+
+static void lb_conn_map_fds(int fd)
+{
+    int to = (fd / LB_CONN_FD_BLOCK + 1) * LB_CONN_FD_BLOCK;
+    struct event ev;
+    for (int i = lb_loop.fd_mapped; i < to; i++) {
+        /* With the epoll changelist an add undone before the next wait is
+         * no system call; the entry stays. */
+        event_assign(&ev, lb_loop.base, i, EV_READ, lb_conn_map_noop, NULL);
+        if (event_add(&ev, NULL) == 0)
+            event_del(&ev);
+    }
+    lb_loop.fd_mapped = to;
+}
 
 static uint64_t lb_conn_clock_ms(void)
 {
@@ -476,6 +507,34 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* The peer's end (EOF) is read, and its reset is what is watched for: a
+ * wakeup of the edge-triggered watch with a pending socket error. */
+static void lb_conn_on_reset(evutil_socket_t fd, short what, void *arg)
+{
+    struct lb_conn *c = arg;
+    (void)what;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err == 0)
+        return;     /* the wakeup of the watch's start (the EOF is there) */
+    lb_conn_disarm_read(c);
+    errno = err;
+    c->ops->event(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
+}
+
+void lb_conn_watch_reset(struct lb_conn *c)
+{
+    if (!c->eof || c->read_armed)
+        return;
+    /* Edge-triggered: the socket stays readable (EOF) for good, and a
+     * level-triggered watch would wake the loop without end. */
+    event_assign(&c->rev, lb_loop.base, c->fd, EV_READ | EV_ET | EV_PERSIST, lb_conn_on_reset, c);
+    if (event_add(&c->rev, NULL) == 0)
+        c->read_armed = 1;
+}
+
 static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
@@ -518,6 +577,7 @@ static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
 int lb_conn_loop_init(struct event_base *base)
 {
     lb_loop.base = base;
+    lb_loop.fd_mapped = 0;
     lb_loop.ncommon = 0;
     lb_loop.head = lb_loop.tail = NULL;
     lb_loop.flush_ev = event_new(base, -1, 0, lb_conn_flush_all, NULL);
@@ -597,7 +657,7 @@ void lb_conn_shrink(struct lb_conn *c)
     lb_conn_bufs_release(c);
 }
 
-void lb_conn_loop_free(void)
+void lb_conn_pool_clear(void)
 {
     while (lb_loop.pool != NULL) {
         struct lb_conn_bufs *b = lb_loop.pool;
@@ -605,6 +665,11 @@ void lb_conn_loop_free(void)
         lb_conn_bufs_free(b);
     }
     lb_loop.npool = 0;
+}
+
+void lb_conn_loop_free(void)
+{
+    lb_conn_pool_clear();
     for (unsigned i = 0; i < lb_loop.ntq; i++) {
         event_free(lb_loop.tq[i]->timer);
         free(lb_loop.tq[i]);
@@ -631,6 +696,8 @@ struct lb_conn *lb_conn_new(int fd)
         free(c);
         return NULL;
     }
+    if (fd >= lb_loop.fd_mapped)
+        lb_conn_map_fds(fd);
     event_assign(&c->rev, lb_loop.base, fd, EV_READ | EV_PERSIST, lb_conn_on_read, c);
     c->read_limit = 256 * 1024;
     return c;
@@ -710,7 +777,7 @@ void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms
     /* Setting timeouts marks a new phase (idle, waiting for a response, a
      * pooled connection taken): armed events count from now, even when the
      * value is the same as before. */
-    if (c->read_armed)
+    if (c->read_armed && !c->eof)   /* (after EOF: a reset watch, no clock) */
         lb_conn_arm_read(c);
     if (c->write_armed)
         lb_conn_arm_write(c);

@@ -88,6 +88,8 @@ struct lb_conn {
  * the flush of every connection that got output. */
 int lb_conn_loop_init(struct event_base *base);
 void lb_conn_loop_free(void);
+/* Free the pooled buffer pairs (after a burst: see lb_worker_trim). */
+void lb_conn_pool_clear(void);
 /* The timeval to give event_add() for a timeout of MS: one of libevent's
  * common timeouts (events of one duration wait in a FIFO, so re-arming one
  * per request costs O(1) instead of a heap update), or SCRATCH filled in. */
@@ -112,6 +114,11 @@ void lb_conn_read_disable(struct lb_conn *c);
  * comes; write while output is pending and no byte leaves (and connect). */
 void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms);
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low);
+/* After the peer's EOF: report an ERROR event if the connection is then
+ * reset (the peer had closed its socket, not only its sending side, and
+ * answers what we send with a reset). Ends with the connection, or when
+ * reading is disabled. */
+void lb_conn_watch_reset(struct lb_conn *c);
 /* Write what can be written now (normally done at the end of the pass). */
 void lb_conn_flush(struct lb_conn *c);
 /* An idle connection gives its (empty) buffers back; the next read brings

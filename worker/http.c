@@ -1,5 +1,6 @@
 #include "worker/http.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 #include "shared/util.h"
@@ -9,7 +10,7 @@
 #define C_TCHAR   0x01u     /* token character */
 #define C_VALUE   0x02u     /* field-value: VCHAR, obs-text, SP, HTAB */
 #define C_TARGET  0x04u     /* request-target: visible ASCII */
-#define C_HOST    0x08u     /* Host value: reg-name, IP literal, port */
+#define C_HOST    0x08u     /* reg-name without pct-encoding (RFC 3986 3.2.2) */
 
 static uint8_t lb_http_cc[256];
 
@@ -24,7 +25,7 @@ __attribute__((constructor)) static void lb_http_cc_init(void)
             f |= C_VALUE;
         if (c > 0x20 && c < 0x7f)
             f |= C_TARGET;
-        if (alnum || (c != 0 && strchr("-._~!$&'()*+,;=:[]%", c) != NULL))
+        if (alnum || (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL))
             f |= C_HOST;
         lb_http_cc[c] = f;
     }
@@ -120,6 +121,69 @@ static int lb_http_parse_fields(const char *p, const char *end, struct lb_http_m
     return 0;
 }
 
+static bool lb_is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+/* IP-literal without its brackets: IPv6address or IPvFuture (RFC 3986
+ * 3.2.2). No zone identifier. */
+static bool lb_ip_literal_valid(const char *p, size_t len)
+{
+    if (len > 1 && (p[0] == 'v' || p[0] == 'V')) {
+        /* "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ) */
+        size_t i = 1;
+        while (i < len && lb_is_hex((unsigned char)p[i]))
+            i++;
+        if (i == 1 || i >= len || p[i] != '.' || ++i == len)
+            return false;
+        for (; i < len; i++)
+            if (!lb_is((unsigned char)p[i], C_HOST) && p[i] != ':')
+                return false;
+        return true;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    unsigned char addr[16];
+    if (len == 0 || len >= sizeof(buf))
+        return false;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    return inet_pton(AF_INET6, buf, addr) == 1;
+}
+
+/* An authority as lbd routes by it and passes it on as Host:
+ * host [ ":" port ], host = IP-literal / IPv4address / reg-name (RFC 3986
+ * 3.2.2; an IPv4address is a reg-name too). Stricter than the grammar: the
+ * host is not empty, reg-names carry no percent-encoding (routes match the
+ * literal name: a backend that decoded it would see another host), and a
+ * port has at most 5 digits, at most 65535. */
+static bool lb_http_authority_valid(const char *s, size_t len)
+{
+    const char *p = s, *end = s + len;
+    if (len > 0 && *p == '[') {
+        const char *close = memchr(p, ']', len);
+        if (close == NULL || !lb_ip_literal_valid(p + 1, (size_t)(close - p - 1)))
+            return false;
+        p = close + 1;
+    } else {
+        while (p < end && lb_is((unsigned char)*p, C_HOST))
+            p++;
+        if (p == s)
+            return false;
+    }
+    if (p == end)
+        return true;
+    if (*p++ != ':' || end - p > 5)
+        return false;
+    unsigned port = 0;
+    for (; p < end; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        port = port * 10 + (unsigned)(*p - '0');
+    }
+    return port <= 65535;
+}
+
 static bool lb_hdr_is(const struct lb_http_header *h, const char *lower)
 {
     return lb_str_ieq(h->name, h->name_len, lower);
@@ -187,11 +251,10 @@ static int lb_http_semantics(struct lb_http_msg *m, bool request)
         switch (h->name_len) {
         case 4:
             if (lb_hdr_is(h, "host")) {
-                if (m->host >= 0)
+                /* Empty when the target has no authority (RFC 9112 3.2). */
+                if (m->host >= 0 ||
+                    (h->value_len > 0 && !lb_http_authority_valid(h->value, h->value_len)))
                     return 400;
-                for (uint32_t k = 0; k < h->value_len; k++)
-                    if (!lb_is((unsigned char)h->value[k], C_HOST))
-                        return 400;
                 m->host = (int)i;
             }
             break;
@@ -444,18 +507,20 @@ int lb_http_parse_request(const char *buf, size_t head_len, struct lb_http_msg *
     } else if (m->target[0] != '/') {
         const char *auth, *path;
         size_t alen, plen;
+        /* Userinfo ('@') is not sent to a proxy; an empty host is
+         * invalid in an http URI (RFC 9110 4.2.1). */
         if (!lb_http_absolute_target(m->target, m->target_len, &auth, &alen, &path, &plen) ||
-            alen == 0)
+            !lb_http_authority_valid(auth, alen))
             return 400;
-        for (size_t i = 0; i < alen; i++)
-            if (!lb_is((unsigned char)auth[i], C_HOST) || auth[i] == '@')
-                return 400;     /* userinfo is not sent to a proxy */
     }
     if (m->method_len == 4 && memcmp(m->method, "HEAD", 4) == 0)
         m->flags |= LB_MSG_HEAD | LB_MSG_SAFE;
-    if ((m->method_len == 3 && memcmp(m->method, "GET", 3) == 0) || options ||
-        (m->method_len == 5 && memcmp(m->method, "TRACE", 5) == 0))
+    else if ((m->method_len == 3 && memcmp(m->method, "GET", 3) == 0) || options ||
+             (m->method_len == 5 && memcmp(m->method, "TRACE", 5) == 0))
         m->flags |= LB_MSG_SAFE;
+    else if ((m->method_len == 3 && memcmp(m->method, "PUT", 3) == 0) ||
+             (m->method_len == 6 && memcmp(m->method, "DELETE", 6) == 0))
+        m->flags |= LB_MSG_IDEMPOTENT;
 
     size_t max = m->max_headers < lim->max_headers ? m->max_headers : lim->max_headers;
     int rc = lb_http_parse_fields(eol + 2, end, m, max);
@@ -580,13 +645,15 @@ ssize_t lb_chunked_feed(struct lb_chunked *c, const char *p, size_t len)
         case CH_SIZE: {
             int v = lb_hexval(ch);
             if (v >= 0) {
-                /* At most 15 significant hex digits: far beyond any body,
-                 * far below overflow. Leading zeros are allowed (RFC 9112),
-                 * bounded by the line limit. */
-                if (c->remaining >> 56)
+                /* At most 16 hex digits, leading zeros included: a backend
+                 * that reads no more (Go's net/http) must see the framing
+                 * lbd saw, and RFC 9112 leaves the zeros' count open. The
+                 * value stays below 2^60: far beyond any body, far below
+                 * overflow. */
+                if (c->digits == LB_CHUNKED_MAX_DIGITS || (c->remaining >> 56))
                     return -1;
                 c->remaining = (c->remaining << 4) | (uint64_t)v;
-                c->digits = 1;
+                c->digits++;
             } else if (c->digits == 0) {
                 return -1;
             } else if (ch == ';') {

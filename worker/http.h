@@ -46,6 +46,7 @@ enum lb_http_body {
 #define LB_MSG_EXPECT_CONTINUE  0x08u
 #define LB_MSG_HEAD             0x10u   /* request method is HEAD */
 #define LB_MSG_SAFE             0x20u   /* GET, HEAD, OPTIONS, TRACE: may be retried */
+#define LB_MSG_IDEMPOTENT       0x40u   /* PUT, DELETE: idempotent, not safe (RFC 9110 9.2.2) */
 
 struct lb_http_limits {
     size_t max_request_line;    /* 414 beyond */
@@ -115,13 +116,14 @@ bool lb_http_named_by_connection(const struct lb_http_msg *m, const struct lb_ht
  * (bytes are forwarded as they are, so framing is validated, not rebuilt). */
 struct lb_chunked {
     uint8_t state;
-    uint8_t digits;             /* the size line has a digit */
+    uint8_t digits;             /* hex digits in the size line so far */
     uint16_t line_len;          /* bytes in the current size/trailer line */
     uint32_t trailer_len;
     uint64_t remaining;         /* data bytes left in the current chunk */
     uint64_t data_bytes;        /* chunk data seen so far (the body's size) */
 };
 
+#define LB_CHUNKED_MAX_DIGITS   16      /* chunk-size, leading zeros included */
 #define LB_CHUNKED_MAX_LINE     4096    /* size line with extensions */
 #define LB_CHUNKED_MAX_TRAILER  16384
 

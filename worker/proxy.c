@@ -18,15 +18,18 @@
 
 #include "shared/log.h"
 #include "worker/accesslog.h"
+#include "worker/breaker.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
 #include "worker/ratelimit.h"
+#include "worker/retry.h"
 #include "worker/route.h"
 #include "worker/upstream.h"
 
 enum lb_session_state {
     LB_S_HEAD,          /* waiting for a request head */
     LB_S_PROXY,         /* forwarding a request, relaying its response */
+    LB_S_RETRY,         /* a try failed: waiting out the backoff before the next */
     LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
     LB_S_DELAYED,       /* a leaky bucket holds the request (the session timer),
@@ -47,7 +50,17 @@ struct lb_exchange {
     uint64_t resp_left;
     uint64_t req_body_bytes;            /* received so far (limits.body) */
     uint64_t sent_us;                   /* request dispatched (wall clock) */
+    uint64_t breaker_ticket;            /* a half-open breaker's trial: its round */
+    uint64_t breaker_ms;                /* CLOCK_MONOTONIC at the pick (breaker on) */
     uint64_t body_progress;             /* bytes since the client_body timer was armed */
+    uint64_t request_id[2];             /* the X-Request-Id made for it, if it had none */
+    /* Retries (worker/retry.h). */
+    struct evbuffer *replay;            /* a request with a body: its head and the body
+                                         * so far, kept to send again; NULL: not kept */
+    struct lb_server_rt *retry_held;    /* whose retry count holds this request's retry */
+    uint64_t tried;                     /* servers tried: bit (index % 64) */
+    uint8_t retries;                    /* retries made (a stale connection's resend is none) */
+    bool retry_waiting;                 /* the held retry waits out its backoff */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
     struct lb_rl_pending *rl_pending;   /* asking redis (a fleet limit) */
@@ -79,9 +92,10 @@ struct lb_session {
     bool client_eof : 1;
     bool head_pending : 1;              /* request head still in client input */
     bool up_reused : 1;
-    bool retried : 1;
+    bool stale_resent : 1;              /* this try went again on a new connection */
     bool resp_head_done : 1;
     bool resp_started : 1;              /* response bytes queued to the client */
+    bool interim_sent : 1;              /* a backend's 1xx head went to the client */
     bool req_done : 1;
     bool resp_done : 1;
     bool up_eof : 1;                    /* the backend closed its side */
@@ -149,6 +163,9 @@ static void lb_session_log(struct lb_session *s)
     struct lb_access_entry *e = s->acc;
     if (e == NULL || e->start_us == 0)
         return;
+    /* Tries: the first and each retry started (a stale connection's resend
+     * is none). */
+    e->attempts = s->server == NULL ? 0 : 1u + (s->x != NULL ? s->x->retries : 0);
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
                        e->request_id, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
@@ -252,6 +269,36 @@ static bool lb_session_exchange_take(struct lb_session *s)
     return true;
 }
 
+/* The request's retry (worker/retry.h) is over: the try it started was
+ * answered, or the request ends. */
+static void lb_session_retry_release(struct lb_session *s)
+{
+    struct lb_exchange *x = s->x;
+    struct lb_server_rt *held = x->retry_held;
+    if (held == NULL)
+        return;
+    if (x->retry_waiting)
+        lb_retry_gauge(&held->shared->retries_waiting, &held->stats->retries_waiting, -1);
+    lb_retry_gauge(&held->shared->retries, &held->stats->retries, -1);
+    x->retry_held = NULL;
+    x->retry_waiting = false;
+}
+
+/* The exchange no longer needs to send its request again: its final
+ * answer began, or it ends in an error or a close. (Cleared there, so that
+ * an exchange that ends well costs no check at its end.) */
+static void lb_session_retry_clear(struct lb_session *s)
+{
+    struct lb_exchange *x = s->x;
+    if (x == NULL)
+        return;
+    lb_session_retry_release(s);
+    if (x->replay != NULL) {
+        evbuffer_free(x->replay);
+        x->replay = NULL;
+    }
+}
+
 /* Give them back: the exchange is over and logged (or never started). */
 static void lb_session_exchange_put(struct lb_session *s)
 {
@@ -270,11 +317,20 @@ static void lb_timer_arm(struct event *ev, uint64_t ms)
 
 /* Backend connection timeouts once connected, from the pool's timeouts:
  * stalled writes always; backend_response only once the whole request is
- * sent (a slow upload is the client's time, judged by client_body). */
+ * sent (a slow upload is the client's time, judged by client_body). Until
+ * the response head is complete, backend_response runs on the session
+ * timer, from the request to the end of the final head: the connection's
+ * read clock restarts at every byte, and a backend trickling its head or
+ * sending 1xx heads without end would never run out of it. After the head
+ * it bounds each pause between body reads. */
 static void lb_session_up_timeouts(struct lb_session *s)
 {
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
-    lb_conn_set_timeouts(s->up->conn, s->req_done ? t->backend_response_ms : 0, t->send_ms);
+    bool head_wait = s->req_done && !s->resp_head_done;
+    lb_conn_set_timeouts(s->up->conn, s->req_done && !head_wait ? t->backend_response_ms : 0,
+                         t->send_ms);
+    if (head_wait)     /* (retries.per_try_timeout if shorter) */
+        lb_session_timer_arm(s, s->server->pool->cfg->retries.head_timeout_ms);
 }
 
 /* Between requests. A draining worker keeps an idle keep-alive connection
@@ -288,25 +344,44 @@ static void lb_session_set_idle(struct lb_session *s)
                          w->cfg->timeouts.send_ms);
 }
 
-/* Passive health: only the current generation's workers change it (see
- * lb_shm_generation_current). Whether the server just went DOWN. */
-static bool lb_session_report(struct lb_session *s, bool ok, uint64_t now_ms)
+/* Tell the server's circuit breaker what became of the request. Only the
+ * current generation's workers change breaker state (see
+ * lb_shm_generation_current), except that a trial's outcome is always
+ * reported: its round would otherwise wait for the trial timeout. */
+static void lb_session_report(struct lb_session *s, enum lb_breaker_outcome outcome,
+                              uint64_t retry_after_ms)
 {
-    return lb_shm_generation_current(s->w->shm, s->w->generation) &&
-           lb_backend_report(s->server->shared, ok, s->server->pool->cfg, now_ms);
+    const struct lb_pool_rt *pool = s->server->pool;
+    if (!pool->cfg->breaker.enabled)
+        return;
+    uint64_t ticket = s->x != NULL ? s->x->breaker_ticket : 0;
+    if (ticket != 0)
+        s->x->breaker_ticket = 0;
+    else if (!lb_shm_generation_current(s->w->shm, s->w->generation))
+        return;
+    /* A success counts at its pick's time; anything else reads the clock. */
+    uint64_t now_ms = outcome == LB_BREAKER_SUCCESS && s->x != NULL ? s->x->breaker_ms : 0;
+    const struct lb_breaker_site site = { s->server->shared, pool->shm, pool->cfg };
+    lb_breaker_report(&site, ticket, outcome, retry_after_ms, now_ms);
 }
 
-/* A failure that counts against the backend: counters and passive health. */
+/* The exchange ends in an error or a close: a trial it still holds had no
+ * verdict (the client left, or the request was never sent), and goes back
+ * to the breaker. (An exchange that ends well has reported its outcome.) */
+static void lb_session_trial_end(struct lb_session *s)
+{
+    if (s->x != NULL && s->x->breaker_ticket != 0 && s->server != NULL)
+        lb_session_report(s, LB_BREAKER_ABANDONED, 0);
+}
+
+/* A failure that counts against the backend: counters and breaker. */
 static void lb_session_backend_failed(struct lb_session *s)
 {
     lb_counter_add(&s->server->stats->failures, 1);
-    if (lb_session_report(s, false, lb_wall_ms()))
-        lb_log_warn("server %s of pool '%s' marked DOWN after %u failed requests in a row",
-                    s->server->cfg->address, s->server->pool->cfg->name,
-                    s->server->pool->cfg->passive.failures);
+    lb_session_report(s, LB_BREAKER_FAILURE, 0);
 }
 
-/* The exchange went through: duration histogram, passive health. */
+/* The exchange went through: duration histogram, breaker. */
 static void lb_session_backend_done(struct lb_session *s)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
@@ -317,7 +392,7 @@ static void lb_session_backend_done(struct lb_session *s)
     lb_counter_add(&s->server->stats->duration[k], 1);
     lb_counter_add(&s->server->stats->duration_sum_us, d);
     if (!s->counted_failure)
-        lb_session_report(s, true, 0);
+        lb_session_report(s, LB_BREAKER_SUCCESS, 0);
 }
 
 static void lb_session_release_up(struct lb_session *s, bool reusable)
@@ -335,6 +410,8 @@ static void lb_session_release_up(struct lb_session *s, bool reusable)
 static void lb_session_close(struct lb_session *s)
 {
     struct lb_worker *w = s->w;
+    lb_session_trial_end(s);
+    lb_session_retry_clear(s);
     lb_session_log(s);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
@@ -374,6 +451,7 @@ static void lb_session_shut(struct lb_session *s)
 
 static void lb_session_linger(struct lb_session *s)
 {
+    lb_session_retry_clear(s);
     lb_session_log(s);
     s->state = LB_S_CLOSING;
     lb_session_release_up(s, false);
@@ -413,10 +491,11 @@ static void lb_session_reset_request(struct lb_session *s)
 {
     s->state = LB_S_HEAD;
     s->server = NULL;
-    s->head_pending = s->up_reused = s->retried = s->upgrade = s->rl_passed = false;
+    s->head_pending = s->up_reused = s->stale_resent = s->upgrade = s->rl_passed = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
-    s->counted_failure = false;
+    s->counted_failure = s->interim_sent = false;
     if (s->x != NULL) {
+        /* (retry state cleared already; the rate-limit note by its count) */
         memset(s->x, 0, offsetof(struct lb_exchange, rl));
         s->x->rl.n = s->x->rl.mark = 0;
     }
@@ -442,6 +521,8 @@ static void lb_session_count_response(struct lb_session *s, int status)
 static void lb_session_answer(struct lb_session *s, int status, const char *extra,
                               size_t extra_len, bool limited)
 {
+    lb_session_trial_end(s);
+    lb_session_retry_clear(s);
     if (s->resp_started) {
         lb_session_linger(s);
         return;
@@ -627,7 +708,7 @@ static bool lb_has_kind(const struct lb_http_msg *m, uint32_t name_len)
  * forwarding headers ours. A trusted peer's X-Forwarded-For / Forwarded are
  * kept and appended to; anyone else's are replaced. */
 static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_msg *m,
-                                    struct evbuffer *buf)
+                                    struct evbuffer *buf, bool again)
 {
     const char *target = m->target, *auth = NULL;
     size_t tlen = m->target_len, alen = 0;
@@ -691,10 +772,16 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     const char *rid = generated;
     size_t rid_len = sizeof(generated);
     if (m->request_id < 0) {
-        /* 128 random bits in hex, without printf: this runs per request. */
+        /* 128 random bits in hex, without printf: this runs per request.
+         * Every try of the request (AGAIN) carries the same. */
         static const char hex[] = "0123456789abcdef";
+        uint64_t *id = s->x->request_id;
+        if (!again) {
+            id[0] = lb_rand64(s->w);
+            id[1] = lb_rand64(s->w);
+        }
         for (size_t half = 0; half < 2; half++) {
-            uint64_t v = lb_rand64(s->w);
+            uint64_t v = id[half];
             for (size_t i = 0; i < 16; i++)
                 generated[half * 16 + i] = hex[(v >> (60 - 4 * i)) & 15];
         }
@@ -748,6 +835,42 @@ static ssize_t lb_chunked_scan(struct lb_chunked *c, struct evbuffer *src)
     return (ssize_t)total;
 }
 
+/* Append LEN bytes of SRC from offset OFF to DST, copied (SRC keeps
+ * them). 0, or -1 when out of memory. */
+static int lb_buffer_copy(struct evbuffer *dst, struct evbuffer *src, size_t off, size_t len)
+{
+    while (len > 0) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v[8];
+        if (evbuffer_ptr_set(src, &pos, off, EVBUFFER_PTR_SET) < 0)
+            return -1;
+        int nv = evbuffer_peek(src, (ev_ssize_t)len, &pos, v, 8);
+        if (nv <= 0)
+            return -1;
+        for (int i = 0; i < nv && i < 8 && len > 0; i++) {
+            size_t n = v[i].iov_len < len ? v[i].iov_len : len;
+            if (evbuffer_add(dst, v[i].iov_base, n) < 0)
+                return -1;
+            off += n;
+            len -= n;
+        }
+    }
+    return 0;
+}
+
+/* The next N body bytes (at the start of IN) are kept to send again, up
+ * to retries.buffer: beyond, or out of memory, the request can no longer
+ * be sent again. A copy: the request's bytes go to the backend as ever. */
+static void lb_session_keep_body(struct lb_session *s, struct evbuffer *in, size_t n)
+{
+    struct evbuffer *r = s->x->replay;
+    if (evbuffer_get_length(r) - s->x->head_len + n > s->server->pool->cfg->retries.buffer ||
+        lb_buffer_copy(r, in, 0, n) < 0) {
+        evbuffer_free(r);
+        s->x->replay = NULL;
+    }
+}
+
 /* Move what is available of the request body to the backend. */
 static void lb_forward_request_body(struct lb_session *s)
 {
@@ -785,6 +908,8 @@ static void lb_forward_request_body(struct lb_session *s)
             lb_session_error(s, 413);
             return;
         }
+        if (s->x->replay != NULL)
+            lb_session_keep_body(s, in, n);
         lb_conn_move(in, out, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
@@ -977,6 +1102,7 @@ static void lb_tunnel_start(struct lb_session *s)
     s->keepalive = false;
     /* Bytes both ways have no exchange state: idle WebSockets, which can
      * be many, hold none. */
+    lb_session_retry_clear(s);
     lb_session_exchange_put(s);
     lb_session_deadline_off(s);
     const struct lb_timeouts *t = &s->server->pool->cfg->timeouts;
@@ -987,6 +1113,187 @@ static void lb_tunnel_start(struct lb_session *s)
     lb_conn_read_enable(s->client);
     lb_tunnel_arm(s);
     lb_tunnel_pump(s);
+}
+
+/* A 503's Retry-After, for the breaker: ms from now, 0 if none. */
+static uint64_t lb_retry_after_ms(const struct lb_http_msg *m)
+{
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct lb_http_header *h = &m->headers[i];
+        if (h->name_len == 11 && lb_str_ieq(h->name, 11, "retry-after"))
+            return lb_breaker_retry_after_ms(h->value, h->value_len, lb_wall_ms());
+    }
+    return 0;
+}
+
+/* ---- retries (worker/retry.h) ------------------------------------------- */
+
+static int lb_session_connect(struct lb_session *s, bool pooled);
+static int lb_session_resend(struct lb_session *s, struct evbuffer *out);
+static int lb_session_admit(struct lb_session *s, struct lb_pool_rt *pool,
+                            const struct lb_pick_ctx *ctx, int idx);
+static void lb_session_no_server(struct lb_session *s, struct lb_pool_rt *pool);
+
+/* Whether the request may be sent again: its method allows it (with
+ * retries: the policy's methods; without: the safe ones, for a stale
+ * connection's resend) and it is whole at hand: a body-less one's head is
+ * still in the client's input, or the head and body were kept. */
+static bool lb_session_replayable(const struct lb_session *s)
+{
+    const struct lb_retry_cfg *rc = &s->server->pool->cfg->retries;
+    bool method = !rc->enabled ? (s->req_flags & LB_MSG_SAFE) != 0
+                  : rc->methods_all || (s->req_flags & (LB_MSG_SAFE | LB_MSG_IDEMPOTENT));
+    return method && (s->head_pending || s->x->replay != NULL) && !s->interim_sent;
+}
+
+static bool lb_tried(uint64_t tried, size_t idx)
+{
+    return (tried >> (idx % 64)) & 1;
+}
+
+/* A try failed before any byte of its answer reached the client, and its
+ * outcome is reported. The pool's verdict: the delay before the next try
+ * (the retry is then held, counted and the server marked tried), or -1:
+ * give up, and answer as without retries. */
+static int64_t lb_session_retry_verdict(struct lb_session *s, enum lb_retry_reason reason,
+                                        int status)
+{
+    struct lb_pool_rt *pool = s->server->pool;
+    const struct lb_retry_cfg *rc = &pool->cfg->retries;
+    if (!rc->enabled)
+        return -1;
+    struct lb_exchange *x = s->x;
+    const struct lb_retry_try t = {
+        .reason = reason, .status = status, .retries = x->retries,
+        .replayable = lb_session_replayable(s),
+        .answered = s->resp_started || s->interim_sent,
+        .holding = x->retry_held != NULL,
+    };
+    const struct lb_retry_site site = { pool->shared, pool->cfg->nservers, pool->shm, rc };
+    uint64_t delay = 0;
+    enum lb_retry_verdict v = lb_retry_decide(&site, &t, lb_rand64(s->w), &delay);
+    if (v != LB_RETRY_AFTER) {
+        if (v == LB_RETRY_NO_BUDGET)
+            lb_log_debug("pool '%s': retry budget spent, not retried", pool->cfg->name);
+        return -1;
+    }
+    struct lb_server_rt *srv = s->server;
+    lb_session_retry_release(s);
+    lb_retry_gauge(&srv->shared->retries, &srv->stats->retries, 1);
+    x->retry_held = srv;
+    x->tried |= 1ull << ((size_t)(srv - pool->servers) % 64);
+    return (int64_t)delay;
+}
+
+static void lb_session_retry_go(struct lb_session *s);
+
+/* Wait DELAY_MS before the next try, on the session timer: the backend
+ * connection is closed (it may hold the rest of an answer), the worker
+ * serves others meanwhile, and lb_session_retry_go runs when it fires. */
+static void lb_session_retry_wait(struct lb_session *s, uint64_t delay_ms)
+{
+    struct lb_exchange *x = s->x;
+    struct lb_server_rt *held = x->retry_held;
+    lb_session_release_up(s, false);
+    lb_session_timer_stop(s);
+    s->state = LB_S_RETRY;
+    s->up_eof = false;
+    x->resp_scan = 0;
+    lb_retry_gauge(&held->shared->retries_waiting, &held->stats->retries_waiting, 1);
+    x->retry_waiting = true;
+    lb_session_timer_arm(s, delay_ms > 0 ? delay_ms : 1);
+    if (s->timer == NULL)
+        lb_session_retry_go(s);     /* out of memory for a timer: no wait */
+}
+
+/* Verdict, and the wait when it says retry. True: the request goes again,
+ * the caller stops there; false: the caller answers as it would have. */
+static bool lb_session_retry(struct lb_session *s, enum lb_retry_reason reason)
+{
+    int64_t delay = lb_session_retry_verdict(s, reason, 0);
+    if (delay < 0)
+        return false;
+    lb_session_retry_wait(s, (uint64_t)delay);
+    return true;
+}
+
+/* A 5xx answer, nothing of it sent yet. When it is retried, the try counts
+ * as the answer it got (a failure with the breaker's on_5xx, as when it is
+ * relayed) and true is returned; false: the caller relays it. */
+static bool lb_session_retry_answer(struct lb_session *s, const struct lb_http_msg *m,
+                                    size_t head_len)
+{
+    int64_t delay = lb_session_retry_verdict(s, lb_retry_reason_of(m->status), m->status);
+    if (delay < 0)
+        return false;
+    struct lb_server_rt *srv = s->server;
+    lb_counter_add(&srv->stats->bytes_in, head_len);
+    lb_counter_add(&srv->stats->responses[4], 1);
+    if (srv->pool->cfg->breaker.on_5xx) {
+        lb_counter_add(&srv->stats->failures, 1);
+        lb_session_report(s, LB_BREAKER_FAILURE, m->status == 503 ? lb_retry_after_ms(m) : 0);
+    } else {
+        lb_session_report(s, LB_BREAKER_SUCCESS, 0);
+    }
+    lb_log_info("backend %s answered %d: retried", srv->cfg->address, m->status);
+    lb_session_retry_wait(s, (uint64_t)delay);
+    return true;
+}
+
+/* A retry's server: another than those tried when one is usable (the
+ * strategy asked again a few times, then the next usable one after its
+ * pick), else the strategy's pick. */
+static int lb_session_pick_retry(struct lb_session *s, struct lb_pool_rt *pool,
+                                 const struct lb_pick_ctx *ctx)
+{
+    uint64_t tried = s->x->tried;
+    int idx = lb_balancer_pick(&pool->balancer, ctx);
+    for (int k = 0; k < 3 && idx >= 0 && lb_tried(tried, (size_t)idx); k++)
+        idx = lb_balancer_pick(&pool->balancer, ctx);
+    if (idx < 0 || !lb_tried(tried, (size_t)idx))
+        return idx;
+    size_t n = pool->cfg->nservers;
+    for (size_t k = 1; k < n; k++) {
+        size_t j = ((size_t)idx + k) % n;
+        if (!lb_tried(tried, j) && lb_balancer_usable(&pool->balancer, j, ctx))
+            return (int)j;
+    }
+    return idx;
+}
+
+/* The backoff is over: the next try, on a server picked now. */
+static void lb_session_retry_go(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    struct lb_exchange *x = s->x;
+    struct lb_server_rt *held = x->retry_held;
+    lb_retry_gauge(&held->shared->retries_waiting, &held->stats->retries_waiting, -1);
+    x->retry_waiting = false;
+    struct lb_pool_rt *pool = s->server->pool;
+    struct lb_pick_ctx ctx = { .now_ms = 0 };
+    bool breaker = pool->cfg->breaker.enabled;
+    if (breaker) {
+        ctx.now_ms = lb_now_ms();
+        ctx.trials = lb_shm_generation_current(w->shm, w->generation);
+    }
+    int idx = lb_session_pick_retry(s, pool, &ctx);
+    if (breaker && idx >= 0)
+        idx = lb_session_admit(s, pool, &ctx, idx);
+    s->state = LB_S_PROXY;
+    if (idx < 0) {
+        lb_session_no_server(s, pool);
+        return;
+    }
+    s->server = &pool->servers[idx];
+    s->stale_resent = false;
+    x->sent_us = lb_wall_us();
+    x->retries++;
+    if (lb_session_connect(s, true) < 0 || lb_session_resend(s, s->up->conn->out) < 0) {
+        lb_session_error(s, 502);
+        return;
+    }
+    if (!s->req_done)
+        lb_forward_request_body(s);
 }
 
 /* Parse response heads in the backend input; relay interim 1xx ones.
@@ -1012,7 +1319,8 @@ static bool lb_handle_response_head(struct lb_session *s)
                 lb_log_warn("backend %s: response head over %zu bytes",
                             s->server->cfg->address, w->limits.max_head);
                 lb_session_backend_failed(s);
-                lb_session_error(s, 502);
+                if (!lb_session_retry(s, LB_RETRY_RESET))
+                    lb_session_error(s, 502);
             }
             return false;
         }
@@ -1021,10 +1329,14 @@ static bool lb_handle_response_head(struct lb_session *s)
                                    &w->limits) < 0 || (m.status == 101 && !s->upgrade)) {
             lb_log_warn("backend %s: invalid response head", s->server->cfg->address);
             lb_session_backend_failed(s);
-            lb_session_error(s, 502);
+            if (!lb_session_retry(s, LB_RETRY_RESET))
+                lb_session_error(s, 502);
             return false;
         }
         s->x->resp_scan = 0;
+        if (m.status >= 500 && s->server->pool->cfg->retries.enabled &&
+            lb_session_retry_answer(s, &m, head_len))
+            return false;
         if (s->head_pending) {
             /* The backend answered: the request can no longer be retried. */
             evbuffer_drain(s->client->in, s->x->head_len);
@@ -1044,16 +1356,26 @@ static bool lb_handle_response_head(struct lb_session *s)
             if (s->acc != NULL)
                 s->acc->upstream_status = 101;
             lb_session_log(s);
+            lb_session_report(s, LB_BREAKER_SUCCESS, 0);
             lb_tunnel_start(s);
             return false;
         }
         if (m.status < 200) {
             /* 100 Continue and friends: pass on to 1.1 clients only. */
-            if (s->req_minor == 1)
+            if (s->req_minor == 1) {
                 evbuffer_add(out, buf, head_len);
+                s->interim_sent = true;     /* no retry from now on */
+            }
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
             lb_session_sent(s, evbuffer_get_length(out) - before);
+            if (evbuffer_get_length(out) >= w->buffer_limit) {
+                /* A client not reading a stream of them: held back like a
+                 * body, resumed by lb_client_write (backend_response runs
+                 * on regardless). */
+                lb_conn_read_disable(s->up->conn);
+                return false;
+            }
             continue;
         }
         s->x->resp_body = m.body;
@@ -1071,6 +1393,8 @@ static bool lb_handle_response_head(struct lb_session *s)
         }
         s->resp_head_done = true;
         s->resp_started = true;
+        if (s->x->retry_held != NULL || s->x->replay != NULL)
+            lb_session_retry_clear(s);      /* answered: no other try from now on */
         evbuffer_drain(in, head_len);
         lb_counter_add(&s->server->stats->bytes_in, head_len);
         lb_counter_add(&s->server->stats->responses[lb_status_class(m.status)], 1);
@@ -1078,16 +1402,19 @@ static bool lb_handle_response_head(struct lb_session *s)
         lb_session_count_response(s, m.status);
         uint64_t now_us = lb_wall_us();
         lb_backend_observe(s->server->shared, lb_elapsed_us(s->x->sent_us, now_us), now_us);
-        if (m.status >= 500 && s->server->pool->cfg->passive.on_5xx) {
-            lb_session_backend_failed(s);
+        if (m.status >= 500 && s->server->pool->cfg->breaker.on_5xx) {
+            lb_counter_add(&s->server->stats->failures, 1);
+            lb_session_report(s, LB_BREAKER_FAILURE, m.status == 503 ? lb_retry_after_ms(&m) : 0);
             s->counted_failure = true;
         }
         if (s->acc != NULL) {
             s->acc->upstream_status = m.status;
             s->acc->header_us = lb_wall_us();
         }
-        /* From here the response streams: the backend may pause as long as
-         * the send timeout allows, not the first-byte timeout. */
+        /* From here the response streams: each pause of the backend is
+         * bounded by backend_response, not the whole of it. */
+        if (s->req_done)
+            lb_session_timer_stop(s);   /* else client_body's, still running */
         lb_session_up_timeouts(s);
         return true;
     }
@@ -1119,8 +1446,6 @@ static void lb_up_write(struct lb_conn *conn, void *arg)
     if (!s->req_done)
         lb_forward_request_body(s);
 }
-
-static int lb_session_connect(struct lb_session *s);
 
 static void lb_up_event(struct lb_conn *conn, short what, void *arg)
 {
@@ -1165,47 +1490,78 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
     int err = errno;
     /* A pooled connection the backend closed just as we reused it, before
      * a byte of answer: the request most likely never reached it. Sent
-     * again once, and only if sending it twice is harmless (safe method,
-     * no body), as nginx and HAProxy do. */
-    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->retried && s->head_pending &&
-        (s->req_flags & LB_MSG_SAFE) && lb_conn_in_len(up->conn) == 0) {
-        s->retried = true;
+     * again once on a new connection to the same server if sending it
+     * twice is harmless (without retries: a safe method, no body), as
+     * nginx and HAProxy do. Free: no retry, no breaker verdict. */
+    if (!(what & LB_CONN_TIMEOUT) && s->up_reused && !s->stale_resent &&
+        lb_conn_in_len(up->conn) == 0 && lb_session_replayable(s)) {
+        s->stale_resent = true;
+        lb_session_timer_stop(s);       /* backend_response starts again */
         lb_session_release_up(s, false);
-        lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
-        if (lb_session_connect(s) < 0)
+        int rc = lb_session_connect(s, false);
+        if (rc != -1)           /* the same request: counted once */
+            lb_counter_add(&s->server->stats->requests, (uint64_t)-1);
+        if (rc < 0 || lb_session_resend(s, s->up->conn->out) < 0)
             lb_session_error(s, 502);
+        else if (!s->req_done)
+            lb_forward_request_body(s);
         return;
     }
     lb_session_backend_failed(s);
+    bool connected = up->connected;
     if (what & LB_CONN_TIMEOUT) {
-        lb_count_timeout(s, !up->connected ? LB_TO_CONNECT
+        lb_count_timeout(s, !connected ? LB_TO_CONNECT
                             : (what & LB_CONN_READING) ? LB_TO_BACKEND_RESPONSE : LB_TO_SEND);
         lb_log_warn("backend %s timed out %s", addr,
-                    !up->connected ? "while connecting"
+                    !connected ? "while connecting"
                     : (what & LB_CONN_READING) ? "waiting for the response"
                                                  : "taking the request");
-        lb_session_error(s, 504);
-    } else if (!up->connected) {
+        if (!lb_session_retry(s, connected ? LB_RETRY_TIMEOUT : LB_RETRY_CONNECT))
+            lb_session_error(s, 504);
+    } else if (!connected) {
         lb_log_warn("connect() to %s failed (%d: %s)", addr, err, evutil_socket_error_to_string(err));
-        lb_session_error(s, 502);
+        if (!lb_session_retry(s, LB_RETRY_CONNECT))
+            lb_session_error(s, 502);
     } else {
         lb_log_warn("backend %s %s before responding", addr,
                     (what & LB_CONN_EOF) ? "closed the connection" : "reset the connection");
-        lb_session_error(s, 502);
+        if (!lb_session_retry(s, LB_RETRY_RESET))
+            lb_session_error(s, 502);
     }
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
 
-/* (Re)send the pending request head to s->server on a pooled or new
- * connection. 0, or -1 when no connection could be started. */
-static int lb_session_connect(struct lb_session *s)
+/* Send the request again on a new try: its head re-serialised from the
+ * bytes kept (still in the client's input for a body-less request, else in
+ * x->replay), then the body kept so far. 0, or -1. */
+static int lb_session_resend(struct lb_session *s, struct evbuffer *out)
 {
     struct lb_worker *w = s->w;
-    /* A retry must not land on another pooled connection that may be just
-     * as stale as the first. */
+    struct evbuffer *src = s->head_pending ? s->client->in : s->x->replay;
+    size_t head_len = s->x->head_len;
+    const char *buf = src != NULL ? (const char *)evbuffer_pullup(src, (ev_ssize_t)head_len) : NULL;
+    /* Same bytes, same result. */
+    struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
+    if (buf == NULL || lb_http_parse_request(buf, head_len, &m, &w->limits) != 0)
+        return -1;
+    size_t n = lb_write_request_head(s, &m, out, true);
+    size_t body = s->head_pending ? 0 : evbuffer_get_length(src) - head_len;
+    if (n == 0 || lb_buffer_copy(out, src, head_len, body) < 0)
+        return -1;
+    lb_counter_add(&s->server->stats->bytes_out, n + body);
+    return 0;
+}
+
+/* Start a try of the request at s->server on a pooled (if POOLED) or new
+ * connection; the caller sends the request. 0; -1 when no connection
+ * could be had (nothing counted); -2 when connect() failed at once (the
+ * request counted, the server's failure reported). */
+static int lb_session_connect(struct lb_session *s, bool pooled)
+{
+    struct lb_worker *w = s->w;
     bool reused;
-    struct lb_upconn *up = lb_upconn_get(w, s->server, !s->retried, &reused);
+    struct lb_upconn *up = lb_upconn_get(w, s->server, pooled, &reused);
     if (up == NULL)
         return -1;
     s->up = up;
@@ -1226,7 +1582,7 @@ static int lb_session_connect(struct lb_session *s)
                         evutil_socket_error_to_string(err));
             lb_session_backend_failed(s);
             lb_session_release_up(s, false);
-            return -1;
+            return -2;
         }
     } else {
         lb_session_up_timeouts(s);
@@ -1234,19 +1590,6 @@ static int lb_session_connect(struct lb_session *s)
             s->acc->connect_us = lb_wall_us();
     }
     lb_conn_read_enable(up->conn);
-
-    if (s->retried) {
-        /* Re-parse the head still in the client buffer: same bytes, same result. */
-        struct evbuffer *in = s->client->in;
-        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->x->head_len);
-        struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
-        if (buf == NULL || lb_http_parse_request(buf, s->x->head_len, &m, &w->limits) != 0)
-            return -1;
-        size_t n = lb_write_request_head(s, &m, up->conn->out);
-        if (n == 0)
-            return -1;
-        lb_counter_add(&s->server->stats->bytes_out, n);
-    }
     return 0;
 }
 
@@ -1370,6 +1713,45 @@ static void lb_session_delay_done(struct lb_session *s)
     lb_session_dispatch(s, &m);
 }
 
+/* The breaker's admission of the picked server IDX. Another worker may
+ * have taken its last half-open trial since the pick (the pick then skips
+ * it): pick again, a few times. The server's index, or -1. */
+static int lb_session_admit(struct lb_session *s, struct lb_pool_rt *pool,
+                            const struct lb_pick_ctx *ctx, int idx)
+{
+    s->x->breaker_ms = ctx->now_ms;
+    for (int tries = 0; idx >= 0 && tries < 4; tries++) {
+        const struct lb_breaker_site site = { pool->shared[idx], pool->shm, pool->cfg };
+        if (lb_breaker_admit(&site, ctx->now_ms, &s->x->breaker_ticket))
+            return idx;
+        idx = lb_balancer_pick(&pool->balancer, ctx);
+    }
+    return -1;
+}
+
+/* No server of POOL can take the request: 503. */
+static void lb_session_no_server(struct lb_session *s, struct lb_pool_rt *pool)
+{
+    if (pool->cfg->breaker.enabled && lb_breaker_refused_all(pool->shared, pool->cfg->nservers)) {
+        /* Every server left is open: 503 at once, no connect tried. */
+        atomic_fetch_add_explicit(&pool->shm->breaker_refused, 1, memory_order_relaxed);
+        lb_log_debug("pool '%s': every usable server's circuit breaker is open", pool->cfg->name);
+    } else {
+        lb_log_warn("pool '%s': no server available", pool->cfg->name);
+    }
+    lb_session_error(s, 503);
+}
+
+/* Whether a request with a body to POOL is kept as it is sent, to send it
+ * again: retries on, a method they allow, a body that may fit. */
+static bool lb_session_keeps_body(const struct lb_session *s, const struct lb_pool_rt *pool)
+{
+    const struct lb_retry_cfg *rc = &pool->cfg->retries;
+    return rc->enabled && rc->buffer > 0 &&
+           (rc->methods_all || (s->req_flags & (LB_MSG_SAFE | LB_MSG_IDEMPOTENT))) &&
+           (s->x->req_body != LB_BODY_LENGTH || s->x->req_left <= rc->buffer);
+}
+
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
@@ -1406,13 +1788,20 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     struct lb_pool_rt *pool = &w->pools[r->pool];
     s->x->sent_us = lb_wall_us();
-    struct lb_pick_ctx ctx = { .now_ms = s->x->sent_us / 1000 };
+    struct lb_pick_ctx ctx = { .now_ms = 0 };
+    bool breaker = pool->cfg->breaker.enabled;
+    if (breaker) {
+        ctx.now_ms = lb_now_ms();
+        /* A retiring worker takes no trial: it may not report them. */
+        ctx.trials = lb_shm_generation_current(w->shm, w->generation);
+    }
     if (pool->cfg->strategy == LB_STRATEGY_HASH)
         ctx.key = lb_session_hash_key(s, m, pool->cfg);
     int idx = lb_balancer_pick(&pool->balancer, &ctx);
+    if (breaker && idx >= 0)
+        idx = lb_session_admit(s, pool, &ctx, idx);
     if (idx < 0) {
-        lb_log_warn("pool '%s': no server available", pool->cfg->name);
-        lb_session_error(s, 503);
+        lb_session_no_server(s, pool);
         return;
     }
     s->server = &pool->servers[idx];
@@ -1424,11 +1813,11 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         if (s->deadline_timer != NULL)
             lb_timer_arm(s->deadline_timer, pool->cfg->timeouts.deadline_ms);
     }
-    if (lb_session_connect(s) < 0) {
+    if (lb_session_connect(s, true) < 0) {
         lb_session_error(s, 502);
         return;
     }
-    size_t n = lb_write_request_head(s, m, s->up->conn->out);
+    size_t n = lb_write_request_head(s, m, s->up->conn->out, false);
     if (n == 0) {
         lb_counter_add(&s->server->stats->requests, (uint64_t)-1);     /* never sent */
         lb_session_error(s, 500);
@@ -1444,7 +1833,18 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
             lb_conn_read_disable(s->client);
         return;     /* the head stays buffered (for a retry) until answered */
     }
-    evbuffer_drain(s->client->in, m->head_len);
+    /* With retries, the head and body are kept as they go, to be sent
+     * again (a body-less request's head stays in the client's input). */
+    size_t kept = 0;
+    if (lb_session_keeps_body(s, pool) && (s->x->replay = evbuffer_new()) != NULL) {
+        int moved = evbuffer_remove_buffer(s->client->in, s->x->replay, m->head_len);
+        kept = moved > 0 ? (size_t)moved : 0;
+        if (kept != m->head_len) {         /* out of memory: not kept */
+            evbuffer_free(s->x->replay);
+            s->x->replay = NULL;
+        }
+    }
+    evbuffer_drain(s->client->in, m->head_len - kept);
     lb_counter_add(&w->slot_stats->bytes_in, m->head_len);
     s->head_pending = false;
     lb_forward_request_body(s);
@@ -1465,9 +1865,23 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_session_delay_done(s);
         return;
     }
+    if (s->state == LB_S_RETRY) {
+        lb_session_retry_go(s);     /* the backoff is over */
+        return;
+    }
     if (s->state == LB_S_TUNNEL) {
         lb_count_timeout(s, LB_TO_TUNNEL);
         lb_session_close(s);
+        return;
+    }
+    if (s->state == LB_S_PROXY && s->req_done && !s->resp_head_done && s->up != NULL) {
+        /* backend_response, waiting for the response head (see
+         * lb_session_up_timeouts): whatever interim heads came, none final. */
+        lb_count_timeout(s, LB_TO_BACKEND_RESPONSE);
+        lb_log_warn("backend %s timed out waiting for the response", s->server->cfg->address);
+        lb_session_backend_failed(s);
+        if (!lb_session_retry(s, LB_RETRY_TIMEOUT))
+            lb_session_error(s, 504);
         return;
     }
     if (s->state == LB_S_HEAD) {
@@ -1494,6 +1908,10 @@ static void lb_deadline_timeout(evutil_socket_t fd, short what, void *arg)
     struct lb_session *s = arg;
     lb_log_info("client %s: request deadline passed", s->client_ip);
     lb_count_timeout(s, LB_TO_DEADLINE);
+    /* The whole request was sent and no answer came: the backend's timeout
+     * (a slow upload is not). */
+    if (s->state == LB_S_PROXY && s->server != NULL && s->req_done && !s->resp_head_done)
+        lb_session_backend_failed(s);
     s->keepalive = false;
     lb_session_error(s, 504);
 }
@@ -1509,10 +1927,8 @@ static void lb_session_try_head(struct lb_session *s)
         return;
     }
 
-    /* Any byte starts the client_header clock, empty lines included. */
-    if (len > 0 && !lb_session_timer_pending(s))
-        lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
     /* RFC 9112 §2.2: ignore empty lines before a request line. */
+    bool any = len > 0;
     while (len >= 2 && s->x->scan == 0) {
         unsigned char two[2];
         evbuffer_copyout(in, two, 2);
@@ -1521,16 +1937,18 @@ static void lb_session_try_head(struct lb_session *s)
         evbuffer_drain(in, 2);
         len -= 2;
     }
-    if (len == 0)
-        return;
-
+    const char *buf = NULL;
     size_t n = len < w->limits.max_head + 4 ? len : w->limits.max_head + 4;
-    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    if (buf == NULL)
-        return;     /* out of memory: client_header's clock (armed above) ends it */
-    size_t head_len = lb_http_head_end(buf, n, &s->x->scan);
+    size_t head_len = 0;
+    if (len > 0 && (buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)n)) != NULL)
+        head_len = lb_http_head_end(buf, n, &s->x->scan);
     if (head_len == 0) {
-        int st = lb_http_check_partial(buf, n, &w->limits);
+        /* Any byte starts the client_header clock, empty lines included;
+         * a head whole in its first read needs none. (Out of memory for
+         * the pullup: the clock ends it.) */
+        if (any && !lb_session_timer_pending(s))
+            lb_session_timer_arm(s, w->cfg->timeouts.client_header_ms);
+        int st = buf != NULL ? lb_http_check_partial(buf, n, &w->limits) : 0;
         if (st != 0) {
             s->keepalive = false;
             lb_session_error(s, st);
@@ -1550,7 +1968,7 @@ static void lb_session_try_head(struct lb_session *s)
     }
     s->x->head_len = head_len;
     s->req_minor = (uint8_t)m.version_minor;
-    s->req_flags = m.flags & (LB_MSG_HEAD | LB_MSG_SAFE);
+    s->req_flags = m.flags & (LB_MSG_HEAD | LB_MSG_SAFE | LB_MSG_IDEMPOTENT);
     s->keepalive = m.version_minor == 1 ? !(m.flags & LB_MSG_CONN_CLOSE)
                                         : (m.flags & LB_MSG_CONN_KEEPALIVE) != 0;
     s->x->req_body = m.body;
@@ -1577,10 +1995,11 @@ static void lb_client_read(struct lb_conn *conn, void *arg)
         lb_tunnel_pump(s);
         break;
     case LB_S_PROXY:
+    case LB_S_RETRY:
         if (!s->req_done && s->up != NULL)
             lb_forward_request_body(s);
-        /* else: a pipelined request waits in the buffer, bounded by the
-         * read watermark, until this exchange is over. */
+        /* else: a pipelined request (or, waiting to retry, the body) waits
+         * in the buffer, bounded by the read watermark. */
         break;
     case LB_S_DELAYED:
         break;      /* the body or next request waits, bounded likewise */
@@ -1623,10 +2042,46 @@ static void lb_client_write(struct lb_conn *conn, void *arg)
         }
         return;
     }
-    if (s->state == LB_S_TUNNEL)
+    if (s->state == LB_S_TUNNEL) {
         lb_tunnel_pump(s);
-    else if (s->state == LB_S_PROXY && s->resp_head_done && !s->resp_done && s->up != NULL)
-        lb_relay_response_body(s);
+    } else if (s->state == LB_S_PROXY && s->up != NULL && !s->resp_done) {
+        if (s->resp_head_done) {
+            lb_relay_response_body(s);
+        } else if (!s->up->conn->read_enabled) {
+            /* Interim heads held back (lb_handle_response_head): go on. */
+            lb_conn_read_enable(s->up->conn);
+            if (lb_handle_response_head(s))
+                lb_relay_response_body(s);
+        }
+    }
+}
+
+/* The client's FIN while its answer is awaited: a half-close (RFC 9112
+ * 9.6: it still gets its answer) and a close (nobody will read it) look the
+ * same. A 100 Continue, which an HTTP/1.1 client must accept before any
+ * answer, tells them apart: a closed socket answers data with a reset,
+ * which ends the exchange (lb_client_event). HTTP/1.0 has no interim
+ * responses: such a client is found gone only when its answer is written. */
+static void lb_session_probe_client(struct lb_session *s)
+{
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (s->req_minor != 1 || lb_conn_ensure_buffers(s->client) < 0)
+        return;
+    evbuffer_add(s->client->out, probe, sizeof(probe) - 1);
+    lb_session_sent(s, sizeof(probe) - 1);
+    lb_conn_watch_reset(s->client);
+}
+
+/* The client left before its answer began (a reset, or its FIN before the
+ * whole request): the exchange stops, and its backend connection, with a
+ * request in flight, is closed. Logged as nginx does, 499. */
+static void lb_session_abort(struct lb_session *s)
+{
+    lb_counter_add(&s->w->slot_stats->client_aborts, 1);
+    if (s->acc != NULL)
+        s->acc->status = 499;
+    lb_log_debug("client %s closed the connection before its response", s->client_ip);
+    lb_session_close(s);
 }
 
 static void lb_client_event(struct lb_conn *conn, short what, void *arg)
@@ -1649,16 +2104,21 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         lb_tunnel_pump(s);
         return;
     }
-    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) &&
-        (s->state == LB_S_PROXY || s->state == LB_S_DELAYED) && s->req_done) {
-        /* Half-close after a complete request: still deliver the answer. */
+    /* (Waiting to retry, or held by a rate limit, is as good as proxying
+     * for the client.) */
+    bool proxying = s->state == LB_S_PROXY || s->state == LB_S_RETRY ||
+                    s->state == LB_S_DELAYED;
+    if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && proxying && s->req_done) {
+        /* Half-close after a complete request: still deliver the answer
+         * (unless the probe finds the client gone). */
         s->client_eof = true;
         s->keepalive = false;
+        if (!s->resp_started)
+            lb_session_probe_client(s);
         return;
     }
     if ((what & LB_CONN_TIMEOUT) && (what & LB_CONN_READING) &&
-        (s->state == LB_S_PROXY || s->state == LB_S_DELAYED ||
-         (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
+        (proxying || (s->state == LB_S_HEAD && lb_session_timer_pending(s)))) {
         /* Waiting on the backend is not the client's idleness, and a head
          * in progress is client_header's to judge (it answers 408). */
         lb_conn_read_enable(s->client);
@@ -1675,6 +2135,10 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         } else {
             lb_conn_read_enable(s->client);
         }
+        return;
+    }
+    if (proxying && !s->resp_started && !(what & LB_CONN_TIMEOUT)) {
+        lb_session_abort(s);
         return;
     }
     /* An idle connection a draining worker closes is not a client_idle
@@ -1710,7 +2174,8 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, s
                       lb_cidr_match(w->cfg->trusted_proxies, w->cfg->ntrusted_proxies, peer);
     lb_session_reset_request(s);
     lb_list_push(&w->sessions, &s->node);
-    w->nsessions++;
+    if (++w->nsessions > w->peak_sessions)
+        lb_worker_new_peak(w);
     lb_counter_add(&w->slot_stats->connections, 1);
     lb_counter_add(&w->slot_stats->active_connections, 1);
 
@@ -1743,6 +2208,11 @@ void lb_proxy_close_all(struct lb_worker *w)
 {
     while (!lb_list_empty(&w->sessions))
         lb_session_close(LB_CONTAINER_OF(w->sessions.next, struct lb_session, node));
+    lb_proxy_lists_clear();
+}
+
+void lb_proxy_lists_clear(void)
+{
     lb_freelist_clear(&lb_timers);
     lb_freelist_clear(&lb_exchanges);
     lb_freelist_clear(&lb_log_entries);

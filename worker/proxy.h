@@ -2,11 +2,11 @@
  *
  * Session states:
  *
- *              accept
- *                |
- *                v        head complete, routed, backend picked
- *   +-------> HEAD -------------------------------------------> PROXY
- *   |            |  bad head / no route / no backend             |   |
+ *              accept                                     a try failed, retried
+ *                |                                         +---------------> RETRY
+ *                v        head complete, routed, backend picked   |  backoff over: |
+ *   +-------> HEAD -------------------------------------------> PROXY <---------------+
+ *   |            |  bad head / no route / no backend             |   |   the next try
  *   |            +--> error response ---+                        |   | 101 to an
  *   |                                   v                        |   | Upgrade:
  *   +---- keep-alive, next request -- (exchange done) <----------+   | websocket
@@ -15,6 +15,9 @@
  *                                    CLOSING <--- either side ends ---+
  *                                       |
  *                 output sent, our FIN, the client's FIN (<= 5 s) --> freed
+ *
+ * RETRY (worker/retry.h) holds no backend connection: the session timer
+ * brings the next try, on a server picked then.
  *
  * In PROXY the request and the response advance independently: the request
  * body streams to the backend while the response may already stream back.
@@ -36,5 +39,7 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, s
 void lb_proxy_drain(struct lb_worker *w);
 /* Free every session at once (fast stop), and the free lists. */
 void lb_proxy_close_all(struct lb_worker *w);
+/* Free the free lists' objects (after a burst: see lb_worker_trim). */
+void lb_proxy_lists_clear(void);
 
 #endif

@@ -1,12 +1,10 @@
 #include "worker/upstream.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,20 +21,6 @@ unsigned lb_upstream_keep_next(unsigned keep, unsigned peak)
 {
     unsigned half = (unsigned)(((unsigned long long)keep + peak) / 2);
     return half > peak ? half : peak;
-}
-
-unsigned lb_upstream_idle_cap(const struct lb_worker *w)
-{
-    (void)w;
-    /* A quarter of the fds (HAProxy starts closing idle server connections
-     * once a quarter of its fds are in use, tune.pool-high-fd-ratio): idle
-     * connections must not be what makes accept() or connect() fail.
-     * To become a share of the worker's fd budget once it has one. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
-        rl.rlim_cur / 4 > UINT_MAX)
-        return UINT_MAX;
-    return (unsigned)(rl.rlim_cur / 4);
 }
 
 static void lb_upconn_free(struct lb_upconn *up);
@@ -68,7 +52,6 @@ int lb_upstream_init(struct lb_worker *w)
 {
     const struct lb_config *cfg = w->cfg;
     bool any_auto = false;
-    w->idle_cap = lb_upstream_idle_cap(w);
     w->pools = calloc(cfg->npools, sizeof(*w->pools));
     if (w->pools == NULL)
         return -1;
@@ -76,6 +59,7 @@ int lb_upstream_init(struct lb_worker *w)
         const struct lb_pool_cfg *pc = &cfg->pools[i];
         struct lb_pool_rt *p = &w->pools[i];
         p->cfg = pc;
+        p->shm = lb_shm_pool(w->shm, pc->shm_id);
         p->servers = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->servers));
         p->shared = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->shared));
         if (p->servers == NULL || p->shared == NULL)
@@ -115,8 +99,25 @@ static void lb_upconn_free(struct lb_upconn *up)
         up->server->nidle--;
         up->w->nidle--;
     }
+    up->w->nupconns--;
     lb_conn_free(up->conn);
     free(up);
+}
+
+void lb_upstream_make_room(struct lb_worker *w, unsigned more)
+{
+    while (w->nsessions + w->nupconns + more > w->fd_avail && w->nidle > 0) {
+        /* The least recently used connection of the server that keeps the
+         * most: what reuse would reach last. Rare (fds short), so a scan. */
+        struct lb_server_rt *most = NULL;
+        for (size_t i = 0; i < w->cfg->npools; i++)
+            for (size_t j = 0; j < w->pools[i].cfg->nservers; j++) {
+                struct lb_server_rt *s = &w->pools[i].servers[j];
+                if (most == NULL || s->nidle > most->nidle)
+                    most = s;
+            }
+        lb_upconn_free(LB_CONTAINER_OF(most->idle.prev, struct lb_upconn, idle_node));
+    }
 }
 
 void lb_upstream_destroy(struct lb_worker *w)
@@ -193,6 +194,7 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
     }
     *reused = false;
 
+    lb_upstream_make_room(w, 1);
     const struct sockaddr *sa = (const struct sockaddr *)&s->cfg->addr.ss;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -214,6 +216,7 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
     }
     up->server = s;
     up->w = w;
+    w->nupconns++;
     lb_list_init(&up->idle_node);
     /* Bounded input: the kernel holds the rest until we have room. */
     lb_conn_set_limits(up->conn, (uint32_t)w->buffer_limit, (uint32_t)w->buffer_limit / 2);

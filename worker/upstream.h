@@ -15,7 +15,8 @@
  * compare, and the allowance rises with it at once; once a second it falls
  * halfway toward the last second's peak and the surplus idle connections,
  * least recently used first, are closed. Either way a worker keeps no more
- * idle connections in all than lb_upstream_idle_cap.
+ * idle connections in all than w->idle_cap, the fds its budget sets aside
+ * for them (shared/fdbudget.h).
  */
 #ifndef LB_UPSTREAM_H
 #define LB_UPSTREAM_H
@@ -48,13 +49,12 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
 void lb_upconn_release(struct lb_upconn *up, bool reusable);
 /* Close every idle connection (draining). */
 void lb_upstream_close_idle(struct lb_worker *w);
+/* Close idle connections until MORE fds fit in W's budget beside its
+ * sessions and backend connections (or none is idle). */
+void lb_upstream_make_room(struct lb_worker *w, unsigned more);
 
 /* The "auto" allowance after a tick whose busy peak was PEAK: halfway from
  * KEEP down to PEAK, never below PEAK. Pure. */
 unsigned lb_upstream_keep_next(unsigned keep, unsigned peak);
-/* The most idle backend connections W may hold, all servers together: a
- * quarter of its fd limit (RLIMIT_NOFILE), so that idle ones never starve
- * accept() and connect(). Read once at worker start. */
-unsigned lb_upstream_idle_cap(const struct lb_worker *w);
 
 #endif

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -11,12 +12,62 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "shared/fdbudget.h"
 #include "shared/log.h"
 #include "worker/accesslog.h"
 #include "worker/conn.h"
 #include "worker/proxy.h"
 #include "worker/ratelimit.h"
 #include "worker/upstream.h"
+
+/* After a failed accept(), as nginx: the fds a closing connection gives
+ * back are the likely cure, and retrying at once would spin. */
+#define LB_ACCEPT_RETRY_MS 500
+
+static void lb_worker_listeners_set(struct lb_worker *w, bool on)
+{
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        if (w->listeners[i] == NULL)
+            continue;
+        if (on)
+            evconnlistener_enable(w->listeners[i]);
+        else
+            evconnlistener_disable(w->listeners[i]);
+    }
+}
+
+/* Stop accepting for a while: new clients wait in the kernel's backlog
+ * instead of a busy loop of failed accept() calls (or connections that
+ * could not get a backend fd). ERR: accept()'s errno for LB_PAUSE_FD. */
+static void lb_worker_pause(struct lb_worker *w, enum lb_pause_reason why, int err)
+{
+    lb_worker_listeners_set(w, false);
+    w->accept_paused = 1 + why;
+    lb_counter_add(&w->slot_stats->accept_pauses[why], 1);
+    if (why == LB_PAUSE_FD) {
+        struct timeval tv = lb_ms_timeval(LB_ACCEPT_RETRY_MS);
+        evtimer_add(w->accept_timer, &tv);
+    }
+    uint64_t n;
+    if (!lb_log_limit_hit(&w->pause_log[why], lb_now_ms(), &n))
+        return;
+    if (why == LB_PAUSE_CAP)
+        lb_log_warn("max_connections (%u) reached: not accepting until a connection closes "
+                    "(%llu time(s) since the last such line)", w->max_connections,
+                    (unsigned long long)n);
+    else
+        lb_log_error("accept() failed (%d: %s): not accepting for %d ms "
+                     "(%llu time(s) since the last such line)", err,
+                     evutil_socket_error_to_string(err), LB_ACCEPT_RETRY_MS,
+                     (unsigned long long)n);
+}
+
+static void lb_worker_resume(struct lb_worker *w)
+{
+    w->accept_paused = 0;
+    if (!w->draining)
+        lb_worker_listeners_set(w, true);
+}
 
 static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
                              struct sockaddr *sa, int socklen, void *arg)
@@ -28,15 +79,32 @@ static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
     while (w->rl != NULL && i + 1 < w->nlisteners && w->listeners[i] != l)
         i++;
     lb_proxy_accept(w, fd, sa, i);
+    /* The new client's fd and the backend connection it may need come
+     * first: an idle backend connection goes if it must. */
+    if (w->nsessions + w->nupconns > w->fd_avail)
+        lb_upstream_make_room(w, 0);
+    /* Disabled inside its callback, libevent's accept loop stops here. */
+    if (w->nsessions >= w->max_connections && w->accept_paused == 0)
+        lb_worker_pause(w, LB_PAUSE_CAP, 0);
 }
 
 static void lb_worker_accept_error(struct evconnlistener *l, void *arg)
 {
     (void)l;
-    (void)arg;
-    int err = EVUTIL_SOCKET_ERROR();
-    /* EMFILE and friends: libevent keeps the listener; say why once per hit. */
-    lb_log_error("accept() failed (%d: %s)", err, evutil_socket_error_to_string(err));
+    /* EMFILE, ENFILE, ENOBUFS, ENOMEM (libevent retries EAGAIN, EINTR and
+     * ECONNABORTED itself): the connection stays queued in the kernel. */
+    lb_worker_pause(arg, LB_PAUSE_FD, EVUTIL_SOCKET_ERROR());
+}
+
+static void lb_worker_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_worker *w = arg;
+    if (w->nsessions >= w->max_connections)
+        w->accept_paused = 1 + LB_PAUSE_CAP;    /* a close will resume */
+    else
+        lb_worker_resume(w);
 }
 
 static void lb_worker_close_listeners(struct lb_worker *w)
@@ -48,8 +116,65 @@ static void lb_worker_close_listeners(struct lb_worker *w)
     }
 }
 
+/* A burst worth trimming after: below this many sessions at the peak the
+ * memory at stake (about 7 KiB per connection with a request in flight) is
+ * not worth a malloc_trim. */
+#define LB_TRIM_MIN_PEAK  512
+#define LB_TRIM_CALM_S    3     /* seconds at most half the peak */
+
+void lb_worker_new_peak(struct lb_worker *w)
+{
+    w->peak_sessions = w->nsessions;
+    w->calm_ticks = 0;
+    if (w->peak_sessions >= LB_TRIM_MIN_PEAK && w->trim_timer != NULL &&
+        !evtimer_pending(w->trim_timer, NULL)) {
+        struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+        evtimer_add(w->trim_timer, &tv);
+    }
+}
+
+static size_t lb_worker_rss_kib(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (size_t)resident * (size_t)(sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* Hand back what a burst took, once it is over. The free lists and the
+ * buffer pool refill from malloc as requests come; M_TRIM_THRESHOLD still
+ * keeps the heap's top through ordinary request churn. */
+static void lb_worker_trim_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_worker *w = arg;
+    if (w->nsessions > w->peak_sessions / 2) {
+        w->calm_ticks = 0;
+    } else if (++w->calm_ticks >= LB_TRIM_CALM_S) {
+        size_t before = lb_worker_rss_kib();
+        lb_proxy_lists_clear();
+        lb_conn_pool_clear();
+        malloc_trim(0);
+        lb_log_info("memory returned after a peak of %zu connections (%zu now): "
+                    "RSS %zu -> %zu KiB",
+                     w->peak_sessions, w->nsessions, before, lb_worker_rss_kib());
+        w->peak_sessions = w->nsessions;
+        w->calm_ticks = 0;
+        return;         /* re-armed by the next big peak */
+    }
+    struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+    evtimer_add(w->trim_timer, &tv);
+}
+
 void lb_worker_session_gone(struct lb_worker *w)
 {
+    if (w->accept_paused == 1 + LB_PAUSE_CAP && w->nsessions < w->max_connections)
+        lb_worker_resume(w);
     if (w->draining && w->nsessions == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -168,6 +293,9 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     }
     if (lb_conn_loop_init(w->base) < 0 || lb_upstream_init(w) < 0)
         goto out;
+    w->trim_timer = evtimer_new(w->base, lb_worker_trim_tick, w);
+    if (w->trim_timer == NULL)
+        goto out;
     w->rl = lb_ratelimit_new(cfg, shm, slot, w->base);
     if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
@@ -193,6 +321,21 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         if (w->signals[i] == NULL || event_add(w->signals[i], NULL) < 0)
             goto out;
     }
+    w->accept_timer = evtimer_new(w->base, lb_worker_accept_retry, w);
+    if (w->accept_timer == NULL)
+        goto out;
+    /* Everything the worker holds for itself is open now: the rest of the
+     * fd table is for connections. */
+    struct lb_fdbudget fb;
+    lb_fdbudget_worker(cfg, lb_fdbudget_limit(),
+                       lb_fdbudget_count_open(3 + lb_fdbudget_worker_own(cfg)), &fb);
+    w->fd_limit = fb.limit;
+    w->fd_avail = fb.avail;
+    w->max_connections = fb.max_connections;
+    w->idle_cap = fb.idle_max;
+    atomic_store(&w->slot_stats->max_connections, fb.max_connections);
+    lb_log_debug("fd limit %u, %u held: max_connections %u, at most %u idle backend "
+                 "connections", fb.limit, fb.held, fb.max_connections, fb.idle_max);
     /* The master forks with its signals blocked: unblock only now that
      * libevent handles them, so a TERM sent early is pending, not fatal. */
     sigset_t none;
@@ -212,6 +355,10 @@ out:
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
         if (w->signals[i] != NULL)
             event_free(w->signals[i]);
+    if (w->trim_timer != NULL)
+        event_free(w->trim_timer);
+    if (w->accept_timer != NULL)
+        event_free(w->accept_timer);
     lb_conn_loop_free();
     if (w->base != NULL)
         event_base_free(w->base);

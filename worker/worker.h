@@ -19,6 +19,7 @@
 
 #include "shared/config.h"
 #include "shared/list.h"
+#include "shared/log.h"
 #include "shared/shm.h"
 #include "worker/balancer.h"
 #include "worker/http.h"
@@ -48,6 +49,7 @@ struct lb_pool_rt {
     struct lb_balancer balancer;
     struct lb_server_rt *servers;
     struct lb_shm_backend **shared;         /* per server, for the balancer */
+    struct lb_shm_pool *shm;                /* shared pool state (breakers) */
 };
 
 struct lb_worker {
@@ -63,12 +65,28 @@ struct lb_worker {
 
     struct evconnlistener **listeners;
     size_t nlisteners;
+    /* The fd budget (shared/fdbudget.h), fixed at start. Invariant kept by
+     * closing idle backend connections (lb_upstream_make_room):
+     * nsessions + nupconns <= fd_avail. */
+    unsigned fd_limit;
+    unsigned fd_avail;                      /* for client and backend connections */
+    unsigned max_connections;               /* client connections (sessions) */
+    unsigned nupconns;                      /* backend connections, busy or idle */
+    /* Accepting, or paused: 1 + lb_pause_reason. At the cap the listeners
+     * resume when a session closes below it; after a failed accept() when
+     * accept_timer fires. */
+    unsigned accept_paused;
+    struct event *accept_timer;
+    struct lb_log_limit pause_log[LB_PAUSE_REASONS];
     struct lb_pool_rt *pools;
     unsigned nidle;                         /* idle backend connections, all servers */
-    unsigned idle_cap;                      /* at most that many (a share of the fds) */
+    unsigned idle_cap;                      /* at most that many (the fd budget's share) */
     struct event *pool_tick;                /* decays "auto" keep-alive allowances */
     struct lb_list sessions;
     size_t nsessions;
+    size_t peak_sessions;       /* since the last trim (lb_worker_new_peak) */
+    unsigned calm_ticks;        /* seconds in a row well below the peak */
+    struct event *trim_timer;   /* armed while a big peak may be trimmed */
     struct lb_ratelimit *rl;                /* NULL: no rate or connection limits */
     struct event *signals[4];
 
@@ -94,5 +112,12 @@ uint64_t lb_worker_drain_idle_ms(const struct lb_config *cfg);
 /* Called by the proxy when a session ends: exits the loop once draining and
  * nothing is left. */
 void lb_worker_session_gone(struct lb_worker *w);
+
+/* Called by the proxy when the session count passes peak_sessions. Memory
+ * after a burst: once the count has stayed well below a big peak for a few
+ * seconds, the worker frees its free lists and pooled buffers and hands
+ * the heap's free pages back to the kernel (malloc_trim). Checked by a
+ * once-a-second timer armed only after such a peak, never per request. */
+void lb_worker_new_peak(struct lb_worker *w);
 
 #endif

@@ -212,6 +212,26 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
         return parse_flag(v, vn, &req->hang);
     } else if (KEY_IS("ws")) {
         return parse_flag(v, vn, &req->ws);
+    } else if (KEY_IS("trickle")) {
+        if (parse_u64(v, vn, 86400000, &req->trickle_ms) < 0)
+            return -1;
+    } else if (KEY_IS("endless")) {
+        return parse_flag(v, vn, &req->endless);
+    } else if (KEY_IS("hdrsize")) {
+        if (parse_u64(v, vn, REQ_NUM_MAX, &req->hdrsize) < 0)
+            return -1;
+    } else if (KEY_IS("retry_after")) {
+        if (parse_u64(v, vn, 86400, &req->retry_after) < 0)
+            return -1;
+        req->has_retry_after = true;
+    } else if (KEY_IS("trickle_head")) {
+        if (parse_u64(v, vn, 86400000, &req->trickle_head_ms) < 0)
+            return -1;
+    } else if (KEY_IS("early_hints")) {
+        if (vn == 7 && memcmp(v, "forever", 7) == 0)
+            req->early_hints = REQ_FOREVER;
+        else if (parse_u64(v, vn, REQ_NUM_MAX, &req->early_hints) < 0)
+            return -1;
     }
     /* Unknown keys are ignored, so tests can add cache-busters and such. */
 #undef KEY_IS
@@ -236,6 +256,7 @@ static int parse_target(struct request *req, const char *target)
     size_t path_len = strcspn(path, "?");
     req->stats = path_len == 6 && memcmp(path, "/stats", 6) == 0 &&
                  (req->is_get || req->is_head);
+    req->control = path_len == 8 && memcmp(path, "/control", 8) == 0 && req->is_get;
     /* /stats ignores its query: it must answer even in a test that appends
      * behaviour parameters to every URL. */
     if (req->stats || path[path_len] != '?')

@@ -40,7 +40,23 @@ struct request {
     bool echo;
     bool hang;
     bool ws;                /* ws=1: answer 101 and echo every byte after it */
+    uint64_t trickle_ms;    /* trickle=MS: the response head, a byte per MS ms */
+    bool endless;           /* endless=1: header lines without end */
+    uint64_t hdrsize;       /* hdrsize=N: one header line with an N-byte value */
+    bool has_retry_after;   /* retry_after=S: a Retry-After: S header */
+    uint64_t retry_after;
+    /* GET /control?...: the query (status=, reset=, delay=, retry_after=) applies to
+     * every later request but /stats and /control until the next /control;
+     * a bare /control goes back to normal. A test makes a server fail and
+     * recover this way, without restarting it. */
+    bool control;
+    uint64_t trickle_head_ms;   /* trickle_head=MS: the head after its status
+                                 * line goes out one byte per MS ms */
+    uint64_t early_hints;       /* early_hints=N: N "103 Early Hints" before the
+                                 * answer; early_hints=forever: without end */
 };
+
+#define REQ_FOREVER UINT64_MAX
 
 /* Length of the head at the start of buf (through its terminating blank
  * line, CRLF or bare LF), or 0 when buf does not hold a whole head yet. */

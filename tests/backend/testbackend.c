@@ -5,9 +5,12 @@
  *
  * It prints "ready" once every listener is bound, then answers each request
  * as its query string asks (status=, delay=, size=, chunked=, close=,
- * reset=, drop=, echo=, hang=; see request.h) so a test can provoke exactly
- * the backend behaviour it wants to see lbd handle. GET /stats reports
- * counters as JSON.
+ * reset=, drop=, echo=, hang=, ws=, trickle=, trickle_head=, endless=,
+ * hdrsize=, retry_after=, early_hints=; see request.h) so a test can provoke exactly the backend behaviour it
+ * wants to see lbd handle. GET /stats reports counters as JSON; GET
+ * /control?status=503 (or reset=1) makes every later request fail so until
+ * a bare GET /control. Every answer to a request with a body says how much
+ * of it arrived (X-Body-Bytes) and its FNV-1a 64 (X-Body-Sum, in hex).
  *
  * It is written on bare bufferevents rather than evhttp because the tests
  * need control of every byte and of the connection itself: keep-alive
@@ -44,7 +47,9 @@
 #define LINGER_TIMEOUT       2              /* seconds to drain after FIN */
 #define NAME_MAX_LEN         200
 #define CHUNK_MAX            (16 * 1024)    /* response chunk size */
-#define PIECE_MAX            (64 * 1024)    /* Content-Length body piece */
+#define PIECE_MAX            (64 * 1024)
+#define FNV_OFFSET           0xcbf29ce484222325ULL
+#define FNV_PRIME            0x100000001b3ULL    /* Content-Length body piece */
 #define OUT_LOW_WATER        (256 * 1024)   /* refill below this... */
 #define OUT_HIGH_WATER       (512 * 1024)   /* ...up to this */
 #define IO_SINGLE_MAX        (256 * 1024)   /* per read()/write() call */
@@ -71,6 +76,8 @@ struct server {
     uint64_t accepted;          /* connections since start; gives conn ids */
     uint64_t requests;          /* responses started since start */
     uint64_t active;            /* connections open now */
+    uint64_t heads;             /* request heads but /stats and /control */
+    struct request fault;       /* set by GET /control: applies to every request */
     struct conn *conns;         /* every open connection, freed on exit */
 };
 
@@ -82,6 +89,9 @@ enum conn_state {
     CS_CHUNK_CRLF,  /* chunked body: expecting the CRLF after the data */
     CS_TRAILER,     /* chunked body: trailer lines up to the empty one */
     CS_DELAY,       /* request read; delay= timer pending */
+    CS_TRICKLE,     /* trickle= or trickle_head=: the head a byte per timer tick */
+    CS_HINTS,       /* early_hints=: 103 responses under back-pressure */
+    CS_HEAD_STREAM, /* endless= or hdrsize=: header bytes under back-pressure */
     CS_SENDING,     /* streaming the response body under back-pressure */
     CS_DRAIN,       /* response queued; waiting for the output to empty */
     CS_HANG,        /* hang=1: discard input, never answer */
@@ -93,7 +103,7 @@ struct conn {
     struct server *srv;
     struct conn *prev, *next;
     struct bufferevent *bev;
-    struct event *timer;        /* delay= */
+    struct event *timer;        /* delay=, trickle= */
     enum conn_state state;
     uint64_t id;                /* 1-based among accepted connections */
     uint64_t seq;               /* 1-based request index on this conn */
@@ -104,12 +114,17 @@ struct conn {
     size_t head_len;
     uint64_t body_left;         /* of the current CL body or chunk */
     uint64_t body_bytes;        /* decoded request body bytes so far */
+    uint64_t body_sum;          /* their FNV-1a 64 (X-Body-Sum) */
 
     bool close_after;
     bool chunked_resp;
     const char *src;            /* fixed body, or NULL for the pattern */
     size_t src_off;
     uint64_t resp_left;         /* body bytes still to queue */
+    uint64_t hints_left;        /* 103s still to send (REQ_FOREVER: no end) */
+    char *trickle;              /* trickle=, trickle_head=: the head not yet sent */
+    size_t trickle_len, trickle_off;
+    uint64_t hdr_left;          /* hdrsize=: value bytes still to queue */
     char scratch[2048];         /* the /stats body lives here */
 };
 
@@ -137,6 +152,7 @@ static void conn_free(struct conn *c)
     event_free(c->timer);
     bufferevent_free(c->bev);   /* BEV_OPT_CLOSE_ON_FREE closes the fd */
     free(c->head);
+    free(c->trickle);
     free(c);
 }
 
@@ -228,8 +244,8 @@ static void stats_body(struct conn *c)
     json_escape(name, sizeof name, srv->name);
     n = snprintf(c->scratch, sizeof c->scratch,
                  "{\"name\":\"%s\",\"connections\":%" PRIu64 ",\"requests\":%" PRIu64
-                 ",\"active\":%" PRIu64 "}\n",
-                 name, srv->accepted, srv->requests, srv->active);
+                 ",\"active\":%" PRIu64 ",\"heads\":%" PRIu64 "}\n",
+                 name, srv->accepted, srv->requests, srv->active, srv->heads);
     c->src = c->scratch;
     c->resp_left = n > 0 ? (uint64_t)n : 0;
 }
@@ -275,6 +291,66 @@ static enum step fill(struct conn *c)
     c->state = CS_DRAIN;
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     return STEP_WAIT;
+}
+
+/* endless=: HDR_LINE repeated, 64 bytes each; hdrsize=: 'v' repeated. */
+#define HDR_LINE "X-Endless: 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO\r\n"
+#define HDR_LINE_LEN 64
+static char hdr_lines[PIECE_MAX];
+static char hdr_value[PIECE_MAX];
+
+/* endless= or hdrsize=: queue header bytes while the output drains, as
+ * fill() does for bodies; hdrsize= then ends the head and sends the body. */
+static enum step fill_head(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    while ((c->req.endless || c->hdr_left > 0) && evbuffer_get_length(out) < OUT_HIGH_WATER) {
+        size_t n = c->req.endless || c->hdr_left > PIECE_MAX ? PIECE_MAX : (size_t)c->hdr_left;
+        if (evbuffer_add_reference(out, c->req.endless ? hdr_lines : hdr_value, n,
+                                   NULL, NULL) != 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        if (!c->req.endless)
+            c->hdr_left -= n;
+    }
+    if (c->req.endless || c->hdr_left > 0) {
+        c->state = CS_HEAD_STREAM;
+        bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+        return STEP_WAIT;
+    }
+    if (evbuffer_add(out, "\r\n\r\n", 4) != 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    return fill(c);
+}
+
+/* trickle= (the whole head) or trickle_head= (all but the status line,
+ * sent at once: a backend "responding" that never ends its head): one byte
+ * of the head per tick, then the body at once. */
+static enum step trickle_step(struct conn *c)
+{
+    if (bufferevent_write(c->bev, c->trickle + c->trickle_off, 1) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (++c->trickle_off < c->trickle_len) {
+        uint64_t ms = c->req.trickle_ms ? c->req.trickle_ms : c->req.trickle_head_ms;
+        struct timeval tv = {
+            .tv_sec = (time_t)(ms / 1000),
+            .tv_usec = (suseconds_t)(ms % 1000) * 1000,
+        };
+        if (evtimer_add(c->timer, &tv) < 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        return STEP_WAIT;
+    }
+    free(c->trickle);
+    c->trickle = NULL;
+    return fill(c);
 }
 
 /* Choose the body source and length for the current request. */
@@ -329,20 +405,49 @@ static enum step respond(struct conn *c)
     HEAD_ADD("X-Conn-Id: %" PRIu64 "\r\n", c->id);
     HEAD_ADD("X-Conn-Seq: %" PRIu64 "\r\n", c->seq);
     HEAD_ADD("X-Body-Bytes: %" PRIu64 "\r\n", c->body_bytes);
+    if (c->body_bytes > 0)
+        HEAD_ADD("X-Body-Sum: %016" PRIx64 "\r\n", c->body_sum);
+    if (!c->bad && r->has_retry_after)
+        HEAD_ADD("Retry-After: %" PRIu64 "\r\n", r->retry_after);
     if (c->close_after)
         HEAD_ADD("Connection: close\r\n");
     else if (r->minor == 0)
         HEAD_ADD("Connection: keep-alive\r\n");
-    HEAD_ADD("\r\n");
+    bool stream = !c->bad && !r->stats && (r->endless || r->hdrsize > 0);
+    if (stream && r->hdrsize > 0 && !r->endless)
+        HEAD_ADD("X-Big: ");
+    else if (!stream)
+        HEAD_ADD("\r\n");
 #undef HEAD_ADD
-    /* Cannot overflow: the name is capped at NAME_MAX_LEN bytes. */
-    if (n >= sizeof head || bufferevent_write(c->bev, head, n) < 0) {
-        conn_free(c);
-        return STEP_GONE;
-    }
     if (r->is_head || bodyless_status) {
         c->resp_left = 0;
         c->chunked_resp = false;    /* no body means no last-chunk either */
+    }
+    /* Cannot overflow: the name is capped at NAME_MAX_LEN bytes. */
+    if (n >= sizeof head) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (!c->bad && !r->stats && (r->trickle_ms > 0 || r->trickle_head_ms > 0) && !stream) {
+        size_t line = r->trickle_ms > 0 ? 0 : (size_t)(strstr(head, "\r\n") - head) + 2;
+        c->trickle = malloc(n - line);
+        if (c->trickle == NULL || (line > 0 && bufferevent_write(c->bev, head, line) < 0)) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        memcpy(c->trickle, head + line, n - line);
+        c->trickle_len = n - line;
+        c->trickle_off = 0;
+        c->state = CS_TRICKLE;
+        return trickle_step(c);
+    }
+    if (bufferevent_write(c->bev, head, n) < 0) {
+        conn_free(c);
+        return STEP_GONE;
+    }
+    if (stream) {
+        c->hdr_left = r->hdrsize;
+        return fill_head(c);
     }
     return fill(c);
 }
@@ -374,11 +479,46 @@ static void response_done(struct conn *c)
     conn_process(c);
 }
 
+/* early_hints=: queue 103s up to the high-water mark; the write callback
+ * asks for more as they drain, and the answer follows the last one. */
+static enum step send_hints(struct conn *c)
+{
+    static const char hint[] = "HTTP/1.1 103 Early Hints\r\n"
+                               "Link: </style.css>; rel=preload; as=style\r\n\r\n";
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    while (c->hints_left > 0 && evbuffer_get_length(out) < OUT_HIGH_WATER) {
+        if (evbuffer_add(out, hint, sizeof hint - 1) < 0) {
+            conn_free(c);
+            return STEP_GONE;
+        }
+        if (c->hints_left != REQ_FOREVER)
+            c->hints_left--;
+    }
+    if (c->hints_left > 0) {
+        c->state = CS_HINTS;
+        bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+        return STEP_WAIT;
+    }
+    return respond(c);
+}
+
+/* The request is read and its delay over: interim responses, then the answer. */
+static enum step answer(struct conn *c)
+{
+    return c->hints_left > 0 ? send_hints(c) : respond(c);
+}
+
 static void delay_cb(evutil_socket_t fd, short what, void *arg)
 {
+    struct conn *c = arg;
+
     (void)fd;
     (void)what;
-    respond(arg);
+    if (c->state == CS_TRICKLE)
+        trickle_step(c);
+    else
+        answer(c);
 }
 
 /* ---- requests ------------------------------------------------------------ */
@@ -406,6 +546,7 @@ static enum step request_complete(struct conn *c)
     }
     /* Stop reading while we answer: pipelined data waits in the kernel. */
     bufferevent_disable(c->bev, EV_READ);
+    c->hints_left = r->early_hints;
     if (r->delay_ms > 0) {
         struct timeval tv = {
             .tv_sec = (time_t)(r->delay_ms / 1000),
@@ -418,7 +559,7 @@ static enum step request_complete(struct conn *c)
         }
         return STEP_WAIT;
     }
-    return respond(c);
+    return answer(c);
 }
 
 /* A head has been parsed: act on it before any body arrives. */
@@ -463,6 +604,37 @@ static void skip_empty_lines(struct evbuffer *in)
     }
 }
 
+/* GET /control sets the server's fault (answered 200, counted as /stats
+ * is); every other request but /stats gets it and is counted in heads. */
+static void apply_fault(struct conn *c)
+{
+    struct server *srv = c->srv;
+    struct request *r = &c->req;
+
+    if (r->stats)
+        return;
+    if (r->control) {
+        srv->fault = *r;
+        r->status = 200;
+        r->reset = false;
+        r->delay_ms = 0;
+        r->has_retry_after = false;
+        return;
+    }
+    srv->heads++;
+    if (!srv->fault.control)
+        return;
+    if (srv->fault.status != 200)
+        r->status = srv->fault.status;
+    r->reset = r->reset || srv->fault.reset;
+    if (srv->fault.delay_ms > 0)
+        r->delay_ms = srv->fault.delay_ms;
+    if (srv->fault.has_retry_after) {
+        r->has_retry_after = true;
+        r->retry_after = srv->fault.retry_after;
+    }
+}
+
 static enum step step_head(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -484,6 +656,7 @@ static enum step step_head(struct conn *c)
             return STEP_WAIT;
         c->seq++;
         c->body_bytes = 0;
+        c->body_sum = FNV_OFFSET;
         return bad_request(c);
     }
 
@@ -498,9 +671,11 @@ static enum step step_head(struct conn *c)
     evbuffer_drain(in, end);
     c->seq++;
     c->body_bytes = 0;
+    c->body_sum = FNV_OFFSET;
     c->bad = false;
     if (req_parse(c->head, end, &c->req) < 0)
         return bad_request(c);
+    apply_fault(c);
     return request_start(c);
 }
 
@@ -512,6 +687,20 @@ static enum step step_body_data(struct conn *c, enum conn_state next)
 
     if (n == 0)
         return STEP_WAIT;
+    /* The body's checksum, so a test can tell it arrived intact. */
+    for (size_t done = 0; done < n;) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v[16];
+        evbuffer_ptr_set(in, &pos, done, EVBUFFER_PTR_SET);
+        int nv = evbuffer_peek(in, (ev_ssize_t)(n - done), &pos, v, 16);
+        for (int i = 0; i < nv && i < 16 && done < n; i++) {
+            const unsigned char *b = v[i].iov_base;
+            size_t k = v[i].iov_len < n - done ? v[i].iov_len : n - done;
+            for (size_t j = 0; j < k; j++)
+                c->body_sum = (c->body_sum ^ b[j]) * FNV_PRIME;
+            done += k;
+        }
+    }
     evbuffer_drain(in, n);
     c->body_left -= n;
     c->body_bytes += n;
@@ -632,6 +821,10 @@ static void write_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     if (c->state == CS_SENDING)
         fill(c);
+    else if (c->state == CS_HEAD_STREAM)
+        fill_head(c);
+    else if (c->state == CS_HINTS)
+        send_hints(c);
     else if (c->state == CS_DRAIN)
         response_done(c);
     /* else: a 100 Continue went out; nothing to do */
@@ -765,7 +958,14 @@ static void usage(FILE *f)
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
-            "GET /stats returns counters as JSON.\n",
+            "  trickle=MS trickle_head=MS endless=1 hdrsize=N retry_after=S\n"
+            "  early_hints=N|forever\n"
+            "GET /stats returns counters as JSON (heads: requests but /stats and /control).\n"
+            "GET /control?status=N&reset=1&delay=MS&retry_after=S makes every later request\n"
+            "behave so;\n"
+            "a bare GET /control restores normal answers.\n"
+            "Answers say X-Body-Bytes (request body received) and, for a body,\n"
+            "X-Body-Sum (its FNV-1a 64 in hex).\n",
             IDLE_TIMEOUT_DEFAULT);
 }
 
@@ -837,6 +1037,10 @@ static void init_pattern(void)
 {
     for (size_t i = 0; i < sizeof pattern; i += PATTERN_LINE_LEN)
         memcpy(pattern + i, PATTERN_LINE, PATTERN_LINE_LEN);
+    _Static_assert(sizeof HDR_LINE - 1 == HDR_LINE_LEN, "HDR_LINE is 64 bytes");
+    for (size_t i = 0; i < sizeof hdr_lines; i += HDR_LINE_LEN)
+        memcpy(hdr_lines + i, HDR_LINE, HDR_LINE_LEN);
+    memset(hdr_value, 'v', sizeof hdr_value);
 }
 
 /* Everything main() may have to free, whichever step failed. */

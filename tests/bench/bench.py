@@ -21,9 +21,11 @@ threads) and the backends: the ratio still compares like with like.
 --instructions instead counts the instructions lbd's worker executes per
 keep-alive request (valgrind's callgrind): exact and repeatable where time
 on a shared 2-core VM is not, so a change to the data path can be judged on
-its own. --ratelimit adds a per-client-address rate limit too high ever to
-refuse (what every request pays for a limit it passes); --ratelimit refuse
-one that refuses nearly every request (1r/s: what a refusal costs).
+its own. --breaker gives lbd's pool a circuit breaker, --retries a retry
+policy (no failures happen: what they cost a healthy pool). --ratelimit adds
+a per-client-address rate limit too high ever to refuse (what every request
+pays for a limit it passes); --ratelimit refuse one that refuses nearly
+every request (1r/s: what a refusal costs).
 """
 import argparse
 import os
@@ -74,7 +76,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Extra keys of lbd's pool (--breaker, --retries).
+POOL_EXTRA = ""
+
+
 def fill(template, path, values):
+    values = dict(values, POOL_EXTRA=POOL_EXTRA)
     with open(os.path.join(HERE, template)) as f:
         text = f.read()
     for k, v in values.items():
@@ -355,10 +362,21 @@ def main():
     ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
                     help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
                          "default) or default (no keepalive key)")
+    ap.add_argument("--breaker", action="store_true",
+                    help="lbd's pool with circuit_breaker (its defaults: both triggers)")
+    ap.add_argument("--retries", action="store_true",
+                    help="lbd's pool with retries (attempts = 3, per_try_timeout, the rest "
+                         "default)")
     ap.add_argument("--ratelimit", nargs="?", const="pass", choices=sorted(LBD_RATELIMIT),
                     help="with --instructions: a per-IP rate limit that never refuses (pass), "
                          "or refuses nearly every request (refuse)")
     args = ap.parse_args()
+    global POOL_EXTRA
+    if args.breaker:
+        POOL_EXTRA += "circuit_breaker = { }; "
+    if args.retries:
+        POOL_EXTRA += 'retries = { attempts = 3; per_try_timeout = "2s"; }; '
+
 
     for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
                                                             if args.instructions else ()):

@@ -21,7 +21,7 @@ from lbdtest import (HttpConn, http_get, lbd_config, pid_alive, proc_children, p
 # configuration
 
 # lbdtest.lbd_config knows every pool key (hash_key, health_check,
-# passive_health) and the admin group.
+# passive_health, circuit_breaker) and the admin group.
 ext_config = lbd_config
 
 
@@ -122,6 +122,16 @@ def wait_health(addr, address, health, pool=None, reason=None, timeout=15.0):
                     what=f"{address} (pool {pool}) to be {health}" + (f"/{reason}" if reason else ""))
 
 
+def wait_breaker(addr, address, state, pool=None, timeout=15.0):
+    """Poll /status until ADDRESS's breaker is STATE ("closed", "open",
+    "half_open"); its server entry."""
+    def probe():
+        s = find_server(admin_status(addr), address, pool)
+        return s if s["breaker"] == state else None
+    return wait_for(probe, timeout, interval=0.05,
+                    what=f"{address} (pool {pool}) breaker to be {state}")
+
+
 def control_pids(lbd):
     """PIDs of the master's children titled 'lbd: control' (remembered for
     the cleanup, which kills leftovers titled 'lbd:' by pid)."""
@@ -209,8 +219,9 @@ class Load:
     each over its own keep-alive connection. Every request is recorded as
     (t_start, t_end, status or 'error', backend or repr), times monotonic."""
 
-    def __init__(self, addr, nthreads=4, target="/", max_seconds=60):
+    def __init__(self, addr, nthreads=4, target="/", max_seconds=60, timeout=10):
         self.addr = addr
+        self.timeout = timeout
         self.target = target
         self.stop_ev = threading.Event()
         self.lock = threading.Lock()
@@ -226,7 +237,7 @@ class Load:
             t0 = time.monotonic()
             try:
                 if c is None:
-                    c = HttpConn(self.addr, timeout=10)
+                    c = HttpConn(self.addr, timeout=self.timeout)
                 r = c.request(self.target)
                 rec = (t0, time.monotonic(), r.status, r.backend)
                 if (r.header("Connection") or "").lower() == "close":

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -200,6 +201,18 @@ def proc_cmdline(pid):
     except OSError:
         return None
     return [a.decode("utf-8", "replace") for a in raw.split(b"\0")]
+
+
+def vm_rss_kib(pid):
+    """Resident memory of PID in KiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmRSS:"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def proc_title(pid):
@@ -442,6 +455,14 @@ class Backend:
         r = http_get(self.addr, "/stats")
         return json.loads(r.body)
 
+    def control(self, query=""):
+        """GET /control?QUERY (direct): every later request but /stats and
+        /control behaves as if its query held QUERY ("status=503",
+        "reset=1", "delay=500", "retry_after=2"); "" restores normal answers."""
+        r = http_get(self.addr, "/control" + ("?" + query if query else ""))
+        if r.status != 200:
+            raise AssertionError(f"GET /control?{query} on {self.name}: {r!r}")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -458,16 +479,20 @@ class Backend:
 class Lbd:
     """A running lbd master started by a test."""
 
-    def __init__(self, tc, config_path, listen, args=(), workers=None, wait=True):
+    def __init__(self, tc, config_path, listen, args=(), workers=None, wait=True, nofile=None):
         self.tc = tc
         self.config_path = config_path
         self.listen = listen                # the address tests connect to
         self.log_path = os.path.join(tc.tmp, "lbd.stderr.log")
         self._log = open(self.log_path, "ab")
+        def preexec():
+            _set_pdeathsig()
+            if nofile is not None:      # (soft, hard), as `prlimit --nofile=S:H`
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         self.proc = subprocess.Popen(
             [tc.lbd_bin, "-c", config_path] + list(args),
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
-            preexec_fn=_set_pdeathsig)
+            preexec_fn=preexec)
         self.pid = self.proc.pid
         self.seen_workers = set()           # every child pid observed (for cleanup)
         self.exit_checked = False
@@ -675,13 +700,18 @@ class Lbd:
 # configuration
 
 def _cfg_value(v):
-    """A Python value as libconfig: bool, int, dict (group) or string."""
+    """A Python value as libconfig: bool, int, float, dict (group), list
+    (array) or string."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, float):
+        return repr(v)
     if isinstance(v, dict):
         return "{ " + " ".join(f"{k} = {_cfg_value(x)};" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[ " + ", ".join(_cfg_value(x) for x in v) + " ]"
     return '"' + str(v) + '"'
 
 
@@ -689,7 +719,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
                log_level="info", timeouts=None, extra="", admin=None, listener=None):
     """Render a config. LISTEN: address or list. POOLS: list of dicts
     {name, servers: [(address, weight)]} and optionally strategy, keepalive,
-    timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...}.
+    timeouts {kind: "1s"}, hash_key, health_check {...}, passive_health {...},
+    circuit_breaker {...}, retries {...}.
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
     first pool. ADMIN: admin listener address or None. LISTENER: extra keys
     of every listener, e.g. {"defer_accept": False}."""
@@ -712,7 +743,8 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     ps = []
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
-        for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health"):
+        for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
+                  "circuit_breaker", "retries"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
         srv = ",\n".join(f'            {{ address = "{a}"; weight = {w}; }}'
@@ -831,9 +863,11 @@ class LbdTestCase(unittest.TestCase):
     def start_backends(self, *names):
         return [self.start_backend(n) for n in names]
 
-    def start_lbd(self, config_text, listen, args=(), workers=None, name="lbd.conf", wait=True):
+    def start_lbd(self, config_text, listen, args=(), workers=None, name="lbd.conf", wait=True,
+                  nofile=None):
+        """NOFILE: (soft, hard) RLIMIT_NOFILE to start lbd under."""
         path = self.write_file(self.path(name), config_text)
-        l = Lbd(self, path, listen, args=args, workers=workers, wait=wait)
+        l = Lbd(self, path, listen, args=args, workers=workers, wait=wait, nofile=nofile)
         self._lbds.append(l)
         if self.lbd is None:
             self.lbd = l

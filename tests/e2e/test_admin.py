@@ -36,6 +36,13 @@ DOCUMENTED = {
     "lbd_worker_restarts_total": "counter",
     "lbd_config_reloads_total": "counter",
     "lbd_config_reload_failures_total": "counter",
+    "lbd_fd_limit": "gauge",
+    "lbd_worker_max_connections": "gauge",
+    "lbd_accept_pauses_total": "counter",
+    "lbd_admin_connections": "gauge",
+    "lbd_admin_max_connections": "gauge",
+    "lbd_admin_accept_pauses_total": "counter",
+    "lbd_admin_timeouts_total": "counter",
 }
 
 SERVER_KEYS = {"address", "weight", "health", "down_reason", "drain", "in_flight", "ewma_ms",

@@ -192,6 +192,36 @@ class ConfigTestTest(LbdTestCase):
                                   '            { address = "127.0.0.1:19002"; weight = 1001; }')
         self.assertInvalid(text, line, "weight")
 
+    def test_breaker_out_of_range(self):
+        """circuit_breaker values out of range, each at its line."""
+        for key, bad, what in (("failure_ratio", "1.5", "between 0 and 1"),
+                               ("max_ejection_percent", "101", "between 0 and 100"),
+                               ("half_open_requests", "0", "between 1 and 1000"),
+                               ("open", '"10m"', "must not exceed open_max")):
+            with self.subTest(key):
+                text, line = insert_after(BASE, 'strategy = "round_robin";',
+                                          f"        circuit_breaker = {{\n"
+                                          f"            {key} = {bad};\n        }};")
+                self.assertInvalid(text, line + 1, what)
+        text, line = insert_after(BASE, 'strategy = "round_robin";',
+                                  "        passive_health = { failures = 3; };\n"
+                                  "        circuit_breaker = { failures = 3; };")
+        self.assertInvalid(text, line, "keep circuit_breaker")
+
+    def test_retries_out_of_range(self):
+        """retries values out of range (lbd -t), each at its line."""
+        for key, bad, what in (("attempts", "0", "between 1 and 10"),
+                               ("attempts", "11", "between 1 and 10"),
+                               ("budget", "101", "between 0 and 100"),
+                               ("on", '[ "connect", "502", "sometimes" ]',
+                                'unknown \'on\' entry "sometimes"'),
+                               ("methods", '"most"', 'must be "idempotent" or "all"')):
+            with self.subTest(key=key, bad=bad):
+                text, line = insert_after(BASE, 'strategy = "round_robin";',
+                                          f"        retries = {{\n"
+                                          f"            {key} = {bad};\n        }};")
+                self.assertInvalid(text, line + 1, what)
+
     def test_missing_listeners(self):
         lines = BASE.split("\n")
         start = lines.index("listeners = (")

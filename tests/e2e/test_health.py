@@ -1,10 +1,11 @@
 """Health: active checks (HTTP and TCP) run by the control process, once
-per instance; passive health from failed requests; DOWN servers skipped."""
+per instance; passive health (a preset of the circuit breaker, see
+test_breaker) from failed requests; DOWN and open servers skipped."""
 import time
 
 from lbdtest import Backend, ConnectionClosed, HttpConn, LbdTestCase, free_port, wait_for
 from lbdextra import (Load, PyServer, admin_metrics, admin_status, control_pids, ext_config,
-                      find_server, kill_backend, run_requests, tally, wait_health)
+                      find_server, kill_backend, run_requests, tally, wait_breaker, wait_health)
 
 HTTP_CHECK = {"path": "/healthz", "interval": "300ms", "timeout": "200ms", "rise": 2, "fall": 2}
 TCP_CHECK = {"interval": "300ms", "timeout": "200ms", "rise": 2, "fall": 2}
@@ -12,10 +13,11 @@ TCP_CHECK = {"interval": "300ms", "timeout": "200ms", "rise": 2, "fall": 2}
 
 class HealthTest(LbdTestCase):
 
-    def _lbd(self, pools, routes=None, workers=2):
+    def _lbd(self, pools, routes=None, workers=2, extra=""):
         listen = f"127.0.0.1:{free_port()}"
         self.admin = f"127.0.0.1:{free_port()}"
-        cfg = ext_config(listen, pools, routes=routes, workers=workers, admin=self.admin)
+        cfg = ext_config(listen, pools, routes=routes, workers=workers, admin=self.admin,
+                         extra=extra)
         return self.start_lbd(cfg, listen, workers=workers)
 
     def _restart_backend(self, old):
@@ -121,6 +123,39 @@ class HealthTest(LbdTestCase):
         self.assertEqual(self.get("/good").status, 200)
         self.assertEqual(self.get("/odd").status, 200)
 
+    def test_check_needs_whole_valid_head_in_time(self):
+        """A check passes on a complete, valid response head (status line,
+        headers, empty line) within `timeout` in all, no larger than
+        limits.header_size: a server that answers with an endless head, a
+        1 GB header line or a head trickled a byte per 200 ms (timeout 1 s)
+        is one real requests cannot use, and goes DOWN, logged with why;
+        a head of 4000 bytes under the 8 KiB limit passes."""
+        (b,) = self.start_backends("b1")
+        check = {"interval": "300ms", "timeout": "1s", "rise": 2, "fall": 2}
+        paths = {"endless": "/healthz?endless=1", "huge": "/healthz?hdrsize=1073741824",
+                 "trickle": "/healthz?trickle=200", "big": "/healthz?hdrsize=4000",
+                 "good": "/healthz"}
+        pools = [{"name": name, "servers": [(b.addr, 1)],
+                  "health_check": dict(check, path=path)} for name, path in paths.items()]
+        lbd = self._lbd(pools, extra='limits = { header_size = "8k"; };')
+        why = {"endless": r"^response head over 8192 bytes \(limits\.header_size\)$",
+               "huge": r"^response head over 8192 bytes \(limits\.header_size\)$",
+               "trickle": r"^timeout: no complete response head after 1000 ms \(\d+ bytes\)$"}
+        for name, rx in why.items():
+            srv = wait_health(self.admin, b.addr, "down", pool=name, reason="health_check")
+            self.assertRegex(srv["checks"]["last_error"], rx, (name, srv))
+            self.assertEqual(srv["checks"]["ok"], 0, (name, srv))
+            lbd.wait_log(rf"server {b.addr} of pool '{name}' is DOWN \(2 failed health "
+                         rf"checks, last: {rx[1:-1]}\)")
+
+        def others_checked():
+            st = admin_status(self.admin)
+            return all(find_server(st, b.addr, p)["checks"]["ok"] >= 3 for p in ("big", "good"))
+        wait_for(others_checked, 10, what="3 passed checks in pools big and good")
+        for name in ("big", "good"):
+            srv = find_server(admin_status(self.admin), b.addr, name)
+            self.assertEqual((srv["health"], srv["checks"]["failed"]), ("up", 0), (name, srv))
+
     def test_checks_once_per_instance(self):
         """workers = 4, interval 300 ms: over about 3 s the backend gets about
         duration/interval probes (fewer than twice that), as many as
@@ -147,10 +182,11 @@ class HealthTest(LbdTestCase):
 
     # -- passive --------------------------------------------------------------
 
-    def test_passive_refused_marks_down(self):
+    def test_passive_refused_opens_breaker(self):
         """passive_health failures = 3, no active check: a server whose port
-        refuses connections costs at most 3 failed requests, is then DOWN
-        (reason passive, logged) and skipped: no more 502s."""
+        refuses connections costs at most 3 failed requests; then its
+        breaker is open (logged), it is skipped (no more 502s) and stays UP
+        as far as health goes: passive health is the breaker's preset."""
         b1, b3 = self.start_backends("b1", "b3")
         dead = f"127.0.0.1:{free_port()}"
         lbd = self._lbd([{"name": "web", "servers": [(b1.addr, 1), (dead, 1), (b3.addr, 1)],
@@ -160,17 +196,19 @@ class HealthTest(LbdTestCase):
         self.assertTrue(all(r.status == 502 for r in fails), res)
         self.assertGreaterEqual(len(fails), 1, res)
         self.assertLessEqual(len(fails), 3, res)
-        srv = wait_health(self.admin, dead, "down", reason="passive", timeout=5)
-        self.assertEqual(srv["failures"], 3, srv)
-        lbd.wait_log(rf"server {dead} of pool 'web' marked DOWN after 3 failed requests")
+        srv = wait_breaker(self.admin, dead, "open", timeout=5)
+        self.assertEqual((srv["failures"], srv["health"], srv["breaker_open_interval_ms"]),
+                         (3, "up", 60000), srv)
+        lbd.wait_log(rf"server {dead} of pool 'web': circuit breaker OPEN for 60000 ms "
+                     r"\(3 failed requests in a row\)")
         per, bad = tally(run_requests(lbd.listen, [("/", ())] * 200, nthreads=4))
-        self.assertEqual(bad, [], "a passively DOWN server is skipped")
+        self.assertEqual(bad, [], "a server with an open breaker is skipped")
         self.assertEqual(set(per), {"b1", "b3"})
         self.assertEqual(find_server(admin_status(self.admin), dead)["failures"], 3)
 
     def test_passive_cooldown_then_success_brings_it_back(self):
-        """Without an active check, a passively DOWN server is tried again
-        after the cooldown; once a request to it succeeds it is UP."""
+        """Without an active check, an open server is tried again after the
+        cooldown (one trial request); once that succeeds it is closed."""
         (b1,) = self.start_backends("b1")
         port = free_port()
         dead = f"127.0.0.1:{port}"
@@ -178,49 +216,42 @@ class HealthTest(LbdTestCase):
                    "passive_health": {"failures": 2, "cooldown": "1s"}}])
         for _ in range(4):
             self.get("/")
-        wait_health(self.admin, dead, "down", reason="passive", timeout=5)
+        wait_breaker(self.admin, dead, "open", timeout=5)
         b2 = Backend(self, "b2", port=port)
         self.backends.append(b2)
 
         def reached():
             return self.get("/").backend == "b2"
         wait_for(reached, 15, interval=0.05, what="b2 to get requests after the cooldown")
-        srv = wait_health(self.admin, dead, "up", timeout=5)
-        self.assertEqual(srv["down_reason"], "none")
+        srv = wait_breaker(self.admin, dead, "closed", timeout=5)
+        self.assertEqual(srv["breaker_transitions"]["closed"], 1, srv)
 
-    def test_passive_down_until_checks_pass(self):
-        """With an active check too, a passively DOWN server (here: 500s with
-        on_5xx) stays DOWN, skipped, until the check passes `rise` times;
-        then it is UP (logged) and gets requests again."""
+    def test_breaker_independent_of_checks(self):
+        """Active checks and the breaker are two notions: a server that
+        passes its health checks but answers requests with 500 (on_5xx) has
+        its breaker opened; the checks keep it UP and keep passing, and do
+        not close the breaker: it gets no request while open."""
         (good,) = self.start_backends("good")
         flaky = PyServer("flaky", status=500, healthy_path="/healthz")
         self.addCleanup(flaky.stop)
         lbd = self._lbd([{"name": "web", "servers": [(good.addr, 1), (flaky.addr, 1)],
-                          "health_check": dict(HTTP_CHECK, rise=4),
-                          "passive_health": {"failures": 2, "on_5xx": True}}])
+                          "health_check": HTTP_CHECK,
+                          "passive_health": {"failures": 2, "on_5xx": True, "cooldown": "60s"}}])
         off = lbd.log_size()
         st = [self.get("/").status for _ in range(4)]
         self.assertEqual(sorted(st), [200, 200, 500, 500], st)
-        srv = wait_health(self.admin, flaky.addr, "down", reason="passive", timeout=5)
-        lbd.wait_log(rf"server {flaky.addr} of pool 'web' marked DOWN after 2 failed requests",
-                     since=off)
+        srv = wait_breaker(self.admin, flaky.addr, "open", timeout=5)
+        lbd.wait_log(rf"server {flaky.addr} of pool 'web': circuit breaker OPEN", since=off)
         ok0 = srv["checks"]["ok"]
-        seen = set()
-        while True:
+        served = flaky.count()
+        wait_for(lambda: find_server(admin_status(self.admin), flaky.addr)["checks"]["ok"] >= ok0 + 3,
+                 10, what="3 more passed checks")
+        for _ in range(10):
             r = self.get("/")
-            s = find_server(admin_status(self.admin), flaky.addr)
-            if s["health"] == "up":
-                break
-            # still DOWN after this request: it went elsewhere
             self.assertEqual((r.status, r.backend), (200, "good"))
-            seen.add(s["down_reason"])
-            self.assertLess(len(seen), 2, seen)
-            self.assertLess(s["checks"]["ok"], ok0 + 4 + 2,
-                            f"still DOWN after {s['checks']['ok'] - ok0} passed checks: {s}")
-        self.assertEqual(s["down_reason"], "none", s)
-        self.assertGreaterEqual(s["checks"]["ok"], ok0 + 4, "UP only after `rise` passed checks")
-        lbd.wait_log(rf"server {flaky.addr} of pool 'web' is UP", since=off)
-        wait_for(lambda: self.get("/").backend == "flaky", 10, what="flaky to get requests again")
+        s = find_server(admin_status(self.admin), flaky.addr)
+        self.assertEqual((s["health"], s["breaker"]), ("up", "open"), s)
+        self.assertEqual(flaky.count(), served, "requests reached it while open (checks are not counted)")
 
     def test_reload_dropping_health_check_frees_down_server(self):
         """A server DOWN by its health check, then a reload whose pool has no
@@ -298,9 +329,9 @@ class HealthTest(LbdTestCase):
         wait_for(serves, 10, interval=0.2, what="the restarted server to serve again")
 
     def test_passive_on_5xx(self):
-        """on_5xx = true: a server answering 500 is DOWN after `failures`
+        """on_5xx = true: a server answering 500 is open after `failures`
         answers; with on_5xx false (the default) a 500 is passed on and the
-        server stays UP."""
+        breaker stays closed."""
         (good,) = self.start_backends("good")
         bad = PyServer("bad500", status=500)
         self.addCleanup(bad.stop)
@@ -312,11 +343,12 @@ class HealthTest(LbdTestCase):
         self._lbd(pools, routes=[("*", "/s", "strict"), ("*", "/l", "lax")])
         st = [self.get("/s").status for _ in range(12)]
         self.assertEqual(st.count(500), 3, st)
-        wait_health(self.admin, bad.addr, "down", pool="strict", reason="passive", timeout=5)
+        wait_breaker(self.admin, bad.addr, "open", pool="strict", timeout=5)
         self.assertEqual({self.get("/s").status for _ in range(10)}, {200})
         st = [self.get("/l").status for _ in range(12)]
         self.assertEqual(st.count(500), 6, st)
-        self.assertEqual(find_server(admin_status(self.admin), bad.addr, "lax")["health"], "up")
+        s = find_server(admin_status(self.admin), bad.addr, "lax")
+        self.assertEqual((s["health"], s["breaker"]), ("up", "closed"), s)
 
     # -- the whole story under load --------------------------------------------
 

@@ -17,7 +17,7 @@ import time
 import unittest
 
 from lbdtest import (ROOT, HttpConn, LbdTestCase, PATTERN_LINE, free_port, lbd_config,
-                     parse_status, pattern_body, sanitized, wait_for)
+                     parse_status, pattern_body, sanitized, vm_rss_kib, wait_for)
 
 S_SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -87,14 +87,6 @@ def chunked(body, size=8192, ext=b""):
         out += b"%x%s\r\n" % (len(part), ext) + part + b"\r\n"
     out += b"0\r\n\r\n"
     return bytes(out)
-
-
-def vm_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    return 0
 
 
 class RssSampler(threading.Thread):
@@ -370,6 +362,20 @@ class SmugglingTest(HttpTestCase):
         self.check_refused(b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n")
         self.check_refused(b"GET / HTTP/1.10\r\nHost: a\r\n\r\n")
 
+    def test_malformed_authority(self):
+        """An absolute-form target's authority becomes Host and picks the
+        route: host [":" port] with an IP literal whole, or refused."""
+        for target in (b"http://[::1", b"http://[::1]x/", b"http://[zz]/", b"http://]/",
+                       b"http://[]/", b"http://%61dmin/", b"http://h:80:90/"):
+            self.check_refused(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.check_refused(b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n")
+        # An IPv6 literal as it should be is served, and passed on as Host.
+        with HttpConn(self.lbd.listen) as c:
+            c.send(b"GET http://[::1]:8080/?echo=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(values(echo_fields(r.body)[1], "Host"), ["[::1]:8080"])
+
     def chunked_post(self, body):
         return self.post(b"Transfer-Encoding: chunked\r\n", body)
 
@@ -386,6 +392,20 @@ class SmugglingTest(HttpTestCase):
         """20 hex digits: a parser that wraps at 64 bits reads 5."""
         self.check_refused(self.chunked_post(b"10000000000000000005\r\nhello\r\n0\r\n\r\n"
                                              + S_SMUGGLED))
+
+    def test_chunk_size_over_16_digits(self):
+        """32 hex digits, 0x41 in all: a backend that reads at most 16
+        (Go's net/http refuses more) frames the body otherwise than lbd
+        would. Leading zeros count."""
+        data = S_SMUGGLED.ljust(0x41, b"x")
+        self.check_refused(self.chunked_post(b"%032x\r\n%s\r\n0\r\n\r\n" % (0x41, data)))
+        self.check_refused(self.chunked_post(b"%017x\r\nhello\r\n0\r\n\r\n" % 5))
+        # 16 digits are fine.
+        with HttpConn(self.lbd.listen) as c:
+            c.send(self.chunked_post(b"%016x\r\nhello\r\n0\r\n\r\n" % 5))
+            r = c.read_response()
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.header("X-Body-Bytes"), "5")
 
     def test_valid_chunked_with_extensions_and_trailers(self):
         body = (b"5;ext=1\r\nhello\r\n"
@@ -704,6 +724,30 @@ class CloseDelimitedTest(HttpTestCase):
     def test_http11_response_without_length(self):
         self.start(b"HTTP/1.1 200 OK", b"Connection: close\r\n")
         self.check()
+
+
+class MalformedChunkedResponseTest(HttpTestCase):
+    """A backend's chunk-size line over 16 hex digits is malformed framing,
+    as a bad chunk-size byte is: the response head has left by then, so the
+    client's connection is cut short of the body's end (it cannot take the
+    rest for a complete response), and the backend is charged a failure."""
+
+    def test_chunk_size_over_16_digits(self):
+        def respond(conn, head):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"%032x\r\n%s\r\n0\r\n\r\n" % (5, b"hello"))
+            conn.recv(1)        # until lbd closes
+        origin = RawOrigin(self, respond)
+        self.one_lbd([{"name": "raw", "keepalive": 0, "servers": [(origin.addr, 1)]}])
+        with HttpConn(self.lbd.listen, timeout=15) as c:
+            c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            raw, how = drain(c.sock, 15)
+        self.assertIn(how, ("eof", "reset"), raw)
+        self.assertNotIn(b"hello", raw, "the body was passed on")
+        self.assertNotIn(b"0\r\n\r\n", raw.partition(b"\r\n\r\n")[2])
+        self.lbd.wait_log(r"backend 127\.0\.0\.1:%d: malformed chunked response" % origin.port)
+        srv = self.lbd.snapshot()["pools"][0]["servers"][0]
+        self.assertEqual(srv["failures"], 1, srv)
 
 
 # ---------------------------------------------------------------------------
@@ -1049,7 +1093,8 @@ LOG_RX = re.compile(
     r'^(?P<addr>\S+) - - \[(?P<time>\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] '
     r'"(?P<req>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+) "(?P<ref>[^"]*)" "(?P<ua>[^"]*)" '
     r'upstream=(?P<up>\S+) upstream_status=(?P<ustatus>\d+) request_id=(?P<rid>\S+) '
-    r'rt=(?P<rt>\d+\.\d{3}) uct=(?P<uct>\d+\.\d{3}|-) uht=(?P<uht>\d+\.\d{3}|-)$')
+    r'rt=(?P<rt>\d+\.\d{3}) uct=(?P<uct>\d+\.\d{3}|-) uht=(?P<uht>\d+\.\d{3}|-) '
+    r'attempts=(?P<attempts>\d+)$')
 
 
 class AccessLogTest(HttpTestCase):
@@ -1107,9 +1152,10 @@ class AccessLogTest(HttpTestCase):
         self.assertEqual(ok["rid"], rid)
         self.assertNotEqual(ok["uct"], "-")
         self.assertNotEqual(ok["uht"], "-")
+        self.assertEqual(ok["attempts"], "1")
 
         self.assertEqual((nf["req"], nf["status"]), ("GET /nothing HTTP/1.1", "404"))
-        self.assertEqual((nf["up"], nf["ustatus"]), ("-", "0"))
+        self.assertEqual((nf["up"], nf["ustatus"], nf["attempts"]), ("-", "0", "0"))
         self.assertEqual(int(nf["bytes"]), len(r404.raw_head) + len(r404.body))
         self.assertEqual((nf["ref"], nf["ua"]), ("-", "-"))
 

@@ -134,6 +134,149 @@ class RespawnTest(LbdTestCase):
         self.assertIn("respawning", lbd.log())
 
 
+def listening_sockets(port):
+    """Sockets listening on PORT (IPv4), as `ss -ltn` lists them: one per
+    member of an SO_REUSEPORT group."""
+    with open("/proc/net/tcp") as f:
+        rows = [ln.split() for ln in f.readlines()[1:]]
+    return sum(1 for r in rows if r[3] == "0A" and int(r[1].split(":")[1], 16) == port)
+
+
+class CrashLoopTest(LbdTestCase):
+    """A worker that keeps dying is respawned after a growing delay; while
+    it waits, its listening socket leaves the SO_REUSEPORT group, or the
+    kernel's hash would keep queueing a share of new connections on it."""
+
+    allow_worker_deaths = True
+
+    def crash_loop(self, lbd, wid, until_ms, last=None):
+        """Kill worker WID each time it is (re)started, right away, until a
+        death is answered with a respawn delay of UNTIL_MS (100 ms, doubled
+        at each death within 2 s of a start). LAST(pid) runs on the worker
+        about to die that last time. Returns the log offset of that death."""
+        pid = lbd.worker_pids()[wid]
+        delay = 0
+        for _ in range(20):
+            nxt = min(delay * 2, 10000) if delay else 100
+            if nxt == until_ms and last is not None:
+                last(pid)
+            at = lbd.log_size()
+            os.kill(pid, signal.SIGKILL)
+            m = lbd.wait_log(rf"worker {wid} \(pid {pid}\) killed by signal 9[^;]*; "
+                             rf"respawning in (\d+) ms", at)
+            delay = int(m.group(1))
+            if delay == until_ms:
+                return at
+            old = pid
+            pid = wait_for(lambda: lbd.worker_pids().get(wid) not in (None, old) and
+                           lbd.worker_pids()[wid], 15, what=f"worker {wid} to be respawned")
+        self.fail(f"no respawn delay of {until_ms} ms after 20 deaths")
+
+    def wait_served_by(self, lbd, wid):
+        """New connections until worker WID has served one."""
+        def served():
+            self.assertServes(lbd)
+            return [w for w in lbd.running_workers() if w["id"] == wid][0]["requests"] > 0
+        wait_for(served, 30, interval=0, what=f"worker {wid} to serve a connection")
+
+    def start(self, workers):
+        (b1,) = self.start_backends("b1")
+        self.port = free_port()
+        listen = f"127.0.0.1:{self.port}"
+        return self.start_lbd(lbd_config(listen, [{"name": "web", "servers": [(b1.addr, 1)]}],
+                                         workers=workers), listen, workers=workers)
+
+    def require_migration(self, lbd):
+        try:
+            with open("/proc/sys/net/ipv4/tcp_migrate_req") as f:
+                on = f.read().strip() == "1"
+        except OSError:
+            on = False
+        if not on:
+            self.require_capability("net.ipv4.tcp_migrate_req is off and lbd could not set it "
+                                    "(needs root and Linux 5.14)")
+
+    def test_crash_looping_worker_does_not_stall_new_connections(self):
+        """Worker 1 dies at every start until its respawn waits 6.4 s. Its
+        socket's queue (connections it never accepted: it was stopped) moves
+        to worker 0, and 200 new connections, each allowed 2 s, all go to
+        worker 0 instead of about half of them waiting for the respawn."""
+        lbd = self.start(workers=2)
+        self.require_migration(lbd)
+        queued = []
+
+        def stop_and_queue(pid):
+            os.kill(pid, signal.SIGSTOP)
+            for _ in range(20):
+                c = HttpConn(lbd.listen, timeout=2)
+                queued.append(c)
+                c.send(b"GET / HTTP/1.1\r\nHost: lbd.test\r\nConnection: close\r\n\r\n")
+        try:
+            at = self.crash_loop(lbd, 1, 6400, last=stop_and_queue)
+            self.assertEqual(listening_sockets(self.port), 1, "worker 1's socket still listens")
+            for i, c in enumerate(queued):
+                try:
+                    r = c.read_response()
+                except (OSError, ConnectionClosed) as e:
+                    self.fail(f"queued connection {i} of 20 not answered: {e!r}")
+                self.assertEqual(r.status, 200, r)
+        finally:
+            for c in queued:
+                c.close()
+        failures = []
+        lock = threading.Lock()
+
+        def client(n):
+            for _ in range(n):
+                try:
+                    r = http_get(lbd.listen, "/", timeout=2)
+                    ok = r.status == 200
+                except (OSError, ConnectionClosed) as e:
+                    ok, r = False, e
+                if not ok:
+                    with lock:
+                        failures.append(repr(r))
+        threads = [threading.Thread(target=client, args=(50,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(failures, [], f"{len(failures)} of 200 new connections failed")
+        self.assertNotRegex(lbd.log_since(at), r"worker 1 started",
+                            "worker 1 was back before the test was done: the test proves nothing")
+
+    def test_respawned_worker_listens_again(self):
+        """After the backoff the worker gets a socket again: the group has
+        two members (`ss -ltn`), and new connections reach the new worker."""
+        lbd = self.start(workers=2)
+        self.crash_loop(lbd, 1, 200)
+        wait_for(lambda: len(lbd.running_workers()) == 2, 15, what="worker 1 to be back")
+        self.assertEqual(listening_sockets(self.port), 2)
+        self.wait_served_by(lbd, 1)
+
+    def test_reload_during_a_backoff_opens_the_socket_again(self):
+        """A reload starts every worker of the new configuration at once,
+        the one that was waiting too: its socket is opened again for it."""
+        lbd = self.start(workers=2)
+        self.crash_loop(lbd, 1, 3200)
+        self.assertEqual(listening_sockets(self.port), 1)
+        lbd.reload()
+        wait_for(lambda: len(lbd.running_workers()) == 2, 15, what="both workers to run")
+        self.assertEqual(listening_sockets(self.port), 2)
+        self.wait_served_by(lbd, 1)
+
+    def test_single_worker_keeps_its_socket(self):
+        """With one worker there is no other socket to send connections
+        to: the socket stays, and a connection made during the backoff is
+        served once the worker is back (not refused)."""
+        lbd = self.start(workers=1)
+        at = self.crash_loop(lbd, 0, 400)
+        self.assertEqual(listening_sockets(self.port), 1)
+        r = http_get(lbd.listen, "/", timeout=15)
+        self.assertEqual(r.status, 200, r)
+        self.assertRegex(lbd.log_since(at), r"worker 0 started")
+
+
 class StopTest(LbdTestCase):
 
     def test_graceful_stop(self):

@@ -10,15 +10,20 @@
   (the answer once went to buffers the idle connection had given back);
 - an absolute-form "http://h?x" is routed as the "/?x" it is forwarded as;
 - a client that reads slowly is not cut off by backend_response, by
-  client_idle, or by a graceful stop, while its answer is still leaving.
+  client_idle, or by a graceful stop, while its answer is still leaving;
+- backend_response bounds the whole response head: a backend trickling it
+  a byte at a time, or sending 103 Early Hints without end, gets a 504;
+- a client that closes while its request waits for the response head is
+  noticed: the exchange stops, its backend connection is closed, 499.
 """
+import re
 import signal
 import socket
 import threading
 import time
 
-from lbdtest import (LbdTestCase, connect, free_port, lbd_config, parse_status, pid_alive,
-                     raw_exchange, recv_until_eof, sanitized, wait_for)
+from lbdtest import (HttpConn, LbdTestCase, connect, free_port, lbd_config, parse_status,
+                     pid_alive, raw_exchange, recv_until_eof, sanitized, wait_for)
 
 
 def worker_rss_kb(pid):
@@ -308,3 +313,162 @@ class RegressionTest(LbdTestCase):
         r = self.get("/post", method="POST", body=b"")
         self.assertEqual(r.status, 502, r)
         self.assertEqual(rb.seen.count("POST /post HTTP/1.1"), 1, rb.seen)
+
+
+def final_status(sock, deadline):
+    """Read responses from SOCK until a final (non-1xx) head; its status.
+    Fails at DEADLINE (time.monotonic()): a backend can make the interim
+    heads flow without end, so the socket's own timeout never fires."""
+    buf = b""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            status = parse_status(buf)
+            if status is None:
+                raise AssertionError("not a response head: %r" % buf[:100])
+            if status >= 200:
+                return status
+            buf = buf[end + 4:]
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError("no final response head in time (%d bytes pending)" % len(buf))
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not d:
+            raise AssertionError("connection closed before a final response")
+        buf += d
+
+
+class ResponseHeadTest(LbdTestCase):
+    """backend_response is a bound on the response head as a whole, and a
+    client that leaves while it waits for one is let go."""
+
+    def _lbd(self, backend_response="1s", **kw):
+        self.b = self.start_backend("b1")
+        self.access = self.path("access.log")
+        return self.simple_lbd([self.b], workers=1,
+                               timeouts={"backend_response": backend_response},
+                               extra='access_log = "%s";' % self.access, **kw)
+
+    def _server(self, lbd):
+        (srv,) = lbd.snapshot()["pools"][0]["servers"]
+        return srv
+
+    def _exchange_over(self, lbd):
+        """No request in flight, and the backend has no connection left
+        but the one asking for its /stats."""
+        wait_for(lambda: self._server(lbd)["active"] == 0, 10, what="the exchange to end")
+        wait_for(lambda: self.b.stats()["active"] == 1, 10,
+                 what="the backend connection to be closed")
+
+    def _log_statuses(self, n):
+        def probe():
+            with open(self.access) as f:
+                lines = f.read().splitlines()
+            return lines if len(lines) >= n else None
+        lines = wait_for(probe, 10, what="%d access log lines" % n)
+        return [int(re.search(r'" (\d{3}) \d+ "', ln).group(1)) for ln in lines]
+
+    def test_trickled_head_gets_504(self):
+        """The status line, then a byte every 100 ms: the head takes 10 s
+        and more, each byte used to restart backend_response (1 s)."""
+        lbd = self._lbd()
+        with HttpConn(lbd.listen, timeout=5) as c:
+            c.send(b"GET /?trickle_head=100 HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertEqual(final_status(c.sock, time.monotonic() + 5), 504)
+        self._exchange_over(lbd)
+        self.assertEqual(lbd.snapshot()["totals"]["timeouts"]["backend_response"], 1)
+        self.assertEqual(self._server(lbd)["failures"], 1)
+
+    def test_endless_early_hints_get_504(self):
+        """103 Early Hints without end: relayed, but within backend_response
+        of the request, then 504."""
+        lbd = self._lbd()
+        with HttpConn(lbd.listen, timeout=5) as c:
+            c.send(b"GET /?early_hints=forever HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertEqual(final_status(c.sock, time.monotonic() + 5), 504)
+        self._exchange_over(lbd)
+        self.assertEqual(lbd.snapshot()["totals"]["timeouts"]["backend_response"], 1)
+
+    def test_early_hints_to_a_client_that_does_not_read_stay_bounded(self):
+        """Interim responses a client does not read are held back like a
+        body (limits.buffer), not buffered without end."""
+        lbd = self._lbd(backend_response="3s")
+        pid = lbd.worker_pids()[0]
+        before = worker_rss_kb(pid)
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = lbd.listen.rsplit(":", 1)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /?early_hints=forever HTTP/1.1\r\nHost: a\r\n\r\n")
+        time.sleep(1.5)     # a flood of hints, none read
+        if not sanitized(self.lbd_bin):     # ASan's quarantine inflates RSS
+            grown = worker_rss_kb(pid) - before
+            self.assertLess(grown, 32 * 1024, "worker grew by %d KiB" % grown)
+        wait_for(lambda: lbd.snapshot()["totals"]["timeouts"]["backend_response"] == 1, 10,
+                 what="backend_response to end the hints")
+        self._exchange_over(lbd)
+
+    def test_early_hints_held_back_are_all_delivered(self):
+        """The interim heads held back for a slow reader go on once it
+        reads: every one of them arrives, then the answer."""
+        lbd = self._lbd(backend_response="20s")
+        n = 100000      # 6.7 MB of hints: more than the kernel buffers hold
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = lbd.listen.rsplit(":", 1)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /?early_hints=%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % n)
+        time.sleep(0.5)     # lbd holds hints back meanwhile
+        s.settimeout(20)
+        got = recv_until_eof(s)
+        self.assertEqual(got.count(b"HTTP/1.1 103 Early Hints\r\n"), n)
+        self.assertIn(b"HTTP/1.1 200 OK\r\n", got[-300:])
+        self.assertTrue(got.endswith(b"\r\n\r\nb1\n"), got[-100:])
+
+    def _abort_while_waiting(self, reset):
+        lbd = self._lbd(backend_response="60s")
+        s = connect(lbd.listen)
+        s.sendall(b"GET /?hang=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        lbd.wait_in_flight(1)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        wait_for(lambda: lbd.snapshot()["totals"]["active_connections"] == 0, 10,
+                 what="the client connection to be closed")
+        self._exchange_over(lbd)
+        self.assertEqual(self._log_statuses(1), [499])
+        snap = lbd.snapshot()
+        self.assertEqual(snap["totals"]["client_aborts"], 1)
+        self.assertEqual(snap["totals"]["timeouts"]["backend_response"], 0)
+        self.assertEqual(self._server(lbd)["failures"], 0, "not the backend's fault")
+        self.assertServes(lbd)
+
+    def test_client_closing_while_waiting_for_the_head_is_let_go(self):
+        """close(): a FIN, like a half-close. lbd tells them apart by what
+        the client's TCP does with a "100 Continue": a closed socket
+        answers with a reset."""
+        self._abort_while_waiting(reset=False)
+
+    def test_client_resetting_while_waiting_for_the_head_is_let_go(self):
+        self._abort_while_waiting(reset=True)
+
+    def test_half_closed_client_still_gets_a_slow_answer(self):
+        """shutdown(SHUT_WR) after the request is no abort: the answer (after
+        the 100 Continue that asked) still comes whole."""
+        lbd = self._lbd(backend_response="10s")
+        s = connect(lbd.listen, timeout=10)
+        s.sendall(b"GET /?delay=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got = recv_until_eof(s)
+        s.close()
+        self.assertTrue(got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+                        got[:200])
+        self.assertTrue(got.endswith(b"\r\n\r\nb1\n"), got[-100:])
+        self.assertEqual(self._log_statuses(1), [200])
+        self.assertEqual(lbd.snapshot()["totals"]["client_aborts"], 0)

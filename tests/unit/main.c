@@ -14,6 +14,10 @@ int main(void)
     srunner_add_suite(sr, shm_suite());
     srunner_add_suite(sr, freelist_suite());
     srunner_add_suite(sr, upstream_suite());
+    srunner_add_suite(sr, health_suite());
+    srunner_add_suite(sr, fdbudget_suite());
+    srunner_add_suite(sr, breaker_suite());
+    srunner_add_suite(sr, retry_suite());
     srunner_add_suite(sr, ratelimit_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -12,6 +12,10 @@ Suite *http_suite(void);
 Suite *shm_suite(void);
 Suite *freelist_suite(void);
 Suite *upstream_suite(void);
+Suite *health_suite(void);
+Suite *fdbudget_suite(void);
+Suite *breaker_suite(void);
+Suite *retry_suite(void);
 Suite *ratelimit_suite(void);
 
 #endif

@@ -248,7 +248,7 @@ static void make_pool(struct test_pool *tp, enum lb_strategy strategy, const uns
 
 static int pick(struct lb_balancer *b)
 {
-    static const struct lb_pick_ctx ctx = { .now_ms = 1000 };
+    static const struct lb_pick_ctx ctx = { .now_ms = 1000, .trials = true };
     return lb_balancer_pick(b, &ctx);
 }
 
@@ -454,13 +454,25 @@ START_TEST(test_rr_skips_unusable)
     ck_assert_uint_eq(got[1], 100);
     ck_assert_uint_eq(got[2], 100);
 
-    /* Passively down without active checks: usable again after the cooldown. */
-    atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
-    atomic_store(&tp.shm[1].down_reason, LB_DOWN_PASSIVE);
-    atomic_store(&tp.shm[1].passive_until_ms, 5000);     /* pick() says now = 1000 */
+    /* Circuit breaker open: skipped until its interval is over, then a
+     * candidate for a trial (a pick takes nothing: admission does). */
+    tp.pool.breaker = (struct lb_breaker_cfg){ .enabled = true, .failures = 1, .open_ms = 4000,
+                                               .open_max_ms = 4000, .half_open_requests = 1,
+                                               .max_ejection_percent = 100,
+                                               .trial_timeout_ms = 1000 };
+    atomic_store(&tp.shm[1].breaker, LB_BRK_WORD(LB_BREAKER_OPEN, 0, 0, 5000));  /* pick(): now = 1000 */
     for (int k = 0; k < 70; k++)
         ck_assert_int_ne(pick(&b), 1);
-    atomic_store(&tp.shm[1].passive_until_ms, 1000);
+    /* A retiring worker (no trials) skips a half-open one too. */
+    atomic_store(&tp.shm[1].breaker, LB_BRK_WORD(LB_BREAKER_OPEN, 0, 0, 1000));
+    static const struct lb_pick_ctx no_trials = { .now_ms = 1000, .trials = false };
+    for (int k = 0; k < 70; k++)
+        ck_assert_int_ne(lb_balancer_pick(&b, &no_trials), 1);
+    /* Half-open with its one trial place taken: skipped. */
+    atomic_store(&tp.shm[1].breaker, LB_BRK_WORD(LB_BREAKER_HALF_OPEN, 1, 0, 900));
+    for (int k = 0; k < 70; k++)
+        ck_assert_int_ne(pick(&b), 1);
+    atomic_store(&tp.shm[1].breaker, LB_BRK_WORD(LB_BREAKER_OPEN, 0, 0, 1000));
     memset(got, 0, sizeof(got));
     for (int k = 0; k < 70; k++)
         got[pick(&b)]++;
@@ -686,52 +698,6 @@ START_TEST(test_hash_consistent)
 }
 END_TEST
 
-START_TEST(test_passive_health)
-{
-    struct lb_pool_cfg pool = { .passive = { .failures = 3, .cooldown_ms = 5000 } };
-    struct lb_shm_backend sb;
-    memset(&sb, 0, sizeof(sb));
-    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_UP);
-    /* A success resets the count. */
-    ck_assert(!lb_backend_report(&sb, true, &pool, 1000));
-    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert(!lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_DOWN);
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_PASSIVE);
-    ck_assert(!lb_backend_usable(&sb, 5999));
-    ck_assert(lb_backend_usable(&sb, 6000));
-    /* Only the call that took it down says so. */
-    ck_assert(!lb_backend_report(&sb, false, &pool, 7000));
-    ck_assert(!lb_backend_usable(&sb, 11999));      /* the retry failed: another cooldown */
-    ck_assert(lb_backend_usable(&sb, 12000));
-    /* One success brings it back. */
-    ck_assert(!lb_backend_report(&sb, true, &pool, 12000));
-    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_UP);
-    ck_assert_uint_eq(atomic_load(&sb.down_reason), LB_DOWN_NONE);
-    ck_assert(lb_backend_usable(&sb, 0));
-
-    /* With active checks, only the checks bring it back. */
-    pool.health.enabled = true;
-    memset(&sb, 0, sizeof(sb));
-    for (int i = 0; i < 2; i++)
-        lb_backend_report(&sb, false, &pool, 1000);
-    ck_assert(lb_backend_report(&sb, false, &pool, 1000));
-    ck_assert(!lb_backend_usable(&sb, UINT64_MAX));
-    lb_backend_report(&sb, true, &pool, 2000);
-    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_DOWN);
-
-    /* failures = 0: passive health off. */
-    struct lb_pool_cfg off = { .passive = { .failures = 0 } };
-    memset(&sb, 0, sizeof(sb));
-    for (int i = 0; i < 100; i++)
-        ck_assert(!lb_backend_report(&sb, false, &off, 1000));
-    ck_assert_uint_eq(atomic_load(&sb.health), LB_HEALTH_UP);
-}
-END_TEST
-
 Suite *balancer_suite(void)
 {
     Suite *s = suite_create("balancer");
@@ -763,7 +729,6 @@ Suite *balancer_suite(void)
     tcase_add_test(tc, test_power_of_two);
     tcase_add_test(tc, test_least_time);
     tcase_add_test(tc, test_hash_consistent);
-    tcase_add_test(tc, test_passive_health);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -83,6 +83,8 @@ static const char full_conf[] =
     "pid_file = \"/tmp/lbd-unit.pid\";\n"
     "access_log = \"/tmp/lbd-unit-access.log\";\n"
     "tcp_migrate_req = false;\n"
+    "max_connections = 5000;\n"
+    "admin = { address = \"127.0.0.1:8404\"; max_connections = 8; timeout = \"3s\"; };\n"
     "timeouts = {\n"
     "    client_header = \"250ms\";\n"
     "    connect = \"2s\";\n"
@@ -141,6 +143,10 @@ START_TEST(test_full_config)
     ck_assert_int_eq(cfg->log_level, LB_LOG_DEBUG);
     ck_assert_str_eq(cfg->error_log, "/tmp/lbd-unit-error.log");
     ck_assert_str_eq(cfg->pid_file, "/tmp/lbd-unit.pid");
+    ck_assert_uint_eq(cfg->max_connections, 5000);
+    ck_assert(cfg->admin);
+    ck_assert_uint_eq(cfg->admin_max_connections, 8);
+    ck_assert_uint_eq(cfg->admin_timeout_ms, 3000);
 
     /* Overrides, and defaults for the rest. */
     ck_assert_uint_eq(cfg->timeouts.client_header_ms, 250);
@@ -262,6 +268,10 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg->listeners[0].backlog, 511);
     ck_assert(cfg->listeners[0].defer_accept);
     ck_assert(cfg->tcp_migrate_req);
+    ck_assert_uint_eq(cfg->max_connections, 0);             /* from the fd limit */
+    ck_assert(!cfg->admin);
+    ck_assert_uint_eq(cfg->admin_max_connections, LB_ADMIN_MAX_CONNECTIONS);
+    ck_assert_uint_eq(cfg->admin_timeout_ms, 10000);
     ck_assert_uint_eq(cfg->npools, 1);
     ck_assert_int_eq(cfg->pools[0].strategy, LB_STRATEGY_ROUND_ROBIN);
     ck_assert(cfg->pools[0].keepalive_auto);
@@ -313,6 +323,46 @@ START_TEST(test_keepalive_auto_or_fixed)
         ck_assert_uint_eq(cfg->pools[0].keepalive, cases[i].n);
         lb_config_free(cfg);
     }
+}
+END_TEST
+
+START_TEST(test_max_connections)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text("max_connections = \"auto\";\n"
+                       "admin = { address = \"127.0.0.1:8404\"; };\n" MINIMAL,
+                       &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->max_connections, 0);
+    ck_assert_uint_eq(cfg->admin_max_connections, 64);
+    ck_assert_uint_eq(cfg->admin_timeout_ms, 10000);
+    lb_config_free(cfg);
+    rc = load_text("max_connections = 16777216;\n" MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->max_connections, 16777216);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_max_connections)
+{
+    expect_error(MINIMAL "max_connections = 0;\n", "max_connections",
+                 "'max_connections' must be between 1 and 16777216");
+    expect_error(MINIMAL "max_connections = 16777217;\n", "max_connections",
+                 "'max_connections' must be between 1 and 16777216");
+    expect_error(MINIMAL "max_connections = \"lots\";\n", "max_connections",
+                 "'max_connections' must be a number or \"auto\"");
+    expect_error(MINIMAL "max_connections = 1.5;\n", "max_connections",
+                 "'max_connections' must be an integer");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  max_connections = 0;\n};\n",
+                 "max_connections", "'max_connections' must be between 1 and 65536");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  timeout = \"0\";\n};\n",
+                 "timeout", "admin timeout must not be \"0\"");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  timeout = \"10\";\n};\n",
+                 "timeout", "'timeout': invalid duration \"10\"");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  backlog = 5;\n};\n",
+                 "backlog", "unknown key 'backlog' in admin");
 }
 END_TEST
 
@@ -821,6 +871,256 @@ static bool in_block(const char *cidr, const char *ip)
     return lb_cidr_match(&c, 1, (const struct sockaddr *)&ss);
 }
 
+/* A pool "web" with BREAKER's text as its circuit_breaker or passive_health
+ * (KEY), the group starting on line 3. */
+static void breaker_conf(char *out, size_t n, const char *key, const char *group)
+{
+    snprintf(out, n, LISTENERS
+             "pools = (\n"
+             "  { name = \"web\"; %s = {\n%s};\n"
+             "    timeouts = { connect = \"1s\"; backend_response = \"4s\"; };\n"
+             "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+             ");\n", key, group);
+}
+
+static struct lb_breaker_cfg load_breaker(const char *key, const char *group)
+{
+    char text[2048], err[512];
+    struct lb_config *cfg;
+    breaker_conf(text, sizeof(text), key, group);
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s\n%s", err, text);
+    struct lb_breaker_cfg b = cfg->pools[0].breaker;
+    lb_config_free(cfg);
+    return b;
+}
+
+START_TEST(test_breaker_config)
+{
+    /* Off unless configured. */
+    struct lb_config *cfg;
+    char err[512];
+    ck_assert_int_eq(load_text(MINIMAL, &cfg, err, sizeof(err)), 0);
+    ck_assert(!cfg->pools[0].breaker.enabled);
+    ck_assert(!cfg->pools[0].breaker.on_5xx);
+    lb_config_free(cfg);
+
+    /* Defaults: the example. */
+    struct lb_breaker_cfg b = load_breaker("circuit_breaker", "");
+    ck_assert(b.enabled && b.on_5xx);
+    ck_assert_uint_eq(b.failures, 5);
+    ck_assert_uint_eq(b.ratio_ppm, 500000);
+    ck_assert_uint_eq(b.window_ms, 10000);
+    ck_assert_uint_eq(b.min_requests, 20);
+    ck_assert_uint_eq(b.open_ms, 5000);
+    ck_assert_uint_eq(b.open_max_ms, 300000);
+    ck_assert_uint_eq(b.half_open_requests, 1);
+    ck_assert_uint_eq(b.max_ejection_percent, 50);
+    ck_assert_uint_eq(b.trial_timeout_ms, 5000);        /* connect + backend_response */
+
+    b = load_breaker("circuit_breaker",
+                     "failures = 0; failure_ratio = 0.25; window = \"30s\"; min_requests = 7;\n"
+                     "on_5xx = false; open = \"1s\"; open_max = \"1s\"; half_open_requests = 3;\n"
+                     "max_ejection_percent = 100;\n");
+    ck_assert_uint_eq(b.failures, 0);
+    ck_assert_uint_eq(b.ratio_ppm, 250000);
+    ck_assert_uint_eq(b.window_ms, 30000);
+    ck_assert_uint_eq(b.min_requests, 7);
+    ck_assert(!b.on_5xx);
+    ck_assert_uint_eq(b.open_ms, 1000);
+    ck_assert_uint_eq(b.open_max_ms, 1000);
+    ck_assert_uint_eq(b.half_open_requests, 3);
+    ck_assert_uint_eq(b.max_ejection_percent, 100);
+    /* An integer ratio, and ratio off. */
+    ck_assert_uint_eq(load_breaker("circuit_breaker", "failure_ratio = 1;\n").ratio_ppm, 1000000);
+    ck_assert_uint_eq(load_breaker("circuit_breaker", "failure_ratio = 0;\n").ratio_ppm, 0);
+
+    /* passive_health is a preset: failures in a row, a fixed open interval
+     * (cooldown), one trial, no ejection limit. */
+    b = load_breaker("passive_health", "failures = 3; cooldown = \"2s\";\n");
+    ck_assert(b.enabled && !b.on_5xx);
+    ck_assert_uint_eq(b.failures, 3);
+    ck_assert_uint_eq(b.ratio_ppm, 0);
+    ck_assert_uint_eq(b.open_ms, 2000);
+    ck_assert_uint_eq(b.open_max_ms, 2000);
+    ck_assert_uint_eq(b.half_open_requests, 1);
+    ck_assert_uint_eq(b.max_ejection_percent, 100);
+    b = load_breaker("passive_health", "on_5xx = true;\n");
+    ck_assert_uint_eq(b.failures, 5);
+    ck_assert_uint_eq(b.open_ms, 10000);
+    ck_assert(b.on_5xx);
+}
+END_TEST
+
+static void expect_breaker_error(const char *key, const char *group, const char *at,
+                                 const char *what)
+{
+    char text[2048];
+    breaker_conf(text, sizeof(text), key, group);
+    if (at != NULL)
+        expect_error(text, at, what);
+    else
+        expect_error_line(text, NULL, 3, what);
+}
+
+START_TEST(test_err_breaker)
+{
+    expect_breaker_error("circuit_breaker", "failure_ratio = 1.5;\n", "failure_ratio",
+                         "'failure_ratio' must be between 0 and 1");
+    expect_breaker_error("circuit_breaker", "failure_ratio = -0.1;\n", "failure_ratio",
+                         "'failure_ratio' must be between 0 and 1");
+    expect_breaker_error("circuit_breaker", "failure_ratio = \"half\";\n", "failure_ratio",
+                         "'failure_ratio' must be a number");
+    expect_breaker_error("circuit_breaker", "max_ejection_percent = 101;\n", "max_ejection",
+                         "'max_ejection_percent' must be between 0 and 100");
+    expect_breaker_error("circuit_breaker", "half_open_requests = 0;\n", "half_open",
+                         "'half_open_requests' must be between 1 and 1000");
+    expect_breaker_error("circuit_breaker", "failures = -1;\n", "failures",
+                         "'failures' must be between 0 and 1000");
+    expect_breaker_error("circuit_breaker", "min_requests = 0;\n", "min_requests",
+                         "'min_requests' must be between 1");
+    expect_breaker_error("circuit_breaker", "open = \"10m\";\n", "open =",
+                         "open (600000ms) must not exceed open_max (300000ms)");
+    expect_breaker_error("circuit_breaker", "open = \"10s\";\nopen_max = \"5s\";\n", "open_max",
+                         "must not exceed open_max");
+    expect_breaker_error("circuit_breaker", "open = \"0\";\n", "open =",
+                         "'open' must be more than 0");
+    expect_breaker_error("circuit_breaker", "open_max = \"25h\";\n", "open_max",
+                         "'open_max' must be more than 0 and at most 86400s");
+    expect_breaker_error("circuit_breaker", "window = \"500ms\";\n", "window",
+                         "window must be between 1s and 1h");
+    expect_breaker_error("circuit_breaker", "on_5xx = 1;\n", "on_5xx", "'on_5xx' must be true or false");
+    expect_breaker_error("circuit_breaker", "failures = 0; failure_ratio = 0;\n", NULL,
+                         "it would never open");
+    expect_breaker_error("circuit_breaker", "cooldown = \"1s\";\n", "cooldown",
+                         "unknown key 'cooldown' in circuit_breaker");
+    expect_breaker_error("passive_health", "failures = 0;\n", "failures",
+                         "'failures' must be between 1 and 1000");
+    expect_breaker_error("passive_health", "cooldown = \"0\";\n", "cooldown",
+                         "'cooldown' must be more than 0");
+    expect_breaker_error("passive_health", "open = \"1s\";\n", "open",
+                         "unknown key 'open' in passive_health");
+    /* Both: one mechanism, the error names the new keys. */
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; circuit_breaker = { failures = 3; };\n"
+                 "    passive_health = { failures = 3; };\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "passive_health",
+                 "'passive_health' and 'circuit_breaker' are one mechanism: keep circuit_breaker");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; circuit_breaker = 5;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "circuit_breaker", "'circuit_breaker' must be a group");
+}
+END_TEST
+
+static struct lb_retry_cfg load_retries(const char *group)
+{
+    char text[2048], err[512];
+    struct lb_config *cfg;
+    breaker_conf(text, sizeof(text), "retries", group);
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s\n%s", err, text);
+    struct lb_retry_cfg r = cfg->pools[0].retries;
+    lb_config_free(cfg);
+    return r;
+}
+
+static bool retries_status(const struct lb_retry_cfg *r, unsigned status)
+{
+    unsigned bit = status - 500;
+    return (r->on_status[bit / 64] >> (bit % 64)) & 1;
+}
+
+START_TEST(test_retries_config)
+{
+    /* Without the group: one try, nothing kept. */
+    struct lb_config *cfg;
+    char err[512];
+    ck_assert_int_eq(load_text(MINIMAL, &cfg, err, sizeof(err)), 0);
+    ck_assert(!cfg->pools[0].retries.enabled);
+    ck_assert_uint_eq(cfg->pools[0].retries.attempts, 1);
+    ck_assert_uint_eq(cfg->pools[0].retries.per_try_timeout_ms, 0);
+    lb_config_free(cfg);
+
+    /* An empty group: still attempts = 1, the other values. */
+    struct lb_retry_cfg r = load_retries("");
+    ck_assert(!r.enabled);
+    ck_assert_uint_eq(r.attempts, 1);
+    ck_assert_uint_eq(r.on, LB_RETRY_ON_CONNECT | LB_RETRY_ON_RESET | LB_RETRY_ON_TIMEOUT);
+    ck_assert(retries_status(&r, 502) && retries_status(&r, 503) && retries_status(&r, 504));
+    ck_assert(!retries_status(&r, 500) && !retries_status(&r, 501) && !retries_status(&r, 505));
+    ck_assert_uint_eq(r.backoff_ms, 25);
+    ck_assert_uint_eq(r.backoff_max_ms, 250);
+    ck_assert_uint_eq(r.budget_percent, 20);
+    ck_assert_uint_eq(r.min_retries, 3);
+    ck_assert(!r.methods_all);
+    ck_assert_uint_eq(r.buffer, 65536);
+    ck_assert_uint_eq(r.head_timeout_ms, 4000);          /* the pool's backend_response */
+
+    r = load_retries("attempts = 10; on = [ \"connect\", \"500\", \"599\" ];\n"
+                     "backoff = \"0\"; backoff_max = \"1m\"; per_try_timeout = \"2s\";\n"
+                     "budget = 100; min_retries = 0; methods = \"all\"; buffer = \"1m\";\n");
+    ck_assert(r.enabled);
+    ck_assert_uint_eq(r.attempts, 10);
+    ck_assert_uint_eq(r.on, LB_RETRY_ON_CONNECT);
+    ck_assert(retries_status(&r, 500) && retries_status(&r, 599) && !retries_status(&r, 503));
+    ck_assert_uint_eq(r.backoff_ms, 0);
+    ck_assert_uint_eq(r.backoff_max_ms, 60000);
+    ck_assert_uint_eq(r.per_try_timeout_ms, 2000);
+    ck_assert_uint_eq(r.head_timeout_ms, 2000);          /* shorter than backend_response */
+    ck_assert_uint_eq(r.budget_percent, 100);
+    ck_assert_uint_eq(r.min_retries, 0);
+    ck_assert(r.methods_all);
+    ck_assert_uint_eq(r.buffer, 1 << 20);
+
+    /* "5xx": every 5xx; a list in parentheses; an empty one retries nothing. */
+    r = load_retries("attempts = 2; on = ( \"5xx\", \"reset\", \"timeout\" );\n");
+    ck_assert_uint_eq(r.on, LB_RETRY_ON_RESET | LB_RETRY_ON_TIMEOUT);
+    for (unsigned st = 500; st <= 599; st++)
+        ck_assert(retries_status(&r, st));
+    ck_assert_uint_eq(load_retries("per_try_timeout = \"9s\";\n").head_timeout_ms, 4000);
+    r = load_retries("attempts = 2; on = [ ];\n");
+    ck_assert(r.enabled && r.on == 0 && r.on_status[0] == 0 && r.on_status[1] == 0);
+}
+END_TEST
+
+START_TEST(test_err_retries)
+{
+    expect_breaker_error("retries", "attempts = 0;\n", "attempts",
+                         "'attempts' must be between 1 and 10");
+    expect_breaker_error("retries", "attempts = 11;\n", "attempts",
+                         "'attempts' must be between 1 and 10");
+    expect_breaker_error("retries", "budget = 101;\n", "budget",
+                         "'budget' must be between 0 and 100");
+    expect_breaker_error("retries", "min_retries = -1;\n", "min_retries",
+                         "'min_retries' must be between 0 and 100000");
+    expect_breaker_error("retries", "on = [ \"connect\",\n  \"teapot\" ];\n", "teapot",
+                         "retries: unknown 'on' entry \"teapot\"");
+    expect_breaker_error("retries", "on = [ \"418\" ];\n", "418", "unknown 'on' entry \"418\"");
+    expect_breaker_error("retries", "on = [ \"5000\" ];\n", "5000", "unknown 'on' entry");
+    expect_breaker_error("retries", "on = [ 503 ];\n", "on =", "unknown 'on' entry");
+    expect_breaker_error("retries", "on = \"503\";\n", "on =", "retries: 'on' must be a list");
+    expect_breaker_error("retries", "methods = \"safe\";\n", "methods",
+                         "methods must be \"idempotent\" or \"all\"");
+    expect_breaker_error("retries", "backoff = \"1s\"; backoff_max = \"500ms\";\n",
+                         "backoff = \"1s\"",
+                         "backoff (1000ms) must not exceed backoff_max (500ms)");
+    expect_breaker_error("retries", "backoff_max = \"2m\";\n", "backoff_max",
+                         "backoff_max must be at most 60s");
+    expect_breaker_error("retries", "per_try_timeout = \"soon\";\n", "per_try_timeout",
+                         "invalid duration");
+    expect_breaker_error("retries", "buffer = \"128m\";\n", "buffer",
+                         "'buffer' must be between 0 and 67108864 bytes");
+    expect_breaker_error("retries", "tries = 3;\n", "tries = 3", "unknown key 'tries' in retries");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; retries = 3;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "retries", "'retries' must be a group");
+}
+END_TEST
+
 START_TEST(test_cidr)
 {
     ck_assert(in_block("10.0.0.0/8", "10.1.2.3"));
@@ -1049,6 +1349,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_workers_auto);
     tcase_add_test(tc, test_keepalive_auto_or_fixed);
+    tcase_add_test(tc, test_max_connections);
     tcase_add_test(tc, test_durations);
     tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
@@ -1079,7 +1380,12 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_pool_timeouts);
     tcase_add_test(tc, test_err_limits);
     tcase_add_test(tc, test_drain_idle_bounds);
+    tcase_add_test(tc, test_err_max_connections);
     tcase_add_test(tc, test_err_trusted_proxies);
+    tcase_add_test(tc, test_breaker_config);
+    tcase_add_test(tc, test_err_breaker);
+    tcase_add_test(tc, test_retries_config);
+    tcase_add_test(tc, test_err_retries);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("rate limits");

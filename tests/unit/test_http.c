@@ -256,12 +256,21 @@ END_TEST
 
 START_TEST(test_req_expect_head_options)
 {
+    /* (PUT is idempotent: LB_MSG_IDEMPOTENT, for retries.) */
     ck_assert_int_eq(REQ("PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
                          "Content-Length: 10\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE | LB_MSG_IDEMPOTENT);
     ck_assert_int_eq(REQ("PUT /f HTTP/1.1\r\nHost: a\r\nexpect: 100-Continue\r\n\r\n"), 0);
-    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE);
+    ck_assert_uint_eq(msg.flags, LB_MSG_EXPECT_CONTINUE | LB_MSG_IDEMPOTENT);
     ck_assert_int_eq(REQ("PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, LB_MSG_IDEMPOTENT);
+    ck_assert_int_eq(REQ("DELETE /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, LB_MSG_IDEMPOTENT);
+    ck_assert_int_eq(REQ("POST /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, 0);
+    ck_assert_int_eq(REQ("PATCH /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    ck_assert_uint_eq(msg.flags, 0);
+    ck_assert_int_eq(REQ("put /f HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
     ck_assert_uint_eq(msg.flags, 0);
 
     ck_assert_int_eq(REQ("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
@@ -423,6 +432,59 @@ START_TEST(test_absolute_target)
     for (size_t i = 0; i < ARRAY_SIZE(reqs); i++)
         ck_assert_msg(req_lim(reqs[i].r, strlen(reqs[i].r), &lim_default) == reqs[i].st,
                       "want %d: %s", reqs[i].st, reqs[i].r);
+}
+END_TEST
+
+/* An authority, in an absolute-form target or as Host, is host [":" port]
+ * with host = IP-literal / IPv4address / reg-name (RFC 3986 3.2.2). */
+static const char *const authority_ok[] = {
+    "h", "example.com", "EXAMPLE.com.", "h:80", "h:", "h:0", "h:65535", "127.0.0.1",
+    "127.0.0.1:8080", "999.1.1.1" /* a reg-name */, "a-b_c~d", "a!$&'()*+,;=b",
+    "[::1]", "[::1]:80", "[::]", "[2001:db8::1]", "[2001:DB8:0:0:0:0:0:1]:443",
+    "[::ffff:192.0.2.1]", "[1:2:3:4:5:6:7::]", "[v1.x]", "[vF.a:b!]:80",
+};
+
+static const char *const authority_bad[] = {
+    /* unclosed, stray or empty brackets, junk after the literal */
+    "[::1", "[", "[::1]x", "[::1]x/", "[::1]]", "]", "]:80", "[]", "[]:80", "h]", "h[",
+    "[::1][::2]", "a[::1]",
+    /* not an IPv6 address (nor IPvFuture) */
+    "[zz]", "[127.0.0.1]", "[::1%25eth0]", "[::1%eth0]", "[1:2:3:4:5:6:7:8:9]", "[:::1]",
+    "[v1]", "[v.x]", "[v1.]", "[vz.x]", "[v1.x/y]",
+    /* empty host, bad ports */
+    ":80", ":", "h:80:90", "h:8o", "h:-1", "h:65536", "h:000080", "h: 80", "[::1]:x",
+    /* characters outside reg-name: percent-encoding, userinfo, delimiters */
+    "%61dmin", "h%", "user@h", "h\"", "h{", "h\\", "h#f", "h^", "h|x",
+};
+
+START_TEST(test_authority_forms)
+{
+    char buf[256];
+    for (size_t i = 0; i < ARRAY_SIZE(authority_ok); i++) {
+        snprintf(buf, sizeof(buf), "GET http://%s/p HTTP/1.1\r\nHost: h\r\n\r\n", authority_ok[i]);
+        ck_assert_msg(req_lim(buf, strlen(buf), &lim_default) == 0, "target refused: %s", authority_ok[i]);
+        snprintf(buf, sizeof(buf), "GET /p HTTP/1.1\r\nHost: %s\r\n\r\n", authority_ok[i]);
+        ck_assert_msg(req_lim(buf, strlen(buf), &lim_default) == 0, "Host refused: %s", authority_ok[i]);
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(authority_bad); i++) {
+        /* Target authorities end at '/' or '?', so each bad one is tried
+         * both ways: before a path and as the whole target. */
+        snprintf(buf, sizeof(buf), "GET http://%s/p HTTP/1.1\r\nHost: h\r\n\r\n", authority_bad[i]);
+        ck_assert_msg(req_lim(buf, strlen(buf), &lim_default) == 400, "target accepted: %s", authority_bad[i]);
+        snprintf(buf, sizeof(buf), "GET http://%s HTTP/1.1\r\nHost: h\r\n\r\n", authority_bad[i]);
+        ck_assert_msg(req_lim(buf, strlen(buf), &lim_default) == 400, "bare target accepted: %s", authority_bad[i]);
+        snprintf(buf, sizeof(buf), "GET /p HTTP/1.1\r\nHost: %s\r\n\r\n", authority_bad[i]);
+        ck_assert_msg(req_lim(buf, strlen(buf), &lim_default) == 400, "Host accepted: %s", authority_bad[i]);
+    }
+    /* The issue's vector, and a good target with a bad Host (both are checked). */
+    ck_assert_int_eq(REQ("GET http://[::1 HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+    ck_assert_int_eq(REQ("GET http://h/ HTTP/1.1\r\nHost: [::1\r\n\r\n"), 400);
+    /* An empty Host is what a target without authority calls for (RFC 9112
+     * 3.2); an empty authority in an http URI is invalid (RFC 9110 4.2.1). */
+    ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost:\r\n\r\n"), 0);
+    ck_assert_int_eq(REQ("GET / HTTP/1.1\r\nHost: \r\n\r\n"), 0);
+    ck_assert_int_eq(REQ("GET http:///p HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
+    ck_assert_int_eq(REQ("GET http://?q HTTP/1.1\r\nHost: h\r\n\r\n"), 400);
 }
 END_TEST
 
@@ -954,9 +1016,9 @@ START_TEST(test_chunked_valid)
         "0\r\nTrailer: v\r\n\r\n",
         "0\r\nA: 1\r\nB: 2\r\n\r\n",
         "00000000000000f\r\n0123456789abcde\r\n0\r\n\r\n",
-        /* leading zeros do not count towards the 15 significant digits */
+        /* up to 16 hex digits, leading zeros included */
         "0000000000000000\r\n\r\n",
-        "00000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
+        "0000000000000005\r\nhello\r\n0\r\n\r\n",
         "0fffffffffffffff\r\n",  /* (not done: 2^60-1 bytes to come) */
     };
     for (size_t i = 0; i < ARRAY_SIZE(ok); i++) {
@@ -997,6 +1059,14 @@ START_TEST(test_chunked_invalid)
         /* size overflow: 16 or more significant hex digits */
         "ffffffffffffffff\r\n", "1000000000000000\r\n", "10000000000000000\r\n",
         "fffffffffffffffff\r\n", "00001000000000000000\r\n",
+        /* more than 16 hex digits, however many are leading zeros: a
+         * backend that reads 16 at most would frame the body otherwise */
+        "00000000000000000000000000000041\r\n"
+        "POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n"
+        "\r\n0\r\n\r\n",
+        "00000000000000005\r\nhello\r\n0\r\n\r\n", "00000000000000000\r\n\r\n",
+        "00000000000000000;ext\r\n\r\n",
+        "00000000000000000000000000000000000000000005\r\nhello\r\n0\r\n\r\n",
         /* missing or wrong CRLF after the data */
         "5\r\nhelloX\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n", "5\r\nhello\r0\r\n\r\n",
         "5\r\nhello0\r\n\r\n", "3\r\nhello\r\n0\r\n\r\n",
@@ -1042,7 +1112,7 @@ START_TEST(test_chunked_line_limits)
     ck_assert_int_eq(feed_steps(buf, n, 1, &done), -1);
     ck_assert_int_eq(feed_steps(buf, n, 100, &done), -1);
 
-    /* Leading zeros are bounded by the same line limit. */
+    /* Leading zeros count towards the 16 digits, long before the line limit. */
     memset(buf, '0', LB_CHUNKED_MAX_LINE + 10);
     ck_assert_int_eq(feed_all(buf, LB_CHUNKED_MAX_LINE + 10, &done), -1);
 
@@ -1122,6 +1192,7 @@ Suite *http_suite(void)
     tcase_add_test(tc, test_req_upgrade_request_id);
     tcase_add_test(tc, test_req_connection_names_framing);
     tcase_add_test(tc, test_absolute_target);
+    tcase_add_test(tc, test_authority_forms);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("smuggling");

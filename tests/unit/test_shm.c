@@ -317,6 +317,36 @@ START_TEST(test_assign_readd_before_reclaim)
 }
 END_TEST
 
+START_TEST(test_assign_breakers)
+{
+    /* Reloads keep breaker state while the pool has a breaker, reset it when
+     * the breaker goes, and recount the pool's open breakers either way. */
+    struct lb_shm_header *h = shm.hdr;
+    static struct test_cfg t1, t2, t3;
+    build(&t1, pools1, 2, servers1);
+    t1.pools[0].breaker.enabled = true;
+    assign(&t1, 1);
+    struct lb_shm_backend *b = lb_shm_backend(h, server(&t1, "web", "127.0.0.1:9002")->shm_id);
+    struct lb_shm_pool *web = lb_shm_pool(h, t1.pools[0].shm_id);
+    uint64_t open = LB_BRK_WORD(LB_BREAKER_OPEN, 0, 0, 123456);
+    atomic_store(&b->breaker, open);
+    atomic_store(&b->fails_in_row, 7);
+    atomic_store(&web->breakers_open, 5);         /* drifted */
+
+    build(&t2, pools1, 2, servers1);
+    t2.pools[0].breaker.enabled = true;
+    assign(&t2, 2);
+    ck_assert_uint_eq(atomic_load(&b->breaker), open);
+    ck_assert_uint_eq(atomic_load(&web->breakers_open), 1);
+
+    build(&t3, pools1, 2, servers1);
+    assign(&t3, 3);
+    ck_assert_uint_eq(atomic_load(&b->breaker), 0);
+    ck_assert_uint_eq(atomic_load(&b->fails_in_row), 0);
+    ck_assert_uint_eq(atomic_load(&web->breakers_open), 0);
+}
+END_TEST
+
 START_TEST(test_pool_retire_reclaim)
 {
     struct lb_shm_header *h = shm.hdr;
@@ -427,6 +457,15 @@ START_TEST(test_slots)
     lb_counter_add(&st->active, 2);
     lb_counter_add(&st->failures, 1);
     lb_counter_add(&lb_shm_stats(h, 1, LB_SHM_MAX_BACKENDS - 1)->active, 1);
+    /* Retries under way (worker/retry.h): its share of backend 7's, beside
+     * slot 0's share (one retry, waiting). */
+    struct lb_shm_backend *b7 = lb_shm_backend(h, 7);
+    lb_counter_add(&st->retries, 3);
+    lb_counter_add(&st->retries_waiting, 2);
+    lb_counter_add(&lb_shm_stats(h, 0, 7)->retries, 1);
+    lb_counter_add(&lb_shm_stats(h, 0, 7)->retries_waiting, 1);
+    atomic_store(&b7->retries, 4);
+    atomic_store(&b7->retries_waiting, 3);
     atomic_store(&w->pid, 4242);
 
     /* Reaped: gauges zeroed, cumulative counters kept, slot free. */
@@ -442,6 +481,11 @@ START_TEST(test_slots)
     ck_assert_uint_eq(lb_counter_get(&lb_shm_stats(h, 1, LB_SHM_MAX_BACKENDS - 1)->active), 0);
     ck_assert_uint_eq(lb_counter_get(&st->requests), 9);
     ck_assert_uint_eq(lb_counter_get(&st->failures), 1);
+    /* The dead worker's retries are taken back: slot 0's remain. */
+    ck_assert_uint_eq(lb_counter_get(&st->retries), 0);
+    ck_assert_uint_eq(lb_counter_get(&st->retries_waiting), 0);
+    ck_assert_int_eq(atomic_load(&b7->retries), 1);
+    ck_assert_int_eq(atomic_load(&b7->retries_waiting), 1);
     /* Slot 0 is untouched. */
     ck_assert_uint_eq(atomic_load(&lb_shm_worker(h, 0)->state), LB_SLOT_RUNNING);
 
@@ -654,6 +698,7 @@ Suite *shm_suite(void)
     tcase_add_test(tc, test_assign_first);
     tcase_add_test(tc, test_assign_stable_and_retire);
     tcase_add_test(tc, test_assign_readd_before_reclaim);
+    tcase_add_test(tc, test_assign_breakers);
     tcase_add_test(tc, test_pool_retire_reclaim);
     tcase_add_test(tc, test_assign_full);
     tcase_add_test(tc, test_slots);

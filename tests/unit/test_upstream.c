@@ -1,7 +1,6 @@
 /* worker/upstream.c: the "auto" keep-alive policy's pure parts. */
 #include <check.h>
 #include <limits.h>
-#include <sys/resource.h>
 
 #include "tests/unit/suites.h"
 #include "worker/upstream.h"
@@ -27,24 +26,11 @@ START_TEST(test_keep_next_follows_the_peak)
 }
 END_TEST
 
-START_TEST(test_idle_cap_is_a_quarter_of_the_fds)
-{
-    /* Check forks each test: lowering our own soft limit harms nobody. */
-    struct rlimit rl;
-    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-    ck_assert(rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= 400);
-    rl.rlim_cur = 400;
-    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
-    ck_assert_uint_eq(lb_upstream_idle_cap(NULL), 100);
-}
-END_TEST
-
 Suite *upstream_suite(void)
 {
     Suite *s = suite_create("upstream");
     TCase *tc = tcase_create("upstream");
     tcase_add_test(tc, test_keep_next_follows_the_peak);
-    tcase_add_test(tc, test_idle_cap_is_a_quarter_of_the_fds);
     suite_add_tcase(s, tc);
     return s;
 }

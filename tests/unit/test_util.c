@@ -1,10 +1,12 @@
-/* shared/util.c: durations, socket addresses, string helpers. */
+/* shared/util.c: durations, socket addresses, string helpers; shared/log.c's
+ * rate limit. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "shared/log.h"
 #include "shared/util.h"
 #include "tests/unit/suites.h"
 
@@ -298,6 +300,26 @@ START_TEST(test_clocks)
 }
 END_TEST
 
+/* ---- lb_log_limit_hit -------------------------------------------------------- */
+
+START_TEST(test_log_limit)
+{
+    struct lb_log_limit l = { 0 };
+    uint64_t n = 0;
+    /* The first event is logged at once, even at clock 0. */
+    ck_assert(lb_log_limit_hit(&l, 0, &n));
+    ck_assert_uint_eq(n, 1);
+    /* Then one line a second at most, saying how many events it stands for. */
+    for (uint64_t t = 1; t < 1000; t += 10)
+        ck_assert(!lb_log_limit_hit(&l, t, &n));
+    ck_assert(lb_log_limit_hit(&l, 1000, &n));
+    ck_assert_uint_eq(n, 101);
+    ck_assert(!lb_log_limit_hit(&l, 1999, &n));
+    ck_assert(lb_log_limit_hit(&l, 5000, &n));
+    ck_assert_uint_eq(n, 2);
+}
+END_TEST
+
 Suite *util_suite(void)
 {
     Suite *s = suite_create("util");
@@ -321,6 +343,7 @@ Suite *util_suite(void)
     tcase_add_test(tc, test_str_ieq);
     tcase_add_test(tc, test_hash64);
     tcase_add_test(tc, test_clocks);
+    tcase_add_test(tc, test_log_limit);
     suite_add_tcase(s, tc);
     return s;
 }
