@@ -9,6 +9,7 @@
 
 #include "master/admin.h"
 #include "master/health.h"
+#include "master/tickets.h"
 #include "shared/fdbudget.h"
 #include "shared/log.h"
 
@@ -30,6 +31,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     struct event *sev[4] = { NULL };
     struct lb_checker *health = NULL;
     struct lb_admin *admin = NULL;
+    struct lb_tickets *tickets = NULL;
     int rc = 1;
 
     signal(SIGHUP, SIG_IGN);
@@ -53,6 +55,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
         lb_log_error("health checks could not start");
         goto out;
     }
+    tickets = lb_tickets_start(base, cfg, shm);
     /* Health probes hold one fd each at most; admin connections get what
      * is left, never more (shared/fdbudget.h). */
     struct lb_fdbudget_control fb;
@@ -68,6 +71,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     rc = 0;
 out:
     lb_admin_stop(admin);
+    lb_tickets_stop(tickets);
     lb_health_stop(health);
     for (size_t i = 0; i < 4; i++)
         if (sev[i] != NULL)

@@ -1,5 +1,5 @@
-/* The control process ("lbd: control"): active health checks and the admin
- * listener, off the data path. Forked by the master, which restarts it on
+/* The control process ("lbd: control"): active health checks, the admin
+ * listener and the rotation of TLS session ticket keys, off the data path. Forked by the master, which restarts it on
  * every reload (with the new configuration) and respawns it if it dies;
  * everything it learns lives in shm, so nothing is lost with it. */
 #ifndef LB_CONTROL_H

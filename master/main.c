@@ -31,7 +31,7 @@ static int lb_check_config(const char *path)
 {
     char err[512];
     struct lb_config *cfg = NULL;
-    if (lb_config_load(path, &cfg, err, sizeof(err)) < 0) {
+    if (lb_master_config_load(path, &cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "lbd: %s\n", err);
         fprintf(stderr, "lbd: configuration file %s test failed\n", path);
         return 1;

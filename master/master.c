@@ -20,6 +20,7 @@
 #include "shared/instance.h"
 #include "shared/log.h"
 #include "shared/shm.h"
+#include "worker/tls.h"
 #include "worker/worker.h"
 
 /* A worker that dies within this long of its start counts as crashing, and
@@ -481,12 +482,25 @@ static void lb_master_fd_budget(struct lb_master *m, const struct lb_config *cfg
                 wb.max_connections, wb.idle_max, wb.held + LB_FD_SLACK, admin);
 }
 
+int lb_master_config_load(const char *path, struct lb_config **out, char *err, size_t errlen)
+{
+    struct lb_config *cfg = NULL;
+    if (lb_config_load(path, &cfg, err, errlen) < 0)
+        return -1;
+    if (lb_tls_config_load(cfg, err, errlen) < 0) {
+        lb_config_free(cfg);
+        return -1;
+    }
+    *out = cfg;
+    return 0;
+}
+
 static void lb_master_reload(struct lb_master *m)
 {
     char err[512];
     struct lb_config *cfg = NULL;
     lb_log_info("reloading %s", m->cfg->path);
-    if (lb_config_load(m->opt->config_path, &cfg, err, sizeof(err)) < 0)
+    if (lb_master_config_load(m->opt->config_path, &cfg, err, sizeof(err)) < 0)
         goto fail;
     lb_master_apply_overrides(m, cfg);
     uint64_t gen = m->generation + 1;
@@ -652,7 +666,7 @@ static int lb_master_timeout(const struct lb_master *m)
 static int lb_master_start(struct lb_master *m)
 {
     char err[512];
-    if (lb_config_load(m->opt->config_path, &m->cfg, err, sizeof(err)) < 0) {
+    if (lb_master_config_load(m->opt->config_path, &m->cfg, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
         return -1;
     }

@@ -14,6 +14,7 @@
 #define LB_MASTER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct lb_master_options {
     const char *config_path;
@@ -21,6 +22,13 @@ struct lb_master_options {
     unsigned workers;           /* -w, 0: from the config */
     bool daemonize;             /* -d */
 };
+
+struct lb_config;
+
+/* Load and check PATH as a start, -t and a reload do: the file, then what
+ * it names (TLS certificates and keys, read and built into contexts the
+ * workers inherit). 0, or -1 with "FILE:LINE: why" in ERR. */
+int lb_master_config_load(const char *path, struct lb_config **out, char *err, size_t errlen);
 
 /* Run the master until it stops. Returns the process exit status. */
 int lb_master_run(const struct lb_master_options *opt);

@@ -274,6 +274,39 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
         fprintf(out, "lbd_accept_pauses_total{reason=\"%s\"} %llu\n", reasons[r],
                 (unsigned long long)all.accept_pauses[r]);
+    lb_family(out, "lbd_tls_handshakes_total", "counter",
+              "TLS handshakes on client connections: full, resumed (session ticket), failed.");
+    for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
+        fprintf(out, "lbd_tls_handshakes_total{result=\"%s\"} %llu\n", lb_tls_result_names[r],
+                (unsigned long long)all.tls_handshakes[r]);
+    lb_family(out, "lbd_tls_handshake_failures_total", "counter",
+              "Failed TLS handshakes by reason: version, cipher (nothing in common), http "
+              "(plain HTTP on a TLS port), protocol (malformed, refused), closed (ended first).");
+    for (unsigned r = 0; r < LB_TLS_FAILURES; r++)
+        fprintf(out, "lbd_tls_handshake_failures_total{reason=\"%s\"} %llu\n",
+                lb_tls_failure_names[r], (unsigned long long)all.tls_failures[r]);
+    lb_family(out, "lbd_tls_ticket_key_rotations_total", "counter",
+              "Session ticket key rotations of a TLS listener.");
+    for (unsigned i = 0; i < h->max_tls; i++) {
+        const struct lb_shm_tls *t = lb_shm_tls(h, i);
+        if (atomic_load(&t->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_tls_ticket_key_rotations_total{listener=\"%s\"} %llu\n",
+                    t->address, (unsigned long long)atomic_load(&t->rotations));
+    }
+    lb_family(out, "lbd_tls_certificate_expiry_timestamp_seconds", "gauge",
+              "When a TLS listener's certificate expires (notAfter), seconds since the epoch.");
+    for (unsigned i = 0; i < h->max_tls; i++) {
+        const struct lb_shm_tls *t = lb_shm_tls(h, i);
+        if (atomic_load(&t->state) != LB_ENTRY_ACTIVE)
+            continue;
+        struct lb_shm_tls_cert certs[LB_SHM_TLS_CERTS];
+        uint32_t nc = 0;
+        lb_shm_tls_certs_get(t, certs, &nc);
+        for (uint32_t c = 0; c < nc; c++)
+            fprintf(out, "lbd_tls_certificate_expiry_timestamp_seconds{listener=\"%s\","
+                         "cert=\"%u\",subject=\"%s\"} %lld\n", t->address, c,
+                    certs[c].subject, (long long)certs[c].not_after);
+    }
     lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
     fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
     lb_family(out, "lbd_admin_connections", "gauge", "Admin connections open now.");

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shared/instance.h"
@@ -53,6 +54,59 @@ static void lb_json_string(FILE *out, const char *s, size_t max)
             fputc(c, out);
     }
     fputc('"', out);
+}
+
+const char *const lb_tls_result_names[LB_TLS_RESULTS] = { "full", "resumed", "failed" };
+const char *const lb_tls_failure_names[LB_TLS_FAILURES] = { "version", "cipher", "http",
+                                                            "protocol", "closed" };
+
+static void lb_snapshot_tls_counts(FILE *out, const uint64_t *hs, const uint64_t *fails)
+{
+    fputs("\"tls_handshakes\":{", out);
+    for (unsigned i = 0; i < LB_TLS_RESULTS; i++)
+        fprintf(out, "%s\"%s\":%llu", i ? "," : "", lb_tls_result_names[i],
+                (unsigned long long)hs[i]);
+    fputs("},\"tls_failures\":{", out);
+    for (unsigned i = 0; i < LB_TLS_FAILURES; i++)
+        fprintf(out, "%s\"%s\":%llu", i ? "," : "", lb_tls_failure_names[i],
+                (unsigned long long)fails[i]);
+    fputc('}', out);
+}
+
+/* Per TLS listener: its certificates and its session ticket keys. */
+static void lb_snapshot_tls(const struct lb_shm_header *h, FILE *out)
+{
+    fputs(",\"tls\":[", out);
+    bool first = true;
+    for (unsigned i = 0; i < h->max_tls; i++) {
+        const struct lb_shm_tls *t = lb_shm_tls(h, i);
+        if (atomic_load(&t->state) != LB_ENTRY_ACTIVE)
+            continue;
+        struct lb_shm_tls_cert certs[LB_SHM_TLS_CERTS];
+        uint32_t n = 0;
+        lb_shm_tls_certs_get(t, certs, &n);
+        fprintf(out, "%s{\"listener\":", first ? "" : ",");
+        lb_json_string(out, t->address, sizeof(t->address));
+        fprintf(out, ",\"ticket_keys\":%u,\"ticket_rotations\":%llu,"
+                     "\"cert_generation\":%llu,\"certificates\":[",
+                t->nkeys,
+                (unsigned long long)atomic_load(&t->rotations),
+                (unsigned long long)atomic_load(&t->cert_generation));
+        for (uint32_t c = 0; c < n; c++) {
+            char when[32] = "";
+            time_t na = (time_t)certs[c].not_after;
+            struct tm tm;
+            if (na != 0 && gmtime_r(&na, &tm) != NULL)
+                strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            fprintf(out, "%s{\"subject\":", c ? "," : "");
+            lb_json_string(out, certs[c].subject, sizeof(certs[c].subject));
+            fprintf(out, ",\"not_after\":\"%s\",\"not_after_s\":%lld}", when,
+                    (long long)certs[c].not_after);
+        }
+        fputs("]}", out);
+        first = false;
+    }
+    fputc(']', out);
 }
 
 static const char *lb_slot_state_name(uint32_t st)
@@ -127,6 +181,8 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, ",\"max_connections\":%llu,\"accept_pauses\":",
                 (unsigned long long)lb_counter_get(&w->max_connections));
         lb_snapshot_pauses(out, one.accept_pauses);
+        fputc(',', out);
+        lb_snapshot_tls_counts(out, one.tls_handshakes, one.tls_failures);
         fputc('}', out);
         first = false;
     }
@@ -145,6 +201,8 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     lb_snapshot_timeouts(out, all.timeouts);
     fputs(",\"accept_pauses\":", out);
     lb_snapshot_pauses(out, all.accept_pauses);
+    fputc(',', out);
+    lb_snapshot_tls_counts(out, all.tls_handshakes, all.tls_failures);
     lb_counter_t *ap = (lb_counter_t *)h->admin_accept_pauses;
     uint64_t admin_pauses[LB_PAUSE_REASONS] = { lb_counter_get(&ap[LB_PAUSE_CAP]),
                                                 lb_counter_get(&ap[LB_PAUSE_FD]) };
@@ -155,7 +213,9 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             (unsigned long long)atomic_load(&h->admin_max_connections),
             (unsigned long long)atomic_load(&h->admin_timeouts));
     lb_snapshot_pauses(out, admin_pauses);
-    fputs("},\"pools\":[", out);
+    fputc('}', out);
+    lb_snapshot_tls(h, out);
+    fputs(",\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };
     uint64_t now_ms = lb_now_ms();

@@ -17,5 +17,9 @@ extern const char *const lb_breaker_state_names[LB_BREAKER_STATES];
 /* "connect", "reset", "timeout", "502", "503", "504", "5xx", by enum
  * lb_retry_reason (also /metrics). */
 extern const char *const lb_retry_reason_names[LB_RETRY_REASONS];
+/* "full", "resumed", "failed"; "version", "cipher", "http", "protocol",
+ * "closed" (also /metrics). */
+extern const char *const lb_tls_result_names[LB_TLS_RESULTS];
+extern const char *const lb_tls_failure_names[LB_TLS_FAILURES];
 
 #endif

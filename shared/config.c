@@ -215,17 +215,187 @@ static bool lb_name_valid(const char *s)
     return true;
 }
 
+/* "FILE:LINE" of setting S (malloc'd), for errors found after the load
+ * (certificate files, in worker/tls.c). NULL when out of memory. */
+static char *lb_cfg_where(struct lb_loader *ld, const config_setting_t *s)
+{
+    const char *file = config_setting_source_file(s);
+    int line = lb_cfg_elem_line(file, s, (int)config_setting_source_line(s));
+    char *out = NULL;
+    if (asprintf(&out, "%s:%d", file ? file : ld->path, line) < 0)
+        return NULL;
+    return out;
+}
+
+/* A string copied with its "FILE:LINE" (AT may be NULL). Required unless
+ * OPTIONAL; *OUT stays NULL when an optional key is absent. */
+static int lb_cfg_string_at(struct lb_loader *ld, const config_setting_t *g, const char *name,
+                            bool required, char **out, char **at)
+{
+    const char *str = NULL;
+    if (lb_cfg_string(ld, g, name, &str, required) < 0)
+        return -1;
+    if (str == NULL)
+        return 0;
+    const config_setting_t *s = lb_cfg_member(g, name);
+    if (*str == '\0')
+        return lb_cfg_fail(ld, s, "'%s' must not be empty", name);
+    *out = strdup(str);
+    if (*out == NULL || (at != NULL && (*at = lb_cfg_where(ld, s)) == NULL))
+        return lb_cfg_fail(ld, s, "out of memory");
+    return 0;
+}
+
+static int lb_cfg_tls_certs(struct lb_loader *ld, const config_setting_t *g, struct lb_tls_cfg *t)
+{
+    static const char *const keys[] = { "cert", "key", NULL };
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, g, "certificates", &list, true) < 0)
+        return -1;
+    int n = config_setting_length(list);
+    if (n == 0)
+        return lb_cfg_fail(ld, list, "'certificates' must not be empty");
+    if (n > LB_TLS_MAX_CERTS)
+        return lb_cfg_fail(ld, list, "at most %d certificates per listener", LB_TLS_MAX_CERTS);
+    t->certs = calloc((size_t)n, sizeof(*t->certs));
+    if (t->certs == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = NULL;
+        struct lb_tls_cert_cfg *c = &t->certs[i];
+        t->ncerts++;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "certificate", &e) < 0 ||
+            lb_cfg_check_keys(ld, e, "certificate", keys) < 0 ||
+            lb_cfg_string_at(ld, e, "cert", true, &c->cert, &c->cert_at) < 0 ||
+            lb_cfg_string_at(ld, e, "key", true, &c->key, &c->key_at) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* alpn = [ "http/1.1" ]: names lbd speaks, in ALPN's wire format. */
+static int lb_cfg_tls_alpn(struct lb_loader *ld, const config_setting_t *g, struct lb_tls_cfg *t)
+{
+    static const char *const known[] = { "http/1.1", "http/1.0", NULL };
+    const config_setting_t *s = lb_cfg_member(g, "alpn");
+    if (s == NULL) {
+        t->alpn[0] = 8;
+        memcpy(t->alpn + 1, "http/1.1", 8);
+        t->alpn_len = 9;
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, s, "'alpn' must be a list of protocol names: [ \"http/1.1\" ]");
+    int n = config_setting_length(s);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *name = config_setting_type(e) == CONFIG_TYPE_STRING
+                           ? config_setting_get_string(e) : NULL;
+        bool ok = false;
+        for (const char *const *k = known; name != NULL && *k != NULL; k++)
+            ok = ok || strcmp(name, *k) == 0;
+        if (!ok)
+            return lb_cfg_fail(ld, e, "alpn: lbd speaks \"http/1.1\" and \"http/1.0\" only");
+        size_t len = strlen(name);
+        if (t->alpn_len + 1 + len > sizeof(t->alpn))
+            return lb_cfg_fail(ld, e, "alpn: too many names");
+        t->alpn[t->alpn_len] = (unsigned char)len;
+        memcpy(t->alpn + t->alpn_len + 1, name, len);
+        t->alpn_len += 1 + len;
+    }
+    return 0;
+}
+
+static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
+                      struct lb_listener_cfg *l)
+{
+    static const char *const keys[] = { "certificates", "protocols", "ciphers", "alpn",
+                                        "session_tickets", "ticket_rotation", "hsts", NULL };
+    const config_setting_t *g = lb_cfg_member(listener, "tls");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'tls' must be a group: tls = { certificates = "
+                                  "( { cert = \"...\"; key = \"...\"; } ); };");
+    struct lb_tls_cfg *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    l->tls = t;
+    t->protocols = LB_TLS_12_PLUS;
+    t->session_tickets = true;
+    t->ticket_rotation_ms = 3600 * 1000;
+    const char *protocols = NULL;
+    char *hsts = NULL;
+    if (lb_cfg_check_keys(ld, g, "tls", keys) < 0 ||
+        lb_cfg_tls_certs(ld, g, t) < 0 ||
+        lb_cfg_string(ld, g, "protocols", &protocols, false) < 0 ||
+        lb_cfg_string_at(ld, g, "ciphers", false, &t->ciphers, &t->ciphers_at) < 0 ||
+        lb_cfg_tls_alpn(ld, g, t) < 0 ||
+        lb_cfg_bool(ld, g, "session_tickets", &t->session_tickets) < 0 ||
+        lb_cfg_duration(ld, g, "ticket_rotation", &t->ticket_rotation_ms) < 0 ||
+        lb_cfg_string_at(ld, g, "hsts", false, &hsts, NULL) < 0)
+        return -1;
+    t->hsts = hsts;
+    if (protocols != NULL) {
+        if (strcmp(protocols, "TLSv1.2+") == 0)
+            t->protocols = LB_TLS_12_PLUS;
+        else if (strcmp(protocols, "TLSv1.3") == 0)
+            t->protocols = LB_TLS_13;
+        else
+            return lb_cfg_fail(ld, lb_cfg_member(g, "protocols"),
+                               "unknown protocols \"%s\" (\"TLSv1.2+\": TLS 1.2 and 1.3, "
+                               "\"TLSv1.3\": TLS 1.3 only)", protocols);
+    }
+    if (t->ticket_rotation_ms < LB_TLS_ROTATION_MIN_MS ||
+        t->ticket_rotation_ms > LB_TLS_ROTATION_MAX_MS)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "ticket_rotation"),
+                           "ticket_rotation must be between 1s and 7 days");
+    if (hsts != NULL) {
+        bool ok = strlen(hsts) <= 256;
+        for (const char *c = hsts; ok && *c; c++)
+            ok = *c >= 0x20 && *c < 0x7f;
+        if (!ok)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "hsts"),
+                               "hsts must be a header value of at most 256 printable ASCII "
+                               "characters, e.g. \"max-age=31536000\"");
+        t->hsts_len = strlen(hsts);
+    }
+    return 0;
+}
+
+/* redirect_https = true (to port 443) or a port number. */
+static int lb_cfg_redirect(struct lb_loader *ld, const config_setting_t *g,
+                           struct lb_listener_cfg *l)
+{
+    const config_setting_t *s = lb_cfg_member(g, "redirect_https");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) == CONFIG_TYPE_BOOL) {
+        l->redirect_https = config_setting_get_bool(s) ? 443 : 0;
+    } else {
+        long long port = 0;
+        if (lb_cfg_int(ld, g, "redirect_https", 1, 65535, &port) < 0)
+            return lb_cfg_fail(ld, s, "'redirect_https' must be true, false or a port number");
+        l->redirect_https = (unsigned)port;
+    }
+    if (l->redirect_https != 0 && l->tls != NULL)
+        return lb_cfg_fail(ld, s, "redirect_https on a TLS listener would redirect to itself");
+    return 0;
+}
+
 static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
                             struct lb_config *cfg)
 {
     static const char *const keys[] = { "address", "backlog", "defer_accept",
-                                        "max_connections_per_ip", NULL };
+                                        "max_connections_per_ip", "tls", "redirect_https", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "listeners", &list, true) < 0)
         return -1;
     int n = config_setting_length(list);
     if (n == 0)
         return lb_cfg_fail(ld, list, "'listeners' must not be empty");
+    if (n > LB_MAX_LISTENERS)
+        return lb_cfg_fail(ld, list, "at most %d listeners", LB_MAX_LISTENERS);
     cfg->listeners = calloc((size_t)n, sizeof(*cfg->listeners));
     if (cfg->listeners == NULL)
         return lb_cfg_fail(ld, list, "out of memory");
@@ -241,9 +411,12 @@ static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_bool(ld, g, "defer_accept", &l->defer_accept) < 0 ||
             lb_cfg_int(ld, g, "max_connections_per_ip", 0, 1000000, &per_ip) < 0)
             return -1;
+        cfg->nlisteners++;      /* from here lb_config_free frees what it holds */
+        if (lb_cfg_tls(ld, g, l) < 0 || lb_cfg_redirect(ld, g, l) < 0)
+            return -1;
+        cfg->ntls += l->tls != NULL;
         l->backlog = (int)backlog;
         l->max_connections_per_ip = (unsigned)per_ip;
-        cfg->nlisteners++;
         for (int j = 0; j < i; j++)
             if (lb_addr_equal(&cfg->listeners[j].addr, &l->addr))
                 return lb_cfg_fail(ld, g, "duplicate listener address %s", l->address);
@@ -1439,9 +1612,27 @@ void lb_config_free(struct lb_config *cfg)
 {
     if (cfg == NULL)
         return;
+    if (cfg->tls_free != NULL)
+        cfg->tls_free(cfg);
     for (size_t i = 0; i < cfg->npools; i++)
         free(cfg->pools[i].servers);
     free(cfg->pools);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct lb_tls_cfg *t = cfg->listeners[i].tls;
+        if (t == NULL)
+            continue;
+        for (size_t k = 0; k < t->ncerts; k++) {
+            free(t->certs[k].cert);
+            free(t->certs[k].key);
+            free(t->certs[k].cert_at);
+            free(t->certs[k].key_at);
+        }
+        free(t->certs);
+        free(t->ciphers);
+        free(t->ciphers_at);
+        free(t->hsts);
+        free(t);
+    }
     free(cfg->listeners);
     free(cfg->routes);
     free(cfg->rate_limits);

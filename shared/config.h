@@ -31,6 +31,7 @@
  * the shm arena holds twice that, so a reload that replaces every table
  * fits beside the old ones its draining workers still use. */
 #define LB_RL_TABLES_MAX_BYTES (2ULL << 30)
+#define LB_MAX_LISTENERS 1024
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
@@ -136,12 +137,55 @@ struct lb_pool_cfg {
     uint32_t shm_id;                    /* pool slot, set by the master */
 };
 
+/* TLS of a listener (worker/tls.h builds and uses it). Certificate and key
+ * files are read and checked by lb_tls_config_load, not here (the config
+ * model knows no OpenSSL): what it finds wrong names the "FILE:LINE" kept
+ * with each setting. */
+#define LB_TLS_MAX_CERTS        16
+#define LB_TLS_ROTATION_MIN_MS  1000                    /* ticket_rotation bounds */
+#define LB_TLS_ROTATION_MAX_MS  (7ull * 24 * 3600 * 1000)
+#define LB_TLS_SUBJECT_MAX      128
+
+enum lb_tls_protocols {
+    LB_TLS_12_PLUS,                     /* "TLSv1.2+": TLS 1.2 and 1.3 */
+    LB_TLS_13,                          /* "TLSv1.3": TLS 1.3 only */
+};
+
+struct lb_tls_cert_cfg {
+    char *cert;                         /* PEM: the certificate, then its chain */
+    char *key;                          /* PEM private key (RSA or ECDSA) */
+    char *cert_at, *key_at;             /* "FILE:LINE" of each setting */
+    /* Filled by lb_tls_config_load, for /status and lbd -s. */
+    char subject[LB_TLS_SUBJECT_MAX];
+    int64_t not_after;                  /* seconds since the epoch */
+};
+
+struct lb_tls_rt;                       /* worker/tls.c: the contexts built */
+
+struct lb_tls_cfg {
+    struct lb_tls_cert_cfg *certs;      /* the first is the default */
+    size_t ncerts;
+    enum lb_tls_protocols protocols;
+    char *ciphers;                      /* TLS 1.2 cipher list (OpenSSL syntax) */
+    char *ciphers_at;
+    unsigned char alpn[32];             /* ALPN names, wire format; alpn_len 0: none */
+    size_t alpn_len;
+    bool session_tickets;
+    uint64_t ticket_rotation_ms;
+    char *hsts;                         /* Strict-Transport-Security value; NULL: none */
+    size_t hsts_len;
+    uint32_t shm_id;                    /* its lb_shm_tls entry, set by the master */
+    struct lb_tls_rt *rt;               /* lb_tls_config_load's; NULL until then */
+};
+
 struct lb_listener_cfg {
     char address[LB_ADDR_STR_MAX];
     struct lb_addr addr;
     int backlog;
     bool defer_accept;                  /* TCP_DEFER_ACCEPT: wake on data */
     unsigned max_connections_per_ip;    /* 0: no limit (worker/ratelimit.c) */
+    struct lb_tls_cfg *tls;             /* NULL: plain HTTP */
+    unsigned redirect_https;            /* 0: off; else answer 308 to https on this port */
 };
 
 /* ---- rate limits (worker/ratelimit.c; README "Rate limiting") ---- */
@@ -181,6 +225,7 @@ struct lb_ratelimit_cfg {
     uint32_t shm_id;                    /* table slot, set by the master */
 };
 
+
 enum lb_host_match {
     LB_HOST_ANY,        /* "*" */
     LB_HOST_SUFFIX,     /* "*.example.com": any subdomain, not the apex */
@@ -204,7 +249,8 @@ struct lb_limits {
     uint64_t header_size;       /* the whole head, request line included */
     uint64_t headers;           /* number of header fields */
     uint64_t body;              /* 0: unlimited */
-    uint64_t buffer;            /* buffered per direction per connection */
+    uint64_t buffer;            /* held per direction per connection: read
+                                 * and not yet written, both buffers */
 };
 
 /* An address block whose clients' X-Forwarded-For / Forwarded lbd trusts.
@@ -237,6 +283,10 @@ struct lb_config {
 
     struct lb_listener_cfg *listeners;
     size_t nlisteners;
+    size_t ntls;                        /* listeners with tls */
+    /* Frees what lb_tls_config_load added (set by it): lb_config_free
+     * calls it, so every path that frees a configuration frees its TLS. */
+    void (*tls_free)(struct lb_config *cfg);
     struct lb_pool_cfg *pools;
     size_t npools;
     struct lb_route_cfg *routes;

@@ -28,6 +28,8 @@
  *   +-----------------+ off_arena (page aligned)
  *   | rate-limit      |  LB_SHM_ARENA_SIZE bytes: each limit's table of lb_rl_entry,
  *   | tables          |  a page-aligned region given out by the master
+ *   +-----------------+ off_tls
+ *   | lb_shm_tls      |  LB_SHM_MAX_TLS, one per TLS listener, stable ids by address
  *   +-----------------+ size
  *
  * The file is sparse and its pages are touched lazily: the connection
@@ -46,6 +48,7 @@
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
+#define LB_SHM_MAX_TLS          64      /* TLS listeners */
 #define LB_CACHELINE            64
 #define LB_SHM_MAX_LIMITS       LB_RL_MAX_LIMITS
 #define LB_SHM_CONN_ENTRIES     65536   /* client addresses with connections, per worker */
@@ -93,6 +96,23 @@ enum lb_retry_reason {
     LB_RETRY_REASONS
 };
 
+/* TLS handshakes by outcome, and failed ones by reason (README: TLS). */
+enum lb_tls_result {
+    LB_TLS_FULL,                /* a full handshake */
+    LB_TLS_RESUMED,             /* resumed with a session ticket */
+    LB_TLS_FAILED,
+    LB_TLS_RESULTS
+};
+
+enum lb_tls_failure {
+    LB_TLS_FAIL_VERSION,        /* no protocol version in common (TLS 1.2 to a TLSv1.3 port) */
+    LB_TLS_FAIL_CIPHER,         /* no cipher, group or signature algorithm in common */
+    LB_TLS_FAIL_HTTP,           /* plain HTTP on a TLS port (answered 400 in clear) */
+    LB_TLS_FAIL_PROTOCOL,       /* anything else malformed or refused */
+    LB_TLS_FAIL_CLOSED,         /* the connection ended (or timed out) first */
+    LB_TLS_FAILURES
+};
+
 typedef _Atomic uint64_t lb_counter_t;
 
 /* Worker slot lifecycle (written by the master; the owner only sets DRAINING):
@@ -127,6 +147,8 @@ struct lb_shm_worker {
     lb_counter_t client_aborts;         /* clients gone before their answer began */
     lb_counter_t conn_limited;          /* closed at accept: max_connections_per_ip */
     lb_counter_t rl_redis_errors;       /* fleet rate limits judged locally: redis down or slow */
+    lb_counter_t tls_handshakes[LB_TLS_RESULTS];
+    lb_counter_t tls_failures[LB_TLS_FAILURES];
 } __attribute__((aligned(LB_CACHELINE)));
 
 enum lb_shm_entry_state {
@@ -333,6 +355,52 @@ struct lb_shm_limit_stats {
     lb_counter_t pad[2];
 };
 
+/* TLS of one listener, found again by its address after a reload (so its
+ * session ticket keys outlive the workers and the control process that
+ * used them).
+ *
+ * Ticket keys: keys[0] encrypts every new ticket; keys[1] and keys[2],
+ * the previous two, still decrypt. The master makes the first key when it
+ * takes the entry, before any process uses it; from then on the control
+ * process alone writes them: every ticket_rotation it shifts them down and
+ * makes a new keys[0]. Writers take key_seq from even to odd by
+ * compare-and-swap and back to even when done (a seqlock: workers copy a
+ * key and retry when the sequence was odd or moved). */
+#define LB_TLS_KEYS             3
+#define LB_SHM_TLS_CERTS        16      /* = LB_TLS_MAX_CERTS */
+
+struct lb_shm_ticket_key {
+    uint8_t name[16];
+    uint8_t aes_key[32];                /* AES-256-CBC */
+    uint8_t hmac_key[32];               /* HMAC-SHA256 */
+};
+
+struct lb_shm_tls_cert {
+    char subject[LB_TLS_SUBJECT_MAX];
+    int64_t not_after;                  /* seconds since the epoch */
+};
+
+struct lb_shm_tls {
+    /* Written by the master (at start and reload), under cert_seq. */
+    _Atomic uint32_t state;             /* lb_shm_entry_state: FREE or ACTIVE */
+    _Atomic uint32_t cert_seq;          /* seqlock of what follows */
+    char address[LB_ADDR_STR_MAX];
+    uint32_t ncerts;
+    struct lb_shm_tls_cert certs[LB_SHM_TLS_CERTS];
+    /* Bumped by whoever replaces the listener's certificate files at run
+     * time (none yet; ACME in the control process): a worker that sees
+     * another value than the one it started with builds its contexts
+     * again from the files on its next handshake (worker/tls.c). A reload
+     * does not bump it: its new workers read the files anyway. */
+    _Atomic uint64_t cert_generation;
+    /* Ticket keys (above). */
+    _Atomic uint32_t key_seq __attribute__((aligned(LB_CACHELINE)));
+    uint32_t nkeys;                     /* 1..LB_TLS_KEYS */
+    struct lb_shm_ticket_key keys[LB_TLS_KEYS];
+    lb_counter_t rotated_ms;            /* CLOCK_MONOTONIC of keys[0]'s making */
+    lb_counter_t rotations;             /* since the entry was taken */
+} __attribute__((aligned(LB_CACHELINE)));
+
 struct lb_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -346,6 +414,8 @@ struct lb_shm_header {
     uint64_t off_pools;
     uint64_t off_backends;
     uint64_t off_stats;
+    uint64_t off_tls;
+    uint32_t max_tls;
 
     /* Written by the master. */
     _Atomic uint64_t generation;        /* configuration generation, +1 per reload */

@@ -26,6 +26,9 @@ static void lb_shm_layout(struct lb_shm_header *h)
     uint64_t row = LB_ALIGN(sizeof(struct lb_shm_backend_stats) * LB_SHM_MAX_BACKENDS);
     off += row * LB_SHM_MAX_SLOTS;
     off = LB_ALIGN(off);
+    h->off_tls = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_tls) * LB_SHM_MAX_TLS);
+    off = LB_ALIGN(off);
     h->off_limits = off;
     off += sizeof(struct lb_shm_limit) * LB_SHM_MAX_LIMITS;
     off = LB_ALIGN(off);
@@ -74,6 +77,7 @@ int lb_shm_create(struct lb_shm *shm)
         h->rl_hash_key[0] = lb_hash64(&probe, sizeof(probe)) ^ lb_wall_us();
         h->rl_hash_key[1] = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)base;
     }
+    h->max_tls = LB_SHM_MAX_TLS;
     atomic_store(&h->master_pid, (int32_t)getpid());
     atomic_store(&h->started_ms, lb_wall_ms());
 
@@ -411,7 +415,9 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
         for (size_t j = 0; j < pc->nservers; j++)
             new_backends += !lb_shm_has_backend(h, pc->name, pc->servers[j].address);
     }
-    return new_pools <= free_pools && new_backends <= free_backends;
+    /* TLS entries of listeners gone are freed first (lb_shm_tls_assign). */
+    return new_pools <= free_pools && new_backends <= free_backends &&
+           cfg->ntls <= h->max_tls;
 }
 
 /* A server keeps its health and its breaker over a reload, unless what
@@ -427,6 +433,160 @@ static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_c
     atomic_store(&b->down_reason, LB_DOWN_NONE);
     atomic_store(&b->last_change_ms, lb_wall_ms());
     atomic_store(&b->health, LB_HEALTH_UP);
+}
+
+/* ---- TLS ------------------------------------------------------------- */
+
+/* Take a seqlock for writing: even -> odd by compare-and-swap, so two
+ * writers (a retiring control process and its successor, for a moment)
+ * never interleave. One that died holding it left it odd for good: after a
+ * while the next writer goes on from there. */
+static uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
+{
+    for (int tries = 0;; tries++) {
+        uint32_t s = atomic_load(seq);
+        if ((s & 1) == 0 || tries >= 1000) {
+            uint32_t next = (s | 1) + ((s & 1) ? 2 : 0);
+            if (atomic_compare_exchange_weak(seq, &s, next))
+                return next;
+            continue;
+        }
+        sched_yield();
+    }
+}
+
+static void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked)
+{
+    atomic_store_explicit(seq, locked + 1, memory_order_release);
+}
+
+static void lb_shm_tls_new_key(struct lb_shm_ticket_key *k)
+{
+    /* getrandom() of 80 bytes does not fail short once the pool is up;
+     * if it did, the key would still differ from every other one by its
+     * name, made from the clock. */
+    if (getrandom(k, sizeof(*k), 0) != (ssize_t)sizeof(*k)) {
+        uint64_t now = lb_wall_us() ^ ((uint64_t)getpid() << 40);
+        memcpy(k->name, &now, sizeof(now));
+    }
+}
+
+void lb_shm_tls_rotate(struct lb_shm_tls *t, uint64_t now_ms)
+{
+    uint32_t locked = lb_shm_seq_lock(&t->key_seq);
+    memmove(&t->keys[1], &t->keys[0], sizeof(t->keys[0]) * (LB_TLS_KEYS - 1));
+    lb_shm_tls_new_key(&t->keys[0]);
+    if (t->nkeys < LB_TLS_KEYS)
+        t->nkeys++;
+    atomic_store(&t->rotated_ms, now_ms);
+    atomic_fetch_add(&t->rotations, 1);
+    lb_shm_seq_unlock(&t->key_seq, locked);
+}
+
+int lb_shm_tls_key(const struct lb_shm_tls *t, const uint8_t *name,
+                   struct lb_shm_ticket_key *out)
+{
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)&t->key_seq;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        int found = -1;
+        uint32_t n = t->nkeys < LB_TLS_KEYS ? t->nkeys : LB_TLS_KEYS;
+        for (uint32_t i = 0; i < n && found < 0; i++)
+            if (name == NULL || memcmp(t->keys[i].name, name, sizeof(t->keys[i].name)) == 0)
+                found = (int)i;
+        if (found >= 0)
+            memcpy(out, &t->keys[found], sizeof(*out));
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == before)
+            return found;
+    }
+    return -1;
+}
+
+void lb_shm_tls_certs_get(const struct lb_shm_tls *t, struct lb_shm_tls_cert *out, uint32_t *n)
+{
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)&t->cert_seq;
+    *n = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        uint32_t k = t->ncerts < LB_SHM_TLS_CERTS ? t->ncerts : LB_SHM_TLS_CERTS;
+        memcpy(out, t->certs, sizeof(t->certs[0]) * k);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
+            for (uint32_t i = 0; i < k; i++)
+                out[i].subject[sizeof(out[i].subject) - 1] = '\0';
+            *n = k;
+            return;
+        }
+    }
+}
+
+/* Every TLS listener of CFG gets its entry: the one of its address if
+ * there is one (its ticket keys carry over), else a free one with a first
+ * key. Entries no listener has any more are freed first, so CFG's
+ * listeners always fit (lb_shm_assign_fits: at most max_tls of them). A
+ * draining worker of a removed listener may still read its old entry, even
+ * once it is another listener's: its tickets then fail to decrypt or to
+ * resume (the session id context differs), and it makes full handshakes. */
+static void lb_shm_tls_assign(struct lb_shm_header *h, struct lb_config *cfg)
+{
+    bool used[LB_SHM_MAX_TLS] = { false };
+    int ids[LB_MAX_LISTENERS];
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct lb_listener_cfg *l = &cfg->listeners[i];
+        ids[i] = -1;
+        for (unsigned k = 0; l->tls != NULL && k < h->max_tls && ids[i] < 0; k++) {
+            struct lb_shm_tls *t = lb_shm_tls(h, k);
+            if (atomic_load(&t->state) != LB_ENTRY_FREE && !used[k] &&
+                strcmp(t->address, l->address) == 0) {
+                ids[i] = (int)k;
+                used[k] = true;
+            }
+        }
+    }
+    for (unsigned k = 0; k < h->max_tls; k++)
+        if (!used[k])
+            atomic_store(&lb_shm_tls(h, k)->state, LB_ENTRY_FREE);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct lb_listener_cfg *l = &cfg->listeners[i];
+        if (l->tls == NULL)
+            continue;
+        int id = ids[i];
+        for (unsigned k = 0; id < 0 && k < h->max_tls; k++)
+            if (!used[k])
+                id = (int)k;
+        struct lb_shm_tls *t = lb_shm_tls(h, (unsigned)id);
+        if (ids[i] < 0) {
+            uint32_t locked = lb_shm_seq_lock(&t->key_seq);
+            memset(t->keys, 0, sizeof(t->keys));
+            lb_shm_tls_new_key(&t->keys[0]);
+            t->nkeys = 1;
+            atomic_store(&t->rotated_ms, lb_now_ms());
+            atomic_store(&t->rotations, 0);
+            lb_shm_seq_unlock(&t->key_seq, locked);
+        }
+        used[id] = true;
+        l->tls->shm_id = (uint32_t)id;
+        uint32_t locked = lb_shm_seq_lock(&t->cert_seq);
+        snprintf(t->address, sizeof(t->address), "%s", l->address);
+        t->ncerts = (uint32_t)(l->tls->ncerts < LB_SHM_TLS_CERTS ? l->tls->ncerts
+                                                                  : LB_SHM_TLS_CERTS);
+        for (uint32_t c = 0; c < t->ncerts; c++) {
+            snprintf(t->certs[c].subject, sizeof(t->certs[c].subject), "%s",
+                     l->tls->certs[c].subject);
+            t->certs[c].not_after = l->tls->certs[c].not_after;
+        }
+        lb_shm_seq_unlock(&t->cert_seq, locked);
+        atomic_store(&t->state, LB_ENTRY_ACTIVE);
+    }
 }
 
 int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
@@ -503,6 +663,7 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             atomic_store(&l->state, LB_ENTRY_RETIRED);
         }
     }
+    lb_shm_tls_assign(h, cfg);
     return 0;
 }
 
@@ -597,6 +758,10 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
     for (unsigned r = 0; r < LB_PAUSE_REASONS; r++)
         out->accept_pauses[r] += lb_counter_get(&w->accept_pauses[r]);
     out->client_aborts += lb_counter_get(&w->client_aborts);
+    for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
+        out->tls_handshakes[r] += lb_counter_get(&w->tls_handshakes[r]);
+    for (unsigned r = 0; r < LB_TLS_FAILURES; r++)
+        out->tls_failures[r] += lb_counter_get(&w->tls_failures[r]);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

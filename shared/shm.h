@@ -38,6 +38,11 @@ static inline struct lb_shm_backend *lb_shm_backend(const struct lb_shm_header *
     return (struct lb_shm_backend *)((char *)h + h->off_backends) + id;
 }
 
+static inline struct lb_shm_tls *lb_shm_tls(const struct lb_shm_header *h, unsigned id)
+{
+    return (struct lb_shm_tls *)((char *)h + h->off_tls) + id;
+}
+
 static inline struct lb_shm_backend_stats *
 lb_shm_stats(const struct lb_shm_header *h, unsigned slot, unsigned backend)
 {
@@ -160,6 +165,8 @@ struct lb_worker_totals {
     uint64_t timeouts[LB_TIMEOUT_KINDS];
     uint64_t accept_pauses[LB_PAUSE_REASONS];
     uint64_t client_aborts;
+    uint64_t tls_handshakes[LB_TLS_RESULTS];
+    uint64_t tls_failures[LB_TLS_FAILURES];
 };
 
 /* A reader's copy of one limit's counters, summed over all slots, and
@@ -177,6 +184,17 @@ void lb_shm_limit_sum(const struct lb_shm_header *h, unsigned limit, struct lb_l
 
 /* Add worker slot W's counters to OUT. */
 void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out);
+
+/* Control process: a new current ticket key for T; the current one and
+ * the one before it are kept for decryption (see lb_shm_tls). */
+void lb_shm_tls_rotate(struct lb_shm_tls *t, uint64_t now_ms);
+/* Worker: copy the ticket key named NAME (16 bytes), or the current one
+ * when NAME is NULL, into OUT. Its index (0: the current one), or -1 when
+ * there is no such key. */
+int lb_shm_tls_key(const struct lb_shm_tls *t, const uint8_t *name,
+                   struct lb_shm_ticket_key *out);
+/* Reader: copy T's certificates (LB_SHM_TLS_CERTS at most) into OUT. */
+void lb_shm_tls_certs_get(const struct lb_shm_tls *t, struct lb_shm_tls_cert *out, uint32_t *n);
 
 /* A backend's last check error: one writer at a time (the control process,
  * or the master while it assigns the entry), readers in any process get a

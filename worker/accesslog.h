@@ -4,6 +4,7 @@
  *
  *   ADDR - - [TIME] "REQUEST LINE" STATUS BYTES "REFERER" "USER-AGENT"
  *     upstream=ADDR upstream_status=N request_id=ID rt=SEC uct=SEC uht=SEC attempts=N
+ *     [tls=VERSION cipher=NAME]
  */
 #ifndef LB_ACCESSLOG_H
 #define LB_ACCESSLOG_H
@@ -35,9 +36,12 @@ struct lb_access_entry {
 int lb_accesslog_open(const char *path, struct event_base *base);
 int lb_accesslog_reopen(void);
 void lb_accesslog_close(void);
-/* Append one line. CLIENT and UPSTREAM are addresses, REQUEST_ID may be "". */
+/* Append one line. CLIENT and UPSTREAM are addresses, REQUEST_ID may be "".
+ * TLS_VERSION and TLS_CIPHER: the client connection's, NULL without TLS
+ * (the line then ends with " tls=VERSION cipher=CIPHER"). */
 void lb_accesslog_write(const struct lb_access_entry *e, const char *client,
-                        const char *upstream, const char *request_id, uint64_t now_us);
+                        const char *upstream, const char *request_id, const char *tls_version,
+                        const char *tls_cipher, uint64_t now_us);
 
 /* Copy a header value for the log: at most CAP-1 bytes, '"' and '\' escaped
  * away (replaced by '_'), so a line always parses. */

@@ -23,6 +23,8 @@
 /* Smaller moves are copied next to what the output holds (a head, say):
  * one block, one send(); bigger ones move whole chains without a copy. */
 #define LB_CONN_COPY_MAX   2048
+/* The blocks of one move looked at (a wakeup reads into at most 5). */
+#define LB_CONN_PEEK       8
 
 /* A pair of buffers with their callbacks registered once. A connection
  * takes a pair when it has something to hold and gives it back when idle,
@@ -96,6 +98,28 @@ static void lb_conn_map_fds(int fd)
             event_del(&ev);
     }
     lb_loop.fd_mapped = to;
+}
+
+/* The largest read of at most ROOM bytes whose block (libevent adds a
+ * header and rounds up to a power of two) is filled: a read limited by the
+ * room left (32 KiB once a peer's output has drained to half the limit)
+ * would otherwise take a block twice its size. The rest is read next. */
+static size_t lb_conn_block_fit(size_t room)
+{
+    size_t block = 4 * 1024;
+    while (block * 2 - 128 <= room)
+        block *= 2;
+    return block - 128;
+}
+
+/* A streaming read: 64 KiB, or a quarter of a smaller limit. The block
+ * the socket is taking bytes from when a peer stops reading keeps its
+ * size whatever is left in it: with blocks of a quarter of the limit at
+ * most, that costs a quarter of the limit, not all of it again. */
+static size_t lb_conn_read_more(const struct lb_conn *c)
+{
+    return c->read_limit >= 4 * (LB_CONN_READ_MORE + 128) ? LB_CONN_READ_MORE
+                                                        : lb_conn_block_fit(c->read_limit / 4);
 }
 
 static uint64_t lb_conn_clock_ms(void)
@@ -219,10 +243,20 @@ static void lb_conn_arm(struct event *ev, bool armed, uint32_t ms)
     event_add(ev, ms ? lb_conn_timeout(ms, &scratch) : NULL);
 }
 
-static void lb_conn_arm_read(struct lb_conn *c)
+/* Input a transport holds has no wakeup of its own: made one. */
+static __attribute__((noinline, cold)) void lb_conn_tr_kick(struct lb_conn *c)
 {
-    if (!c->read_armed)
+    if (c->tr->pending(c))
+        event_active(&c->rev, EV_READ, 1);
+}
+
+static inline __attribute__((always_inline)) void lb_conn_arm_read(struct lb_conn *c)
+{
+    if (!c->read_armed) {
         event_add(&c->rev, NULL);
+        if (__builtin_expect(c->tr != NULL, 0))
+            lb_conn_tr_kick(c);
+    }
     c->read_armed = 1;
     lb_conn_tq_touch(c);
 }
@@ -271,10 +305,15 @@ size_t lb_conn_out_len(const struct lb_conn *c)
     return c->out ? evbuffer_get_length(c->out) : 0;
 }
 
-/* Whether reading should be on: wanted, no EOF yet, room in the input. */
+size_t lb_conn_held(const struct lb_conn *c)
+{
+    return lb_conn_in_len(c) + (c->peer != NULL ? lb_conn_out_len(c->peer) : 0);
+}
+
+/* Whether reading should be on: wanted, no EOF yet, room under the limit. */
 static bool lb_conn_should_read(const struct lb_conn *c)
 {
-    return c->read_enabled && !c->eof && !c->connecting && lb_conn_in_len(c) < c->read_limit;
+    return c->read_enabled && !c->eof && !c->connecting && lb_conn_held(c) < c->read_limit;
 }
 
 static void lb_conn_update_read(struct lb_conn *c)
@@ -285,6 +324,14 @@ static void lb_conn_update_read(struct lb_conn *c)
     } else {
         lb_conn_disarm_read(c);
     }
+}
+
+/* Only a side not reading while it wants to may have been held back by
+ * its peer's output: the other needs no look. */
+static void lb_conn_recheck_read(struct lb_conn *c)
+{
+    if (!c->read_armed && c->read_enabled)
+        lb_conn_update_read(c);
 }
 
 static void lb_conn_unlink_pending(struct lb_conn *c)
@@ -340,8 +387,14 @@ static int lb_conn_sendmsg_more(struct lb_conn *c)
 
 /* Write now; arm EPOLLOUT only if the socket took less than everything.
  * May call back into the user (write, event): C may be gone after. */
+static void lb_conn_write_tr(struct lb_conn *c);
+
 static void lb_conn_write(struct lb_conn *c)
 {
+    if (c->tr != NULL) {
+        lb_conn_write_tr(c);
+        return;
+    }
     if (lb_conn_out_len(c) > 0) {
         /* One contiguous block (the common small response): send(), which
          * costs the kernel less than writev() and its iovec import. */
@@ -377,7 +430,67 @@ static void lb_conn_write(struct lb_conn *c)
         lb_conn_disarm_write(c);
     }
     /* Below the low mark the user may add more: streaming never waits for
-     * the socket to drain completely. */
+     * the socket to drain completely. The peer, if this output is what
+     * held its reading back, reads again (not at every byte written: a
+     * read per write wakeup would arm and disarm it each time). */
+    if (lb_conn_out_len(c) <= c->write_low) {
+        if (c->peer != NULL)
+            lb_conn_recheck_read(c->peer);
+        if (c->ops->write != NULL)
+            c->ops->write(c, c->arg);
+    }
+}
+
+/* A transport's records hold 16 KiB at most: the output is handed over in
+ * pieces of that size, small blocks joined (a head and the start of its
+ * body in one record, not two). */
+#define LB_CONN_RECORD 16384
+
+/* lb_conn_write through a transport. Its write is retried with the same
+ * bytes (they stay first in OUT until it has taken them), as TLS needs. */
+static void lb_conn_write_tr(struct lb_conn *c)
+{
+    if (c->tr_want_write) {
+        /* The transport's read waited for this: it goes on in this pass. */
+        c->tr_want_write = 0;
+        if (c->read_armed)
+            event_active(&c->rev, EV_READ, 1);
+    }
+    if (!c->tr_ready) {
+        lb_conn_disarm_write(c);    /* output waits for the handshake */
+        return;
+    }
+    int err = 0;
+    bool progress = false;
+    while (lb_conn_out_len(c) > 0) {
+        size_t len = evbuffer_get_length(c->out);
+        size_t n = len < LB_CONN_RECORD ? len : LB_CONN_RECORD;
+        unsigned char *p = evbuffer_pullup(c->out, (ev_ssize_t)n);
+        if (p == NULL) {
+            err = ENOMEM;
+            break;
+        }
+        ssize_t w = c->tr->write(c, p, n);
+        if (w <= 0) {
+            err = w < 0 ? errno : EPIPE;
+            break;
+        }
+        evbuffer_drain(c->out, (size_t)w);
+        progress = true;
+    }
+    if (err != 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+        lb_conn_disarm_write(c);
+        evbuffer_drain(c->out, evbuffer_get_length(c->out));
+        errno = err;
+        c->ops->event(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+        return;
+    }
+    if (lb_conn_out_len(c) > 0) {
+        if (!c->write_armed || (progress && c->write_timeout_ms))
+            lb_conn_arm_write(c);
+    } else if (!c->tr_want_write) {
+        lb_conn_disarm_write(c);
+    }
     if (c->ops->write != NULL && lb_conn_out_len(c) <= c->write_low)
         c->ops->write(c, c->arg);
 }
@@ -423,31 +536,50 @@ static void lb_conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *i
         lb_conn_arm_read(c);
 }
 
-static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
+/* The read loop, inlined twice: for plain TCP (TLS false: what the
+ * compiler makes of it has no trace of a transport) and for a transport.
+ * C may be gone when it returns. */
+static inline __attribute__((always_inline)) void lb_conn_read_loop(struct lb_conn *c, int fd,
+                                                                    const bool tls)
 {
-    struct lb_conn *c = arg;
-    (void)what;
-    if (lb_conn_tq_linked(c))
-        lb_conn_tq_touch(c);    /* activity restarts the read clock */
+    /* Activity restarts the read clock; a transport's handshake does not:
+     * the first deadline bounds it whole. */
+    if (lb_conn_tq_linked(c) && (!tls || c->tr_ready))
+        lb_conn_tq_touch(c);
     if (c->held_error != 0 || lb_conn_ensure_buffers(c) < 0) {
-        /* An error held back while its wakeup's data went to the user. */
+        /* An error held back while its wakeup's data went to the user
+         * (-1: a transport's end, which it reports only once). */
         int err = c->held_error ? c->held_error : ENOMEM;
         c->eof = 1;
         lb_conn_disarm_read(c);
         errno = err;
-        c->ops->event(c, LB_CONN_ERROR | LB_CONN_READING, c->arg);
+        c->ops->event(c, tls && err == -1 ? LB_CONN_EOF | LB_CONN_READING
+                                          : LB_CONN_ERROR | LB_CONN_READING, c->arg);
         return;
     }
+    if (tls && c->tr_want_read) {
+        c->tr_want_read = 0;    /* a write waited for this wakeup */
+        lb_conn_schedule(c);
+    }
+    bool was_ready = !tls || c->tr_ready;
+    bool drained = false;       /* the transport has read all the socket had */
     /* A connection that streamed last time starts with a big read. */
-    size_t want = c->bulk ? LB_CONN_READ_MORE : LB_CONN_READ_FIRST;
+    size_t want = c->bulk ? lb_conn_read_more(c) : LB_CONN_READ_FIRST;
     c->bulk = 0;
-    for (int i = 0; i < LB_CONN_READS; i++) {
-        size_t len = evbuffer_get_length(c->in);
+    /* What the peer has yet to write counts: it does not change while
+     * reading (the user runs after). */
+    size_t passed = c->peer != NULL ? lb_conn_out_len(c->peer) : 0;
+    /* A transport hands out a record at a time (16 KiB at most): more
+     * rounds for the same amount. */
+    for (int i = 0; i < (tls ? 4 * LB_CONN_READS : LB_CONN_READS); i++) {
+        size_t len = evbuffer_get_length(c->in) + passed;
         if (len >= c->read_limit)
             break;
         size_t room = c->read_limit - len;
         if (room > want)
             room = want;
+        else if (room > LB_CONN_READ_FIRST)
+            room = lb_conn_block_fit(room);
         if (room > LB_CONN_READ_FIRST)
             c->big_block = 1;
         struct evbuffer_iovec v[2];
@@ -461,13 +593,22 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             iov[k].iov_len = v[k].iov_len < left ? v[k].iov_len : left;
             left -= iov[k].iov_len;
         }
-        ssize_t n = (nv == 1 || iov[1].iov_len == 0) ? recv(fd, iov[0].iov_base, iov[0].iov_len, 0)
-                                                     : readv(fd, iov, nv);
+        ssize_t n;
+        if (tls) {
+            nv = 1;                 /* one buffer at a time */
+            room = iov[0].iov_len;
+            n = c->tr->read(c, iov[0].iov_base, iov[0].iov_len);
+        } else {
+            n = (nv == 1 || iov[1].iov_len == 0) ? recv(fd, iov[0].iov_base, iov[0].iov_len, 0)
+                                                 : readv(fd, iov, nv);
+        }
         if (n <= 0) {
             int err = errno;
             evbuffer_commit_space(c->in, v, 0);
-            if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+            if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) {
+                drained = true;
                 break;
+            }
             /* Data read in this wakeup goes to the user first; the end is
              * reported on the next wakeup (EOF: read() says so again; an
              * error is kept for it), so no callback ever runs after one
@@ -475,6 +616,8 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
             if (i > 0) {
                 if (n < 0)
                     c->held_error = err;
+                else if (tls)
+                    c->held_error = -1;     /* a transport says its end once */
                 break;
             }
             c->eof = 1;
@@ -484,18 +627,42 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
                                   : LB_CONN_ERROR | LB_CONN_READING, c->arg);
             return;
         }
-        size_t got = (size_t)n;
+        size_t got = (size_t)n, slack = 0;
         for (int k = 0; k < nv; k++) {
-            v[k].iov_len = got < iov[k].iov_len ? got : iov[k].iov_len;
-            got -= v[k].iov_len;
+            size_t put = got < iov[k].iov_len ? got : iov[k].iov_len;
+            if (put > 0)
+                slack = v[k].iov_len - put;     /* (iov_len: the block's space) */
+            v[k].iov_len = put;
+            got -= put;
         }
+        c->tail_slack = slack < UINT16_MAX ? (uint16_t)slack : UINT16_MAX;
         evbuffer_commit_space(c->in, v, nv);
-        if ((size_t)n < room)
+        if ((size_t)n < room && (!tls || !c->tr->pending(c))) {
+            drained = true;
             break;      /* the socket is empty (most likely) */
-        want = LB_CONN_READ_MORE;
+        }
+        want = lb_conn_read_more(c);
         c->bulk = 1;
     }
-    if (evbuffer_get_length(c->in) >= c->read_limit)
+    if (tls) {
+        if (c->tr_want_write)
+            lb_conn_arm_write(c);       /* the transport's read goes on when writable */
+        if (!was_ready && c->tr_ready) {
+            /* Handshake done: its clock stops, the idle one starts, and
+             * output held back meanwhile may leave. */
+            lb_conn_tq_touch(c);
+            if (lb_conn_out_len(c) > 0)
+                lb_conn_schedule(c);
+        }
+        /* What the socket will not announce: input the transport holds
+         * when this pass stopped short of it, or an end it reported that
+         * waits for the next pass. (Not after the transport waited for
+         * the socket: what it holds then is part of a record, and a
+         * wakeup would find just that again, without end.) */
+        if (c->read_armed && (c->held_error != 0 || (!drained && c->tr->pending(c))))
+            event_active(&c->rev, EV_READ, 1);
+    }
+    if (evbuffer_get_length(c->in) + passed >= c->read_limit)
         lb_conn_disarm_read(c);     /* back-pressure until the user drains */
     if (evbuffer_get_length(c->in) > 0) {
         c->ops->read(c, c->arg);
@@ -505,6 +672,18 @@ static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
          * the list holds only live connections. */
         lb_conn_flush_all(-1, 0, NULL);
     }
+}
+
+static void lb_conn_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    lb_conn_read_loop(arg, fd, false);
+}
+
+static void lb_conn_on_read_tr(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    lb_conn_read_loop(arg, fd, true);
 }
 
 /* The peer's end (EOF) is read, and its reset is what is watched for: a
@@ -707,12 +886,22 @@ void lb_conn_free(struct lb_conn *c)
 {
     if (c == NULL)
         return;
+    if (c->peer != NULL) {
+        struct lb_conn *p = c->peer;
+        c->peer = p->peer = NULL;
+        lb_conn_recheck_read(p);
+    }
     lb_conn_unlink_pending(c);
     lb_conn_disarm_read(c);
     lb_conn_disarm_write(c);
     if (c->wev != NULL)
         event_free(c->wev);
     lb_conn_bufs_release(c);
+    if (c->tr != NULL) {
+        if (!c->tr_shut)
+            c->tr->shutdown(c);
+        c->tr->free(c);
+    }
     /* Held-back output leaves with the FIN of shutdown(); a bare close()
      * with unread input would reset the connection and drop it instead. */
     if (c->corked)
@@ -725,6 +914,27 @@ void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg)
 {
     c->ops = ops;
     c->arg = arg;
+}
+
+void lb_conn_set_transport(struct lb_conn *c, const struct lb_conn_transport *tr, void *ctx)
+{
+    bool armed = c->read_armed;
+    if (armed)
+        event_del(&c->rev);
+    c->tr = tr;
+    c->tr_ctx = ctx;
+    event_assign(&c->rev, lb_loop.base, c->fd, EV_READ | EV_PERSIST, lb_conn_on_read_tr, c);
+    if (armed)
+        event_add(&c->rev, NULL);
+}
+
+void lb_conn_shutdown(struct lb_conn *c)
+{
+    if (c->tr != NULL && !c->tr_shut) {
+        c->tr_shut = 1;
+        c->tr->shutdown(c);
+    }
+    shutdown(c->fd, SHUT_WR);
 }
 
 int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len)
@@ -752,6 +962,10 @@ int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len)
 
 void lb_conn_read_enable(struct lb_conn *c)
 {
+    /* Reading already: nothing to look at (a read finds the limit
+     * reached, if it is, and stops). Called at every request. */
+    if (c->read_enabled && c->read_armed && !c->eof)
+        return;
     c->read_enabled = 1;
     lb_conn_update_read(c);
 }
@@ -783,24 +997,70 @@ void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms
         lb_conn_arm_write(c);
 }
 
-void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n)
+/* Copy N bytes from SRC onto DST's last block (a new one if it has no
+ * room, sized for them). False when out of memory (nothing moved). */
+static bool lb_conn_copy(struct evbuffer *src, struct evbuffer *dst, size_t n)
 {
-    if (n <= LB_CONN_COPY_MAX) {
-        struct evbuffer_iovec v;
-        if (evbuffer_reserve_space(dst, (ev_ssize_t)n, &v, 1) == 1 && v.iov_len >= n) {
-            evbuffer_copyout(src, v.iov_base, n);
-            v.iov_len = n;
-            evbuffer_commit_space(dst, &v, 1);
-            evbuffer_drain(src, n);
-            return;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(dst, (ev_ssize_t)n, &v, 1) != 1 || v.iov_len < n)
+        return false;
+    evbuffer_copyout(src, v.iov_base, n);
+    v.iov_len = n;
+    evbuffer_commit_space(dst, &v, 1);
+    evbuffer_drain(src, n);
+    return true;
+}
+
+void lb_conn_move(struct lb_conn *from, struct lb_conn *to, size_t n)
+{
+    struct evbuffer *src = from->in, *dst = to->out;
+    size_t copy = n;    /* the bytes at the end that are copied */
+    if (n > LB_CONN_COPY_MAX) {
+        /* Whole blocks move. But when the peer is behind (its socket did
+         * not take all of its output: what moves now stays a while), a
+         * last block the last read left less than half full (a 64 KiB read
+         * that found a few KiB) has its bytes copied into a block at most
+         * half its size, and is freed, rather than held at that ratio.
+         * Blocks held for a slow peer are then at least half full; a peer
+         * that keeps up costs no copy. */
+        copy = 0;
+        if (to->write_armed && from->tail_slack > 0 && n == evbuffer_get_length(src)) {
+            struct evbuffer_iovec v[LB_CONN_PEEK];
+            int nv = evbuffer_peek(src, (ev_ssize_t)n, NULL, v, LB_CONN_PEEK);
+            if (nv >= 1 && nv <= LB_CONN_PEEK && v[nv - 1].iov_len < from->tail_slack)
+                copy = v[nv - 1].iov_len;
+            from->tail_slack = 0;
         }
+        if (n > copy)
+            evbuffer_remove_buffer(src, dst, n - copy);
     }
-    evbuffer_remove_buffer(src, dst, n);
+    if (copy > 0 && !lb_conn_copy(src, dst, copy))
+        evbuffer_remove_buffer(src, dst, copy);
 }
 
 void lb_conn_set_last(struct lb_conn *c)
 {
     c->last = 1;
+}
+
+void lb_conn_pair(struct lb_conn *a, struct lb_conn *b)
+{
+    if (a->peer != NULL)
+        lb_conn_unpair(a);
+    if (b->peer != NULL)
+        lb_conn_unpair(b);
+    a->peer = b;
+    b->peer = a;
+}
+
+void lb_conn_unpair(struct lb_conn *c)
+{
+    struct lb_conn *p = c->peer;
+    if (p == NULL)
+        return;
+    c->peer = p->peer = NULL;
+    lb_conn_recheck_read(c);
+    lb_conn_recheck_read(p);
 }
 
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low)

@@ -13,6 +13,11 @@
  *   OPEN: reading while enabled and the input holds < read_limit bytes;
  *         writing whenever the output holds bytes; EOF and errors reported
  *         once through the event callback.
+ *
+ * Paired connections (a client and its backend, lb_conn_pair): what one
+ * reads ends up in the other's output, and read_limit bounds the two
+ * together, the input plus the peer's unwritten output, so a side that does
+ * not read holds read_limit bytes in all, not read_limit in each buffer.
  */
 #ifndef LB_CONN_H
 #define LB_CONN_H
@@ -21,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <event2/event_struct.h>
 
@@ -44,6 +50,29 @@ typedef void (*lb_conn_event_cb)(struct lb_conn *c, short what, void *arg);
 struct lb_conn_bufs;
 struct timeval;
 
+/* A transport under the connection other than plain TCP (TLS: worker/tls.c),
+ * as Redis' ConnectionType: the connection layer keeps its buffers, reads,
+ * back-pressure and timeouts, and calls these for the bytes themselves. A
+ * plain connection has none (tr == NULL) and never looks at it on its read
+ * path (its own read callback) and once per write (one branch). */
+struct lb_conn_transport {
+    /* As recv(): bytes read (> 0), 0 at the peer's orderly end, -1 with
+     * errno (EAGAIN: nothing now; the transport sets want_write when what
+     * it waits for is the socket becoming writable). Before the transport
+     * is ready (a handshake) it works on that and sets ready once done. */
+    ssize_t (*read)(struct lb_conn *c, void *buf, size_t len);
+    /* As send(): bytes taken (> 0) or -1 with errno (EAGAIN: wait for
+     * writable, or for readable when it sets want_read). Only once ready. */
+    ssize_t (*write)(struct lb_conn *c, const void *buf, size_t len);
+    /* Input the transport holds already (read ahead or decrypted), which
+     * epoll will not announce. */
+    bool (*pending)(struct lb_conn *c);
+    /* The end of our sending side (TLS close_notify), best effort, before
+     * shutdown(SHUT_WR) or close(). */
+    void (*shutdown)(struct lb_conn *c);
+    void (*free)(struct lb_conn *c);
+};
+
 /* Whom a connection reports to: one table per kind of connection (client,
  * backend, pooled backend), so a connection holds one pointer, not three. */
 struct lb_conn_ops {
@@ -62,6 +91,9 @@ struct lb_conn {
     struct lb_conn_bufs *bufs;          /* the pair IN and OUT belong to */
     const struct lb_conn_ops *ops;
     void *arg;
+    const struct lb_conn_transport *tr; /* NULL: plain TCP */
+    void *tr_ctx;                       /* the transport's (an SSL *) */
+    struct lb_conn *peer;               /* paired: reads go to its output */
     struct lb_conn *next_pending;       /* in the flush list */
     struct lb_list tq_node;             /* in a read-timeout FIFO: the clock runs */
     uint64_t read_deadline_ms;          /* CLOCK_MONOTONIC_COARSE */
@@ -82,6 +114,12 @@ struct lb_conn {
     uint8_t last : 1;                   /* the output ends the connection */
     uint8_t corked : 1;                 /* sent with MSG_MORE: push before close */
     uint8_t big_block : 1;              /* IN has had a read of more than 4 KiB */
+    uint8_t tr_ready : 1;               /* transport: handshake done */
+    uint8_t tr_want_write : 1;          /* transport: its read waits for writable */
+    uint8_t tr_want_read : 1;           /* transport: its write waits for readable */
+    uint8_t tr_shut : 1;                /* transport: our end is sent */
+    uint16_t tail_slack;                /* free space in IN's last block after
+                                         * the last read */
 };
 
 /* Once per process, before any connection: the loop whose pass ends with
@@ -101,6 +139,12 @@ struct lb_conn *lb_conn_new(int fd);
 void lb_conn_free(struct lb_conn *c);
 
 void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg);
+/* Put transport TR (state CTX, owned from now on: TR->free frees it) under
+ * C, before any read. */
+void lb_conn_set_transport(struct lb_conn *c, const struct lb_conn_transport *tr, void *ctx);
+/* End our sending side once the output has left: the transport's end
+ * (close_notify), then shutdown(SHUT_WR). */
+void lb_conn_shutdown(struct lb_conn *c);
 /* Start a non-blocking connect; the event callback reports CONNECTED or an
  * ERROR (also for an immediate failure). 0, or -1 if not even started. */
 int lb_conn_connect(struct lb_conn *c, const struct sockaddr *sa, socklen_t len);
@@ -114,6 +158,17 @@ void lb_conn_read_disable(struct lb_conn *c);
  * comes; write while output is pending and no byte leaves (and connect). */
 void lb_conn_set_timeouts(struct lb_conn *c, uint64_t read_ms, uint64_t write_ms);
 void lb_conn_set_limits(struct lb_conn *c, uint32_t read_limit, uint32_t write_low);
+/* Pair A and B while what each reads is passed to the other: each reads
+ * only while its input plus the other's output hold less than its
+ * read_limit, and resumes once the other's output is written down to the
+ * other's write_low. lb_conn_free unpairs. */
+void lb_conn_pair(struct lb_conn *a, struct lb_conn *b);
+/* Undo the pairing of C (if any) and its peer; a side that only its peer's
+ * output held back reads again. */
+void lb_conn_unpair(struct lb_conn *c);
+/* Bytes C has read and not yet passed on: its input, plus its peer's
+ * output when paired. Reading stops at read_limit. */
+size_t lb_conn_held(const struct lb_conn *c);
 /* After the peer's EOF: report an ERROR event if the connection is then
  * reset (the peer had closed its socket, not only its sending side, and
  * answers what we send with a reset). Ends with the connection, or when
@@ -127,10 +182,12 @@ void lb_conn_shrink(struct lb_conn *c);
 /* Bring the buffers back before writing to a shrunk connection outside a
  * read (an answer from a timer). 0, or -1 when out of memory. */
 int lb_conn_ensure_buffers(struct lb_conn *c);
-/* Move N bytes from SRC to DST: small amounts are copied onto DST's last
- * block (so a head and a small body leave in one send), large ones move
- * whole chains (no copy). */
-void lb_conn_move(struct evbuffer *src, struct evbuffer *dst, size_t n);
+/* Move N bytes from FROM's input to TO's output: small amounts are copied
+ * onto the output's last block (so a head and a small body leave in one
+ * send), large ones move whole blocks (no copy); while TO's socket is full,
+ * a last block the last read left less than half full has its bytes copied
+ * instead (held a while, it would waste that much). */
+void lb_conn_move(struct lb_conn *from, struct lb_conn *to, size_t n);
 /* Bytes in the input / output (0 while shrunk). */
 size_t lb_conn_in_len(const struct lb_conn *c);
 size_t lb_conn_out_len(const struct lb_conn *c);

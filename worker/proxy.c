@@ -24,6 +24,7 @@
 #include "worker/ratelimit.h"
 #include "worker/retry.h"
 #include "worker/route.h"
+#include "worker/tls.h"
 #include "worker/upstream.h"
 
 enum lb_session_state {
@@ -61,6 +62,8 @@ struct lb_exchange {
     uint64_t tried;                     /* servers tried: bit (index % 64) */
     uint8_t retries;                    /* retries made (a stale connection's resend is none) */
     bool retry_waiting;                 /* the held retry waits out its backoff */
+    uint64_t interim_out;               /* queued to the client before the final
+                                         * head: 1xx heads, a probe */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
     struct lb_rl_pending *rl_pending;   /* asking redis (a fleet limit) */
@@ -87,6 +90,7 @@ struct lb_session {
     uint64_t rl_ip_key;                 /* rate limits: the peer's key, once hashed (0: not yet) */
     uint8_t state;
     uint8_t req_minor;
+    uint16_t listener;                  /* index in cfg->listeners */
     /* Bits: the session is what every idle client costs. */
     bool keepalive : 1;                 /* client may keep the connection */
     bool client_eof : 1;
@@ -106,7 +110,15 @@ struct lb_session {
     bool peer_trusted : 1;              /* client is in trusted_proxies */
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
     bool rl_passed : 1;                 /* held by a leaky bucket: not judged again */
+    bool tls : 1;                       /* accepted on a TLS listener */
+    bool hsts : 1;                      /* ... with hsts: answers carry it */
+    bool redirect : 1;                  /* accepted on a redirect_https listener */
 };
+
+static const struct lb_listener_cfg *lb_session_listener(const struct lb_session *s)
+{
+    return &s->w->cfg->listeners[s->listener];
+}
 
 static void lb_session_close(struct lb_session *s);
 static void lb_session_try_head(struct lb_session *s);
@@ -124,6 +136,7 @@ static unsigned lb_status_class(int status)
 static const char *lb_reason(int status)
 {
     switch (status) {
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 408: return "Request Timeout";
@@ -167,7 +180,8 @@ static void lb_session_log(struct lb_session *s)
      * is none). */
     e->attempts = s->server == NULL ? 0 : 1u + (s->x != NULL ? s->x->retries : 0);
     lb_accesslog_write(e, s->client_ip, s->server ? s->server->cfg->address : NULL,
-                       e->request_id, lb_wall_us());
+                       e->request_id, s->tls ? lb_tls_version(s->client) : NULL,
+                       s->tls ? lb_tls_cipher(s->client) : NULL, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
     e->limited[0] = '\0';
@@ -403,6 +417,7 @@ static void lb_session_release_up(struct lb_session *s, bool reusable)
     atomic_fetch_sub_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     if (reusable)
         s->up->requests++;
+    lb_conn_unpair(s->client);
     lb_upconn_release(s->up, reusable);
     s->up = NULL;
 }
@@ -445,7 +460,7 @@ static void lb_session_shut(struct lb_session *s)
     if (s->shut)
         return;
     s->shut = true;
-    shutdown(s->client->fd, SHUT_WR);
+    lb_conn_shutdown(s->client);        /* (TLS: close_notify first) */
     lb_session_timer_arm(s, LB_LINGER_MS);
 }
 
@@ -530,7 +545,8 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     /* Keep the connection only when the request was consumed whole and the
      * error is the backend's, not the request's. */
     bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof &&
-                (limited || status == 404 || (status >= 500 && status != 501 && status != 505));
+                (limited || status == 404 || status == 308 ||
+                 (status >= 500 && status != 501 && status != 505));
     lb_session_release_up(s, false);
     if (lb_conn_ensure_buffers(s->client) < 0) {
         lb_session_close(s);    /* out of memory: no answer possible */
@@ -545,12 +561,22 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
                      (char)('0' + status % 10) };
     size_t blen = sizeof(code) + 1 + rlen + 1;         /* "429 Too Many Requests\n" */
     char clen[2] = { (char)('0' + blen / 10 % 10), (char)('0' + blen % 10) };  /* < 100 */
-    char buf[256 + LB_RL_FIELDS_MAX];
+    const struct lb_tls_cfg *hsts = s->hsts ? lb_session_listener(s)->tls : NULL;
+    struct evbuffer *out = s->client->out;
+    size_t before = evbuffer_get_length(out);
+    /* Reserved whole and committed once (as a forwarded head is): 128
+     * bytes cover the status lines and fixed fields. */
+    size_t need = 128 + 2 * rlen + extra_len + (hsts ? sizeof("Strict-Transport-Security: \r\n") +
+                                                      hsts->hsts_len : 0);
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1 || v.iov_len < need) {
+        lb_session_close(s);    /* out of memory: no answer possible */
+        return;
+    }
+    char *buf = v.iov_base;
     size_t n = 0;
 #define LB_ANSWER_PUT(p, len) do { memcpy(buf + n, (p), (len)); n += (len); } while (0)
 #define LB_ANSWER_STR(lit) LB_ANSWER_PUT(lit, sizeof(lit) - 1)
-    if (extra_len > LB_RL_FIELDS_MAX)
-        extra_len = 0;
     LB_ANSWER_STR("HTTP/1.1 ");
     LB_ANSWER_PUT(code, sizeof(code));
     LB_ANSWER_STR(" ");
@@ -560,6 +586,11 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     LB_ANSWER_STR("\r\n");
     if (extra_len > 0)
         LB_ANSWER_PUT(extra, extra_len);
+    if (hsts) {
+        LB_ANSWER_STR("Strict-Transport-Security: ");
+        LB_ANSWER_PUT(hsts->hsts, hsts->hsts_len);
+        LB_ANSWER_STR("\r\n");
+    }
     if (!keep)
         LB_ANSWER_STR("Connection: close\r\n");
     LB_ANSWER_STR("\r\n");
@@ -569,9 +600,8 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     LB_ANSWER_STR("\n");
 #undef LB_ANSWER_STR
 #undef LB_ANSWER_PUT
-    struct evbuffer *out = s->client->out;
-    size_t before = evbuffer_get_length(out);
-    evbuffer_add(out, buf, n);
+    v.iov_len = n;
+    evbuffer_commit_space(out, &v, 1);
     if (s->acc != NULL && s->acc->start_us == 0) {
         /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
         snprintf(s->acc->request, sizeof(s->acc->request), "-");
@@ -756,8 +786,10 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     lb_head_str(out, "\r\nX-Forwarded-Proto: ");
     if (trusted && lb_has_kind(m, 17))
         lb_add_joined(out, m, 17, false);
+    else if (s->tls)
+        lb_head_put(out, "https", 5);
     else
-        lb_head_str(out, "http");
+        lb_head_put(out, "http", 4);
     if (lb_has_kind(m, 9)) {
         lb_head_str(out, "\r\nForwarded: ");
         if (trusted)
@@ -765,7 +797,8 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
         bool v6 = strchr(s->client_ip, ':') != NULL;
         lb_head_str(out, v6 ? "for=\"[" : "for=");
         lb_head_str(out, s->client_ip);
-        lb_head_str(out, v6 ? "]\";proto=http" : ";proto=http");
+        lb_head_str(out, v6 ? "]\"" : "");
+        lb_head_str(out, s->tls ? ";proto=https" : ";proto=http");
     }
     lb_head_str(out, "\r\nVia: 1.1 lbd\r\n");
     char generated[32];
@@ -910,7 +943,7 @@ static void lb_forward_request_body(struct lb_session *s)
         }
         if (s->x->replay != NULL)
             lb_session_keep_body(s, in, n);
-        lb_conn_move(in, out, n);
+        lb_conn_move(s->client, s->up->conn, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
         s->x->body_progress += n;
@@ -929,16 +962,23 @@ static void lb_forward_request_body(struct lb_session *s)
 
 /* ---- response: backend -> client --------------------------------------- */
 
-static size_t lb_write_response_head(struct lb_session *s, const char *raw,
-                                     const struct lb_http_msg *m, struct evbuffer *buf)
+#define LB_HSTS "Strict-Transport-Security: "
+
+/* Inlined twice: HSTS (known at compile time) off, as on every plain
+ * listener, costs nothing. With it our header replaces the backend's. */
+static inline __attribute__((always_inline)) size_t
+lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_http_msg *m,
+                         struct evbuffer *buf, const bool hsts)
 {
     struct lb_head_out o;
     char fields[LB_RL_FIELDS_MAX];
     size_t nfields = 0;
     if (s->x->rl.n > 0)     /* limits with headers = true */
         nfields = lb_ratelimit_fields(s->w->rl, &s->x->rl, 0, fields, sizeof(fields));
-    if (!lb_head_begin(&o, buf, lb_head_bound(m, sizeof("Connection: keep-alive\r\n\r\n") +
-                                                     nfields)))
+    const struct lb_tls_cfg *t = hsts ? lb_session_listener(s)->tls : NULL;
+    size_t extra = sizeof("Connection: keep-alive\r\n\r\n") + nfields +
+                   (hsts ? sizeof(LB_HSTS "\r\n") + t->hsts_len : 0);
+    if (!lb_head_begin(&o, buf, lb_head_bound(m, extra)))
         return 0;
     const char *eol = memchr(raw, '\r', m->head_len);
     lb_head_put(&o, raw, (size_t)(eol - raw) + 2);       /* status line as is */
@@ -946,10 +986,18 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
         const struct lb_http_header *h = &m->headers[i];
         if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_DUPLICATE))
             continue;
+        if (hsts && h->name_len == sizeof(LB_HSTS) - 3 &&
+            lb_str_ieq(h->name, h->name_len, "strict-transport-security"))
+            continue;
         lb_add_header(&o, h);
     }
     if (nfields > 0)
         lb_head_put(&o, fields, nfields);
+    if (hsts) {
+        lb_head_put(&o, LB_HSTS, sizeof(LB_HSTS) - 1);
+        lb_head_put(&o, t->hsts, t->hsts_len);
+        lb_head_put(&o, "\r\n", 2);
+    }
     if (!s->keepalive)
         lb_head_str(&o, "Connection: close\r\n\r\n");
     else if (s->req_minor == 0)
@@ -957,6 +1005,13 @@ static size_t lb_write_response_head(struct lb_session *s, const char *raw,
     else
         lb_head_put(&o, "\r\n", 2);
     return lb_head_commit(&o);
+}
+
+static size_t lb_write_response_head(struct lb_session *s, const char *raw,
+                                     const struct lb_http_msg *m, struct evbuffer *buf)
+{
+    return s->hsts ? lb_write_response_head_t(s, raw, m, buf, true)
+                   : lb_write_response_head_t(s, raw, m, buf, false);
 }
 
 /* The exchange is over on both sides: pool the backend connection if it
@@ -1027,7 +1082,7 @@ static void lb_relay_response_body(struct lb_session *s)
         break;
     }
     if (n > 0) {
-        lb_conn_move(in, out, n);
+        lb_conn_move(s->up->conn, s->client, n);
         lb_counter_add(&s->server->stats->bytes_in, n);
         lb_session_sent(s, n);
     }
@@ -1071,14 +1126,14 @@ static void lb_tunnel_pump(struct lb_session *s)
 
     size_t n = evbuffer_get_length(cin);
     if (n > 0 && evbuffer_get_length(uout) < limit) {
-        evbuffer_remove_buffer(cin, uout, n);
+        lb_conn_move(s->client, s->up->conn, n);
         lb_counter_add(&s->w->slot_stats->bytes_in, n);
         lb_counter_add(&s->server->stats->bytes_out, n);
         moved += n;
     }
     n = evbuffer_get_length(uin);
     if (n > 0 && evbuffer_get_length(cout) < limit) {
-        evbuffer_remove_buffer(uin, cout, n);
+        lb_conn_move(s->up->conn, s->client, n);
         lb_counter_add(&s->server->stats->bytes_in, n);
         lb_session_sent(s, n);
         moved += n;
@@ -1088,7 +1143,7 @@ static void lb_tunnel_pump(struct lb_session *s)
     if (s->client_eof && !s->shut && evbuffer_get_length(cin) == 0 &&
         evbuffer_get_length(uout) == 0) {
         s->shut = true;     /* here: our FIN towards the backend is sent */
-        shutdown(s->up->conn->fd, SHUT_WR);
+        lb_conn_shutdown(s->up->conn);
     }
     if (s->up_eof && evbuffer_get_length(uin) == 0) {
         s->shut = false;
@@ -1368,7 +1423,9 @@ static bool lb_handle_response_head(struct lb_session *s)
             }
             evbuffer_drain(in, head_len);
             lb_counter_add(&s->server->stats->bytes_in, head_len);
-            lb_session_sent(s, evbuffer_get_length(out) - before);
+            size_t queued = evbuffer_get_length(out) - before;
+            lb_session_sent(s, queued);
+            s->x->interim_out += queued;
             if (evbuffer_get_length(out) >= w->buffer_limit) {
                 /* A client not reading a stream of them: held back like a
                  * body, resumed by lb_client_write (backend_response runs
@@ -1566,6 +1623,9 @@ static int lb_session_connect(struct lb_session *s, bool pooled)
         return -1;
     s->up = up;
     s->up_reused = reused;
+    /* limits.buffer bounds each direction as a whole: what one side sent
+     * and the other has not taken yet, read and unwritten together. */
+    lb_conn_pair(s->client, up->conn);
     lb_counter_add(&s->server->stats->active, 1);
     atomic_fetch_add_explicit(&s->server->shared->inflight, 1, memory_order_relaxed);
     lb_counter_add(&s->server->stats->requests, 1);
@@ -1752,6 +1812,47 @@ static bool lb_session_keeps_body(const struct lb_session *s, const struct lb_po
            (s->x->req_body != LB_BODY_LENGTH || s->x->req_left <= rc->buffer);
 }
 
+/* ACME's HTTP-01 challenges must reach their answer over plain HTTP. */
+static bool lb_acme_challenge(const char *path, size_t len)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    return len >= sizeof(prefix) - 1 && memcmp(path, prefix, sizeof(prefix) - 1) == 0;
+}
+
+/* redirect_https: 308 to the same host (its port dropped) and target over
+ * https, on the configured port. */
+static void lb_session_redirect(struct lb_session *s, const char *host, size_t hlen,
+                                const char *path, size_t plen)
+{
+    size_t n = hlen;
+    if (n > 0 && host[0] == '[') {
+        const char *end = memchr(host, ']', n);     /* an IPv6 literal, whole */
+        n = end ? (size_t)(end - host) + 1 : n;
+    } else {
+        const char *colon = host ? memchr(host, ':', n) : NULL;
+        n = colon ? (size_t)(colon - host) : n;
+    }
+    if (n == 0) {
+        lb_session_error(s, 400);   /* no host (HTTP/1.0 without Host): nowhere to send it */
+        return;
+    }
+    unsigned port = lb_session_listener(s)->redirect_https;
+    size_t cap = n + plen + 48;
+    char *loc = malloc(cap);
+    if (loc == NULL) {
+        lb_session_error(s, 500);
+        return;
+    }
+    char pbuf[8] = "";
+    if (port != 443)
+        snprintf(pbuf, sizeof(pbuf), ":%u", port);
+    /* Host and target passed the parser: no CR, LF or controls. */
+    int len = snprintf(loc, cap, "Location: https://%.*s%s%.*s\r\n", (int)n, host, pbuf,
+                       (int)plen, plen ? path : "/");
+    lb_session_answer(s, 308, loc, (size_t)len, false);
+    free(loc);
+}
+
 static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m)
 {
     struct lb_worker *w = s->w;
@@ -1778,6 +1879,10 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         memcpy(slash_query + 1, path, n);
         path = slash_query;
         plen = n + 1;
+    }
+    if (s->redirect && !lb_acme_challenge(path, plen)) {
+        lb_session_redirect(s, hval, hlen, path, plen);
+        return;
     }
     const struct lb_route_cfg *r = lb_route_match(w->cfg, hval, hlen, path, plen);
     if (r == NULL) {
@@ -1877,6 +1982,15 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
     if (s->state == LB_S_PROXY && s->req_done && !s->resp_head_done && s->up != NULL) {
         /* backend_response, waiting for the response head (see
          * lb_session_up_timeouts): whatever interim heads came, none final. */
+        if (lb_conn_held(s->up->conn) >= s->w->buffer_limit &&
+            lb_conn_out_len(s->client) > s->x->interim_out) {
+            /* Not read for want of room, taken by an earlier (pipelined)
+             * answer the client has yet to read (its bytes leave first, so
+             * some are left while the output holds more than this exchange
+             * queued): the client's slowness, send's to judge. */
+            lb_session_timer_arm(s, s->server->pool->cfg->timeouts.backend_response_ms);
+            return;
+        }
         lb_count_timeout(s, LB_TO_BACKEND_RESPONSE);
         lb_log_warn("backend %s timed out waiting for the response", s->server->cfg->address);
         lb_session_backend_failed(s);
@@ -1889,8 +2003,7 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_count_timeout(s, LB_TO_CLIENT_HEADER);
     } else {
         /* Our own back-pressure is not the client's slowness. */
-        if (s->up != NULL &&
-            evbuffer_get_length(s->up->conn->out) >= s->w->buffer_limit) {
+        if (s->up != NULL && lb_conn_held(s->client) >= s->w->buffer_limit) {
             lb_session_timer_arm(s, s->server->pool->cfg->timeouts.client_body_ms);
             return;
         }
@@ -2069,6 +2182,8 @@ static void lb_session_probe_client(struct lb_session *s)
         return;
     evbuffer_add(s->client->out, probe, sizeof(probe) - 1);
     lb_session_sent(s, sizeof(probe) - 1);
+    if (s->x != NULL)
+        s->x->interim_out += sizeof(probe) - 1;
     lb_conn_watch_reset(s->client);
 }
 
@@ -2148,10 +2263,12 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
     lb_session_close(s);
 }
 
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, size_t listener)
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
+                     const struct lb_listener_cfg *l)
 {
     uint32_t token = 0;
-    if (w->rl != NULL && !lb_ratelimit_conn_open(w->rl, listener, peer, &token)) {
+    if (w->rl != NULL &&
+        !lb_ratelimit_conn_open(w->rl, (size_t)(l - w->cfg->listeners), peer, &token)) {
         close(fd);      /* max_connections_per_ip: counted and logged */
         return;
     }
@@ -2168,6 +2285,17 @@ void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, s
         return;
     }
     s->conn_token = token;
+    if (l->tls != NULL) {
+        if (lb_tls_accept(s->client, l->tls) < 0) {
+            lb_conn_free(s->client);
+            free(s);
+            return;
+        }
+        s->tls = true;
+        s->hsts = l->tls->hsts != NULL;
+    }
+    s->redirect = l->redirect_https != 0;
+    s->listener = (uint16_t)(l - w->cfg->listeners);
     s->w = w;       /* TCP_NODELAY: inherited from the listener */
     lb_addr_format_host(peer, s->client_ip, sizeof(s->client_ip));
     s->peer_trusted = w->cfg->ntrusted_proxies > 0 &&

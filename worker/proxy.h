@@ -21,8 +21,10 @@
  *
  * In PROXY the request and the response advance independently: the request
  * body streams to the backend while the response may already stream back.
- * Each direction moves whole evbuffer chains and stops reading its source
- * once the destination holds buffer_limit bytes, resuming when it drains.
+ * Each direction moves whole evbuffer chains (lb_conn_move) and stops
+ * reading its source once the source's input and the destination's output
+ * hold buffer_limit bytes together (the two connections are paired:
+ * lb_conn_pair), resuming when the output drains to half of it.
  */
 #ifndef LB_PROXY_H
 #define LB_PROXY_H
@@ -31,9 +33,10 @@
 
 #include "worker/worker.h"
 
-/* Take ownership of FD, accepted from PEER on cfg->listeners[LISTENER],
- * and start serving it (or close it: max_connections_per_ip). */
-void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer, size_t listener);
+/* Take ownership of FD, accepted from PEER on listener L, and start serving
+ * it (or close it: max_connections_per_ip). */
+void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
+                     const struct lb_listener_cfg *l);
 /* Graceful stop: close idle client connections, let busy ones finish their
  * current exchange and close. */
 void lb_proxy_drain(struct lb_worker *w);

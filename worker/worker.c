@@ -18,6 +18,7 @@
 #include "worker/conn.h"
 #include "worker/proxy.h"
 #include "worker/ratelimit.h"
+#include "worker/tls.h"
 #include "worker/upstream.h"
 
 /* After a failed accept(), as nginx: the fds a closing connection gives
@@ -72,13 +73,11 @@ static void lb_worker_resume(struct lb_worker *w)
 static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
                              struct sockaddr *sa, int socklen, void *arg)
 {
+    (void)l;
     (void)socklen;
-    struct lb_worker *w = arg;
-    size_t i = 0;
-    /* Which listener: max_connections_per_ip is set per listener. */
-    while (w->rl != NULL && i + 1 < w->nlisteners && w->listeners[i] != l)
-        i++;
-    lb_proxy_accept(w, fd, sa, i);
+    const struct lb_worker_listener *lw = arg;
+    struct lb_worker *w = lw->w;
+    lb_proxy_accept(w, fd, sa, lw->cfg);
     /* The new client's fd and the backend connection it may need come
      * first: an idle backend connection goes if it must. */
     if (w->nsessions + w->nupconns > w->fd_avail)
@@ -93,7 +92,7 @@ static void lb_worker_accept_error(struct evconnlistener *l, void *arg)
     (void)l;
     /* EMFILE, ENFILE, ENOBUFS, ENOMEM (libevent retries EAGAIN, EINTR and
      * ECONNABORTED itself): the connection stays queued in the kernel. */
-    lb_worker_pause(arg, LB_PAUSE_FD, EVUTIL_SOCKET_ERROR());
+    lb_worker_pause(((struct lb_worker_listener *)arg)->w, LB_PAUSE_FD, EVUTIL_SOCKET_ERROR());
 }
 
 static void lb_worker_accept_retry(evutil_socket_t fd, short what, void *arg)
@@ -301,12 +300,15 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
                      strerror(errno));
 
+    lb_tls_worker_init(cfg, shm, w->slot_stats);
     w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
-    if (w->listeners == NULL)
+    w->lctx = calloc(cfg->nlisteners, sizeof(*w->lctx));
+    if (w->listeners == NULL || w->lctx == NULL)
         goto out;
     w->nlisteners = cfg->nlisteners;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, w,
+        w->lctx[i] = (struct lb_worker_listener){ w, &cfg->listeners[i] };
+        w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, &w->lctx[i],
                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
                                              0 /* listening already, with its backlog */,
                                              listen_fds[i]);
@@ -350,6 +352,7 @@ out:
     lb_accesslog_close();
     lb_worker_close_listeners(w);
     free(w->listeners);
+    free(w->lctx);
     lb_upstream_destroy(w);
     lb_ratelimit_free(w->rl);
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)

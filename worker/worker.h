@@ -52,6 +52,12 @@ struct lb_pool_rt {
     struct lb_shm_pool *shm;                /* shared pool state (breakers) */
 };
 
+/* What a listener's accepted connections need to know of it. */
+struct lb_worker_listener {
+    struct lb_worker *w;
+    const struct lb_listener_cfg *cfg;
+};
+
 struct lb_worker {
     struct event_base *base;
     const struct lb_config *cfg;
@@ -64,6 +70,7 @@ struct lb_worker {
     uint64_t drain_idle_ms;     /* set when draining: lb_worker_drain_idle_ms */
 
     struct evconnlistener **listeners;
+    struct lb_worker_listener *lctx;        /* each listener's accept callback argument */
     size_t nlisteners;
     /* The fd budget (shared/fdbudget.h), fixed at start. Invariant kept by
      * closing idle backend connections (lb_upstream_make_room):

@@ -220,6 +220,8 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
     } else if (KEY_IS("hdrsize")) {
         if (parse_u64(v, vn, REQ_NUM_MAX, &req->hdrsize) < 0)
             return -1;
+    } else if (KEY_IS("sts")) {
+        return parse_flag(v, vn, &req->sts);
     } else if (KEY_IS("retry_after")) {
         if (parse_u64(v, vn, 86400, &req->retry_after) < 0)
             return -1;

@@ -43,6 +43,7 @@ struct request {
     uint64_t trickle_ms;    /* trickle=MS: the response head, a byte per MS ms */
     bool endless;           /* endless=1: header lines without end */
     uint64_t hdrsize;       /* hdrsize=N: one header line with an N-byte value */
+    bool sts;               /* sts=1: a Strict-Transport-Security header of its own */
     bool has_retry_after;   /* retry_after=S: a Retry-After: S header */
     uint64_t retry_after;
     /* GET /control?...: the query (status=, reset=, delay=, retry_after=) applies to

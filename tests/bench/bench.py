@@ -22,10 +22,13 @@ threads) and the backends: the ratio still compares like with like.
 keep-alive request (valgrind's callgrind): exact and repeatable where time
 on a shared 2-core VM is not, so a change to the data path can be judged on
 its own. --breaker gives lbd's pool a circuit breaker, --retries a retry
-policy (no failures happen: what they cost a healthy pool). --ratelimit adds
-a per-client-address rate limit too high ever to refuse (what every request
-pays for a limit it passes); --ratelimit refuse one that refuses nearly
-every request (1r/s: what a refusal costs).
+policy (no failures happen: what they cost a healthy pool); --tls counts them
+over TLS 1.3. --ratelimit adds a per-client-address rate limit too high ever
+to refuse (what every request pays for a limit it passes); --ratelimit refuse
+one that refuses nearly every request (1r/s: what a refusal costs).
+
+The TLS scenarios (ka64-tls, newconn-tls) give the three proxies the same
+certificate (ECDSA P-256, made at start) and TLS 1.2 ciphers.
 """
 import argparse
 import os
@@ -56,7 +59,18 @@ SCENARIOS = [
     ("ka64-w2", 64, [], "/", 2, "keep-alive, 64 connections, 2 workers", "fixed"),
     ("newconn-w2", 64, ["-H", "Connection: close"], "/", 2, "new connection per request, 2 workers",
      "fixed"),
+    ("ka64-tls", 64, [], "/", 1, "keep-alive over TLS 1.3, 64 connections", "fixed"),
+    ("newconn-tls", 64, ["-H", "Connection: close"], "/", 1,
+     "new TLS connection per request (full handshake, ECDSA P-256)", "fixed"),
 ]
+# Scenarios over TLS: the proxies listen with the same certificate (ECDSA
+# P-256, made at start), the same TLS 1.2 ciphers (Mozilla intermediate) and
+# TLS 1.3; wrk speaks TLS 1.3 and resumes no session.
+TLS_SCENARIOS = {"ka64-tls", "newconn-tls"}
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+               "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305")
 # lbd.conf.in's @KEEPALIVE@ for each kind of pool.
 LBD_POOLS = {"fixed": " keepalive = 256;", "default": ""}
 # lbd.conf.in's @RATELIMIT@: nothing, or a per-IP limit that never refuses
@@ -81,7 +95,7 @@ POOL_EXTRA = ""
 
 
 def fill(template, path, values):
-    values = dict(values, POOL_EXTRA=POOL_EXTRA)
+    values = dict(tls_values(False, ""), **dict(values, POOL_EXTRA=POOL_EXTRA))
     with open(os.path.join(HERE, template)) as f:
         text = f.read()
     for k, v in values.items():
@@ -152,26 +166,58 @@ def mem_kb(pids, field):
     return total
 
 
+def make_cert(workdir):
+    """An ECDSA P-256 certificate for the TLS scenarios: bench.pem and
+    bench.key, and both in bench-full.pem (HAProxy's crt)."""
+    pem, key = os.path.join(workdir, "bench.pem"), os.path.join(workdir, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", pem, "-days", "2",
+                    "-subj", "/CN=bench.test", "-addext", "subjectAltName=DNS:bench.test"],
+                   check=True, capture_output=True)
+    with open(os.path.join(workdir, "bench-full.pem"), "w") as f:
+        f.write(open(pem).read() + open(key).read())
+
+
+def tls_values(tls, workdir):
+    """The templates' TLS placeholders: empty for plain HTTP."""
+    if not tls:
+        return {"LBD_TLS": "", "HAPROXY_TLS": "", "PROTO": "http", "NGINX_SSL": "",
+                "NGINX_TLS": ""}
+    return {
+        "LBD_TLS": ' tls = { certificates = ( { cert = "%s/bench.pem"; key = "%s/bench.key"; } );'
+                   ' ciphers = "%s"; };' % (workdir, workdir, TLS_CIPHERS),
+        "HAPROXY_TLS": " ssl crt %s/bench-full.pem ciphers %s ssl-min-ver TLSv1.2"
+                       % (workdir, TLS_CIPHERS),
+        "PROTO": "https",
+        "NGINX_SSL": "ssl ",
+        "NGINX_TLS": "ssl_certificate %s/bench.pem; ssl_certificate_key %s/bench.key; "
+                     "ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers %s; ssl_session_tickets on;"
+                     % (workdir, workdir, TLS_CIPHERS),
+    }
+
+
 class Proxy:
-    def __init__(self, name, workdir, backends, workers, pool="fixed"):
-        self.name, self.dir, self.workers = name, workdir, workers
+    def __init__(self, name, workdir, backends, workers, pool="fixed", tls=False):
+        self.name, self.dir, self.workers, self.tls = name, workdir, workers, tls
         self.port = free_port()
         listen = "127.0.0.1:%d" % self.port
         values = {"WORKERS": workers, "DIR": workdir, "LISTEN": listen,
                   "B1": backends[0], "B2": backends[1], "B3": backends[2],
                   "KEEPALIVE": LBD_POOLS[pool], "RATELIMIT": ""}
+        values.update(tls_values(tls, workdir))
         cpus = "0" if workers == 1 else "0,1"
         tag = "%d" % workers if pool == "fixed" else "%d-%s" % (workers, pool)
+        tag += "-tls" if tls else ""
         if name == "lbd":
             conf = os.path.join(workdir, "lbd-%s.conf" % tag)
             fill("lbd.conf.in", conf, values)
             cmd = [LBD, "-c", conf]
         elif name == "haproxy":
-            conf = os.path.join(workdir, "haproxy-%d.cfg" % workers)
+            conf = os.path.join(workdir, "haproxy-%s.cfg" % tag)
             fill("haproxy.cfg.in", conf, values)
             cmd = ["haproxy", "-db", "-f", conf]
         else:
-            conf = os.path.join(workdir, "nginx-proxy-%d.conf" % workers)
+            conf = os.path.join(workdir, "nginx-proxy-%s.conf" % tag)
             fill("nginx-proxy.conf.in", conf, values)
             cmd = ["nginx", "-c", conf, "-g", "daemon off;"]
         self.log = open(os.path.join(workdir, "%s-%s.log" % (name, tag)), "w")
@@ -230,7 +276,8 @@ def cpu_list(spec):
 
 
 def run_wrk(proxy, conns, extra, path, duration, client_cpus, backend_pids):
-    url = "http://127.0.0.1:%d%s" % (proxy.port, path)
+    url = "%s://127.0.0.1:%d%s" % ("https" if getattr(proxy, "tls", False) else "http",
+                                   proxy.port, path)
     pids = proxy.pids()
     before, busy0, back0 = cpu_ns(pids), cpu_busy(), cpu_ns(backend_pids)
     # One wrk thread per CPU the client may use: a single thread would make
@@ -344,9 +391,72 @@ def instructions(work, backends, duration, pool, ratelimit=None):
     return total / max(reqs, 1), reqs
 
 
+def instructions_tls(work, backends, duration, pool):
+    """The same over TLS 1.3 (the ka64-tls certificate and ciphers), with 8
+    connections: under valgrind a handshake takes long, so one wrk run
+    opens them during a warm-up and goes on, and the instructions are
+    counted in the middle of it, the requests from lbd -s (the window holds
+    no handshake: checked)."""
+    if not os.path.exists(os.path.join(work, "bench.pem")):
+        make_cert(work)
+    port = free_port()
+    conf = os.path.join(work, "lbd-callgrind-tls.conf")
+    values = {"WORKERS": 1, "DIR": work, "LISTEN": "127.0.0.1:%d" % port,
+              "B1": backends[0], "B2": backends[1], "B3": backends[2],
+              "KEEPALIVE": LBD_POOLS[pool], "RATELIMIT": ""}
+    values.update(tls_values(True, work))
+    fill("lbd.conf.in", conf, values)
+    out = os.path.join(work, "callgrind-tls.out")
+    log = open(os.path.join(work, "lbd-callgrind-tls.log"), "w")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes",
+                             "--instr-atstart=no", "--callgrind-out-file=" + out + ".%p",
+                             LBD, "-c", conf], stdout=log, stderr=subprocess.STDOUT)
+    warmup = 10
+
+    def snap():
+        text = subprocess.run([LBD, "-s", "-c", conf], capture_output=True, text=True,
+                              timeout=30).stdout
+        t = re.search(r'"totals":\{"connections":\d+,"requests":(\d+)', text)
+        hs = re.search(r'"totals":.*?"tls_handshakes":\{"full":(\d+),"resumed":(\d+)', text)
+        return int(t.group(1)), int(hs.group(1)) + int(hs.group(2))
+    wrk = None
+    try:
+        wait_port(port, deadline=60)
+        wrk = subprocess.Popen(["wrk", "-t1", "-c8", "-d%ds" % (warmup + duration + 10),
+                                "--timeout", "30s", "https://127.0.0.1:%d/" % port],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(warmup)
+        children = tree(proc.pid)[1:]
+        worker = max(children, key=lambda p: cpu_ns([p]))
+        r0, h0 = snap()
+        subprocess.run(["callgrind_control", "-i", "on", str(worker)], capture_output=True,
+                       check=True)
+        time.sleep(duration)
+        subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, check=True)
+        r1, h1 = snap()
+        total = 0
+        mine = re.compile(r"callgrind-tls\.out\.%d(\.\d+)?$" % worker)
+        for f in [f for f in os.listdir(work) if mine.match(f)]:
+            with open(os.path.join(work, f)) as fh:
+                m = re.search(r"^(?:summary|totals): (\d+)", fh.read(), re.M)
+                total = max(total, int(m.group(1)) if m else 0)
+    finally:
+        if wrk is not None:
+            wrk.kill()
+            wrk.wait()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    if h1 != h0:
+        print("bench: %d handshakes during the count: the figure includes them" % (h1 - h0))
+    return total / max(r1 - r0, 1), r1 - r0
+
+
 def has_bound(sc, ncpu):
-    """Whether the no-proxy run bounds this scenario (see Direct)."""
-    return sc[4] == 1 and ncpu > 1 and "Connection: close" not in sc[2]
+    """Whether the no-proxy run bounds this scenario (see Direct; the
+    backends speak no TLS)."""
+    return sc[4] == 1 and ncpu > 1 and "Connection: close" not in sc[2] and \
+        sc[0] not in TLS_SCENARIOS
 
 
 def main():
@@ -359,6 +469,8 @@ def main():
     ap.add_argument("--markdown", default="", help="also write the table to this file")
     ap.add_argument("--instructions", action="store_true",
                     help="only count lbd's instructions per keep-alive request (callgrind)")
+    ap.add_argument("--tls", action="store_true",
+                    help="with --instructions: over TLS 1.3 (8 connections)")
     ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
                     help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
                          "default) or default (no keepalive key)")
@@ -405,13 +517,22 @@ def main():
         for b in backends:
             wait_port(int(b.split(":")[1]))
         if args.instructions:
-            per, reqs = instructions(work, backends, args.duration, args.pool, args.ratelimit)
-            print("lbd worker: %.0f instructions per keep-alive request (callgrind, %d requests%s%s)"
-                  % (per, reqs, ", default pool" if args.pool == "default" else "",
+            if args.tls:
+                per, reqs = instructions_tls(work, backends, args.duration, args.pool)
+            else:
+                per, reqs = instructions(work, backends, args.duration, args.pool, args.ratelimit)
+            print("lbd worker: %.0f instructions per keep-alive request%s (callgrind, %d requests%s%s)"
+                  % (per, " over TLS" if args.tls else "", reqs,
+                     ", default pool" if args.pool == "default" else "",
                      ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else ""))
             scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
+            if any(s[0] in TLS_SCENARIOS for s in scenarios if s[4] == workers):
+                if not os.path.exists(os.path.join(work, "bench.pem")):
+                    make_cert(work)
+                for name in PROXIES:
+                    proxies[name + "-tls"] = Proxy(name, work, backends, workers, tls=True)
             # Other pools of lbd's than the fixed one: an instance each, for
             # the scenarios that ask for it.
             for pool in sorted({s[6] for s in scenarios if s[4] == workers} - {"fixed"}):
@@ -427,6 +548,7 @@ def main():
                         # runs first (after a pause, or after a given peer).
                         for p in names[r % len(names):] + names[:r % len(names)]:
                             target = direct if p == "direct" else \
+                                proxies[p + "-tls"] if sc[0] in TLS_SCENARIOS else \
                                 proxies["lbd-" + sc[6]] if p == "lbd" and sc[6] != "fixed" else \
                                 proxies[p]
                             run = run_wrk(target, conns, extra, path, args.duration, client_cpus,

@@ -704,6 +704,109 @@ START_TEST(test_err_defer_accept)
 }
 END_TEST
 
+#define TLS_LISTENER(extra)                                                   \
+    "listeners = (\n"                                                           \
+    "  { address = \"127.0.0.1:8443\";\n"                                      \
+    "    tls = {\n"                                                              \
+    "      certificates = ( { cert = \"/c.pem\"; key = \"/c.key\"; },\n"         \
+    "                       { cert = \"/d.pem\";\n"                              \
+    "                         key = \"/d.key\"; } );\n"                           \
+    extra                                                                       \
+    "    };\n"                                                                   \
+    "  },\n"                                                                     \
+    "  { address = \"127.0.0.1:8080\"; redirect_https = 8443; }\n"              \
+    ");\n" POOL_WEB
+
+START_TEST(test_tls_config)
+{
+    struct lb_config *cfg;
+    char err[512];
+    const char *text = TLS_LISTENER("");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_uint_eq(cfg->ntls, 1);
+    const struct lb_tls_cfg *t = cfg->listeners[0].tls;
+    ck_assert_ptr_nonnull(t);
+    ck_assert_uint_eq(t->ncerts, 2);
+    ck_assert_str_eq(t->certs[1].cert, "/d.pem");
+    ck_assert_str_eq(t->certs[1].key, "/d.key");
+    /* Where each file was named, for errors found when it is read. */
+    char at[128];
+    snprintf(at, sizeof(at), "%s:%d", conf_path, line_of(text, "/d.key"));
+    ck_assert_str_eq(t->certs[1].key_at, at);
+    snprintf(at, sizeof(at), "%s:%d", conf_path, line_of(text, "/c.pem"));
+    ck_assert_str_eq(t->certs[0].cert_at, at);
+    /* Defaults. */
+    ck_assert_int_eq(t->protocols, LB_TLS_12_PLUS);
+    ck_assert(t->session_tickets);
+    ck_assert_uint_eq(t->ticket_rotation_ms, 3600000);
+    ck_assert_uint_eq(t->alpn_len, 9);
+    ck_assert_mem_eq(t->alpn, "\x08http/1.1", 9);
+    ck_assert_ptr_null(t->hsts);
+    ck_assert_ptr_null(t->ciphers);
+    ck_assert_ptr_null(cfg->listeners[1].tls);
+    ck_assert_uint_eq(cfg->listeners[1].redirect_https, 8443);
+    ck_assert_uint_eq(cfg->listeners[0].redirect_https, 0);
+    lb_config_free(cfg);
+
+    text = TLS_LISTENER("      protocols = \"TLSv1.3\"; ciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256\";\n"
+                        "      alpn = [ \"http/1.1\", \"http/1.0\" ]; session_tickets = false;\n"
+                        "      ticket_rotation = \"2s\"; hsts = \"max-age=31536000\";\n");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    t = cfg->listeners[0].tls;
+    ck_assert_int_eq(t->protocols, LB_TLS_13);
+    ck_assert_str_eq(t->ciphers, "ECDHE-ECDSA-AES128-GCM-SHA256");
+    ck_assert_uint_eq(t->alpn_len, 18);
+    ck_assert_mem_eq(t->alpn, "\x08http/1.1\x08http/1.0", 18);
+    ck_assert(!t->session_tickets);
+    ck_assert_uint_eq(t->ticket_rotation_ms, 2000);
+    ck_assert_str_eq(t->hsts, "max-age=31536000");
+    ck_assert_uint_eq(t->hsts_len, 16);
+    lb_config_free(cfg);
+
+    ck_assert_msg(load_text("listeners = ( { address = \"127.0.0.1:80\"; redirect_https = true; } );\n"
+                            POOL_WEB, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_uint_eq(cfg->listeners[0].redirect_https, 443);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_tls)
+{
+    expect_error(TLS_LISTENER("      protocols = \"TLSv1.1\";\n"), "TLSv1.1", "unknown protocols");
+    expect_error(TLS_LISTENER("      ticket_rotation = \"500ms\";\n"), "500ms", "ticket_rotation");
+    expect_error(TLS_LISTENER("      ticket_rotation = \"8d\";\n"), "8d", "ticket_rotation");
+    expect_error(TLS_LISTENER("      alpn = [ \"h2\" ];\n"), "alpn", "alpn");
+    expect_error(TLS_LISTENER("      alpn = \"http/1.1\";\n"), "alpn", "must be a list");
+    expect_error(TLS_LISTENER("      hsts = \"max-age=1\\n\";\n"), "hsts", "hsts");
+    expect_error(TLS_LISTENER("      hsts = \"\";\n"), "hsts", "must not be empty");
+    expect_error(TLS_LISTENER("      session_tickets = 1;\n"), "session_tickets", "true or false");
+    expect_error(TLS_LISTENER("      ciphers = 3;\n"), "ciphers", "must be a string");
+    expect_error(TLS_LISTENER("      ocsp = true;\n"), "ocsp", "unknown key 'ocsp' in tls");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8443\";\n    tls = true; }\n);\n" POOL_WEB,
+                 "tls = true", "'tls' must be a group");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8443\";\n    tls = { protocols = \"TLSv1.3\"; }; }\n);\n"
+                 POOL_WEB, "tls = {", "missing required list 'certificates'");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8443\";\n    tls = { certificates = ( ); }; }\n);\n"
+                 POOL_WEB, "certificates", "'certificates' must not be empty");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8443\";\n"
+                 "    tls = { certificates = ( { cert = \"/c.pem\"; } ); }; }\n);\n" POOL_WEB,
+                 "cert =", "missing required key 'key'");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8443\";\n"
+                 "    tls = { certificates = ( { cert = \"/c.pem\"; key = \"\"; } ); }; }\n);\n" POOL_WEB,
+                 "cert =", "'key' must not be empty");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:8443\";\n"
+                 "    tls = { certificates = ( { cert = \"/c.pem\"; key = \"/c.key\"; } ); };\n"
+                 "    redirect_https = true; }\n);\n" POOL_WEB,
+                 "redirect_https", "redirect_https on a TLS listener");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:80\";\n"
+                 "    redirect_https = 70000; }\n);\n" POOL_WEB,
+                 "redirect_https", "'redirect_https' must be true, false or a port number");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:80\";\n"
+                 "    redirect_https = \"yes\"; }\n);\n" POOL_WEB,
+                 "redirect_https", "'redirect_https' must be true, false or a port number");
+}
+END_TEST
+
 START_TEST(test_err_empty_lists)
 {
     expect_error("workers = 1;\nlisteners = ( );\n" POOL_WEB, "listeners", "'listeners' must not be empty");
@@ -1350,6 +1453,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_workers_auto);
     tcase_add_test(tc, test_keepalive_auto_or_fixed);
     tcase_add_test(tc, test_max_connections);
+    tcase_add_test(tc, test_tls_config);
     tcase_add_test(tc, test_durations);
     tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
@@ -1386,6 +1490,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_breaker);
     tcase_add_test(tc, test_retries_config);
     tcase_add_test(tc, test_err_retries);
+    tcase_add_test(tc, test_err_tls);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("rate limits");
