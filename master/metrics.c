@@ -67,6 +67,45 @@ static void lb_metrics_live_workers(FILE *out, const struct lb_shm_header *h, co
     }
 }
 
+/* The current configuration's rate limits (no families without any). */
+static void lb_metrics_limits(const struct lb_shm_header *h, FILE *out)
+{
+    static const char *const results[] = { "allowed", "limited", "delayed", "dry_run" };
+    struct lb_limit_totals t[LB_SHM_MAX_LIMITS];
+    const struct lb_shm_limit *l[LB_SHM_MAX_LIMITS];
+    size_t n = 0;
+    for (unsigned i = 0; i < h->max_limits && n < LB_SHM_MAX_LIMITS; i++) {
+        l[n] = lb_shm_limit(h, i);
+        if (atomic_load(&l[n]->state) != LB_ENTRY_ACTIVE)
+            continue;
+        lb_shm_limit_sum(h, i, &t[n]);
+        n++;
+    }
+    if (n == 0)
+        return;
+    lb_family(out, "lbd_ratelimit_requests_total", "counter",
+              "Requests judged by a rate limit, by result (dry_run: would have been refused).");
+    for (size_t i = 0; i < n; i++) {
+        const uint64_t v[] = { t[i].allowed, t[i].limited, t[i].delayed, t[i].dry_run };
+        for (size_t k = 0; k < LB_ARRAY_SIZE(results); k++)
+            fprintf(out, "lbd_ratelimit_requests_total{limit=\"%s\",result=\"%s\"} %llu\n",
+                    l[i]->name, results[k], (unsigned long long)v[k]);
+    }
+    lb_family(out, "lbd_ratelimit_evictions_total", "counter",
+              "Keys dropped from a full table while their bucket was not full.");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_ratelimit_evictions_total{limit=\"%s\"} %llu\n", l[i]->name,
+                (unsigned long long)t[i].evictions);
+    lb_family(out, "lbd_ratelimit_keys", "gauge", "Keys held in a rate limit's table.");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_ratelimit_keys{limit=\"%s\"} %llu\n", l[i]->name,
+                (unsigned long long)t[i].keys);
+    lb_family(out, "lbd_ratelimit_table_size", "gauge", "Keys a rate limit's table can hold.");
+    for (size_t i = 0; i < n; i++)
+        fprintf(out, "lbd_ratelimit_table_size{limit=\"%s\"} %llu\n", l[i]->name,
+                (unsigned long long)l[i]->capacity);
+}
+
 void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
@@ -258,6 +297,12 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_family(out, "lbd_client_aborts_total", "counter",
               "Clients gone before their answer began (logged as 499).");
     fprintf(out, "lbd_client_aborts_total %llu\n", (unsigned long long)all.client_aborts);
+    lb_family(out, "lbd_connections_limited_total", "counter",
+              "Client connections closed at accept: max_connections_per_ip reached.");
+    fprintf(out, "lbd_connections_limited_total %llu\n", (unsigned long long)all.conn_limited);
+    lb_family(out, "lbd_ratelimit_redis_errors_total", "counter",
+              "Requests a fleet rate limit judged locally: redis unreachable or slower than its timeout.");
+    fprintf(out, "lbd_ratelimit_redis_errors_total %llu\n", (unsigned long long)all.rl_redis_errors);
     lb_family(out, "lbd_timeouts_total", "counter", "Timeouts that fired, by kind.");
     for (unsigned k = 0; k < LB_TIMEOUT_KINDS; k++)
         fprintf(out, "lbd_timeouts_total{kind=\"%s\"} %llu\n", lb_timeout_kinds[k],
@@ -336,4 +381,5 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_metrics_live_workers(out, h, "lbd_worker_max_connections", "gauge",
                             "Client connections a live worker holds at most (max_connections).",
                             offsetof(struct lb_shm_worker, max_connections));
+    lb_metrics_limits(h, out);
 }

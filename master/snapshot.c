@@ -121,6 +121,32 @@ double lb_snapshot_effective_weight(const struct lb_shm_backend *b, uint64_t slo
     return (double)atomic_load(&b->weight) * p / 1000.0;
 }
 
+/* The current configuration's rate limits with their counters. */
+static void lb_snapshot_limits(const struct lb_shm_header *h, FILE *out)
+{
+    static const char *const algorithms[] = { "token_bucket", "leaky_bucket" };
+    bool first = true;
+    for (unsigned i = 0; i < h->max_limits; i++) {
+        const struct lb_shm_limit *l = lb_shm_limit(h, i);
+        if (atomic_load(&l->state) != LB_ENTRY_ACTIVE)
+            continue;
+        struct lb_limit_totals t;
+        lb_shm_limit_sum(h, i, &t);
+        fprintf(out, "%s{\"name\":\"%s\",\"key\":", first ? "" : ",", l->name);
+        lb_json_string(out, l->key, sizeof(l->key));
+        fprintf(out, ",\"rate\":\"%s\",\"burst\":%u,\"algorithm\":\"%s\",\"status\":%u,"
+                     "\"dry_run\":%s,\"table_size\":%llu,\"keys\":%llu,\"evictions\":%llu,"
+                     "\"requests\":{\"allowed\":%llu,\"limited\":%llu,\"delayed\":%llu,"
+                     "\"dry_run\":%llu}}",
+                l->rate, l->burst, algorithms[l->algorithm < 2 ? l->algorithm : 0], l->status,
+                l->dry_run ? "true" : "false", (unsigned long long)l->capacity,
+                (unsigned long long)t.keys, (unsigned long long)t.evictions,
+                (unsigned long long)t.allowed, (unsigned long long)t.limited,
+                (unsigned long long)t.delayed, (unsigned long long)t.dry_run);
+        first = false;
+    }
+}
+
 /* Names in shm were validated by the config loader (no quotes, no
  * backslashes, printable), so they need no escaping. */
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
@@ -146,12 +172,14 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         unsigned id = atomic_load(&w->id);
         fprintf(out, "%s{\"id\":%u,\"slot\":%u,\"pid\":%d,\"state\":\"%s\",\"generation\":%u,"
                      "\"restarts\":%llu,\"connections\":%llu,\"active_connections\":%llu,"
+                     "\"connections_limited\":%llu,"
                      "\"requests\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                      "\"client_aborts\":%llu,\"responses\":",
                 first ? "" : ",", id, s, (int)atomic_load(&w->pid), lb_slot_state_name(st),
                 atomic_load(&w->generation),
                 (unsigned long long)(id < LB_MAX_WORKERS ? atomic_load(&h->worker_restarts[id]) : 0),
                 (unsigned long long)one.connections, (unsigned long long)one.active_connections,
+                (unsigned long long)one.conn_limited,
                 (unsigned long long)one.requests, (unsigned long long)one.bytes_in,
                 (unsigned long long)one.bytes_out, (unsigned long long)one.client_aborts);
         lb_snapshot_classes(out, one.responses);
@@ -168,10 +196,12 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     uint64_t restarts = 0;
     for (unsigned i = 0; i < LB_MAX_WORKERS; i++)
         restarts += atomic_load(&h->worker_restarts[i]);
-    fprintf(out, "],\"totals\":{\"connections\":%llu,\"requests\":%llu,"
+    fprintf(out, "],\"totals\":{\"connections\":%llu,\"connections_limited\":%llu,"
+                 "\"ratelimit_redis_errors\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                  "\"client_aborts\":%llu,\"worker_restarts\":%llu,\"timeouts\":",
-            (unsigned long long)all.connections, (unsigned long long)all.requests,
+            (unsigned long long)all.connections, (unsigned long long)all.conn_limited,
+            (unsigned long long)all.rl_redis_errors, (unsigned long long)all.requests,
             (unsigned long long)all.active_connections, (unsigned long long)all.bytes_in,
             (unsigned long long)all.bytes_out, (unsigned long long)all.client_aborts,
             (unsigned long long)restarts);
@@ -282,6 +312,8 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         }
         fputs("]}", out);
     }
+    fputs("],\"rate_limits\":[", out);
+    lb_snapshot_limits(h, out);
     fputs("]}\n", out);
 }
 

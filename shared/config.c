@@ -386,8 +386,8 @@ static int lb_cfg_redirect(struct lb_loader *ld, const config_setting_t *g,
 static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
                             struct lb_config *cfg)
 {
-    static const char *const keys[] = { "address", "backlog", "defer_accept", "tls",
-                                        "redirect_https", NULL };
+    static const char *const keys[] = { "address", "backlog", "defer_accept",
+                                        "max_connections_per_ip", "tls", "redirect_https", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "listeners", &list, true) < 0)
         return -1;
@@ -402,19 +402,21 @@ static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
     for (int i = 0; i < n; i++) {
         const config_setting_t *g = NULL;
         struct lb_listener_cfg *l = &cfg->listeners[i];
-        long long backlog = LB_DEFAULT_BACKLOG;
+        long long backlog = LB_DEFAULT_BACKLOG, per_ip = 0;
         l->defer_accept = true;
         if (lb_cfg_group_elem(ld, list, (unsigned)i, "listener", &g) < 0 ||
             lb_cfg_check_keys(ld, g, "listener", keys) < 0 ||
             lb_cfg_address(ld, g, true, &l->addr, l->address) < 0 ||
             lb_cfg_int(ld, g, "backlog", 1, 65535, &backlog) < 0 ||
-            lb_cfg_bool(ld, g, "defer_accept", &l->defer_accept) < 0)
+            lb_cfg_bool(ld, g, "defer_accept", &l->defer_accept) < 0 ||
+            lb_cfg_int(ld, g, "max_connections_per_ip", 0, 1000000, &per_ip) < 0)
             return -1;
         cfg->nlisteners++;      /* from here lb_config_free frees what it holds */
         if (lb_cfg_tls(ld, g, l) < 0 || lb_cfg_redirect(ld, g, l) < 0)
             return -1;
         cfg->ntls += l->tls != NULL;
         l->backlog = (int)backlog;
+        l->max_connections_per_ip = (unsigned)per_ip;
         for (int j = 0; j < i; j++)
             if (lb_addr_equal(&cfg->listeners[j].addr, &l->addr))
                 return lb_cfg_fail(ld, g, "duplicate listener address %s", l->address);
@@ -1006,10 +1008,13 @@ static int lb_cfg_route_host(struct lb_loader *ld, const config_setting_t *g,
     return 0;
 }
 
+static int lb_cfg_route_limits(struct lb_loader *ld, const config_setting_t *g,
+                               const struct lb_config *cfg, struct lb_route_cfg *r);
+
 static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
                          struct lb_config *cfg)
 {
-    static const char *const keys[] = { "host", "path_prefix", "pool", NULL };
+    static const char *const keys[] = { "host", "path_prefix", "pool", "rate_limits", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "routes", &list, false) < 0)
         return -1;
@@ -1053,6 +1058,8 @@ static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
             return lb_cfg_fail(ld, lb_cfg_member(g, "pool"),
                                "route to unknown pool '%s'", pool);
         r->pool = p;
+        if (lb_cfg_route_limits(ld, g, cfg, r) < 0)
+            return -1;
     }
     return 0;
 }
@@ -1305,6 +1312,237 @@ static int lb_cfg_strdup(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
+/* ---- rate limits (worker/ratelimit.c) ----------------------------------- */
+
+int lb_rate_parse(const char *s, uint64_t *rate, bool *per_minute, const char **why)
+{
+    const char *p = s;
+    uint64_t n = 0;
+    *why = "use e.g. \"10r/s\" or \"600r/m\"";
+    if (*p < '0' || *p > '9')
+        return -1;
+    while (*p >= '0' && *p <= '9') {
+        if (n > 100000000)
+            break;      /* far over any bound: refused below */
+        n = n * 10 + (uint64_t)(*p - '0');
+        p++;
+    }
+    if (*p >= '0' && *p <= '9') {
+        *why = "too high";
+        return -1;
+    }
+    if (strncmp(p, "r/", 2) != 0)
+        return -1;
+    if (strcmp(p + 2, "s") != 0 && strcmp(p + 2, "m") != 0) {
+        *why = "the unit must be r/s or r/m";
+        return -1;
+    }
+    *per_minute = p[2] == 'm';
+    if (n == 0) {
+        *why = "must be at least 1r/s or 1r/m";
+        return -1;
+    }
+    if (n > (*per_minute ? 60000000u : 1000000u)) {
+        *why = "at most 1000000r/s (60000000r/m)";
+        return -1;
+    }
+    *rate = n;
+    return 0;
+}
+
+/* "client_ip", "global", "route" or "header:NAME". */
+static int lb_cfg_rl_key(struct lb_loader *ld, const config_setting_t *g,
+                         struct lb_ratelimit_cfg *rl)
+{
+    const char *key = NULL;
+    if (lb_cfg_string(ld, g, "key", &key, false) < 0)
+        return -1;
+    rl->key = LB_RL_KEY_CLIENT_IP;
+    if (key == NULL || strcmp(key, "client_ip") == 0)
+        return 0;
+    if (strcmp(key, "global") == 0) {
+        rl->key = LB_RL_KEY_GLOBAL;
+        return 0;
+    }
+    if (strcmp(key, "route") == 0) {
+        rl->key = LB_RL_KEY_ROUTE;
+        return 0;
+    }
+    bool ok = strncmp(key, "header:", 7) == 0 && key[7] != '\0' &&
+              strlen(key + 7) < sizeof(rl->header);
+    /* A header name is an RFC 9110 token. */
+    for (const char *c = key + 7; ok && *c; c++)
+        ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+             strchr("!#$%&'*+-.^_`|~", *c) != NULL;
+    if (!ok)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "key"),
+                           "bad key \"%s\" (client_ip, global, route or \"header:NAME\")", key);
+    rl->key = LB_RL_KEY_HEADER;
+    snprintf(rl->header, sizeof(rl->header), "%s", key + 7);
+    return 0;
+}
+
+static int lb_cfg_rl_one(struct lb_loader *ld, const config_setting_t *g,
+                         const struct lb_config *cfg, struct lb_ratelimit_cfg *rl)
+{
+    static const char *const keys[] = { "name", "key", "rate", "burst", "algorithm", "delay",
+                                        "status", "dry_run", "headers", "scope", NULL };
+    const char *name = NULL, *rate = NULL, *algo = NULL, *scope = NULL, *why = NULL;
+    long long burst = 0, delay = 0, status = 429;
+    if (lb_cfg_check_keys(ld, g, "rate limit", keys) < 0 ||
+        lb_cfg_string(ld, g, "name", &name, true) < 0)
+        return -1;
+    if (!lb_name_valid(name))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                           "bad rate limit name \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", name);
+    snprintf(rl->name, sizeof(rl->name), "%s", name);
+    for (size_t j = 0; j < cfg->nrate_limits; j++)
+        if (strcmp(cfg->rate_limits[j].name, name) == 0)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "duplicate rate limit name '%s'", name);
+    if (lb_cfg_rl_key(ld, g, rl) < 0 ||
+        lb_cfg_string(ld, g, "rate", &rate, true) < 0 ||
+        lb_cfg_int(ld, g, "burst", 0, 1000000, &burst) < 0 ||
+        lb_cfg_string(ld, g, "algorithm", &algo, false) < 0 ||
+        lb_cfg_int(ld, g, "delay", 0, 1000000, &delay) < 0 ||
+        lb_cfg_int(ld, g, "status", 400, 599, &status) < 0 ||
+        lb_cfg_bool(ld, g, "dry_run", &rl->dry_run) < 0 ||
+        lb_cfg_bool(ld, g, "headers", &rl->headers) < 0 ||
+        lb_cfg_string(ld, g, "scope", &scope, false) < 0)
+        return -1;
+    if (lb_rate_parse(rate, &rl->rate, &rl->per_minute, &why) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "rate"), "bad rate \"%s\": %s", rate, why);
+    snprintf(rl->rate_text, sizeof(rl->rate_text), "%s", rate);
+    uint64_t unit = rl->per_minute ? 60000000000ULL : 1000000000ULL;
+    rl->interval_ns = (unit + rl->rate / 2) / rl->rate;
+    rl->burst = (unsigned)burst;
+    rl->algorithm = LB_RL_TOKEN_BUCKET;
+    if (algo != NULL && strcmp(algo, "leaky_bucket") == 0)
+        rl->algorithm = LB_RL_LEAKY_BUCKET;
+    else if (algo != NULL && strcmp(algo, "token_bucket") != 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "algorithm"),
+                           "unknown algorithm \"%s\" (token_bucket, leaky_bucket)", algo);
+    if (lb_cfg_member(g, "delay") != NULL) {
+        if (rl->algorithm != LB_RL_LEAKY_BUCKET)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "delay"),
+                               "'delay' applies to algorithm = \"leaky_bucket\" only");
+        if (delay > burst)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "delay"),
+                               "'delay' (%lld) must not exceed burst (%lld)", delay, burst);
+    }
+    rl->delay = (unsigned)delay;
+    rl->status = (int)status;
+    rl->scope = LB_RL_SCOPE_LOCAL;
+    if (scope != NULL && strcmp(scope, "fleet") == 0) {
+        /* Refused rather than quietly enforced per instance: a fleet limit
+         * that is N times too generous is worse than no start. */
+        if (!cfg->redis)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "scope"),
+                               "scope = \"fleet\" needs a redis group: "
+                               "redis = { address = \"127.0.0.1:6379\"; };");
+        rl->scope = LB_RL_SCOPE_FLEET;
+    } else if (scope != NULL && strcmp(scope, "local") != 0) {
+        return lb_cfg_fail(ld, lb_cfg_member(g, "scope"),
+                           "unknown scope \"%s\" (local, fleet)", scope);
+    }
+    return 0;
+}
+
+static int lb_cfg_ratelimits(struct lb_loader *ld, const config_setting_t *root,
+                             struct lb_config *cfg)
+{
+    long long size = 100000;
+    cfg->rate_limit_table_size = (uint64_t)size;
+    if (lb_cfg_int(ld, root, "rate_limit_table_size", 64, 16777216, &size) < 0)
+        return -1;
+    cfg->rate_limit_table_size = (uint64_t)size;
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, root, "rate_limits", &list, false) < 0)
+        return -1;
+    if (list == NULL)
+        return 0;
+    int n = config_setting_length(list);
+    if (n > LB_RL_MAX_LIMITS)
+        return lb_cfg_fail(ld, list, "more than %d rate limits", LB_RL_MAX_LIMITS);
+    cfg->rate_limits = calloc(n > 0 ? (size_t)n : 1, sizeof(*cfg->rate_limits));
+    if (cfg->rate_limits == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = NULL;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "rate limit", &g) < 0 ||
+            lb_cfg_rl_one(ld, g, cfg, &cfg->rate_limits[i]) < 0)
+            return -1;
+        cfg->nrate_limits++;
+    }
+    uint64_t bytes = (uint64_t)n * cfg->rate_limit_table_size * 16;
+    if (bytes > LB_RL_TABLES_MAX_BYTES)
+        return lb_cfg_fail(ld, lb_cfg_member(root, "rate_limit_table_size") ?
+                               lb_cfg_member(root, "rate_limit_table_size") : list,
+                           "%d rate limits of rate_limit_table_size %llu keys need %llu MiB "
+                           "of shared memory, more than %llu", n,
+                           (unsigned long long)cfg->rate_limit_table_size,
+                           (unsigned long long)(bytes >> 20),
+                           (unsigned long long)(LB_RL_TABLES_MAX_BYTES >> 20));
+    return 0;
+}
+
+/* routes[].rate_limits = [ "per_ip", "api_key" ]: names of rate_limits. */
+static int lb_cfg_route_limits(struct lb_loader *ld, const config_setting_t *g,
+                               const struct lb_config *cfg, struct lb_route_cfg *r)
+{
+    const config_setting_t *s = lb_cfg_member(g, "rate_limits");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, s, "'rate_limits' must be a list of names: [ \"per_ip\" ]");
+    int n = config_setting_length(s);
+    if (n > LB_RL_ROUTE_MAX)
+        return lb_cfg_fail(ld, s, "more than %d rate limits on one route", LB_RL_ROUTE_MAX);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, e, "'rate_limits' must be a list of names: [ \"per_ip\" ]");
+        const char *name = config_setting_get_string(e);
+        size_t k = 0;
+        while (k < cfg->nrate_limits && strcmp(cfg->rate_limits[k].name, name) != 0)
+            k++;
+        if (k == cfg->nrate_limits)
+            return lb_cfg_fail(ld, e, "route names unknown rate limit '%s'", name);
+        for (size_t j = 0; j < r->nrate_limits; j++) {
+            if (r->rate_limits[j] == k)
+                return lb_cfg_fail(ld, e, "rate limit '%s' named twice on one route", name);
+            /* One round trip to redis per request at most. */
+            if (cfg->rate_limits[k].scope == LB_RL_SCOPE_FLEET &&
+                cfg->rate_limits[r->rate_limits[j]].scope == LB_RL_SCOPE_FLEET)
+                return lb_cfg_fail(ld, e, "a route may name one fleet rate limit at most");
+        }
+        r->rate_limits[r->nrate_limits++] = (uint8_t)k;
+    }
+    return 0;
+}
+
+/* redis = { address = "127.0.0.1:6379"; timeout = "50ms"; }: for
+ * scope = "fleet" (accepted and checked; fleet limits are not built yet). */
+static int lb_cfg_redis(struct lb_loader *ld, const config_setting_t *root,
+                        struct lb_config *cfg)
+{
+    static const char *const keys[] = { "address", "timeout", NULL };
+    const config_setting_t *g = lb_cfg_member(root, "redis");
+    cfg->redis_timeout_ms = 50;
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'redis' must be a group: redis = { address = \"127.0.0.1:6379\"; };");
+    if (lb_cfg_check_keys(ld, g, "redis", keys) < 0 ||
+        lb_cfg_address(ld, g, false, &cfg->redis_addr, cfg->redis_address) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &cfg->redis_timeout_ms) < 0)
+        return -1;
+    if (cfg->redis_timeout_ms == 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"), "redis timeout must not be 0");
+    cfg->redis = true;
+    return 0;
+}
+
 static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                        struct lb_config *cfg)
 {
@@ -1312,7 +1550,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                                         "log_level", "pid_file", "access_log", "timeouts",
                                         "limits", "trusted_proxies", "listeners", "pools",
                                         "routes", "admin", "tcp_migrate_req",
-                                        "max_connections", NULL };
+                                        "max_connections", "rate_limits", "rate_limit_table_size",
+                                        "redis", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -1354,6 +1593,8 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
         lb_cfg_trusted(ld, root, cfg) < 0 ||
         lb_cfg_listeners(ld, root, cfg) < 0 ||
         lb_cfg_pools(ld, root, cfg) < 0 ||
+        lb_cfg_redis(ld, root, cfg) < 0 ||
+        lb_cfg_ratelimits(ld, root, cfg) < 0 ||
         lb_cfg_routes(ld, root, cfg) < 0 ||
         lb_cfg_admin(ld, root, cfg) < 0)
         return -1;
@@ -1439,6 +1680,7 @@ void lb_config_free(struct lb_config *cfg)
     }
     free(cfg->listeners);
     free(cfg->routes);
+    free(cfg->rate_limits);
     free(cfg->error_log);
     free(cfg->pid_file);
     free(cfg->access_log);

@@ -26,6 +26,12 @@
 #define LB_MAX_CONNECTIONS_LIMIT 16777216   /* upper bound of max_connections */
 #define LB_ADMIN_MAX_CONNECTIONS 64     /* default of admin.max_connections */
 #define LB_MAX_REQUESTS_LIMIT   1000000 /* upper bound of servers[].max_requests, queue.size */
+#define LB_RL_MAX_LIMITS 64             /* entries of rate_limits */
+#define LB_RL_ROUTE_MAX  8              /* rate limits on one route */
+/* All rate-limit tables of one configuration together (16 bytes a key):
+ * the shm arena holds twice that, so a reload that replaces every table
+ * fits beside the old ones its draining workers still use. */
+#define LB_RL_TABLES_MAX_BYTES (2ULL << 30)
 #define LB_MAX_LISTENERS 1024
 
 enum lb_strategy {
@@ -187,9 +193,48 @@ struct lb_listener_cfg {
     struct lb_addr addr;
     int backlog;
     bool defer_accept;                  /* TCP_DEFER_ACCEPT: wake on data */
+    unsigned max_connections_per_ip;    /* 0: no limit (worker/ratelimit.c) */
     struct lb_tls_cfg *tls;             /* NULL: plain HTTP */
     unsigned redirect_https;            /* 0: off; else answer 308 to https on this port */
 };
+
+/* ---- rate limits (worker/ratelimit.c; README "Rate limiting") ---- */
+
+enum lb_rl_key {
+    LB_RL_KEY_CLIENT_IP,                /* the client's address (trusted X-Forwarded-For) */
+    LB_RL_KEY_HEADER,                   /* "header:NAME": absent, the limit does not apply */
+    LB_RL_KEY_GLOBAL,                   /* one bucket for every request */
+    LB_RL_KEY_ROUTE,                    /* one bucket per route */
+};
+
+enum lb_rl_algorithm {
+    LB_RL_TOKEN_BUCKET,                 /* burst + 1 at once, then the rate; refuse beyond */
+    LB_RL_LEAKY_BUCKET,                 /* nginx limit_req: excess delayed to the rate */
+};
+
+enum lb_rl_scope {
+    LB_RL_SCOPE_LOCAL,                  /* exact over this instance's workers */
+    LB_RL_SCOPE_FLEET,                  /* through redis, all instances (worker/fleet.c) */
+};
+
+struct lb_ratelimit_cfg {
+    char name[LB_NAME_MAX];
+    enum lb_rl_key key;
+    char header[LB_NAME_MAX];           /* for LB_RL_KEY_HEADER */
+    char rate_text[24];                 /* as written: "10r/s", "600r/m" */
+    uint64_t rate;                      /* requests per second or per minute */
+    bool per_minute;
+    uint64_t interval_ns;               /* GCRA emission interval: unit / rate */
+    unsigned burst;
+    enum lb_rl_algorithm algorithm;
+    unsigned delay;                     /* leaky bucket: excess passed at once */
+    int status;                         /* refused with (429) */
+    bool dry_run;                       /* count and log, refuse nothing */
+    bool headers;                       /* RateLimit fields on admitted responses too */
+    enum lb_rl_scope scope;
+    uint32_t shm_id;                    /* table slot, set by the master */
+};
+
 
 enum lb_host_match {
     LB_HOST_ANY,        /* "*" */
@@ -204,6 +249,8 @@ struct lb_route_cfg {
     char path_prefix[LB_HOST_MAX];
     size_t path_len;
     size_t pool;                        /* index into lb_config.pools */
+    uint8_t rate_limits[LB_RL_ROUTE_MAX];   /* indices into lb_config.rate_limits */
+    size_t nrate_limits;
 };
 
 /* Sizes in bytes; request_line/header_size/headers/body answer 414/431/431/413. */
@@ -254,6 +301,14 @@ struct lb_config {
     size_t npools;
     struct lb_route_cfg *routes;
     size_t nroutes;
+
+    struct lb_ratelimit_cfg *rate_limits;
+    size_t nrate_limits;
+    uint64_t rate_limit_table_size;     /* keys kept per limit */
+    bool redis;                         /* redis group given (scope = "fleet") */
+    struct lb_addr redis_addr;
+    char redis_address[LB_ADDR_STR_MAX];
+    uint64_t redis_timeout_ms;
 };
 
 /* Load and validate PATH. On success *out owns a new config and 0 is
@@ -263,6 +318,10 @@ int lb_config_load(const char *path, struct lb_config **out, char *err,
 void lb_config_free(struct lb_config *cfg);
 
 const char *lb_strategy_name(enum lb_strategy s);
+
+/* Parse a rate: "10r/s", "600r/m" (1 to 1,000,000 a second, 1 to
+ * 60,000,000 a minute). 0, or -1 with *why set. */
+int lb_rate_parse(const char *s, uint64_t *rate, bool *per_minute, const char **why);
 
 /* Parse "10.0.0.0/8", "127.0.0.1", "::1", "2001:db8::/32". 0 or -1. */
 int lb_cidr_parse(const char *s, struct lb_cidr *out);

@@ -19,9 +19,21 @@
  *   | lb_shm_backend  |  LB_SHM_MAX_BACKENDS, stable ids by (pool, address)
  *   +-----------------+ off_stats
  *   | backend stats   |  [slot][backend] lb_shm_backend_stats, a row per slot
+ *   +-----------------+ off_limits
+ *   | lb_shm_limit    |  LB_SHM_MAX_LIMITS rate limits, stable ids by (name, signature)
+ *   +-----------------+ off_limit_stats
+ *   | limit stats     |  [slot][limit] lb_shm_limit_stats
+ *   +-----------------+ off_conn (page aligned)
+ *   | conn tables     |  [slot] LB_SHM_CONN_ENTRIES lb_rl_entry: connections per address
+ *   +-----------------+ off_arena (page aligned)
+ *   | rate-limit      |  LB_SHM_ARENA_SIZE bytes: each limit's table of lb_rl_entry,
+ *   | tables          |  a page-aligned region given out by the master
  *   +-----------------+ off_tls
  *   | lb_shm_tls      |  LB_SHM_MAX_TLS, one per TLS listener, stable ids by address
  *   +-----------------+ size
+ *
+ * The file is sparse and its pages are touched lazily: the connection
+ * tables and the arena cost nothing until keys land in them.
  */
 #ifndef LB_SHM_T_H
 #define LB_SHM_T_H
@@ -32,12 +44,15 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   5u
+#define LB_SHM_LAYOUT_VERSION   6u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
 #define LB_SHM_MAX_TLS          64      /* TLS listeners */
 #define LB_CACHELINE            64
+#define LB_SHM_MAX_LIMITS       LB_RL_MAX_LIMITS
+#define LB_SHM_CONN_ENTRIES     65536   /* client addresses with connections, per worker */
+#define LB_SHM_ARENA_SIZE       (2 * LB_RL_TABLES_MAX_BYTES)
 
 /* Response status classes 1xx..5xx, index 0..4. */
 #define LB_STATUS_CLASSES       5
@@ -137,6 +152,8 @@ struct lb_shm_worker {
     lb_counter_t max_connections;       /* gauge: this owner's cap, set at its start */
     lb_counter_t accept_pauses[LB_PAUSE_REASONS];
     lb_counter_t client_aborts;         /* clients gone before their answer began */
+    lb_counter_t conn_limited;          /* closed at accept: max_connections_per_ip */
+    lb_counter_t rl_redis_errors;       /* fleet rate limits judged locally: redis down or slow */
     lb_counter_t tls_handshakes[LB_TLS_RESULTS];
     lb_counter_t tls_failures[LB_TLS_FAILURES];
     /* Requests this worker has waiting in each pool's queue (by pool id):
@@ -332,6 +349,48 @@ struct lb_shm_backend_stats {
     lb_counter_t retries_waiting;
 };
 
+/* ---- rate limits (shared/rltable.h, worker/ratelimit.c) ---- */
+
+/* One key of a table, 16 bytes. Rate-limit tables: KEY is claimed and
+ * VAL (the key's GCRA TAT, ns on CLOCK_MONOTONIC) updated by compare-and-
+ * swap from any worker. Connection tables: both written by the slot's
+ * worker alone, VAL the key's open connections. */
+struct lb_rl_entry {
+    _Atomic uint64_t key;               /* 0: never used, 1: being claimed, else SipHash */
+    _Atomic uint64_t val;
+};
+
+/* A rate limit's table, kept over reloads while the limit keeps its name
+ * and signature (what its buckets mean: key, rate, burst, table size).
+ * Written by the master (assign, reclaim); log_ms by any worker. */
+struct lb_shm_limit {
+    _Atomic uint32_t state;             /* lb_shm_entry_state */
+    uint32_t retired_gen;
+    char name[LB_NAME_MAX];
+    char key[LB_NAME_MAX + 16];         /* "client_ip", "header:X-Api-Key", ... */
+    char rate[24];                      /* "10r/s" */
+    uint32_t burst;
+    uint32_t algorithm;                 /* enum lb_rl_algorithm */
+    uint32_t dry_run;
+    uint32_t status;
+    uint64_t signature;
+    uint64_t off_table;                 /* from the segment's start */
+    uint64_t capacity;                  /* entries */
+    uint64_t region;                    /* bytes of the arena held (page multiple) */
+    _Atomic uint64_t log_ms;            /* last rate-limited log line, CLOCK_MONOTONIC ms */
+} __attribute__((aligned(LB_CACHELINE)));
+
+/* One per (worker slot, limit), written by the slot's worker only. */
+struct lb_shm_limit_stats {
+    lb_counter_t allowed;               /* admitted at once */
+    lb_counter_t limited;               /* refused */
+    lb_counter_t delayed;               /* admitted after a wait (leaky bucket) */
+    lb_counter_t dry_run;               /* would have been refused (dry_run) */
+    lb_counter_t evictions;             /* a key with a debt dropped for another */
+    lb_counter_t inserts;               /* empty entries taken: keys held = their sum */
+    lb_counter_t pad[2];
+};
+
 /* TLS of one listener, found again by its address after a reload (so its
  * session ticket keys outlive the workers and the control process that
  * used them).
@@ -412,6 +471,16 @@ struct lb_shm_header {
     lb_counter_t admin_connections;     /* gauge: open now */
     lb_counter_t admin_accept_pauses[LB_PAUSE_REASONS];
     lb_counter_t admin_timeouts;        /* head or answer not done in admin.timeout */
+
+    /* Rate limits (set at creation). */
+    uint32_t max_limits;
+    uint32_t conn_entries;              /* per slot */
+    uint64_t off_limits;
+    uint64_t off_limit_stats;
+    uint64_t off_conn;
+    uint64_t off_arena;
+    uint64_t arena_size;
+    uint64_t rl_hash_key[2];            /* SipHash key, random per instance */
 };
 
 #endif

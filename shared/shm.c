@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #define LB_ALIGN(x) (((x) + (LB_CACHELINE - 1)) & ~(uint64_t)(LB_CACHELINE - 1))
+#define LB_PAGE_ALIGN(x) (((x) + 4095) & ~(uint64_t)4095)
 
 static void lb_shm_layout(struct lb_shm_header *h)
 {
@@ -24,9 +25,25 @@ static void lb_shm_layout(struct lb_shm_header *h)
     /* Each slot's row is a multiple of the cache line: rows never share one. */
     uint64_t row = LB_ALIGN(sizeof(struct lb_shm_backend_stats) * LB_SHM_MAX_BACKENDS);
     off += row * LB_SHM_MAX_SLOTS;
+    off = LB_ALIGN(off);
     h->off_tls = off;
     off = LB_ALIGN(off + sizeof(struct lb_shm_tls) * LB_SHM_MAX_TLS);
-    h->size = (off + 4095) & ~(uint64_t)4095;
+    off = LB_ALIGN(off);
+    h->off_limits = off;
+    off += sizeof(struct lb_shm_limit) * LB_SHM_MAX_LIMITS;
+    off = LB_ALIGN(off);
+    h->off_limit_stats = off;
+    off += sizeof(struct lb_shm_limit_stats) * LB_SHM_MAX_LIMITS * LB_SHM_MAX_SLOTS;
+    /* Page-aligned: a worker's table and a limit's are given back to the
+     * kernel (MADV_REMOVE) when their owner goes. */
+    off = LB_PAGE_ALIGN(off);
+    h->off_conn = off;
+    off += sizeof(struct lb_rl_entry) * LB_SHM_CONN_ENTRIES * LB_SHM_MAX_SLOTS;
+    off = LB_PAGE_ALIGN(off);
+    h->off_arena = off;
+    h->arena_size = LB_SHM_ARENA_SIZE;
+    off += LB_SHM_ARENA_SIZE;
+    h->size = LB_PAGE_ALIGN(off);
 }
 
 int lb_shm_create(struct lb_shm *shm)
@@ -53,6 +70,13 @@ int lb_shm_create(struct lb_shm *shm)
     h->max_pools = LB_SHM_MAX_POOLS;
     h->max_backends = LB_SHM_MAX_BACKENDS;
     h->max_workers = LB_MAX_WORKERS;
+    h->max_limits = LB_SHM_MAX_LIMITS;
+    h->conn_entries = LB_SHM_CONN_ENTRIES;
+    /* Secret, so clients cannot aim collisions at the tables. */
+    if (getrandom(h->rl_hash_key, sizeof(h->rl_hash_key), 0) != (ssize_t)sizeof(h->rl_hash_key)) {
+        h->rl_hash_key[0] = lb_hash64(&probe, sizeof(probe)) ^ lb_wall_us();
+        h->rl_hash_key[1] = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)base;
+    }
     h->max_tls = LB_SHM_MAX_TLS;
     atomic_store(&h->master_pid, (int32_t)getpid());
     atomic_store(&h->started_ms, lb_wall_ms());
@@ -223,8 +247,174 @@ static bool lb_shm_has_backend(const struct lb_shm_header *h, const char *pool,
     return false;
 }
 
+/* ---- rate-limit tables ---- */
+
+/* What a limit's buckets mean: a reload keeps its table (and every key's
+ * state) while this and the name stay the same. */
+static uint64_t lb_shm_limit_signature(const struct lb_ratelimit_cfg *rl, uint64_t capacity)
+{
+    char buf[256];
+    char header[LB_NAME_MAX];
+    size_t i = 0;
+    for (; rl->header[i] != '\0' && i + 1 < sizeof(header); i++)
+        header[i] = (char)(rl->header[i] >= 'A' && rl->header[i] <= 'Z' ? rl->header[i] + 32
+                                                                          : rl->header[i]);
+    header[i] = '\0';
+    int n = snprintf(buf, sizeof(buf), "%d|%s|%llu|%u|%llu", (int)rl->key, header,
+                     (unsigned long long)rl->interval_ns, rl->burst,
+                     (unsigned long long)capacity);
+    return lb_hash64(buf, n > 0 ? (size_t)n : 0);
+}
+
+struct lb_limit_plan {
+    int id[LB_RL_MAX_LIMITS];           /* descriptor for cfg->rate_limits[i] */
+    bool fresh[LB_RL_MAX_LIMITS];       /* a new table: off and region below */
+    uint64_t off[LB_RL_MAX_LIMITS];
+    uint64_t region;                    /* bytes of every new table */
+};
+
+/* First fit in the arena beside the regions held by descriptors in use
+ * and those planned so far. 0 when nothing fits. */
+static uint64_t lb_shm_arena_fit(const struct lb_shm_header *h, const struct lb_limit_plan *plan,
+                                 size_t nplanned, uint64_t size)
+{
+    uint64_t start = h->off_arena, end = h->off_arena + h->arena_size;
+    uint64_t cand = start;
+    for (;;) {
+        uint64_t bump = 0;
+        for (unsigned d = 0; d < h->max_limits; d++) {
+            const struct lb_shm_limit *l = lb_shm_limit(h, d);
+            if (atomic_load(&l->state) == LB_ENTRY_FREE)
+                continue;
+            if (cand < l->off_table + l->region && l->off_table < cand + size &&
+                l->off_table + l->region > bump)
+                bump = l->off_table + l->region;
+        }
+        for (size_t i = 0; i < nplanned; i++)
+            if (plan->fresh[i] && cand < plan->off[i] + plan->region &&
+                plan->off[i] < cand + size && plan->off[i] + plan->region > bump)
+                bump = plan->off[i] + plan->region;
+        if (bump == 0)
+            return cand + size <= end ? cand : 0;
+        cand = bump;    /* past what overlapped; try again from there */
+        if (cand + size > end)
+            return 0;
+    }
+}
+
+/* Where each of CFG's limits goes: the descriptor with the same name and
+ * signature (kept, with its table), or a free descriptor and a free region
+ * of the arena. false when either runs out. */
+static bool lb_shm_limits_plan(const struct lb_shm_header *h, const struct lb_config *cfg,
+                               struct lb_limit_plan *plan)
+{
+    bool taken[LB_SHM_MAX_LIMITS] = { false };
+    uint64_t cap = cfg->rate_limit_table_size;
+    plan->region = LB_PAGE_ALIGN(cap * sizeof(struct lb_rl_entry));
+    for (size_t i = 0; i < cfg->nrate_limits; i++) {
+        const struct lb_ratelimit_cfg *rl = &cfg->rate_limits[i];
+        uint64_t sig = lb_shm_limit_signature(rl, cap);
+        plan->id[i] = -1;
+        plan->fresh[i] = false;
+        for (unsigned d = 0; d < h->max_limits && plan->id[i] < 0; d++) {
+            const struct lb_shm_limit *l = lb_shm_limit(h, d);
+            if (!taken[d] && atomic_load(&l->state) != LB_ENTRY_FREE &&
+                l->signature == sig && l->capacity == cap && strcmp(l->name, rl->name) == 0)
+                plan->id[i] = (int)d;
+        }
+        if (plan->id[i] >= 0) {
+            taken[plan->id[i]] = true;
+            continue;
+        }
+        for (unsigned d = 0; d < h->max_limits && plan->id[i] < 0; d++)
+            if (!taken[d] && atomic_load(&lb_shm_limit(h, d)->state) == LB_ENTRY_FREE)
+                plan->id[i] = (int)d;
+        if (plan->id[i] < 0)
+            return false;
+        taken[plan->id[i]] = true;
+        plan->off[i] = lb_shm_arena_fit(h, plan, i, plan->region);
+        if (plan->off[i] == 0)
+            return false;
+        plan->fresh[i] = true;
+    }
+    return true;
+}
+
+static const char *lb_shm_limit_key_text(const struct lb_ratelimit_cfg *rl)
+{
+    switch (rl->key) {
+    case LB_RL_KEY_GLOBAL: return "global";
+    case LB_RL_KEY_ROUTE:  return "route";
+    case LB_RL_KEY_HEADER: return "header:";
+    default:               return "client_ip";
+    }
+}
+
+/* Apply PLAN: fresh descriptors get their region (zero: a never-used part
+ * of the sparse file, or one MADV_REMOVE gave back) and zeroed counters. */
+static void lb_shm_limits_assign(struct lb_shm_header *h, struct lb_config *cfg,
+                                 const struct lb_limit_plan *plan, bool used[])
+{
+    uint64_t cap = cfg->rate_limit_table_size;
+    for (size_t i = 0; i < cfg->nrate_limits; i++) {
+        struct lb_ratelimit_cfg *rl = &cfg->rate_limits[i];
+        unsigned id = (unsigned)plan->id[i];
+        struct lb_shm_limit *l = lb_shm_limit(h, id);
+        if (plan->fresh[i]) {
+            unsigned slots = atomic_load(&h->slots_used);
+            for (unsigned s = 0; s < slots; s++)
+                memset(lb_shm_limit_stats(h, s, id), 0, sizeof(struct lb_shm_limit_stats));
+            snprintf(l->name, sizeof(l->name), "%s", rl->name);
+            l->signature = lb_shm_limit_signature(rl, cap);
+            l->capacity = cap;
+            l->off_table = plan->off[i];
+            l->region = plan->region;
+            atomic_store(&l->log_ms, 0);
+        }
+        /* What may change without touching the buckets. */
+        snprintf(l->key, sizeof(l->key), "%s%s", lb_shm_limit_key_text(rl),
+                 rl->key == LB_RL_KEY_HEADER ? rl->header : "");
+        snprintf(l->rate, sizeof(l->rate), "%s", rl->rate_text);
+        l->burst = rl->burst;
+        l->algorithm = (uint32_t)rl->algorithm;
+        l->dry_run = rl->dry_run;
+        l->status = (uint32_t)rl->status;
+        rl->shm_id = id;
+        used[id] = true;
+        atomic_store(&l->state, LB_ENTRY_ACTIVE);
+    }
+}
+
+void lb_shm_limit_sum(const struct lb_shm_header *h, unsigned limit, struct lb_limit_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    unsigned used = atomic_load(&h->slots_used);
+    for (unsigned s = 0; s < used && s < h->max_slots; s++) {
+        struct lb_shm_limit_stats *st = lb_shm_limit_stats(h, s, limit);
+        out->allowed += lb_counter_get(&st->allowed);
+        out->limited += lb_counter_get(&st->limited);
+        out->delayed += lb_counter_get(&st->delayed);
+        out->dry_run += lb_counter_get(&st->dry_run);
+        out->evictions += lb_counter_get(&st->evictions);
+        out->keys += lb_counter_get(&st->inserts);
+    }
+    uint64_t cap = lb_shm_limit(h, limit)->capacity;
+    if (out->keys > cap)
+        out->keys = cap;        /* two workers may have raced for one empty entry */
+}
+
+/* Give a region back to the kernel; it reads as zeros from then on. */
+static void lb_shm_discard(void *p, uint64_t len)
+{
+    if (madvise(p, len, MADV_REMOVE) < 0)
+        memset(p, 0, len);
+}
+
 bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg)
 {
+    struct lb_limit_plan plan;
+    if (!lb_shm_limits_plan(h, cfg, &plan))
+        return false;
     unsigned free_pools = 0, free_backends = 0, new_pools = 0, new_backends = 0;
     for (unsigned i = 0; i < h->max_pools; i++)
         free_pools += atomic_load(&lb_shm_pool(h, i)->state) == LB_ENTRY_FREE;
@@ -417,14 +607,21 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
                   char *err, size_t errlen)
 {
     if (!lb_shm_assign_fits(h, cfg)) {
-        snprintf(err, errlen, "shared memory: more than %u pools or %u servers in use "
-                 "(removed ones are freed once their old workers exit)",
-                 h->max_pools, h->max_backends);
+        snprintf(err, errlen, "shared memory: more than %u pools, %u servers or %u rate limits "
+                 "in use, or no room for their tables (removed ones are freed once their old "
+                 "workers exit)", h->max_pools, h->max_backends, h->max_limits);
         return -1;
     }
     /* Mark everything in use by CFG; whatever stays unmarked is retired. */
     bool pool_used[LB_SHM_MAX_POOLS] = { false };
     bool backend_used[LB_SHM_MAX_BACKENDS] = { false };
+    bool limit_used[LB_SHM_MAX_LIMITS] = { false };
+    struct lb_limit_plan plan;
+    if (!lb_shm_limits_plan(h, cfg, &plan)) {
+        snprintf(err, errlen, "shared memory: no room for the rate-limit tables");
+        return -1;
+    }
+    lb_shm_limits_assign(h, cfg, &plan, limit_used);
 
     for (size_t i = 0; i < cfg->npools; i++) {
         struct lb_pool_cfg *pc = &cfg->pools[i];
@@ -484,6 +681,13 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             atomic_store(&b->state, LB_ENTRY_RETIRED);
         }
     }
+    for (unsigned i = 0; i < h->max_limits; i++) {
+        struct lb_shm_limit *l = lb_shm_limit(h, i);
+        if (!limit_used[i] && atomic_load(&l->state) == LB_ENTRY_ACTIVE) {
+            l->retired_gen = (uint32_t)generation;
+            atomic_store(&l->state, LB_ENTRY_RETIRED);
+        }
+    }
     lb_shm_tls_assign(h, cfg);
     return 0;
 }
@@ -499,6 +703,15 @@ void lb_shm_reclaim(struct lb_shm_header *h, uint64_t oldest_live_gen)
         struct lb_shm_backend *b = lb_shm_backend(h, i);
         if (atomic_load(&b->state) == LB_ENTRY_RETIRED && b->retired_gen <= oldest_live_gen)
             atomic_store(&b->state, LB_ENTRY_FREE);
+    }
+    for (unsigned i = 0; i < h->max_limits; i++) {
+        struct lb_shm_limit *l = lb_shm_limit(h, i);
+        if (atomic_load(&l->state) != LB_ENTRY_RETIRED || l->retired_gen > oldest_live_gen)
+            continue;
+        /* No worker uses the table any more: its memory goes back, and
+         * the region is zero for whichever limit gets it next. */
+        lb_shm_discard((char *)h + l->off_table, l->region);
+        atomic_store(&l->state, LB_ENTRY_FREE);
     }
 }
 
@@ -535,6 +748,8 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
         atomic_fetch_sub(&lb_shm_pool(h, p)->queue_depth, n);
         atomic_store(&w->queued[p], 0);
     }
+    /* Its connections are closed: their counts go, and the pages too. */
+    lb_shm_discard(lb_shm_conn_table(h, slot), (uint64_t)h->conn_entries * sizeof(struct lb_rl_entry));
     for (unsigned b = 0; b < h->max_backends; b++) {
         struct lb_shm_backend_stats *row = lb_shm_stats(h, slot, b);
         struct lb_shm_backend *be = lb_shm_backend(h, b);
@@ -563,6 +778,8 @@ void lb_shm_slot_release(struct lb_shm_header *h, unsigned slot)
 void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
 {
     out->connections += lb_counter_get(&w->connections);
+    out->conn_limited += lb_counter_get(&w->conn_limited);
+    out->rl_redis_errors += lb_counter_get(&w->rl_redis_errors);
     out->active_connections += lb_counter_get(&w->active_connections);
     out->requests += lb_counter_get(&w->requests);
     out->bytes_in += lb_counter_get(&w->bytes_in);

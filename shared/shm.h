@@ -50,6 +50,30 @@ lb_shm_stats(const struct lb_shm_header *h, unsigned slot, unsigned backend)
            (size_t)slot * h->max_backends + backend;
 }
 
+static inline struct lb_shm_limit *lb_shm_limit(const struct lb_shm_header *h, unsigned id)
+{
+    return (struct lb_shm_limit *)((char *)h + h->off_limits) + id;
+}
+
+static inline struct lb_shm_limit_stats *
+lb_shm_limit_stats(const struct lb_shm_header *h, unsigned slot, unsigned limit)
+{
+    return (struct lb_shm_limit_stats *)((char *)h + h->off_limit_stats) +
+           (size_t)slot * h->max_limits + limit;
+}
+
+static inline struct lb_rl_entry *lb_shm_limit_table(const struct lb_shm_header *h,
+                                                     const struct lb_shm_limit *l)
+{
+    return (struct lb_rl_entry *)((char *)h + l->off_table);
+}
+
+/* Worker slot SLOT's table of connections per client address. */
+static inline struct lb_rl_entry *lb_shm_conn_table(const struct lb_shm_header *h, unsigned slot)
+{
+    return (struct lb_rl_entry *)((char *)h + h->off_conn) + (size_t)slot * h->conn_entries;
+}
+
 /* Single-writer counters: a relaxed load and store is exact (one writer)
  * and costs a plain add, not a locked instruction. */
 static inline void lb_counter_add(lb_counter_t *c, uint64_t n)
@@ -118,15 +142,17 @@ static inline uint64_t lb_shm_backend_usable_since(const struct lb_shm_backend *
 }
 
 /* Master: give every pool and server of CFG a stable id (same name, same
- * address: same id as before), record them in the segment, and retire those
- * CFG no longer has, marking them with GENERATION. -1 (and nothing changed)
- * when a table is full. */
+ * address: same id as before), and every rate limit its table (the same
+ * one while its name and signature stay: its buckets carry over), record
+ * them in the segment, and retire those CFG no longer has, marking them
+ * with GENERATION. -1 (and nothing changed) when a table is full. */
 int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t generation,
                   char *err, size_t errlen);
 /* Whether lb_shm_assign() would find room for CFG (it changes nothing). */
 bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg);
 /* Master: free entries retired before OLDEST_LIVE_GEN (no worker of an older
- * generation is left to write them). */
+ * generation is left to write them); a freed rate-limit table's pages go
+ * back to the kernel. */
 void lb_shm_reclaim(struct lb_shm_header *h, uint64_t oldest_live_gen);
 
 /* Master: take a free worker slot for worker ID of GENERATION. -1 if none. */
@@ -152,6 +178,8 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
 /* A reader's copy of lb_shm_worker's counters. */
 struct lb_worker_totals {
     uint64_t connections;
+    uint64_t conn_limited;
+    uint64_t rl_redis_errors;
     uint64_t active_connections;
     uint64_t requests;
     uint64_t bytes_in;
@@ -163,6 +191,19 @@ struct lb_worker_totals {
     uint64_t tls_handshakes[LB_TLS_RESULTS];
     uint64_t tls_failures[LB_TLS_FAILURES];
 };
+
+/* A reader's copy of one limit's counters, summed over all slots, and
+ * the keys its table holds. */
+struct lb_limit_totals {
+    uint64_t allowed;
+    uint64_t limited;
+    uint64_t delayed;
+    uint64_t dry_run;
+    uint64_t evictions;
+    uint64_t keys;
+};
+
+void lb_shm_limit_sum(const struct lb_shm_header *h, unsigned limit, struct lb_limit_totals *out);
 
 /* Add worker slot W's counters to OUT. */
 void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out);

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shared/config.h"
+
 struct event_base;
 
 /* What a request leaves for its log line, filled as it goes. */
@@ -27,6 +29,7 @@ struct lb_access_entry {
     int status;                 /* sent to the client; 0 if none */
     int upstream_status;        /* from the backend; 0 if none */
     unsigned attempts;          /* tries sent to a backend (retries + 1); 0 if none */
+    char limited[LB_NAME_MAX + 32]; /* " limited=NAME..." (rate limits), or "" */
 };
 
 /* Open PATH (per worker) and flush every second on BASE. 0 or -1 (errno). */

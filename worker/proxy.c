@@ -21,6 +21,7 @@
 #include "worker/breaker.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
+#include "worker/ratelimit.h"
 #include "worker/retry.h"
 #include "worker/route.h"
 #include "worker/tls.h"
@@ -33,6 +34,8 @@ enum lb_session_state {
     LB_S_RETRY,         /* a try failed: waiting out the backoff before the next */
     LB_S_TUNNEL,        /* after 101: bytes both ways until either side ends */
     LB_S_CLOSING,       /* flushing the last response, then close */
+    LB_S_DELAYED,       /* a leaky bucket holds the request (the session timer),
+                         * or a fleet limit asked redis (x->rl_pending) */
 };
 
 /* What one exchange (a request and its response) needs while it is under
@@ -64,12 +67,16 @@ struct lb_exchange {
                                          * head: 1xx heads, a probe */
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
-    /* QUEUED: the place in the pool's queue (worker/queue.h). Last: set
-     * when a request joins the queue, left alone by the reset between
-     * requests (lb_session_reset_request zeroes what comes before). */
+    struct lb_rl_pending *rl_pending;   /* asking redis (a fleet limit) */
+    /* QUEUED: the place in the pool's queue (worker/queue.h). Set when a
+     * request joins the queue, left alone by the reset between requests
+     * (lb_session_reset_request zeroes what comes before). */
     struct lb_list qnode;
     struct lb_session *qsession;
     struct lb_pool_rt *qpool;
+    /* Last: between requests only its n and mark are reset (the rest is
+     * read only as far as they say). */
+    struct lb_rl_note rl;               /* rate limits: response fields, log mark */
 };
 
 struct lb_session {
@@ -86,6 +93,8 @@ struct lb_session {
     struct lb_exchange *x;              /* NULL while idle */
     unsigned served;                    /* exchanges completed on this connection */
     uint32_t req_flags;
+    uint32_t conn_token;                /* max_connections_per_ip count to give back */
+    uint64_t rl_ip_key;                 /* rate limits: the peer's key, once hashed (0: not yet) */
     uint8_t state;
     uint8_t req_minor;
     uint16_t listener;                  /* index in cfg->listeners */
@@ -108,6 +117,7 @@ struct lb_session {
     bool peer_trusted : 1;              /* client is in trusted_proxies */
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
     bool slot : 1;                      /* counted in flight to server (max_requests) */
+    bool rl_passed : 1;                 /* held by a leaky bucket: not judged again */
     bool tls : 1;                       /* accepted on a TLS listener */
     bool hsts : 1;                      /* ... with hsts: answers carry it */
     bool redirect : 1;                  /* accepted on a redirect_https listener */
@@ -140,6 +150,7 @@ static const char *lb_reason(int status)
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
@@ -181,6 +192,7 @@ static void lb_session_log(struct lb_session *s)
                        s->tls ? lb_tls_cipher(s->client) : NULL, lb_wall_us());
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
+    e->limited[0] = '\0';
 }
 
 static void lb_session_log_start(struct lb_session *s, const char *buf, size_t head_len,
@@ -461,9 +473,14 @@ static void lb_session_close(struct lb_session *s)
     lb_session_log(s);
     lb_session_release_up(s, false);
     lb_session_timer_stop(s);
+    if (s->x != NULL && s->x->rl_pending != NULL) {
+        lb_ratelimit_cancel(s->x->rl_pending);
+        s->x->rl_pending = NULL;
+    }
     lb_session_exchange_put(s);
     if (s->deadline_timer != NULL)
         event_free(s->deadline_timer);
+    lb_ratelimit_conn_close(w->rl, s->conn_token);
     lb_conn_free(s->client);
     lb_list_remove(&s->node);
     w->nsessions--;
@@ -533,11 +550,15 @@ static void lb_session_reset_request(struct lb_session *s)
 {
     s->state = LB_S_HEAD;
     s->server = NULL;
-    s->head_pending = s->up_reused = s->stale_resent = s->upgrade = false;
+    s->head_pending = s->up_reused = s->stale_resent = s->upgrade = s->rl_passed = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->counted_failure = s->interim_sent = false;
-    if (s->x != NULL)
-        memset(s->x, 0, offsetof(struct lb_exchange, qnode));  /* (retry state cleared already) */
+    if (s->x != NULL) {
+        /* (retry state cleared already; the queue's node is set when it
+         * joins; the rate-limit note is reset by its count) */
+        memset(s->x, 0, offsetof(struct lb_exchange, qnode));
+        s->x->rl.n = s->x->rl.mark = 0;
+    }
     s->req_flags = 0;
     lb_session_timer_stop(s);
     lb_session_deadline_off(s);
@@ -552,19 +573,13 @@ static void lb_session_count_response(struct lb_session *s, int status)
         s->acc->status = status;
 }
 
-static void lb_session_respond(struct lb_session *s, int status, const char *extra,
-                               size_t extra_len);
-
-/* Answer STATUS. Once response bytes went out nothing can be said any more:
- * the connection is cut so the client sees a truncated response. */
-static void lb_session_error(struct lb_session *s, int status)
-{
-    lb_session_respond(s, status, NULL, 0);
-}
-
-/* Answer STATUS with EXTRA (header lines, each ending in CRLF) in its head. */
-static void lb_session_respond(struct lb_session *s, int status, const char *extra,
-                               size_t extra_len)
+/* Answer STATUS, with the header lines EXTRA (EXTRA_LEN bytes) when given.
+ * Once response bytes went out nothing can be said any more: the connection
+ * is cut so the client sees a truncated response. A refusal by a rate limit
+ * (LIMITED) keeps the connection like a backend's error: the request was
+ * read whole and said nothing wrong. */
+static void lb_session_answer(struct lb_session *s, int status, const char *extra,
+                              size_t extra_len, bool limited)
 {
     lb_session_unqueue(s);
     lb_session_trial_end(s);
@@ -576,7 +591,7 @@ static void lb_session_respond(struct lb_session *s, int status, const char *ext
     /* Keep the connection only when the request was consumed whole and the
      * error is the backend's, not the request's. */
     bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof &&
-                (status == 404 || status == 308 ||
+                (limited || status == 404 || status == 308 ||
                  (status >= 500 && status != 501 && status != 505));
     lb_session_release_up(s, false);
     if (lb_conn_ensure_buffers(s->client) < 0) {
@@ -584,20 +599,55 @@ static void lb_session_respond(struct lb_session *s, int status, const char *ext
         return;
     }
 
-    char body[64];
-    int blen = snprintf(body, sizeof(body), "%d %s\n", status, lb_reason(status));
+    /* Assembled by hand, not printf: under a flood, refusals are most of
+     * what a worker does, and must cost less than proxying. */
+    const char *reason = lb_reason(status);
+    size_t rlen = strlen(reason);
+    char code[3] = { (char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                     (char)('0' + status % 10) };
+    size_t blen = sizeof(code) + 1 + rlen + 1;         /* "429 Too Many Requests\n" */
+    char clen[2] = { (char)('0' + blen / 10 % 10), (char)('0' + blen % 10) };  /* < 100 */
+    const struct lb_tls_cfg *hsts = s->hsts ? lb_session_listener(s)->tls : NULL;
     struct evbuffer *out = s->client->out;
     size_t before = evbuffer_get_length(out);
-    const struct lb_tls_cfg *hsts = s->hsts ? lb_session_listener(s)->tls : NULL;
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\n"
-                        "Content-Type: text/plain\r\n"
-                        "Content-Length: %d\r\n"
-                        "%s%s%s%s%.*s\r\n%s",
-                        status, lb_reason(status), blen,
-                        keep ? "" : "Connection: close\r\n",
-                        hsts ? "Strict-Transport-Security: " : "", hsts ? hsts->hsts : "",
-                        hsts ? "\r\n" : "", (int)extra_len, extra ? extra : "", body);
+    /* Reserved whole and committed once (as a forwarded head is): 128
+     * bytes cover the status lines and fixed fields. */
+    size_t need = 128 + 2 * rlen + extra_len + (hsts ? sizeof("Strict-Transport-Security: \r\n") +
+                                                      hsts->hsts_len : 0);
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1 || v.iov_len < need) {
+        lb_session_close(s);    /* out of memory: no answer possible */
+        return;
+    }
+    char *buf = v.iov_base;
+    size_t n = 0;
+#define LB_ANSWER_PUT(p, len) do { memcpy(buf + n, (p), (len)); n += (len); } while (0)
+#define LB_ANSWER_STR(lit) LB_ANSWER_PUT(lit, sizeof(lit) - 1)
+    LB_ANSWER_STR("HTTP/1.1 ");
+    LB_ANSWER_PUT(code, sizeof(code));
+    LB_ANSWER_STR(" ");
+    LB_ANSWER_PUT(reason, rlen);
+    LB_ANSWER_STR("\r\nContent-Type: text/plain\r\nContent-Length: ");
+    LB_ANSWER_PUT(clen + (blen < 10), 2 - (blen < 10));
+    LB_ANSWER_STR("\r\n");
+    if (extra_len > 0)
+        LB_ANSWER_PUT(extra, extra_len);
+    if (hsts) {
+        LB_ANSWER_STR("Strict-Transport-Security: ");
+        LB_ANSWER_PUT(hsts->hsts, hsts->hsts_len);
+        LB_ANSWER_STR("\r\n");
+    }
+    if (!keep)
+        LB_ANSWER_STR("Connection: close\r\n");
+    LB_ANSWER_STR("\r\n");
+    LB_ANSWER_PUT(code, sizeof(code));
+    LB_ANSWER_STR(" ");
+    LB_ANSWER_PUT(reason, rlen);
+    LB_ANSWER_STR("\n");
+#undef LB_ANSWER_STR
+#undef LB_ANSWER_PUT
+    v.iov_len = n;
+    evbuffer_commit_space(out, &v, 1);
     if (s->acc != NULL && s->acc->start_us == 0) {
         /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
         snprintf(s->acc->request, sizeof(s->acc->request), "-");
@@ -620,6 +670,11 @@ static void lb_session_respond(struct lb_session *s, int status, const char *ext
     lb_session_reset_request(s);
     lb_session_set_idle(s);
     s->resume_head = lb_conn_in_len(s->client) > 0;     /* see lb_client_write */
+}
+
+static void lb_session_error(struct lb_session *s, int status)
+{
+    lb_session_answer(s, status, NULL, 0, false);
 }
 
 /* ---- request: client -> backend ---------------------------------------- */
@@ -962,8 +1017,12 @@ lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_
                          struct evbuffer *buf, const bool hsts)
 {
     struct lb_head_out o;
+    char fields[LB_RL_FIELDS_MAX];
+    size_t nfields = 0;
+    if (s->x->rl.n > 0)     /* limits with headers = true */
+        nfields = lb_ratelimit_fields(s->w->rl, &s->x->rl, 0, fields, sizeof(fields));
     const struct lb_tls_cfg *t = hsts ? lb_session_listener(s)->tls : NULL;
-    size_t extra = sizeof("Connection: keep-alive\r\n\r\n") +
+    size_t extra = sizeof("Connection: keep-alive\r\n\r\n") + nfields +
                    (hsts ? sizeof(LB_HSTS "\r\n") + t->hsts_len : 0);
     if (!lb_head_begin(&o, buf, lb_head_bound(m, extra)))
         return 0;
@@ -978,6 +1037,8 @@ lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_
             continue;
         lb_add_header(&o, h);
     }
+    if (nfields > 0)
+        lb_head_put(&o, fields, nfields);
     if (hsts) {
         lb_head_put(&o, LB_HSTS, sizeof(LB_HSTS) - 1);
         lb_head_put(&o, t->hsts, t->hsts_len);
@@ -1621,6 +1682,83 @@ static uint64_t lb_session_hash_key(struct lb_session *s, const struct lb_http_m
     return lb_balancer_key(s->client_ip, strlen(s->client_ip));
 }
 
+/* ---- rate limits -------------------------------------------------------- */
+
+/* What the limits said (D, not LB_RL_ASK). True when they took the
+ * request over: refused (answered) or held (dispatched by the timer). */
+static bool lb_session_limited(struct lb_session *s, const struct lb_rl_decision *d)
+{
+    struct lb_worker *w = s->w;
+    if (s->acc != NULL && s->x->rl.mark != LB_RL_MARK_NONE)
+        lb_ratelimit_log_mark(w->rl, &s->x->rl, s->acc->limited, sizeof(s->acc->limited));
+    if (d->verdict == LB_RL_ADMIT)
+        return false;
+    if (d->verdict == LB_RL_DELAY) {
+        /* The head stays in the client buffer; the timer parses it again
+         * and dispatches it (lb_session_delay_done). The client's further
+         * bytes wait in the buffer, bounded by its read limit. */
+        s->state = LB_S_DELAYED;
+        lb_session_timer_arm(s, d->delay_ms);
+        if (s->timer != NULL)
+            return true;
+        s->state = LB_S_HEAD;   /* out of memory for a timer: no wait then */
+        return false;
+    }
+    char fields[LB_RL_FIELDS_MAX];
+    size_t n = lb_ratelimit_fields(w->rl, &s->x->rl, d->retry_after_s, fields, sizeof(fields));
+    lb_session_answer(s, d->status, fields, n, true);
+    return true;
+}
+
+static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *m);
+static void lb_session_delay_done(struct lb_session *s);
+
+/* Redis's verdict on a fleet limit (or this instance's, redis being down
+ * or slow): dispatched past the limits, held, or refused. */
+static void lb_session_rl_done(void *arg, const struct lb_rl_decision *d)
+{
+    struct lb_session *s = arg;
+    s->x->rl_pending = NULL;
+    if (!lb_session_limited(s, d))
+        lb_session_delay_done(s);
+}
+
+/* Route R's rate limits on request M. True when they took the request
+ * over: refused, held, or waiting for redis. */
+static bool lb_session_limit(struct lb_session *s, const struct lb_route_cfg *r,
+                             const struct lb_http_msg *m)
+{
+    struct lb_rl_request req = { .route = r, .client_ip = s->client_ip,
+                                 .trusted = s->peer_trusted, .ip_key = &s->rl_ip_key, .m = m,
+                                 .done = lb_session_rl_done, .arg = s };
+    struct lb_rl_decision d;
+    lb_ratelimit_check(s->w->rl, &req, &s->x->rl, &d, &s->x->rl_pending);
+    if (d.verdict != LB_RL_ASK)
+        return lb_session_limited(s, &d);
+    /* The head stays buffered as for a hold; no clock runs meanwhile but
+     * redis.timeout's (the client_header one must not dispatch it). */
+    s->state = LB_S_DELAYED;
+    lb_session_timer_stop(s);
+    return true;
+}
+
+/* A held request's time has come: the head, still buffered, is parsed
+ * again (same bytes, same result) and dispatched past its limits. */
+static void lb_session_delay_done(struct lb_session *s)
+{
+    struct lb_worker *w = s->w;
+    struct evbuffer *in = s->client->in;
+    const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)s->x->head_len);
+    struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
+    s->state = LB_S_HEAD;
+    s->rl_passed = true;
+    if (buf == NULL || lb_http_parse_request(buf, s->x->head_len, &m, &w->limits) != 0) {
+        lb_session_error(s, 500);
+        return;
+    }
+    lb_session_dispatch(s, &m);
+}
+
 #define LB_PICK_FULL (-2)
 
 /* What the pick of a server of POOL for S's request M looks at (M NULL:
@@ -1989,7 +2127,7 @@ static void lb_session_redirect(struct lb_session *s, const char *host, size_t h
     /* Host and target passed the parser: no CR, LF or controls. */
     int len = snprintf(loc, cap, "Location: https://%.*s%s%.*s\r\n", (int)n, host, pbuf,
                        (int)plen, plen ? path : "/");
-    lb_session_respond(s, 308, loc, (size_t)len);
+    lb_session_answer(s, 308, loc, (size_t)len, false);
     free(loc);
 }
 
@@ -2029,6 +2167,8 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         lb_session_error(s, 404);
         return;
     }
+    if (r->nrate_limits > 0 && w->rl != NULL && !s->rl_passed && lb_session_limit(s, r, m))
+        return;
     struct lb_pool_rt *pool = &w->pools[r->pool];
     /* The deadline runs from here: time spent in the queue counts. */
     if (pool->cfg->timeouts.deadline_ms != 0) {
@@ -2070,6 +2210,10 @@ static void lb_client_timeout(evutil_socket_t fd, short what, void *arg)
         lb_log_debug("client %s: no room in pool '%s' within queue.timeout: 503", s->client_ip,
                      s->x->qpool->cfg->name);
         lb_session_error(s, 503);
+        return;
+    }
+    if (s->state == LB_S_DELAYED) {
+        lb_session_delay_done(s);
         return;
     }
     if (s->state == LB_S_RETRY) {
@@ -2217,7 +2361,8 @@ static void lb_client_read(struct lb_conn *conn, void *arg)
          * in the buffer, bounded by the read watermark. */
         break;
     case LB_S_QUEUED:
-        break;          /* the body, or the next request, waits likewise */
+    case LB_S_DELAYED:
+        break;      /* the body or next request waits, bounded likewise */
     default:        /* CLOSING: whatever the client still sends is dropped */
         evbuffer_drain(conn->in, evbuffer_get_length(conn->in));
         break;
@@ -2321,9 +2466,10 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
         lb_tunnel_pump(s);
         return;
     }
-    /* (Waiting in the queue or to retry is as good as proxying for the
-     * client.) */
-    bool proxying = s->state == LB_S_PROXY || s->state == LB_S_QUEUED || s->state == LB_S_RETRY;
+    /* (Waiting in the queue or to retry, or held by a rate limit, is as
+     * good as proxying for the client.) */
+    bool proxying = s->state == LB_S_PROXY || s->state == LB_S_QUEUED ||
+                    s->state == LB_S_RETRY || s->state == LB_S_DELAYED;
     if ((what & LB_CONN_EOF) && !(what & LB_CONN_ERROR) && proxying && s->req_done) {
         /* Half-close after a complete request: still deliver the answer
          * (unless the probe finds the client gone). */
@@ -2367,16 +2513,25 @@ static void lb_client_event(struct lb_conn *conn, short what, void *arg)
 void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
                      const struct lb_listener_cfg *l)
 {
+    uint32_t token = 0;
+    if (w->rl != NULL &&
+        !lb_ratelimit_conn_open(w->rl, (size_t)(l - w->cfg->listeners), peer, &token)) {
+        close(fd);      /* max_connections_per_ip: counted and logged */
+        return;
+    }
     struct lb_session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
+        lb_ratelimit_conn_close(w->rl, token);
         close(fd);
         return;
     }
     s->client = lb_conn_new(fd);
     if (s->client == NULL) {
+        lb_ratelimit_conn_close(w->rl, token);
         free(s);
         return;
     }
+    s->conn_token = token;
     if (l->tls != NULL) {
         if (lb_tls_accept(s->client, l->tls) < 0) {
             lb_conn_free(s->client);

@@ -37,7 +37,8 @@
 
 #include "worker/worker.h"
 
-/* Take ownership of FD, accepted on listener L, and start serving it. */
+/* Take ownership of FD, accepted from PEER on listener L, and start serving
+ * it (or close it: max_connections_per_ip). */
 void lb_proxy_accept(struct lb_worker *w, int fd, const struct sockaddr *peer,
                      const struct lb_listener_cfg *l);
 /* Graceful stop: close idle client connections, let busy ones finish their

@@ -17,6 +17,7 @@
 #include "worker/accesslog.h"
 #include "worker/conn.h"
 #include "worker/proxy.h"
+#include "worker/ratelimit.h"
 #include "worker/tls.h"
 #include "worker/upstream.h"
 
@@ -294,6 +295,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     w->trim_timer = evtimer_new(w->base, lb_worker_trim_tick, w);
     if (w->trim_timer == NULL)
         goto out;
+    w->rl = lb_ratelimit_new(cfg, shm, slot, w->base);
     if (cfg->access_log != NULL && lb_accesslog_open(cfg->access_log, w->base) < 0)
         lb_log_error("cannot open access_log %s (%d: %s)", cfg->access_log, errno,
                      strerror(errno));
@@ -352,6 +354,7 @@ out:
     free(w->listeners);
     free(w->lctx);
     lb_upstream_destroy(w);
+    lb_ratelimit_free(w->rl);
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)
         if (w->signals[i] != NULL)
             event_free(w->signals[i]);

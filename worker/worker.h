@@ -30,6 +30,7 @@ struct evconnlistener;
 struct event;
 
 struct lb_pool_rt;
+struct lb_ratelimit;
 
 /* Per-worker state of one configured server. */
 struct lb_server_rt {
@@ -95,6 +96,7 @@ struct lb_worker {
     size_t peak_sessions;       /* since the last trim (lb_worker_new_peak) */
     unsigned calm_ticks;        /* seconds in a row well below the peak */
     struct event *trim_timer;   /* armed while a big peak may be trimmed */
+    struct lb_ratelimit *rl;                /* NULL: no rate or connection limits */
     struct event *signals[4];
 
     struct lb_http_limits limits;

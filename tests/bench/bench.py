@@ -23,7 +23,9 @@ keep-alive request (valgrind's callgrind): exact and repeatable where time
 on a shared 2-core VM is not, so a change to the data path can be judged on
 its own. --breaker gives lbd's pool a circuit breaker, --retries a retry
 policy (no failures happen: what they cost a healthy pool); --tls counts them
-over TLS 1.3.
+over TLS 1.3. --ratelimit adds a per-client-address rate limit too high ever
+to refuse (what every request pays for a limit it passes); --ratelimit refuse
+one that refuses nearly every request (1r/s: what a refusal costs).
 
 The TLS scenarios (ka64-tls, newconn-tls) give the three proxies the same
 certificate (ECDSA P-256, made at start) and TLS 1.2 ciphers.
@@ -71,6 +73,14 @@ TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305")
 # lbd.conf.in's @KEEPALIVE@ for each kind of pool.
 LBD_POOLS = {"fixed": " keepalive = 256;", "default": ""}
+# lbd.conf.in's @RATELIMIT@: nothing, or a per-IP limit that never refuses
+# ("pass") or refuses nearly everything ("refuse").
+LBD_RATELIMIT = {
+    "pass": 'rate_limits = ( { name = "per_ip"; rate = "1000000r/s"; burst = 1000000; } );\n'
+            'routes = ( { pool = "be"; rate_limits = [ "per_ip" ]; } );',
+    "refuse": 'rate_limits = ( { name = "per_ip"; rate = "1r/s"; } );\n'
+              'routes = ( { pool = "be"; rate_limits = [ "per_ip" ]; } );',
+}
 PROXIES = ["lbd", "haproxy", "nginx"]
 
 
@@ -193,7 +203,7 @@ class Proxy:
         listen = "127.0.0.1:%d" % self.port
         values = {"WORKERS": workers, "DIR": workdir, "LISTEN": listen,
                   "B1": backends[0], "B2": backends[1], "B3": backends[2],
-                  "KEEPALIVE": LBD_POOLS[pool]}
+                  "KEEPALIVE": LBD_POOLS[pool], "RATELIMIT": ""}
         values.update(tls_values(tls, workdir))
         cpus = "0" if workers == 1 else "0,1"
         tag = "%d" % workers if pool == "fixed" else "%d-%s" % (workers, pool)
@@ -333,15 +343,17 @@ def idle_memory(proxy, n):
     return (after - before) * 1024.0 / n
 
 
-def instructions(work, backends, duration, pool):
+def instructions(work, backends, duration, pool, ratelimit=None):
     """Instructions per keep-alive request in lbd's worker (1 worker, 64
-    connections, the POOL kind of pool), counted by callgrind after a
-    warm-up run."""
+    connections, the POOL kind of pool, with RATELIMIT "pass" or "refuse" a
+    per-IP limit, see LBD_RATELIMIT), counted by callgrind after a warm-up
+    run."""
     port = free_port()
     conf = os.path.join(work, "lbd-callgrind.conf")
     fill("lbd.conf.in", conf, {"WORKERS": 1, "DIR": work, "LISTEN": "127.0.0.1:%d" % port,
                                "B1": backends[0], "B2": backends[1], "B3": backends[2],
-                               "KEEPALIVE": LBD_POOLS[pool]})
+                               "KEEPALIVE": LBD_POOLS[pool],
+                               "RATELIMIT": LBD_RATELIMIT[ratelimit] if ratelimit else ""})
     out = os.path.join(work, "callgrind.out")
     log = open(os.path.join(work, "lbd-callgrind.log"), "w")
     # Nothing is counted until the worker's instrumentation is switched on
@@ -391,7 +403,7 @@ def instructions_tls(work, backends, duration, pool):
     conf = os.path.join(work, "lbd-callgrind-tls.conf")
     values = {"WORKERS": 1, "DIR": work, "LISTEN": "127.0.0.1:%d" % port,
               "B1": backends[0], "B2": backends[1], "B3": backends[2],
-              "KEEPALIVE": LBD_POOLS[pool]}
+              "KEEPALIVE": LBD_POOLS[pool], "RATELIMIT": ""}
     values.update(tls_values(True, work))
     fill("lbd.conf.in", conf, values)
     out = os.path.join(work, "callgrind-tls.out")
@@ -467,6 +479,9 @@ def main():
     ap.add_argument("--retries", action="store_true",
                     help="lbd's pool with retries (attempts = 3, per_try_timeout, the rest "
                          "default)")
+    ap.add_argument("--ratelimit", nargs="?", const="pass", choices=sorted(LBD_RATELIMIT),
+                    help="with --instructions: a per-IP rate limit that never refuses (pass), "
+                         "or refuses nearly every request (refuse)")
     args = ap.parse_args()
     global POOL_EXTRA
     if args.breaker:
@@ -502,11 +517,14 @@ def main():
         for b in backends:
             wait_port(int(b.split(":")[1]))
         if args.instructions:
-            count = instructions_tls if args.tls else instructions
-            per, reqs = count(work, backends, args.duration, args.pool)
-            print("lbd worker: %.0f instructions per keep-alive request%s (callgrind, %d requests%s)"
+            if args.tls:
+                per, reqs = instructions_tls(work, backends, args.duration, args.pool)
+            else:
+                per, reqs = instructions(work, backends, args.duration, args.pool, args.ratelimit)
+            print("lbd worker: %.0f instructions per keep-alive request%s (callgrind, %d requests%s%s)"
                   % (per, " over TLS" if args.tls else "", reqs,
-                     ", default pool" if args.pool == "default" else ""))
+                     ", default pool" if args.pool == "default" else "",
+                     ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else ""))
             scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}

@@ -19,6 +19,7 @@ int main(void)
     srunner_add_suite(sr, breaker_suite());
     srunner_add_suite(sr, queue_suite());
     srunner_add_suite(sr, retry_suite());
+    srunner_add_suite(sr, ratelimit_suite());
     srunner_add_suite(sr, tls_suite());
     srunner_add_suite(sr, conn_suite());
     srunner_run_all(sr, CK_NORMAL);

@@ -17,6 +17,7 @@ Suite *fdbudget_suite(void);
 Suite *breaker_suite(void);
 Suite *queue_suite(void);
 Suite *retry_suite(void);
+Suite *ratelimit_suite(void);
 Suite *tls_suite(void);
 Suite *conn_suite(void);
 

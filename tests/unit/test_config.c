@@ -1346,6 +1346,183 @@ START_TEST(test_cidr)
 }
 END_TEST
 
+/* ---- rate limits --------------------------------------------------------- */
+
+#define RL_POOL_ROUTE(limits) \
+    LISTENERS POOL_WEB "routes = ( { pool = \"web\"; rate_limits = " limits "; } );\n"
+
+START_TEST(test_rate_limits)
+{
+    static const char text[] =
+        "rate_limits = (\n"
+        "  { name = \"per_ip\"; key = \"client_ip\"; rate = \"10r/s\"; burst = 20; },\n"
+        "  { name = \"api_key\"; key = \"header:X-Api-Key\"; rate = \"600r/m\"; burst = 5;\n"
+        "    algorithm = \"leaky_bucket\"; delay = 2; status = 503; headers = true; },\n"
+        "  { name = \"all\"; key = \"global\"; rate = \"3r/s\"; dry_run = true; scope = \"local\"; },\n"
+        "  { name = \"by_route\"; key = \"route\"; rate = \"1r/m\"; }\n"
+        ");\n"
+        "rate_limit_table_size = 5000;\n"
+        "redis = { address = \"127.0.0.1:6379\"; timeout = \"20ms\"; };\n"
+        "listeners = ( { address = \"127.0.0.1:8080\"; max_connections_per_ip = 100; },\n"
+        "              { address = \"127.0.0.1:8081\"; } );\n"
+        POOL_WEB
+        "routes = ( { path_prefix = \"/api/\"; pool = \"web\"; rate_limits = [ \"per_ip\", \"api_key\" ]; },\n"
+        "           { pool = \"web\"; rate_limits = ( \"all\" ); } );\n";
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(text, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->nrate_limits, 4);
+    const struct lb_ratelimit_cfg *rl = cfg->rate_limits;
+    ck_assert_str_eq(rl[0].name, "per_ip");
+    ck_assert_int_eq(rl[0].key, LB_RL_KEY_CLIENT_IP);
+    ck_assert_uint_eq(rl[0].rate, 10);
+    ck_assert(!rl[0].per_minute);
+    ck_assert_uint_eq(rl[0].interval_ns, 100000000);
+    ck_assert_uint_eq(rl[0].burst, 20);
+    ck_assert_int_eq(rl[0].algorithm, LB_RL_TOKEN_BUCKET);
+    ck_assert_int_eq(rl[0].status, 429);
+    ck_assert(!rl[0].dry_run && !rl[0].headers);
+    ck_assert_str_eq(rl[0].rate_text, "10r/s");
+    ck_assert_int_eq(rl[1].key, LB_RL_KEY_HEADER);
+    ck_assert_str_eq(rl[1].header, "X-Api-Key");
+    ck_assert(rl[1].per_minute);
+    ck_assert_uint_eq(rl[1].interval_ns, 100000000);       /* 600 a minute: 10 a second */
+    ck_assert_int_eq(rl[1].algorithm, LB_RL_LEAKY_BUCKET);
+    ck_assert_uint_eq(rl[1].delay, 2);
+    ck_assert_int_eq(rl[1].status, 503);
+    ck_assert(rl[1].headers);
+    ck_assert_int_eq(rl[2].key, LB_RL_KEY_GLOBAL);
+    ck_assert_uint_eq(rl[2].interval_ns, 333333333);
+    ck_assert_uint_eq(rl[2].burst, 0);
+    ck_assert(rl[2].dry_run);
+    ck_assert_int_eq(rl[2].scope, LB_RL_SCOPE_LOCAL);
+    ck_assert_int_eq(rl[3].key, LB_RL_KEY_ROUTE);
+    ck_assert_uint_eq(rl[3].interval_ns, 60000000000ULL);
+    ck_assert_uint_eq(cfg->rate_limit_table_size, 5000);
+    ck_assert(cfg->redis);
+    ck_assert_str_eq(cfg->redis_address, "127.0.0.1:6379");
+    ck_assert_uint_eq(cfg->redis_timeout_ms, 20);
+    ck_assert_int_eq(rl[0].scope, LB_RL_SCOPE_LOCAL);
+    ck_assert_uint_eq(cfg->listeners[0].max_connections_per_ip, 100);
+    ck_assert_uint_eq(cfg->listeners[1].max_connections_per_ip, 0);
+    ck_assert_uint_eq(cfg->routes[0].nrate_limits, 2);
+    ck_assert_uint_eq(cfg->routes[0].rate_limits[0], 0);
+    ck_assert_uint_eq(cfg->routes[0].rate_limits[1], 1);
+    ck_assert_uint_eq(cfg->routes[1].nrate_limits, 1);
+    ck_assert_uint_eq(cfg->routes[1].rate_limits[0], 2);
+    lb_config_free(cfg);
+
+    /* A fleet limit needs redis, and has it here. */
+    rc = load_text("redis = { address = \"127.0.0.1:6379\"; };\n"
+                   "rate_limits = ( { name = \"f\"; rate = \"1r/s\"; scope = \"fleet\"; } );\n"
+                   RL_POOL_ROUTE("[ \"f\" ]"), &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_int_eq(cfg->rate_limits[0].scope, LB_RL_SCOPE_FLEET);
+    ck_assert_uint_eq(cfg->redis_timeout_ms, 50);
+    lb_config_free(cfg);
+
+    /* Defaults: none configured, 100,000 keys a table, no redis. */
+    rc = load_text(MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_uint_eq(cfg->nrate_limits, 0);
+    ck_assert_uint_eq(cfg->rate_limit_table_size, 100000);
+    ck_assert(!cfg->redis);
+    ck_assert_uint_eq(cfg->routes[0].nrate_limits, 0);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_rate_parse)
+{
+    static const struct { const char *s; uint64_t rate; bool per_minute; } ok[] = {
+        { "1r/s", 1, false }, { "10r/s", 10, false }, { "600r/m", 600, true },
+        { "1000000r/s", 1000000, false }, { "60000000r/m", 60000000, true }, { "1r/m", 1, true },
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(ok); i++) {
+        uint64_t rate = 0;
+        bool pm = !ok[i].per_minute;
+        const char *why = NULL;
+        ck_assert_msg(lb_rate_parse(ok[i].s, &rate, &pm, &why) == 0, "refused \"%s\"", ok[i].s);
+        ck_assert_uint_eq(rate, ok[i].rate);
+        ck_assert_int_eq(pm, ok[i].per_minute);
+    }
+    static const char *const bad[] = {
+        "10/s", "0r/s", "0r/m", "10r/h", "10r/d", "10 r/s", "r/s", "", "-1r/s", "10r/", "10r/ss",
+        "1000001r/s", "60000001r/m", "99999999999999999999999r/s", "10rs", "10R/S", " 10r/s",
+    };
+    for (size_t i = 0; i < LB_ARRAY_SIZE(bad); i++) {
+        uint64_t rate;
+        bool pm;
+        const char *why = NULL;
+        ck_assert_msg(lb_rate_parse(bad[i], &rate, &pm, &why) == -1, "accepted \"%s\"", bad[i]);
+        ck_assert_ptr_nonnull(why);
+    }
+}
+END_TEST
+
+START_TEST(test_err_rate_limits)
+{
+#define RL(body) "rate_limits = (\n  { " body " }\n);\n" MINIMAL
+    expect_error(RL("name = \"a\"; rate = \"10/s\";"), "10/s", "bad rate \"10/s\"");
+    expect_error(RL("name = \"a\"; rate = \"0r/s\";"), "0r/s", "at least 1r/s");
+    expect_error(RL("name = \"a\"; rate = \"5r/h\";"), "5r/h", "r/s or r/m");
+    expect_error(RL("name = \"a\"; rate = 10;"), "rate = 10", "'rate' must be a string");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; burst = -1;"), "burst", "'burst' must be between");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; colour = 1;"), "colour", "unknown key 'colour'");
+    expect_error(RL("name = \"a b\"; rate = \"1r/s\";"), "a b", "bad rate limit name");
+    expect_error(RL("name = \"a\"; key = \"cookie:x\"; rate = \"1r/s\";"), "cookie:x", "bad key");
+    expect_error(RL("name = \"a\"; key = \"header:\"; rate = \"1r/s\";"), "header:", "bad key");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; algorithm = \"fixed_window\";"), "fixed_window",
+                 "unknown algorithm");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; burst = 5; delay = 2;"), "delay",
+                 "\"leaky_bucket\" only");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; burst = 5; algorithm = \"leaky_bucket\"; delay = 6;"),
+                 "delay", "must not exceed burst");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; status = 200;"), "status", "between 400 and 599");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; scope = \"fleet\";"), "fleet",
+                 "needs a redis group");
+    /* One fleet limit per route: one round trip to redis per request. */
+    expect_error("redis = { address = \"127.0.0.1:6379\"; };\n"
+                 "rate_limits = ( { name = \"f1\"; rate = \"1r/s\"; scope = \"fleet\"; },\n"
+                 "  { name = \"f2\"; rate = \"1r/s\"; scope = \"fleet\"; } );\n"
+                 RL_POOL_ROUTE("[ \"f1\",\n \"f2\" ]"), "\"f2\" ]", "one fleet rate limit at most");
+    expect_error(RL("name = \"a\"; rate = \"1r/s\"; scope = \"world\";"), "world", "unknown scope");
+    expect_error(RL("name = \"a\"; burst = 1;"), "burst = 1", "missing required key 'rate'");
+    expect_error("rate_limits = (\n  { name = \"a\"; rate = \"1r/s\"; },\n"
+                 "  { name = \"a\"; rate = \"2r/s\"; }\n);\n" MINIMAL,
+                 "2r/s", "duplicate rate limit name 'a'");
+    expect_error("rate_limits = { name = \"a\"; };\n" MINIMAL, "rate_limits", "must be a list");
+    expect_error("rate_limit_table_size = 10;\n" MINIMAL, "table_size", "between 64 and");
+    expect_error("rate_limit_table_size = 16777216;\n"
+                 "rate_limits = (\n  { name = \"a\"; rate = \"1r/s\"; },\n"
+                 "  { name = \"b\"; rate = \"1r/s\"; },\n  { name = \"c\"; rate = \"1r/s\"; },\n"
+                 "  { name = \"d\"; rate = \"1r/s\"; },\n  { name = \"e\"; rate = \"1r/s\"; },\n"
+                 "  { name = \"f\"; rate = \"1r/s\"; },\n  { name = \"g\"; rate = \"1r/s\"; },\n"
+                 "  { name = \"h\"; rate = \"1r/s\"; },\n  { name = \"i\"; rate = \"1r/s\"; }\n);\n"
+                 MINIMAL, "table_size", "of shared memory");
+    expect_error("redis = { address = \"*:6379\"; };\n" MINIMAL, "*:6379", "bad address");
+    expect_error("redis = { address = \"127.0.0.1:6379\"; timeout = \"0\"; };\n" MINIMAL,
+                 "timeout", "must not be 0");
+    expect_error("redis = { address = \"127.0.0.1:6379\"; db = 2; };\n" MINIMAL, "db", "unknown key 'db'");
+#undef RL
+    /* Routes name limits that exist, once each. */
+    static const char lim[] = "rate_limits = ( { name = \"per_ip\"; rate = \"1r/s\"; } );\n";
+    char text[1024];
+    snprintf(text, sizeof(text), "%s" RL_POOL_ROUTE("[ \"per_ip\", \"nope\" ]"), lim);
+    expect_error(text, "nope", "unknown rate limit 'nope'");
+    snprintf(text, sizeof(text), "%s" RL_POOL_ROUTE("[ \"per_ip\", \"per_ip\" ]"), lim);
+    expect_error(text, "rate_limits = [", "named twice");
+    snprintf(text, sizeof(text), "%s" RL_POOL_ROUTE("\"per_ip\""), lim);
+    expect_error(text, "rate_limits = \"", "must be a list of names");
+    snprintf(text, sizeof(text), "%s" RL_POOL_ROUTE("[ 1 ]"), lim);
+    expect_error(text, "[ 1 ]", "must be a list of names");
+    expect_error(RL_POOL_ROUTE("[ \"per_ip\" ]"), "rate_limits = [", "unknown rate limit 'per_ip'");
+    expect_error("listeners = ( { address = \"127.0.0.1:8080\"; max_connections_per_ip = -1; } );\n"
+                 POOL_WEB, "max_connections_per_ip", "between 0 and");
+}
+END_TEST
+
 Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1395,6 +1572,12 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_retries_config);
     tcase_add_test(tc, test_err_retries);
     tcase_add_test(tc, test_err_tls);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("rate limits");
+    tcase_add_test(tc, test_rate_limits);
+    tcase_add_test(tc, test_rate_parse);
+    tcase_add_test(tc, test_err_rate_limits);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cidr");
