@@ -476,6 +476,49 @@ class Backend:
         self._log.close()
 
 
+class RawServer:
+    """A hand-made backend on a free loopback port: a thread per connection
+    runs the subclass's _serve(conn). For behaviour tests/backend cannot
+    show (answers cut short, closes at a chosen moment)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", free_port()))
+        self.sock.listen(64)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def read_head(c, buf):
+        """Read from C until BUF holds a whole head: (head, rest), or None
+        when the peer closed first."""
+        while b"\r\n\r\n" not in buf:
+            try:
+                d = c.recv(65536)
+            except OSError:
+                return None
+            if not d:
+                return None
+            buf += d
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        return head, rest
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
 class Lbd:
     """A running lbd master started by a test."""
 

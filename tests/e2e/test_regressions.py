@@ -19,70 +19,36 @@
 import re
 import signal
 import socket
-import threading
 import time
 
-from lbdtest import (HttpConn, LbdTestCase, connect, free_port, lbd_config, parse_status,
-                     pid_alive, raw_exchange, recv_until_eof, sanitized, wait_for)
+from lbdtest import (HttpConn, LbdTestCase, RawServer, connect, free_port, lbd_config,
+                     parse_status, pid_alive, raw_exchange, recv_until_eof, sanitized, vm_rss_kib,
+                     wait_for)
 
 
-def worker_rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-class RawBackend:
+class RawBackend(RawServer):
     """A backend that answers each connection's first request with a
     keep-alive 200 and closes on the second without answering: what a
     server closing an idle keep-alive connection looks like to a proxy
     that reuses it at that moment. Records every request line it sees."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", free_port()))
-        self.sock.listen(64)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
         self.seen = []
-        self.lock = threading.Lock()
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, c):
-        n = 0
         buf = b""
         with c:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        d = c.recv(65536)
-                    except OSError:
-                        return
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
+            for n in (1, 2):
+                got = self.read_head(c, buf)
+                if got is None:
+                    return
+                head, buf = got
                 with self.lock:
                     self.seen.append(head.split(b"\r\n", 1)[0].decode())
-                n += 1
-                if n >= 2:
+                if n == 2:
                     return      # close without answering
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
 
 
 class RegressionTest(LbdTestCase):
@@ -227,7 +193,7 @@ class RegressionTest(LbdTestCase):
                          routes=[("only.example", "/", "web")], workers=1)
         lbd = self.start_lbd(cfg, listen, workers=1)
         pid = lbd.worker_pids()[0]
-        before = worker_rss_kb(pid)
+        before = vm_rss_kib(pid)
         s = connect(lbd.listen)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.setblocking(False)
@@ -250,7 +216,7 @@ class RegressionTest(LbdTestCase):
         # got rid of is what the kernel buffers hold, not the 40 MB offered.
         self.assertLess(sent, 20 * 1024 * 1024, "lbd kept reading: %d bytes taken" % sent)
         if not sanitized(self.lbd_bin):     # ASan's quarantine inflates RSS
-            grown = worker_rss_kb(pid) - before
+            grown = vm_rss_kib(pid) - before
             self.assertLess(grown, 64 * 1024, "worker grew by %d KiB" % grown)
         s.close()
         self.assertEqual(self.get(host="only.example").status, 200)
@@ -398,7 +364,7 @@ class ResponseHeadTest(LbdTestCase):
         body (limits.buffer), not buffered without end."""
         lbd = self._lbd(backend_response="3s")
         pid = lbd.worker_pids()[0]
-        before = worker_rss_kb(pid)
+        before = vm_rss_kib(pid)
         s = socket.socket()
         self.addCleanup(s.close)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -407,7 +373,7 @@ class ResponseHeadTest(LbdTestCase):
         s.sendall(b"GET /?early_hints=forever HTTP/1.1\r\nHost: a\r\n\r\n")
         time.sleep(1.5)     # a flood of hints, none read
         if not sanitized(self.lbd_bin):     # ASan's quarantine inflates RSS
-            grown = worker_rss_kb(pid) - before
+            grown = vm_rss_kib(pid) - before
             self.assertLess(grown, 32 * 1024, "worker grew by %d KiB" % grown)
         wait_for(lambda: lbd.snapshot()["totals"]["timeouts"]["backend_response"] == 1, 10,
                  what="backend_response to end the hints")

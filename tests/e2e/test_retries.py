@@ -9,7 +9,8 @@ import socket
 import subprocess
 import threading
 
-from lbdtest import HttpConn, LbdTestCase, connect, free_port, pattern_body, wait_for
+from lbdtest import (HttpConn, LbdTestCase, RawServer, connect, free_port, pattern_body,
+                     wait_for)
 from lbdextra import (Load, admin_metrics, admin_status, ext_config, find_server, kill_backend,
                       run_requests, tally)
 from test_limits import Held
@@ -27,41 +28,19 @@ def fnv1a64(data):
     return "%016x" % h
 
 
-class CutServer:
+class CutServer(RawServer):
     """A backend that answers every request with PREFIX (bytes: part of a
     response) and then resets the connection. Counts requests."""
 
     def __init__(self, prefix):
         self.prefix = prefix
         self.requests = 0
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", free_port()))
-        self.sock.listen(64)
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, c):
-        buf = b""
         with c:
-            while b"\r\n\r\n" not in buf:
-                try:
-                    d = c.recv(65536)
-                except OSError:
-                    return
-                if not d:
-                    return
-                buf += d
+            if self.read_head(c, b"") is None:
+                return
             with self.lock:
                 self.requests += 1
             c.sendall(self.prefix)
@@ -70,10 +49,6 @@ class CutServer:
     def count(self):
         with self.lock:
             return self.requests
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
 
 
 class RetryTest(LbdTestCase):
