@@ -10,7 +10,7 @@ import subprocess
 import threading
 
 from lbdtest import (HttpConn, LbdTestCase, RawServer, connect, free_port, pattern_body,
-                     wait_for)
+                     recv_until_eof, wait_for)
 from lbdextra import (Load, admin_metrics, admin_status, ext_config, find_server, kill_backend,
                       run_requests, tally)
 from test_limits import Held
@@ -220,12 +220,7 @@ class RetryTest(LbdTestCase):
             s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
                       b"Connection: close\r\n\r\n" + chunked[:30000])
             s.sendall(chunked[30000:])
-            raw = b""
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                raw += d
+            raw = recv_until_eof(s)
             s.close()
             head = raw.partition(b"\r\n\r\n")[0].decode()
             self.assertIn("200 OK", head.split("\r\n")[0], head)

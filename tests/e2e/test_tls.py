@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from lbdtest import LbdTestCase, connect, free_port, lbd_config, wait_for
+from lbdtest import LbdTestCase, connect, free_port, lbd_config, recv_until_eof, wait_for
 from lbdextra import admin_metrics, admin_metrics_text, admin_status, wait_control
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -306,12 +306,7 @@ class TlsTest(TlsCase):
         self.tls_lbd()
         s = connect(self.tls_addr)
         s.sendall(b"GET / HTTP/1.1\r\nHost: a.lbd.test\r\n\r\n")
-        data = b""
-        while True:
-            d = s.recv(4096)
-            if not d:
-                break
-            data += d
+        data = recv_until_eof(s)
         s.close()
         self.assertTrue(data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data)
         self.assertIn(b"plain HTTP request sent to a TLS port", data)
@@ -335,12 +330,7 @@ class TlsTest(TlsCase):
             s.sendall(p)
             s.shutdown(socket.SHUT_WR)
             s.settimeout(10)
-            data = b""
-            while True:
-                d = s.recv(4096)
-                if not d:
-                    break
-                data += d
+            data = recv_until_eof(s)
             s.close()
             self.assertFalse(data.startswith(b"HTTP/"), data)
         t = wait_for(lambda: (lambda t: t if sum(t["tls_failures"].values()) >= len(payloads)
@@ -747,12 +737,7 @@ class TlsLoadTest(TlsCase):
                 try:
                     with ctx.wrap_socket(connect(self.tls_addr), server_hostname="a.lbd.test") as s:
                         s.sendall(b"GET / HTTP/1.1\r\nHost: a.lbd.test\r\nConnection: close\r\n\r\n")
-                        data = b""
-                        while True:
-                            d = s.recv(65536)
-                            if not d:
-                                break
-                            data += d
+                        data = recv_until_eof(s)
                     if not data.startswith(b"HTTP/1.1 200 ") or not data.endswith(b"\n"):
                         results["errors"].append(data[:200])
                     else:
