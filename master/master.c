@@ -20,6 +20,7 @@
 #include "shared/instance.h"
 #include "shared/log.h"
 #include "shared/shm.h"
+#include "worker/sticky.h"
 #include "worker/tls.h"
 #include "worker/worker.h"
 
@@ -487,7 +488,7 @@ int lb_master_config_load(const char *path, struct lb_config **out, char *err, s
     struct lb_config *cfg = NULL;
     if (lb_config_load(path, &cfg, err, errlen) < 0)
         return -1;
-    if (lb_tls_config_load(cfg, err, errlen) < 0) {
+    if (lb_tls_config_load(cfg, err, errlen) < 0 || lb_sticky_config_load(cfg, err, errlen) < 0) {
         lb_config_free(cfg);
         return -1;
     }

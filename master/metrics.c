@@ -106,6 +106,41 @@ static void lb_metrics_limits(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)l[i]->capacity);
 }
 
+/* Sticky sessions, per pool that has them (no families without any). */
+static void lb_metrics_sticky(const struct lb_shm_header *h, FILE *out,
+                              const struct lb_metrics_backend *v, size_t n)
+{
+    static const char *const fam[LB_STICKY_RESULTS][2] = {
+        { "lbd_sticky_hits_total", "Requests sent to the server their sticky cookie named." },
+        { "lbd_sticky_repins_total",
+          "Requests whose sticky cookie named a server that could not take them (down, breaker "
+          "open or full): balanced and given a new cookie." },
+        { "lbd_sticky_invalid_total",
+          "Requests with a sticky cookie naming no server of the pool (forged, malformed, "
+          "another pool's or a removed server's): balanced and given a new cookie." },
+    };
+    bool any = false;
+    for (unsigned p = 0; p < h->max_pools && !any; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        any = atomic_load(&pool->state) == LB_ENTRY_ACTIVE && atomic_load(&pool->sticky);
+    }
+    if (!any)
+        return;
+    for (unsigned k = 0; k < LB_STICKY_RESULTS; k++) {
+        lb_family(out, fam[k][0], "counter", fam[k][1]);
+        for (unsigned p = 0; p < h->max_pools; p++) {
+            struct lb_shm_pool *pool = lb_shm_pool(h, p);
+            if (atomic_load(&pool->state) != LB_ENTRY_ACTIVE || !atomic_load(&pool->sticky))
+                continue;
+            uint64_t sum = 0;
+            for (size_t i = 0; i < n; i++)
+                if (v[i].b->pool_id == p)
+                    sum += v[i].t.sticky[k];
+            fprintf(out, "%s{pool=\"%s\"} %llu\n", fam[k][0], pool->name, (unsigned long long)sum);
+        }
+    }
+}
+
 void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
@@ -216,6 +251,7 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "lbd_request_duration_seconds_count{" LB_LABELS "} %llu\n", v[i].b->pool,
                 v[i].b->address, (unsigned long long)cum);
     }
+    lb_metrics_sticky(h, out, v, n);
     free(v);
 
     lb_family(out, "lbd_pool_breaker_refused_total", "counter",

@@ -248,17 +248,27 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             fprintf(out, "%s\"%s\":%llu", k ? "," : "", lb_retry_reason_names[k],
                     (unsigned long long)atomic_load(&pool->retries[k]));
         int64_t retrying = 0, waiting = 0;
+        uint64_t sticky[LB_STICKY_RESULTS] = { 0 };
+        bool is_sticky = atomic_load(&pool->sticky) != 0;
         for (unsigned b = 0; b < h->max_backends; b++) {
             struct lb_shm_backend *be = lb_shm_backend(h, b);
             if (atomic_load(&be->state) != LB_ENTRY_FREE && be->pool_id == p) {
                 retrying += atomic_load(&be->retries);
                 waiting += atomic_load(&be->retries_waiting);
+                if (is_sticky)
+                    lb_shm_sticky_sum(h, b, sticky);
             }
         }
         fprintf(out, "},\"retry_budget_exhausted\":%llu,\"retries_in_flight\":%lld,"
-                     "\"retries_waiting\":%lld,\"servers\":[",
+                     "\"retries_waiting\":%lld,",
                 (unsigned long long)atomic_load(&pool->retry_budget_exhausted),
                 (long long)(retrying > 0 ? retrying : 0), (long long)(waiting > 0 ? waiting : 0));
+        if (is_sticky)
+            fprintf(out, "\"sticky\":{\"hits\":%llu,\"repins\":%llu,\"invalid\":%llu},",
+                    (unsigned long long)sticky[LB_STICKY_HIT],
+                    (unsigned long long)sticky[LB_STICKY_REPIN],
+                    (unsigned long long)sticky[LB_STICKY_INVALID]);
+        fputs("\"servers\":[", out);
         first = false;
         bool sfirst = true;
         for (unsigned b = 0; b < h->max_backends; b++) {

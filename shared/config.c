@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 /* Defaults chosen to match what nginx/HAProxy users expect out of the box. */
@@ -800,6 +801,158 @@ static int lb_cfg_retries(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
+/* ---- sticky sessions (worker/sticky.h) ---------------------------------- */
+
+/* RFC 6265 cookie-name: an RFC 9110 token. */
+static bool lb_cfg_token(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *c) != NULL))
+            return false;
+    return true;
+}
+
+/* An attribute value of Set-Cookie: printable, no ';' (it would end it). */
+static bool lb_cfg_attr_value(const char *s)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+        if (*c < 0x21 || *c > 0x7e || *c == ';' || *c == ',')
+            return false;
+    return true;
+}
+
+/* The secret of secret_file: the file's bytes, one trailing newline (and
+ * CR) dropped, so `openssl rand -hex 32 > FILE` works as it is. */
+static int lb_cfg_secret_file(struct lb_loader *ld, const config_setting_t *s, const char *path,
+                              struct lb_sticky_cfg *st)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return lb_cfg_fail(ld, s, "secret_file \"%s\": %s", path, strerror(errno));
+    char *buf = malloc(LB_STICKY_SECRET_MAX + 2);
+    size_t n = buf ? fread(buf, 1, LB_STICKY_SECRET_MAX + 2, f) : 0;
+    bool err = ferror(f) != 0;
+    fclose(f);
+    if (buf == NULL)
+        return lb_cfg_fail(ld, s, "out of memory");
+    if (err) {
+        free(buf);
+        return lb_cfg_fail(ld, s, "secret_file \"%s\": read error", path);
+    }
+    if (n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n < LB_STICKY_SECRET_MIN || n > LB_STICKY_SECRET_MAX) {
+        free(buf);
+        return lb_cfg_fail(ld, s, "secret_file \"%s\": the secret must be %d to %d bytes",
+                           path, LB_STICKY_SECRET_MIN, LB_STICKY_SECRET_MAX);
+    }
+    st->secret = buf;
+    st->secret_len = n;
+    return 0;
+}
+
+/* sticky = { cookie; max_age; secure; httponly; samesite; path; domain;
+ * secret or secret_file; strip; }: lbd's cookie pins a client to the
+ * server that first answered it. The Set-Cookie attributes are built here
+ * once; the values (a MAC per server) by lb_sticky_config_load. */
+static int lb_cfg_sticky(struct lb_loader *ld, const config_setting_t *pool,
+                         struct lb_pool_cfg *p)
+{
+    static const char *const keys[] = { "cookie", "max_age", "secure", "httponly", "samesite",
+                                        "path", "domain", "secret", "secret_file", "strip",
+                                        NULL };
+    struct lb_sticky_cfg *st = &p->sticky;
+    const config_setting_t *g = lb_cfg_member(pool, "sticky");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'sticky' must be a group: sticky = { cookie = \"lbd_srv\"; ... };");
+    const char *cookie = "lbd_srv", *samesite = "Lax", *path = "/", *domain = "";
+    const char *secret = NULL, *secret_file = NULL;
+    uint64_t max_age_ms = 0;
+    bool secure = false, httponly = true;
+    st->strip = true;
+    if (lb_cfg_check_keys(ld, g, "sticky", keys) < 0 ||
+        lb_cfg_string(ld, g, "cookie", &cookie, false) < 0 ||
+        lb_cfg_duration(ld, g, "max_age", &max_age_ms) < 0 ||
+        lb_cfg_bool(ld, g, "secure", &secure) < 0 ||
+        lb_cfg_bool(ld, g, "httponly", &httponly) < 0 ||
+        lb_cfg_string(ld, g, "samesite", &samesite, false) < 0 ||
+        lb_cfg_string(ld, g, "path", &path, false) < 0 ||
+        lb_cfg_string(ld, g, "domain", &domain, false) < 0 ||
+        lb_cfg_string(ld, g, "secret", &secret, false) < 0 ||
+        lb_cfg_string(ld, g, "secret_file", &secret_file, false) < 0 ||
+        lb_cfg_bool(ld, g, "strip", &st->strip) < 0)
+        return -1;
+    if (!lb_cfg_token(cookie) || strlen(cookie) >= sizeof(st->cookie))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "cookie"),
+                           "sticky: bad cookie name \"%s\" (1-63 token characters: "
+                           "A-Z a-z 0-9 !#$%%&'*+-.^_`|~)", cookie);
+    if (max_age_ms != 0 && (max_age_ms < 1000 || max_age_ms / 1000 > LB_STICKY_MAX_AGE_MAX_S))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "max_age"),
+                           "sticky: max_age must be \"0\" (a session cookie) or 1s to 9600h (400 days)");
+    const char *ss = NULL;
+    if (strcasecmp(samesite, "strict") == 0)
+        ss = "Strict";
+    else if (strcasecmp(samesite, "lax") == 0)
+        ss = "Lax";
+    else if (strcasecmp(samesite, "none") == 0)
+        ss = "None";
+    else if (*samesite != '\0')
+        return lb_cfg_fail(ld, lb_cfg_member(g, "samesite"),
+                           "sticky: samesite must be \"Strict\", \"Lax\", \"None\" or \"\" (left out)");
+    if (ss != NULL && strcmp(ss, "None") == 0 && !secure)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "samesite"),
+                           "sticky: samesite = \"None\" needs secure = true (browsers drop it otherwise)");
+    if (path[0] != '/' || strlen(path) > 255 || !lb_cfg_attr_value(path))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "path"),
+                           "sticky: bad path \"%s\" (starts with /, at most 255 printable "
+                           "characters, no ; or ,)", path);
+    bool dom_ok = strlen(domain) <= 253;
+    for (const char *c = domain; dom_ok && *c; c++)
+        dom_ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                 (*c >= '0' && *c <= '9') || *c == '-' || *c == '.';
+    if (!dom_ok)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "domain"),
+                           "sticky: bad domain \"%s\" (a host name, or \"\": none)", domain);
+    if (secret != NULL && secret_file != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "secret_file"),
+                           "sticky: 'secret' and 'secret_file' are exclusive");
+    if (secret != NULL) {
+        size_t n = strlen(secret);
+        if (n < LB_STICKY_SECRET_MIN || n > LB_STICKY_SECRET_MAX)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "secret"),
+                               "sticky: the secret must be %d to %d bytes (e.g. openssl rand -hex 32)",
+                               LB_STICKY_SECRET_MIN, LB_STICKY_SECRET_MAX);
+        if ((st->secret = strdup(secret)) == NULL)
+            return lb_cfg_fail(ld, g, "out of memory");
+        st->secret_len = n;
+    } else if (secret_file != NULL &&
+               lb_cfg_secret_file(ld, lb_cfg_member(g, "secret_file"), secret_file, st) < 0) {
+        return -1;
+    }
+    snprintf(st->cookie, sizeof(st->cookie), "%s", cookie);
+    st->cookie_len = strlen(st->cookie);
+    char *attrs = NULL;
+    char age[40] = "";
+    if (max_age_ms != 0)
+        snprintf(age, sizeof(age), "; Max-Age=%llu", (unsigned long long)(max_age_ms / 1000));
+    int n = asprintf(&attrs, "; Path=%s%s%s%s%s%s%s%s\r\n", path, *domain ? "; Domain=" : "",
+                     domain, age, secure ? "; Secure" : "", httponly ? "; HttpOnly" : "",
+                     ss ? "; SameSite=" : "", ss ? ss : "");
+    if (n < 0)
+        return lb_cfg_fail(ld, g, "out of memory");
+    st->attrs = attrs;
+    st->attrs_len = (size_t)n;
+    st->enabled = true;
+    return 0;
+}
+
 static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
@@ -931,7 +1084,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
                                         "passive_health", "circuit_breaker", "queue",
-                                        "slow_start", "retries", NULL };
+                                        "slow_start", "retries", "sticky", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -967,6 +1120,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_queue(ld, g, p) < 0 ||
             lb_cfg_slow_start(ld, g, p) < 0 ||
             lb_cfg_retries(ld, g, p) < 0 ||
+            lb_cfg_sticky(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;
@@ -1659,8 +1813,11 @@ void lb_config_free(struct lb_config *cfg)
         return;
     if (cfg->tls_free != NULL)
         cfg->tls_free(cfg);
-    for (size_t i = 0; i < cfg->npools; i++)
+    for (size_t i = 0; i < cfg->npools; i++) {
         free(cfg->pools[i].servers);
+        free(cfg->pools[i].sticky.secret);
+        free(cfg->pools[i].sticky.attrs);
+    }
     free(cfg->pools);
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct lb_tls_cfg *t = cfg->listeners[i].tls;

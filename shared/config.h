@@ -115,12 +115,34 @@ struct lb_timeouts {
     uint64_t drain_idle_ms;     /* draining worker: idle keep-alive connection's last wait */
 };
 
+/* Sticky sessions by cookie (worker/sticky.h; README "Sticky sessions"):
+ * lbd's cookie names a server of the pool by a MAC of its identity. */
+#define LB_STICKY_VALUE_LEN     16      /* base64url of 96 bits of HMAC-SHA256 */
+#define LB_STICKY_SECRET_MIN    16      /* bytes */
+#define LB_STICKY_SECRET_MAX    4096
+#define LB_STICKY_MAX_AGE_MAX_S (400ull * 24 * 3600)    /* browsers cap it there */
+struct lb_sticky_cfg {
+    bool enabled;
+    bool strip;                         /* lbd's cookie removed from requests to servers */
+    char cookie[LB_NAME_MAX];           /* its name, a token */
+    size_t cookie_len;
+    char *secret;                       /* MAC key; NULL: none given (a fixed one) */
+    size_t secret_len;
+    /* What follows the value in Set-Cookie: "; Path=/; HttpOnly;
+     * SameSite=Lax\r\n" (the attributes configured, the line's end). */
+    char *attrs;
+    size_t attrs_len;
+};
+
 struct lb_server_cfg {
     char address[LB_ADDR_STR_MAX];      /* canonical form */
     struct lb_addr addr;
     unsigned weight;
     unsigned max_requests;              /* in flight, all workers together; 0: no limit */
     uint32_t shm_id;                    /* backend slot, set by the master */
+    /* The pool's sticky cookie value naming this server (NUL-ended), made
+     * once per configuration by lb_sticky_config_load. */
+    char sticky[LB_STICKY_VALUE_LEN + 1];
 };
 
 struct lb_pool_cfg {
@@ -143,6 +165,7 @@ struct lb_pool_cfg {
     } queue;
     uint64_t slow_start_ms;             /* a server usable again ramps up over this; 0: off */
     struct lb_retry_cfg retries;
+    struct lb_sticky_cfg sticky;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };

@@ -44,7 +44,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   6u
+#define LB_SHM_LAYOUT_VERSION   7u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -193,6 +193,7 @@ struct lb_shm_pool {
     /* Written by the master at each assignment, for readers. */
     _Atomic uint32_t queue_size;
     _Atomic uint64_t slow_start_ms;
+    _Atomic uint32_t sticky;            /* 1: sticky sessions (their counters shown) */
     /* Retries (worker/retry.h): any worker, atomic add, on the retry path
      * only. Requests sent again, by reason; retries the budget refused. */
     lb_counter_t retries[LB_RETRY_REASONS];
@@ -335,6 +336,15 @@ struct lb_shm_backend {
     _Atomic uint64_t breaker_window[LB_BREAKER_BUCKETS] __attribute__((aligned(LB_CACHELINE)));
 } __attribute__((aligned(LB_CACHELINE)));
 
+/* Sticky requests by outcome (worker/sticky.h), counted at the server
+ * that took them: lbd_sticky_*_total. */
+enum lb_sticky_result {
+    LB_STICKY_HIT,              /* sent to the server its cookie named */
+    LB_STICKY_REPIN,            /* its cookie's server could not take it: sent here, re-pinned */
+    LB_STICKY_INVALID,          /* a cookie of ours naming no server: ignored, pinned here */
+    LB_STICKY_RESULTS
+};
+
 /* One per (worker slot, backend). Written by the slot's worker only. */
 struct lb_shm_backend_stats {
     lb_counter_t requests;
@@ -347,6 +357,7 @@ struct lb_shm_backend_stats {
     lb_counter_t duration_sum_us;
     lb_counter_t retries;               /* gauges: this worker's share of lb_shm_backend's */
     lb_counter_t retries_waiting;
+    lb_counter_t sticky[LB_STICKY_RESULTS];
 };
 
 /* ---- rate limits (shared/rltable.h, worker/ratelimit.c) ---- */

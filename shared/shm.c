@@ -635,6 +635,7 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
         struct lb_shm_pool *sp = lb_shm_pool(h, (unsigned)pid);
         atomic_store(&sp->queue_size, pc->queue.size);
         atomic_store(&sp->slow_start_ms, pc->slow_start_ms);
+        atomic_store(&sp->sticky, pc->sticky.enabled);
         atomic_store(&sp->state, LB_ENTRY_ACTIVE);
         for (size_t j = 0; j < pc->nservers; j++) {
             struct lb_server_cfg *sc = &pc->servers[j];
@@ -815,7 +816,17 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
         for (unsigned k = 0; k < LB_DURATION_BUCKETS; k++)
             out->duration[k] += lb_counter_get(&st->duration[k]);
         out->duration_sum_us += lb_counter_get(&st->duration_sum_us);
+        for (unsigned k = 0; k < LB_STICKY_RESULTS; k++)
+            out->sticky[k] += lb_counter_get(&st->sticky[k]);
     }
+}
+
+void lb_shm_sticky_sum(const struct lb_shm_header *h, unsigned backend, uint64_t *out)
+{
+    unsigned used = atomic_load(&h->slots_used);
+    for (unsigned s = 0; s < used && s < h->max_slots; s++)
+        for (unsigned k = 0; k < LB_STICKY_RESULTS; k++)
+            out[k] += lb_counter_get(&lb_shm_stats(h, s, backend)->sticky[k]);
 }
 
 /* A seqlock: the writer makes the sequence odd, writes, makes it even; a

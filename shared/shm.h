@@ -105,6 +105,22 @@ static inline bool lb_backend_usable(const struct lb_shm_backend *b)
            atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_UP;
 }
 
+/* Whether B takes new clients (the strategies' picks), as far as its
+ * health, drain and weight go. */
+static inline bool lb_backend_accepts_new(const struct lb_shm_backend *b)
+{
+    return atomic_load_explicit(&b->weight, memory_order_relaxed) > 0 && lb_backend_usable(b);
+}
+
+/* Whether B takes the clients its sticky cookie pins to it (the breaker
+ * and max_requests aside): a server of weight 0 or drained keeps them, so
+ * an operator empties it without breaking sessions; one that is down (or
+ * a runtime state that means "out now", once there is one) does not. */
+static inline bool lb_backend_accepts_sticky(const struct lb_shm_backend *b)
+{
+    return atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_UP;
+}
+
 /* The breaker state as shown (/status, metrics) at NOW_MS (CLOCK_MONOTONIC):
  * an OPEN breaker whose interval is over is half-open already, though the
  * transition is made (and counted) by the first trial let through. */
@@ -170,10 +186,13 @@ struct lb_backend_totals {
     uint64_t failures;
     uint64_t duration[LB_DURATION_BUCKETS];
     uint64_t duration_sum_us;
+    uint64_t sticky[LB_STICKY_RESULTS];
 };
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
                         struct lb_backend_totals *out);
+/* Add BACKEND's sticky counters, all slots, to OUT[LB_STICKY_RESULTS]. */
+void lb_shm_sticky_sum(const struct lb_shm_header *h, unsigned backend, uint64_t *out);
 
 /* A reader's copy of lb_shm_worker's counters. */
 struct lb_worker_totals {

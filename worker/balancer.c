@@ -23,7 +23,7 @@ static inline unsigned lb_weight(const struct lb_balancer *b, size_t i)
 static inline __attribute__((always_inline))
 bool lb_up(const struct lb_balancer *b, size_t i, const struct lb_pick_ctx *ctx)
 {
-    return lb_weight(b, i) > 0 && lb_backend_usable(b->backends[i]) &&
+    return lb_backend_accepts_new(b->backends[i]) &&
            lb_breaker_usable(b->backends[i], &b->pool->breaker, ctx->now_ms, ctx->trials);
 }
 

@@ -31,6 +31,7 @@ struct lb_http_header {
 #define LB_HDR_FRAMING      0x2u    /* Content-Length, Transfer-Encoding */
 #define LB_HDR_FORWARDED    0x4u    /* X-Forwarded-For/-Proto, Forwarded: ours */
 #define LB_HDR_DUPLICATE    0x8u    /* repeat of an identical Content-Length */
+#define LB_HDR_STICKY       0x10u   /* a Cookie holding lbd's sticky cookie: stripped (worker/sticky.h) */
 
 enum lb_http_body {
     LB_BODY_NONE,

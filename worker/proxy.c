@@ -24,6 +24,7 @@
 #include "worker/ratelimit.h"
 #include "worker/retry.h"
 #include "worker/route.h"
+#include "worker/sticky.h"
 #include "worker/tls.h"
 #include "worker/upstream.h"
 
@@ -63,6 +64,8 @@ struct lb_exchange {
     uint64_t tried;                     /* servers tried: bit (index % 64) */
     uint8_t retries;                    /* retries made (a stale connection's resend is none) */
     bool retry_waiting;                 /* the held retry waits out its backoff */
+    bool sticky;                        /* its pool has sticky sessions (worker/sticky.h) */
+    uint16_t sticky_pin;                /* ... 1 + the server its cookie named; 0: none */
     uint64_t interim_out;               /* queued to the client before the final
                                          * head: 1xx heads, a probe */
     struct lb_chunked req_chunk;
@@ -742,6 +745,25 @@ static void lb_add_header(struct lb_head_out *o, const struct lb_http_header *h)
     lb_head_put(o, "\r\n", 2);
 }
 
+/* A Cookie header without lbd's sticky cookie (strip = true), or nothing
+ * when only that was in it. Never longer than the header as it came. */
+static void lb_add_cookie_stripped(struct lb_head_out *o, const struct lb_sticky_cfg *st,
+                                   const struct lb_http_header *h)
+{
+    if (o->p == NULL || (size_t)(o->end - o->p) < h->name_len + h->value_len + 4) {
+        o->p = o->end = NULL;
+        return;
+    }
+    size_t n = lb_sticky_strip(st, h->value, h->value_len, o->p + h->name_len + 2);
+    if (n == 0)
+        return;
+    memcpy(o->p, h->name, h->name_len);
+    memcpy(o->p + h->name_len, ": ", 2);
+    o->p += h->name_len + 2 + n;
+    memcpy(o->p, "\r\n", 2);
+    o->p += 2;
+}
+
 static uint64_t lb_rand64(struct lb_worker *w)
 {
     uint64_t a = w->rng[0], b = w->rng[1];
@@ -818,8 +840,12 @@ static size_t lb_write_request_head(struct lb_session *s, const struct lb_http_m
     }
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct lb_http_header *h = &m->headers[i];
-        if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_FORWARDED | LB_HDR_DUPLICATE))
+        if (h->flags & (LB_HDR_HOP_BY_HOP | LB_HDR_FORWARDED | LB_HDR_DUPLICATE | LB_HDR_STICKY)) {
+            /* (the sticky mark is only ever set on a sticky pool's request) */
+            if ((h->flags & (LB_HDR_STICKY | LB_HDR_HOP_BY_HOP)) == LB_HDR_STICKY)
+                lb_add_cookie_stripped(out, &s->server->pool->cfg->sticky, h);
             continue;
+        }
         if (absolute && (int)i == m->host)
             continue;
         lb_add_header(out, h);
@@ -1009,6 +1035,7 @@ static void lb_forward_request_body(struct lb_session *s)
 /* ---- response: backend -> client --------------------------------------- */
 
 #define LB_HSTS "Strict-Transport-Security: "
+#define LB_SET_COOKIE "Set-Cookie: "
 
 /* Inlined twice: HSTS (known at compile time) off, as on every plain
  * listener, costs nothing. With it our header replaces the backend's. */
@@ -1024,6 +1051,19 @@ lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_
     const struct lb_tls_cfg *t = hsts ? lb_session_listener(s)->tls : NULL;
     size_t extra = sizeof("Connection: keep-alive\r\n\r\n") + nfields +
                    (hsts ? sizeof(LB_HSTS "\r\n") + t->hsts_len : 0);
+    /* Sticky: a cookie naming the server that answered, unless the client
+     * sent that one already. */
+    const struct lb_sticky_cfg *st = NULL;
+    const char *pin = NULL;
+    if (s->x->sticky) {
+        struct lb_pool_rt *pool = s->server->pool;
+        size_t idx = (size_t)(s->server - pool->servers);
+        if (s->x->sticky_pin != idx + 1) {
+            st = &pool->cfg->sticky;
+            pin = s->server->cfg->sticky;
+            extra += sizeof(LB_SET_COOKIE "=") + st->cookie_len + LB_STICKY_VALUE_LEN + st->attrs_len;
+        }
+    }
     if (!lb_head_begin(&o, buf, lb_head_bound(m, extra)))
         return 0;
     const char *eol = memchr(raw, '\r', m->head_len);
@@ -1036,6 +1076,13 @@ lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_
             lb_str_ieq(h->name, h->name_len, "strict-transport-security"))
             continue;
         lb_add_header(&o, h);
+    }
+    if (st != NULL) {
+        lb_head_put(&o, LB_SET_COOKIE, sizeof(LB_SET_COOKIE) - 1);
+        lb_head_put(&o, st->cookie, st->cookie_len);
+        lb_head_put(&o, "=", 1);
+        lb_head_put(&o, pin, LB_STICKY_VALUE_LEN);
+        lb_head_put(&o, st->attrs, st->attrs_len);
     }
     if (nfields > 0)
         lb_head_put(&o, fields, nfields);
@@ -1589,6 +1636,9 @@ static int lb_session_resend(struct lb_session *s, struct evbuffer *out)
     struct lb_http_msg m = { .headers = w->scratch, .max_headers = w->limits.max_headers };
     if (buf == NULL || lb_http_parse_request(buf, head_len, &m, &w->limits) != 0)
         return -1;
+    const struct lb_pool_cfg *pc = s->server->pool->cfg;
+    if (s->x->sticky && pc->sticky.strip)
+        lb_sticky_find(pc, &m, true);       /* marks lbd's cookie again, to strip it */
     size_t n = lb_write_request_head(s, &m, out, true);
     size_t body = s->head_pending ? 0 : evbuffer_get_length(src) - head_len;
     if (n == 0 || lb_buffer_copy(out, src, head_len, body) < 0)
@@ -1838,6 +1888,47 @@ int lb_session_pick(struct lb_session *s, struct lb_pool_rt *pool, const struct 
     return lb_session_pick_more(s, pool, ctx, idx);
 }
 
+/* A sticky pool's pick (worker/sticky.h): the server the request's
+ * cookie names when it takes sticky clients, its breaker lets the request
+ * through and it has room; else the strategy's pick, which re-pins the
+ * client (the response's Set-Cookie names the new server). Returns as
+ * lb_session_pick. Out of line: a pool without sticky never comes here. */
+static __attribute__((noinline)) int lb_session_pick_sticky(struct lb_session *s,
+                                                            struct lb_pool_rt *pool,
+                                                            const struct lb_http_msg *m,
+                                                            const struct lb_pick_ctx *ctx)
+{
+    const struct lb_pool_cfg *pc = pool->cfg;
+    int pin = lb_sticky_find(pc, m, pc->sticky.strip);
+    s->x->sticky = true;
+    s->x->sticky_pin = pin >= 0 ? (uint16_t)(pin + 1) : 0;
+    if (pin >= 0) {
+        struct lb_server_rt *srv = &pool->servers[pin];
+        s->x->breaker_ms = ctx->now_ms;
+        if (lb_backend_accepts_sticky(srv->shared) &&
+            lb_breaker_usable(srv->shared, &pc->breaker, ctx->now_ms, ctx->trials) &&
+            lb_session_admit(s, pool, ctx, pin)) {
+            lb_counter_add(&srv->stats->sticky[LB_STICKY_HIT], 1);
+            return pin;
+        }
+    }
+    int idx = lb_session_pick(s, pool, ctx);
+    if (idx >= 0 && idx != pin && pin != LB_STICKY_NO_COOKIE)
+        lb_counter_add(&pool->servers[idx].stats->sticky[pin >= 0 ? LB_STICKY_REPIN
+                                                                   : LB_STICKY_INVALID], 1);
+    return idx;
+}
+
+/* A request's first pick: sticky first when its pool has it. */
+static inline __attribute__((always_inline))
+int lb_session_pick_first(struct lb_session *s, struct lb_pool_rt *pool,
+                          const struct lb_http_msg *m, const struct lb_pick_ctx *ctx)
+{
+    if (pool->cfg->sticky.enabled)
+        return lb_session_pick_sticky(s, pool, m, ctx);
+    return lb_session_pick(s, pool, ctx);
+}
+
 /* No server of POOL can take S's request: 503. */
 static void lb_session_no_server(struct lb_session *s, struct lb_pool_rt *pool)
 {
@@ -2069,7 +2160,7 @@ static void lb_queue_run(struct lb_pool_rt *pool)
             continue;
         }
         lb_session_pick_ctx(s, pool, &m, &ctx);
-        int idx = lb_session_pick(s, pool, &ctx);
+        int idx = lb_session_pick_first(s, pool, &m, &ctx);
         if (idx == LB_PICK_FULL)
             break;                      /* still no room: the others wait too */
         lb_session_unqueue(s);
@@ -2184,7 +2275,7 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
     }
     struct lb_pick_ctx ctx;
     lb_session_pick_ctx(s, pool, m, &ctx);
-    int idx = lb_session_pick(s, pool, &ctx);
+    int idx = lb_session_pick_first(s, pool, m, &ctx);
     if (idx >= 0)
         lb_session_send(s, m);
     else if (idx == LB_PICK_FULL)

@@ -222,6 +222,8 @@ static int apply_param(struct request *req, const char *k, size_t kn, const char
             return -1;
     } else if (KEY_IS("sts")) {
         return parse_flag(v, vn, &req->sts);
+    } else if (KEY_IS("setcookie")) {
+        return parse_flag(v, vn, &req->setcookie);
     } else if (KEY_IS("retry_after")) {
         if (parse_u64(v, vn, 86400, &req->retry_after) < 0)
             return -1;

@@ -44,6 +44,7 @@ struct request {
     bool endless;           /* endless=1: header lines without end */
     uint64_t hdrsize;       /* hdrsize=N: one header line with an N-byte value */
     bool sts;               /* sts=1: a Strict-Transport-Security header of its own */
+    bool setcookie;         /* setcookie=1: a Set-Cookie of its own (app=1) */
     bool has_retry_after;   /* retry_after=S: a Retry-After: S header */
     uint64_t retry_after;
     /* GET /control?...: the query (status=, reset=, delay=, retry_after=) applies to

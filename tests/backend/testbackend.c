@@ -6,7 +6,7 @@
  * It prints "ready" once every listener is bound, then answers each request
  * as its query string asks (status=, delay=, size=, chunked=, close=,
  * reset=, drop=, echo=, hang=, ws=, trickle=, trickle_head=, endless=,
- * hdrsize=, retry_after=, sts=, early_hints=; see request.h) so a test can provoke exactly the backend behaviour it
+ * hdrsize=, retry_after=, sts=, setcookie=, early_hints=; see request.h) so a test can provoke exactly the backend behaviour it
  * wants to see lbd handle. GET /stats reports counters as JSON; GET
  * /control?status=503 (or reset=1) makes every later request fail so until
  * a bare GET /control. Every answer to a request with a body says how much
@@ -415,6 +415,8 @@ static enum step respond(struct conn *c)
         HEAD_ADD("X-Body-Sum: %016" PRIx64 "\r\n", c->body_sum);
     if (!c->bad && r->sts)
         HEAD_ADD("Strict-Transport-Security: max-age=5\r\n");
+    if (!c->bad && r->setcookie)
+        HEAD_ADD("Set-Cookie: app=1; Path=/\r\n");
     if (!c->bad && r->has_retry_after)
         HEAD_ADD("Retry-After: %" PRIu64 "\r\n", r->retry_after);
     if (c->close_after)
@@ -973,7 +975,7 @@ static void usage(FILE *f)
             "  -t  idle connection timeout in seconds, 0 for none (default %d)\n"
             "Per-request behaviour comes from the query string:\n"
             "  status=N delay=MS size=N chunked=1 close=1 reset=1 drop=1 echo=1 hang=1 ws=1\n"
-            "  trickle=MS trickle_head=MS endless=1 hdrsize=N retry_after=S sts=1\n"
+            "  trickle=MS trickle_head=MS endless=1 hdrsize=N retry_after=S sts=1 setcookie=1\n"
             "  early_hints=N|forever\n"
             "GET /stats returns counters as JSON (heads: requests but /stats and /control;\n"
             "delayed, delayed_peak: requests waiting out delay= now, and most at once).\n"

@@ -26,6 +26,9 @@ policy (no failures happen: what they cost a healthy pool); --tls counts them
 over TLS 1.3. --ratelimit adds a per-client-address rate limit too high ever
 to refuse (what every request pays for a limit it passes); --ratelimit refuse
 one that refuses nearly every request (1r/s: what a refusal costs).
+--sticky gives lbd's pool sticky sessions, every request carrying a valid
+cookie (what a pinned client costs); --sticky new sends none, so every answer
+gets a Set-Cookie.
 
 The TLS scenarios (ka64-tls, newconn-tls) give the three proxies the same
 certificate (ECDSA P-256, made at start) and TLS 1.2 ciphers.
@@ -90,8 +93,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-# Extra keys of lbd's pool (--breaker, --retries).
+# Extra keys of lbd's pool (--breaker, --retries, --sticky).
 POOL_EXTRA = ""
+# Extra wrk arguments of the --instructions run (--sticky hit: lbd's cookie).
+WRK_EXTRA = []
+STICKY_SECRET = "bench-sticky-secret-0123456789"
+
+
+def sticky_cookie(pool, address, secret=STICKY_SECRET):
+    """lbd's sticky cookie value for ADDRESS (README: Sticky sessions)."""
+    import base64
+    import hashlib
+    import hmac
+    mac = hmac.new(secret.encode(), b"lbd-sticky-v1\0" + pool.encode() + b"\0" + address.encode(),
+                   hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:12]).decode()
 
 
 def fill(template, path, values):
@@ -364,7 +380,8 @@ def instructions(work, backends, duration, pool, ratelimit=None):
     url = "http://127.0.0.1:%d/" % port
     try:
         wait_port(port, deadline=60)
-        subprocess.run(["wrk", "-t1", "-c64", "-d2s", url], capture_output=True, timeout=60)
+        subprocess.run(["wrk", "-t1", "-c64", "-d2s"] + WRK_EXTRA + [url], capture_output=True,
+                       timeout=60)
         # The worker is the child that served the warm-up (under valgrind
         # the process titles are not visible).
         children = tree(proc.pid)[1:]
@@ -373,8 +390,8 @@ def instructions(work, backends, duration, pool, ratelimit=None):
         worker = max(children, key=lambda p: cpu_ns([p]))
         subprocess.run(["callgrind_control", "-i", "on", str(worker)], capture_output=True,
                        check=True)
-        text = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % duration, url], capture_output=True,
-                              text=True, timeout=duration + 60).stdout
+        text = subprocess.run(["wrk", "-t1", "-c64", "-d%ds" % duration] + WRK_EXTRA + [url],
+                              capture_output=True, text=True, timeout=duration + 60).stdout
         reqs = int(re.search(r"(\d+) requests in", text).group(1))
         # The dump holds what was counted since the switch: the run.
         subprocess.run(["callgrind_control", "-d", str(worker)], capture_output=True, check=True)
@@ -482,12 +499,17 @@ def main():
     ap.add_argument("--ratelimit", nargs="?", const="pass", choices=sorted(LBD_RATELIMIT),
                     help="with --instructions: a per-IP rate limit that never refuses (pass), "
                          "or refuses nearly every request (refuse)")
+    ap.add_argument("--sticky", nargs="?", const="hit", choices=("hit", "new"),
+                    help="with --instructions: lbd's pool with sticky sessions; every request "
+                         "carries a valid cookie (hit), or none and gets one (new)")
     args = ap.parse_args()
     global POOL_EXTRA
     if args.breaker:
         POOL_EXTRA += "circuit_breaker = { }; "
     if args.retries:
         POOL_EXTRA += 'retries = { attempts = 3; per_try_timeout = "2s"; }; '
+    if args.sticky:
+        POOL_EXTRA += 'sticky = { secret = "%s"; }; ' % STICKY_SECRET
 
 
     for tool in ("wrk", "haproxy", "nginx", "taskset") + (("valgrind", "callgrind_control")
@@ -507,6 +529,11 @@ def main():
         f.write(os.urandom(65536))
     os.chmod(os.path.join(work, "www", "64k"), 0o644)
     backends = ["127.0.0.1:%d" % free_port() for _ in range(3)]
+    if args.sticky == "hit":
+        # lbd's pool is named "be" (lbd.conf.in); a client pinned to the
+        # first server, as a browser after its first answer.
+        WRK_EXTRA.extend(["-H", "Cookie: session=abc123; lbd_srv=%s"
+                          % sticky_cookie("be", backends[0])])
     fill("nginx-backends.conf.in", os.path.join(work, "backends.conf"),
          {"DIR": work, "B1": backends[0], "B2": backends[1], "B3": backends[2]})
     back = subprocess.Popen(["taskset", "-c", "1" if ncpu > 1 else "0", "nginx", "-c",
@@ -521,8 +548,9 @@ def main():
                 per, reqs = instructions_tls(work, backends, args.duration, args.pool)
             else:
                 per, reqs = instructions(work, backends, args.duration, args.pool, args.ratelimit)
-            print("lbd worker: %.0f instructions per keep-alive request%s (callgrind, %d requests%s%s)"
+            print("lbd worker: %.0f instructions per keep-alive request%s (callgrind, %d requests%s%s%s)"
                   % (per, " over TLS" if args.tls else "", reqs,
+                     ", sticky (%s)" % args.sticky if args.sticky else "",
                      ", default pool" if args.pool == "default" else "",
                      ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else ""))
             scenarios, args.idle = [], 0

@@ -1303,6 +1303,104 @@ START_TEST(test_err_retries)
 }
 END_TEST
 
+/* pools[].sticky: defaults, every key, the Set-Cookie attributes built. */
+START_TEST(test_sticky_config)
+{
+    struct lb_config *cfg;
+    char text[2048], err[512];
+    ck_assert_int_eq(load_text(MINIMAL, &cfg, err, sizeof(err)), 0);
+    ck_assert(!cfg->pools[0].sticky.enabled);
+    lb_config_free(cfg);
+
+    breaker_conf(text, sizeof(text), "sticky", "");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    const struct lb_sticky_cfg *st = &cfg->pools[0].sticky;
+    ck_assert(st->enabled && st->strip);
+    ck_assert_str_eq(st->cookie, "lbd_srv");
+    ck_assert_uint_eq(st->cookie_len, 7);
+    ck_assert_ptr_null(st->secret);
+    ck_assert_str_eq(st->attrs, "; Path=/; HttpOnly; SameSite=Lax\r\n");
+    ck_assert_uint_eq(st->attrs_len, strlen(st->attrs));
+    lb_config_free(cfg);
+
+    breaker_conf(text, sizeof(text), "sticky",
+                 "cookie = \"SRV\"; max_age = \"2h\"; secure = true; httponly = false;\n"
+                 "samesite = \"strict\"; path = \"/app\"; domain = \"example.com\";\n"
+                 "secret = \"0123456789abcdef!\"; strip = false;\n");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    st = &cfg->pools[0].sticky;
+    ck_assert(st->enabled && !st->strip);
+    ck_assert_str_eq(st->cookie, "SRV");
+    ck_assert_str_eq(st->secret, "0123456789abcdef!");
+    ck_assert_uint_eq(st->secret_len, 17);
+    ck_assert_str_eq(st->attrs,
+                     "; Path=/app; Domain=example.com; Max-Age=7200; Secure; SameSite=Strict\r\n");
+    lb_config_free(cfg);
+
+    /* secret_file: its bytes, one trailing newline dropped. */
+    char path[] = "/tmp/lbd-unit-secret-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "abcdefghijklmnopqrstuvwxyz\r\n", 28), 28);
+    close(fd);
+    char group[256];
+    snprintf(group, sizeof(group), "secret_file = \"%s\"; samesite = \"\";\n", path);
+    breaker_conf(text, sizeof(text), "sticky", group);
+    int rc = load_text(text, &cfg, err, sizeof(err));
+    unlink(path);
+    ck_assert_msg(rc == 0, "%s", err);
+    st = &cfg->pools[0].sticky;
+    ck_assert_uint_eq(st->secret_len, 26);
+    ck_assert_int_eq(memcmp(st->secret, "abcdefghijklmnopqrstuvwxyz", 26), 0);
+    ck_assert_str_eq(st->attrs, "; Path=/; HttpOnly\r\n");
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_sticky)
+{
+    expect_breaker_error("sticky", "cookie = \"a b\";\n", "cookie", "sticky: bad cookie name \"a b\"");
+    expect_breaker_error("sticky", "cookie = \"\";\n", "cookie", "sticky: bad cookie name");
+    expect_breaker_error("sticky", "cookie = \"x=y\";\n", "cookie", "sticky: bad cookie name");
+    expect_breaker_error("sticky", "max_age = \"500ms\";\n", "max_age",
+                         "max_age must be \"0\" (a session cookie) or 1s to 9600h");
+    expect_breaker_error("sticky", "max_age = \"9601h\";\n", "max_age", "max_age must be");
+    expect_breaker_error("sticky", "max_age = \"soon\";\n", "max_age", "invalid duration");
+    expect_breaker_error("sticky", "secure = \"yes\";\n", "secure", "'secure' must be true or false");
+    expect_breaker_error("sticky", "samesite = \"Loose\";\n", "samesite",
+                         "samesite must be \"Strict\", \"Lax\", \"None\" or \"\"");
+    expect_breaker_error("sticky", "samesite = \"None\";\n", "samesite",
+                         "samesite = \"None\" needs secure = true");
+    expect_breaker_error("sticky", "path = \"app\";\n", "path", "sticky: bad path \"app\"");
+    expect_breaker_error("sticky", "path = \"/a;b\";\n", "path", "sticky: bad path");
+    expect_breaker_error("sticky", "domain = \"ex ample.com\";\n", "domain", "sticky: bad domain");
+    expect_breaker_error("sticky", "domain = \"a;b\";\n", "domain", "sticky: bad domain");
+    expect_breaker_error("sticky", "secret = \"short\";\n", "secret",
+                         "sticky: the secret must be 16 to 4096 bytes");
+    expect_breaker_error("sticky", "secret = \"0123456789abcdef\";\nsecret_file = \"/x\";\n",
+                         "secret_file", "'secret' and 'secret_file' are exclusive");
+    expect_breaker_error("sticky", "secret_file = \"/nonexistent/lbd-secret\";\n", "secret_file",
+                         "secret_file \"/nonexistent/lbd-secret\": No such file or directory");
+    expect_breaker_error("sticky", "strip = 0;\n", "strip", "'strip' must be true or false");
+    expect_breaker_error("sticky", "name = \"x\";\n", "name = \"x\"", "unknown key 'name' in sticky");
+    expect_error(LISTENERS
+                 "pools = (\n"
+                 "  { name = \"web\"; sticky = true;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"
+                 ");\n", "sticky", "'sticky' must be a group");
+
+    char path[] = "/tmp/lbd-unit-secret-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "tooshort\n", 9), 9);
+    close(fd);
+    char group[256];
+    snprintf(group, sizeof(group), "secret_file = \"%s\";\n", path);
+    expect_breaker_error("sticky", group, "secret_file", "the secret must be 16 to 4096 bytes");
+    unlink(path);
+}
+END_TEST
+
 START_TEST(test_cidr)
 {
     ck_assert(in_block("10.0.0.0/8", "10.1.2.3"));
@@ -1571,6 +1669,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_limits_config);
     tcase_add_test(tc, test_retries_config);
     tcase_add_test(tc, test_err_retries);
+    tcase_add_test(tc, test_sticky_config);
+    tcase_add_test(tc, test_err_sticky);
     tcase_add_test(tc, test_err_tls);
     suite_add_tcase(s, tc);
 
