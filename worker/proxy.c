@@ -1061,7 +1061,8 @@ lb_write_response_head_t(struct lb_session *s, const char *raw, const struct lb_
         if (s->x->sticky_pin != idx + 1) {
             st = &pool->cfg->sticky;
             pin = s->server->cfg->sticky;
-            extra += sizeof(LB_SET_COOKIE "=") + st->cookie_len + LB_STICKY_VALUE_LEN + st->attrs_len;
+            extra += sizeof(LB_SET_COOKIE "=") + st->cookie_len + LB_STICKY_VALUE_LEN +
+                     st->attrs_len;
         }
     }
     if (!lb_head_begin(&o, buf, lb_head_bound(m, extra)))

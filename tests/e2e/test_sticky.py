@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 import subprocess
+import threading
 
 from lbdtest import HttpConn, LbdTestCase, free_port, lbd_config, wait_for
 from lbdextra import admin_metrics, admin_metrics_text, admin_status, kill_backend, wait_health
@@ -160,6 +161,31 @@ class StickyTest(LbdTestCase):
         self.assertIsNotNone(set_cookie(r3))
         self.assertEqual(self._sticky(lbd)["repins"], 1, "r3: the breaker was open")
 
+    def test_repin_when_full(self):
+        """The pinned server is at its max_requests (a request hangs there):
+        a request with its cookie goes to another server and is re-pinned,
+        rather than wait; once the place is free the new cookie holds."""
+        b1, b2 = self.start_backends("b1", "b2")
+        listen = f"127.0.0.1:{free_port()}"
+        pool = {"name": "web", "sticky": {"secret": SECRET},
+                "servers": [(b.addr, 1, {"max_requests": 1}) for b in (b1, b2)]}
+        lbd = self.start_lbd(lbd_config(listen, [pool]), listen)
+        v1 = cookie_value("web", b1.addr)
+        held = []
+        t = threading.Thread(target=lambda: held.append(
+            self.get("/?delay=1500", headers=[("Cookie", f"lbd_srv={v1}")])))
+        t.start()
+        try:
+            lbd.wait_in_flight(1)
+            r = self.get("/", headers=[("Cookie", f"lbd_srv={v1}")])
+            self.assertEqual((r.status, r.backend, pinned(r)),
+                             (200, "b2", cookie_value("web", b2.addr)))
+        finally:
+            t.join(30)
+        self.assertEqual((held[0].status, held[0].backend, set_cookie(held[0])), (200, "b1", None))
+        self.assertEqual(lbd.snapshot()["pools"][0]["sticky"],
+                         {"hits": 1, "repins": 1, "invalid": 0})
+
     def test_weight_zero_drains(self):
         """A reload gives the pinned server weight 0: it keeps the clients
         its cookie pins (no new Set-Cookie), and gets no new one."""
@@ -187,7 +213,8 @@ class StickyTest(LbdTestCase):
         b = self.start_backends("b1", "b2", "b3")
         lbd = self._lbd(b)
         b2 = b[1]
-        bad = ["garbage", "", "A" * 16, cookie_value("web", b2.addr, secret="another-secret-of-16+"),
+        bad = ["garbage", "", "A" * 16,
+               cookie_value("web", b2.addr, secret="another-secret-of-16+"),
                cookie_value("other", b2.addr), cookie_value("web", b2.addr)[:15], "=;=;;"]
         bad = [f"lbd_srv={v}" for v in bad] + ["=;=;; lbd_srv; ;"]
         seen = set()
@@ -197,7 +224,8 @@ class StickyTest(LbdTestCase):
             self.assertEqual(r.status, 200, v)
             line = set_cookie(r)
             self.assertIsNotNone(line, v)
-            self.assertEqual(pinned(r), cookie_value("web", [x for x in b if x.name == r.backend][0].addr))
+            answered = [x for x in b if x.name == r.backend][0]
+            self.assertEqual(pinned(r), cookie_value("web", answered.addr))
         self.assertEqual(seen, {"b1", "b2", "b3"}, "balanced by the strategy (round robin)")
         self.assertEqual(self._sticky(lbd), {"hits": 0, "repins": 0, "invalid": len(bad) - 1},
                          "the last one has no lbd_srv cookie at all")
