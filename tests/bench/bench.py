@@ -29,6 +29,8 @@ one that refuses nearly every request (1r/s: what a refusal costs).
 --sticky gives lbd's pool sticky sessions, every request carrying a valid
 cookie (what a pinned client costs); --sticky new sends none, so every answer
 gets a Set-Cookie.
+one that refuses nearly every request (1r/s: what a refusal costs). --faults
+configures three faults at 0 % on lbd's pool (what faults that are off cost).
 
 The TLS scenarios (ka64-tls, newconn-tls) give the three proxies the same
 certificate (ECDSA P-256, made at start) and TLS 1.2 ciphers.
@@ -108,10 +110,19 @@ def sticky_cookie(pool, address, secret=STICKY_SECRET):
     mac = hmac.new(secret.encode(), b"lbd-sticky-v1\0" + pool.encode() + b"\0" + address.encode(),
                    hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:12]).decode()
+# Extra top-level lbd settings (--faults), after @RATELIMIT@.
+LBD_EXTRA = ""
+# --faults: three faults on lbd's pool, all at 0 % (what each request pays
+# for faults that are configured but off).
+LBD_FAULTS = ('faults = ( { name = "slow"; pool = "be"; percent = 0; delay = "200ms"; },\n'
+              '           { name = "errors"; pool = "be"; percent = 0; abort = 503; },\n'
+              '           { name = "drop"; pool = "be"; percent = 0; reset = true; } );\n')
 
 
 def fill(template, path, values):
     values = dict(tls_values(False, ""), **dict(values, POOL_EXTRA=POOL_EXTRA))
+    if "RATELIMIT" in values:
+        values["RATELIMIT"] += "\n" + LBD_EXTRA
     with open(os.path.join(HERE, template)) as f:
         text = f.read()
     for k, v in values.items():
@@ -491,6 +502,8 @@ def main():
     ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
                     help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
                          "default) or default (no keepalive key)")
+    ap.add_argument("--faults", action="store_true",
+                    help="lbd's pool with three faults (delay, abort, reset) at 0 %%")
     ap.add_argument("--breaker", action="store_true",
                     help="lbd's pool with circuit_breaker (its defaults: both triggers)")
     ap.add_argument("--retries", action="store_true",
@@ -503,7 +516,9 @@ def main():
                     help="with --instructions: lbd's pool with sticky sessions; every request "
                          "carries a valid cookie (hit), or none and gets one (new)")
     args = ap.parse_args()
-    global POOL_EXTRA
+    global POOL_EXTRA, LBD_EXTRA
+    if args.faults:
+        LBD_EXTRA += LBD_FAULTS
     if args.breaker:
         POOL_EXTRA += "circuit_breaker = { }; "
     if args.retries:
@@ -552,7 +567,8 @@ def main():
                   % (per, " over TLS" if args.tls else "", reqs,
                      ", sticky (%s)" % args.sticky if args.sticky else "",
                      ", default pool" if args.pool == "default" else "",
-                     ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else ""))
+                     ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else "")
+                  + (", three faults at 0 %" if args.faults else ""))
             scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}
