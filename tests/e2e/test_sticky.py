@@ -10,7 +10,7 @@ import re
 import subprocess
 import threading
 
-from lbdtest import HttpConn, LbdTestCase, free_port, lbd_config, wait_for
+from lbdtest import HttpConn, LbdTestCase, free_port, http_get, lbd_config, wait_for
 from lbdextra import admin_metrics, admin_metrics_text, admin_status, kill_backend, wait_health
 
 SECRET = "0123456789abcdef-sticky-test-secret"
@@ -204,6 +204,49 @@ class StickyTest(LbdTestCase):
         self.assertNotIn(drained, {x.backend for x in fresh})
         self.assertEqual(len([x for x in fresh if set_cookie(x)]), 30)
         self.assertEqual(self._sticky(lbd)["hits"], 20)
+
+    def test_admin_drain_keeps_sessions_maint_repins(self):
+        """The admin API's runtime states (issue 17) meet the cookie: a
+        server put in drain keeps the clients its cookie pins and gets no
+        new one; put in maint it keeps nobody, its clients are re-pinned
+        with a new cookie; ready again, its old cookie works again."""
+        import json
+        b = self.start_backends("b1", "b2", "b3")
+        listen = f"127.0.0.1:{free_port()}"
+        admin = f"127.0.0.1:{free_port()}"
+        pool = {"name": "web", "strategy": "round_robin", "sticky": {"secret": SECRET},
+                "servers": [(x.addr, 1) for x in b]}
+        token = "sticky-admin-token"
+        cfg = lbd_config(listen, [pool], workers=2,
+                         extra=f'admin = {{ address = "{admin}"; token = "{token}"; }};')
+        lbd = self.start_lbd(cfg, listen, workers=2)
+        lbd.admin = admin
+        r = self._get(lbd)
+        value, mine = pinned(r), [x for x in b if x.name == r.backend][0]
+
+        def state(s):
+            put = http_get(admin, f"/api/pools/web/servers/{mine.addr}", method="PUT",
+                           host="admin.test", body=json.dumps({"state": s}).encode(),
+                           headers=[("Authorization", f"Bearer {token}"),
+                                    ("Content-Type", "application/json")])
+            self.assertEqual(put.status, 200, put.body)
+
+        state("drain")
+        kept = [self._get(lbd, f"lbd_srv={value}") for _ in range(10)]
+        self.assertEqual({(x.status, x.backend, set_cookie(x)) for x in kept},
+                         {(200, mine.name, None)})
+        fresh = [self._get(lbd) for _ in range(12)]
+        self.assertEqual({x.status for x in fresh}, {200})
+        self.assertNotIn(mine.name, {x.backend for x in fresh})
+        state("maint")
+        moved = [self._get(lbd, f"lbd_srv={value}") for _ in range(10)]
+        self.assertEqual({x.status for x in moved}, {200})
+        self.assertNotIn(mine.name, {x.backend for x in moved})
+        self.assertTrue(all(set_cookie(x) for x in moved), "re-pinned: a new cookie each")
+        state("ready")
+        back = [self._get(lbd, f"lbd_srv={value}") for _ in range(5)]
+        self.assertEqual({(x.status, x.backend) for x in back}, {(200, mine.name)})
+        self.assertEqual(self._sticky(lbd)["repins"], 10)
 
     def test_forged_and_malformed(self):
         """Cookies that name no server are ignored: the request is balanced
