@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "master/dashboard.h"
 #include "master/metrics.h"
 #include "master/snapshot.h"
 #include "shared/list.h"
@@ -216,10 +217,15 @@ static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
     } else if (get && plen == 7 && memcmp(m.target, "/status", 7) == 0) {
         lb_snapshot_write(a->shm, f);
         type = "application/json";
+    } else if (get && plen == 1 && m.target[0] == '/') {
+        size_t page_len;
+        const char *page = lb_dashboard_page(&page_len);
+        fwrite(page, 1, page_len, f);
+        type = "text/html; charset=utf-8";
     }
     fclose(f);
     if (type == NULL) {
-        static const char nf[] = "not found: try /metrics or /status\n";
+        static const char nf[] = "not found: try /, /metrics or /status\n";
         lb_admin_reply(c, 404, "Not Found", "text/plain", nf, sizeof(nf) - 1,
                        (m.flags & LB_MSG_HEAD) != 0);
     } else {
