@@ -222,6 +222,11 @@ static const char *lb_top_breaker_name(enum lb_breaker_state b)
     return b == LB_BREAKER_OPEN ? "open" : b == LB_BREAKER_HALF_OPEN ? "half" : "closed";
 }
 
+static const char *lb_top_state_name(enum lb_backend_admin s)
+{
+    return s == LB_BACKEND_DRAIN ? "drain" : s == LB_BACKEND_MAINT ? "maint" : "ready";
+}
+
 static void lb_top_servers(struct lb_top *t)
 {
     const struct lb_top_sample *s = t->cur;
@@ -274,17 +279,18 @@ static void lb_top_servers(struct lb_top *t)
                        "SERVER", "HEALTH", "BREAKER", "W", "STATE", "REQS", "REQ/S", "ERR/S",
                        "5XX%", "INFL", "EWMA", "P50", "P99");
         }
-        char b1[16], b2[16], b3[16], b4[16], b5[16], b6[16];
+        char b1[16], b2[16], b3[16], b4[16], b5[16], w[16];
         bool bad = !v->up || v->breaker != LB_BREAKER_CLOSED;
+        /* '*': set at run time (admin API), not the file's. */
+        snprintf(w, sizeof(w), "%u%s", v->weight, v->weight != v->file_weight ? "*" : "");
         lb_top_add(t, bad ? LB_LINE_BAD : LB_LINE_ROW,
-                   "  %-24s %-6s %-7s %4u %-6s %9llu %8s %7s %6.1f %5lld %8s %8s %8s",
-                   v->address, v->up ? "UP" : "DOWN", lb_top_breaker_name(v->breaker), v->weight,
-                   v->drain ? "drain" : "ready", (unsigned long long)v->requests,
+                   "  %-24s %-6s %-7s %4s %-6s %9llu %8s %7s %6.1f %5lld %8s %8s %8s",
+                   v->address, v->up ? "UP" : "DOWN", lb_top_breaker_name(v->breaker), w,
+                   lb_top_state_name(v->state), (unsigned long long)v->requests,
                    lb_top_rate(b1, sizeof(b1), r->have, r->rps),
                    lb_top_rate(b2, sizeof(b2), r->have, r->eps), r->p5xx,
                    (long long)v->inflight, lb_top_ms(b3, sizeof(b3), v->ewma_ms),
                    lb_top_ms(b4, sizeof(b4), r->p50), lb_top_ms(b5, sizeof(b5), r->p99));
-        (void)b6;
     }
 }
 

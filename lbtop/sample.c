@@ -35,7 +35,8 @@ static void lb_top_take_servers(const struct lb_shm_header *h, struct lb_top_sam
             lb_top_copy_name(v->address, be->address, sizeof(v->address));
             v->weight = atomic_load(&be->weight);
             v->up = atomic_load(&be->health) == LB_HEALTH_UP;
-            v->drain = atomic_load(&be->drain) != 0;
+            v->state = lb_backend_admin_state(be);
+            v->file_weight = atomic_load(&be->file_weight);
             v->breaker = lb_shm_breaker_shown(be, now);
             v->inflight = atomic_load(&be->inflight);
             if (v->inflight < 0)

@@ -17,7 +17,8 @@ struct lb_top_server {
     char address[LB_ADDR_STR_MAX];
     uint32_t weight;
     bool up;
-    bool drain;
+    enum lb_backend_admin state;        /* ready, drain, maint (admin API) */
+    uint32_t file_weight;               /* the configuration's; weight is the one in use */
     enum lb_breaker_state breaker;
     int64_t inflight;
     double ewma_ms;

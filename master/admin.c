@@ -1,5 +1,6 @@
 #include "master/admin.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,20 +12,28 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include "master/dashboard.h"
 #include "master/metrics.h"
 #include "master/snapshot.h"
+#include "shared/json.h"
 #include "shared/list.h"
 #include "shared/log.h"
+#include "shared/shm.h"
 #include "shared/util.h"
 #include "worker/http.h"
 
 #define LB_ADMIN_MAX_HEAD 8192
 #define LB_ADMIN_LINGER_MS 2000
 #define LB_ADMIN_RETRY_MS 500       /* after a failed accept(), as the workers */
+#define LB_ADMIN_MAX_BODY (64 * 1024)   /* request bodies (admin API): 413 beyond */
+#define LB_ADMIN_SEG_MAX 256            /* a path segment, decoded */
 
 struct lb_admin {
     struct evconnlistener *listener;
+    const struct lb_config *cfg;
     struct lb_shm_header *shm;
     struct event_base *base;
     struct event *retry;            /* resumes accepting after a failed accept() */
@@ -45,6 +54,7 @@ struct lb_admin_conn {
     struct lb_list node;
     enum lb_admin_state state;
     bool eof;                       /* the client's FIN came */
+    char peer[LB_ADDR_STR_MAX];     /* for the log of changes */
 };
 
 static void lb_admin_pause(struct lb_admin *a, enum lb_pause_reason why, int err)
@@ -139,14 +149,16 @@ static void lb_admin_conn_write(struct bufferevent *bev, void *arg)
     lb_admin_conn_deadline(c, LB_ADMIN_LINGER_MS);
 }
 
-/* HEAD gets the headers GET would (Content-Length included), no body. */
-static void lb_admin_reply(struct lb_admin_conn *c, int status, const char *reason,
-                           const char *type, const char *body, size_t len, bool head)
+/* HEAD gets the headers GET would (Content-Length included), no body.
+ * EXTRA: more header lines, each ending in CRLF, or NULL. */
+static void lb_admin_reply_ex(struct lb_admin_conn *c, int status, const char *reason,
+                              const char *type, const char *body, size_t len, bool head,
+                              const char *extra)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                             "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                        status, reason, type, len);
+                             "Cache-Control: no-store\r\nConnection: close\r\n%s\r\n",
+                        status, reason, type, len, extra ? extra : "");
     if (!head)
         evbuffer_add(out, body, len);
     /* Whatever else the client sent is read and dropped from now on. */
@@ -155,6 +167,12 @@ static void lb_admin_reply(struct lb_admin_conn *c, int status, const char *reas
     c->state = LB_ADMIN_ANSWER;
     lb_admin_conn_deadline(c, c->a->timeout_ms);
     bufferevent_enable(c->bev, EV_WRITE);
+}
+
+static void lb_admin_reply(struct lb_admin_conn *c, int status, const char *reason,
+                           const char *type, const char *body, size_t len, bool head)
+{
+    lb_admin_reply_ex(c, status, reason, type, body, len, head, NULL);
 }
 
 static void lb_admin_conn_timeout(evutil_socket_t fd, short what, void *arg)
@@ -171,6 +189,427 @@ static void lb_admin_conn_timeout(evutil_socket_t fd, short what, void *arg)
     if (c->state == LB_ADMIN_ANSWER)
         atomic_fetch_add(&c->a->shm->admin_timeouts, 1);
     lb_admin_conn_free(c);
+}
+
+/* ---- the admin API ------------------------------------------------------ */
+
+#define LB_ADMIN_SEGS 6
+
+/* One request as the handlers see it. A handler writes its JSON answer to
+ * F and returns 200, or fills MSG and returns the error's status. */
+struct lb_admin_req {
+    struct lb_admin_conn *c;
+    struct lb_admin *a;
+    const struct lb_http_msg *m;
+    char method[16];
+    char path[512];                 /* as sent, without the query */
+    char seg[LB_ADMIN_SEGS][LB_ADMIN_SEG_MAX];     /* percent-decoded */
+    size_t nseg;
+    const char *body;
+    size_t body_len;
+    FILE *f;
+    const char *allow;              /* for 405 */
+    char msg[384];
+};
+
+static int lb_admin_fail(struct lb_admin_req *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int lb_admin_fail(struct lb_admin_req *r, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->msg, sizeof(r->msg), fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static bool lb_admin_method(const struct lb_admin_req *r, const char *m)
+{
+    return strcmp(r->method, m) == 0;
+}
+
+static bool lb_admin_get(const struct lb_admin_req *r)
+{
+    return lb_admin_method(r, "GET") || lb_admin_method(r, "HEAD");
+}
+
+static int lb_admin_not_allowed(struct lb_admin_req *r, const char *allow)
+{
+    r->allow = allow;
+    return lb_admin_fail(r, 405, "method %s not allowed here (allowed: %s)", r->method, allow);
+}
+
+/* Changes need the configured token as a bearer token. Compared through
+ * SHA-256 with CRYPTO_memcmp: the time taken says nothing of how much of
+ * the token (or of its length) was right. */
+static int lb_admin_auth(struct lb_admin_req *r)
+{
+    const char *token = r->a->cfg->admin_token;
+    if (token == NULL)
+        return lb_admin_fail(r, 403, "changes are disabled: no admin token is configured "
+                                     "(set admin.token or admin.token_file and reload)");
+    const struct lb_http_header *auth = NULL;
+    for (size_t i = 0; i < r->m->nheaders; i++)
+        if (lb_str_ieq(r->m->headers[i].name, r->m->headers[i].name_len, "authorization"))
+            auth = &r->m->headers[i];
+    if (auth == NULL)
+        return lb_admin_fail(r, 401, "this change needs Authorization: Bearer <token>");
+    if (auth->value_len < 7 || !lb_str_ieq(auth->value, 7, "bearer "))
+        return lb_admin_fail(r, 401, "Authorization must be Bearer <token>");
+    const char *v = auth->value + 7;
+    size_t n = auth->value_len - 7;
+    while (n > 0 && *v == ' ') {
+        v++;
+        n--;
+    }
+    unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)token, strlen(token), want);
+    SHA256((const unsigned char *)v, n, got);
+    if (CRYPTO_memcmp(want, got, sizeof(want)) != 0)
+        return lb_admin_fail(r, 401, "wrong token");
+    return 0;
+}
+
+/* The body as one flat JSON object (shared/json.h). */
+static int lb_admin_body(struct lb_admin_req *r, struct lb_json_field *f, size_t max)
+{
+    const char *why = NULL;
+    int n = lb_json_parse_flat(r->body, r->body_len, f, max, &why);
+    if (n < 0) {
+        lb_admin_fail(r, 400, "bad JSON body: %s", why);
+        return -1;
+    }
+    if (n == 0) {
+        lb_admin_fail(r, 400, "the body's object is empty: nothing to change");
+        return -1;
+    }
+    return n;
+}
+
+static const struct lb_pool_cfg *lb_admin_find_pool(const struct lb_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->npools; i++)
+        if (strcmp(cfg->pools[i].name, name) == 0)
+            return &cfg->pools[i];
+    return NULL;
+}
+
+/* POOL's server ADDRESS, as written in the file or in any form that
+ * parses to the same address ("localhost:80", "[::1]:80"). */
+static const struct lb_server_cfg *lb_admin_find_server(const struct lb_pool_cfg *pc,
+                                                        const char *address)
+{
+    char canon[LB_ADDR_STR_MAX] = "";
+    struct lb_addr ad;
+    const char *why;
+    if (lb_addr_parse(address, false, &ad, &why) == 0)
+        lb_addr_format(&ad, canon, sizeof(canon));
+    for (size_t i = 0; i < pc->nservers; i++)
+        if (strcmp(pc->servers[i].address, address) == 0 ||
+            (canon[0] != '\0' && strcmp(pc->servers[i].address, canon) == 0))
+            return &pc->servers[i];
+    return NULL;
+}
+
+static void lb_admin_server_json(FILE *f, const struct lb_shm_header *h,
+                                 const struct lb_server_cfg *sc)
+{
+    struct lb_shm_backend *b = lb_shm_backend(h, sc->shm_id);
+    uint32_t over = atomic_load(&b->weight_override);
+    enum lb_backend_admin st = lb_backend_admin_state(b);
+    if (st >= LB_BACKEND_ADMIN_STATES)
+        st = LB_BACKEND_READY;
+    int64_t inflight = atomic_load(&b->inflight);
+    fputs("{\"address\":", f);
+    lb_json_write_string(f, sc->address);
+    fprintf(f, ",\"file\":{\"weight\":%u,\"state\":\"ready\"},"
+               "\"runtime\":{\"weight\":%u,\"state\":\"%s\"},\"weight_override\":",
+            sc->weight, atomic_load(&b->weight), lb_backend_admin_names[st]);
+    if (over == LB_WEIGHT_NONE)
+        fputs("null", f);
+    else
+        fprintf(f, "%u", over);
+    fprintf(f, ",\"overridden\":%s,\"health\":\"%s\",\"breaker\":\"%s\",\"in_flight\":%lld}",
+            over != LB_WEIGHT_NONE || st != LB_BACKEND_READY ? "true" : "false",
+            atomic_load(&b->health) == LB_HEALTH_UP ? "up" : "down",
+            lb_breaker_state_names[lb_shm_breaker_shown(b, lb_now_ms())],
+            (long long)(inflight > 0 ? inflight : 0));
+}
+
+static int lb_admin_pools(struct lb_admin_req *r)
+{
+    if (!lb_admin_get(r))
+        return lb_admin_not_allowed(r, "GET, HEAD");
+    const struct lb_config *cfg = r->a->cfg;
+    fputs("{\"pools\":[", r->f);
+    for (size_t i = 0; i < cfg->npools; i++) {
+        const struct lb_pool_cfg *pc = &cfg->pools[i];
+        fputs(i ? ",{\"name\":" : "{\"name\":", r->f);
+        lb_json_write_string(r->f, pc->name);
+        fprintf(r->f, ",\"strategy\":\"%s\",\"servers\":[", lb_strategy_name(pc->strategy));
+        for (size_t j = 0; j < pc->nservers; j++) {
+            if (j)
+                fputc(',', r->f);
+            lb_admin_server_json(r->f, r->a->shm, &pc->servers[j]);
+        }
+        fputs("]}", r->f);
+    }
+    fputs("]}\n", r->f);
+    return 200;
+}
+
+/* PUT {"weight": N, "state": "drain"|"maint"|"ready"} (either or both),
+ * DELETE (back to the file's values), GET. */
+static int lb_admin_server(struct lb_admin_req *r)
+{
+    bool put = lb_admin_method(r, "PUT"), del = lb_admin_method(r, "DELETE");
+    if (!put && !del && !lb_admin_get(r))
+        return lb_admin_not_allowed(r, "GET, HEAD, PUT, DELETE");
+    int rc = (put || del) ? lb_admin_auth(r) : 0;
+    if (rc != 0)
+        return rc;
+    const struct lb_pool_cfg *pc = lb_admin_find_pool(r->a->cfg, r->seg[2]);
+    if (pc == NULL)
+        return lb_admin_fail(r, 404, "no pool named '%s'", r->seg[2]);
+    const struct lb_server_cfg *sc = lb_admin_find_server(pc, r->seg[4]);
+    if (sc == NULL)
+        return lb_admin_fail(r, 404, "pool '%s' has no server '%s'", pc->name, r->seg[4]);
+    struct lb_shm_backend *b = lb_shm_backend(r->a->shm, sc->shm_id);
+    struct lb_shm_pool *sp = lb_shm_pool(r->a->shm, pc->shm_id);
+    if (put) {
+        struct lb_json_field f[4];
+        int n = lb_admin_body(r, f, LB_ARRAY_SIZE(f));
+        if (n < 0)
+            return 400;
+        long long weight = -1;
+        int state = -1;
+        for (int i = 0; i < n; i++) {
+            if (strcmp(f[i].key, "weight") == 0) {
+                if (f[i].type != LB_JSON_NUMBER || !f[i].integer || f[i].i < 0 ||
+                    f[i].i > LB_WEIGHT_MAX)
+                    return lb_admin_fail(r, 400, "weight must be an integer from 0 to %d",
+                                         LB_WEIGHT_MAX);
+                weight = f[i].i;
+            } else if (strcmp(f[i].key, "state") == 0) {
+                for (int k = 0; k < LB_BACKEND_ADMIN_STATES && f[i].type == LB_JSON_STRING; k++)
+                    if (strcmp(f[i].str, lb_backend_admin_names[k]) == 0)
+                        state = k;
+                if (state < 0)
+                    return lb_admin_fail(r, 400, "state must be \"ready\", \"drain\" or \"maint\"");
+            } else {
+                return lb_admin_fail(r, 400, "unknown key \"%s\" (weight, state)", f[i].key);
+            }
+        }
+        if (weight >= 0)
+            lb_shm_backend_set_weight(sp, b, (uint32_t)weight);
+        if (state >= 0)
+            atomic_store(&b->admin_state, (uint32_t)state);
+        char what[64] = "";
+        if (weight >= 0)
+            snprintf(what, sizeof(what), " weight %lld (file %u)", weight, sc->weight);
+        lb_log_info("admin: PUT from %s: pool '%s' server %s:%s%s%s", r->c->peer, pc->name,
+                    sc->address, what, state >= 0 ? " state " : "",
+                    state >= 0 ? lb_backend_admin_names[state] : "");
+    } else if (del) {
+        lb_shm_backend_set_weight(sp, b, LB_WEIGHT_NONE);
+        atomic_store(&b->admin_state, LB_BACKEND_READY);
+        lb_log_info("admin: DELETE from %s: pool '%s' server %s: back to the file's weight %u, "
+                    "ready", r->c->peer, pc->name, sc->address, sc->weight);
+    }
+    lb_admin_server_json(r->f, r->a->shm, sc);
+    fputc('\n', r->f);
+    return 200;
+}
+
+static void lb_admin_percent(FILE *f, uint32_t ppm)
+{
+    fprintf(f, "%g", (double)ppm / (LB_FAULT_PPM_ONE / 100));
+}
+
+static void lb_admin_fault_json(FILE *f, const struct lb_config *cfg, const struct lb_shm_header *h,
+                                const struct lb_fault_cfg *fc)
+{
+    struct lb_shm_fault *sf = lb_shm_fault(h, fc->shm_id);
+    uint32_t over = atomic_load(&sf->ppm_override);
+    bool enabled = atomic_load(&sf->enabled) != 0;
+    fputs("{\"name\":", f);
+    lb_json_write_string(f, fc->name);
+    fputs(",\"pool\":", f);
+    lb_json_write_string(f, cfg->pools[fc->pool].name);
+    fprintf(f, ",\"type\":\"%s\"", lb_fault_type_name(fc->type));
+    if (fc->type == LB_FAULT_DELAY)
+        fprintf(f, ",\"delay_ms\":%llu", (unsigned long long)fc->delay_ms);
+    else if (fc->type == LB_FAULT_ABORT)
+        fprintf(f, ",\"status\":%d", fc->abort_status);
+    fputs(",\"file\":{\"percent\":", f);
+    lb_admin_percent(f, fc->ppm);
+    fputs(",\"enabled\":true},\"runtime\":{\"percent\":", f);
+    lb_admin_percent(f, over != LB_PPM_NONE ? over : fc->ppm);
+    fprintf(f, ",\"enabled\":%s},\"percent_override\":", enabled ? "true" : "false");
+    if (over == LB_PPM_NONE)
+        fputs("null", f);
+    else
+        lb_admin_percent(f, over);
+    fprintf(f, ",\"overridden\":%s,\"injected\":%llu}",
+            over != LB_PPM_NONE || !enabled ? "true" : "false",
+            (unsigned long long)atomic_load(&sf->injected));
+}
+
+static int lb_admin_faults(struct lb_admin_req *r)
+{
+    if (!lb_admin_get(r))
+        return lb_admin_not_allowed(r, "GET, HEAD");
+    const struct lb_config *cfg = r->a->cfg;
+    fputs("{\"faults\":[", r->f);
+    for (size_t i = 0; i < cfg->nfaults; i++) {
+        if (i)
+            fputc(',', r->f);
+        lb_admin_fault_json(r->f, cfg, r->a->shm, &cfg->faults[i]);
+    }
+    fputs("]}\n", r->f);
+    return 200;
+}
+
+/* PUT {"percent": P, "enabled": B} (either or both), DELETE, GET. */
+static int lb_admin_fault(struct lb_admin_req *r)
+{
+    bool put = lb_admin_method(r, "PUT"), del = lb_admin_method(r, "DELETE");
+    if (!put && !del && !lb_admin_get(r))
+        return lb_admin_not_allowed(r, "GET, HEAD, PUT, DELETE");
+    int rc = (put || del) ? lb_admin_auth(r) : 0;
+    if (rc != 0)
+        return rc;
+    const struct lb_config *cfg = r->a->cfg;
+    const struct lb_fault_cfg *fc = NULL;
+    for (size_t i = 0; i < cfg->nfaults && fc == NULL; i++)
+        if (strcmp(cfg->faults[i].name, r->seg[2]) == 0)
+            fc = &cfg->faults[i];
+    if (fc == NULL)
+        return lb_admin_fail(r, 404, "no fault named '%s'", r->seg[2]);
+    struct lb_shm_fault *sf = lb_shm_fault(r->a->shm, fc->shm_id);
+    if (put) {
+        struct lb_json_field f[4];
+        int n = lb_admin_body(r, f, LB_ARRAY_SIZE(f));
+        if (n < 0)
+            return 400;
+        long long ppm = -1;
+        int enabled = -1;
+        for (int i = 0; i < n; i++) {
+            if (strcmp(f[i].key, "percent") == 0) {
+                if (f[i].type != LB_JSON_NUMBER || !(f[i].num >= 0 && f[i].num <= 100))
+                    return lb_admin_fail(r, 400, "percent must be a number from 0 to 100");
+                ppm = (long long)(f[i].num * (LB_FAULT_PPM_ONE / 100) + 0.5);
+            } else if (strcmp(f[i].key, "enabled") == 0) {
+                if (f[i].type != LB_JSON_BOOL)
+                    return lb_admin_fail(r, 400, "enabled must be true or false");
+                enabled = f[i].boolean;
+            } else {
+                return lb_admin_fail(r, 400, "unknown key \"%s\" (percent, enabled)", f[i].key);
+            }
+        }
+        if (ppm >= 0)
+            atomic_store(&sf->ppm_override, (uint32_t)ppm);
+        if (enabled >= 0)
+            atomic_store(&sf->enabled, (uint32_t)enabled);
+        lb_shm_fault_apply(sf);
+        char what[48] = "";
+        if (ppm >= 0)
+            snprintf(what, sizeof(what), " percent %g", (double)ppm / 10000);
+        lb_log_info("admin: PUT from %s: fault '%s':%s%s%s", r->c->peer, fc->name, what,
+                    enabled >= 0 ? " enabled " : "",
+                    enabled >= 0 ? (enabled ? "true" : "false") : "");
+    } else if (del) {
+        atomic_store(&sf->ppm_override, LB_PPM_NONE);
+        atomic_store(&sf->enabled, 1);
+        lb_shm_fault_apply(sf);
+        lb_log_info("admin: DELETE from %s: fault '%s': back to the file's percent",
+                    r->c->peer, fc->name);
+    }
+    lb_admin_fault_json(r->f, cfg, r->a->shm, fc);
+    fputc('\n', r->f);
+    return 200;
+}
+
+static int lb_admin_hex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Split R->path into percent-decoded segments. -1: too many, too long or
+ * a bad escape. */
+static int lb_admin_split(struct lb_admin_req *r)
+{
+    const char *p = r->path;
+    r->nseg = 0;
+    if (*p != '/')
+        return -1;
+    while (*p == '/') {
+        p++;
+        if (*p == '\0' && r->nseg > 0)
+            break;      /* a trailing slash */
+        if (r->nseg == LB_ADMIN_SEGS)
+            return -1;
+        char *out = r->seg[r->nseg++];
+        size_t n = 0;
+        for (; *p != '\0' && *p != '/'; p++) {
+            char ch = *p;
+            if (ch == '%') {
+                int hi = lb_admin_hex(p[1]), lo = hi < 0 ? -1 : lb_admin_hex(p[2]);
+                if (lo < 0 || (hi == 0 && lo == 0))
+                    return -1;
+                ch = (char)(hi * 16 + lo);
+                p += 2;
+            }
+            if (n + 1 >= LB_ADMIN_SEG_MAX)
+                return -1;
+            out[n++] = ch;
+        }
+        out[n] = '\0';
+    }
+    return 0;
+}
+
+static const char *lb_admin_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    default:  return "Internal Server Error";
+    }
+}
+
+/* An error as JSON: {"status": N, "error": "Reason", "message": "..."}. */
+static void lb_admin_error(struct lb_admin_conn *c, int status, const char *msg,
+                           const char *allow, bool head)
+{
+    char *body = NULL;
+    size_t blen = 0;
+    FILE *f = open_memstream(&body, &blen);
+    if (f == NULL) {
+        lb_admin_reply(c, 500, "Internal Server Error", "text/plain", "", 0, false);
+        return;
+    }
+    fprintf(f, "{\"status\":%d,\"error\":\"%s\",\"message\":", status, lb_admin_reason(status));
+    lb_json_write_string(f, msg);
+    fputs("}\n", f);
+    fclose(f);
+    char extra[160] = "";
+    if (status == 405 && allow != NULL)
+        snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+    else if (status == 401)
+        snprintf(extra, sizeof(extra), "WWW-Authenticate: Bearer realm=\"lbd admin\"\r\n");
+    lb_admin_reply_ex(c, status, lb_admin_reason(status), "application/json", body, blen, head,
+                      extra);
+    free(body);
 }
 
 static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
@@ -195,43 +634,94 @@ static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
         lb_admin_reply(c, 400, "Bad Request", "text/plain", bad, sizeof(bad) - 1, false);
         return;
     }
+    bool head_only = (m.flags & LB_MSG_HEAD) != 0;
+    if (m.body == LB_BODY_CHUNKED) {
+        lb_admin_error(c, 411, "send the body with a Content-Length", NULL, head_only);
+        return;
+    }
+    size_t body_len = m.body == LB_BODY_LENGTH ? (size_t)m.content_length : 0;
+    if (m.body == LB_BODY_LENGTH && m.content_length > LB_ADMIN_MAX_BODY) {
+        lb_admin_error(c, 413, "request bodies are limited to 64 KiB", NULL, head_only);
+        return;
+    }
+    if (len < head + body_len)
+        return;         /* the rest of the body is on its way (within the deadline) */
+    buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)(head + body_len));
+    /* The parse pointed into the old pullup: parse again in place. */
+    if (lb_http_parse_request(buf, head, &m, &lim) != 0) {
+        lb_admin_reply(c, 400, "Bad Request", "text/plain", "", 0, false);
+        return;
+    }
+
+    struct lb_admin_req *r = calloc(1, sizeof(*r));
+    char *body = NULL;
+    size_t blen = 0;
+    FILE *f = r ? open_memstream(&body, &blen) : NULL;
+    if (f == NULL) {
+        free(r);
+        lb_admin_reply(c, 500, "Internal Server Error", "text/plain", "", 0, false);
+        return;
+    }
+    r->c = c;
+    r->a = a;
+    r->m = &m;
+    r->f = f;
+    r->body = buf + head;
+    r->body_len = body_len;
+    snprintf(r->method, sizeof(r->method), "%.*s", (int)m.method_len, m.method);
     /* The path without its query string. */
     size_t plen = m.target_len;
     const char *q = memchr(m.target, '?', plen);
     if (q != NULL)
         plen = (size_t)(q - m.target);
-    bool get = (m.method_len == 3 && memcmp(m.method, "GET", 3) == 0) ||
-               (m.method_len == 4 && memcmp(m.method, "HEAD", 4) == 0);
-
-    char *body = NULL;
-    size_t blen = 0;
-    const char *type = NULL;
-    FILE *f = open_memstream(&body, &blen);
-    if (f == NULL) {
-        lb_admin_reply(c, 500, "Internal Server Error", "text/plain", "", 0, false);
-        return;
-    }
-    if (get && plen == 8 && memcmp(m.target, "/metrics", 8) == 0) {
-        lb_metrics_write(a->shm, f);
+    const char *type = "application/json";
+    int status;
+    if (plen >= sizeof(r->path) || (snprintf(r->path, sizeof(r->path), "%.*s", (int)plen,
+                                             m.target), lb_admin_split(r) < 0)) {
+        status = lb_admin_fail(r, 404, "no such path");
+    } else if (r->nseg == 1 && strcmp(r->path, "/metrics") == 0) {
+        status = lb_admin_get(r) ? 200 : lb_admin_not_allowed(r, "GET, HEAD");
+        if (status == 200)
+            lb_metrics_write(a->shm, f);
         type = "text/plain; version=0.0.4; charset=utf-8";
-    } else if (get && plen == 7 && memcmp(m.target, "/status", 7) == 0) {
-        lb_snapshot_write(a->shm, f);
-        type = "application/json";
-    } else if (get && plen == 1 && m.target[0] == '/') {
-        size_t page_len;
-        const char *page = lb_dashboard_page(&page_len);
-        fwrite(page, 1, page_len, f);
+    } else if (strcmp(r->path, "/") == 0) {
+        status = lb_admin_get(r) ? 200 : lb_admin_not_allowed(r, "GET, HEAD");
+        if (status == 200) {
+            size_t page_len;
+            const char *page = lb_dashboard_page(&page_len);
+            fwrite(page, 1, page_len, f);
+        }
         type = "text/html; charset=utf-8";
+    } else if (r->nseg == 1 && strcmp(r->path, "/status") == 0) {
+        status = lb_admin_get(r) ? 200 : lb_admin_not_allowed(r, "GET, HEAD");
+        if (status == 200)
+            lb_snapshot_write(a->shm, f);
+    } else if (r->nseg >= 2 && strcmp(r->seg[0], "api") == 0 && strcmp(r->seg[1], "pools") == 0) {
+        if (r->nseg == 2)
+            status = lb_admin_pools(r);
+        else if (r->nseg == 5 && strcmp(r->seg[3], "servers") == 0)
+            status = lb_admin_server(r);
+        else
+            status = lb_admin_fail(r, 404, "no such path: try /api/pools or "
+                                           "/api/pools/POOL/servers/ADDRESS");
+    } else if (r->nseg >= 2 && strcmp(r->seg[0], "api") == 0 && strcmp(r->seg[1], "faults") == 0) {
+        if (r->nseg == 2)
+            status = lb_admin_faults(r);
+        else if (r->nseg == 3)
+            status = lb_admin_fault(r);
+        else
+            status = lb_admin_fail(r, 404, "no such path: try /api/faults or /api/faults/NAME");
+    } else {
+        status = lb_admin_fail(r, 404, "not found: try /, /metrics, /status, /api/pools "
+                                       "or /api/faults");
     }
     fclose(f);
-    if (type == NULL) {
-        static const char nf[] = "not found: try /, /metrics or /status\n";
-        lb_admin_reply(c, 404, "Not Found", "text/plain", nf, sizeof(nf) - 1,
-                       (m.flags & LB_MSG_HEAD) != 0);
-    } else {
-        lb_admin_reply(c, 200, "OK", type, body, blen, (m.flags & LB_MSG_HEAD) != 0);
-    }
+    if (status == 200)
+        lb_admin_reply(c, 200, "OK", type, body, blen, head_only);
+    else
+        lb_admin_error(c, status, r->msg, r->allow, head_only);
     free(body);
+    free(r);
 }
 
 static void lb_admin_conn_read(struct bufferevent *bev, void *arg)
@@ -249,8 +739,6 @@ static void lb_admin_accept(struct evconnlistener *l, evutil_socket_t fd, struct
                             int socklen, void *arg)
 {
     (void)l;
-    (void)sa;
-    (void)socklen;
     struct lb_admin *a = arg;
     struct lb_admin_conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
@@ -258,6 +746,11 @@ static void lb_admin_accept(struct evconnlistener *l, evutil_socket_t fd, struct
         return;
     }
     c->a = a;
+    struct lb_addr peer = { .len = (socklen_t)socklen };
+    if ((size_t)socklen <= sizeof(peer.ss)) {
+        memcpy(&peer.ss, sa, (size_t)socklen);
+        lb_addr_format(&peer, c->peer, sizeof(c->peer));
+    }
     c->bev = bufferevent_socket_new(a->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->timer = evtimer_new(a->base, lb_admin_conn_timeout, c);
     if (c->bev == NULL || c->timer == NULL) {
@@ -283,12 +776,14 @@ static void lb_admin_accept(struct evconnlistener *l, evutil_socket_t fd, struct
         lb_admin_pause(a, LB_PAUSE_CAP, 0);
 }
 
-struct lb_admin *lb_admin_start(struct event_base *base, int fd, struct lb_shm_header *shm,
-                                unsigned max_connections, uint64_t timeout_ms)
+struct lb_admin *lb_admin_start(struct event_base *base, int fd, const struct lb_config *cfg,
+                                struct lb_shm_header *shm, unsigned max_connections,
+                                uint64_t timeout_ms)
 {
     struct lb_admin *a = calloc(1, sizeof(*a));
     if (a == NULL)
         return NULL;
+    a->cfg = cfg;
     a->shm = shm;
     a->base = base;
     a->max_conns = max_connections ? max_connections : 1;

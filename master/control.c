@@ -62,7 +62,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     lb_fdbudget_control(cfg, lb_fdbudget_limit(),
                         lb_fdbudget_count_open(3 + lb_fdbudget_control_own(cfg)), &fb);
     if (admin_fd >= 0)
-        admin = lb_admin_start(base, admin_fd, shm, fb.admin_max, cfg->admin_timeout_ms);
+        admin = lb_admin_start(base, admin_fd, cfg, shm, fb.admin_max, cfg->admin_timeout_ms);
     if (admin_fd >= 0 && admin == NULL) {
         lb_log_error("admin listener %s could not start", cfg->admin_address);
         goto out;

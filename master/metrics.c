@@ -106,6 +106,38 @@ static void lb_metrics_limits(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)l[i]->capacity);
 }
 
+/* Fault injection: configured faults by name and type; those asked for
+ * by request headers as fault="headers". */
+static void lb_metrics_faults(const struct lb_shm_header *h, FILE *out)
+{
+    lb_family(out, "lbd_faults_injected_total", "counter",
+              "Requests a fault was injected into, by fault and type (delay, abort, reset).");
+    for (unsigned i = 0; i < h->max_faults; i++) {
+        struct lb_shm_fault *f = lb_shm_fault(h, i);
+        if (atomic_load(&f->state) != LB_ENTRY_ACTIVE)
+            continue;
+        fprintf(out, "lbd_faults_injected_total{fault=\"%s\",type=\"%s\"} %llu\n", f->name,
+                lb_fault_type_name((enum lb_fault_type)f->type),
+                (unsigned long long)atomic_load(&f->injected));
+    }
+    struct lb_worker_totals all = { 0 };
+    unsigned used = atomic_load(&h->slots_used);
+    for (unsigned s = 0; s < used && s < h->max_slots; s++)
+        lb_shm_worker_add(lb_shm_worker(h, s), &all);
+    fprintf(out, "lbd_faults_injected_total{fault=\"headers\",type=\"delay\"} %llu\n",
+            (unsigned long long)all.header_faults[0]);
+    fprintf(out, "lbd_faults_injected_total{fault=\"headers\",type=\"abort\"} %llu\n",
+            (unsigned long long)all.header_faults[1]);
+    lb_family(out, "lbd_fault_percent", "gauge",
+              "Share of its pool's requests a fault is injected into now (0 when disabled).");
+    for (unsigned i = 0; i < h->max_faults; i++) {
+        struct lb_shm_fault *f = lb_shm_fault(h, i);
+        if (atomic_load(&f->state) == LB_ENTRY_ACTIVE)
+            fprintf(out, "lbd_fault_percent{fault=\"%s\"} %g\n", f->name,
+                    (double)atomic_load(&f->live_ppm) / (LB_FAULT_PPM_ONE / 100));
+    }
+}
+
 void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
 {
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
@@ -149,10 +181,17 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         fprintf(out, "lbd_backend_active_requests{" LB_LABELS "} %lld\n", v[i].b->pool,
                 v[i].b->address, (long long)(a > 0 ? a : 0));
     }
-    lb_family(out, "lbd_backend_up", "gauge", "1 if the server is healthy (active checks) and not draining; its breaker: lbd_backend_breaker_state.");
+    lb_family(out, "lbd_backend_up", "gauge", "1 if the server is healthy (active checks) and ready (not drain or maint); its breaker: lbd_backend_breaker_state.");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_up{" LB_LABELS "} %d\n", v[i].b->pool, v[i].b->address,
-                atomic_load(&v[i].b->health) == LB_HEALTH_UP && !atomic_load(&v[i].b->drain));
+                lb_backend_usable(v[i].b));
+    lb_family(out, "lbd_backend_admin_state", "gauge",
+              "1 for the state an operator set on a server (admin API): ready, drain or maint.");
+    for (size_t i = 0; i < n; i++)
+        for (unsigned k = 0; k < LB_BACKEND_ADMIN_STATES; k++)
+            fprintf(out, "lbd_backend_admin_state{" LB_LABELS ",state=\"%s\"} %d\n", v[i].b->pool,
+                    v[i].b->address, lb_backend_admin_names[k],
+                    (unsigned)lb_backend_admin_state(v[i].b) == k);
     lb_family(out, "lbd_backend_breaker_state", "gauge",
               "Circuit breaker of a server: 0 closed, 1 open, 2 half-open.");
     uint64_t now_ms = lb_now_ms();
@@ -166,7 +205,8 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
             fprintf(out, "lbd_backend_breaker_transitions_total{" LB_LABELS ",to=\"%s\"} %llu\n",
                     v[i].b->pool, v[i].b->address, lb_breaker_state_names[k],
                     (unsigned long long)atomic_load(&v[i].b->breaker_transitions[k]));
-    lb_family(out, "lbd_backend_weight", "gauge", "Current weight of a server.");
+    lb_family(out, "lbd_backend_weight", "gauge",
+              "Current weight of a server: the admin API's runtime weight if set, else the file's.");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, v[i].b->address,
                 atomic_load(&v[i].b->weight));
@@ -382,4 +422,5 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
                             "Client connections a live worker holds at most (max_connections).",
                             offsetof(struct lb_shm_worker, max_connections));
     lb_metrics_limits(h, out);
+    lb_metrics_faults(h, out);
 }

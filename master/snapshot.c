@@ -9,6 +9,7 @@
 #include "shared/instance.h"
 
 const char *const lb_breaker_state_names[LB_BREAKER_STATES] = { "closed", "open", "half_open" };
+const char *const lb_backend_admin_names[LB_BACKEND_ADMIN_STATES] = { "ready", "drain", "maint" };
 const char *const lb_retry_reason_names[LB_RETRY_REASONS] = { "connect", "reset", "timeout",
                                                                "502", "503", "504", "5xx" };
 
@@ -149,6 +150,40 @@ static void lb_snapshot_limits(const struct lb_shm_header *h, FILE *out)
 
 /* Names in shm were validated by the config loader (no quotes, no
  * backslashes, printable), so they need no escaping. */
+/* Faults (admin API: runtime percent and enabled); retired ones while
+ * old workers may still inject them. */
+static void lb_snapshot_faults(const struct lb_shm_header *h, FILE *out)
+{
+    static const char *const entry_state[] = { "free", "active", "retired" };
+    bool first = true;
+    for (unsigned i = 0; i < h->max_faults; i++) {
+        struct lb_shm_fault *f = lb_shm_fault(h, i);
+        uint32_t st = atomic_load(&f->state);
+        if (st == LB_ENTRY_FREE || st > LB_ENTRY_RETIRED)
+            continue;
+        uint32_t over = atomic_load(&f->ppm_override);
+        fprintf(out, "%s{\"name\":", first ? "" : ",");
+        lb_json_string(out, f->name, sizeof(f->name));
+        fputs(",\"pool\":", out);
+        lb_json_string(out, f->pool, sizeof(f->pool));
+        fprintf(out, ",\"state\":\"%s\",\"type\":\"%s\",\"delay_ms\":%llu,\"status\":%u,"
+                     "\"file_percent\":%g,\"percent\":%g,\"percent_override\":",
+                entry_state[st], lb_fault_type_name((enum lb_fault_type)f->type),
+                (unsigned long long)f->delay_ms, f->abort_status,
+                (double)atomic_load(&f->file_ppm) / (LB_FAULT_PPM_ONE / 100),
+                (double)(over != LB_PPM_NONE ? over : atomic_load(&f->file_ppm)) /
+                    (LB_FAULT_PPM_ONE / 100));
+        if (over == LB_PPM_NONE)
+            fputs("null", out);
+        else
+            fprintf(out, "%g", (double)over / (LB_FAULT_PPM_ONE / 100));
+        fprintf(out, ",\"enabled\":%s,\"injected\":%llu}",
+                atomic_load(&f->enabled) ? "true" : "false",
+                (unsigned long long)atomic_load(&f->injected));
+        first = false;
+    }
+}
+
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
 {
     fprintf(out, "{\"layout_version\":%u,\"master_pid\":%d,\"generation\":%llu,"
@@ -206,6 +241,8 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             (unsigned long long)all.bytes_out, (unsigned long long)all.client_aborts,
             (unsigned long long)restarts);
     lb_snapshot_timeouts(out, all.timeouts);
+    fprintf(out, ",\"header_faults\":{\"delay\":%llu,\"abort\":%llu}",
+            (unsigned long long)all.header_faults[0], (unsigned long long)all.header_faults[1]);
     fputs(",\"accept_pauses\":", out);
     lb_snapshot_pauses(out, all.accept_pauses);
     fputc(',', out);
@@ -290,13 +327,22 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_CLOSED]),
                     (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_OPEN]),
                     (unsigned long long)atomic_load(&be->breaker_transitions[LB_BREAKER_HALF_OPEN]));
+            uint32_t over = atomic_load(&be->weight_override);
+            enum lb_backend_admin ast = lb_backend_admin_state(be);
+            fprintf(out, ",\"admin_state\":\"%s\",\"file_weight\":%u,\"weight_override\":",
+                    lb_backend_admin_names[ast < LB_BACKEND_ADMIN_STATES ? ast : 0],
+                    atomic_load(&be->file_weight));
+            if (over == LB_WEIGHT_NONE)
+                fputs("null", out);
+            else
+                fprintf(out, "%u", over);
             fprintf(out, ",\"health\":\"%s\",\"drain\":%s,\"down_reason\":\"%s\","
                          "\"in_flight\":%lld,\"ewma_ms\":%.3f,\"checks\":{\"ok\":%llu,"
                          "\"failed\":%llu,\"consecutive_successes\":%u,"
                          "\"consecutive_failures\":%u,\"last_check_ms\":%llu,"
                          "\"last_change_ms\":%llu,\"last_error\":",
                     atomic_load(&be->health) == LB_HEALTH_UP ? "up" : "down",
-                    atomic_load(&be->drain) ? "true" : "false",
+                    ast != LB_BACKEND_READY ? "true" : "false",
                     reasons[reason < 2 ? reason : 0], (long long)(inflight > 0 ? inflight : 0),
                     (double)atomic_load(&be->ewma_us) / 1000.0,
                     (unsigned long long)atomic_load(&be->checks_ok),
@@ -312,6 +358,8 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         }
         fputs("]}", out);
     }
+    fputs("],\"faults\":[", out);
+    lb_snapshot_faults(h, out);
     fputs("],\"rate_limits\":[", out);
     lb_snapshot_limits(h, out);
     fputs("]}\n", out);

@@ -19,6 +19,8 @@ double lb_snapshot_effective_weight(const struct lb_shm_backend *b, uint64_t slo
 
 /* "closed", "open", "half_open", by enum lb_breaker_state (also /metrics). */
 extern const char *const lb_breaker_state_names[LB_BREAKER_STATES];
+/* Names of enum lb_backend_admin: "ready", "drain", "maint" (admin API). */
+extern const char *const lb_backend_admin_names[LB_BACKEND_ADMIN_STATES];
 /* "connect", "reset", "timeout", "502", "503", "504", "5xx", by enum
  * lb_retry_reason (also /metrics). */
 extern const char *const lb_retry_reason_names[LB_RETRY_REASONS];

@@ -800,10 +800,14 @@ static int lb_cfg_retries(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
+static int lb_cfg_admin_token(struct lb_loader *ld, const config_setting_t *g,
+                              struct lb_config *cfg);
+
 static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
-    static const char *const keys[] = { "address", "max_connections", "timeout", NULL };
+    static const char *const keys[] = { "address", "max_connections", "timeout", "token",
+                                        "token_file", NULL };
     cfg->admin_max_connections = LB_ADMIN_MAX_CONNECTIONS;
     cfg->admin_timeout_ms = 10000;
     const config_setting_t *g = lb_cfg_member(root, "admin");
@@ -815,7 +819,8 @@ static int lb_cfg_admin(struct lb_loader *ld, const config_setting_t *root,
     if (lb_cfg_check_keys(ld, g, "admin", keys) < 0 ||
         lb_cfg_address(ld, g, true, &cfg->admin_addr, cfg->admin_address) < 0 ||
         lb_cfg_int(ld, g, "max_connections", 1, 65536, &maxconn) < 0 ||
-        lb_cfg_duration(ld, g, "timeout", &cfg->admin_timeout_ms) < 0)
+        lb_cfg_duration(ld, g, "timeout", &cfg->admin_timeout_ms) < 0 ||
+        lb_cfg_admin_token(ld, g, cfg) < 0)
         return -1;
     if (cfg->admin_timeout_ms == 0)
         return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
@@ -1014,7 +1019,8 @@ static int lb_cfg_route_limits(struct lb_loader *ld, const config_setting_t *g,
 static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
                          struct lb_config *cfg)
 {
-    static const char *const keys[] = { "host", "path_prefix", "pool", "rate_limits", NULL };
+    static const char *const keys[] = { "host", "path_prefix", "pool", "rate_limits",
+                                        "faults_from_headers", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "routes", &list, false) < 0)
         return -1;
@@ -1026,7 +1032,8 @@ static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
         if (cfg->routes == NULL)
             return lb_cfg_fail(ld, root, "out of memory");
         cfg->routes[0] = (struct lb_route_cfg){ .host_match = LB_HOST_ANY,
-                                                .path_prefix = "/", .path_len = 1 };
+                                                .path_prefix = "/", .path_len = 1,
+                                                .faults = cfg->pools[0].nfaults > 0 };
         cfg->nroutes = 1;
         return 0;
     }
@@ -1043,7 +1050,8 @@ static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_check_keys(ld, g, "route", keys) < 0 ||
             lb_cfg_route_host(ld, g, r) < 0 ||
             lb_cfg_string(ld, g, "path_prefix", &prefix, false) < 0 ||
-            lb_cfg_string(ld, g, "pool", &pool, true) < 0)
+            lb_cfg_string(ld, g, "pool", &pool, true) < 0 ||
+            lb_cfg_bool(ld, g, "faults_from_headers", &r->faults_from_headers) < 0)
             return -1;
         cfg->nroutes++;
         if (prefix[0] != '/' || strlen(prefix) >= sizeof(r->path_prefix))
@@ -1058,6 +1066,7 @@ static int lb_cfg_routes(struct lb_loader *ld, const config_setting_t *root,
             return lb_cfg_fail(ld, lb_cfg_member(g, "pool"),
                                "route to unknown pool '%s'", pool);
         r->pool = p;
+        r->faults = r->faults_from_headers || cfg->pools[p].nfaults > 0;
         if (lb_cfg_route_limits(ld, g, cfg, r) < 0)
             return -1;
     }
@@ -1543,6 +1552,170 @@ static int lb_cfg_redis(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
+/* ---- admin API token, fault injection (master/admin.c, worker/fault.c) ---- */
+
+/* A bearer token: visible ASCII, no spaces (RFC 6750's b64token is
+ * narrower; any of these survives an Authorization header intact). */
+static const char *lb_cfg_token_bad(const char *t)
+{
+    if (*t == '\0')
+        return "is empty";
+    if (strlen(t) > LB_ADMIN_TOKEN_MAX)
+        return "is longer than 1024 bytes";
+    for (; *t != '\0'; t++)
+        if ((unsigned char)*t <= 0x20 || (unsigned char)*t >= 0x7f)
+            return "has a space, a control or a non-ASCII character";
+    return NULL;
+}
+
+/* admin.token = "..." or admin.token_file = "PATH" (relative to the main
+ * file's directory; its content, trailing newlines and spaces removed). */
+static int lb_cfg_admin_token(struct lb_loader *ld, const config_setting_t *g,
+                              struct lb_config *cfg)
+{
+    const char *token = NULL, *file = NULL;
+    if (lb_cfg_string(ld, g, "token", &token, false) < 0 ||
+        lb_cfg_string(ld, g, "token_file", &file, false) < 0)
+        return -1;
+    if (token != NULL && file != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "token_file"),
+                           "admin: give token or token_file, not both");
+    if (token != NULL) {
+        const char *bad = lb_cfg_token_bad(token);
+        if (bad != NULL)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "token"), "admin token %s", bad);
+        cfg->admin_token = strdup(token);
+        return cfg->admin_token ? 0 : lb_cfg_fail(ld, g, "out of memory");
+    }
+    if (file == NULL)
+        return 0;
+    const config_setting_t *at = lb_cfg_member(g, "token_file");
+    char path[4096];
+    const char *slash = strrchr(ld->path, '/');
+    if (file[0] == '/' || slash == NULL)
+        snprintf(path, sizeof(path), "%s", file);
+    else
+        snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - ld->path), ld->path, file);
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return lb_cfg_fail(ld, at, "admin token_file %s: %s", path, strerror(errno));
+    char buf[LB_ADMIN_TOKEN_MAX + 2];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    bool more = n == sizeof(buf) - 1 && fgetc(f) != EOF;
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' ||
+                     buf[n - 1] == '\t'))
+        buf[--n] = '\0';
+    const char *bad = more ? "is longer than 1024 bytes" : lb_cfg_token_bad(buf);
+    if (bad != NULL)
+        return lb_cfg_fail(ld, at, "admin token in %s %s", path, bad);
+    cfg->admin_token = strdup(buf);
+    return cfg->admin_token ? 0 : lb_cfg_fail(ld, g, "out of memory");
+}
+
+const char *lb_fault_type_name(enum lb_fault_type t)
+{
+    switch (t) {
+    case LB_FAULT_DELAY: return "delay";
+    case LB_FAULT_ABORT: return "abort";
+    case LB_FAULT_RESET: return "reset";
+    default:             return "?";
+    }
+}
+
+#define LB_FAULT_DELAY_MAX_MS (3600ull * 1000)
+
+/* faults = ( { name; pool; percent; delay = "200ms" | abort = 503 | reset = true; } ) */
+static int lb_cfg_faults(struct lb_loader *ld, const config_setting_t *root,
+                         struct lb_config *cfg)
+{
+    static const char *const keys[] = { "name", "pool", "percent", "delay", "abort", "reset",
+                                        NULL };
+    const config_setting_t *list;
+    if (lb_cfg_list(ld, root, "faults", &list, false) < 0)
+        return -1;
+    if (list == NULL)
+        return 0;
+    int n = config_setting_length(list);
+    if (n > LB_MAX_FAULTS)
+        return lb_cfg_fail(ld, list, "at most %d faults", LB_MAX_FAULTS);
+    cfg->faults = calloc(n > 0 ? (size_t)n : 1, sizeof(*cfg->faults));
+    if (cfg->faults == NULL)
+        return lb_cfg_fail(ld, list, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *g = NULL;
+        struct lb_fault_cfg *f = &cfg->faults[i];
+        const char *name = NULL, *pool = NULL;
+        if (lb_cfg_group_elem(ld, list, (unsigned)i, "fault", &g) < 0 ||
+            lb_cfg_check_keys(ld, g, "fault", keys) < 0 ||
+            lb_cfg_string(ld, g, "name", &name, true) < 0 ||
+            lb_cfg_string(ld, g, "pool", &pool, true) < 0)
+            return -1;
+        bool plain = true;
+        for (const char *c = name; *c != '\0'; c++)
+            plain &= (unsigned char)*c > 0x20 && *c != '/' && *c != '"' && *c != '\\';
+        if (name[0] == '\0' || strlen(name) >= sizeof(f->name) || !plain)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "fault name must be 1 to %d characters, without spaces, '/', '\"' or '\\'",
+                               (int)sizeof(f->name) - 1);
+        if (strcmp(name, "headers") == 0)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "fault name \"headers\" is reserved (faults_from_headers' counts)");
+        for (int k = 0; k < i; k++)
+            if (strcmp(cfg->faults[k].name, name) == 0)
+                return lb_cfg_fail(ld, lb_cfg_member(g, "name"), "duplicate fault '%s'", name);
+        snprintf(f->name, sizeof(f->name), "%s", name);
+        size_t p = 0;
+        while (p < cfg->npools && strcmp(cfg->pools[p].name, pool) != 0)
+            p++;
+        if (p == cfg->npools)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "pool"), "fault '%s': unknown pool '%s'",
+                               name, pool);
+        f->pool = p;
+        const config_setting_t *pc = lb_cfg_member(g, "percent");
+        if (pc == NULL)
+            return lb_cfg_fail(ld, g, "fault '%s': missing 'percent' (0 to 100)", name);
+        double pct = config_setting_type(pc) == CONFIG_TYPE_INT ? config_setting_get_int(pc)
+                   : config_setting_type(pc) == CONFIG_TYPE_FLOAT ? config_setting_get_float(pc)
+                   : -1.0;
+        if (!(pct >= 0.0 && pct <= 100.0))
+            return lb_cfg_fail(ld, pc, "fault '%s': percent must be a number from 0 to 100",
+                               name);
+        f->ppm = (uint32_t)(pct * (LB_FAULT_PPM_ONE / 100) + 0.5);
+        const config_setting_t *d = lb_cfg_member(g, "delay"), *a = lb_cfg_member(g, "abort"),
+                               *rs = lb_cfg_member(g, "reset");
+        if ((d != NULL) + (a != NULL) + (rs != NULL) != 1)
+            return lb_cfg_fail(ld, g, "fault '%s': give exactly one of delay = \"200ms\", "
+                                      "abort = 503 or reset = true", name);
+        if (d != NULL) {
+            f->type = LB_FAULT_DELAY;
+            if (lb_cfg_duration(ld, g, "delay", &f->delay_ms) < 0)
+                return -1;
+            if (f->delay_ms == 0 || f->delay_ms > LB_FAULT_DELAY_MAX_MS)
+                return lb_cfg_fail(ld, d, "fault '%s': delay must be from 1ms to 1h", name);
+        } else if (a != NULL) {
+            long long st = 0;
+            f->type = LB_FAULT_ABORT;
+            if (lb_cfg_int(ld, g, "abort", 200, 599, &st) < 0)
+                return -1;
+            f->abort_status = (int)st;
+        } else {
+            bool on = false;
+            f->type = LB_FAULT_RESET;
+            if (lb_cfg_bool(ld, g, "reset", &on) < 0)
+                return -1;
+            if (!on)
+                return lb_cfg_fail(ld, rs, "fault '%s': reset = false means no fault: leave "
+                                           "the fault out", name);
+        }
+        struct lb_pool_cfg *pl = &cfg->pools[p];
+        pl->faults[pl->nfaults++] = (uint8_t)i;
+        cfg->nfaults++;
+    }
+    return 0;
+}
+
 static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                        struct lb_config *cfg)
 {
@@ -1551,7 +1724,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                                         "limits", "trusted_proxies", "listeners", "pools",
                                         "routes", "admin", "tcp_migrate_req",
                                         "max_connections", "rate_limits", "rate_limit_table_size",
-                                        "redis", NULL };
+                                        "redis", "faults", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -1593,6 +1766,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
         lb_cfg_trusted(ld, root, cfg) < 0 ||
         lb_cfg_listeners(ld, root, cfg) < 0 ||
         lb_cfg_pools(ld, root, cfg) < 0 ||
+        lb_cfg_faults(ld, root, cfg) < 0 ||
         lb_cfg_redis(ld, root, cfg) < 0 ||
         lb_cfg_ratelimits(ld, root, cfg) < 0 ||
         lb_cfg_routes(ld, root, cfg) < 0 ||
@@ -1681,9 +1855,11 @@ void lb_config_free(struct lb_config *cfg)
     free(cfg->listeners);
     free(cfg->routes);
     free(cfg->rate_limits);
+    free(cfg->faults);
     free(cfg->error_log);
     free(cfg->pid_file);
     free(cfg->access_log);
+    free(cfg->admin_token);
     free(cfg->trusted_proxies);
     free(cfg->path);
     free(cfg);

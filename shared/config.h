@@ -33,6 +33,8 @@
  * fits beside the old ones its draining workers still use. */
 #define LB_RL_TABLES_MAX_BYTES (2ULL << 30)
 #define LB_MAX_LISTENERS 1024
+#define LB_ADMIN_TOKEN_MAX 1024          /* bytes of admin.token */
+#define LB_MAX_FAULTS    64              /* entries of faults */
 
 enum lb_strategy {
     LB_STRATEGY_ROUND_ROBIN,            /* equal shares; weight 0 excludes */
@@ -142,6 +144,8 @@ struct lb_pool_cfg {
         uint64_t timeout_ms;
     } queue;
     uint64_t slow_start_ms;             /* a server usable again ramps up over this; 0: off */
+    uint8_t faults[LB_MAX_FAULTS];      /* indices into lb_config.faults, in file order */
+    size_t nfaults;
     struct lb_retry_cfg retries;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
@@ -236,6 +240,27 @@ struct lb_ratelimit_cfg {
 };
 
 
+/* ---- fault injection (worker/fault.h; README "Fault injection") ---- */
+
+#define LB_FAULT_PPM_ONE        1000000u        /* percentages are kept in millionths */
+
+enum lb_fault_type {
+    LB_FAULT_DELAY,                     /* hold the request delay_ms, then forward it */
+    LB_FAULT_ABORT,                     /* answer abort_status; the backend never sees it */
+    LB_FAULT_RESET,                     /* close the client connection with a RST */
+    LB_FAULT_TYPES
+};
+
+struct lb_fault_cfg {
+    char name[LB_NAME_MAX];
+    size_t pool;                        /* index into lb_config.pools */
+    uint32_t ppm;                       /* share of the pool's requests, millionths */
+    enum lb_fault_type type;
+    uint64_t delay_ms;
+    int abort_status;
+    uint32_t shm_id;                    /* fault slot, set by the master */
+};
+
 enum lb_host_match {
     LB_HOST_ANY,        /* "*" */
     LB_HOST_SUFFIX,     /* "*.example.com": any subdomain, not the apex */
@@ -251,6 +276,8 @@ struct lb_route_cfg {
     size_t pool;                        /* index into lb_config.pools */
     uint8_t rate_limits[LB_RL_ROUTE_MAX];   /* indices into lb_config.rate_limits */
     size_t nrate_limits;
+    bool faults_from_headers;           /* X-Lbd-Fault-Delay / -Abort honoured */
+    bool faults;                        /* faults_from_headers or its pool has faults */
 };
 
 /* Sizes in bytes; request_line/header_size/headers/body answer 414/431/431/413. */
@@ -290,6 +317,7 @@ struct lb_config {
     char admin_address[LB_ADDR_STR_MAX];
     unsigned admin_max_connections;     /* open at once; further ones wait in the backlog */
     uint64_t admin_timeout_ms;          /* accept to end of head, then to answer sent */
+    char *admin_token;                  /* bearer token for changes; NULL: changes refused */
 
     struct lb_listener_cfg *listeners;
     size_t nlisteners;
@@ -304,6 +332,8 @@ struct lb_config {
 
     struct lb_ratelimit_cfg *rate_limits;
     size_t nrate_limits;
+    struct lb_fault_cfg *faults;
+    size_t nfaults;
     uint64_t rate_limit_table_size;     /* keys kept per limit */
     bool redis;                         /* redis group given (scope = "fleet") */
     struct lb_addr redis_addr;
@@ -318,6 +348,8 @@ int lb_config_load(const char *path, struct lb_config **out, char *err,
 void lb_config_free(struct lb_config *cfg);
 
 const char *lb_strategy_name(enum lb_strategy s);
+/* "delay", "abort", "reset". */
+const char *lb_fault_type_name(enum lb_fault_type t);
 
 /* Parse a rate: "10r/s", "600r/m" (1 to 1,000,000 a second, 1 to
  * 60,000,000 a minute). 0, or -1 with *why set. */

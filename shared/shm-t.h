@@ -30,6 +30,8 @@
  *   | tables          |  a page-aligned region given out by the master
  *   +-----------------+ off_tls
  *   | lb_shm_tls      |  LB_SHM_MAX_TLS, one per TLS listener, stable ids by address
+ *   +-----------------+ off_faults
+ *   | lb_shm_fault    |  LB_SHM_MAX_FAULTS, stable ids by name
  *   +-----------------+ size
  *
  * The file is sparse and its pages are touched lazily: the connection
@@ -44,11 +46,12 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   6u
+#define LB_SHM_LAYOUT_VERSION   7u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
 #define LB_SHM_MAX_TLS          64      /* TLS listeners */
+#define LB_SHM_MAX_FAULTS       (2 * LB_MAX_FAULTS)  /* old and new generation */
 #define LB_CACHELINE            64
 #define LB_SHM_MAX_LIMITS       LB_RL_MAX_LIMITS
 #define LB_SHM_CONN_ENTRIES     65536   /* client addresses with connections, per worker */
@@ -156,6 +159,8 @@ struct lb_shm_worker {
     lb_counter_t rl_redis_errors;       /* fleet rate limits judged locally: redis down or slow */
     lb_counter_t tls_handshakes[LB_TLS_RESULTS];
     lb_counter_t tls_failures[LB_TLS_FAILURES];
+    /* Faults injected by X-Lbd-Fault-Delay / -Abort (faults_from_headers). */
+    lb_counter_t header_faults[2];      /* [0] delays, [1] aborts */
     /* Requests this worker has waiting in each pool's queue (by pool id):
      * its share of lb_shm_pool.queue_depth, which the master takes back
      * when it reaps the slot (a worker that died left them counted). */
@@ -197,6 +202,11 @@ struct lb_shm_pool {
      * only. Requests sent again, by reason; retries the budget refused. */
     lb_counter_t retries[LB_RETRY_REASONS];
     lb_counter_t retry_budget_exhausted;
+    /* Bumped (after the new weight is stored) by whoever changes a
+     * server's weight at run time (admin API, control process): workers
+     * compare it per pick and rebuild what they derived from the weights
+     * (the round-robin cycle, the hash ring) when it moved. */
+    _Atomic uint32_t weights_gen;
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* Backend health (active checks), as every worker sees it:
@@ -206,14 +216,29 @@ struct lb_shm_pool {
  *      ^                          |
  *      +---- rise passed checks --+
  *
- * Independently an operator may set a server to drain (no new requests),
- * and its circuit breaker (below) may be open: a server takes requests when
- * it is UP, not draining, of non-zero weight and its breaker admits them.
+ * Independently an operator may set a server to drain or maint (admin API,
+ * lb_backend_admin below), and its circuit breaker (below) may be open: a
+ * server takes requests when it is UP, READY, of non-zero weight and its
+ * breaker admits them.
  */
 enum lb_health {
     LB_HEALTH_UP = 0,
     LB_HEALTH_DOWN,
 };
+
+/* What an operator set (admin API): READY is the file's state; DRAIN takes
+ * no new requests but those of sticky clients already on it; MAINT takes
+ * no traffic at all. Kept over reloads (while the server stays in the
+ * file), worker respawns and binary upgrades: it lives in the backend's row. */
+enum lb_backend_admin {
+    LB_BACKEND_READY = 0,
+    LB_BACKEND_DRAIN,
+    LB_BACKEND_MAINT,
+    LB_BACKEND_ADMIN_STATES
+};
+
+/* lb_shm_backend.weight_override: no runtime weight, the file's applies. */
+#define LB_WEIGHT_NONE UINT32_MAX
 
 enum lb_down_reason {
     LB_DOWN_NONE = 0,
@@ -281,7 +306,12 @@ struct lb_shm_backend {
     _Atomic uint32_t state;             /* lb_shm_entry_state */
     uint32_t retired_gen;
     uint32_t pool_id;
+    /* The weight the balancers use: the runtime override when there is
+     * one, else the file's. The master writes all three at assignment;
+     * the control process (admin API) the override and the weight. */
     _Atomic uint32_t weight;
+    _Atomic uint32_t file_weight;
+    _Atomic uint32_t weight_override;   /* LB_WEIGHT_NONE: none */
     /* Requests in flight (`inflight`) at most, all workers and generations
      * together; 0: no limit. Master, at each assignment. */
     _Atomic uint32_t max_requests;
@@ -301,7 +331,7 @@ struct lb_shm_backend {
     _Atomic uint64_t breaker;
     _Atomic uint32_t health;            /* lb_health */
     _Atomic uint32_t down_reason;       /* lb_down_reason */
-    _Atomic uint32_t drain;             /* 1: no new requests (operator) */
+    _Atomic uint32_t admin_state;       /* lb_backend_admin (control process: admin API) */
     _Atomic uint32_t check_successes;   /* consecutive, control process */
     _Atomic uint32_t check_failures;    /* consecutive, control process */
     _Atomic uint32_t error_seq;         /* last_error's seqlock: odd while written */
@@ -437,6 +467,29 @@ struct lb_shm_tls {
     lb_counter_t rotations;             /* since the entry was taken */
 } __attribute__((aligned(LB_CACHELINE)));
 
+/* A fault (README "Fault injection"), found again by its name after a
+ * reload, so that what the admin API set at run time carries over.
+ * Descriptive fields: the master, at assignment. file_ppm too; the
+ * override and `enabled` the control process (admin API), which then
+ * stores live_ppm, the one word workers read per request (0: off). */
+#define LB_PPM_NONE UINT32_MAX
+
+struct lb_shm_fault {
+    _Atomic uint32_t state;             /* lb_shm_entry_state */
+    uint32_t retired_gen;
+    char name[LB_NAME_MAX];
+    char pool[LB_NAME_MAX];
+    uint32_t type;                      /* lb_fault_type */
+    uint32_t abort_status;
+    uint64_t delay_ms;
+    _Atomic uint32_t file_ppm;
+    _Atomic uint32_t ppm_override;      /* LB_PPM_NONE: the file's */
+    _Atomic uint32_t enabled;           /* 1 unless the admin API turned it off */
+    _Atomic uint32_t live_ppm;
+    /* Requests it was injected into: atomic add by any worker, only then. */
+    lb_counter_t injected __attribute__((aligned(LB_CACHELINE)));
+} __attribute__((aligned(LB_CACHELINE)));
+
 struct lb_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -481,6 +534,10 @@ struct lb_shm_header {
     uint64_t off_arena;
     uint64_t arena_size;
     uint64_t rl_hash_key[2];            /* SipHash key, random per instance */
+
+    /* Fault injection (set at creation). */
+    uint64_t off_faults;
+    uint32_t max_faults;
 };
 
 #endif

@@ -28,7 +28,8 @@ static void lb_shm_layout(struct lb_shm_header *h)
     off = LB_ALIGN(off);
     h->off_tls = off;
     off = LB_ALIGN(off + sizeof(struct lb_shm_tls) * LB_SHM_MAX_TLS);
-    off = LB_ALIGN(off);
+    h->off_faults = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_fault) * LB_SHM_MAX_FAULTS);
     h->off_limits = off;
     off += sizeof(struct lb_shm_limit) * LB_SHM_MAX_LIMITS;
     off = LB_ALIGN(off);
@@ -78,6 +79,7 @@ int lb_shm_create(struct lb_shm *shm)
         h->rl_hash_key[1] = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)base;
     }
     h->max_tls = LB_SHM_MAX_TLS;
+    h->max_faults = LB_SHM_MAX_FAULTS;
     atomic_store(&h->master_pid, (int32_t)getpid());
     atomic_store(&h->started_ms, lb_wall_ms());
 
@@ -202,7 +204,8 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
         atomic_store(&b->health, LB_HEALTH_UP);
         atomic_store(&b->down_reason, LB_DOWN_NONE);
-        atomic_store(&b->drain, 0);
+        atomic_store(&b->admin_state, LB_BACKEND_READY);
+        atomic_store(&b->weight_override, LB_WEIGHT_NONE);
         atomic_store(&b->check_successes, 0);
         atomic_store(&b->check_failures, 0);
         atomic_store(&b->checks_ok, 0);
@@ -410,6 +413,68 @@ static void lb_shm_discard(void *p, uint64_t len)
         memset(p, 0, len);
 }
 
+/* ---- faults ---- */
+
+int lb_shm_fault_find(const struct lb_shm_header *h, const char *name)
+{
+    for (unsigned i = 0; i < h->max_faults; i++) {
+        struct lb_shm_fault *f = lb_shm_fault(h, i);
+        if (atomic_load(&f->state) != LB_ENTRY_FREE && strcmp(f->name, name) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+void lb_shm_fault_apply(struct lb_shm_fault *f)
+{
+    uint32_t over = atomic_load(&f->ppm_override);
+    uint32_t ppm = over != LB_PPM_NONE ? over : atomic_load(&f->file_ppm);
+    atomic_store(&f->live_ppm, atomic_load(&f->enabled) ? ppm : 0);
+}
+
+/* Every fault of CFG keeps the entry of its name (the admin API's
+ * percent and enabled with it) or takes a free one. */
+static void lb_shm_faults_assign(struct lb_shm_header *h, struct lb_config *cfg,
+                                 uint64_t generation)
+{
+    bool used[LB_SHM_MAX_FAULTS] = { false };
+    for (size_t i = 0; i < cfg->nfaults; i++) {
+        struct lb_fault_cfg *fc = &cfg->faults[i];
+        int id = lb_shm_fault_find(h, fc->name);
+        /* Removed by a reload and back now: it starts afresh. */
+        bool fresh = id < 0 ||
+                     atomic_load(&lb_shm_fault(h, (unsigned)id)->state) == LB_ENTRY_RETIRED;
+        for (unsigned k = 0; k < h->max_faults && id < 0; k++)
+            if (atomic_load(&lb_shm_fault(h, k)->state) == LB_ENTRY_FREE)
+                id = (int)k;
+        if (id < 0)
+            continue;   /* lb_shm_assign_fits said it fits: cannot happen */
+        struct lb_shm_fault *f = lb_shm_fault(h, (unsigned)id);
+        if (fresh) {
+            snprintf(f->name, sizeof(f->name), "%s", fc->name);
+            atomic_store(&f->ppm_override, LB_PPM_NONE);
+            atomic_store(&f->enabled, 1);
+            atomic_store(&f->injected, 0);
+        }
+        snprintf(f->pool, sizeof(f->pool), "%s", cfg->pools[fc->pool].name);
+        f->type = (uint32_t)fc->type;
+        f->abort_status = (uint32_t)fc->abort_status;
+        f->delay_ms = fc->delay_ms;
+        atomic_store(&f->file_ppm, fc->ppm);
+        lb_shm_fault_apply(f);
+        fc->shm_id = (uint32_t)id;
+        used[id] = true;
+        atomic_store(&f->state, LB_ENTRY_ACTIVE);
+    }
+    for (unsigned k = 0; k < h->max_faults; k++) {
+        struct lb_shm_fault *f = lb_shm_fault(h, k);
+        if (!used[k] && atomic_load(&f->state) == LB_ENTRY_ACTIVE) {
+            f->retired_gen = (uint32_t)generation;
+            atomic_store(&f->state, LB_ENTRY_RETIRED);
+        }
+    }
+}
+
 bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg)
 {
     struct lb_limit_plan plan;
@@ -426,9 +491,14 @@ bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *c
         for (size_t j = 0; j < pc->nservers; j++)
             new_backends += !lb_shm_has_backend(h, pc->name, pc->servers[j].address);
     }
+    unsigned free_faults = 0, new_faults = 0;
+    for (unsigned i = 0; i < h->max_faults; i++)
+        free_faults += atomic_load(&lb_shm_fault(h, i)->state) == LB_ENTRY_FREE;
+    for (size_t i = 0; i < cfg->nfaults; i++)
+        new_faults += lb_shm_fault_find(h, cfg->faults[i].name) < 0;
     /* TLS entries of listeners gone are freed first (lb_shm_tls_assign). */
     return new_pools <= free_pools && new_backends <= free_backends &&
-           cfg->ntls <= h->max_tls;
+           cfg->ntls <= h->max_tls && new_faults <= free_faults;
 }
 
 /* A server keeps its health and its breaker over a reload, unless what
@@ -651,10 +721,19 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             /* Slow start for what a reload brings into rotation; at the
              * first start every server is there from the beginning (as
              * HAProxy: no ramp then). */
-            if (generation > 1 && sc->weight > 0 &&
+            if (added) {
+                /* Back in the file after a reload removed it: the
+                 * operator's overrides went with it. */
+                atomic_store(&b->admin_state, LB_BACKEND_READY);
+                atomic_store(&b->weight_override, LB_WEIGHT_NONE);
+            }
+            uint32_t over = atomic_load(&b->weight_override);
+            uint32_t weight = over != LB_WEIGHT_NONE ? over : sc->weight;
+            if (generation > 1 && weight > 0 &&
                 (added || atomic_load(&b->weight) == 0))
                 atomic_store(&b->usable_ms, lb_now_ms());
-            atomic_store(&b->weight, sc->weight);
+            atomic_store(&b->file_weight, sc->weight);
+            atomic_store(&b->weight, weight);
             atomic_store(&b->max_requests, sc->max_requests);
             atomic_store(&b->state, LB_ENTRY_ACTIVE);
             lb_shm_health_carry(b, pc);
@@ -689,6 +768,7 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
         }
     }
     lb_shm_tls_assign(h, cfg);
+    lb_shm_faults_assign(h, cfg, generation);
     return 0;
 }
 
@@ -703,6 +783,11 @@ void lb_shm_reclaim(struct lb_shm_header *h, uint64_t oldest_live_gen)
         struct lb_shm_backend *b = lb_shm_backend(h, i);
         if (atomic_load(&b->state) == LB_ENTRY_RETIRED && b->retired_gen <= oldest_live_gen)
             atomic_store(&b->state, LB_ENTRY_FREE);
+    }
+    for (unsigned i = 0; i < h->max_faults; i++) {
+        struct lb_shm_fault *f = lb_shm_fault(h, i);
+        if (atomic_load(&f->state) == LB_ENTRY_RETIRED && f->retired_gen <= oldest_live_gen)
+            atomic_store(&f->state, LB_ENTRY_FREE);
     }
     for (unsigned i = 0; i < h->max_limits; i++) {
         struct lb_shm_limit *l = lb_shm_limit(h, i);
@@ -795,6 +880,21 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->tls_handshakes[r] += lb_counter_get(&w->tls_handshakes[r]);
     for (unsigned r = 0; r < LB_TLS_FAILURES; r++)
         out->tls_failures[r] += lb_counter_get(&w->tls_failures[r]);
+    for (unsigned r = 0; r < 2; r++)
+        out->header_faults[r] += lb_counter_get(&w->header_faults[r]);
+}
+
+void lb_shm_backend_set_weight(struct lb_shm_pool *pool, struct lb_shm_backend *b,
+                               uint32_t weight_override)
+{
+    uint32_t w = weight_override != LB_WEIGHT_NONE ? weight_override
+                                                   : atomic_load(&b->file_weight);
+    if (w > 0 && atomic_load(&b->weight) == 0)
+        atomic_store(&b->usable_ms, lb_now_ms());      /* back in rotation: slow start */
+    atomic_store(&b->weight_override, weight_override);
+    atomic_store(&b->weight, w);
+    /* After the weight: a worker that sees the new count reads it. */
+    atomic_fetch_add_explicit(&pool->weights_gen, 1, memory_order_release);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,

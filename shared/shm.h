@@ -43,6 +43,16 @@ static inline struct lb_shm_tls *lb_shm_tls(const struct lb_shm_header *h, unsig
     return (struct lb_shm_tls *)((char *)h + h->off_tls) + id;
 }
 
+static inline struct lb_shm_fault *lb_shm_fault(const struct lb_shm_header *h, unsigned id)
+{
+    return (struct lb_shm_fault *)((char *)h + h->off_faults) + id;
+}
+
+/* The entry of the fault named NAME (active or retired), or -1. */
+int lb_shm_fault_find(const struct lb_shm_header *h, const char *name);
+/* After a change of F's override or enabled: store the live_ppm workers read. */
+void lb_shm_fault_apply(struct lb_shm_fault *f);
+
 static inline struct lb_shm_backend_stats *
 lb_shm_stats(const struct lb_shm_header *h, unsigned slot, unsigned backend)
 {
@@ -97,13 +107,27 @@ static inline bool lb_shm_generation_current(const struct lb_shm_header *h, uint
     return atomic_load_explicit(&h->generation, memory_order_relaxed) == generation;
 }
 
-/* Whether a backend may take a new request as far as health and drain go.
- * Weight 0 and the breaker are the balancer's business. */
+/* What an operator set for B (admin API): READY, DRAIN (no new requests;
+ * a sticky client already on it may still be sent there) or MAINT (no
+ * traffic at all). One relaxed load: cheap enough for any data path. */
+static inline enum lb_backend_admin lb_backend_admin_state(const struct lb_shm_backend *b)
+{
+    return (enum lb_backend_admin)atomic_load_explicit(&b->admin_state, memory_order_relaxed);
+}
+
+/* Whether a backend may take a new request as far as health and the
+ * operator go (READY and UP). Weight 0 and the breaker are the balancer's
+ * business. */
 static inline bool lb_backend_usable(const struct lb_shm_backend *b)
 {
-    return !atomic_load_explicit(&b->drain, memory_order_relaxed) &&
+    return atomic_load_explicit(&b->admin_state, memory_order_relaxed) == LB_BACKEND_READY &&
            atomic_load_explicit(&b->health, memory_order_relaxed) == LB_HEALTH_UP;
 }
+
+/* Admin API (control process): set B's runtime weight (LB_WEIGHT_NONE:
+ * back to the file's) and tell POOL's workers to rebuild their cycles. */
+void lb_shm_backend_set_weight(struct lb_shm_pool *pool, struct lb_shm_backend *b,
+                               uint32_t weight_override);
 
 /* The breaker state as shown (/status, metrics) at NOW_MS (CLOCK_MONOTONIC):
  * an OPEN breaker whose interval is over is half-open already, though the
@@ -190,6 +214,7 @@ struct lb_worker_totals {
     uint64_t client_aborts;
     uint64_t tls_handshakes[LB_TLS_RESULTS];
     uint64_t tls_failures[LB_TLS_FAILURES];
+    uint64_t header_faults[2];          /* X-Lbd-Fault-Delay, -Abort honoured */
 };
 
 /* A reader's copy of one limit's counters, summed over all slots, and

@@ -125,12 +125,12 @@ void lb_accesslog_write(const struct lb_access_entry *e, const char *client,
     lb_sec(uht, sizeof(uht), e->header_us ? e->start_us : 0, e->header_us);
     int n = snprintf(lb_access.buf + lb_access.len, LB_ACCESS_BUF - lb_access.len,
                      "%s - - [%s] \"%s\" %d %llu \"%s\" \"%s\" upstream=%s upstream_status=%d "
-                     "request_id=%s rt=%s uct=%s uht=%s attempts=%u%s%s%s%s%s\n",
+                     "request_id=%s rt=%s uct=%s uht=%s attempts=%u%s%s%s%s%s%s\n",
                      client, when, e->request, e->status, (unsigned long long)e->bytes,
                      e->referer[0] ? e->referer : "-", e->user_agent[0] ? e->user_agent : "-",
                      upstream && upstream[0] ? upstream : "-", e->upstream_status,
                      request_id && request_id[0] ? request_id : "-", rt, uct, uht, e->attempts,
-                     e->limited,
+                     e->limited, e->fault,
                      tls_version ? " tls=" : "", tls_version ? tls_version : "",
                      tls_version ? " cipher=" : "",
                      tls_version ? (tls_cipher ? tls_cipher : "-") : "");

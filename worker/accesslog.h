@@ -4,7 +4,7 @@
  *
  *   ADDR - - [TIME] "REQUEST LINE" STATUS BYTES "REFERER" "USER-AGENT"
  *     upstream=ADDR upstream_status=N request_id=ID rt=SEC uct=SEC uht=SEC attempts=N
- *     [tls=VERSION cipher=NAME]
+ *     [limited=NAME...] [fault=NAME] [tls=VERSION cipher=NAME]
  */
 #ifndef LB_ACCESSLOG_H
 #define LB_ACCESSLOG_H
@@ -30,6 +30,7 @@ struct lb_access_entry {
     int upstream_status;        /* from the backend; 0 if none */
     unsigned attempts;          /* tries sent to a backend (retries + 1); 0 if none */
     char limited[LB_NAME_MAX + 32]; /* " limited=NAME..." (rate limits), or "" */
+    char fault[LB_NAME_MAX + 8];    /* " fault=NAME" (fault injection), or "" */
 };
 
 /* Open PATH (per worker) and flush every second on BASE. 0 or -1 (errno). */

@@ -159,8 +159,8 @@ static int lb_rr_init(struct lb_balancer *b)
     uint64_t total = 0;
     for (size_t i = 0; i < p->nservers; i++) {
         /* round_robin: equal shares; weight 0 still means "not this one". */
-        w[i] = p->strategy == LB_STRATEGY_ROUND_ROBIN ? (p->servers[i].weight > 0)
-                                                      : p->servers[i].weight;
+        unsigned wt = lb_weight(b, i);          /* the runtime weight: admin API */
+        w[i] = p->strategy == LB_STRATEGY_ROUND_ROBIN ? (wt > 0) : wt;
         total += w[i];
     }
     size_t cap = total < LB_SWRR_MAX_CYCLE ? (size_t)total : LB_SWRR_MAX_CYCLE;
@@ -352,14 +352,14 @@ static int lb_hash_init(struct lb_balancer *b)
     const struct lb_pool_cfg *p = b->pool;
     uint64_t total = 0;
     for (size_t i = 0; i < p->nservers; i++)
-        total += (uint64_t)p->servers[i].weight * LB_KETAMA_POINTS;
+        total += (uint64_t)lb_weight(b, i) * LB_KETAMA_POINTS;
     /* Scale down uniformly if the ring would be too large. */
     uint64_t per = LB_KETAMA_POINTS;
     while (total > LB_KETAMA_MAX && per > 1) {
         per /= 2;
         total = 0;
         for (size_t i = 0; i < p->nservers; i++)
-            total += (uint64_t)p->servers[i].weight * per;
+            total += (uint64_t)lb_weight(b, i) * per;
     }
     b->ring = calloc(total ? total : 1, sizeof(*b->ring));
     if (b->ring == NULL)
@@ -372,7 +372,10 @@ static int lb_hash_init(struct lb_balancer *b)
         const char *addr = p->servers[i].address;
         size_t alen = strlen(addr);
         uint64_t base = lb_hash64(addr, alen);
-        for (uint64_t j = 0; j < p->servers[i].weight * per; j++) {
+        uint64_t points = (uint64_t)lb_weight(b, i) * per;
+        if (k + points > total)
+            points = total - k;         /* a weight raised since the count */
+        for (uint64_t j = 0; j < points; j++) {
             b->ring[k].hash = lb_mix64(base ^ lb_mix64(j + 1));
             b->ring[k].server = (uint32_t)i;
             k++;
@@ -473,6 +476,42 @@ int lb_balancer_init(struct lb_balancer *b, const struct lb_pool_cfg *pool,
         return -1;
     }
     return 0;
+}
+
+int lb_balancer_init_watched(struct lb_balancer *b, const struct lb_pool_cfg *pool,
+                             struct lb_shm_backend **backends, lb_counter_t *cursor,
+                             const _Atomic uint32_t *weights_gen)
+{
+    /* Read before the weights: a change made meanwhile shows as a newer
+     * count at the first pick, which builds again. */
+    uint32_t gen = atomic_load_explicit(weights_gen, memory_order_acquire);
+    if (lb_balancer_init(b, pool, backends, cursor) < 0)
+        return -1;
+    b->weights_gen = weights_gen;
+    b->seen_gen = gen;
+    return 0;
+}
+
+void lb_balancer_refresh(struct lb_balancer *b)
+{
+    b->seen_gen = atomic_load_explicit(b->weights_gen, memory_order_acquire);
+    if (b->ops->init == NULL)
+        return;         /* the other strategies read the weights at each pick */
+    struct lb_balancer old = *b;
+    b->seq = NULL;
+    b->ring = NULL;
+    if (b->ops->init(b) < 0) {
+        /* Out of memory: keep the old cycle rather than none. */
+        if (b->ops->destroy != NULL)
+            b->ops->destroy(b);
+        b->seq = old.seq;
+        b->seq_len = old.seq_len;
+        b->ring = old.ring;
+        b->ring_len = old.ring_len;
+        return;
+    }
+    free(old.seq);
+    free(old.ring);
 }
 
 void lb_balancer_destroy(struct lb_balancer *b)

@@ -6,7 +6,8 @@
  * every worker honours at once.
  *
  * round_robin, weighted_round_robin: one cycle of server indexes computed
- *   per configuration (smooth WRR, as nginx: weights 5,1,1 give
+ *   per configuration and again when a weight changes at run time (smooth
+ *   WRR, as nginx: weights 5,1,1 give
  *   a a b a c a a), walked by a cursor in shared memory that every worker
  *   advances atomically: the order is global across workers.
  * least_connections: fewest in-flight requests per unit of weight, counted
@@ -75,16 +76,35 @@ struct lb_balancer {
     size_t seq_len;
     struct lb_ring_point *ring;         /* hash */
     size_t ring_len;
+    /* The pool's lb_shm_pool.weights_gen (NULL: weights never change at
+     * run time) and its value when the cycle or ring was built. */
+    const _Atomic uint32_t *weights_gen;
+    uint32_t seen_gen;
 };
 
 /* Set up B for POOL. BACKENDS[i] is the shared state of pool->servers[i]
  * (owned by the caller); CURSOR may be NULL (a private cursor is used). */
 int lb_balancer_init(struct lb_balancer *b, const struct lb_pool_cfg *pool,
                      struct lb_shm_backend **backends, lb_counter_t *cursor);
+/* The same, and B follows weight changes made at run time (admin API):
+ * when *WEIGHTS_GEN moves, the next pick rebuilds what the strategy
+ * derived from the weights (the round-robin cycle, the hash ring), from
+ * the weights in BACKENDS. */
+int lb_balancer_init_watched(struct lb_balancer *b, const struct lb_pool_cfg *pool,
+                             struct lb_shm_backend **backends, lb_counter_t *cursor,
+                             const _Atomic uint32_t *weights_gen);
 void lb_balancer_destroy(struct lb_balancer *b);
+
+/* Rebuild B from the current weights (out of line: rare). */
+void lb_balancer_refresh(struct lb_balancer *b);
 
 static inline int lb_balancer_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {
+    /* One load and compare per pick: weights changed since the build? */
+    if (__builtin_expect(b->weights_gen != NULL &&
+                         atomic_load_explicit(b->weights_gen, memory_order_acquire) != b->seen_gen,
+                         0))
+        lb_balancer_refresh(b);
     return b->ops->pick(b, ctx);
 }
 

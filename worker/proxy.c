@@ -18,6 +18,7 @@
 
 #include "shared/log.h"
 #include "worker/accesslog.h"
+#include "worker/fault.h"
 #include "worker/breaker.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
@@ -68,6 +69,7 @@ struct lb_exchange {
     struct lb_chunked req_chunk;
     struct lb_chunked resp_chunk;
     struct lb_rl_pending *rl_pending;   /* asking redis (a fleet limit) */
+    uint16_t fault_abort;               /* after the fault's delay: answer this status */
     /* QUEUED: the place in the pool's queue (worker/queue.h). Set when a
      * request joins the queue, left alone by the reset between requests
      * (lb_session_reset_request zeroes what comes before). */
@@ -118,6 +120,7 @@ struct lb_session {
     bool upgrade : 1;                   /* request asks for a protocol upgrade */
     bool slot : 1;                      /* counted in flight to server (max_requests) */
     bool rl_passed : 1;                 /* held by a leaky bucket: not judged again */
+    bool fault_passed : 1;              /* faults drawn for this request (worker/fault.h) */
     bool tls : 1;                       /* accepted on a TLS listener */
     bool hsts : 1;                      /* ... with hsts: answers carry it */
     bool redirect : 1;                  /* accepted on a redirect_https listener */
@@ -193,6 +196,7 @@ static void lb_session_log(struct lb_session *s)
     e->start_us = e->connect_us = e->header_us = e->bytes = 0;
     e->status = e->upstream_status = 0;
     e->limited[0] = '\0';
+    e->fault[0] = '\0';
 }
 
 static void lb_session_log_start(struct lb_session *s, const char *buf, size_t head_len,
@@ -551,6 +555,7 @@ static void lb_session_reset_request(struct lb_session *s)
     s->state = LB_S_HEAD;
     s->server = NULL;
     s->head_pending = s->up_reused = s->stale_resent = s->upgrade = s->rl_passed = false;
+    s->fault_passed = false;
     s->resp_head_done = s->resp_started = s->req_done = s->resp_done = s->up_eof = false;
     s->counted_failure = s->interim_sent = false;
     if (s->x != NULL) {
@@ -1759,6 +1764,60 @@ static void lb_session_delay_done(struct lb_session *s)
     lb_session_dispatch(s, &m);
 }
 
+/* Faults (worker/fault.h) for route R's request M, drawn once per
+ * request. True when they took it over: a reset, an abort, or a delay
+ * (the session timer; lb_session_delay_done dispatches it again, and an
+ * abort that goes with the delay is answered then). */
+static bool lb_session_fault(struct lb_session *s, const struct lb_route_cfg *r,
+                             const struct lb_http_msg *m)
+{
+    struct lb_worker *w = s->w;
+    if (s->fault_passed) {
+        if (s->x->fault_abort == 0)
+            return false;
+        lb_session_answer(s, s->x->fault_abort, NULL, 0, true);
+        return true;
+    }
+    s->fault_passed = true;
+    struct lb_fault_action a;
+    const struct lb_pool_cfg *pc = &w->cfg->pools[r->pool];
+    if (!lb_fault_pick(w->cfg, w->shm, pc, w->rng, &a) &&
+        !(r->faults_from_headers && lb_fault_from_headers(m, &a)))
+        return false;
+    /* Counted where the fault is: a configured one in its shm entry (any
+     * worker, an atomic add, only when one fires), headers per worker. */
+    if (a.shm != NULL) {
+        atomic_fetch_add_explicit(&a.shm->injected, 1, memory_order_relaxed);
+    } else {
+        if (a.delay_ms != 0)
+            lb_counter_add(&w->slot_stats->header_faults[0], 1);
+        if (a.abort_status != 0)
+            lb_counter_add(&w->slot_stats->header_faults[1], 1);
+    }
+    if (s->acc != NULL)
+        snprintf(s->acc->fault, sizeof(s->acc->fault), " fault=%s", a.name);
+    if (a.reset) {
+        /* SO_LINGER 0: close() sends a RST, as a crashed peer would. */
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        setsockopt(s->client->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        lb_session_close(s);
+        return true;
+    }
+    if (a.delay_ms != 0) {
+        s->x->fault_abort = (uint16_t)a.abort_status;
+        s->state = LB_S_DELAYED;
+        lb_session_timer_arm(s, a.delay_ms);
+        if (s->timer != NULL)
+            return true;
+        s->state = LB_S_HEAD;   /* out of memory for a timer: no delay then */
+    }
+    if (a.abort_status != 0) {
+        lb_session_answer(s, a.abort_status, NULL, 0, true);
+        return true;
+    }
+    return false;
+}
+
 #define LB_PICK_FULL (-2)
 
 /* What the pick of a server of POOL for S's request M looks at (M NULL:
@@ -2168,6 +2227,8 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         return;
     }
     if (r->nrate_limits > 0 && w->rl != NULL && !s->rl_passed && lb_session_limit(s, r, m))
+        return;
+    if (r->faults && lb_session_fault(s, r, m))
         return;
     struct lb_pool_rt *pool = &w->pools[r->pool];
     /* The deadline runs from here: time spent in the queue counts. */

@@ -77,7 +77,8 @@ int lb_upstream_init(struct lb_worker *w)
         }
         any_auto |= pc->keepalive_auto;
         lb_counter_t *cursor = &lb_shm_pool(w->shm, pc->shm_id)->rr_next;
-        if (lb_balancer_init(&p->balancer, pc, p->shared, cursor) < 0) {
+        if (lb_balancer_init_watched(&p->balancer, pc, p->shared, cursor,
+                                     &p->shm->weights_gen) < 0) {
             lb_log_error("pool '%s': cannot build the balancer", pc->name);
             return -1;
         }

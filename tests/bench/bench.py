@@ -25,7 +25,8 @@ its own. --breaker gives lbd's pool a circuit breaker, --retries a retry
 policy (no failures happen: what they cost a healthy pool); --tls counts them
 over TLS 1.3. --ratelimit adds a per-client-address rate limit too high ever
 to refuse (what every request pays for a limit it passes); --ratelimit refuse
-one that refuses nearly every request (1r/s: what a refusal costs).
+one that refuses nearly every request (1r/s: what a refusal costs). --faults
+configures three faults at 0 % on lbd's pool (what faults that are off cost).
 
 The TLS scenarios (ka64-tls, newconn-tls) give the three proxies the same
 certificate (ECDSA P-256, made at start) and TLS 1.2 ciphers.
@@ -92,10 +93,19 @@ def free_port():
 
 # Extra keys of lbd's pool (--breaker, --retries).
 POOL_EXTRA = ""
+# Extra top-level lbd settings (--faults), after @RATELIMIT@.
+LBD_EXTRA = ""
+# --faults: three faults on lbd's pool, all at 0 % (what each request pays
+# for faults that are configured but off).
+LBD_FAULTS = ('faults = ( { name = "slow"; pool = "be"; percent = 0; delay = "200ms"; },\n'
+              '           { name = "errors"; pool = "be"; percent = 0; abort = 503; },\n'
+              '           { name = "drop"; pool = "be"; percent = 0; reset = true; } );\n')
 
 
 def fill(template, path, values):
     values = dict(tls_values(False, ""), **dict(values, POOL_EXTRA=POOL_EXTRA))
+    if "RATELIMIT" in values:
+        values["RATELIMIT"] += "\n" + LBD_EXTRA
     with open(os.path.join(HERE, template)) as f:
         text = f.read()
     for k, v in values.items():
@@ -474,6 +484,8 @@ def main():
     ap.add_argument("--pool", choices=sorted(LBD_POOLS), default="fixed",
                     help="with --instructions: lbd's pool, fixed (keepalive = 256, the "
                          "default) or default (no keepalive key)")
+    ap.add_argument("--faults", action="store_true",
+                    help="lbd's pool with three faults (delay, abort, reset) at 0 %%")
     ap.add_argument("--breaker", action="store_true",
                     help="lbd's pool with circuit_breaker (its defaults: both triggers)")
     ap.add_argument("--retries", action="store_true",
@@ -483,7 +495,9 @@ def main():
                     help="with --instructions: a per-IP rate limit that never refuses (pass), "
                          "or refuses nearly every request (refuse)")
     args = ap.parse_args()
-    global POOL_EXTRA
+    global POOL_EXTRA, LBD_EXTRA
+    if args.faults:
+        LBD_EXTRA += LBD_FAULTS
     if args.breaker:
         POOL_EXTRA += "circuit_breaker = { }; "
     if args.retries:
@@ -524,7 +538,8 @@ def main():
             print("lbd worker: %.0f instructions per keep-alive request%s (callgrind, %d requests%s%s)"
                   % (per, " over TLS" if args.tls else "", reqs,
                      ", default pool" if args.pool == "default" else "",
-                     ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else ""))
+                     ", per-IP rate limit (%s)" % args.ratelimit if args.ratelimit else "")
+                  + (", three faults at 0 %" if args.faults else ""))
             scenarios, args.idle = [], 0
         for workers in sorted({s[4] for s in scenarios}):
             proxies = {name: Proxy(name, work, backends, workers) for name in PROXIES}

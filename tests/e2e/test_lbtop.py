@@ -2,13 +2,14 @@
 checked against the load a test sent (counts, never timings), a killed
 backend shown DOWN, re-attaching across a reload and a restart, the message
 when no lbd runs; the interactive screen driven under tmux."""
+import json
 import os
 import re
 import signal
 import subprocess
 import time
 
-from lbdtest import LbdTestCase, free_port, wait_for
+from lbdtest import LbdTestCase, free_port, http_get, wait_for
 from lbdextra import ext_config, kill_backend, run_requests, tally
 
 TMUX = "/usr/bin/tmux"
@@ -16,7 +17,8 @@ TMUX = "/usr/bin/tmux"
 HTTP_CHECK = {"path": "/healthz", "interval": "200ms", "timeout": "200ms", "rise": 1, "fall": 1}
 
 # A server row: address, health, breaker, weight, state, requests, ...
-SERVER_ROW = re.compile(r"^\s+(\S+:\d+)\s+(UP|DOWN)\s+(closed|open|half)\s+(\d+)\s+(\S+)\s+(\d+)\s")
+SERVER_ROW = re.compile(r"^\s+(\S+:\d+)\s+(UP|DOWN)\s+(closed|open|half)\s+(\d+)(\*?)\s+(\S+)"
+                        r"\s+(\d+)\s")
 WORKER_ROW = re.compile(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(running|draining)\s+(\d+)\s+(\d+)\s+(\d+)"
                         r"\s+(\d+)\s+(\S+)\s+(\d+)\s*$")
 TITLE = re.compile(r"^lbtop \d\d:\d\d:\d\d - (\S+)(?:  master (\d+)  generation (\d+))?")
@@ -54,7 +56,8 @@ def parse_frame(lines):
             if sm:
                 f["servers"][(pool, sm.group(1))] = {
                     "health": sm.group(2), "breaker": sm.group(3), "weight": int(sm.group(4)),
-                    "state": sm.group(5), "requests": int(sm.group(6))}
+                    "override": sm.group(5) == "*", "state": sm.group(6),
+                    "requests": int(sm.group(7))}
         elif section == "workers":
             wm = WORKER_ROW.match(ln)
             if wm:
@@ -143,6 +146,30 @@ class LbtopTest(LbdTestCase):
         self.assertEqual(f["servers"][("web", self.bs[2].addr)]["health"], "UP")
         self.assertIn("2/3 up", f["text"])
         self.assertIsNotNone(lbd)
+
+    def test_runtime_state_and_weight(self):
+        """What the admin API sets shows at the next frame: maint and drain
+        in STATE, a runtime weight marked '*'; DELETE brings the file's back."""
+        token = "lbtop-token-42"
+        admin = f"127.0.0.1:{free_port()}"
+        self._start(extra=f'admin = {{ address = "{admin}"; token = "{token}"; }};')
+        auth = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]
+
+        def api(b, method, body=None):
+            r = http_get(admin, f"/api/pools/web/servers/{b.addr}", host="admin.test",
+                         method=method, headers=auth,
+                         body=json.dumps(body).encode() if body is not None else None)
+            self.assertEqual(r.status, 200, r.body)
+        api(self.bs[0], "PUT", {"state": "maint"})
+        api(self.bs[1], "PUT", {"state": "drain", "weight": 7})
+        f = self.frame()
+        s0, s1, s2 = (f["servers"][("web", b.addr)] for b in self.bs)
+        self.assertEqual((s0["state"], s0["weight"], s0["override"]), ("maint", 1, False))
+        self.assertEqual((s1["state"], s1["weight"], s1["override"]), ("drain", 7, True))
+        self.assertEqual((s2["state"], s2["weight"], s2["override"]), ("ready", 1, False))
+        api(self.bs[1], "DELETE")
+        s1 = self.frame()["servers"][("web", self.bs[1].addr)]
+        self.assertEqual((s1["state"], s1["weight"], s1["override"]), ("ready", 1, False))
 
     def test_no_instance(self):
         """No lbd for the file: a clear message and exit status 1 at once; a

@@ -8,6 +8,7 @@ int main(void)
 {
     SRunner *sr = srunner_create(config_suite());
     srunner_add_suite(sr, util_suite());
+    srunner_add_suite(sr, json_suite());
     srunner_add_suite(sr, balancer_suite());
     srunner_add_suite(sr, route_suite());
     srunner_add_suite(sr, http_suite());

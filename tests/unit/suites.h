@@ -21,5 +21,6 @@ Suite *ratelimit_suite(void);
 Suite *tls_suite(void);
 Suite *conn_suite(void);
 Suite *lbtop_suite(void);
+Suite *json_suite(void);
 
 #endif

@@ -440,7 +440,7 @@ START_TEST(test_rr_skips_unusable)
     for (int k = 0; k < 20; k++)
         ck_assert_int_eq(pick(&b), 1 + k % 2);
     /* 1 draining as well: only 2. */
-    atomic_store(&tp.shm[1].drain, 1);
+    atomic_store(&tp.shm[1].admin_state, LB_BACKEND_DRAIN);
     for (int k = 0; k < 10; k++)
         ck_assert_int_eq(pick(&b), 2);
     /* 2 weighted to 0 at run time: nobody. */
@@ -448,7 +448,7 @@ START_TEST(test_rr_skips_unusable)
     ck_assert_int_eq(pick(&b), -1);
     /* Back to normal: the cycle's proportions over whole cycles. */
     atomic_store(&tp.shm[0].health, LB_HEALTH_UP);
-    atomic_store(&tp.shm[1].drain, 0);
+    atomic_store(&tp.shm[1].admin_state, LB_BACKEND_READY);
     atomic_store(&tp.shm[2].weight, 1);
     unsigned got[3] = { 0 };
     for (int k = 0; k < 700; k++)
@@ -529,7 +529,7 @@ START_TEST(test_least_connections)
     /* The least loaded is skipped when down or draining. */
     atomic_store(&tp.shm[1].health, LB_HEALTH_DOWN);
     ck_assert_int_eq(pick(&b), 0);
-    atomic_store(&tp.shm[0].drain, 1);
+    atomic_store(&tp.shm[0].admin_state, LB_BACKEND_DRAIN);
     ck_assert_int_eq(pick(&b), 2);
     atomic_store(&tp.shm[2].weight, 0);
     ck_assert_int_eq(pick(&b), -1);
@@ -570,7 +570,7 @@ START_TEST(test_random)
     atomic_store(&tp.shm[2].health, LB_HEALTH_DOWN);
     for (int k = 0; k < 100; k++)
         ck_assert_int_eq(pick(&b), 0);
-    atomic_store(&tp.shm[0].drain, 1);
+    atomic_store(&tp.shm[0].admin_state, LB_BACKEND_DRAIN);
     ck_assert_int_eq(pick(&b), -1);
     lb_balancer_destroy(&b);
 }
@@ -695,7 +695,7 @@ START_TEST(test_hash_consistent)
 
     /* All down: nobody. */
     for (int i = 0; i < 5; i++)
-        atomic_store(&tp.shm[i].drain, 1);
+        atomic_store(&tp.shm[i].admin_state, LB_BACKEND_DRAIN);
     hash_map(&tp, after);
     ck_assert_ptr_null(after[0]);
 }
@@ -986,7 +986,7 @@ START_TEST(test_slow_start_alone_and_hash_keys)
         make_pool(&tp, all[k], w, 2);
         tp.pool.slow_start_ms = 10000;
         atomic_store(&tp.shm[1].usable_ms, 1000);
-        atomic_store(&tp.shm[0].drain, 1);
+        atomic_store(&tp.shm[0].admin_state, LB_BACKEND_DRAIN);
         ck_assert_int_eq(lb_balancer_init(&b, &tp.pool, tp.backends, NULL), 0);
         for (uint64_t key = 0; key < 200; key++) {
             struct lb_pick_ctx ctx = { .now_ms = 1000, .key = key_of(key) };

@@ -1523,6 +1523,85 @@ START_TEST(test_err_rate_limits)
 }
 END_TEST
 
+/* ---- admin token and faults (admin helper's block) ---- */
+
+START_TEST(test_admin_token_and_faults)
+{
+    struct lb_config *cfg;
+    char err[512];
+    int rc = load_text(MINIMAL "admin = { address = \"127.0.0.1:8404\"; token = \"abc-123\"; };\n"
+                       "faults = ( { name = \"slow\"; pool = \"web\"; percent = 10; delay = \"200ms\"; },\n"
+                       "           { name = \"err\"; pool = \"web\"; percent = 0.5; abort = 503; },\n"
+                       "           { name = \"drop\"; pool = \"web\"; percent = 0; reset = true; } );\n"
+                       "routes = ( { host = \"*\"; pool = \"web\"; faults_from_headers = true; } );\n",
+                       &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_str_eq(cfg->admin_token, "abc-123");
+    ck_assert_uint_eq(cfg->nfaults, 3);
+    ck_assert_int_eq(cfg->faults[0].type, LB_FAULT_DELAY);
+    ck_assert_uint_eq(cfg->faults[0].delay_ms, 200);
+    ck_assert_uint_eq(cfg->faults[0].ppm, 100000);
+    ck_assert_int_eq(cfg->faults[1].type, LB_FAULT_ABORT);
+    ck_assert_int_eq(cfg->faults[1].abort_status, 503);
+    ck_assert_uint_eq(cfg->faults[1].ppm, 5000);
+    ck_assert_int_eq(cfg->faults[2].type, LB_FAULT_RESET);
+    ck_assert_uint_eq(cfg->pools[0].nfaults, 3);
+    ck_assert_uint_eq(cfg->pools[0].faults[2], 2);
+    ck_assert(cfg->routes[0].faults_from_headers);
+    ck_assert(cfg->routes[0].faults);
+    lb_config_free(cfg);
+    rc = load_text(MINIMAL, &cfg, err, sizeof(err));
+    ck_assert_msg(rc == 0, "load failed: %s", err);
+    ck_assert_ptr_null(cfg->admin_token);
+    ck_assert(!cfg->routes[0].faults);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_admin_token_and_faults)
+{
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  token = \"\";\n};\n",
+                 "token", "admin token is empty");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  token = \"a b\";\n};\n",
+                 "token", "admin token has a space");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  token = \"a\";\n"
+                 "  token_file = \"/x\";\n};\n", "token_file", "not both");
+    expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n"
+                 "  token_file = \"/nonexistent/lbd.token\";\n};\n", "token_file",
+                 "admin token_file /nonexistent/lbd.token: No such file");
+#define F(body) MINIMAL "faults = (\n  { " body " }\n);\n"
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 10;"), "name = \"a\"", "exactly one of");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 10; delay = \"1s\"; abort = 503;"),
+                 "name = \"a\"", "exactly one of");
+    expect_error(F("name = \"a\"; pool = \"nope\"; percent = 10; abort = 503;"), "pool = \"nope\"",
+                 "unknown pool 'nope'");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 101; abort = 503;"), "percent",
+                 "percent must be a number from 0 to 100");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = \"5\"; abort = 503;"), "percent",
+                 "percent must be a number");
+    expect_error(F("name = \"a\"; pool = \"web\"; abort = 503;"), "name = \"a\"", "missing 'percent'");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 1; abort = 600;"), "abort",
+                 "'abort' must be between 200 and 599");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 1; delay = \"0\";"), "delay",
+                 "delay must be from 1ms to 1h");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 1; reset = false;"), "reset",
+                 "reset = false means no fault");
+    expect_error(F("name = \"headers\"; pool = \"web\"; percent = 1; reset = true;"), "name = \"headers\"",
+                 "reserved");
+    expect_error(F("name = \"a/b\"; pool = \"web\"; percent = 1; reset = true;"), "name = \"a/b\"",
+                 "fault name must be");
+    expect_error(F("name = \"a\"; pool = \"web\"; percent = 1; reset = true; color = 1;"),
+                 "color", "unknown key 'color' in fault");
+    expect_error(MINIMAL "faults = (\n  { name = \"a\"; pool = \"web\"; percent = 1; reset = true; },\n"
+                 "  { name = \"a\"; pool = \"web\"; percent = 1; reset = true; }\n);\n",
+                 "name = \"a\"; pool = \"web\"; percent = 1; reset = true; }\n);",
+                 "duplicate fault 'a'");
+    expect_error(MINIMAL "routes = (\n  { host = \"*\"; pool = \"web\"; faults_from_headers = 1; }\n);\n",
+                 "faults_from_headers", "faults_from_headers");
+#undef F
+}
+END_TEST
+
 Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1582,6 +1661,8 @@ Suite *config_suite(void)
 
     tc = tcase_create("cidr");
     tcase_add_test(tc, test_cidr);
+    tcase_add_test(tc, test_admin_token_and_faults);
+    tcase_add_test(tc, test_err_admin_token_and_faults);
     suite_add_tcase(s, tc);
     return s;
 }
