@@ -118,8 +118,9 @@ class DashboardTest(LbdTestCase):
 
     def test_drain_clicked_in_the_page(self):
         """With the token entered, the drain button of a server sets it to
-        drain (seen by /status), and its row says so; ready sets it back.
-        Without a token the buttons are disabled."""
+        drain (seen by /status), and its row says so; ready sets it back; a
+        weight typed in the field and set reaches the server. Without a
+        token the buttons are disabled."""
         probe = subprocess.run([self.lbd_bin, "-t", "-c", self.write_file(
             self.path("probe.conf"), ext_config(f"127.0.0.1:{free_port()}",
                                                 [{"name": "web", "servers": [("127.0.0.1:1", 1)]}],
@@ -152,5 +153,13 @@ class DashboardTest(LbdTestCase):
         b.click(f'tr[data-server="web/{target.addr}"] button[data-act="ready"]')
         wait_for(lambda: find_server(admin_status(self.admin), target.addr)["admin_state"] ==
                  "ready" or None, 10, interval=0.05, what="/status to show the server ready")
+        row = f'tr[data-server="web/{target.addr}"]'
+        b.type_into(f"{row} input.w", "5")
+        b.click(f'{row} button[data-act="weight"]')
+        wait_for(lambda: find_server(admin_status(self.admin), target.addr)["weight"] == 5 or None,
+                 10, interval=0.05, what="/status to show the weight set in the page")
+        self.assertEqual(find_server(admin_status(self.admin), target.addr)["weight_override"], 5)
+        wait_for(lambda: (cells(b, target.addr) or {}).get("weight") == "5 (file 1)" or None, 10,
+                 interval=0.1, what="the row to show the runtime weight beside the file's")
         self.assertEqual(b.errors, [], "console errors on the dashboard")
         self.assertIsNotNone(lbd)
