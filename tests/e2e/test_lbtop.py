@@ -230,13 +230,19 @@ class LbtopTest(LbdTestCase):
     # -- interactive, under tmux ------------------------------------------------
 
     def test_tmux_views_and_quit(self):
-        """The ncurses screen: the servers view first; Tab shows the workers
-        (their pids), 3 the rate limits, 1 the servers again; q quits."""
+        """The ncurses screen: started before lbd, it says that none runs,
+        then attaches; the servers view first; s changes the sort column, p
+        pauses; Tab shows the workers (their pids), 3 the rate limits, 1 the
+        servers again; q quits."""
         if not os.access(TMUX, os.X_OK):
             self.skipTest("tmux is not installed (make deps)")
         limit = ('rate_limits = ( { name = "perip"; key = "client_ip"; rate = "100r/s"; '
                  'burst = 50; } );')
-        lbd = self._start(n=2, extra=limit)
+        self.bs = self.start_backends("b1", "b2")
+        self.listen = f"127.0.0.1:{free_port()}"
+        cfg = ext_config(self.listen, [{"name": "web", "servers": [(b.addr, 1) for b in self.bs],
+                                        "health_check": HTTP_CHECK}], workers=2, extra=limit)
+        conf = self.write_file(self.path("lbd.conf"), cfg)
         sock = f"lbtop-test-{os.getpid()}-{free_port()}"
 
         def tmux(*args, check=True):
@@ -244,7 +250,7 @@ class LbtopTest(LbdTestCase):
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10,
                                   check=check)
         tmux("new-session", "-d", "-x", "160", "-y", "40", "-s", "top",
-             f"{self.lbtop_bin} -c {lbd.config_path} -d 0.3")
+             f"{self.lbtop_bin} -c {conf} -d 0.3")
         self.addCleanup(lambda: tmux("kill-server", check=False))
 
         def screen():
@@ -257,8 +263,16 @@ class LbtopTest(LbdTestCase):
                     else None
             return wait_for(probe, 10, interval=0.1, what=f"the screen to show {words}")
 
-        s = shows("pool web", self.bs[0].addr, self.bs[1].addr, "HEALTH")
-        self.assertIn(f"master {lbd.pid}", s)
+        shows("no lbd running for", "waiting for one")
+        lbd = self.start_lbd(cfg, self.listen, workers=2)
+        shows("pool web", self.bs[0].addr, self.bs[1].addr, "HEALTH", f"master {lbd.pid}",
+                  "sort: address")
+        tmux("send-keys", "-t", "top", "s")
+        shows("sort: req/s")
+        tmux("send-keys", "-t", "top", "p")
+        shows("[paused]")
+        tmux("send-keys", "-t", "top", "p")
+        shows("HEALTH", absent=("[paused]",))
         tmux("send-keys", "-t", "top", "Tab")
         pids = [str(w["pid"]) for w in lbd.snapshot()["workers"]]
         shows("RESTARTS", *pids, absent=("HEALTH",))
