@@ -119,8 +119,8 @@ class DashboardTest(LbdTestCase):
     def test_drain_clicked_in_the_page(self):
         """With the token entered, the drain button of a server sets it to
         drain (seen by /status), and its row says so; ready sets it back; a
-        weight typed in the field and set reaches the server. Without a
-        token the buttons are disabled."""
+        weight typed in the field and set reaches the server, reset (DELETE)
+        brings the file's back. Without a token the buttons are disabled."""
         probe = subprocess.run([self.lbd_bin, "-t", "-c", self.write_file(
             self.path("probe.conf"), ext_config(f"127.0.0.1:{free_port()}",
                                                 [{"name": "web", "servers": [("127.0.0.1:1", 1)]}],
@@ -161,5 +161,9 @@ class DashboardTest(LbdTestCase):
         self.assertEqual(find_server(admin_status(self.admin), target.addr)["weight_override"], 5)
         wait_for(lambda: (cells(b, target.addr) or {}).get("weight") == "5 (file 1)" or None, 10,
                  interval=0.1, what="the row to show the runtime weight beside the file's")
+        b.click(f'{row} button[data-act="reset"]')
+        wait_for(lambda: find_server(admin_status(self.admin), target.addr)["weight_override"]
+                 is None or None, 10, interval=0.05, what="reset to drop the runtime weight")
+        self.assertEqual(find_server(admin_status(self.admin), target.addr)["weight"], 1)
         self.assertEqual(b.errors, [], "console errors on the dashboard")
         self.assertIsNotNone(lbd)
