@@ -209,6 +209,12 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
     struct lb_probe *p = arg;
     struct event_base *base = p->owner->base;
     const struct sockaddr *sa = (const struct sockaddr *)&p->server->addr.ss;
+    /* maint (admin API) means no traffic at all, checks included: the
+     * server keeps its last health until it leaves maint. */
+    if (lb_backend_admin_state(p->shared) == LB_BACKEND_MAINT) {
+        lb_probe_schedule(p, p->pool->health.interval_ms);
+        return;
+    }
     p->scanned = 0;
     p->connected = false;
     int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -4,6 +4,7 @@ every worker at once and kept over worker deaths and reloads."""
 import json
 import os
 import signal
+import time
 
 from lbdtest import HttpConn, LbdTestCase, free_port, http_get, lbd_config, wait_for
 from lbdextra import admin_status, find_server, run_requests, tally
@@ -217,6 +218,29 @@ class ApiRuntimeTest(ApiTestCase):
             self.assertIn(f'lbd_backend_up{{pool="web",server="{a.addr}"}} 0', m)
         self.put(a, {"state": "ready"})
         self.assertEqual(self.counts(200), {"a": 100, "b": 100})
+
+    def test_maint_stops_health_checks(self):
+        """maint means no traffic at all: the health checks stop too (the
+        backend's own request count does not move over 10 check intervals)
+        and resume with ready; drain keeps checking."""
+        a, = self.start_backends("a")
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        pools = [{"name": "web", "servers": [(a.addr, 1)],
+                  "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms",
+                                   "rise": 1, "fall": 1}}]
+        self.start_lbd(lbd_config(self.listen, pools, workers=1,
+                                  extra=f'admin = {{ address = "{self.admin}"; token = "{TOKEN}"; }};'),
+                       self.listen, workers=1)
+        wait_for(lambda: find_server(admin_status(self.admin), a.addr)["checks"]["ok"] >= 2, 10,
+                 what="two passed checks")
+        self.put(a, {"state": "maint"})
+        time.sleep(0.3)     # a check under way when maint began may still land
+        before = a.stats()["requests"]
+        time.sleep(1.0)
+        self.assertEqual(a.stats()["requests"], before + 1, "only /stats reached a")
+        self.put(a, {"state": "drain"})
+        wait_for(lambda: a.stats()["requests"] > before + 4, 10, what="checks again in drain")
 
     def test_all_maint_is_503(self):
         """Every server in maint: 503, no backend reached."""
