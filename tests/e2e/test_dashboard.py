@@ -41,6 +41,7 @@ class DashboardTest(LbdTestCase):
         self.admin = f"127.0.0.1:{free_port()}"
         pools = [{"name": "web", "servers": [(b.addr, 1) for b in self.bs],
                   "health_check": HTTP_CHECK}]
+        self.pools = pools
         if token:
             cfg = ext_config(self.listen, pools, workers=2,
                              extra=f'admin = {{ address = "{self.admin}"; token = "{TOKEN}"; }};')
@@ -74,7 +75,8 @@ class DashboardTest(LbdTestCase):
     def test_live_page_and_down_server(self):
         """The page shows every server UP with the requests each took, the
         workers with their pids, no console error; a killed backend shows
-        DOWN within 5 s while the others stay UP."""
+        DOWN within 5 s while the others stay UP; a reload's new server
+        appears."""
         lbd = self._start()
         n = 60
         per, bad = tally(run_requests(lbd.listen, [("/", ())] * n, nthreads=3))
@@ -114,6 +116,15 @@ class DashboardTest(LbdTestCase):
         self.assertEqual(b.eval("document.querySelector('section[data-pool=\"web\"] .sum')"
                                 ".textContent"), "2/3 up")
         b.screenshot(self.path("dashboard-down.png"))
+
+        # A reload that adds a server: its row appears, the page goes on.
+        b4 = self.start_backend("b4")
+        pools = [dict(self.pools[0], servers=[(x.addr, 1) for x in self.bs + [b4]])]
+        lbd.reload(ext_config(self.listen, pools, workers=2, admin=self.admin))
+        wait_for(lambda: (cells(b, b4.addr) or {}).get("health") == "UP" or None, 15,
+                 interval=0.1, what="the reload's new server on the page")
+        self.assertEqual(b.eval("document.querySelector('#gen').textContent"),
+                         str(lbd.snapshot()["generation"]))
         self.assertEqual(b.errors, [], "console errors on the dashboard")
 
     def test_drain_clicked_in_the_page(self):
