@@ -275,8 +275,8 @@ static void lb_top_servers(struct lb_top *t)
             }
             lb_top_add(t, LB_LINE_TEXT, "%spool %s: %u server(s), %u up", i ? "\n" : "",
                        v->pool, n, up);
-            lb_top_add(t, LB_LINE_HEAD, "  %-24s %-6s %-7s %4s %-6s %9s %8s %7s %6s %5s %8s %8s %8s",
-                       "SERVER", "HEALTH", "BREAKER", "W", "STATE", "REQS", "REQ/S", "ERR/S",
+            lb_top_add(t, LB_LINE_HEAD,
+                       "  %-24s %-6s %-7s %4s %-6s %9s %8s %7s %6s %5s %8s %8s %8s", "SERVER", "HEALTH", "BREAKER", "W", "STATE", "REQS", "REQ/S", "ERR/S",
                        "5XX%", "INFL", "EWMA", "P50", "P99");
         }
         char b1[16], b2[16], b3[16], b4[16], b5[16], w[16];

@@ -42,8 +42,8 @@ class Browser:
         os.makedirs(profile_dir, exist_ok=True)
         self.log_path = os.path.join(profile_dir, "chromium.log")
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(["/bin/bash", "-c", sh, "bash"] + args, pass_fds=(cmd_r, out_w),
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
+        self.proc = subprocess.Popen(["/bin/bash", "-c", sh, "bash"] + args,
+                                     pass_fds=(cmd_r, out_w), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, start_new_session=True)
         os.close(cmd_r)
         os.close(out_w)
