@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include "master/dashboard.h"
 #include "master/metrics.h"
 #include "master/snapshot.h"
 #include "shared/json.h"
@@ -683,6 +684,14 @@ static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
         if (status == 200)
             lb_metrics_write(a->shm, f);
         type = "text/plain; version=0.0.4; charset=utf-8";
+    } else if (strcmp(r->path, "/") == 0) {
+        status = lb_admin_get(r) ? 200 : lb_admin_not_allowed(r, "GET, HEAD");
+        if (status == 200) {
+            size_t page_len;
+            const char *page = lb_dashboard_page(&page_len);
+            fwrite(page, 1, page_len, f);
+        }
+        type = "text/html; charset=utf-8";
     } else if (r->nseg == 1 && strcmp(r->path, "/status") == 0) {
         status = lb_admin_get(r) ? 200 : lb_admin_not_allowed(r, "GET, HEAD");
         if (status == 200)
@@ -703,8 +712,8 @@ static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
         else
             status = lb_admin_fail(r, 404, "no such path: try /api/faults or /api/faults/NAME");
     } else {
-        status = lb_admin_fail(r, 404, "not found: try /metrics, /status, /api/pools or "
-                                       "/api/faults");
+        status = lb_admin_fail(r, 404, "not found: try /, /metrics, /status, /api/pools "
+                                       "or /api/faults");
     }
     fclose(f);
     if (status == 200)

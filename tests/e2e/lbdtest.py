@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 
 LBD = os.environ.get("LBD") or os.path.join(ROOT, "build", "lbd")
 LBD_BACKEND = os.environ.get("LBD_BACKEND") or os.path.join(ROOT, "build", "lbd-testbackend")
+# lbtop: beside the lbd under test unless named.
+LBTOP = os.environ.get("LBTOP") or os.path.join(os.path.dirname(LBD), "lbtop")
 
 # Temp dirs of failed tests kept because LBD_KEEP=1 (run.py prints them).
 KEPT_DIRS = []
@@ -818,6 +820,7 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
 class LbdTestCase(unittest.TestCase):
     lbd_bin = LBD
     backend_bin = LBD_BACKEND
+    lbtop_bin = LBTOP
     maxDiff = None
     # At teardown every test fails if lbd's logs show a sanitizer report
     # (AddressSanitizer, LeakSanitizer, UBSan's "runtime error:"; `make asan`)

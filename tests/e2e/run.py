@@ -123,6 +123,8 @@ def main(argv):
     try:
         lbdtest.LbdTestCase.lbd_bin = private_copy(lbdtest.LBD, bindir)
         lbdtest.LbdTestCase.backend_bin = private_copy(lbdtest.LBD_BACKEND, bindir)
+        if os.access(lbdtest.LBTOP, os.X_OK):
+            lbdtest.LbdTestCase.lbtop_bin = private_copy(lbdtest.LBTOP, bindir)
         print(f"lbd e2e: {len(tests)} test(s); lbd={lbdtest.LBD} backend={lbdtest.LBD_BACKEND}")
         runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=Result,
                                          failfast=failfast)

@@ -254,9 +254,9 @@ class AdminTest(LbdTestCase):
 
     def test_unknown_path_and_methods(self):
         """Unknown paths are 404 (the connection then closes); a query string
-        is ignored."""
+        is ignored. (/ is the dashboard: test_dashboard.)"""
         self._lbd([{"name": "web", "servers": [(f"127.0.0.1:{free_port()}", 1)]}])
-        for path in ("/", "/nope", "/metricsx", "/status/x", "/STATUS"):
+        for path in ("/index.html", "/nope", "/metricsx", "/status/x", "/STATUS"):
             r = admin_get(self.admin, path)
             self.assertEqual(r.status, 404, path)
         self.assertEqual(admin_get(self.admin, "/status?pretty=1").status, 200)

@@ -37,7 +37,8 @@ class InstallTest(LbdTestCase):
     def install(self, dest, *args):
         """make install into DEST with the lbd under test (`-o all`: no
         rebuild; make e2e has built everything)."""
-        rc, out = make("-o", "all", "install", f"DESTDIR={dest}", f"LBD={self.lbd_bin}", *args)
+        rc, out = make("-o", "all", "install", f"DESTDIR={dest}", f"LBD={self.lbd_bin}",
+                       f"LBTOP={self.lbtop_bin}", *args)
         self.assertEqual(rc, 0, f"make install failed:\n{out}")
         return out
 
@@ -47,7 +48,7 @@ class InstallTest(LbdTestCase):
         /etc/default/lbd is kept."""
         dest = self.path("dest")
         self.install(dest)
-        modes = {"usr/local/sbin/lbd": 0o755, "etc/lbd/lbd.conf.example": 0o644,
+        modes = {"usr/local/sbin/lbd": 0o755, "usr/local/bin/lbtop": 0o755, "etc/lbd/lbd.conf.example": 0o644,
                  "etc/init.d/lbd": 0o755, "lib/systemd/system/lbd.service": 0o644,
                  "etc/default/lbd": 0o644}
         for rel, mode in modes.items():

@@ -21,6 +21,7 @@ Suite *ratelimit_suite(void);
 Suite *tls_suite(void);
 Suite *conn_suite(void);
 Suite *sticky_suite(void);
+Suite *lbtop_suite(void);
 Suite *json_suite(void);
 
 #endif
