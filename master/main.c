@@ -24,7 +24,7 @@ static void lb_usage(FILE *out)
             "  -s        print a JSON snapshot of the running instance's counters\n"
             "  -v        print the version\n"
             "signals to the master: TERM/QUIT graceful stop, INT fast stop,\n"
-            "HUP reload, USR1 reopen logs\n");
+            "HUP reload, USR1 reopen logs, USR2 upgrade to the binary now at lbd's path\n");
 }
 
 static int lb_check_config(const char *path)
@@ -63,7 +63,7 @@ int main(int argc, char **argv)
             opt.workers = (unsigned)n;
             break;
         }
-        case 'v': printf("lbd " LB_VERSION "\n"); return 0;
+        case 'v': printf("lbd %s\n", lb_version); return 0;
         case 'h': lb_usage(stdout); return 0;
         default: lb_usage(stderr); return 1;
         }

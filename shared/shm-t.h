@@ -44,7 +44,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   6u
+#define LB_SHM_LAYOUT_VERSION   7u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -481,6 +481,12 @@ struct lb_shm_header {
     uint64_t off_arena;
     uint64_t arena_size;
     uint64_t rl_hash_key[2];            /* SipHash key, random per instance */
+
+    /* Binary upgrades (master/upgrade.h), written by the master: kept by
+     * every binary that adopts the segment. */
+    lb_counter_t upgrades;              /* new binaries that took over */
+    lb_counter_t upgrade_failures;      /* refused or rolled back */
+    char version[48];                   /* the running master's LB_VERSION_FULL */
 };
 
 #endif

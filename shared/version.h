@@ -3,4 +3,10 @@
 
 #define LB_VERSION "0.2.0"
 
+/* LB_VERSION, plus "+EXTRA" for a build made with `make LBD_VERSION_EXTRA=`
+ * (two builds of one tree that differ, for the upgrade tests): what
+ * `lbd -v`, `lbd -s` and /metrics show. Only shared/version.c sees the
+ * make variable, so changing it relinks, not rebuilds. */
+extern const char lb_version[];
+
 #endif
