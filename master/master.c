@@ -25,6 +25,9 @@
 #include "worker/tls.h"
 #include "worker/worker.h"
 
+/* After an upgrade, the previous binary's workers serve on this long beside
+ * the new ones: if a new one dies meanwhile, the upgrade is undone. */
+#define LB_UPGRADE_SETTLE_MS 2000
 /* A worker that dies within this long of its start counts as crashing, and
  * its respawns back off: 100 ms, 200 ms, ... up to LB_RESPAWN_MAX_MS. */
 #define LB_RESPAWN_FAST_MS  2000
@@ -67,6 +70,12 @@ struct lb_master {
     struct lb_inherit in_fds;       /* from the previous binary (upgrade) */
     struct lb_inherit in_state;
     bool committed;                 /* upgrade: past the point of rollback */
+    /* After an upgrade, until settle_until (0: not settling), the previous
+     * binary's workers serve on beside the new ones; a new worker that
+     * dies meanwhile sends us back to the previous binary (exe_fd). */
+    uint64_t settle_until;
+    bool settle_failed;
+    int exe_fd;
 };
 
 static volatile sig_atomic_t lb_sig_child, lb_sig_term, lb_sig_int, lb_sig_hup, lb_sig_usr1,
@@ -126,6 +135,8 @@ static uint64_t lb_master_deadline(uint64_t ms)
  * failed to start keeps serving its socket until one does. */
 static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone)
 {
+    if (m->settle_until != 0)
+        return;     /* an upgrade settling: the old workers are the fallback */
     uint64_t deadline = lb_master_deadline(m->cfg->shutdown_timeout_ms);
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
         struct lb_child *c = &m->children[s];
@@ -177,6 +188,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         close(m->shm.fd);
         if (m->admin_fd >= 0)
             close(m->admin_fd);
+        if (lb_test_workers_exit)
+            _exit(70);      /* build/lbd-crash, a test build */
         lb_worker_main(m->cfg, h, id, (unsigned)slot, fds);
     }
     struct lb_child *c = &m->children[slot];
@@ -359,6 +372,8 @@ static void lb_master_reap(struct lb_master *m)
         }
         /* An unexpected death of a current worker: count it and respawn. */
         atomic_fetch_add(&m->shm.hdr->worker_restarts[c.id], 1);
+        if (m->settle_until != 0 && c.generation == m->generation)
+            m->settle_failed = true;
         uint64_t now = lb_now_ms();
         if (now - c.started_ms < LB_RESPAWN_FAST_MS)
             m->crashes[c.id]++;
@@ -667,6 +682,8 @@ static int lb_master_timeout(const struct lb_master *m)
             next = m->children[s].kill_at_ms;
     if (m->stopping && m->stop_deadline_ms < next)
         next = m->stop_deadline_ms;
+    if (m->settle_until != 0 && m->settle_until < next)
+        next = m->settle_until;
     if (next == UINT64_MAX)
         return -1;
     return next <= now ? 0 : (int)(next - now < 60000 ? next - now : 60000);
@@ -697,6 +714,39 @@ static char **lb_master_argv(const struct lb_master *m)
     return argv;
 }
 
+/* What an exec passes to the next image: FDS (the shm, the sockets, EXE
+ * as "exe" when >= 0) and STATE (our children, counters). */
+static bool lb_master_handover(const struct lb_master *m, int exe, struct lb_inherit *fds,
+                               struct lb_inherit *st)
+{
+    bool ok = lb_inherit_add(fds, "shm", m->shm.fd) == 0 &&
+              lb_inherit_add(fds, "instance", m->instance_fd) == 0 &&
+              (m->admin_fd < 0 || lb_inherit_add(fds, "admin", m->admin_fd) == 0) &&
+              (exe < 0 || lb_inherit_add(fds, "exe", exe) == 0);
+    for (size_t g = 0; ok && g < m->listen.ngroups; g++)
+        for (unsigned k = 0; ok && k < m->listen.groups[g].nfds; k++) {
+            char name[LB_INHERIT_NAME_MAX];
+            snprintf(name, sizeof(name), "listen.%u", k);
+            if (m->listen.groups[g].fds[k] >= 0)
+                ok = lb_inherit_add(fds, name, m->listen.groups[g].fds[k]) == 0;
+        }
+    /* More fds (BPF programs and maps) are added here as their modules
+     * come: the new image closes, with a log line, any it does not know. */
+    for (size_t s = 0; ok && s < LB_SHM_MAX_SLOTS; s++) {
+        if (m->children[s].pid == 0)
+            continue;
+        char name[LB_INHERIT_NAME_MAX];
+        snprintf(name, sizeof(name), "worker.%u", m->children[s].id);
+        ok = lb_inherit_add(st, name, m->children[s].pid) == 0;
+    }
+    return ok && (m->control_pid == 0 || lb_inherit_add(st, "control", m->control_pid) == 0) &&
+           (m->control_retired == 0 || lb_inherit_add(st, "control_old", m->control_retired) == 0) &&
+           lb_inherit_add(st, "generation", (long long)m->generation) == 0 &&
+           lb_inherit_add(st, "upgrades", (long long)atomic_load(&m->shm.hdr->upgrades)) == 0 &&
+           lb_inherit_add(st, "upgrade_failures",
+                          (long long)atomic_load(&m->shm.hdr->upgrade_failures)) == 0;
+}
+
 /* USR2: check the file at exe_path, then become it. Returns only when the
  * upgrade is refused, with everything still running as it was. */
 static void lb_master_upgrade(struct lb_master *m)
@@ -706,36 +756,14 @@ static void lb_master_upgrade(struct lb_master *m)
     struct lb_inherit fds = { 0 }, st = { 0 };
     int exe = -1;
     lb_log_info("upgrade: checking %s", m->exe_path);
+    if (m->settle_until != 0) {
+        snprintf(err, sizeof(err), "the previous upgrade is not settled yet");
+        goto fail;
+    }
     /* The running binary, for a rollback by the new image: its file may be
      * gone from the file system by then. */
     exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
-    bool ok = lb_inherit_add(&fds, "shm", m->shm.fd) == 0 &&
-              lb_inherit_add(&fds, "instance", m->instance_fd) == 0 &&
-              (m->admin_fd < 0 || lb_inherit_add(&fds, "admin", m->admin_fd) == 0) &&
-              (exe < 0 || lb_inherit_add(&fds, "exe", exe) == 0);
-    for (size_t g = 0; ok && g < m->listen.ngroups; g++)
-        for (unsigned k = 0; ok && k < m->listen.groups[g].nfds; k++) {
-            char name[LB_INHERIT_NAME_MAX];
-            snprintf(name, sizeof(name), "listen.%u", k);
-            if (m->listen.groups[g].fds[k] >= 0)
-                ok = lb_inherit_add(&fds, name, m->listen.groups[g].fds[k]) == 0;
-        }
-    /* More fds (BPF programs and maps) are added here as their modules
-     * come: the new image closes, with a log line, any it does not know. */
-    for (size_t s = 0; ok && s < LB_SHM_MAX_SLOTS; s++) {
-        if (m->children[s].pid == 0)
-            continue;
-        char name[LB_INHERIT_NAME_MAX];
-        snprintf(name, sizeof(name), "worker.%u", m->children[s].id);
-        ok = lb_inherit_add(&st, name, m->children[s].pid) == 0;
-    }
-    ok = ok && (m->control_pid == 0 || lb_inherit_add(&st, "control", m->control_pid) == 0) &&
-         (m->control_retired == 0 || lb_inherit_add(&st, "control_old", m->control_retired) == 0) &&
-         lb_inherit_add(&st, "generation", (long long)m->generation) == 0 &&
-         lb_inherit_add(&st, "upgrades", (long long)atomic_load(&m->shm.hdr->upgrades)) == 0 &&
-         lb_inherit_add(&st, "upgrade_failures",
-                        (long long)atomic_load(&m->shm.hdr->upgrade_failures)) == 0;
-    if (!ok) {
+    if (!lb_master_handover(m, exe, &fds, &st)) {
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
@@ -745,7 +773,7 @@ static void lb_master_upgrade(struct lb_master *m)
                 m->exe_path, pr.version, lb_version, pr.layout,
                 pr.adopt_shm ? "adopted: counters and state carry over"
                              : "not adoptable: its state starts afresh");
-    lb_upgrade_exec(m->exe_path, lb_master_argv(m), &fds, &st, err, sizeof(err));
+    lb_upgrade_exec(-1, m->exe_path, lb_master_argv(m), &fds, &st, err, sizeof(err));
 fail:
     lb_log_error("upgrade refused, the running binary keeps serving: %s", err);
     atomic_fetch_add(&m->shm.hdr->upgrade_failures, 1);
@@ -753,6 +781,49 @@ fail:
         close(exe);
     lb_inherit_free(&fds);
     lb_inherit_free(&st);
+}
+
+/* The end of an upgrade's settling: the new workers lived through it, so
+ * the previous binary's drain; or one died, so we go back to that binary
+ * (which takes over the same way, and starts workers of its own). */
+static void lb_master_settle(struct lb_master *m)
+{
+    if (m->settle_until == 0 || m->stopping)
+        return;
+    if (m->settle_failed) {
+        struct lb_inherit fds = { 0 }, st = { 0 };
+        char err[256] = "out of memory";
+        lb_log_error("upgrade: a new worker died within %d ms of the upgrade: going back to "
+                     "the previous binary", LB_UPGRADE_SETTLE_MS);
+        if (m->exe_fd >= 0 && lb_master_handover(m, m->exe_fd, &fds, &st) &&
+            lb_inherit_add(&st, "rollback", 1) == 0)
+            lb_upgrade_exec(m->exe_fd, m->exe_path, lb_master_argv(m), &fds, &st, err,
+                            sizeof(err));
+        lb_inherit_free(&fds);
+        lb_inherit_free(&st);
+        /* Still here: the old workers are not drained and serve on; the
+         * new ones are respawned with backoff. */
+        lb_log_error("upgrade: going back failed (%s): the previous binary's workers serve on "
+                     "until the next reload", err);
+        m->settle_until = 0;
+        return;
+    }
+    if (lb_now_ms() < m->settle_until)
+        return;
+    m->settle_until = 0;
+    if (m->exe_fd >= 0)
+        close(m->exe_fd);
+    m->exe_fd = -1;
+    lb_log_info("upgrade: the new workers are up: the previous binary's drain");
+    atomic_fetch_add(&m->shm.hdr->upgrades, 1);
+    for (unsigned id = 0; id < m->cfg->workers; id++)
+        for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
+            if (m->children[s].pid != 0 && m->children[s].id == id &&
+                m->children[s].generation == m->generation) {
+                lb_master_drain_old(m, id, false);
+                break;
+            }
+    lb_master_drain_old(m, LB_MAX_WORKERS, true);
 }
 
 /* The listening sockets the previous image passed ("listen.K": worker K's
@@ -989,9 +1060,16 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
             atomic_store(&m->shm.hdr->upgrades, upgrades > 0 ? (uint64_t)upgrades : 0);
             atomic_store(&m->shm.hdr->upgrade_failures, failures > 0 ? (uint64_t)failures : 0);
         }
-        atomic_fetch_add(rollback ? &m->shm.hdr->upgrade_failures : &m->shm.hdr->upgrades, 1);
-        /* What is left is from a binary that knew more than this one. */
+        /* The previous binary, to go back to while settling; the upgrade
+         * counts once settled (lbd -s: its verdict). */
         long long fd;
+        if (!rollback && lb_inherit_take(&m->in_fds, "exe", &fd)) {
+            m->exe_fd = (int)fd;
+            m->settle_until = lb_now_ms() + LB_UPGRADE_SETTLE_MS;
+        } else {
+            atomic_fetch_add(rollback ? &m->shm.hdr->upgrade_failures : &m->shm.hdr->upgrades, 1);
+        }
+        /* What is left is from a binary that knew more than this one. */
         while (m->in_fds.n > 0) {
             struct lb_inherit_entry e = m->in_fds.v[0];
             lb_inherit_take(&m->in_fds, e.name, &fd);
@@ -1001,8 +1079,9 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
             close((int)fd);
         }
         lb_log_info("%s: lbd %s running %s, %u worker(s), %zu listener(s); the previous "
-                    "binary's workers drain", rollback ? "upgrade rolled back" : "upgraded",
-                    lb_version, m->cfg->path, m->cfg->workers, m->cfg->nlisteners);
+                    "binary's workers %s", rollback ? "upgrade rolled back" : "upgraded",
+                    lb_version, m->cfg->path, m->cfg->workers, m->cfg->nlisteners,
+                    m->settle_until ? "serve on until the new ones are settled" : "drain");
     } else {
         lb_log_info("lbd %s starting: %s, %u worker(s), %zu listener(s)", lb_version,
                     m->cfg->path, m->cfg->workers, m->cfg->nlisteners);
@@ -1032,6 +1111,7 @@ int lb_master_run(const struct lb_master_options *opt)
     m->instance_fd = -1;
     m->admin_fd = -1;
     m->shm.fd = -1;
+    m->exe_fd = -1;
     lb_log_set_role("master");
     bool upgraded = lb_upgrade_inherited(&m->in_fds, &m->in_state);
     lb_upgrade_self_path(m->exe_path, sizeof(m->exe_path));
@@ -1093,6 +1173,7 @@ int lb_master_run(const struct lb_master_options *opt)
                 lb_master_upgrade(m);   /* returns only if the upgrade was refused */
         }
         lb_master_respawn_due(m);
+        lb_master_settle(m);
         lb_master_enforce_deadlines(m);
         if (m->stopping) {
             if (lb_master_live(m) == 0)
@@ -1120,6 +1201,8 @@ out:
         close(m->instance_fd);
     if (m->admin_fd >= 0)
         close(m->admin_fd);
+    if (m->exe_fd >= 0)
+        close(m->exe_fd);
     lb_listen_close(&m->listen);
     if (m->shm.hdr != NULL)
         lb_shm_close(&m->shm);

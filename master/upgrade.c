@@ -419,10 +419,11 @@ static int lb_upgrade_execve(int exe_fd, const char *path, char *const argv[],
     return -1;
 }
 
-int lb_upgrade_exec(const char *path, char *const argv[], const struct lb_inherit *fds,
-                    const struct lb_inherit *state, char *err, size_t errlen)
+int lb_upgrade_exec(int exe_fd, const char *path, char *const argv[],
+                    const struct lb_inherit *fds, const struct lb_inherit *state, char *err,
+                    size_t errlen)
 {
-    return lb_upgrade_execve(-1, path, argv, fds, state, err, errlen);
+    return lb_upgrade_execve(exe_fd, path, argv, fds, state, err, errlen);
 }
 
 /* ---- the new image ------------------------------------------------------------- */

@@ -92,11 +92,13 @@ int lb_upgrade_probe(const char *path, char *const argv[], const struct lb_inher
                      const struct lb_inherit *state, struct lb_upgrade_probe *out,
                      char *err, size_t errlen);
 
-/* execve(PATH, ARGV) with FDS and STATE in the environment and the fds of
- * FDS open across it. Returns only on failure (-1, ERR), with every fd as
- * it was. */
-int lb_upgrade_exec(const char *path, char *const argv[], const struct lb_inherit *fds,
-                    const struct lb_inherit *state, char *err, size_t errlen);
+/* execve(PATH, ARGV), or fexecve(EXE_FD) when EXE_FD >= 0 (PATH is then
+ * what the next upgrade runs), with FDS and STATE in the environment and
+ * the fds of FDS open across it. Returns only on failure (-1, ERR), with
+ * every fd as it was. */
+int lb_upgrade_exec(int exe_fd, const char *path, char *const argv[],
+                    const struct lb_inherit *fds, const struct lb_inherit *state, char *err,
+                    size_t errlen);
 
 /* New image: what the previous one passed (false: a plain start). The
  * environment variables are cleared so no child sees them, the fds made

@@ -5,3 +5,9 @@ const char lb_version[] = LB_VERSION "+" LB_VERSION_EXTRA;
 #else
 const char lb_version[] = LB_VERSION;
 #endif
+
+#ifdef LB_TEST_WORKERS_EXIT
+const bool lb_test_workers_exit = true;
+#else
+const bool lb_test_workers_exit = false;
+#endif

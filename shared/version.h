@@ -1,6 +1,8 @@
 #ifndef LB_VERSION_H
 #define LB_VERSION_H
 
+#include <stdbool.h>
+
 #define LB_VERSION "0.2.0"
 
 /* LB_VERSION, plus "+EXTRA" for a build made with `make LBD_VERSION_EXTRA=`
@@ -8,5 +10,10 @@
  * `lbd -v`, `lbd -s` and /metrics show. Only shared/version.c sees the
  * make variable, so changing it relinks, not rebuilds. */
 extern const char lb_version[];
+
+/* True only in build/lbd-crash, a test build whose workers exit as they
+ * start: the upgrade to a binary that fails once running
+ * (tests/e2e/test_upgrade.py). */
+extern const bool lb_test_workers_exit;
 
 #endif

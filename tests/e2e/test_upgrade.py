@@ -12,6 +12,8 @@ from lbdtest import (LBD, LbdTestCase, free_port, lbd_config, pid_alive, proc_ch
 from test_lifecycle import LoadLoop
 
 LBD_B = os.environ.get("LBD_B") or os.path.join(os.path.dirname(LBD), "lbd-b")
+# A test build whose workers exit as they start (shared/version.h).
+LBD_CRASH = os.path.join(os.path.dirname(LBD), "lbd-crash")
 
 # The DOWN server is third of three: the control process, restarted by every
 # reload and upgrade, would probe it 40 s after its start (a 60 s interval
@@ -259,6 +261,48 @@ class UpgradeTest(LbdTestCase):
             self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
                              f"{ld.ok + len(ld.errors)} requests failed")
         self.assertEqual(self.pid_file_pid(), master)
+
+    def test_new_workers_dying_at_start_bring_the_old_binary_back(self):
+        """A binary that passes the check but whose workers die as they
+        start: the old workers serve on meanwhile (no request fails), the
+        master goes back to the old binary by itself (same pid), counts a
+        failure, and its workers run the old file; the next USR2 runs the
+        file at the path again."""
+        self.expect_worker_deaths()
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        master = lbd.pid
+        old = exe_id(f"/proc/{master}/exe")
+        loads = [LoadLoop(lbd.listen, nthreads=3, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            self.install(LBD_CRASH)
+            off = lbd.log_size()
+            _, snap = self.upgrade(lbd, expect_ok=False)
+            lbd.wait_log(r"a new worker died .*going back to the previous binary", since=off)
+            lbd.wait_log(r"upgrade rolled back: lbd 0\.2\.0 ", since=off)
+            self.assertEqual((snap["version"], snap["upgrades"], snap["upgrade_failures"]),
+                             ("0.2.0", 0, 1))
+            self.assertEqual((snap["master_pid"], self.pid_file_pid()), (master, master))
+            self.assertEqual(exe_id(f"/proc/{master}/exe"), old)
+            self.wait_all_workers_run(lbd, old)
+            for ld in loads:
+                ld.wait_count(ld.count() + 10)
+            self.install(LBD_B)
+            _, snap = self.upgrade(lbd)
+            self.assertEqual((snap["version"], snap["upgrades"]), ("0.2.0+b", 1))
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+            for ld in loads:
+                ld.wait_count(ld.count() + 10)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed")
 
     def test_upgrade_then_stop_and_signals(self):
         """The upgraded master is a master like any: HUP reloads, USR1
