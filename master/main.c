@@ -7,6 +7,7 @@
 #include "master/master.h"
 #include "master/proctitle.h"
 #include "master/snapshot.h"
+#include "master/upgrade.h"
 #include "shared/config.h"
 
 #include "shared/version.h"
@@ -76,6 +77,7 @@ int main(int argc, char **argv)
         return lb_check_config(opt.config_path);
     if (snapshot)
         return lb_snapshot_run(opt.config_path, stdout);
+    lb_upgrade_take_env();
     /* Process titles overwrite argv: keep our own copies of what we use. */
     char *config_path = strdup(opt.config_path);
     char *pid_file = opt.pid_file ? strdup(opt.pid_file) : NULL;

@@ -856,13 +856,15 @@ static int lb_master_inherited_listen(struct lb_master *m, struct lb_listen_set 
                 return -1;
             }
             g = &set->groups[set->ngroups++];
-            *g = (struct lb_listen_group){ .addr = a, .fds = f, .nfds = LB_MAX_WORKERS };
+            *g = (struct lb_listen_group){ .addr = a, .fds = f, .nfds = 0 };
             for (unsigned i = 0; i < LB_MAX_WORKERS; i++)
                 f[i] = -1;
         }
         if (g->fds[k] >= 0)
             close(g->fds[k]);
         g->fds[k] = (int)fd;
+        if ((unsigned)k >= g->nfds)
+            g->nfds = (unsigned)k + 1;  /* as the previous image had them */
     }
     return 0;
 }

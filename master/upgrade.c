@@ -431,13 +431,26 @@ int lb_upgrade_exec(int exe_fd, const char *path, char *const argv[],
 static struct lb_inherit lb_upgrade_saved_fds, lb_upgrade_saved_state;
 static char lb_upgrade_prev_path[4096];
 static char lb_upgrade_path[4096];
+static char *lb_upgrade_env_fds, *lb_upgrade_env_state;
+
+void lb_upgrade_take_env(void)
+{
+    const char *path = getenv(LB_UPGRADE_ENV_PATH);
+    const char *f = getenv(LB_UPGRADE_ENV_FDS), *s = getenv(LB_UPGRADE_ENV_STATE);
+    if (path != NULL)
+        snprintf(lb_upgrade_path, sizeof(lb_upgrade_path), "%s", path);
+    if (f != NULL && s != NULL) {
+        lb_upgrade_env_fds = strdup(f);
+        lb_upgrade_env_state = strdup(s);
+    }
+    unsetenv(LB_UPGRADE_ENV_FDS);
+    unsetenv(LB_UPGRADE_ENV_STATE);
+    unsetenv(LB_UPGRADE_ENV_PATH);
+}
 
 bool lb_upgrade_inherited(struct lb_inherit *fds, struct lb_inherit *state)
 {
-    const char *path = getenv(LB_UPGRADE_ENV_PATH);
-    if (path != NULL)
-        snprintf(lb_upgrade_path, sizeof(lb_upgrade_path), "%s", path);
-    const char *f = getenv(LB_UPGRADE_ENV_FDS), *s = getenv(LB_UPGRADE_ENV_STATE);
+    const char *f = lb_upgrade_env_fds, *s = lb_upgrade_env_state;
     bool ok = false;
     if (f != NULL && s != NULL) {
         char err[160];
@@ -458,9 +471,9 @@ bool lb_upgrade_inherited(struct lb_inherit *fds, struct lb_inherit *state)
             lb_upgrade_cloexec(fds, true);
         }
     }
-    unsetenv(LB_UPGRADE_ENV_FDS);
-    unsetenv(LB_UPGRADE_ENV_STATE);
-    unsetenv(LB_UPGRADE_ENV_PATH);
+    free(lb_upgrade_env_fds);
+    free(lb_upgrade_env_state);
+    lb_upgrade_env_fds = lb_upgrade_env_state = NULL;
     return ok;
 }
 
@@ -489,11 +502,6 @@ void lb_upgrade_self_path(char *out, size_t len)
 {
     if (lb_upgrade_path[0] != '\0') {
         snprintf(out, len, "%s", lb_upgrade_path);
-        return;
-    }
-    const char *env = getenv(LB_UPGRADE_ENV_PATH);
-    if (env != NULL) {
-        snprintf(out, len, "%s", env);
         return;
     }
     char buf[4096];

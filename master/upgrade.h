@@ -100,9 +100,11 @@ int lb_upgrade_exec(int exe_fd, const char *path, char *const argv[],
                     const struct lb_inherit *fds, const struct lb_inherit *state, char *err,
                     size_t errlen);
 
-/* New image: what the previous one passed (false: a plain start). The
- * environment variables are cleared so no child sees them, the fds made
- * close-on-exec again. */
+/* main(), before anything copies the environment (process titles):
+ * take what the previous image passed out of it, so no child sees it. */
+void lb_upgrade_take_env(void);
+/* New image: what the previous one passed (false: a plain start), the fds
+ * made close-on-exec again. */
 bool lb_upgrade_inherited(struct lb_inherit *fds, struct lb_inherit *state);
 /* New image, failing before it changed anything: exec the previous binary
  * (the "exe" fd) with what was inherited, marked as a rollback. Returns

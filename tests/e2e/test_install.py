@@ -14,6 +14,7 @@ import stat
 import subprocess
 import unittest
 
+import lbdtest
 from lbdtest import (ROOT, LbdTestCase, free_port, http_get, lbd_config, pid_alive,
                      proc_children, proc_title, wait_for)
 
@@ -290,8 +291,7 @@ class InitScriptTest(LbdTestCase):
         pid = self.master_pid()
         self.assertEqual(self.snapshot()["version"], "0.2.0")
 
-        lbd_b = os.environ.get("LBD_B") or os.path.join(os.path.dirname(self.lbd_bin), "lbd-b")
-        shutil.copy(lbd_b, daemon + ".new")
+        shutil.copy(lbdtest.LBD_B, daemon + ".new")
         os.replace(daemon + ".new", daemon)
         self.assertInit("upgrade", 0, rf"Upgrading lbd \(pid {pid}\)")
         snap = self.snapshot()

@@ -7,13 +7,11 @@ import shutil
 import signal
 import unittest
 
-from lbdtest import (LBD, LbdTestCase, free_port, lbd_config, pid_alive, proc_children, proc_title,
+import lbdtest
+from lbdtest import (LbdTestCase, free_port, lbd_config, pid_alive, proc_children, proc_title,
                      wait_for)
 from test_lifecycle import LoadLoop
 
-LBD_B = os.environ.get("LBD_B") or os.path.join(os.path.dirname(LBD), "lbd-b")
-# A test build whose workers exit as they start (shared/version.h).
-LBD_CRASH = os.path.join(os.path.dirname(LBD), "lbd-crash")
 
 # The DOWN server is third of three: the control process, restarted by every
 # reload and upgrade, would probe it 40 s after its start (a 60 s interval
@@ -35,12 +33,13 @@ class UpgradeTest(LbdTestCase):
 
     def setUp(self):
         super().setUp()
-        if not os.access(LBD_B, os.X_OK):
-            self.fail(f"{LBD_B} is not an executable: run `make` first")
+        for b in (lbdtest.LBD_B, lbdtest.LBD_CRASH):
+            if not os.access(b, os.X_OK):
+                self.fail(f"{b} is not an executable: run `make` first")
         self.sbin = self.path("sbin")
         os.mkdir(self.sbin)
         self.binary = os.path.join(self.sbin, "lbd")
-        self.install(LBD)
+        self.install(self.lbd_bin)
 
     def install(self, src):
         """Put SRC at the path lbd runs from, as a package manager does: a
@@ -125,8 +124,9 @@ class UpgradeTest(LbdTestCase):
         self.assertEqual(exe_id(f"/proc/{lbd.pid}/exe"), binary_id, "the master runs it too")
 
     def test_upgrades_and_reloads_under_load_lose_no_request(self):
-        """Five upgrades alternating between two builds, with four reloads
-        after each (twenty), while keep-alive clients and clients opening a
+        """Five upgrades alternating between two builds (and between 1, 2
+        and 3 workers), with four reloads after each (twenty), while
+        keep-alive clients and clients opening a
         connection per request run: no request fails; after each upgrade
         the master keeps its pid (and the pid file says it), lbd -s shows
         the new version and the upgrade count, every worker runs the new
@@ -154,8 +154,11 @@ class UpgradeTest(LbdTestCase):
             for ld in loads:
                 ld.wait_count(20)
             for i in range(5):
-                new = LBD_B if i % 2 == 0 else LBD
+                new = lbdtest.LBD_B if i % 2 == 0 else self.lbd_bin
                 self.install(new)
+                # An upgrade rereads the file too: the worker count changes.
+                workers = (3, 1, 2, 3, 2)[i]
+                self.write_file(lbd.config_path, self.config(listen, servers, workers=workers))
                 _, snap = self.upgrade(lbd)
                 self.assertEqual(snap["version"], version_of(new))
                 self.assertEqual(snap["upgrades"], i + 1)
@@ -165,6 +168,7 @@ class UpgradeTest(LbdTestCase):
                 srv = {s["address"]: s for p in snap["pools"] for s in p["servers"]}
                 self.assertEqual(srv[down.addr]["health"], "down", f"after upgrade {i + 1}")
                 self.wait_all_workers_run(lbd, exe_id(self.binary))
+                self.assertEqual(len(self.workers_of(lbd)), workers)
                 for ld in loads:
                     ld.wait_count(ld.count() + 10)
                 for _ in range(4):
@@ -219,7 +223,7 @@ class UpgradeTest(LbdTestCase):
             cases.append((missing, r"upgrade refused.*No such file"))
 
             def bad_config():
-                self.install(LBD_B)
+                self.install(lbdtest.LBD_B)
                 self.write_file(lbd.config_path, cfg + "bogus\n")
             cases.append((bad_config, r"upgrade refused.*lbd\.conf:\d+"))
 
@@ -229,7 +233,7 @@ class UpgradeTest(LbdTestCase):
             cases.append((script, r"upgrade refused.*not an lbd"))
 
             def busy_port():
-                self.install(LBD_B)
+                self.install(lbdtest.LBD_B)
                 self.write_file(lbd.config_path,
                                 self.config([listen, b1.addr], servers, check=None))
             cases.append((busy_port, r"upgrade refused.*cannot listen on " + b1.addr))
@@ -279,7 +283,7 @@ class UpgradeTest(LbdTestCase):
         try:
             for ld in loads:
                 ld.wait_count(20)
-            self.install(LBD_CRASH)
+            self.install(lbdtest.LBD_CRASH)
             off = lbd.log_size()
             _, snap = self.upgrade(lbd, expect_ok=False)
             lbd.wait_log(r"a new worker died .*going back to the previous binary", since=off)
@@ -291,7 +295,7 @@ class UpgradeTest(LbdTestCase):
             self.wait_all_workers_run(lbd, old)
             for ld in loads:
                 ld.wait_count(ld.count() + 10)
-            self.install(LBD_B)
+            self.install(lbdtest.LBD_B)
             _, snap = self.upgrade(lbd)
             self.assertEqual((snap["version"], snap["upgrades"]), ("0.2.0+b", 1))
             self.wait_all_workers_run(lbd, exe_id(self.binary))
@@ -311,7 +315,7 @@ class UpgradeTest(LbdTestCase):
         b1, = self.start_backends("b1")
         listen = f"127.0.0.1:{free_port()}"
         lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
-        self.install(LBD_B)
+        self.install(lbdtest.LBD_B)
         self.upgrade(lbd)
         self.wait_all_workers_run(lbd, exe_id(self.binary))
         # No zombie: the old workers were reaped by the new image.
