@@ -309,15 +309,24 @@ class UpgradeTest(LbdTestCase):
                              f"{ld.ok + len(ld.errors)} requests failed")
 
     def test_upgrade_then_stop_and_signals(self):
-        """The upgraded master is a master like any: HUP reloads, USR1
-        reopens, TERM stops it and its workers (the adopted ones were
-        reaped) and removes the pid file."""
+        """Workers and the control process ignore USR2; the upgraded master
+        is a master like any: HUP reloads, TERM stops it and its workers
+        (the adopted ones were reaped: no zombie) and removes the pid
+        file."""
         b1, = self.start_backends("b1")
         listen = f"127.0.0.1:{free_port()}"
         lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        # USR2 to the whole group (systemctl kill without --kill-who=main):
+        # the workers and the control process ignore it.
+        kids = proc_children(lbd.pid)
+        self.assertEqual(len(kids), 3)
+        for k in kids:
+            os.kill(k, signal.SIGUSR2)
         self.install(lbdtest.LBD_B)
         self.upgrade(lbd)
+        self.assertEqual(lbd.snapshot()["totals"]["worker_restarts"], 0)
         self.wait_all_workers_run(lbd, exe_id(self.binary))
+        self.assertFalse(any(pid_alive(k) for k in kids), "the old processes are gone")
         # No zombie: the old workers were reaped by the new image.
         for k in proc_children(lbd.pid):
             with open(f"/proc/{k}/stat") as f:
