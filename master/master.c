@@ -960,7 +960,7 @@ static int lb_master_open_shared(struct lb_master *m, bool *adopted_shm, char *e
         if (lb_shm_attach(fd, false, &m->shm, &why) == 0) {
             *adopted_shm = true;
             lb_log_info("upgrade: shared memory adopted (layout %u): counters, health, breakers, "
-                        "rate limits and ticket keys carry over", LB_SHM_LAYOUT_VERSION);
+                        "rate limits and ticket keys carry over", lb_shm_layout_version);
             return 0;
         }
         lb_log_warn("upgrade: the previous binary's shared memory cannot be adopted (%s): "

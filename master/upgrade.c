@@ -171,7 +171,7 @@ bool lb_upgrade_probing(void)
 
 void lb_upgrade_probe_answer(bool adopt_shm)
 {
-    printf(LB_PROBE_TAG " version=%s layout=%u shm=%s\n", lb_version, LB_SHM_LAYOUT_VERSION,
+    printf(LB_PROBE_TAG " version=%s layout=%u shm=%s\n", lb_version, lb_shm_layout_version,
            adopt_shm ? "adopted" : "fresh");
     fflush(stdout);
 }

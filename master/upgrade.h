@@ -71,7 +71,7 @@ void lb_inherit_free(struct lb_inherit *l);
 /* What the new binary said about itself. */
 struct lb_upgrade_probe {
     char version[48];
-    unsigned layout;            /* its LB_SHM_LAYOUT_VERSION */
+    unsigned layout;            /* its lb_shm_layout_version */
     bool adopt_shm;             /* it can adopt the running segment */
 };
 

@@ -66,7 +66,7 @@ int lb_shm_create(struct lb_shm *shm)
     struct lb_shm_header *h = base;
     *h = probe;
     h->magic = LB_SHM_MAGIC;
-    h->layout_version = LB_SHM_LAYOUT_VERSION;
+    h->layout_version = lb_shm_layout_version;
     h->header_size = sizeof(*h);
     h->max_slots = LB_SHM_MAX_SLOTS;
     h->max_pools = LB_SHM_MAX_POOLS;
@@ -104,7 +104,7 @@ bool lb_shm_compatible(const struct lb_shm_header *h, size_t file_size, const ch
         *why = "segment too small";
     else if (h->magic != LB_SHM_MAGIC)
         *why = "not an lbd segment (bad magic)";
-    else if (h->layout_version != LB_SHM_LAYOUT_VERSION)
+    else if (h->layout_version != lb_shm_layout_version)
         *why = "segment layout version differs from this binary's";
     else if (h->size > (uint64_t)file_size)
         *why = "segment truncated";

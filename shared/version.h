@@ -16,4 +16,10 @@ extern const char lb_version[];
  * (tests/e2e/test_upgrade.py). */
 extern const bool lb_test_workers_exit;
 
+/* The shm layout version this binary writes and adopts: LB_SHM_LAYOUT_VERSION,
+ * but LB_SHM_LAYOUT_VERSION + 1000 in build/lbd-layout, a test build that
+ * cannot adopt the others' segments nor they its (an upgrade across a
+ * layout change, without a second build of the whole tree). */
+extern const unsigned lb_shm_layout_version;
+
 #endif

@@ -123,7 +123,7 @@ def main(argv):
     try:
         lbdtest.LbdTestCase.lbd_bin = private_copy(lbdtest.LBD, bindir)
         lbdtest.LbdTestCase.backend_bin = private_copy(lbdtest.LBD_BACKEND, bindir)
-        for name in ("LBD_B", "LBD_CRASH"):
+        for name in ("LBD_B", "LBD_CRASH", "LBD_LAYOUT"):
             if os.access(getattr(lbdtest, name), os.X_OK):
                 setattr(lbdtest, name, private_copy(getattr(lbdtest, name), bindir))
         print(f"lbd e2e: {len(tests)} test(s); lbd={lbdtest.LBD} backend={lbdtest.LBD_BACKEND}")

@@ -2,9 +2,11 @@
 in place (same pid), passing the listening sockets and the shared memory;
 its new workers take over and the old ones drain. Two builds that differ:
 build/lbd and build/lbd-b (the same tree with version 0.2.0+b)."""
+import json
 import os
 import shutil
 import signal
+import subprocess
 import unittest
 
 import lbdtest
@@ -33,7 +35,7 @@ class UpgradeTest(LbdTestCase):
 
     def setUp(self):
         super().setUp()
-        for b in (lbdtest.LBD_B, lbdtest.LBD_CRASH):
+        for b in (lbdtest.LBD_B, lbdtest.LBD_CRASH, lbdtest.LBD_LAYOUT):
             if not os.access(b, os.X_OK):
                 self.fail(f"{b} is not an executable: run `make` first")
         self.sbin = self.path("sbin")
@@ -301,6 +303,60 @@ class UpgradeTest(LbdTestCase):
             self.wait_all_workers_run(lbd, exe_id(self.binary))
             for ld in loads:
                 ld.wait_count(ld.count() + 10)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed")
+
+    def snapshot_with(self, lbd, binary):
+        """lbd -s run by BINARY (it reads its own layout only); None if it
+        cannot read the running segment (yet)."""
+        p = subprocess.run([binary, "-s", "-c", lbd.config_path], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=15)
+        return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def test_upgrade_across_a_layout_change_starts_fresh(self):
+        """To a binary of another shm layout and back: each time the new
+        image cannot adopt the segment, says so, and starts a fresh one
+        (its own start time, counters from zero but the upgrade counts,
+        which come over with the hand-over); the old workers, which write
+        the old segment, drain and are reaped; no request fails."""
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        master = lbd.pid
+        lbd.reload()
+        lbd.reload()
+        loads = [LoadLoop(lbd.listen, nthreads=3, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            for n, (new, reader, version) in enumerate(
+                    ((lbdtest.LBD_LAYOUT, lbdtest.LBD_LAYOUT, "0.2.0+layout"),
+                     (self.lbd_bin, self.lbd_bin, "0.2.0")), 1):
+                before = self.snapshot_with(lbd, self.lbd_bin if n == 1 else lbdtest.LBD_LAYOUT)
+                self.assertIsNotNone(before)
+                self.install(new)
+                off = lbd.log_size()
+                lbd.signal(signal.SIGUSR2)
+                lbd.wait_log(r"upgrade: .* shm layout \d+ \(not adoptable: its state starts "
+                             r"afresh\): executing it", since=off, timeout=30)
+                lbd.wait_log(r"shared memory cannot be adopted \(segment layout version differs "
+                             r"from this binary's\): starting fresh", since=off, timeout=30)
+                snap = wait_for(lambda: (lambda s: s if s and s["upgrades"] == n else None)(
+                    self.snapshot_with(lbd, reader)), 30, what="the upgrade to settle")
+                self.assertEqual((snap["version"], snap["master_pid"], snap["upgrade_failures"]),
+                                 (version, master, 0))
+                self.assertNotEqual(snap["layout_version"], before["layout_version"])
+                self.assertGreater(snap["started_ms"], before["started_ms"])   # a new segment
+                self.assertEqual(snap["reloads"], 0)
+                self.assertEqual(self.pid_file_pid(), master)
+                self.wait_all_workers_run(lbd, exe_id(self.binary))
+                for ld in loads:
+                    ld.wait_count(ld.count() + 10)
         finally:
             for ld in loads:
                 ld.stop()
