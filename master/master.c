@@ -74,6 +74,7 @@ struct lb_master {
      * binary's workers serve on beside the new ones; a new worker that
      * dies meanwhile sends us back to the previous binary (exe_fd). */
     uint64_t settle_until;
+    uint64_t settle_gen;            /* the upgrade's first generation */
     bool settle_failed;
     int exe_fd;
 };
@@ -135,13 +136,13 @@ static uint64_t lb_master_deadline(uint64_t ms)
  * failed to start keeps serving its socket until one does. */
 static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone)
 {
-    if (m->settle_until != 0)
-        return;     /* an upgrade settling: the old workers are the fallback */
     uint64_t deadline = lb_master_deadline(m->cfg->shutdown_timeout_ms);
     for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
         struct lb_child *c = &m->children[s];
         if (c->pid == 0 || c->generation >= m->generation || c->kill_at_ms != 0)
             continue;
+        if (m->settle_until != 0 && c->generation < m->settle_gen)
+            continue;   /* an upgrade settling: the previous binary's are the fallback */
         if (only_gone ? c->id < m->cfg->workers : (id != LB_MAX_WORKERS && c->id != id))
             continue;
         c->kill_at_ms = deadline ? deadline : 1;
@@ -372,7 +373,7 @@ static void lb_master_reap(struct lb_master *m)
         }
         /* An unexpected death of a current worker: count it and respawn. */
         atomic_fetch_add(&m->shm.hdr->worker_restarts[c.id], 1);
-        if (m->settle_until != 0 && c.generation == m->generation)
+        if (m->settle_until != 0 && c.generation >= m->settle_gen)
             m->settle_failed = true;
         uint64_t now = lb_now_ms();
         if (now - c.started_ms < LB_RESPAWN_FAST_MS)
@@ -1068,6 +1069,7 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
         if (!rollback && lb_inherit_take(&m->in_fds, "exe", &fd)) {
             m->exe_fd = (int)fd;
             m->settle_until = lb_now_ms() + LB_UPGRADE_SETTLE_MS;
+            m->settle_gen = m->generation;
         } else {
             atomic_fetch_add(rollback ? &m->shm.hdr->upgrade_failures : &m->shm.hdr->upgrades, 1);
         }

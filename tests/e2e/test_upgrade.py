@@ -365,8 +365,9 @@ class UpgradeTest(LbdTestCase):
                              f"{ld.ok + len(ld.errors)} requests failed")
 
     def test_upgrade_then_stop_and_signals(self):
-        """Workers and the control process ignore USR2; the upgraded master
-        is a master like any: HUP reloads, TERM stops it and its workers
+        """Workers and the control process ignore USR2; a reload right
+        behind an upgrade; the upgraded master is a master like any: HUP
+        reloads, TERM stops it and its workers
         (the adopted ones were reaped: no zombie) and removes the pid
         file."""
         b1, = self.start_backends("b1")
@@ -379,9 +380,14 @@ class UpgradeTest(LbdTestCase):
         for k in kids:
             os.kill(k, signal.SIGUSR2)
         self.install(lbdtest.LBD_B)
-        self.upgrade(lbd)
+        # A reload right behind the upgrade (its HUP waits out the probe
+        # and the exec, or comes while the new workers settle).
+        lbd.signal(signal.SIGUSR2)
+        lbd.reload()
+        wait_for(lambda: lbd.snapshot()["upgrades"] == 1, 30, what="the upgrade")
         self.assertEqual(lbd.snapshot()["totals"]["worker_restarts"], 0)
         self.wait_all_workers_run(lbd, exe_id(self.binary))
+        wait_for(lambda: len(self.workers_of(lbd)) == 2, 15, what="two workers, no more")
         self.assertFalse(any(pid_alive(k) for k in kids), "the old processes are gone")
         # No zombie: the old workers were reaped by the new image.
         for k in proc_children(lbd.pid):
