@@ -35,6 +35,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     int rc = 1;
 
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);     /* the master's (upgrade), if sent to the whole group */
     signal(SIGPIPE, SIG_IGN);
     lb_follow_parent(atomic_load(&shm->master_pid));
 

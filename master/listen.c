@@ -131,6 +131,20 @@ static void lb_listen_group_close(struct lb_listen_group *g, unsigned from)
             close(g->fds[i]);
 }
 
+int lb_listen_check(const struct lb_config *cfg, struct lb_listen_set *old, char *err,
+                    size_t errlen)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct lb_listener_cfg *l = &cfg->listeners[i];
+        if (lb_listen_find(old, &l->addr) == NULL && lb_listen_check_free(&l->addr) < 0) {
+            snprintf(err, errlen, "cannot listen on %s: %s%s", l->address, strerror(errno),
+                     errno == EADDRINUSE ? " (another process listens there)" : "");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
                    struct lb_listen_set *old, char *err, size_t errlen)
 {

@@ -28,6 +28,11 @@ struct lb_listen_set {
  * is touched and ERR says why. */
 int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
                    struct lb_listen_set *old, char *err, size_t errlen);
+/* Whether lb_listen_open(CFG, OLD) would find its new addresses free,
+ * opening nothing that stays (an upgrade's probe: its sockets would join
+ * the running groups and reset what queues on them when it exits). */
+int lb_listen_check(const struct lb_config *cfg, struct lb_listen_set *old, char *err,
+                    size_t errlen);
 /* A listening socket closed with connections in its queue resets them,
  * unless net.ipv4.tcp_migrate_req (Linux 5.14) hands them to another socket
  * of its SO_REUSEPORT group; a reload that lowers the worker count closes

@@ -7,6 +7,7 @@
 #include "master/master.h"
 #include "master/proctitle.h"
 #include "master/snapshot.h"
+#include "master/upgrade.h"
 #include "shared/config.h"
 
 #include "shared/version.h"
@@ -24,7 +25,7 @@ static void lb_usage(FILE *out)
             "  -s        print a JSON snapshot of the running instance's counters\n"
             "  -v        print the version\n"
             "signals to the master: TERM/QUIT graceful stop, INT fast stop,\n"
-            "HUP reload, USR1 reopen logs\n");
+            "HUP reload, USR1 reopen logs, USR2 upgrade to the binary now at lbd's path\n");
 }
 
 static int lb_check_config(const char *path)
@@ -63,7 +64,7 @@ int main(int argc, char **argv)
             opt.workers = (unsigned)n;
             break;
         }
-        case 'v': printf("lbd " LB_VERSION "\n"); return 0;
+        case 'v': printf("lbd %s\n", lb_version); return 0;
         case 'h': lb_usage(stdout); return 0;
         default: lb_usage(stderr); return 1;
         }
@@ -76,6 +77,7 @@ int main(int argc, char **argv)
         return lb_check_config(opt.config_path);
     if (snapshot)
         return lb_snapshot_run(opt.config_path, stdout);
+    lb_upgrade_take_env();
     /* Process titles overwrite argv: keep our own copies of what we use. */
     char *config_path = strdup(opt.config_path);
     char *pid_file = opt.pid_file ? strdup(opt.pid_file) : NULL;

@@ -15,15 +15,20 @@
 #include "master/control.h"
 #include "master/listen.h"
 #include "master/proctitle.h"
+#include "master/upgrade.h"
 #include "shared/config.h"
 #include "shared/fdbudget.h"
 #include "shared/instance.h"
 #include "shared/log.h"
 #include "shared/shm.h"
 #include "worker/sticky.h"
+#include "shared/version.h"
 #include "worker/tls.h"
 #include "worker/worker.h"
 
+/* After an upgrade, the previous binary's workers serve on this long beside
+ * the new ones: if a new one dies meanwhile, the upgrade is undone. */
+#define LB_UPGRADE_SETTLE_MS 2000
 /* A worker that dies within this long of its start counts as crashing, and
  * its respawns back off: 100 ms, 200 ms, ... up to LB_RESPAWN_MAX_MS. */
 #define LB_RESPAWN_FAST_MS  2000
@@ -62,9 +67,21 @@ struct lb_master {
     unsigned fd_before;             /* the soft fd limit lbd was started with */
     bool stopping;
     uint64_t stop_deadline_ms;
+    char exe_path[4096];            /* the file a USR2 executes */
+    struct lb_inherit in_fds;       /* from the previous binary (upgrade) */
+    struct lb_inherit in_state;
+    bool committed;                 /* upgrade: past the point of rollback */
+    /* After an upgrade, until settle_until (0: not settling), the previous
+     * binary's workers serve on beside the new ones; a new worker that
+     * dies meanwhile sends us back to the previous binary (exe_fd). */
+    uint64_t settle_until;
+    uint64_t settle_gen;            /* the upgrade's first generation */
+    bool settle_failed;
+    int exe_fd;
 };
 
-static volatile sig_atomic_t lb_sig_child, lb_sig_term, lb_sig_int, lb_sig_hup, lb_sig_usr1;
+static volatile sig_atomic_t lb_sig_child, lb_sig_term, lb_sig_int, lb_sig_hup, lb_sig_usr1,
+    lb_sig_usr2;
 
 static void lb_master_on_signal(int sig)
 {
@@ -75,11 +92,13 @@ static void lb_master_on_signal(int sig)
     case SIGINT:  lb_sig_int = 1; break;
     case SIGHUP:  lb_sig_hup = 1; break;
     case SIGUSR1: lb_sig_usr1 = 1; break;
+    case SIGUSR2: lb_sig_usr2 = 1; break;
     default: break;
     }
 }
 
-static const int lb_master_signals[] = { SIGCHLD, SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1 };
+static const int lb_master_signals[] = { SIGCHLD, SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1,
+                                          SIGUSR2 };
 
 static int lb_master_setup_signals(sigset_t *wait_mask)
 {
@@ -123,6 +142,8 @@ static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone
         struct lb_child *c = &m->children[s];
         if (c->pid == 0 || c->generation >= m->generation || c->kill_at_ms != 0)
             continue;
+        if (m->settle_until != 0 && c->generation < m->settle_gen)
+            continue;   /* an upgrade settling: the previous binary's are the fallback */
         if (only_gone ? c->id < m->cfg->workers : (id != LB_MAX_WORKERS && c->id != id))
             continue;
         c->kill_at_ms = deadline ? deadline : 1;
@@ -169,6 +190,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         close(m->shm.fd);
         if (m->admin_fd >= 0)
             close(m->admin_fd);
+        if (lb_test_workers_exit)
+            _exit(70);      /* build/lbd-crash, a test build */
         lb_worker_main(m->cfg, h, id, (unsigned)slot, fds);
     }
     struct lb_child *c = &m->children[slot];
@@ -351,6 +374,8 @@ static void lb_master_reap(struct lb_master *m)
         }
         /* An unexpected death of a current worker: count it and respawn. */
         atomic_fetch_add(&m->shm.hdr->worker_restarts[c.id], 1);
+        if (m->settle_until != 0 && c.generation >= m->settle_gen)
+            m->settle_failed = true;
         uint64_t now = lb_now_ms();
         if (now - c.started_ms < LB_RESPAWN_FAST_MS)
             m->crashes[c.id]++;
@@ -659,12 +684,300 @@ static int lb_master_timeout(const struct lb_master *m)
             next = m->children[s].kill_at_ms;
     if (m->stopping && m->stop_deadline_ms < next)
         next = m->stop_deadline_ms;
+    if (m->settle_until != 0 && m->settle_until < next)
+        next = m->settle_until;
     if (next == UINT64_MAX)
         return -1;
     return next <= now ? 0 : (int)(next - now < 60000 ? next - now : 60000);
 }
 
-static int lb_master_start(struct lb_master *m)
+/* ---- binary upgrade (master/upgrade.h) ------------------------------------ */
+
+/* The command line every image of this master runs with (never -d: the
+ * pid must stay). Points into M and static storage. */
+static char **lb_master_argv(const struct lb_master *m)
+{
+    static char *argv[10];
+    static char workers[16];
+    size_t n = 0;
+    argv[n++] = (char *)m->exe_path;
+    argv[n++] = "-c";
+    argv[n++] = (char *)m->opt->config_path;
+    if (m->opt->workers != 0) {
+        snprintf(workers, sizeof(workers), "%u", m->opt->workers);
+        argv[n++] = "-w";
+        argv[n++] = workers;
+    }
+    if (m->opt->pid_file != NULL) {
+        argv[n++] = "-p";
+        argv[n++] = (char *)m->opt->pid_file;
+    }
+    argv[n] = NULL;
+    return argv;
+}
+
+/* What an exec passes to the next image: FDS (the shm, the sockets, EXE
+ * as "exe" when >= 0) and STATE (our children, counters). */
+static bool lb_master_handover(const struct lb_master *m, int exe, struct lb_inherit *fds,
+                               struct lb_inherit *st)
+{
+    bool ok = lb_inherit_add(fds, "shm", m->shm.fd) == 0 &&
+              lb_inherit_add(fds, "instance", m->instance_fd) == 0 &&
+              (m->admin_fd < 0 || lb_inherit_add(fds, "admin", m->admin_fd) == 0) &&
+              (exe < 0 || lb_inherit_add(fds, "exe", exe) == 0);
+    for (size_t g = 0; ok && g < m->listen.ngroups; g++)
+        for (unsigned k = 0; ok && k < m->listen.groups[g].nfds; k++) {
+            char name[LB_INHERIT_NAME_MAX];
+            snprintf(name, sizeof(name), "listen.%u", k);
+            if (m->listen.groups[g].fds[k] >= 0)
+                ok = lb_inherit_add(fds, name, m->listen.groups[g].fds[k]) == 0;
+        }
+    /* More fds (BPF programs and maps) are added here as their modules
+     * come: the new image closes, with a log line, any it does not know. */
+    for (size_t s = 0; ok && s < LB_SHM_MAX_SLOTS; s++) {
+        if (m->children[s].pid == 0)
+            continue;
+        char name[LB_INHERIT_NAME_MAX];
+        snprintf(name, sizeof(name), "worker.%u", m->children[s].id);
+        ok = lb_inherit_add(st, name, m->children[s].pid) == 0;
+    }
+    return ok && (m->control_pid == 0 || lb_inherit_add(st, "control", m->control_pid) == 0) &&
+           (m->control_retired == 0 || lb_inherit_add(st, "control_old", m->control_retired) == 0) &&
+           lb_inherit_add(st, "generation", (long long)m->generation) == 0 &&
+           lb_inherit_add(st, "upgrades", (long long)atomic_load(&m->shm.hdr->upgrades)) == 0 &&
+           lb_inherit_add(st, "upgrade_failures",
+                          (long long)atomic_load(&m->shm.hdr->upgrade_failures)) == 0;
+}
+
+/* USR2: check the file at exe_path, then become it. Returns only when the
+ * upgrade is refused, with everything still running as it was. */
+static void lb_master_upgrade(struct lb_master *m)
+{
+    char err[512];
+    struct lb_upgrade_probe pr;
+    struct lb_inherit fds = { 0 }, st = { 0 };
+    int exe = -1;
+    lb_log_info("upgrade: checking %s", m->exe_path);
+    if (m->settle_until != 0) {
+        snprintf(err, sizeof(err), "the previous upgrade is not settled yet");
+        goto fail;
+    }
+    /* The running binary, for a rollback by the new image: its file may be
+     * gone from the file system by then. */
+    exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (!lb_master_handover(m, exe, &fds, &st)) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail;
+    }
+    if (lb_upgrade_probe(m->exe_path, lb_master_argv(m), &fds, &st, &pr, err, sizeof(err)) < 0)
+        goto fail;
+    lb_log_info("upgrade: %s is lbd %s (running: %s), shm layout %u (%s): executing it",
+                m->exe_path, pr.version, lb_version, pr.layout,
+                pr.adopt_shm ? "adopted: counters and state carry over"
+                             : "not adoptable: its state starts afresh");
+    lb_upgrade_exec(-1, m->exe_path, lb_master_argv(m), &fds, &st, err, sizeof(err));
+fail:
+    lb_log_error("upgrade refused, the running binary keeps serving: %s", err);
+    atomic_fetch_add(&m->shm.hdr->upgrade_failures, 1);
+    if (exe >= 0)
+        close(exe);
+    lb_inherit_free(&fds);
+    lb_inherit_free(&st);
+}
+
+/* The end of an upgrade's settling: the new workers lived through it, so
+ * the previous binary's drain; or one died, so we go back to that binary
+ * (which takes over the same way, and starts workers of its own). */
+static void lb_master_settle(struct lb_master *m)
+{
+    if (m->settle_until == 0 || m->stopping)
+        return;
+    if (m->settle_failed) {
+        struct lb_inherit fds = { 0 }, st = { 0 };
+        char err[256] = "out of memory";
+        lb_log_error("upgrade: a new worker died within %d ms of the upgrade: going back to "
+                     "the previous binary", LB_UPGRADE_SETTLE_MS);
+        if (m->exe_fd >= 0 && lb_master_handover(m, m->exe_fd, &fds, &st) &&
+            lb_inherit_add(&st, "rollback", 1) == 0)
+            lb_upgrade_exec(m->exe_fd, m->exe_path, lb_master_argv(m), &fds, &st, err,
+                            sizeof(err));
+        lb_inherit_free(&fds);
+        lb_inherit_free(&st);
+        /* Still here: the old workers are not drained and serve on; the
+         * new ones are respawned with backoff. */
+        lb_log_error("upgrade: going back failed (%s): the previous binary's workers serve on "
+                     "until the next reload", err);
+        m->settle_until = 0;
+        return;
+    }
+    if (lb_now_ms() < m->settle_until)
+        return;
+    m->settle_until = 0;
+    if (m->exe_fd >= 0)
+        close(m->exe_fd);
+    m->exe_fd = -1;
+    lb_log_info("upgrade: the new workers are up: the previous binary's drain");
+    atomic_fetch_add(&m->shm.hdr->upgrades, 1);
+    for (unsigned id = 0; id < m->cfg->workers; id++)
+        for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++)
+            if (m->children[s].pid != 0 && m->children[s].id == id &&
+                m->children[s].generation == m->generation) {
+                lb_master_drain_old(m, id, false);
+                break;
+            }
+    lb_master_drain_old(m, LB_MAX_WORKERS, true);
+}
+
+/* The listening sockets the previous image passed ("listen.K": worker K's
+ * socket of some listener), grouped by the address they are bound to, as
+ * lb_listen_open takes them over. */
+static int lb_master_inherited_listen(struct lb_master *m, struct lb_listen_set *set)
+{
+    *set = (struct lb_listen_set){ 0 };
+    long long k, fd;
+    while (lb_inherit_take_prefix(&m->in_fds, "listen.", &k, &fd)) {
+        struct lb_addr a = { .len = sizeof(a.ss) };
+        if (k < 0 || k >= LB_MAX_WORKERS ||
+            getsockname((int)fd, (struct sockaddr *)&a.ss, &a.len) < 0) {
+            lb_log_warn("upgrade: inherited socket listen.%lld (fd %lld) unusable: closed", k, fd);
+            close((int)fd);
+            continue;
+        }
+        struct lb_listen_group *g = NULL;
+        for (size_t i = 0; i < set->ngroups; i++)
+            if (lb_addr_equal(&set->groups[i].addr, &a))
+                g = &set->groups[i];
+        if (g == NULL) {
+            struct lb_listen_group *gs = realloc(set->groups, (set->ngroups + 1) * sizeof(*gs));
+            int *f = malloc(LB_MAX_WORKERS * sizeof(*f));
+            if (gs != NULL)
+                set->groups = gs;
+            if (gs == NULL || f == NULL) {
+                free(f);
+                close((int)fd);
+                return -1;
+            }
+            g = &set->groups[set->ngroups++];
+            *g = (struct lb_listen_group){ .addr = a, .fds = f, .nfds = 0 };
+            for (unsigned i = 0; i < LB_MAX_WORKERS; i++)
+                f[i] = -1;
+        }
+        if (g->fds[k] >= 0)
+            close(g->fds[k]);
+        g->fds[k] = (int)fd;
+        if ((unsigned)k >= g->nfds)
+            g->nfds = (unsigned)k + 1;  /* as the previous image had them */
+    }
+    return 0;
+}
+
+static int lb_master_inherited_fd(struct lb_master *m, const char *name)
+{
+    long long fd;
+    return lb_inherit_take(&m->in_fds, name, &fd) ? (int)fd : -1;
+}
+
+static long long lb_master_inherited_value(struct lb_master *m, const char *name)
+{
+    long long v;
+    return lb_inherit_take(&m->in_state, name, &v) ? v : -1;
+}
+
+/* Make the previous image's workers and control process ours: they are
+ * our children already (same pid), and drain once the new ones run. */
+static void lb_master_adopt_children(struct lb_master *m, bool adopted_shm)
+{
+    struct lb_shm_header *h = m->shm.hdr;
+    long long id, pid;
+    while (lb_inherit_take_prefix(&m->in_state, "worker.", &id, &pid)) {
+        if (id < 0 || id >= LB_MAX_WORKERS || pid <= 0)
+            continue;
+        int slot = -1;
+        uint64_t gen = m->generation - 1;
+        for (unsigned s = 0; adopted_shm && s < h->max_slots && slot < 0; s++) {
+            struct lb_shm_worker *w = lb_shm_worker(h, s);
+            if (atomic_load(&w->state) != LB_SLOT_FREE && atomic_load(&w->pid) == (int32_t)pid) {
+                slot = (int)s;
+                gen = atomic_load(&w->generation);
+            }
+        }
+        /* A fresh segment: a slot for the bookkeeping (its counters stay
+         * in the old segment, which the old worker still writes). */
+        if (slot < 0 && (slot = lb_shm_slot_take(h, (unsigned)id, gen)) >= 0)
+            atomic_store(&lb_shm_worker(h, (unsigned)slot)->pid, (int32_t)pid);
+        if (slot < 0) {
+            lb_log_error("upgrade: no shm slot for the old worker %lld (pid %lld): stopping it",
+                         id, pid);
+            kill((pid_t)pid, SIGTERM);
+            continue;
+        }
+        m->children[slot] = (struct lb_child){ .pid = (pid_t)pid, .id = (unsigned)id,
+                                               .generation = gen, .started_ms = lb_now_ms() };
+    }
+    long long control = lb_master_inherited_value(m, "control");
+    long long control_old = lb_master_inherited_value(m, "control_old");
+    if (control_old > 0)
+        kill((pid_t)control_old, SIGKILL);      /* reaped as a stranger */
+    if (control > 0) {
+        m->control_retired = (pid_t)control;
+        kill((pid_t)control, SIGTERM);
+    }
+}
+
+/* Sockets (instance, admin) and the segment, from the previous image or
+ * new. Nothing inherited is closed here: a rollback passes it all on. */
+static int lb_master_open_shared(struct lb_master *m, bool *adopted_shm, char *err, size_t errlen)
+{
+    int fd = lb_master_inherited_fd(m, "instance");
+    m->instance_fd = fd >= 0 ? fd : lb_instance_listen(m->cfg->path);
+    if (m->instance_fd < 0) {
+        if (errno == EADDRINUSE)
+            snprintf(err, errlen, "an lbd for %s is already running", m->cfg->path);
+        else
+            snprintf(err, errlen, "rendezvous socket failed (%d: %s)", errno, strerror(errno));
+        return -1;
+    }
+    fd = lb_master_inherited_fd(m, "admin");
+    if (fd >= 0) {
+        struct lb_addr a = { .len = sizeof(a.ss) };
+        if (m->cfg->admin && getsockname(fd, (struct sockaddr *)&a.ss, &a.len) == 0 &&
+            lb_addr_equal(&a, &m->cfg->admin_addr)) {
+            m->admin_fd = fd;
+            m->admin_addr = m->cfg->admin_addr;
+        } else {
+            lb_inherit_add(&m->in_fds, "admin", fd);    /* closed once committed */
+        }
+    }
+    if (m->cfg->admin && m->admin_fd < 0) {
+        m->admin_fd = lb_master_admin_socket(&m->cfg->admin_addr, err, errlen,
+                                             m->cfg->admin_address);
+        if (m->admin_fd < 0)
+            return -1;
+        m->admin_addr = m->cfg->admin_addr;
+    }
+    fd = lb_master_inherited_fd(m, "shm");
+    *adopted_shm = false;
+    if (fd >= 0) {
+        const char *why = "";
+        if (lb_shm_attach(fd, false, &m->shm, &why) == 0) {
+            *adopted_shm = true;
+            lb_log_info("upgrade: shared memory adopted (layout %u): counters, health, breakers, "
+                        "rate limits and ticket keys carry over", lb_shm_layout_version);
+            return 0;
+        }
+        lb_log_warn("upgrade: the previous binary's shared memory cannot be adopted (%s): "
+                    "starting fresh (counters from zero, health as configured)", why);
+        lb_inherit_add(&m->in_fds, "shm", fd);          /* closed once committed */
+    }
+    if (lb_shm_create(&m->shm) < 0) {
+        snprintf(err, errlen, "shared memory: memfd_create() failed (%d: %s)", errno,
+                 strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int lb_master_start(struct lb_master *m, bool upgraded)
 {
     char err[512];
     if (lb_master_config_load(m->opt->config_path, &m->cfg, err, sizeof(err)) < 0) {
@@ -674,65 +987,124 @@ static int lb_master_start(struct lb_master *m)
     lb_master_apply_overrides(m, m->cfg);
     m->pid_file = m->opt->pid_file ? m->opt->pid_file : m->cfg->pid_file;
 
-    m->instance_fd = lb_instance_listen(m->cfg->path);
-    if (m->instance_fd < 0) {
-        if (errno == EADDRINUSE)
-            lb_log_error("an lbd for %s is already running", m->cfg->path);
-        else
-            lb_log_error("rendezvous socket failed (%d: %s)", errno, strerror(errno));
-        return -1;
-    }
-    if (lb_listen_open(&m->listen, m->cfg, NULL, err, sizeof(err)) < 0) {
+    bool adopted_shm = false;
+    if (lb_master_open_shared(m, &adopted_shm, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
-        return -1;
-    }
-    if (m->cfg->admin) {
-        m->admin_fd = lb_master_admin_socket(&m->cfg->admin_addr, err, sizeof(err),
-                                             m->cfg->admin_address);
-        if (m->admin_fd < 0) {
-            lb_log_error("%s", err);
-            return -1;
-        }
-        m->admin_addr = m->cfg->admin_addr;
-    }
-    if (lb_shm_create(&m->shm) < 0) {
-        lb_log_error("shared memory: memfd_create() failed (%d: %s)", errno, strerror(errno));
         return -1;
     }
     m->generation = 1;
-    if (lb_shm_assign(m->shm.hdr, m->cfg, m->generation, err, sizeof(err)) < 0) {
-        lb_log_error("%s", err);
+    if (adopted_shm)
+        m->generation = atomic_load(&m->shm.hdr->generation) + 1;
+    else if (upgraded)
+        m->generation = (uint64_t)lb_master_inherited_value(m, "generation") + 1;
+    if (m->generation < 2 && upgraded)
+        m->generation = 2;      /* the old workers' generation, 1, is older */
+    if (!lb_shm_assign_fits(m->shm.hdr, m->cfg)) {
+        lb_log_error("too many pools or servers for the shared memory tables");
         return -1;
     }
-    atomic_store(&m->shm.hdr->generation, m->generation);
-    atomic_store(&m->shm.hdr->workers, m->cfg->workers);
     if (lb_master_check_logs(m->cfg, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
         return -1;
     }
-    if (lb_master_open_log(m->cfg) < 0)
+    struct lb_listen_set inherited = { 0 };
+    if (upgraded && lb_master_inherited_listen(m, &inherited) < 0) {
+        lb_log_error("out of memory");
+        return -1;
+    }
+    if (lb_upgrade_probing()) {
+        /* Checked all an upgrade can check: say so and leave everything as
+         * it is (our fds are copies; the caller keeps its own). */
+        if (lb_listen_check(m->cfg, &inherited, err, sizeof(err)) < 0) {
+            lb_log_error("%s", err);
+            _exit(1);
+        }
+        lb_upgrade_probe_answer(adopted_shm);
+        _exit(0);
+    }
+    /* The last step that can fail: the previous image's sockets stay as
+     * they were if it does. */
+    if (lb_listen_open(&m->listen, m->cfg, upgraded ? &inherited : NULL, err, sizeof(err)) < 0) {
+        lb_log_error("%s", err);
+        return -1;
+    }
+    /* Committed: from here on a failure no longer goes back. */
+    m->committed = true;
+    lb_listen_close(&inherited);        /* sockets of listeners now gone */
+    if (lb_shm_assign(m->shm.hdr, m->cfg, m->generation, err, sizeof(err)) < 0) {
+        lb_log_error("BUG: shared memory assignment failed after its check: %s", err);
+        abort();
+    }
+    atomic_store(&m->shm.hdr->generation, m->generation);
+    atomic_store(&m->shm.hdr->workers, m->cfg->workers);
+    snprintf(m->shm.hdr->version, sizeof(m->shm.hdr->version), "%s", lb_version);
+    if (lb_master_open_log(m->cfg) < 0 && !upgraded)
         return -1;
     lb_master_fd_budget(m, m->cfg);
     lb_listen_migrate(m->cfg);      /* its log line goes to error_log */
-    if (m->opt->daemonize && m->cfg->error_log == NULL)
+    if (!upgraded && m->opt->daemonize && m->cfg->error_log == NULL)
         lb_log_warn("running in the background without error_log: log lines are discarded");
-    if (m->opt->daemonize && lb_master_daemonize() < 0) {
+    if (!upgraded && m->opt->daemonize && lb_master_daemonize() < 0) {
         lb_log_error("daemonizing failed (%d: %s)", errno, strerror(errno));
         return -1;
     }
     atomic_store(&m->shm.hdr->master_pid, (int32_t)getpid());
     if (m->pid_file != NULL && lb_master_write_pid(m->pid_file) < 0) {
         lb_log_error("cannot write pid file %s (%d: %s)", m->pid_file, errno, strerror(errno));
-        return -1;
+        if (!upgraded)      /* else the file the previous image wrote says the same pid */
+            return -1;
     }
     lb_proctitle_set("lbd: master");
-    lb_log_info("lbd starting: %s, %u worker(s), %zu listener(s)", m->cfg->path,
-                m->cfg->workers, m->cfg->nlisteners);
+    if (upgraded) {
+        lb_master_adopt_children(m, adopted_shm);
+        long long failures = lb_master_inherited_value(m, "upgrade_failures");
+        long long upgrades = lb_master_inherited_value(m, "upgrades");
+        bool rollback = lb_master_inherited_value(m, "rollback") > 0;
+        if (!adopted_shm) {     /* a fresh segment goes on counting */
+            atomic_store(&m->shm.hdr->upgrades, upgrades > 0 ? (uint64_t)upgrades : 0);
+            atomic_store(&m->shm.hdr->upgrade_failures, failures > 0 ? (uint64_t)failures : 0);
+        }
+        /* The previous binary, to go back to while settling; the upgrade
+         * counts once settled (lbd -s: its verdict). */
+        long long fd;
+        if (!rollback && lb_inherit_take(&m->in_fds, "exe", &fd)) {
+            m->exe_fd = (int)fd;
+            m->settle_until = lb_now_ms() + LB_UPGRADE_SETTLE_MS;
+            m->settle_gen = m->generation;
+        } else {
+            atomic_fetch_add(rollback ? &m->shm.hdr->upgrade_failures : &m->shm.hdr->upgrades, 1);
+        }
+        /* What is left is from a binary that knew more than this one. */
+        while (m->in_fds.n > 0) {
+            struct lb_inherit_entry e = m->in_fds.v[0];
+            lb_inherit_take(&m->in_fds, e.name, &fd);
+            if (strcmp(e.name, "exe") != 0 && strcmp(e.name, "shm") != 0 &&
+                strcmp(e.name, "admin") != 0)
+                lb_log_warn("upgrade: inherited fd %s unknown to this binary: closed", e.name);
+            close((int)fd);
+        }
+        lb_log_info("%s: lbd %s running %s, %u worker(s), %zu listener(s); the previous "
+                    "binary's workers %s", rollback ? "upgrade rolled back" : "upgraded",
+                    lb_version, m->cfg->path, m->cfg->workers, m->cfg->nlisteners,
+                    m->settle_until ? "serve on until the new ones are settled" : "drain");
+    } else {
+        lb_log_info("lbd %s starting: %s, %u worker(s), %zu listener(s)", lb_version,
+                    m->cfg->path, m->cfg->workers, m->cfg->nlisteners);
+    }
     for (unsigned id = 0; id < m->cfg->workers; id++)
-        if (lb_master_spawn(m, id) < 0)
+        if (lb_master_spawn(m, id) < 0) {
+            if (!upgraded)
+                return -1;
+            /* Its predecessor keeps serving, as after a reload. */
+            m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
+            m->backoff[id] = true;
+        }
+    lb_master_drain_old(m, LB_MAX_WORKERS, true);  /* numbers that are gone */
+    if (lb_master_spawn_control(m) < 0) {
+        if (!upgraded)
             return -1;
-    if (lb_master_spawn_control(m) < 0)
-        return -1;
+        m->control_respawn_at = lb_now_ms() + LB_RESPAWN_MAX_MS;
+    }
     return 0;
 }
 
@@ -744,9 +1116,13 @@ int lb_master_run(const struct lb_master_options *opt)
     m->instance_fd = -1;
     m->admin_fd = -1;
     m->shm.fd = -1;
+    m->exe_fd = -1;
     lb_log_set_role("master");
-    /* Before lbd opens anything: what every process it forks inherits. */
-    m->fd_inherited = lb_fdbudget_count_open(3);
+    bool upgraded = lb_upgrade_inherited(&m->in_fds, &m->in_state);
+    lb_upgrade_self_path(m->exe_path, sizeof(m->exe_path));
+    /* Before lbd opens anything: what every process it forks inherits
+     * (not what the previous binary passed on). */
+    m->fd_inherited = lb_fdbudget_count_open(3) - (unsigned)m->in_fds.n;
     /* Raised at once (sockets opened at start count too); logged once the
      * log is open. */
     unsigned after;
@@ -759,7 +1135,11 @@ int lb_master_run(const struct lb_master_options *opt)
         return 1;
     }
     int rc = 1;
-    if (lb_master_start(m) < 0) {
+    if (lb_master_start(m, upgraded) < 0) {
+        if (lb_upgrade_probing())
+            _exit(1);       /* a probe: its failure is all the caller asked */
+        if (upgraded && !m->committed)
+            lb_upgrade_rollback(lb_master_argv(m), "the new binary could not start: see above");
         if (lb_master_live(m) > 0) {
             lb_master_signal_all(m, SIGINT);
             while (wait(NULL) > 0)
@@ -792,7 +1172,13 @@ int lb_master_run(const struct lb_master_options *opt)
                 lb_log_error("reopening the log failed (%d: %s)", errno, strerror(errno));
             lb_master_signal_all(m, SIGUSR1);
         }
+        if (lb_sig_usr2) {
+            lb_sig_usr2 = 0;
+            if (!m->stopping)
+                lb_master_upgrade(m);   /* returns only if the upgrade was refused */
+        }
         lb_master_respawn_due(m);
+        lb_master_settle(m);
         lb_master_enforce_deadlines(m);
         if (m->stopping) {
             if (lb_master_live(m) == 0)
@@ -820,9 +1206,13 @@ out:
         close(m->instance_fd);
     if (m->admin_fd >= 0)
         close(m->admin_fd);
+    if (m->exe_fd >= 0)
+        close(m->exe_fd);
     lb_listen_close(&m->listen);
     if (m->shm.hdr != NULL)
         lb_shm_close(&m->shm);
     lb_config_free(m->cfg);
+    lb_inherit_free(&m->in_fds);
+    lb_inherit_free(&m->in_state);
     return rc;
 }

@@ -9,6 +9,8 @@
  *   HUP         reload: a bad file is refused (FILE:LINE logged) and the
  *               running generation keeps serving
  *   USR1        reopen log files (and tell the workers)
+ *   USR2        binary upgrade in place, same pid (master/upgrade.h); a
+ *               file that fails its check changes nothing
  */
 #ifndef LB_MASTER_H
 #define LB_MASTER_H

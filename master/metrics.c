@@ -178,7 +178,7 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     static const uint64_t bounds[LB_DURATION_BUCKETS] = LB_DURATION_BOUNDS_US;
 
     lb_family(out, "lbd_build_info", "gauge", "lbd version; always 1.");
-    fprintf(out, "lbd_build_info{version=\"%s\",shm_layout=\"%u\"} 1\n", LB_VERSION,
+    fprintf(out, "lbd_build_info{version=\"%s\",shm_layout=\"%u\"} 1\n", lb_version,
             h->layout_version);
     lb_family(out, "lbd_start_time_seconds", "gauge", "When the master started, seconds since the epoch.");
     fprintf(out, "lbd_start_time_seconds %.3f\n", (double)atomic_load(&h->started_ms) / 1000.0);
@@ -189,6 +189,12 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_family(out, "lbd_config_reload_failures_total", "counter", "Refused configuration reloads.");
     fprintf(out, "lbd_config_reload_failures_total %llu\n",
             (unsigned long long)atomic_load(&h->reload_failures));
+    lb_family(out, "lbd_upgrades_total", "counter", "Binary upgrades (USR2) that took over.");
+    fprintf(out, "lbd_upgrades_total %llu\n", (unsigned long long)atomic_load(&h->upgrades));
+    lb_family(out, "lbd_upgrade_failures_total", "counter",
+              "Binary upgrades refused or rolled back; the running binary kept serving.");
+    fprintf(out, "lbd_upgrade_failures_total %llu\n",
+            (unsigned long long)atomic_load(&h->upgrade_failures));
 
     struct lb_metrics_backend *v = NULL;
     size_t n = lb_metrics_backends(h, &v);

@@ -549,6 +549,11 @@ struct lb_shm_header {
     /* Fault injection (set at creation). */
     uint64_t off_faults;
     uint32_t max_faults;
+    /* Binary upgrades (master/upgrade.h), written by the master: kept by
+     * every binary that adopts the segment. */
+    lb_counter_t upgrades;              /* new binaries that took over */
+    lb_counter_t upgrade_failures;      /* refused or rolled back */
+    char version[48];                   /* the running master's LB_VERSION_FULL */
 };
 
 #endif

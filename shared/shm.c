@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "shared/version.h"
+
 #define LB_ALIGN(x) (((x) + (LB_CACHELINE - 1)) & ~(uint64_t)(LB_CACHELINE - 1))
 #define LB_PAGE_ALIGN(x) (((x) + 4095) & ~(uint64_t)4095)
 
@@ -65,7 +67,7 @@ int lb_shm_create(struct lb_shm *shm)
     struct lb_shm_header *h = base;
     *h = probe;
     h->magic = LB_SHM_MAGIC;
-    h->layout_version = LB_SHM_LAYOUT_VERSION;
+    h->layout_version = lb_shm_layout_version;
     h->header_size = sizeof(*h);
     h->max_slots = LB_SHM_MAX_SLOTS;
     h->max_pools = LB_SHM_MAX_POOLS;
@@ -80,6 +82,7 @@ int lb_shm_create(struct lb_shm *shm)
     }
     h->max_tls = LB_SHM_MAX_TLS;
     h->max_faults = LB_SHM_MAX_FAULTS;
+    snprintf(h->version, sizeof(h->version), "%s", lb_version);
     atomic_store(&h->master_pid, (int32_t)getpid());
     atomic_store(&h->started_ms, lb_wall_ms());
 
@@ -95,6 +98,28 @@ err:;
     return -1;
 }
 
+bool lb_shm_compatible(const struct lb_shm_header *h, size_t file_size, const char **why)
+{
+    struct lb_shm_header probe = { 0 };
+    lb_shm_layout(&probe);
+    if (file_size < sizeof(*h))
+        *why = "segment too small";
+    else if (h->magic != LB_SHM_MAGIC)
+        *why = "not an lbd segment (bad magic)";
+    else if (h->layout_version != lb_shm_layout_version)
+        *why = "segment layout version differs from this binary's";
+    else if (h->size > (uint64_t)file_size)
+        *why = "segment truncated";
+    /* Same version, other sizes: a build with other table limits. */
+    else if (h->header_size != sizeof(*h) || h->size != probe.size ||
+             h->max_slots != LB_SHM_MAX_SLOTS || h->max_backends != LB_SHM_MAX_BACKENDS ||
+             h->max_pools != LB_SHM_MAX_POOLS || h->off_arena != probe.off_arena)
+        *why = "segment tables sized differently from this binary's";
+    else
+        return true;
+    return false;
+}
+
 int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why)
 {
     struct stat st;
@@ -108,14 +133,7 @@ int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why)
         *why = "mmap failed";
         return -1;
     }
-    const struct lb_shm_header *h = base;
-    if (h->magic != LB_SHM_MAGIC) {
-        *why = "not an lbd segment (bad magic)";
-    } else if (h->layout_version != LB_SHM_LAYOUT_VERSION) {
-        *why = "segment layout version differs from this binary's";
-    } else if (h->size > (uint64_t)st.st_size) {
-        *why = "segment truncated";
-    } else {
+    if (lb_shm_compatible(base, (size_t)st.st_size, why)) {
         shm->fd = fd;
         shm->base = base;
         shm->size = (size_t)st.st_size;

@@ -22,6 +22,10 @@ int lb_shm_create(struct lb_shm *shm);
  * 0, or -1 with *why set. Takes ownership of fd on success. */
 int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why);
 void lb_shm_close(struct lb_shm *shm);
+/* Whether a binary may adopt segment H (FILE_SIZE bytes) as its own, as
+ * an upgraded master does: same magic, layout version and table sizes.
+ * Otherwise *WHY says what differs. */
+bool lb_shm_compatible(const struct lb_shm_header *h, size_t file_size, const char **why);
 
 static inline struct lb_shm_worker *lb_shm_worker(const struct lb_shm_header *h, unsigned slot)
 {

@@ -243,6 +243,7 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
     int rc = 1;
 
     signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);     /* the master's (upgrade), if sent to the whole group */
     signal(SIGPIPE, SIG_IGN);
     /* Body chains of 4-64 KiB come and go at every request: glibc would
      * hand the top of the heap back and take it again (brk twice per large

@@ -30,6 +30,12 @@ LBD = os.environ.get("LBD") or os.path.join(ROOT, "build", "lbd")
 LBD_BACKEND = os.environ.get("LBD_BACKEND") or os.path.join(ROOT, "build", "lbd-testbackend")
 # lbtop: beside the lbd under test unless named.
 LBTOP = os.environ.get("LBTOP") or os.path.join(os.path.dirname(LBD), "lbtop")
+# More builds of the tree for the upgrade tests (GNUmakefile): version
+# 0.2.0+b, one whose workers exit as they start, one of another shm layout. run.py swaps in
+# private copies: read them as lbdtest.LBD_B at run time.
+LBD_B = os.environ.get("LBD_B") or os.path.join(os.path.dirname(LBD), "lbd-b")
+LBD_CRASH = os.environ.get("LBD_CRASH") or os.path.join(os.path.dirname(LBD), "lbd-crash")
+LBD_LAYOUT = os.environ.get("LBD_LAYOUT") or os.path.join(os.path.dirname(LBD), "lbd-layout")
 
 # Temp dirs of failed tests kept because LBD_KEEP=1 (run.py prints them).
 KEPT_DIRS = []

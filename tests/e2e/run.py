@@ -125,6 +125,9 @@ def main(argv):
         lbdtest.LbdTestCase.backend_bin = private_copy(lbdtest.LBD_BACKEND, bindir)
         if os.access(lbdtest.LBTOP, os.X_OK):
             lbdtest.LbdTestCase.lbtop_bin = private_copy(lbdtest.LBTOP, bindir)
+        for name in ("LBD_B", "LBD_CRASH", "LBD_LAYOUT"):
+            if os.access(getattr(lbdtest, name), os.X_OK):
+                setattr(lbdtest, name, private_copy(getattr(lbdtest, name), bindir))
         print(f"lbd e2e: {len(tests)} test(s); lbd={lbdtest.LBD} backend={lbdtest.LBD_BACKEND}")
         runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=Result,
                                          failfast=failfast)

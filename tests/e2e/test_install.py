@@ -14,6 +14,7 @@ import stat
 import subprocess
 import unittest
 
+import lbdtest
 from lbdtest import (ROOT, LbdTestCase, free_port, http_get, lbd_config, pid_alive,
                      proc_children, proc_title, wait_for)
 
@@ -87,6 +88,36 @@ class InstallTest(LbdTestCase):
         self.write_file(os.path.join(dest2, "etc/default/lbd"), mine)
         self.install(dest2, "PREFIX=/opt/lbd")
         self.assertEqual(open(os.path.join(dest2, "etc/default/lbd")).read(), mine)
+
+
+class SystemdUnitTest(LbdTestCase):
+
+    def test_unit_verifies(self):
+        """The installed unit passes `systemd-analyze verify` without a
+        word (an unknown key or an option systemd does not know shows up
+        there), tests the file before a start and a reload, restarts on
+        failure, and says how to upgrade (USR2 to the main pid)."""
+        if shutil.which("systemd-analyze") is None:
+            self.skipTest("systemd-analyze is not installed (Debian package systemd)")
+        dest = self.path("dest")
+        rc, out = make("-o", "all", "install", f"DESTDIR={dest}", f"LBD={self.lbd_bin}")
+        self.assertEqual(rc, 0, out)
+        unit = open(os.path.join(dest, "lib/systemd/system/lbd.service")).read()
+        self.assertRegex(unit, r"(?m)^ExecStartPre=/usr/local/sbin/lbd -t -c ")
+        self.assertRegex(unit, r"(?m)^ExecReload=/usr/local/sbin/lbd -t -c ")
+        self.assertRegex(unit, r"(?m)^ExecReload=/bin/kill -HUP \$MAINPID$")
+        self.assertRegex(unit, r"(?m)^Restart=on-failure$")
+        self.assertRegex(unit, r"(?m)^#.*systemctl kill --kill-who=main --signal=USR2 lbd$")
+        caps = re.search(r"(?m)^CapabilityBoundingSet=(.*)$", unit).group(1).split()
+        self.assertEqual(sorted(caps), ["CAP_BPF", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE",
+                                        "CAP_SYS_RESOURCE"])
+        # verify checks that the commands exist: name the installed binary.
+        binary = os.path.join(dest, "usr/local/sbin/lbd")
+        path = self.write_file(self.path("lbd.service"),
+                               unit.replace("/usr/local/sbin/lbd", binary))
+        p = subprocess.run(["systemd-analyze", "verify", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual((p.returncode, p.stdout.decode(errors="replace")), (0, ""))
 
 
 class InitScriptTest(LbdTestCase):
@@ -245,6 +276,50 @@ class InitScriptTest(LbdTestCase):
         self.assertInit("reload", 7)
         self.assertInit("reopen", 7)
         self.assertInit("frobnicate", 2, r"Usage: .*\{start\|stop\|restart\|reload")
+        self.check_logs()
+
+    def test_upgrade(self):
+        """upgrade: the master runs the file now at DAEMON, same pid, its
+        workers too; a configuration lbd -t refuses is not even sent (6),
+        one the new binary's check refuses leaves the running binary
+        serving (1); not running: 7."""
+        (b1,) = self.start_backends("b1")
+        self.defaults()
+        daemon = os.path.join(self.dest, "usr/local/sbin/lbd")
+        good = self.config(b1)
+        self.write_file(self.conf, good)
+        self.assertInit("start", 0)
+        pid = self.master_pid()
+        self.assertEqual(self.snapshot()["version"], "0.2.0")
+
+        shutil.copy(lbdtest.LBD_B, daemon + ".new")
+        os.replace(daemon + ".new", daemon)
+        self.assertInit("upgrade", 0, rf"Upgrading lbd \(pid {pid}\)")
+        snap = self.snapshot()
+        self.assertEqual((snap["version"], snap["upgrades"], snap["master_pid"]),
+                         ("0.2.0+b", 1, pid))
+        self.assertEqual(self.master_pid(), pid)
+        new = os.stat(daemon).st_ino
+
+        def workers_new():
+            kids = [k for k in proc_children(pid)
+                    if (proc_title(k) or "").startswith("lbd: worker")]
+            return kids and all(os.stat(f"/proc/{k}/exe").st_ino == new for k in kids)
+        wait_for(workers_new, 15, what="the workers to run the new file")
+        self.assertTrue(self.serving("b1"))
+
+        self.write_file(self.conf, good + "frobnicate = 1;\n")
+        self.assertInit("upgrade", 6, "not upgraded")
+        self.write_file(self.conf, self.config(b1, error_log=self.path("no/such/dir/e.log")))
+        self.assertInit("upgrade", 1, "upgrade failed")
+        snap = self.snapshot()
+        self.assertEqual((snap["version"], snap["upgrades"], snap["upgrade_failures"]),
+                         ("0.2.0+b", 1, 1))
+        self.write_file(self.conf, good)
+        self.assertEqual(self.master_pid(), pid)
+        self.assertTrue(self.serving("b1"))
+        self.assertInit("stop", 0)
+        self.assertInit("upgrade", 7)
         self.check_logs()
 
     def test_restart_and_stuck_stop(self):

@@ -23,5 +23,6 @@ Suite *conn_suite(void);
 Suite *sticky_suite(void);
 Suite *lbtop_suite(void);
 Suite *json_suite(void);
+Suite *upgrade_suite(void);
 
 #endif

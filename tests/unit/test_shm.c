@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "shared/shm.h"
+#include "shared/version.h"
 #include "tests/unit/suites.h"
 
 /* ---- hand-built configurations ------------------------------------------------- */
@@ -82,7 +83,7 @@ START_TEST(test_create)
     ck_assert_int_ge(shm.fd, 0);
     ck_assert_ptr_eq(shm.base, (void *)h);
     ck_assert_uint_eq(h->magic, LB_SHM_MAGIC);
-    ck_assert_uint_eq(h->layout_version, LB_SHM_LAYOUT_VERSION);
+    ck_assert_uint_eq(h->layout_version, lb_shm_layout_version);
     ck_assert_uint_eq(h->header_size, sizeof(*h));
     ck_assert_uint_eq(h->size, shm.size);
     ck_assert_uint_eq(h->size % 4096, 0);

@@ -1,0 +1,404 @@
+"""Binary upgrade (USR2): the master re-executes the file now at its path
+in place (same pid), passing the listening sockets and the shared memory;
+its new workers take over and the old ones drain. Two builds that differ:
+build/lbd and build/lbd-b (the same tree with version 0.2.0+b)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import unittest
+
+import lbdtest
+from lbdtest import (LbdTestCase, free_port, lbd_config, pid_alive, proc_children, proc_title,
+                     wait_for)
+from test_lifecycle import LoadLoop
+
+
+# The DOWN server is third of three: the control process, restarted by every
+# reload and upgrade, would probe it 40 s after its start (a 60 s interval
+# spread over three servers); the first one it probes at once.
+SLOW_CHECK = {"path": "/healthz", "interval": "60s", "timeout": "1s", "rise": 1, "fall": 1}
+FAST_CHECK = dict(SLOW_CHECK, interval="300ms")
+
+
+def exe_id(path):
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def version_of(binary):
+    return "0.2.0+b" if os.path.basename(binary) == "lbd-b" else "0.2.0"
+
+
+class UpgradeTest(LbdTestCase):
+
+    def setUp(self):
+        super().setUp()
+        for b in (lbdtest.LBD_B, lbdtest.LBD_CRASH, lbdtest.LBD_LAYOUT):
+            if not os.access(b, os.X_OK):
+                self.fail(f"{b} is not an executable: run `make` first")
+        self.sbin = self.path("sbin")
+        os.mkdir(self.sbin)
+        self.binary = os.path.join(self.sbin, "lbd")
+        self.install(self.lbd_bin)
+
+    def install(self, src):
+        """Put SRC at the path lbd runs from, as a package manager does: a
+        new file renamed over the old one (the running one lives on)."""
+        tmp = self.binary + ".new"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(src, str) and os.path.exists(src):
+            shutil.copy(src, tmp)
+        else:
+            with open(tmp, "w") as f:
+                f.write(src)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, self.binary)
+
+    def start(self, config_text, listen, workers=2):
+        """lbd started from self.binary (lbd -s still runs the build's file:
+        both builds read the same layout)."""
+        self.pid_file = self.path("lbd.pid")
+        saved, self.lbd_bin = self.lbd_bin, self.binary
+        try:
+            return self.start_lbd(config_text, listen, args=("-p", self.pid_file),
+                                  workers=workers)
+        finally:
+            self.lbd_bin = saved
+
+    def config(self, listen, servers, check=SLOW_CHECK, workers=2):
+        return lbd_config(listen, [{"name": "web", "servers": servers, "health_check": check}],
+                          workers=workers)
+
+    def pid_file_pid(self):
+        with open(self.pid_file) as f:
+            return int(f.read())
+
+    def upgrade(self, lbd, expect_ok=True):
+        """USR2 and wait for its outcome in lbd -s: upgrades or
+        upgrade_failures goes up by one."""
+        before = lbd.snapshot()
+        lbd.signal(signal.SIGUSR2)
+
+        def done():
+            s = lbd.snapshot()
+            if s["upgrades"] > before["upgrades"]:
+                return ("ok", s)
+            if s["upgrade_failures"] > before["upgrade_failures"]:
+                return ("failed", s)
+            return None
+        outcome, snap = wait_for(done, 30, what="the upgrade's outcome")
+        if expect_ok and outcome != "ok":
+            raise AssertionError(f"upgrade failed; log:\n{lbd.log()[-3000:]}")
+        if not expect_ok and outcome != "failed":
+            raise AssertionError("upgrade succeeded where it should fail")
+        self.assertEqual(snap["upgrades"] + snap["upgrade_failures"],
+                         before["upgrades"] + before["upgrade_failures"] + 1, snap)
+        return before, snap
+
+    @staticmethod
+    def workers_of(lbd):
+        """Pids of lbd's workers, old and new."""
+        out = []
+        for pid in proc_children(lbd.pid):
+            if (proc_title(pid) or "").startswith("lbd: worker"):
+                lbd.seen_workers.add(pid)
+                out.append(pid)
+        return out
+
+    def children_exe(self, lbd):
+        """{pid: (dev, inode) of its executable} of every worker of lbd."""
+        out = {}
+        for w in self.workers_of(lbd):
+            try:
+                out[w] = exe_id(f"/proc/{w}/exe")
+            except OSError:
+                pass        # exited meanwhile
+        return out
+
+    def wait_all_workers_run(self, lbd, binary_id):
+        def only_new():
+            exes = self.children_exe(lbd)
+            return exes and all(e == binary_id for e in exes.values())
+        wait_for(only_new, 30, what="every worker to run the new binary (old ones drained)")
+        self.assertEqual(exe_id(f"/proc/{lbd.pid}/exe"), binary_id, "the master runs it too")
+
+    def test_upgrades_and_reloads_under_load_lose_no_request(self):
+        """Five upgrades alternating between two builds (and between 1, 2
+        and 3 workers), with four reloads after each (twenty), while
+        keep-alive clients and clients opening a
+        connection per request run: no request fails; after each upgrade
+        the master keeps its pid (and the pid file says it), lbd -s shows
+        the new version and the upgrade count, every worker runs the new
+        file, no total goes backwards; a server DOWN before each upgrade is
+        DOWN right after it, with no new probe at that server."""
+        b1, b2, down = self.start_backends("b1", "b2", "down")
+        down.control("status=500")      # every request but /stats and /control fails
+        listen = f"127.0.0.1:{free_port()}"
+        servers = [(b1.addr, 1), (b2.addr, 1), (down.addr, 1)]
+        lbd = self.start(self.config(listen, servers, check=FAST_CHECK), listen)
+
+        def health():
+            srv = {s["address"]: s for p in lbd.snapshot()["pools"] for s in p["servers"]}
+            return srv[down.addr]["health"]
+        wait_for(lambda: health() == "down", 15, what="the failing server to go DOWN")
+        # From now on checks are far apart: no probe reaches `down` again.
+        lbd.reload(self.config(listen, servers))
+        probes = down.stats()["requests"]
+
+        master = lbd.pid
+        loads = [LoadLoop(lbd.listen, nthreads=4, max_seconds=240),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=240)]
+        totals = lbd.snapshot()["totals"]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            for i in range(5):
+                new = lbdtest.LBD_B if i % 2 == 0 else self.lbd_bin
+                self.install(new)
+                # An upgrade rereads the file too: the worker count changes.
+                workers = (3, 1, 2, 3, 2)[i]
+                self.write_file(lbd.config_path, self.config(listen, servers, workers=workers))
+                _, snap = self.upgrade(lbd)
+                self.assertEqual(snap["version"], version_of(new))
+                self.assertEqual(snap["upgrades"], i + 1)
+                self.assertEqual(snap["master_pid"], master)
+                self.assertEqual(self.pid_file_pid(), master)
+                self.assertTrue(lbd.alive())
+                srv = {s["address"]: s for p in snap["pools"] for s in p["servers"]}
+                self.assertEqual(srv[down.addr]["health"], "down", f"after upgrade {i + 1}")
+                self.wait_all_workers_run(lbd, exe_id(self.binary))
+                self.assertEqual(len(self.workers_of(lbd)), workers)
+                for ld in loads:
+                    ld.wait_count(ld.count() + 10)
+                for _ in range(4):
+                    lbd.reload()
+                    for ld in loads:
+                        ld.wait_count(ld.count() + 5)
+                now = lbd.snapshot()["totals"]
+                for k in ("connections", "requests", "bytes_in", "bytes_out"):
+                    self.assertGreaterEqual(now[k], totals[k], f"totals.{k} went backwards")
+                totals = now
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed across 5 upgrades "
+                             f"and 20 reloads")
+        self.assertGreater(loads[0].ok, 3 * loads[0].connections)     # really kept alive
+        snap = lbd.snapshot()
+        self.assertEqual((snap["upgrades"], snap["upgrade_failures"], snap["reloads"]), (5, 0, 21))
+        # The requests counted before the first upgrade are still counted.
+        self.assertGreaterEqual(snap["totals"]["requests"], sum(ld.ok for ld in loads))
+        srv = {s["address"]: s for p in snap["pools"] for s in p["servers"]}
+        self.assertEqual(srv[down.addr]["health"], "down")
+        # Only our /stats calls reached it since: no probe, no request.
+        self.assertEqual(down.stats()["requests"], probes + 1)
+
+    def test_failed_upgrades_keep_the_old_one_serving(self):
+        """A missing file, a configuration the new binary refuses, a file
+        that is no lbd (a script that exits at once) and a new listener on
+        a port another process holds: each upgrade is refused with a log
+        line saying why, under load no request fails, the same workers
+        serve on, the pid file names the master; then a good upgrade
+        works."""
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        servers = [(b1.addr, 1)]
+        cfg = self.config(listen, servers, check=None)
+        lbd = self.start(cfg, listen)
+        master = lbd.pid
+        workers = sorted(self.workers_of(lbd))
+        running = exe_id(f"/proc/{master}/exe")
+        loads = [LoadLoop(lbd.listen, nthreads=3, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            cases = []
+
+            def missing():
+                os.unlink(self.binary)
+            cases.append((missing, r"upgrade refused.*No such file"))
+
+            def bad_config():
+                self.install(lbdtest.LBD_B)
+                self.write_file(lbd.config_path, cfg + "bogus\n")
+            cases.append((bad_config, r"upgrade refused.*lbd\.conf:\d+"))
+
+            def script():
+                self.write_file(lbd.config_path, cfg)
+                self.install("#!/bin/sh\nexit 0\n")
+            cases.append((script, r"upgrade refused.*not an lbd"))
+
+            def busy_port():
+                self.install(lbdtest.LBD_B)
+                self.write_file(lbd.config_path,
+                                self.config([listen, b1.addr], servers, check=None))
+            cases.append((busy_port, r"upgrade refused.*cannot listen on " + b1.addr))
+
+            for n, (prepare, why) in enumerate(cases, 1):
+                prepare()
+                off = lbd.log_size()
+                _, snap = self.upgrade(lbd, expect_ok=False)
+                lbd.wait_log(why, since=off)
+                self.assertEqual((snap["upgrades"], snap["upgrade_failures"]), (0, n))
+                self.assertEqual(snap["version"], "0.2.0")
+                self.assertEqual(self.pid_file_pid(), master)
+                self.assertEqual(sorted(w["pid"] for w in lbd.running_workers(snap)), workers)
+                self.assertEqual(exe_id(f"/proc/{master}/exe"), running)
+                for ld in loads:
+                    ld.wait_count(ld.count() + 10)
+            self.assertEqual(sorted(self.workers_of(lbd)), workers, "no worker was replaced")
+
+            self.write_file(lbd.config_path, cfg)
+            _, snap = self.upgrade(lbd)
+            self.assertEqual((snap["version"], snap["upgrades"]), ("0.2.0+b", 1))
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+            for ld in loads:
+                ld.wait_count(ld.count() + 10)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed")
+        self.assertEqual(self.pid_file_pid(), master)
+
+    def test_new_workers_dying_at_start_bring_the_old_binary_back(self):
+        """A binary that passes the check but whose workers die as they
+        start: the old workers serve on meanwhile (no request fails), the
+        master goes back to the old binary by itself (same pid), counts a
+        failure, and its workers run the old file; the next USR2 runs the
+        file at the path again."""
+        self.expect_worker_deaths()
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        master = lbd.pid
+        old = exe_id(f"/proc/{master}/exe")
+        loads = [LoadLoop(lbd.listen, nthreads=3, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            self.install(lbdtest.LBD_CRASH)
+            off = lbd.log_size()
+            _, snap = self.upgrade(lbd, expect_ok=False)
+            lbd.wait_log(r"a new worker died .*going back to the previous binary", since=off)
+            lbd.wait_log(r"upgrade rolled back: lbd 0\.2\.0 ", since=off)
+            self.assertEqual((snap["version"], snap["upgrades"], snap["upgrade_failures"]),
+                             ("0.2.0", 0, 1))
+            self.assertEqual((snap["master_pid"], self.pid_file_pid()), (master, master))
+            self.assertEqual(exe_id(f"/proc/{master}/exe"), old)
+            self.wait_all_workers_run(lbd, old)
+            for ld in loads:
+                ld.wait_count(ld.count() + 10)
+            self.install(lbdtest.LBD_B)
+            _, snap = self.upgrade(lbd)
+            self.assertEqual((snap["version"], snap["upgrades"]), ("0.2.0+b", 1))
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+            for ld in loads:
+                ld.wait_count(ld.count() + 10)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed")
+
+    def snapshot_with(self, lbd, binary):
+        """lbd -s run by BINARY (it reads its own layout only); None if it
+        cannot read the running segment (yet)."""
+        p = subprocess.run([binary, "-s", "-c", lbd.config_path], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=15)
+        return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def test_upgrade_across_a_layout_change_starts_fresh(self):
+        """To a binary of another shm layout and back: each time the new
+        image cannot adopt the segment, says so, and starts a fresh one
+        (its own start time, counters from zero but the upgrade counts,
+        which come over with the hand-over); the old workers, which write
+        the old segment, drain and are reaped; no request fails."""
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        master = lbd.pid
+        lbd.reload()
+        lbd.reload()
+        loads = [LoadLoop(lbd.listen, nthreads=3, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            for n, (new, reader, version) in enumerate(
+                    ((lbdtest.LBD_LAYOUT, lbdtest.LBD_LAYOUT, "0.2.0+layout"),
+                     (self.lbd_bin, self.lbd_bin, "0.2.0")), 1):
+                before = self.snapshot_with(lbd, self.lbd_bin if n == 1 else lbdtest.LBD_LAYOUT)
+                self.assertIsNotNone(before)
+                self.install(new)
+                off = lbd.log_size()
+                lbd.signal(signal.SIGUSR2)
+                lbd.wait_log(r"upgrade: .* shm layout \d+ \(not adoptable: its state starts "
+                             r"afresh\): executing it", since=off, timeout=30)
+                lbd.wait_log(r"shared memory cannot be adopted \(segment layout version differs "
+                             r"from this binary's\): starting fresh", since=off, timeout=30)
+                snap = wait_for(lambda: (lambda s: s if s and s["upgrades"] == n else None)(
+                    self.snapshot_with(lbd, reader)), 30, what="the upgrade to settle")
+                self.assertEqual((snap["version"], snap["master_pid"], snap["upgrade_failures"]),
+                                 (version, master, 0))
+                self.assertNotEqual(snap["layout_version"], before["layout_version"])
+                self.assertGreater(snap["started_ms"], before["started_ms"])   # a new segment
+                self.assertEqual(snap["reloads"], 0)
+                self.assertEqual(self.pid_file_pid(), master)
+                self.wait_all_workers_run(lbd, exe_id(self.binary))
+                for ld in loads:
+                    ld.wait_count(ld.count() + 10)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed")
+
+    def test_upgrade_then_stop_and_signals(self):
+        """Workers and the control process ignore USR2; a reload right
+        behind an upgrade; the upgraded master is a master like any: HUP
+        reloads, TERM stops it and its workers
+        (the adopted ones were reaped: no zombie) and removes the pid
+        file."""
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        # USR2 to the whole group (systemctl kill without --kill-who=main):
+        # the workers and the control process ignore it.
+        kids = proc_children(lbd.pid)
+        self.assertEqual(len(kids), 3)
+        for k in kids:
+            os.kill(k, signal.SIGUSR2)
+        self.install(lbdtest.LBD_B)
+        # A reload right behind the upgrade (its HUP waits out the probe
+        # and the exec, or comes while the new workers settle).
+        lbd.signal(signal.SIGUSR2)
+        lbd.reload()
+        wait_for(lambda: lbd.snapshot()["upgrades"] == 1, 30, what="the upgrade")
+        self.assertEqual(lbd.snapshot()["totals"]["worker_restarts"], 0)
+        self.wait_all_workers_run(lbd, exe_id(self.binary))
+        wait_for(lambda: len(self.workers_of(lbd)) == 2, 15, what="two workers, no more")
+        self.assertFalse(any(pid_alive(k) for k in kids), "the old processes are gone")
+        # No zombie: the old workers were reaped by the new image.
+        for k in proc_children(lbd.pid):
+            with open(f"/proc/{k}/stat") as f:
+                self.assertNotEqual(f.read().rsplit(")", 1)[1].split()[0], "Z", proc_title(k))
+        lbd.reload()
+        self.assertEqual(lbd.snapshot()["version"], "0.2.0+b")
+        lbd.stop()
+        self.assertFalse(os.path.exists(self.pid_file))
+        self.assertFalse(pid_alive(lbd.pid))
+
+
+if __name__ == "__main__":
+    unittest.main()
