@@ -44,7 +44,7 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
-#define LB_SHM_LAYOUT_VERSION   6u
+#define LB_SHM_LAYOUT_VERSION   7u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256
 #define LB_SHM_MAX_BACKENDS     1024
@@ -110,6 +110,7 @@ enum lb_tls_failure {
     LB_TLS_FAIL_HTTP,           /* plain HTTP on a TLS port (answered 400 in clear) */
     LB_TLS_FAIL_PROTOCOL,       /* anything else malformed or refused */
     LB_TLS_FAIL_CLOSED,         /* the connection ended (or timed out) first */
+    LB_TLS_FAIL_SNI,            /* a name no certificate has (unknown_sni = "refuse") */
     LB_TLS_FAILURES
 };
 
@@ -156,6 +157,7 @@ struct lb_shm_worker {
     lb_counter_t rl_redis_errors;       /* fleet rate limits judged locally: redis down or slow */
     lb_counter_t tls_handshakes[LB_TLS_RESULTS];
     lb_counter_t tls_failures[LB_TLS_FAILURES];
+    lb_counter_t tls_unknown_sni;       /* SNI names no certificate has (served or refused) */
     /* Requests this worker has waiting in each pool's queue (by pool id):
      * its share of lb_shm_pool.queue_depth, which the master takes back
      * when it reaps the slot (a worker that died left them counted). */
@@ -347,6 +349,8 @@ struct lb_shm_backend_stats {
     lb_counter_t duration_sum_us;
     lb_counter_t retries;               /* gauges: this worker's share of lb_shm_backend's */
     lb_counter_t retries_waiting;
+    /* TLS to the backend (pools[].tls): handshakes by outcome. */
+    lb_counter_t tls_handshakes[LB_TLS_RESULTS];
 };
 
 /* ---- rate limits (shared/rltable.h, worker/ratelimit.c) ---- */

@@ -795,6 +795,7 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->tls_handshakes[r] += lb_counter_get(&w->tls_handshakes[r]);
     for (unsigned r = 0; r < LB_TLS_FAILURES; r++)
         out->tls_failures[r] += lb_counter_get(&w->tls_failures[r]);
+    out->tls_unknown_sni += lb_counter_get(&w->tls_unknown_sni);
 }
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
@@ -815,6 +816,8 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
         for (unsigned k = 0; k < LB_DURATION_BUCKETS; k++)
             out->duration[k] += lb_counter_get(&st->duration[k]);
         out->duration_sum_us += lb_counter_get(&st->duration_sum_us);
+        for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
+            out->tls_handshakes[r] += lb_counter_get(&st->tls_handshakes[r]);
     }
 }
 
