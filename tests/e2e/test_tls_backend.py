@@ -241,12 +241,13 @@ class BackendTlsTest(LbdTestCase):
         its requests: the server stays UP; checked against another CA it
         goes DOWN, its last error saying why."""
         b = self.server()
-        hc = {"path": "/", "interval": "100ms", "timeout": "2s", "rise": 1, "fall": 1}
+        hc = {"path": "/", "interval": "100ms", "timeout": "5s", "rise": 1, "fall": 1}
         self.lbd_for([b], {"ca_file": self.pki.ca, "sni": "backend.internal"}, health_check=hc)
         wait_for(lambda: self.server_stats(b.addr)["checks"]["ok"] >= 3, 15,
                  what="three passed checks")
         st = self.server_stats(b.addr)
-        self.assertEqual((st["health"], st["checks"]["failed"]), ("up", 0), st)
+        self.assertEqual((st["health"], st["checks"]["failed"]), ("up", 0),
+                         (st, self.lbd.log()[-3000:]))
         self.assertEqual(self.get()[0], 200)
         self.lbd.reload(self.config_text.replace(self.pki.ca, self.other.ca))
         st = wait_for(lambda: (lambda s: s if s["health"] == "down" else None)(
