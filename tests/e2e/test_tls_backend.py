@@ -225,6 +225,23 @@ class BackendTlsTest(LbdTestCase):
         self.assertEqual(bad.requests, 0)
         self.assertGreaterEqual(self.server_stats(bad.addr)["tls_handshakes"]["failed"], 1)
 
+    def test_failed_handshakes_open_the_breaker(self):
+        """The circuit breaker counts failed handshakes as failures: after
+        `failures` of them it opens, and the next requests get 503 without
+        a connection to the server (no more handshakes counted)."""
+        b = self.server()
+        self.lbd_for([b], {"ca_file": self.other.ca, "sni": "backend.internal"},
+                     circuit_breaker={"failures": 3, "open": "1m"})
+        for _ in range(3):
+            self.assertEqual(self.get()[0], 502)
+        st = self.server_stats(b.addr)
+        self.assertEqual((st["breaker"], st["tls_handshakes"]["failed"]), ("open", 3), st)
+        for _ in range(3):
+            self.assertEqual(self.get()[0], 503)
+        self.assertEqual(self.server_stats(b.addr)["tls_handshakes"]["failed"], 3)
+        wait_for(lambda: b.failed >= 3, 10, what="the server to see three failed handshakes")
+        self.assertEqual((b.failed, len(b.handshakes)), (3, 0))
+
     def test_client_certificate(self):
         """A server that requires a client certificate: lbd's cert/key
         get through; without them the handshake fails (502)."""
