@@ -11,11 +11,15 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "shared/log.h"
 #include "shared/shm.h"
 #include "worker/http.h"
+#include "worker/tls.h"
 
 /* Probe lifecycle:
  *
@@ -166,6 +170,17 @@ static void lb_probe_event(struct bufferevent *bev, short what, void *arg)
     char why[LB_ERROR_TEXT];
     if (what & BEV_EVENT_EOF) {
         snprintf(why, sizeof(why), "connection closed before the response head ended");
+    } else if (p->pool->tls != NULL && bufferevent_get_openssl_error(bev) != 0) {
+        /* The handshake: the certificate's verdict says why best. */
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+        unsigned long e = bufferevent_get_openssl_error(bev);
+        while (bufferevent_get_openssl_error(bev) != 0)
+            ;
+        if (v != X509_V_OK)
+            snprintf(why, sizeof(why), "TLS: %s", X509_verify_cert_error_string(v));
+        else
+            snprintf(why, sizeof(why), "TLS: %s", ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "handshake failed");
     } else {
         int err = EVUTIL_SOCKET_ERROR();
         snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(err));
@@ -226,7 +241,27 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
             lb_probe_done(p, "socket() failed");
         return;
     }
-    p->bev = bufferevent_socket_new(base, s, BEV_OPT_CLOSE_ON_FREE);
+    if (p->pool->tls != NULL) {
+        /* A TLS pool is checked over TLS, verified as its requests are: a
+         * server that fails the handshake fails the check. The bufferevent
+         * makes its own socket at the connect (one made before would be
+         * handshaken before it is connected). */
+        close(s);
+        char ip[LB_ADDR_STR_MAX];
+        lb_tls_address_host(p->server->address, ip, sizeof(ip));
+        SSL *ssl = lb_tls_client_new(p->pool->tls, ip);
+        p->bev = ssl ? bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (p->bev == NULL) {
+            SSL_free(ssl);
+            lb_probe_skip(p, "bufferevent_openssl_socket_new()", ENOMEM);
+            return;
+        }
+        bufferevent_openssl_set_allow_dirty_shutdown(p->bev, 1);
+    } else {
+        p->bev = bufferevent_socket_new(base, s, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (p->bev == NULL) {
         close(s);
         lb_probe_skip(p, "bufferevent_socket_new()", ENOMEM);

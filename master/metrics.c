@@ -216,6 +216,14 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_metrics_backend_counter(out, v, n, "lbd_backend_sent_bytes_total",
                                "Bytes sent to a server.",
                                offsetof(struct lb_backend_totals, bytes_out));
+    lb_family(out, "lbd_backend_tls_handshakes_total", "counter",
+              "TLS handshakes with a server (pools[].tls): full, resumed (session reused), "
+              "failed (verification or protocol: counted as connect failures).");
+    for (size_t i = 0; i < n; i++)
+        for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
+            fprintf(out, "lbd_backend_tls_handshakes_total{" LB_LABELS ",result=\"%s\"} %llu\n",
+                    v[i].b->pool, v[i].b->address, lb_tls_result_names[r],
+                    (unsigned long long)v[i].t.tls_handshakes[r]);
     lb_family(out, "lbd_backend_active_requests", "gauge", "Requests in flight to a server, all workers.");
     for (size_t i = 0; i < n; i++) {
         int64_t a = atomic_load(&v[i].b->inflight);
@@ -404,10 +412,14 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)all.tls_handshakes[r]);
     lb_family(out, "lbd_tls_handshake_failures_total", "counter",
               "Failed TLS handshakes by reason: version, cipher (nothing in common), http "
-              "(plain HTTP on a TLS port), protocol (malformed, refused), closed (ended first).");
+              "(plain HTTP on a TLS port), protocol (malformed, refused), closed (ended first), "
+              "sni (a name no certificate has, unknown_sni = \"refuse\").");
     for (unsigned r = 0; r < LB_TLS_FAILURES; r++)
         fprintf(out, "lbd_tls_handshake_failures_total{reason=\"%s\"} %llu\n",
                 lb_tls_failure_names[r], (unsigned long long)all.tls_failures[r]);
+    lb_family(out, "lbd_tls_unknown_sni_total", "counter",
+              "TLS handshakes asking for a name no certificate has (served the default or refused).");
+    fprintf(out, "lbd_tls_unknown_sni_total %llu\n", (unsigned long long)all.tls_unknown_sni);
     lb_family(out, "lbd_tls_ticket_key_rotations_total", "counter",
               "Session ticket key rotations of a TLS listener.");
     for (unsigned i = 0; i < h->max_tls; i++) {

@@ -59,9 +59,10 @@ static void lb_json_string(FILE *out, const char *s, size_t max)
 
 const char *const lb_tls_result_names[LB_TLS_RESULTS] = { "full", "resumed", "failed" };
 const char *const lb_tls_failure_names[LB_TLS_FAILURES] = { "version", "cipher", "http",
-                                                            "protocol", "closed" };
+                                                            "protocol", "closed", "sni" };
 
-static void lb_snapshot_tls_counts(FILE *out, const uint64_t *hs, const uint64_t *fails)
+static void lb_snapshot_tls_counts(FILE *out, const uint64_t *hs, const uint64_t *fails,
+                                   uint64_t unknown_sni)
 {
     fputs("\"tls_handshakes\":{", out);
     for (unsigned i = 0; i < LB_TLS_RESULTS; i++)
@@ -71,7 +72,7 @@ static void lb_snapshot_tls_counts(FILE *out, const uint64_t *hs, const uint64_t
     for (unsigned i = 0; i < LB_TLS_FAILURES; i++)
         fprintf(out, "%s\"%s\":%llu", i ? "," : "", lb_tls_failure_names[i],
                 (unsigned long long)fails[i]);
-    fputc('}', out);
+    fprintf(out, "},\"tls_unknown_sni\":%llu", (unsigned long long)unknown_sni);
 }
 
 /* Per TLS listener: its certificates and its session ticket keys. */
@@ -233,7 +234,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                 (unsigned long long)lb_counter_get(&w->max_connections));
         lb_snapshot_pauses(out, one.accept_pauses);
         fputc(',', out);
-        lb_snapshot_tls_counts(out, one.tls_handshakes, one.tls_failures);
+        lb_snapshot_tls_counts(out, one.tls_handshakes, one.tls_failures, one.tls_unknown_sni);
         fputc('}', out);
         first = false;
     }
@@ -255,7 +256,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     fputs(",\"accept_pauses\":", out);
     lb_snapshot_pauses(out, all.accept_pauses);
     fputc(',', out);
-    lb_snapshot_tls_counts(out, all.tls_handshakes, all.tls_failures);
+    lb_snapshot_tls_counts(out, all.tls_handshakes, all.tls_failures, all.tls_unknown_sni);
     lb_counter_t *ap = (lb_counter_t *)h->admin_accept_pauses;
     uint64_t admin_pauses[LB_PAUSE_REASONS] = { lb_counter_get(&ap[LB_PAUSE_CAP]),
                                                 lb_counter_get(&ap[LB_PAUSE_FD]) };
@@ -337,6 +338,11 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)t.active, (unsigned long long)t.failures,
                     (unsigned long long)t.bytes_in, (unsigned long long)t.bytes_out);
             lb_snapshot_classes(out, t.responses);
+            fputs(",\"tls_handshakes\":{", out);
+            for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
+                fprintf(out, "%s\"%s\":%llu", r ? "," : "", lb_tls_result_names[r],
+                        (unsigned long long)t.tls_handshakes[r]);
+            fputc('}', out);
             fprintf(out, ",\"breaker\":\"%s\",\"breaker_opened\":%llu,"
                          "\"breaker_open_interval_ms\":%llu,\"breaker_transitions\":{"
                          "\"closed\":%llu,\"open\":%llu,\"half_open\":%llu}",

@@ -311,7 +311,8 @@ static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
                       struct lb_listener_cfg *l)
 {
     static const char *const keys[] = { "certificates", "protocols", "ciphers", "alpn",
-                                        "session_tickets", "ticket_rotation", "hsts", NULL };
+                                        "session_tickets", "ticket_rotation", "hsts",
+                                        "unknown_sni", NULL };
     const config_setting_t *g = lb_cfg_member(listener, "tls");
     if (g == NULL)
         return 0;
@@ -325,7 +326,7 @@ static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
     t->protocols = LB_TLS_12_PLUS;
     t->session_tickets = true;
     t->ticket_rotation_ms = 3600 * 1000;
-    const char *protocols = NULL;
+    const char *protocols = NULL, *unknown_sni = NULL;
     char *hsts = NULL;
     if (lb_cfg_check_keys(ld, g, "tls", keys) < 0 ||
         lb_cfg_tls_certs(ld, g, t) < 0 ||
@@ -334,9 +335,20 @@ static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
         lb_cfg_tls_alpn(ld, g, t) < 0 ||
         lb_cfg_bool(ld, g, "session_tickets", &t->session_tickets) < 0 ||
         lb_cfg_duration(ld, g, "ticket_rotation", &t->ticket_rotation_ms) < 0 ||
-        lb_cfg_string_at(ld, g, "hsts", false, &hsts, NULL) < 0)
+        lb_cfg_string_at(ld, g, "hsts", false, &hsts, NULL) < 0 ||
+        lb_cfg_string(ld, g, "unknown_sni", &unknown_sni, false) < 0)
         return -1;
     t->hsts = hsts;
+    if (unknown_sni != NULL) {
+        if (strcmp(unknown_sni, "default") == 0)
+            t->unknown_sni = LB_SNI_DEFAULT;
+        else if (strcmp(unknown_sni, "refuse") == 0)
+            t->unknown_sni = LB_SNI_REFUSE;
+        else
+            return lb_cfg_fail(ld, lb_cfg_member(g, "unknown_sni"),
+                               "unknown_sni must be \"default\" (serve the first certificate) "
+                               "or \"refuse\" (alert unrecognized_name)");
+    }
     if (protocols != NULL) {
         if (strcmp(protocols, "TLSv1.2+") == 0)
             t->protocols = LB_TLS_12_PLUS;
@@ -1082,13 +1094,69 @@ static int lb_cfg_keepalive(struct lb_loader *ld, const config_setting_t *g,
     return 0;
 }
 
+/* ---- pools[].tls: TLS to the servers (worker/tls.c) ---- */
+
+static int lb_cfg_pool_tls(struct lb_loader *ld, const config_setting_t *pool,
+                           struct lb_pool_cfg *p)
+{
+    static const char *const keys[] = { "verify", "ca_file", "sni", "cert", "key", NULL };
+    const config_setting_t *g = lb_cfg_member(pool, "tls");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "a pool's 'tls' must be a group: tls = { verify = true; "
+                                  "ca_file = \"...\"; sni = \"...\"; };");
+    struct lb_pool_tls_cfg *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    p->tls = t;
+    t->verify = true;
+    if ((t->at = lb_cfg_where(ld, g)) == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    if (lb_cfg_check_keys(ld, g, "tls", keys) < 0 ||
+        lb_cfg_bool(ld, g, "verify", &t->verify) < 0 ||
+        lb_cfg_string_at(ld, g, "ca_file", false, &t->ca_file, &t->ca_file_at) < 0 ||
+        lb_cfg_string_at(ld, g, "sni", false, &t->sni, NULL) < 0 ||
+        lb_cfg_string_at(ld, g, "cert", false, &t->cert, &t->cert_at) < 0 ||
+        lb_cfg_string_at(ld, g, "key", false, &t->key, &t->key_at) < 0)
+        return -1;
+    if ((t->cert == NULL) != (t->key == NULL))
+        return lb_cfg_fail(ld, lb_cfg_member(g, t->cert ? "cert" : "key"),
+                           "a client certificate needs both 'cert' and 'key'");
+    if (t->sni != NULL) {
+        bool ok = strlen(t->sni) < LB_HOST_MAX;
+        for (const char *c = t->sni; ok && *c; c++)
+            ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                 (*c >= '0' && *c <= '9') || *c == '-' || *c == '.';
+        if (!ok)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "sni"),
+                               "sni must be a host name (letters, digits, '-' and '.')");
+    }
+    return 0;
+}
+
+static void lb_cfg_pool_tls_free(struct lb_pool_tls_cfg *t)
+{
+    if (t == NULL)
+        return;
+    free(t->ca_file);
+    free(t->ca_file_at);
+    free(t->sni);
+    free(t->cert);
+    free(t->cert_at);
+    free(t->key);
+    free(t->key_at);
+    free(t->at);
+    free(t);
+}
+
 static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
                                         "passive_health", "circuit_breaker", "queue",
-                                        "slow_start", "retries", "sticky", NULL };
+                                        "slow_start", "retries", "sticky", "tls", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -1126,6 +1194,7 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_retries(ld, g, p) < 0 ||
             lb_cfg_sticky(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
+            lb_cfg_pool_tls(ld, g, p) < 0 ||
             lb_cfg_servers(ld, g, p) < 0)
             return -1;
     }
@@ -1990,6 +2059,7 @@ void lb_config_free(struct lb_config *cfg)
         free(cfg->pools[i].servers);
         free(cfg->pools[i].sticky.secret);
         free(cfg->pools[i].sticky.attrs);
+        lb_cfg_pool_tls_free(cfg->pools[i].tls);
     }
     free(cfg->pools);
     for (size_t i = 0; i < cfg->nlisteners; i++) {

@@ -147,6 +147,20 @@ struct lb_server_cfg {
     char sticky[LB_STICKY_VALUE_LEN + 1];
 };
 
+/* TLS to the servers of a pool (pools[].tls; worker/tls.c builds the
+ * client context and runs the handshakes). Files are read and checked by
+ * lb_tls_config_load, with the "FILE:LINE" kept here. */
+struct lb_pool_tls_cfg {
+    bool verify;                        /* check the chain and the name */
+    char *ca_file, *ca_file_at;         /* NULL: the system's trust store */
+    char *sni;                          /* server name sent, and verified; NULL: none
+                                         * sent, the server's IP address verified */
+    char *cert, *cert_at;               /* client certificate (chain), or NULL */
+    char *key, *key_at;
+    char *at;                           /* "FILE:LINE" of the group */
+    struct ssl_ctx_st *ctx;             /* lb_tls_config_load's; NULL until then */
+};
+
 struct lb_pool_cfg {
     char name[LB_NAME_MAX];
     enum lb_strategy strategy;
@@ -171,6 +185,7 @@ struct lb_pool_cfg {
     struct lb_retry_cfg retries;
     struct lb_sticky_cfg sticky;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
+    struct lb_pool_tls_cfg *tls;        /* NULL: plain TCP to the servers */
     uint32_t shm_id;                    /* pool slot, set by the master */
 };
 
@@ -182,6 +197,11 @@ struct lb_pool_cfg {
 #define LB_TLS_ROTATION_MIN_MS  1000                    /* ticket_rotation bounds */
 #define LB_TLS_ROTATION_MAX_MS  (7ull * 24 * 3600 * 1000)
 #define LB_TLS_SUBJECT_MAX      128
+
+enum lb_tls_unknown_sni {
+    LB_SNI_DEFAULT,                     /* serve the first certificate */
+    LB_SNI_REFUSE,                      /* alert unrecognized_name */
+};
 
 enum lb_tls_protocols {
     LB_TLS_12_PLUS,                     /* "TLSv1.2+": TLS 1.2 and 1.3 */
@@ -209,6 +229,7 @@ struct lb_tls_cfg {
     size_t alpn_len;
     bool session_tickets;
     uint64_t ticket_rotation_ms;
+    enum lb_tls_unknown_sni unknown_sni; /* a name no certificate has */
     char *hsts;                         /* Strict-Transport-Security value; NULL: none */
     size_t hsts_len;
     uint32_t shm_id;                    /* its lb_shm_tls entry, set by the master */

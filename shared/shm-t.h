@@ -113,6 +113,7 @@ enum lb_tls_failure {
     LB_TLS_FAIL_HTTP,           /* plain HTTP on a TLS port (answered 400 in clear) */
     LB_TLS_FAIL_PROTOCOL,       /* anything else malformed or refused */
     LB_TLS_FAIL_CLOSED,         /* the connection ended (or timed out) first */
+    LB_TLS_FAIL_SNI,            /* a name no certificate has (unknown_sni = "refuse") */
     LB_TLS_FAILURES
 };
 
@@ -161,6 +162,7 @@ struct lb_shm_worker {
     lb_counter_t tls_failures[LB_TLS_FAILURES];
     /* Faults injected by X-Lbd-Fault-Delay / -Abort (faults_from_headers). */
     lb_counter_t header_faults[2];      /* [0] delays, [1] aborts */
+    lb_counter_t tls_unknown_sni;       /* SNI names no certificate has (served or refused) */
     /* Requests this worker has waiting in each pool's queue (by pool id):
      * its share of lb_shm_pool.queue_depth, which the master takes back
      * when it reaps the slot (a worker that died left them counted). */
@@ -388,6 +390,8 @@ struct lb_shm_backend_stats {
     lb_counter_t retries;               /* gauges: this worker's share of lb_shm_backend's */
     lb_counter_t retries_waiting;
     lb_counter_t sticky[LB_STICKY_RESULTS];
+    /* TLS to the backend (pools[].tls): handshakes by outcome. */
+    lb_counter_t tls_handshakes[LB_TLS_RESULTS];
 };
 
 /* ---- rate limits (shared/rltable.h, worker/ratelimit.c) ---- */

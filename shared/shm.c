@@ -901,6 +901,7 @@ void lb_shm_worker_add(struct lb_shm_worker *w, struct lb_worker_totals *out)
         out->tls_failures[r] += lb_counter_get(&w->tls_failures[r]);
     for (unsigned r = 0; r < 2; r++)
         out->header_faults[r] += lb_counter_get(&w->header_faults[r]);
+    out->tls_unknown_sni += lb_counter_get(&w->tls_unknown_sni);
 }
 
 void lb_shm_backend_set_weight(struct lb_shm_pool *pool, struct lb_shm_backend *b,
@@ -936,6 +937,8 @@ void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
         out->duration_sum_us += lb_counter_get(&st->duration_sum_us);
         for (unsigned k = 0; k < LB_STICKY_RESULTS; k++)
             out->sticky[k] += lb_counter_get(&st->sticky[k]);
+        for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
+            out->tls_handshakes[r] += lb_counter_get(&st->tls_handshakes[r]);
     }
 }
 

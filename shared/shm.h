@@ -215,6 +215,7 @@ struct lb_backend_totals {
     uint64_t duration[LB_DURATION_BUCKETS];
     uint64_t duration_sum_us;
     uint64_t sticky[LB_STICKY_RESULTS];
+    uint64_t tls_handshakes[LB_TLS_RESULTS];    /* pools[].tls */
 };
 
 void lb_shm_backend_sum(const struct lb_shm_header *h, unsigned backend,
@@ -238,6 +239,7 @@ struct lb_worker_totals {
     uint64_t tls_handshakes[LB_TLS_RESULTS];
     uint64_t tls_failures[LB_TLS_FAILURES];
     uint64_t header_faults[2];          /* X-Lbd-Fault-Delay, -Abort honoured */
+    uint64_t tls_unknown_sni;
 };
 
 /* A reader's copy of one limit's counters, summed over all slots, and

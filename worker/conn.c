@@ -653,6 +653,12 @@ static inline __attribute__((always_inline)) void lb_conn_read_loop(struct lb_co
             lb_conn_tq_touch(c);
             if (lb_conn_out_len(c) > 0)
                 lb_conn_schedule(c);
+            if (c->tr_connecting) {
+                /* A backend's: connected now (the callback sets the
+                 * timeouts of the exchange; it does not free C). */
+                c->tr_connecting = 0;
+                c->ops->event(c, LB_CONN_CONNECTED, c->arg);
+            }
         }
         /* What the socket will not announce: input the transport holds
          * when this pass stopped short of it, or an end it reported that
@@ -714,6 +720,16 @@ void lb_conn_watch_reset(struct lb_conn *c)
         c->read_armed = 1;
 }
 
+/* TCP is connected under a transport: its handshake starts now (a read
+ * makes the first flight), reading whether the user asked for it yet or
+ * not; the read loop reports CONNECTED once it is done. */
+static __attribute__((noinline, cold)) void lb_conn_tr_connected(struct lb_conn *c)
+{
+    c->tr_connecting = 1;
+    lb_conn_arm_read(c);
+    event_active(&c->rev, EV_READ, 1);
+}
+
 static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct lb_conn *c = arg;
@@ -737,6 +753,10 @@ static void lb_conn_on_write(evutil_socket_t fd, short what, void *arg)
             c->eof = 1;
             errno = err;
             c->ops->event(c, LB_CONN_ERROR | LB_CONN_WRITING, c->arg);
+            return;
+        }
+        if (__builtin_expect(c->tr != NULL, 0)) {
+            lb_conn_tr_connected(c);
             return;
         }
         if (lb_conn_out_len(c) > 0)

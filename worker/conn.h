@@ -118,6 +118,8 @@ struct lb_conn {
     uint8_t tr_want_write : 1;          /* transport: its read waits for writable */
     uint8_t tr_want_read : 1;           /* transport: its write waits for readable */
     uint8_t tr_shut : 1;                /* transport: our end is sent */
+    uint8_t tr_connecting : 1;          /* transport: TCP connected, its handshake
+                                         * under way; CONNECTED is reported after */
     uint16_t tail_slack;                /* free space in IN's last block after
                                          * the last read */
 };
@@ -140,7 +142,11 @@ void lb_conn_free(struct lb_conn *c);
 
 void lb_conn_setcb(struct lb_conn *c, const struct lb_conn_ops *ops, void *arg);
 /* Put transport TR (state CTX, owned from now on: TR->free frees it) under
- * C, before any read. */
+ * C, before any read. On a connection being connected (a backend), the
+ * transport's handshake runs once TCP is connected (its read starts it),
+ * bounded by the read timeout, and CONNECTED is reported when it is done;
+ * a failed one is reported as an ERROR (or EOF) of a connection that never
+ * was CONNECTED. The CONNECTED callback must not free C then. */
 void lb_conn_set_transport(struct lb_conn *c, const struct lb_conn_transport *tr, void *ctx);
 /* End our sending side once the output has left: the transport's end
  * (close_notify), then shutdown(SHUT_WR). */

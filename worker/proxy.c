@@ -1616,7 +1616,9 @@ static void lb_up_event(struct lb_conn *conn, short what, void *arg)
         if (!lb_session_retry(s, connected ? LB_RETRY_TIMEOUT : LB_RETRY_CONNECT))
             lb_session_error(s, 504);
     } else if (!connected) {
-        lb_log_warn("connect() to %s failed (%d: %s)", addr, err, evutil_socket_error_to_string(err));
+        if (!lb_tls_handshake_failed(up->conn))     /* (that one logged why) */
+            lb_log_warn("connect() to %s failed (%d: %s)", addr, err,
+                        evutil_socket_error_to_string(err));
         if (!lb_session_retry(s, LB_RETRY_CONNECT))
             lb_session_error(s, 502);
     } else {

@@ -54,8 +54,24 @@ struct lb_tls_rt {
 /* A connection's transport state. */
 struct lb_tls_conn {
     SSL *ssl;
+    struct lb_tls_peer *peer;           /* a backend connection's server; NULL: a client's */
     bool fatal;                         /* a fatal error: no close_notify */
     bool counted;                       /* its handshake's outcome is counted */
+    bool started;                       /* the handshake has begun */
+    bool sni_refused;                   /* unknown_sni = "refuse" said no */
+};
+
+/* What one worker keeps of one server of a TLS pool: the session its next
+ * connection resumes, and the failure reasons it has logged. */
+#define LB_TLS_PEER_LOGGED 8
+struct lb_tls_peer {
+    SSL_SESSION *sess;                  /* the newest the server gave; NULL: none */
+    lb_counter_t *counts;               /* the server's tls_handshakes in shm */
+    char pool[LB_NAME_MAX];
+    char address[LB_ADDR_STR_MAX];
+    char ip[LB_ADDR_STR_MAX];           /* verified when the pool has no sni */
+    uint64_t logged[LB_TLS_PEER_LOGGED];
+    unsigned nlogged;
 };
 
 static struct {
@@ -77,14 +93,21 @@ bool lb_tls_name_match(const char *pattern, const char *name, size_t len)
     return lb_str_ieq(name, len, pattern);
 }
 
-/* The context for server name NAME: an exact name first, then a wildcard,
- * else the default. */
-static SSL_CTX *lb_tls_pick(const struct lb_tls_set *set, const char *name, size_t len)
+/* The context for server name NAME: an exact name first, then a wildcard;
+ * NULL when no certificate has the name. */
+static SSL_CTX *lb_tls_find(const struct lb_tls_set *set, const char *name, size_t len)
 {
     for (size_t i = 0; i < set->nnames; i++)
         if (lb_tls_name_match(set->names[i].name, name, len))
             return set->names[i].ctx;
-    return set->ctx[0];
+    return NULL;
+}
+
+/* As lb_tls_find, with the default when no certificate has the name. */
+static SSL_CTX *lb_tls_pick(const struct lb_tls_set *set, const char *name, size_t len)
+{
+    SSL_CTX *ctx = lb_tls_find(set, name, len);
+    return ctx ? ctx : set->ctx[0];
 }
 
 SSL_CTX *lb_tls_ctx_for(const struct lb_tls_cfg *t, const char *name)
@@ -155,12 +178,23 @@ static bool lb_tls_same_names(char **a, size_t na, char **b, size_t nb)
 
 static int lb_tls_sni_cb(SSL *ssl, int *alert, void *arg)
 {
-    (void)alert;
     struct lb_tls_cfg *t = arg;
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     if (name == NULL)
         return SSL_TLSEXT_ERR_NOACK;       /* no SNI: the default certificate */
-    SSL_CTX *ctx = lb_tls_pick(&t->rt->set, name, strlen(name));
+    SSL_CTX *ctx = lb_tls_find(&t->rt->set, name, strlen(name));
+    if (ctx == NULL) {
+        if (lb_tls.stats != NULL)
+            lb_counter_add(&lb_tls.stats->tls_unknown_sni, 1);
+        if (t->unknown_sni == LB_SNI_REFUSE) {
+            struct lb_tls_conn *tc = SSL_get_app_data(ssl);
+            if (tc != NULL)
+                tc->sni_refused = true;
+            *alert = SSL_AD_UNRECOGNIZED_NAME;
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
+        ctx = t->rt->set.ctx[0];
+    }
     if (ctx != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, ctx) == NULL)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     return SSL_TLSEXT_ERR_OK;
@@ -269,6 +303,11 @@ static SSL_CTX *lb_tls_ctx_new(struct lb_tls_cfg *t, const unsigned char sid[32]
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
                              SSL_OP_NO_COMPRESSION |
                              (t->session_tickets ? 0 : SSL_OP_NO_TICKET));
+    /* The server's order of the ciphers (AES-GCM first), except for a
+     * client that puts ChaCha20 first (no AES instructions: phones). Every
+     * cipher of the list is strong, but a client's odd order would
+     * otherwise pick (testssl rates "no cipher order" high). */
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA);
     /* Buffers only while a record is under way (an idle keep-alive
      * connection holds none); writes of up to a record, retried with the
      * same bytes wherever the evbuffer keeps them. */
@@ -480,8 +519,78 @@ out:
     return rc;
 }
 
+/* ---- client contexts (pools[].tls) --------------------------------------- */
+
+static int lb_tls_new_session(SSL *ssl, SSL_SESSION *sess);
+
+/* The client context of pool P: built by the master at each load, so a
+ * missing or bad file is an error with its FILE:LINE. */
+static SSL_CTX *lb_tls_client_ctx(const struct lb_pool_cfg *p, char *err, size_t errlen)
+{
+    const struct lb_pool_tls_cfg *t = p->tls;
+    char why[256];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, errlen, "SSL_CTX_new() failed: %s", lb_tls_reason(why, sizeof(why)));
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF |
+                             SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                          SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    /* Sessions are kept per server by the worker (lb_tls_peer), not in
+     * OpenSSL's cache: the new-session callback hands each one over. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, lb_tls_new_session);
+    SSL_CTX_set_default_passwd_cb(ctx, lb_tls_no_password);
+    if (SSL_CTX_set1_groups_list(ctx, LB_TLS_GROUPS) != 1 ||
+        SSL_CTX_set_cipher_list(ctx, LB_TLS_INTERMEDIATE) != 1) {
+        snprintf(err, errlen, "%s: pool '%s': TLS setup failed: %s", t->at, p->name,
+                 lb_tls_reason(why, sizeof(why)));
+        goto fail;
+    }
+    if (t->verify) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        if (t->ca_file != NULL) {
+            if (lb_tls_readable(t->ca_file, t->ca_file_at, "ca_file", err, errlen) < 0)
+                goto fail;
+            if (SSL_CTX_load_verify_locations(ctx, t->ca_file, NULL) != 1) {
+                snprintf(err, errlen, "%s: ca_file %s: no PEM certificate in it: %s",
+                         t->ca_file_at, t->ca_file, lb_tls_reason(why, sizeof(why)));
+                goto fail;
+            }
+        } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+            snprintf(err, errlen, "%s: pool '%s': the system's trust store: %s", t->at, p->name,
+                     lb_tls_reason(why, sizeof(why)));
+            goto fail;
+        }
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    if (t->cert != NULL) {
+        struct lb_tls_cert_cfg c = { .cert = t->cert, .key = t->key, .cert_at = t->cert_at,
+                                     .key_at = t->key_at };
+        if (lb_tls_load_cert(ctx, &c, err, errlen) < 0)
+            goto fail;
+    }
+    ERR_clear_error();
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
 static void lb_tls_config_free(struct lb_config *cfg)
 {
+    for (size_t i = 0; i < cfg->npools; i++) {
+        struct lb_pool_tls_cfg *t = cfg->pools[i].tls;
+        if (t != NULL && t->ctx != NULL) {
+            SSL_CTX_free(t->ctx);
+            t->ctx = NULL;
+        }
+    }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct lb_tls_cfg *t = cfg->listeners[i].tls;
         if (t == NULL || t->rt == NULL)
@@ -511,6 +620,17 @@ int lb_tls_config_load(struct lb_config *cfg, char *err, size_t errlen)
         }
         l->tls->rt = rt;
     }
+    for (size_t i = 0; i < cfg->npools; i++) {
+        struct lb_pool_cfg *p = &cfg->pools[i];
+        if (p->tls == NULL)
+            continue;
+        if ((p->tls->ctx = lb_tls_client_ctx(p, err, errlen)) == NULL)
+            return -1;
+        if (!p->tls->verify)
+            lb_log_warn("%s: pool '%s': tls.verify = false: its servers' certificates are "
+                        "not checked (anyone on the path can pose as them)", p->tls->at,
+                        p->name);
+    }
     return 0;
 }
 
@@ -519,12 +639,42 @@ int lb_tls_config_load(struct lb_config *cfg, char *err, size_t errlen)
 static void lb_tls_count(struct lb_tls_conn *tc, enum lb_tls_result r)
 {
     tc->counted = true;
-    if (lb_tls.stats != NULL)
+    if (tc->peer != NULL)
+        lb_counter_add(&tc->peer->counts[r], 1);
+    else if (lb_tls.stats != NULL)
         lb_counter_add(&lb_tls.stats->tls_handshakes[r], 1);
+}
+
+/* A backend handshake failed: counted, and logged once per server and
+ * reason in this worker (a server with a bad certificate fails every
+ * connection; its failures are counted, and the breaker and retries see
+ * them as connect failures). KEY tells reasons apart. */
+static void lb_tls_peer_failed(struct lb_tls_conn *tc, uint64_t key, const char *why)
+{
+    struct lb_tls_peer *p = tc->peer;
+    if (tc->counted)
+        return;
+    lb_tls_count(tc, LB_TLS_FAILED);
+    for (unsigned i = 0; i < p->nlogged; i++)
+        if (p->logged[i] == key) {
+            lb_log_debug("pool '%s': TLS handshake with %s failed: %s", p->pool, p->address, why);
+            return;
+        }
+    if (p->nlogged < LB_TLS_PEER_LOGGED)
+        p->logged[p->nlogged++] = key;
+    lb_log_warn("pool '%s': TLS handshake with %s failed: %s (logged once per reason; "
+                "counted in lbd_backend_tls_handshakes_total{result=\"failed\"})", p->pool,
+                p->address, why);
 }
 
 static void lb_tls_count_failure(struct lb_tls_conn *tc, enum lb_tls_failure why)
 {
+    if (tc->peer != NULL) {
+        lb_tls_peer_failed(tc, 1u + (unsigned)why, why == LB_TLS_FAIL_CLOSED
+                           ? "the connection ended during the handshake"
+                           : "protocol error");
+        return;
+    }
     lb_tls_count(tc, LB_TLS_FAILED);
     if (lb_tls.stats != NULL)
         lb_counter_add(&lb_tls.stats->tls_failures[why], 1);
@@ -601,8 +751,19 @@ static ssize_t lb_tls_failed(struct lb_conn *c, int r)
     default: {
         tc->fatal = true;
         unsigned long e = ERR_peek_last_error();
-        if (!c->tr_ready) {
-            enum lb_tls_failure why = lb_tls_classify(e);
+        if (!c->tr_ready && tc->peer != NULL) {
+            /* A backend: its certificate failing verification says why
+             * best; else OpenSSL's reason. */
+            long v = SSL_get_verify_result(tc->ssl);
+            char buf[256];
+            if (v != X509_V_OK)
+                lb_tls_peer_failed(tc, (1ull << 32) | (uint64_t)v,
+                                   X509_verify_cert_error_string(v));
+            else
+                lb_tls_peer_failed(tc, (2ull << 32) | (uint64_t)ERR_GET_REASON(e),
+                                   lb_tls_reason(buf, sizeof(buf)));
+        } else if (!c->tr_ready) {
+            enum lb_tls_failure why = tc->sni_refused ? LB_TLS_FAIL_SNI : lb_tls_classify(e);
             lb_tls_count_failure(tc, why);
             if (why == LB_TLS_FAIL_HTTP)
                 lb_tls_answer_plain(c->fd);
@@ -621,6 +782,7 @@ static ssize_t lb_tls_read(struct lb_conn *c, void *buf, size_t len)
     struct lb_tls_conn *tc = c->tr_ctx;
     errno = 0;      /* what SSL_ERROR_SYSCALL reports is the socket's */
     if (!c->tr_ready) {
+        tc->started = true;
         int r = SSL_do_handshake(tc->ssl);
         if (r != 1)
             return lb_tls_failed(c, r);
@@ -671,7 +833,9 @@ static void lb_tls_shutdown(struct lb_conn *c)
 static void lb_tls_free(struct lb_conn *c)
 {
     struct lb_tls_conn *tc = c->tr_ctx;
-    if (!c->tr_ready && !tc->counted)
+    /* (A backend connection that never got to its handshake, refused or
+     * timed out connecting, failed as TCP, not as TLS.) */
+    if (!c->tr_ready && !tc->counted && (tc->peer == NULL || tc->started))
         lb_tls_count_failure(tc, LB_TLS_FAIL_CLOSED);
     SSL_free(tc->ssl);
     free(tc);
@@ -743,8 +907,117 @@ int lb_tls_accept(struct lb_conn *c, struct lb_tls_cfg *t)
         return -1;
     }
     SSL_set_accept_state(tc->ssl);
+    SSL_set_app_data(tc->ssl, tc);
     lb_conn_set_transport(c, &lb_tls_transport, tc);
     return 0;
+}
+
+/* ---- backend connections (pools[].tls) ------------------------------------ */
+
+/* A session (ticket) the server sent: kept for its next connection, in
+ * place of the one before. TLS 1.3 sends it after the handshake, on the
+ * first read. 1: the reference is ours. */
+static int lb_tls_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct lb_tls_conn *tc = SSL_get_app_data(ssl);
+    if (tc == NULL || tc->peer == NULL)
+        return 0;
+    SSL_SESSION_free(tc->peer->sess);
+    tc->peer->sess = sess;
+    return 1;
+}
+
+struct lb_tls_peer *lb_tls_peer_new(const char *pool, const char *address,
+                                    lb_counter_t *counts)
+{
+    struct lb_tls_peer *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->counts = counts;
+    snprintf(p->pool, sizeof(p->pool), "%s", pool);
+    snprintf(p->address, sizeof(p->address), "%s", address);
+    lb_tls_address_host(address, p->ip, sizeof(p->ip));
+    return p;
+}
+
+void lb_tls_peer_free(struct lb_tls_peer *p)
+{
+    if (p == NULL)
+        return;
+    SSL_SESSION_free(p->sess);
+    free(p);
+}
+
+SSL *lb_tls_client_new(const struct lb_pool_tls_cfg *t, const char *ip)
+{
+    SSL *ssl = SSL_new(t->ctx);
+    if (ssl == NULL)
+        goto fail;
+    if (t->sni != NULL && SSL_set_tlsext_host_name(ssl, t->sni) != 1)
+        goto fail;
+    if (t->verify) {
+        /* The name checked: sni when set, else the address connected to. */
+        int ok = t->sni != NULL ? SSL_set1_host(ssl, t->sni)
+                                : X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip);
+        if (ok != 1)
+            goto fail;
+    }
+    return ssl;
+fail:
+    ERR_clear_error();
+    SSL_free(ssl);
+    return NULL;
+}
+
+void lb_tls_address_host(const char *address, char *out, size_t outlen)
+{
+    /* "1.2.3.4:443" or "[::1]:443": the address without its port. */
+    const char *a = address, *end = strrchr(address, ':');
+    if (a[0] == '[') {
+        a++;
+        end = strchr(a, ']');
+    }
+    size_t n = end ? (size_t)(end - a) : strlen(a);
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, a, n);
+    out[n] = '\0';
+}
+
+int lb_tls_connect(struct lb_conn *c, const struct lb_pool_tls_cfg *t, struct lb_tls_peer *p)
+{
+    struct lb_tls_conn *tc = calloc(1, sizeof(*tc));
+    if (tc == NULL)
+        return -1;
+    tc->peer = p;
+    tc->ssl = lb_tls_client_new(t, p->ip);
+    if (tc->ssl == NULL || SSL_set_fd(tc->ssl, c->fd) != 1)
+        goto fail;
+    if (p->sess != NULL) {
+        /* Resumed: the server's next ticket replaces it. A session that
+         * can no longer resume is dropped. */
+        if (!SSL_SESSION_is_resumable(p->sess) || SSL_set_session(tc->ssl, p->sess) != 1) {
+            SSL_SESSION_free(p->sess);
+            p->sess = NULL;
+        }
+    }
+    SSL_set_connect_state(tc->ssl);
+    SSL_set_app_data(tc->ssl, tc);
+    lb_conn_set_transport(c, &lb_tls_transport, tc);
+    return 0;
+fail:
+    ERR_clear_error();
+    SSL_free(tc->ssl);
+    free(tc);
+    return -1;
+}
+
+bool lb_tls_handshake_failed(const struct lb_conn *c)
+{
+    if (c->tr != &lb_tls_transport || c->tr_ready)
+        return false;
+    const struct lb_tls_conn *tc = c->tr_ctx;
+    return tc->peer != NULL && tc->started;
 }
 
 const char *lb_tls_version(const struct lb_conn *c)

@@ -73,4 +73,36 @@ bool lb_tls_name_match(const char *pattern, const char *name, size_t len);
  * error is logged). Called at each accept on a TLS listener. */
 int lb_tls_refresh(struct lb_tls_cfg *t);
 
+/* ---- TLS to backends (pools[].tls) ----
+ *
+ * The pool's client context is built by the master with the listeners'
+ * (lb_tls_config_load). Each worker keeps, per server, the last session
+ * the server gave (an lb_tls_peer): a new connection offers it, so a
+ * server that keeps tickets resumes instead of a full handshake. A
+ * connection's handshake runs after the TCP connect and before the
+ * connection layer reports it connected: one that fails is a failed
+ * connect to the proxy (retries, breaker), and is counted per server. */
+struct lb_tls_peer;
+
+/* Per worker, per server of a TLS pool POOL at ADDRESS; COUNTS: its
+ * LB_TLS_RESULTS handshake counters. NULL when out of memory. */
+struct lb_tls_peer *lb_tls_peer_new(const char *pool, const char *address,
+                                    lb_counter_t *counts);
+void lb_tls_peer_free(struct lb_tls_peer *p);
+
+/* Put a TLS client transport under C, a backend connection not yet
+ * connected, for pool T and server P. 0, or -1 when out of memory. */
+int lb_tls_connect(struct lb_conn *c, const struct lb_pool_tls_cfg *t, struct lb_tls_peer *p);
+
+/* A client SSL for pool T (SNI, the name to verify: sni, else IP, the
+ * server's address without its port), with no session: the health checks'.
+ * NULL when out of memory. */
+struct ssl_st *lb_tls_client_new(const struct lb_pool_tls_cfg *t, const char *ip);
+/* ADDRESS ("1.2.3.4:443", "[::1]:443") without its port, into OUT. */
+void lb_tls_address_host(const char *address, char *out, size_t outlen);
+
+/* Whether backend connection C failed in its TLS handshake (it logged
+ * why, once per reason). */
+bool lb_tls_handshake_failed(const struct lb_conn *c);
+
 #endif

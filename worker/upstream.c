@@ -13,6 +13,7 @@
 
 #include "shared/log.h"
 #include "worker/conn.h"
+#include "worker/tls.h"
 
 /* How often the allowances of "auto" pools decay. */
 #define LB_POOL_TICK_MS 1000
@@ -74,6 +75,9 @@ int lb_upstream_init(struct lb_worker *w)
             p->shared[j] = s->shared;
             lb_list_init(&s->idle);
             s->keep = pc->keepalive_auto ? 0 : pc->keepalive;
+            if (pc->tls != NULL &&
+                (s->tls = lb_tls_peer_new(pc->name, s->cfg->address, s->stats->tls_handshakes)) == NULL)
+                return -1;
         }
         any_auto |= pc->keepalive_auto;
         lb_counter_t *cursor = &lb_shm_pool(w->shm, pc->shm_id)->rr_next;
@@ -131,6 +135,9 @@ void lb_upstream_destroy(struct lb_worker *w)
         return;
     lb_upstream_close_idle(w);
     for (size_t i = 0; i < w->cfg->npools; i++) {
+        for (size_t j = 0; w->pools[i].cfg != NULL && w->pools[i].servers != NULL &&
+                           j < w->pools[i].cfg->nservers; j++)
+            lb_tls_peer_free(w->pools[i].servers[j].tls);
         if (w->pools[i].queue.tick != NULL)
             event_free(w->pools[i].queue.tick);
         lb_balancer_destroy(&w->pools[i].balancer);
@@ -215,6 +222,11 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
     }
     up->conn = lb_conn_new(fd);
     if (up->conn == NULL) {
+        free(up);
+        return NULL;
+    }
+    if (s->tls != NULL && lb_tls_connect(up->conn, s->pool->cfg->tls, s->tls) < 0) {
+        lb_conn_free(up->conn);
         free(up);
         return NULL;
     }

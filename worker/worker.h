@@ -43,6 +43,7 @@ struct lb_server_rt {
     unsigned busy;                          /* connections carrying a request now */
     unsigned peak;                          /* most busy at once since the last pool tick */
     unsigned keep;                          /* idle connections allowed (upstream.c) */
+    struct lb_tls_peer *tls;                /* pools[].tls: its session (worker/tls.h) */
 };
 
 struct lb_pool_rt {

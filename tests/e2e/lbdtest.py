@@ -796,7 +796,7 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
         for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
-                  "circuit_breaker", "queue", "slow_start", "retries", "sticky"):
+                  "circuit_breaker", "queue", "slow_start", "retries", "sticky", "tls"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
 

@@ -299,6 +299,9 @@ class TlsTest(TlsCase):
         self.assertIn("HTTP/1.1 200 OK", out)
         rc, out = s_client(self.tls_addr, "a.lbd.test", ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"])
         self.assertNotIn("HTTP/1.1 200", out)
+        rc, out = s_client(self.tls_addr, "a.lbd.test", ["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"])
+        self.assertNotIn("HTTP/1.1 200", out)
+        self.assertNotEqual(rc, 0, out)
 
     def test_plain_http_on_tls_port_gets_400_in_clear(self):
         """A plain HTTP request to the TLS port: 400 in clear saying so
@@ -562,6 +565,115 @@ pools = ( { name = "web"; servers = ( { address = "127.0.0.1:9"; } ); } );
         rc, out = s_client(self.tls_addr, "a.lbd.test", ["-alpn", "h2"])
         self.assertIn("No ALPN negotiated", out)
         self.assertIn("HTTP/1.1 200 OK", out)
+
+
+class TlsEdgeTest(TlsCase):
+    """Unknown SNI names, bad handshakes and what they leave, early data."""
+
+    def test_unknown_sni_refused(self):
+        """unknown_sni = "refuse": a name no certificate has gets the alert
+        unrecognized_name (counted: tls_failures "sni", tls_unknown_sni);
+        known names and clients without SNI are served."""
+        self.tls_lbd(tls_keys={"unknown_sni": "refuse"})
+        rc, out = s_client(self.tls_addr, "nope.lbd.test")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("unrecognized name", out)
+        self.assertNotIn("HTTP/1.1 200", out)
+        rc, out = s_client(self.tls_addr, "b.lbd.test")
+        self.assertIn("HTTP/1.1 200 OK", out)
+        self.assertEqual(peer_subject(out), "CN = b.lbd.test")
+        rc, out = s_client(self.tls_addr, None)
+        self.assertIn("HTTP/1.1 200 OK", out)
+        self.assertEqual(peer_subject(out), "CN = a.lbd.test")
+        t = self.tls_totals()
+        self.assertEqual((t["tls_failures"]["sni"], t["tls_unknown_sni"]), (1, 1))
+        self.assertEqual(t["tls_handshakes"]["full"], 2)
+
+    def test_unknown_sni_default_serves_the_first_certificate(self):
+        """By default a name no certificate has gets the first certificate,
+        and is counted in tls_unknown_sni (not as a failure)."""
+        self.tls_lbd()
+        rc, out = s_client(self.tls_addr, "nope.lbd.test")
+        self.assertIn("HTTP/1.1 200 OK", out)
+        self.assertEqual(peer_subject(out), "CN = a.lbd.test")
+        t = self.tls_totals()
+        self.assertEqual((t["tls_failures"]["sni"], t["tls_unknown_sni"]), (0, 1))
+
+    def _fds(self, pid):
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    def test_bad_handshakes_leak_no_fd(self):
+        """200 handshakes that fail in five ways (garbage, plain HTTP, a
+        cut ClientHello, an unknown name refused, TLS 1.2 to a TLS 1.3
+        port) leave the worker with the fds it had before, and every one is
+        counted."""
+        self.tls_lbd(workers=1, tls_keys={"unknown_sni": "refuse", "protocols": "TLSv1.3"})
+        self.assertIn("HTTP/1.1 200 OK", s_client(self.tls_addr, "a.lbd.test")[1])
+        pid = self.lbd.worker_pids()[0]
+        before = self._fds(pid)
+        hello = TlsTest._client_hello(self)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx12 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx12.check_hostname = False
+        ctx12.verify_mode = ssl.CERT_NONE
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        for i in range(200):
+            s = connect(self.tls_addr)
+            s.settimeout(10)
+            kind = i % 5
+            try:
+                if kind == 0:
+                    s.sendall(os.urandom(200))
+                elif kind == 1:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                elif kind == 2:
+                    s.sendall(hello[:60])
+                    s.close()
+                    continue
+                else:
+                    try:
+                        (ctx if kind == 3 else ctx12).wrap_socket(
+                            s, server_hostname="nope.lbd.test" if kind == 3 else "a.lbd.test")
+                        self.fail("handshake succeeded")
+                    except (ssl.SSLError, OSError):
+                        pass
+                    s.close()
+                    continue
+                s.shutdown(socket.SHUT_WR)
+                recv_until_eof(s)
+            except OSError:
+                pass
+            s.close()
+
+        def failures():
+            f = self.tls_totals()["tls_failures"]
+            return f if sum(f.values()) >= 200 else None
+        f = wait_for(failures, 20, what="200 failures counted")
+        self.assertEqual((f["http"], f["sni"], f["version"]), (40, 40, 40), f)
+        wait_for(lambda: self._fds(pid) == before, 10,
+                 what=f"the worker's fds back to {before} (now {self._fds(pid)})")
+        self.assertEqual(self.lbd.worker_pids()[0], pid)
+        self.assertIn("HTTP/1.1 200 OK", s_client(self.tls_addr, "a.lbd.test")[1])
+
+    def test_early_data_is_not_accepted(self):
+        """TLS 1.3 0-RTT: lbd's tickets allow no early data, so a client
+        holding one sends its request after the handshake, never as
+        replayable early data: s_client -early_data says it was not sent
+        (or rejected), and the backend gets the request once."""
+        self.tls_lbd()
+        sess = os.path.join(self.tmp, "sess.pem")
+        rc, out = s_client(self.tls_addr, "a.lbd.test", ["-sess_out", sess])
+        self.assertIn("New, TLSv1.3", out)
+        self.assertNotIn("Max Early Data: 1", out)
+        early = self.write_file(self.path("early.txt"),
+                                "GET /?early=1 HTTP/1.1\r\nHost: a.lbd.test\r\n\r\n")
+        rc, out = s_client(self.tls_addr, "a.lbd.test",
+                           ["-sess_in", sess, "-early_data", early], request=False)
+        self.assertIn("Reused, TLSv1.3", out)
+        self.assertRegex(out, r"Early data was (not sent|rejected)")
+        self.assertNotIn("Early data was accepted", out)
 
 
 class TicketTest(TlsCase):

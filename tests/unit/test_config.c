@@ -761,6 +761,12 @@ START_TEST(test_tls_config)
     ck_assert_uint_eq(t->ticket_rotation_ms, 2000);
     ck_assert_str_eq(t->hsts, "max-age=31536000");
     ck_assert_uint_eq(t->hsts_len, 16);
+    ck_assert_int_eq(t->unknown_sni, LB_SNI_DEFAULT);
+    lb_config_free(cfg);
+
+    text = TLS_LISTENER("      unknown_sni = \"refuse\";\n");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(cfg->listeners[0].tls->unknown_sni, LB_SNI_REFUSE);
     lb_config_free(cfg);
 
     ck_assert_msg(load_text("listeners = ( { address = \"127.0.0.1:80\"; redirect_https = true; } );\n"
@@ -770,8 +776,70 @@ START_TEST(test_tls_config)
 }
 END_TEST
 
+#define TLS_POOL(extra)                                                             \
+    LISTENERS "pools = (\n"                                                         \
+    "  { name = \"web\";\n"                                                          \
+    "    tls = {\n"                                                                  \
+    extra                                                                            \
+    "    };\n"                                                                        \
+    "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n"                       \
+    ");\n"
+
+START_TEST(test_pool_tls_config)
+{
+    struct lb_config *cfg;
+    char err[512];
+    const char *text = TLS_POOL("");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    const struct lb_pool_tls_cfg *t = cfg->pools[0].tls;
+    ck_assert_ptr_nonnull(t);
+    ck_assert(t->verify);
+    ck_assert_ptr_null(t->ca_file);
+    ck_assert_ptr_null(t->sni);
+    ck_assert_ptr_null(t->cert);
+    ck_assert_ptr_null(t->ctx);
+    char at[128];
+    snprintf(at, sizeof(at), "%s:%d", conf_path, line_of(text, "tls = {"));
+    ck_assert_str_eq(t->at, at);
+    lb_config_free(cfg);
+
+    text = TLS_POOL("      verify = false; ca_file = \"/ca.pem\"; sni = \"backend.internal\";\n"
+                    "      cert = \"/c.pem\";\n      key = \"/c.key\";\n");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    t = cfg->pools[0].tls;
+    ck_assert(!t->verify);
+    ck_assert_str_eq(t->ca_file, "/ca.pem");
+    ck_assert_str_eq(t->sni, "backend.internal");
+    ck_assert_str_eq(t->cert, "/c.pem");
+    ck_assert_str_eq(t->key, "/c.key");
+    snprintf(at, sizeof(at), "%s:%d", conf_path, line_of(text, "/c.key"));
+    ck_assert_str_eq(t->key_at, at);
+    lb_config_free(cfg);
+
+    ck_assert_msg(load_text(MINIMAL, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_ptr_null(cfg->pools[0].tls);
+    lb_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_err_pool_tls)
+{
+    expect_error(TLS_POOL("      verify = 1;\n"), "verify", "true or false");
+    expect_error(TLS_POOL("      ca_file = \"\";\n"), "ca_file", "must not be empty");
+    expect_error(TLS_POOL("      sni = \"a b\";\n"), "sni", "sni must be a host name");
+    expect_error(TLS_POOL("      cert = \"/c.pem\";\n"), "cert", "needs both 'cert' and 'key'");
+    expect_error(TLS_POOL("      key = \"/c.key\";\n"), "/c.key", "needs both 'cert' and 'key'");
+    expect_error(TLS_POOL("      protocols = \"TLSv1.3\";\n"), "protocols", "unknown key 'protocols' in tls");
+    expect_error(LISTENERS "pools = (\n  { name = \"web\"; tls = true;\n"
+                 "    servers = ( { address = \"127.0.0.1:9001\"; } ); }\n);\n",
+                 "tls = true", "a pool's 'tls' must be a group");
+}
+END_TEST
+
 START_TEST(test_err_tls)
 {
+    expect_error(TLS_LISTENER("      unknown_sni = \"drop\";\n"), "unknown_sni",
+                 "unknown_sni must be");
     expect_error(TLS_LISTENER("      protocols = \"TLSv1.1\";\n"), "TLSv1.1", "unknown protocols");
     expect_error(TLS_LISTENER("      ticket_rotation = \"500ms\";\n"), "500ms", "ticket_rotation");
     expect_error(TLS_LISTENER("      ticket_rotation = \"8d\";\n"), "8d", "ticket_rotation");
@@ -1751,6 +1819,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_sticky_config);
     tcase_add_test(tc, test_err_sticky);
     tcase_add_test(tc, test_err_tls);
+    tcase_add_test(tc, test_pool_tls_config);
+    tcase_add_test(tc, test_err_pool_tls);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("rate limits");
