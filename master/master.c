@@ -598,6 +598,8 @@ static void lb_master_reload(struct lb_master *m)
                        sizeof(err)) < 0)
         lb_log_error("%s", err);
     lb_master_steer_shm(m);
+    /* A first load that failed just now leaves the queues to the sysctl. */
+    lb_listen_migrate(cfg, !lb_steer_migrates(&m->steer, cfg));
 
     /* Before any fork: a new worker closes m->admin_fd, which must be the
      * new admin socket, not keep it open (and listening) for its life. */
