@@ -353,6 +353,9 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     lb_family(out, "lbd_workers", "gauge",
               "Worker count in force (the file, -w, or a live scaling: TTIN, TTOU, lbd -S).");
     fprintf(out, "lbd_workers %u\n", atomic_load(&h->workers));
+    lb_family(out, "lbd_workers_scaled", "gauge",
+              "Worker count a live scaling set (0: none since the start; it holds across reloads).");
+    fprintf(out, "lbd_workers_scaled %u\n", atomic_load(&h->workers_scaled));
     lb_family(out, "lbd_steering_listeners", "gauge",
               "Listeners by how new connections pick a worker (client_ip: the eBPF program).");
     fprintf(out, "lbd_steering_listeners{mode=\"client_ip\"} %u\n",
