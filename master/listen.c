@@ -90,11 +90,11 @@ static int lb_listen_migrate_state(void)
     return n == 1 ? c == '1' : -1;
 }
 
-void lb_listen_migrate(const struct lb_config *cfg)
+void lb_listen_migrate(const struct lb_config *cfg, bool needed)
 {
     static bool warned;         /* once per master: every reload asks again */
     int state = lb_listen_migrate_state();
-    if (state == 1 || !cfg->tcp_migrate_req)
+    if (state == 1 || !cfg->tcp_migrate_req || !needed)
         return;
     int fd = state < 0 ? -1 : open(LB_MIGRATE_SYSCTL, O_WRONLY | O_CLOEXEC);
     if (fd >= 0 && write(fd, "1\n", 2) == 2) {
@@ -202,7 +202,7 @@ int lb_listen_open(struct lb_listen_set *set, const struct lb_config *cfg,
             if (listen(g->fds[k], cfg->listeners[i].backlog) < 0)
                 lb_log_warn("%s: listen() refused (%d: %s)", g->address, errno, strerror(errno));
         }
-        if (prev->nfds > n && lb_listen_migrate_state() != 1)
+        if (prev->nfds > n && !prev->migrating && lb_listen_migrate_state() != 1)
             lb_log_warn("%s: closing %u listening sockets without net.ipv4.tcp_migrate_req: "
                         "connections queued on them are reset", g->address, prev->nfds - n);
         lb_listen_group_close(prev, 0);     /* extra sockets of a shrink */
@@ -244,7 +244,8 @@ void lb_listen_park(struct lb_listen_set *set, unsigned id)
     }
     if (closed == 0)
         return;
-    if (lb_listen_migrate_state() == 1)
+    bool migrating = set->ngroups > 0 && set->groups[0].migrating;
+    if (migrating || lb_listen_migrate_state() == 1)
         lb_log_info("worker %u: its listening sockets leave their groups until it is respawned "
                     "(connections go to the other workers, those queued too)", id);
     else
@@ -265,6 +266,63 @@ int lb_listen_unpark(struct lb_listen_set *set, const struct lb_config *cfg, uns
                          strerror(errno));
             return -1;
         }
+    }
+    return 0;
+}
+
+int lb_listen_resize(struct lb_listen_set *set, const struct lb_config *cfg, unsigned n)
+{
+    /* Room first, so that a failure leaves every group as it was. */
+    for (size_t i = 0; i < set->ngroups; i++) {
+        struct lb_listen_group *g = &set->groups[i];
+        if (n <= g->nfds)
+            continue;
+        int *fds = realloc(g->fds, n * sizeof(*fds));
+        if (fds == NULL) {
+            lb_log_error("out of memory for %u workers' sockets", n);
+            return -1;
+        }
+        g->fds = fds;
+        for (unsigned k = g->nfds; k < n; k++)
+            fds[k] = -1;
+    }
+    for (size_t i = 0; i < set->ngroups; i++) {
+        struct lb_listen_group *g = &set->groups[i];
+        for (unsigned k = g->nfds; k < n; k++) {
+            g->fds[k] = lb_listen_socket(&cfg->listeners[i]);
+            if (g->fds[k] >= 0)
+                continue;
+            lb_log_error("cannot listen on %s for worker %u (%d: %s)", g->address, k, errno,
+                         strerror(errno));
+            for (size_t j = 0; j <= i; j++) {
+                struct lb_listen_group *o = &set->groups[j];
+                for (unsigned q = o->nfds; q < n; q++)
+                    if (o->fds[q] >= 0) {
+                        close(o->fds[q]);
+                        o->fds[q] = -1;
+                    }
+            }
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < set->ngroups; i++) {
+        struct lb_listen_group *g = &set->groups[i];
+        if (n >= g->nfds) {
+            g->nfds = n;
+            continue;
+        }
+        /* The group must keep a socket (a parked worker's is closed). */
+        bool kept = false;
+        for (unsigned k = 0; k < n; k++)
+            kept |= g->fds[k] >= 0;
+        if (!kept && (g->fds[0] = lb_listen_socket(&cfg->listeners[i])) < 0)
+            lb_log_error("cannot listen on %s again (%d: %s)", g->address, errno,
+                         strerror(errno));
+        if (!g->migrating && lb_listen_migrate_state() != 1)
+            lb_log_warn("%s: closing %u listening sockets without net.ipv4.tcp_migrate_req: "
+                        "connections queued on them are reset", g->address, g->nfds - n);
+        lb_listen_group_close(g, n);
+        g->nfds = n;
     }
     return 0;
 }

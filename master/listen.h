@@ -6,6 +6,7 @@
 #ifndef LB_LISTEN_H
 #define LB_LISTEN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "shared/config.h"
@@ -15,6 +16,7 @@ struct lb_listen_group {
     char address[LB_ADDR_STR_MAX];
     int *fds;                   /* one per worker number; -1: parked */
     unsigned nfds;
+    bool migrating;             /* the steering program places closing sockets' queues */
 };
 
 struct lb_listen_set {
@@ -37,8 +39,9 @@ int lb_listen_check(const struct lb_config *cfg, struct lb_listen_set *old, char
  * unless net.ipv4.tcp_migrate_req (Linux 5.14) hands them to another socket
  * of its SO_REUSEPORT group; a reload that lowers the worker count closes
  * sockets. Turn it on when CFG allows and the kernel lets us (a log line
- * says when it does not). */
-void lb_listen_migrate(const struct lb_config *cfg);
+ * says when it does not). Not NEEDED: the steering program moves them
+ * (master/steer.c), nothing to do. */
+void lb_listen_migrate(const struct lb_config *cfg, bool needed);
 /* Close every socket of SET. */
 void lb_listen_close(struct lb_listen_set *set);
 /* Worker ID waits out a respawn backoff: close its sockets, so that the
@@ -51,6 +54,11 @@ void lb_listen_park(struct lb_listen_set *set, unsigned id);
  * was opened for): they join the groups the other sockets hold. 0, or -1
  * (logged) when one cannot be opened. */
 int lb_listen_unpark(struct lb_listen_set *set, const struct lb_config *cfg, unsigned id);
+/* Live scaling to N workers: open sockets for the new worker numbers, or
+ * close the master's copies of those that go (a draining worker's own copy
+ * keeps its socket until it exits). -1 (logged, nothing changed) when a
+ * new socket cannot be opened. */
+int lb_listen_resize(struct lb_listen_set *set, const struct lb_config *cfg, unsigned n);
 /* Fill FDS (cfg->nlisteners entries) with worker ID's sockets. */
 void lb_listen_fds_for(const struct lb_listen_set *set, unsigned id, int *fds);
 

@@ -16,6 +16,7 @@
 #include "master/listen.h"
 #include "master/proctitle.h"
 #include "master/upgrade.h"
+#include "master/steer.h"
 #include "shared/config.h"
 #include "shared/fdbudget.h"
 #include "shared/instance.h"
@@ -49,6 +50,8 @@ struct lb_master {
     struct lb_config *cfg;
     struct lb_shm shm;
     struct lb_listen_set listen;
+    struct lb_steer_set steer;
+    unsigned scaled;                /* 0, or the count TTIN/TTOU/-S set (kept across reloads) */
     uint64_t generation;
     struct lb_child children[LB_SHM_MAX_SLOTS];     /* indexed by shm slot */
     unsigned crashes[LB_MAX_WORKERS];               /* consecutive fast deaths */
@@ -81,7 +84,7 @@ struct lb_master {
 };
 
 static volatile sig_atomic_t lb_sig_child, lb_sig_term, lb_sig_int, lb_sig_hup, lb_sig_usr1,
-    lb_sig_usr2;
+    lb_sig_usr2, lb_sig_ttin, lb_sig_ttou;
 
 static void lb_master_on_signal(int sig)
 {
@@ -93,12 +96,14 @@ static void lb_master_on_signal(int sig)
     case SIGHUP:  lb_sig_hup = 1; break;
     case SIGUSR1: lb_sig_usr1 = 1; break;
     case SIGUSR2: lb_sig_usr2 = 1; break;
+    case SIGTTIN: lb_sig_ttin++; break;
+    case SIGTTOU: lb_sig_ttou++; break;
     default: break;
     }
 }
 
 static const int lb_master_signals[] = { SIGCHLD, SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1,
-                                          SIGUSR2 };
+                                          SIGUSR2, SIGTTIN, SIGTTOU };
 
 static int lb_master_setup_signals(sigset_t *wait_mask)
 {
@@ -153,6 +158,42 @@ static void lb_master_drain_old(struct lb_master *m, unsigned id, bool only_gone
 
 static void lb_master_park_waiting(struct lb_master *m);
 
+/* The worker numbers that accept now: a running worker of any generation
+ * that is not draining (during a reload the old worker of a number serves
+ * its socket until its successor runs). */
+static uint64_t lb_master_live_mask(const struct lb_master *m)
+{
+    uint64_t live = 0;
+    for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+        const struct lb_child *c = &m->children[s];
+        if (c->pid != 0 && c->kill_at_ms == 0 && c->id < m->cfg->workers)
+            live |= 1ULL << c->id;
+    }
+    return live;
+}
+
+static void lb_master_steer_shm(struct lb_master *m)
+{
+    struct lb_shm_header *h = m->shm.hdr;
+    size_t steered = lb_steer_count(&m->steer);
+    bool asked = false;
+    for (size_t i = 0; i < m->cfg->nlisteners; i++)
+        asked |= m->cfg->listeners[i].steering == LB_STEERING_CLIENT_IP;
+    atomic_store(&h->steer_client_ip, (uint32_t)steered);
+    atomic_store(&h->steer_kernel, (uint32_t)(m->cfg->nlisteners - steered));
+    atomic_store(&h->steer_migrate, steered > 0 && m->steer.migrate);
+    atomic_store(&h->steer_unavailable, asked && m->steer.available < 0);
+    atomic_store(&h->workers_scaled, m->scaled);
+    atomic_store(&h->workers, m->cfg->workers);
+}
+
+/* Workers came or went: the steering programs' sockets and slots follow. */
+static void lb_master_steer_sync(struct lb_master *m)
+{
+    if (m->steer.ngroups > 0 && !m->stopping)
+        lb_steer_sync(&m->steer, &m->listen, lb_master_live_mask(m));
+}
+
 static int lb_master_spawn(struct lb_master *m, unsigned id)
 {
     struct lb_shm_header *h = m->shm.hdr;
@@ -190,6 +231,7 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         close(m->shm.fd);
         if (m->admin_fd >= 0)
             close(m->admin_fd);
+        lb_steer_free(&m->steer);
         if (lb_test_workers_exit)
             _exit(70);      /* build/lbd-crash, a test build */
         lb_worker_main(m->cfg, h, id, (unsigned)slot, fds);
@@ -204,6 +246,7 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
                 (unsigned long long)m->generation);
     m->backoff[id] = false;
     lb_master_park_waiting(m);      /* one kept as the port's last may go now */
+    lb_master_steer_sync(m);
     return 0;
 }
 
@@ -262,6 +305,7 @@ static int lb_master_spawn_control(struct lb_master *m)
         if (m->instance_fd >= 0)
             close(m->instance_fd);
         lb_listen_close(&m->listen);
+        lb_steer_free(&m->steer);
         close(m->shm.fd);
         lb_control_main(m->cfg, m->shm.hdr, m->admin_fd);
     }
@@ -390,6 +434,7 @@ static void lb_master_reap(struct lb_master *m)
         }
     }
     lb_master_park_waiting(m);
+    lb_master_steer_sync(m);        /* a dead worker's clients go to the others now */
     lb_master_reclaim(m);
 }
 
@@ -434,6 +479,8 @@ static void lb_master_apply_overrides(const struct lb_master *m, struct lb_confi
 {
     if (m->opt->workers != 0)
         cfg->workers = m->opt->workers;
+    if (m->scaled != 0)
+        cfg->workers = m->scaled;   /* a live scaling holds until the next start */
 }
 
 /* The log files CFG names can be opened for appending (created if need
@@ -546,7 +593,7 @@ static void lb_master_reload(struct lb_master *m)
     }
     /* Before the sockets of a shrink close. It touches the host, not the
      * running lbd: harmless if a check below then fails. */
-    lb_listen_migrate(cfg);
+    lb_listen_migrate(cfg, !lb_steer_migrates(&m->steer, cfg));
     if (lb_master_check_logs(cfg, err, sizeof(err)) < 0 ||
         lb_listen_open(&listen, cfg, &m->listen, err, sizeof(err)) < 0) {
         if (admin_changed && admin_fd >= 0)
@@ -566,6 +613,17 @@ static void lb_master_reload(struct lb_master *m)
     atomic_store(&m->shm.hdr->workers, cfg->workers);
     lb_master_open_log(cfg);
     lb_master_fd_budget(m, cfg);
+    /* The running workers keep their sockets in the programs (taken over
+     * with their groups); a listener that is new gets its program here. A
+     * failure falls back to the kernel's hash even with LBD_REQUIRE_BPF:
+     * the start proved BPF loads, and the reload is past its point of no
+     * return. */
+    if (lb_steer_apply(&m->steer, cfg, &m->listen, lb_master_live_mask(m), err,
+                       sizeof(err)) < 0)
+        lb_log_error("%s", err);
+    lb_master_steer_shm(m);
+    /* A first load that failed just now leaves the queues to the sysctl. */
+    lb_listen_migrate(cfg, !lb_steer_migrates(&m->steer, cfg));
 
     /* Before any fork: a new worker closes m->admin_fd, which must be the
      * new admin socket, not keep it open (and listening) for its life. */
@@ -614,6 +672,78 @@ fail:
     lb_log_error("reload failed, keeping the running configuration: %s", err);
     atomic_fetch_add(&m->shm.hdr->reload_failures, 1);
     lb_config_free(cfg);
+}
+
+/* ---- live scaling ------------------------------------------------------- */
+
+/* Run N workers from now on (TTIN, TTOU, lbd -S), kept across reloads. Up:
+ * sockets for the new numbers, then their workers. Down: the numbers that
+ * go leave the steering first (no new client is sent there), then their
+ * workers drain as on a reload, and the master's copies of their sockets
+ * close (the queues move to the others: the migrate program, or
+ * tcp_migrate_req). 0, or -1 with WHY set. */
+static int lb_master_scale(struct lb_master *m, unsigned n, char *why, size_t whylen)
+{
+    unsigned cur = m->cfg->workers;
+    if (m->stopping) {
+        snprintf(why, whylen, "lbd is stopping");
+        return -1;
+    }
+    if (n < 1 || n > LB_MAX_WORKERS) {
+        snprintf(why, whylen, "a worker count is from 1 to %d", LB_MAX_WORKERS);
+        return -1;
+    }
+    m->scaled = n;
+    if (n > cur) {
+        if (lb_listen_resize(&m->listen, m->cfg, n) < 0) {
+            m->scaled = cur;
+            snprintf(why, whylen, "cannot open listening sockets for %u workers", n);
+            return -1;
+        }
+        m->cfg->workers = n;
+        for (unsigned id = cur; id < n; id++) {
+            m->crashes[id] = 0;
+            m->respawn_at[id] = 0;
+            m->backoff[id] = false;
+            if (lb_master_spawn(m, id) < 0) {
+                m->respawn_at[id] = lb_now_ms() + LB_RESPAWN_MAX_MS;
+                m->backoff[id] = true;
+            }
+        }
+        lb_master_park_waiting(m);
+    } else if (n < cur) {
+        m->cfg->workers = n;
+        lb_master_steer_sync(m);
+        uint64_t deadline = lb_master_deadline(m->cfg->shutdown_timeout_ms);
+        for (size_t s = 0; s < LB_SHM_MAX_SLOTS; s++) {
+            struct lb_child *c = &m->children[s];
+            if (c->pid == 0 || c->id < n || c->kill_at_ms != 0)
+                continue;
+            c->kill_at_ms = deadline ? deadline : 1;
+            kill(c->pid, SIGTERM);
+        }
+        for (unsigned id = n; id < cur; id++) {
+            m->respawn_at[id] = 0;
+            m->backoff[id] = false;
+        }
+        lb_listen_resize(&m->listen, m->cfg, n);
+    }
+    lb_master_steer_shm(m);
+    lb_master_steer_sync(m);
+    if (n != cur)
+        lb_log_info("scaled from %u to %u worker(s)", cur, n);
+    return 0;
+}
+
+/* lbd -S N, through the rendezvous socket. */
+static int lb_master_on_scale(void *arg, unsigned n, char *reply, size_t len)
+{
+    struct lb_master *m = arg;
+    unsigned cur = m->cfg->workers;
+    if (lb_master_scale(m, n, reply, len) < 0)
+        return -1;
+    snprintf(reply, len, "%u worker(s), was %u", n, cur);
+    return 0;
 }
 
 /* ---- start and stop ----------------------------------------------------- */
@@ -1041,7 +1171,13 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
     if (lb_master_open_log(m->cfg) < 0 && !upgraded)
         return -1;
     lb_master_fd_budget(m, m->cfg);
-    lb_listen_migrate(m->cfg);      /* its log line goes to error_log */
+    /* Attached before any worker runs (its log line goes to error_log). */
+    if (lb_steer_apply(&m->steer, m->cfg, &m->listen, 0, err, sizeof(err)) < 0) {
+        lb_log_error("%s", err);
+        return -1;
+    }
+    lb_master_steer_shm(m);
+    lb_listen_migrate(m->cfg, !lb_steer_migrates(&m->steer, m->cfg));
     if (!upgraded && m->opt->daemonize && m->cfg->error_log == NULL)
         lb_log_warn("running in the background without error_log: log lines are discarded");
     if (!upgraded && m->opt->daemonize && lb_master_daemonize() < 0) {
@@ -1177,6 +1313,24 @@ int lb_master_run(const struct lb_master_options *opt)
             if (!m->stopping)
                 lb_master_upgrade(m);   /* returns only if the upgrade was refused */
         }
+        /* Counted, not flags: three TTINs in a row add three workers. */
+        while ((lb_sig_ttin > 0 || lb_sig_ttou > 0) && !m->stopping) {
+            char why[128];
+            unsigned n = m->cfg->workers;
+            if (lb_sig_ttin > 0) {
+                lb_sig_ttin--;
+                n++;
+            } else {
+                lb_sig_ttou--;
+                if (n == 1) {
+                    lb_log_warn("TTOU: already at one worker, the least there is");
+                    continue;
+                }
+                n--;
+            }
+            if (lb_master_scale(m, n, why, sizeof(why)) < 0)
+                lb_log_warn("scaling to %u worker(s) refused: %s", n, why);
+        }
         lb_master_respawn_due(m);
         lb_master_settle(m);
         lb_master_enforce_deadlines(m);
@@ -1195,7 +1349,7 @@ int lb_master_run(const struct lb_master_options *opt)
         struct timespec ts = { .tv_sec = t / 1000, .tv_nsec = (long)(t % 1000) * 1000000L };
         int n = ppoll(&pfd, 1, t < 0 ? NULL : &ts, &wait_mask);
         if (n > 0 && (pfd.revents & POLLIN))
-            lb_instance_serve(m->instance_fd, m->shm.fd);
+            lb_instance_serve(m->instance_fd, m->shm.fd, lb_master_on_scale, m);
     }
     lb_log_info("stopped");
     rc = 0;
@@ -1209,6 +1363,7 @@ out:
     if (m->exe_fd >= 0)
         close(m->exe_fd);
     lb_listen_close(&m->listen);
+    lb_steer_free(&m->steer);
     if (m->shm.hdr != NULL)
         lb_shm_close(&m->shm);
     lb_config_free(m->cfg);

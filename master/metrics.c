@@ -444,6 +444,20 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     }
     lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
     fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
+    lb_family(out, "lbd_workers", "gauge",
+              "Worker count in force (the file, -w, or a live scaling: TTIN, TTOU, lbd -S).");
+    fprintf(out, "lbd_workers %u\n", atomic_load(&h->workers));
+    lb_family(out, "lbd_workers_scaled", "gauge",
+              "Worker count a live scaling set (0: none since the start; it holds across reloads).");
+    fprintf(out, "lbd_workers_scaled %u\n", atomic_load(&h->workers_scaled));
+    lb_family(out, "lbd_steering_listeners", "gauge",
+              "Listeners by how new connections pick a worker (client_ip: the eBPF program).");
+    fprintf(out, "lbd_steering_listeners{mode=\"client_ip\"} %u\n",
+            atomic_load(&h->steer_client_ip));
+    fprintf(out, "lbd_steering_listeners{mode=\"kernel\"} %u\n", atomic_load(&h->steer_kernel));
+    lb_family(out, "lbd_steering_bpf_unavailable", "gauge",
+              "1: client_ip steering was asked but BPF could not be loaded (kernel hash instead).");
+    fprintf(out, "lbd_steering_bpf_unavailable %u\n", atomic_load(&h->steer_unavailable));
     lb_family(out, "lbd_admin_connections", "gauge", "Admin connections open now.");
     fprintf(out, "lbd_admin_connections %llu\n",
             (unsigned long long)atomic_load(&h->admin_connections));

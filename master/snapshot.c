@@ -238,10 +238,19 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         fputc('}', out);
         first = false;
     }
+    /* Steering (master/steer.c) and the worker count a live scaling set. */
+    uint32_t steered = atomic_load(&h->steer_client_ip), plain = atomic_load(&h->steer_kernel);
+    fprintf(out, "],\"workers_configured\":%u,\"workers_scaled\":%u,"
+                 "\"steering\":{\"mode\":\"%s\",\"client_ip_listeners\":%u,"
+                 "\"kernel_listeners\":%u,\"migrate\":%s,\"bpf_unavailable\":%s}",
+            atomic_load(&h->workers), atomic_load(&h->workers_scaled),
+            steered == 0 ? "kernel" : plain == 0 ? "client_ip" : "mixed", steered, plain,
+            atomic_load(&h->steer_migrate) ? "true" : "false",
+            atomic_load(&h->steer_unavailable) ? "true" : "false");
     uint64_t restarts = 0;
     for (unsigned i = 0; i < LB_MAX_WORKERS; i++)
         restarts += atomic_load(&h->worker_restarts[i]);
-    fprintf(out, "],\"totals\":{\"connections\":%llu,\"connections_limited\":%llu,"
+    fprintf(out, ",\"totals\":{\"connections\":%llu,\"connections_limited\":%llu,"
                  "\"ratelimit_redis_errors\":%llu,\"requests\":%llu,"
                  "\"active_connections\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                  "\"client_aborts\":%llu,\"worker_restarts\":%llu,\"timeouts\":",

@@ -396,11 +396,30 @@ static int lb_cfg_redirect(struct lb_loader *ld, const config_setting_t *g,
     return 0;
 }
 
+/* steering = "client_ip" (default) or "kernel". */
+static int lb_cfg_steering(struct lb_loader *ld, const config_setting_t *g,
+                           struct lb_listener_cfg *l)
+{
+    const char *str = NULL;
+    if (lb_cfg_string(ld, g, "steering", &str, false) < 0)
+        return -1;
+    if (str == NULL || strcmp(str, "client_ip") == 0)
+        l->steering = LB_STEERING_CLIENT_IP;
+    else if (strcmp(str, "kernel") == 0)
+        l->steering = LB_STEERING_KERNEL;
+    else
+        return lb_cfg_fail(ld, lb_cfg_member(g, "steering"),
+                           "unknown steering \"%s\" (\"client_ip\": a client keeps its worker, "
+                           "\"kernel\": the kernel's reuseport hash)", str);
+    return 0;
+}
+
 static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
                             struct lb_config *cfg)
 {
     static const char *const keys[] = { "address", "backlog", "defer_accept",
-                                        "max_connections_per_ip", "tls", "redirect_https", NULL };
+                                        "max_connections_per_ip", "tls", "redirect_https",
+                                        "steering", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "listeners", &list, true) < 0)
         return -1;
@@ -422,7 +441,8 @@ static int lb_cfg_listeners(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_address(ld, g, true, &l->addr, l->address) < 0 ||
             lb_cfg_int(ld, g, "backlog", 1, 65535, &backlog) < 0 ||
             lb_cfg_bool(ld, g, "defer_accept", &l->defer_accept) < 0 ||
-            lb_cfg_int(ld, g, "max_connections_per_ip", 0, 1000000, &per_ip) < 0)
+            lb_cfg_int(ld, g, "max_connections_per_ip", 0, 1000000, &per_ip) < 0 ||
+            lb_cfg_steering(ld, g, l) < 0)
             return -1;
         cfg->nlisteners++;      /* from here lb_config_free frees what it holds */
         if (lb_cfg_tls(ld, g, l) < 0 || lb_cfg_redirect(ld, g, l) < 0)

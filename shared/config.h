@@ -236,6 +236,12 @@ struct lb_tls_cfg {
     struct lb_tls_rt *rt;               /* lb_tls_config_load's; NULL until then */
 };
 
+/* Which worker a new connection goes to (master/steer.c, README "Steering"). */
+enum lb_steering {
+    LB_STEERING_CLIENT_IP,              /* eBPF: a client address keeps its worker */
+    LB_STEERING_KERNEL,                 /* the kernel's SO_REUSEPORT 4-tuple hash */
+};
+
 struct lb_listener_cfg {
     char address[LB_ADDR_STR_MAX];
     struct lb_addr addr;
@@ -244,6 +250,7 @@ struct lb_listener_cfg {
     unsigned max_connections_per_ip;    /* 0: no limit (worker/ratelimit.c) */
     struct lb_tls_cfg *tls;             /* NULL: plain HTTP */
     unsigned redirect_https;            /* 0: off; else answer 308 to https on this port */
+    enum lb_steering steering;
 };
 
 /* ---- rate limits (worker/ratelimit.c; README "Rate limiting") ---- */

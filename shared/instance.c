@@ -1,7 +1,9 @@
 #include "shared/instance.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -55,12 +57,50 @@ int lb_instance_listen(const char *config_path)
     return fd;
 }
 
-void lb_instance_serve(int listen_fd, int shm_fd)
+/* A request: "G" (the memfd; also what a client that says nothing within
+ * LB_INSTANCE_WAIT_MS gets) or "S <n>" (scale to n workers; from root or
+ * lbd's own user only: anyone may connect to an abstract socket). */
+#define LB_INSTANCE_WAIT_MS 200
+
+static void lb_instance_scale(int c, const char *req, lb_instance_scale_fn fn, void *arg)
+{
+    char reply[160];
+    struct ucred cred;
+    socklen_t clen = sizeof(cred);
+    char *end;
+    long n = strtol(req + 1, &end, 10);
+    int rc = -1;
+    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 ||
+        (cred.uid != 0 && cred.uid != geteuid()))
+        snprintf(reply, sizeof(reply), "refused: only root or lbd's user may scale");
+    else if (end == req + 1 || n < 0 || n > 1000000)
+        snprintf(reply, sizeof(reply), "bad worker count");
+    else
+        rc = fn(arg, (unsigned)n, reply, sizeof(reply));
+    char line[200];
+    int len = snprintf(line, sizeof(line), "%s %s\n", rc == 0 ? "ok" : "error", reply);
+    (void)send(c, line, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+void lb_instance_serve(int listen_fd, int shm_fd, lb_instance_scale_fn fn, void *arg)
 {
     for (;;) {
         int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0)
             return;
+        /* Clients write their request as soon as they are connected: the
+         * wait is for an old client that sends nothing. */
+        char req[32] = "";
+        struct pollfd p = { .fd = c, .events = POLLIN };
+        if (poll(&p, 1, LB_INSTANCE_WAIT_MS) > 0) {
+            ssize_t got = recv(c, req, sizeof(req) - 1, MSG_DONTWAIT);
+            req[got > 0 ? got : 0] = '\0';
+        }
+        if (req[0] == 'S') {
+            lb_instance_scale(c, req, fn, arg);
+            close(c);
+            continue;
+        }
         struct lb_fd_msg m;
         lb_fd_msg_init(&m);
         struct cmsghdr *cm = CMSG_FIRSTHDR(&m.msg);
@@ -82,7 +122,8 @@ int lb_instance_fetch(const char *config_path)
     if (fd < 0)
         return -1;
     int shm_fd = -1;
-    if (connect(fd, (struct sockaddr *)&sun, len) < 0)
+    if (connect(fd, (struct sockaddr *)&sun, len) < 0 ||
+        send(fd, "G", 1, MSG_NOSIGNAL) != 1)
         goto out;
     struct timeval tv = { .tv_sec = 5 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -103,4 +144,32 @@ out:;
     close(fd);
     errno = saved;
     return shm_fd;
+}
+
+int lb_instance_scale_request(const char *config_path, unsigned n, char *reply, size_t len)
+{
+    struct sockaddr_un sun;
+    socklen_t alen = lb_instance_addr(config_path, &sun);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    char req[32];
+    int rlen = snprintf(req, sizeof(req), "S%u", n);
+    struct timeval tv = { .tv_sec = 10 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ssize_t got = -1;
+    if (connect(fd, (struct sockaddr *)&sun, alen) == 0 &&
+        send(fd, req, (size_t)rlen, MSG_NOSIGNAL) == rlen) {
+        size_t have = 0;
+        while (have + 1 < len && (got = recv(fd, reply + have, len - 1 - have, 0)) > 0)
+            have += (size_t)got;
+        reply[have] = '\0';
+        got = have > 0 ? (ssize_t)have : -1;
+        if (have == 0)
+            errno = errno ? errno : ECONNRESET;
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return got < 0 ? -1 : 0;
 }

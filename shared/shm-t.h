@@ -531,6 +531,12 @@ struct lb_shm_header {
     lb_counter_t reload_failures;
     lb_counter_t worker_restarts[LB_MAX_WORKERS];   /* by worker number */
     lb_counter_t fd_limit;              /* RLIMIT_NOFILE of every lbd process */
+    /* Steering and scaling (master/steer.c, README "Steering"). */
+    _Atomic uint32_t steer_client_ip;   /* listeners the eBPF program steers */
+    _Atomic uint32_t steer_kernel;      /* listeners on the kernel's reuseport hash */
+    _Atomic uint32_t steer_migrate;     /* 1: the program also places closing listeners' queues */
+    _Atomic uint32_t steer_unavailable; /* 1: client_ip asked, BPF refused: kernel instead */
+    _Atomic uint32_t workers_scaled;    /* 0, or the count TTIN/TTOU/-S set */
 
     /* Written by the control process. A retiring one may overlap its
      * successor for a moment: counters are added atomically (the only

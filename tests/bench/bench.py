@@ -110,6 +110,8 @@ def sticky_cookie(pool, address, secret=STICKY_SECRET):
     mac = hmac.new(secret.encode(), b"lbd-sticky-v1\0" + pool.encode() + b"\0" + address.encode(),
                    hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:12]).decode()
+
+
 # Extra top-level lbd settings (--faults), after @RATELIMIT@.
 LBD_EXTRA = ""
 # --faults: three faults on lbd's pool, all at 0 % (what each request pays
@@ -117,10 +119,14 @@ LBD_EXTRA = ""
 LBD_FAULTS = ('faults = ( { name = "slow"; pool = "be"; percent = 0; delay = "200ms"; },\n'
               '           { name = "errors"; pool = "be"; percent = 0; abort = 503; },\n'
               '           { name = "drop"; pool = "be"; percent = 0; reset = true; } );\n')
+# lbd's listener steering (--steering): "kernel" by default, the peers' way
+# (wrk connects from 127.0.0.1 only, and client_ip steering sends one
+# address to one worker).
+STEERING = "kernel"
 
 
 def fill(template, path, values):
-    values = dict(tls_values(False, ""), **dict(values, POOL_EXTRA=POOL_EXTRA))
+    values = dict(tls_values(False, ""), **dict(values, POOL_EXTRA=POOL_EXTRA, STEERING=STEERING))
     if "RATELIMIT" in values:
         values["RATELIMIT"] += "\n" + LBD_EXTRA
     with open(os.path.join(HERE, template)) as f:
@@ -265,6 +271,23 @@ class Proxy:
                 os.kill(p, signal.SIGKILL)
             self.proc.wait()
         self.log.close()
+
+
+def steer_stats(pid):
+    """(runs, ns) of the BPF programs process PID holds (lbd's steering
+    program), from their fdinfo: counted while kernel.bpf_stats_enabled."""
+    runs = ns = 0
+    fdinfo = "/proc/%d/fdinfo" % pid
+    for fd in os.listdir(fdinfo):
+        try:
+            with open(os.path.join(fdinfo, fd)) as f:
+                info = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+        except OSError:
+            continue
+        if "prog_id" in info and "run_cnt" in info:
+            runs += int(info["run_cnt"])
+            ns += int(info["run_time_ns"])
+    return runs, ns
 
 
 class Direct:
@@ -515,8 +538,12 @@ def main():
     ap.add_argument("--sticky", nargs="?", const="hit", choices=("hit", "new"),
                     help="with --instructions: lbd's pool with sticky sessions; every request "
                          "carries a valid cookie (hit), or none and gets one (new)")
+    ap.add_argument("--steering", choices=["kernel", "client_ip"], default="kernel",
+                    help="lbd's listener steering (default kernel, as the peers); client_ip "
+                         "also reports the eBPF program's time per connection")
     args = ap.parse_args()
-    global POOL_EXTRA, LBD_EXTRA
+    global POOL_EXTRA, LBD_EXTRA, STEERING
+    STEERING = args.steering
     if args.faults:
         LBD_EXTRA += LBD_FAULTS
     if args.breaker:
@@ -555,6 +582,17 @@ def main():
                              os.path.join(work, "backends.conf"), "-g", "daemon off;"])
     results = {}        # (scenario, proxy) -> list of runs
     idle = {}
+    stats_sysctl = "/proc/sys/kernel/bpf_stats_enabled"
+    stats_was = None
+    if STEERING == "client_ip":
+        try:
+            with open(stats_sysctl) as f:
+                stats_was = f.read().strip()
+            with open(stats_sysctl, "w") as f:
+                f.write("1\n")
+        except OSError:
+            print("bench: cannot turn kernel.bpf_stats_enabled on: no per-connection time "
+                  "of the steering program")
     try:
         for b in backends:
             wait_port(int(b.split(":")[1]))
@@ -606,6 +644,10 @@ def main():
                                    "  (%d errors: run invalid)" % run["errors"]
                                    if run["errors"] else ""), flush=True)
             finally:
+                if stats_was is not None:
+                    runs, ns = steer_stats(proxies["lbd"].proc.pid)
+                    print("steering program (%d workers): %d runs, %.0f ns per connection"
+                          % (workers, runs, ns / max(runs, 1)), flush=True)
                 for p in proxies.values():
                     p.stop()
         if args.idle > 0:
@@ -618,6 +660,9 @@ def main():
                     proxy.stop()
                 print("idle       %-8s %7.0f bytes per idle connection" % (p, idle[p]), flush=True)
     finally:
+        if stats_was is not None:
+            with open(stats_sysctl, "w") as f:
+                f.write(stats_was + "\n")
         back.send_signal(signal.SIGQUIT)
         back.wait(timeout=15)
 

@@ -775,7 +775,10 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     may be (address, weight, {key: value}) for more keys (max_requests).
     ROUTES: list of (host, path_prefix, pool); default one '*' route to the
     first pool. ADMIN: admin listener address or None. LISTENER: extra keys
-    of every listener, e.g. {"defer_accept": False}."""
+    of every listener, e.g. {"defer_accept": False}. Listeners get
+    steering = "kernel" unless LISTENER says otherwise: every test client
+    comes from 127.0.0.1, which client_ip steering (lbd's default, see
+    test_steering.py) would send to one worker only."""
     if isinstance(listen, str):
         listen = [listen]
     t = {"connect": "2s", "backend_response": "5s", "client_header": "5s",
@@ -788,7 +791,9 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     lines.append(f'log_level = "{log_level}";')
     lines.append("timeouts = " + _cfg_value(t) + ";")
     lines.append("listeners = (")
-    more = "".join(f" {k} = {_cfg_value(v)};" for k, v in (listener or {}).items())
+    listener = dict(listener or {})
+    listener.setdefault("steering", "kernel")
+    more = "".join(f" {k} = {_cfg_value(v)};" for k, v in listener.items())
     lines.append(",\n".join(f'    {{ address = "{a}";{more} }}' for a in listen))
     lines.append(");")
     lines.append("pools = (")

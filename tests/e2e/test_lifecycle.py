@@ -19,8 +19,9 @@ class LoadLoop:
     on with a new connection."""
 
     def __init__(self, addr, nthreads=4, new_conn=False, target="/", max_seconds=60,
-                 http10=False):
+                 http10=False, sources=None):
         self.addr = addr
+        self.sources = sources      # client addresses to bind, thread i takes i % len
         self.new_conn = new_conn
         self.http10 = http10        # HTTP/1.0 with Connection: keep-alive
         self.connections = 0        # opened; ok / connections = requests per connection
@@ -42,7 +43,8 @@ class LoadLoop:
         while not self.stop_ev.is_set() and time.monotonic() < self.deadline:
             try:
                 if c is None:
-                    c = HttpConn(self.addr, timeout=10)
+                    src = self.sources[i % len(self.sources)] if self.sources else None
+                    c = HttpConn(self.addr, timeout=10, source=src)
                     with self.lock:
                         self.connections += 1
                 if self.http10:

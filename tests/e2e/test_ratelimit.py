@@ -29,10 +29,15 @@ PROMTOOL = "/usr/bin/promtool"
 def rl_config(listen, backends, limits, routes, workers=2, extra="", listener=None,
               admin=None):
     """LIMITS: dicts rendered as rate_limits groups. ROUTES: (path_prefix,
-    [limit names]) over one pool 'web' of BACKENDS. LISTENER: extra keys."""
+    [limit names]) over one pool 'web' of BACKENDS. LISTENER: extra keys
+    (steering = "kernel" unless given)."""
     lines = [f"workers = {workers};", 'log_level = "info";', 'shutdown_timeout = "10s";',
              'timeouts = { client_idle = "30s"; client_header = "10s"; backend_response = "10s"; };']
-    more = "".join(f" {k} = {_cfg_value(v)};" for k, v in (listener or {}).items())
+    # The kernel's hash, as lbdtest's configs: the floods below come from one
+    # address and must reach every worker.
+    listener = dict(listener or {})
+    listener.setdefault("steering", "kernel")
+    more = "".join(f" {k} = {_cfg_value(v)};" for k, v in listener.items())
     lines.append(f'listeners = ( {{ address = "{listen}";{more} }} );')
     srv = ", ".join(f'{{ address = "{b.addr}"; }}' for b in backends)
     lines.append(f'pools = ( {{ name = "web"; servers = ( {srv} ); }} );')

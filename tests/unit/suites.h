@@ -24,5 +24,6 @@ Suite *sticky_suite(void);
 Suite *lbtop_suite(void);
 Suite *json_suite(void);
 Suite *upgrade_suite(void);
+Suite *steer_suite(void);
 
 #endif

@@ -875,6 +875,28 @@ START_TEST(test_err_tls)
 }
 END_TEST
 
+/* listeners[].steering: "client_ip" by default, or "kernel". */
+START_TEST(test_listener_steering)
+{
+    struct lb_config *cfg;
+    char err[512];
+    ck_assert_msg(load_text("listeners = (\n  { address = \"127.0.0.1:80\"; },\n"
+                            "  { address = \"127.0.0.1:81\"; steering = \"kernel\"; },\n"
+                            "  { address = \"127.0.0.1:82\"; steering = \"client_ip\"; }\n);\n"
+                            POOL_WEB, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_int_eq(cfg->listeners[0].steering, LB_STEERING_CLIENT_IP);
+    ck_assert_int_eq(cfg->listeners[1].steering, LB_STEERING_KERNEL);
+    ck_assert_int_eq(cfg->listeners[2].steering, LB_STEERING_CLIENT_IP);
+    lb_config_free(cfg);
+    expect_error("listeners = (\n  { address = \"127.0.0.1:80\";\n"
+                 "    steering = \"cookie\"; }\n);\n" POOL_WEB,
+                 "cookie", "unknown steering \"cookie\"");
+    expect_error("listeners = (\n  { address = \"127.0.0.1:80\";\n"
+                 "    steering = 1; }\n);\n" POOL_WEB,
+                 "steering", "'steering' must be a string");
+}
+END_TEST
+
 START_TEST(test_err_empty_lists)
 {
     expect_error("workers = 1;\nlisteners = ( );\n" POOL_WEB, "listeners", "'listeners' must not be empty");
@@ -1801,6 +1823,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_routes_missing);
     tcase_add_test(tc, test_err_bad_duration);
     tcase_add_test(tc, test_err_empty_lists);
+    tcase_add_test(tc, test_listener_steering);
     tcase_add_test(tc, test_err_defer_accept);
     tcase_add_test(tc, test_err_bad_host);
     tcase_add_test(tc, test_err_path_prefix);
