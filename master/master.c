@@ -862,8 +862,12 @@ static bool lb_master_handover(const struct lb_master *m, int exe, struct lb_inh
             if (m->listen.groups[g].fds[k] >= 0)
                 ok = lb_inherit_add(fds, name, m->listen.groups[g].fds[k]) == 0;
         }
-    /* More fds (BPF programs and maps) are added here as their modules
-     * come: the new image closes, with a log line, any it does not know. */
+    /* The steering program and its maps are not handed over: the new image
+     * loads its own and attaching it to the inherited groups replaces the
+     * old one at once; until its workers are in its map the program leaves
+     * the choice to the kernel, over every socket of the group. An fd a
+     * later binary adds here is closed, with a log line, by one that does
+     * not know it. */
     for (size_t s = 0; ok && s < LB_SHM_MAX_SLOTS; s++) {
         if (m->children[s].pid == 0)
             continue;
@@ -873,6 +877,7 @@ static bool lb_master_handover(const struct lb_master *m, int exe, struct lb_inh
     }
     return ok && (m->control_pid == 0 || lb_inherit_add(st, "control", m->control_pid) == 0) &&
            (m->control_retired == 0 || lb_inherit_add(st, "control_old", m->control_retired) == 0) &&
+           (m->scaled == 0 || lb_inherit_add(st, "scaled", (long long)m->scaled) == 0) &&
            lb_inherit_add(st, "generation", (long long)m->generation) == 0 &&
            lb_inherit_add(st, "upgrades", (long long)atomic_load(&m->shm.hdr->upgrades)) == 0 &&
            lb_inherit_add(st, "upgrade_failures",
@@ -1113,6 +1118,12 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
     if (lb_master_config_load(m->opt->config_path, &m->cfg, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
         return -1;
+    }
+    if (upgraded) {
+        /* A live scaling holds across an upgrade as across a reload. */
+        long long scaled = lb_master_inherited_value(m, "scaled");
+        if (scaled > 0 && scaled <= LB_MAX_WORKERS)
+            m->scaled = (unsigned)scaled;
     }
     lb_master_apply_overrides(m, m->cfg);
     m->pid_file = m->opt->pid_file ? m->opt->pid_file : m->cfg->pid_file;

@@ -198,6 +198,45 @@ class UpgradeTest(LbdTestCase):
         # Only our /stats calls reached it since: no probe, no request.
         self.assertEqual(down.stats()["requests"], probes + 1)
 
+    def test_upgrade_keeps_steering_and_a_live_scaling(self):
+        """With the eBPF steering on (client_ip) and the worker count set
+        by lbd -S, two upgrades under keep-alive and new-connection load:
+        no request fails, the steering is still attached after each (the
+        new image loads its own program over the inherited groups) and the
+        scaled count holds (3, not the file's 2), as across a reload."""
+        b1, b2 = self.start_backends("b1", "b2")
+        listen = f"127.0.0.1:{free_port()}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b1.addr, 1), (b2.addr, 1)]}],
+                         workers=2, listener={"steering": "client_ip"})
+        lbd = self.start(cfg, listen)
+        if lbd.snapshot()["steering"]["mode"] != "client_ip":
+            self.require_capability("lbd cannot load its eBPF steering program here")
+        out = subprocess.run([self.lbd_bin, "-S", "3", "-c", lbd.config_path],
+                             capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        wait_for(lambda: len(self.workers_of(lbd)) == 3, 30, what="three workers")
+        loads = [LoadLoop(lbd.listen, nthreads=2, max_seconds=120),
+                 LoadLoop(lbd.listen, nthreads=2, new_conn=True, max_seconds=120)]
+        try:
+            for ld in loads:
+                ld.wait_count(20)
+            for i in range(2):
+                new = lbdtest.LBD_B if i % 2 == 0 else self.lbd_bin
+                self.install(new)
+                _, snap = self.upgrade(lbd)
+                self.assertEqual(snap["steering"]["mode"], "client_ip")
+                self.wait_all_workers_run(lbd, exe_id(self.binary))
+                self.assertEqual(len(self.workers_of(lbd)), 3, "the scaled count holds")
+                self.assertEqual(lbd.snapshot()["workers_scaled"], 3)
+                for ld in loads:
+                    ld.wait_count(ld.count() + 20)
+        finally:
+            for ld in loads:
+                ld.stop()
+        for name, ld in zip(("keep-alive", "new connection"), loads):
+            self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
+                             f"{ld.ok + len(ld.errors)} requests failed across 2 upgrades")
+
     def test_failed_upgrades_keep_the_old_one_serving(self):
         """A missing file, a configuration the new binary refuses, a file
         that is no lbd (a script that exits at once) and a new listener on
