@@ -385,6 +385,30 @@ static int lb_tls_describe(X509 *x, struct lb_tls_cert_cfg *c, char *err, size_t
     return 0;
 }
 
+/* ---- ACME names' certificates (master/acme.c writes them) --------------- */
+
+/* Whether the stored certificate of an ACME name can be served: readable,
+ * a key that matches, not expired. One that is not yet (or no more) is
+ * left out, not an error: it is on its way. Its subject says so. */
+static bool lb_tls_acme_usable(struct lb_tls_cert_cfg *c)
+{
+    char err[512];
+    bool ok = false;
+    snprintf(c->subject, sizeof(c->subject), "CN=%s (acme: none yet)", c->acme_name);
+    c->not_after = 0;
+    SSL_CTX *ctx = access(c->cert, R_OK) == 0 ? SSL_CTX_new(TLS_server_method()) : NULL;
+    if (ctx != NULL) {
+        struct lb_tls_cert_cfg probe = *c;
+        ok = lb_tls_load_cert(ctx, &probe, err, sizeof(err)) == 0 &&
+             lb_tls_describe(SSL_CTX_get0_certificate(ctx), &probe, err, sizeof(err)) == 0;
+        if (!ok)
+            lb_log_warn("acme name %s: stored certificate not used: %s", c->acme_name, err);
+        SSL_CTX_free(ctx);
+    }
+    ERR_clear_error();
+    return ok;
+}
+
 /* Build the contexts of T (listener ADDRESS) into SET. 0, or -1 with
  * "FILE:LINE: why" in ERR (SET then holds nothing). */
 static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls_set *set,
@@ -410,6 +434,9 @@ static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls
     int rc = -1;
     for (size_t i = 0; i < t->ncerts; i++) {
         struct lb_tls_cert_cfg *c = &t->certs[i];
+        owner[i] = -1;
+        if (c->acme_name != NULL && !lb_tls_acme_usable(c))
+            continue;
         SSL_CTX *ctx = lb_tls_ctx_new(t, sid, err, errlen);
         if (ctx == NULL)
             goto out;
@@ -429,6 +456,8 @@ static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls
         owner[i] = -1;
         for (size_t j = 0; j < i && owner[i] < 0; j++) {
             int o = owner[j];
+            if (o < 0)
+                continue;       /* an ACME name's, left out */
             bool has = false;
             for (size_t k = 0; k < nkt[o]; k++)
                 has = has || keytypes[o][k] == kt;
@@ -448,6 +477,13 @@ static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls
         keytypes[set->nctx][nkt[set->nctx]++] = kt;
         set->ctx[set->nctx++] = ctx;
         total += nnames[i];
+    }
+    if (set->nctx == 0) {
+        /* Only ACME names, none obtained yet: a context without a
+         * certificate, which refuses handshakes but TLS-ALPN-01's. */
+        if ((set->ctx[0] = lb_tls_ctx_new(t, sid, err, errlen)) == NULL)
+            goto out;
+        set->nctx = 1;
     }
     set->names = calloc(total ? total : 1, sizeof(*set->names));
     if (set->names == NULL) {
