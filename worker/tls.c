@@ -19,6 +19,7 @@
 
 #include "shared/log.h"
 #include "shared/shm.h"
+#include "worker/challenge.h"
 #include "worker/conn.h"
 
 /* Mozilla's "intermediate" TLS 1.2 ciphers (v5.7); TLS 1.3 keeps OpenSSL's
@@ -293,6 +294,8 @@ static SSL_CTX *lb_tls_ctx_new(struct lb_tls_cfg *t, const unsigned char sid[32]
         SSL_CTX_set_alpn_select_cb(ctx, lb_tls_alpn_cb, t);
     if (t->session_tickets)
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, lb_tls_ticket_cb);
+    if (t->nacme > 0)
+        lb_challenge_tls_setup(ctx);        /* ACME TLS-ALPN-01 (worker/challenge.c) */
     if (SSL_CTX_set1_groups_list(ctx, LB_TLS_GROUPS) != 1) {
         snprintf(err, errlen, "TLS groups %s: %s", LB_TLS_GROUPS, lb_tls_reason(why, sizeof(why)));
         SSL_CTX_free(ctx);
@@ -752,6 +755,7 @@ void lb_tls_worker_init(const struct lb_config *cfg, struct lb_shm_header *shm,
 {
     lb_tls.shm = shm;
     lb_tls.stats = stats;
+    lb_challenge_init(shm);
     if (shm == NULL || cfg->ntls == 0)
         return;
     if (lb_tls.aes == NULL)
