@@ -1,0 +1,981 @@
+#include "master/acme.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#include "master/json.h"
+#include "master/jws.h"
+#include "shared/log.h"
+#include "shared/shm.h"
+#include "shared/version.h"
+
+#define LB_ACME_URL_MAX         1024
+#define LB_ACME_NONCE_MAX       256
+#define LB_ACME_BODY_MAX        (1024 * 1024)   /* a chain is a few KB */
+#define LB_ACME_TOKENS          512
+#define LB_ACME_POLLS           90              /* per authorization or order */
+#define LB_ACME_BACKOFF_MIN_S   10
+#define LB_ACME_BACKOFF_MAX_S   3600
+#define LB_ACME_NONCE_TRIES     5               /* badNonce: the request again */
+
+struct lb_acme_name {
+    char name[LB_ACME_NAME_MAX];
+    char path[PATH_MAX];                /* STORAGE/NAME.pem */
+    char subject[LB_TLS_SUBJECT_MAX];
+    int64_t not_before, not_after;      /* of the stored certificate; 0: none */
+    int64_t renew_at;                   /* wall seconds */
+    unsigned backoff_s;
+    uint32_t state;                     /* enum lb_acme_state */
+    uint64_t orders[LB_ACME_RESULTS];
+    char error[LB_ACME_ERROR_MAX];
+};
+
+struct lb_acme {
+    const struct lb_config *cfg;
+    const struct lb_acme_cfg *ac;
+    struct lb_shm_header *shm;
+    uint64_t generation;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    /* The thread's alone from here. */
+    CURL *curl;
+    EVP_PKEY *account;
+    char jwk[256], thumb[64];
+    char kid[LB_ACME_URL_MAX];          /* account URL; "" until registered */
+    char nonce[LB_ACME_NONCE_MAX];
+    char new_nonce[LB_ACME_URL_MAX], new_account[LB_ACME_URL_MAX], new_order[LB_ACME_URL_MAX];
+    struct lb_acme_name *names;
+    size_t nnames;
+    char err[LB_ACME_ERROR_MAX];        /* why the order under way failed */
+    unsigned retry_after;               /* the server's, with the failure */
+};
+
+struct lb_acme_resp {
+    long status;
+    char *body;
+    size_t len, cap;
+    char location[LB_ACME_URL_MAX];
+    char nonce[LB_ACME_NONCE_MAX];
+    unsigned retry_after;
+    /* The body as JSON, when it is. */
+    struct lb_json_tok toks[LB_ACME_TOKENS];
+    int ntoks;
+};
+
+/* Leaves a message in A->err for the order's failure. */
+static int lb_acme_fail(struct lb_acme *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int lb_acme_fail(struct lb_acme *a, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->err, sizeof(a->err), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Sleep MS unless stopped. False once stopped. */
+static bool lb_acme_sleep(struct lb_acme *a, uint64_t ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&a->mu);
+    while (!atomic_load(&a->stop) && pthread_cond_timedwait(&a->cond, &a->mu, &until) != ETIMEDOUT)
+        ;
+    pthread_mutex_unlock(&a->mu);
+    return !atomic_load(&a->stop);
+}
+
+/* ---- HTTP (libcurl) ------------------------------------------------------- */
+
+static size_t lb_acme_body_cb(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct lb_acme_resp *r = arg;
+    size_t n = size * nmemb;
+    if (r->len + n + 1 > LB_ACME_BODY_MAX)
+        return 0;       /* too big: the transfer fails */
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = (r->len + n + 1) * 2;
+        char *b = realloc(r->body, cap);
+        if (b == NULL)
+            return 0;
+        r->body = b;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return n;
+}
+
+static void lb_acme_header_value(const char *line, size_t n, size_t skip, char *out, size_t cap)
+{
+    while (skip < n && (line[skip] == ' ' || line[skip] == '\t'))
+        skip++;
+    while (n > skip && (line[n - 1] == '\r' || line[n - 1] == '\n' || line[n - 1] == ' '))
+        n--;
+    size_t len = n - skip < cap - 1 ? n - skip : cap - 1;
+    memcpy(out, line + skip, len);
+    out[len] = '\0';
+}
+
+static size_t lb_acme_header_cb(char *line, size_t size, size_t nmemb, void *arg)
+{
+    struct lb_acme_resp *r = arg;
+    size_t n = size * nmemb;
+    if (n > 13 && strncasecmp(line, "Replay-Nonce:", 13) == 0)
+        lb_acme_header_value(line, n, 13, r->nonce, sizeof(r->nonce));
+    else if (n > 9 && strncasecmp(line, "Location:", 9) == 0)
+        lb_acme_header_value(line, n, 9, r->location, sizeof(r->location));
+    else if (n > 12 && strncasecmp(line, "Retry-After:", 12) == 0) {
+        char v[32];
+        lb_acme_header_value(line, n, 12, v, sizeof(v));
+        r->retry_after = (unsigned)strtoul(v, NULL, 10);      /* a date reads as 0 */
+    }
+    return n;
+}
+
+static int lb_acme_progress_cb(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut,
+                               curl_off_t un)
+{
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    return atomic_load(&((struct lb_acme *)arg)->stop) ? 1 : 0;   /* 1: abort */
+}
+
+static void lb_acme_resp_clear(struct lb_acme_resp *r)
+{
+    free(r->body);
+    memset(r, 0, offsetof(struct lb_acme_resp, toks));
+    r->ntoks = 0;
+}
+
+/* One request: GET (BODY NULL), HEAD or POST of a JWS. -1 when no HTTP
+ * answer came (A->err says why). */
+static int lb_acme_http(struct lb_acme *a, const char *url, const char *body, bool head,
+                        const char *accept, struct lb_acme_resp *r)
+{
+    lb_acme_resp_clear(r);
+    CURL *c = a->curl;
+    curl_easy_reset(c);
+    struct curl_slist *hdrs = NULL;
+    char ua[64];
+    snprintf(ua, sizeof(ua), "lbd/%s (ACME)", LB_VERSION);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, ua);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, lb_acme_body_cb);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, lb_acme_header_cb);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, lb_acme_progress_cb);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, a);
+    if (a->ac->ca_file != NULL)
+        curl_easy_setopt(c, CURLOPT_CAINFO, a->ac->ca_file);
+    if (head)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    if (body != NULL) {
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/jose+json");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
+    if (accept != NULL) {
+        char h[128];
+        snprintf(h, sizeof(h), "Accept: %s", accept);
+        hdrs = curl_slist_append(hdrs, h);
+    }
+    if (hdrs != NULL)
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(hdrs);
+    if (rc != CURLE_OK)
+        return lb_acme_fail(a, "%s: %s", url, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    r->ntoks = r->body != NULL ? lb_json_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
+    lb_log_debug("acme: %s %s: %ld", body ? "POST" : head ? "HEAD" : "GET", url, r->status);
+    return 0;
+}
+
+static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, char *out,
+                        size_t cap)
+{
+    if (r->ntoks <= 0) {
+        out[0] = '\0';
+        return false;
+    }
+    return lb_json_get_str(r->body, r->toks, r->ntoks, obj, key, out, cap);
+}
+
+/* An error answer (RFC 7807 problem document) into A->err. */
+static int lb_acme_problem(struct lb_acme *a, const char *what, const struct lb_acme_resp *r)
+{
+    char type[128], detail[160];
+    lb_acme_str(r, 0, "type", type, sizeof(type));
+    lb_acme_str(r, 0, "detail", detail, sizeof(detail));
+    a->retry_after = r->retry_after;
+    const char *t = strncmp(type, "urn:ietf:params:acme:error:", 27) == 0 ? type + 27 : type;
+    return lb_acme_fail(a, "%s: HTTP %ld %s%s%s", what, r->status, t, *detail ? ": " : "",
+                        detail);
+}
+
+static int lb_acme_directory(struct lb_acme *a, struct lb_acme_resp *r)
+{
+    if (a->new_order[0] != '\0')
+        return 0;
+    if (lb_acme_http(a, a->ac->directory, NULL, false, NULL, r) < 0)
+        return -1;
+    if (r->status != 200)
+        return lb_acme_problem(a, "directory", r);
+    if (!lb_acme_str(r, 0, "newNonce", a->new_nonce, sizeof(a->new_nonce)) ||
+        !lb_acme_str(r, 0, "newAccount", a->new_account, sizeof(a->new_account)) ||
+        !lb_acme_str(r, 0, "newOrder", a->new_order, sizeof(a->new_order))) {
+        a->new_order[0] = '\0';
+        return lb_acme_fail(a, "directory %s: no newNonce, newAccount or newOrder",
+                            a->ac->directory);
+    }
+    return 0;
+}
+
+/* A signed POST of PAYLOAD (NULL: POST-as-GET) to URL, with the account's
+ * kid, or its jwk while it has none (newAccount). A badNonce answer is
+ * sent again with the nonce it came with. */
+static int lb_acme_post(struct lb_acme *a, const char *url, const char *payload, const char *accept,
+                        struct lb_acme_resp *r)
+{
+    for (int tries = 0; tries < LB_ACME_NONCE_TRIES; tries++) {
+        if (a->nonce[0] == '\0') {
+            if (lb_acme_http(a, a->new_nonce, NULL, true, NULL, r) < 0)
+                return -1;
+            if (r->nonce[0] == '\0')
+                return lb_acme_fail(a, "newNonce %s: no Replay-Nonce (HTTP %ld)", a->new_nonce,
+                                    r->status);
+            snprintf(a->nonce, sizeof(a->nonce), "%s", r->nonce);
+        }
+        char *prot = NULL;
+        int n = a->kid[0] != '\0'
+                ? asprintf(&prot, "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}",
+                           a->kid, a->nonce, url)
+                : asprintf(&prot, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
+                           a->jwk, a->nonce, url);
+        if (n < 0)
+            return lb_acme_fail(a, "out of memory");
+        char *jws = lb_jws_sign(a->account, prot, payload ? payload : "");
+        free(prot);
+        if (jws == NULL)
+            return lb_acme_fail(a, "signing a request failed");
+        a->nonce[0] = '\0';     /* used */
+        int rc = lb_acme_http(a, url, jws, false, accept, r);
+        free(jws);
+        if (rc < 0)
+            return -1;
+        if (r->nonce[0] != '\0')
+            snprintf(a->nonce, sizeof(a->nonce), "%s", r->nonce);
+        char type[128];
+        if (r->status == 400 && lb_acme_str(r, 0, "type", type, sizeof(type)) &&
+            strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0) {
+            lb_log_info("acme: %s: badNonce, sending again with a fresh nonce", url);
+            continue;
+        }
+        return 0;
+    }
+    return lb_acme_fail(a, "%s: badNonce %d times in a row", url, LB_ACME_NONCE_TRIES);
+}
+
+static int lb_acme_account(struct lb_acme *a, struct lb_acme_resp *r)
+{
+    if (a->kid[0] != '\0')
+        return 0;
+    char payload[512];
+    if (a->ac->email != NULL)
+        snprintf(payload, sizeof(payload),
+                 "{\"termsOfServiceAgreed\":true,\"contact\":[\"mailto:%s\"]}", a->ac->email);
+    else
+        snprintf(payload, sizeof(payload), "{\"termsOfServiceAgreed\":true}");
+    if (lb_acme_post(a, a->new_account, payload, NULL, r) < 0)
+        return -1;
+    if ((r->status != 200 && r->status != 201) || r->location[0] == '\0')
+        return lb_acme_problem(a, "newAccount", r);
+    snprintf(a->kid, sizeof(a->kid), "%s", r->location);
+    lb_log_info("acme: account %s (%s)", a->kid, r->status == 201 ? "created" : "existing");
+    return 0;
+}
+
+/* ---- certificates --------------------------------------------------------- */
+
+static int64_t lb_acme_time(const ASN1_TIME *t)
+{
+    struct tm tm;
+    return ASN1_TIME_to_tm(t, &tm) == 1 ? (int64_t)timegm(&tm) : 0;
+}
+
+/* N's stored certificate: its dates and subject. 0 when there is one whose
+ * key matches and which has not expired. */
+static int lb_acme_stored(struct lb_acme_name *n)
+{
+    n->not_before = n->not_after = 0;
+    FILE *f = fopen(n->path, "r");
+    if (f == NULL)
+        return -1;
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    rewind(f);
+    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    int rc = -1;
+    if (x != NULL && k != NULL && X509_check_private_key(x, k) == 1) {
+        n->not_before = lb_acme_time(X509_get0_notBefore(x));
+        n->not_after = lb_acme_time(X509_get0_notAfter(x));
+        BIO *b = BIO_new(BIO_s_mem());
+        n->subject[0] = '\0';
+        if (b != NULL) {
+            X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+            int len = BIO_read(b, n->subject, sizeof(n->subject) - 1);
+            n->subject[len > 0 ? len : 0] = '\0';
+            BIO_free(b);
+        }
+        for (char *p = n->subject; *p; p++)
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"' || *p == '\\')
+                *p = '_';
+        rc = n->not_after > time(NULL) ? 0 : -1;
+    }
+    X509_free(x);
+    EVP_PKEY_free(k);
+    ERR_clear_error();
+    return rc;
+}
+
+/* When N's certificate is to be renewed: renew_before ahead of notAfter
+ * (a third of the lifetime when renew_before is longer than that), earlier
+ * by a random tenth of it at most, so that many names do not renew at the
+ * same moment; never later, so never past expiry. */
+static void lb_acme_schedule(struct lb_acme *a, struct lb_acme_name *n)
+{
+    int64_t life = n->not_after - n->not_before;
+    int64_t window = (int64_t)(a->ac->renew_before_ms / 1000);
+    if (window < 1)
+        window = 1;
+    if (life > 0 && window >= life) {
+        window = life / 3;
+        lb_log_warn("acme: %s: renew_before is longer than the certificate's lifetime (%llds): "
+                    "renewing a third of it before expiry", n->name, (long long)life);
+    }
+    uint32_t r = 0;
+    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+        r = (uint32_t)getpid();
+    int64_t jitter = window / 10 > 0 ? (int64_t)(r % (uint32_t)(window / 10 + 1)) : 0;
+    n->renew_at = n->not_after - window - jitter;
+}
+
+static X509_EXTENSION *lb_acme_san(const char *name)
+{
+    char san[LB_ACME_NAME_MAX + 8];
+    snprintf(san, sizeof(san), "DNS:%s", name);
+    return X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san);
+}
+
+/* The DER CSR for NAME with KEY, base64url, into OUT (malloc'd). */
+static int lb_acme_csr(const char *name, EVP_PKEY *key, char **out)
+{
+    X509_REQ *req = X509_REQ_new();
+    X509_NAME *subj = X509_NAME_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    X509_EXTENSION *san = lb_acme_san(name);
+    unsigned char *der = NULL;
+    int rc = -1, len = 0;
+    *out = NULL;
+    if (req != NULL && subj != NULL && exts != NULL && san != NULL &&
+        X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_ASC,
+                                   (const unsigned char *)name, -1, -1, 0) == 1 &&
+        X509_REQ_set_subject_name(req, subj) == 1 && X509_REQ_set_pubkey(req, key) == 1 &&
+        sk_X509_EXTENSION_push(exts, san) > 0) {
+        san = NULL;     /* the stack's */
+        if (X509_REQ_add_extensions(req, exts) == 1 && X509_REQ_sign(req, key, EVP_sha256()) > 0 &&
+            (len = i2d_X509_REQ(req, &der)) > 0 && (*out = malloc((size_t)len * 4 / 3 + 4)) != NULL) {
+            lb_jws_b64url(der, (size_t)len, *out);
+            rc = 0;
+        }
+    }
+    OPENSSL_free(der);
+    X509_EXTENSION_free(san);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_NAME_free(subj);
+    X509_REQ_free(req);
+    ERR_clear_error();
+    return rc;
+}
+
+/* The TLS-ALPN-01 certificate of RFC 8737 for C->name: self-signed, its
+ * only name C->name, and the critical id-pe-acmeIdentifier extension
+ * holding SHA-256(key authorization). PEMs into C. */
+static int lb_acme_alpn_cert(struct lb_shm_acme_challenge *c)
+{
+    EVP_PKEY *k = lb_jws_key_new();
+    X509 *x = X509_new();
+    X509_NAME *subj = X509_NAME_new();
+    X509_EXTENSION *san = lb_acme_san(c->name), *id = NULL;
+    ASN1_OBJECT *oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1);
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    BIO *cb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_mem());
+    unsigned char value[2 + 32];
+    unsigned int mdlen = 0;
+    int rc = -1;
+    value[0] = 0x04;        /* extnValue holds the DER of an OCTET STRING (32) */
+    value[1] = 0x20;
+    if (k == NULL || x == NULL || subj == NULL || san == NULL || oid == NULL || os == NULL ||
+        cb == NULL || kb == NULL ||
+        EVP_Digest(c->keyauth, strlen(c->keyauth), value + 2, &mdlen, EVP_sha256(), NULL) != 1 ||
+        ASN1_OCTET_STRING_set(os, value, sizeof(value)) != 1 ||
+        (id = X509_EXTENSION_create_by_OBJ(NULL, oid, 1, os)) == NULL)
+        goto out;
+    uint64_t serial = 0;
+    RAND_bytes((unsigned char *)&serial, sizeof(serial));
+    if (X509_set_version(x, 2) != 1 ||
+        ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), serial >> 1) != 1 ||
+        X509_gmtime_adj(X509_getm_notBefore(x), -3600) == NULL ||
+        X509_gmtime_adj(X509_getm_notAfter(x), 7 * 86400) == NULL ||
+        X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_ASC,
+                                   (const unsigned char *)c->name, -1, -1, 0) != 1 ||
+        X509_set_subject_name(x, subj) != 1 || X509_set_issuer_name(x, subj) != 1 ||
+        X509_set_pubkey(x, k) != 1 || X509_add_ext(x, san, -1) != 1 ||
+        X509_add_ext(x, id, -1) != 1 || X509_sign(x, k, EVP_sha256()) <= 0 ||
+        PEM_write_bio_X509(cb, x) != 1 ||
+        PEM_write_bio_PrivateKey(kb, k, NULL, NULL, 0, NULL, NULL) != 1)
+        goto out;
+    char *data;
+    long n = BIO_get_mem_data(cb, &data);
+    if (n <= 0 || (size_t)n >= sizeof(c->cert_pem))
+        goto out;
+    memcpy(c->cert_pem, data, (size_t)n);
+    c->cert_pem[n] = '\0';
+    n = BIO_get_mem_data(kb, &data);
+    if (n <= 0 || (size_t)n >= sizeof(c->key_pem))
+        goto out;
+    memcpy(c->key_pem, data, (size_t)n);
+    c->key_pem[n] = '\0';
+    rc = 0;
+out:
+    BIO_free(cb);
+    BIO_free_all(kb);
+    ASN1_OCTET_STRING_free(os);
+    ASN1_OBJECT_free(oid);
+    X509_EXTENSION_free(id);
+    X509_EXTENSION_free(san);
+    X509_NAME_free(subj);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    ERR_clear_error();
+    return rc;
+}
+
+/* ---- an order ------------------------------------------------------------- */
+
+static const char *const lb_acme_challenge_names[] = { "http-01", "tls-alpn-01" };
+
+/* POST-as-GET URL until its "status" is none of pending, processing
+ * (ready too, when READY_TOO). The last status into STATUS. */
+static int lb_acme_poll(struct lb_acme *a, const char *url, bool ready_too, struct lb_acme_resp *r,
+                        char *status, size_t cap)
+{
+    for (int i = 0; i < LB_ACME_POLLS; i++) {
+        if (lb_acme_post(a, url, NULL, NULL, r) < 0)
+            return -1;
+        if (r->status != 200)
+            return lb_acme_problem(a, url, r);
+        lb_acme_str(r, 0, "status", status, cap);
+        if (strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0 &&
+            !(ready_too && strcmp(status, "ready") == 0))
+            return 0;
+        unsigned wait = r->retry_after > 0 && r->retry_after < 10 ? r->retry_after * 1000 : 500;
+        if (!lb_acme_sleep(a, wait))
+            return lb_acme_fail(a, "stopped");
+    }
+    return lb_acme_fail(a, "%s: still %s after %d polls", url, status, LB_ACME_POLLS);
+}
+
+/* One authorization: its challenge of our type answered and validated. */
+static int lb_acme_authorize(struct lb_acme *a, const char *name, const char *url,
+                             struct lb_acme_resp *r)
+{
+    if (lb_acme_post(a, url, NULL, NULL, r) < 0)
+        return -1;
+    if (r->status != 200)
+        return lb_acme_problem(a, "authorization", r);
+    char status[32];
+    lb_acme_str(r, 0, "status", status, sizeof(status));
+    if (strcmp(status, "valid") == 0)
+        return 0;       /* validated before (authorization reuse) */
+    const char *want = lb_acme_challenge_names[a->ac->challenge];
+    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
+    struct lb_shm_acme_challenge *c = calloc(1, sizeof(*c));
+    char curl[LB_ACME_URL_MAX] = "";
+    if (c == NULL)
+        return lb_acme_fail(a, "out of memory");
+    for (int i = 0;; i++) {
+        int ch = lb_json_elem(r->toks, r->ntoks, list, i);
+        if (ch < 0)
+            break;
+        char type[32];
+        lb_acme_str(r, ch, "type", type, sizeof(type));
+        if (strcmp(type, want) == 0 && lb_acme_str(r, ch, "url", curl, sizeof(curl)) &&
+            lb_acme_str(r, ch, "token", c->token, sizeof(c->token)))
+            break;
+        curl[0] = '\0';
+    }
+    int rc = -1;
+    bool put = false;
+    if (curl[0] == '\0' || c->token[0] == '\0') {
+        lb_acme_fail(a, "authorization for %s offers no %s challenge", name, want);
+        goto out;
+    }
+    for (const char *p = c->token; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_')) {
+            lb_acme_fail(a, "challenge token for %s is not base64url", name);
+            goto out;
+        }
+    c->type = a->ac->challenge;
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    snprintf(c->keyauth, sizeof(c->keyauth), "%s.%s", c->token, a->thumb);
+    if (c->type == LB_ACME_TLSALPN01 && lb_acme_alpn_cert(c) < 0) {
+        lb_acme_fail(a, "making the TLS-ALPN-01 certificate for %s failed", name);
+        goto out;
+    }
+    lb_shm_acme_challenge_put(lb_shm_acme(a->shm), c);
+    put = true;
+    if (lb_acme_post(a, curl, "{}", NULL, r) < 0)
+        goto out;
+    if (r->status != 200) {
+        lb_acme_problem(a, "challenge", r);
+        goto out;
+    }
+    if (lb_acme_poll(a, url, false, r, status, sizeof(status)) < 0)
+        goto out;
+    if (strcmp(status, "valid") != 0) {
+        /* The challenge's error says why (connection refused, wrong answer). */
+        char detail[160] = "";
+        int ch;
+        for (int i = 0; (ch = lb_json_elem(r->toks, r->ntoks, list = lb_json_get(r->body, r->toks,
+                                                 r->ntoks, 0, "challenges"), i)) >= 0; i++) {
+            int e = lb_json_get(r->body, r->toks, r->ntoks, ch, "error");
+            if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
+                break;
+        }
+        lb_acme_fail(a, "%s for %s: authorization %s%s%s", want, name, status, *detail ? ": " : "",
+                     detail);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (put)
+        lb_shm_acme_challenge_del(lb_shm_acme(a->shm), c->token);
+    OPENSSL_cleanse(c, sizeof(*c));
+    free(c);
+    return rc;
+}
+
+/* Order, validate, finalize and download N's certificate; store it. */
+static int lb_acme_order(struct lb_acme *a, struct lb_acme_name *n, struct lb_acme_resp *r)
+{
+    char payload[LB_ACME_NAME_MAX + 64];
+    char order[LB_ACME_URL_MAX], finalize[LB_ACME_URL_MAX], cert[LB_ACME_URL_MAX];
+    char status[32];
+    if (lb_acme_directory(a, r) < 0 || lb_acme_account(a, r) < 0)
+        return -1;
+    snprintf(payload, sizeof(payload), "{\"identifiers\":[{\"type\":\"dns\",\"value\":\"%s\"}]}",
+             n->name);
+    if (lb_acme_post(a, a->new_order, payload, NULL, r) < 0)
+        return -1;
+    if (r->status != 201 || r->location[0] == '\0')
+        return lb_acme_problem(a, "newOrder", r);
+    snprintf(order, sizeof(order), "%s", r->location);
+    if (!lb_acme_str(r, 0, "finalize", finalize, sizeof(finalize)))
+        return lb_acme_fail(a, "order %s has no finalize URL", order);
+    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "authorizations");
+    int nauth = list >= 0 ? r->toks[list].children : 0;
+    char (*authz)[LB_ACME_URL_MAX] = calloc((size_t)nauth + 1, sizeof(*authz));
+    if (authz == NULL)
+        return lb_acme_fail(a, "out of memory");
+    for (int i = 0; i < nauth; i++)
+        lb_json_str(r->body, r->toks, r->ntoks, lb_json_elem(r->toks, r->ntoks, list, i), authz[i],
+                    sizeof(authz[i]));
+    int rc = 0;
+    for (int i = 0; i < nauth && rc == 0; i++)
+        rc = lb_acme_authorize(a, n->name, authz[i], r);
+    free(authz);
+    if (rc < 0)
+        return -1;
+
+    /* The certificate's key is new at every order. */
+    EVP_PKEY *key = lb_jws_key_new();
+    char *csr = NULL, *body = NULL, *pem = NULL;
+    X509 *x = NULL;
+    rc = -1;
+    if (key == NULL || lb_acme_csr(n->name, key, &csr) < 0) {
+        lb_acme_fail(a, "making the key and CSR for %s failed", n->name);
+        goto out;
+    }
+    if (asprintf(&body, "{\"csr\":\"%s\"}", csr) < 0) {
+        body = NULL;
+        goto out;
+    }
+    if (lb_acme_post(a, finalize, body, NULL, r) < 0)
+        goto out;
+    if (r->status != 200) {
+        lb_acme_problem(a, "finalize", r);
+        goto out;
+    }
+    lb_acme_str(r, 0, "status", status, sizeof(status));
+    if (strcmp(status, "valid") != 0 && lb_acme_poll(a, order, true, r, status, sizeof(status)) < 0)
+        goto out;
+    if (strcmp(status, "valid") != 0 || !lb_acme_str(r, 0, "certificate", cert, sizeof(cert))) {
+        lb_acme_fail(a, "order for %s ended %s", n->name, status);
+        goto out;
+    }
+    if (lb_acme_post(a, cert, NULL, "application/pem-certificate-chain", r) < 0)
+        goto out;
+    if (r->status != 200 || r->body == NULL) {
+        lb_acme_problem(a, "certificate download", r);
+        goto out;
+    }
+    /* What is stored must be what workers load: its first certificate is
+     * for our key. */
+    BIO *b = BIO_new_mem_buf(r->body, (int)r->len);
+    x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    if (x == NULL || X509_check_private_key(x, key) != 1) {
+        lb_acme_fail(a, "the certificate downloaded for %s is not for its key", n->name);
+        goto out;
+    }
+    char *kpem = lb_jws_key_pem(key);
+    if (kpem == NULL || asprintf(&pem, "%s%s%s", r->body,
+                                 r->len > 0 && r->body[r->len - 1] != '\n' ? "\n" : "", kpem) < 0)
+        pem = NULL;
+    if (kpem != NULL) {
+        OPENSSL_cleanse(kpem, strlen(kpem));
+        free(kpem);
+    }
+    if (pem == NULL) {
+        lb_acme_fail(a, "out of memory");
+        goto out;
+    }
+    if (lb_jws_write_file(n->path, pem, strlen(pem)) < 0) {
+        lb_acme_fail(a, "writing %s failed: %s", n->path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (pem != NULL)
+        OPENSSL_cleanse(pem, strlen(pem));
+    free(pem);
+    free(body);
+    free(csr);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    return rc;
+}
+
+/* ---- the thread ----------------------------------------------------------- */
+
+static void lb_acme_publish(struct lb_acme *a)
+{
+    struct lb_shm_acme_name out[LB_ACME_MAX_NAMES];
+    uint32_t k = 0;
+    memset(out, 0, sizeof(out));
+    for (size_t i = 0; i < a->nnames && k < LB_ACME_MAX_NAMES; i++, k++) {
+        const struct lb_acme_name *n = &a->names[i];
+        snprintf(out[k].name, sizeof(out[k].name), "%s", n->name);
+        out[k].state = n->state;
+        out[k].not_after = n->not_after;
+        out[k].renew_at = n->renew_at;
+        memcpy(out[k].orders, n->orders, sizeof(out[k].orders));
+        snprintf(out[k].error, sizeof(out[k].error), "%s", n->error);
+    }
+    lb_shm_acme_names_set(lb_shm_acme(a->shm), out, k);
+}
+
+/* N's new certificate goes live: every listener with the name gets a new
+ * cert_generation (its workers load the files again at their next
+ * handshake), and its subject and expiry for /status and the metrics. */
+static void lb_acme_golive(struct lb_acme *a, const struct lb_acme_name *n)
+{
+    for (size_t i = 0; i < a->cfg->nlisteners; i++) {
+        const struct lb_tls_cfg *t = a->cfg->listeners[i].tls;
+        if (t == NULL)
+            continue;
+        for (size_t c = 0; c < t->ncerts; c++) {
+            if (t->certs[c].acme_name == NULL || strcmp(t->certs[c].acme_name, n->name) != 0)
+                continue;
+            struct lb_shm_tls *st = lb_shm_tls(a->shm, t->shm_id);
+            lb_shm_tls_cert_set(st, (uint32_t)c, n->subject, n->not_after);
+            uint64_t g = atomic_fetch_add(&st->cert_generation, 1) + 1;
+            lb_log_info("acme: %s: certificate live on listener %s (generation %llu)", n->name,
+                        a->cfg->listeners[i].address, (unsigned long long)g);
+        }
+    }
+}
+
+/* An order for N now, under the storage lock (a retiring control process
+ * may be at it too). */
+static void lb_acme_run(struct lb_acme *a, struct lb_acme_name *n, struct lb_acme_resp *r)
+{
+    char lock[PATH_MAX];
+    snprintf(lock, sizeof(lock), "%s/.lock", a->ac->storage);
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (fd >= 0)
+            close(fd);
+        n->renew_at = time(NULL) + 1;       /* another order holds it: soon again */
+        return;
+    }
+    int64_t now = time(NULL);
+    /* Someone else may have renewed it meanwhile. */
+    if (lb_acme_stored(n) == 0) {
+        lb_acme_schedule(a, n);
+        if (n->renew_at > now) {
+            n->state = LB_ACME_VALID;
+            close(fd);
+            return;
+        }
+    }
+    n->state = LB_ACME_ORDERING;
+    lb_acme_publish(a);
+    lb_log_info("acme: %s: ordering a certificate (%s) from %s", n->name,
+                lb_acme_challenge_names[a->ac->challenge], a->ac->directory);
+    a->err[0] = '\0';
+    a->retry_after = 0;
+    int rc = lb_acme_order(a, n, r);
+    close(fd);
+    enum lb_acme_result res = rc == 0 ? LB_ACME_ORDER_VALID : LB_ACME_ORDER_FAILED;
+    n->orders[res]++;
+    atomic_fetch_add(&lb_shm_acme(a->shm)->orders[res], 1);
+    if (rc == 0 && lb_acme_stored(n) == 0) {
+        lb_acme_schedule(a, n);
+        n->state = LB_ACME_VALID;
+        n->backoff_s = 0;
+        n->error[0] = '\0';
+        char when[32];
+        time_t na = (time_t)n->not_after, ra = (time_t)n->renew_at;
+        struct tm tm;
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", gmtime_r(&na, &tm));
+        char renew[32];
+        strftime(renew, sizeof(renew), "%Y-%m-%d %H:%M:%S", gmtime_r(&ra, &tm));
+        lb_log_info("acme: %s: certificate obtained, valid until %s UTC, renewal at %s UTC",
+                    n->name, when, renew);
+        lb_acme_golive(a, n);
+        return;
+    }
+    if (rc == 0)
+        lb_acme_fail(a, "the stored certificate of %s is unusable", n->name);
+    n->backoff_s = n->backoff_s == 0 ? LB_ACME_BACKOFF_MIN_S
+                   : n->backoff_s * 2 > LB_ACME_BACKOFF_MAX_S ? LB_ACME_BACKOFF_MAX_S
+                   : n->backoff_s * 2;
+    unsigned wait = a->retry_after > n->backoff_s && a->retry_after < 86400 ? a->retry_after
+                                                                             : n->backoff_s;
+    n->renew_at = time(NULL) + wait;
+    n->state = LB_ACME_FAILED;
+    snprintf(n->error, sizeof(n->error), "%s", a->err);
+    lb_log_warn("acme: %s: order failed (again in %us): %s", n->name, wait, a->err);
+    /* Directory and account are fetched again next time (a new server?). */
+    a->new_order[0] = '\0';
+    a->kid[0] = '\0';
+    lb_acme_stored(n);      /* the expiry of the one still served, if any */
+}
+
+static int lb_acme_setup(struct lb_acme *a)
+{
+    char err[512], path[PATH_MAX];
+    if (mkdir(a->ac->storage, 0700) < 0 && errno != EEXIST) {
+        lb_log_error("acme: cannot create storage %s: %s", a->ac->storage, strerror(errno));
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/account.key", a->ac->storage);
+    bool had = access(path, F_OK) == 0;
+    a->account = lb_jws_key_load(path, err, sizeof(err));
+    if (a->account == NULL) {
+        lb_log_error("acme: account key: %s", err);
+        return -1;
+    }
+    if (!had)
+        lb_log_info("acme: account key created in %s", path);
+    if (lb_jws_jwk(a->account, a->jwk, sizeof(a->jwk)) < 0 ||
+        lb_jws_thumbprint(a->jwk, a->thumb) < 0) {
+        lb_log_error("acme: account key %s unusable", path);
+        return -1;
+    }
+    if ((a->curl = curl_easy_init()) == NULL) {
+        lb_log_error("acme: libcurl could not start");
+        return -1;
+    }
+    return 0;
+}
+
+static void *lb_acme_main(void *arg)
+{
+    struct lb_acme *a = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);     /* signals are the event loop's */
+    struct lb_acme_resp *r = calloc(1, sizeof(*r));
+    int64_t now = time(NULL);
+    for (size_t i = 0; i < a->nnames; i++) {
+        struct lb_acme_name *n = &a->names[i];
+        if (lb_acme_stored(n) == 0) {
+            lb_acme_schedule(a, n);
+            n->state = LB_ACME_VALID;
+            if (n->renew_at > now)
+                lb_log_info("acme: %s: stored certificate valid, renewal due in %llds", n->name,
+                            (long long)(n->renew_at - now));
+        } else {
+            n->renew_at = now;
+        }
+    }
+    lb_acme_publish(a);
+    bool ready = r != NULL && lb_acme_setup(a) == 0;
+    while (!atomic_load(&a->stop)) {
+        if (!lb_shm_generation_current(a->shm, a->generation))
+            break;      /* a reload's control process has taken over */
+        now = time(NULL);
+        int64_t next = now + 3600;
+        for (size_t i = 0; i < a->nnames && !atomic_load(&a->stop); i++) {
+            struct lb_acme_name *n = &a->names[i];
+            if (n->renew_at <= now) {
+                if (ready) {
+                    lb_acme_run(a, n, r);
+                } else {
+                    n->state = LB_ACME_FAILED;
+                    snprintf(n->error, sizeof(n->error), "storage or account key unusable");
+                    n->renew_at = now + LB_ACME_BACKOFF_MAX_S;
+                }
+                lb_acme_publish(a);
+                now = time(NULL);
+            }
+            if (n->renew_at < next)
+                next = n->renew_at;
+        }
+        if (next > now && !lb_acme_sleep(a, (uint64_t)(next - now) * 1000))
+            break;
+        if (!ready && !atomic_load(&a->stop))
+            ready = r != NULL && lb_acme_setup(a) == 0;
+    }
+    if (r != NULL)
+        lb_acme_resp_clear(r);
+    free(r);
+    return NULL;
+}
+
+struct lb_acme *lb_acme_start(const struct lb_config *cfg, struct lb_shm_header *shm)
+{
+    if (cfg->acme == NULL) {
+        lb_shm_acme_names_set(lb_shm_acme(shm), NULL, 0);   /* a reload took them away */
+        return NULL;
+    }
+    struct lb_acme *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        goto oom;
+    a->cfg = cfg;
+    a->ac = cfg->acme;
+    a->shm = shm;
+    a->generation = atomic_load(&shm->generation);
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cond, NULL);
+    /* Every acme name once, in the order of the listeners. */
+    size_t total = 0;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        total += cfg->listeners[i].tls ? cfg->listeners[i].tls->nacme : 0;
+    if (total == 0) {
+        lb_shm_acme_names_set(lb_shm_acme(shm), NULL, 0);
+        free(a);
+        return NULL;
+    }
+    a->names = calloc(total, sizeof(*a->names));
+    if (a->names == NULL)
+        goto oom;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct lb_tls_cfg *t = cfg->listeners[i].tls;
+        for (size_t k = 0; t != NULL && k < t->nacme; k++) {
+            bool seen = false;
+            for (size_t j = 0; j < a->nnames && !seen; j++)
+                seen = strcmp(a->names[j].name, t->acme[k]) == 0;
+            if (seen)
+                continue;
+            struct lb_acme_name *n = &a->names[a->nnames++];
+            snprintf(n->name, sizeof(n->name), "%s", t->acme[k]);
+            snprintf(n->path, sizeof(n->path), "%s/%s.pem", a->ac->storage, t->acme[k]);
+        }
+    }
+    if (a->nnames > LB_ACME_MAX_NAMES)
+        lb_log_warn("acme: %zu names; /status shows the first %d", a->nnames, LB_ACME_MAX_NAMES);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+        lb_log_error("acme: libcurl could not start: no certificates obtained");
+        free(a->names);
+        free(a);
+        return NULL;
+    }
+    if (pthread_create(&a->thread, NULL, lb_acme_main, a) != 0) {
+        lb_log_error("acme: no thread: no certificates obtained");
+        curl_global_cleanup();
+        free(a->names);
+        free(a);
+        return NULL;
+    }
+    a->started = true;
+    return a;
+oom:
+    lb_log_error("acme: out of memory: no certificates obtained");
+    if (a != NULL)
+        free(a->names);
+    free(a);
+    return NULL;
+}
+
+void lb_acme_stop(struct lb_acme *a)
+{
+    if (a == NULL)
+        return;
+    pthread_mutex_lock(&a->mu);
+    atomic_store(&a->stop, true);
+    pthread_cond_broadcast(&a->cond);
+    pthread_mutex_unlock(&a->mu);
+    if (a->started)
+        pthread_join(a->thread, NULL);
+    if (a->curl != NULL)
+        curl_easy_cleanup(a->curl);
+    curl_global_cleanup();
+    EVP_PKEY_free(a->account);
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->cond);
+    free(a->names);
+    free(a);
+}
