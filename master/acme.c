@@ -241,7 +241,7 @@ static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, 
 /* An error answer (RFC 7807 problem document) into A->err. */
 static int lb_acme_problem(struct lb_acme *a, const char *what, const struct lb_acme_resp *r)
 {
-    char type[128], detail[160];
+    char type[128], detail[256];
     lb_acme_str(r, 0, "type", type, sizeof(type));
     lb_acme_str(r, 0, "detail", detail, sizeof(detail));
     a->retry_after = r->retry_after;
@@ -583,7 +583,7 @@ static int lb_acme_authorize(struct lb_acme *a, const char *name, const char *ur
         goto out;
     if (strcmp(status, "valid") != 0) {
         /* The challenge's error says why (connection refused, wrong answer). */
-        char detail[160] = "";
+        char detail[256] = "";
         int ch;
         for (int i = 0; (ch = lb_json_elem(r->toks, r->ntoks, list = lb_json_get(r->body, r->toks,
                                                  r->ntoks, 0, "challenges"), i)) >= 0; i++) {

@@ -449,7 +449,7 @@ struct lb_shm_tls {
 #define LB_ACME_KEYAUTH_MAX     256
 #define LB_ACME_CERT_PEM_MAX    2048
 #define LB_ACME_KEY_PEM_MAX     512
-#define LB_ACME_ERROR_MAX       200
+#define LB_ACME_ERROR_MAX       384
 
 enum lb_acme_state {
     LB_ACME_NONE,                       /* no certificate yet, none asked for */

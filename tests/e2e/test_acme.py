@@ -118,12 +118,13 @@ def peer_cert(addr, name, cafile):
                      "make deps)")
 class AcmeTest(LbdTestCase):
 
-    def acme_lbd(self, challenge, renew_before="30d", validity=None, workers=2, start=True):
+    def acme_lbd(self, challenge, renew_before="30d", validity=None, workers=2, start=True,
+                 pebble_http_port=None):
         self.backend = self.start_backend("b1")
         self.tls_addr = f"127.0.0.1:{free_port()}"
         self.plain_addr = f"127.0.0.1:{free_port()}"
         self.admin_addr = f"127.0.0.1:{free_port()}"
-        self.pebble = Pebble(self, int(self.plain_addr.rsplit(":", 1)[1]),
+        self.pebble = Pebble(self, pebble_http_port or int(self.plain_addr.rsplit(":", 1)[1]),
                              int(self.tls_addr.rsplit(":", 1)[1]), validity=validity)
         self.storage = self.path("acme")
         acme = (f'acme = {{ directory = "{self.pebble.directory}"; email = "ops@lbd.test"; '
@@ -173,8 +174,9 @@ class AcmeTest(LbdTestCase):
         pebble validates over lbd's plain listener (which redirects
         everything else to https), lbd serves pebble's chain for each name
         (s_client verifies it against pebble's root); the account key and
-        certificates are 0600 in storage. Restarted, lbd takes the stored
-        certificates and orders nothing while they are valid."""
+        certificates are 0600 in storage. Reloaded, then restarted, lbd
+        takes the stored certificates and orders nothing while they are
+        valid."""
         self.acme_lbd("http-01")
         self.wait_names_valid()
         root = self.pebble.root()
@@ -205,6 +207,17 @@ class AcmeTest(LbdTestCase):
         r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{self.plain_addr}/x"])
         self.assertEqual(r.stdout, b"308")
 
+        # A reload takes the stored certificates and orders nothing.
+        before = len(self.lbd.log())
+        self.lbd.reload()
+        wait_for(lambda: self.lbd.log()[before:].count("stored certificate valid") >= 2,
+                 timeout=20, what="the stored certificates taken after the reload")
+        again = self.served(root)
+        for n in NAMES:
+            self.assertEqual(again[n]["serialNumber"], first[n]["serialNumber"])
+        self.assertNotIn("ordering a certificate", self.lbd.log()[before:])
+
+        # So does a restart.
         before = len(self.lbd.log())
         self.lbd.stop()
         self._lbds.remove(self.lbd)
@@ -292,6 +305,31 @@ class AcmeTest(LbdTestCase):
         m = admin_metrics(self.admin_addr)
         self.assertGreaterEqual(m.value("lbd_acme_orders_total", result="valid"), 4)
         self.assertIn("certificates loaded again", self.lbd.log())
+
+    def test_failed_validation_is_logged_and_backed_off(self):
+        """pebble validates HTTP-01 on a port where nothing listens: each
+        order fails with pebble's problem detail in the log and /status,
+        is counted as failed, and is tried again after 10 s, then 20 s."""
+        self.acme_lbd("http-01", pebble_http_port=free_port())
+
+        def failed_twice():
+            st = admin_status(self.admin_addr)
+            return all(e["orders"]["failed"] >= 2 for e in st["acme"]["names"])
+        wait_for(failed_twice, timeout=60, interval=0.5, what="two failed orders per name")
+        st = admin_status(self.admin_addr)
+        for e in st["acme"]["names"]:
+            self.assertIn(e["state"], ("failed", "ordering"))
+            self.assertEqual(e["orders"]["valid"], 0)
+        names = {e["name"]: e for e in st["acme"]["names"]}
+        self.assertRegex(names[NAMES[0]]["error"], "connection refused|Connection refused")
+        log = self.lbd.log()
+        for n in NAMES:
+            self.assertEqual(log.count(f"acme: {n}: order failed (again in 10s)"), 1)
+            self.assertEqual(log.count(f"acme: {n}: order failed (again in 20s)"), 1)
+        self.assertFalse(os.path.exists(os.path.join(self.storage, f"{NAMES[0]}.pem")))
+        # No certificate: handshakes are refused, the challenge path is not.
+        with self.assertRaises((ssl.SSLError, OSError)):
+            peer_cert(self.tls_addr, NAMES[0], self.pebble.pki.ca)
 
 
 if __name__ == "__main__":
