@@ -1686,6 +1686,9 @@ static int lb_cfg_acme(struct lb_loader *ld, const config_setting_t *root, struc
         return -1;
     if (ca != NULL && *ca != '\0' && (a->ca_file = strdup(ca)) == NULL)
         return lb_cfg_fail(ld, g, "out of memory");
+    if (a->ca_file != NULL && access(a->ca_file, R_OK) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "ca_file"), "acme ca_file: cannot read %s: %s",
+                           a->ca_file, strerror(errno));
     if (strncmp(a->directory, "https://", 8) != 0 || strlen(a->directory) <= 8)
         return lb_cfg_fail(ld, lb_cfg_member(g, "directory"),
                            "acme directory must be an https:// URL (RFC 8555), not \"%s\"",

@@ -3,7 +3,7 @@ server, pebble (Debian package `pebble`), started by each test on free
 loopback ports with pebble-challtestsrv as its DNS server (every name is
 127.0.0.1), and pebble's validation ports pointed at lbd's listeners.
 
-pebble settings: PEBBLE_VA_NOSLEEP=1 (no random 0-15 s sleep before each
+pebble runs with -strict; settings: PEBBLE_VA_NOSLEEP=1 (no random 0-15 s sleep before each
 validation: it only makes tests slow). Nonce rejection stays at pebble's
 default (15 % of good nonces refused as badNonce), so lbd's retry of
 badNonce runs in every test. Authorization reuse stays at its default too.
@@ -62,7 +62,8 @@ class Pebble:
                          "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "",
                          "-tlsalpn01", "", "-management", f"127.0.0.1:{dns_mgmt}"], log)
         env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
-        self._start(tc, [PEBBLE, "-config", path, "-dnsserver", f"127.0.0.1:{dns}"], log, env)
+        self._start(tc, [PEBBLE, "-strict", "-config", path, "-dnsserver", f"127.0.0.1:{dns}"],
+                    log, env)
         self.directory = f"https://localhost:{self.port}/dir"
         self.ctx = ssl.create_default_context(cafile=self.pki.ca)
         wait_for(self._up, timeout=20, what="pebble to answer")

@@ -1568,14 +1568,14 @@ START_TEST(test_acme_config)
     lb_config_free(cfg);
 
     /* Configured certificates first, then the acme names; every key. */
-    text = ACME_GROUP("  email = \"ops@example.com\";\n  ca_file = \"/etc/pebble.pem\";\n"
+    text = ACME_GROUP("  email = \"ops@example.com\";\n  ca_file = \"/dev/null\";\n"
                       "  challenge = \"tls-alpn-01\";\n  renew_before = \"75s\";\n")
         "listeners = (\n  { address = \"127.0.0.1:8443\";\n"
         "    tls = { certificates = ( { cert = \"/c.pem\"; key = \"/c.key\"; } );\n"
         "            acme = [ \"a.example.com\" ]; }; }\n);\n" POOL_WEB;
     ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
     ck_assert_str_eq(cfg->acme->email, "ops@example.com");
-    ck_assert_str_eq(cfg->acme->ca_file, "/etc/pebble.pem");
+    ck_assert_str_eq(cfg->acme->ca_file, "/dev/null");
     ck_assert_int_eq(cfg->acme->challenge, LB_ACME_TLSALPN01);
     ck_assert_uint_eq(cfg->acme->renew_before_ms, 75000);
     t = cfg->listeners[0].tls;
@@ -1601,6 +1601,8 @@ START_TEST(test_err_acme)
                  "renew_before");
     expect_error(ACME_GROUP("  renew_before = \"0\";\n") MINIMAL, "renew_before", "1s or more");
     expect_error(ACME_GROUP("  email = \"ops\";\n") MINIMAL, "email", "not an address");
+    expect_error(ACME_GROUP("  ca_file = \"/nonexistent/ca.pem\";\n") MINIMAL, "ca_file",
+                 "cannot read /nonexistent/ca.pem");
     expect_error(ACME_GROUP("  provider = \"x\";\n") MINIMAL, "provider", "unknown key 'provider' in acme");
     expect_error("acme = {\n  directory = \"http://acme.test/dir\";\n  storage = \"/s\";\n};\n"
                  MINIMAL, "directory", "https:// URL");
