@@ -764,7 +764,11 @@ void lb_tls_worker_init(const struct lb_config *cfg, struct lb_shm_header *shm,
         lb_log_error("AES-256-CBC unavailable: no session tickets");
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct lb_tls_cfg *t = cfg->listeners[i].tls;
-        if (t != NULL && t->rt != NULL)
+        /* A listener with ACME names keeps the master's 0: if ACME replaced
+         * a certificate since the master built the contexts (a worker
+         * respawned later inherits them), the first handshake loads the
+         * files. */
+        if (t != NULL && t->rt != NULL && t->nacme == 0)
             t->rt->generation = atomic_load(&lb_shm_tls(shm, t->shm_id)->cert_generation);
     }
 }

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -256,7 +257,7 @@ class AcmeTest(LbdTestCase):
         self.wait_names_valid()
         root = self.pebble.root()
         first = self.served(root)
-        workers = sorted(self.lbd.worker_pids())
+        workers = sorted(self.lbd.worker_pids().values())
         stop = threading.Event()
         counts = {"ok": 0, "errors": 0}
 
@@ -301,11 +302,32 @@ class AcmeTest(LbdTestCase):
             th.join(30)
         self.assertEqual(counts["errors"], 0)
         self.assertGreater(counts["ok"], 10)
-        self.assertEqual(sorted(self.lbd.worker_pids()), workers)
+        self.assertEqual(sorted(self.lbd.worker_pids().values()), workers)
         self.assertNotIn("reloading", self.lbd.log())
         m = admin_metrics(self.admin_addr)
         self.assertGreaterEqual(m.value("lbd_acme_orders_total", result="valid"), 4)
         self.assertIn("certificates loaded again", self.lbd.log())
+
+    def test_respawned_worker_loads_the_acme_certificates(self):
+        """Workers that die after the certificates were obtained are
+        respawned from the master, whose contexts were built before them
+        (with no certificate at all): the new workers load the stored
+        files at their first handshake, so every connection gets pebble's
+        certificate."""
+        self.expect_worker_deaths()
+        self.acme_lbd("http-01")
+        self.wait_names_valid()
+        root = self.pebble.root()
+        old = self.lbd.worker_pids()
+        for pid in old.values():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(self.lbd.worker_pids()) == 2 and
+                 not set(self.lbd.worker_pids().values()) & set(old.values()),
+                 timeout=20, what="both workers respawned")
+        self.lbd.wait_ready(workers=2)
+        for _ in range(10):
+            for n in NAMES:
+                self.assertIn(("DNS", n), peer_cert(self.tls_addr, n, root)["subjectAltName"])
 
     def test_failed_validation_is_logged_and_backed_off(self):
         """pebble validates HTTP-01 on a port where nothing listens: each
