@@ -820,6 +820,14 @@ static int lb_acme_setup(struct lb_acme *a)
         lb_log_error("acme: cannot create storage %s: %s", a->ac->storage, strerror(errno));
         return -1;
     }
+    /* Challenges of a control process that died in an order: with the
+     * storage lock free, no order is under way. */
+    snprintf(path, sizeof(path), "%s/.lock", a->ac->storage);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+        lb_shm_acme_challenges_clear(lb_shm_acme(a->shm));
+    if (fd >= 0)
+        close(fd);
     snprintf(path, sizeof(path), "%s/account.key", a->ac->storage);
     bool had = access(path, F_OK) == 0;
     a->account = lb_jws_key_load(path, err, sizeof(err));

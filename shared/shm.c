@@ -878,6 +878,13 @@ void lb_shm_acme_challenge_del(struct lb_shm_acme *a, const char *token)
     lb_shm_seq_unlock(&a->seq, locked);
 }
 
+void lb_shm_acme_challenges_clear(struct lb_shm_acme *a)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    memset(a->challenges, 0, sizeof(a->challenges));
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
 /* Copy the challenge matching TOKEN (TLEN bytes) or NAME into OUT under the
  * seqlock. */
 static bool lb_shm_acme_find(const struct lb_shm_acme *a, const char *token, size_t tlen,

@@ -232,6 +232,8 @@ void lb_shm_tls_cert_set(struct lb_shm_tls *t, uint32_t idx, const char *subject
  * readers copy one out: HTTP-01 by token (LEN bytes), TLS-ALPN-01 by name. */
 void lb_shm_acme_challenge_put(struct lb_shm_acme *a, const struct lb_shm_acme_challenge *c);
 void lb_shm_acme_challenge_del(struct lb_shm_acme *a, const char *token);
+/* Every challenge dropped (what a control process that died left). */
+void lb_shm_acme_challenges_clear(struct lb_shm_acme *a);
 bool lb_shm_acme_http01(const struct lb_shm_acme *a, const char *token, size_t len,
                         struct lb_shm_acme_challenge *out);
 bool lb_shm_acme_tlsalpn01(const struct lb_shm_acme *a, const char *name,
