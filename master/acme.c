@@ -404,6 +404,15 @@ static X509_EXTENSION *lb_acme_san(const char *name)
     return X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, san);
 }
 
+/* CN=NAME into SUBJ when NAME fits a common name (64 bytes); a longer
+ * one is in the subjectAltName only, which is what counts. */
+static bool lb_acme_cn(X509_NAME *subj, const char *name)
+{
+    return strlen(name) > 64 ||
+           X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_ASC,
+                                      (const unsigned char *)name, -1, -1, 0) == 1;
+}
+
 /* The DER CSR for NAME with KEY, base64url, into OUT (malloc'd). */
 static int lb_acme_csr(const char *name, EVP_PKEY *key, char **out)
 {
@@ -414,9 +423,7 @@ static int lb_acme_csr(const char *name, EVP_PKEY *key, char **out)
     unsigned char *der = NULL;
     int rc = -1, len = 0;
     *out = NULL;
-    if (req != NULL && subj != NULL && exts != NULL && san != NULL &&
-        X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_ASC,
-                                   (const unsigned char *)name, -1, -1, 0) == 1 &&
+    if (req != NULL && subj != NULL && exts != NULL && san != NULL && lb_acme_cn(subj, name) &&
         X509_REQ_set_subject_name(req, subj) == 1 && X509_REQ_set_pubkey(req, key) == 1 &&
         sk_X509_EXTENSION_push(exts, san) > 0) {
         san = NULL;     /* the stack's */
@@ -464,8 +471,7 @@ static int lb_acme_alpn_cert(struct lb_shm_acme_challenge *c)
         ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), serial >> 1) != 1 ||
         X509_gmtime_adj(X509_getm_notBefore(x), -3600) == NULL ||
         X509_gmtime_adj(X509_getm_notAfter(x), 7 * 86400) == NULL ||
-        X509_NAME_add_entry_by_NID(subj, NID_commonName, MBSTRING_ASC,
-                                   (const unsigned char *)c->name, -1, -1, 0) != 1 ||
+        !lb_acme_cn(subj, c->name) ||
         X509_set_subject_name(x, subj) != 1 || X509_set_issuer_name(x, subj) != 1 ||
         X509_set_pubkey(x, k) != 1 || X509_add_ext(x, san, -1) != 1 ||
         X509_add_ext(x, id, -1) != 1 || X509_sign(x, k, EVP_sha256()) <= 0 ||
@@ -584,9 +590,8 @@ static int lb_acme_authorize(struct lb_acme *a, const char *name, const char *ur
     if (strcmp(status, "valid") != 0) {
         /* The challenge's error says why (connection refused, wrong answer). */
         char detail[256] = "";
-        int ch;
-        for (int i = 0; (ch = lb_json_elem(r->toks, r->ntoks, list = lb_json_get(r->body, r->toks,
-                                                 r->ntoks, 0, "challenges"), i)) >= 0; i++) {
+        list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
+        for (int i = 0, ch; (ch = lb_json_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
             int e = lb_json_get(r->body, r->toks, r->ntoks, ch, "error");
             if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
                 break;
