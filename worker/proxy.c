@@ -2212,8 +2212,8 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         path = slash_query;
         plen = n + 1;
     }
-    if (w->cfg->acme != NULL && !s->tls && lb_acme_challenge(path, plen) &&
-        lb_session_acme_http01(s, path, plen))
+    if (w->cfg->acme != NULL && !s->tls && lb_acme_challenge(path, plen) && m->method_len == 3 &&
+        memcmp(m->method, "GET", 3) == 0 && lb_session_acme_http01(s, path, plen))
         return;
     if (s->redirect && !lb_acme_challenge(path, plen)) {
         lb_session_redirect(s, hval, hlen, path, plen);
