@@ -782,6 +782,12 @@ static void lb_acme_run(struct lb_acme *a, struct lb_acme_name *n, struct lb_acm
     a->retry_after = 0;
     int rc = lb_acme_order(a, n, r);
     close(fd);
+    if (rc < 0 && atomic_load(&a->stop)) {
+        /* Stopped (a reload, a stop): not the CA's failure; the next
+         * control process orders again. */
+        lb_log_info("acme: %s: order interrupted by the stop", n->name);
+        return;
+    }
     enum lb_acme_result res = rc == 0 ? LB_ACME_ORDER_VALID : LB_ACME_ORDER_FAILED;
     n->orders[res]++;
     atomic_fetch_add(&lb_shm_acme(a->shm)->orders[res], 1);
