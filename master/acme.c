@@ -3,8 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
-#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -35,6 +35,7 @@
 #define LB_ACME_BACKOFF_MIN_S   10
 #define LB_ACME_BACKOFF_MAX_S   3600
 #define LB_ACME_NONCE_TRIES     5               /* badNonce: the request again */
+#define LB_ACME_SOCKETS         8               /* libcurl's, watched at once */
 
 struct lb_acme_name {
     char name[LB_ACME_NAME_MAX];
@@ -46,29 +47,6 @@ struct lb_acme_name {
     uint32_t state;                     /* enum lb_acme_state */
     uint64_t orders[LB_ACME_RESULTS];
     char error[LB_ACME_ERROR_MAX];
-};
-
-struct lb_acme {
-    const struct lb_config *cfg;
-    const struct lb_acme_cfg *ac;
-    struct lb_shm_header *shm;
-    uint64_t generation;
-    pthread_t thread;
-    bool started;
-    atomic_bool stop;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    /* The thread's alone from here. */
-    CURL *curl;
-    EVP_PKEY *account;
-    char jwk[256], thumb[64];
-    char kid[LB_ACME_URL_MAX];          /* account URL; "" until registered */
-    char nonce[LB_ACME_NONCE_MAX];
-    char new_nonce[LB_ACME_URL_MAX], new_account[LB_ACME_URL_MAX], new_order[LB_ACME_URL_MAX];
-    struct lb_acme_name *names;
-    size_t nnames;
-    char err[LB_ACME_ERROR_MAX];        /* why the order under way failed */
-    unsigned retry_after;               /* the server's, with the failure */
 };
 
 struct lb_acme_resp {
@@ -83,36 +61,96 @@ struct lb_acme_resp {
     int ntoks;
 };
 
-/* Leaves a message in A->err for the order's failure. */
-static int lb_acme_fail(struct lb_acme *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int lb_acme_fail(struct lb_acme *a, const char *fmt, ...)
+struct lb_acme;
+typedef void (*lb_acme_step)(struct lb_acme *a);
+
+struct lb_acme {
+    const struct lb_config *cfg;
+    const struct lb_acme_cfg *ac;
+    struct lb_shm_header *shm;
+    uint64_t generation;
+    struct event_base *base;
+    bool ready;                         /* storage and account key usable */
+    EVP_PKEY *account;
+    char jwk[256], thumb[64];
+    char kid[LB_ACME_URL_MAX];          /* account URL; "" until registered */
+    char nonce[LB_ACME_NONCE_MAX];
+    char new_nonce[LB_ACME_URL_MAX], new_account[LB_ACME_URL_MAX], new_order[LB_ACME_URL_MAX];
+    struct lb_acme_name *names;
+    size_t nnames;
+
+    /* libcurl: one transfer at a time (the protocol is a sequence). */
+    CURLM *multi;
+    CURL *easy;
+    bool busy;                          /* EASY is in MULTI */
+    struct curl_slist *hdrs;
+    char *req_body;
+    struct event *curl_timer;
+    struct { curl_socket_t fd; struct event *ev; } socks[LB_ACME_SOCKETS];
+    struct lb_acme_resp *r;             /* the answer of the last transfer */
+    lb_acme_step on_answer;             /* run once it is in R (or failed: ANSWER_OK false) */
+    bool answer_ok;
+
+    /* A signed POST under way (sent again on badNonce). */
+    char post_url[LB_ACME_URL_MAX];
+    char *post_payload;                 /* NULL: POST-as-GET */
+    const char *post_accept;
+    int post_tries;
+    lb_acme_step post_done;
+
+    /* The order under way; CUR NULL when none. */
+    struct lb_acme_name *cur;
+    int lock_fd;
+    char order[LB_ACME_URL_MAX], finalize[LB_ACME_URL_MAX], poll_url[LB_ACME_URL_MAX];
+    char (*authz)[LB_ACME_URL_MAX];
+    int nauth, iauth, polls;
+    bool poll_ready_too;
+    lb_acme_step poll_done;
+    char status[32];
+    struct lb_shm_acme_challenge *chal; /* put in shm while validated */
+    bool chal_put;
+    EVP_PKEY *cert_key;
+    char err[LB_ACME_ERROR_MAX];        /* why the order failed */
+    unsigned retry_after;               /* the server's, with the failure */
+
+    struct event *timer;                /* the next due name, or a poll's wait */
+    lb_acme_step on_timer;
+};
+
+static const char *const lb_acme_challenge_names[] = { "http-01", "tls-alpn-01" };
+
+static void lb_acme_fail(struct lb_acme *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lb_acme_done(struct lb_acme *a, int rc);
+
+/* The order under way fails with a message (logged, in /status). */
+static void lb_acme_fail(struct lb_acme *a, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(a->err, sizeof(a->err), fmt, ap);
     va_end(ap);
-    return -1;
+    lb_acme_done(a, -1);
 }
 
-/* Sleep MS unless stopped. False once stopped. */
-static bool lb_acme_sleep(struct lb_acme *a, uint64_t ms)
+static void lb_acme_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)(ms / 1000);
-    until.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000;
-    }
-    pthread_mutex_lock(&a->mu);
-    while (!atomic_load(&a->stop) && pthread_cond_timedwait(&a->cond, &a->mu, &until) != ETIMEDOUT)
-        ;
-    pthread_mutex_unlock(&a->mu);
-    return !atomic_load(&a->stop);
+    (void)fd;
+    (void)what;
+    struct lb_acme *a = arg;
+    lb_acme_step step = a->on_timer;
+    a->on_timer = NULL;
+    if (step != NULL)
+        step(a);
 }
 
-/* ---- HTTP (libcurl) ------------------------------------------------------- */
+static void lb_acme_after(struct lb_acme *a, uint64_t ms, lb_acme_step step)
+{
+    a->on_timer = step;
+    struct timeval tv = lb_ms_timeval(ms);
+    evtimer_add(a->timer, &tv);
+}
+
+/* ---- HTTP: libcurl's multi interface on the control process's loop -------- */
 
 static size_t lb_acme_body_cb(char *data, size_t size, size_t nmemb, void *arg)
 {
@@ -161,16 +199,6 @@ static size_t lb_acme_header_cb(char *line, size_t size, size_t nmemb, void *arg
     return n;
 }
 
-static int lb_acme_progress_cb(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut,
-                               curl_off_t un)
-{
-    (void)dt;
-    (void)dn;
-    (void)ut;
-    (void)un;
-    return atomic_load(&((struct lb_acme *)arg)->stop) ? 1 : 0;   /* 1: abort */
-}
-
 static void lb_acme_resp_clear(struct lb_acme_resp *r)
 {
     free(r->body);
@@ -178,15 +206,116 @@ static void lb_acme_resp_clear(struct lb_acme_resp *r)
     r->ntoks = 0;
 }
 
-/* One request: GET (BODY NULL), HEAD or POST of a JWS. -1 when no HTTP
- * answer came (A->err says why). */
-static int lb_acme_http(struct lb_acme *a, const char *url, const char *body, bool head,
-                        const char *accept, struct lb_acme_resp *r)
+/* The transfer ended: its answer (or failure) goes to the step waiting. */
+static void lb_acme_transfers_done(struct lb_acme *a)
 {
-    lb_acme_resp_clear(r);
-    CURL *c = a->curl;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(a->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE || msg->easy_handle != a->easy)
+            continue;
+        CURLcode rc = msg->data.result;
+        curl_multi_remove_handle(a->multi, a->easy);
+        a->busy = false;
+        curl_slist_free_all(a->hdrs);
+        a->hdrs = NULL;
+        free(a->req_body);
+        a->req_body = NULL;
+        char *url = NULL;
+        curl_easy_getinfo(a->easy, CURLINFO_EFFECTIVE_URL, &url);
+        a->answer_ok = rc == CURLE_OK;
+        if (a->answer_ok) {
+            struct lb_acme_resp *r = a->r;
+            curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &r->status);
+            r->ntoks = r->body != NULL ? lb_json_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
+            lb_log_debug("acme: %s: %ld", url ? url : "?", r->status);
+        } else {
+            snprintf(a->err, sizeof(a->err), "%s: %s", url ? url : "?", curl_easy_strerror(rc));
+        }
+        lb_acme_step step = a->on_answer;
+        a->on_answer = NULL;
+        if (step != NULL)
+            step(a);
+        return;     /* one transfer at a time */
+    }
+}
+
+static void lb_acme_sock_event(evutil_socket_t fd, short what, void *arg)
+{
+    struct lb_acme *a = arg;
+    int running = 0;
+    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    curl_multi_socket_action(a->multi, fd, flags, &running);
+    lb_acme_transfers_done(a);
+}
+
+static void lb_acme_curl_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_acme *a = arg;
+    int running = 0;
+    curl_multi_socket_action(a->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    lb_acme_transfers_done(a);
+}
+
+/* libcurl says which of its sockets to watch for what. */
+static int lb_acme_sock_cb(CURL *e, curl_socket_t s, int what, void *arg, void *sockp)
+{
+    (void)e;
+    (void)sockp;
+    struct lb_acme *a = arg;
+    int slot = -1, free_slot = -1;
+    for (int i = 0; i < LB_ACME_SOCKETS; i++) {
+        if (a->socks[i].ev != NULL && a->socks[i].fd == s)
+            slot = i;
+        else if (a->socks[i].ev == NULL && free_slot < 0)
+            free_slot = i;
+    }
+    if (what == CURL_POLL_REMOVE) {
+        if (slot >= 0) {
+            event_free(a->socks[slot].ev);
+            a->socks[slot].ev = NULL;
+        }
+        return 0;
+    }
+    short kind = (short)(EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0));
+    if (slot >= 0) {
+        event_free(a->socks[slot].ev);
+    } else {
+        if (free_slot < 0)
+            return -1;      /* libcurl fails the transfer */
+        slot = free_slot;
+    }
+    a->socks[slot].fd = s;
+    a->socks[slot].ev = event_new(a->base, s, kind, lb_acme_sock_event, a);
+    if (a->socks[slot].ev == NULL || event_add(a->socks[slot].ev, NULL) < 0)
+        return -1;
+    return 0;
+}
+
+static int lb_acme_curl_timer_cb(CURLM *m, long ms, void *arg)
+{
+    (void)m;
+    struct lb_acme *a = arg;
+    if (ms < 0) {
+        evtimer_del(a->curl_timer);
+        return 0;
+    }
+    struct timeval tv = lb_ms_timeval((uint64_t)ms);
+    return evtimer_add(a->curl_timer, &tv);
+}
+
+/* Start one request: GET (BODY NULL), HEAD or POST of BODY (taken), whose
+ * answer STEP gets in a->r (a->answer_ok false: none came, a->err says
+ * why). */
+static void lb_acme_request(struct lb_acme *a, const char *url, char *body, bool head,
+                            const char *accept, lb_acme_step step)
+{
+    lb_acme_resp_clear(a->r);
+    CURL *c = a->easy;
     curl_easy_reset(c);
-    struct curl_slist *hdrs = NULL;
     char ua[64];
     snprintf(ua, sizeof(ua), "lbd/%s (ACME)", LB_VERSION);
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -196,36 +325,37 @@ static int lb_acme_http(struct lb_acme *a, const char *url, const char *body, bo
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
     curl_easy_setopt(c, CURLOPT_USERAGENT, ua);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, lb_acme_body_cb);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, a->r);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, lb_acme_header_cb);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, lb_acme_progress_cb);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, a);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, a->r);
     if (a->ac->ca_file != NULL)
         curl_easy_setopt(c, CURLOPT_CAINFO, a->ac->ca_file);
     if (head)
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    a->req_body = body;
     if (body != NULL) {
-        hdrs = curl_slist_append(hdrs, "Content-Type: application/jose+json");
+        a->hdrs = curl_slist_append(a->hdrs, "Content-Type: application/jose+json");
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
     }
     if (accept != NULL) {
         char h[128];
         snprintf(h, sizeof(h), "Accept: %s", accept);
-        hdrs = curl_slist_append(hdrs, h);
+        a->hdrs = curl_slist_append(a->hdrs, h);
     }
-    if (hdrs != NULL)
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
-    CURLcode rc = curl_easy_perform(c);
-    curl_slist_free_all(hdrs);
-    if (rc != CURLE_OK)
-        return lb_acme_fail(a, "%s: %s", url, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    r->ntoks = r->body != NULL ? lb_json_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
-    lb_log_debug("acme: %s %s: %ld", body ? "POST" : head ? "HEAD" : "GET", url, r->status);
-    return 0;
+    if (a->hdrs != NULL)
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, a->hdrs);
+    a->on_answer = step;
+    if (curl_multi_add_handle(a->multi, c) != CURLM_OK) {
+        curl_slist_free_all(a->hdrs);
+        a->hdrs = NULL;
+        free(a->req_body);
+        a->req_body = NULL;
+        a->on_answer = NULL;
+        lb_acme_fail(a, "%s: libcurl refused the request", url);
+        return;
+    }
+    a->busy = true;
 }
 
 static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, char *out,
@@ -239,97 +369,142 @@ static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, 
 }
 
 /* An error answer (RFC 7807 problem document) into A->err. */
-static int lb_acme_problem(struct lb_acme *a, const char *what, const struct lb_acme_resp *r)
+static void lb_acme_problem(struct lb_acme *a, const char *what, const struct lb_acme_resp *r)
 {
     char type[128], detail[256];
     lb_acme_str(r, 0, "type", type, sizeof(type));
     lb_acme_str(r, 0, "detail", detail, sizeof(detail));
     a->retry_after = r->retry_after;
     const char *t = strncmp(type, "urn:ietf:params:acme:error:", 27) == 0 ? type + 27 : type;
-    return lb_acme_fail(a, "%s: HTTP %ld %s%s%s", what, r->status, t, *detail ? ": " : "",
-                        detail);
+    lb_acme_fail(a, "%s: HTTP %ld %s%s%s", what, r->status, t, *detail ? ": " : "", detail);
 }
 
-static int lb_acme_directory(struct lb_acme *a, struct lb_acme_resp *r)
+
+/* ---- signed requests ------------------------------------------------------ */
+
+static void lb_acme_post_send(struct lb_acme *a);
+
+static void lb_acme_post_answer(struct lb_acme *a)
 {
-    if (a->new_order[0] != '\0')
-        return 0;
-    if (lb_acme_http(a, a->ac->directory, NULL, false, NULL, r) < 0)
-        return -1;
-    if (r->status != 200)
-        return lb_acme_problem(a, "directory", r);
-    if (!lb_acme_str(r, 0, "newNonce", a->new_nonce, sizeof(a->new_nonce)) ||
-        !lb_acme_str(r, 0, "newAccount", a->new_account, sizeof(a->new_account)) ||
-        !lb_acme_str(r, 0, "newOrder", a->new_order, sizeof(a->new_order))) {
-        a->new_order[0] = '\0';
-        return lb_acme_fail(a, "directory %s: no newNonce, newAccount or newOrder",
-                            a->ac->directory);
+    struct lb_acme_resp *r = a->r;
+    if (!a->answer_ok) {
+        lb_acme_done(a, -1);
+        return;
     }
-    return 0;
+    if (r->nonce[0] != '\0')
+        snprintf(a->nonce, sizeof(a->nonce), "%s", r->nonce);
+    char type[128];
+    if (r->status == 400 && lb_acme_str(r, 0, "type", type, sizeof(type)) &&
+        strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0) {
+        if (++a->post_tries >= LB_ACME_NONCE_TRIES) {
+            lb_acme_fail(a, "%s: badNonce %d times in a row", a->post_url, LB_ACME_NONCE_TRIES);
+            return;
+        }
+        lb_log_info("acme: %s: badNonce, sending again with a fresh nonce", a->post_url);
+        lb_acme_post_send(a);
+        return;
+    }
+    free(a->post_payload);
+    a->post_payload = NULL;
+    a->post_done(a);
+}
+
+static void lb_acme_nonce_answer(struct lb_acme *a)
+{
+    if (!a->answer_ok) {
+        lb_acme_done(a, -1);
+        return;
+    }
+    if (a->r->nonce[0] == '\0') {
+        lb_acme_fail(a, "newNonce %s: no Replay-Nonce (HTTP %ld)", a->new_nonce, a->r->status);
+        return;
+    }
+    snprintf(a->nonce, sizeof(a->nonce), "%s", a->r->nonce);
+    lb_acme_post_send(a);
+}
+
+static void lb_acme_post_send(struct lb_acme *a)
+{
+    if (a->nonce[0] == '\0') {
+        lb_acme_request(a, a->new_nonce, NULL, true, NULL, lb_acme_nonce_answer);
+        return;
+    }
+    char *prot = NULL;
+    int n = a->kid[0] != '\0'
+            ? asprintf(&prot, "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}",
+                       a->kid, a->nonce, a->post_url)
+            : asprintf(&prot, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
+                       a->jwk, a->nonce, a->post_url);
+    if (n < 0) {
+        lb_acme_fail(a, "out of memory");
+        return;
+    }
+    char *jws = lb_jws_sign(a->account, prot, a->post_payload ? a->post_payload : "");
+    free(prot);
+    if (jws == NULL) {
+        lb_acme_fail(a, "signing a request failed");
+        return;
+    }
+    a->nonce[0] = '\0';     /* used */
+    lb_acme_request(a, a->post_url, jws, false, a->post_accept, lb_acme_post_answer);
 }
 
 /* A signed POST of PAYLOAD (NULL: POST-as-GET) to URL, with the account's
- * kid, or its jwk while it has none (newAccount). A badNonce answer is
- * sent again with the nonce it came with. */
-static int lb_acme_post(struct lb_acme *a, const char *url, const char *payload, const char *accept,
-                        struct lb_acme_resp *r)
+ * kid, or its jwk while it has none (newAccount); DONE gets the answer. A
+ * badNonce answer is sent again with the nonce it came with. */
+static void lb_acme_post(struct lb_acme *a, const char *url, const char *payload,
+                         const char *accept, lb_acme_step done)
 {
-    for (int tries = 0; tries < LB_ACME_NONCE_TRIES; tries++) {
-        if (a->nonce[0] == '\0') {
-            if (lb_acme_http(a, a->new_nonce, NULL, true, NULL, r) < 0)
-                return -1;
-            if (r->nonce[0] == '\0')
-                return lb_acme_fail(a, "newNonce %s: no Replay-Nonce (HTTP %ld)", a->new_nonce,
-                                    r->status);
-            snprintf(a->nonce, sizeof(a->nonce), "%s", r->nonce);
-        }
-        char *prot = NULL;
-        int n = a->kid[0] != '\0'
-                ? asprintf(&prot, "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}",
-                           a->kid, a->nonce, url)
-                : asprintf(&prot, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
-                           a->jwk, a->nonce, url);
-        if (n < 0)
-            return lb_acme_fail(a, "out of memory");
-        char *jws = lb_jws_sign(a->account, prot, payload ? payload : "");
-        free(prot);
-        if (jws == NULL)
-            return lb_acme_fail(a, "signing a request failed");
-        a->nonce[0] = '\0';     /* used */
-        int rc = lb_acme_http(a, url, jws, false, accept, r);
-        free(jws);
-        if (rc < 0)
-            return -1;
-        if (r->nonce[0] != '\0')
-            snprintf(a->nonce, sizeof(a->nonce), "%s", r->nonce);
-        char type[128];
-        if (r->status == 400 && lb_acme_str(r, 0, "type", type, sizeof(type)) &&
-            strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0) {
-            lb_log_info("acme: %s: badNonce, sending again with a fresh nonce", url);
-            continue;
-        }
-        return 0;
+    snprintf(a->post_url, sizeof(a->post_url), "%s", url);
+    free(a->post_payload);
+    a->post_payload = payload ? strdup(payload) : NULL;
+    if (payload != NULL && a->post_payload == NULL) {
+        lb_acme_fail(a, "out of memory");
+        return;
     }
-    return lb_acme_fail(a, "%s: badNonce %d times in a row", url, LB_ACME_NONCE_TRIES);
+    a->post_accept = accept;
+    a->post_tries = 0;
+    a->post_done = done;
+    lb_acme_post_send(a);
 }
 
-static int lb_acme_account(struct lb_acme *a, struct lb_acme_resp *r)
+/* POST-as-GET URL until its "status" is none of pending, processing (and
+ * ready, with READY_TOO); then DONE, with the last status in a->status. */
+static void lb_acme_poll_send(struct lb_acme *a);
+
+static void lb_acme_poll_answer(struct lb_acme *a)
 {
-    if (a->kid[0] != '\0')
-        return 0;
-    char payload[512];
-    if (a->ac->email != NULL)
-        snprintf(payload, sizeof(payload),
-                 "{\"termsOfServiceAgreed\":true,\"contact\":[\"mailto:%s\"]}", a->ac->email);
-    else
-        snprintf(payload, sizeof(payload), "{\"termsOfServiceAgreed\":true}");
-    if (lb_acme_post(a, a->new_account, payload, NULL, r) < 0)
-        return -1;
-    if ((r->status != 200 && r->status != 201) || r->location[0] == '\0')
-        return lb_acme_problem(a, "newAccount", r);
-    snprintf(a->kid, sizeof(a->kid), "%s", r->location);
-    lb_log_info("acme: account %s (%s)", a->kid, r->status == 201 ? "created" : "existing");
-    return 0;
+    struct lb_acme_resp *r = a->r;
+    if (r->status != 200) {
+        lb_acme_problem(a, a->poll_url, r);
+        return;
+    }
+    lb_acme_str(r, 0, "status", a->status, sizeof(a->status));
+    if (strcmp(a->status, "pending") != 0 && strcmp(a->status, "processing") != 0 &&
+        !(a->poll_ready_too && strcmp(a->status, "ready") == 0)) {
+        a->poll_done(a);
+        return;
+    }
+    if (++a->polls >= LB_ACME_POLLS) {
+        lb_acme_fail(a, "%s: still %s after %d polls", a->poll_url, a->status, LB_ACME_POLLS);
+        return;
+    }
+    unsigned wait = r->retry_after > 0 && r->retry_after < 10 ? r->retry_after * 1000 : 500;
+    lb_acme_after(a, wait, lb_acme_poll_send);
+}
+
+static void lb_acme_poll_send(struct lb_acme *a)
+{
+    lb_acme_post(a, a->poll_url, NULL, NULL, lb_acme_poll_answer);
+}
+
+static void lb_acme_poll(struct lb_acme *a, const char *url, bool ready_too, lb_acme_step done)
+{
+    snprintf(a->poll_url, sizeof(a->poll_url), "%s", url);
+    a->poll_ready_too = ready_too;
+    a->poll_done = done;
+    a->polls = 0;
+    lb_acme_poll_send(a);
 }
 
 /* ---- certificates --------------------------------------------------------- */
@@ -504,185 +679,39 @@ out:
     return rc;
 }
 
-/* ---- an order ------------------------------------------------------------- */
 
-static const char *const lb_acme_challenge_names[] = { "http-01", "tls-alpn-01" };
 
-/* POST-as-GET URL until its "status" is none of pending, processing
- * (ready too, when READY_TOO). The last status into STATUS. */
-static int lb_acme_poll(struct lb_acme *a, const char *url, bool ready_too, struct lb_acme_resp *r,
-                        char *status, size_t cap)
+/* ---- an order, step by step ----------------------------------------------- *
+ *
+ *   directory -> newAccount -> newOrder -> for each authorization:
+ *       [valid: next] challenge in shm, POST {} to it, poll the authorization
+ *   -> finalize (CSR) -> poll the order -> download the chain -> store
+ */
+
+static void lb_acme_next_authz(struct lb_acme *a);
+static void lb_acme_finalize(struct lb_acme *a);
+
+static void lb_acme_cert_answer(struct lb_acme *a)
 {
-    for (int i = 0; i < LB_ACME_POLLS; i++) {
-        if (lb_acme_post(a, url, NULL, NULL, r) < 0)
-            return -1;
-        if (r->status != 200)
-            return lb_acme_problem(a, url, r);
-        lb_acme_str(r, 0, "status", status, cap);
-        if (strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0 &&
-            !(ready_too && strcmp(status, "ready") == 0))
-            return 0;
-        unsigned wait = r->retry_after > 0 && r->retry_after < 10 ? r->retry_after * 1000 : 500;
-        if (!lb_acme_sleep(a, wait))
-            return lb_acme_fail(a, "stopped");
-    }
-    return lb_acme_fail(a, "%s: still %s after %d polls", url, status, LB_ACME_POLLS);
-}
-
-/* One authorization: its challenge of our type answered and validated. */
-static int lb_acme_authorize(struct lb_acme *a, const char *name, const char *url,
-                             struct lb_acme_resp *r)
-{
-    if (lb_acme_post(a, url, NULL, NULL, r) < 0)
-        return -1;
-    if (r->status != 200)
-        return lb_acme_problem(a, "authorization", r);
-    char status[32];
-    lb_acme_str(r, 0, "status", status, sizeof(status));
-    if (strcmp(status, "valid") == 0)
-        return 0;       /* validated before (authorization reuse) */
-    const char *want = lb_acme_challenge_names[a->ac->challenge];
-    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
-    struct lb_shm_acme_challenge *c = calloc(1, sizeof(*c));
-    char curl[LB_ACME_URL_MAX] = "";
-    if (c == NULL)
-        return lb_acme_fail(a, "out of memory");
-    for (int i = 0;; i++) {
-        int ch = lb_json_elem(r->toks, r->ntoks, list, i);
-        if (ch < 0)
-            break;
-        char type[32];
-        lb_acme_str(r, ch, "type", type, sizeof(type));
-        if (strcmp(type, want) == 0 && lb_acme_str(r, ch, "url", curl, sizeof(curl)) &&
-            lb_acme_str(r, ch, "token", c->token, sizeof(c->token)))
-            break;
-        curl[0] = '\0';
-    }
-    int rc = -1;
-    bool put = false;
-    if (curl[0] == '\0' || c->token[0] == '\0') {
-        lb_acme_fail(a, "authorization for %s offers no %s challenge", name, want);
-        goto out;
-    }
-    for (const char *p = c->token; *p; p++)
-        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_')) {
-            lb_acme_fail(a, "challenge token for %s is not base64url", name);
-            goto out;
-        }
-    c->type = a->ac->challenge;
-    snprintf(c->name, sizeof(c->name), "%s", name);
-    snprintf(c->keyauth, sizeof(c->keyauth), "%s.%s", c->token, a->thumb);
-    if (c->type == LB_ACME_TLSALPN01 && lb_acme_alpn_cert(c) < 0) {
-        lb_acme_fail(a, "making the TLS-ALPN-01 certificate for %s failed", name);
-        goto out;
-    }
-    lb_shm_acme_challenge_put(lb_shm_acme(a->shm), c);
-    put = true;
-    if (lb_acme_post(a, curl, "{}", NULL, r) < 0)
-        goto out;
-    if (r->status != 200) {
-        lb_acme_problem(a, "challenge", r);
-        goto out;
-    }
-    if (lb_acme_poll(a, url, false, r, status, sizeof(status)) < 0)
-        goto out;
-    if (strcmp(status, "valid") != 0) {
-        /* The challenge's error says why (connection refused, wrong answer). */
-        char detail[256] = "";
-        list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
-        for (int i = 0, ch; (ch = lb_json_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
-            int e = lb_json_get(r->body, r->toks, r->ntoks, ch, "error");
-            if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
-                break;
-        }
-        lb_acme_fail(a, "%s for %s: authorization %s%s%s", want, name, status, *detail ? ": " : "",
-                     detail);
-        goto out;
-    }
-    rc = 0;
-out:
-    if (put)
-        lb_shm_acme_challenge_del(lb_shm_acme(a->shm), c->token);
-    OPENSSL_cleanse(c, sizeof(*c));
-    free(c);
-    return rc;
-}
-
-/* Order, validate, finalize and download N's certificate; store it. */
-static int lb_acme_order(struct lb_acme *a, struct lb_acme_name *n, struct lb_acme_resp *r)
-{
-    char payload[LB_ACME_NAME_MAX + 64];
-    char order[LB_ACME_URL_MAX], finalize[LB_ACME_URL_MAX], cert[LB_ACME_URL_MAX];
-    char status[32];
-    if (lb_acme_directory(a, r) < 0 || lb_acme_account(a, r) < 0)
-        return -1;
-    snprintf(payload, sizeof(payload), "{\"identifiers\":[{\"type\":\"dns\",\"value\":\"%s\"}]}",
-             n->name);
-    if (lb_acme_post(a, a->new_order, payload, NULL, r) < 0)
-        return -1;
-    if (r->status != 201 || r->location[0] == '\0')
-        return lb_acme_problem(a, "newOrder", r);
-    snprintf(order, sizeof(order), "%s", r->location);
-    if (!lb_acme_str(r, 0, "finalize", finalize, sizeof(finalize)))
-        return lb_acme_fail(a, "order %s has no finalize URL", order);
-    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "authorizations");
-    int nauth = list >= 0 ? r->toks[list].children : 0;
-    char (*authz)[LB_ACME_URL_MAX] = calloc((size_t)nauth + 1, sizeof(*authz));
-    if (authz == NULL)
-        return lb_acme_fail(a, "out of memory");
-    for (int i = 0; i < nauth; i++)
-        lb_json_str(r->body, r->toks, r->ntoks, lb_json_elem(r->toks, r->ntoks, list, i), authz[i],
-                    sizeof(authz[i]));
-    int rc = 0;
-    for (int i = 0; i < nauth && rc == 0; i++)
-        rc = lb_acme_authorize(a, n->name, authz[i], r);
-    free(authz);
-    if (rc < 0)
-        return -1;
-
-    /* The certificate's key is new at every order. */
-    EVP_PKEY *key = lb_jws_key_new();
-    char *csr = NULL, *body = NULL, *pem = NULL;
-    X509 *x = NULL;
-    rc = -1;
-    if (key == NULL || lb_acme_csr(n->name, key, &csr) < 0) {
-        lb_acme_fail(a, "making the key and CSR for %s failed", n->name);
-        goto out;
-    }
-    if (asprintf(&body, "{\"csr\":\"%s\"}", csr) < 0) {
-        body = NULL;
-        goto out;
-    }
-    if (lb_acme_post(a, finalize, body, NULL, r) < 0)
-        goto out;
-    if (r->status != 200) {
-        lb_acme_problem(a, "finalize", r);
-        goto out;
-    }
-    lb_acme_str(r, 0, "status", status, sizeof(status));
-    if (strcmp(status, "valid") != 0 && lb_acme_poll(a, order, true, r, status, sizeof(status)) < 0)
-        goto out;
-    if (strcmp(status, "valid") != 0 || !lb_acme_str(r, 0, "certificate", cert, sizeof(cert))) {
-        lb_acme_fail(a, "order for %s ended %s", n->name, status);
-        goto out;
-    }
-    if (lb_acme_post(a, cert, NULL, "application/pem-certificate-chain", r) < 0)
-        goto out;
+    struct lb_acme_resp *r = a->r;
+    struct lb_acme_name *n = a->cur;
     if (r->status != 200 || r->body == NULL) {
         lb_acme_problem(a, "certificate download", r);
-        goto out;
+        return;
     }
     /* What is stored must be what workers load: its first certificate is
      * for our key. */
     BIO *b = BIO_new_mem_buf(r->body, (int)r->len);
-    x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+    X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
-    if (x == NULL || X509_check_private_key(x, key) != 1) {
+    bool match = x != NULL && X509_check_private_key(x, a->cert_key) == 1;
+    X509_free(x);
+    ERR_clear_error();
+    if (!match) {
         lb_acme_fail(a, "the certificate downloaded for %s is not for its key", n->name);
-        goto out;
+        return;
     }
-    char *kpem = lb_jws_key_pem(key);
+    char *kpem = lb_jws_key_pem(a->cert_key), *pem = NULL;
     if (kpem == NULL || asprintf(&pem, "%s%s%s", r->body,
                                  r->len > 0 && r->body[r->len - 1] != '\n' ? "\n" : "", kpem) < 0)
         pem = NULL;
@@ -692,26 +721,251 @@ static int lb_acme_order(struct lb_acme *a, struct lb_acme_name *n, struct lb_ac
     }
     if (pem == NULL) {
         lb_acme_fail(a, "out of memory");
-        goto out;
+        return;
     }
-    if (lb_jws_write_file(n->path, pem, strlen(pem)) < 0) {
-        lb_acme_fail(a, "writing %s failed: %s", n->path, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-out:
-    if (pem != NULL)
-        OPENSSL_cleanse(pem, strlen(pem));
+    int rc = lb_jws_write_file(n->path, pem, strlen(pem));
+    int saved = errno;
+    OPENSSL_cleanse(pem, strlen(pem));
     free(pem);
-    free(body);
-    free(csr);
-    X509_free(x);
-    EVP_PKEY_free(key);
-    ERR_clear_error();
-    return rc;
+    if (rc < 0) {
+        lb_acme_fail(a, "writing %s failed: %s", n->path, strerror(saved));
+        return;
+    }
+    lb_acme_done(a, 0);
 }
 
-/* ---- the thread ----------------------------------------------------------- */
+static void lb_acme_order_valid(struct lb_acme *a)
+{
+    char cert[LB_ACME_URL_MAX];
+    if (strcmp(a->status, "valid") != 0 || !lb_acme_str(a->r, 0, "certificate", cert, sizeof(cert))) {
+        lb_acme_fail(a, "order for %s ended %s", a->cur->name, a->status);
+        return;
+    }
+    lb_acme_post(a, cert, NULL, "application/pem-certificate-chain", lb_acme_cert_answer);
+}
+
+static void lb_acme_finalize_answer(struct lb_acme *a)
+{
+    if (a->r->status != 200) {
+        lb_acme_problem(a, "finalize", a->r);
+        return;
+    }
+    lb_acme_str(a->r, 0, "status", a->status, sizeof(a->status));
+    if (strcmp(a->status, "valid") == 0)
+        lb_acme_order_valid(a);
+    else
+        lb_acme_poll(a, a->order, true, lb_acme_order_valid);
+}
+
+static void lb_acme_finalize(struct lb_acme *a)
+{
+    /* The certificate's key is new at every order. */
+    char *csr = NULL, *body = NULL;
+    a->cert_key = lb_jws_key_new();
+    if (a->cert_key == NULL || lb_acme_csr(a->cur->name, a->cert_key, &csr) < 0) {
+        lb_acme_fail(a, "making the key and CSR for %s failed", a->cur->name);
+        return;
+    }
+    int n = asprintf(&body, "{\"csr\":\"%s\"}", csr);
+    free(csr);
+    if (n < 0) {
+        lb_acme_fail(a, "out of memory");
+        return;
+    }
+    lb_acme_post(a, a->finalize, body, NULL, lb_acme_finalize_answer);
+    free(body);
+}
+
+static void lb_acme_chal_drop(struct lb_acme *a)
+{
+    if (a->chal == NULL)
+        return;
+    if (a->chal_put)
+        lb_shm_acme_challenge_del(lb_shm_acme(a->shm), a->chal->token);
+    OPENSSL_cleanse(a->chal, sizeof(*a->chal));
+    free(a->chal);
+    a->chal = NULL;
+    a->chal_put = false;
+}
+
+static void lb_acme_authz_validated(struct lb_acme *a)
+{
+    struct lb_acme_resp *r = a->r;
+    const char *want = lb_acme_challenge_names[a->ac->challenge];
+    lb_acme_chal_drop(a);
+    if (strcmp(a->status, "valid") != 0) {
+        /* The challenge's error says why (connection refused, wrong answer). */
+        char detail[256] = "";
+        int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
+        for (int i = 0, ch; (ch = lb_json_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
+            int e = lb_json_get(r->body, r->toks, r->ntoks, ch, "error");
+            if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
+                break;
+        }
+        lb_acme_fail(a, "%s for %s: authorization %s%s%s", want, a->cur->name, a->status,
+                     *detail ? ": " : "", detail);
+        return;
+    }
+    a->iauth++;
+    lb_acme_next_authz(a);
+}
+
+static void lb_acme_challenge_answer(struct lb_acme *a)
+{
+    if (a->r->status != 200) {
+        lb_acme_problem(a, "challenge", a->r);
+        return;
+    }
+    lb_acme_poll(a, a->authz[a->iauth], false, lb_acme_authz_validated);
+}
+
+/* An authorization: valid already (reused), or its challenge of our type
+ * put in shm for the workers and the server told to validate it. */
+static void lb_acme_authz_answer(struct lb_acme *a)
+{
+    struct lb_acme_resp *r = a->r;
+    const char *name = a->cur->name;
+    if (r->status != 200) {
+        lb_acme_problem(a, "authorization", r);
+        return;
+    }
+    lb_acme_str(r, 0, "status", a->status, sizeof(a->status));
+    if (strcmp(a->status, "valid") == 0) {
+        a->iauth++;
+        lb_acme_next_authz(a);
+        return;
+    }
+    const char *want = lb_acme_challenge_names[a->ac->challenge];
+    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
+    struct lb_shm_acme_challenge *c = calloc(1, sizeof(*c));
+    char url[LB_ACME_URL_MAX] = "";
+    if (c == NULL) {
+        lb_acme_fail(a, "out of memory");
+        return;
+    }
+    a->chal = c;
+    for (int i = 0, ch; (ch = lb_json_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
+        char type[32];
+        lb_acme_str(r, ch, "type", type, sizeof(type));
+        if (strcmp(type, want) == 0 && lb_acme_str(r, ch, "url", url, sizeof(url)) &&
+            lb_acme_str(r, ch, "token", c->token, sizeof(c->token)))
+            break;
+        url[0] = '\0';
+    }
+    if (url[0] == '\0' || c->token[0] == '\0') {
+        lb_acme_fail(a, "authorization for %s offers no %s challenge", name, want);
+        return;
+    }
+    for (const char *p = c->token; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_')) {
+            lb_acme_fail(a, "challenge token for %s is not base64url", name);
+            return;
+        }
+    c->type = a->ac->challenge;
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    snprintf(c->keyauth, sizeof(c->keyauth), "%s.%s", c->token, a->thumb);
+    if (c->type == LB_ACME_TLSALPN01 && lb_acme_alpn_cert(c) < 0) {
+        lb_acme_fail(a, "making the TLS-ALPN-01 certificate for %s failed", name);
+        return;
+    }
+    lb_shm_acme_challenge_put(lb_shm_acme(a->shm), c);
+    a->chal_put = true;
+    lb_acme_post(a, url, "{}", NULL, lb_acme_challenge_answer);
+}
+
+static void lb_acme_next_authz(struct lb_acme *a)
+{
+    if (a->iauth >= a->nauth) {
+        lb_acme_finalize(a);
+        return;
+    }
+    lb_acme_post(a, a->authz[a->iauth], NULL, NULL, lb_acme_authz_answer);
+}
+
+static void lb_acme_new_order_answer(struct lb_acme *a)
+{
+    struct lb_acme_resp *r = a->r;
+    if (r->status != 201 || r->location[0] == '\0') {
+        lb_acme_problem(a, "newOrder", r);
+        return;
+    }
+    snprintf(a->order, sizeof(a->order), "%s", r->location);
+    if (!lb_acme_str(r, 0, "finalize", a->finalize, sizeof(a->finalize))) {
+        lb_acme_fail(a, "order %s has no finalize URL", a->order);
+        return;
+    }
+    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "authorizations");
+    a->nauth = list >= 0 ? r->toks[list].children : 0;
+    a->authz = calloc((size_t)a->nauth + 1, sizeof(*a->authz));
+    if (a->authz == NULL) {
+        lb_acme_fail(a, "out of memory");
+        return;
+    }
+    for (int i = 0; i < a->nauth; i++)
+        lb_json_str(r->body, r->toks, r->ntoks, lb_json_elem(r->toks, r->ntoks, list, i),
+                    a->authz[i], sizeof(a->authz[i]));
+    a->iauth = 0;
+    lb_acme_next_authz(a);
+}
+
+static void lb_acme_new_order(struct lb_acme *a)
+{
+    char payload[LB_ACME_NAME_MAX + 64];
+    snprintf(payload, sizeof(payload), "{\"identifiers\":[{\"type\":\"dns\",\"value\":\"%s\"}]}",
+             a->cur->name);
+    lb_acme_post(a, a->new_order, payload, NULL, lb_acme_new_order_answer);
+}
+
+static void lb_acme_account_answer(struct lb_acme *a)
+{
+    struct lb_acme_resp *r = a->r;
+    if ((r->status != 200 && r->status != 201) || r->location[0] == '\0') {
+        lb_acme_problem(a, "newAccount", r);
+        return;
+    }
+    snprintf(a->kid, sizeof(a->kid), "%s", r->location);
+    lb_log_info("acme: account %s (%s)", a->kid, r->status == 201 ? "created" : "existing");
+    lb_acme_new_order(a);
+}
+
+static void lb_acme_account(struct lb_acme *a)
+{
+    if (a->kid[0] != '\0') {
+        lb_acme_new_order(a);
+        return;
+    }
+    char payload[512];
+    if (a->ac->email != NULL)
+        snprintf(payload, sizeof(payload),
+                 "{\"termsOfServiceAgreed\":true,\"contact\":[\"mailto:%s\"]}", a->ac->email);
+    else
+        snprintf(payload, sizeof(payload), "{\"termsOfServiceAgreed\":true}");
+    lb_acme_post(a, a->new_account, payload, NULL, lb_acme_account_answer);
+}
+
+static void lb_acme_directory_answer(struct lb_acme *a)
+{
+    struct lb_acme_resp *r = a->r;
+    if (!a->answer_ok) {
+        lb_acme_done(a, -1);
+        return;
+    }
+    if (r->status != 200) {
+        lb_acme_problem(a, "directory", r);
+        return;
+    }
+    if (!lb_acme_str(r, 0, "newNonce", a->new_nonce, sizeof(a->new_nonce)) ||
+        !lb_acme_str(r, 0, "newAccount", a->new_account, sizeof(a->new_account)) ||
+        !lb_acme_str(r, 0, "newOrder", a->new_order, sizeof(a->new_order))) {
+        a->new_order[0] = '\0';
+        lb_acme_fail(a, "directory %s: no newNonce, newAccount or newOrder", a->ac->directory);
+        return;
+    }
+    lb_acme_account(a);
+}
+
+/* ---- going live ------------------------------------------------------------ */
 
 static void lb_acme_publish(struct lb_acme *a)
 {
@@ -751,43 +1005,35 @@ static void lb_acme_golive(struct lb_acme *a, const struct lb_acme_name *n)
     }
 }
 
-/* An order for N now, under the storage lock (a retiring control process
- * may be at it too). */
-static void lb_acme_run(struct lb_acme *a, struct lb_acme_name *n, struct lb_acme_resp *r)
+
+/* ---- scheduling ----------------------------------------------------------- */
+
+static void lb_acme_tick(struct lb_acme *a);
+
+/* What an order leaves behind, freed. */
+static void lb_acme_order_clear(struct lb_acme *a)
 {
-    char lock[PATH_MAX];
-    snprintf(lock, sizeof(lock), "%s/.lock", a->ac->storage);
-    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (fd >= 0)
-            close(fd);
-        n->renew_at = time(NULL) + 1;       /* another order holds it: soon again */
+    lb_acme_chal_drop(a);
+    free(a->authz);
+    a->authz = NULL;
+    a->nauth = a->iauth = 0;
+    EVP_PKEY_free(a->cert_key);
+    a->cert_key = NULL;
+    free(a->post_payload);
+    a->post_payload = NULL;
+    if (a->lock_fd >= 0)
+        close(a->lock_fd);     /* the storage lock goes with it */
+    a->lock_fd = -1;
+    a->cur = NULL;
+}
+
+/* The order for a->cur ended: RC 0 with its certificate stored. */
+static void lb_acme_done(struct lb_acme *a, int rc)
+{
+    struct lb_acme_name *n = a->cur;
+    if (n == NULL)
         return;
-    }
-    int64_t now = time(NULL);
-    /* Someone else may have renewed it meanwhile. */
-    if (lb_acme_stored(n) == 0) {
-        lb_acme_schedule(a, n);
-        if (n->renew_at > now) {
-            n->state = LB_ACME_VALID;
-            close(fd);
-            return;
-        }
-    }
-    n->state = LB_ACME_ORDERING;
-    lb_acme_publish(a);
-    lb_log_info("acme: %s: ordering a certificate (%s) from %s", n->name,
-                lb_acme_challenge_names[a->ac->challenge], a->ac->directory);
-    a->err[0] = '\0';
-    a->retry_after = 0;
-    int rc = lb_acme_order(a, n, r);
-    close(fd);
-    if (rc < 0 && atomic_load(&a->stop)) {
-        /* Stopped (a reload, a stop): not the CA's failure; the next
-         * control process orders again. */
-        lb_log_info("acme: %s: order interrupted by the stop", n->name);
-        return;
-    }
+    lb_acme_order_clear(a);
     enum lb_acme_result res = rc == 0 ? LB_ACME_ORDER_VALID : LB_ACME_ORDER_FAILED;
     n->orders[res]++;
     atomic_fetch_add(&lb_shm_acme(a->shm)->orders[res], 1);
@@ -796,32 +1042,99 @@ static void lb_acme_run(struct lb_acme *a, struct lb_acme_name *n, struct lb_acm
         n->state = LB_ACME_VALID;
         n->backoff_s = 0;
         n->error[0] = '\0';
-        char when[32];
+        char when[32], renew[32];
         time_t na = (time_t)n->not_after, ra = (time_t)n->renew_at;
         struct tm tm;
         strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", gmtime_r(&na, &tm));
-        char renew[32];
         strftime(renew, sizeof(renew), "%Y-%m-%d %H:%M:%S", gmtime_r(&ra, &tm));
         lb_log_info("acme: %s: certificate obtained, valid until %s UTC, renewal at %s UTC",
                     n->name, when, renew);
         lb_acme_golive(a, n);
-        return;
+    } else {
+        if (rc == 0)
+            snprintf(a->err, sizeof(a->err), "the stored certificate is unusable");
+        n->backoff_s = n->backoff_s == 0 ? LB_ACME_BACKOFF_MIN_S
+                       : n->backoff_s * 2 > LB_ACME_BACKOFF_MAX_S ? LB_ACME_BACKOFF_MAX_S
+                       : n->backoff_s * 2;
+        unsigned wait = a->retry_after > n->backoff_s && a->retry_after < 86400 ? a->retry_after
+                                                                                 : n->backoff_s;
+        n->renew_at = time(NULL) + wait;
+        n->state = LB_ACME_FAILED;
+        snprintf(n->error, sizeof(n->error), "%s", a->err);
+        lb_log_warn("acme: %s: order failed (again in %us): %s", n->name, wait, a->err);
+        /* Directory and account are fetched again next time (a new server?). */
+        a->new_order[0] = '\0';
+        a->kid[0] = '\0';
+        a->nonce[0] = '\0';
+        lb_acme_stored(n);      /* the expiry of the one still served, if any */
     }
-    if (rc == 0)
-        lb_acme_fail(a, "the stored certificate of %s is unusable", n->name);
-    n->backoff_s = n->backoff_s == 0 ? LB_ACME_BACKOFF_MIN_S
-                   : n->backoff_s * 2 > LB_ACME_BACKOFF_MAX_S ? LB_ACME_BACKOFF_MAX_S
-                   : n->backoff_s * 2;
-    unsigned wait = a->retry_after > n->backoff_s && a->retry_after < 86400 ? a->retry_after
-                                                                             : n->backoff_s;
-    n->renew_at = time(NULL) + wait;
-    n->state = LB_ACME_FAILED;
-    snprintf(n->error, sizeof(n->error), "%s", a->err);
-    lb_log_warn("acme: %s: order failed (again in %us): %s", n->name, wait, a->err);
-    /* Directory and account are fetched again next time (a new server?). */
-    a->new_order[0] = '\0';
-    a->kid[0] = '\0';
-    lb_acme_stored(n);      /* the expiry of the one still served, if any */
+    lb_acme_publish(a);
+    lb_acme_after(a, 0, lb_acme_tick);      /* the next name due */
+}
+
+/* An order for N now, under the storage lock (a retiring control process
+ * may be at it too). False when it did not start. */
+static bool lb_acme_start_order(struct lb_acme *a, struct lb_acme_name *n)
+{
+    char lock[PATH_MAX];
+    snprintf(lock, sizeof(lock), "%s/.lock", a->ac->storage);
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (fd >= 0)
+            close(fd);
+        n->renew_at = time(NULL) + 1;       /* another order holds it: soon again */
+        return false;
+    }
+    /* Someone else may have renewed it meanwhile. */
+    if (lb_acme_stored(n) == 0) {
+        lb_acme_schedule(a, n);
+        if (n->renew_at > time(NULL)) {
+            n->state = LB_ACME_VALID;
+            close(fd);
+            return false;
+        }
+    }
+    a->cur = n;
+    a->lock_fd = fd;
+    a->err[0] = '\0';
+    a->retry_after = 0;
+    n->state = LB_ACME_ORDERING;
+    lb_acme_publish(a);
+    lb_log_info("acme: %s: ordering a certificate (%s) from %s", n->name,
+                lb_acme_challenge_names[a->ac->challenge], a->ac->directory);
+    if (a->new_order[0] == '\0')
+        lb_acme_request(a, a->ac->directory, NULL, false, NULL, lb_acme_directory_answer);
+    else
+        lb_acme_account(a);
+    return true;
+}
+
+static int lb_acme_setup(struct lb_acme *a);
+
+/* Order for the first name due, or sleep until one is. */
+static void lb_acme_tick(struct lb_acme *a)
+{
+    if (a->cur != NULL || !lb_shm_generation_current(a->shm, a->generation))
+        return;     /* an order under way; or a reload's control process took over */
+    if (!a->ready)
+        a->ready = lb_acme_setup(a) == 0;
+    int64_t now = time(NULL), next = now + 3600;
+    for (size_t i = 0; i < a->nnames; i++) {
+        struct lb_acme_name *n = &a->names[i];
+        if (n->renew_at <= now) {
+            if (!a->ready) {
+                n->state = LB_ACME_FAILED;
+                snprintf(n->error, sizeof(n->error), "storage or account key unusable");
+                n->renew_at = now + LB_ACME_BACKOFF_MAX_S;
+            } else if (lb_acme_start_order(a, n)) {
+                return;     /* lb_acme_done ticks again */
+            }
+        }
+        if (n->renew_at < next)
+            next = n->renew_at;
+    }
+    lb_acme_publish(a);
+    lb_acme_after(a, next > now ? (uint64_t)(next - now) * 1000 : 0, lb_acme_tick);
 }
 
 static int lb_acme_setup(struct lb_acme *a)
@@ -841,6 +1154,7 @@ static int lb_acme_setup(struct lb_acme *a)
         close(fd);
     snprintf(path, sizeof(path), "%s/account.key", a->ac->storage);
     bool had = access(path, F_OK) == 0;
+    EVP_PKEY_free(a->account);
     a->account = lb_jws_key_load(path, err, sizeof(err));
     if (a->account == NULL) {
         lb_log_error("acme: account key: %s", err);
@@ -853,94 +1167,39 @@ static int lb_acme_setup(struct lb_acme *a)
         lb_log_error("acme: account key %s unusable", path);
         return -1;
     }
-    if ((a->curl = curl_easy_init()) == NULL) {
-        lb_log_error("acme: libcurl could not start");
-        return -1;
-    }
     return 0;
 }
 
-static void *lb_acme_main(void *arg)
-{
-    struct lb_acme *a = arg;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);     /* signals are the event loop's */
-    struct lb_acme_resp *r = calloc(1, sizeof(*r));
-    int64_t now = time(NULL);
-    for (size_t i = 0; i < a->nnames; i++) {
-        struct lb_acme_name *n = &a->names[i];
-        if (lb_acme_stored(n) == 0) {
-            lb_acme_schedule(a, n);
-            n->state = LB_ACME_VALID;
-            if (n->renew_at > now)
-                lb_log_info("acme: %s: stored certificate valid, renewal due in %llds", n->name,
-                            (long long)(n->renew_at - now));
-        } else {
-            n->renew_at = now;
-        }
-    }
-    lb_acme_publish(a);
-    bool ready = r != NULL && lb_acme_setup(a) == 0;
-    while (!atomic_load(&a->stop)) {
-        if (!lb_shm_generation_current(a->shm, a->generation))
-            break;      /* a reload's control process has taken over */
-        now = time(NULL);
-        int64_t next = now + 3600;
-        for (size_t i = 0; i < a->nnames && !atomic_load(&a->stop); i++) {
-            struct lb_acme_name *n = &a->names[i];
-            if (n->renew_at <= now) {
-                if (ready) {
-                    lb_acme_run(a, n, r);
-                } else {
-                    n->state = LB_ACME_FAILED;
-                    snprintf(n->error, sizeof(n->error), "storage or account key unusable");
-                    n->renew_at = now + LB_ACME_BACKOFF_MAX_S;
-                }
-                lb_acme_publish(a);
-                now = time(NULL);
-            }
-            if (n->renew_at < next)
-                next = n->renew_at;
-        }
-        if (next > now && !lb_acme_sleep(a, (uint64_t)(next - now) * 1000))
-            break;
-        if (!ready && !atomic_load(&a->stop))
-            ready = r != NULL && lb_acme_setup(a) == 0;
-    }
-    if (r != NULL)
-        lb_acme_resp_clear(r);
-    free(r);
-    return NULL;
-}
-
-struct lb_acme *lb_acme_start(const struct lb_config *cfg, struct lb_shm_header *shm)
+struct lb_acme *lb_acme_start(struct event_base *base, const struct lb_config *cfg,
+                              struct lb_shm_header *shm)
 {
     if (cfg->acme == NULL) {
         lb_shm_acme_names_set(lb_shm_acme(shm), NULL, 0);   /* a reload took them away */
         return NULL;
     }
-    struct lb_acme *a = calloc(1, sizeof(*a));
-    if (a == NULL)
-        goto oom;
-    a->cfg = cfg;
-    a->ac = cfg->acme;
-    a->shm = shm;
-    a->generation = atomic_load(&shm->generation);
-    pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->cond, NULL);
-    /* Every acme name once, in the order of the listeners. */
     size_t total = 0;
     for (size_t i = 0; i < cfg->nlisteners; i++)
         total += cfg->listeners[i].tls ? cfg->listeners[i].tls->nacme : 0;
     if (total == 0) {
         lb_shm_acme_names_set(lb_shm_acme(shm), NULL, 0);
-        free(a);
         return NULL;
     }
-    a->names = calloc(total, sizeof(*a->names));
-    if (a->names == NULL)
-        goto oom;
+    struct lb_acme *a = calloc(1, sizeof(*a));
+    if (a == NULL || (a->names = calloc(total, sizeof(*a->names))) == NULL ||
+        (a->r = calloc(1, sizeof(*a->r))) == NULL ||
+        (a->timer = evtimer_new(base, lb_acme_timer_cb, a)) == NULL ||
+        (a->curl_timer = evtimer_new(base, lb_acme_curl_timeout, a)) == NULL) {
+        lb_log_error("acme: out of memory: no certificates obtained");
+        lb_acme_stop(a);
+        return NULL;
+    }
+    a->cfg = cfg;
+    a->ac = cfg->acme;
+    a->shm = shm;
+    a->base = base;
+    a->lock_fd = -1;
+    a->generation = atomic_load(&shm->generation);
+    /* Every acme name once, in the order of the listeners. */
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct lb_tls_cfg *t = cfg->listeners[i].tls;
         for (size_t k = 0; t != NULL && k < t->nacme; k++) {
@@ -956,45 +1215,65 @@ struct lb_acme *lb_acme_start(const struct lb_config *cfg, struct lb_shm_header 
     }
     if (a->nnames > LB_ACME_MAX_NAMES)
         lb_log_warn("acme: %zu names; /status shows the first %d", a->nnames, LB_ACME_MAX_NAMES);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || (a->multi = curl_multi_init()) == NULL ||
+        (a->easy = curl_easy_init()) == NULL) {
         lb_log_error("acme: libcurl could not start: no certificates obtained");
-        free(a->names);
-        free(a);
+        lb_acme_stop(a);
         return NULL;
     }
-    if (pthread_create(&a->thread, NULL, lb_acme_main, a) != 0) {
-        lb_log_error("acme: no thread: no certificates obtained");
-        curl_global_cleanup();
-        free(a->names);
-        free(a);
-        return NULL;
+    curl_multi_setopt(a->multi, CURLMOPT_SOCKETFUNCTION, lb_acme_sock_cb);
+    curl_multi_setopt(a->multi, CURLMOPT_SOCKETDATA, a);
+    curl_multi_setopt(a->multi, CURLMOPT_TIMERFUNCTION, lb_acme_curl_timer_cb);
+    curl_multi_setopt(a->multi, CURLMOPT_TIMERDATA, a);
+    int64_t now = time(NULL);
+    for (size_t i = 0; i < a->nnames; i++) {
+        struct lb_acme_name *n = &a->names[i];
+        if (lb_acme_stored(n) == 0) {
+            lb_acme_schedule(a, n);
+            n->state = LB_ACME_VALID;
+            if (n->renew_at > now)
+                lb_log_info("acme: %s: stored certificate valid, renewal due in %llds", n->name,
+                            (long long)(n->renew_at - now));
+        } else {
+            n->renew_at = now;
+        }
     }
-    a->started = true;
+    lb_acme_publish(a);
+    lb_acme_after(a, 0, lb_acme_tick);
     return a;
-oom:
-    lb_log_error("acme: out of memory: no certificates obtained");
-    if (a != NULL)
-        free(a->names);
-    free(a);
-    return NULL;
 }
 
 void lb_acme_stop(struct lb_acme *a)
 {
     if (a == NULL)
         return;
-    pthread_mutex_lock(&a->mu);
-    atomic_store(&a->stop, true);
-    pthread_cond_broadcast(&a->cond);
-    pthread_mutex_unlock(&a->mu);
-    if (a->started)
-        pthread_join(a->thread, NULL);
-    if (a->curl != NULL)
-        curl_easy_cleanup(a->curl);
-    curl_global_cleanup();
+    if (a->cur != NULL) {
+        /* Stopped (a reload, a stop): not the CA's failure; the next
+         * control process orders again. */
+        lb_log_info("acme: %s: order interrupted by the stop", a->cur->name);
+        lb_acme_order_clear(a);
+    }
+    if (a->busy)
+        curl_multi_remove_handle(a->multi, a->easy);
+    curl_slist_free_all(a->hdrs);
+    free(a->req_body);
+    if (a->easy != NULL)
+        curl_easy_cleanup(a->easy);
+    if (a->multi != NULL) {
+        curl_multi_cleanup(a->multi);
+        curl_global_cleanup();
+    }
+    for (int i = 0; i < LB_ACME_SOCKETS; i++)
+        if (a->socks[i].ev != NULL)
+            event_free(a->socks[i].ev);
+    if (a->timer != NULL)
+        event_free(a->timer);
+    if (a->curl_timer != NULL)
+        event_free(a->curl_timer);
+    if (a->r != NULL)
+        lb_acme_resp_clear(a->r);
+    free(a->r);
     EVP_PKEY_free(a->account);
-    pthread_mutex_destroy(&a->mu);
-    pthread_cond_destroy(&a->cond);
     free(a->names);
     free(a);
 }

@@ -7,11 +7,11 @@
  * reload, no connection dropped). Challenges are answered by the workers
  * from shm (worker/challenge.h).
  *
- * The protocol runs in a thread of its own with blocking libcurl calls:
- * an order is a dozen requests in sequence with polls in between, which
- * reads as straight code there; the control process's event loop (health
- * checks, /status, ticket rotation) never waits for it. The thread shares
- * nothing with the loop but shm, its files and a stop flag.
+ * The protocol runs on the control process's event loop: libcurl's multi
+ * interface with its sockets and timer as libevent events, one request at
+ * a time (an order is a sequence), each answer handled by the next step
+ * of the order (a callback), polls waiting on a timer. Health checks,
+ * /status and ticket rotation go on between the steps.
  *
  * Per name:
  *
@@ -29,13 +29,16 @@
 #include "shared/config.h"
 #include "shared/shm-t.h"
 
+struct event_base;
 struct lb_acme;
 
-/* Start the client for CFG's acme names. NULL when there are none, or
- * when it could not start (logged). */
-struct lb_acme *lb_acme_start(const struct lb_config *cfg, struct lb_shm_header *shm);
+/* Start the client for CFG's acme names on BASE. NULL when there are none,
+ * or when it could not start (logged). */
+struct lb_acme *lb_acme_start(struct event_base *base, const struct lb_config *cfg,
+                              struct lb_shm_header *shm);
 
-/* Stop the thread (a transfer under way is aborted) and free A. */
+/* Stop (an order under way is dropped: the next control process makes it
+ * again) and free A. */
 void lb_acme_stop(struct lb_acme *a);
 
 #endif

@@ -58,7 +58,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
         goto out;
     }
     tickets = lb_tickets_start(base, cfg, shm);
-    acme = lb_acme_start(cfg, shm);
+    acme = lb_acme_start(base, cfg, shm);
     /* Health probes hold one fd each at most; admin connections get what
      * is left, never more (shared/fdbudget.h). */
     struct lb_fdbudget_control fb;
