@@ -105,6 +105,7 @@ struct lb_acme {
     char (*authz)[LB_ACME_URL_MAX];
     int nauth, iauth, polls;
     bool poll_ready_too;
+    bool reread;                        /* an invalid authorization read again */
     lb_acme_step poll_done;
     char status[32];
     struct lb_shm_acme_challenge *chal; /* put in shm while validated */
@@ -802,6 +803,13 @@ static void lb_acme_authz_validated(struct lb_acme *a)
             if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
                 break;
         }
+        if (*detail == '\0' && !a->reread) {
+            /* The server may mark the authorization invalid a moment
+             * before it holds the challenge's error: read it once more. */
+            a->reread = true;
+            lb_acme_poll(a, a->authz[a->iauth], false, lb_acme_authz_validated);
+            return;
+        }
         lb_acme_fail(a, "%s for %s: authorization %s%s%s", want, a->cur->name, a->status,
                      *detail ? ": " : "", detail);
         return;
@@ -816,6 +824,7 @@ static void lb_acme_challenge_answer(struct lb_acme *a)
         lb_acme_problem(a, "challenge", a->r);
         return;
     }
+    a->reread = false;
     lb_acme_poll(a, a->authz[a->iauth], false, lb_acme_authz_validated);
 }
 
