@@ -7,6 +7,7 @@
 
 #include <event2/event.h>
 
+#include "master/acme.h"
 #include "master/admin.h"
 #include "master/health.h"
 #include "master/tickets.h"
@@ -32,6 +33,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     struct lb_checker *health = NULL;
     struct lb_admin *admin = NULL;
     struct lb_tickets *tickets = NULL;
+    struct lb_acme *acme = NULL;
     int rc = 1;
 
     signal(SIGHUP, SIG_IGN);
@@ -57,6 +59,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
         goto out;
     }
     tickets = lb_tickets_start(base, cfg, shm);
+    acme = lb_acme_start(base, cfg, shm);
     /* Health probes hold one fd each at most; admin connections get what
      * is left, never more (shared/fdbudget.h). */
     struct lb_fdbudget_control fb;
@@ -72,6 +75,7 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     rc = 0;
 out:
     lb_admin_stop(admin);
+    lb_acme_stop(acme);
     lb_tickets_stop(tickets);
     lb_health_stop(health);
     for (size_t i = 0; i < 4; i++)

@@ -438,10 +438,16 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         uint32_t nc = 0;
         lb_shm_tls_certs_get(t, certs, &nc);
         for (uint32_t c = 0; c < nc; c++)
-            fprintf(out, "lbd_tls_certificate_expiry_timestamp_seconds{listener=\"%s\","
-                         "cert=\"%u\",subject=\"%s\"} %lld\n", t->address, c,
-                    certs[c].subject, (long long)certs[c].not_after);
+            if (certs[c].not_after != 0)    /* 0: an ACME name without one yet */
+                fprintf(out, "lbd_tls_certificate_expiry_timestamp_seconds{listener=\"%s\","
+                             "cert=\"%u\",subject=\"%s\"} %lld\n", t->address, c,
+                        certs[c].subject, (long long)certs[c].not_after);
     }
+    lb_family(out, "lbd_acme_orders_total", "counter",
+              "ACME orders by result (valid: a certificate obtained).");
+    for (unsigned r = 0; r < LB_ACME_RESULTS; r++)
+        fprintf(out, "lbd_acme_orders_total{result=\"%s\"} %llu\n", lb_acme_result_names[r],
+                (unsigned long long)lb_counter_get(&lb_shm_acme(h)->orders[r]));
     lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
     fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
     lb_family(out, "lbd_workers", "gauge",

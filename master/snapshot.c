@@ -75,6 +75,50 @@ static void lb_snapshot_tls_counts(FILE *out, const uint64_t *hs, const uint64_t
     fprintf(out, "},\"tls_unknown_sni\":%llu", (unsigned long long)unknown_sni);
 }
 
+const char *const lb_acme_state_names[LB_ACME_STATES] = { "none", "ordering", "valid", "failed" };
+const char *const lb_acme_result_names[LB_ACME_RESULTS] = { "valid", "failed" };
+
+static void lb_snapshot_time(FILE *out, const char *key, int64_t s)
+{
+    char when[32] = "";
+    time_t t = (time_t)s;
+    struct tm tm;
+    if (t != 0 && gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(out, ",\"%s\":\"%s\",\"%s_s\":%lld", key, when, key, (long long)s);
+}
+
+/* ACME: orders by result, each name's state and certificate expiry. */
+static void lb_snapshot_acme(const struct lb_shm_header *h, FILE *out)
+{
+    struct lb_shm_acme *a = lb_shm_acme(h);
+    struct lb_shm_acme_name *names = calloc(LB_ACME_MAX_NAMES, sizeof(*names));
+    uint32_t n = 0;
+    if (names != NULL)
+        lb_shm_acme_names_get(a, names, &n);
+    fputs(",\"acme\":{\"orders\":{", out);
+    for (unsigned r = 0; r < LB_ACME_RESULTS; r++)
+        fprintf(out, "%s\"%s\":%llu", r ? "," : "", lb_acme_result_names[r],
+                (unsigned long long)lb_counter_get(&a->orders[r]));
+    fputs("},\"names\":[", out);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct lb_shm_acme_name *e = &names[i];
+        fprintf(out, "%s{\"name\":", i ? "," : "");
+        lb_json_string(out, e->name, sizeof(e->name));
+        fprintf(out, ",\"state\":\"%s\"",
+                lb_acme_state_names[e->state < LB_ACME_STATES ? e->state : LB_ACME_NONE]);
+        lb_snapshot_time(out, "not_after", e->not_after);
+        lb_snapshot_time(out, "renew_at", e->renew_at);
+        fprintf(out, ",\"orders\":{\"valid\":%llu,\"failed\":%llu},\"error\":",
+                (unsigned long long)e->orders[LB_ACME_ORDER_VALID],
+                (unsigned long long)e->orders[LB_ACME_ORDER_FAILED]);
+        lb_json_string(out, e->error, sizeof(e->error));
+        fputc('}', out);
+    }
+    fputs("]}", out);
+    free(names);
+}
+
 /* Per TLS listener: its certificates and its session ticket keys. */
 static void lb_snapshot_tls(const struct lb_shm_header *h, FILE *out)
 {
@@ -278,6 +322,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     lb_snapshot_pauses(out, admin_pauses);
     fputc('}', out);
     lb_snapshot_tls(h, out);
+    lb_snapshot_acme(h, out);
     fputs(",\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };

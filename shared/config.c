@@ -21,6 +21,7 @@ struct lb_loader {
     const char *path;       /* main file, for errors without a setting */
     char *err;
     size_t errlen;
+    const struct lb_acme_cfg *acme;     /* the acme group, read before the listeners */
 };
 
 static int lb_cfg_fail(struct lb_loader *ld, const config_setting_t *s,
@@ -251,8 +252,12 @@ static int lb_cfg_tls_certs(struct lb_loader *ld, const config_setting_t *g, str
 {
     static const char *const keys[] = { "cert", "key", NULL };
     const config_setting_t *list;
-    if (lb_cfg_list(ld, g, "certificates", &list, true) < 0)
+    /* With acme names, the configured certificates may be none. */
+    bool acme = lb_cfg_member(g, "acme") != NULL;
+    if (lb_cfg_list(ld, g, "certificates", &list, !acme) < 0)
         return -1;
+    if (list == NULL)
+        return 0;
     int n = config_setting_length(list);
     if (n == 0)
         return lb_cfg_fail(ld, list, "'certificates' must not be empty");
@@ -307,12 +312,14 @@ static int lb_cfg_tls_alpn(struct lb_loader *ld, const config_setting_t *g, stru
     return 0;
 }
 
+static int lb_cfg_tls_acme(struct lb_loader *ld, const config_setting_t *g, struct lb_tls_cfg *t);
+
 static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
                       struct lb_listener_cfg *l)
 {
     static const char *const keys[] = { "certificates", "protocols", "ciphers", "alpn",
                                         "session_tickets", "ticket_rotation", "hsts",
-                                        "unknown_sni", NULL };
+                                        "unknown_sni", "acme", NULL };
     const config_setting_t *g = lb_cfg_member(listener, "tls");
     if (g == NULL)
         return 0;
@@ -336,7 +343,8 @@ static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
         lb_cfg_bool(ld, g, "session_tickets", &t->session_tickets) < 0 ||
         lb_cfg_duration(ld, g, "ticket_rotation", &t->ticket_rotation_ms) < 0 ||
         lb_cfg_string_at(ld, g, "hsts", false, &hsts, NULL) < 0 ||
-        lb_cfg_string(ld, g, "unknown_sni", &unknown_sni, false) < 0)
+        lb_cfg_string(ld, g, "unknown_sni", &unknown_sni, false) < 0 ||
+        lb_cfg_tls_acme(ld, g, t) < 0)
         return -1;
     t->hsts = hsts;
     if (unknown_sni != NULL) {
@@ -1958,6 +1966,205 @@ static int lb_cfg_faults(struct lb_loader *ld, const config_setting_t *root,
     return 0;
 }
 
+/* ---- ACME: the acme group and tls.acme names (master/acme.c) ---- */
+
+/* A DNS name ACME can validate by HTTP-01 or TLS-ALPN-01: labels of
+ * letters, digits and inner hyphens, 1-63 bytes, 253 in all; lowercased in
+ * place. Why not, in *WHY. */
+static bool lb_acme_name_ok(char *name, const char **why)
+{
+    size_t n = strlen(name), label = 0;
+    *why = "a DNS name: labels of letters, digits and '-', separated by dots";
+    if (name[0] == '*') {
+        *why = "wildcard names need the DNS-01 challenge, which lbd does not do";
+        return false;
+    }
+    if (n == 0 || n > 253 || name[0] == '.' || name[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z')
+            name[i] = c = (char)(c - 'A' + 'a');
+        if (c == '.') {
+            if (label == 0 || name[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+        if ((c == '-' && label == 0) || ++label > 63)
+            return false;
+    }
+    return name[n - 1] != '-';
+}
+
+/* tls.acme = [ "www.example.com", ... ]: names whose certificates lbd
+ * obtains. Each becomes a certificate entry after the configured ones,
+ * read from STORAGE/NAME.pem (key and chain in one file, replaced
+ * atomically). */
+static int lb_cfg_tls_acme(struct lb_loader *ld, const config_setting_t *g, struct lb_tls_cfg *t)
+{
+    const config_setting_t *s = lb_cfg_member(g, "acme");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, s, "'acme' must be a list of names: acme = [ \"www.example.com\" ]");
+    int n = config_setting_length(s);
+    if (n == 0)
+        return lb_cfg_fail(ld, s, "'acme' must not be empty");
+    if (ld->acme == NULL)
+        return lb_cfg_fail(ld, s, "tls.acme needs a top-level acme group: acme = { directory = "
+                                  "\"https://...\"; storage = \"/var/lib/lbd/acme\"; };");
+    if (t->ncerts + (size_t)n > LB_TLS_MAX_CERTS)
+        return lb_cfg_fail(ld, s, "at most %d certificates per listener, acme names included",
+                           LB_TLS_MAX_CERTS);
+    t->acme = calloc((size_t)n, sizeof(*t->acme));
+    struct lb_tls_cert_cfg *certs = realloc(t->certs, (t->ncerts + (size_t)n) * sizeof(*certs));
+    if (certs != NULL)
+        t->certs = certs;
+    if (t->acme == NULL || certs == NULL)
+        return lb_cfg_fail(ld, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, e, "acme: each name must be a string");
+        char *name = strdup(config_setting_get_string(e));
+        if (name == NULL)
+            return lb_cfg_fail(ld, e, "out of memory");
+        t->acme[t->nacme++] = name;
+        const char *why;
+        if (!lb_acme_name_ok(name, &why))
+            return lb_cfg_fail(ld, e, "acme: \"%s\" is not %s", config_setting_get_string(e), why);
+        for (size_t k = 0; k + 1 < t->nacme; k++)
+            if (strcmp(t->acme[k], name) == 0)
+                return lb_cfg_fail(ld, e, "acme: \"%s\" named twice", name);
+        struct lb_tls_cert_cfg *c = &t->certs[t->ncerts];
+        memset(c, 0, sizeof(*c));
+        t->ncerts++;
+        c->acme_name = name;
+        if (asprintf(&c->cert, "%s/%s.pem", ld->acme->storage, name) < 0) {
+            c->cert = NULL;
+            return lb_cfg_fail(ld, e, "out of memory");
+        }
+        if ((c->key = strdup(c->cert)) == NULL || (c->cert_at = lb_cfg_where(ld, e)) == NULL ||
+            (c->key_at = strdup(c->cert_at)) == NULL)
+            return lb_cfg_fail(ld, e, "out of memory");
+    }
+    return 0;
+}
+
+/* "30d", or any duration lb_duration_parse takes. */
+static int lb_acme_duration(const char *s, uint64_t *ms)
+{
+    size_t n = strlen(s);
+    if (n >= 2 && s[n - 1] == 'd') {
+        char *end;
+        errno = 0;
+        unsigned long long d = strtoull(s, &end, 10);
+        if (errno != 0 || end != s + n - 1 || s[0] < '0' || s[0] > '9' || d > 3650)
+            return -1;
+        *ms = d * 86400000ull;
+        return 0;
+    }
+    return lb_duration_parse(s, ms);
+}
+
+static int lb_cfg_acme(struct lb_loader *ld, const config_setting_t *root, struct lb_config *cfg)
+{
+    static const char *const keys[] = { "directory", "email", "storage", "ca_file", "challenge",
+                                        "renew_before", NULL };
+    const config_setting_t *g = lb_cfg_member(root, "acme");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'acme' must be a group: acme = { directory = \"https://...\"; "
+                                  "storage = \"/var/lib/lbd/acme\"; };");
+    struct lb_acme_cfg *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    cfg->acme = a;
+    a->challenge = LB_ACME_HTTP01;
+    a->renew_before_ms = 30ull * 86400000;
+    const char *challenge = NULL, *renew = NULL;
+    if (lb_cfg_check_keys(ld, g, "acme", keys) < 0 ||
+        lb_cfg_string_at(ld, g, "directory", true, &a->directory, NULL) < 0 ||
+        lb_cfg_string_at(ld, g, "email", false, &a->email, NULL) < 0 ||
+        lb_cfg_string_at(ld, g, "storage", true, &a->storage, NULL) < 0 ||
+        lb_cfg_string(ld, g, "challenge", &challenge, false) < 0 ||
+        lb_cfg_string(ld, g, "renew_before", &renew, false) < 0)
+        return -1;
+    /* ca_file = "" is the default: the system's trust store. */
+    const char *ca = NULL;
+    if (lb_cfg_string(ld, g, "ca_file", &ca, false) < 0)
+        return -1;
+    if (ca != NULL && *ca != '\0' && (a->ca_file = strdup(ca)) == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    if (a->ca_file != NULL && access(a->ca_file, R_OK) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "ca_file"), "acme ca_file: cannot read %s: %s",
+                           a->ca_file, strerror(errno));
+    if (strncmp(a->directory, "https://", 8) != 0 || strlen(a->directory) <= 8)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "directory"),
+                           "acme directory must be an https:// URL (RFC 8555), not \"%s\"",
+                           a->directory);
+    for (const char *c = a->directory; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '"')
+            return lb_cfg_fail(ld, lb_cfg_member(g, "directory"),
+                               "acme directory: not a URL (spaces, quotes or controls)");
+    if (a->email != NULL) {
+        const char *at = strchr(a->email, '@');
+        bool ok = at != NULL && at != a->email && at[1] != '\0' && strlen(a->email) < 200;
+        for (const char *c = a->email; ok && *c; c++)
+            ok = (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f && *c != '"' &&
+                 *c != '\\' && *c != ',';
+        if (!ok)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "email"),
+                               "acme email \"%s\" is not an address like ops@example.com",
+                               a->email);
+    }
+    if (a->storage[0] != '/')
+        return lb_cfg_fail(ld, lb_cfg_member(g, "storage"),
+                           "acme storage must be an absolute path, not \"%s\"", a->storage);
+    if (strlen(a->storage) > 512)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "storage"), "acme storage: path too long");
+    if (challenge != NULL) {
+        if (strcmp(challenge, "http-01") == 0)
+            a->challenge = LB_ACME_HTTP01;
+        else if (strcmp(challenge, "tls-alpn-01") == 0)
+            a->challenge = LB_ACME_TLSALPN01;
+        else
+            return lb_cfg_fail(ld, lb_cfg_member(g, "challenge"),
+                               "unknown acme challenge \"%s\" (\"http-01\" or \"tls-alpn-01\")",
+                               challenge);
+    }
+    if (renew != NULL && (lb_acme_duration(renew, &a->renew_before_ms) < 0 ||
+                          a->renew_before_ms < 1000))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "renew_before"),
+                           "acme renew_before: \"%s\" is not a duration of 1s or more "
+                           "(e.g. \"30d\", \"12h\", \"75s\")", renew);
+    ld->acme = a;
+    return 0;
+}
+
+/* After the listeners: HTTP-01 needs a plain listener to be asked on. */
+static int lb_cfg_acme_check(struct lb_loader *ld, const config_setting_t *root,
+                             const struct lb_config *cfg)
+{
+    if (cfg->acme == NULL || cfg->acme->challenge != LB_ACME_HTTP01)
+        return 0;
+    bool names = false, plain = false;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        names = names || (cfg->listeners[i].tls != NULL && cfg->listeners[i].tls->nacme > 0);
+        plain = plain || cfg->listeners[i].tls == NULL;
+    }
+    const config_setting_t *g = lb_cfg_member(root, "acme");
+    const config_setting_t *at = lb_cfg_member(g, "challenge");
+    if (names && !plain)
+        return lb_cfg_fail(ld, at ? at : g, "acme challenge http-01 needs a plain listener (port 80) to be "
+                           "answered on; add one or use challenge = \"tls-alpn-01\"");
+    return 0;
+}
+
 static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                        struct lb_config *cfg)
 {
@@ -1966,7 +2173,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                                         "limits", "trusted_proxies", "listeners", "pools",
                                         "routes", "admin", "tcp_migrate_req",
                                         "max_connections", "rate_limits", "rate_limit_table_size",
-                                        "redis", "faults", NULL };
+                                        "redis", "faults", "acme", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -2006,7 +2213,9 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     if (lb_cfg_timeouts(ld, root, &cfg->timeouts, false) < 0 ||
         lb_cfg_limits(ld, root, &cfg->limits) < 0 ||
         lb_cfg_trusted(ld, root, cfg) < 0 ||
+        lb_cfg_acme(ld, root, cfg) < 0 ||
         lb_cfg_listeners(ld, root, cfg) < 0 ||
+        lb_cfg_acme_check(ld, root, cfg) < 0 ||
         lb_cfg_pools(ld, root, cfg) < 0 ||
         lb_cfg_faults(ld, root, cfg) < 0 ||
         lb_cfg_redis(ld, root, cfg) < 0 ||
@@ -2093,12 +2302,22 @@ void lb_config_free(struct lb_config *cfg)
             free(t->certs[k].key_at);
         }
         free(t->certs);
+        for (size_t k = 0; k < t->nacme; k++)
+            free(t->acme[k]);
+        free(t->acme);
         free(t->ciphers);
         free(t->ciphers_at);
         free(t->hsts);
         free(t);
     }
     free(cfg->listeners);
+    if (cfg->acme != NULL) {
+        free(cfg->acme->directory);
+        free(cfg->acme->email);
+        free(cfg->acme->storage);
+        free(cfg->acme->ca_file);
+        free(cfg->acme);
+    }
     free(cfg->routes);
     free(cfg->rate_limits);
     free(cfg->faults);

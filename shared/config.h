@@ -215,6 +215,10 @@ struct lb_tls_cert_cfg {
     /* Filled by lb_tls_config_load, for /status and lbd -s. */
     char subject[LB_TLS_SUBJECT_MAX];
     int64_t not_after;                  /* seconds since the epoch */
+    /* An ACME name's certificate (cert = key = STORAGE/NAME.pem, written
+     * by master/acme.c): absent, expired or broken, it is left out instead
+     * of being an error (it comes later). */
+    const char *acme_name;              /* NULL: a configured certificate */
 };
 
 struct lb_tls_rt;                       /* worker/tls.c: the contexts built */
@@ -234,6 +238,9 @@ struct lb_tls_cfg {
     size_t hsts_len;
     uint32_t shm_id;                    /* its lb_shm_tls entry, set by the master */
     struct lb_tls_rt *rt;               /* lb_tls_config_load's; NULL until then */
+    char **acme;                        /* tls.acme names (lowercase); their
+                                         * certificates follow the configured ones */
+    size_t nacme;
 };
 
 /* Which worker a new connection goes to (master/steer.c, README "Steering"). */
@@ -348,6 +355,24 @@ struct lb_cidr {
     unsigned prefix;            /* 0-128 over the mapped form */
 };
 
+/* ---- ACME (master/acme.c; README "ACME") ---- */
+
+#define LB_ACME_NAME_MAX        254     /* a DNS name, with its NUL */
+
+enum lb_acme_challenge {
+    LB_ACME_HTTP01,                     /* "http-01": GET /.well-known/acme-challenge/TOKEN */
+    LB_ACME_TLSALPN01,                  /* "tls-alpn-01": ALPN acme-tls/1 on a TLS listener */
+};
+
+struct lb_acme_cfg {
+    char *directory;                    /* the ACME server's directory URL */
+    char *email;                        /* account contact; NULL: none */
+    char *storage;                      /* account key, certificates (0700 directory) */
+    char *ca_file;                      /* trust anchor for the ACME server; NULL: system's */
+    enum lb_acme_challenge challenge;
+    uint64_t renew_before_ms;           /* renew this long before notAfter */
+};
+
 struct lb_config {
     char *path;                         /* absolute path of the main file */
     unsigned workers;                   /* resolved ("auto" = online CPUs) */
@@ -390,6 +415,8 @@ struct lb_config {
     struct lb_addr redis_addr;
     char redis_address[LB_ADDR_STR_MAX];
     uint64_t redis_timeout_ms;
+
+    struct lb_acme_cfg *acme;           /* NULL: no ACME */
 };
 
 /* Load and validate PATH. On success *out owns a new config and 0 is

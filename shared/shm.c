@@ -32,6 +32,8 @@ static void lb_shm_layout(struct lb_shm_header *h)
     off = LB_ALIGN(off + sizeof(struct lb_shm_tls) * LB_SHM_MAX_TLS);
     h->off_faults = off;
     off = LB_ALIGN(off + sizeof(struct lb_shm_fault) * LB_SHM_MAX_FAULTS);
+    h->off_acme = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_acme));
     h->off_limits = off;
     off += sizeof(struct lb_shm_limit) * LB_SHM_MAX_LIMITS;
     off = LB_ALIGN(off);
@@ -981,4 +983,131 @@ void lb_shm_error_get(const struct lb_shm_backend *b, char *out, size_t n)
         }
     }
     out[0] = '\0';
+}
+
+/* ---- ACME -------------------------------------------------------------- */
+
+void lb_shm_acme_challenge_put(struct lb_shm_acme *a, const struct lb_shm_acme_challenge *c)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    int slot = -1;
+    for (int i = 0; i < LB_ACME_MAX_CHALLENGES; i++)
+        if ((a->challenges[i].used && strcmp(a->challenges[i].token, c->token) == 0) ||
+            (slot < 0 && !a->challenges[i].used))
+            slot = i;
+    if (slot >= 0) {
+        a->challenges[slot] = *c;
+        a->challenges[slot].used = 1;
+    }
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+void lb_shm_acme_challenge_del(struct lb_shm_acme *a, const char *token)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    for (int i = 0; i < LB_ACME_MAX_CHALLENGES; i++)
+        if (a->challenges[i].used && strcmp(a->challenges[i].token, token) == 0)
+            memset(&a->challenges[i], 0, sizeof(a->challenges[i]));
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+void lb_shm_acme_challenges_clear(struct lb_shm_acme *a)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    memset(a->challenges, 0, sizeof(a->challenges));
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+/* Copy the challenge matching TOKEN (TLEN bytes) or NAME into OUT under the
+ * seqlock. */
+static bool lb_shm_acme_find(const struct lb_shm_acme *a, const char *token, size_t tlen,
+                             const char *name, uint32_t type, struct lb_shm_acme_challenge *out)
+{
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)&a->seq;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        bool found = false;
+        for (int i = 0; i < LB_ACME_MAX_CHALLENGES && !found; i++) {
+            const struct lb_shm_acme_challenge *c = &a->challenges[i];
+            if (!c->used || c->type != type)
+                continue;
+            if (token != NULL ? tlen < sizeof(c->token) && strncmp(c->token, token, tlen) == 0 &&
+                                    c->token[tlen] == '\0'
+                              : strncmp(c->name, name, sizeof(c->name)) == 0) {
+                memcpy(out, c, sizeof(*out));
+                found = true;
+            }
+        }
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
+            if (found) {
+                out->keyauth[sizeof(out->keyauth) - 1] = '\0';
+                out->cert_pem[sizeof(out->cert_pem) - 1] = '\0';
+                out->key_pem[sizeof(out->key_pem) - 1] = '\0';
+            }
+            return found;
+        }
+    }
+    return false;
+}
+
+bool lb_shm_acme_http01(const struct lb_shm_acme *a, const char *token, size_t len,
+                        struct lb_shm_acme_challenge *out)
+{
+    return lb_shm_acme_find(a, token, len, NULL, LB_ACME_HTTP01, out);
+}
+
+bool lb_shm_acme_tlsalpn01(const struct lb_shm_acme *a, const char *name,
+                           struct lb_shm_acme_challenge *out)
+{
+    return lb_shm_acme_find(a, NULL, 0, name, LB_ACME_TLSALPN01, out);
+}
+
+void lb_shm_acme_names_set(struct lb_shm_acme *a, const struct lb_shm_acme_name *names, uint32_t n)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    n = n < LB_ACME_MAX_NAMES ? n : LB_ACME_MAX_NAMES;
+    if (n > 0)
+        memcpy(a->names, names, sizeof(*names) * n);
+    a->nnames = n;
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+void lb_shm_acme_names_get(const struct lb_shm_acme *a, struct lb_shm_acme_name *out, uint32_t *n)
+{
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)&a->seq;
+    *n = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        uint32_t k = a->nnames < LB_ACME_MAX_NAMES ? a->nnames : LB_ACME_MAX_NAMES;
+        memcpy(out, a->names, sizeof(*out) * k);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
+            for (uint32_t i = 0; i < k; i++) {
+                out[i].name[sizeof(out[i].name) - 1] = '\0';
+                out[i].error[sizeof(out[i].error) - 1] = '\0';
+            }
+            *n = k;
+            return;
+        }
+    }
+}
+
+void lb_shm_tls_cert_set(struct lb_shm_tls *t, uint32_t idx, const char *subject,
+                         int64_t not_after)
+{
+    if (idx >= LB_SHM_TLS_CERTS)
+        return;
+    uint32_t locked = lb_shm_seq_lock(&t->cert_seq);
+    snprintf(t->certs[idx].subject, sizeof(t->certs[idx].subject), "%s", subject);
+    t->certs[idx].not_after = not_after;
+    lb_shm_seq_unlock(&t->cert_seq, locked);
 }

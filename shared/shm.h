@@ -42,6 +42,11 @@ static inline struct lb_shm_backend *lb_shm_backend(const struct lb_shm_header *
     return (struct lb_shm_backend *)((char *)h + h->off_backends) + id;
 }
 
+static inline struct lb_shm_acme *lb_shm_acme(const struct lb_shm_header *h)
+{
+    return (struct lb_shm_acme *)((char *)h + h->off_acme);
+}
+
 static inline struct lb_shm_tls *lb_shm_tls(const struct lb_shm_header *h, unsigned id)
 {
     return (struct lb_shm_tls *)((char *)h + h->off_tls) + id;
@@ -267,6 +272,26 @@ void lb_shm_tls_rotate(struct lb_shm_tls *t, uint64_t now_ms);
 int lb_shm_tls_key(const struct lb_shm_tls *t, const uint8_t *name,
                    struct lb_shm_ticket_key *out);
 /* Reader: copy T's certificates (LB_SHM_TLS_CERTS at most) into OUT. */
+/* Writer (the control process): certificate IDX of T's after ACME
+ * replaced it (its subject and notAfter, for /status and the metrics). */
+void lb_shm_tls_cert_set(struct lb_shm_tls *t, uint32_t idx, const char *subject,
+                         int64_t not_after);
+
+/* ACME (shared/shm-t.h: lb_shm_acme). Writer: the control process. A
+ * challenge is put when its order asks for it and removed once validated;
+ * readers copy one out: HTTP-01 by token (LEN bytes), TLS-ALPN-01 by name. */
+void lb_shm_acme_challenge_put(struct lb_shm_acme *a, const struct lb_shm_acme_challenge *c);
+void lb_shm_acme_challenge_del(struct lb_shm_acme *a, const char *token);
+/* Every challenge dropped (what a control process that died left). */
+void lb_shm_acme_challenges_clear(struct lb_shm_acme *a);
+bool lb_shm_acme_http01(const struct lb_shm_acme *a, const char *token, size_t len,
+                        struct lb_shm_acme_challenge *out);
+bool lb_shm_acme_tlsalpn01(const struct lb_shm_acme *a, const char *name,
+                           struct lb_shm_acme_challenge *out);
+/* Each ACME name's state, written whole; read into OUT (LB_ACME_MAX_NAMES). */
+void lb_shm_acme_names_set(struct lb_shm_acme *a, const struct lb_shm_acme_name *names, uint32_t n);
+void lb_shm_acme_names_get(const struct lb_shm_acme *a, struct lb_shm_acme_name *out, uint32_t *n);
+
 void lb_shm_tls_certs_get(const struct lb_shm_tls *t, struct lb_shm_tls_cert *out, uint32_t *n);
 
 /* A backend's last check error: one writer at a time (the control process,
