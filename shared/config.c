@@ -834,9 +834,10 @@ static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_gro
 {
     static const char *const keys[] = { "address", "weight", "max_requests", NULL };
     const config_setting_t *list;
-    if (lb_cfg_list(ld, pool_group, "servers", &list, true) < 0)
+    /* Optional with discovery (lb_cfg_discovery checks a pool has some). */
+    if (lb_cfg_list(ld, pool_group, "servers", &list, false) < 0)
         return -1;
-    int n = config_setting_length(list);
+    int n = list != NULL ? config_setting_length(list) : 0;
     p->servers = calloc(n > 0 ? (size_t)n : 1, sizeof(*p->servers));
     if (p->servers == NULL)
         return lb_cfg_fail(ld, list, "out of memory");
@@ -925,13 +926,144 @@ static int lb_cfg_keepalive(struct lb_loader *ld, const config_setting_t *g,
     return 0;
 }
 
+/* ---- service discovery (issue 18) ---------------------------------------- */
+
+#define LB_DISCO_INTERVAL_MAX_MS (24ull * 3600 * 1000)
+
+/* discovery = { type = "dns"; name; port; record; resolvers; min_interval;
+ * max_interval; timeout; weight; empty_removes; } */
+static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
+                                struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "name", "port", "record", "resolvers",
+                                        "min_interval", "max_interval", "timeout", "weight",
+                                        "empty_removes", NULL };
+    const char *name = NULL, *record = "A";
+    long long port = 0, weight = 1;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "name", &name, true) < 0 ||
+        lb_cfg_string(ld, g, "record", &record, false) < 0 ||
+        lb_cfg_int(ld, g, "port", 1, 65535, &port) < 0 ||
+        lb_cfg_int(ld, g, "weight", 1, LB_WEIGHT_MAX, &weight) < 0 ||
+        lb_cfg_bool(ld, g, "empty_removes", &d->empty_removes) < 0)
+        return -1;
+    size_t n = strlen(name);
+    if (n == 0 || n >= 254 || name[0] == '.')
+        return lb_cfg_fail(ld, lb_cfg_member(g, "name"), "discovery: bad DNS name \"%s\"", name);
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "discovery: bad DNS name \"%s\"", name);
+    }
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    if (strcmp(record, "A") == 0)
+        d->record = LB_DNS_A;
+    else if (strcmp(record, "AAAA") == 0)
+        d->record = LB_DNS_AAAA;
+    else if (strcmp(record, "SRV") == 0)
+        d->record = LB_DNS_SRV;
+    else
+        return lb_cfg_fail(ld, lb_cfg_member(g, "record"),
+                           "discovery: 'record' must be \"A\", \"AAAA\" or \"SRV\"");
+    if (d->record != LB_DNS_SRV && port == 0)
+        return lb_cfg_fail(ld, g, "discovery: record \"%s\" needs a 'port' (SRV brings its own)",
+                           record);
+    if (d->record == LB_DNS_SRV && lb_cfg_member(g, "port") != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "port"),
+                           "discovery: SRV records bring their ports: no 'port'");
+    d->port = (unsigned)port;
+    d->weight = (unsigned)weight;
+    d->min_interval_ms = 1000;
+    d->max_interval_ms = 60000;
+    d->timeout_ms = 2000;
+    if (lb_cfg_duration(ld, g, "min_interval", &d->min_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "max_interval", &d->max_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &d->timeout_ms) < 0)
+        return -1;
+    if (d->min_interval_ms < 100 || d->max_interval_ms > LB_DISCO_INTERVAL_MAX_MS ||
+        d->min_interval_ms > d->max_interval_ms)
+        return lb_cfg_fail(ld, g, "discovery: need 100ms <= min_interval <= max_interval <= 24h");
+    if (d->timeout_ms < 10 || d->timeout_ms > 60000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "discovery: 'timeout' must be between 10ms and 60s");
+    const config_setting_t *r = lb_cfg_member(g, "resolvers");
+    if (r == NULL)
+        return 0;
+    if (config_setting_type(r) != CONFIG_TYPE_ARRAY && config_setting_type(r) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, r, "discovery: 'resolvers' must be a list of \"IP:PORT\" strings");
+    int k = config_setting_length(r);
+    if (k == 0 || k > LB_DISCO_MAX_RESOLVERS)
+        return lb_cfg_fail(ld, r, "discovery: 1 to %d resolvers", LB_DISCO_MAX_RESOLVERS);
+    for (int i = 0; i < k; i++) {
+        const config_setting_t *e = config_setting_get_elem(r, (unsigned)i);
+        const char *why = NULL;
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, e, "discovery: each resolver must be a string \"IP:PORT\"");
+        const char *str = config_setting_get_string(e);
+        if (lb_addr_parse(str, false, &d->resolvers[i], &why) < 0)
+            return lb_cfg_fail(ld, e, "discovery: bad resolver \"%s\": %s", str, why);
+        d->nresolvers++;
+    }
+    return 0;
+}
+
+/* discovery = { type = ...; } and max_servers: how many runtime slots
+ * follow the file's servers (shared/runtime.h). */
+static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
+                            struct lb_pool_cfg *p)
+{
+    const config_setting_t *g = lb_cfg_member(pool, "discovery");
+    const char *type = NULL;
+    long long max = (long long)p->nservers;
+    p->nstatic = p->nservers;
+    if (g != NULL) {
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, g, "'discovery' must be a group: discovery = { type = \"dns\"; ... };");
+        if (lb_cfg_string(ld, g, "type", &type, true) < 0)
+            return -1;
+        if (strcmp(type, "dns") != 0)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "type"),
+                               "discovery: unknown type \"%s\" (\"dns\")", type);
+        p->discovery.type = LB_DISCO_DNS;
+        if (lb_cfg_discovery_dns(ld, g, &p->discovery) < 0)
+            return -1;
+        max = (long long)p->nservers + LB_DISCO_DEFAULT_SERVERS;
+    }
+    if (lb_cfg_int(ld, pool, "max_servers", 1, LB_DISCO_MAX_SERVERS, &max) < 0)
+        return -1;
+    if ((size_t)max < p->nservers)
+        return lb_cfg_fail(ld, lb_cfg_member(pool, "max_servers"),
+                           "'max_servers' (%lld) is less than the pool's %zu servers",
+                           max, p->nservers);
+    if (g == NULL && p->nservers == 0)
+        return lb_cfg_fail(ld, pool, "pool '%s' has no servers and no discovery", p->name);
+    if ((size_t)max == p->nservers)
+        return 0;
+    struct lb_server_cfg *v = realloc(p->servers, (size_t)max * sizeof(*v));
+    if (v == NULL)
+        return lb_cfg_fail(ld, pool, "out of memory");
+    p->servers = v;
+    /* Runtime slots: a row each in shm, found again by this name across
+     * reloads; their address is the runtime one (shared/runtime.h). */
+    for (size_t i = p->nservers; i < (size_t)max; i++) {
+        memset(&v[i], 0, sizeof(v[i]));
+        snprintf(v[i].address, sizeof(v[i].address), "runtime#%zu", i - p->nstatic);
+        v[i].runtime = true;
+    }
+    p->nservers = (size_t)max;
+    return 0;
+}
+
 static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
                                         "passive_health", "circuit_breaker", "queue",
-                                        "slow_start", "retries", NULL };
+                                        "slow_start", "retries", "discovery",
+                                        "max_servers", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -968,7 +1100,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_slow_start(ld, g, p) < 0 ||
             lb_cfg_retries(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
-            lb_cfg_servers(ld, g, p) < 0)
+            lb_cfg_servers(ld, g, p) < 0 ||
+            lb_cfg_discovery(ld, g, p) < 0)
             return -1;
     }
     return 0;

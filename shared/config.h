@@ -121,6 +121,39 @@ struct lb_server_cfg {
     unsigned weight;
     unsigned max_requests;              /* in flight, all workers together; 0: no limit */
     uint32_t shm_id;                    /* backend slot, set by the master */
+    bool runtime;                       /* a runtime slot (shared/runtime.h), no address here */
+};
+
+/* Service discovery of a pool (master/discovery.h): the control process
+ * keeps the pool's runtime servers (shared/runtime.h) to what a source
+ * says. */
+enum lb_disco_type {
+    LB_DISCO_NONE,
+    LB_DISCO_DNS,
+};
+
+enum lb_dns_record {
+    LB_DNS_A,
+    LB_DNS_AAAA,
+    LB_DNS_SRV,
+};
+
+#define LB_DISCO_MAX_RESOLVERS  4
+#define LB_DISCO_MAX_SERVERS    1024    /* upper bound of max_servers */
+#define LB_DISCO_DEFAULT_SERVERS 64     /* max_servers of a discovered pool */
+
+struct lb_discovery_cfg {
+    enum lb_disco_type type;
+    char name[LB_HOST_MAX];             /* dns: the name asked */
+    unsigned port;                      /* dns A/AAAA: the servers' port */
+    enum lb_dns_record record;
+    unsigned weight;                    /* dns A/AAAA: every server's weight */
+    struct lb_addr resolvers[LB_DISCO_MAX_RESOLVERS];
+    size_t nresolvers;                  /* 0: those of /etc/resolv.conf */
+    uint64_t min_interval_ms;           /* asked again after the TTL, within these */
+    uint64_t max_interval_ms;
+    uint64_t timeout_ms;                /* one query */
+    bool empty_removes;                 /* an empty answer or NXDOMAIN empties the pool */
 };
 
 struct lb_pool_cfg {
@@ -145,6 +178,11 @@ struct lb_pool_cfg {
     struct lb_retry_cfg retries;
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     uint32_t shm_id;                    /* pool slot, set by the master */
+    /* Runtime servers: servers[0..nstatic) are the file's, the rest up to
+     * nservers (= max_servers) are runtime slots that discovery or the
+     * admin API fill (shared/runtime.h). nstatic == nservers: none. */
+    size_t nstatic;
+    struct lb_discovery_cfg discovery;
 };
 
 /* TLS of a listener (worker/tls.h builds and uses it). Certificate and key

@@ -158,9 +158,11 @@ static int lb_rr_init(struct lb_balancer *b)
         return -1;
     uint64_t total = 0;
     for (size_t i = 0; i < p->nservers; i++) {
-        /* round_robin: equal shares; weight 0 still means "not this one". */
-        w[i] = p->strategy == LB_STRATEGY_ROUND_ROBIN ? (p->servers[i].weight > 0)
-                                                      : p->servers[i].weight;
+        /* round_robin: equal shares; weight 0 still means "not this one".
+         * The weights of shared memory: the master's, or what the runtime
+         * set gave a runtime slot (0 while it has no server). */
+        unsigned wi = lb_weight(b, i);
+        w[i] = p->strategy == LB_STRATEGY_ROUND_ROBIN ? (wi > 0) : wi;
         total += w[i];
     }
     size_t cap = total < LB_SWRR_MAX_CYCLE ? (size_t)total : LB_SWRR_MAX_CYCLE;
@@ -352,14 +354,14 @@ static int lb_hash_init(struct lb_balancer *b)
     const struct lb_pool_cfg *p = b->pool;
     uint64_t total = 0;
     for (size_t i = 0; i < p->nservers; i++)
-        total += (uint64_t)p->servers[i].weight * LB_KETAMA_POINTS;
+        total += (uint64_t)lb_weight(b, i) * LB_KETAMA_POINTS;
     /* Scale down uniformly if the ring would be too large. */
     uint64_t per = LB_KETAMA_POINTS;
     while (total > LB_KETAMA_MAX && per > 1) {
         per /= 2;
         total = 0;
         for (size_t i = 0; i < p->nservers; i++)
-            total += (uint64_t)p->servers[i].weight * per;
+            total += (uint64_t)lb_weight(b, i) * per;
     }
     b->ring = calloc(total ? total : 1, sizeof(*b->ring));
     if (b->ring == NULL)
@@ -369,10 +371,11 @@ static int lb_hash_init(struct lb_balancer *b)
         /* Points depend on the server's address only, never on its place in
          * the list: the same server lands on the same points in every
          * configuration, which is what keeps keys from moving. */
-        const char *addr = p->servers[i].address;
+        const char *addr = b->names != NULL ? b->names[i] : p->servers[i].address;
         size_t alen = strlen(addr);
         uint64_t base = lb_hash64(addr, alen);
-        for (uint64_t j = 0; j < p->servers[i].weight * per; j++) {
+        uint64_t points = (uint64_t)lb_weight(b, i) * per;
+        for (uint64_t j = 0; j < points && k < total; j++) {
             b->ring[k].hash = lb_mix64(base ^ lb_mix64(j + 1));
             b->ring[k].server = (uint32_t)i;
             k++;
@@ -472,6 +475,27 @@ int lb_balancer_init(struct lb_balancer *b, const struct lb_pool_cfg *pool,
         errno = ENOMEM;
         return -1;
     }
+    return 0;
+}
+
+int lb_balancer_rebuild(struct lb_balancer *b)
+{
+    if (b->ops == NULL || b->ops->init == NULL)
+        return 0;       /* the others read everything live from shm */
+    struct lb_balancer next = *b;
+    next.seq = NULL;
+    next.ring = NULL;
+    if (next.ops->init(&next) < 0) {
+        if (next.ops->destroy != NULL)
+            next.ops->destroy(&next);
+        return -1;
+    }
+    if (b->ops->destroy != NULL)
+        b->ops->destroy(b);
+    b->seq = next.seq;
+    b->seq_len = next.seq_len;
+    b->ring = next.ring;
+    b->ring_len = next.ring_len;
     return 0;
 }
 

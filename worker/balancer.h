@@ -75,6 +75,9 @@ struct lb_balancer {
     size_t seq_len;
     struct lb_ring_point *ring;         /* hash */
     size_t ring_len;
+    /* Each server's address for the ring, when not pool->servers[i]'s
+     * (runtime slots: shared/runtime.h); NULL: the pool's. */
+    const char *const *names;
 };
 
 /* Set up B for POOL. BACKENDS[i] is the shared state of pool->servers[i]
@@ -82,6 +85,10 @@ struct lb_balancer {
 int lb_balancer_init(struct lb_balancer *b, const struct lb_pool_cfg *pool,
                      struct lb_shm_backend **backends, lb_counter_t *cursor);
 void lb_balancer_destroy(struct lb_balancer *b);
+/* Build B's tables again (the round robin cycle, the ring) from the
+ * weights in shared memory and the names: the pool's runtime servers
+ * changed. Keeps its cursor. 0, or -1 (B keeps its old tables). */
+int lb_balancer_rebuild(struct lb_balancer *b);
 
 static inline int lb_balancer_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
 {

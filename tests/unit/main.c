@@ -22,6 +22,7 @@ int main(void)
     srunner_add_suite(sr, ratelimit_suite());
     srunner_add_suite(sr, tls_suite());
     srunner_add_suite(sr, conn_suite());
+    srunner_add_suite(sr, discovery_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

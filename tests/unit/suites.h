@@ -20,5 +20,6 @@ Suite *retry_suite(void);
 Suite *ratelimit_suite(void);
 Suite *tls_suite(void);
 Suite *conn_suite(void);
+Suite *discovery_suite(void);
 
 #endif

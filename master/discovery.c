@@ -1,0 +1,353 @@
+#include "master/discovery.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "master/dns.h"
+#include "shared/log.h"
+#include "shared/runtime.h"
+#include "shared/shm.h"
+
+#define LB_REAP_MS 1000
+
+struct lb_watch {
+    struct lb_discovery *owner;
+    const struct lb_pool_cfg *pool;
+    struct lb_shm_pool *shared;
+    struct lb_addr resolvers[LB_DISCO_MAX_RESOLVERS];
+    size_t nresolvers;
+    size_t resolver;            /* the one asked now */
+    int fd;                     /* UDP socket of the query in flight; -1 */
+    struct event *rd;
+    struct event *timer;        /* next query, or the end of the one in flight */
+    bool in_flight;
+    uint16_t id;
+    uint16_t qtype;
+    unsigned tries;             /* resolvers asked for this query */
+    uint64_t backoff_ms;        /* next wait after a failure */
+    bool had_good;              /* a non-empty set was in place */
+    struct lb_dns_answer answer;
+    struct lb_runtime_server *servers;  /* scratch: pool->nservers - nstatic */
+    size_t max;
+};
+
+struct lb_discovery {
+    struct event_base *base;
+    struct lb_shm_header *shm;
+    uint64_t generation;
+    struct lb_watch *watches;
+    size_t nwatches;
+    struct event *reap;
+};
+
+static void lb_watch_arm(struct lb_watch *w, uint64_t ms)
+{
+    struct timeval tv = lb_ms_timeval(ms);
+    evtimer_add(w->timer, &tv);
+}
+
+static bool lb_watch_current(const struct lb_watch *w)
+{
+    return lb_shm_generation_current(w->owner->shm, w->owner->generation);
+}
+
+/* A failed round: the set stays. Logged at the first of an outage. */
+static void lb_watch_failed(struct lb_watch *w, const char *fmt, const char *detail)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), fmt, detail);
+    atomic_fetch_add(&w->shared->disco_errors, 1);
+    if (atomic_exchange(&w->shared->disco_failing, 1) == 0)
+        lb_log_warn("pool '%s': discovery (dns %s): %s; the last set stays (%s until it "
+                    "answers again)", w->pool->name, w->pool->discovery.name, msg,
+                    "no further line");
+    uint64_t wait = w->backoff_ms;
+    const struct lb_discovery_cfg *d = &w->pool->discovery;
+    w->backoff_ms = w->backoff_ms * 2 > d->max_interval_ms ? d->max_interval_ms : w->backoff_ms * 2;
+    lb_watch_arm(w, wait);
+}
+
+static void lb_watch_skipped(void *arg, const char *entry, const char *why)
+{
+    struct lb_watch *w = arg;
+    lb_log_warn("pool '%s': discovery: entry %s left out: %s", w->pool->name, entry, why);
+}
+
+static void lb_watch_close(struct lb_watch *w)
+{
+    if (w->rd != NULL) {
+        event_free(w->rd);
+        w->rd = NULL;
+    }
+    if (w->fd >= 0) {
+        close(w->fd);
+        w->fd = -1;
+    }
+    w->in_flight = false;
+}
+
+/* A good answer: the set follows it. */
+static void lb_watch_answered(struct lb_watch *w, const struct lb_dns_answer *a)
+{
+    const struct lb_discovery_cfg *d = &w->pool->discovery;
+    if (atomic_exchange(&w->shared->disco_failing, 0) != 0)
+        lb_log_info("pool '%s': discovery (dns %s) answers again", w->pool->name, d->name);
+    size_t n = 0;
+    if (a->rcode == 0)
+        n = lb_dns_servers(a, d, w->servers, w->max, lb_watch_skipped, w);
+    uint64_t next = a->ttl * 1000ull;
+    next = next < d->min_interval_ms ? d->min_interval_ms
+                                     : next > d->max_interval_ms ? d->max_interval_ms : next;
+    w->backoff_ms = d->min_interval_ms;
+    if (n == 0 && w->had_good && !d->empty_removes) {
+        /* A registry that lost its records is more likely broken than
+         * the service gone: keep serving what was there. */
+        atomic_fetch_add(&w->shared->disco_errors, 1);
+        if (atomic_exchange(&w->shared->disco_failing, 1) == 0)
+            lb_log_warn("pool '%s': discovery (dns %s): %s; the last set stays "
+                        "(empty_removes = false)", w->pool->name, d->name,
+                        a->rcode == LB_DNS_RCODE_NXDOMAIN ? "NXDOMAIN" : "no usable record");
+        lb_watch_arm(w, next);
+        return;
+    }
+    uint64_t now = lb_wall_ms();
+    atomic_store(&w->shared->disco_last_success_ms, now);
+    struct lb_runtime_diff diff;
+    lb_runtime_set(w->owner->shm, w->pool->shm_id, w->servers, n, lb_now_ms(), &diff);
+    w->had_good = n > 0;
+    if (diff.added || diff.removed || diff.reweighted) {
+        atomic_fetch_add(&w->shared->disco_updates, 1);
+        atomic_store(&w->shared->disco_last_update_ms, now);
+        lb_log_info("pool '%s': discovery (dns %s): %zu server(s): %u added, %u removed, "
+                    "%u reweighted", w->pool->name, d->name, n, diff.added, diff.removed,
+                    diff.reweighted);
+    }
+    if (diff.full)
+        lb_log_warn("pool '%s': discovery: %u server(s) not added: every runtime slot is in "
+                    "use (max_servers; draining ones free up %u ms after their last request)",
+                    w->pool->name, diff.full, LB_RUNTIME_GRACE_MS);
+    lb_watch_arm(w, next);
+}
+
+static void lb_watch_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct lb_watch *w = arg;
+    static uint8_t buf[LB_DNS_UDP_MAX + 512];
+    ssize_t r = recv(fd, buf, sizeof(buf), 0);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        /* ECONNREFUSED: nobody listens there. The timer tries the next. */
+        char why[128];
+        snprintf(why, sizeof(why), "resolver: %s", strerror(errno));
+        lb_watch_close(w);
+        evtimer_del(w->timer);
+        if (lb_watch_current(w))
+            lb_watch_failed(w, "%s", why);
+        return;
+    }
+    const char *why = NULL;
+    const struct lb_discovery_cfg *d = &w->pool->discovery;
+    if (lb_dns_parse(buf, (size_t)r, w->id, d->name, w->qtype, &w->answer, &why) < 0) {
+        if (strcmp(why, "not the answer to our query") == 0)
+            return;     /* a late answer to an earlier query: wait for ours */
+        lb_watch_close(w);
+        evtimer_del(w->timer);
+        if (lb_watch_current(w))
+            lb_watch_failed(w, "malformed answer: %s", why);
+        return;
+    }
+    lb_watch_close(w);
+    evtimer_del(w->timer);
+    if (!lb_watch_current(w))
+        return;     /* retiring: the new control process's watcher owns the set */
+    if (w->answer.rcode != 0 && w->answer.rcode != LB_DNS_RCODE_NXDOMAIN) {
+        static const char *const names[] = { "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN",
+                                             "NOTIMP", "REFUSED" };
+        lb_watch_failed(w, "resolver answered %s",
+                        w->answer.rcode < 6 ? names[w->answer.rcode] : "an error");
+        return;
+    }
+    if (w->answer.truncated && w->answer.nanswer == 0) {
+        lb_watch_failed(w, "%s", "answer truncated (too large for UDP)");
+        return;
+    }
+    lb_watch_answered(w, &w->answer);
+}
+
+static void lb_watch_send(struct lb_watch *w)
+{
+    const struct lb_discovery_cfg *d = &w->pool->discovery;
+    uint8_t q[LB_DNS_NAME_MAX + 64];
+    w->qtype = d->record == LB_DNS_A ? LB_DNS_TYPE_A
+             : d->record == LB_DNS_AAAA ? LB_DNS_TYPE_AAAA : LB_DNS_TYPE_SRV;
+    if (getrandom(&w->id, sizeof(w->id), GRND_NONBLOCK) != (ssize_t)sizeof(w->id))
+        w->id = (uint16_t)(lb_now_ms() ^ (uint64_t)getpid());
+    size_t n = lb_dns_query(q, sizeof(q), w->id, d->name, w->qtype);
+    const struct lb_addr *ra = &w->resolvers[w->resolver % w->nresolvers];
+    int fd = socket(ra->ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (n == 0 || fd < 0) {
+        if (fd >= 0)
+            close(fd);
+        lb_watch_failed(w, "%s", n == 0 ? "name does not fit a query" : "no socket");
+        return;
+    }
+    /* Connected: only the resolver's answers arrive, and a refusal shows
+     * as ECONNREFUSED at once. */
+    if (connect(fd, (const struct sockaddr *)&ra->ss, ra->len) < 0 ||
+        send(fd, q, n, 0) != (ssize_t)n) {
+        char why[128];
+        snprintf(why, sizeof(why), "resolver: %s", strerror(errno));
+        close(fd);
+        lb_watch_failed(w, "%s", why);
+        return;
+    }
+    w->fd = fd;
+    w->rd = event_new(w->owner->base, fd, EV_READ | EV_PERSIST, lb_watch_read, w);
+    if (w->rd == NULL || event_add(w->rd, NULL) < 0) {
+        lb_watch_close(w);
+        lb_watch_failed(w, "%s", "out of memory");
+        return;
+    }
+    w->in_flight = true;
+    lb_watch_arm(w, d->timeout_ms);
+}
+
+static void lb_watch_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_watch *w = arg;
+    if (w->in_flight) {
+        /* No answer in time: the next resolver, until each had its try. */
+        lb_watch_close(w);
+        w->resolver++;
+        if (++w->tries < w->nresolvers) {
+            lb_watch_send(w);
+            return;
+        }
+        w->tries = 0;
+        if (lb_watch_current(w))
+            lb_watch_failed(w, "%s", "no answer in time from any resolver");
+        else
+            lb_watch_arm(w, w->pool->discovery.min_interval_ms);
+        return;
+    }
+    w->tries = 0;
+    if (!lb_watch_current(w)) {
+        lb_watch_arm(w, w->pool->discovery.min_interval_ms);
+        return;     /* retiring: ask nothing, write nothing */
+    }
+    lb_watch_send(w);
+}
+
+/* The nameservers of /etc/resolv.conf (port 53), N at most. */
+static size_t lb_resolv_conf(struct lb_addr *out, size_t max)
+{
+    FILE *f = fopen("/etc/resolv.conf", "re");
+    size_t n = 0;
+    char line[256];
+    while (f != NULL && n < max && fgets(line, sizeof(line), f) != NULL) {
+        char ip[128], text[160];
+        const char *why;
+        if (sscanf(line, " nameserver %127s", ip) != 1)
+            continue;
+        snprintf(text, sizeof(text), strchr(ip, ':') ? "[%s]:53" : "%s:53", ip);
+        if (lb_addr_parse(text, false, &out[n], &why) == 0)
+            n++;
+    }
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+static void lb_discovery_reap(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lb_discovery *d = arg;
+    if (lb_shm_generation_current(d->shm, d->generation))
+        lb_runtime_reap(d->shm, lb_now_ms(), LB_RUNTIME_GRACE_MS);
+}
+
+struct lb_discovery *lb_discovery_start(struct event_base *base, const struct lb_config *cfg,
+                                        struct lb_shm_header *shm)
+{
+    struct lb_discovery *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    d->base = base;
+    d->shm = shm;
+    d->generation = atomic_load(&shm->generation);
+    d->watches = calloc(cfg->npools ? cfg->npools : 1, sizeof(*d->watches));
+    bool any_runtime = false;
+    if (d->watches == NULL)
+        goto fail;
+    for (size_t i = 0; i < cfg->npools; i++) {
+        const struct lb_pool_cfg *pc = &cfg->pools[i];
+        any_runtime |= pc->nstatic < pc->nservers;
+        if (pc->discovery.type != LB_DISCO_DNS)
+            continue;
+        struct lb_watch *w = &d->watches[d->nwatches++];
+        w->owner = d;
+        w->pool = pc;
+        w->fd = -1;
+        w->shared = lb_shm_pool(shm, pc->shm_id);
+        w->max = pc->nservers - pc->nstatic;
+        w->servers = calloc(w->max, sizeof(*w->servers));
+        w->timer = evtimer_new(base, lb_watch_timer, w);
+        if (w->servers == NULL || w->timer == NULL)
+            goto fail;
+        w->backoff_ms = pc->discovery.min_interval_ms;
+        if (pc->discovery.nresolvers > 0) {
+            memcpy(w->resolvers, pc->discovery.resolvers, sizeof(w->resolvers));
+            w->nresolvers = pc->discovery.nresolvers;
+        } else {
+            w->nresolvers = lb_resolv_conf(w->resolvers, LB_DISCO_MAX_RESOLVERS);
+        }
+        if (w->nresolvers == 0) {
+            const char *why;
+            lb_addr_parse("127.0.0.1:53", false, &w->resolvers[0], &why);
+            w->nresolvers = 1;
+        }
+        /* What a previous control process left (a reload) is the last
+         * good set until the source says otherwise. */
+        struct lb_runtime_server tmp;
+        w->had_good = lb_runtime_list(shm, pc->shm_id, &tmp, 1) > 0;
+        lb_watch_arm(w, 0);
+    }
+    if (any_runtime) {
+        d->reap = event_new(base, -1, EV_PERSIST, lb_discovery_reap, d);
+        struct timeval tv = lb_ms_timeval(LB_REAP_MS);
+        if (d->reap == NULL || event_add(d->reap, &tv) < 0)
+            goto fail;
+    }
+    return d;
+fail:
+    lb_discovery_stop(d);
+    return NULL;
+}
+
+void lb_discovery_stop(struct lb_discovery *d)
+{
+    if (d == NULL)
+        return;
+    for (size_t i = 0; i < d->nwatches; i++) {
+        struct lb_watch *w = &d->watches[i];
+        lb_watch_close(w);
+        if (w->timer != NULL)
+            event_free(w->timer);
+        free(w->servers);
+    }
+    if (d->reap != NULL)
+        event_free(d->reap);
+    free(d->watches);
+    free(d);
+}
