@@ -930,6 +930,9 @@ static int lb_cfg_keepalive(struct lb_loader *ld, const config_setting_t *g,
 
 #define LB_DISCO_INTERVAL_MAX_MS (24ull * 3600 * 1000)
 
+static int lb_cfg_discovery_common(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d);
+
 /* discovery = { type = "dns"; name; port; record; resolvers; min_interval;
  * max_interval; timeout; weight; empty_removes; } */
 static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
@@ -944,8 +947,7 @@ static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
         lb_cfg_string(ld, g, "name", &name, true) < 0 ||
         lb_cfg_string(ld, g, "record", &record, false) < 0 ||
         lb_cfg_int(ld, g, "port", 1, 65535, &port) < 0 ||
-        lb_cfg_int(ld, g, "weight", 1, LB_WEIGHT_MAX, &weight) < 0 ||
-        lb_cfg_bool(ld, g, "empty_removes", &d->empty_removes) < 0)
+        lb_cfg_int(ld, g, "weight", 1, LB_WEIGHT_MAX, &weight) < 0)
         return -1;
     size_t n = strlen(name);
     if (n == 0 || n >= 254 || name[0] == '.')
@@ -975,19 +977,8 @@ static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
                            "discovery: SRV records bring their ports: no 'port'");
     d->port = (unsigned)port;
     d->weight = (unsigned)weight;
-    d->min_interval_ms = 1000;
-    d->max_interval_ms = 60000;
-    d->timeout_ms = 2000;
-    if (lb_cfg_duration(ld, g, "min_interval", &d->min_interval_ms) < 0 ||
-        lb_cfg_duration(ld, g, "max_interval", &d->max_interval_ms) < 0 ||
-        lb_cfg_duration(ld, g, "timeout", &d->timeout_ms) < 0)
+    if (lb_cfg_discovery_common(ld, g, d) < 0)
         return -1;
-    if (d->min_interval_ms < 100 || d->max_interval_ms > LB_DISCO_INTERVAL_MAX_MS ||
-        d->min_interval_ms > d->max_interval_ms)
-        return lb_cfg_fail(ld, g, "discovery: need 100ms <= min_interval <= max_interval <= 24h");
-    if (d->timeout_ms < 10 || d->timeout_ms > 60000)
-        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
-                           "discovery: 'timeout' must be between 10ms and 60s");
     const config_setting_t *r = lb_cfg_member(g, "resolvers");
     if (r == NULL)
         return 0;
@@ -1009,6 +1000,111 @@ static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
     return 0;
 }
 
+/* The keys every source has: intervals (dns: re-ask bounds; the others:
+ * the retry backoff's), timeout, empty_removes. */
+static int lb_cfg_discovery_common(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d)
+{
+    d->min_interval_ms = 1000;
+    d->max_interval_ms = 60000;
+    d->timeout_ms = 2000;
+    if (lb_cfg_duration(ld, g, "min_interval", &d->min_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "max_interval", &d->max_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &d->timeout_ms) < 0 ||
+        lb_cfg_bool(ld, g, "empty_removes", &d->empty_removes) < 0)
+        return -1;
+    if (d->min_interval_ms < 100 || d->max_interval_ms > LB_DISCO_INTERVAL_MAX_MS ||
+        d->min_interval_ms > d->max_interval_ms)
+        return lb_cfg_fail(ld, g, "discovery: need 100ms <= min_interval <= max_interval <= 24h");
+    if (d->timeout_ms < 10 || d->timeout_ms > 60000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "discovery: 'timeout' must be between 10ms and 60s");
+    return 0;
+}
+
+/* An "http://HOST:PORT" base URL (no path: lbd adds the API's). */
+static int lb_cfg_base_url(struct lb_loader *ld, const config_setting_t *at, const char *url,
+                           char *out)
+{
+    size_t n = strlen(url);
+    if ((strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
+        n >= LB_DISCO_URL_MAX || strchr(url + 8, '/') != NULL || strpbrk(url, " \"\r\n") != NULL ||
+        n <= 8)
+        return lb_cfg_fail(ld, at, "discovery: bad URL \"%s\" (\"http://HOST:PORT\", no path)",
+                           url);
+    snprintf(out, LB_DISCO_URL_MAX, "%s", url);
+    return 0;
+}
+
+/* discovery = { type = "etcd"; endpoints = [ "http://127.0.0.1:2379" ];
+ * prefix = "/services/web/"; } */
+static int lb_cfg_discovery_etcd(struct lb_loader *ld, const config_setting_t *g,
+                                 struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "endpoints", "prefix", "min_interval",
+                                        "max_interval", "timeout", "empty_removes", NULL };
+    const char *prefix = NULL;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "prefix", &prefix, true) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (prefix[0] == '\0' || strlen(prefix) >= sizeof(d->prefix))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "prefix"), "discovery: 'prefix' must be 1-255 bytes");
+    snprintf(d->prefix, sizeof(d->prefix), "%s", prefix);
+    const config_setting_t *e = lb_cfg_member(g, "endpoints");
+    if (e == NULL)
+        return lb_cfg_fail(ld, g, "discovery: missing required key 'endpoints'");
+    if (config_setting_type(e) != CONFIG_TYPE_ARRAY && config_setting_type(e) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, e, "discovery: 'endpoints' must be a list of \"http://HOST:PORT\"");
+    int k = config_setting_length(e);
+    if (k == 0 || k > LB_DISCO_MAX_ENDPOINTS)
+        return lb_cfg_fail(ld, e, "discovery: 1 to %d endpoints", LB_DISCO_MAX_ENDPOINTS);
+    for (int i = 0; i < k; i++) {
+        const config_setting_t *u = config_setting_get_elem(e, (unsigned)i);
+        if (config_setting_type(u) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, u, "discovery: each endpoint must be a string");
+        if (lb_cfg_base_url(ld, u, config_setting_get_string(u), d->endpoints[i]) < 0)
+            return -1;
+        d->nendpoints++;
+    }
+    return 0;
+}
+
+/* discovery = { type = "consul"; address = "http://127.0.0.1:8500";
+ * service = "web"; passing_only = true; tag = "v2"; } */
+static int lb_cfg_discovery_consul(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "address", "service", "passing_only", "tag",
+                                        "wait", "min_interval", "max_interval", "timeout",
+                                        "empty_removes", NULL };
+    const char *address = NULL, *service = NULL, *tag = NULL;
+    d->passing_only = true;
+    d->wait_ms = 60000;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "address", &address, true) < 0 ||
+        lb_cfg_string(ld, g, "service", &service, true) < 0 ||
+        lb_cfg_string(ld, g, "tag", &tag, false) < 0 ||
+        lb_cfg_bool(ld, g, "passing_only", &d->passing_only) < 0 ||
+        lb_cfg_duration(ld, g, "wait", &d->wait_ms) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (lb_cfg_base_url(ld, lb_cfg_member(g, "address"), address, d->endpoints[0]) < 0)
+        return -1;
+    d->nendpoints = 1;
+    if (!lb_name_valid(service))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "service"),
+                           "discovery: bad service name \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", service);
+    snprintf(d->service, sizeof(d->service), "%s", service);
+    if (tag != NULL && !lb_name_valid(tag))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "tag"),
+                           "discovery: bad tag \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", tag);
+    snprintf(d->tag, sizeof(d->tag), "%s", tag ? tag : "");
+    if (d->wait_ms < 1000 || d->wait_ms > 600000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "wait"), "discovery: 'wait' must be 1s-10m");
+    return 0;
+}
+
 /* discovery = { type = ...; } and max_servers: how many runtime slots
  * follow the file's servers (shared/runtime.h). */
 static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
@@ -1023,11 +1119,22 @@ static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
             return lb_cfg_fail(ld, g, "'discovery' must be a group: discovery = { type = \"dns\"; ... };");
         if (lb_cfg_string(ld, g, "type", &type, true) < 0)
             return -1;
-        if (strcmp(type, "dns") != 0)
+        int rc;
+        if (strcmp(type, "dns") == 0) {
+            p->discovery.type = LB_DISCO_DNS;
+            rc = lb_cfg_discovery_dns(ld, g, &p->discovery);
+        } else if (strcmp(type, "etcd") == 0) {
+            p->discovery.type = LB_DISCO_ETCD;
+            rc = lb_cfg_discovery_etcd(ld, g, &p->discovery);
+        } else if (strcmp(type, "consul") == 0) {
+            p->discovery.type = LB_DISCO_CONSUL;
+            rc = lb_cfg_discovery_consul(ld, g, &p->discovery);
+        } else {
             return lb_cfg_fail(ld, lb_cfg_member(g, "type"),
-                               "discovery: unknown type \"%s\" (\"dns\")", type);
-        p->discovery.type = LB_DISCO_DNS;
-        if (lb_cfg_discovery_dns(ld, g, &p->discovery) < 0)
+                               "discovery: unknown type \"%s\" (\"dns\", \"etcd\", \"consul\")",
+                               type);
+        }
+        if (rc < 0)
             return -1;
         max = (long long)p->nservers + LB_DISCO_DEFAULT_SERVERS;
     }

@@ -130,7 +130,12 @@ struct lb_server_cfg {
 enum lb_disco_type {
     LB_DISCO_NONE,
     LB_DISCO_DNS,
+    LB_DISCO_ETCD,
+    LB_DISCO_CONSUL,
 };
+
+#define LB_DISCO_MAX_ENDPOINTS  4
+#define LB_DISCO_URL_MAX        256
 
 enum lb_dns_record {
     LB_DNS_A,
@@ -154,6 +159,17 @@ struct lb_discovery_cfg {
     uint64_t max_interval_ms;
     uint64_t timeout_ms;                /* one query */
     bool empty_removes;                 /* an empty answer or NXDOMAIN empties the pool */
+    /* etcd: base URLs ("http://127.0.0.1:2379"), tried in turn; the key
+     * prefix whose keys are the servers. */
+    char endpoints[LB_DISCO_MAX_ENDPOINTS][LB_DISCO_URL_MAX];
+    size_t nendpoints;
+    char prefix[LB_DISCO_URL_MAX];
+    /* consul: its HTTP API's base URL (in endpoints[0]), the service,
+     * only instances whose checks pass, an optional tag. */
+    char service[LB_NAME_MAX];
+    char tag[LB_NAME_MAX];
+    bool passing_only;
+    uint64_t wait_ms;                   /* consul: a blocking query's wait */
 };
 
 struct lb_pool_cfg {

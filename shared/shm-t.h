@@ -209,7 +209,7 @@ struct lb_shm_pool {
     lb_counter_t disco_last_success_ms; /* wall clock of the last good answer */
     lb_counter_t disco_last_update_ms;  /* wall clock of the last change */
     char disco_type[16];                /* "" (none), "dns" */
-    char disco_source[LB_HOST_MAX + 16];    /* "SRV _http._tcp.example" */
+    char disco_source[2 * LB_HOST_MAX + 16];    /* "SRV _http._tcp.example" */
 } __attribute__((aligned(LB_CACHELINE)));
 
 /* A runtime slot's state (lb_shm_backend.rt_state). */

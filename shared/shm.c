@@ -655,6 +655,14 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             snprintf(sp->disco_type, sizeof(sp->disco_type), "dns");
             snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", records[dc->record],
                      dc->name);
+        } else if (dc->type == LB_DISCO_ETCD) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "etcd");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->prefix);
+        } else if (dc->type == LB_DISCO_CONSUL) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "consul");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->service);
         } else {
             sp->disco_type[0] = '\0';
             sp->disco_source[0] = '\0';

@@ -3,8 +3,14 @@ dnsmasq that each test starts on a free loopback port with its own hosts
 file and SRV records. dnsmasq re-reads --addn-hosts files on SIGHUP; its
 --srv-host records come from the command line, so a test that changes them
 restarts it on the same port."""
+import base64
+import http.server
+import json
+import threading
+import urllib.parse
 import os
 import shutil
+import urllib.request
 import signal
 import subprocess
 import time
@@ -14,6 +20,7 @@ from lbdtest import Backend, LbdTestCase, free_port, http_get, wait_for
 from lbdextra import Load, admin_metrics, admin_status, ext_config, run_requests, tally
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 class Dnsmasq:
@@ -237,6 +244,311 @@ class DnsDiscoveryTest(LbdTestCase):
         self._wait_set([])
         r = http_get(lbd.listen, "/")
         self.assertEqual(r.status, 503)
+
+
+class Etcd:
+    """A one-member etcd on free loopback ports with its own data dir;
+    keys written through its JSON gateway."""
+
+    def __init__(self, tc):
+        self.tc = tc
+        self.port, self.peer = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data = tc.path("etcd-data")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        peer = f"http://127.0.0.1:{self.peer}"
+        self.log = open(self.tc.path(f"etcd-{time.monotonic_ns()}.log"), "wb")
+        self.proc = subprocess.Popen(
+            [ETCD, "--name", "lbd-test", "--data-dir", self.data,
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"lbd-test={peer}", "--log-level", "warn"],
+            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        wait_for(self._up, 30, what="etcd to answer")
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"etcd exited: {self.proc.returncode}")
+        try:
+            self._post("/v3/kv/range", {"key": self._b64("probe")})
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _b64(s):
+        return base64.b64encode(s.encode()).decode()
+
+    def _post(self, path, body):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    def put(self, key, value):
+        self._post("/v3/kv/put", {"key": self._b64(key), "value": self._b64(value)})
+
+    def delete(self, key):
+        self._post("/v3/kv/deleterange", {"key": self._b64(key)})
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+        self.log.close()
+
+
+class EtcdDiscoveryTest(LbdTestCase):
+
+    def setUp(self):
+        super().setUp()
+        if not os.access(ETCD, os.X_OK):
+            self.skipTest("etcd missing (make deps: etcd-server)")
+        self.etcd = None
+        self.addCleanup(lambda: self.etcd and self.etcd.stop())
+
+    def _servers(self):
+        return [p for p in admin_status(self.admin)["pools"] if p["name"] == "web"][0]
+
+    def _wait_set(self, want, timeout=15):
+        def probe():
+            got = {s["address"] for s in self._servers()["servers"]
+                   if s.get("runtime") == "active"}
+            return got == set(want)
+        wait_for(probe, timeout, what=f"the pool's servers to be {sorted(want)}")
+
+    def test_put_delete_weights_and_restart(self):
+        b1, b2, b3, b4 = self.start_backends("e1", "e2", "e3", "e4")
+        self.etcd = Etcd(self)
+        self.etcd.put("/services/web/a", b1.addr)
+        self.etcd.put("/services/web/b", json.dumps({"address": b2.addr}))
+        self.etcd.put("/services/other/x", b4.addr)          # not under the prefix
+        listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        pool = {"name": "web", "strategy": "weighted_round_robin",
+                "discovery": {"type": "etcd", "endpoints": [self.etcd.url],
+                              "prefix": "/services/web/", "min_interval": "200ms",
+                              "max_interval": "2s", "timeout": "1s"}}
+        lbd = self.start_lbd(ext_config(listen, [pool], workers=2, admin=self.admin), listen,
+                             workers=2)
+        self._wait_set([b1.addr, b2.addr])
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+        self.assertEqual((per, bad), ({"e1": 20, "e2": 20}, []))
+        load = Load(lbd.listen, nthreads=2, max_seconds=120)
+        try:
+            # a third one, with a weight
+            self.etcd.put("/services/web/c", json.dumps({"address": b3.addr, "weight": 3}))
+            self._wait_set([b1.addr, b2.addr, b3.addr])
+            srv = {s["address"]: s for s in self._servers()["servers"]}
+            self.assertEqual(srv[b3.addr]["weight"], 3)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 50, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"e1", "e2", "e3"})
+
+            # garbage values are left out one by one
+            off = lbd.log_size()
+            self.etcd.put("/services/web/junk", "not an address")
+            lbd.wait_log(r"entry /services/web/junk left out", since=off)
+            self._wait_set([b1.addr, b2.addr, b3.addr])
+
+            # one deleted: no new request reaches it
+            self.etcd.delete("/services/web/a")
+            self._wait_set([b2.addr, b3.addr])
+            time.sleep(0.3)
+            before = backend_count(b1)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"e2", "e3"})
+            self.assertEqual(backend_count(b1), before + 1, "a deleted server got new requests")
+
+            # etcd killed: the pool stays
+            off = lbd.log_size()
+            self.etcd.stop()
+            lbd.wait_log(r"pool 'web': discovery \(etcd /services/web/\): .*the last set stays",
+                         since=off)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"e2", "e3"})
+            self.assertGreaterEqual(admin_metrics(self.admin).value(
+                "lbd_discovery_errors_total", pool="web", type="etcd"), 1)
+
+            # restarted: updates resume
+            self.etcd.start()
+            lbd.wait_log(r"discovery \(etcd /services/web/\) answers again", since=off)
+            self.etcd.put("/services/web/a", b1.addr)
+            self._wait_set([b1.addr, b2.addr, b3.addr])
+            self.assertEqual(lbd.log_since(off).count("the last set stays"), 1,
+                             "an outage is logged once")
+        finally:
+            recs = load.stop()
+        failed = [r for r in recs if r[2] != 200]
+        self.assertEqual(failed, [], "the keep-alive client saw failed requests")
+        self.assertGreater(len(recs), 100)
+
+
+class ConsulStandIn:
+    """NOT Consul: a stand-in serving Consul's documented health endpoint
+    (GET /v1/health/service/NAME: a JSON array of {Node, Service, Checks})
+    with blocking-query semantics: X-Consul-Index on every answer; a query
+    whose ?index= equals the current one is held until the service changes
+    or ?wait= passes; ?passing filters instances whose checks all pass. No
+    Consul server is packaged for Debian, so the tests use this."""
+
+    def __init__(self, port=None):
+        self.cond = threading.Condition()
+        self.index = 1
+        self.instances = {}         # id -> (address, port, weight, status)
+        self.queries = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                u = urllib.parse.urlparse(self.path)
+                q = urllib.parse.parse_qs(u.query, keep_blank_values=True)
+                if not u.path.startswith("/v1/health/service/"):
+                    self.send_error(404)
+                    return
+                want = int(q.get("index", ["0"])[0] or 0)
+                wait = float(q.get("wait", ["300s"])[0].rstrip("s"))
+                with outer.cond:
+                    outer.queries += 1
+                    deadline = time.monotonic() + min(wait, 30)
+                    while want == outer.index and time.monotonic() < deadline:
+                        outer.cond.wait(deadline - time.monotonic())
+                    body = outer._answer("passing" in q)
+                    index = outer.index
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Consul-Index", str(index))
+                self.send_header("Content-Length", str(len(data)))
+                # One query a connection: a stopped stand-in answers no more.
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _answer(self, passing):
+        out = []
+        for sid, (addr, port, weight, status) in sorted(self.instances.items()):
+            if passing and status != "passing":
+                continue
+            out.append({"Node": {"Node": "node1", "Address": "127.0.0.1"},
+                        "Service": {"ID": sid, "Service": "web", "Tags": ["v1"],
+                                    "Address": addr, "Port": port,
+                                    "Weights": {"Passing": weight, "Warning": 1}},
+                        "Checks": [{"CheckID": "serfHealth", "Status": "passing"},
+                                   {"CheckID": f"service:{sid}", "Status": status}]})
+        return out
+
+    def set(self, sid, addr, port, weight=1, status="passing"):
+        with self.cond:
+            self.instances[sid] = (addr, port, weight, status)
+            self.index += 1
+            self.cond.notify_all()
+
+    def remove(self, sid):
+        with self.cond:
+            del self.instances[sid]
+            self.index += 1
+            self.cond.notify_all()
+
+    def stop(self):
+        with self.cond:
+            self.index += 1         # lets held queries go
+            self.cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ConsulDiscoveryTest(LbdTestCase):
+    """Against ConsulStandIn (above), a stand-in, not a real Consul."""
+
+    def _servers(self):
+        return [p for p in admin_status(self.admin)["pools"] if p["name"] == "web"][0]
+
+    def _wait_set(self, want, timeout=15):
+        def probe():
+            got = {s["address"] for s in self._servers()["servers"]
+                   if s.get("runtime") == "active"}
+            return got == set(want)
+        wait_for(probe, timeout, what=f"the pool's servers to be {sorted(want)}")
+
+    def test_blocking_queries_health_and_outage(self):
+        b1, b2, b3 = self.start_backends("c1", "c2", "c3")
+        consul = ConsulStandIn()
+        self.addCleanup(lambda: consul.stop())
+        consul.set("web-1", "127.0.0.1", b1.port)
+        consul.set("web-2", "", b2.port)            # no Service.Address: the node's
+        listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        pool = {"name": "web", "strategy": "weighted_round_robin",
+                "discovery": {"type": "consul", "address": consul.url, "service": "web",
+                              "wait": "5s", "min_interval": "200ms", "max_interval": "1s",
+                              "timeout": "1s"}}
+        lbd = self.start_lbd(ext_config(listen, [pool], workers=2, admin=self.admin), listen,
+                             workers=2)
+        self._wait_set([b1.addr, b2.addr])
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+        self.assertEqual((per, bad), ({"c1": 20, "c2": 20}, []))
+        self.assertEqual(self._servers()["discovery"]["type"], "consul")
+        load = Load(lbd.listen, nthreads=2, max_seconds=120)
+        try:
+            # blocking: lbd does not poll; a change arrives through the held query
+            q0 = consul.queries
+            time.sleep(2.0)
+            self.assertLessEqual(consul.queries - q0, 1, "lbd polls instead of blocking")
+            consul.set("web-3", "127.0.0.1", b3.port, weight=3)
+            self._wait_set([b1.addr, b2.addr, b3.addr])
+            srv = {s["address"]: s for s in self._servers()["servers"]}
+            self.assertEqual(srv[b3.addr]["weight"], 3)
+
+            # a failing check: out (passing_only), no new request reaches it
+            consul.set("web-1", "127.0.0.1", b1.port, status="critical")
+            self._wait_set([b2.addr, b3.addr])
+            time.sleep(0.3)
+            before = backend_count(b1)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"c2", "c3"})
+            self.assertEqual(backend_count(b1), before + 1)
+
+            # the registry goes away: the set stays
+            off = lbd.log_size()
+            port = consul.port
+            consul.stop()
+            lbd.wait_log(r"pool 'web': discovery \(consul web\): .*the last set stays", since=off)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 20, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"c2", "c3"})
+
+            # back (a new index sequence): updates resume
+            consul2 = ConsulStandIn(port=port)
+            self.addCleanup(lambda: consul2.stop())
+            consul2.set("web-2", "", b2.port)
+            consul2.set("web-1", "127.0.0.1", b1.port)
+            lbd.wait_log(r"discovery \(consul web\) answers again", since=off)
+            self._wait_set([b1.addr, b2.addr])
+        finally:
+            recs = load.stop()
+        failed = [r for r in recs if r[2] != 200]
+        self.assertEqual(failed, [], "the keep-alive client saw failed requests")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "master/consul.h"
 #include "master/dns.h"
+#include "master/etcd.h"
+#include "master/json.h"
 #include "shared/config.h"
 #include "shared/runtime.h"
 #include "shared/shm.h"
@@ -86,6 +89,17 @@ START_TEST(test_config_discovery)
     expect_bad("max_servers = 1; servers = ( { address = \"127.0.0.1:1\"; }, "
                "{ address = \"127.0.0.1:2\"; } );", "less than the pool's 2 servers");
     expect_bad("strategy = \"round_robin\";", "no servers and no discovery");
+    expect_bad("discovery = { type = \"etcd\"; prefix = \"/s/\"; };", "missing required key 'endpoints'");
+    expect_bad("discovery = { type = \"etcd\"; endpoints = [ \"127.0.0.1:2379\" ]; prefix = \"/s/\"; };",
+               "bad URL");
+    expect_bad("discovery = { type = \"etcd\"; endpoints = [ \"http://h:1/v3\" ]; prefix = \"/s/\"; };",
+               "bad URL");
+    expect_bad("discovery = { type = \"etcd\"; endpoints = [ \"http://h:1\" ]; };",
+               "missing required key 'prefix'");
+    expect_bad("discovery = { type = \"consul\"; address = \"http://h:8500\"; service = \"a b\"; };",
+               "bad service name");
+    expect_bad("discovery = { type = \"consul\"; address = \"http://h:8500\"; service = \"web\"; "
+               "wait = \"1h\"; };", "'wait' must be");
 }
 END_TEST
 
@@ -445,6 +459,179 @@ START_TEST(test_dns_srv_answer)
 }
 END_TEST
 
+/* ---- JSON, base64, etcd ---- */
+
+START_TEST(test_json)
+{
+    const char *why = NULL;
+    const char *text = " {\"a\": [1, -2.5e1, \"x\\u00e9\\n\\ud83d\\ude00\"], \"b\": {\"c\": null, "
+                       "\"d\": true}, \"n\": \"123\"} ";
+    struct lb_json *j = lb_json_parse(text, strlen(text), &why);
+    ck_assert_msg(j != NULL, "%s", why);
+    const struct lb_json *a = lb_json_get(j, "a");
+    ck_assert_int_eq(a->type, LB_JSON_ARRAY);
+    ck_assert(a->child->num == 1.0);
+    ck_assert(a->child->next->num == -25.0);
+    ck_assert_str_eq(lb_json_str(a->child->next->next), "x\xc3\xa9\n\xf0\x9f\x98\x80");
+    ck_assert_int_eq(lb_json_get(lb_json_get(j, "b"), "d")->type, LB_JSON_TRUE);
+    int64_t v;
+    ck_assert(lb_json_int(lb_json_get(j, "n"), &v));
+    ck_assert_int_eq(v, 123);
+    ck_assert(!lb_json_int(lb_json_get(j, "b"), &v));
+    ck_assert_ptr_null(lb_json_get(j, "missing"));
+    lb_json_free(j);
+    static const char *const bad[] = { "", "{", "[1,]", "{\"a\" 1}", "{\"a\":1} x", "\"\\q\"",
+                                       "\"\\ud800\"", "nul", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+                                       "\"a\x01\"", "{1:2}", NULL };
+    for (size_t i = 0; bad[i] != NULL; i++) {
+        why = NULL;
+        ck_assert_msg(lb_json_parse(bad[i], strlen(bad[i]), &why) == NULL, "accepted %s", bad[i]);
+        ck_assert_ptr_nonnull(why);
+    }
+    char out[64];
+    ck_assert_int_eq(lb_base64_encode("/svc/web/", 9, out, sizeof(out)), 12);
+    ck_assert_str_eq(out, "L3N2Yy93ZWIv");
+    ck_assert_int_eq(lb_base64_decode("L3N2Yy93ZWIvYQ==", 16, out, sizeof(out)), 10);
+    ck_assert_str_eq(out, "/svc/web/a");
+    ck_assert_int_eq(lb_base64_decode("L3N2Yy93ZWIvYQ", 14, out, sizeof(out)), 10);
+    ck_assert_int_eq(lb_base64_decode("L3N*", 4, out, sizeof(out)), -1);
+    ck_assert_int_eq(lb_base64_decode("L3N2Yy93ZWIvYQ==", 16, out, 5), -1);
+}
+END_TEST
+
+static char *b64(const char *s)
+{
+    static char bufs[16][256];
+    static int k;
+    char *o = bufs[k++ % 16];
+    ck_assert_int_ge(lb_base64_encode(s, strlen(s), o, 256), 0);
+    return o;
+}
+
+START_TEST(test_etcd)
+{
+    char body[512];
+    ck_assert_int_gt(lb_etcd_range_body("/svc/web/", body, sizeof(body)), 0);
+    ck_assert_str_eq(body, "{\"key\":\"L3N2Yy93ZWIv\",\"range_end\":\"L3N2Yy93ZWIw\"}");  /* "/svc/web0" */
+    ck_assert_int_gt(lb_etcd_watch_body("/svc/web/", 42, body, sizeof(body)), 0);
+    ck_assert_msg(strstr(body, "\"start_revision\":\"42\"") != NULL, "%s", body);
+
+    struct lb_runtime_server s;
+    const char *why;
+    ck_assert_int_eq(lb_etcd_value("127.0.0.1:8001", 14, &s, &why), 0);
+    ck_assert_str_eq(s.address, "127.0.0.1:8001");
+    ck_assert_uint_eq(s.weight, 1);
+    const char *js = "{\"address\": \"[::1]:8002\", \"weight\": 3}";
+    ck_assert_int_eq(lb_etcd_value(js, strlen(js), &s, &why), 0);
+    ck_assert_str_eq(s.address, "[::1]:8002");
+    ck_assert_uint_eq(s.weight, 3);
+    static const char *const bad[] = { "", "web:80", "127.0.0.1", "{\"weight\": 2}",
+                                       "{\"address\": \"127.0.0.1:1\", \"weight\": 0}",
+                                       "{\"address\": \"127.0.0.1:1\", \"weight\": \"x\"}",
+                                       "{\"address\": 5}", "{", NULL };
+    for (size_t i = 0; bad[i] != NULL; i++)
+        ck_assert_msg(lb_etcd_value(bad[i], strlen(bad[i]), &s, &why) == -1, "accepted %s", bad[i]);
+
+    char range[2048];
+    snprintf(range, sizeof(range),
+             "{\"header\":{\"revision\":\"17\"},\"kvs\":["
+             "{\"key\":\"%s\",\"value\":\"%s\"},"
+             "{\"key\":\"%s\",\"value\":\"%s\"},"
+             "{\"key\":\"%s\",\"value\":\"%s\"},"
+             "{\"key\":\"%s\",\"value\":\"%s\"},"
+             "{\"key\":\"%s\",\"value\":\"!!notbase64\"}],\"count\":\"5\"}",
+             b64("/svc/web/a"), b64("127.0.0.1:8001"),
+             b64("/svc/web/b"), b64("{\"address\":\"127.0.0.1:8002\",\"weight\":2}"),
+             b64("/svc/web/c"), b64("garbage"),
+             b64("/svc/web/d"), b64("127.0.0.1:8001"),          /* duplicate */
+             b64("/svc/web/e"));
+    struct lb_runtime_server out[8];
+    size_t n;
+    int64_t rev;
+    struct skips sk = { 0 };
+    ck_assert_int_eq(lb_etcd_parse_range(range, strlen(range), &rev, out, 8, &n, on_skip, &sk,
+                                         &why), 0);
+    ck_assert_int_eq(rev, 17);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_str_eq(out[1].address, "127.0.0.1:8002");
+    ck_assert_uint_eq(out[1].weight, 2);
+    ck_assert_uint_eq(sk.n, 3);
+    ck_assert_msg(strstr(sk.last, "/svc/web/e") != NULL, "%s", sk.last);
+    /* no kvs at all: an empty prefix */
+    const char *empty = "{\"header\":{\"revision\":\"3\"}}";
+    ck_assert_int_eq(lb_etcd_parse_range(empty, strlen(empty), &rev, out, 8, &n, NULL, NULL, &why), 0);
+    ck_assert_uint_eq(n, 0);
+    static const char *const badr[] = { "{\"error\":\"etcdserver: no leader\",\"code\":14}",
+                                        "{\"header\":{}}", "{\"header\":{\"revision\":\"1\"},\"kvs\":5}",
+                                        "<html>", NULL };
+    for (size_t i = 0; badr[i] != NULL; i++)
+        ck_assert_msg(lb_etcd_parse_range(badr[i], strlen(badr[i]), &rev, out, 8, &n, NULL, NULL,
+                                          &why) == -1, "accepted %s", badr[i]);
+
+    struct lb_etcd_watch_msg m;
+    const char *w1 = "{\"result\":{\"header\":{\"revision\":\"2\"},\"created\":true}}";
+    ck_assert_int_eq(lb_etcd_watch_parse(w1, strlen(w1), &m, &why), 0);
+    ck_assert(m.created && !m.events && !m.canceled);
+    const char *w2 = "{\"result\":{\"header\":{\"revision\":\"5\"},\"events\":[{\"type\":\"DELETE\","
+                     "\"kv\":{\"key\":\"YQ==\"}}]}}";
+    ck_assert_int_eq(lb_etcd_watch_parse(w2, strlen(w2), &m, &why), 0);
+    ck_assert(m.events && !m.canceled);
+    ck_assert_int_eq(m.revision, 5);
+    const char *w3 = "{\"result\":{\"header\":{},\"canceled\":true,\"compact_revision\":\"9\"}}";
+    ck_assert_int_eq(lb_etcd_watch_parse(w3, strlen(w3), &m, &why), 0);
+    ck_assert(m.canceled);
+    ck_assert_int_eq(lb_etcd_watch_parse("{\"error\":{}}", 12, &m, &why), -1);
+    ck_assert_int_eq(lb_etcd_watch_parse("{\"res", 5, &m, &why), -1);
+}
+END_TEST
+
+START_TEST(test_consul)
+{
+    struct lb_discovery_cfg d = { .type = LB_DISCO_CONSUL, .passing_only = true, .wait_ms = 60000,
+                                  .nendpoints = 1 };
+    snprintf(d.endpoints[0], sizeof(d.endpoints[0]), "http://127.0.0.1:8500");
+    snprintf(d.service, sizeof(d.service), "web");
+    char url[512];
+    ck_assert_int_gt(lb_consul_url(&d, "", url, sizeof(url)), 0);
+    ck_assert_str_eq(url, "http://127.0.0.1:8500/v1/health/service/web?index=0&wait=60s&passing=1");
+    snprintf(d.tag, sizeof(d.tag), "v2");
+    ck_assert_int_gt(lb_consul_url(&d, "77", url, sizeof(url)), 0);
+    ck_assert_str_eq(url, "http://127.0.0.1:8500/v1/health/service/web?index=77&wait=60s&passing=1&tag=v2");
+
+    const char *body =
+        "[{\"Node\":{\"Address\":\"10.0.0.9\"},\"Service\":{\"ID\":\"a\",\"Address\":\"10.0.0.1\","
+        "\"Port\":80,\"Weights\":{\"Passing\":5}},\"Checks\":[{\"Status\":\"passing\"}]},"
+        "{\"Node\":{\"Address\":\"10.0.0.9\"},\"Service\":{\"ID\":\"b\",\"Address\":\"\",\"Port\":81},"
+        "\"Checks\":[]},"
+        "{\"Node\":{\"Address\":\"10.0.0.9\"},\"Service\":{\"ID\":\"c\",\"Address\":\"2001:db8::1\","
+        "\"Port\":82}},"
+        "{\"Service\":{\"ID\":\"d\",\"Address\":\"10.0.0.4\",\"Port\":83},"
+        "\"Checks\":[{\"Status\":\"critical\"}]},"
+        "{\"Service\":{\"ID\":\"e\",\"Address\":\"db.internal\",\"Port\":84}},"
+        "{\"Service\":{\"ID\":\"f\",\"Address\":\"10.0.0.6\",\"Port\":0}},"
+        "{\"Service\":{\"ID\":\"g\",\"Address\":\"10.0.0.1\",\"Port\":80}},"
+        "{\"Node\":{}}]";
+    struct lb_runtime_server out[8];
+    size_t n;
+    const char *why;
+    struct skips sk = { 0 };
+    ck_assert_int_eq(lb_consul_parse(body, strlen(body), true, out, 8, &n, on_skip, &sk, &why), 0);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_str_eq(out[0].address, "10.0.0.1:80");
+    ck_assert_uint_eq(out[0].weight, 5);
+    ck_assert_str_eq(out[1].address, "10.0.0.9:81");
+    ck_assert_str_eq(out[2].address, "[2001:db8::1]:82");
+    ck_assert_uint_eq(sk.n, 4);         /* e (a name), f (port 0), g (duplicate), no Service */
+    /* without passing_only the critical one is in */
+    ck_assert_int_eq(lb_consul_parse(body, strlen(body), false, out, 8, &n, NULL, NULL, &why), 0);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_int_eq(lb_consul_parse("{}", 2, true, out, 8, &n, NULL, NULL, &why), -1);
+    ck_assert_int_eq(lb_consul_parse("[{", 2, true, out, 8, &n, NULL, NULL, &why), -1);
+    ck_assert_int_eq(lb_consul_parse("[]", 2, true, out, 8, &n, NULL, NULL, &why), 0);
+    ck_assert_uint_eq(n, 0);
+}
+END_TEST
+
 Suite *discovery_suite(void)
 {
     Suite *s = suite_create("discovery");
@@ -459,6 +646,11 @@ Suite *discovery_suite(void)
     tc = tcase_create("dns");
     tcase_add_test(tc, test_dns_a_answer);
     tcase_add_test(tc, test_dns_srv_answer);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("http-sources");
+    tcase_add_test(tc, test_json);
+    tcase_add_test(tc, test_etcd);
+    tcase_add_test(tc, test_consul);
     suite_add_tcase(s, tc);
     return s;
 }
