@@ -14,6 +14,7 @@
 #include "master/etcd.h"
 #include "master/httpc.h"
 #include "master/json.h"
+#include "master/zk.h"
 #include "shared/log.h"
 #include "shared/runtime.h"
 #include "shared/shm.h"
@@ -55,6 +56,7 @@ struct lb_watch {
     const char *watch_error;            /* a bad message: the watch ends as a failure */
     char index[24];                     /* consul: X-Consul-Index of the last answer */
     uint64_t asked_ms;                  /* consul: when the query in flight left */
+    struct lb_zk *zk;                   /* zookeeper */
 };
 
 struct lb_discovery {
@@ -458,6 +460,8 @@ static void lb_watch_timer(evutil_socket_t fd, short what, void *arg)
         }
         if (w->pool->discovery.type == LB_DISCO_ETCD)
             lb_etcd_range(w);
+        else if (w->pool->discovery.type == LB_DISCO_ZOOKEEPER)
+            lb_zk_relist(w->zk);
         else if (w->req == NULL)
             lb_consul_query(w);
         return;
@@ -484,6 +488,40 @@ static void lb_watch_timer(evutil_socket_t fd, short what, void *arg)
     }
     lb_watch_send(w);
 }
+
+/* ---- zookeeper (master/zk.c does the talking) -------------------------- */
+
+static void lb_zkw_servers(void *arg, const struct lb_runtime_server *v, size_t n)
+{
+    struct lb_watch *w = arg;
+    if (!lb_watch_current(w))
+        return;
+    memcpy(w->servers, v, n * sizeof(*v));
+    lb_watch_apply(w, n, "no child node");
+}
+
+static void lb_zkw_failed(void *arg, const char *why)
+{
+    struct lb_watch *w = arg;
+    if (!lb_watch_current(w))
+        return;
+    /* The library reconnects by itself; the timer lists again meanwhile
+     * (backoff), which is what ends an outage of a missing path. */
+    lb_watch_failed(w, "%s", why);
+}
+
+static void lb_zkw_info(void *arg, const char *what)
+{
+    struct lb_watch *w = arg;
+    lb_log_warn("pool '%s': discovery (%s): %s", w->pool->name, w->label, what);
+}
+
+static const struct lb_zk_ops lb_zk_watch_ops = {
+    .servers = lb_zkw_servers,
+    .failed = lb_zkw_failed,
+    .skipped = lb_watch_skipped,
+    .info = lb_zkw_info,
+};
 
 /* The nameservers of /etc/resolv.conf (port 53), N at most. */
 static size_t lb_resolv_conf(struct lb_addr *out, size_t max)
@@ -532,7 +570,8 @@ struct lb_discovery *lb_discovery_start(struct event_base *base, const struct lb
         any_runtime |= pc->nstatic < pc->nservers;
         if (pc->discovery.type == LB_DISCO_NONE)
             continue;
-        if (pc->discovery.type != LB_DISCO_DNS && d->httpc == NULL &&
+        if ((pc->discovery.type == LB_DISCO_ETCD || pc->discovery.type == LB_DISCO_CONSUL) &&
+            d->httpc == NULL &&
             (d->httpc = lb_httpc_new(base)) == NULL)
             goto fail;
         struct lb_watch *w = &d->watches[d->nwatches++];
@@ -554,6 +593,9 @@ struct lb_discovery *lb_discovery_start(struct event_base *base, const struct lb
         case LB_DISCO_CONSUL:
             snprintf(w->label, sizeof(w->label), "consul %s", pc->discovery.service);
             break;
+        case LB_DISCO_ZOOKEEPER:
+            snprintf(w->label, sizeof(w->label), "zookeeper %s", pc->discovery.prefix);
+            break;
         default:
             snprintf(w->label, sizeof(w->label), "dns %s", pc->discovery.name);
             break;
@@ -573,6 +615,14 @@ struct lb_discovery *lb_discovery_start(struct event_base *base, const struct lb
          * good set until the source says otherwise. */
         struct lb_runtime_server tmp;
         w->had_good = lb_runtime_list(shm, pc->shm_id, &tmp, 1) > 0;
+        if (pc->discovery.type == LB_DISCO_ZOOKEEPER) {
+            /* Its session's first CONNECTED lists: no timer to start. */
+            w->zk = lb_zk_start(base, pc->discovery.endpoints[0], pc->discovery.prefix,
+                                (unsigned)pc->discovery.session_ms, w->max, &lb_zk_watch_ops, w);
+            if (w->zk == NULL)
+                goto fail;
+            continue;
+        }
         lb_watch_arm(w, 0);
     }
     if (any_runtime) {
@@ -595,6 +645,7 @@ void lb_discovery_stop(struct lb_discovery *d)
         struct lb_watch *w = &d->watches[i];
         lb_watch_close(w);
         lb_etcd_stop(w);
+        lb_zk_stop(w->zk);
         if (w->kick != NULL)
             event_free(w->kick);
         if (w->timer != NULL)

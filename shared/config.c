@@ -1105,6 +1105,39 @@ static int lb_cfg_discovery_consul(struct lb_loader *ld, const config_setting_t 
     return 0;
 }
 
+/* discovery = { type = "zookeeper"; hosts = "127.0.0.1:2181"; path =
+ * "/services/web"; session_timeout = "10s"; } */
+static int lb_cfg_discovery_zk(struct lb_loader *ld, const config_setting_t *g,
+                               struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "hosts", "path", "session_timeout",
+                                        "min_interval", "max_interval", "timeout",
+                                        "empty_removes", NULL };
+    const char *hosts = NULL, *path = NULL;
+    d->session_ms = 10000;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "hosts", &hosts, true) < 0 ||
+        lb_cfg_string(ld, g, "path", &path, true) < 0 ||
+        lb_cfg_duration(ld, g, "session_timeout", &d->session_ms) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (hosts[0] == '\0' || strlen(hosts) >= sizeof(d->endpoints[0]) ||
+        strpbrk(hosts, " /\t") != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "hosts"),
+                           "discovery: 'hosts' must be \"HOST:PORT[,HOST:PORT...]\"");
+    size_t n = strlen(path);
+    if (path[0] != '/' || n >= sizeof(d->prefix) || (n > 1 && path[n - 1] == '/'))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "path"),
+                           "discovery: 'path' must be a node's path (\"/services/web\")");
+    if (d->session_ms < 1000 || d->session_ms > 600000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "session_timeout"),
+                           "discovery: 'session_timeout' must be 1s-10m");
+    snprintf(d->endpoints[0], sizeof(d->endpoints[0]), "%s", hosts);
+    d->nendpoints = 1;
+    snprintf(d->prefix, sizeof(d->prefix), "%s", path);
+    return 0;
+}
+
 /* discovery = { type = ...; } and max_servers: how many runtime slots
  * follow the file's servers (shared/runtime.h). */
 static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
@@ -1129,10 +1162,13 @@ static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
         } else if (strcmp(type, "consul") == 0) {
             p->discovery.type = LB_DISCO_CONSUL;
             rc = lb_cfg_discovery_consul(ld, g, &p->discovery);
+        } else if (strcmp(type, "zookeeper") == 0) {
+            p->discovery.type = LB_DISCO_ZOOKEEPER;
+            rc = lb_cfg_discovery_zk(ld, g, &p->discovery);
         } else {
             return lb_cfg_fail(ld, lb_cfg_member(g, "type"),
-                               "discovery: unknown type \"%s\" (\"dns\", \"etcd\", \"consul\")",
-                               type);
+                               "discovery: unknown type \"%s\" (\"dns\", \"etcd\", \"consul\", "
+                               "\"zookeeper\")", type);
         }
         if (rc < 0)
             return -1;

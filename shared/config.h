@@ -132,6 +132,7 @@ enum lb_disco_type {
     LB_DISCO_DNS,
     LB_DISCO_ETCD,
     LB_DISCO_CONSUL,
+    LB_DISCO_ZOOKEEPER,
 };
 
 #define LB_DISCO_MAX_ENDPOINTS  4
@@ -170,6 +171,9 @@ struct lb_discovery_cfg {
     char tag[LB_NAME_MAX];
     bool passing_only;
     uint64_t wait_ms;                   /* consul: a blocking query's wait */
+    /* zookeeper: hosts ("h1:2181,h2:2181") in endpoints[0], the parent
+     * node in prefix; the session's timeout. */
+    uint64_t session_ms;
 };
 
 struct lb_pool_cfg {

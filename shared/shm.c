@@ -659,6 +659,10 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             snprintf(sp->disco_type, sizeof(sp->disco_type), "etcd");
             snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
                      dc->prefix);
+        } else if (dc->type == LB_DISCO_ZOOKEEPER) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "zookeeper");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->prefix);
         } else if (dc->type == LB_DISCO_CONSUL) {
             snprintf(sp->disco_type, sizeof(sp->disco_type), "consul");
             snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],

@@ -17,10 +17,13 @@ import time
 import unittest
 
 from lbdtest import Backend, LbdTestCase, free_port, http_get, wait_for
-from lbdextra import Load, admin_metrics, admin_status, ext_config, run_requests, tally
+from lbdextra import (Load, admin_metrics, admin_status, control_pids, ext_config, run_requests,
+                      tally)
+from zkclient import ZkClient
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ZK_JAR = "/usr/share/java/zookeeper.jar"
 
 
 class Dnsmasq:
@@ -545,6 +548,161 @@ class ConsulDiscoveryTest(LbdTestCase):
             consul2.set("web-1", "127.0.0.1", b1.port)
             lbd.wait_log(r"discovery \(consul web\) answers again", since=off)
             self._wait_set([b1.addr, b2.addr])
+        finally:
+            recs = load.stop()
+        failed = [r for r in recs if r[2] != 200]
+        self.assertEqual(failed, [], "the keep-alive client saw failed requests")
+
+
+class ZkServer:
+    """Debian zookeeperd's server (java), standalone, with its own config
+    and data dir on a free loopback port. fresh=True on start: a new data
+    dir, so every session the clients had is unknown (expired) to it."""
+
+    def __init__(self, tc):
+        self.tc = tc
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.n = 0
+        self.proc = None
+        self.start()
+
+    def start(self, fresh=False):
+        if fresh or self.n == 0:
+            self.n += 1
+        data = self.tc.path(f"zk-data-{self.n}")
+        os.makedirs(data, exist_ok=True)
+        cfg = self.tc.write_file(self.tc.path("zoo.cfg"), "\n".join([
+            "tickTime=500", f"dataDir={data}", f"clientPort={self.port}",
+            "clientPortAddress=127.0.0.1", "admin.enableServer=false",
+            "minSessionTimeout=1000", "maxSessionTimeout=60000", ""]))
+        self.log = open(self.tc.path(f"zk-{time.monotonic_ns()}.log"), "wb")
+        self.proc = subprocess.Popen(
+            ["java", "-Xmx128m", "-cp", f"{ZK_JAR}:/etc/zookeeper/conf",
+             "org.apache.zookeeper.server.ZooKeeperServerMain", cfg],
+            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        wait_for(self._up, 60, what="ZooKeeper to answer")
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"ZooKeeper exited: {self.proc.returncode}")
+        try:
+            ZkClient(self.addr).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+        self.log.close()
+
+
+class ZooKeeperDiscoveryTest(LbdTestCase):
+
+    def setUp(self):
+        super().setUp()
+        if not os.access(ZK_JAR, os.R_OK) or shutil.which("java") is None:
+            self.skipTest("ZooKeeper missing (make deps: zookeeperd)")
+        self.zk = None
+        self.clients = []
+        self.addCleanup(self._cleanup)
+
+    def _cleanup(self):
+        for c in self.clients:
+            try:
+                c.close()
+            except OSError:
+                pass
+        if self.zk is not None:
+            self.zk.stop()
+
+    def _client(self):
+        c = ZkClient(self.zk.addr)
+        self.clients.append(c)
+        return c
+
+    def _servers(self):
+        return [p for p in admin_status(self.admin)["pools"] if p["name"] == "web"][0]
+
+    def _wait_set(self, want, timeout=30):
+        def probe():
+            got = {s["address"] for s in self._servers()["servers"]
+                   if s.get("runtime") == "active"}
+            return got == set(want)
+        wait_for(probe, timeout, what=f"the pool's servers to be {sorted(want)}")
+
+    def test_ephemeral_nodes_outage_and_session_expiry(self):
+        b1, b2, b3 = self.start_backends("z1", "z2", "z3")
+        self.zk = ZkServer(self)
+        c1, c2 = self._client(), self._client()
+        c1.ensure("/services/web")
+        c1.create("/services/web/a", b1.addr, ephemeral=True)
+        c2.create("/services/web/b", json.dumps({"address": b2.addr}), ephemeral=True)
+        listen = f"127.0.0.1:{free_port()}"
+        self.admin = f"127.0.0.1:{free_port()}"
+        pool = {"name": "web", "strategy": "weighted_round_robin",
+                "discovery": {"type": "zookeeper", "hosts": self.zk.addr,
+                              "path": "/services/web", "session_timeout": "3s",
+                              "min_interval": "200ms", "max_interval": "1s"}}
+        lbd = self.start_lbd(ext_config(listen, [pool], workers=2, admin=self.admin), listen,
+                             workers=2)
+        self._wait_set([b1.addr, b2.addr])
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+        self.assertEqual((per, bad), ({"z1": 20, "z2": 20}, []))
+        load = Load(lbd.listen, nthreads=2, max_seconds=180)
+        try:
+            # a third, then its weight changed (a data watch)
+            c2.create("/services/web/c", b3.addr, ephemeral=True)
+            self._wait_set([b1.addr, b2.addr, b3.addr])
+            c2.set("/services/web/c", json.dumps({"address": b3.addr, "weight": 3}))
+            wait_for(lambda: {s["address"]: s["weight"] for s in self._servers()["servers"]}
+                     .get(b3.addr) == 3, 30, what="the new weight")
+
+            # c1's session ends: its ephemeral node goes, no new request reaches it
+            c1.close()
+            self.clients.remove(c1)
+            self._wait_set([b2.addr, b3.addr])
+            time.sleep(0.3)
+            before = backend_count(b1)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"z2", "z3"})
+            self.assertEqual(backend_count(b1), before + 1)
+
+            # the server killed: the set stays; restarted: lbd's session goes on
+            off = lbd.log_size()
+            self.zk.stop()
+            lbd.wait_log(r"pool 'web': discovery \(zookeeper /services/web\): .*the last set "
+                         r"stays", since=off, timeout=30)
+            per, bad = tally(run_requests(lbd.listen, [("/", ())] * 20, nthreads=2))
+            self.assertEqual(bad, [])
+            self.assertEqual(set(per), {"z2", "z3"})
+            self.zk.start()
+            lbd.wait_log(r"discovery \(zookeeper /services/web\) answers again", since=off,
+                         timeout=30)
+
+            # lbd's session expires (its control process stopped for longer
+            # than session_timeout): a new session, watches set again
+            self.clients = []           # c2 lost its connection with the server
+            c3 = self._client()
+            c3.create("/services/web/a", b1.addr, ephemeral=True)
+            ctl = control_pids(lbd)
+            self.assertEqual(len(ctl), 1, ctl)
+            off = lbd.log_size()
+            os.kill(ctl[0], signal.SIGSTOP)
+            try:
+                time.sleep(5)           # > session_timeout (3s): the server expires it
+            finally:
+                os.kill(ctl[0], signal.SIGCONT)
+            lbd.wait_log(r"discovery \(zookeeper /services/web\): session expired", since=off,
+                         timeout=30)
+            c3.create("/services/web/c", b3.addr, ephemeral=True)
+            self._wait_set([b1.addr, b3.addr])
+            c3.delete("/services/web/c")
+            self._wait_set([b1.addr])
         finally:
             recs = load.stop()
         failed = [r for r in recs if r[2] != 200]

@@ -63,6 +63,16 @@ START_TEST(test_config_discovery)
     ck_assert(!p->discovery.empty_removes);
     lb_config_free(cfg);
 
+    cfg = load(HEAD "pools = ( { name = \"web\"; max_servers = 8; discovery = { type = \"zookeeper\"; "
+               "hosts = \"127.0.0.1:2181,127.0.0.1:2182\"; path = \"/services/web\"; }; } );\n",
+               err, sizeof(err));
+    ck_assert_msg(cfg != NULL, "%s", err);
+    ck_assert_int_eq(cfg->pools[0].discovery.type, LB_DISCO_ZOOKEEPER);
+    ck_assert_str_eq(cfg->pools[0].discovery.endpoints[0], "127.0.0.1:2181,127.0.0.1:2182");
+    ck_assert_uint_eq(cfg->pools[0].discovery.session_ms, 10000);
+    ck_assert_uint_eq(cfg->pools[0].nservers, 8);
+    lb_config_free(cfg);
+
     /* max_servers on a static pool: room for the admin API */
     cfg = load(HEAD "pools = ( { name = \"web\"; max_servers = 3; servers = ( "
                "{ address = \"127.0.0.1:9001\"; } ); } );\n", err, sizeof(err));
@@ -100,6 +110,15 @@ START_TEST(test_config_discovery)
                "bad service name");
     expect_bad("discovery = { type = \"consul\"; address = \"http://h:8500\"; service = \"web\"; "
                "wait = \"1h\"; };", "'wait' must be");
+    expect_bad("discovery = { type = \"zookeeper\"; hosts = \"127.0.0.1:2181\"; path = \"services\"; };",
+               "'path' must be");
+    expect_bad("discovery = { type = \"zookeeper\"; hosts = \"127.0.0.1:2181\"; path = \"/s/\"; };",
+               "'path' must be");
+    expect_bad("discovery = { type = \"zookeeper\"; path = \"/s\"; };", "missing required key 'hosts'");
+    expect_bad("discovery = { type = \"zookeeper\"; hosts = \"a b\"; path = \"/s\"; };",
+               "'hosts' must be");
+    expect_bad("discovery = { type = \"zookeeper\"; hosts = \"h:1\"; path = \"/s\"; "
+               "session_timeout = \"100ms\"; };", "'session_timeout' must be");
 }
 END_TEST
 
