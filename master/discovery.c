@@ -567,7 +567,7 @@ struct lb_discovery *lb_discovery_start(struct event_base *base, const struct lb
         goto fail;
     for (size_t i = 0; i < cfg->npools; i++) {
         const struct lb_pool_cfg *pc = &cfg->pools[i];
-        any_runtime |= pc->nstatic < pc->nservers;
+        any_runtime |= lb_pool_has_runtime(pc);
         if (pc->discovery.type == LB_DISCO_NONE)
             continue;
         if ((pc->discovery.type == LB_DISCO_ETCD || pc->discovery.type == LB_DISCO_CONSUL) &&

@@ -205,6 +205,13 @@ struct lb_pool_cfg {
     struct lb_discovery_cfg discovery;
 };
 
+/* Whether P has runtime slots (hand-built pools of the unit tests, with
+ * nstatic left 0, have none). */
+static inline bool lb_pool_has_runtime(const struct lb_pool_cfg *p)
+{
+    return p->nstatic < p->nservers && p->servers[p->nstatic].runtime;
+}
+
 /* TLS of a listener (worker/tls.h builds and uses it). Certificate and key
  * files are read and checked by lb_tls_config_load, not here (the config
  * model knows no OpenSSL): what it finds wrong names the "FILE:LINE" kept

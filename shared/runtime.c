@@ -74,6 +74,16 @@ static int lb_runtime_put(struct lb_shm_header *h, const unsigned *ids, size_t n
     return 1;
 }
 
+/* Under the seqlock: the pool's count of ACTIVE runtime servers. */
+static void lb_runtime_count(struct lb_shm_header *h, struct lb_shm_pool *p, const unsigned *ids,
+                             size_t n)
+{
+    uint32_t active = 0;
+    for (size_t k = 0; k < n; k++)
+        active += atomic_load(&lb_shm_backend(h, ids[k])->rt_state) == LB_RT_ACTIVE;
+    atomic_store(&p->runtime_active, active);
+}
+
 static void lb_runtime_drain(struct lb_shm_backend *b, uint64_t now_ms)
 {
     atomic_store(&b->weight, 0);
@@ -115,6 +125,7 @@ size_t lb_runtime_set(struct lb_shm_header *h, unsigned pool_id,
         diff->full += r < 0;
         diff->reweighted += rw;
     }
+    lb_runtime_count(h, p, ids, nslots);
     lb_shm_seq_unlock(&p->servers_seq, locked);
     return nslots;
 }
@@ -132,6 +143,7 @@ int lb_runtime_add(struct lb_shm_header *h, unsigned pool_id, const struct lb_ru
     uint32_t locked = lb_shm_seq_lock(&p->servers_seq);
     bool rw = false;
     int r = lb_runtime_put(h, ids, nslots, s, now_ms, &rw);
+    lb_runtime_count(h, p, ids, nslots);
     lb_shm_seq_unlock(&p->servers_seq, locked);
     if (r < 0) {
         errno = ENOSPC;
@@ -153,6 +165,7 @@ int lb_runtime_remove(struct lb_shm_header *h, unsigned pool_id, const char *add
     struct lb_shm_pool *p = lb_shm_pool(h, pool_id);
     uint32_t locked = lb_shm_seq_lock(&p->servers_seq);
     lb_runtime_drain(lb_shm_backend(h, ids[k]), now_ms);
+    lb_runtime_count(h, p, ids, nslots);
     lb_shm_seq_unlock(&p->servers_seq, locked);
     return 0;
 }

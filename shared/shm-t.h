@@ -202,6 +202,7 @@ struct lb_shm_pool {
      * control process writes them; each even value is a generation of the
      * set, which workers compare with the one they built from. */
     _Atomic uint32_t servers_seq __attribute__((aligned(LB_CACHELINE)));
+    _Atomic uint32_t runtime_active;    /* ACTIVE runtime servers (max_ejection_percent) */
     /* Service discovery (master/discovery.c), control process. */
     _Atomic uint32_t disco_failing;     /* 1 while the source fails (logged once) */
     lb_counter_t disco_errors;          /* failed or unusable answers */

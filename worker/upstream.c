@@ -66,7 +66,7 @@ int lb_upstream_init(struct lb_worker *w)
         p->shared = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->shared));
         if (p->servers == NULL || p->shared == NULL)
             return -1;
-        p->runtime = pc->nstatic < pc->nservers;
+        p->runtime = lb_pool_has_runtime(pc);
         if (p->runtime) {
             size_t nrt = pc->nservers - pc->nstatic;
             p->rt_ids = calloc(nrt, sizeof(*p->rt_ids));

@@ -30,8 +30,9 @@ class Dnsmasq:
     """dnsmasq answering for *.test from HOSTS (a file) and SRV records,
     nothing else (--local: NXDOMAIN for names it does not have)."""
 
-    def __init__(self, tc, hosts, srv=(), ttl=1):
+    def __init__(self, tc, hosts, srv=(), ttl=1, log_queries=False):
         self.tc = tc
+        self.log_queries = log_queries
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.hosts_path = tc.path("hosts")
@@ -52,7 +53,10 @@ class Dnsmasq:
                 f"--addn-hosts={self.hosts_path}", f"--local-ttl={self.ttl}", "--pid-file=",
                 "--conf-file=/dev/null", "--log-facility=-"]
         args += [f"--srv-host={s}" for s in self.srv]
-        self.log = open(self.tc.path(f"dnsmasq-{time.monotonic_ns()}.log"), "wb")
+        if self.log_queries:
+            args.append("--log-queries")
+        self.log_path = self.tc.path(f"dnsmasq-{time.monotonic_ns()}.log")
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log,
                                      stdin=subprocess.DEVNULL)
         wait_for(lambda: self._answers(), 10, what="dnsmasq to answer")
@@ -70,6 +74,11 @@ class Dnsmasq:
             self.proc.wait(5)
         self.proc = None
         self.log.close()
+
+    def queries(self, name):
+        """Queries for NAME dnsmasq logged (log_queries)."""
+        with open(self.log_path, "rb") as f:
+            return sum(1 for ln in f if b"query[" in ln and name.encode() in ln)
 
     def restart(self, srv=None):
         if srv is not None:
@@ -224,6 +233,66 @@ class DnsDiscoveryTest(LbdTestCase):
         self.assertEqual(bad, [])
         self.assertEqual(per, {"s2": 30})
         self.assertEqual(backend_count(b1), before + 1, "a removed server got new requests")
+
+    def test_ttl_respected(self):
+        """With a TTL of 3 s and min_interval 100 ms, the name is asked about
+        once per TTL, not every min_interval (dnsmasq logs each query)."""
+        port = free_port()
+        b2, = self._backends(port, "127.0.0.2")
+        self.dns = Dnsmasq(self, [("127.0.0.2", "web.test")], ttl=3, log_queries=True)
+        lbd = self._lbd({"name": "web.test", "port": port, "min_interval": "100ms",
+                         "max_interval": "30s"})
+        self._wait_set([b2.addr])
+        before = self.dns.queries("web.test")
+        time.sleep(2.0)
+        asked = self.dns.queries("web.test") - before
+        self.assertLessEqual(asked, 1, "asked again before the TTL ran out")
+        # and again once it has: the set follows a change
+        self.dns.set_hosts([("127.0.0.3", "web.test")])
+        b3, = self._backends(port, "127.0.0.3")
+        self._wait_set([b3.addr])
+        self.assertGreaterEqual(self.dns.queries("web.test") - before, 1)
+
+    def test_removed_server_finishes_its_requests(self):
+        """A request in flight to a server that leaves the set completes
+        from it; new ones go elsewhere."""
+        port = free_port()
+        b2, b3 = self._backends(port, "127.0.0.2", "127.0.0.3")
+        self.dns = Dnsmasq(self, [("127.0.0.2", "web.test")])
+        lbd = self._lbd({"name": "web.test", "port": port})
+        self._wait_set([b2.addr])
+        out = []
+        t = threading.Thread(target=lambda: out.append(http_get(lbd.listen, "/?delay=1500")),
+                             daemon=True)
+        t.start()
+        wait_for(lambda: any(s["in_flight"] > 0 for s in self._servers()["servers"]), 10,
+                 what="the slow request in flight")
+        self.dns.set_hosts([("127.0.0.3", "web.test")])
+        self._wait_set([b3.addr])
+        srv = [s for s in self._servers()["servers"] if s["address"] == b2.addr][0]
+        self.assertEqual(srv["runtime"], "draining")
+        t.join(15)
+        self.assertEqual(len(out), 1)
+        self.assertEqual((out[0].status, out[0].backend), (200, "b2"))
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 10, nthreads=1))
+        self.assertEqual((per, bad), ({"b3": 10}, []))
+
+    def test_health_checks_discovered_servers(self):
+        """A discovered server that does not answer goes DOWN by its health
+        check and gets no request."""
+        port = free_port()
+        b2, = self._backends(port, "127.0.0.2")       # 127.0.0.3: nobody listens
+        self.dns = Dnsmasq(self, [("127.0.0.2", "web.test"), ("127.0.0.3", "web.test")])
+        lbd = self._lbd({"name": "web.test", "port": port},
+                        more={"health_check": {"interval": "200ms", "timeout": "200ms",
+                                               "rise": 1, "fall": 1}})
+        dead = f"127.0.0.3:{port}"
+        self._wait_set([b2.addr, dead])
+        wait_for(lambda: [s for s in self._servers()["servers"]
+                          if s["address"] == dead][0]["health"] == "down", 15,
+                 what="the dead server DOWN")
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 20, nthreads=2))
+        self.assertEqual((per, bad), ({"b2": 20}, []))
 
     def test_nxdomain_keeps_the_set_unless_empty_removes(self):
         port = free_port()

@@ -230,6 +230,7 @@ START_TEST(test_runtime_set_keeps_rows_and_drains)
 
     struct lb_runtime_server list[8];
     ck_assert_uint_eq(lb_runtime_list(h, pid, list, 8), 3);
+    ck_assert_uint_eq(atomic_load(&lb_shm_pool(h, pid)->runtime_active), 3);
 
     /* a reload keeps the runtime servers (same rows, same weights) */
     char err[256];
