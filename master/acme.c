@@ -21,7 +21,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#include "master/json.h"
+#include "master/jsontok.h"
 #include "master/jws.h"
 #include "shared/log.h"
 #include "shared/shm.h"
@@ -57,7 +57,7 @@ struct lb_acme_resp {
     char nonce[LB_ACME_NONCE_MAX];
     unsigned retry_after;
     /* The body as JSON, when it is. */
-    struct lb_json_tok toks[LB_ACME_TOKENS];
+    struct lb_jsontok toks[LB_ACME_TOKENS];
     int ntoks;
 };
 
@@ -228,7 +228,7 @@ static void lb_acme_transfers_done(struct lb_acme *a)
         if (a->answer_ok) {
             struct lb_acme_resp *r = a->r;
             curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &r->status);
-            r->ntoks = r->body != NULL ? lb_json_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
+            r->ntoks = r->body != NULL ? lb_jsontok_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
             lb_log_debug("acme: %s: %ld", url ? url : "?", r->status);
         } else {
             snprintf(a->err, sizeof(a->err), "%s: %s", url ? url : "?", curl_easy_strerror(rc));
@@ -366,7 +366,7 @@ static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, 
         out[0] = '\0';
         return false;
     }
-    return lb_json_get_str(r->body, r->toks, r->ntoks, obj, key, out, cap);
+    return lb_jsontok_get_str(r->body, r->toks, r->ntoks, obj, key, out, cap);
 }
 
 /* An error answer (RFC 7807 problem document) into A->err. */
@@ -797,9 +797,9 @@ static void lb_acme_authz_validated(struct lb_acme *a)
     if (strcmp(a->status, "valid") != 0) {
         /* The challenge's error says why (connection refused, wrong answer). */
         char detail[256] = "";
-        int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
-        for (int i = 0, ch; (ch = lb_json_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
-            int e = lb_json_get(r->body, r->toks, r->ntoks, ch, "error");
+        int list = lb_jsontok_get(r->body, r->toks, r->ntoks, 0, "challenges");
+        for (int i = 0, ch; (ch = lb_jsontok_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
+            int e = lb_jsontok_get(r->body, r->toks, r->ntoks, ch, "error");
             if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
                 break;
         }
@@ -845,7 +845,7 @@ static void lb_acme_authz_answer(struct lb_acme *a)
         return;
     }
     const char *want = lb_acme_challenge_names[a->ac->challenge];
-    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "challenges");
+    int list = lb_jsontok_get(r->body, r->toks, r->ntoks, 0, "challenges");
     struct lb_shm_acme_challenge *c = calloc(1, sizeof(*c));
     char url[LB_ACME_URL_MAX] = "";
     if (c == NULL) {
@@ -853,7 +853,7 @@ static void lb_acme_authz_answer(struct lb_acme *a)
         return;
     }
     a->chal = c;
-    for (int i = 0, ch; (ch = lb_json_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
+    for (int i = 0, ch; (ch = lb_jsontok_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
         char type[32];
         lb_acme_str(r, ch, "type", type, sizeof(type));
         if (strcmp(type, want) == 0 && lb_acme_str(r, ch, "url", url, sizeof(url)) &&
@@ -904,7 +904,7 @@ static void lb_acme_new_order_answer(struct lb_acme *a)
         lb_acme_fail(a, "order %s has no finalize URL", a->order);
         return;
     }
-    int list = lb_json_get(r->body, r->toks, r->ntoks, 0, "authorizations");
+    int list = lb_jsontok_get(r->body, r->toks, r->ntoks, 0, "authorizations");
     a->nauth = list >= 0 ? r->toks[list].children : 0;
     a->authz = calloc((size_t)a->nauth + 1, sizeof(*a->authz));
     if (a->authz == NULL) {
@@ -912,7 +912,7 @@ static void lb_acme_new_order_answer(struct lb_acme *a)
         return;
     }
     for (int i = 0; i < a->nauth; i++)
-        lb_json_str(r->body, r->toks, r->ntoks, lb_json_elem(r->toks, r->ntoks, list, i),
+        lb_jsontok_str(r->body, r->toks, r->ntoks, lb_jsontok_elem(r->toks, r->ntoks, list, i),
                     a->authz[i], sizeof(a->authz[i]));
     a->iauth = 0;
     lb_acme_next_authz(a);

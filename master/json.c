@@ -1,200 +1,398 @@
 #include "master/json.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-#define LB_JSON_DEPTH 32
-
-struct lb_json_p {
-    const char *js;
-    size_t len, pos;
-    struct lb_json_tok *toks;
-    int n, max;
+struct lb_json_in {
+    const char *p, *end;
+    const char *why;
 };
 
-static void lb_json_ws(struct lb_json_p *p)
+static void lb_json_ws(struct lb_json_in *in)
 {
-    while (p->pos < p->len && (p->js[p->pos] == ' ' || p->js[p->pos] == '\t' ||
-                               p->js[p->pos] == '\n' || p->js[p->pos] == '\r'))
-        p->pos++;
+    while (in->p < in->end && (*in->p == ' ' || *in->p == '\t' || *in->p == '\n' || *in->p == '\r'))
+        in->p++;
 }
 
-static int lb_json_new(struct lb_json_p *p, enum lb_json_type type)
+static int lb_json_hex4(const char *p, unsigned *out)
 {
-    if (p->n >= p->max)
-        return -1;
-    p->toks[p->n] = (struct lb_json_tok){ .type = type, .start = p->pos };
-    return p->n++;
-}
-
-static int lb_json_string(struct lb_json_p *p)
-{
-    p->pos++;       /* the opening quote */
-    int t = lb_json_new(p, LB_JSON_STRING);
-    if (t < 0)
-        return -1;
-    while (p->pos < p->len) {
-        char c = p->js[p->pos];
-        if (c == '"') {
-            p->toks[t].end = p->pos++;
-            return t;
-        }
-        if ((unsigned char)c < 0x20)
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
             return -1;
-        p->pos += c == '\\' ? 2 : 1;
     }
-    return -1;
+    *out = v;
+    return 0;
 }
 
-static int lb_json_value(struct lb_json_p *p, int depth)
+static size_t lb_utf8_put(char *o, unsigned cp)
 {
-    lb_json_ws(p);
-    if (p->pos >= p->len || depth > LB_JSON_DEPTH)
-        return -1;
-    char c = p->js[p->pos];
-    if (c == '"')
-        return lb_json_string(p);
-    if (c == '{' || c == '[') {
-        int t = lb_json_new(p, c == '{' ? LB_JSON_OBJECT : LB_JSON_ARRAY);
-        if (t < 0)
-            return -1;
-        char close = c == '{' ? '}' : ']';
-        p->pos++;
-        lb_json_ws(p);
-        if (p->pos < p->len && p->js[p->pos] == close) {
-            p->toks[t].end = ++p->pos;
-            return t;
-        }
-        for (;;) {
-            if (c == '{') {
-                lb_json_ws(p);
-                if (p->pos >= p->len || p->js[p->pos] != '"' || lb_json_string(p) < 0)
-                    return -1;
-                lb_json_ws(p);
-                if (p->pos >= p->len || p->js[p->pos] != ':')
-                    return -1;
-                p->pos++;
-                p->toks[t].children++;
-            }
-            if (lb_json_value(p, depth + 1) < 0)
-                return -1;
-            p->toks[t].children++;
-            lb_json_ws(p);
-            if (p->pos >= p->len)
-                return -1;
-            if (p->js[p->pos] == ',') {
-                p->pos++;
-                continue;
-            }
-            if (p->js[p->pos] != close)
-                return -1;
-            p->toks[t].end = ++p->pos;
-            return t;
-        }
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
     }
-    /* true, false, null, a number: up to a delimiter. */
-    int t = lb_json_new(p, LB_JSON_PRIMITIVE);
-    if (t < 0)
-        return -1;
-    while (p->pos < p->len && strchr(",]} \t\r\n", p->js[p->pos]) == NULL)
-        p->pos++;
-    p->toks[t].end = p->pos;
-    return p->toks[t].end > p->toks[t].start ? t : -1;
-}
-
-int lb_json_parse(const char *js, size_t len, struct lb_json_tok *toks, int max)
-{
-    struct lb_json_p p = { .js = js, .len = len, .toks = toks, .max = max };
-    if (lb_json_value(&p, 0) < 0)
-        return -1;
-    lb_json_ws(&p);
-    return p.pos == p.len ? p.n : -1;
-}
-
-/* The token after T and everything inside it. */
-static int lb_json_skip(const struct lb_json_tok *toks, int n, int t)
-{
-    if (t < 0 || t >= n)
-        return n;
-    int next = t + 1;
-    for (int i = 0; i < toks[t].children && next < n; i++)
-        next = lb_json_skip(toks, n, next);
-    return next;
-}
-
-int lb_json_get(const char *js, const struct lb_json_tok *toks, int n, int obj, const char *key)
-{
-    if (obj < 0 || obj >= n || toks[obj].type != LB_JSON_OBJECT)
-        return -1;
-    size_t klen = strlen(key);
-    int t = obj + 1;
-    for (int i = 0; i + 1 < toks[obj].children && t + 1 < n; i += 2) {
-        const struct lb_json_tok *k = &toks[t];
-        if (k->end - k->start == klen && memcmp(js + k->start, key, klen) == 0)
-            return t + 1;
-        t = lb_json_skip(toks, n, t + 1);
+    if (cp < 0x800) {
+        o[0] = (char)(0xc0 | (cp >> 6));
+        o[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
     }
-    return -1;
+    if (cp < 0x10000) {
+        o[0] = (char)(0xe0 | (cp >> 12));
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        o[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | (cp >> 18));
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    o[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
 }
 
-int lb_json_elem(const struct lb_json_tok *toks, int n, int arr, int i)
+/* A string at in->p (past its opening quote) into a new buffer. */
+static char *lb_json_string(struct lb_json_in *in, size_t *len)
 {
-    if (arr < 0 || arr >= n || toks[arr].type != LB_JSON_ARRAY || i < 0 || i >= toks[arr].children)
-        return -1;
-    int t = arr + 1;
-    for (int k = 0; k < i && t < n; k++)
-        t = lb_json_skip(toks, n, t);
-    return t < n ? t : -1;
-}
-
-bool lb_json_str(const char *js, const struct lb_json_tok *toks, int n, int t, char *out,
-                 size_t cap)
-{
-    if (t < 0 || t >= n || toks[t].type != LB_JSON_STRING || cap == 0)
-        return false;
+    const char *start = in->p;
+    const char *q = start;
+    while (q < in->end && *q != '"') {
+        if (*q == '\\')
+            q++;
+        q++;
+    }
+    if (q >= in->end) {
+        in->why = "unterminated string";
+        return NULL;
+    }
+    /* Unescaped is never longer than escaped (\u0800+ is 6 in, 3 out). */
+    char *out = malloc((size_t)(q - start) + 1);
+    if (out == NULL) {
+        in->why = "out of memory";
+        return NULL;
+    }
     size_t o = 0;
-    for (size_t i = toks[t].start; i < toks[t].end; i++) {
-        char c = js[i];
-        if (c == '\\' && i + 1 < toks[t].end) {
-            c = js[++i];
-            switch (c) {
-            case 'n': c = '\n'; break;
-            case 't': c = '\t'; break;
-            case 'r': c = '\r'; break;
-            case 'b': c = '\b'; break;
-            case 'f': c = '\f'; break;
-            case 'u':
-                /* What ACME sends is ASCII; anything else becomes '?'. */
-                if (i + 4 >= toks[t].end)
-                    return false;
-                c = '?';
-                if (memcmp(js + i + 1, "00", 2) == 0) {
-                    unsigned v = 0;
-                    for (int k = 3; k <= 4; k++) {
-                        char h = js[i + k];
-                        v = v * 16 + (unsigned)(h >= '0' && h <= '9' ? h - '0'
-                                                : h >= 'a' && h <= 'f' ? h - 'a' + 10
-                                                : h >= 'A' && h <= 'F' ? h - 'A' + 10 : 0);
-                    }
-                    if (v >= 0x20 && v < 0x7f)
-                        c = (char)v;
-                }
-                i += 4;
-                break;
-            default: break;     /* \" \\ \/ */
-            }
+    const char *p = start;
+    while (p < q) {
+        unsigned char c = (unsigned char)*p++;
+        if (c < 0x20) {
+            in->why = "control character in a string";
+            free(out);
+            return NULL;
         }
-        if (o + 1 >= cap)
-            return false;
-        out[o++] = c;
+        if (c != '\\') {
+            out[o++] = (char)c;
+            continue;
+        }
+        char e = *p++;
+        switch (e) {
+        case '"': out[o++] = '"'; break;
+        case '\\': out[o++] = '\\'; break;
+        case '/': out[o++] = '/'; break;
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            unsigned cp, lo;
+            if (q - p < 4 || lb_json_hex4(p, &cp) < 0)
+                goto bad;
+            p += 4;
+            if (cp >= 0xd800 && cp < 0xdc00) {
+                if (q - p < 6 || p[0] != '\\' || p[1] != 'u' || lb_json_hex4(p + 2, &lo) < 0 ||
+                    lo < 0xdc00 || lo > 0xdfff)
+                    goto bad;
+                p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else if (cp >= 0xdc00 && cp < 0xe000) {
+                goto bad;
+            }
+            o += lb_utf8_put(out + o, cp);
+            break;
+        }
+        default:
+            goto bad;
+        }
     }
     out[o] = '\0';
+    *len = o;
+    in->p = q + 1;
+    return out;
+bad:
+    in->why = "bad escape in a string";
+    free(out);
+    return NULL;
+}
+
+static struct lb_json *lb_json_value(struct lb_json_in *in, int depth);
+
+static struct lb_json *lb_json_node(struct lb_json_in *in, enum lb_json_type t)
+{
+    struct lb_json *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        in->why = "out of memory";
+    else
+        j->type = t;
+    return j;
+}
+
+static struct lb_json *lb_json_container(struct lb_json_in *in, int depth, bool object)
+{
+    struct lb_json *j = lb_json_node(in, object ? LB_JSON_OBJECT : LB_JSON_ARRAY);
+    if (j == NULL)
+        return NULL;
+    struct lb_json **tail = &j->child;
+    char close = object ? '}' : ']';
+    lb_json_ws(in);
+    if (in->p < in->end && *in->p == close) {
+        in->p++;
+        return j;
+    }
+    for (;;) {
+        char *key = NULL;
+        lb_json_ws(in);
+        if (object) {
+            size_t klen;
+            if (in->p >= in->end || *in->p != '"') {
+                in->why = "object member without a name";
+                goto fail;
+            }
+            in->p++;
+            key = lb_json_string(in, &klen);
+            if (key == NULL)
+                goto fail;
+            lb_json_ws(in);
+            if (in->p >= in->end || *in->p != ':') {
+                free(key);
+                in->why = "':' expected";
+                goto fail;
+            }
+            in->p++;
+        }
+        struct lb_json *v = lb_json_value(in, depth + 1);
+        if (v == NULL) {
+            free(key);
+            goto fail;
+        }
+        v->key = key;
+        *tail = v;
+        tail = &v->next;
+        lb_json_ws(in);
+        if (in->p < in->end && *in->p == ',') {
+            in->p++;
+            continue;
+        }
+        if (in->p < in->end && *in->p == close) {
+            in->p++;
+            return j;
+        }
+        in->why = object ? "',' or '}' expected" : "',' or ']' expected";
+        goto fail;
+    }
+fail:
+    lb_json_free(j);
+    return NULL;
+}
+
+static struct lb_json *lb_json_value(struct lb_json_in *in, int depth)
+{
+    if (depth > LB_JSON_DEPTH) {
+        in->why = "nested too deep";
+        return NULL;
+    }
+    lb_json_ws(in);
+    if (in->p >= in->end) {
+        in->why = "value expected";
+        return NULL;
+    }
+    char c = *in->p;
+    if (c == '{' || c == '[') {
+        in->p++;
+        return lb_json_container(in, depth, c == '{');
+    }
+    if (c == '"') {
+        in->p++;
+        size_t len;
+        char *s = lb_json_string(in, &len);
+        if (s == NULL)
+            return NULL;
+        struct lb_json *j = lb_json_node(in, LB_JSON_STRING);
+        if (j == NULL) {
+            free(s);
+            return NULL;
+        }
+        j->str = s;
+        j->len = len;
+        return j;
+    }
+    static const struct { const char *word; enum lb_json_type t; } words[] = {
+        { "null", LB_JSON_NULL }, { "true", LB_JSON_TRUE }, { "false", LB_JSON_FALSE },
+    };
+    for (size_t i = 0; i < 3; i++) {
+        size_t n = strlen(words[i].word);
+        if ((size_t)(in->end - in->p) >= n && memcmp(in->p, words[i].word, n) == 0) {
+            in->p += n;
+            return lb_json_node(in, words[i].t);
+        }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        char buf[64];
+        size_t n = 0;
+        while (in->p + n < in->end && n < sizeof(buf) - 1 &&
+               strchr("0123456789+-.eE", in->p[n]) != NULL) {
+            buf[n] = in->p[n];
+            n++;
+        }
+        buf[n] = '\0';
+        char *endp;
+        double v = strtod(buf, &endp);
+        if (endp != buf + n || n == 0) {
+            in->why = "bad number";
+            return NULL;
+        }
+        in->p += n;
+        struct lb_json *j = lb_json_node(in, LB_JSON_NUMBER);
+        if (j != NULL)
+            j->num = v;
+        return j;
+    }
+    in->why = "unexpected character";
+    return NULL;
+}
+
+struct lb_json *lb_json_parse(const char *text, size_t len, const char **why)
+{
+    struct lb_json_in in = { text, text + len, NULL };
+    struct lb_json *j = lb_json_value(&in, 0);
+    if (j != NULL) {
+        lb_json_ws(&in);
+        if (in.p != in.end) {
+            lb_json_free(j);
+            j = NULL;
+            in.why = "text after the value";
+        }
+    }
+    if (j == NULL)
+        *why = in.why ? in.why : "not JSON";
+    return j;
+}
+
+void lb_json_free(struct lb_json *j)
+{
+    while (j != NULL) {
+        struct lb_json *next = j->next;
+        lb_json_free(j->child);
+        free(j->key);
+        free(j->str);
+        free(j);
+        j = next;
+    }
+}
+
+const struct lb_json *lb_json_get(const struct lb_json *j, const char *key)
+{
+    if (j == NULL || j->type != LB_JSON_OBJECT)
+        return NULL;
+    for (const struct lb_json *c = j->child; c != NULL; c = c->next)
+        if (strcmp(c->key, key) == 0)
+            return c;
+    return NULL;
+}
+
+const char *lb_json_str(const struct lb_json *j)
+{
+    return j != NULL && j->type == LB_JSON_STRING ? j->str : NULL;
+}
+
+bool lb_json_int(const struct lb_json *j, int64_t *out)
+{
+    if (j == NULL)
+        return false;
+    if (j->type == LB_JSON_NUMBER) {
+        if (j->num < -9.2e18 || j->num > 9.2e18 || j->num != (double)(int64_t)j->num)
+            return false;
+        *out = (int64_t)j->num;
+        return true;
+    }
+    if (j->type != LB_JSON_STRING || j->len == 0 || j->len > 19)
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < j->len; i++) {
+        if (j->str[i] < '0' || j->str[i] > '9')
+            return false;
+        v = v * 10 + (j->str[i] - '0');
+    }
+    *out = v;
     return true;
 }
 
-bool lb_json_get_str(const char *js, const struct lb_json_tok *toks, int n, int obj,
-                     const char *key, char *out, size_t cap)
+static int lb_b64_val(char c)
 {
-    if (cap > 0)
-        out[0] = '\0';
-    return lb_json_str(js, toks, n, lb_json_get(js, toks, n, obj, key), out, cap);
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+' || c == '-')
+        return 62;
+    if (c == '/' || c == '_')
+        return 63;
+    return -1;
+}
+
+long lb_base64_decode(const char *in, size_t len, char *out, size_t cap)
+{
+    while (len > 0 && in[len - 1] == '=')
+        len--;
+    if (len % 4 == 1 || cap == 0)
+        return -1;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = lb_b64_val(in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o + 1 >= cap)
+                return -1;
+            out[o++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    out[o] = '\0';
+    return (long)o;
+}
+
+long lb_base64_encode(const void *in, size_t len, char *out, size_t cap)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = in;
+    size_t need = (len + 2) / 3 * 4;
+    if (need + 1 > cap)
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return (long)o;
 }

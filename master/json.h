@@ -1,37 +1,52 @@
-/* A small JSON reader for the ACME client (master/acme.c): the server's
- * answers are parsed into a flat array of tokens in document order, then
- * looked up by key. No allocation; strings are copied out unescaped. */
+/* A small JSON reader for the registries' answers (etcd's gateway, Consul):
+ * the whole text parsed at once into a tree of nodes, strings unescaped.
+ * Bounded: depth LB_JSON_DEPTH, and the caller's text size. */
 #ifndef LB_JSON_H
 #define LB_JSON_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
-enum lb_json_type { LB_JSON_OBJECT, LB_JSON_ARRAY, LB_JSON_STRING, LB_JSON_PRIMITIVE };
+#define LB_JSON_DEPTH 32
 
-struct lb_json_tok {
-    enum lb_json_type type;
-    size_t start, end;      /* bytes of the value (a string's without its quotes) */
-    int children;           /* object: keys and values; array: elements */
+enum lb_json_type {
+    LB_JSON_NULL,
+    LB_JSON_FALSE,
+    LB_JSON_TRUE,
+    LB_JSON_NUMBER,
+    LB_JSON_STRING,
+    LB_JSON_ARRAY,
+    LB_JSON_OBJECT,
 };
 
-/* Parse JS (LEN bytes) into at most MAX tokens; token 0 is the top value.
- * The number of tokens, or -1 when JS is not JSON or has too many. */
-int lb_json_parse(const char *js, size_t len, struct lb_json_tok *toks, int max);
+struct lb_json {
+    enum lb_json_type type;
+    char *key;                          /* member of an object: its name */
+    char *str;                          /* STRING: unescaped, NUL-terminated (may hold NULs) */
+    size_t len;                         /* STRING: its length */
+    double num;                         /* NUMBER */
+    struct lb_json *child;              /* ARRAY, OBJECT: first element */
+    struct lb_json *next;               /* next sibling */
+};
 
-/* The value of KEY in object OBJ (a token index), or -1. */
-int lb_json_get(const char *js, const struct lb_json_tok *toks, int n, int obj, const char *key);
+/* Parse TEXT[0..len) (one value, whitespace around it). NULL, with *why,
+ * when it is not JSON or runs out of memory. Free with lb_json_free. */
+struct lb_json *lb_json_parse(const char *text, size_t len, const char **why);
+void lb_json_free(struct lb_json *j);
 
-/* Element I of array ARR, or -1. */
-int lb_json_elem(const struct lb_json_tok *toks, int n, int arr, int i);
+/* Member KEY of object J (NULL: none, or J is not an object). */
+const struct lb_json *lb_json_get(const struct lb_json *j, const char *key);
+/* J's string, or NULL when it is not one. */
+const char *lb_json_str(const struct lb_json *j);
+/* J as an integer: a number, or a string of digits (etcd writes int64 as
+ * strings). false when it is neither. */
+bool lb_json_int(const struct lb_json *j, int64_t *out);
 
-/* String token T into OUT (CAP bytes, unescaped, NUL-terminated). False if
- * T is not a string or does not fit. */
-bool lb_json_str(const char *js, const struct lb_json_tok *toks, int n, int t, char *out,
-                 size_t cap);
-
-/* KEY of OBJ as a string (OUT emptied when absent): lb_json_get + lb_json_str. */
-bool lb_json_get_str(const char *js, const struct lb_json_tok *toks, int n, int obj,
-                     const char *key, char *out, size_t cap);
+/* Decode base64 IN (standard alphabet, padding optional) into OUT (at
+ * most CAP bytes, NUL-terminated: CAP - 1 data bytes). Its length, or -1. */
+long lb_base64_decode(const char *in, size_t len, char *out, size_t cap);
+/* Encode IN[0..len) into OUT (CAP bytes with the NUL). Its length, or -1. */
+long lb_base64_encode(const void *in, size_t len, char *out, size_t cap);
 
 #endif

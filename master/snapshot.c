@@ -375,7 +375,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         for (unsigned b = 0; b < h->max_backends; b++) {
             struct lb_shm_backend *be = lb_shm_backend(h, b);
             uint32_t bst = atomic_load(&be->state);
-            if (bst == LB_ENTRY_FREE || be->pool_id != p)
+            if (bst == LB_ENTRY_FREE || be->pool_id != p || !lb_shm_backend_shown(be))
                 continue;
             struct lb_backend_totals t;
             lb_shm_backend_sum(h, b, &t);
@@ -386,7 +386,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                          "\"effective_weight\":%g,\"max_requests\":%u,"
                          "\"requests\":%llu,\"active\":%llu,\"failures\":%llu,"
                          "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
-                    sfirst ? "" : ",", b, be->address, entry_state[bst],
+                    sfirst ? "" : ",", b, lb_shm_backend_name(be), entry_state[bst],
                     atomic_load(&be->weight), lb_snapshot_effective_weight(be, slow_start_ms, now_ms),
                     atomic_load(&be->max_requests), (unsigned long long)t.requests,
                     (unsigned long long)t.active, (unsigned long long)t.failures,
@@ -432,10 +432,27 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             char error[LB_ERROR_TEXT];
             lb_shm_error_get(be, error, sizeof(error));
             lb_json_string(out, error, sizeof(error));
-            fputs("}}", out);
+            fputs("}", out);
+            if (be->runtime)
+                fprintf(out, ",\"runtime\":\"%s\"",
+                        atomic_load(&be->rt_state) == LB_RT_DRAINING ? "draining" : "active");
+            fputs("}", out);
             sfirst = false;
         }
-        fputs("]}", out);
+        fputs("]", out);
+        if (pool->disco_type[0] != '\0') {
+            /* Service discovery (master/discovery.c): its source and how it goes. */
+            fprintf(out, ",\"discovery\":{\"type\":\"%s\",\"source\":", pool->disco_type);
+            lb_json_string(out, pool->disco_source, sizeof(pool->disco_source));
+            fprintf(out, ",\"failing\":%s,\"errors\":%llu,\"updates\":%llu,"
+                         "\"last_success_ms\":%llu,\"last_update_ms\":%llu}",
+                    atomic_load(&pool->disco_failing) ? "true" : "false",
+                    (unsigned long long)atomic_load(&pool->disco_errors),
+                    (unsigned long long)atomic_load(&pool->disco_updates),
+                    (unsigned long long)atomic_load(&pool->disco_last_success_ms),
+                    (unsigned long long)atomic_load(&pool->disco_last_update_ms));
+        }
+        fputs("}", out);
     }
     fputs("],\"faults\":[", out);
     lb_snapshot_faults(h, out);

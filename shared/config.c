@@ -1031,9 +1031,10 @@ static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_gro
 {
     static const char *const keys[] = { "address", "weight", "max_requests", NULL };
     const config_setting_t *list;
-    if (lb_cfg_list(ld, pool_group, "servers", &list, true) < 0)
+    /* Optional with discovery (lb_cfg_discovery checks a pool has some). */
+    if (lb_cfg_list(ld, pool_group, "servers", &list, false) < 0)
         return -1;
-    int n = config_setting_length(list);
+    int n = list != NULL ? config_setting_length(list) : 0;
     p->servers = calloc(n > 0 ? (size_t)n : 1, sizeof(*p->servers));
     if (p->servers == NULL)
         return lb_cfg_fail(ld, list, "out of memory");
@@ -1163,6 +1164,80 @@ static int lb_cfg_pool_tls(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
+/* ---- service discovery (issue 18) ---------------------------------------- */
+
+#define LB_DISCO_INTERVAL_MAX_MS (24ull * 3600 * 1000)
+
+static int lb_cfg_discovery_common(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d);
+
+/* discovery = { type = "dns"; name; port; record; resolvers; min_interval;
+ * max_interval; timeout; weight; empty_removes; } */
+static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
+                                struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "name", "port", "record", "resolvers",
+                                        "min_interval", "max_interval", "timeout", "weight",
+                                        "empty_removes", NULL };
+    const char *name = NULL, *record = "A";
+    long long port = 0, weight = 1;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "name", &name, true) < 0 ||
+        lb_cfg_string(ld, g, "record", &record, false) < 0 ||
+        lb_cfg_int(ld, g, "port", 1, 65535, &port) < 0 ||
+        lb_cfg_int(ld, g, "weight", 1, LB_WEIGHT_MAX, &weight) < 0)
+        return -1;
+    size_t n = strlen(name);
+    if (n == 0 || n >= 254 || name[0] == '.')
+        return lb_cfg_fail(ld, lb_cfg_member(g, "name"), "discovery: bad DNS name \"%s\"", name);
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "discovery: bad DNS name \"%s\"", name);
+    }
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    if (strcmp(record, "A") == 0)
+        d->record = LB_DNS_A;
+    else if (strcmp(record, "AAAA") == 0)
+        d->record = LB_DNS_AAAA;
+    else if (strcmp(record, "SRV") == 0)
+        d->record = LB_DNS_SRV;
+    else
+        return lb_cfg_fail(ld, lb_cfg_member(g, "record"),
+                           "discovery: 'record' must be \"A\", \"AAAA\" or \"SRV\"");
+    if (d->record != LB_DNS_SRV && port == 0)
+        return lb_cfg_fail(ld, g, "discovery: record \"%s\" needs a 'port' (SRV brings its own)",
+                           record);
+    if (d->record == LB_DNS_SRV && lb_cfg_member(g, "port") != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "port"),
+                           "discovery: SRV records bring their ports: no 'port'");
+    d->port = (unsigned)port;
+    d->weight = (unsigned)weight;
+    if (lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    const config_setting_t *r = lb_cfg_member(g, "resolvers");
+    if (r == NULL)
+        return 0;
+    if (config_setting_type(r) != CONFIG_TYPE_ARRAY && config_setting_type(r) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, r, "discovery: 'resolvers' must be a list of \"IP:PORT\" strings");
+    int k = config_setting_length(r);
+    if (k == 0 || k > LB_DISCO_MAX_RESOLVERS)
+        return lb_cfg_fail(ld, r, "discovery: 1 to %d resolvers", LB_DISCO_MAX_RESOLVERS);
+    for (int i = 0; i < k; i++) {
+        const config_setting_t *e = config_setting_get_elem(r, (unsigned)i);
+        const char *why = NULL;
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, e, "discovery: each resolver must be a string \"IP:PORT\"");
+        const char *str = config_setting_get_string(e);
+        if (lb_addr_parse(str, false, &d->resolvers[i], &why) < 0)
+            return lb_cfg_fail(ld, e, "discovery: bad resolver \"%s\": %s", str, why);
+        d->nresolvers++;
+    }
+    return 0;
+}
+
 static void lb_cfg_pool_tls_free(struct lb_pool_tls_cfg *t)
 {
     if (t == NULL)
@@ -1178,13 +1253,213 @@ static void lb_cfg_pool_tls_free(struct lb_pool_tls_cfg *t)
     free(t);
 }
 
+/* The keys every source has: intervals (dns: re-ask bounds; the others:
+ * the retry backoff's), timeout, empty_removes. */
+static int lb_cfg_discovery_common(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d)
+{
+    d->min_interval_ms = 1000;
+    d->max_interval_ms = 60000;
+    d->timeout_ms = 2000;
+    if (lb_cfg_duration(ld, g, "min_interval", &d->min_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "max_interval", &d->max_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &d->timeout_ms) < 0 ||
+        lb_cfg_bool(ld, g, "empty_removes", &d->empty_removes) < 0)
+        return -1;
+    if (d->min_interval_ms < 100 || d->max_interval_ms > LB_DISCO_INTERVAL_MAX_MS ||
+        d->min_interval_ms > d->max_interval_ms)
+        return lb_cfg_fail(ld, g, "discovery: need 100ms <= min_interval <= max_interval <= 24h");
+    if (d->timeout_ms < 10 || d->timeout_ms > 60000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "discovery: 'timeout' must be between 10ms and 60s");
+    return 0;
+}
+
+/* An "http://HOST:PORT" base URL (no path: lbd adds the API's). */
+static int lb_cfg_base_url(struct lb_loader *ld, const config_setting_t *at, const char *url,
+                           char *out)
+{
+    size_t n = strlen(url);
+    if ((strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
+        n >= LB_DISCO_URL_MAX || strchr(url + 8, '/') != NULL || strpbrk(url, " \"\r\n") != NULL ||
+        n <= 8)
+        return lb_cfg_fail(ld, at, "discovery: bad URL \"%s\" (\"http://HOST:PORT\", no path)",
+                           url);
+    snprintf(out, LB_DISCO_URL_MAX, "%s", url);
+    return 0;
+}
+
+/* discovery = { type = "etcd"; endpoints = [ "http://127.0.0.1:2379" ];
+ * prefix = "/services/web/"; } */
+static int lb_cfg_discovery_etcd(struct lb_loader *ld, const config_setting_t *g,
+                                 struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "endpoints", "prefix", "min_interval",
+                                        "max_interval", "timeout", "empty_removes", NULL };
+    const char *prefix = NULL;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "prefix", &prefix, true) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (prefix[0] == '\0' || strlen(prefix) >= sizeof(d->prefix))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "prefix"), "discovery: 'prefix' must be 1-255 bytes");
+    snprintf(d->prefix, sizeof(d->prefix), "%s", prefix);
+    const config_setting_t *e = lb_cfg_member(g, "endpoints");
+    if (e == NULL)
+        return lb_cfg_fail(ld, g, "discovery: missing required key 'endpoints'");
+    if (config_setting_type(e) != CONFIG_TYPE_ARRAY && config_setting_type(e) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, e, "discovery: 'endpoints' must be a list of \"http://HOST:PORT\"");
+    int k = config_setting_length(e);
+    if (k == 0 || k > LB_DISCO_MAX_ENDPOINTS)
+        return lb_cfg_fail(ld, e, "discovery: 1 to %d endpoints", LB_DISCO_MAX_ENDPOINTS);
+    for (int i = 0; i < k; i++) {
+        const config_setting_t *u = config_setting_get_elem(e, (unsigned)i);
+        if (config_setting_type(u) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, u, "discovery: each endpoint must be a string");
+        if (lb_cfg_base_url(ld, u, config_setting_get_string(u), d->endpoints[i]) < 0)
+            return -1;
+        d->nendpoints++;
+    }
+    return 0;
+}
+
+/* discovery = { type = "consul"; address = "http://127.0.0.1:8500";
+ * service = "web"; passing_only = true; tag = "v2"; } */
+static int lb_cfg_discovery_consul(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "address", "service", "passing_only", "tag",
+                                        "wait", "min_interval", "max_interval", "timeout",
+                                        "empty_removes", NULL };
+    const char *address = NULL, *service = NULL, *tag = NULL;
+    d->passing_only = true;
+    d->wait_ms = 60000;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "address", &address, true) < 0 ||
+        lb_cfg_string(ld, g, "service", &service, true) < 0 ||
+        lb_cfg_string(ld, g, "tag", &tag, false) < 0 ||
+        lb_cfg_bool(ld, g, "passing_only", &d->passing_only) < 0 ||
+        lb_cfg_duration(ld, g, "wait", &d->wait_ms) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (lb_cfg_base_url(ld, lb_cfg_member(g, "address"), address, d->endpoints[0]) < 0)
+        return -1;
+    d->nendpoints = 1;
+    if (!lb_name_valid(service))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "service"),
+                           "discovery: bad service name \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", service);
+    snprintf(d->service, sizeof(d->service), "%s", service);
+    if (tag != NULL && !lb_name_valid(tag))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "tag"),
+                           "discovery: bad tag \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", tag);
+    snprintf(d->tag, sizeof(d->tag), "%s", tag ? tag : "");
+    if (d->wait_ms < 1000 || d->wait_ms > 600000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "wait"), "discovery: 'wait' must be 1s-10m");
+    return 0;
+}
+
+/* discovery = { type = "zookeeper"; hosts = "127.0.0.1:2181"; path =
+ * "/services/web"; session_timeout = "10s"; } */
+static int lb_cfg_discovery_zk(struct lb_loader *ld, const config_setting_t *g,
+                               struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "hosts", "path", "session_timeout",
+                                        "min_interval", "max_interval", "timeout",
+                                        "empty_removes", NULL };
+    const char *hosts = NULL, *path = NULL;
+    d->session_ms = 10000;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "hosts", &hosts, true) < 0 ||
+        lb_cfg_string(ld, g, "path", &path, true) < 0 ||
+        lb_cfg_duration(ld, g, "session_timeout", &d->session_ms) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (hosts[0] == '\0' || strlen(hosts) >= sizeof(d->endpoints[0]) ||
+        strpbrk(hosts, " /\t") != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "hosts"),
+                           "discovery: 'hosts' must be \"HOST:PORT[,HOST:PORT...]\"");
+    size_t n = strlen(path);
+    if (path[0] != '/' || n >= sizeof(d->prefix) || (n > 1 && path[n - 1] == '/'))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "path"),
+                           "discovery: 'path' must be a node's path (\"/services/web\")");
+    if (d->session_ms < 1000 || d->session_ms > 600000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "session_timeout"),
+                           "discovery: 'session_timeout' must be 1s-10m");
+    snprintf(d->endpoints[0], sizeof(d->endpoints[0]), "%s", hosts);
+    d->nendpoints = 1;
+    snprintf(d->prefix, sizeof(d->prefix), "%s", path);
+    return 0;
+}
+
+/* discovery = { type = ...; } and max_servers: how many runtime slots
+ * follow the file's servers (shared/runtime.h). */
+static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
+                            struct lb_pool_cfg *p)
+{
+    const config_setting_t *g = lb_cfg_member(pool, "discovery");
+    const char *type = NULL;
+    long long max = (long long)p->nservers;
+    p->nstatic = p->nservers;
+    if (g != NULL) {
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, g, "'discovery' must be a group: discovery = { type = \"dns\"; ... };");
+        if (lb_cfg_string(ld, g, "type", &type, true) < 0)
+            return -1;
+        int rc;
+        if (strcmp(type, "dns") == 0) {
+            p->discovery.type = LB_DISCO_DNS;
+            rc = lb_cfg_discovery_dns(ld, g, &p->discovery);
+        } else if (strcmp(type, "etcd") == 0) {
+            p->discovery.type = LB_DISCO_ETCD;
+            rc = lb_cfg_discovery_etcd(ld, g, &p->discovery);
+        } else if (strcmp(type, "consul") == 0) {
+            p->discovery.type = LB_DISCO_CONSUL;
+            rc = lb_cfg_discovery_consul(ld, g, &p->discovery);
+        } else if (strcmp(type, "zookeeper") == 0) {
+            p->discovery.type = LB_DISCO_ZOOKEEPER;
+            rc = lb_cfg_discovery_zk(ld, g, &p->discovery);
+        } else {
+            return lb_cfg_fail(ld, lb_cfg_member(g, "type"),
+                               "discovery: unknown type \"%s\" (\"dns\", \"etcd\", \"consul\", "
+                               "\"zookeeper\")", type);
+        }
+        if (rc < 0)
+            return -1;
+        max = (long long)p->nservers + LB_DISCO_DEFAULT_SERVERS;
+    }
+    if (lb_cfg_int(ld, pool, "max_servers", 1, LB_DISCO_MAX_SERVERS, &max) < 0)
+        return -1;
+    if ((size_t)max < p->nservers)
+        return lb_cfg_fail(ld, lb_cfg_member(pool, "max_servers"),
+                           "'max_servers' (%lld) is less than the pool's %zu servers",
+                           max, p->nservers);
+    if (g == NULL && p->nservers == 0)
+        return lb_cfg_fail(ld, pool, "pool '%s' has no servers and no discovery", p->name);
+    if ((size_t)max == p->nservers)
+        return 0;
+    struct lb_server_cfg *v = realloc(p->servers, (size_t)max * sizeof(*v));
+    if (v == NULL)
+        return lb_cfg_fail(ld, pool, "out of memory");
+    p->servers = v;
+    /* Runtime slots: a row each in shm, found again by this name across
+     * reloads; their address is the runtime one (shared/runtime.h). */
+    for (size_t i = p->nservers; i < (size_t)max; i++) {
+        memset(&v[i], 0, sizeof(v[i]));
+        snprintf(v[i].address, sizeof(v[i].address), "runtime#%zu", i - p->nstatic);
+        v[i].runtime = true;
+    }
+    p->nservers = (size_t)max;
+    return 0;
+}
+
 static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
                                         "passive_health", "circuit_breaker", "queue",
-                                        "slow_start", "retries", "sticky", "tls", NULL };
+                                        "slow_start", "retries", "sticky", "tls", "discovery",
+                                        "max_servers", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -1223,7 +1498,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_sticky(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_pool_tls(ld, g, p) < 0 ||
-            lb_cfg_servers(ld, g, p) < 0)
+            lb_cfg_servers(ld, g, p) < 0 ||
+            lb_cfg_discovery(ld, g, p) < 0)
             return -1;
     }
     return 0;

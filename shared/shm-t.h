@@ -212,7 +212,28 @@ struct lb_shm_pool {
      * compare it per pick and rebuild what they derived from the weights
      * (the round-robin cycle, the hash ring) when it moved. */
     _Atomic uint32_t weights_gen;
+    /* Runtime servers (shared/runtime.h): the seqlock of the pool's
+     * runtime slots (their lb_shm_backend rt_* fields). Odd while the
+     * control process writes them; each even value is a generation of the
+     * set, which workers compare with the one they built from. */
+    _Atomic uint32_t servers_seq __attribute__((aligned(LB_CACHELINE)));
+    _Atomic uint32_t runtime_active;    /* ACTIVE runtime servers (max_ejection_percent) */
+    /* Service discovery (master/discovery.c), control process. */
+    _Atomic uint32_t disco_failing;     /* 1 while the source fails (logged once) */
+    lb_counter_t disco_errors;          /* failed or unusable answers */
+    lb_counter_t disco_updates;         /* answers that changed the set */
+    lb_counter_t disco_last_success_ms; /* wall clock of the last good answer */
+    lb_counter_t disco_last_update_ms;  /* wall clock of the last change */
+    char disco_type[16];                /* "" (none), "dns" */
+    char disco_source[2 * LB_HOST_MAX + 16];    /* "SRV _http._tcp.example" */
 } __attribute__((aligned(LB_CACHELINE)));
+
+/* A runtime slot's state (lb_shm_backend.rt_state). */
+enum lb_rt_state {
+    LB_RT_EMPTY = 0,                    /* no server; weight 0 */
+    LB_RT_ACTIVE,                       /* a server, taking requests by its weight */
+    LB_RT_DRAINING,                     /* removed: weight 0, in-flight requests finish */
+};
 
 /* Backend health (active checks), as every worker sees it:
  *
@@ -350,7 +371,17 @@ struct lb_shm_backend {
     lb_counter_t breaker_transitions[LB_BREAKER_STATES];   /* by new state; atomic add */
     char last_error[LB_ERROR_TEXT];     /* of the last failed check: lb_shm_error_* */
     char pool[LB_NAME_MAX];
-    char address[LB_ADDR_STR_MAX];
+    char address[LB_ADDR_STR_MAX];      /* a runtime slot's key: "runtime#N" */
+    /* Runtime slots (shared/runtime.h): `runtime` set by the master; the
+     * rest written by the control process under the pool's servers_seq.
+     * rt_address and rt_addr change only while the slot is EMPTY, and
+     * rt_epoch then goes up by one. */
+    uint32_t runtime;
+    _Atomic uint32_t rt_state;          /* lb_rt_state */
+    _Atomic uint32_t rt_epoch;
+    lb_counter_t rt_removed_ms;         /* CLOCK_MONOTONIC: when it began to drain */
+    char rt_address[LB_ADDR_STR_MAX];
+    struct lb_addr rt_addr;
     /* Hot: written by every worker on the data path, on its own line.
      * inflight: requests admitted and not yet over; with max_requests, a
      * compare-and-swap below it admits one (worker/balancer.h). */

@@ -181,6 +181,11 @@ static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
         for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
             atomic_store(&p->retries[k], 0);
         atomic_store(&p->retry_budget_exhausted, 0);
+        atomic_store(&p->disco_failing, 0);
+        atomic_store(&p->disco_errors, 0);
+        atomic_store(&p->disco_updates, 0);
+        atomic_store(&p->disco_last_success_ms, 0);
+        atomic_store(&p->disco_last_update_ms, 0);
     }
     return free_id;
 }
@@ -216,12 +221,23 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
             free_id = (int)i;
     }
     if (free_id >= 0) {
-        /* A reused id starts from zero: no worker writes a FREE entry. */
+        struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
+        lb_shm_backend_fresh(h, (unsigned)free_id);
+        snprintf(b->pool, sizeof(b->pool), "%s", pool);
+        snprintf(b->address, sizeof(b->address), "%s", address);
+    }
+    return free_id;
+}
+
+void lb_shm_backend_fresh(struct lb_shm_header *h, unsigned id)
+{
+    {
+        /* A reused id starts from zero: no worker writes a FREE entry (nor
+         * an EMPTY runtime slot: none has a request in flight there). */
         unsigned used = atomic_load(&h->slots_used);
         for (unsigned s = 0; s < used; s++)
-            memset(lb_shm_stats(h, s, (unsigned)free_id), 0,
-                   sizeof(struct lb_shm_backend_stats));
-        struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
+            memset(lb_shm_stats(h, s, id), 0, sizeof(struct lb_shm_backend_stats));
+        struct lb_shm_backend *b = lb_shm_backend(h, id);
         atomic_store(&b->health, LB_HEALTH_UP);
         atomic_store(&b->down_reason, LB_DOWN_NONE);
         atomic_store(&b->admin_state, LB_BACKEND_READY);
@@ -242,10 +258,7 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
             atomic_store(&b->breaker_transitions[k], 0);
         lb_shm_error_set(b, "");
-        snprintf(b->pool, sizeof(b->pool), "%s", pool);
-        snprintf(b->address, sizeof(b->address), "%s", address);
     }
-    return free_id;
 }
 
 static bool lb_shm_has_pool(const struct lb_shm_header *h, const char *name)
@@ -545,7 +558,7 @@ static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_c
  * writers (a retiring control process and its successor, for a moment)
  * never interleave. One that died holding it left it odd for good: after a
  * while the next writer goes on from there. */
-static uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
+uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
 {
     for (int tries = 0;; tries++) {
         uint32_t s = atomic_load(seq);
@@ -559,7 +572,7 @@ static uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
     }
 }
 
-static void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked)
+void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked)
 {
     atomic_store_explicit(seq, locked + 1, memory_order_release);
 }
@@ -726,6 +739,29 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
         atomic_store(&sp->queue_size, pc->queue.size);
         atomic_store(&sp->slow_start_ms, pc->slow_start_ms);
         atomic_store(&sp->sticky, pc->sticky.enabled);
+        /* Shown by /status and metrics; the control process does the rest. */
+        const struct lb_discovery_cfg *dc = &pc->discovery;
+        if (dc->type == LB_DISCO_DNS) {
+            static const char *const records[] = { "A", "AAAA", "SRV" };
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "dns");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", records[dc->record],
+                     dc->name);
+        } else if (dc->type == LB_DISCO_ETCD) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "etcd");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->prefix);
+        } else if (dc->type == LB_DISCO_ZOOKEEPER) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "zookeeper");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->prefix);
+        } else if (dc->type == LB_DISCO_CONSUL) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "consul");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->service);
+        } else {
+            sp->disco_type[0] = '\0';
+            sp->disco_source[0] = '\0';
+        }
         atomic_store(&sp->state, LB_ENTRY_ACTIVE);
         for (size_t j = 0; j < pc->nservers; j++) {
             struct lb_server_cfg *sc = &pc->servers[j];
@@ -739,6 +775,21 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             sc->shm_id = (uint32_t)bid;
             struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)bid);
             b->pool_id = (uint32_t)pid;
+            if (sc->runtime) {
+                /* Its server (if any) is the control process's business
+                 * and carries over the reload (shared/runtime.h). */
+                if (added || !b->runtime) {
+                    atomic_store(&b->rt_state, LB_RT_EMPTY);
+                    atomic_store(&b->weight, 0);
+                    b->rt_address[0] = '\0';
+                }
+                b->runtime = 1;
+                atomic_store(&b->max_requests, 0);
+                atomic_store(&b->state, LB_ENTRY_ACTIVE);
+                lb_shm_health_carry(b, pc);
+                continue;
+            }
+            b->runtime = 0;
             /* Slow start for what a reload brings into rotation; at the
              * first start every server is there from the beginning (as
              * HAProxy: no ramp then). */

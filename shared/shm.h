@@ -199,6 +199,28 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
                   char *err, size_t errlen);
 /* Whether lb_shm_assign() would find room for CFG (it changes nothing). */
 bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg);
+/* A seqlock's writer side: the sequence from even to odd by compare-and-
+ * swap (two writers never interleave), and back to even. */
+uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq);
+void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked);
+
+/* Backend row ID as new: zero counters (every slot's stats row), UP,
+ * breaker closed, no check history. Its pool and address are kept. */
+void lb_shm_backend_fresh(struct lb_shm_header *h, unsigned id);
+
+/* What a backend row is called: a runtime slot by its server's address. */
+static inline const char *lb_shm_backend_name(const struct lb_shm_backend *b)
+{
+    return b->runtime ? b->rt_address : b->address;
+}
+
+/* Whether a row stands for a server to show (a runtime slot with none
+ * does not). */
+static inline bool lb_shm_backend_shown(const struct lb_shm_backend *b)
+{
+    return !b->runtime || atomic_load_explicit(&b->rt_state, memory_order_acquire) != LB_RT_EMPTY;
+}
+
 /* Master: free entries retired before OLDEST_LIVE_GEN (no worker of an older
  * generation is left to write them); a freed rate-limit table's pages go
  * back to the kernel. */

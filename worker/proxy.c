@@ -1943,6 +1943,7 @@ static int lb_session_pick_more(struct lb_session *s, struct lb_pool_rt *pool,
 static inline __attribute__((always_inline))
 int lb_session_pick(struct lb_session *s, struct lb_pool_rt *pool, const struct lb_pick_ctx *ctx)
 {
+    lb_upstream_sync(s->w, pool);
     int idx = lb_balancer_pick(&pool->balancer, ctx);
     if (idx >= 0 && !pool->cfg->breaker.enabled && lb_backend_take(pool->servers[idx].shared)) {
         lb_session_slot_take(s, &pool->servers[idx]);
@@ -2070,6 +2071,7 @@ static int lb_session_retry_candidate(struct lb_session *s, struct lb_pool_rt *p
                                       const struct lb_pick_ctx *ctx)
 {
     uint64_t tried = s->x->tried;
+    lb_upstream_sync(s->w, pool);
     int idx = lb_balancer_pick(&pool->balancer, ctx);
     for (int k = 0; k < 3 && idx >= 0 && lb_tried(tried, (size_t)idx); k++)
         idx = lb_balancer_pick(&pool->balancer, ctx);

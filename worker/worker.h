@@ -44,7 +44,14 @@ struct lb_server_rt {
     unsigned peak;                          /* most busy at once since the last pool tick */
     unsigned keep;                          /* idle connections allowed (upstream.c) */
     struct lb_tls_peer *tls;                /* pools[].tls: its session (worker/tls.h) */
+    /* A runtime slot (shared/runtime.h): cfg points here, at this
+     * worker's copy of the slot's server as of rt_epoch. */
+    struct lb_server_cfg rt_cfg;
+    uint32_t rt_epoch;
+    bool gone;                              /* no server now: connections are not kept */
 };
+
+struct lb_runtime_slot;
 
 struct lb_pool_rt {
     const struct lb_pool_cfg *cfg;
@@ -53,6 +60,13 @@ struct lb_pool_rt {
     struct lb_shm_backend **shared;         /* per server, for the balancer */
     struct lb_shm_pool *shm;                /* shared pool state (breakers, queue) */
     struct lb_queue queue;                  /* requests waiting for a max_requests place */
+    /* Runtime slots (cfg->nstatic < cfg->nservers): the servers_seq the
+     * balancer was built from (lb_upstream_sync). */
+    bool runtime;
+    uint32_t seen_seq;
+    uint32_t *rt_ids;                       /* backend rows of the runtime slots */
+    struct lb_runtime_slot *rt_copy;        /* lb_runtime_read's scratch */
+    const char **names;                     /* per server, for the ring */
 };
 
 /* What a listener's accepted connections need to know of it. */

@@ -12,7 +12,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 
-#include "master/json.h"
+#include "master/jsontok.h"
 #include "master/jws.h"
 #include "tests/unit/suites.h"
 
@@ -26,31 +26,31 @@ START_TEST(test_json_order)
         "  \"challenges\": [ { \"type\": \"http-01\", \"token\": \"t1\" },\n"
         "                    { \"type\": \"tls-alpn-01\", \"token\": \"t2\", \"x\": {\"a\":[1,2]} } ],\n"
         "  \"detail\": \"quote \\\" and \\u0041\\u00e9\" }";
-    struct lb_json_tok toks[64];
-    int n = lb_json_parse(js, strlen(js), toks, 64);
+    struct lb_jsontok toks[64];
+    int n = lb_jsontok_parse(js, strlen(js), toks, 64);
     ck_assert_int_gt(n, 0);
     char out[128];
-    ck_assert(lb_json_get_str(js, toks, n, 0, "status", out, sizeof(out)));
+    ck_assert(lb_jsontok_get_str(js, toks, n, 0, "status", out, sizeof(out)));
     ck_assert_str_eq(out, "pending");
-    ck_assert(lb_json_get_str(js, toks, n, 0, "finalize", out, sizeof(out)));
+    ck_assert(lb_jsontok_get_str(js, toks, n, 0, "finalize", out, sizeof(out)));
     ck_assert_str_eq(out, "https://ca/finalize/1");
-    ck_assert(lb_json_get_str(js, toks, n, 0, "detail", out, sizeof(out)));
+    ck_assert(lb_jsontok_get_str(js, toks, n, 0, "detail", out, sizeof(out)));
     ck_assert_str_eq(out, "quote \" and A?");
-    ck_assert(!lb_json_get_str(js, toks, n, 0, "missing", out, sizeof(out)));
+    ck_assert(!lb_jsontok_get_str(js, toks, n, 0, "missing", out, sizeof(out)));
     ck_assert_str_eq(out, "");
-    ck_assert(!lb_json_get_str(js, toks, n, 0, "n", out, sizeof(out)));     /* not a string */
-    int authz = lb_json_get(js, toks, n, 0, "authorizations");
+    ck_assert(!lb_jsontok_get_str(js, toks, n, 0, "n", out, sizeof(out)));     /* not a string */
+    int authz = lb_jsontok_get(js, toks, n, 0, "authorizations");
     ck_assert_int_eq(toks[authz].children, 2);
-    ck_assert(lb_json_str(js, toks, n, lb_json_elem(toks, n, authz, 1), out, sizeof(out)));
+    ck_assert(lb_jsontok_str(js, toks, n, lb_jsontok_elem(toks, n, authz, 1), out, sizeof(out)));
     ck_assert_str_eq(out, "https://ca/authz/2");
-    ck_assert_int_eq(lb_json_elem(toks, n, authz, 2), -1);
+    ck_assert_int_eq(lb_jsontok_elem(toks, n, authz, 2), -1);
     /* Members after nested values are found (skipping counts right). */
-    int ch = lb_json_get(js, toks, n, 0, "challenges");
-    int second = lb_json_elem(toks, n, ch, 1);
-    ck_assert(lb_json_get_str(js, toks, n, second, "token", out, sizeof(out)));
+    int ch = lb_jsontok_get(js, toks, n, 0, "challenges");
+    int second = lb_jsontok_elem(toks, n, ch, 1);
+    ck_assert(lb_jsontok_get_str(js, toks, n, second, "token", out, sizeof(out)));
     ck_assert_str_eq(out, "t2");
     /* Too small an output is refused, not truncated. */
-    ck_assert(!lb_json_get_str(js, toks, n, 0, "status", out, 4));
+    ck_assert(!lb_jsontok_get_str(js, toks, n, 0, "status", out, 4));
 }
 END_TEST
 
@@ -58,17 +58,17 @@ START_TEST(test_json_malformed)
 {
     static const char *const bad[] = { "", "{", "{\"a\"}", "{\"a\":}", "[1,]x", "{\"a\":1,}",
                                        "\"abc", "[1 2]", "{\"a\":\"\x01\"}", "{} {}", NULL };
-    struct lb_json_tok toks[16];
+    struct lb_jsontok toks[16];
     for (int i = 0; bad[i] != NULL; i++)
-        ck_assert_msg(lb_json_parse(bad[i], strlen(bad[i]), toks, 16) < 0, "accepted %s", bad[i]);
+        ck_assert_msg(lb_jsontok_parse(bad[i], strlen(bad[i]), toks, 16) < 0, "accepted %s", bad[i]);
     /* More tokens than room: refused. */
-    ck_assert_int_lt(lb_json_parse("[1,2,3,4]", 9, toks, 3), 0);
+    ck_assert_int_lt(lb_jsontok_parse("[1,2,3,4]", 9, toks, 3), 0);
     /* Deep nesting is bounded. */
     char deep[200];
     memset(deep, '[', 100);
     memset(deep + 100, ']', 100);
-    struct lb_json_tok many[128];
-    ck_assert_int_lt(lb_json_parse(deep, 200, many, 128), 0);
+    struct lb_jsontok many[128];
+    ck_assert_int_lt(lb_jsontok_parse(deep, 200, many, 128), 0);
 }
 END_TEST
 
