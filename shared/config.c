@@ -2236,6 +2236,15 @@ static int lb_cfg_faults(struct lb_loader *ld, const config_setting_t *root,
                                            "the fault out", name);
         }
         struct lb_pool_cfg *pl = &cfg->pools[p];
+        /* One draw per request, each fault the next share of it: past 100 %
+         * the later faults would get less than their percent (or none). */
+        uint64_t sum = f->ppm;
+        for (size_t k = 0; k < pl->nfaults; k++)
+            sum += cfg->faults[pl->faults[k]].ppm;
+        if (sum > LB_FAULT_PPM_ONE)
+            return lb_cfg_fail(ld, pc, "pool '%s': its faults add up to %g %%, more than 100 "
+                                       "(a request gets one fault at most)",
+                               pl->name, (double)sum / (LB_FAULT_PPM_ONE / 100));
         pl->faults[pl->nfaults++] = (uint8_t)i;
         cfg->nfaults++;
     }

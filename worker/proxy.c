@@ -636,8 +636,16 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     LB_ANSWER_PUT(code, sizeof(code));
     LB_ANSWER_STR(" ");
     LB_ANSWER_PUT(reason, rlen);
-    LB_ANSWER_STR("\r\nContent-Type: text/plain\r\nContent-Length: ");
-    LB_ANSWER_PUT(clen + (blen < 10), 2 - (blen < 10));
+    /* 204 and 304 have no content, and an answer to HEAD none of its own
+     * (RFC 9110 6.4.1): a body after the head would be read by the client
+     * as the start of the next answer on the connection. (Both come from
+     * a fault's abort: X-Lbd-Fault-Abort is any of 200-599.) */
+    bool no_content = status == 204 || status == 304;
+    bool body = !no_content && !(s->req_flags & LB_MSG_HEAD);
+    if (!no_content) {
+        LB_ANSWER_STR("\r\nContent-Type: text/plain\r\nContent-Length: ");
+        LB_ANSWER_PUT(clen + (blen < 10), 2 - (blen < 10));
+    }
     LB_ANSWER_STR("\r\n");
     if (extra_len > 0)
         LB_ANSWER_PUT(extra, extra_len);
@@ -649,10 +657,12 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     if (!keep)
         LB_ANSWER_STR("Connection: close\r\n");
     LB_ANSWER_STR("\r\n");
-    LB_ANSWER_PUT(code, sizeof(code));
-    LB_ANSWER_STR(" ");
-    LB_ANSWER_PUT(reason, rlen);
-    LB_ANSWER_STR("\n");
+    if (body) {
+        LB_ANSWER_PUT(code, sizeof(code));
+        LB_ANSWER_STR(" ");
+        LB_ANSWER_PUT(reason, rlen);
+        LB_ANSWER_STR("\n");
+    }
 #undef LB_ANSWER_STR
 #undef LB_ANSWER_PUT
     v.iov_len = n;

@@ -182,3 +182,37 @@ class FaultTest(LbdTestCase):
         self.assertEqual(self.backend_requests(), 1)
         m = admin_metrics(self.admin)
         self.assertEqual(m.value("lbd_faults_injected_total", fault="headers", type="abort"), 0)
+
+    def pipelined(self, *requests):
+        """REQUESTS sent in one write on one connection, the last with
+        Connection: close; everything lbd answered, up to its close."""
+        raw = b""
+        for i, (method, headers) in enumerate(requests):
+            last = i == len(requests) - 1
+            raw += (f"{method} / HTTP/1.1\r\nHost: x\r\n{headers}"
+                    f"{'Connection: close' + chr(13) + chr(10) if last else ''}\r\n").encode()
+        host, port = self.listen.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(raw)
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
+
+    def test_abort_without_body_keeps_framing(self):
+        """An abort to a HEAD request, or with a status that has no content
+        (204, 304), is a head alone: the next answer on the connection
+        starts right after it (a body there would be read as the start of
+        the next answer: the client and lbd would disagree on framing)."""
+        self.fault_lbd("", routes_extra="faults_from_headers = true;")
+        for method, status in (("GET", 204), ("GET", 304), ("HEAD", 503), ("HEAD", 200)):
+            out = self.pipelined((method, f"X-Lbd-Fault-Abort: {status}\r\n"), ("GET", ""))
+            head, sep, rest = out.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(f"HTTP/1.1 {status} ".encode()), out)
+            self.assertNotIn(b"connection: close", head.lower(), out)
+            self.assertTrue(rest.startswith(b"HTTP/1.1 200 "), (method, status, out))
+            if status in (204, 304):
+                self.assertNotIn(b"content-length", head.lower(), out)
+        self.assertEqual(self.backend_requests(), 4)

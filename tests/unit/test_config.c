@@ -1854,6 +1854,10 @@ START_TEST(test_err_admin_token_and_faults)
                  "  { name = \"a\"; pool = \"web\"; percent = 1; reset = true; }\n);\n",
                  "name = \"a\"; pool = \"web\"; percent = 1; reset = true; }\n);",
                  "duplicate fault 'a'");
+    /* A pool's faults share one draw: more than 100 % in all cannot be honoured. */
+    expect_error(MINIMAL "faults = (\n  { name = \"a\"; pool = \"web\"; percent = 60; reset = true; },\n"
+                 "  { name = \"b\"; pool = \"web\"; percent = 40.5; abort = 503; }\n);\n",
+                 "name = \"b\"", "pool 'web': its faults add up to 100.5 %, more than 100");
     expect_error(MINIMAL "routes = (\n  { host = \"*\"; pool = \"web\"; faults_from_headers = 1; }\n);\n",
                  "faults_from_headers", "faults_from_headers");
 #undef F
