@@ -46,13 +46,13 @@ copy_extensions = copy
 commonName = supplied
 """
 
-    def __init__(self, d):
+    def __init__(self, d, name="lbd test CA"):
         self.dir = d
         self.ca = os.path.join(d, "ca.pem")
         self.ca_key = os.path.join(d, "ca.key")
         self._ok(run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
                       "ec_paramgen_curve:P-256", "-nodes", "-keyout", self.ca_key, "-out", self.ca,
-                      "-days", "2", "-subj", "/CN=lbd test CA"]))
+                      "-days", "2", "-subj", f"/CN={name}"]))
         with open(os.path.join(d, "ca.cnf"), "w") as f:
             f.write(self.CA_CNF.format(d=d))
         open(os.path.join(d, "index.txt"), "w").close()
