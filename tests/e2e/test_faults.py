@@ -110,6 +110,23 @@ class FaultTest(LbdTestCase):
         self.assertEqual(doc["runtime"], {"percent": 0, "enabled": True})
         self.assertIsNone(doc["percent_override"])
 
+    def test_runtime_percents_of_a_pool_stay_within_100(self):
+        """A pool's faults share one draw: PUT may not take their live
+        shares past 100 % (409, nothing changed); a disabled fault counts
+        for nothing, so enabling it again is what is refused then."""
+        self.fault_lbd('{ name = "a"; pool = "web"; percent = 60; abort = 503; },'
+                       '{ name = "b"; pool = "web"; percent = 30; abort = 502; }')
+        st, doc, _ = api(self.admin, "/api/faults/b", "PUT", {"percent": 50}, TOKEN)
+        self.assertEqual(st, 409, doc)
+        self.assertIn("110", doc["message"])
+        self.assertEqual(api(self.admin, "/api/faults/b")[1]["runtime"]["percent"], 30)
+        self.assertEqual(api(self.admin, "/api/faults/b", "PUT", {"percent": 40}, TOKEN)[0], 200)
+        self.assertEqual(api(self.admin, "/api/faults/a", "PUT", {"enabled": False}, TOKEN)[0], 200)
+        self.assertEqual(api(self.admin, "/api/faults/b", "PUT", {"percent": 100}, TOKEN)[0], 200)
+        self.assertEqual(api(self.admin, "/api/faults/a", "PUT", {"enabled": True}, TOKEN)[0], 409)
+        got = statuses(run_requests(self.listen, [("/", ())] * 20))
+        self.assertEqual(got, {502: 20})
+
     def test_runtime_percent_survives_reload(self):
         """A runtime percent stays over a reload (the fault is found again
         by its name)."""
