@@ -17,6 +17,8 @@
 
 #include <stdbool.h>
 
+#include <event2/event_struct.h>
+
 #include "shared/config.h"
 #include "shared/list.h"
 #include "shared/log.h"
@@ -26,8 +28,6 @@
 #include "worker/queue.h"
 
 struct event_base;
-struct evconnlistener;
-struct event;
 
 struct lb_pool_rt;
 struct lb_ratelimit;
@@ -69,10 +69,15 @@ struct lb_pool_rt {
     const char **names;                     /* per server, for the ring */
 };
 
-/* What a listener's accepted connections need to know of it. */
+/* A listen socket of the worker's and what its accepted connections need
+ * to know of it. */
 struct lb_worker_listener {
     struct lb_worker *w;
     const struct lb_listener_cfg *cfg;
+    struct event ev;                    /* readable: connections are queued */
+    int fd;                             /* -1: closed (draining) */
+    unsigned burst;                     /* accepted per wakeup at most */
+    bool on;                            /* ev is added */
 };
 
 struct lb_worker {
@@ -86,8 +91,7 @@ struct lb_worker {
     bool draining;
     uint64_t drain_idle_ms;     /* set when draining: lb_worker_drain_idle_ms */
 
-    struct evconnlistener **listeners;
-    struct lb_worker_listener *lctx;        /* each listener's accept callback argument */
+    struct lb_worker_listener *listeners;   /* one per cfg->listeners */
     size_t nlisteners;
     /* The fd budget (shared/fdbudget.h), fixed at start. Invariant kept by
      * closing idle backend connections (lb_upstream_make_room):
