@@ -53,11 +53,14 @@ static void lb_httpc_check(struct lb_httpc *c)
         const char *err = NULL;
         char big[64];
         if (r->too_big) {
-            snprintf(big, sizeof(big), "answer over %zu bytes", r->max);
+            if (r->max % (1u << 20) == 0)
+                snprintf(big, sizeof(big), "answer over %zu MB", r->max >> 20);
+            else
+                snprintf(big, sizeof(big), "answer over %zu bytes", r->max);
             err = big;
-        }
-        else if (rc != CURLE_OK)
+        } else if (rc != CURLE_OK) {
             err = r->error[0] ? r->error : curl_easy_strerror(rc);
+        }
         curl_multi_remove_handle(c->multi, r->easy);
         curl_easy_cleanup(r->easy);
         r->easy = NULL;
