@@ -13,7 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -22,6 +21,7 @@
 #include <openssl/x509v3.h>
 
 #include "master/jsontok.h"
+#include "master/httpc.h"
 #include "master/jws.h"
 #include "shared/log.h"
 #include "shared/shm.h"
@@ -35,7 +35,6 @@
 #define LB_ACME_BACKOFF_MIN_S   10
 #define LB_ACME_BACKOFF_MAX_S   3600
 #define LB_ACME_NONCE_TRIES     5               /* badNonce: the request again */
-#define LB_ACME_SOCKETS         8               /* libcurl's, watched at once */
 
 struct lb_acme_name {
     char name[LB_ACME_NAME_MAX];
@@ -51,8 +50,8 @@ struct lb_acme_name {
 
 struct lb_acme_resp {
     long status;
-    char *body;
-    size_t len, cap;
+    char *body;                         /* NULL: none */
+    size_t len;
     char location[LB_ACME_URL_MAX];
     char nonce[LB_ACME_NONCE_MAX];
     unsigned retry_after;
@@ -79,14 +78,10 @@ struct lb_acme {
     struct lb_acme_name *names;
     size_t nnames;
 
-    /* libcurl: one transfer at a time (the protocol is a sequence). */
-    CURLM *multi;
-    CURL *easy;
-    bool busy;                          /* EASY is in MULTI */
-    struct curl_slist *hdrs;
-    char *req_body;
-    struct event *curl_timer;
-    struct { curl_socket_t fd; struct event *ev; } socks[LB_ACME_SOCKETS];
+    /* One request at a time (the protocol is a sequence). */
+    struct lb_httpc *httpc;
+    struct lb_httpc_req *req;           /* under way; NULL: none */
+    char req_url[LB_ACME_URL_MAX];      /* its URL, for the log and errors */
     struct lb_acme_resp *r;             /* the answer of the last transfer */
     lb_acme_step on_answer;             /* run once it is in R (or failed: ANSWER_OK false) */
     bool answer_ok;
@@ -151,54 +146,10 @@ static void lb_acme_after(struct lb_acme *a, uint64_t ms, lb_acme_step step)
     evtimer_add(a->timer, &tv);
 }
 
-/* ---- HTTP: libcurl's multi interface on the control process's loop -------- */
+/* ---- HTTP: one request at a time through master/httpc ------------------- */
 
-static size_t lb_acme_body_cb(char *data, size_t size, size_t nmemb, void *arg)
-{
-    struct lb_acme_resp *r = arg;
-    size_t n = size * nmemb;
-    if (r->len + n + 1 > LB_ACME_BODY_MAX)
-        return 0;       /* too big: the transfer fails */
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = (r->len + n + 1) * 2;
-        char *b = realloc(r->body, cap);
-        if (b == NULL)
-            return 0;
-        r->body = b;
-        r->cap = cap;
-    }
-    memcpy(r->body + r->len, data, n);
-    r->len += n;
-    r->body[r->len] = '\0';
-    return n;
-}
-
-static void lb_acme_header_value(const char *line, size_t n, size_t skip, char *out, size_t cap)
-{
-    while (skip < n && (line[skip] == ' ' || line[skip] == '\t'))
-        skip++;
-    while (n > skip && (line[n - 1] == '\r' || line[n - 1] == '\n' || line[n - 1] == ' '))
-        n--;
-    size_t len = n - skip < cap - 1 ? n - skip : cap - 1;
-    memcpy(out, line + skip, len);
-    out[len] = '\0';
-}
-
-static size_t lb_acme_header_cb(char *line, size_t size, size_t nmemb, void *arg)
-{
-    struct lb_acme_resp *r = arg;
-    size_t n = size * nmemb;
-    if (n > 13 && strncasecmp(line, "Replay-Nonce:", 13) == 0)
-        lb_acme_header_value(line, n, 13, r->nonce, sizeof(r->nonce));
-    else if (n > 9 && strncasecmp(line, "Location:", 9) == 0)
-        lb_acme_header_value(line, n, 9, r->location, sizeof(r->location));
-    else if (n > 12 && strncasecmp(line, "Retry-After:", 12) == 0) {
-        char v[32];
-        lb_acme_header_value(line, n, 12, v, sizeof(v));
-        r->retry_after = (unsigned)strtoul(v, NULL, 10);      /* a date reads as 0 */
-    }
-    return n;
-}
+/* The response headers the protocol reads, in lb_acme_resp_set's order. */
+static const char *const lb_acme_headers[] = { "Replay-Nonce", "Location", "Retry-After", NULL };
 
 static void lb_acme_resp_clear(struct lb_acme_resp *r)
 {
@@ -207,156 +158,81 @@ static void lb_acme_resp_clear(struct lb_acme_resp *r)
     r->ntoks = 0;
 }
 
-/* The transfer ended: its answer (or failure) goes to the step waiting. */
-static void lb_acme_transfers_done(struct lb_acme *a)
+/* The answer into R, cleared when its request started: httpc frees
+ * BODY and the header values once the answer is handed over, and the
+ * steps read R later (after a poll's wait). */
+static int lb_acme_resp_set(struct lb_acme_resp *r, long status, const char *body, size_t len,
+                            const char *const *headers)
 {
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(a->multi, &left)) != NULL) {
-        if (msg->msg != CURLMSG_DONE || msg->easy_handle != a->easy)
-            continue;
-        CURLcode rc = msg->data.result;
-        curl_multi_remove_handle(a->multi, a->easy);
-        a->busy = false;
-        curl_slist_free_all(a->hdrs);
-        a->hdrs = NULL;
-        free(a->req_body);
-        a->req_body = NULL;
-        char *url = NULL;
-        curl_easy_getinfo(a->easy, CURLINFO_EFFECTIVE_URL, &url);
-        a->answer_ok = rc == CURLE_OK;
-        if (a->answer_ok) {
-            struct lb_acme_resp *r = a->r;
-            curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &r->status);
-            r->ntoks = r->body != NULL ? lb_jsontok_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
-            lb_log_debug("acme: %s: %ld", url ? url : "?", r->status);
-        } else {
-            snprintf(a->err, sizeof(a->err), "%s: %s", url ? url : "?", curl_easy_strerror(rc));
-        }
-        lb_acme_step step = a->on_answer;
-        a->on_answer = NULL;
-        if (step != NULL)
-            step(a);
-        return;     /* one transfer at a time */
+    r->status = status;
+    if (len > 0) {
+        if ((r->body = malloc(len + 1)) == NULL)
+            return -1;
+        memcpy(r->body, body, len + 1);
+        r->len = len;
     }
-}
-
-static void lb_acme_sock_event(evutil_socket_t fd, short what, void *arg)
-{
-    struct lb_acme *a = arg;
-    int running = 0;
-    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
-    curl_multi_socket_action(a->multi, fd, flags, &running);
-    lb_acme_transfers_done(a);
-}
-
-static void lb_acme_curl_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    struct lb_acme *a = arg;
-    int running = 0;
-    curl_multi_socket_action(a->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    lb_acme_transfers_done(a);
-}
-
-/* libcurl says which of its sockets to watch for what. */
-static int lb_acme_sock_cb(CURL *e, curl_socket_t s, int what, void *arg, void *sockp)
-{
-    (void)e;
-    (void)sockp;
-    struct lb_acme *a = arg;
-    int slot = -1, free_slot = -1;
-    for (int i = 0; i < LB_ACME_SOCKETS; i++) {
-        if (a->socks[i].ev != NULL && a->socks[i].fd == s)
-            slot = i;
-        else if (a->socks[i].ev == NULL && free_slot < 0)
-            free_slot = i;
-    }
-    if (what == CURL_POLL_REMOVE) {
-        if (slot >= 0) {
-            event_free(a->socks[slot].ev);
-            a->socks[slot].ev = NULL;
-        }
-        return 0;
-    }
-    short kind = (short)(EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
-                         ((what & CURL_POLL_OUT) ? EV_WRITE : 0));
-    if (slot >= 0) {
-        event_free(a->socks[slot].ev);
-    } else {
-        if (free_slot < 0)
-            return -1;      /* libcurl fails the transfer */
-        slot = free_slot;
-    }
-    a->socks[slot].fd = s;
-    a->socks[slot].ev = event_new(a->base, s, kind, lb_acme_sock_event, a);
-    if (a->socks[slot].ev == NULL || event_add(a->socks[slot].ev, NULL) < 0)
-        return -1;
+    if (headers[0] != NULL)
+        snprintf(r->nonce, sizeof(r->nonce), "%s", headers[0]);
+    if (headers[1] != NULL)
+        snprintf(r->location, sizeof(r->location), "%s", headers[1]);
+    if (headers[2] != NULL)
+        r->retry_after = (unsigned)strtoul(headers[2], NULL, 10);     /* a date reads as 0 */
     return 0;
 }
 
-static int lb_acme_curl_timer_cb(CURLM *m, long ms, void *arg)
+/* The transfer ended: its answer (or failure) goes to the step waiting. */
+static void lb_acme_answer(void *arg, const char *error, long status, const char *body,
+                           size_t len, const char *const *headers)
 {
-    (void)m;
     struct lb_acme *a = arg;
-    if (ms < 0) {
-        evtimer_del(a->curl_timer);
-        return 0;
+    a->req = NULL;
+    if (error == NULL && lb_acme_resp_set(a->r, status, body, len, headers) < 0)
+        error = "out of memory";
+    a->answer_ok = error == NULL;
+    if (a->answer_ok) {
+        struct lb_acme_resp *r = a->r;
+        r->ntoks = r->body != NULL ? lb_jsontok_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
+        lb_log_debug("acme: %s: %ld", a->req_url, r->status);
+    } else {
+        snprintf(a->err, sizeof(a->err), "%.256s: %s", a->req_url, error);
     }
-    struct timeval tv = lb_ms_timeval((uint64_t)ms);
-    return evtimer_add(a->curl_timer, &tv);
+    lb_acme_step step = a->on_answer;
+    a->on_answer = NULL;
+    if (step != NULL)
+        step(a);
 }
 
-/* Start one request: GET (BODY NULL), HEAD or POST of BODY (taken), whose
- * answer STEP gets in a->r (a->answer_ok false: none came, a->err says
- * why). */
+/* Start one request: GET (BODY NULL), HEAD or POST of BODY (freed here),
+ * whose answer STEP gets in a->r (a->answer_ok false: none came, a->err
+ * says why). */
 static void lb_acme_request(struct lb_acme *a, const char *url, char *body, bool head,
                             const char *accept, lb_acme_step step)
 {
     lb_acme_resp_clear(a->r);
-    CURL *c = a->easy;
-    curl_easy_reset(c);
     char ua[64];
     snprintf(ua, sizeof(ua), "lbd/%s (ACME)", LB_VERSION);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, ua);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, lb_acme_body_cb);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, a->r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, lb_acme_header_cb);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, a->r);
-    if (a->ac->ca_file != NULL)
-        curl_easy_setopt(c, CURLOPT_CAINFO, a->ac->ca_file);
-    if (head)
-        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    a->req_body = body;
-    if (body != NULL) {
-        a->hdrs = curl_slist_append(a->hdrs, "Content-Type: application/jose+json");
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    if (accept != NULL) {
-        char h[128];
-        snprintf(h, sizeof(h), "Accept: %s", accept);
-        a->hdrs = curl_slist_append(a->hdrs, h);
-    }
-    if (a->hdrs != NULL)
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, a->hdrs);
+    struct lb_httpc_opts o = {
+        .method = body != NULL ? LB_HTTPC_POST : head ? LB_HTTPC_HEAD : LB_HTTPC_GET,
+        .body = body,
+        .content_type = "application/jose+json",
+        .accept = accept,
+        .user_agent = ua,
+        .ca_file = a->ac->ca_file,
+        .https_only = true,
+        .env_proxy = true,              /* the CA is on the internet */
+        .timeout_ms = 30000,
+        .connect_timeout_ms = 10000,
+        .body_max = LB_ACME_BODY_MAX,
+        .headers = lb_acme_headers,
+    };
+    snprintf(a->req_url, sizeof(a->req_url), "%s", url);
     a->on_answer = step;
-    if (curl_multi_add_handle(a->multi, c) != CURLM_OK) {
-        curl_slist_free_all(a->hdrs);
-        a->hdrs = NULL;
-        free(a->req_body);
-        a->req_body = NULL;
+    a->req = lb_httpc_request(a->httpc, url, &o, lb_acme_answer, a);
+    free(body);
+    if (a->req == NULL) {
         a->on_answer = NULL;
-        lb_acme_fail(a, "%s: libcurl refused the request", url);
-        return;
+        lb_acme_fail(a, "%s: the request could not start (out of memory)", url);
     }
-    a->busy = true;
 }
 
 static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, char *out,
@@ -1196,8 +1072,7 @@ struct lb_acme *lb_acme_start(struct event_base *base, const struct lb_config *c
     struct lb_acme *a = calloc(1, sizeof(*a));
     if (a == NULL || (a->names = calloc(total, sizeof(*a->names))) == NULL ||
         (a->r = calloc(1, sizeof(*a->r))) == NULL ||
-        (a->timer = evtimer_new(base, lb_acme_timer_cb, a)) == NULL ||
-        (a->curl_timer = evtimer_new(base, lb_acme_curl_timeout, a)) == NULL) {
+        (a->timer = evtimer_new(base, lb_acme_timer_cb, a)) == NULL) {
         lb_log_error("acme: out of memory: no certificates obtained");
         lb_acme_stop(a);
         return NULL;
@@ -1224,16 +1099,11 @@ struct lb_acme *lb_acme_start(struct event_base *base, const struct lb_config *c
     }
     if (a->nnames > LB_ACME_MAX_NAMES)
         lb_log_warn("acme: %zu names; /status shows the first %d", a->nnames, LB_ACME_MAX_NAMES);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || (a->multi = curl_multi_init()) == NULL ||
-        (a->easy = curl_easy_init()) == NULL) {
+    if ((a->httpc = lb_httpc_new(base)) == NULL) {
         lb_log_error("acme: libcurl could not start: no certificates obtained");
         lb_acme_stop(a);
         return NULL;
     }
-    curl_multi_setopt(a->multi, CURLMOPT_SOCKETFUNCTION, lb_acme_sock_cb);
-    curl_multi_setopt(a->multi, CURLMOPT_SOCKETDATA, a);
-    curl_multi_setopt(a->multi, CURLMOPT_TIMERFUNCTION, lb_acme_curl_timer_cb);
-    curl_multi_setopt(a->multi, CURLMOPT_TIMERDATA, a);
     int64_t now = time(NULL);
     for (size_t i = 0; i < a->nnames; i++) {
         struct lb_acme_name *n = &a->names[i];
@@ -1262,23 +1132,10 @@ void lb_acme_stop(struct lb_acme *a)
         lb_log_info("acme: %s: order interrupted by the stop", a->cur->name);
         lb_acme_order_clear(a);
     }
-    if (a->busy)
-        curl_multi_remove_handle(a->multi, a->easy);
-    curl_slist_free_all(a->hdrs);
-    free(a->req_body);
-    if (a->easy != NULL)
-        curl_easy_cleanup(a->easy);
-    if (a->multi != NULL) {
-        curl_multi_cleanup(a->multi);
-        curl_global_cleanup();
-    }
-    for (int i = 0; i < LB_ACME_SOCKETS; i++)
-        if (a->socks[i].ev != NULL)
-            event_free(a->socks[i].ev);
+    lb_httpc_cancel(a->req);
+    lb_httpc_free(a->httpc);
     if (a->timer != NULL)
         event_free(a->timer);
-    if (a->curl_timer != NULL)
-        event_free(a->curl_timer);
     if (a->r != NULL)
         lb_acme_resp_clear(a->r);
     free(a->r);

@@ -7,11 +7,11 @@
  * reload, no connection dropped). Challenges are answered by the workers
  * from shm (worker/challenge.h).
  *
- * The protocol runs on the control process's event loop: libcurl's multi
- * interface with its sockets and timer as libevent events, one request at
- * a time (an order is a sequence), each answer handled by the next step
- * of the order (a callback), polls waiting on a timer. Health checks,
- * /status and ticket rotation go on between the steps.
+ * The protocol runs on the control process's event loop through
+ * master/httpc (libcurl's multi interface, as service discovery does),
+ * one request at a time (an order is a sequence), each answer handled by
+ * the next step of the order (a callback), polls waiting on a timer.
+ * Health checks, /status and ticket rotation go on between the steps.
  *
  * Per name:
  *

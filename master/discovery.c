@@ -267,11 +267,11 @@ static void lb_etcd_kick(evutil_socket_t fd, short what, void *arg)
 }
 
 static void lb_etcd_watch_done(void *arg, const char *error, long status, const char *body,
-                               size_t len, const char *header)
+                               size_t len, const char *const *headers)
 {
     (void)body;
     (void)len;
-    (void)header;
+    (void)headers;
     struct lb_watch *w = arg;
     w->watch = NULL;
     w->stream_len = 0;
@@ -298,16 +298,16 @@ static void lb_etcd_watch(struct lb_watch *w)
         return;
     }
     w->stream_len = 0;
-    w->watch = lb_httpc_request(w->owner->httpc, url, body, 0, NULL, lb_etcd_stream,
-                                lb_etcd_watch_done, w);
+    struct lb_httpc_opts o = { .method = LB_HTTPC_POST, .body = body, .stream = lb_etcd_stream };
+    w->watch = lb_httpc_request(w->owner->httpc, url, &o, lb_etcd_watch_done, w);
     if (w->watch == NULL)
         lb_etcd_fail(w, "%s", "out of memory");
 }
 
 static void lb_etcd_range_done(void *arg, const char *error, long status, const char *body,
-                               size_t len, const char *header)
+                               size_t len, const char *const *headers)
 {
-    (void)header;
+    (void)headers;
     struct lb_watch *w = arg;
     w->req = NULL;
     char why[200];
@@ -354,8 +354,8 @@ static void lb_etcd_range(struct lb_watch *w)
         lb_etcd_fail(w, "%s", "prefix too long");
         return;
     }
-    w->req = lb_httpc_request(w->owner->httpc, url, body, d->timeout_ms, NULL, NULL,
-                              lb_etcd_range_done, w);
+    struct lb_httpc_opts o = { .method = LB_HTTPC_POST, .body = body, .timeout_ms = d->timeout_ms };
+    w->req = lb_httpc_request(w->owner->httpc, url, &o, lb_etcd_range_done, w);
     if (w->req == NULL)
         lb_etcd_fail(w, "%s", "out of memory");
 }
@@ -669,10 +669,11 @@ void lb_discovery_stop(struct lb_discovery *d)
  * server that does not block is not asked in a loop. */
 
 static void lb_consul_done(void *arg, const char *error, long status, const char *body,
-                           size_t len, const char *header)
+                           size_t len, const char *const *headers)
 {
     struct lb_watch *w = arg;
     w->req = NULL;
+    const char *header = headers[0];
     const struct lb_discovery_cfg *d = &w->pool->discovery;
     if (!lb_watch_current(w))
         return;     /* retiring; its timer stops it */
@@ -714,8 +715,9 @@ static void lb_consul_query(struct lb_watch *w)
     w->asked_ms = lb_now_ms();
     /* Consul adds up to wait/16 of jitter to the wait. */
     uint64_t timeout = d->wait_ms + d->wait_ms / 16 + d->timeout_ms;
-    w->req = lb_httpc_request(w->owner->httpc, url, NULL, timeout, "X-Consul-Index", NULL,
-                              lb_consul_done, w);
+    static const char *const index[] = { "X-Consul-Index", NULL };
+    struct lb_httpc_opts o = { .timeout_ms = timeout, .headers = index };
+    w->req = lb_httpc_request(w->owner->httpc, url, &o, lb_consul_done, w);
     if (w->req == NULL)
         lb_watch_failed(w, "%s", "out of memory");
 }

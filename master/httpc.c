@@ -1,6 +1,7 @@
 #include "master/httpc.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -8,6 +9,7 @@
 #include <curl/curl.h>
 
 #define LB_HTTPC_BODY_MAX (4u << 20)
+#define LB_HTTPC_CONNECT_MS 2000
 
 struct lb_httpc {
     struct event_base *base;
@@ -20,10 +22,10 @@ struct lb_httpc_req {
     CURL *easy;
     struct curl_slist *headers;
     char *body;                         /* received, when not streamed */
-    size_t len, cap;
-    char *header_name;
-    char *header_value;
-    char *post;
+    size_t len, cap, max;
+    char *header_names[LB_HTTPC_HEADERS_MAX];
+    char *header_values[LB_HTTPC_HEADERS_MAX];
+    int nheaders;
     lb_httpc_data_cb stream;
     lb_httpc_done_cb done;
     void *arg;
@@ -49,15 +51,22 @@ static void lb_httpc_check(struct lb_httpc *c)
         long status = 0;
         curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
         const char *err = NULL;
-        if (r->too_big)
-            err = "answer over 4 MB";
-        else if (rc != CURLE_OK)
+        char big[64];
+        if (r->too_big) {
+            if (r->max % (1u << 20) == 0)
+                snprintf(big, sizeof(big), "answer over %zu MB", r->max >> 20);
+            else
+                snprintf(big, sizeof(big), "answer over %zu bytes", r->max);
+            err = big;
+        } else if (rc != CURLE_OK) {
             err = r->error[0] ? r->error : curl_easy_strerror(rc);
+        }
         curl_multi_remove_handle(c->multi, r->easy);
         curl_easy_cleanup(r->easy);
         r->easy = NULL;
         /* The callback may start the next request; it must forget R. */
-        r->done(r->arg, err, status, r->body ? r->body : "", r->len, r->header_value);
+        r->done(r->arg, err, status, r->body ? r->body : "", r->len,
+                (const char *const *)r->header_values);
         lb_httpc_cancel(r);
     }
 }
@@ -125,6 +134,8 @@ static int lb_httpc_timercb(CURLM *m, long ms, void *userp)
 
 struct lb_httpc *lb_httpc_new(struct event_base *base)
 {
+    /* Once for the process (never cleaned up: the control process ends
+     * with it), whichever user comes first. */
     static bool inited;
     if (!inited && curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
         return NULL;
@@ -163,7 +174,7 @@ static size_t lb_httpc_write(char *data, size_t size, size_t n, void *userp)
     size_t len = size * n;
     if (r->stream != NULL)
         return r->stream(r->arg, data, len) ? len : 0;
-    if (r->len + len + 1 > LB_HTTPC_BODY_MAX) {
+    if (r->len + len + 1 > r->max) {
         r->too_big = true;
         return 0;
     }
@@ -186,31 +197,45 @@ static size_t lb_httpc_write(char *data, size_t size, size_t n, void *userp)
 static size_t lb_httpc_header(char *line, size_t size, size_t n, void *userp)
 {
     struct lb_httpc_req *r = userp;
-    size_t len = size * n, klen = strlen(r->header_name);
-    if (len > klen + 1 && strncasecmp(line, r->header_name, klen) == 0 && line[klen] == ':') {
+    size_t len = size * n;
+    for (int i = 0; i < r->nheaders; i++) {
+        const char *name = r->header_names[i];
+        size_t klen = strlen(name);
+        if (len <= klen + 1 || strncasecmp(line, name, klen) != 0 || line[klen] != ':')
+            continue;
         const char *v = line + klen + 1;
         const char *end = line + len;
         while (v < end && (*v == ' ' || *v == '\t'))
             v++;
         while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
             end--;
-        free(r->header_value);
-        r->header_value = strndup(v, (size_t)(end - v));
+        char *value = strndup(v, (size_t)(end - v));
+        if (value == NULL)
+            return 0;       /* the request fails rather than lose the header */
+        free(r->header_values[i]);
+        r->header_values[i] = value;
+        break;
     }
     return len;
 }
 
-struct lb_httpc_req *lb_httpc_request(struct lb_httpc *c, const char *url, const char *body,
-                                      uint64_t timeout_ms, const char *header,
-                                      lb_httpc_data_cb stream, lb_httpc_done_cb done, void *arg)
+struct lb_httpc_req *lb_httpc_request(struct lb_httpc *c, const char *url,
+                                      const struct lb_httpc_opts *o, lb_httpc_done_cb done,
+                                      void *arg)
 {
+    static const struct lb_httpc_opts none;
+    if (o == NULL)
+        o = &none;
+    if ((o->method == LB_HTTPC_POST) != (o->body != NULL))
+        return NULL;
     struct lb_httpc_req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL;
     r->owner = c;
-    r->stream = stream;
+    r->stream = o->stream;
     r->done = done;
     r->arg = arg;
+    r->max = o->body_max ? o->body_max : LB_HTTPC_BODY_MAX;
     r->easy = curl_easy_init();
     if (r->easy == NULL)
         goto fail;
@@ -221,28 +246,47 @@ struct lb_httpc_req *lb_httpc_request(struct lb_httpc *c, const char *url, const
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lb_httpc_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    /* The registry is named by the operator: no proxy from the
-     * environment between lbd and it. */
-    curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
-    if (timeout_ms > 0)
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-    if (header != NULL) {
-        r->header_name = strdup(header);
-        if (r->header_name == NULL)
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(o->connect_timeout_ms ? o->connect_timeout_ms : LB_HTTPC_CONNECT_MS));
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, o->https_only ? "https" : "http,https");
+    /* A registry is named by the operator: no proxy from the environment
+     * between lbd and it, unless the user asks for one. */
+    if (!o->env_proxy)
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+    if (o->timeout_ms > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)o->timeout_ms);
+    if (o->user_agent != NULL)
+        curl_easy_setopt(e, CURLOPT_USERAGENT, o->user_agent);
+    if (o->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+    for (int i = 0; o->headers != NULL && o->headers[i] != NULL; i++) {
+        if (i == LB_HTTPC_HEADERS_MAX || (r->header_names[i] = strdup(o->headers[i])) == NULL)
             goto fail;
+        r->nheaders = i + 1;
+    }
+    if (r->nheaders > 0) {
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, lb_httpc_header);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
     }
-    if (body != NULL) {
-        r->post = strdup(body);
-        r->headers = curl_slist_append(NULL, "Content-Type: application/json");
-        if (r->post == NULL || r->headers == NULL)
+    char h[160];
+    if (o->method == LB_HTTPC_HEAD)
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    if (o->method == LB_HTTPC_POST) {
+        snprintf(h, sizeof(h), "Content-Type: %s",
+                 o->content_type ? o->content_type : "application/json");
+        if ((r->headers = curl_slist_append(NULL, h)) == NULL ||
+            curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body) != CURLE_OK)
             goto fail;
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->post);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     }
+    if (o->accept != NULL) {
+        snprintf(h, sizeof(h), "Accept: %s", o->accept);
+        struct curl_slist *l = curl_slist_append(r->headers, h);
+        if (l == NULL)
+            goto fail;
+        r->headers = l;
+    }
+    if (r->headers != NULL)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK)
         goto fail;
     return r;
@@ -262,8 +306,9 @@ void lb_httpc_cancel(struct lb_httpc_req *r)
     }
     curl_slist_free_all(r->headers);
     free(r->body);
-    free(r->header_name);
-    free(r->header_value);
-    free(r->post);
+    for (int i = 0; i < r->nheaders; i++) {
+        free(r->header_names[i]);
+        free(r->header_values[i]);
+    }
     free(r);
 }

@@ -27,5 +27,6 @@ Suite *upgrade_suite(void);
 Suite *steer_suite(void);
 Suite *acme_suite(void);
 Suite *discovery_suite(void);
+Suite *httpc_suite(void);
 
 #endif
