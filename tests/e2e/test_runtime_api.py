@@ -7,6 +7,7 @@ import time
 from lbdtest import free_port, wait_for
 from lbdextra import admin_status, run_requests, tally
 from test_api import TOKEN, ApiTestCase, api
+from test_sticky import SECRET, cookie_value, pinned
 
 
 class RuntimeApiTest(ApiTestCase):
@@ -160,3 +161,31 @@ class RuntimeApiTest(ApiTestCase):
         srv = [s for s in self._pool()["servers"] if s["address"] == b.addr][0]
         self.assertEqual(srv["runtime"], {"weight": 3, "state": "ready"})
         self.assertGreater(self._counts(40).get("b", 0), 20)
+
+    def test_sticky_cookie_of_an_added_server(self):
+        """A sticky pool's runtime server gets the cookie value of its pool
+        and address (the documented HMAC, as a static server's): a client
+        holding it stays on it; once the server is removed the same cookie
+        is re-pinned to a server still there."""
+        a, b = self.start_backends("a", "b")
+        lbd = self._lbd([a], max_servers=2, sticky={"secret": SECRET})
+        st, doc, r = self._post(b.addr)
+        self.assertEqual(st, 201, r.body)
+        mine = cookie_value("web", b.addr)
+        # A fresh client pinned to b gets b's value in its Set-Cookie.
+        got = set()
+        for _ in range(6):
+            r = self.get("/", lbd=lbd)
+            if r.backend == "b":
+                got.add(pinned(r))
+        self.assertEqual(got, {mine})
+        per = self._counts(40, headers=[("Cookie", f"lbd_srv={mine}")])
+        self.assertEqual(per, {"b": 40})
+
+        st, doc, r = api(self.admin, self.server_path(b), "DELETE", None, TOKEN)
+        self.assertEqual(st, 200, r.body)
+        r = self.get("/", lbd=lbd, headers=[("Cookie", f"lbd_srv={mine}")])
+        self.assertEqual(r.backend, "a")
+        self.assertEqual(pinned(r), cookie_value("web", a.addr))
+        per = self._counts(20, headers=[("Cookie", f"lbd_srv={mine}")])
+        self.assertEqual(per, {"a": 20})
