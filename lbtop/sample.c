@@ -24,7 +24,10 @@ static void lb_top_take_servers(const struct lb_shm_header *h, struct lb_top_sam
             continue;
         for (unsigned b = 0; b < h->max_backends && b < LB_SHM_MAX_BACKENDS; b++) {
             const struct lb_shm_backend *be = lb_shm_backend(h, b);
-            if (atomic_load(&be->state) != LB_ENTRY_ACTIVE || be->pool_id != p)
+            /* An empty runtime slot is no server (shared/runtime.h); a
+             * filled one shows under its server's address. */
+            if (atomic_load(&be->state) != LB_ENTRY_ACTIVE || be->pool_id != p ||
+                !lb_shm_backend_shown(be))
                 continue;
             struct lb_top_server *v = &s->servers[s->nservers++];
             struct lb_backend_totals t;

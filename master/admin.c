@@ -21,6 +21,7 @@
 #include "shared/json.h"
 #include "shared/list.h"
 #include "shared/log.h"
+#include "shared/runtime.h"
 #include "shared/shm.h"
 #include "shared/util.h"
 #include "worker/http.h"
@@ -295,43 +296,87 @@ static const struct lb_pool_cfg *lb_admin_find_pool(const struct lb_config *cfg,
     return NULL;
 }
 
-/* POOL's server ADDRESS, as written in the file or in any form that
- * parses to the same address ("localhost:80", "[::1]:80"). */
-static const struct lb_server_cfg *lb_admin_find_server(const struct lb_pool_cfg *pc,
-                                                        const char *address)
+/* A server as the API shows it: a static one of the file, or one in a
+ * runtime slot (discovery or POST; shared/runtime.h) under its address. */
+struct lb_admin_srv {
+    unsigned id;                        /* backend row */
+    const char *address;
+    unsigned file_weight;               /* the file's, or the source's for a runtime one */
+    bool runtime;
+};
+
+/* ADDRESS's canonical form into CANON ("" when it does not parse). */
+static void lb_admin_canon(const char *address, char *canon, size_t len)
 {
-    char canon[LB_ADDR_STR_MAX] = "";
     struct lb_addr ad;
     const char *why;
+    canon[0] = '\0';
     if (lb_addr_parse(address, false, &ad, &why) == 0)
-        lb_addr_format(&ad, canon, sizeof(canon));
+        lb_addr_format(&ad, canon, len);
+}
+
+/* Pool PC's server at index J into OUT: false for a runtime slot with no
+ * server (or, unless DRAINING_TOO, one being removed). */
+static bool lb_admin_srv_at(const struct lb_shm_header *h, const struct lb_pool_cfg *pc, size_t j,
+                            bool draining_too, struct lb_admin_srv *out)
+{
+    const struct lb_server_cfg *sc = &pc->servers[j];
+    const struct lb_shm_backend *b = lb_shm_backend(h, sc->shm_id);
+    out->id = sc->shm_id;
+    out->runtime = sc->runtime;
+    if (!sc->runtime) {
+        out->address = sc->address;
+        out->file_weight = sc->weight;
+        return true;
+    }
+    uint32_t st = atomic_load_explicit(&b->rt_state, memory_order_acquire);
+    if (st != LB_RT_ACTIVE && !(draining_too && st == LB_RT_DRAINING))
+        return false;
+    out->address = b->rt_address;
+    out->file_weight = atomic_load(&b->file_weight);
+    return true;
+}
+
+/* POOL's server ADDRESS, as written in the file or in any form that
+ * parses to the same address ("localhost:80", "[::1]:80"); a runtime one
+ * only while it is in the pool (not being removed). */
+static bool lb_admin_find_server(const struct lb_shm_header *h, const struct lb_pool_cfg *pc,
+                                 const char *address, struct lb_admin_srv *out)
+{
+    char canon[LB_ADDR_STR_MAX];
+    lb_admin_canon(address, canon, sizeof(canon));
     for (size_t i = 0; i < pc->nservers; i++)
-        if (strcmp(pc->servers[i].address, address) == 0 ||
-            (canon[0] != '\0' && strcmp(pc->servers[i].address, canon) == 0))
-            return &pc->servers[i];
-    return NULL;
+        if (lb_admin_srv_at(h, pc, i, false, out) &&
+            (strcmp(out->address, address) == 0 ||
+             (canon[0] != '\0' && strcmp(out->address, canon) == 0)))
+            return true;
+    return false;
 }
 
 static void lb_admin_server_json(FILE *f, const struct lb_shm_header *h,
-                                 const struct lb_server_cfg *sc)
+                                 const struct lb_admin_srv *sv)
 {
-    struct lb_shm_backend *b = lb_shm_backend(h, sc->shm_id);
+    struct lb_shm_backend *b = lb_shm_backend(h, sv->id);
     uint32_t over = atomic_load(&b->weight_override);
     enum lb_backend_admin st = lb_backend_admin_state(b);
     if (st >= LB_BACKEND_ADMIN_STATES)
         st = LB_BACKEND_READY;
+    bool removed = sv->runtime && atomic_load(&b->rt_state) != LB_RT_ACTIVE;
     int64_t inflight = atomic_load(&b->inflight);
     fputs("{\"address\":", f);
-    lb_json_write_string(f, sc->address);
-    fprintf(f, ",\"file\":{\"weight\":%u,\"state\":\"ready\"},"
+    lb_json_write_string(f, sv->address);
+    fprintf(f, ",\"origin\":\"%s\",\"file\":{\"weight\":%u,\"state\":\"ready\"},"
                "\"runtime\":{\"weight\":%u,\"state\":\"%s\"},\"weight_override\":",
-            sc->weight, atomic_load(&b->weight), lb_backend_admin_names[st]);
+            sv->runtime ? "runtime" : "file", sv->file_weight, atomic_load(&b->weight),
+            lb_backend_admin_names[st]);
     if (over == LB_WEIGHT_NONE)
         fputs("null", f);
     else
         fprintf(f, "%u", over);
-    fprintf(f, ",\"overridden\":%s,\"health\":\"%s\",\"breaker\":\"%s\",\"in_flight\":%lld}",
+    fprintf(f, ",\"overridden\":%s,\"removed\":%s,\"health\":\"%s\",\"breaker\":\"%s\","
+               "\"in_flight\":%lld}",
             over != LB_WEIGHT_NONE || st != LB_BACKEND_READY ? "true" : "false",
+            removed ? "true" : "false",
             atomic_load(&b->health) == LB_HEALTH_UP ? "up" : "down",
             lb_breaker_state_names[lb_shm_breaker_shown(b, lb_now_ms())],
             (long long)(inflight > 0 ? inflight : 0));
@@ -347,11 +392,19 @@ static int lb_admin_pools(struct lb_admin_req *r)
         const struct lb_pool_cfg *pc = &cfg->pools[i];
         fputs(i ? ",{\"name\":" : "{\"name\":", r->f);
         lb_json_write_string(r->f, pc->name);
-        fprintf(r->f, ",\"strategy\":\"%s\",\"servers\":[", lb_strategy_name(pc->strategy));
+        fprintf(r->f, ",\"strategy\":\"%s\",\"max_servers\":%zu,\"servers\":[",
+                lb_strategy_name(pc->strategy), pc->nservers);
+        /* Empty runtime slots are no servers; draining ones show with
+         * "removed": true until their requests are over. */
+        bool first = true;
         for (size_t j = 0; j < pc->nservers; j++) {
-            if (j)
+            struct lb_admin_srv sv;
+            if (!lb_admin_srv_at(r->a->shm, pc, j, true, &sv))
+                continue;
+            if (!first)
                 fputc(',', r->f);
-            lb_admin_server_json(r->f, r->a->shm, &pc->servers[j]);
+            first = false;
+            lb_admin_server_json(r->f, r->a->shm, &sv);
         }
         fputs("]}", r->f);
     }
@@ -359,8 +412,74 @@ static int lb_admin_pools(struct lb_admin_req *r)
     return 200;
 }
 
+/* POST {"address": "IP:PORT", "weight": N}: a runtime server into one of
+ * the pool's free slots (max_servers), as a discovery answer would. */
+static int lb_admin_add_server(struct lb_admin_req *r)
+{
+    if (!lb_admin_method(r, "POST"))
+        return lb_admin_not_allowed(r, "POST");
+    int rc = lb_admin_auth(r);
+    if (rc != 0)
+        return rc;
+    const struct lb_pool_cfg *pc = lb_admin_find_pool(r->a->cfg, r->seg[2]);
+    if (pc == NULL)
+        return lb_admin_fail(r, 404, "no pool named '%s'", r->seg[2]);
+    struct lb_json_field f[4];
+    int n = lb_admin_body(r, f, LB_ARRAY_SIZE(f));
+    if (n < 0)
+        return 400;
+    const char *address = NULL;
+    long long weight = 1;
+    for (int i = 0; i < n; i++) {
+        if (strcmp(f[i].key, "address") == 0) {
+            if (f[i].type != LB_JSON_STRING)
+                return lb_admin_fail(r, 400, "address must be a string \"IP:PORT\"");
+            address = f[i].str;
+        } else if (strcmp(f[i].key, "weight") == 0) {
+            if (f[i].type != LB_JSON_NUMBER || !f[i].integer || f[i].i < 1 ||
+                f[i].i > LB_WEIGHT_MAX)
+                return lb_admin_fail(r, 400, "weight must be an integer from 1 to %d",
+                                     LB_WEIGHT_MAX);
+            weight = f[i].i;
+        } else {
+            return lb_admin_fail(r, 400, "unknown key \"%s\" (address, weight)", f[i].key);
+        }
+    }
+    if (address == NULL)
+        return lb_admin_fail(r, 400, "address is missing: {\"address\": \"IP:PORT\"}");
+    struct lb_runtime_server s = { .weight = (unsigned)weight };
+    const char *why = NULL;
+    if (lb_addr_parse(address, false, &s.addr, &why) < 0)
+        return lb_admin_fail(r, 400, "bad address \"%s\": %s", address, why);
+    lb_addr_format(&s.addr, s.address, sizeof(s.address));
+    if (!lb_pool_has_runtime(pc))
+        return lb_admin_fail(r, 409, "pool '%s' has no room for runtime servers: set its "
+                                     "max_servers above its %zu server(s) and reload",
+                             pc->name, pc->nservers);
+    struct lb_admin_srv sv;
+    if (lb_admin_find_server(r->a->shm, pc, s.address, &sv))
+        return lb_admin_fail(r, 409, "pool '%s' has server %s already (PUT changes its weight)",
+                             pc->name, s.address);
+    if (lb_runtime_add(r->a->shm, pc->shm_id, &s, lb_now_ms()) < 0)
+        return lb_admin_fail(r, 507, "pool '%s' is full: its %zu runtime slot(s) (max_servers "
+                                     "%zu) are in use or still draining a removed server "
+                                     "(free %d s after its last request)",
+                             pc->name, pc->nservers - pc->nstatic, pc->nservers,
+                             LB_RUNTIME_GRACE_MS / 1000);
+    lb_log_info("admin: POST from %s: pool '%s' server %s added (weight %lld)%s", r->c->peer,
+                pc->name, s.address, weight,
+                pc->discovery.type != LB_DISCO_NONE ? "; the pool's next discovery answer "
+                                                      "replaces it" : "");
+    if (!lb_admin_find_server(r->a->shm, pc, s.address, &sv))
+        return lb_admin_fail(r, 500, "server %s added but not found", s.address);
+    lb_admin_server_json(r->f, r->a->shm, &sv);
+    fputc('\n', r->f);
+    return 201;
+}
+
 /* PUT {"weight": N, "state": "drain"|"maint"|"ready"} (either or both),
- * DELETE (back to the file's values), GET. */
+ * DELETE (a static server: back to the file's values; a runtime one:
+ * removed, it drains), GET. */
 static int lb_admin_server(struct lb_admin_req *r)
 {
     bool put = lb_admin_method(r, "PUT"), del = lb_admin_method(r, "DELETE");
@@ -372,10 +491,10 @@ static int lb_admin_server(struct lb_admin_req *r)
     const struct lb_pool_cfg *pc = lb_admin_find_pool(r->a->cfg, r->seg[2]);
     if (pc == NULL)
         return lb_admin_fail(r, 404, "no pool named '%s'", r->seg[2]);
-    const struct lb_server_cfg *sc = lb_admin_find_server(pc, r->seg[4]);
-    if (sc == NULL)
+    struct lb_admin_srv sv;
+    if (!lb_admin_find_server(r->a->shm, pc, r->seg[4], &sv))
         return lb_admin_fail(r, 404, "pool '%s' has no server '%s'", pc->name, r->seg[4]);
-    struct lb_shm_backend *b = lb_shm_backend(r->a->shm, sc->shm_id);
+    struct lb_shm_backend *b = lb_shm_backend(r->a->shm, sv.id);
     struct lb_shm_pool *sp = lb_shm_pool(r->a->shm, pc->shm_id);
     if (put) {
         struct lb_json_field f[4];
@@ -407,17 +526,27 @@ static int lb_admin_server(struct lb_admin_req *r)
             atomic_store(&b->admin_state, (uint32_t)state);
         char what[64] = "";
         if (weight >= 0)
-            snprintf(what, sizeof(what), " weight %lld (file %u)", weight, sc->weight);
+            snprintf(what, sizeof(what), " weight %lld (%s %u)", weight,
+                     sv.runtime ? "source" : "file", sv.file_weight);
         lb_log_info("admin: PUT from %s: pool '%s' server %s:%s%s%s", r->c->peer, pc->name,
-                    sc->address, what, state >= 0 ? " state " : "",
+                    sv.address, what, state >= 0 ? " state " : "",
                     state >= 0 ? lb_backend_admin_names[state] : "");
+    } else if (del && sv.runtime) {
+        char address[LB_ADDR_STR_MAX];
+        snprintf(address, sizeof(address), "%s", sv.address);
+        if (lb_runtime_remove(r->a->shm, pc->shm_id, address, lb_now_ms()) < 0)
+            return lb_admin_fail(r, 404, "pool '%s' has no server '%s'", pc->name, address);
+        lb_log_info("admin: DELETE from %s: pool '%s' runtime server %s removed (drains)%s",
+                    r->c->peer, pc->name, address,
+                    pc->discovery.type != LB_DISCO_NONE ? "; the pool's next discovery answer "
+                                                          "may bring it back" : "");
     } else if (del) {
         lb_shm_backend_set_weight(sp, b, LB_WEIGHT_NONE);
         atomic_store(&b->admin_state, LB_BACKEND_READY);
         lb_log_info("admin: DELETE from %s: pool '%s' server %s: back to the file's weight %u, "
-                    "ready", r->c->peer, pc->name, sc->address, sc->weight);
+                    "ready", r->c->peer, pc->name, sv.address, sv.file_weight);
     }
-    lb_admin_server_json(r->f, r->a->shm, sc);
+    lb_admin_server_json(r->f, r->a->shm, &sv);
     fputc('\n', r->f);
     return 200;
 }
@@ -590,6 +719,7 @@ static const char *lb_admin_reason(int status)
 {
     switch (status) {
     case 200: return "OK";
+    case 201: return "Created";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -598,6 +728,7 @@ static const char *lb_admin_reason(int status)
     case 409: return "Conflict";
     case 411: return "Length Required";
     case 413: return "Content Too Large";
+    case 507: return "Insufficient Storage";
     default:  return "Internal Server Error";
     }
 }
@@ -714,6 +845,8 @@ static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
     } else if (r->nseg >= 2 && strcmp(r->seg[0], "api") == 0 && strcmp(r->seg[1], "pools") == 0) {
         if (r->nseg == 2)
             status = lb_admin_pools(r);
+        else if (r->nseg == 4 && strcmp(r->seg[3], "servers") == 0)
+            status = lb_admin_add_server(r);
         else if (r->nseg == 5 && strcmp(r->seg[3], "servers") == 0)
             status = lb_admin_server(r);
         else
@@ -731,8 +864,8 @@ static void lb_admin_request(struct lb_admin_conn *c, struct evbuffer *in)
                                        "or /api/faults");
     }
     fclose(f);
-    if (status == 200)
-        lb_admin_reply(c, 200, "OK", type, body, blen, head_only);
+    if (status == 200 || status == 201)
+        lb_admin_reply(c, status, lb_admin_reason(status), type, body, blen, head_only);
     else
         lb_admin_error(c, status, r->msg, r->allow, head_only);
     free(body);

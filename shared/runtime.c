@@ -32,6 +32,16 @@ static int lb_runtime_find(const struct lb_shm_header *h, const unsigned *ids, s
     return -1;
 }
 
+/* The weight the balancers use: the operator's (admin API) when set, else
+ * the source's, kept in file_weight as a static server's file weight is:
+ * a new answer from the source leaves an override alone. */
+static void lb_runtime_weigh(struct lb_shm_backend *b, unsigned weight)
+{
+    atomic_store(&b->file_weight, weight);
+    uint32_t over = atomic_load(&b->weight_override);
+    atomic_store(&b->weight, over != LB_WEIGHT_NONE ? over : weight);
+}
+
 /* Under the pool's seqlock: S into the pool (its slot if it has one, one
  * it is draining from, else an EMPTY one). 1: added, 0: there already
  * (weight set), -1: no room. */
@@ -41,8 +51,8 @@ static int lb_runtime_put(struct lb_shm_header *h, const unsigned *ids, size_t n
     int k = lb_runtime_find(h, ids, n, s->address, LB_RT_ACTIVE);
     if (k >= 0) {
         struct lb_shm_backend *b = lb_shm_backend(h, ids[k]);
-        if (atomic_load(&b->weight) != s->weight) {
-            atomic_store(&b->weight, s->weight);
+        if (atomic_load(&b->file_weight) != s->weight) {
+            lb_runtime_weigh(b, s->weight);
             *reweighted = true;
         }
         return 0;
@@ -52,7 +62,7 @@ static int lb_runtime_put(struct lb_shm_header *h, const unsigned *ids, size_t n
         /* Back before its slot went: with its history, ramping again. */
         struct lb_shm_backend *b = lb_shm_backend(h, ids[k]);
         atomic_store(&b->usable_ms, now_ms);
-        atomic_store(&b->weight, s->weight);
+        lb_runtime_weigh(b, s->weight);
         atomic_store_explicit(&b->rt_state, LB_RT_ACTIVE, memory_order_release);
         return 1;
     }
@@ -69,7 +79,7 @@ static int lb_runtime_put(struct lb_shm_header *h, const unsigned *ids, size_t n
     atomic_fetch_add(&b->rt_epoch, 1);
     /* Slow start from now, like a server a reload adds. */
     atomic_store(&b->usable_ms, now_ms);
-    atomic_store(&b->weight, s->weight);
+    lb_runtime_weigh(b, s->weight);     /* fresh: no override */
     atomic_store_explicit(&b->rt_state, LB_RT_ACTIVE, memory_order_release);
     return 1;
 }
@@ -205,7 +215,7 @@ size_t lb_runtime_list(const struct lb_shm_header *h, unsigned pool_id,
             continue;
         snprintf(out[n].address, sizeof(out[n].address), "%s", b->rt_address);
         out[n].addr = b->rt_addr;
-        out[n].weight = atomic_load(&b->weight);
+        out[n].weight = atomic_load(&b->file_weight);
         n++;
     }
     return n;

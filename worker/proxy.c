@@ -1657,7 +1657,8 @@ static int lb_session_resend(struct lb_session *s, struct evbuffer *out)
         return -1;
     const struct lb_pool_cfg *pc = s->server->pool->cfg;
     if (s->x->sticky && pc->sticky.strip)
-        lb_sticky_find(pc, &m, true);       /* marks lbd's cookie again, to strip it */
+        /* marks lbd's cookie again, to strip it */
+        lb_sticky_find(pc, s->server->pool->rt_sticky, &m, true);
     size_t n = lb_write_request_head(s, &m, out, true);
     size_t body = s->head_pending ? 0 : evbuffer_get_length(src) - head_len;
     if (n == 0 || lb_buffer_copy(out, src, head_len, body) < 0)
@@ -1973,7 +1974,10 @@ static __attribute__((noinline)) int lb_session_pick_sticky(struct lb_session *s
                                                             const struct lb_pick_ctx *ctx)
 {
     const struct lb_pool_cfg *pc = pool->cfg;
-    int pin = lb_sticky_find(pc, m, pc->sticky.strip);
+    /* The runtime slots' cookie values as of now: a removed server's
+     * names nothing from the first request after its removal. */
+    lb_upstream_sync(s->w, pool);
+    int pin = lb_sticky_find(pc, pool->rt_sticky, m, pc->sticky.strip);
     s->x->sticky = true;
     s->x->sticky_pin = pin >= 0 ? (uint16_t)(pin + 1) : 0;
     if (pin >= 0) {

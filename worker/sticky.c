@@ -48,21 +48,43 @@ int lb_sticky_value(const void *key, size_t keylen, const char *pool, const char
     return 0;
 }
 
+/* The pool's key: its secret, or the default one. */
+static const void *lb_sticky_key(const struct lb_pool_cfg *p, size_t *keylen)
+{
+    if (p->sticky.secret == NULL) {
+        *keylen = sizeof(lb_sticky_default_key) - 1;
+        return lb_sticky_default_key;
+    }
+    *keylen = p->sticky.secret_len;
+    return p->sticky.secret;
+}
+
+int lb_sticky_server_value(const struct lb_pool_cfg *pool, const char *address, char *out)
+{
+    size_t keylen;
+    const void *key = lb_sticky_key(pool, &keylen);
+    return lb_sticky_value(key, keylen, pool->name, address, out);
+}
+
 int lb_sticky_config_load(struct lb_config *cfg, char *err, size_t errlen)
 {
     for (size_t i = 0; i < cfg->npools; i++) {
         struct lb_pool_cfg *p = &cfg->pools[i];
         if (!p->sticky.enabled)
             continue;
-        const void *key = p->sticky.secret;
-        size_t keylen = p->sticky.secret_len;
-        if (key == NULL) {
-            key = lb_sticky_default_key;
-            keylen = sizeof(lb_sticky_default_key) - 1;
+        size_t keylen;
+        const void *key = lb_sticky_key(p, &keylen);
+        if (p->sticky.secret == NULL) {
             lb_log_warn("pool '%s': sticky without a secret: its cookies can be made by whoever "
                         "knows a server's address (set secret or secret_file)", p->name);
         }
         for (size_t j = 0; j < p->nservers; j++) {
+            /* A runtime slot's value is its server's, made by each worker
+             * when the slot gets one (worker/upstream.c): none here. */
+            if (p->servers[j].runtime) {
+                p->servers[j].sticky[0] = '\0';
+                continue;
+            }
             if (lb_sticky_value(key, keylen, p->name, p->servers[j].address,
                                 p->servers[j].sticky) < 0) {
                 snprintf(err, errlen, "%s: pool '%s': cannot compute the sticky cookies (HMAC)",
@@ -122,7 +144,8 @@ static inline bool lb_cookie_header(const char *name)
 }
 
 /* The server whose value is V, or LB_STICKY_BAD_COOKIE. */
-static int lb_sticky_lookup(const struct lb_pool_cfg *pool, const char *v, size_t len)
+static int lb_sticky_lookup(const struct lb_pool_cfg *pool, const lb_sticky_value_t *runtime,
+                            const char *v, size_t len)
 {
     if (len == LB_STICKY_VALUE_LEN + 2 && v[0] == '"' && v[len - 1] == '"') {
         v++;                    /* a quoted cookie-value (RFC 6265 4.1.1) */
@@ -133,17 +156,29 @@ static int lb_sticky_lookup(const struct lb_pool_cfg *pool, const char *v, size_
     uint64_t a, b;
     memcpy(&a, v, 8);
     memcpy(&b, v + 8, 8);
-    for (size_t j = 0; j < pool->nservers; j++) {
+    bool rt = lb_pool_has_runtime(pool);
+    size_t nstatic = rt ? pool->nstatic : pool->nservers;
+    for (size_t j = 0; j < nstatic; j++) {
         uint64_t x, y;
         memcpy(&x, pool->servers[j].sticky, 8);
         memcpy(&y, pool->servers[j].sticky + 8, 8);
         if (x == a && y == b)
             return (int)j;
     }
+    /* Runtime slots: by their server's value, none for a slot without one. */
+    for (size_t j = nstatic; rt && runtime != NULL && j < pool->nservers; j++) {
+        const char *rv = runtime[j - pool->nstatic];
+        uint64_t x, y;
+        memcpy(&x, rv, 8);
+        memcpy(&y, rv + 8, 8);
+        if (rv[0] != '\0' && x == a && y == b)
+            return (int)j;
+    }
     return LB_STICKY_BAD_COOKIE;
 }
 
-int lb_sticky_find(const struct lb_pool_cfg *pool, const struct lb_http_msg *m, bool strip)
+int lb_sticky_find(const struct lb_pool_cfg *pool, const lb_sticky_value_t *runtime,
+                   const struct lb_http_msg *m, bool strip)
 {
     const struct lb_sticky_cfg *st = &pool->sticky;
     int found = LB_STICKY_NO_COOKIE;
@@ -163,7 +198,7 @@ int lb_sticky_find(const struct lb_pool_cfg *pool, const struct lb_http_msg *m, 
                     h->flags |= LB_HDR_STICKY;
                 if (found < 0) {
                     const char *v = p + st->cookie_len + 1;
-                    found = lb_sticky_lookup(pool, v, (size_t)(lb_cookie_trim(v, e) - v));
+                    found = lb_sticky_lookup(pool, runtime, v, (size_t)(lb_cookie_trim(v, e) - v));
                 }
                 if (found >= 0 && !strip)
                     return found;

@@ -38,6 +38,14 @@
  * here (at start, -t and each reload). */
 int lb_sticky_config_load(struct lb_config *cfg, char *err, size_t errlen);
 
+/* A server's cookie value, NUL-ended. */
+typedef char lb_sticky_value_t[LB_STICKY_VALUE_LEN + 1];
+
+/* The value naming server ADDRESS (canonical) of POOL under the pool's
+ * secret: what a worker gives a runtime server when its slot gets it,
+ * the same formula as a static server's, hence the same on every node. */
+int lb_sticky_server_value(const struct lb_pool_cfg *pool, const char *address, char *out);
+
 /* The value naming server ADDRESS of pool POOL under KEY (KEYLEN bytes):
  * LB_STICKY_VALUE_LEN characters and a NUL into OUT. 0, or -1. */
 int lb_sticky_value(const void *key, size_t keylen, const char *pool, const char *address,
@@ -45,9 +53,12 @@ int lb_sticky_value(const void *key, size_t keylen, const char *pool, const char
 
 /* The server of POOL that request M's cookie names: its index into
  * pool->servers, LB_STICKY_NO_COOKIE or LB_STICKY_BAD_COOKIE (the first valid
- * cookie of ours wins). With STRIP, every Cookie header that holds ours
+ * cookie of ours wins). RUNTIME: the values of the pool's runtime slots
+ * (index - nstatic; "" for a slot with no server or one being removed),
+ * or NULL. With STRIP, every Cookie header that holds ours
  * is marked LB_HDR_STICKY for lb_sticky_strip. */
-int lb_sticky_find(const struct lb_pool_cfg *pool, const struct lb_http_msg *m, bool strip);
+int lb_sticky_find(const struct lb_pool_cfg *pool, const lb_sticky_value_t *runtime,
+                   const struct lb_http_msg *m, bool strip);
 
 /* The Cookie header value V (LEN bytes) without the pairs of cookie ST:
  * the rest, joined by "; ", written to DST (room for LEN bytes). Returns

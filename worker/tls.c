@@ -984,6 +984,15 @@ struct lb_tls_peer *lb_tls_peer_new(const char *pool, const char *address,
     return p;
 }
 
+void lb_tls_peer_set_address(struct lb_tls_peer *p, const char *address)
+{
+    SSL_SESSION_free(p->sess);
+    p->sess = NULL;
+    p->nlogged = 0;
+    snprintf(p->address, sizeof(p->address), "%s", address);
+    lb_tls_address_host(address, p->ip, sizeof(p->ip));
+}
+
 void lb_tls_peer_free(struct lb_tls_peer *p)
 {
     if (p == NULL)

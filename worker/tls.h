@@ -89,6 +89,9 @@ struct lb_tls_peer;
 struct lb_tls_peer *lb_tls_peer_new(const char *pool, const char *address,
                                     lb_counter_t *counts);
 void lb_tls_peer_free(struct lb_tls_peer *p);
+/* P now stands for another server at ADDRESS (a runtime slot that got a
+ * new one): its session and log marks go, its address is the new one. */
+void lb_tls_peer_set_address(struct lb_tls_peer *p, const char *address);
 
 /* Put a TLS client transport under C, a backend connection not yet
  * connected, for pool T and server P. 0, or -1 when out of memory. */

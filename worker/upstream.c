@@ -14,6 +14,7 @@
 #include "shared/log.h"
 #include "shared/runtime.h"
 #include "worker/conn.h"
+#include "worker/sticky.h"
 #include "worker/tls.h"
 
 /* How often the allowances of "auto" pools decay. */
@@ -73,7 +74,10 @@ int lb_upstream_init(struct lb_worker *w)
             p->rt_ids = calloc(nrt, sizeof(*p->rt_ids));
             p->rt_copy = calloc(nrt, sizeof(*p->rt_copy));
             p->names = calloc(pc->nservers, sizeof(*p->names));
-            if (p->rt_ids == NULL || p->rt_copy == NULL || p->names == NULL)
+            if (pc->sticky.enabled)
+                p->rt_sticky = calloc(nrt, sizeof(*p->rt_sticky));
+            if (p->rt_ids == NULL || p->rt_copy == NULL || p->names == NULL ||
+                (pc->sticky.enabled && p->rt_sticky == NULL))
                 return -1;
         }
         for (size_t j = 0; j < pc->nservers; j++) {
@@ -177,6 +181,7 @@ void lb_upstream_destroy(struct lb_worker *w)
         free(w->pools[i].rt_ids);
         free(w->pools[i].rt_copy);
         free(w->pools[i].names);
+        free(w->pools[i].rt_sticky);
     }
     free(w->pools);
     w->pools = NULL;
@@ -208,8 +213,26 @@ void lb_upstream_resync(struct lb_worker *w, struct lb_pool_rt *p)
             snprintf(s->rt_cfg.address, sizeof(s->rt_cfg.address), "%s", rs->address);
             s->rt_cfg.addr = rs->addr;
             s->rt_epoch = rs->epoch;
+            /* What names the server: its address, so TLS logs and an
+             * sni-less pool's IP check see it, and its cookie value from
+             * pool and address like a static server's (the same on every
+             * node), made here once, not per request. */
+            if (s->tls != NULL)
+                lb_tls_peer_set_address(s->tls, rs->address);
+            s->rt_cfg.sticky[0] = '\0';
+            if (pc->sticky.enabled && rs->address[0] != '\0' &&
+                lb_sticky_server_value(pc, rs->address, s->rt_cfg.sticky) < 0) {
+                s->rt_cfg.sticky[0] = '\0';
+                lb_log_error("pool '%s': cannot compute the sticky cookie of %s (HMAC): its "
+                             "clients are not pinned", pc->name, rs->address);
+            }
             changed++;
         }
+        /* A server being removed takes no sticky client: its cookie names
+         * nothing, so its clients are re-pinned. */
+        if (p->rt_sticky != NULL)
+            memcpy(p->rt_sticky[k], gone ? "" : s->rt_cfg.sticky,
+                   gone ? 1 : sizeof(p->rt_sticky[k]));
         if (gone && !s->gone)
             lb_server_close_idle(s);    /* removed: drains; busy ones finish */
         changed += gone != s->gone;

@@ -67,6 +67,10 @@ struct lb_pool_rt {
     uint32_t *rt_ids;                       /* backend rows of the runtime slots */
     struct lb_runtime_slot *rt_copy;        /* lb_runtime_read's scratch */
     const char **names;                     /* per server, for the ring */
+    /* A sticky pool's runtime slots: each one's cookie value, made when
+     * the slot gets its server ("" while it has none or it is being
+     * removed); lb_sticky_find's RUNTIME. */
+    char (*rt_sticky)[LB_STICKY_VALUE_LEN + 1];
 };
 
 /* A listen socket of the worker's and what its accepted connections need

@@ -114,7 +114,7 @@ class DnsDiscoveryTest(LbdTestCase):
             bs.append(b)
         return bs
 
-    def _lbd(self, discovery, strategy="round_robin", workers=2, more=None):
+    def _lbd(self, discovery, strategy="round_robin", workers=2, more=None, token=None):
         listen = f"127.0.0.1:{free_port()}"
         self.admin = f"127.0.0.1:{free_port()}"
         d = {"type": "dns", "resolvers": [self.dns.addr], "min_interval": "200ms",
@@ -122,7 +122,11 @@ class DnsDiscoveryTest(LbdTestCase):
         d.update(discovery)
         pool = {"name": "web", "strategy": strategy, "discovery": d}
         pool.update(more or {})
-        cfg = ext_config(listen, [pool], workers=workers, admin=self.admin)
+        if token is None:
+            cfg = ext_config(listen, [pool], workers=workers, admin=self.admin)
+        else:
+            cfg = ext_config(listen, [pool], workers=workers,
+                             extra=f'admin = {{ address = "{self.admin}"; token = "{token}"; }};')
         return self.start_lbd(cfg, listen, workers=workers)
 
     def _servers(self):
@@ -276,6 +280,44 @@ class DnsDiscoveryTest(LbdTestCase):
         self.assertEqual((out[0].status, out[0].backend), (200, "b2"))
         per, bad = tally(run_requests(lbd.listen, [("/", ())] * 10, nthreads=1))
         self.assertEqual((per, bad), ({"b3": 10}, []))
+
+    def test_admin_api_drains_and_weighs_discovered_servers(self):
+        """The admin API sees discovered servers under their address: PUT
+        drain, and the server gets no new request; a weight override holds
+        over the next DNS answers (which still give weight 1); GET
+        /api/pools lists them, not their slots."""
+        port = free_port()
+        b2, b3 = self._backends(port, "127.0.0.2", "127.0.0.3")
+        self.dns = Dnsmasq(self, [("127.0.0.2", "web.test"), ("127.0.0.3", "web.test")],
+                           log_queries=True)
+        lbd = self._lbd({"name": "web.test", "port": port}, strategy="weighted_round_robin",
+                        token="tok")
+        self._wait_set([b2.addr, b3.addr])
+        auth = [("Authorization", "Bearer tok"), ("Content-Type", "application/json")]
+
+        def api(method, path, body=None):
+            r = http_get(self.admin, path, host="admin.test", method=method, headers=auth,
+                         body=json.dumps(body).encode() if body is not None else None)
+            self.assertEqual(r.status, 200, r.body)
+            return json.loads(r.body)
+        pools = api("GET", "/api/pools")["pools"]
+        self.assertEqual(sorted(s["address"] for s in pools[0]["servers"]),
+                         sorted([b2.addr, b3.addr]))
+        api("PUT", f"/api/pools/web/servers/{b2.addr}", {"state": "drain"})
+        before = backend_count(b2)
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 30, nthreads=2))
+        self.assertEqual((per, bad), ({"b3": 30}, []))
+        self.assertEqual(backend_count(b2), before + 1)
+        api("PUT", f"/api/pools/web/servers/{b2.addr}", {"state": "ready", "weight": 3})
+        asked = self.dns.queries("web.test")
+        wait_for(lambda: self.dns.queries("web.test") >= asked + 3, 15,
+                 what="three more DNS answers")
+        srv = api("GET", f"/api/pools/web/servers/{b2.addr}")
+        self.assertEqual((srv["runtime"]["weight"], srv["weight_override"], srv["file"]["weight"]),
+                         (3, 3, 1))
+        per, bad = tally(run_requests(lbd.listen, [("/", ())] * 40, nthreads=2))
+        self.assertEqual(bad, [])
+        self.assertGreaterEqual(per.get("b2", 0), 27, per)     # 3:1 is 30:10
 
     def test_health_checks_discovered_servers(self):
         """A discovered server that does not answer goes DOWN by its health

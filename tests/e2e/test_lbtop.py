@@ -171,6 +171,36 @@ class LbtopTest(LbdTestCase):
         s1 = self.frame()["servers"][("web", self.bs[1].addr)]
         self.assertEqual((s1["state"], s1["weight"], s1["override"]), ("ready", 1, False))
 
+    def test_runtime_servers_by_address(self):
+        """A pool with max_servers: its empty runtime slots are no rows; a
+        server added through the admin API shows under its address, with
+        the weight it was added with (no override mark), and its row goes
+        once it is removed and drained."""
+        token = "lbtop-token-42"
+        admin = f"127.0.0.1:{free_port()}"
+        self.bs = self.start_backends("b1", "b2")
+        self.listen = f"127.0.0.1:{free_port()}"
+        pools = [{"name": "web", "max_servers": 4, "servers": [(self.bs[0].addr, 1)]}]
+        cfg = ext_config(self.listen, pools, workers=2,
+                         extra=f'admin = {{ address = "{admin}"; token = "{token}"; }};')
+        self.start_lbd(cfg, self.listen, workers=2)
+        self.assertEqual(set(self.frame()["servers"]), {("web", self.bs[0].addr)})
+        auth = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")]
+        r = http_get(admin, "/api/pools/web/servers", host="admin.test", method="POST",
+                     headers=auth, body=json.dumps({"address": self.bs[1].addr,
+                                                    "weight": 2}).encode())
+        self.assertEqual(r.status, 201, r.body)
+        f = self.frame()
+        self.assertEqual(set(f["servers"]), {("web", b.addr) for b in self.bs})
+        s1 = f["servers"][("web", self.bs[1].addr)]
+        self.assertEqual((s1["weight"], s1["override"], s1["state"]), (2, False, "ready"))
+        self.assertNotIn("runtime#", f["text"])
+        r = http_get(admin, f"/api/pools/web/servers/{self.bs[1].addr}", host="admin.test",
+                     method="DELETE", headers=auth)
+        self.assertEqual(r.status, 200, r.body)
+        wait_for(lambda: set(self.frame()["servers"]) == {("web", self.bs[0].addr)}, 20,
+                 interval=0.5, what="the removed server's row to go")
+
     def test_no_instance(self):
         """No lbd for the file: a clear message and exit status 1 at once; a
         file that does not exist: the same status."""

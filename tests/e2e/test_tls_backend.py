@@ -211,6 +211,34 @@ class BackendTlsTest(LbdTestCase):
         self.assertEqual(b.handshakes[-1][0], None)     # no SNI sent
         self.lbd.wait_log(r"tls\.verify = false")
 
+    def test_runtime_server_verified_by_its_ip(self):
+        """A server added at run time (admin API POST into a max_servers
+        slot) of a pool without sni: its certificate is checked against its
+        own IP address, learnt when the worker takes the slot's server, and
+        its handshakes are counted under that address."""
+        ip_cert = self.pki.cert("ip-backend", ["backend.internal,IP:127.0.0.1"])
+        a, b = TlsServer(*ip_cert), TlsServer(*ip_cert)
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        self.addr = f"127.0.0.1:{free_port()}"
+        admin = f"127.0.0.1:{free_port()}"
+        p = {"name": "secure", "servers": [(a.addr, 1)], "tls": {"ca_file": self.pki.ca},
+             "max_servers": 2}
+        text = lbd_config(self.addr, [p], workers=1,
+                          extra=f'admin = {{ address = "{admin}"; token = "t0ken"; }};')
+        self.start_lbd(text, self.addr, workers=1)
+        r = http_get(admin, "/api/pools/secure/servers", host="admin.test", method="POST",
+                     headers=[("Authorization", "Bearer t0ken")],
+                     body=json.dumps({"address": b.addr}).encode())
+        self.assertEqual(r.status, 201, r.body)
+        statuses = [self.get()[0] for _ in range(6)]
+        self.assertEqual(statuses, [200] * 6)
+        self.assertEqual((a.requests, b.requests), (3, 3))
+        self.assertEqual(b.failed, 0)
+        st = self.server_stats(b.addr)
+        self.assertEqual(st["tls_handshakes"]["failed"], 0)
+        self.assertGreaterEqual(st["tls_handshakes"]["full"], 1)
+
     def test_retry_goes_to_the_other_server(self):
         """Two servers, one with a certificate from another CA: with
         retries on connect every request ends 200 on the good one."""

@@ -69,6 +69,8 @@ END_TEST
 /* lb_sticky_find over headers NAMES[i]: VALUES[i]. */
 static struct lb_http_header hdrs[8];
 
+static const lb_sticky_value_t *find_runtime;      /* lb_sticky_find's RUNTIME */
+
 static int find(bool strip, size_t n, const char *const *names, const char *const *values)
 {
     struct lb_http_msg m = { .headers = hdrs, .nheaders = n, .max_headers = 8 };
@@ -76,7 +78,7 @@ static int find(bool strip, size_t n, const char *const *names, const char *cons
         hdrs[i] = (struct lb_http_header){ .name = names[i], .name_len = (uint32_t)strlen(names[i]),
                                            .value = values[i],
                                            .value_len = (uint32_t)strlen(values[i]) };
-    return lb_sticky_find(&pool, &m, strip);
+    return lb_sticky_find(&pool, find_runtime, &m, strip);
 }
 
 static int find1(const char *cookie)
@@ -143,6 +145,37 @@ static const char *strip(const char *v)
     return out;
 }
 
+/* A pool whose third server is a runtime slot: no value from the file's
+ * load; the worker's value for the server it holds names it, the same
+ * as a static server's of that address; none while the slot is empty. */
+START_TEST(test_runtime_slot)
+{
+    char c[128];
+    lb_sticky_value_t rt[1];
+    pool_setup(SECRET);
+    char static_value[LB_STICKY_VALUE_LEN + 1];
+    memcpy(static_value, servers[2].sticky, sizeof(static_value));
+    servers[2].runtime = true;
+    snprintf(servers[2].address, LB_ADDR_STR_MAX, "runtime#0");
+    pool.nstatic = 2;
+    char err[256];
+    ck_assert_int_eq(lb_sticky_config_load(&cfg, err, sizeof(err)), 0);
+    ck_assert_str_eq(servers[2].sticky, "");
+    ck_assert_int_eq(lb_sticky_server_value(&pool, "10.0.0.3:80", rt[0]), 0);
+    ck_assert_str_eq(rt[0], static_value);
+    find_runtime = rt;
+    snprintf(c, sizeof(c), "lbd_srv=%s", rt[0]);
+    ck_assert_int_eq(find1(c), 2);
+    snprintf(c, sizeof(c), "lbd_srv=%s", servers[0].sticky);
+    ck_assert_int_eq(find1(c), 0);
+    rt[0][0] = '\0';
+    snprintf(c, sizeof(c), "lbd_srv=%s", static_value);
+    ck_assert_int_eq(find1(c), LB_STICKY_BAD_COOKIE);
+    find_runtime = NULL;
+    ck_assert_int_eq(find1(c), LB_STICKY_BAD_COOKIE);
+}
+END_TEST
+
 START_TEST(test_strip)
 {
     pool_setup(SECRET);
@@ -168,6 +201,7 @@ Suite *sticky_suite(void)
     tcase_add_test(tc, test_config_load);
     tcase_add_test(tc, test_find);
     tcase_add_test(tc, test_strip);
+    tcase_add_test(tc, test_runtime_slot);
     suite_add_tcase(s, tc);
     return s;
 }
