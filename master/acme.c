@@ -593,7 +593,7 @@ static int lb_acme_csr(const char *name, EVP_PKEY *key, char **out)
         san = NULL;     /* the stack's */
         if (X509_REQ_add_extensions(req, exts) == 1 && X509_REQ_sign(req, key, EVP_sha256()) > 0 &&
             (len = i2d_X509_REQ(req, &der)) > 0 && (*out = malloc((size_t)len * 4 / 3 + 4)) != NULL) {
-            lb_jws_b64url(der, (size_t)len, *out);
+            lb_base64_encode(der, (size_t)len, *out, (size_t)len * 4 / 3 + 4, true);
             rc = 0;
         }
     }

@@ -30,7 +30,8 @@ static int lb_etcd_keys(const char *prefix, char *k, size_t kcap, char *e, size_
     if (n == 0 || n >= sizeof(end))
         return -1;
     size_t en = lb_etcd_prefix_end(prefix, end);
-    if (lb_base64_encode(prefix, n, k, kcap) < 0 || lb_base64_encode(end, en, e, ecap) < 0)
+    if (lb_base64_encode(prefix, n, k, kcap, false) < 0 ||
+        lb_base64_encode(end, en, e, ecap, false) < 0)
         return -1;
     return 0;
 }

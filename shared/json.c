@@ -512,11 +512,12 @@ long lb_base64_decode(const char *in, size_t len, char *out, size_t cap)
     return (long)o;
 }
 
-long lb_base64_encode(const void *in, size_t len, char *out, size_t cap)
+long lb_base64_encode(const void *in, size_t len, char *out, size_t cap, bool url)
 {
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const char *tbl = url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                          : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *p = in;
-    size_t need = (len + 2) / 3 * 4;
+    size_t need = url ? (len * 4 + 2) / 3 : (len + 2) / 3 * 4;
     if (need + 1 > cap)
         return -1;
     size_t o = 0;
@@ -528,8 +529,10 @@ long lb_base64_encode(const void *in, size_t len, char *out, size_t cap)
             v |= p[i + 2];
         out[o++] = tbl[(v >> 18) & 63];
         out[o++] = tbl[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
+        if (i + 1 < len || !url)
+            out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
+        if (i + 2 < len || !url)
+            out[o++] = i + 2 < len ? tbl[v & 63] : '=';
     }
     out[o] = '\0';
     return (long)o;

@@ -94,7 +94,9 @@ void lb_json_write_stringn(FILE *out, const char *s, size_t max);
 /* Decode base64 IN (standard or URL alphabet, padding optional) into OUT
  * (at most CAP bytes, NUL-terminated: CAP - 1 data bytes). Its length, or -1. */
 long lb_base64_decode(const char *in, size_t len, char *out, size_t cap);
-/* Encode IN[0..len) into OUT (CAP bytes with the NUL). Its length, or -1. */
-long lb_base64_encode(const void *in, size_t len, char *out, size_t cap);
+/* Encode IN[0..len) into OUT (CAP bytes with the NUL): standard base64,
+ * padded, or with URL base64url unpadded (RFC 4648 5, as JWS wants it).
+ * Its length, or -1 when OUT is too small. */
+long lb_base64_encode(const void *in, size_t len, char *out, size_t cap, bool url);
 
 #endif

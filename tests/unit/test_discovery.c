@@ -486,7 +486,7 @@ static char *b64(const char *s)
     static char bufs[16][256];
     static int k;
     char *o = bufs[k++ % 16];
-    ck_assert_int_ge(lb_base64_encode(s, strlen(s), o, 256), 0);
+    ck_assert_int_ge(lb_base64_encode(s, strlen(s), o, 256, false), 0);
     return o;
 }
 

@@ -247,8 +247,24 @@ END_TEST
 START_TEST(test_json_base64)
 {
     char out[64];
-    ck_assert_int_eq(lb_base64_encode("/svc/web/", 9, out, sizeof(out)), 12);
+    ck_assert_int_eq(lb_base64_encode("/svc/web/", 9, out, sizeof(out), false), 12);
     ck_assert_str_eq(out, "L3N2Yy93ZWIv");
+    ck_assert_int_eq(lb_base64_encode("/svc/web/", 9, out, 12, false), -1);   /* no room for NUL */
+    ck_assert_int_eq(lb_base64_encode("\xfb\xff\xfe\x01", 4, out, sizeof(out), false), 8);
+    ck_assert_str_eq(out, "+//+AQ==");
+    /* base64url, unpadded (JWS). */
+    ck_assert_int_eq(lb_base64_encode("", 0, out, sizeof(out), true), 0);
+    ck_assert_str_eq(out, "");
+    ck_assert_int_eq(lb_base64_encode("f", 1, out, sizeof(out), true), 2);
+    ck_assert_str_eq(out, "Zg");
+    ck_assert_int_eq(lb_base64_encode("foob", 4, out, sizeof(out), true), 6);
+    ck_assert_str_eq(out, "Zm9vYg");
+    ck_assert_int_eq(lb_base64_encode("\xfb\xff\xfe", 3, out, sizeof(out), true), 4);
+    ck_assert_str_eq(out, "-__-");
+    ck_assert_int_eq(lb_base64_encode("foob", 4, out, 7, true), 6);            /* exact room */
+    ck_assert_int_eq(lb_base64_encode("foob", 4, out, 6, true), -1);
+    ck_assert_int_eq(lb_base64_decode("-__-", 4, out, sizeof(out)), 3);      /* reads both */
+    ck_assert(memcmp(out, "\xfb\xff\xfe", 3) == 0);
     ck_assert_int_eq(lb_base64_decode("L3N2Yy93ZWIvYQ==", 16, out, sizeof(out)), 10);
     ck_assert_str_eq(out, "/svc/web/a");
     ck_assert_int_eq(lb_base64_decode("L3N2Yy93ZWIvYQ", 14, out, sizeof(out)), 10);
