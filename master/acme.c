@@ -20,9 +20,9 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#include "master/jsontok.h"
 #include "master/httpc.h"
 #include "master/jws.h"
+#include "shared/json.h"
 #include "shared/log.h"
 #include "shared/shm.h"
 #include "shared/version.h"
@@ -30,7 +30,6 @@
 #define LB_ACME_URL_MAX         1024
 #define LB_ACME_NONCE_MAX       256
 #define LB_ACME_BODY_MAX        (1024 * 1024)   /* a chain is a few KB */
-#define LB_ACME_TOKENS          512
 #define LB_ACME_POLLS           90              /* per authorization or order */
 #define LB_ACME_BACKOFF_MIN_S   10
 #define LB_ACME_BACKOFF_MAX_S   3600
@@ -55,9 +54,7 @@ struct lb_acme_resp {
     char location[LB_ACME_URL_MAX];
     char nonce[LB_ACME_NONCE_MAX];
     unsigned retry_after;
-    /* The body as JSON, when it is. */
-    struct lb_jsontok toks[LB_ACME_TOKENS];
-    int ntoks;
+    struct lb_json *json;       /* the body as JSON, when it is */
 };
 
 struct lb_acme;
@@ -154,8 +151,8 @@ static const char *const lb_acme_headers[] = { "Replay-Nonce", "Location", "Retr
 static void lb_acme_resp_clear(struct lb_acme_resp *r)
 {
     free(r->body);
-    memset(r, 0, offsetof(struct lb_acme_resp, toks));
-    r->ntoks = 0;
+    lb_json_free(r->json);
+    memset(r, 0, sizeof(*r));
 }
 
 /* The answer into R, cleared when its request started: httpc frees
@@ -191,7 +188,8 @@ static void lb_acme_answer(void *arg, const char *error, long status, const char
     a->answer_ok = error == NULL;
     if (a->answer_ok) {
         struct lb_acme_resp *r = a->r;
-        r->ntoks = r->body != NULL ? lb_jsontok_parse(r->body, r->len, r->toks, LB_ACME_TOKENS) : -1;
+        const char *why;
+        r->json = r->body != NULL ? lb_json_parse(r->body, r->len, &why) : NULL;
         lb_log_debug("acme: %s: %ld", a->req_url, r->status);
     } else {
         snprintf(a->err, sizeof(a->err), "%.256s: %s", a->req_url, error);
@@ -235,22 +233,12 @@ static void lb_acme_request(struct lb_acme *a, const char *url, char *body, bool
     }
 }
 
-static bool lb_acme_str(const struct lb_acme_resp *r, int obj, const char *key, char *out,
-                        size_t cap)
-{
-    if (r->ntoks <= 0) {
-        out[0] = '\0';
-        return false;
-    }
-    return lb_jsontok_get_str(r->body, r->toks, r->ntoks, obj, key, out, cap);
-}
-
 /* An error answer (RFC 7807 problem document) into A->err. */
 static void lb_acme_problem(struct lb_acme *a, const char *what, const struct lb_acme_resp *r)
 {
     char type[128], detail[256];
-    lb_acme_str(r, 0, "type", type, sizeof(type));
-    lb_acme_str(r, 0, "detail", detail, sizeof(detail));
+    lb_json_get_str(r->json, "type", type, sizeof(type));
+    lb_json_get_str(r->json, "detail", detail, sizeof(detail));
     a->retry_after = r->retry_after;
     const char *t = strncmp(type, "urn:ietf:params:acme:error:", 27) == 0 ? type + 27 : type;
     lb_acme_fail(a, "%s: HTTP %ld %s%s%s", what, r->status, t, *detail ? ": " : "", detail);
@@ -271,7 +259,7 @@ static void lb_acme_post_answer(struct lb_acme *a)
     if (r->nonce[0] != '\0')
         snprintf(a->nonce, sizeof(a->nonce), "%s", r->nonce);
     char type[128];
-    if (r->status == 400 && lb_acme_str(r, 0, "type", type, sizeof(type)) &&
+    if (r->status == 400 && lb_json_get_str(r->json, "type", type, sizeof(type)) &&
         strcmp(type, "urn:ietf:params:acme:error:badNonce") == 0) {
         if (++a->post_tries >= LB_ACME_NONCE_TRIES) {
             lb_acme_fail(a, "%s: badNonce %d times in a row", a->post_url, LB_ACME_NONCE_TRIES);
@@ -356,7 +344,7 @@ static void lb_acme_poll_answer(struct lb_acme *a)
         lb_acme_problem(a, a->poll_url, r);
         return;
     }
-    lb_acme_str(r, 0, "status", a->status, sizeof(a->status));
+    lb_json_get_str(r->json, "status", a->status, sizeof(a->status));
     if (strcmp(a->status, "pending") != 0 && strcmp(a->status, "processing") != 0 &&
         !(a->poll_ready_too && strcmp(a->status, "ready") == 0)) {
         a->poll_done(a);
@@ -481,7 +469,7 @@ static int lb_acme_csr(const char *name, EVP_PKEY *key, char **out)
         san = NULL;     /* the stack's */
         if (X509_REQ_add_extensions(req, exts) == 1 && X509_REQ_sign(req, key, EVP_sha256()) > 0 &&
             (len = i2d_X509_REQ(req, &der)) > 0 && (*out = malloc((size_t)len * 4 / 3 + 4)) != NULL) {
-            lb_jws_b64url(der, (size_t)len, *out);
+            lb_base64_encode(der, (size_t)len, *out, (size_t)len * 4 / 3 + 4, true);
             rc = 0;
         }
     }
@@ -614,7 +602,8 @@ static void lb_acme_cert_answer(struct lb_acme *a)
 static void lb_acme_order_valid(struct lb_acme *a)
 {
     char cert[LB_ACME_URL_MAX];
-    if (strcmp(a->status, "valid") != 0 || !lb_acme_str(a->r, 0, "certificate", cert, sizeof(cert))) {
+    if (strcmp(a->status, "valid") != 0 ||
+        !lb_json_get_str(a->r->json, "certificate", cert, sizeof(cert))) {
         lb_acme_fail(a, "order for %s ended %s", a->cur->name, a->status);
         return;
     }
@@ -627,7 +616,7 @@ static void lb_acme_finalize_answer(struct lb_acme *a)
         lb_acme_problem(a, "finalize", a->r);
         return;
     }
-    lb_acme_str(a->r, 0, "status", a->status, sizeof(a->status));
+    lb_json_get_str(a->r->json, "status", a->status, sizeof(a->status));
     if (strcmp(a->status, "valid") == 0)
         lb_acme_order_valid(a);
     else
@@ -673,12 +662,10 @@ static void lb_acme_authz_validated(struct lb_acme *a)
     if (strcmp(a->status, "valid") != 0) {
         /* The challenge's error says why (connection refused, wrong answer). */
         char detail[256] = "";
-        int list = lb_jsontok_get(r->body, r->toks, r->ntoks, 0, "challenges");
-        for (int i = 0, ch; (ch = lb_jsontok_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
-            int e = lb_jsontok_get(r->body, r->toks, r->ntoks, ch, "error");
-            if (e >= 0 && lb_acme_str(r, e, "detail", detail, sizeof(detail)))
+        for (const struct lb_json *ch = lb_json_elems(lb_json_get(r->json, "challenges")); ch;
+             ch = ch->next)
+            if (lb_json_get_str(lb_json_get(ch, "error"), "detail", detail, sizeof(detail)))
                 break;
-        }
         if (*detail == '\0' && !a->reread) {
             /* The server may mark the authorization invalid a moment
              * before it holds the challenge's error: read it once more. */
@@ -714,14 +701,13 @@ static void lb_acme_authz_answer(struct lb_acme *a)
         lb_acme_problem(a, "authorization", r);
         return;
     }
-    lb_acme_str(r, 0, "status", a->status, sizeof(a->status));
+    lb_json_get_str(r->json, "status", a->status, sizeof(a->status));
     if (strcmp(a->status, "valid") == 0) {
         a->iauth++;
         lb_acme_next_authz(a);
         return;
     }
     const char *want = lb_acme_challenge_names[a->ac->challenge];
-    int list = lb_jsontok_get(r->body, r->toks, r->ntoks, 0, "challenges");
     struct lb_shm_acme_challenge *c = calloc(1, sizeof(*c));
     char url[LB_ACME_URL_MAX] = "";
     if (c == NULL) {
@@ -729,11 +715,12 @@ static void lb_acme_authz_answer(struct lb_acme *a)
         return;
     }
     a->chal = c;
-    for (int i = 0, ch; (ch = lb_jsontok_elem(r->toks, r->ntoks, list, i)) >= 0; i++) {
+    for (const struct lb_json *ch = lb_json_elems(lb_json_get(r->json, "challenges")); ch;
+         ch = ch->next) {
         char type[32];
-        lb_acme_str(r, ch, "type", type, sizeof(type));
-        if (strcmp(type, want) == 0 && lb_acme_str(r, ch, "url", url, sizeof(url)) &&
-            lb_acme_str(r, ch, "token", c->token, sizeof(c->token)))
+        lb_json_get_str(ch, "type", type, sizeof(type));
+        if (strcmp(type, want) == 0 && lb_json_get_str(ch, "url", url, sizeof(url)) &&
+            lb_json_get_str(ch, "token", c->token, sizeof(c->token)))
             break;
         url[0] = '\0';
     }
@@ -776,20 +763,21 @@ static void lb_acme_new_order_answer(struct lb_acme *a)
         return;
     }
     snprintf(a->order, sizeof(a->order), "%s", r->location);
-    if (!lb_acme_str(r, 0, "finalize", a->finalize, sizeof(a->finalize))) {
+    if (!lb_json_get_str(r->json, "finalize", a->finalize, sizeof(a->finalize))) {
         lb_acme_fail(a, "order %s has no finalize URL", a->order);
         return;
     }
-    int list = lb_jsontok_get(r->body, r->toks, r->ntoks, 0, "authorizations");
-    a->nauth = list >= 0 ? r->toks[list].children : 0;
+    const struct lb_json *list = lb_json_elems(lb_json_get(r->json, "authorizations"));
+    a->nauth = 0;
+    for (const struct lb_json *e = list; e != NULL; e = e->next)
+        a->nauth++;
     a->authz = calloc((size_t)a->nauth + 1, sizeof(*a->authz));
     if (a->authz == NULL) {
         lb_acme_fail(a, "out of memory");
         return;
     }
-    for (int i = 0; i < a->nauth; i++)
-        lb_jsontok_str(r->body, r->toks, r->ntoks, lb_jsontok_elem(r->toks, r->ntoks, list, i),
-                    a->authz[i], sizeof(a->authz[i]));
+    for (int i = 0; list != NULL; list = list->next, i++)
+        lb_json_copy_str(list, a->authz[i], sizeof(a->authz[i]));
     a->iauth = 0;
     lb_acme_next_authz(a);
 }
@@ -840,9 +828,9 @@ static void lb_acme_directory_answer(struct lb_acme *a)
         lb_acme_problem(a, "directory", r);
         return;
     }
-    if (!lb_acme_str(r, 0, "newNonce", a->new_nonce, sizeof(a->new_nonce)) ||
-        !lb_acme_str(r, 0, "newAccount", a->new_account, sizeof(a->new_account)) ||
-        !lb_acme_str(r, 0, "newOrder", a->new_order, sizeof(a->new_order))) {
+    if (!lb_json_get_str(r->json, "newNonce", a->new_nonce, sizeof(a->new_nonce)) ||
+        !lb_json_get_str(r->json, "newAccount", a->new_account, sizeof(a->new_account)) ||
+        !lb_json_get_str(r->json, "newOrder", a->new_order, sizeof(a->new_order))) {
         a->new_order[0] = '\0';
         lb_acme_fail(a, "directory %s: no newNonce, newAccount or newOrder", a->ac->directory);
         return;

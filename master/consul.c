@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "master/json.h"
+#include "shared/json.h"
 
 int lb_consul_url(const struct lb_discovery_cfg *d, const char *index, char *out, size_t cap)
 {

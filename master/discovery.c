@@ -13,7 +13,6 @@
 #include "master/dns.h"
 #include "master/etcd.h"
 #include "master/httpc.h"
-#include "master/json.h"
 #include "master/zk.h"
 #include "shared/log.h"
 #include "shared/runtime.h"

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "master/json.h"
+#include "shared/json.h"
 
 /* The key just past every key that starts with PREFIX: the prefix with
  * its last byte below 0xff incremented (etcd's clientv3.GetPrefixRangeEnd). */
@@ -30,7 +30,8 @@ static int lb_etcd_keys(const char *prefix, char *k, size_t kcap, char *e, size_
     if (n == 0 || n >= sizeof(end))
         return -1;
     size_t en = lb_etcd_prefix_end(prefix, end);
-    if (lb_base64_encode(prefix, n, k, kcap) < 0 || lb_base64_encode(end, en, e, ecap) < 0)
+    if (lb_base64_encode(prefix, n, k, kcap, false) < 0 ||
+        lb_base64_encode(end, en, e, ecap, false) < 0)
         return -1;
     return 0;
 }
@@ -169,9 +170,10 @@ int lb_etcd_watch_parse(const char *msg, size_t len, struct lb_etcd_watch_msg *o
     lb_json_int(lb_json_get(lb_json_get(r, "header"), "revision"), &out->revision);
     lb_json_int(lb_json_get(r, "compact_revision"), &out->compact_revision);
     const struct lb_json *c = lb_json_get(r, "created");
-    out->created = c != NULL && c->type == LB_JSON_TRUE;
+    out->created = c != NULL && c->type == LB_JSON_BOOL && c->boolean;
     c = lb_json_get(r, "canceled");
-    out->canceled = (c != NULL && c->type == LB_JSON_TRUE) || out->compact_revision > 0;
+    out->canceled = (c != NULL && c->type == LB_JSON_BOOL && c->boolean) ||
+                    out->compact_revision > 0;
     const struct lb_json *ev = lb_json_get(r, "events");
     out->events = ev != NULL && ev->type == LB_JSON_ARRAY && ev->child != NULL;
     lb_json_free(j);

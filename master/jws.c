@@ -15,25 +15,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-void lb_jws_b64url(const unsigned char *in, size_t len, char *out)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        if (i + 1 < len)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = tab[(v >> 18) & 63];
-        out[o++] = tab[(v >> 12) & 63];
-        if (i + 1 < len)
-            out[o++] = tab[(v >> 6) & 63];
-        if (i + 2 < len)
-            out[o++] = tab[v & 63];
-    }
-    out[o] = '\0';
-}
+#include "shared/json.h"
 
 EVP_PKEY *lb_jws_key_new(void)
 {
@@ -148,8 +130,8 @@ int lb_jws_jwk(EVP_PKEY *key, char *out, size_t cap)
         EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_Y, &y) == 1 &&
         BN_bn2binpad(x, bx, 32) == 32 && BN_bn2binpad(y, by, 32) == 32) {
         char sx[48], sy[48];
-        lb_jws_b64url(bx, 32, sx);
-        lb_jws_b64url(by, 32, sy);
+        lb_base64_encode(bx, 32, sx, sizeof(sx), true);
+        lb_base64_encode(by, 32, sy, sizeof(sy), true);
         int n = snprintf(out, cap, "{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"%s\",\"y\":\"%s\"}",
                          sx, sy);
         rc = n > 0 && (size_t)n < cap ? 0 : -1;
@@ -166,7 +148,7 @@ int lb_jws_thumbprint(const char *jwk, char *out)
     unsigned int mdlen = 0;
     if (EVP_Digest(jwk, strlen(jwk), md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
         return -1;
-    lb_jws_b64url(md, 32, out);
+    lb_base64_encode(md, 32, out, 44, true);
     return 0;
 }
 
@@ -194,12 +176,13 @@ static int lb_jws_es256(EVP_PKEY *key, const char *in, size_t len, unsigned char
 char *lb_jws_sign(EVP_PKEY *key, const char *protected_json, const char *payload)
 {
     size_t plen = strlen(protected_json), ylen = strlen(payload);
-    char *p64 = malloc(plen * 4 / 3 + 4), *y64 = malloc(ylen * 4 / 3 + 4);
+    size_t pcap = plen * 4 / 3 + 4, ycap = ylen * 4 / 3 + 4;
+    char *p64 = malloc(pcap), *y64 = malloc(ycap);
     char *input = NULL, *out = NULL;
     if (p64 == NULL || y64 == NULL)
         goto done;
-    lb_jws_b64url((const unsigned char *)protected_json, plen, p64);
-    lb_jws_b64url((const unsigned char *)payload, ylen, y64);
+    lb_base64_encode(protected_json, plen, p64, pcap, true);
+    lb_base64_encode(payload, ylen, y64, ycap, true);
     if (asprintf(&input, "%s.%s", p64, y64) < 0) {
         input = NULL;
         goto done;
@@ -208,7 +191,7 @@ char *lb_jws_sign(EVP_PKEY *key, const char *protected_json, const char *payload
     char sig[96];
     if (lb_jws_es256(key, input, strlen(input), raw) < 0)
         goto done;
-    lb_jws_b64url(raw, 64, sig);
+    lb_base64_encode(raw, 64, sig, sizeof(sig), true);
     if (asprintf(&out, "{\"protected\":\"%s\",\"payload\":\"%s\",\"signature\":\"%s\"}", p64, y64,
                  sig) < 0)
         out = NULL;

@@ -1,15 +1,12 @@
 /* JWS for ACME (RFC 7515/8555) with OpenSSL: the account's ES256 key,
  * created once and kept in a 0600 file, its JWK and thumbprint (RFC 7638),
- * flattened JSON signatures, base64url. */
+ * flattened JSON signatures (base64url: shared/json.h). */
 #ifndef LB_JWS_H
 #define LB_JWS_H
 
 #include <stddef.h>
 
 struct evp_pkey_st;
-
-/* base64url without padding of IN (LEN bytes) into OUT (4*LEN/3+4 bytes). */
-void lb_jws_b64url(const unsigned char *in, size_t len, char *out);
 
 /* A new P-256 key. NULL when OpenSSL fails. */
 struct evp_pkey_st *lb_jws_key_new(void);
