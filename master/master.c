@@ -58,6 +58,7 @@ struct lb_master {
     uint64_t respawn_at[LB_MAX_WORKERS];            /* 0: none pending */
     bool backoff[LB_MAX_WORKERS];   /* no worker for a while: its sockets are parked */
     int instance_fd;
+    struct lb_instance_clients instance_clients;    /* their request not read yet */
     int admin_fd;                   /* admin listener, -1 if none */
     struct lb_addr admin_addr;
     pid_t control_pid;              /* 0: none running */
@@ -220,6 +221,7 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         lb_proctitle_set("lbd: worker %u", id);
         if (m->instance_fd >= 0)
             close(m->instance_fd);
+        lb_instance_clients_close(&m->instance_clients);
         /* Keep this worker's sockets only: a socket's life must not depend
          * on workers that never use it. */
         int fds[m->cfg->nlisteners];
@@ -304,6 +306,7 @@ static int lb_master_spawn_control(struct lb_master *m)
         lb_proctitle_set("lbd: control");
         if (m->instance_fd >= 0)
             close(m->instance_fd);
+        lb_instance_clients_close(&m->instance_clients);
         lb_listen_close(&m->listen);
         lb_steer_free(&m->steer);
         close(m->shm.fd);
@@ -1261,6 +1264,7 @@ int lb_master_run(const struct lb_master_options *opt)
     struct lb_master *m = &master;
     m->opt = opt;
     m->instance_fd = -1;
+    lb_instance_clients_init(&m->instance_clients);
     m->admin_fd = -1;
     m->shm.fd = -1;
     m->exe_fd = -1;
@@ -1355,12 +1359,16 @@ int lb_master_run(const struct lb_master_options *opt)
             }
         }
 
-        struct pollfd pfd = { .fd = m->instance_fd, .events = POLLIN };
-        int t = lb_master_timeout(m);
+        struct pollfd pfd[1 + LB_INSTANCE_CLIENTS];
+        size_t npfd = lb_instance_pollfds(m->instance_fd, &m->instance_clients, pfd);
+        int t = lb_master_timeout(m), ti = lb_instance_timeout(&m->instance_clients);
+        if (ti >= 0 && (t < 0 || ti < t))
+            t = ti;
         struct timespec ts = { .tv_sec = t / 1000, .tv_nsec = (long)(t % 1000) * 1000000L };
-        int n = ppoll(&pfd, 1, t < 0 ? NULL : &ts, &wait_mask);
-        if (n > 0 && (pfd.revents & POLLIN))
-            lb_instance_serve(m->instance_fd, m->shm.fd, lb_master_on_scale, m);
+        int n = ppoll(pfd, npfd, t < 0 ? NULL : &ts, &wait_mask);
+        if (n >= 0)
+            lb_instance_serve(m->instance_fd, &m->instance_clients, m->shm.fd,
+                              lb_master_on_scale, m);
     }
     lb_log_info("stopped");
     rc = 0;
@@ -1369,6 +1377,7 @@ out:
         unlink(m->pid_file);
     if (m->instance_fd >= 0)
         close(m->instance_fd);
+    lb_instance_clients_close(&m->instance_clients);
     if (m->admin_fd >= 0)
         close(m->admin_fd);
     if (m->exe_fd >= 0)
