@@ -31,6 +31,17 @@ def version_of(binary):
     return "0.2.0+b" if os.path.basename(binary) == "lbd-b" else "0.2.0"
 
 
+def master_fds(pid):
+    """{fd: what it points to} of process PID."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
 class UpgradeTest(LbdTestCase):
 
     def setUp(self):
@@ -437,6 +448,64 @@ class UpgradeTest(LbdTestCase):
         lbd.stop()
         self.assertFalse(os.path.exists(self.pid_file))
         self.assertFalse(pid_alive(lbd.pid))
+
+    def child_fds(self, lbd, title):
+        """The fd count of lbd's child whose process title is TITLE."""
+        for pid in proc_children(lbd.pid):
+            if proc_title(pid) == title:
+                return len(master_fds(pid))
+        self.fail(f"no {title!r} among {[proc_title(p) for p in proc_children(lbd.pid)]}")
+
+    def test_no_fd_leak_across_reloads_scaling_and_upgrades(self):
+        """The master holds as many fds after 5 reloads, 3 scalings up and
+        down (lbd -S and TTIN/TTOU), a few control socket clients and 2
+        upgrades as before them: with eBPF steering and the admin listener
+        on, whose sockets and programs are replaced along the way."""
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        cfg = lbd_config(listen, [{"name": "web", "servers": [(b1.addr, 1)]}], workers=2,
+                         listener={"steering": "client_ip"}, admin=f"127.0.0.1:{free_port()}")
+        lbd = self.start(cfg, listen)
+        steering = lbd.snapshot()["steering"]["mode"] == "client_ip"
+        before = master_fds(lbd.pid)
+        kids = {t: self.child_fds(lbd, t) for t in ("lbd: worker 0", "lbd: worker 1",
+                                                     "lbd: control")}
+
+        def settled(n):
+            """N workers, none draining, no control process exiting."""
+            def probe():
+                ws = lbd.snapshot()["workers"]
+                return (len(ws) == n and all(w["state"] == "running" for w in ws) and
+                        len(proc_children(lbd.pid)) == n + 1)
+            wait_for(probe, 30, what=f"{n} running workers and nothing else")
+
+        for _ in range(5):
+            lbd.reload()
+        for i in range(3):
+            if i == 1:
+                lbd.signal(signal.SIGTTIN)
+                settled(3)
+                lbd.signal(signal.SIGTTOU)
+                settled(2)
+                continue
+            for n in (3, 2):
+                r = subprocess.run([self.lbd_bin, "-S", str(n), "-c", lbd.config_path],
+                                   capture_output=True, text=True, timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                settled(n)
+        for new in (lbdtest.LBD_B, self.lbd_bin):
+            self.install(new)
+            self.upgrade(lbd)
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+        settled(2)
+        self.assertEqual(lbd.snapshot()["steering"]["mode"],
+                         "client_ip" if steering else "kernel")
+        after = master_fds(lbd.pid)
+        self.assertEqual(len(after), len(before),
+                         f"before: {sorted(before.items())}\nafter: {sorted(after.items())}")
+        self.assertEqual({t: self.child_fds(lbd, t) for t in kids}, kids,
+                         "the new workers and control process hold what the first ones held")
+        lbd.stop()
 
 
 if __name__ == "__main__":
