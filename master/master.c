@@ -1228,8 +1228,9 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
         while (m->in_fds.n > 0) {
             struct lb_inherit_entry e = m->in_fds.v[0];
             lb_inherit_take(&m->in_fds, e.name, &fd);
-            if (strcmp(e.name, "exe") != 0 && strcmp(e.name, "shm") != 0 &&
-                strcmp(e.name, "admin") != 0)
+            if (strcmp(e.name, "shm") == 0)
+                lb_shm_retire((int)fd);     /* not adopted: lbtop lets it go */
+            else if (strcmp(e.name, "exe") != 0 && strcmp(e.name, "admin") != 0)
                 lb_log_warn("upgrade: inherited fd %s unknown to this binary: closed", e.name);
             close((int)fd);
         }

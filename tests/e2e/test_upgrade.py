@@ -414,6 +414,50 @@ class UpgradeTest(LbdTestCase):
             self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
                              f"{ld.ok + len(ld.errors)} requests failed")
 
+    def test_lbtop_follows_an_upgrade_across_a_layout_change(self):
+        """One lbtop (of this build's layout) in batch mode across an
+        upgrade to a binary of another layout and back: the master's pid
+        stays, but the segment lbtop reads is replaced. lbtop says it
+        cannot read the new one (instead of showing the old segment, frozen
+        once its workers are gone), then re-attaches to the segment of the
+        upgrade back and counts its requests."""
+        from test_lbtop import frames, parse_frame
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        out_path = self.path("lbtop.out")
+        with open(out_path, "wb") as out:
+            top = subprocess.Popen([self.lbtop_bin, "-c", lbd.config_path, "-b", "-n", "3000",
+                                    "-d", "0.05"], stdout=out, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: top.poll() is None and (top.kill(), top.wait()))
+
+        def seen(cond, what):
+            def probe():
+                with open(out_path) as f:
+                    fs = [parse_frame(x) for x in frames(f.read())[:-1]]
+                return fs if fs and cond(fs[-1]) else None
+            return wait_for(probe, 30, interval=0.1, what=what)
+
+        seen(lambda f: f["master"] == lbd.pid, "a first frame")
+        for i, new in enumerate((lbdtest.LBD_LAYOUT, self.lbd_bin), 1):
+            self.install(new)
+            n = len(lbd.log())
+            lbd.signal(signal.SIGUSR2)
+            wait_for(lambda: (lambda s: s and s["upgrades"] == i)(self.snapshot_with(lbd, new)),
+                     30, what="the upgrade to settle")
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+            self.assertIn("starting fresh", lbd.log()[n:])
+            if new == lbdtest.LBD_LAYOUT:
+                seen(lambda f: f["master"] is None and
+                     "cannot read the shared memory" in f["text"],
+                     "lbtop to let the replaced segment go")
+        for _ in range(7):
+            self.assertEqual(lbdtest.http_get(lbd.listen).status, 200)
+        fs = seen(lambda f: f["master"] == lbd.pid and
+                  sum(w["requests"] for w in f["workers"]) == 7,
+                  "lbtop to re-attach and count the 7 requests")
+        self.assertIsNone(top.poll(), "lbtop kept running")
+
     def test_upgrade_then_stop_and_signals(self):
         """Workers and the control process ignore USR2; a reload right
         behind an upgrade; the upgraded master is a master like any: HUP
