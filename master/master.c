@@ -222,6 +222,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         if (m->instance_fd >= 0)
             close(m->instance_fd);
         lb_instance_clients_close(&m->instance_clients);
+        if (m->exe_fd >= 0)
+            close(m->exe_fd);       /* the previous binary, while settling */
         /* Keep this worker's sockets only: a socket's life must not depend
          * on workers that never use it. */
         int fds[m->cfg->nlisteners];
@@ -307,6 +309,8 @@ static int lb_master_spawn_control(struct lb_master *m)
         if (m->instance_fd >= 0)
             close(m->instance_fd);
         lb_instance_clients_close(&m->instance_clients);
+        if (m->exe_fd >= 0)
+            close(m->exe_fd);       /* the previous binary, while settling */
         lb_listen_close(&m->listen);
         lb_steer_free(&m->steer);
         close(m->shm.fd);

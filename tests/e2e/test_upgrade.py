@@ -4,6 +4,7 @@ its new workers take over and the old ones drain. Two builds that differ:
 build/lbd and build/lbd-b (the same tree with version 0.2.0+b)."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -494,10 +495,11 @@ class UpgradeTest(LbdTestCase):
         self.assertFalse(pid_alive(lbd.pid))
 
     def child_fds(self, lbd, title):
-        """The fd count of lbd's child whose process title is TITLE."""
+        """What the fds of lbd's child whose process title is TITLE point
+        to, sorted, without inode numbers ("socket:", "pipe:", a path)."""
         for pid in proc_children(lbd.pid):
             if proc_title(pid) == title:
-                return len(master_fds(pid))
+                return sorted(re.sub(r"\[\d+\]", "", t) for t in master_fds(pid).values())
         self.fail(f"no {title!r} among {[proc_title(p) for p in proc_children(lbd.pid)]}")
 
     def test_no_fd_leak_across_reloads_scaling_and_upgrades(self):
