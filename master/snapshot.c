@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "shared/instance.h"
+#include "shared/json.h"
 
 const char *const lb_breaker_state_names[LB_BREAKER_STATES] = { "closed", "open", "half_open" };
 const char *const lb_backend_admin_names[LB_BACKEND_ADMIN_STATES] = { "ready", "drain", "maint" };
@@ -42,21 +43,6 @@ static void lb_snapshot_pauses(FILE *out, const uint64_t *c)
             (unsigned long long)c[LB_PAUSE_FD]);
 }
 
-static void lb_json_string(FILE *out, const char *s, size_t max)
-{
-    fputc('"', out);
-    for (size_t i = 0; i < max && s[i] != '\0'; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
-}
-
 const char *const lb_tls_result_names[LB_TLS_RESULTS] = { "full", "resumed", "failed" };
 const char *const lb_tls_failure_names[LB_TLS_FAILURES] = { "version", "cipher", "http",
                                                             "protocol", "closed", "sni" };
@@ -88,7 +74,7 @@ static void lb_snapshot_tls(const struct lb_shm_header *h, FILE *out)
         uint32_t n = 0;
         lb_shm_tls_certs_get(t, certs, &n);
         fprintf(out, "%s{\"listener\":", first ? "" : ",");
-        lb_json_string(out, t->address, sizeof(t->address));
+        lb_json_write_stringn(out, t->address, sizeof(t->address));
         fprintf(out, ",\"ticket_keys\":%u,\"ticket_rotations\":%llu,"
                      "\"cert_generation\":%llu,\"certificates\":[",
                 t->nkeys,
@@ -101,7 +87,7 @@ static void lb_snapshot_tls(const struct lb_shm_header *h, FILE *out)
             if (na != 0 && gmtime_r(&na, &tm) != NULL)
                 strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
             fprintf(out, "%s{\"subject\":", c ? "," : "");
-            lb_json_string(out, certs[c].subject, sizeof(certs[c].subject));
+            lb_json_write_stringn(out, certs[c].subject, sizeof(certs[c].subject));
             fprintf(out, ",\"not_after\":\"%s\",\"not_after_s\":%lld}", when,
                     (long long)certs[c].not_after);
         }
@@ -135,7 +121,7 @@ static void lb_snapshot_limits(const struct lb_shm_header *h, FILE *out)
         struct lb_limit_totals t;
         lb_shm_limit_sum(h, i, &t);
         fprintf(out, "%s{\"name\":\"%s\",\"key\":", first ? "" : ",", l->name);
-        lb_json_string(out, l->key, sizeof(l->key));
+        lb_json_write_stringn(out, l->key, sizeof(l->key));
         fprintf(out, ",\"rate\":\"%s\",\"burst\":%u,\"algorithm\":\"%s\",\"status\":%u,"
                      "\"dry_run\":%s,\"table_size\":%llu,\"keys\":%llu,\"evictions\":%llu,"
                      "\"requests\":{\"allowed\":%llu,\"limited\":%llu,\"delayed\":%llu,"
@@ -164,9 +150,9 @@ static void lb_snapshot_faults(const struct lb_shm_header *h, FILE *out)
             continue;
         uint32_t over = atomic_load(&f->ppm_override);
         fprintf(out, "%s{\"name\":", first ? "" : ",");
-        lb_json_string(out, f->name, sizeof(f->name));
+        lb_json_write_stringn(out, f->name, sizeof(f->name));
         fputs(",\"pool\":", out);
-        lb_json_string(out, f->pool, sizeof(f->pool));
+        lb_json_write_stringn(out, f->pool, sizeof(f->pool));
         fprintf(out, ",\"state\":\"%s\",\"type\":\"%s\",\"delay_ms\":%llu,\"status\":%u,"
                      "\"file_percent\":%g,\"percent\":%g,\"percent_override\":",
                 entry_state[st], lb_fault_type_name((enum lb_fault_type)f->type),
@@ -386,7 +372,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                     (unsigned long long)atomic_load(&be->last_change_ms));
             char error[LB_ERROR_TEXT];
             lb_shm_error_get(be, error, sizeof(error));
-            lb_json_string(out, error, sizeof(error));
+            lb_json_write_stringn(out, error, sizeof(error));
             fputs("}}", out);
             sfirst = false;
         }

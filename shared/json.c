@@ -292,11 +292,11 @@ const struct lb_json_field *lb_json_find(const struct lb_json_field *f, size_t n
     return NULL;
 }
 
-void lb_json_write_string(FILE *out, const char *s)
+void lb_json_write_stringn(FILE *out, const char *s, size_t max)
 {
     fputc('"', out);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
+    for (size_t i = 0; i < max && s[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\')
             fprintf(out, "\\%c", c);
         else if (c < 0x20 || c == 0x7f)
@@ -305,4 +305,9 @@ void lb_json_write_string(FILE *out, const char *s)
             fputc(c, out);
     }
     fputc('"', out);
+}
+
+void lb_json_write_string(FILE *out, const char *s)
+{
+    lb_json_write_stringn(out, s, SIZE_MAX);
 }

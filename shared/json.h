@@ -36,5 +36,8 @@ const struct lb_json_field *lb_json_find(const struct lb_json_field *f, size_t n
 
 /* Write S as a JSON string, quoted and escaped. */
 void lb_json_write_string(FILE *out, const char *s);
+/* The same for at most MAX bytes of S (a fixed-size field in shm, which a
+ * writer may have left without its NUL). */
+void lb_json_write_stringn(FILE *out, const char *s, size_t max);
 
 #endif
