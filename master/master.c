@@ -49,6 +49,7 @@ struct lb_master {
     const struct lb_master_options *opt;
     struct lb_config *cfg;
     struct lb_shm shm;
+    int shm_reader_fd;              /* read-only, for the rendezvous socket's clients */
     struct lb_listen_set listen;
     struct lb_steer_set steer;
     unsigned scaled;                /* 0, or the count TTIN/TTOU/-S set (kept across reloads) */
@@ -233,6 +234,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
                 if (k != id && m->listen.groups[g].fds[k] >= 0)
                     close(m->listen.groups[g].fds[k]);
         close(m->shm.fd);
+        if (m->shm_reader_fd >= 0)
+            close(m->shm_reader_fd);
         if (m->admin_fd >= 0)
             close(m->admin_fd);
         lb_steer_free(&m->steer);
@@ -314,6 +317,8 @@ static int lb_master_spawn_control(struct lb_master *m)
         lb_listen_close(&m->listen);
         lb_steer_free(&m->steer);
         close(m->shm.fd);
+        if (m->shm_reader_fd >= 0)
+            close(m->shm_reader_fd);
         lb_control_main(m->cfg, m->shm.hdr, m->admin_fd);
     }
     m->control_pid = pid;
@@ -1189,6 +1194,10 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
     if (lb_master_open_log(m->cfg) < 0 && !upgraded)
         return -1;
     lb_master_fd_budget(m, m->cfg);
+    m->shm_reader_fd = lb_shm_reader_fd(m->shm.fd);
+    if (m->shm_reader_fd < 0)
+        lb_log_warn("no read-only copy of the shared memory for lbd -s and lbtop (%d: %s): "
+                    "they get a writable one", errno, strerror(errno));
     /* Attached before any worker runs (its log line goes to error_log). */
     if (lb_steer_apply(&m->steer, m->cfg, &m->listen, 0, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
@@ -1272,6 +1281,7 @@ int lb_master_run(const struct lb_master_options *opt)
     lb_instance_clients_init(&m->instance_clients);
     m->admin_fd = -1;
     m->shm.fd = -1;
+    m->shm_reader_fd = -1;
     m->exe_fd = -1;
     lb_log_set_role("master");
     bool upgraded = lb_upgrade_inherited(&m->in_fds, &m->in_state);
@@ -1372,7 +1382,8 @@ int lb_master_run(const struct lb_master_options *opt)
         struct timespec ts = { .tv_sec = t / 1000, .tv_nsec = (long)(t % 1000) * 1000000L };
         int n = ppoll(pfd, npfd, t < 0 ? NULL : &ts, &wait_mask);
         if (n >= 0)
-            lb_instance_serve(m->instance_fd, &m->instance_clients, m->shm.fd,
+            lb_instance_serve(m->instance_fd, &m->instance_clients,
+                              m->shm_reader_fd >= 0 ? m->shm_reader_fd : m->shm.fd,
                               lb_master_on_scale, m);
     }
     lb_log_info("stopped");
@@ -1389,6 +1400,8 @@ out:
         close(m->exe_fd);
     lb_listen_close(&m->listen);
     lb_steer_free(&m->steer);
+    if (m->shm_reader_fd >= 0)
+        close(m->shm_reader_fd);
     if (m->shm.hdr != NULL)
         lb_shm_close(&m->shm);
     lb_config_free(m->cfg);

@@ -1,6 +1,7 @@
 #include "shared/shm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -142,6 +143,17 @@ int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why)
     }
     munmap(base, (size_t)st.st_size);
     return -1;
+}
+
+int lb_shm_reader_fd(int fd)
+{
+    /* Owner only: a reader's fd could otherwise be reopened for writing
+     * through /proc (a memfd is created 0777). */
+    if (fchmod(fd, 0600) < 0)
+        return -1;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    return open(path, O_RDONLY | O_CLOEXEC);
 }
 
 void lb_shm_retire(int fd)

@@ -22,6 +22,10 @@ int lb_shm_create(struct lb_shm *shm);
  * 0, or -1 with *why set. Takes ownership of fd on success. */
 int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why);
 void lb_shm_close(struct lb_shm *shm);
+/* Master: a read-only fd of its segment FD, for readers outside lbd
+ * (lbd -s, lbtop: anyone may ask the rendezvous socket), and FD made
+ * owner-only. -1 with errno on failure (no /proc). */
+int lb_shm_reader_fd(int fd);
 /* Mark the segment of FD, of any layout, as replaced (LB_SHM_MAGIC_RETIRED):
  * a reader mapping it (lbtop) sees that its master moved to another one. */
 void lb_shm_retire(int fd);

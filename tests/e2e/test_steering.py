@@ -503,3 +503,33 @@ class ControlSocketTest(SteeringBase):
         for w in lbd.running_workers():
             fds[w["id"]] = len(os.listdir(f"/proc/{w['pid']}/fd"))
         self.assertEqual(fds[2], fds[0], fds)
+
+    def test_other_users_get_a_read_only_segment(self):
+        """The memfd the socket hands to anyone (lbd -s, lbtop) lets
+        another user read the segment, not write it: no shared writable
+        mapping, no reopening it for writing through /proc (the admin API's
+        token would mean nothing if any local user could set a server's
+        state in shm)."""
+        lbd = self.start(workers=2, steering="kernel")
+        code = f"""
+import mmap, os, socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.connect({control_socket_name(lbd.config_path)!r})
+s.sendall(b"G")
+msg, anc, _, _ = s.recvmsg(1, socket.CMSG_SPACE(4))
+fd = struct.unpack("i", anc[0][2][:4])[0]
+ro = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+print("magic", ro[:7].decode())
+for what, f in (("mmap", lambda: mmap.mmap(fd, 4096, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE)),
+                ("reopen", lambda: os.open(f"/proc/self/fd/{{fd}}", os.O_RDWR))):
+    try:
+        f()
+        print(what, "writable")
+    except OSError as e:
+        print(what, "refused")
+"""
+        r = subprocess.run(["python3", "-c", code], user=65534, capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.stdout.split("\n"), ["magic LBDSHM1", "mmap refused", "reopen refused",
+                                                ""], r.stderr)
