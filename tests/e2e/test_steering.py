@@ -14,8 +14,8 @@ import subprocess
 import threading
 
 import test_lifecycle
-from lbdtest import (HttpConn, LbdTestCase, free_port, ipv6_loopback_available, lbd_config,
-                     wait_for)
+from lbdtest import (HttpConn, LbdTestCase, free_port, http_get, ipv6_loopback_available,
+                     lbd_config, proc_children, proc_title, wait_for)
 
 # ---- bpf/steer.h in Python ----------------------------------------------
 
@@ -533,3 +533,30 @@ for what, f in (("mmap", lambda: mmap.mmap(fd, 4096, mmap.MAP_SHARED,
                            timeout=30)
         self.assertEqual(r.stdout.split("\n"), ["magic LBDSHM1", "mmap refused", "reopen refused",
                                                 ""], r.stderr)
+
+    def test_ttin_to_the_whole_group_stops_no_process(self):
+        """TTIN and TTOU sent to every process of lbd, as `systemctl kill`
+        does without --kill-whom=main: the master scales, and the workers
+        and the control process, for which the signals' default is to stop
+        the process, go on: every request on a new connection succeeds
+        and no process is stopped."""
+        lbd = self.start(workers=2, steering="kernel")
+        kids = proc_children(lbd.pid)
+        self.assertEqual(len(kids), 3)
+        for sig in (signal.SIGTTIN, signal.SIGTTOU):
+            at = lbd.log_size()
+            for pid in [lbd.pid] + kids:
+                os.kill(pid, sig)
+            lbd.wait_log("scaled from", at)
+        self.wait_workers(lbd, 2)
+        failed = 0
+        for _ in range(8):
+            try:
+                r = http_get(lbd.listen, timeout=3)
+                failed += r.status != 200
+            except OSError:
+                failed += 1
+        self.assertEqual(failed, 0, "requests failed: a stopped worker took them")
+        for pid in kids:
+            with open(f"/proc/{pid}/stat") as f:
+                self.assertNotEqual(f.read().rsplit(")", 1)[1].split()[0], "T", proc_title(pid))
