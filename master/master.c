@@ -955,6 +955,9 @@ static void lb_master_settle(struct lb_master *m)
         lb_log_error("upgrade: going back failed (%s): the previous binary's workers serve on "
                      "until the next reload", err);
         m->settle_until = 0;
+        if (m->exe_fd >= 0)
+            close(m->exe_fd);
+        m->exe_fd = -1;
         return;
     }
     if (lb_now_ms() < m->settle_until)

@@ -11,8 +11,8 @@ import subprocess
 import unittest
 
 import lbdtest
-from lbdtest import (LbdTestCase, free_port, lbd_config, pid_alive, proc_children, proc_title,
-                     wait_for)
+from lbdtest import (LbdTestCase, free_port, http_get, lbd_config, pid_alive, proc_children,
+                     proc_title, wait_for)
 from test_lifecycle import LoadLoop
 
 
@@ -493,6 +493,27 @@ class UpgradeTest(LbdTestCase):
         lbd.stop()
         self.assertFalse(os.path.exists(self.pid_file))
         self.assertFalse(pid_alive(lbd.pid))
+
+    def test_failed_going_back_keeps_no_fd_of_the_old_binary(self):
+        """New workers die at start and going back fails too (the old
+        binary's file lost its execute permission): the master logs it,
+        the old workers serve on, and the master holds the files it held
+        before (not the old binary's)."""
+        self.expect_worker_deaths()
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        before = master_fds(lbd.pid)
+        self.install(lbdtest.LBD_CRASH)
+        os.chmod(f"/proc/{lbd.pid}/exe", 0o644)     # the replaced file, still running
+        off = lbd.log_size()
+        lbd.signal(signal.SIGUSR2)
+        lbd.wait_log(r"upgrade: going back failed", since=off, timeout=30)
+        self.assertEqual(http_get(lbd.listen).status, 200)
+        def files(fds):
+            """Sockets aside: the crashing workers' are parked (closed) by turns."""
+            return sorted(t for t in fds.values() if not t.startswith("socket:"))
+        self.assertEqual(files(master_fds(lbd.pid)), files(before))
 
     def child_fds(self, lbd, title):
         """What the fds of lbd's child whose process title is TITLE point
