@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import unittest
 
@@ -528,11 +529,15 @@ class UpgradeTest(LbdTestCase):
         down (lbd -S and TTIN/TTOU), a few control socket clients and 2
         upgrades as before them: with eBPF steering and the admin listener
         on, whose sockets and programs are replaced along the way."""
+        from test_steering import control_socket_name
         b1, = self.start_backends("b1")
         listen = f"127.0.0.1:{free_port()}"
-        cfg = lbd_config(listen, [{"name": "web", "servers": [(b1.addr, 1)]}], workers=2,
-                         listener={"steering": "client_ip"}, admin=f"127.0.0.1:{free_port()}")
-        lbd = self.start(cfg, listen)
+
+        def cfg(steering, admin):
+            return lbd_config(listen, [{"name": "web", "servers": [(b1.addr, 1)]}], workers=2,
+                              listener={"steering": steering}, admin=admin)
+        admin1, admin2 = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        lbd = self.start(cfg("client_ip", admin1), listen)
         steering = lbd.snapshot()["steering"]["mode"] == "client_ip"
         before = master_fds(lbd.pid)
         kids = {t: self.child_fds(lbd, t) for t in ("lbd: worker 0", "lbd: worker 1",
@@ -546,8 +551,20 @@ class UpgradeTest(LbdTestCase):
                         len(proc_children(lbd.pid)) == n + 1)
             wait_for(probe, 30, what=f"{n} running workers and nothing else")
 
-        for _ in range(5):
-            lbd.reload()
+        # The steering program detached and loaded again, the admin socket
+        # moved and back.
+        lbd.reload()
+        lbd.reload(cfg("kernel", admin2))
+        lbd.reload()
+        lbd.reload(cfg("client_ip", admin1))
+        lbd.reload()
+        for req in (b"", b"S", b"Sx", b"G", b"\xff" * 40):
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(control_socket_name(lbd.config_path))
+                c.sendall(req)
+                c.shutdown(socket.SHUT_WR)
+                c.settimeout(20)
+                c.recv(256)
         for i in range(3):
             if i == 1:
                 lbd.signal(signal.SIGTTIN)
