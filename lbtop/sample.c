@@ -32,7 +32,7 @@ static void lb_top_take_servers(const struct lb_shm_header *h, struct lb_top_sam
             v->id = b;
             v->pool_id = p;
             lb_top_copy_name(v->pool, pool->name, sizeof(v->pool));
-            lb_top_copy_name(v->address, be->address, sizeof(v->address));
+            lb_top_copy_name(v->address, lb_shm_backend_name(be), sizeof(v->address));
             v->weight = atomic_load(&be->weight);
             v->up = atomic_load(&be->health) == LB_HEALTH_UP;
             v->state = lb_backend_admin_state(be);

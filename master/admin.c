@@ -508,6 +508,20 @@ static int lb_admin_fault(struct lb_admin_req *r)
                 return lb_admin_fail(r, 400, "unknown key \"%s\" (percent, enabled)", f[i].key);
             }
         }
+        /* The pool's faults share one draw (worker/fault.c): their live
+         * shares may not pass 100 %, as lbd -t checks for the file's. */
+        uint64_t mine = !(enabled >= 0 ? enabled : (int)atomic_load(&sf->enabled)) ? 0
+                      : ppm >= 0 ? (uint64_t)ppm
+                      : atomic_load(&sf->ppm_override) != LB_PPM_NONE
+                          ? atomic_load(&sf->ppm_override) : atomic_load(&sf->file_ppm);
+        uint64_t others = 0;
+        for (size_t i = 0; i < cfg->nfaults; i++)
+            if (&cfg->faults[i] != fc && cfg->faults[i].pool == fc->pool)
+                others += atomic_load(&lb_shm_fault(r->a->shm, cfg->faults[i].shm_id)->live_ppm);
+        if (mine + others > LB_FAULT_PPM_ONE)
+            return lb_admin_fail(r, 409, "the faults of pool '%s' would add up to %g %% "
+                                 "(at most 100 %%)", cfg->pools[fc->pool].name,
+                                 (double)(mine + others) / (LB_FAULT_PPM_ONE / 100));
         if (ppm >= 0)
             atomic_store(&sf->ppm_override, (uint32_t)ppm);
         if (enabled >= 0)
@@ -581,6 +595,7 @@ static const char *lb_admin_reason(int status)
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
     case 411: return "Length Required";
     case 413: return "Content Too Large";
     default:  return "Internal Server Error";

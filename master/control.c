@@ -7,7 +7,9 @@
 
 #include <event2/event.h>
 
+#include "master/acme.h"
 #include "master/admin.h"
+#include "master/discovery.h"
 #include "master/health.h"
 #include "master/tickets.h"
 #include "shared/fdbudget.h"
@@ -32,6 +34,8 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     struct lb_checker *health = NULL;
     struct lb_admin *admin = NULL;
     struct lb_tickets *tickets = NULL;
+    struct lb_acme *acme = NULL;
+    struct lb_discovery *disco = NULL;
     int rc = 1;
 
     signal(SIGHUP, SIG_IGN);
@@ -57,6 +61,12 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
         goto out;
     }
     tickets = lb_tickets_start(base, cfg, shm);
+    acme = lb_acme_start(base, cfg, shm);
+    disco = lb_discovery_start(base, cfg, shm);
+    if (disco == NULL) {
+        lb_log_error("service discovery could not start");
+        goto out;
+    }
     /* Health probes hold one fd each at most; admin connections get what
      * is left, never more (shared/fdbudget.h). */
     struct lb_fdbudget_control fb;
@@ -72,7 +82,9 @@ void lb_control_main(const struct lb_config *cfg, struct lb_shm_header *shm, int
     rc = 0;
 out:
     lb_admin_stop(admin);
+    lb_acme_stop(acme);
     lb_tickets_stop(tickets);
+    lb_discovery_stop(disco);
     lb_health_stop(health);
     for (size_t i = 0; i < 4; i++)
         if (sev[i] != NULL)

@@ -43,6 +43,11 @@ struct lb_probe {
     struct bufferevent *bev;
     size_t scanned;             /* lb_http_head_end's position */
     bool connected;
+    /* The server this probe checks, copied at its start: a runtime
+     * slot's may change between probes (shared/runtime.h). */
+    struct lb_addr addr;
+    char address[LB_ADDR_STR_MAX];
+    uint32_t epoch;
 };
 
 struct lb_checker {
@@ -102,13 +107,18 @@ static void lb_probe_done(struct lb_probe *p, const char *error)
     evtimer_del(p->deadline);
     if (!lb_shm_generation_current(p->owner->shm, p->owner->generation))
         return;     /* retiring: a newer configuration owns health now */
+    if (p->server->runtime && atomic_load(&p->shared->rt_epoch) != p->epoch) {
+        /* Another server took the slot meanwhile: not its verdict. */
+        lb_probe_schedule(p, p->pool->health.interval_ms);
+        return;
+    }
     int change = lb_health_record(p->shared, &p->pool->health, error);
     if (change > 0)
         lb_log_info("server %s of pool '%s' is UP (health check passed %u times)",
-                    p->server->address, p->pool->name, p->pool->health.rise);
+                    p->address, p->pool->name, p->pool->health.rise);
     else if (change < 0)
         lb_log_warn("server %s of pool '%s' is DOWN (%u failed health checks, last: %s)",
-                    p->server->address, p->pool->name, p->pool->health.fall, error);
+                    p->address, p->pool->name, p->pool->health.fall, error);
     lb_probe_schedule(p, p->pool->health.interval_ms);
 }
 
@@ -161,7 +171,7 @@ static void lb_probe_event(struct bufferevent *bev, short what, void *arg)
         p->connected = true;
         evbuffer_add_printf(bufferevent_get_output(bev),
                             "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: lbd-health\r\n"
-                            "Connection: close\r\n\r\n", h->path, p->server->address);
+                            "Connection: close\r\n\r\n", h->path, p->address);
         /* Reading stops just past the largest head there may be. */
         bufferevent_setwatermark(bev, EV_READ, 0, p->owner->limits.max_head + 4);
         bufferevent_enable(bev, EV_READ | EV_WRITE);
@@ -212,7 +222,7 @@ static void lb_probe_skip(struct lb_probe *p, const char *what, int err)
     uint64_t n;
     if (lb_log_limit_hit(&p->owner->skip_log, lb_now_ms(), &n))
         lb_log_error("health check of %s skipped: %s failed (%d: %s) (%llu check(s) skipped "
-                     "since the last such line)", p->server->address, what, err, strerror(err),
+                     "since the last such line)", p->address, what, err, strerror(err),
                      (unsigned long long)n);
     lb_probe_schedule(p, p->pool->health.interval_ms);
 }
@@ -223,13 +233,24 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct lb_probe *p = arg;
     struct event_base *base = p->owner->base;
-    const struct sockaddr *sa = (const struct sockaddr *)&p->server->addr.ss;
     /* maint (admin API) means no traffic at all, checks included: the
      * server keeps its last health until it leaves maint. */
     if (lb_backend_admin_state(p->shared) == LB_BACKEND_MAINT) {
         lb_probe_schedule(p, p->pool->health.interval_ms);
         return;
     }
+    if (p->server->runtime) {
+        /* An EMPTY slot has no one to check; the address of one that is
+         * not changes only while it is EMPTY (shared/runtime.h). */
+        if (atomic_load(&p->shared->rt_state) == LB_RT_EMPTY) {
+            lb_probe_schedule(p, p->pool->health.interval_ms);
+            return;
+        }
+        p->epoch = atomic_load(&p->shared->rt_epoch);
+        p->addr = p->shared->rt_addr;
+        snprintf(p->address, sizeof(p->address), "%s", p->shared->rt_address);
+    }
+    const struct sockaddr *sa = (const struct sockaddr *)&p->addr.ss;
     p->scanned = 0;
     p->connected = false;
     int s = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -270,7 +291,7 @@ static void lb_probe_start(evutil_socket_t fd, short what, void *arg)
     struct timeval tv = lb_ms_timeval(p->pool->health.timeout_ms);
     evtimer_add(p->deadline, &tv);
     bufferevent_setcb(p->bev, lb_probe_read, NULL, lb_probe_event, p);
-    if (bufferevent_socket_connect(p->bev, sa, (int)p->server->addr.len) < 0) {
+    if (bufferevent_socket_connect(p->bev, sa, (int)p->addr.len) < 0) {
         int err = EVUTIL_SOCKET_ERROR();
         lb_probe_done(p, evutil_socket_error_to_string(err));
     }
@@ -315,6 +336,8 @@ struct lb_checker *lb_health_start(struct event_base *base, const struct lb_conf
             p->pool = pool;
             p->server = &pool->servers[j];
             p->shared = lb_shm_backend(shm, pool->servers[j].shm_id);
+            p->addr = pool->servers[j].addr;
+            snprintf(p->address, sizeof(p->address), "%s", pool->servers[j].address);
             p->timer = evtimer_new(base, lb_probe_start, p);
             p->deadline = evtimer_new(base, lb_probe_deadline, p);
             h->nprobes++;

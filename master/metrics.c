@@ -31,7 +31,7 @@ static size_t lb_metrics_backends(const struct lb_shm_header *h, struct lb_metri
         return 0;
     for (unsigned i = 0; i < h->max_backends; i++) {
         const struct lb_shm_backend *b = lb_shm_backend(h, i);
-        if (atomic_load(&b->state) != LB_ENTRY_ACTIVE)
+        if (atomic_load(&b->state) != LB_ENTRY_ACTIVE || !lb_shm_backend_shown(b))
             continue;
         v[n].b = b;
         lb_shm_backend_sum(h, i, &v[n].t);
@@ -48,7 +48,7 @@ static void lb_metrics_backend_counter(FILE *out, const struct lb_metrics_backen
 {
     lb_family(out, name, "counter", help);
     for (size_t i = 0; i < n; i++)
-        fprintf(out, "%s{" LB_LABELS "} %llu\n", name, v[i].b->pool, v[i].b->address,
+        fprintf(out, "%s{" LB_LABELS "} %llu\n", name, v[i].b->pool, lb_shm_backend_name(v[i].b),
                 (unsigned long long)*(const uint64_t *)((const char *)&v[i].t + offset));
 }
 
@@ -205,7 +205,7 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     for (size_t i = 0; i < n; i++)
         for (unsigned c = 0; c < LB_STATUS_CLASSES; c++)
             fprintf(out, "lbd_backend_responses_total{" LB_LABELS ",code=\"%s\"} %llu\n",
-                    v[i].b->pool, v[i].b->address, lb_codes[c],
+                    v[i].b->pool, lb_shm_backend_name(v[i].b), lb_codes[c],
                     (unsigned long long)v[i].t.responses[c]);
     lb_metrics_backend_counter(out, v, n, "lbd_backend_failures_total",
                                "Failed exchanges with a server (connect, reset, timeout, bad response).",
@@ -222,69 +222,69 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
     for (size_t i = 0; i < n; i++)
         for (unsigned r = 0; r < LB_TLS_RESULTS; r++)
             fprintf(out, "lbd_backend_tls_handshakes_total{" LB_LABELS ",result=\"%s\"} %llu\n",
-                    v[i].b->pool, v[i].b->address, lb_tls_result_names[r],
+                    v[i].b->pool, lb_shm_backend_name(v[i].b), lb_tls_result_names[r],
                     (unsigned long long)v[i].t.tls_handshakes[r]);
     lb_family(out, "lbd_backend_active_requests", "gauge", "Requests in flight to a server, all workers.");
     for (size_t i = 0; i < n; i++) {
         int64_t a = atomic_load(&v[i].b->inflight);
         fprintf(out, "lbd_backend_active_requests{" LB_LABELS "} %lld\n", v[i].b->pool,
-                v[i].b->address, (long long)(a > 0 ? a : 0));
+                lb_shm_backend_name(v[i].b), (long long)(a > 0 ? a : 0));
     }
     lb_family(out, "lbd_backend_up", "gauge", "1 if the server is healthy (active checks) and ready (not drain or maint); its breaker: lbd_backend_breaker_state.");
     for (size_t i = 0; i < n; i++)
-        fprintf(out, "lbd_backend_up{" LB_LABELS "} %d\n", v[i].b->pool, v[i].b->address,
+        fprintf(out, "lbd_backend_up{" LB_LABELS "} %d\n", v[i].b->pool, lb_shm_backend_name(v[i].b),
                 lb_backend_usable(v[i].b));
     lb_family(out, "lbd_backend_admin_state", "gauge",
               "1 for the state an operator set on a server (admin API): ready, drain or maint.");
     for (size_t i = 0; i < n; i++)
         for (unsigned k = 0; k < LB_BACKEND_ADMIN_STATES; k++)
             fprintf(out, "lbd_backend_admin_state{" LB_LABELS ",state=\"%s\"} %d\n", v[i].b->pool,
-                    v[i].b->address, lb_backend_admin_names[k],
+                    lb_shm_backend_name(v[i].b), lb_backend_admin_names[k],
                     (unsigned)lb_backend_admin_state(v[i].b) == k);
     lb_family(out, "lbd_backend_breaker_state", "gauge",
               "Circuit breaker of a server: 0 closed, 1 open, 2 half-open.");
     uint64_t now_ms = lb_now_ms();
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_breaker_state{" LB_LABELS "} %d\n", v[i].b->pool,
-                v[i].b->address, (int)lb_shm_breaker_shown(v[i].b, now_ms));
+                lb_shm_backend_name(v[i].b), (int)lb_shm_breaker_shown(v[i].b, now_ms));
     lb_family(out, "lbd_backend_breaker_transitions_total", "counter",
               "Circuit breaker transitions of a server, by the state entered.");
     for (size_t i = 0; i < n; i++)
         for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
             fprintf(out, "lbd_backend_breaker_transitions_total{" LB_LABELS ",to=\"%s\"} %llu\n",
-                    v[i].b->pool, v[i].b->address, lb_breaker_state_names[k],
+                    v[i].b->pool, lb_shm_backend_name(v[i].b), lb_breaker_state_names[k],
                     (unsigned long long)atomic_load(&v[i].b->breaker_transitions[k]));
     lb_family(out, "lbd_backend_weight", "gauge",
               "Current weight of a server: the admin API's runtime weight if set, else the file's.");
     for (size_t i = 0; i < n; i++)
-        fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, v[i].b->address,
+        fprintf(out, "lbd_backend_weight{" LB_LABELS "} %u\n", v[i].b->pool, lb_shm_backend_name(v[i].b),
                 atomic_load(&v[i].b->weight));
     lb_family(out, "lbd_backend_effective_weight", "gauge",
               "Weight of a server as the balancer uses it now: less than lbd_backend_weight while it slow-starts.");
     for (size_t i = 0; i < n; i++) {
         uint64_t slow = atomic_load(&lb_shm_pool(h, v[i].b->pool_id)->slow_start_ms);
         fprintf(out, "lbd_backend_effective_weight{" LB_LABELS "} %g\n", v[i].b->pool,
-                v[i].b->address, lb_snapshot_effective_weight(v[i].b, slow, now_ms));
+                lb_shm_backend_name(v[i].b), lb_snapshot_effective_weight(v[i].b, slow, now_ms));
     }
     lb_family(out, "lbd_backend_max_requests", "gauge",
               "Requests in flight a server takes at most, all workers (0: no limit).");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_max_requests{" LB_LABELS "} %u\n", v[i].b->pool,
-                v[i].b->address, atomic_load(&v[i].b->max_requests));
+                lb_shm_backend_name(v[i].b), atomic_load(&v[i].b->max_requests));
     lb_family(out, "lbd_health_checks_total", "counter", "Active health check results.");
     for (size_t i = 0; i < n; i++) {
         fprintf(out, "lbd_health_checks_total{" LB_LABELS ",result=\"ok\"} %llu\n",
-                v[i].b->pool, v[i].b->address,
+                v[i].b->pool, lb_shm_backend_name(v[i].b),
                 (unsigned long long)atomic_load(&v[i].b->checks_ok));
         fprintf(out, "lbd_health_checks_total{" LB_LABELS ",result=\"failed\"} %llu\n",
-                v[i].b->pool, v[i].b->address,
+                v[i].b->pool, lb_shm_backend_name(v[i].b),
                 (unsigned long long)atomic_load(&v[i].b->checks_failed));
     }
     lb_family(out, "lbd_backend_response_time_ewma_seconds", "gauge",
               "Peak EWMA of time to response head (least_time).");
     for (size_t i = 0; i < n; i++)
         fprintf(out, "lbd_backend_response_time_ewma_seconds{" LB_LABELS "} %.6f\n",
-                v[i].b->pool, v[i].b->address,
+                v[i].b->pool, lb_shm_backend_name(v[i].b),
                 (double)atomic_load(&v[i].b->ewma_us) / 1e6);
     lb_family(out, "lbd_request_duration_seconds", "histogram",
               "Time from dispatch to the last response byte, by server.");
@@ -294,16 +294,16 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
             cum += v[i].t.duration[k];
             if (k + 1 < LB_DURATION_BUCKETS)
                 fprintf(out, "lbd_request_duration_seconds_bucket{" LB_LABELS ",le=\"%g\"} %llu\n",
-                        v[i].b->pool, v[i].b->address, (double)bounds[k] / 1e6,
+                        v[i].b->pool, lb_shm_backend_name(v[i].b), (double)bounds[k] / 1e6,
                         (unsigned long long)cum);
             else
                 fprintf(out, "lbd_request_duration_seconds_bucket{" LB_LABELS ",le=\"+Inf\"} %llu\n",
-                        v[i].b->pool, v[i].b->address, (unsigned long long)cum);
+                        v[i].b->pool, lb_shm_backend_name(v[i].b), (unsigned long long)cum);
         }
         fprintf(out, "lbd_request_duration_seconds_sum{" LB_LABELS "} %.6f\n", v[i].b->pool,
-                v[i].b->address, (double)v[i].t.duration_sum_us / 1e6);
+                lb_shm_backend_name(v[i].b), (double)v[i].t.duration_sum_us / 1e6);
         fprintf(out, "lbd_request_duration_seconds_count{" LB_LABELS "} %llu\n", v[i].b->pool,
-                v[i].b->address, (unsigned long long)cum);
+                lb_shm_backend_name(v[i].b), (unsigned long long)cum);
     }
     lb_metrics_sticky(h, out, v, n);
     free(v);
@@ -344,6 +344,24 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
             fprintf(out, "lbd_pool_queue_refused_total{pool=\"%s\",reason=\"%s\"} %llu\n",
                     pool->name, refusals[r],
                     (unsigned long long)atomic_load(&pool->queue_refused[r]));
+    }
+
+    lb_family(out, "lbd_discovery_errors_total", "counter",
+              "Service discovery answers that failed or could not be used, by pool and source type.");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE && pool->disco_type[0] != '\0')
+            fprintf(out, "lbd_discovery_errors_total{pool=\"%s\",type=\"%s\"} %llu\n",
+                    pool->name, pool->disco_type,
+                    (unsigned long long)atomic_load(&pool->disco_errors));
+    }
+    lb_family(out, "lbd_discovery_last_success_seconds", "gauge",
+              "Wall clock of the last good service discovery answer of a pool (0: none yet).");
+    for (unsigned p = 0; p < h->max_pools; p++) {
+        struct lb_shm_pool *pool = lb_shm_pool(h, p);
+        if (atomic_load(&pool->state) == LB_ENTRY_ACTIVE && pool->disco_type[0] != '\0')
+            fprintf(out, "lbd_discovery_last_success_seconds{pool=\"%s\"} %.3f\n", pool->name,
+                    (double)atomic_load(&pool->disco_last_success_ms) / 1000.0);
     }
 
     lb_family(out, "lbd_retries_total", "counter",
@@ -438,10 +456,16 @@ void lb_metrics_write(const struct lb_shm_header *h, FILE *out)
         uint32_t nc = 0;
         lb_shm_tls_certs_get(t, certs, &nc);
         for (uint32_t c = 0; c < nc; c++)
-            fprintf(out, "lbd_tls_certificate_expiry_timestamp_seconds{listener=\"%s\","
-                         "cert=\"%u\",subject=\"%s\"} %lld\n", t->address, c,
-                    certs[c].subject, (long long)certs[c].not_after);
+            if (certs[c].not_after != 0)    /* 0: an ACME name without one yet */
+                fprintf(out, "lbd_tls_certificate_expiry_timestamp_seconds{listener=\"%s\","
+                             "cert=\"%u\",subject=\"%s\"} %lld\n", t->address, c,
+                        certs[c].subject, (long long)certs[c].not_after);
     }
+    lb_family(out, "lbd_acme_orders_total", "counter",
+              "ACME orders by result (valid: a certificate obtained).");
+    for (unsigned r = 0; r < LB_ACME_RESULTS; r++)
+        fprintf(out, "lbd_acme_orders_total{result=\"%s\"} %llu\n", lb_acme_result_names[r],
+                (unsigned long long)lb_counter_get(&lb_shm_acme(h)->orders[r]));
     lb_family(out, "lbd_fd_limit", "gauge", "RLIMIT_NOFILE of every lbd process.");
     fprintf(out, "lbd_fd_limit %llu\n", (unsigned long long)atomic_load(&h->fd_limit));
     lb_family(out, "lbd_workers", "gauge",

@@ -61,6 +61,50 @@ static void lb_snapshot_tls_counts(FILE *out, const uint64_t *hs, const uint64_t
     fprintf(out, "},\"tls_unknown_sni\":%llu", (unsigned long long)unknown_sni);
 }
 
+const char *const lb_acme_state_names[LB_ACME_STATES] = { "none", "ordering", "valid", "failed" };
+const char *const lb_acme_result_names[LB_ACME_RESULTS] = { "valid", "failed" };
+
+static void lb_snapshot_time(FILE *out, const char *key, int64_t s)
+{
+    char when[32] = "";
+    time_t t = (time_t)s;
+    struct tm tm;
+    if (t != 0 && gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(out, ",\"%s\":\"%s\",\"%s_s\":%lld", key, when, key, (long long)s);
+}
+
+/* ACME: orders by result, each name's state and certificate expiry. */
+static void lb_snapshot_acme(const struct lb_shm_header *h, FILE *out)
+{
+    struct lb_shm_acme *a = lb_shm_acme(h);
+    struct lb_shm_acme_name *names = calloc(LB_ACME_MAX_NAMES, sizeof(*names));
+    uint32_t n = 0;
+    if (names != NULL)
+        lb_shm_acme_names_get(a, names, &n);
+    fputs(",\"acme\":{\"orders\":{", out);
+    for (unsigned r = 0; r < LB_ACME_RESULTS; r++)
+        fprintf(out, "%s\"%s\":%llu", r ? "," : "", lb_acme_result_names[r],
+                (unsigned long long)lb_counter_get(&a->orders[r]));
+    fputs("},\"names\":[", out);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct lb_shm_acme_name *e = &names[i];
+        fprintf(out, "%s{\"name\":", i ? "," : "");
+        lb_json_write_stringn(out, e->name, sizeof(e->name));
+        fprintf(out, ",\"state\":\"%s\"",
+                lb_acme_state_names[e->state < LB_ACME_STATES ? e->state : LB_ACME_NONE]);
+        lb_snapshot_time(out, "not_after", e->not_after);
+        lb_snapshot_time(out, "renew_at", e->renew_at);
+        fprintf(out, ",\"orders\":{\"valid\":%llu,\"failed\":%llu},\"error\":",
+                (unsigned long long)e->orders[LB_ACME_ORDER_VALID],
+                (unsigned long long)e->orders[LB_ACME_ORDER_FAILED]);
+        lb_json_write_stringn(out, e->error, sizeof(e->error));
+        fputc('}', out);
+    }
+    fputs("]}", out);
+    free(names);
+}
+
 /* Per TLS listener: its certificates and its session ticket keys. */
 static void lb_snapshot_tls(const struct lb_shm_header *h, FILE *out)
 {
@@ -264,6 +308,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
     lb_snapshot_pauses(out, admin_pauses);
     fputc('}', out);
     lb_snapshot_tls(h, out);
+    lb_snapshot_acme(h, out);
     fputs(",\"pools\":[", out);
 
     static const char *const entry_state[] = { "free", "active", "retired" };
@@ -316,7 +361,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
         for (unsigned b = 0; b < h->max_backends; b++) {
             struct lb_shm_backend *be = lb_shm_backend(h, b);
             uint32_t bst = atomic_load(&be->state);
-            if (bst == LB_ENTRY_FREE || be->pool_id != p)
+            if (bst == LB_ENTRY_FREE || be->pool_id != p || !lb_shm_backend_shown(be))
                 continue;
             struct lb_backend_totals t;
             lb_shm_backend_sum(h, b, &t);
@@ -327,7 +372,7 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
                          "\"effective_weight\":%g,\"max_requests\":%u,"
                          "\"requests\":%llu,\"active\":%llu,\"failures\":%llu,"
                          "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":",
-                    sfirst ? "" : ",", b, be->address, entry_state[bst],
+                    sfirst ? "" : ",", b, lb_shm_backend_name(be), entry_state[bst],
                     atomic_load(&be->weight), lb_snapshot_effective_weight(be, slow_start_ms, now_ms),
                     atomic_load(&be->max_requests), (unsigned long long)t.requests,
                     (unsigned long long)t.active, (unsigned long long)t.failures,
@@ -373,10 +418,27 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             char error[LB_ERROR_TEXT];
             lb_shm_error_get(be, error, sizeof(error));
             lb_json_write_stringn(out, error, sizeof(error));
-            fputs("}}", out);
+            fputs("}", out);
+            if (be->runtime)
+                fprintf(out, ",\"runtime\":\"%s\"",
+                        atomic_load(&be->rt_state) == LB_RT_DRAINING ? "draining" : "active");
+            fputs("}", out);
             sfirst = false;
         }
-        fputs("]}", out);
+        fputs("]", out);
+        if (pool->disco_type[0] != '\0') {
+            /* Service discovery (master/discovery.c): its source and how it goes. */
+            fprintf(out, ",\"discovery\":{\"type\":\"%s\",\"source\":", pool->disco_type);
+            lb_json_write_stringn(out, pool->disco_source, sizeof(pool->disco_source));
+            fprintf(out, ",\"failing\":%s,\"errors\":%llu,\"updates\":%llu,"
+                         "\"last_success_ms\":%llu,\"last_update_ms\":%llu}",
+                    atomic_load(&pool->disco_failing) ? "true" : "false",
+                    (unsigned long long)atomic_load(&pool->disco_errors),
+                    (unsigned long long)atomic_load(&pool->disco_updates),
+                    (unsigned long long)atomic_load(&pool->disco_last_success_ms),
+                    (unsigned long long)atomic_load(&pool->disco_last_update_ms));
+        }
+        fputs("}", out);
     }
     fputs("],\"faults\":[", out);
     lb_snapshot_faults(h, out);

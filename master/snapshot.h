@@ -28,5 +28,7 @@ extern const char *const lb_retry_reason_names[LB_RETRY_REASONS];
  * "closed" (also /metrics). */
 extern const char *const lb_tls_result_names[LB_TLS_RESULTS];
 extern const char *const lb_tls_failure_names[LB_TLS_FAILURES];
+extern const char *const lb_acme_state_names[LB_ACME_STATES];
+extern const char *const lb_acme_result_names[LB_ACME_RESULTS];
 
 #endif

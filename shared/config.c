@@ -21,6 +21,7 @@ struct lb_loader {
     const char *path;       /* main file, for errors without a setting */
     char *err;
     size_t errlen;
+    const struct lb_acme_cfg *acme;     /* the acme group, read before the listeners */
 };
 
 static int lb_cfg_fail(struct lb_loader *ld, const config_setting_t *s,
@@ -251,8 +252,12 @@ static int lb_cfg_tls_certs(struct lb_loader *ld, const config_setting_t *g, str
 {
     static const char *const keys[] = { "cert", "key", NULL };
     const config_setting_t *list;
-    if (lb_cfg_list(ld, g, "certificates", &list, true) < 0)
+    /* With acme names, the configured certificates may be none. */
+    bool acme = lb_cfg_member(g, "acme") != NULL;
+    if (lb_cfg_list(ld, g, "certificates", &list, !acme) < 0)
         return -1;
+    if (list == NULL)
+        return 0;
     int n = config_setting_length(list);
     if (n == 0)
         return lb_cfg_fail(ld, list, "'certificates' must not be empty");
@@ -307,12 +312,14 @@ static int lb_cfg_tls_alpn(struct lb_loader *ld, const config_setting_t *g, stru
     return 0;
 }
 
+static int lb_cfg_tls_acme(struct lb_loader *ld, const config_setting_t *g, struct lb_tls_cfg *t);
+
 static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
                       struct lb_listener_cfg *l)
 {
     static const char *const keys[] = { "certificates", "protocols", "ciphers", "alpn",
                                         "session_tickets", "ticket_rotation", "hsts",
-                                        "unknown_sni", NULL };
+                                        "unknown_sni", "acme", NULL };
     const config_setting_t *g = lb_cfg_member(listener, "tls");
     if (g == NULL)
         return 0;
@@ -336,7 +343,8 @@ static int lb_cfg_tls(struct lb_loader *ld, const config_setting_t *listener,
         lb_cfg_bool(ld, g, "session_tickets", &t->session_tickets) < 0 ||
         lb_cfg_duration(ld, g, "ticket_rotation", &t->ticket_rotation_ms) < 0 ||
         lb_cfg_string_at(ld, g, "hsts", false, &hsts, NULL) < 0 ||
-        lb_cfg_string(ld, g, "unknown_sni", &unknown_sni, false) < 0)
+        lb_cfg_string(ld, g, "unknown_sni", &unknown_sni, false) < 0 ||
+        lb_cfg_tls_acme(ld, g, t) < 0)
         return -1;
     t->hsts = hsts;
     if (unknown_sni != NULL) {
@@ -1023,9 +1031,10 @@ static int lb_cfg_servers(struct lb_loader *ld, const config_setting_t *pool_gro
 {
     static const char *const keys[] = { "address", "weight", "max_requests", NULL };
     const config_setting_t *list;
-    if (lb_cfg_list(ld, pool_group, "servers", &list, true) < 0)
+    /* Optional with discovery (lb_cfg_discovery checks a pool has some). */
+    if (lb_cfg_list(ld, pool_group, "servers", &list, false) < 0)
         return -1;
-    int n = config_setting_length(list);
+    int n = list != NULL ? config_setting_length(list) : 0;
     p->servers = calloc(n > 0 ? (size_t)n : 1, sizeof(*p->servers));
     if (p->servers == NULL)
         return lb_cfg_fail(ld, list, "out of memory");
@@ -1155,6 +1164,80 @@ static int lb_cfg_pool_tls(struct lb_loader *ld, const config_setting_t *pool,
     return 0;
 }
 
+/* ---- service discovery (issue 18) ---------------------------------------- */
+
+#define LB_DISCO_INTERVAL_MAX_MS (24ull * 3600 * 1000)
+
+static int lb_cfg_discovery_common(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d);
+
+/* discovery = { type = "dns"; name; port; record; resolvers; min_interval;
+ * max_interval; timeout; weight; empty_removes; } */
+static int lb_cfg_discovery_dns(struct lb_loader *ld, const config_setting_t *g,
+                                struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "name", "port", "record", "resolvers",
+                                        "min_interval", "max_interval", "timeout", "weight",
+                                        "empty_removes", NULL };
+    const char *name = NULL, *record = "A";
+    long long port = 0, weight = 1;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "name", &name, true) < 0 ||
+        lb_cfg_string(ld, g, "record", &record, false) < 0 ||
+        lb_cfg_int(ld, g, "port", 1, 65535, &port) < 0 ||
+        lb_cfg_int(ld, g, "weight", 1, LB_WEIGHT_MAX, &weight) < 0)
+        return -1;
+    size_t n = strlen(name);
+    if (n == 0 || n >= 254 || name[0] == '.')
+        return lb_cfg_fail(ld, lb_cfg_member(g, "name"), "discovery: bad DNS name \"%s\"", name);
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return lb_cfg_fail(ld, lb_cfg_member(g, "name"),
+                               "discovery: bad DNS name \"%s\"", name);
+    }
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    if (strcmp(record, "A") == 0)
+        d->record = LB_DNS_A;
+    else if (strcmp(record, "AAAA") == 0)
+        d->record = LB_DNS_AAAA;
+    else if (strcmp(record, "SRV") == 0)
+        d->record = LB_DNS_SRV;
+    else
+        return lb_cfg_fail(ld, lb_cfg_member(g, "record"),
+                           "discovery: 'record' must be \"A\", \"AAAA\" or \"SRV\"");
+    if (d->record != LB_DNS_SRV && port == 0)
+        return lb_cfg_fail(ld, g, "discovery: record \"%s\" needs a 'port' (SRV brings its own)",
+                           record);
+    if (d->record == LB_DNS_SRV && lb_cfg_member(g, "port") != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "port"),
+                           "discovery: SRV records bring their ports: no 'port'");
+    d->port = (unsigned)port;
+    d->weight = (unsigned)weight;
+    if (lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    const config_setting_t *r = lb_cfg_member(g, "resolvers");
+    if (r == NULL)
+        return 0;
+    if (config_setting_type(r) != CONFIG_TYPE_ARRAY && config_setting_type(r) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, r, "discovery: 'resolvers' must be a list of \"IP:PORT\" strings");
+    int k = config_setting_length(r);
+    if (k == 0 || k > LB_DISCO_MAX_RESOLVERS)
+        return lb_cfg_fail(ld, r, "discovery: 1 to %d resolvers", LB_DISCO_MAX_RESOLVERS);
+    for (int i = 0; i < k; i++) {
+        const config_setting_t *e = config_setting_get_elem(r, (unsigned)i);
+        const char *why = NULL;
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, e, "discovery: each resolver must be a string \"IP:PORT\"");
+        const char *str = config_setting_get_string(e);
+        if (lb_addr_parse(str, false, &d->resolvers[i], &why) < 0)
+            return lb_cfg_fail(ld, e, "discovery: bad resolver \"%s\": %s", str, why);
+        d->nresolvers++;
+    }
+    return 0;
+}
+
 static void lb_cfg_pool_tls_free(struct lb_pool_tls_cfg *t)
 {
     if (t == NULL)
@@ -1170,13 +1253,213 @@ static void lb_cfg_pool_tls_free(struct lb_pool_tls_cfg *t)
     free(t);
 }
 
+/* The keys every source has: intervals (dns: re-ask bounds; the others:
+ * the retry backoff's), timeout, empty_removes. */
+static int lb_cfg_discovery_common(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d)
+{
+    d->min_interval_ms = 1000;
+    d->max_interval_ms = 60000;
+    d->timeout_ms = 2000;
+    if (lb_cfg_duration(ld, g, "min_interval", &d->min_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "max_interval", &d->max_interval_ms) < 0 ||
+        lb_cfg_duration(ld, g, "timeout", &d->timeout_ms) < 0 ||
+        lb_cfg_bool(ld, g, "empty_removes", &d->empty_removes) < 0)
+        return -1;
+    if (d->min_interval_ms < 100 || d->max_interval_ms > LB_DISCO_INTERVAL_MAX_MS ||
+        d->min_interval_ms > d->max_interval_ms)
+        return lb_cfg_fail(ld, g, "discovery: need 100ms <= min_interval <= max_interval <= 24h");
+    if (d->timeout_ms < 10 || d->timeout_ms > 60000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "timeout"),
+                           "discovery: 'timeout' must be between 10ms and 60s");
+    return 0;
+}
+
+/* An "http://HOST:PORT" base URL (no path: lbd adds the API's). */
+static int lb_cfg_base_url(struct lb_loader *ld, const config_setting_t *at, const char *url,
+                           char *out)
+{
+    size_t n = strlen(url);
+    if ((strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
+        n >= LB_DISCO_URL_MAX || strchr(url + 8, '/') != NULL || strpbrk(url, " \"\r\n") != NULL ||
+        n <= 8)
+        return lb_cfg_fail(ld, at, "discovery: bad URL \"%s\" (\"http://HOST:PORT\", no path)",
+                           url);
+    snprintf(out, LB_DISCO_URL_MAX, "%s", url);
+    return 0;
+}
+
+/* discovery = { type = "etcd"; endpoints = [ "http://127.0.0.1:2379" ];
+ * prefix = "/services/web/"; } */
+static int lb_cfg_discovery_etcd(struct lb_loader *ld, const config_setting_t *g,
+                                 struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "endpoints", "prefix", "min_interval",
+                                        "max_interval", "timeout", "empty_removes", NULL };
+    const char *prefix = NULL;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "prefix", &prefix, true) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (prefix[0] == '\0' || strlen(prefix) >= sizeof(d->prefix))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "prefix"), "discovery: 'prefix' must be 1-255 bytes");
+    snprintf(d->prefix, sizeof(d->prefix), "%s", prefix);
+    const config_setting_t *e = lb_cfg_member(g, "endpoints");
+    if (e == NULL)
+        return lb_cfg_fail(ld, g, "discovery: missing required key 'endpoints'");
+    if (config_setting_type(e) != CONFIG_TYPE_ARRAY && config_setting_type(e) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, e, "discovery: 'endpoints' must be a list of \"http://HOST:PORT\"");
+    int k = config_setting_length(e);
+    if (k == 0 || k > LB_DISCO_MAX_ENDPOINTS)
+        return lb_cfg_fail(ld, e, "discovery: 1 to %d endpoints", LB_DISCO_MAX_ENDPOINTS);
+    for (int i = 0; i < k; i++) {
+        const config_setting_t *u = config_setting_get_elem(e, (unsigned)i);
+        if (config_setting_type(u) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, u, "discovery: each endpoint must be a string");
+        if (lb_cfg_base_url(ld, u, config_setting_get_string(u), d->endpoints[i]) < 0)
+            return -1;
+        d->nendpoints++;
+    }
+    return 0;
+}
+
+/* discovery = { type = "consul"; address = "http://127.0.0.1:8500";
+ * service = "web"; passing_only = true; tag = "v2"; } */
+static int lb_cfg_discovery_consul(struct lb_loader *ld, const config_setting_t *g,
+                                   struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "address", "service", "passing_only", "tag",
+                                        "wait", "min_interval", "max_interval", "timeout",
+                                        "empty_removes", NULL };
+    const char *address = NULL, *service = NULL, *tag = NULL;
+    d->passing_only = true;
+    d->wait_ms = 60000;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "address", &address, true) < 0 ||
+        lb_cfg_string(ld, g, "service", &service, true) < 0 ||
+        lb_cfg_string(ld, g, "tag", &tag, false) < 0 ||
+        lb_cfg_bool(ld, g, "passing_only", &d->passing_only) < 0 ||
+        lb_cfg_duration(ld, g, "wait", &d->wait_ms) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (lb_cfg_base_url(ld, lb_cfg_member(g, "address"), address, d->endpoints[0]) < 0)
+        return -1;
+    d->nendpoints = 1;
+    if (!lb_name_valid(service))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "service"),
+                           "discovery: bad service name \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", service);
+    snprintf(d->service, sizeof(d->service), "%s", service);
+    if (tag != NULL && !lb_name_valid(tag))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "tag"),
+                           "discovery: bad tag \"%s\" (1-63 of A-Z a-z 0-9 _ - .)", tag);
+    snprintf(d->tag, sizeof(d->tag), "%s", tag ? tag : "");
+    if (d->wait_ms < 1000 || d->wait_ms > 600000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "wait"), "discovery: 'wait' must be 1s-10m");
+    return 0;
+}
+
+/* discovery = { type = "zookeeper"; hosts = "127.0.0.1:2181"; path =
+ * "/services/web"; session_timeout = "10s"; } */
+static int lb_cfg_discovery_zk(struct lb_loader *ld, const config_setting_t *g,
+                               struct lb_discovery_cfg *d)
+{
+    static const char *const keys[] = { "type", "hosts", "path", "session_timeout",
+                                        "min_interval", "max_interval", "timeout",
+                                        "empty_removes", NULL };
+    const char *hosts = NULL, *path = NULL;
+    d->session_ms = 10000;
+    if (lb_cfg_check_keys(ld, g, "discovery", keys) < 0 ||
+        lb_cfg_string(ld, g, "hosts", &hosts, true) < 0 ||
+        lb_cfg_string(ld, g, "path", &path, true) < 0 ||
+        lb_cfg_duration(ld, g, "session_timeout", &d->session_ms) < 0 ||
+        lb_cfg_discovery_common(ld, g, d) < 0)
+        return -1;
+    if (hosts[0] == '\0' || strlen(hosts) >= sizeof(d->endpoints[0]) ||
+        strpbrk(hosts, " /\t") != NULL)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "hosts"),
+                           "discovery: 'hosts' must be \"HOST:PORT[,HOST:PORT...]\"");
+    size_t n = strlen(path);
+    if (path[0] != '/' || n >= sizeof(d->prefix) || (n > 1 && path[n - 1] == '/'))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "path"),
+                           "discovery: 'path' must be a node's path (\"/services/web\")");
+    if (d->session_ms < 1000 || d->session_ms > 600000)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "session_timeout"),
+                           "discovery: 'session_timeout' must be 1s-10m");
+    snprintf(d->endpoints[0], sizeof(d->endpoints[0]), "%s", hosts);
+    d->nendpoints = 1;
+    snprintf(d->prefix, sizeof(d->prefix), "%s", path);
+    return 0;
+}
+
+/* discovery = { type = ...; } and max_servers: how many runtime slots
+ * follow the file's servers (shared/runtime.h). */
+static int lb_cfg_discovery(struct lb_loader *ld, const config_setting_t *pool,
+                            struct lb_pool_cfg *p)
+{
+    const config_setting_t *g = lb_cfg_member(pool, "discovery");
+    const char *type = NULL;
+    long long max = (long long)p->nservers;
+    p->nstatic = p->nservers;
+    if (g != NULL) {
+        if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+            return lb_cfg_fail(ld, g, "'discovery' must be a group: discovery = { type = \"dns\"; ... };");
+        if (lb_cfg_string(ld, g, "type", &type, true) < 0)
+            return -1;
+        int rc;
+        if (strcmp(type, "dns") == 0) {
+            p->discovery.type = LB_DISCO_DNS;
+            rc = lb_cfg_discovery_dns(ld, g, &p->discovery);
+        } else if (strcmp(type, "etcd") == 0) {
+            p->discovery.type = LB_DISCO_ETCD;
+            rc = lb_cfg_discovery_etcd(ld, g, &p->discovery);
+        } else if (strcmp(type, "consul") == 0) {
+            p->discovery.type = LB_DISCO_CONSUL;
+            rc = lb_cfg_discovery_consul(ld, g, &p->discovery);
+        } else if (strcmp(type, "zookeeper") == 0) {
+            p->discovery.type = LB_DISCO_ZOOKEEPER;
+            rc = lb_cfg_discovery_zk(ld, g, &p->discovery);
+        } else {
+            return lb_cfg_fail(ld, lb_cfg_member(g, "type"),
+                               "discovery: unknown type \"%s\" (\"dns\", \"etcd\", \"consul\", "
+                               "\"zookeeper\")", type);
+        }
+        if (rc < 0)
+            return -1;
+        max = (long long)p->nservers + LB_DISCO_DEFAULT_SERVERS;
+    }
+    if (lb_cfg_int(ld, pool, "max_servers", 1, LB_DISCO_MAX_SERVERS, &max) < 0)
+        return -1;
+    if ((size_t)max < p->nservers)
+        return lb_cfg_fail(ld, lb_cfg_member(pool, "max_servers"),
+                           "'max_servers' (%lld) is less than the pool's %zu servers",
+                           max, p->nservers);
+    if (g == NULL && p->nservers == 0)
+        return lb_cfg_fail(ld, pool, "pool '%s' has no servers and no discovery", p->name);
+    if ((size_t)max == p->nservers)
+        return 0;
+    struct lb_server_cfg *v = realloc(p->servers, (size_t)max * sizeof(*v));
+    if (v == NULL)
+        return lb_cfg_fail(ld, pool, "out of memory");
+    p->servers = v;
+    /* Runtime slots: a row each in shm, found again by this name across
+     * reloads; their address is the runtime one (shared/runtime.h). */
+    for (size_t i = p->nservers; i < (size_t)max; i++) {
+        memset(&v[i], 0, sizeof(v[i]));
+        snprintf(v[i].address, sizeof(v[i].address), "runtime#%zu", i - p->nstatic);
+        v[i].runtime = true;
+    }
+    p->nservers = (size_t)max;
+    return 0;
+}
+
 static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
                         struct lb_config *cfg)
 {
     static const char *const keys[] = { "name", "strategy", "servers", "keepalive",
                                         "timeouts", "hash_key", "health_check",
                                         "passive_health", "circuit_breaker", "queue",
-                                        "slow_start", "retries", "sticky", "tls", NULL };
+                                        "slow_start", "retries", "sticky", "tls", "discovery",
+                                        "max_servers", NULL };
     const config_setting_t *list;
     if (lb_cfg_list(ld, root, "pools", &list, true) < 0)
         return -1;
@@ -1215,7 +1498,8 @@ static int lb_cfg_pools(struct lb_loader *ld, const config_setting_t *root,
             lb_cfg_sticky(ld, g, p) < 0 ||
             lb_cfg_keepalive(ld, g, p) < 0 ||
             lb_cfg_pool_tls(ld, g, p) < 0 ||
-            lb_cfg_servers(ld, g, p) < 0)
+            lb_cfg_servers(ld, g, p) < 0 ||
+            lb_cfg_discovery(ld, g, p) < 0)
             return -1;
     }
     return 0;
@@ -1952,9 +2236,217 @@ static int lb_cfg_faults(struct lb_loader *ld, const config_setting_t *root,
                                            "the fault out", name);
         }
         struct lb_pool_cfg *pl = &cfg->pools[p];
+        /* One draw per request, each fault the next share of it: past 100 %
+         * the later faults would get less than their percent (or none). */
+        uint64_t sum = f->ppm;
+        for (size_t k = 0; k < pl->nfaults; k++)
+            sum += cfg->faults[pl->faults[k]].ppm;
+        if (sum > LB_FAULT_PPM_ONE)
+            return lb_cfg_fail(ld, pc, "pool '%s': its faults add up to %g %%, more than 100 "
+                                       "(a request gets one fault at most)",
+                               pl->name, (double)sum / (LB_FAULT_PPM_ONE / 100));
         pl->faults[pl->nfaults++] = (uint8_t)i;
         cfg->nfaults++;
     }
+    return 0;
+}
+
+/* ---- ACME: the acme group and tls.acme names (master/acme.c) ---- */
+
+/* A DNS name ACME can validate by HTTP-01 or TLS-ALPN-01: labels of
+ * letters, digits and inner hyphens, 1-63 bytes, 253 in all; lowercased in
+ * place. Why not, in *WHY. */
+static bool lb_acme_name_ok(char *name, const char **why)
+{
+    size_t n = strlen(name), label = 0;
+    *why = "a DNS name: labels of letters, digits and '-', separated by dots";
+    if (name[0] == '*') {
+        *why = "wildcard names need the DNS-01 challenge, which lbd does not do";
+        return false;
+    }
+    if (n == 0 || n > 253 || name[0] == '.' || name[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z')
+            name[i] = c = (char)(c - 'A' + 'a');
+        if (c == '.') {
+            if (label == 0 || name[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+        if ((c == '-' && label == 0) || ++label > 63)
+            return false;
+    }
+    return name[n - 1] != '-';
+}
+
+/* tls.acme = [ "www.example.com", ... ]: names whose certificates lbd
+ * obtains. Each becomes a certificate entry after the configured ones,
+ * read from STORAGE/NAME.pem (key and chain in one file, replaced
+ * atomically). */
+static int lb_cfg_tls_acme(struct lb_loader *ld, const config_setting_t *g, struct lb_tls_cfg *t)
+{
+    const config_setting_t *s = lb_cfg_member(g, "acme");
+    if (s == NULL)
+        return 0;
+    if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST)
+        return lb_cfg_fail(ld, s, "'acme' must be a list of names: acme = [ \"www.example.com\" ]");
+    int n = config_setting_length(s);
+    if (n == 0)
+        return lb_cfg_fail(ld, s, "'acme' must not be empty");
+    if (ld->acme == NULL)
+        return lb_cfg_fail(ld, s, "tls.acme needs a top-level acme group: acme = { directory = "
+                                  "\"https://...\"; storage = \"/var/lib/lbd/acme\"; };");
+    if (t->ncerts + (size_t)n > LB_TLS_MAX_CERTS)
+        return lb_cfg_fail(ld, s, "at most %d certificates per listener, acme names included",
+                           LB_TLS_MAX_CERTS);
+    t->acme = calloc((size_t)n, sizeof(*t->acme));
+    struct lb_tls_cert_cfg *certs = realloc(t->certs, (t->ncerts + (size_t)n) * sizeof(*certs));
+    if (certs != NULL)
+        t->certs = certs;
+    if (t->acme == NULL || certs == NULL)
+        return lb_cfg_fail(ld, s, "out of memory");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return lb_cfg_fail(ld, e, "acme: each name must be a string");
+        char *name = strdup(config_setting_get_string(e));
+        if (name == NULL)
+            return lb_cfg_fail(ld, e, "out of memory");
+        t->acme[t->nacme++] = name;
+        const char *why;
+        if (!lb_acme_name_ok(name, &why))
+            return lb_cfg_fail(ld, e, "acme: \"%s\" is not %s", config_setting_get_string(e), why);
+        for (size_t k = 0; k + 1 < t->nacme; k++)
+            if (strcmp(t->acme[k], name) == 0)
+                return lb_cfg_fail(ld, e, "acme: \"%s\" named twice", name);
+        struct lb_tls_cert_cfg *c = &t->certs[t->ncerts];
+        memset(c, 0, sizeof(*c));
+        t->ncerts++;
+        c->acme_name = name;
+        if (asprintf(&c->cert, "%s/%s.pem", ld->acme->storage, name) < 0) {
+            c->cert = NULL;
+            return lb_cfg_fail(ld, e, "out of memory");
+        }
+        if ((c->key = strdup(c->cert)) == NULL || (c->cert_at = lb_cfg_where(ld, e)) == NULL ||
+            (c->key_at = strdup(c->cert_at)) == NULL)
+            return lb_cfg_fail(ld, e, "out of memory");
+    }
+    return 0;
+}
+
+/* "30d", or any duration lb_duration_parse takes. */
+static int lb_acme_duration(const char *s, uint64_t *ms)
+{
+    size_t n = strlen(s);
+    if (n >= 2 && s[n - 1] == 'd') {
+        char *end;
+        errno = 0;
+        unsigned long long d = strtoull(s, &end, 10);
+        if (errno != 0 || end != s + n - 1 || s[0] < '0' || s[0] > '9' || d > 3650)
+            return -1;
+        *ms = d * 86400000ull;
+        return 0;
+    }
+    return lb_duration_parse(s, ms);
+}
+
+static int lb_cfg_acme(struct lb_loader *ld, const config_setting_t *root, struct lb_config *cfg)
+{
+    static const char *const keys[] = { "directory", "email", "storage", "ca_file", "challenge",
+                                        "renew_before", NULL };
+    const config_setting_t *g = lb_cfg_member(root, "acme");
+    if (g == NULL)
+        return 0;
+    if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+        return lb_cfg_fail(ld, g, "'acme' must be a group: acme = { directory = \"https://...\"; "
+                                  "storage = \"/var/lib/lbd/acme\"; };");
+    struct lb_acme_cfg *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    cfg->acme = a;
+    a->challenge = LB_ACME_HTTP01;
+    a->renew_before_ms = 30ull * 86400000;
+    const char *challenge = NULL, *renew = NULL;
+    if (lb_cfg_check_keys(ld, g, "acme", keys) < 0 ||
+        lb_cfg_string_at(ld, g, "directory", true, &a->directory, NULL) < 0 ||
+        lb_cfg_string_at(ld, g, "email", false, &a->email, NULL) < 0 ||
+        lb_cfg_string_at(ld, g, "storage", true, &a->storage, NULL) < 0 ||
+        lb_cfg_string(ld, g, "challenge", &challenge, false) < 0 ||
+        lb_cfg_string(ld, g, "renew_before", &renew, false) < 0)
+        return -1;
+    /* ca_file = "" is the default: the system's trust store. */
+    const char *ca = NULL;
+    if (lb_cfg_string(ld, g, "ca_file", &ca, false) < 0)
+        return -1;
+    if (ca != NULL && *ca != '\0' && (a->ca_file = strdup(ca)) == NULL)
+        return lb_cfg_fail(ld, g, "out of memory");
+    if (a->ca_file != NULL && access(a->ca_file, R_OK) < 0)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "ca_file"), "acme ca_file: cannot read %s: %s",
+                           a->ca_file, strerror(errno));
+    if (strncmp(a->directory, "https://", 8) != 0 || strlen(a->directory) <= 8)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "directory"),
+                           "acme directory must be an https:// URL (RFC 8555), not \"%s\"",
+                           a->directory);
+    for (const char *c = a->directory; *c; c++)
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f || *c == '"')
+            return lb_cfg_fail(ld, lb_cfg_member(g, "directory"),
+                               "acme directory: not a URL (spaces, quotes or controls)");
+    if (a->email != NULL) {
+        const char *at = strchr(a->email, '@');
+        bool ok = at != NULL && at != a->email && at[1] != '\0' && strlen(a->email) < 200;
+        for (const char *c = a->email; ok && *c; c++)
+            ok = (unsigned char)*c > 0x20 && (unsigned char)*c < 0x7f && *c != '"' &&
+                 *c != '\\' && *c != ',';
+        if (!ok)
+            return lb_cfg_fail(ld, lb_cfg_member(g, "email"),
+                               "acme email \"%s\" is not an address like ops@example.com",
+                               a->email);
+    }
+    if (a->storage[0] != '/')
+        return lb_cfg_fail(ld, lb_cfg_member(g, "storage"),
+                           "acme storage must be an absolute path, not \"%s\"", a->storage);
+    if (strlen(a->storage) > 512)
+        return lb_cfg_fail(ld, lb_cfg_member(g, "storage"), "acme storage: path too long");
+    if (challenge != NULL) {
+        if (strcmp(challenge, "http-01") == 0)
+            a->challenge = LB_ACME_HTTP01;
+        else if (strcmp(challenge, "tls-alpn-01") == 0)
+            a->challenge = LB_ACME_TLSALPN01;
+        else
+            return lb_cfg_fail(ld, lb_cfg_member(g, "challenge"),
+                               "unknown acme challenge \"%s\" (\"http-01\" or \"tls-alpn-01\")",
+                               challenge);
+    }
+    if (renew != NULL && (lb_acme_duration(renew, &a->renew_before_ms) < 0 ||
+                          a->renew_before_ms < 1000))
+        return lb_cfg_fail(ld, lb_cfg_member(g, "renew_before"),
+                           "acme renew_before: \"%s\" is not a duration of 1s or more "
+                           "(e.g. \"30d\", \"12h\", \"75s\")", renew);
+    ld->acme = a;
+    return 0;
+}
+
+/* After the listeners: HTTP-01 needs a plain listener to be asked on. */
+static int lb_cfg_acme_check(struct lb_loader *ld, const config_setting_t *root,
+                             const struct lb_config *cfg)
+{
+    if (cfg->acme == NULL || cfg->acme->challenge != LB_ACME_HTTP01)
+        return 0;
+    bool names = false, plain = false;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        names = names || (cfg->listeners[i].tls != NULL && cfg->listeners[i].tls->nacme > 0);
+        plain = plain || cfg->listeners[i].tls == NULL;
+    }
+    const config_setting_t *g = lb_cfg_member(root, "acme");
+    const config_setting_t *at = lb_cfg_member(g, "challenge");
+    if (names && !plain)
+        return lb_cfg_fail(ld, at ? at : g, "acme challenge http-01 needs a plain listener (port 80) to be "
+                           "answered on; add one or use challenge = \"tls-alpn-01\"");
     return 0;
 }
 
@@ -1966,7 +2458,7 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
                                         "limits", "trusted_proxies", "listeners", "pools",
                                         "routes", "admin", "tcp_migrate_req",
                                         "max_connections", "rate_limits", "rate_limit_table_size",
-                                        "redis", "faults", NULL };
+                                        "redis", "faults", "acme", NULL };
     const char *level = NULL;
     cfg->tcp_migrate_req = true;
     cfg->shutdown_timeout_ms = LB_DEFAULT_SHUTDOWN_TIMEOUT_MS;
@@ -2006,7 +2498,9 @@ static int lb_cfg_root(struct lb_loader *ld, const config_setting_t *root,
     if (lb_cfg_timeouts(ld, root, &cfg->timeouts, false) < 0 ||
         lb_cfg_limits(ld, root, &cfg->limits) < 0 ||
         lb_cfg_trusted(ld, root, cfg) < 0 ||
+        lb_cfg_acme(ld, root, cfg) < 0 ||
         lb_cfg_listeners(ld, root, cfg) < 0 ||
+        lb_cfg_acme_check(ld, root, cfg) < 0 ||
         lb_cfg_pools(ld, root, cfg) < 0 ||
         lb_cfg_faults(ld, root, cfg) < 0 ||
         lb_cfg_redis(ld, root, cfg) < 0 ||
@@ -2093,12 +2587,22 @@ void lb_config_free(struct lb_config *cfg)
             free(t->certs[k].key_at);
         }
         free(t->certs);
+        for (size_t k = 0; k < t->nacme; k++)
+            free(t->acme[k]);
+        free(t->acme);
         free(t->ciphers);
         free(t->ciphers_at);
         free(t->hsts);
         free(t);
     }
     free(cfg->listeners);
+    if (cfg->acme != NULL) {
+        free(cfg->acme->directory);
+        free(cfg->acme->email);
+        free(cfg->acme->storage);
+        free(cfg->acme->ca_file);
+        free(cfg->acme);
+    }
     free(cfg->routes);
     free(cfg->rate_limits);
     free(cfg->faults);

@@ -145,6 +145,7 @@ struct lb_server_cfg {
     /* The pool's sticky cookie value naming this server (NUL-ended), made
      * once per configuration by lb_sticky_config_load. */
     char sticky[LB_STICKY_VALUE_LEN + 1];
+    bool runtime;                       /* a runtime slot (shared/runtime.h), no address here */
 };
 
 /* TLS to the servers of a pool (pools[].tls; worker/tls.c builds the
@@ -159,6 +160,58 @@ struct lb_pool_tls_cfg {
     char *key, *key_at;
     char *at;                           /* "FILE:LINE" of the group */
     struct ssl_ctx_st *ctx;             /* lb_tls_config_load's; NULL until then */
+};
+
+/* Service discovery of a pool (master/discovery.h): the control process
+ * keeps the pool's runtime servers (shared/runtime.h) to what a source
+ * says. */
+enum lb_disco_type {
+    LB_DISCO_NONE,
+    LB_DISCO_DNS,
+    LB_DISCO_ETCD,
+    LB_DISCO_CONSUL,
+    LB_DISCO_ZOOKEEPER,
+};
+
+#define LB_DISCO_MAX_ENDPOINTS  4
+#define LB_DISCO_URL_MAX        256
+
+enum lb_dns_record {
+    LB_DNS_A,
+    LB_DNS_AAAA,
+    LB_DNS_SRV,
+};
+
+#define LB_DISCO_MAX_RESOLVERS  4
+#define LB_DISCO_MAX_SERVERS    1024    /* upper bound of max_servers */
+#define LB_DISCO_DEFAULT_SERVERS 64     /* max_servers of a discovered pool */
+
+struct lb_discovery_cfg {
+    enum lb_disco_type type;
+    char name[LB_HOST_MAX];             /* dns: the name asked */
+    unsigned port;                      /* dns A/AAAA: the servers' port */
+    enum lb_dns_record record;
+    unsigned weight;                    /* dns A/AAAA: every server's weight */
+    struct lb_addr resolvers[LB_DISCO_MAX_RESOLVERS];
+    size_t nresolvers;                  /* 0: those of /etc/resolv.conf */
+    uint64_t min_interval_ms;           /* asked again after the TTL, within these */
+    uint64_t max_interval_ms;
+    uint64_t timeout_ms;                /* one query */
+    bool empty_removes;                 /* an empty answer or NXDOMAIN empties the pool */
+    /* etcd: base URLs ("http://127.0.0.1:2379"), tried in turn; the key
+     * prefix whose keys are the servers. */
+    char endpoints[LB_DISCO_MAX_ENDPOINTS][LB_DISCO_URL_MAX];
+    size_t nendpoints;
+    char prefix[LB_DISCO_URL_MAX];
+    /* consul: its HTTP API's base URL (in endpoints[0]), the service,
+     * only instances whose checks pass, an optional tag. */
+    char service[LB_NAME_MAX];
+    char tag[LB_NAME_MAX];
+    bool passing_only;
+    uint64_t wait_ms;                   /* consul: a blocking query's wait */
+    /* zookeeper: hosts ("h1:2181,h2:2181") in endpoints[0], the parent
+     * node in prefix; the session's timeout. */
+    uint64_t session_ms;
 };
 
 struct lb_pool_cfg {
@@ -187,7 +240,19 @@ struct lb_pool_cfg {
     struct lb_timeouts timeouts;        /* global ones with this pool's overrides */
     struct lb_pool_tls_cfg *tls;        /* NULL: plain TCP to the servers */
     uint32_t shm_id;                    /* pool slot, set by the master */
+    /* Runtime servers: servers[0..nstatic) are the file's, the rest up to
+     * nservers (= max_servers) are runtime slots that discovery or the
+     * admin API fill (shared/runtime.h). nstatic == nservers: none. */
+    size_t nstatic;
+    struct lb_discovery_cfg discovery;
 };
+
+/* Whether P has runtime slots (hand-built pools of the unit tests, with
+ * nstatic left 0, have none). */
+static inline bool lb_pool_has_runtime(const struct lb_pool_cfg *p)
+{
+    return p->nstatic < p->nservers && p->servers[p->nstatic].runtime;
+}
 
 /* TLS of a listener (worker/tls.h builds and uses it). Certificate and key
  * files are read and checked by lb_tls_config_load, not here (the config
@@ -215,6 +280,10 @@ struct lb_tls_cert_cfg {
     /* Filled by lb_tls_config_load, for /status and lbd -s. */
     char subject[LB_TLS_SUBJECT_MAX];
     int64_t not_after;                  /* seconds since the epoch */
+    /* An ACME name's certificate (cert = key = STORAGE/NAME.pem, written
+     * by master/acme.c): absent, expired or broken, it is left out instead
+     * of being an error (it comes later). */
+    const char *acme_name;              /* NULL: a configured certificate */
 };
 
 struct lb_tls_rt;                       /* worker/tls.c: the contexts built */
@@ -234,6 +303,9 @@ struct lb_tls_cfg {
     size_t hsts_len;
     uint32_t shm_id;                    /* its lb_shm_tls entry, set by the master */
     struct lb_tls_rt *rt;               /* lb_tls_config_load's; NULL until then */
+    char **acme;                        /* tls.acme names (lowercase); their
+                                         * certificates follow the configured ones */
+    size_t nacme;
 };
 
 /* Which worker a new connection goes to (master/steer.c, README "Steering"). */
@@ -348,6 +420,24 @@ struct lb_cidr {
     unsigned prefix;            /* 0-128 over the mapped form */
 };
 
+/* ---- ACME (master/acme.c; README "ACME") ---- */
+
+#define LB_ACME_NAME_MAX        254     /* a DNS name, with its NUL */
+
+enum lb_acme_challenge {
+    LB_ACME_HTTP01,                     /* "http-01": GET /.well-known/acme-challenge/TOKEN */
+    LB_ACME_TLSALPN01,                  /* "tls-alpn-01": ALPN acme-tls/1 on a TLS listener */
+};
+
+struct lb_acme_cfg {
+    char *directory;                    /* the ACME server's directory URL */
+    char *email;                        /* account contact; NULL: none */
+    char *storage;                      /* account key, certificates (0700 directory) */
+    char *ca_file;                      /* trust anchor for the ACME server; NULL: system's */
+    enum lb_acme_challenge challenge;
+    uint64_t renew_before_ms;           /* renew this long before notAfter */
+};
+
 struct lb_config {
     char *path;                         /* absolute path of the main file */
     unsigned workers;                   /* resolved ("auto" = online CPUs) */
@@ -390,6 +480,8 @@ struct lb_config {
     struct lb_addr redis_addr;
     char redis_address[LB_ADDR_STR_MAX];
     uint64_t redis_timeout_ms;
+
+    struct lb_acme_cfg *acme;           /* NULL: no ACME */
 };
 
 /* Load and validate PATH. On success *out owns a new config and 0 is

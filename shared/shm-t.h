@@ -32,6 +32,8 @@
  *   | lb_shm_tls      |  LB_SHM_MAX_TLS, one per TLS listener, stable ids by address
  *   +-----------------+ off_faults
  *   | lb_shm_fault    |  LB_SHM_MAX_FAULTS, stable ids by name
+ *   +-----------------+ off_acme
+ *   | lb_shm_acme     |  ACME: pending challenges, each name's state (master/acme.c)
  *   +-----------------+ size
  *
  * The file is sparse and its pages are touched lazily: the connection
@@ -213,7 +215,28 @@ struct lb_shm_pool {
      * compare it per pick and rebuild what they derived from the weights
      * (the round-robin cycle, the hash ring) when it moved. */
     _Atomic uint32_t weights_gen;
+    /* Runtime servers (shared/runtime.h): the seqlock of the pool's
+     * runtime slots (their lb_shm_backend rt_* fields). Odd while the
+     * control process writes them; each even value is a generation of the
+     * set, which workers compare with the one they built from. */
+    _Atomic uint32_t servers_seq __attribute__((aligned(LB_CACHELINE)));
+    _Atomic uint32_t runtime_active;    /* ACTIVE runtime servers (max_ejection_percent) */
+    /* Service discovery (master/discovery.c), control process. */
+    _Atomic uint32_t disco_failing;     /* 1 while the source fails (logged once) */
+    lb_counter_t disco_errors;          /* failed or unusable answers */
+    lb_counter_t disco_updates;         /* answers that changed the set */
+    lb_counter_t disco_last_success_ms; /* wall clock of the last good answer */
+    lb_counter_t disco_last_update_ms;  /* wall clock of the last change */
+    char disco_type[16];                /* "" (none), "dns" */
+    char disco_source[2 * LB_HOST_MAX + 16];    /* "SRV _http._tcp.example" */
 } __attribute__((aligned(LB_CACHELINE)));
+
+/* A runtime slot's state (lb_shm_backend.rt_state). */
+enum lb_rt_state {
+    LB_RT_EMPTY = 0,                    /* no server; weight 0 */
+    LB_RT_ACTIVE,                       /* a server, taking requests by its weight */
+    LB_RT_DRAINING,                     /* removed: weight 0, in-flight requests finish */
+};
 
 /* Backend health (active checks), as every worker sees it:
  *
@@ -351,7 +374,17 @@ struct lb_shm_backend {
     lb_counter_t breaker_transitions[LB_BREAKER_STATES];   /* by new state; atomic add */
     char last_error[LB_ERROR_TEXT];     /* of the last failed check: lb_shm_error_* */
     char pool[LB_NAME_MAX];
-    char address[LB_ADDR_STR_MAX];
+    char address[LB_ADDR_STR_MAX];      /* a runtime slot's key: "runtime#N" */
+    /* Runtime slots (shared/runtime.h): `runtime` set by the master; the
+     * rest written by the control process under the pool's servers_seq.
+     * rt_address and rt_addr change only while the slot is EMPTY, and
+     * rt_epoch then goes up by one. */
+    uint32_t runtime;
+    _Atomic uint32_t rt_state;          /* lb_rt_state */
+    _Atomic uint32_t rt_epoch;
+    lb_counter_t rt_removed_ms;         /* CLOCK_MONOTONIC: when it began to drain */
+    char rt_address[LB_ADDR_STR_MAX];
+    struct lb_addr rt_addr;
     /* Hot: written by every worker on the data path, on its own line.
      * inflight: requests admitted and not yet over; with max_requests, a
      * compare-and-swap below it admits one (worker/balancer.h). */
@@ -508,6 +541,62 @@ struct lb_shm_fault {
     lb_counter_t injected __attribute__((aligned(LB_CACHELINE)));
 } __attribute__((aligned(LB_CACHELINE)));
 
+/* ACME (master/acme.c, the control process, is the only writer; workers
+ * read the challenges, lbd -s and /status the names). One seqlock covers
+ * the whole region: writes are a few per order, reads one per challenge
+ * request. */
+#define LB_ACME_MAX_CHALLENGES  16
+#define LB_ACME_MAX_NAMES       64
+#define LB_ACME_TOKEN_MAX       128
+#define LB_ACME_KEYAUTH_MAX     256
+#define LB_ACME_CERT_PEM_MAX    2048
+#define LB_ACME_KEY_PEM_MAX     512
+#define LB_ACME_ERROR_MAX       384
+
+enum lb_acme_state {
+    LB_ACME_NONE,                       /* no certificate yet, none asked for */
+    LB_ACME_ORDERING,                   /* an order under way */
+    LB_ACME_VALID,                      /* a certificate, not due for renewal */
+    LB_ACME_FAILED,                     /* the last order failed: retried after a backoff */
+    LB_ACME_STATES
+};
+
+enum lb_acme_result {
+    LB_ACME_ORDER_VALID,                /* a certificate obtained */
+    LB_ACME_ORDER_FAILED,
+    LB_ACME_RESULTS
+};
+
+/* A challenge being validated: HTTP-01 answers KEYAUTH at
+ * /.well-known/acme-challenge/TOKEN; TLS-ALPN-01 serves CERT_PEM/KEY_PEM
+ * for NAME to a client offering ALPN acme-tls/1. */
+struct lb_shm_acme_challenge {
+    uint32_t used;
+    uint32_t type;                      /* enum lb_acme_challenge */
+    char name[LB_ACME_NAME_MAX];
+    char token[LB_ACME_TOKEN_MAX];
+    char keyauth[LB_ACME_KEYAUTH_MAX];
+    char cert_pem[LB_ACME_CERT_PEM_MAX];
+    char key_pem[LB_ACME_KEY_PEM_MAX];
+};
+
+struct lb_shm_acme_name {
+    char name[LB_ACME_NAME_MAX];
+    uint32_t state;                     /* enum lb_acme_state */
+    int64_t not_after;                  /* of the stored certificate; 0: none */
+    int64_t renew_at;                   /* wall seconds: next order (renewal or retry) */
+    uint64_t orders[LB_ACME_RESULTS];
+    char error[LB_ACME_ERROR_MAX];      /* the last failure, "" when none */
+};
+
+struct lb_shm_acme {
+    _Atomic uint32_t seq;               /* seqlock of everything below */
+    uint32_t nnames;
+    struct lb_shm_acme_challenge challenges[LB_ACME_MAX_CHALLENGES];
+    struct lb_shm_acme_name names[LB_ACME_MAX_NAMES];
+    lb_counter_t orders[LB_ACME_RESULTS];  /* since the start, every name */
+} __attribute__((aligned(LB_CACHELINE)));
+
 struct lb_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -567,6 +656,7 @@ struct lb_shm_header {
     lb_counter_t upgrades;              /* new binaries that took over */
     lb_counter_t upgrade_failures;      /* refused or rolled back */
     char version[48];                   /* the running master's LB_VERSION_FULL */
+    uint64_t off_acme;                  /* one lb_shm_acme */
 };
 
 #endif

@@ -33,6 +33,8 @@ static void lb_shm_layout(struct lb_shm_header *h)
     off = LB_ALIGN(off + sizeof(struct lb_shm_tls) * LB_SHM_MAX_TLS);
     h->off_faults = off;
     off = LB_ALIGN(off + sizeof(struct lb_shm_fault) * LB_SHM_MAX_FAULTS);
+    h->off_acme = off;
+    off = LB_ALIGN(off + sizeof(struct lb_shm_acme));
     h->off_limits = off;
     off += sizeof(struct lb_shm_limit) * LB_SHM_MAX_LIMITS;
     off = LB_ALIGN(off);
@@ -211,6 +213,11 @@ static int lb_shm_pool_id(struct lb_shm_header *h, const char *name)
         for (unsigned k = 0; k < LB_RETRY_REASONS; k++)
             atomic_store(&p->retries[k], 0);
         atomic_store(&p->retry_budget_exhausted, 0);
+        atomic_store(&p->disco_failing, 0);
+        atomic_store(&p->disco_errors, 0);
+        atomic_store(&p->disco_updates, 0);
+        atomic_store(&p->disco_last_success_ms, 0);
+        atomic_store(&p->disco_last_update_ms, 0);
     }
     return free_id;
 }
@@ -246,12 +253,23 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
             free_id = (int)i;
     }
     if (free_id >= 0) {
-        /* A reused id starts from zero: no worker writes a FREE entry. */
+        struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
+        lb_shm_backend_fresh(h, (unsigned)free_id);
+        snprintf(b->pool, sizeof(b->pool), "%s", pool);
+        snprintf(b->address, sizeof(b->address), "%s", address);
+    }
+    return free_id;
+}
+
+void lb_shm_backend_fresh(struct lb_shm_header *h, unsigned id)
+{
+    {
+        /* A reused id starts from zero: no worker writes a FREE entry (nor
+         * an EMPTY runtime slot: none has a request in flight there). */
         unsigned used = atomic_load(&h->slots_used);
         for (unsigned s = 0; s < used; s++)
-            memset(lb_shm_stats(h, s, (unsigned)free_id), 0,
-                   sizeof(struct lb_shm_backend_stats));
-        struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)free_id);
+            memset(lb_shm_stats(h, s, id), 0, sizeof(struct lb_shm_backend_stats));
+        struct lb_shm_backend *b = lb_shm_backend(h, id);
         atomic_store(&b->health, LB_HEALTH_UP);
         atomic_store(&b->down_reason, LB_DOWN_NONE);
         atomic_store(&b->admin_state, LB_BACKEND_READY);
@@ -272,10 +290,7 @@ static int lb_shm_backend_id(struct lb_shm_header *h, const char *pool, const ch
         for (unsigned k = 0; k < LB_BREAKER_STATES; k++)
             atomic_store(&b->breaker_transitions[k], 0);
         lb_shm_error_set(b, "");
-        snprintf(b->pool, sizeof(b->pool), "%s", pool);
-        snprintf(b->address, sizeof(b->address), "%s", address);
     }
-    return free_id;
 }
 
 static bool lb_shm_has_pool(const struct lb_shm_header *h, const char *name)
@@ -575,7 +590,7 @@ static void lb_shm_health_carry(struct lb_shm_backend *b, const struct lb_pool_c
  * writers (a retiring control process and its successor, for a moment)
  * never interleave. One that died holding it left it odd for good: after a
  * while the next writer goes on from there. */
-static uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
+uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
 {
     for (int tries = 0;; tries++) {
         uint32_t s = atomic_load(seq);
@@ -589,7 +604,7 @@ static uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq)
     }
 }
 
-static void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked)
+void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked)
 {
     atomic_store_explicit(seq, locked + 1, memory_order_release);
 }
@@ -756,6 +771,29 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
         atomic_store(&sp->queue_size, pc->queue.size);
         atomic_store(&sp->slow_start_ms, pc->slow_start_ms);
         atomic_store(&sp->sticky, pc->sticky.enabled);
+        /* Shown by /status and metrics; the control process does the rest. */
+        const struct lb_discovery_cfg *dc = &pc->discovery;
+        if (dc->type == LB_DISCO_DNS) {
+            static const char *const records[] = { "A", "AAAA", "SRV" };
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "dns");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", records[dc->record],
+                     dc->name);
+        } else if (dc->type == LB_DISCO_ETCD) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "etcd");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->prefix);
+        } else if (dc->type == LB_DISCO_ZOOKEEPER) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "zookeeper");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->prefix);
+        } else if (dc->type == LB_DISCO_CONSUL) {
+            snprintf(sp->disco_type, sizeof(sp->disco_type), "consul");
+            snprintf(sp->disco_source, sizeof(sp->disco_source), "%s %s", dc->endpoints[0],
+                     dc->service);
+        } else {
+            sp->disco_type[0] = '\0';
+            sp->disco_source[0] = '\0';
+        }
         atomic_store(&sp->state, LB_ENTRY_ACTIVE);
         for (size_t j = 0; j < pc->nservers; j++) {
             struct lb_server_cfg *sc = &pc->servers[j];
@@ -769,6 +807,21 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
             sc->shm_id = (uint32_t)bid;
             struct lb_shm_backend *b = lb_shm_backend(h, (unsigned)bid);
             b->pool_id = (uint32_t)pid;
+            if (sc->runtime) {
+                /* Its server (if any) is the control process's business
+                 * and carries over the reload (shared/runtime.h). */
+                if (added || !b->runtime) {
+                    atomic_store(&b->rt_state, LB_RT_EMPTY);
+                    atomic_store(&b->weight, 0);
+                    b->rt_address[0] = '\0';
+                }
+                b->runtime = 1;
+                atomic_store(&b->max_requests, 0);
+                atomic_store(&b->state, LB_ENTRY_ACTIVE);
+                lb_shm_health_carry(b, pc);
+                continue;
+            }
+            b->runtime = 0;
             /* Slow start for what a reload brings into rotation; at the
              * first start every server is there from the beginning (as
              * HAProxy: no ramp then). */
@@ -1013,4 +1066,131 @@ void lb_shm_error_get(const struct lb_shm_backend *b, char *out, size_t n)
         }
     }
     out[0] = '\0';
+}
+
+/* ---- ACME -------------------------------------------------------------- */
+
+void lb_shm_acme_challenge_put(struct lb_shm_acme *a, const struct lb_shm_acme_challenge *c)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    int slot = -1;
+    for (int i = 0; i < LB_ACME_MAX_CHALLENGES; i++)
+        if ((a->challenges[i].used && strcmp(a->challenges[i].token, c->token) == 0) ||
+            (slot < 0 && !a->challenges[i].used))
+            slot = i;
+    if (slot >= 0) {
+        a->challenges[slot] = *c;
+        a->challenges[slot].used = 1;
+    }
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+void lb_shm_acme_challenge_del(struct lb_shm_acme *a, const char *token)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    for (int i = 0; i < LB_ACME_MAX_CHALLENGES; i++)
+        if (a->challenges[i].used && strcmp(a->challenges[i].token, token) == 0)
+            memset(&a->challenges[i], 0, sizeof(a->challenges[i]));
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+void lb_shm_acme_challenges_clear(struct lb_shm_acme *a)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    memset(a->challenges, 0, sizeof(a->challenges));
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+/* Copy the challenge matching TOKEN (TLEN bytes) or NAME into OUT under the
+ * seqlock. */
+static bool lb_shm_acme_find(const struct lb_shm_acme *a, const char *token, size_t tlen,
+                             const char *name, uint32_t type, struct lb_shm_acme_challenge *out)
+{
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)&a->seq;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        bool found = false;
+        for (int i = 0; i < LB_ACME_MAX_CHALLENGES && !found; i++) {
+            const struct lb_shm_acme_challenge *c = &a->challenges[i];
+            if (!c->used || c->type != type)
+                continue;
+            if (token != NULL ? tlen < sizeof(c->token) && strncmp(c->token, token, tlen) == 0 &&
+                                    c->token[tlen] == '\0'
+                              : strncmp(c->name, name, sizeof(c->name)) == 0) {
+                memcpy(out, c, sizeof(*out));
+                found = true;
+            }
+        }
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
+            if (found) {
+                out->keyauth[sizeof(out->keyauth) - 1] = '\0';
+                out->cert_pem[sizeof(out->cert_pem) - 1] = '\0';
+                out->key_pem[sizeof(out->key_pem) - 1] = '\0';
+            }
+            return found;
+        }
+    }
+    return false;
+}
+
+bool lb_shm_acme_http01(const struct lb_shm_acme *a, const char *token, size_t len,
+                        struct lb_shm_acme_challenge *out)
+{
+    return lb_shm_acme_find(a, token, len, NULL, LB_ACME_HTTP01, out);
+}
+
+bool lb_shm_acme_tlsalpn01(const struct lb_shm_acme *a, const char *name,
+                           struct lb_shm_acme_challenge *out)
+{
+    return lb_shm_acme_find(a, NULL, 0, name, LB_ACME_TLSALPN01, out);
+}
+
+void lb_shm_acme_names_set(struct lb_shm_acme *a, const struct lb_shm_acme_name *names, uint32_t n)
+{
+    uint32_t locked = lb_shm_seq_lock(&a->seq);
+    n = n < LB_ACME_MAX_NAMES ? n : LB_ACME_MAX_NAMES;
+    if (n > 0)
+        memcpy(a->names, names, sizeof(*names) * n);
+    a->nnames = n;
+    lb_shm_seq_unlock(&a->seq, locked);
+}
+
+void lb_shm_acme_names_get(const struct lb_shm_acme *a, struct lb_shm_acme_name *out, uint32_t *n)
+{
+    _Atomic uint32_t *seq = (_Atomic uint32_t *)&a->seq;
+    *n = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        uint32_t k = a->nnames < LB_ACME_MAX_NAMES ? a->nnames : LB_ACME_MAX_NAMES;
+        memcpy(out, a->names, sizeof(*out) * k);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
+            for (uint32_t i = 0; i < k; i++) {
+                out[i].name[sizeof(out[i].name) - 1] = '\0';
+                out[i].error[sizeof(out[i].error) - 1] = '\0';
+            }
+            *n = k;
+            return;
+        }
+    }
+}
+
+void lb_shm_tls_cert_set(struct lb_shm_tls *t, uint32_t idx, const char *subject,
+                         int64_t not_after)
+{
+    if (idx >= LB_SHM_TLS_CERTS)
+        return;
+    uint32_t locked = lb_shm_seq_lock(&t->cert_seq);
+    snprintf(t->certs[idx].subject, sizeof(t->certs[idx].subject), "%s", subject);
+    t->certs[idx].not_after = not_after;
+    lb_shm_seq_unlock(&t->cert_seq, locked);
 }

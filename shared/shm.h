@@ -51,6 +51,11 @@ static inline struct lb_shm_backend *lb_shm_backend(const struct lb_shm_header *
     return (struct lb_shm_backend *)((char *)h + h->off_backends) + id;
 }
 
+static inline struct lb_shm_acme *lb_shm_acme(const struct lb_shm_header *h)
+{
+    return (struct lb_shm_acme *)((char *)h + h->off_acme);
+}
+
 static inline struct lb_shm_tls *lb_shm_tls(const struct lb_shm_header *h, unsigned id)
 {
     return (struct lb_shm_tls *)((char *)h + h->off_tls) + id;
@@ -203,6 +208,28 @@ int lb_shm_assign(struct lb_shm_header *h, struct lb_config *cfg, uint64_t gener
                   char *err, size_t errlen);
 /* Whether lb_shm_assign() would find room for CFG (it changes nothing). */
 bool lb_shm_assign_fits(const struct lb_shm_header *h, const struct lb_config *cfg);
+/* A seqlock's writer side: the sequence from even to odd by compare-and-
+ * swap (two writers never interleave), and back to even. */
+uint32_t lb_shm_seq_lock(_Atomic uint32_t *seq);
+void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked);
+
+/* Backend row ID as new: zero counters (every slot's stats row), UP,
+ * breaker closed, no check history. Its pool and address are kept. */
+void lb_shm_backend_fresh(struct lb_shm_header *h, unsigned id);
+
+/* What a backend row is called: a runtime slot by its server's address. */
+static inline const char *lb_shm_backend_name(const struct lb_shm_backend *b)
+{
+    return b->runtime ? b->rt_address : b->address;
+}
+
+/* Whether a row stands for a server to show (a runtime slot with none
+ * does not). */
+static inline bool lb_shm_backend_shown(const struct lb_shm_backend *b)
+{
+    return !b->runtime || atomic_load_explicit(&b->rt_state, memory_order_acquire) != LB_RT_EMPTY;
+}
+
 /* Master: free entries retired before OLDEST_LIVE_GEN (no worker of an older
  * generation is left to write them); a freed rate-limit table's pages go
  * back to the kernel. */
@@ -276,6 +303,26 @@ void lb_shm_tls_rotate(struct lb_shm_tls *t, uint64_t now_ms);
 int lb_shm_tls_key(const struct lb_shm_tls *t, const uint8_t *name,
                    struct lb_shm_ticket_key *out);
 /* Reader: copy T's certificates (LB_SHM_TLS_CERTS at most) into OUT. */
+/* Writer (the control process): certificate IDX of T's after ACME
+ * replaced it (its subject and notAfter, for /status and the metrics). */
+void lb_shm_tls_cert_set(struct lb_shm_tls *t, uint32_t idx, const char *subject,
+                         int64_t not_after);
+
+/* ACME (shared/shm-t.h: lb_shm_acme). Writer: the control process. A
+ * challenge is put when its order asks for it and removed once validated;
+ * readers copy one out: HTTP-01 by token (LEN bytes), TLS-ALPN-01 by name. */
+void lb_shm_acme_challenge_put(struct lb_shm_acme *a, const struct lb_shm_acme_challenge *c);
+void lb_shm_acme_challenge_del(struct lb_shm_acme *a, const char *token);
+/* Every challenge dropped (what a control process that died left). */
+void lb_shm_acme_challenges_clear(struct lb_shm_acme *a);
+bool lb_shm_acme_http01(const struct lb_shm_acme *a, const char *token, size_t len,
+                        struct lb_shm_acme_challenge *out);
+bool lb_shm_acme_tlsalpn01(const struct lb_shm_acme *a, const char *name,
+                           struct lb_shm_acme_challenge *out);
+/* Each ACME name's state, written whole; read into OUT (LB_ACME_MAX_NAMES). */
+void lb_shm_acme_names_set(struct lb_shm_acme *a, const struct lb_shm_acme_name *names, uint32_t n);
+void lb_shm_acme_names_get(const struct lb_shm_acme *a, struct lb_shm_acme_name *out, uint32_t *n);
+
 void lb_shm_tls_certs_get(const struct lb_shm_tls *t, struct lb_shm_tls_cert *out, uint32_t *n);
 
 /* A backend's last check error: one writer at a time (the control process,

@@ -369,7 +369,7 @@ static int lb_hash_init(struct lb_balancer *b)
         /* Points depend on the server's address only, never on its place in
          * the list: the same server lands on the same points in every
          * configuration, which is what keeps keys from moving. */
-        const char *addr = p->servers[i].address;
+        const char *addr = b->names != NULL ? b->names[i] : p->servers[i].address;
         size_t alen = strlen(addr);
         uint64_t base = lb_hash64(addr, alen);
         uint64_t points = (uint64_t)lb_weight(b, i) * per;
@@ -495,23 +495,28 @@ int lb_balancer_init_watched(struct lb_balancer *b, const struct lb_pool_cfg *po
 void lb_balancer_refresh(struct lb_balancer *b)
 {
     b->seen_gen = atomic_load_explicit(b->weights_gen, memory_order_acquire);
-    if (b->ops->init == NULL)
-        return;         /* the other strategies read the weights at each pick */
-    struct lb_balancer old = *b;
-    b->seq = NULL;
-    b->ring = NULL;
-    if (b->ops->init(b) < 0) {
-        /* Out of memory: keep the old cycle rather than none. */
-        if (b->ops->destroy != NULL)
-            b->ops->destroy(b);
-        b->seq = old.seq;
-        b->seq_len = old.seq_len;
-        b->ring = old.ring;
-        b->ring_len = old.ring_len;
-        return;
+    (void)lb_balancer_rebuild(b);   /* out of memory: the old cycle rather than none */
+}
+
+int lb_balancer_rebuild(struct lb_balancer *b)
+{
+    if (b->ops == NULL || b->ops->init == NULL)
+        return 0;       /* the others read everything live from shm */
+    struct lb_balancer next = *b;
+    next.seq = NULL;
+    next.ring = NULL;
+    if (next.ops->init(&next) < 0) {
+        if (next.ops->destroy != NULL)
+            next.ops->destroy(&next);
+        return -1;
     }
-    free(old.seq);
-    free(old.ring);
+    if (b->ops->destroy != NULL)
+        b->ops->destroy(b);
+    b->seq = next.seq;
+    b->seq_len = next.seq_len;
+    b->ring = next.ring;
+    b->ring_len = next.ring_len;
+    return 0;
 }
 
 void lb_balancer_destroy(struct lb_balancer *b)

@@ -80,6 +80,9 @@ struct lb_balancer {
      * run time) and its value when the cycle or ring was built. */
     const _Atomic uint32_t *weights_gen;
     uint32_t seen_gen;
+    /* Each server's address for the ring, when not pool->servers[i]'s
+     * (runtime slots: shared/runtime.h); NULL: the pool's. */
+    const char *const *names;
 };
 
 /* Set up B for POOL. BACKENDS[i] is the shared state of pool->servers[i]
@@ -94,6 +97,10 @@ int lb_balancer_init_watched(struct lb_balancer *b, const struct lb_pool_cfg *po
                              struct lb_shm_backend **backends, lb_counter_t *cursor,
                              const _Atomic uint32_t *weights_gen);
 void lb_balancer_destroy(struct lb_balancer *b);
+/* Build B's tables again (the round robin cycle, the ring) from the
+ * weights in shared memory and the names: the pool's runtime servers
+ * changed. Keeps its cursor. 0, or -1 (B keeps its old tables). */
+int lb_balancer_rebuild(struct lb_balancer *b);
 
 /* Rebuild B from the current weights (out of line: rare). */
 void lb_balancer_refresh(struct lb_balancer *b);

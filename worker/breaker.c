@@ -58,7 +58,12 @@ static uint64_t lb_brk_until(const struct lb_breaker_cfg *cfg, uint64_t now, uin
  * open too; with every server open the pool answers 503 at once). */
 static bool lb_brk_reserve(const struct lb_breaker_site *site)
 {
-    uint64_t limit = (uint64_t)site->cfg->nservers * site->cfg->breaker.max_ejection_percent / 100;
+    /* A pool with runtime slots counts its servers, not its slots. */
+    uint64_t servers = site->cfg->nservers;
+    if (lb_pool_has_runtime(site->cfg))
+        servers = site->cfg->nstatic +
+                  atomic_load_explicit(&site->pool->runtime_active, memory_order_relaxed);
+    uint64_t limit = servers * site->cfg->breaker.max_ejection_percent / 100;
     if (limit < 1)
         limit = 1;
     uint32_t n = atomic_load_explicit(&site->pool->breakers_open, memory_order_relaxed);
@@ -139,7 +144,7 @@ static enum lb_breaker_change lb_brk_open(const struct lb_breaker_site *site, ui
     if (!lb_brk_reserve(site)) {
         lb_log_debug("server %s of pool '%s': circuit breaker stays closed (%s): "
                      "max_ejection_percent %u%% of the pool is open already",
-                     b->address, site->cfg->name, why, cfg->max_ejection_percent);
+                     lb_shm_backend_name(b), site->cfg->name, why, cfg->max_ejection_percent);
         return LB_BREAKER_HELD;
     }
     uint64_t interval = lb_brk_interval(b, cfg, now, false);
@@ -153,7 +158,7 @@ static enum lb_breaker_change lb_brk_open(const struct lb_breaker_site *site, ui
     }
     atomic_store_explicit(&b->breaker_interval_ms, interval, memory_order_relaxed);
     lb_brk_count(b, LB_BREAKER_OPEN);
-    lb_log_warn("server %s of pool '%s': circuit breaker OPEN for %llu ms (%s)", b->address,
+    lb_log_warn("server %s of pool '%s': circuit breaker OPEN for %llu ms (%s)", lb_shm_backend_name(b),
                 site->cfg->name, (unsigned long long)(until - now), why);
     return LB_BREAKER_OPENED;
 }
@@ -205,14 +210,14 @@ static bool lb_brk_trial(const struct lb_breaker_site *site, uint64_t ticket,
         lb_brk_count(b, LB_BREAKER_CLOSED);
         lb_brk_unreserve(site);
         lb_log_info("server %s of pool '%s': circuit breaker CLOSED (%u trial request%s succeeded)",
-                    b->address, site->cfg->name, cfg->half_open_requests,
+                    lb_shm_backend_name(b), site->cfg->name, cfg->half_open_requests,
                     cfg->half_open_requests == 1 ? "" : "s");
         *change = LB_BREAKER_CLOSED_AGAIN;
     } else if (LB_BRK_STATE(nw) == LB_BREAKER_OPEN) {
         atomic_store_explicit(&b->breaker_interval_ms, interval, memory_order_relaxed);
         lb_brk_count(b, LB_BREAKER_OPEN);
         lb_log_warn("server %s of pool '%s': circuit breaker OPEN again for %llu ms "
-                    "(a trial request failed)", b->address, site->cfg->name,
+                    "(a trial request failed)", lb_shm_backend_name(b), site->cfg->name,
                     (unsigned long long)(LB_BRK_STAMP(nw) - now));
         *change = LB_BREAKER_REOPENED;
     }
@@ -319,13 +324,13 @@ bool lb_breaker_admit_slow(const struct lb_breaker_site *site, uint64_t now_ms,
     if (LB_BRK_STATE(w) == LB_BREAKER_OPEN) {
         lb_brk_count(b, LB_BREAKER_HALF_OPEN);
         lb_log_info("server %s of pool '%s': circuit breaker HALF-OPEN (%u trial request%s)",
-                    b->address, site->cfg->name, cfg->half_open_requests,
+                    lb_shm_backend_name(b), site->cfg->name, cfg->half_open_requests,
                     cfg->half_open_requests == 1 ? "" : "s");
         if (change != NULL)
             *change = LB_BREAKER_HALF_OPENED;
     } else if (restart) {
         lb_log_warn("server %s of pool '%s': circuit breaker trials unanswered for %llu ms: "
-                    "new trials", b->address, site->cfg->name,
+                    "new trials", lb_shm_backend_name(b), site->cfg->name,
                     (unsigned long long)(now - LB_BRK_STAMP(w)));
     }
     return true;

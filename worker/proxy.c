@@ -20,6 +20,7 @@
 #include "worker/accesslog.h"
 #include "worker/fault.h"
 #include "worker/breaker.h"
+#include "worker/challenge.h"
 #include "worker/conn.h"
 #include "worker/freelist.h"
 #include "worker/ratelimit.h"
@@ -635,8 +636,16 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     LB_ANSWER_PUT(code, sizeof(code));
     LB_ANSWER_STR(" ");
     LB_ANSWER_PUT(reason, rlen);
-    LB_ANSWER_STR("\r\nContent-Type: text/plain\r\nContent-Length: ");
-    LB_ANSWER_PUT(clen + (blen < 10), 2 - (blen < 10));
+    /* 204 and 304 have no content, and an answer to HEAD none of its own
+     * (RFC 9110 6.4.1): a body after the head would be read by the client
+     * as the start of the next answer on the connection. (Both come from
+     * a fault's abort: X-Lbd-Fault-Abort is any of 200-599.) */
+    bool no_content = status == 204 || status == 304;
+    bool body = !no_content && !(s->req_flags & LB_MSG_HEAD);
+    if (!no_content) {
+        LB_ANSWER_STR("\r\nContent-Type: text/plain\r\nContent-Length: ");
+        LB_ANSWER_PUT(clen + (blen < 10), 2 - (blen < 10));
+    }
     LB_ANSWER_STR("\r\n");
     if (extra_len > 0)
         LB_ANSWER_PUT(extra, extra_len);
@@ -648,10 +657,12 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
     if (!keep)
         LB_ANSWER_STR("Connection: close\r\n");
     LB_ANSWER_STR("\r\n");
-    LB_ANSWER_PUT(code, sizeof(code));
-    LB_ANSWER_STR(" ");
-    LB_ANSWER_PUT(reason, rlen);
-    LB_ANSWER_STR("\n");
+    if (body) {
+        LB_ANSWER_PUT(code, sizeof(code));
+        LB_ANSWER_STR(" ");
+        LB_ANSWER_PUT(reason, rlen);
+        LB_ANSWER_STR("\n");
+    }
 #undef LB_ANSWER_STR
 #undef LB_ANSWER_PUT
     v.iov_len = n;
@@ -1942,6 +1953,7 @@ static int lb_session_pick_more(struct lb_session *s, struct lb_pool_rt *pool,
 static inline __attribute__((always_inline))
 int lb_session_pick(struct lb_session *s, struct lb_pool_rt *pool, const struct lb_pick_ctx *ctx)
 {
+    lb_upstream_sync(s->w, pool);
     int idx = lb_balancer_pick(&pool->balancer, ctx);
     if (idx >= 0 && !pool->cfg->breaker.enabled && lb_backend_take(pool->servers[idx].shared)) {
         lb_session_slot_take(s, &pool->servers[idx]);
@@ -2069,6 +2081,7 @@ static int lb_session_retry_candidate(struct lb_session *s, struct lb_pool_rt *p
                                       const struct lb_pick_ctx *ctx)
 {
     uint64_t tried = s->x->tried;
+    lb_upstream_sync(s->w, pool);
     int idx = lb_balancer_pick(&pool->balancer, ctx);
     for (int k = 0; k < 3 && idx >= 0 && lb_tried(tried, (size_t)idx); k++)
         idx = lb_balancer_pick(&pool->balancer, ctx);
@@ -2250,6 +2263,59 @@ static bool lb_acme_challenge(const char *path, size_t len)
     return len >= sizeof(prefix) - 1 && memcmp(path, prefix, sizeof(prefix) - 1) == 0;
 }
 
+/* ACME HTTP-01 (worker/challenge.h): a pending token's key authorization,
+ * answered by lbd itself on a plain listener. False when TOKEN is not one
+ * (the request goes on as usual). */
+static bool lb_session_acme_http01(struct lb_session *s, const char *path, size_t plen)
+{
+    static const char prefix[] = "/.well-known/acme-challenge/";
+    const char *token = path + sizeof(prefix) - 1;
+    size_t tlen = plen - (sizeof(prefix) - 1);
+    const char *q = memchr(token, '?', tlen);
+    if (q != NULL)
+        tlen = (size_t)(q - token);
+    char keyauth[LB_ACME_KEYAUTH_MAX];
+    if (!lb_challenge_http01(token, tlen, keyauth))
+        return false;
+    lb_session_unqueue(s);
+    if (lb_conn_ensure_buffers(s->client) < 0) {
+        lb_session_close(s);
+        return true;
+    }
+    bool keep = s->keepalive && s->req_done && !s->w->draining && !s->client_eof;
+    struct evbuffer *out = s->client->out;
+    size_t before = evbuffer_get_length(out);
+    size_t klen = strlen(keyauth);
+    if (evbuffer_add_printf(out, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                                 "Content-Length: %zu\r\n%s\r\n%s", klen,
+                            keep ? "" : "Connection: close\r\n", keyauth) < 0) {
+        lb_session_close(s);
+        return true;
+    }
+    lb_log_info("acme: HTTP-01 challenge answered for token %.*s", (int)tlen, token);
+    if (s->acc != NULL && s->acc->start_us == 0) {
+        snprintf(s->acc->request, sizeof(s->acc->request), "-");
+        s->acc->referer[0] = s->acc->user_agent[0] = s->acc->request_id[0] = '\0';
+        s->acc->start_us = lb_wall_us();
+    }
+    lb_session_sent(s, evbuffer_get_length(out) - before);
+    lb_session_count_response(s, 200);
+    lb_session_log(s);
+    if (!keep) {
+        lb_session_linger(s);
+        return true;
+    }
+    if (s->head_pending) {
+        evbuffer_drain(s->client->in, s->x->head_len);
+        lb_counter_add(&s->w->slot_stats->bytes_in, s->x->head_len);
+    }
+    s->served++;
+    lb_session_reset_request(s);
+    lb_session_set_idle(s);
+    s->resume_head = lb_conn_in_len(s->client) > 0;
+    return true;
+}
+
 /* redirect_https: 308 to the same host (its port dropped) and target over
  * https, on the configured port. */
 static void lb_session_redirect(struct lb_session *s, const char *host, size_t hlen,
@@ -2311,6 +2377,9 @@ static void lb_session_dispatch(struct lb_session *s, const struct lb_http_msg *
         path = slash_query;
         plen = n + 1;
     }
+    if (w->cfg->acme != NULL && !s->tls && lb_acme_challenge(path, plen) && m->method_len == 3 &&
+        memcmp(m->method, "GET", 3) == 0 && lb_session_acme_http01(s, path, plen))
+        return;
     if (s->redirect && !lb_acme_challenge(path, plen)) {
         lb_session_redirect(s, hval, hlen, path, plen);
         return;

@@ -19,6 +19,7 @@
 
 #include "shared/log.h"
 #include "shared/shm.h"
+#include "worker/challenge.h"
 #include "worker/conn.h"
 
 /* Mozilla's "intermediate" TLS 1.2 ciphers (v5.7); TLS 1.3 keeps OpenSSL's
@@ -332,6 +333,8 @@ static SSL_CTX *lb_tls_ctx_new(struct lb_tls_cfg *t, const unsigned char sid[32]
         SSL_CTX_set_alpn_select_cb(ctx, lb_tls_alpn_cb, t);
     if (t->session_tickets)
         SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, lb_tls_ticket_cb);
+    if (t->nacme > 0)
+        lb_challenge_tls_setup(ctx);        /* ACME TLS-ALPN-01 (worker/challenge.c) */
     if (SSL_CTX_set1_groups_list(ctx, LB_TLS_GROUPS) != 1) {
         snprintf(err, errlen, "TLS groups %s: %s", LB_TLS_GROUPS, lb_tls_reason(why, sizeof(why)));
         SSL_CTX_free(ctx);
@@ -424,6 +427,30 @@ static int lb_tls_describe(X509 *x, struct lb_tls_cert_cfg *c, char *err, size_t
     return 0;
 }
 
+/* ---- ACME names' certificates (master/acme.c writes them) --------------- */
+
+/* Whether the stored certificate of an ACME name can be served: readable,
+ * a key that matches, not expired. One that is not yet (or no more) is
+ * left out, not an error: it is on its way. Its subject says so. */
+static bool lb_tls_acme_usable(struct lb_tls_cert_cfg *c)
+{
+    char err[512];
+    bool ok = false;
+    snprintf(c->subject, sizeof(c->subject), "CN=%s (acme: none yet)", c->acme_name);
+    c->not_after = 0;
+    SSL_CTX *ctx = access(c->cert, R_OK) == 0 ? SSL_CTX_new(TLS_server_method()) : NULL;
+    if (ctx != NULL) {
+        struct lb_tls_cert_cfg probe = *c;
+        ok = lb_tls_load_cert(ctx, &probe, err, sizeof(err)) == 0 &&
+             lb_tls_describe(SSL_CTX_get0_certificate(ctx), &probe, err, sizeof(err)) == 0;
+        if (!ok)
+            lb_log_warn("acme name %s: stored certificate not used: %s", c->acme_name, err);
+        SSL_CTX_free(ctx);
+    }
+    ERR_clear_error();
+    return ok;
+}
+
 /* Build the contexts of T (listener ADDRESS) into SET. 0, or -1 with
  * "FILE:LINE: why" in ERR (SET then holds nothing). */
 static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls_set *set,
@@ -449,6 +476,9 @@ static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls
     int rc = -1;
     for (size_t i = 0; i < t->ncerts; i++) {
         struct lb_tls_cert_cfg *c = &t->certs[i];
+        owner[i] = -1;
+        if (c->acme_name != NULL && !lb_tls_acme_usable(c))
+            continue;
         SSL_CTX *ctx = lb_tls_ctx_new(t, sid, err, errlen);
         if (ctx == NULL)
             goto out;
@@ -468,6 +498,8 @@ static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls
         owner[i] = -1;
         for (size_t j = 0; j < i && owner[i] < 0; j++) {
             int o = owner[j];
+            if (o < 0)
+                continue;       /* an ACME name's, left out */
             bool has = false;
             for (size_t k = 0; k < nkt[o]; k++)
                 has = has || keytypes[o][k] == kt;
@@ -487,6 +519,13 @@ static int lb_tls_build(struct lb_tls_cfg *t, const char *address, struct lb_tls
         keytypes[set->nctx][nkt[set->nctx]++] = kt;
         set->ctx[set->nctx++] = ctx;
         total += nnames[i];
+    }
+    if (set->nctx == 0) {
+        /* Only ACME names, none obtained yet: a context without a
+         * certificate, which refuses handshakes but TLS-ALPN-01's. */
+        if ((set->ctx[0] = lb_tls_ctx_new(t, sid, err, errlen)) == NULL)
+            goto out;
+        set->nctx = 1;
     }
     set->names = calloc(total ? total : 1, sizeof(*set->names));
     if (set->names == NULL) {
@@ -880,6 +919,7 @@ void lb_tls_worker_init(const struct lb_config *cfg, struct lb_shm_header *shm,
 {
     lb_tls.shm = shm;
     lb_tls.stats = stats;
+    lb_challenge_init(shm);
     if (shm == NULL || cfg->ntls == 0)
         return;
     if (lb_tls.aes == NULL)
@@ -888,7 +928,11 @@ void lb_tls_worker_init(const struct lb_config *cfg, struct lb_shm_header *shm,
         lb_log_error("AES-256-CBC unavailable: no session tickets");
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         struct lb_tls_cfg *t = cfg->listeners[i].tls;
-        if (t != NULL && t->rt != NULL)
+        /* A listener with ACME names keeps the master's 0: if ACME replaced
+         * a certificate since the master built the contexts (a worker
+         * respawned later inherits them), the first handshake loads the
+         * files. */
+        if (t != NULL && t->rt != NULL && t->nacme == 0)
             t->rt->generation = atomic_load(&lb_shm_tls(shm, t->shm_id)->cert_generation);
     }
 }

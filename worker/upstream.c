@@ -12,6 +12,7 @@
 #include <event2/event.h>
 
 #include "shared/log.h"
+#include "shared/runtime.h"
 #include "worker/conn.h"
 #include "worker/tls.h"
 
@@ -66,6 +67,15 @@ int lb_upstream_init(struct lb_worker *w)
         p->shared = calloc(pc->nservers ? pc->nservers : 1, sizeof(*p->shared));
         if (p->servers == NULL || p->shared == NULL)
             return -1;
+        p->runtime = lb_pool_has_runtime(pc);
+        if (p->runtime) {
+            size_t nrt = pc->nservers - pc->nstatic;
+            p->rt_ids = calloc(nrt, sizeof(*p->rt_ids));
+            p->rt_copy = calloc(nrt, sizeof(*p->rt_copy));
+            p->names = calloc(pc->nservers, sizeof(*p->names));
+            if (p->rt_ids == NULL || p->rt_copy == NULL || p->names == NULL)
+                return -1;
+        }
         for (size_t j = 0; j < pc->nservers; j++) {
             struct lb_server_rt *s = &p->servers[j];
             s->cfg = &pc->servers[j];
@@ -75,14 +85,35 @@ int lb_upstream_init(struct lb_worker *w)
             p->shared[j] = s->shared;
             lb_list_init(&s->idle);
             s->keep = pc->keepalive_auto ? 0 : pc->keepalive;
+            if (s->cfg->runtime) {
+                /* Nothing until the first resync: no address yet. */
+                s->rt_cfg = *s->cfg;
+                s->rt_cfg.address[0] = '\0';
+                s->rt_epoch = UINT32_MAX;
+                s->gone = true;
+                s->cfg = &s->rt_cfg;
+                p->rt_ids[j - pc->nstatic] = pc->servers[j].shm_id;
+            }
+            if (p->names != NULL)
+                p->names[j] = s->cfg->address;
             if (pc->tls != NULL &&
                 (s->tls = lb_tls_peer_new(pc->name, s->cfg->address, s->stats->tls_handshakes)) == NULL)
                 return -1;
         }
         any_auto |= pc->keepalive_auto;
         lb_counter_t *cursor = &lb_shm_pool(w->shm, pc->shm_id)->rr_next;
+        p->balancer.names = NULL;
+        if (p->runtime) {
+            p->seen_seq = 1;    /* odd: never a generation, so the first pick resyncs */
+            lb_upstream_resync(w, p);
+        }
         if (lb_balancer_init_watched(&p->balancer, pc, p->shared, cursor,
                                      &p->shm->weights_gen) < 0) {
+            lb_log_error("pool '%s': cannot build the balancer", pc->name);
+            return -1;
+        }
+        p->balancer.names = p->names;
+        if (p->runtime && lb_balancer_rebuild(&p->balancer) < 0) {
             lb_log_error("pool '%s': cannot build the balancer", pc->name);
             return -1;
         }
@@ -143,9 +174,53 @@ void lb_upstream_destroy(struct lb_worker *w)
         lb_balancer_destroy(&w->pools[i].balancer);
         free(w->pools[i].servers);
         free(w->pools[i].shared);
+        free(w->pools[i].rt_ids);
+        free(w->pools[i].rt_copy);
+        free(w->pools[i].names);
     }
     free(w->pools);
     w->pools = NULL;
+}
+
+static void lb_server_close_idle(struct lb_server_rt *s)
+{
+    while (!lb_list_empty(&s->idle))
+        lb_upconn_free(LB_CONTAINER_OF(s->idle.next, struct lb_upconn, idle_node));
+}
+
+void lb_upstream_resync(struct lb_worker *w, struct lb_pool_rt *p)
+{
+    (void)w;
+    const struct lb_pool_cfg *pc = p->cfg;
+    size_t nrt = pc->nservers - pc->nstatic;
+    uint32_t seq;
+    if (!lb_runtime_read(w->shm, pc->shm_id, p->rt_ids, nrt, p->rt_copy, &seq))
+        return;         /* being written: the next pick tries again */
+    unsigned changed = 0;
+    for (size_t k = 0; k < nrt; k++) {
+        const struct lb_runtime_slot *rs = &p->rt_copy[k];
+        struct lb_server_rt *s = &p->servers[pc->nstatic + k];
+        bool gone = rs->state != LB_RT_ACTIVE;
+        if (rs->epoch != s->rt_epoch) {
+            /* Another server in the slot: connections kept were to the
+             * one before (none is busy: the slot was EMPTY, drained). */
+            lb_server_close_idle(s);
+            snprintf(s->rt_cfg.address, sizeof(s->rt_cfg.address), "%s", rs->address);
+            s->rt_cfg.addr = rs->addr;
+            s->rt_epoch = rs->epoch;
+            changed++;
+        }
+        if (gone && !s->gone)
+            lb_server_close_idle(s);    /* removed: drains; busy ones finish */
+        changed += gone != s->gone;
+        s->gone = gone;
+    }
+    p->seen_seq = seq;
+    /* Weights may have changed without a slot changing: always rebuild. */
+    if (p->balancer.ops != NULL && lb_balancer_rebuild(&p->balancer) < 0)
+        lb_log_error("pool '%s': cannot rebuild the balancer (keeps the old one)", pc->name);
+    lb_log_debug("pool '%s': runtime servers changed (generation %u, %u slot(s))", pc->name,
+                 seq / 2, changed);
 }
 
 void lb_upstream_close_idle(struct lb_worker *w)
@@ -245,7 +320,7 @@ void lb_upconn_release(struct lb_upconn *up, bool reusable)
     struct lb_server_rt *s = up->server;
     struct lb_worker *w = up->w;
     s->busy--;
-    if (!reusable || w->draining || s->nidle >= s->keep || w->nidle >= w->idle_cap ||
+    if (!reusable || w->draining || s->gone || s->nidle >= s->keep || w->nidle >= w->idle_cap ||
         evbuffer_get_length(up->conn->in) != 0 ||
         evbuffer_get_length(up->conn->out) != 0) {
         lb_upconn_free(up);

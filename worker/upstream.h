@@ -47,6 +47,20 @@ struct lb_upconn *lb_upconn_get(struct lb_worker *w, struct lb_server_rt *s, boo
 /* Give UP back: to the idle pool when REUSABLE and there is room, else
  * close it. Callbacks must be the caller's no more after this. */
 void lb_upconn_release(struct lb_upconn *up, bool reusable);
+/* The pool's runtime servers changed (another servers_seq than P's):
+ * copy them, close idle connections to servers gone, rebuild the
+ * balancer. */
+void lb_upstream_resync(struct lb_worker *w, struct lb_pool_rt *p);
+
+/* Before a pick: one load and a compare for a pool with runtime slots,
+ * nothing for the others. */
+static inline void lb_upstream_sync(struct lb_worker *w, struct lb_pool_rt *p)
+{
+    if (__builtin_expect(p->runtime, 0) &&
+        atomic_load_explicit(&p->shm->servers_seq, memory_order_acquire) != p->seen_seq)
+        lb_upstream_resync(w, p);
+}
+
 /* Close every idle connection (draining). */
 void lb_upstream_close_idle(struct lb_worker *w);
 /* Close idle connections until MORE fds fit in W's budget beside its

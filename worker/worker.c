@@ -1,6 +1,7 @@
 #include "worker/worker.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,7 +11,6 @@
 #include <unistd.h>
 
 #include <event2/event.h>
-#include <event2/listener.h>
 
 #include "shared/fdbudget.h"
 #include "shared/log.h"
@@ -25,15 +25,24 @@
  * back are the likely cure, and retrying at once would spin. */
 #define LB_ACCEPT_RETRY_MS 500
 
+/* Connections a TLS listener accepts per wakeup. Its first handshake step
+ * runs at the accept (TCP_DEFER_ACCEPT: the ClientHello is there) and costs
+ * hundreds of us (a key exchange, a signature); taking the whole queue at
+ * once would run every handshake before the clients already waiting on
+ * us (their Finished, their request, the backend's answer) are even
+ * polled. One per wakeup interleaves them, as nginx's multi_accept off.
+ * A plain listener takes the whole queue: a connection costs a few us
+ * there, and a poll per connection would cost more than it saves. */
+#define LB_ACCEPT_BURST_TLS 1
+
 static void lb_worker_listeners_set(struct lb_worker *w, bool on)
 {
     for (size_t i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i] == NULL)
+        struct lb_worker_listener *lw = &w->listeners[i];
+        if (lw->fd < 0 || lw->on == on)
             continue;
-        if (on)
-            evconnlistener_enable(w->listeners[i]);
-        else
-            evconnlistener_disable(w->listeners[i]);
+        if (on ? event_add(&lw->ev, NULL) == 0 : event_del(&lw->ev) == 0)
+            lw->on = on;
     }
 }
 
@@ -70,29 +79,40 @@ static void lb_worker_resume(struct lb_worker *w)
         lb_worker_listeners_set(w, true);
 }
 
-static void lb_worker_accept(struct evconnlistener *l, evutil_socket_t fd,
-                             struct sockaddr *sa, int socklen, void *arg)
+static void lb_worker_accepted(struct lb_worker *w, int fd, const struct sockaddr *sa,
+                               const struct lb_listener_cfg *l)
 {
-    (void)l;
-    (void)socklen;
-    const struct lb_worker_listener *lw = arg;
-    struct lb_worker *w = lw->w;
-    lb_proxy_accept(w, fd, sa, lw->cfg);
+    lb_proxy_accept(w, fd, sa, l);
     /* The new client's fd and the backend connection it may need come
      * first: an idle backend connection goes if it must. */
     if (w->nsessions + w->nupconns > w->fd_avail)
         lb_upstream_make_room(w, 0);
-    /* Disabled inside its callback, libevent's accept loop stops here. */
     if (w->nsessions >= w->max_connections && w->accept_paused == 0)
         lb_worker_pause(w, LB_PAUSE_CAP, 0);
 }
 
-static void lb_worker_accept_error(struct evconnlistener *l, void *arg)
+/* Connections queued on a listen socket: up to the listener's burst of
+ * them now; the socket, still readable, is reported again by the next
+ * poll (epoll is level-triggered) along with everything else ready. */
+static void lb_worker_on_accept(evutil_socket_t lfd, short what, void *arg)
 {
-    (void)l;
-    /* EMFILE, ENFILE, ENOBUFS, ENOMEM (libevent retries EAGAIN, EINTR and
-     * ECONNABORTED itself): the connection stays queued in the kernel. */
-    lb_worker_pause(((struct lb_worker_listener *)arg)->w, LB_PAUSE_FD, EVUTIL_SOCKET_ERROR());
+    (void)what;
+    struct lb_worker_listener *lw = arg;
+    struct lb_worker *w = lw->w;
+    for (unsigned n = 0; n < lw->burst && lw->on; n++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            /* EMFILE, ENFILE, ENOBUFS, ENOMEM pause; the connection stays
+             * queued in the kernel. The rest waits for the next wakeup. */
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                lb_worker_pause(w, LB_PAUSE_FD, errno);
+            return;
+        }
+        lb_worker_accepted(w, fd, (struct sockaddr *)&ss, lw->cfg);
+    }
 }
 
 static void lb_worker_accept_retry(evutil_socket_t fd, short what, void *arg)
@@ -108,10 +128,15 @@ static void lb_worker_accept_retry(evutil_socket_t fd, short what, void *arg)
 
 static void lb_worker_close_listeners(struct lb_worker *w)
 {
-    for (size_t i = 0; i < w->nlisteners; i++) {
-        if (w->listeners[i] != NULL)
-            evconnlistener_free(w->listeners[i]);
-        w->listeners[i] = NULL;
+    for (size_t i = 0; w->listeners != NULL && i < w->nlisteners; i++) {
+        struct lb_worker_listener *lw = &w->listeners[i];
+        if (lw->fd < 0)
+            continue;
+        if (lw->on)
+            event_del(&lw->ev);
+        lw->on = false;
+        close(lw->fd);
+        lw->fd = -1;
     }
 }
 
@@ -303,22 +328,27 @@ void lb_worker_main(const struct lb_config *cfg, struct lb_shm_header *shm,
 
     lb_tls_worker_init(cfg, shm, w->slot_stats);
     w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
-    w->lctx = calloc(cfg->nlisteners, sizeof(*w->lctx));
-    if (w->listeners == NULL || w->lctx == NULL)
+    if (w->listeners == NULL)
         goto out;
     w->nlisteners = cfg->nlisteners;
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        w->listeners[i].fd = -1;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
-        w->lctx[i] = (struct lb_worker_listener){ w, &cfg->listeners[i] };
-        w->listeners[i] = evconnlistener_new(w->base, lb_worker_accept, &w->lctx[i],
-                                             LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-                                             0 /* listening already, with its backlog */,
-                                             listen_fds[i]);
-        if (w->listeners[i] == NULL) {
-            lb_log_error("listener %s: evconnlistener_new() failed", cfg->listeners[i].address);
+        struct lb_worker_listener *lw = &w->listeners[i];
+        *lw = (struct lb_worker_listener){
+            .w = w, .cfg = &cfg->listeners[i], .fd = listen_fds[i],
+            .burst = cfg->listeners[i].tls != NULL ? LB_ACCEPT_BURST_TLS : UINT_MAX,
+        };
+        /* What evconnlistener did: our copy of the master's socket. */
+        if (evutil_make_socket_nonblocking(lw->fd) < 0 ||
+            evutil_make_socket_closeonexec(lw->fd) < 0 ||
+            event_assign(&lw->ev, w->base, lw->fd, EV_READ | EV_PERSIST, lb_worker_on_accept,
+                         lw) < 0) {
+            lb_log_error("listener %s: cannot watch its socket", cfg->listeners[i].address);
             goto out;
         }
-        evconnlistener_set_error_cb(w->listeners[i], lb_worker_accept_error);
     }
+    lb_worker_listeners_set(w, true);
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++) {
         w->signals[i] = evsignal_new(w->base, sigs[i], lb_worker_signal, w);
         if (w->signals[i] == NULL || event_add(w->signals[i], NULL) < 0)
@@ -353,7 +383,6 @@ out:
     lb_accesslog_close();
     lb_worker_close_listeners(w);
     free(w->listeners);
-    free(w->lctx);
     lb_upstream_destroy(w);
     lb_ratelimit_free(w->rl);
     for (size_t i = 0; i < LB_ARRAY_SIZE(sigs); i++)

@@ -17,6 +17,8 @@
 
 #include <stdbool.h>
 
+#include <event2/event_struct.h>
+
 #include "shared/config.h"
 #include "shared/list.h"
 #include "shared/log.h"
@@ -26,8 +28,6 @@
 #include "worker/queue.h"
 
 struct event_base;
-struct evconnlistener;
-struct event;
 
 struct lb_pool_rt;
 struct lb_ratelimit;
@@ -44,7 +44,14 @@ struct lb_server_rt {
     unsigned peak;                          /* most busy at once since the last pool tick */
     unsigned keep;                          /* idle connections allowed (upstream.c) */
     struct lb_tls_peer *tls;                /* pools[].tls: its session (worker/tls.h) */
+    /* A runtime slot (shared/runtime.h): cfg points here, at this
+     * worker's copy of the slot's server as of rt_epoch. */
+    struct lb_server_cfg rt_cfg;
+    uint32_t rt_epoch;
+    bool gone;                              /* no server now: connections are not kept */
 };
+
+struct lb_runtime_slot;
 
 struct lb_pool_rt {
     const struct lb_pool_cfg *cfg;
@@ -53,12 +60,24 @@ struct lb_pool_rt {
     struct lb_shm_backend **shared;         /* per server, for the balancer */
     struct lb_shm_pool *shm;                /* shared pool state (breakers, queue) */
     struct lb_queue queue;                  /* requests waiting for a max_requests place */
+    /* Runtime slots (cfg->nstatic < cfg->nservers): the servers_seq the
+     * balancer was built from (lb_upstream_sync). */
+    bool runtime;
+    uint32_t seen_seq;
+    uint32_t *rt_ids;                       /* backend rows of the runtime slots */
+    struct lb_runtime_slot *rt_copy;        /* lb_runtime_read's scratch */
+    const char **names;                     /* per server, for the ring */
 };
 
-/* What a listener's accepted connections need to know of it. */
+/* A listen socket of the worker's and what its accepted connections need
+ * to know of it. */
 struct lb_worker_listener {
     struct lb_worker *w;
     const struct lb_listener_cfg *cfg;
+    struct event ev;                    /* readable: connections are queued */
+    int fd;                             /* -1: closed (draining) */
+    unsigned burst;                     /* accepted per wakeup at most */
+    bool on;                            /* ev is added */
 };
 
 struct lb_worker {
@@ -72,8 +91,7 @@ struct lb_worker {
     bool draining;
     uint64_t drain_idle_ms;     /* set when draining: lb_worker_drain_idle_ms */
 
-    struct evconnlistener **listeners;
-    struct lb_worker_listener *lctx;        /* each listener's accept callback argument */
+    struct lb_worker_listener *listeners;   /* one per cfg->listeners */
     size_t nlisteners;
     /* The fd budget (shared/fdbudget.h), fixed at start. Invariant kept by
      * closing idle backend connections (lb_upstream_make_room):

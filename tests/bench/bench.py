@@ -32,10 +32,13 @@ gets a Set-Cookie.
 one that refuses nearly every request (1r/s: what a refusal costs). --faults
 configures three faults at 0 % on lbd's pool (what faults that are off cost).
 
-The TLS scenarios (ka64-tls, newconn-tls) give the three proxies the same
-certificate (ECDSA P-256, made at start) and TLS 1.2 ciphers.
+The TLS scenarios (ka64-tls, newconn-tls, newconn-tls-full) give the three
+proxies the same certificate (ECDSA P-256, made at start) and TLS 1.2
+ciphers; in newconn-tls wrk resumes its sessions, in newconn-tls-full no
+proxy lets it (every handshake full).
 """
 import argparse
+import json
 import os
 import re
 import resource
@@ -66,12 +69,19 @@ SCENARIOS = [
      "fixed"),
     ("ka64-tls", 64, [], "/", 1, "keep-alive over TLS 1.3, 64 connections", "fixed"),
     ("newconn-tls", 64, ["-H", "Connection: close"], "/", 1,
-     "new TLS connection per request (full handshake, ECDSA P-256)", "fixed"),
+     "new TLS connection per request (resumed with a ticket, X25519)", "fixed"),
+    ("newconn-tls-full", 64, ["-H", "Connection: close"], "/", 1,
+     "new TLS connection per request (full handshake, ECDSA P-256, X25519)", "fixed"),
 ]
 # Scenarios over TLS: the proxies listen with the same certificate (ECDSA
 # P-256, made at start), the same TLS 1.2 ciphers (Mozilla intermediate) and
-# TLS 1.3; wrk speaks TLS 1.3 and resumes no session.
-TLS_SCENARIOS = {"ka64-tls", "newconn-tls"}
+# TLS 1.3; wrk speaks TLS 1.3 and keeps the session of each of its
+# connections (SSL_clear), so with session tickets on (all three proxies'
+# default) every reconnection resumes: newconn-tls makes one full handshake
+# per wrk connection, then resumed ones. newconn-tls-full turns resumption
+# off in all three (tickets and session caches), every handshake full.
+TLS_SCENARIOS = {"ka64-tls", "newconn-tls", "newconn-tls-full"}
+TLS_FULL = {"newconn-tls-full"}
 TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
@@ -212,20 +222,25 @@ def make_cert(workdir):
 
 
 def tls_values(tls, workdir):
-    """The templates' TLS placeholders: empty for plain HTTP."""
+    """The templates' TLS placeholders: empty for plain HTTP. TLS "full":
+    no resumption (no tickets, no session cache: nginx has none by
+    default)."""
     if not tls:
-        return {"LBD_TLS": "", "HAPROXY_TLS": "", "PROTO": "http", "NGINX_SSL": "",
-                "NGINX_TLS": ""}
+        return {"LBD_TLS": "", "HAPROXY_TLS": "", "HAPROXY_GLOBAL": "", "PROTO": "http",
+                "NGINX_SSL": "", "NGINX_TLS": ""}
+    full = tls == "full"
     return {
         "LBD_TLS": ' tls = { certificates = ( { cert = "%s/bench.pem"; key = "%s/bench.key"; } );'
-                   ' ciphers = "%s"; };' % (workdir, workdir, TLS_CIPHERS),
-        "HAPROXY_TLS": " ssl crt %s/bench-full.pem ciphers %s ssl-min-ver TLSv1.2"
-                       % (workdir, TLS_CIPHERS),
+                   ' ciphers = "%s";%s };' % (workdir, workdir, TLS_CIPHERS,
+                                              " session_tickets = false;" if full else ""),
+        "HAPROXY_TLS": " ssl crt %s/bench-full.pem ciphers %s ssl-min-ver TLSv1.2%s"
+                       % (workdir, TLS_CIPHERS, " no-tls-tickets" if full else ""),
+        "HAPROXY_GLOBAL": "tune.ssl.cachesize 0" if full else "",
         "PROTO": "https",
         "NGINX_SSL": "ssl ",
         "NGINX_TLS": "ssl_certificate %s/bench.pem; ssl_certificate_key %s/bench.key; "
-                     "ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers %s; ssl_session_tickets on;"
-                     % (workdir, workdir, TLS_CIPHERS),
+                     "ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers %s; ssl_session_tickets %s;"
+                     % (workdir, workdir, TLS_CIPHERS, "off" if full else "on"),
     }
 
 
@@ -240,7 +255,7 @@ class Proxy:
         values.update(tls_values(tls, workdir))
         cpus = "0" if workers == 1 else "0,1"
         tag = "%d" % workers if pool == "fixed" else "%d-%s" % (workers, pool)
-        tag += "-tls" if tls else ""
+        tag += "-tlsfull" if tls == "full" else "-tls" if tls else ""
         if name == "lbd":
             conf = os.path.join(workdir, "lbd-%s.conf" % tag)
             fill("lbd.conf.in", conf, values)
@@ -465,11 +480,10 @@ def instructions_tls(work, backends, duration, pool):
     warmup = 10
 
     def snap():
-        text = subprocess.run([LBD, "-s", "-c", conf], capture_output=True, text=True,
-                              timeout=30).stdout
-        t = re.search(r'"totals":\{"connections":\d+,"requests":(\d+)', text)
-        hs = re.search(r'"totals":.*?"tls_handshakes":\{"full":(\d+),"resumed":(\d+)', text)
-        return int(t.group(1)), int(hs.group(1)) + int(hs.group(2))
+        totals = json.loads(subprocess.run([LBD, "-s", "-c", conf], capture_output=True,
+                                           text=True, timeout=30).stdout)["totals"]
+        hs = totals["tls_handshakes"]
+        return totals["requests"], hs["full"] + hs["resumed"]
     wrk = None
     try:
         wait_port(port, deadline=60)
@@ -615,6 +629,9 @@ def main():
                     make_cert(work)
                 for name in PROXIES:
                     proxies[name + "-tls"] = Proxy(name, work, backends, workers, tls=True)
+                    if any(s[0] in TLS_FULL for s in scenarios if s[4] == workers):
+                        proxies[name + "-tlsfull"] = Proxy(name, work, backends, workers,
+                                                           tls="full")
             # Other pools of lbd's than the fixed one: an instance each, for
             # the scenarios that ask for it.
             for pool in sorted({s[6] for s in scenarios if s[4] == workers} - {"fixed"}):
@@ -630,6 +647,7 @@ def main():
                         # runs first (after a pause, or after a given peer).
                         for p in names[r % len(names):] + names[:r % len(names)]:
                             target = direct if p == "direct" else \
+                                proxies[p + "-tlsfull"] if sc[0] in TLS_FULL else \
                                 proxies[p + "-tls"] if sc[0] in TLS_SCENARIOS else \
                                 proxies["lbd-" + sc[6]] if p == "lbd" and sc[6] != "fixed" else \
                                 proxies[p]

@@ -801,15 +801,18 @@ def lbd_config(listen, pools, routes=None, workers=2, shutdown_timeout="10s",
     for p in pools:
         keys = [f'name = "{p["name"]}";', f'strategy = "{p.get("strategy", "round_robin")}";']
         for k in ("keepalive", "timeouts", "hash_key", "health_check", "passive_health",
-                  "circuit_breaker", "queue", "slow_start", "retries", "sticky", "tls"):
+                  "circuit_breaker", "queue", "slow_start", "retries", "sticky", "tls",
+                  "discovery", "max_servers"):
             if p.get(k) is not None:
                 keys.append(f"{k} = {_cfg_value(p[k])};")
 
         def server(a, w, more=None):
             extra = "".join(f" {k} = {_cfg_value(v)};" for k, v in (more or {}).items())
             return f'            {{ address = "{a}"; weight = {w};{extra} }}'
-        srv = ",\n".join(server(*s) for s in p["servers"])
-        ps.append("    { " + "\n      ".join(keys) + f"\n        servers = (\n{srv}\n        ); }}")
+        srv = ",\n".join(server(*s) for s in p.get("servers", ()))
+        if srv:
+            keys.append(f"servers = (\n{srv}\n        );")
+        ps.append("    { " + "\n      ".join(keys) + " }")
     lines.append(",\n".join(ps))
     lines.append(");")
     if routes is None:

@@ -110,6 +110,23 @@ class FaultTest(LbdTestCase):
         self.assertEqual(doc["runtime"], {"percent": 0, "enabled": True})
         self.assertIsNone(doc["percent_override"])
 
+    def test_runtime_percents_of_a_pool_stay_within_100(self):
+        """A pool's faults share one draw: PUT may not take their live
+        shares past 100 % (409, nothing changed); a disabled fault counts
+        for nothing, so enabling it again is what is refused then."""
+        self.fault_lbd('{ name = "a"; pool = "web"; percent = 60; abort = 503; },'
+                       '{ name = "b"; pool = "web"; percent = 30; abort = 502; }')
+        st, doc, _ = api(self.admin, "/api/faults/b", "PUT", {"percent": 50}, TOKEN)
+        self.assertEqual(st, 409, doc)
+        self.assertIn("110", doc["message"])
+        self.assertEqual(api(self.admin, "/api/faults/b")[1]["runtime"]["percent"], 30)
+        self.assertEqual(api(self.admin, "/api/faults/b", "PUT", {"percent": 40}, TOKEN)[0], 200)
+        self.assertEqual(api(self.admin, "/api/faults/a", "PUT", {"enabled": False}, TOKEN)[0], 200)
+        self.assertEqual(api(self.admin, "/api/faults/b", "PUT", {"percent": 100}, TOKEN)[0], 200)
+        self.assertEqual(api(self.admin, "/api/faults/a", "PUT", {"enabled": True}, TOKEN)[0], 409)
+        got = statuses(run_requests(self.listen, [("/", ())] * 20))
+        self.assertEqual(got, {502: 20})
+
     def test_runtime_percent_survives_reload(self):
         """A runtime percent stays over a reload (the fault is found again
         by its name)."""
@@ -182,3 +199,37 @@ class FaultTest(LbdTestCase):
         self.assertEqual(self.backend_requests(), 1)
         m = admin_metrics(self.admin)
         self.assertEqual(m.value("lbd_faults_injected_total", fault="headers", type="abort"), 0)
+
+    def pipelined(self, *requests):
+        """REQUESTS sent in one write on one connection, the last with
+        Connection: close; everything lbd answered, up to its close."""
+        raw = b""
+        for i, (method, headers) in enumerate(requests):
+            last = i == len(requests) - 1
+            raw += (f"{method} / HTTP/1.1\r\nHost: x\r\n{headers}"
+                    f"{'Connection: close' + chr(13) + chr(10) if last else ''}\r\n").encode()
+        host, port = self.listen.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(raw)
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
+
+    def test_abort_without_body_keeps_framing(self):
+        """An abort to a HEAD request, or with a status that has no content
+        (204, 304), is a head alone: the next answer on the connection
+        starts right after it (a body there would be read as the start of
+        the next answer: the client and lbd would disagree on framing)."""
+        self.fault_lbd("", routes_extra="faults_from_headers = true;")
+        for method, status in (("GET", 204), ("GET", 304), ("HEAD", 503), ("HEAD", 200)):
+            out = self.pipelined((method, f"X-Lbd-Fault-Abort: {status}\r\n"), ("GET", ""))
+            head, sep, rest = out.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(f"HTTP/1.1 {status} ".encode()), out)
+            self.assertNotIn(b"connection: close", head.lower(), out)
+            self.assertTrue(rest.startswith(b"HTTP/1.1 200 "), (method, status, out))
+            if status in (204, 304):
+                self.assertNotIn(b"content-length", head.lower(), out)
+        self.assertEqual(self.backend_requests(), 4)

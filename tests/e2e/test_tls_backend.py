@@ -108,7 +108,7 @@ class BackendTlsTest(LbdTestCase):
         cls.client = cls.pki.cert("lbd-client", ["lbd-client"])
         other_dir = os.path.join(cls.pki_dir, "other")
         os.mkdir(other_dir)
-        cls.other = Pki(other_dir)      # a CA that signed none of them
+        cls.other = Pki(other_dir, "lbd other test CA")  # signed none of them; its own name
 
     @classmethod
     def tearDownClass(cls):

@@ -27,6 +27,8 @@ int main(void)
     srunner_add_suite(sr, lbtop_suite());
     srunner_add_suite(sr, upgrade_suite());
     srunner_add_suite(sr, steer_suite());
+    srunner_add_suite(sr, acme_suite());
+    srunner_add_suite(sr, discovery_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -25,5 +25,7 @@ Suite *lbtop_suite(void);
 Suite *json_suite(void);
 Suite *upgrade_suite(void);
 Suite *steer_suite(void);
+Suite *acme_suite(void);
+Suite *discovery_suite(void);
 
 #endif

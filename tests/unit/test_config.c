@@ -1746,6 +1746,76 @@ START_TEST(test_admin_token_and_faults)
 }
 END_TEST
 
+#define ACME_GROUP(extra)                                                      \
+    "acme = {\n"                                                               \
+    "  directory = \"https://acme.test/dir\";\n"                               \
+    "  storage = \"/var/lib/lbd/acme\";\n"                                     \
+    extra                                                                      \
+    "};\n"
+
+#define ACME_LISTENERS(tls)                                                    \
+    "listeners = (\n"                                                          \
+    "  { address = \"127.0.0.1:8443\";\n"                                      \
+    "    tls = {\n"                                                            \
+    tls                                                                        \
+    "    };\n"                                                                 \
+    "  },\n"                                                                   \
+    "  { address = \"127.0.0.1:8080\"; redirect_https = 8443; }\n"            \
+    ");\n" POOL_WEB
+
+START_TEST(test_acme_config)
+{
+    struct lb_config *cfg;
+    char err[512];
+    /* Only acme names: no configured certificate needed. */
+    const char *text = ACME_GROUP("") ACME_LISTENERS("      acme = [ \"WWW.Example.com\",\n"
+                                                     "               \"api.example.com\" ];\n");
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_ptr_nonnull(cfg->acme);
+    ck_assert_str_eq(cfg->acme->directory, "https://acme.test/dir");
+    ck_assert_str_eq(cfg->acme->storage, "/var/lib/lbd/acme");
+    ck_assert_ptr_null(cfg->acme->email);
+    ck_assert_ptr_null(cfg->acme->ca_file);
+    ck_assert_int_eq(cfg->acme->challenge, LB_ACME_HTTP01);
+    ck_assert_uint_eq(cfg->acme->renew_before_ms, 30ull * 86400 * 1000);
+    const struct lb_tls_cfg *t = cfg->listeners[0].tls;
+    ck_assert_uint_eq(t->nacme, 2);
+    ck_assert_str_eq(t->acme[0], "www.example.com");
+    ck_assert_uint_eq(t->ncerts, 2);
+    ck_assert_str_eq(t->certs[0].cert, "/var/lib/lbd/acme/www.example.com.pem");
+    ck_assert_str_eq(t->certs[0].key, "/var/lib/lbd/acme/www.example.com.pem");
+    ck_assert_str_eq(t->certs[1].acme_name, "api.example.com");
+    char at[128];
+    snprintf(at, sizeof(at), "%s:%d", conf_path, line_of(text, "api.example.com"));
+    ck_assert_str_eq(t->certs[1].cert_at, at);
+    lb_config_free(cfg);
+
+    /* Configured certificates first, then the acme names; every key. */
+    text = ACME_GROUP("  email = \"ops@example.com\";\n  ca_file = \"/dev/null\";\n"
+                      "  challenge = \"tls-alpn-01\";\n  renew_before = \"75s\";\n")
+        "listeners = (\n  { address = \"127.0.0.1:8443\";\n"
+        "    tls = { certificates = ( { cert = \"/c.pem\"; key = \"/c.key\"; } );\n"
+        "            acme = [ \"a.example.com\" ]; }; }\n);\n" POOL_WEB;
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(cfg->acme->email, "ops@example.com");
+    ck_assert_str_eq(cfg->acme->ca_file, "/dev/null");
+    ck_assert_int_eq(cfg->acme->challenge, LB_ACME_TLSALPN01);
+    ck_assert_uint_eq(cfg->acme->renew_before_ms, 75000);
+    t = cfg->listeners[0].tls;
+    ck_assert_uint_eq(t->ncerts, 2);
+    ck_assert_ptr_null(t->certs[0].acme_name);
+    ck_assert_str_eq(t->certs[1].acme_name, "a.example.com");
+    lb_config_free(cfg);
+
+    /* ca_file = "": the system's trust store. */
+    text = ACME_GROUP("  ca_file = \"\";\n  renew_before = \"12h\";\n") MINIMAL;
+    ck_assert_msg(load_text(text, &cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_ptr_null(cfg->acme->ca_file);
+    ck_assert_uint_eq(cfg->acme->renew_before_ms, 12ull * 3600 * 1000);
+    lb_config_free(cfg);
+}
+END_TEST
+
 START_TEST(test_err_admin_token_and_faults)
 {
     expect_error(MINIMAL "admin = {\n  address = \"127.0.0.1:8404\";\n  token = \"\";\n};\n",
@@ -1784,9 +1854,59 @@ START_TEST(test_err_admin_token_and_faults)
                  "  { name = \"a\"; pool = \"web\"; percent = 1; reset = true; }\n);\n",
                  "name = \"a\"; pool = \"web\"; percent = 1; reset = true; }\n);",
                  "duplicate fault 'a'");
+    /* A pool's faults share one draw: more than 100 % in all cannot be honoured. */
+    expect_error(MINIMAL "faults = (\n  { name = \"a\"; pool = \"web\"; percent = 60; reset = true; },\n"
+                 "  { name = \"b\"; pool = \"web\"; percent = 40.5; abort = 503; }\n);\n",
+                 "name = \"b\"", "pool 'web': its faults add up to 100.5 %, more than 100");
     expect_error(MINIMAL "routes = (\n  { host = \"*\"; pool = \"web\"; faults_from_headers = 1; }\n);\n",
                  "faults_from_headers", "faults_from_headers");
 #undef F
+}
+END_TEST
+
+START_TEST(test_err_acme)
+{
+    expect_error(ACME_GROUP("  challenge = \"dns-01\";\n") MINIMAL, "dns-01",
+                 "unknown acme challenge");
+    expect_error(ACME_GROUP("  renew_before = \"30 days\";\n") MINIMAL, "30 days",
+                 "renew_before");
+    expect_error(ACME_GROUP("  renew_before = \"0\";\n") MINIMAL, "renew_before", "1s or more");
+    expect_error(ACME_GROUP("  email = \"ops\";\n") MINIMAL, "email", "not an address");
+    expect_error(ACME_GROUP("  ca_file = \"/nonexistent/ca.pem\";\n") MINIMAL, "ca_file",
+                 "cannot read /nonexistent/ca.pem");
+    expect_error(ACME_GROUP("  provider = \"x\";\n") MINIMAL, "provider", "unknown key 'provider' in acme");
+    expect_error("acme = {\n  directory = \"http://acme.test/dir\";\n  storage = \"/s\";\n};\n"
+                 MINIMAL, "directory", "https:// URL");
+    expect_error("acme = {\n  directory = \"https://acme.test/dir\";\n  storage = \"s\";\n};\n"
+                 MINIMAL, "storage", "absolute path");
+    expect_error("acme = {\n  directory = \"https://acme.test/dir\";\n};\n" MINIMAL,
+                 "acme = {", "missing required key 'storage'");
+    expect_error("acme = true;\n" MINIMAL, "acme = true", "'acme' must be a group");
+    /* Names. */
+    expect_error(ACME_LISTENERS("      acme = [ \"www.example.com\" ];\n"), "acme = [",
+                 "needs a top-level acme group");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = [ \"*.example.com\" ];\n"),
+                 "*.example.com", "wildcard");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = [ \"a..example.com\" ];\n"),
+                 "a..example.com", "not a DNS name");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = [ \"-a.example.com\" ];\n"),
+                 "-a.example.com", "not a DNS name");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = [ \"a.example.com/x\" ];\n"),
+                 "a.example.com/x", "not a DNS name");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = [ \"a.example.com\",\n"
+                                               "               \"A.example.com\" ];\n"),
+                 "A.example.com", "named twice");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = [ ];\n"), "acme = [ ]",
+                 "must not be empty");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      acme = \"a.example.com\";\n"), "acme = \"a.",
+                 "must be a list");
+    expect_error(ACME_GROUP("") ACME_LISTENERS("      protocols = \"TLSv1.3\";\n"), "tls = {",
+                 "missing required list 'certificates'");
+    /* HTTP-01 is asked on port 80: a plain listener must exist. */
+    expect_error(ACME_GROUP("  challenge = \"http-01\";\n")
+                 "listeners = (\n  { address = \"127.0.0.1:8443\";\n"
+                 "    tls = { acme = [ \"a.example.com\" ]; }; }\n);\n" POOL_WEB,
+                 "http-01", "needs a plain listener");
 }
 END_TEST
 
@@ -1800,6 +1920,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_keepalive_auto_or_fixed);
     tcase_add_test(tc, test_max_connections);
     tcase_add_test(tc, test_tls_config);
+    tcase_add_test(tc, test_acme_config);
     tcase_add_test(tc, test_durations);
     tcase_add_test(tc, test_example_config);
     suite_add_tcase(s, tc);
@@ -1844,6 +1965,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_err_tls);
     tcase_add_test(tc, test_pool_tls_config);
     tcase_add_test(tc, test_err_pool_tls);
+    tcase_add_test(tc, test_err_acme);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("rate limits");
