@@ -97,9 +97,13 @@ static void lb_top_detach(struct lb_top *t)
 }
 
 /* Whether the attached segment still belongs to a live master. A stopped
- * or restarted lbd leaves our mapping valid but frozen. */
+ * or restarted lbd leaves our mapping valid but frozen; so does an upgrade
+ * to another shm layout, which keeps the master's pid but retires the
+ * segment. */
 static bool lb_top_alive(struct lb_top *t)
 {
+    if (lb_shm_retired(t->shm.hdr))
+        return false;
     int pid = atomic_load(&t->shm.hdr->master_pid);
     return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }

@@ -49,6 +49,7 @@ struct lb_master {
     const struct lb_master_options *opt;
     struct lb_config *cfg;
     struct lb_shm shm;
+    int shm_reader_fd;              /* read-only, for the rendezvous socket's clients */
     struct lb_listen_set listen;
     struct lb_steer_set steer;
     unsigned scaled;                /* 0, or the count TTIN/TTOU/-S set (kept across reloads) */
@@ -58,6 +59,7 @@ struct lb_master {
     uint64_t respawn_at[LB_MAX_WORKERS];            /* 0: none pending */
     bool backoff[LB_MAX_WORKERS];   /* no worker for a while: its sockets are parked */
     int instance_fd;
+    struct lb_instance_clients instance_clients;    /* their request not read yet */
     int admin_fd;                   /* admin listener, -1 if none */
     struct lb_addr admin_addr;
     pid_t control_pid;              /* 0: none running */
@@ -220,6 +222,9 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
         lb_proctitle_set("lbd: worker %u", id);
         if (m->instance_fd >= 0)
             close(m->instance_fd);
+        lb_instance_clients_close(&m->instance_clients);
+        if (m->exe_fd >= 0)
+            close(m->exe_fd);       /* the previous binary, while settling */
         /* Keep this worker's sockets only: a socket's life must not depend
          * on workers that never use it. */
         int fds[m->cfg->nlisteners];
@@ -229,6 +234,8 @@ static int lb_master_spawn(struct lb_master *m, unsigned id)
                 if (k != id && m->listen.groups[g].fds[k] >= 0)
                     close(m->listen.groups[g].fds[k]);
         close(m->shm.fd);
+        if (m->shm_reader_fd >= 0)
+            close(m->shm_reader_fd);
         if (m->admin_fd >= 0)
             close(m->admin_fd);
         lb_steer_free(&m->steer);
@@ -304,9 +311,14 @@ static int lb_master_spawn_control(struct lb_master *m)
         lb_proctitle_set("lbd: control");
         if (m->instance_fd >= 0)
             close(m->instance_fd);
+        lb_instance_clients_close(&m->instance_clients);
+        if (m->exe_fd >= 0)
+            close(m->exe_fd);       /* the previous binary, while settling */
         lb_listen_close(&m->listen);
         lb_steer_free(&m->steer);
         close(m->shm.fd);
+        if (m->shm_reader_fd >= 0)
+            close(m->shm_reader_fd);
         lb_control_main(m->cfg, m->shm.hdr, m->admin_fd);
     }
     m->control_pid = pid;
@@ -943,6 +955,9 @@ static void lb_master_settle(struct lb_master *m)
         lb_log_error("upgrade: going back failed (%s): the previous binary's workers serve on "
                      "until the next reload", err);
         m->settle_until = 0;
+        if (m->exe_fd >= 0)
+            close(m->exe_fd);
+        m->exe_fd = -1;
         return;
     }
     if (lb_now_ms() < m->settle_until)
@@ -1182,6 +1197,10 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
     if (lb_master_open_log(m->cfg) < 0 && !upgraded)
         return -1;
     lb_master_fd_budget(m, m->cfg);
+    m->shm_reader_fd = lb_shm_reader_fd(m->shm.fd);
+    if (m->shm_reader_fd < 0)
+        lb_log_warn("no read-only copy of the shared memory for lbd -s and lbtop (%d: %s): "
+                    "they get a writable one", errno, strerror(errno));
     /* Attached before any worker runs (its log line goes to error_log). */
     if (lb_steer_apply(&m->steer, m->cfg, &m->listen, 0, err, sizeof(err)) < 0) {
         lb_log_error("%s", err);
@@ -1225,8 +1244,9 @@ static int lb_master_start(struct lb_master *m, bool upgraded)
         while (m->in_fds.n > 0) {
             struct lb_inherit_entry e = m->in_fds.v[0];
             lb_inherit_take(&m->in_fds, e.name, &fd);
-            if (strcmp(e.name, "exe") != 0 && strcmp(e.name, "shm") != 0 &&
-                strcmp(e.name, "admin") != 0)
+            if (strcmp(e.name, "shm") == 0)
+                lb_shm_retire((int)fd);     /* not adopted: lbtop lets it go */
+            else if (strcmp(e.name, "exe") != 0 && strcmp(e.name, "admin") != 0)
                 lb_log_warn("upgrade: inherited fd %s unknown to this binary: closed", e.name);
             close((int)fd);
         }
@@ -1261,8 +1281,10 @@ int lb_master_run(const struct lb_master_options *opt)
     struct lb_master *m = &master;
     m->opt = opt;
     m->instance_fd = -1;
+    lb_instance_clients_init(&m->instance_clients);
     m->admin_fd = -1;
     m->shm.fd = -1;
+    m->shm_reader_fd = -1;
     m->exe_fd = -1;
     lb_log_set_role("master");
     bool upgraded = lb_upgrade_inherited(&m->in_fds, &m->in_state);
@@ -1355,12 +1377,17 @@ int lb_master_run(const struct lb_master_options *opt)
             }
         }
 
-        struct pollfd pfd = { .fd = m->instance_fd, .events = POLLIN };
-        int t = lb_master_timeout(m);
+        struct pollfd pfd[1 + LB_INSTANCE_CLIENTS];
+        size_t npfd = lb_instance_pollfds(m->instance_fd, &m->instance_clients, pfd);
+        int t = lb_master_timeout(m), ti = lb_instance_timeout(&m->instance_clients);
+        if (ti >= 0 && (t < 0 || ti < t))
+            t = ti;
         struct timespec ts = { .tv_sec = t / 1000, .tv_nsec = (long)(t % 1000) * 1000000L };
-        int n = ppoll(&pfd, 1, t < 0 ? NULL : &ts, &wait_mask);
-        if (n > 0 && (pfd.revents & POLLIN))
-            lb_instance_serve(m->instance_fd, m->shm.fd, lb_master_on_scale, m);
+        int n = ppoll(pfd, npfd, t < 0 ? NULL : &ts, &wait_mask);
+        if (n >= 0)
+            lb_instance_serve(m->instance_fd, &m->instance_clients,
+                              m->shm_reader_fd >= 0 ? m->shm_reader_fd : m->shm.fd,
+                              lb_master_on_scale, m);
     }
     lb_log_info("stopped");
     rc = 0;
@@ -1369,12 +1396,15 @@ out:
         unlink(m->pid_file);
     if (m->instance_fd >= 0)
         close(m->instance_fd);
+    lb_instance_clients_close(&m->instance_clients);
     if (m->admin_fd >= 0)
         close(m->admin_fd);
     if (m->exe_fd >= 0)
         close(m->exe_fd);
     lb_listen_close(&m->listen);
     lb_steer_free(&m->steer);
+    if (m->shm_reader_fd >= 0)
+        close(m->shm_reader_fd);
     if (m->shm.hdr != NULL)
         lb_shm_close(&m->shm);
     lb_config_free(m->cfg);

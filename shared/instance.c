@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,35 +83,96 @@ static void lb_instance_scale(int c, const char *req, lb_instance_scale_fn fn, v
     (void)send(c, line, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-void lb_instance_serve(int listen_fd, int shm_fd, lb_instance_scale_fn fn, void *arg)
+static void lb_instance_send_fd(int c, int shm_fd)
 {
-    for (;;) {
-        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    struct lb_fd_msg m;
+    lb_fd_msg_init(&m);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m.msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &shm_fd, sizeof(int));
+    /* A fresh unix socket's buffer takes one byte at once: no blocking. */
+    (void)sendmsg(c, &m.msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+/* Answer client C if its request came (or it closed, or its wait is
+ * over: an old client that sends nothing) and close it; false while it
+ * may still send one. Never blocks. */
+static bool lb_instance_answer(int c, bool waited, int shm_fd, lb_instance_scale_fn fn,
+                               void *arg)
+{
+    char req[32];
+    ssize_t got = recv(c, req, sizeof(req) - 1, MSG_DONTWAIT);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) && !waited)
+        return false;
+    req[got > 0 ? got : 0] = '\0';
+    if (req[0] == 'S')
+        lb_instance_scale(c, req, fn, arg);
+    else
+        lb_instance_send_fd(c, shm_fd);
+    close(c);
+    return true;
+}
+
+void lb_instance_clients_init(struct lb_instance_clients *cl)
+{
+    cl->n = 0;
+}
+
+void lb_instance_clients_close(struct lb_instance_clients *cl)
+{
+    for (unsigned i = 0; i < cl->n; i++)
+        close(cl->fd[i]);
+    cl->n = 0;
+}
+
+size_t lb_instance_pollfds(int listen_fd, const struct lb_instance_clients *cl,
+                           struct pollfd *pfd)
+{
+    size_t n = 0;
+    /* Full: the next ones wait in the backlog (their connect too). */
+    if (cl->n < LB_INSTANCE_CLIENTS)
+        pfd[n++] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
+    for (unsigned i = 0; i < cl->n; i++)
+        pfd[n++] = (struct pollfd){ .fd = cl->fd[i], .events = POLLIN };
+    return n;
+}
+
+int lb_instance_timeout(const struct lb_instance_clients *cl)
+{
+    uint64_t now = lb_now_ms(), next = UINT64_MAX;
+    for (unsigned i = 0; i < cl->n; i++)
+        if (cl->deadline[i] < next)
+            next = cl->deadline[i];
+    if (next == UINT64_MAX)
+        return -1;
+    return next <= now ? 0 : (int)(next - now);
+}
+
+void lb_instance_serve(int listen_fd, struct lb_instance_clients *cl, int shm_fd,
+                       lb_instance_scale_fn fn, void *arg)
+{
+    uint64_t now = lb_now_ms();
+    while (cl->n < LB_INSTANCE_CLIENTS) {
+        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0)
-            return;
-        /* Clients write their request as soon as they are connected: the
-         * wait is for an old client that sends nothing. */
-        char req[32] = "";
-        struct pollfd p = { .fd = c, .events = POLLIN };
-        if (poll(&p, 1, LB_INSTANCE_WAIT_MS) > 0) {
-            ssize_t got = recv(c, req, sizeof(req) - 1, MSG_DONTWAIT);
-            req[got > 0 ? got : 0] = '\0';
+            break;
+        cl->fd[cl->n] = c;
+        cl->deadline[cl->n++] = now + LB_INSTANCE_WAIT_MS;
+    }
+    /* Clients write their request as soon as they are connected: the wait
+     * is for an old client that sends nothing, and it is spent in the
+     * master's loop, not here. A client stays in the list while it is
+     * answered: a worker a scaling forks closes it with the others. */
+    for (unsigned i = 0; i < cl->n;) {
+        if (lb_instance_answer(cl->fd[i], now >= cl->deadline[i], shm_fd, fn, arg)) {
+            cl->fd[i] = cl->fd[cl->n - 1];
+            cl->deadline[i] = cl->deadline[cl->n - 1];
+            cl->n--;
+        } else {
+            i++;
         }
-        if (req[0] == 'S') {
-            lb_instance_scale(c, req, fn, arg);
-            close(c);
-            continue;
-        }
-        struct lb_fd_msg m;
-        lb_fd_msg_init(&m);
-        struct cmsghdr *cm = CMSG_FIRSTHDR(&m.msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), &shm_fd, sizeof(int));
-        /* A fresh unix socket's buffer takes one byte at once: no blocking. */
-        (void)sendmsg(c, &m.msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        close(c);
     }
 }
 

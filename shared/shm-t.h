@@ -48,6 +48,9 @@
 #include "shared/config.h"
 
 #define LB_SHM_MAGIC            0x314d485344424cULL   /* "LBDSHM1" */
+/* A segment an upgrade replaced (another layout): the new image writes this
+ * over the magic, which every layout has first, so readers let it go. */
+#define LB_SHM_MAGIC_RETIRED    0x304d485344424cULL   /* "LBDSHM0" */
 #define LB_SHM_LAYOUT_VERSION   7u
 #define LB_SHM_MAX_SLOTS        128     /* 2x workers: old and new generation */
 #define LB_SHM_MAX_POOLS        256

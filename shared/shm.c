@@ -1,6 +1,7 @@
 #include "shared/shm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -144,6 +145,37 @@ int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why)
     }
     munmap(base, (size_t)st.st_size);
     return -1;
+}
+
+int lb_shm_reader_fd(int fd)
+{
+    /* Owner only: a reader's fd could otherwise be reopened for writing
+     * through /proc (a memfd is created 0777). */
+    if (fchmod(fd, 0600) < 0)
+        return -1;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+void lb_shm_retire(int fd)
+{
+    _Static_assert(offsetof(struct lb_shm_header, magic) == 0, "the magic comes first");
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof(uint64_t))
+        return;
+    uint64_t *magic = mmap(NULL, sizeof(*magic), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (magic == MAP_FAILED)
+        return;
+    uint64_t want = LB_SHM_MAGIC;
+    __atomic_compare_exchange_n(magic, &want, LB_SHM_MAGIC_RETIRED, false, __ATOMIC_RELEASE,
+                                __ATOMIC_RELAXED);
+    munmap(magic, sizeof(*magic));
+}
+
+bool lb_shm_retired(const struct lb_shm_header *h)
+{
+    return __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != LB_SHM_MAGIC;
 }
 
 void lb_shm_close(struct lb_shm *shm)

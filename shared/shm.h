@@ -22,6 +22,15 @@ int lb_shm_create(struct lb_shm *shm);
  * 0, or -1 with *why set. Takes ownership of fd on success. */
 int lb_shm_attach(int fd, bool readonly, struct lb_shm *shm, const char **why);
 void lb_shm_close(struct lb_shm *shm);
+/* Master: a read-only fd of its segment FD, for readers outside lbd
+ * (lbd -s, lbtop: anyone may ask the rendezvous socket), and FD made
+ * owner-only. -1 with errno on failure (no /proc). */
+int lb_shm_reader_fd(int fd);
+/* Mark the segment of FD, of any layout, as replaced (LB_SHM_MAGIC_RETIRED):
+ * a reader mapping it (lbtop) sees that its master moved to another one. */
+void lb_shm_retire(int fd);
+/* Whether a reader's mapping H was replaced by its master since. */
+bool lb_shm_retired(const struct lb_shm_header *h);
 /* Whether a binary may adopt segment H (FILE_SIZE bytes) as its own, as
  * an upgraded master does: same magic, layout version and table sizes.
  * Otherwise *WHY says what differs. */

@@ -11,10 +11,11 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 
 import test_lifecycle
-from lbdtest import (HttpConn, LbdTestCase, free_port, ipv6_loopback_available, lbd_config,
-                     wait_for)
+from lbdtest import (HttpConn, LbdTestCase, free_port, http_get, ipv6_loopback_available,
+                     lbd_config, proc_children, proc_title, wait_for)
 
 # ---- bpf/steer.h in Python ----------------------------------------------
 
@@ -380,3 +381,182 @@ class ScalingTest(SteeringBase):
         snap = lbd.snapshot()
         self.assertEqual((snap["workers_configured"], snap["workers_scaled"]), (3, 3))
         self.assertServes(lbd)
+
+
+def control_socket_name(config_path):
+    """shared/instance.c's abstract socket name for CONFIG_PATH: "lbd-" and
+    the FNV-1a 64 hash of the file's real path, in hex."""
+    h = 14695981039346656037
+    for b in os.path.realpath(config_path).encode():
+        h = ((h ^ b) * 1099511628211) & 0xffffffffffffffff
+    return b"\0lbd-%016x" % h
+
+
+class ControlSocketTest(SteeringBase):
+    """The master's abstract control socket (lbd -s, lbtop, lbd -S):
+    anyone on the host may connect to it."""
+
+    def connect(self, lbd):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Blocking: a unix socket's connect waits for room in the backlog
+        # then (with a timeout it fails at once).
+        s.connect(control_socket_name(lbd.config_path))
+        s.settimeout(20)
+        return s
+
+    def test_silent_clients_do_not_stall_the_master(self):
+        """Clients that connect and say nothing, one after the other (up
+        to 300, all kept open): the master still reloads on HUP and answers
+        lbd -S meanwhile; each silent client gets the memfd in the end, as
+        an old client that sends no request does."""
+        lbd = self.start(workers=2, steering="kernel")
+        stop = threading.Event()
+        held, served = [], []
+
+        def flood():
+            for _ in range(300):
+                if stop.is_set():
+                    return
+                try:
+                    held.append(self.connect(lbd))
+                except OSError:
+                    return
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        try:
+            wait_for(lambda: len(held) >= 40 or not t.is_alive(), 30,
+                     what="40 silent clients connected")
+            at = lbd.log_size()
+            lbd.signal(signal.SIGHUP)
+            lbd.wait_log("configuration reloaded", at, timeout=30)
+            self.scale(lbd, 3)
+            self.wait_workers(lbd, 3)
+        finally:
+            stop.set()
+            t.join(30)
+            for s in held:
+                try:
+                    msg, anc, _, _ = s.recvmsg(1, socket.CMSG_SPACE(4))
+                    served.append(msg)
+                    for level, kind, data in anc:
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                            os.close(struct.unpack("i", data[:4])[0])
+                except OSError:
+                    pass
+                s.close()
+        self.assertEqual(served, [b"L"] * len(held), "every silent client got the memfd")
+        self.assertServes(lbd)
+
+    def test_garbage_requests(self):
+        """Malformed requests, a large one, and a client that closes at
+        once: each gets an error line (or the memfd), the master carries
+        on with its workers; scaling is refused to a user other than root
+        and lbd's."""
+        lbd = self.start(workers=2, steering="kernel")
+        for req in (b"S", b"Sx", b"S-1", b"S99999999999999999999", b"S 0", b"S65",
+                    b"\xff" * 31, b"S" * 4096, b"Q2"):
+            s = self.connect(lbd)
+            s.sendall(req)
+            s.shutdown(socket.SHUT_WR)
+            msg, anc, _, _ = s.recvmsg(256, socket.CMSG_SPACE(4))
+            for level, kind, data in anc:
+                os.close(struct.unpack("i", data[:4])[0])
+            s.close()
+            if req.startswith(b"S"):
+                self.assertTrue(msg.startswith(b"error "), (req[:20], msg))
+            else:
+                self.assertEqual(msg, b"L", req[:20])
+        s = self.connect(lbd)
+        s.close()
+        code = ("import socket; s = socket.socket(socket.AF_UNIX); "
+                f"s.connect({control_socket_name(lbd.config_path)!r}); s.sendall(b'S3'); "
+                "print(s.recv(256).decode())")
+        r = subprocess.run(["python3", "-c", code], user=65534, capture_output=True,
+                           text=True, timeout=30)
+        self.assertIn("error refused", r.stdout, r.stderr)
+        snap = lbd.snapshot()
+        self.assertEqual((snap["workers_configured"], snap["workers_scaled"]), (2, 0))
+        self.assertEqual(len(lbd.running_workers()), 2)
+        self.assertServes(lbd)
+
+    def test_scaling_client_is_not_inherited_by_new_workers(self):
+        """The connection of lbd -S stays in no worker the scaling forks:
+        the client reads its answer to the end (the master's close), and a
+        worker started by the scaling holds as many fds as one started by
+        lbd."""
+        lbd = self.start(workers=2, steering="kernel")
+        s = self.connect(lbd)
+        s.sendall(b"S3")
+        got = b""
+        while True:
+            try:
+                x = s.recv(256)
+            except socket.timeout:
+                self.fail(f"no end to the answer after {got!r}: a worker holds the connection")
+            if not x:
+                break
+            got += x
+        s.close()
+        self.assertTrue(got.startswith(b"ok 3 worker(s)"), got)
+        self.wait_workers(lbd, 3)
+        fds = {}
+        for w in lbd.running_workers():
+            fds[w["id"]] = len(os.listdir(f"/proc/{w['pid']}/fd"))
+        self.assertEqual(fds[2], fds[0], fds)
+
+    def test_other_users_get_a_read_only_segment(self):
+        """The memfd the socket hands to anyone (lbd -s, lbtop) lets
+        another user read the segment, not write it: no shared writable
+        mapping, no reopening it for writing through /proc (the admin API's
+        token would mean nothing if any local user could set a server's
+        state in shm)."""
+        lbd = self.start(workers=2, steering="kernel")
+        code = f"""
+import mmap, os, socket, struct
+s = socket.socket(socket.AF_UNIX)
+s.connect({control_socket_name(lbd.config_path)!r})
+s.sendall(b"G")
+msg, anc, _, _ = s.recvmsg(1, socket.CMSG_SPACE(4))
+fd = struct.unpack("i", anc[0][2][:4])[0]
+ro = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ)
+print("magic", ro[:7].decode())
+for what, f in (("mmap", lambda: mmap.mmap(fd, 4096, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE)),
+                ("reopen", lambda: os.open(f"/proc/self/fd/{{fd}}", os.O_RDWR))):
+    try:
+        f()
+        print(what, "writable")
+    except OSError as e:
+        print(what, "refused")
+"""
+        r = subprocess.run(["python3", "-c", code], user=65534, capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.stdout.split("\n"), ["magic LBDSHM1", "mmap refused", "reopen refused",
+                                                ""], r.stderr)
+
+    def test_ttin_to_the_whole_group_stops_no_process(self):
+        """TTIN and TTOU sent to every process of lbd, as `systemctl kill`
+        does without --kill-whom=main: the master scales, and the workers
+        and the control process, for which the signals' default is to stop
+        the process, go on: every request on a new connection succeeds
+        and no process is stopped."""
+        lbd = self.start(workers=2, steering="kernel")
+        kids = proc_children(lbd.pid)
+        self.assertEqual(len(kids), 3)
+        for sig in (signal.SIGTTIN, signal.SIGTTOU):
+            at = lbd.log_size()
+            for pid in [lbd.pid] + kids:
+                os.kill(pid, sig)
+            lbd.wait_log("scaled from", at)
+        self.wait_workers(lbd, 2)
+        failed = 0
+        for _ in range(8):
+            try:
+                r = http_get(lbd.listen, timeout=3)
+                failed += r.status != 200
+            except OSError:
+                failed += 1
+        self.assertEqual(failed, 0, "requests failed: a stopped worker took them")
+        for pid in kids:
+            with open(f"/proc/{pid}/stat") as f:
+                self.assertNotEqual(f.read().rsplit(")", 1)[1].split()[0], "T", proc_title(pid))

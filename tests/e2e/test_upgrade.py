@@ -4,14 +4,16 @@ its new workers take over and the old ones drain. Two builds that differ:
 build/lbd and build/lbd-b (the same tree with version 0.2.0+b)."""
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import unittest
 
 import lbdtest
-from lbdtest import (LbdTestCase, free_port, lbd_config, pid_alive, proc_children, proc_title,
-                     wait_for)
+from lbdtest import (LbdTestCase, free_port, http_get, lbd_config, pid_alive, proc_children,
+                     proc_title, wait_for)
 from test_lifecycle import LoadLoop
 
 
@@ -29,6 +31,17 @@ def exe_id(path):
 
 def version_of(binary):
     return "0.2.0+b" if os.path.basename(binary) == "lbd-b" else "0.2.0"
+
+
+def master_fds(pid):
+    """{fd: what it points to} of process PID."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
 
 
 class UpgradeTest(LbdTestCase):
@@ -403,6 +416,50 @@ class UpgradeTest(LbdTestCase):
             self.assertEqual(ld.errors, [], f"{name}: {len(ld.errors)} of "
                              f"{ld.ok + len(ld.errors)} requests failed")
 
+    def test_lbtop_follows_an_upgrade_across_a_layout_change(self):
+        """One lbtop (of this build's layout) in batch mode across an
+        upgrade to a binary of another layout and back: the master's pid
+        stays, but the segment lbtop reads is replaced. lbtop says it
+        cannot read the new one (instead of showing the old segment, frozen
+        once its workers are gone), then re-attaches to the segment of the
+        upgrade back and counts its requests."""
+        from test_lbtop import frames, parse_frame
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        out_path = self.path("lbtop.out")
+        with open(out_path, "wb") as out:
+            top = subprocess.Popen([self.lbtop_bin, "-c", lbd.config_path, "-b", "-n", "3000",
+                                    "-d", "0.05"], stdout=out, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: top.poll() is None and (top.kill(), top.wait()))
+
+        def seen(cond, what):
+            def probe():
+                with open(out_path) as f:
+                    fs = [parse_frame(x) for x in frames(f.read())[:-1]]
+                return fs if fs and cond(fs[-1]) else None
+            return wait_for(probe, 30, interval=0.1, what=what)
+
+        seen(lambda f: f["master"] == lbd.pid, "a first frame")
+        for i, new in enumerate((lbdtest.LBD_LAYOUT, self.lbd_bin), 1):
+            self.install(new)
+            n = len(lbd.log())
+            lbd.signal(signal.SIGUSR2)
+            wait_for(lambda: (lambda s: s and s["upgrades"] == i)(self.snapshot_with(lbd, new)),
+                     30, what="the upgrade to settle")
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+            self.assertIn("starting fresh", lbd.log()[n:])
+            if new == lbdtest.LBD_LAYOUT:
+                seen(lambda f: f["master"] is None and
+                     "cannot read the shared memory" in f["text"],
+                     "lbtop to let the replaced segment go")
+        for _ in range(7):
+            self.assertEqual(lbdtest.http_get(lbd.listen).status, 200)
+        fs = seen(lambda f: f["master"] == lbd.pid and
+                  sum(w["requests"] for w in f["workers"]) == 7,
+                  "lbtop to re-attach and count the 7 requests")
+        self.assertIsNone(top.poll(), "lbtop kept running")
+
     def test_upgrade_then_stop_and_signals(self):
         """Workers and the control process ignore USR2; a reload right
         behind an upgrade; the upgraded master is a master like any: HUP
@@ -437,6 +494,102 @@ class UpgradeTest(LbdTestCase):
         lbd.stop()
         self.assertFalse(os.path.exists(self.pid_file))
         self.assertFalse(pid_alive(lbd.pid))
+
+    def test_failed_going_back_keeps_no_fd_of_the_old_binary(self):
+        """New workers die at start and going back fails too (the old
+        binary's file lost its execute permission): the master logs it,
+        the old workers serve on, and the master holds the files it held
+        before (not the old binary's)."""
+        self.expect_worker_deaths()
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        lbd = self.start(self.config(listen, [(b1.addr, 1)], check=None), listen)
+        before = master_fds(lbd.pid)
+        self.install(lbdtest.LBD_CRASH)
+        os.chmod(f"/proc/{lbd.pid}/exe", 0o644)     # the replaced file, still running
+        off = lbd.log_size()
+        lbd.signal(signal.SIGUSR2)
+        lbd.wait_log(r"upgrade: going back failed", since=off, timeout=30)
+        self.assertEqual(http_get(lbd.listen).status, 200)
+        def files(fds):
+            """Sockets aside: the crashing workers' are parked (closed) by turns."""
+            return sorted(t for t in fds.values() if not t.startswith("socket:"))
+        self.assertEqual(files(master_fds(lbd.pid)), files(before))
+
+    def child_fds(self, lbd, title):
+        """What the fds of lbd's child whose process title is TITLE point
+        to, sorted, without inode numbers ("socket:", "pipe:", a path)."""
+        for pid in proc_children(lbd.pid):
+            if proc_title(pid) == title:
+                return sorted(re.sub(r"\[\d+\]", "", t) for t in master_fds(pid).values())
+        self.fail(f"no {title!r} among {[proc_title(p) for p in proc_children(lbd.pid)]}")
+
+    def test_no_fd_leak_across_reloads_scaling_and_upgrades(self):
+        """The master holds as many fds after 5 reloads, 3 scalings up and
+        down (lbd -S and TTIN/TTOU), a few control socket clients and 2
+        upgrades as before them: with eBPF steering and the admin listener
+        on, whose sockets and programs are replaced along the way."""
+        from test_steering import control_socket_name
+        b1, = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+
+        def cfg(steering, admin):
+            return lbd_config(listen, [{"name": "web", "servers": [(b1.addr, 1)]}], workers=2,
+                              listener={"steering": steering}, admin=admin)
+        admin1, admin2 = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        lbd = self.start(cfg("client_ip", admin1), listen)
+        steering = lbd.snapshot()["steering"]["mode"] == "client_ip"
+        before = master_fds(lbd.pid)
+        kids = {t: self.child_fds(lbd, t) for t in ("lbd: worker 0", "lbd: worker 1",
+                                                     "lbd: control")}
+
+        def settled(n):
+            """N workers, none draining, no control process exiting."""
+            def probe():
+                ws = lbd.snapshot()["workers"]
+                return (len(ws) == n and all(w["state"] == "running" for w in ws) and
+                        len(proc_children(lbd.pid)) == n + 1)
+            wait_for(probe, 30, what=f"{n} running workers and nothing else")
+
+        # The steering program detached and loaded again, the admin socket
+        # moved and back.
+        lbd.reload()
+        lbd.reload(cfg("kernel", admin2))
+        lbd.reload()
+        lbd.reload(cfg("client_ip", admin1))
+        lbd.reload()
+        for req in (b"", b"S", b"Sx", b"G", b"\xff" * 40):
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(control_socket_name(lbd.config_path))
+                c.sendall(req)
+                c.shutdown(socket.SHUT_WR)
+                c.settimeout(20)
+                c.recv(256)
+        for i in range(3):
+            if i == 1:
+                lbd.signal(signal.SIGTTIN)
+                settled(3)
+                lbd.signal(signal.SIGTTOU)
+                settled(2)
+                continue
+            for n in (3, 2):
+                r = subprocess.run([self.lbd_bin, "-S", str(n), "-c", lbd.config_path],
+                                   capture_output=True, text=True, timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                settled(n)
+        for new in (lbdtest.LBD_B, self.lbd_bin):
+            self.install(new)
+            self.upgrade(lbd)
+            self.wait_all_workers_run(lbd, exe_id(self.binary))
+        settled(2)
+        self.assertEqual(lbd.snapshot()["steering"]["mode"],
+                         "client_ip" if steering else "kernel")
+        after = master_fds(lbd.pid)
+        self.assertEqual(len(after), len(before),
+                         f"before: {sorted(before.items())}\nafter: {sorted(after.items())}")
+        self.assertEqual({t: self.child_fds(lbd, t) for t in kids}, kids,
+                         "the new workers and control process hold what the first ones held")
+        lbd.stop()
 
 
 if __name__ == "__main__":
