@@ -173,6 +173,18 @@ static int lb_rr_init(struct lb_balancer *b)
     return 0;
 }
 
+/* The cursor is shared by the workers: another one's tickets taken
+ * between ours can leave us only the turns of unusable servers (one of two
+ * drained: we take the first ticket, it takes the second, we take the
+ * third). Before saying "no server", look at the whole cycle once. */
+static int lb_rr_scan(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
+{
+    for (size_t j = 0; j < b->seq_len; j++)
+        if (lb_usable(b, b->seq[j], ctx))
+            return (int)b->seq[j];
+    return -1;
+}
+
 /* Slow start for the cycle and the ring: whether server I, usable, lets
  * this turn go (a random draw) or this key (its rank), at the share of
  * its ramp it is at. The draw only while it ramps. */
@@ -200,7 +212,7 @@ static int lb_rr_pick_ramp(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
         if (ramping < 0)
             ramping = (int)i;
     }
-    return ramping;
+    return ramping >= 0 ? ramping : lb_rr_scan(b, ctx);
 }
 
 static int lb_rr_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
@@ -217,7 +229,7 @@ static int lb_rr_pick(struct lb_balancer *b, const struct lb_pick_ctx *ctx)
         if (lb_usable(b, i, ctx))
             return (int)i;
     }
-    return -1;
+    return lb_rr_scan(b, ctx);
 }
 
 static void lb_rr_destroy(struct lb_balancer *b)

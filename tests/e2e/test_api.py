@@ -219,6 +219,19 @@ class ApiRuntimeTest(ApiTestCase):
         self.put(a, {"state": "ready"})
         self.assertEqual(self.counts(200), {"a": 100, "b": 100})
 
+    def test_drained_server_never_costs_a_503(self):
+        """Round robin's cursor is shared by the workers: with one of two
+        servers drained, a worker whose tickets all land on the drained
+        one (the other worker took the good tickets in between) must still
+        find the usable server, not answer 503. 4,000 requests over 8
+        connections and 2 workers: every one 200, all from b."""
+        a, b = self.start_backends("a", "b")
+        self.api_lbd([(a, 1), (b, 1)], strategy="round_robin")
+        self.put(a, {"state": "drain"})
+        per, bad = tally(run_requests(self.listen, [("/", ())] * 4000, nthreads=8))
+        self.assertEqual(bad, [])
+        self.assertEqual(per, {"b": 4000})
+
     def test_maint_stops_health_checks(self):
         """maint means no traffic at all: the health checks stop too (the
         backend's own request count does not move over 10 check intervals)

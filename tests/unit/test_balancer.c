@@ -779,6 +779,48 @@ START_TEST(test_backend_take)
 }
 END_TEST
 
+/* Round robin's cursor is shared by the workers: one of two servers
+ * drained, two processes picking at once. A process whose tickets all land
+ * on the drained server (the other took the good ones in between) must
+ * still find the usable one: never "no server" (a 503). */
+START_TEST(test_rr_shared_cursor_never_misses_a_usable_server)
+{
+    static const unsigned w[] = { 1, 1 };
+    struct test_pool tp;
+    make_pool(&tp, LB_STRATEGY_ROUND_ROBIN, w, 2);
+    atomic_store(&tp.shm[0].admin_state, LB_BACKEND_DRAIN);
+    struct shared {
+        lb_counter_t cursor;
+        _Atomic uint64_t misses;
+    } *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(sh, MAP_FAILED);
+    memset(sh, 0, sizeof(*sh));
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+        kids[k] = fork();
+        ck_assert_int_ge(kids[k], 0);
+        if (kids[k] == 0) {
+            struct lb_balancer b;
+            if (lb_balancer_init(&b, &tp.pool, tp.backends, &sh->cursor) < 0)
+                _exit(1);
+            for (int i = 0; i < 1000000; i++)
+                if (pick(&b) != 1)
+                    atomic_fetch_add(&sh->misses, 1);
+            lb_balancer_destroy(&b);
+            _exit(0);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        int st;
+        ck_assert_int_eq(waitpid(kids[k], &st, 0), kids[k]);
+        ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    uint64_t misses = atomic_load(&sh->misses);
+    ck_assert_msg(misses == 0, "%llu picks found no server", (unsigned long long)misses);
+    munmap(sh, sizeof(*sh));
+}
+END_TEST
+
 /* Four processes race for 3 places of one server in shared memory, as
  * workers do: none ever sees more than 3 taken. */
 START_TEST(test_backend_take_exact)
@@ -1057,6 +1099,7 @@ Suite *balancer_suite(void)
     tcase_add_test(tc, test_shared_cursor);
     tcase_add_test(tc, test_cursor_wraps);
     tcase_add_test(tc, test_rr_skips_unusable);
+    tcase_add_test(tc, test_rr_shared_cursor_never_misses_a_usable_server);
     tcase_add_test(tc, test_rr_proportions_with_one_down);
     suite_add_tcase(s, tc);
 
