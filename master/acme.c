@@ -295,13 +295,8 @@ static void lb_acme_post_send(struct lb_acme *a)
         lb_acme_request(a, a->new_nonce, NULL, true, NULL, lb_acme_nonce_answer);
         return;
     }
-    char *prot = NULL;
-    int n = a->kid[0] != '\0'
-            ? asprintf(&prot, "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}",
-                       a->kid, a->nonce, a->post_url)
-            : asprintf(&prot, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
-                       a->jwk, a->nonce, a->post_url);
-    if (n < 0) {
+    char *prot = lb_jws_protected(a->kid, a->jwk, a->nonce, a->post_url);
+    if (prot == NULL) {
         lb_acme_fail(a, "out of memory");
         return;
     }
