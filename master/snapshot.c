@@ -414,9 +414,12 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             lb_shm_error_get(be, error, sizeof(error));
             lb_json_write_stringn(out, error, sizeof(error));
             fputs("}", out);
+            /* "removed" as GET /api/pools says it: a runtime server taken
+             * out (discovery, DELETE) that still finishes its requests. */
+            bool removed = be->runtime && atomic_load(&be->rt_state) != LB_RT_ACTIVE;
             if (be->runtime)
-                fprintf(out, ",\"runtime\":\"%s\"",
-                        atomic_load(&be->rt_state) == LB_RT_DRAINING ? "draining" : "active");
+                fprintf(out, ",\"runtime\":\"%s\"", removed ? "draining" : "active");
+            fprintf(out, ",\"removed\":%s", removed ? "true" : "false");
             fputs("}", out);
             sfirst = false;
         }
