@@ -26,6 +26,7 @@
 #include "shared/log.h"
 #include "shared/shm.h"
 #include "shared/version.h"
+#include "worker/tls.h"
 
 #define LB_ACME_URL_MAX         1024
 #define LB_ACME_NONCE_MAX       256
@@ -294,13 +295,8 @@ static void lb_acme_post_send(struct lb_acme *a)
         lb_acme_request(a, a->new_nonce, NULL, true, NULL, lb_acme_nonce_answer);
         return;
     }
-    char *prot = NULL;
-    int n = a->kid[0] != '\0'
-            ? asprintf(&prot, "{\"alg\":\"ES256\",\"kid\":\"%s\",\"nonce\":\"%s\",\"url\":\"%s\"}",
-                       a->kid, a->nonce, a->post_url)
-            : asprintf(&prot, "{\"alg\":\"ES256\",\"jwk\":%s,\"nonce\":\"%s\",\"url\":\"%s\"}",
-                       a->jwk, a->nonce, a->post_url);
-    if (n < 0) {
+    char *prot = lb_jws_protected(a->kid, a->jwk, a->nonce, a->post_url);
+    if (prot == NULL) {
         lb_acme_fail(a, "out of memory");
         return;
     }
@@ -396,17 +392,7 @@ static int lb_acme_stored(struct lb_acme_name *n)
     if (x != NULL && k != NULL && X509_check_private_key(x, k) == 1) {
         n->not_before = lb_acme_time(X509_get0_notBefore(x));
         n->not_after = lb_acme_time(X509_get0_notAfter(x));
-        BIO *b = BIO_new(BIO_s_mem());
-        n->subject[0] = '\0';
-        if (b != NULL) {
-            X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
-            int len = BIO_read(b, n->subject, sizeof(n->subject) - 1);
-            n->subject[len > 0 ? len : 0] = '\0';
-            BIO_free(b);
-        }
-        for (char *p = n->subject; *p; p++)
-            if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"' || *p == '\\')
-                *p = '_';
+        lb_tls_subject(x, n->subject, sizeof(n->subject));
         rc = n->not_after > time(NULL) ? 0 : -1;
     }
     X509_free(x);

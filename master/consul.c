@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "master/discovery.h"
 #include "shared/json.h"
 
 int lb_consul_url(const struct lb_discovery_cfg *d, const char *index, char *out, size_t cap)
@@ -70,15 +71,7 @@ int lb_consul_parse(const char *body, size_t len, bool passing_only,
             if (lb_addr_parse(text, false, &s.addr, &bad) == 0) {
                 lb_addr_format(&s.addr, s.address, sizeof(s.address));
                 s.weight = weight < 1 ? 1 : weight > LB_WEIGHT_MAX ? LB_WEIGHT_MAX : (unsigned)weight;
-                bool dup = false;
-                for (size_t i = 0; i < *n && !dup; i++)
-                    dup = strcmp(out[i].address, s.address) == 0;
-                if (dup)
-                    bad = "duplicate address";
-                else if (*n >= max)
-                    bad = "no room (max_servers)";
-                else
-                    out[(*n)++] = s;
+                bad = lb_discovery_add(out, n, max, &s);
             }
         }
         if (bad != NULL && skipped != NULL)

@@ -636,6 +636,18 @@ fail:
     return NULL;
 }
 
+const char *lb_discovery_add(struct lb_runtime_server *out, size_t *n, size_t max,
+                             const struct lb_runtime_server *s)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(out[i].address, s->address) == 0)
+            return "duplicate address";
+    if (*n >= max)
+        return "no room (max_servers)";
+    out[(*n)++] = *s;
+    return NULL;
+}
+
 void lb_discovery_stop(struct lb_discovery *d)
 {
     if (d == NULL)

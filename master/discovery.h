@@ -23,6 +23,7 @@
 #include <event2/event.h>
 
 #include "shared/config.h"
+#include "shared/runtime.h"
 #include "shared/shm-t.h"
 
 struct lb_discovery;
@@ -32,5 +33,11 @@ struct lb_discovery;
 struct lb_discovery *lb_discovery_start(struct event_base *base, const struct lb_config *cfg,
                                         struct lb_shm_header *shm);
 void lb_discovery_stop(struct lb_discovery *d);
+
+/* Every source's parser: add S to OUT (*N of MAX in use) unless a server
+ * of that address is there already or OUT is full. NULL when added, else
+ * why not, for the entry's skipped line. */
+const char *lb_discovery_add(struct lb_runtime_server *out, size_t *n, size_t max,
+                             const struct lb_runtime_server *s);
 
 #endif

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "master/discovery.h"
+
 size_t lb_dns_query(uint8_t *buf, size_t cap, uint16_t id, const char *name, uint16_t type)
 {
     size_t n = strlen(name);
@@ -227,23 +229,13 @@ static void lb_dns_server(const uint8_t *addr, uint16_t type, unsigned port, uns
     s->weight = weight < 1 ? 1 : weight > LB_WEIGHT_MAX ? LB_WEIGHT_MAX : weight;
 }
 
-static size_t lb_dns_keep(struct lb_runtime_server *out, size_t n, size_t max,
-                          const struct lb_runtime_server *s,
-                          void (*skipped)(void *, const char *, const char *), void *arg)
+static void lb_dns_keep(struct lb_runtime_server *out, size_t *n, size_t max,
+                        const struct lb_runtime_server *s,
+                        void (*skipped)(void *, const char *, const char *), void *arg)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(out[i].address, s->address) == 0) {
-            if (skipped)
-                skipped(arg, s->address, "duplicate");
-            return n;
-        }
-    if (n >= max) {
-        if (skipped)
-            skipped(arg, s->address, "no room (max_servers)");
-        return n;
-    }
-    out[n] = *s;
-    return n + 1;
+    const char *why = lb_discovery_add(out, n, max, s);
+    if (why != NULL && skipped != NULL)
+        skipped(arg, s->address, why);
 }
 
 size_t lb_dns_servers(const struct lb_dns_answer *a, const struct lb_discovery_cfg *d,
@@ -255,7 +247,7 @@ size_t lb_dns_servers(const struct lb_dns_answer *a, const struct lb_discovery_c
     if (d->record != LB_DNS_SRV) {
         for (size_t i = 0; i < a->nanswer; i++) {
             lb_dns_server(a->answer[i].addr, a->answer[i].type, d->port, d->weight, &s);
-            n = lb_dns_keep(out, n, max, &s, skipped, arg);
+            lb_dns_keep(out, &n, max, &s, skipped, arg);
         }
         return n;
     }
@@ -282,7 +274,7 @@ size_t lb_dns_servers(const struct lb_dns_answer *a, const struct lb_discovery_c
                 continue;
             found = true;
             lb_dns_server(a->extra[k].addr, a->extra[k].type, r->port, r->weight, &s);
-            n = lb_dns_keep(out, n, max, &s, skipped, arg);
+            lb_dns_keep(out, &n, max, &s, skipped, arg);
         }
         if (!found && skipped)
             skipped(arg, entry, "no address for the target in the answer");

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "master/discovery.h"
 #include "shared/json.h"
 
 /* The key just past every key that starts with PREFIX: the prefix with
@@ -134,17 +135,8 @@ int lb_etcd_parse_range(const char *body, size_t len, int64_t *revision,
             bad = "bad key";
         else if (vlen < 0)
             bad = "value not base64 or over 1 KB";
-        else if (lb_etcd_value(val, (size_t)vlen, &s, &bad) == 0) {
-            bool dup = false;
-            for (size_t i = 0; i < *n && !dup; i++)
-                dup = strcmp(out[i].address, s.address) == 0;
-            if (dup)
-                bad = "duplicate address";
-            else if (*n >= max)
-                bad = "no room (max_servers)";
-            else
-                out[(*n)++] = s;
-        }
+        else if (lb_etcd_value(val, (size_t)vlen, &s, &bad) == 0)
+            bad = lb_discovery_add(out, n, max, &s);
         if (bad != NULL && skipped != NULL)
             skipped(arg, key, bad);
     }

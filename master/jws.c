@@ -173,6 +173,37 @@ static int lb_jws_es256(EVP_PKEY *key, const char *in, size_t len, unsigned char
     return rc;
 }
 
+char *lb_jws_protected(const char *kid, const char *jwk, const char *nonce, const char *url)
+{
+    char *prot = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&prot, &len);
+    if (f == NULL)
+        return NULL;
+    fputs("{\"alg\":\"ES256\",", f);
+    if (kid[0] != '\0') {
+        fputs("\"kid\":", f);
+        lb_json_write_string(f, kid);
+    } else {
+        fprintf(f, "\"jwk\":%s", jwk);
+    }
+    fputs(",\"nonce\":", f);
+    lb_json_write_string(f, nonce);
+    fputs(",\"url\":", f);
+    lb_json_write_string(f, url);
+    fputc('}', f);
+    if (ferror(f)) {
+        fclose(f);
+        free(prot);
+        return NULL;
+    }
+    if (fclose(f) != 0) {
+        free(prot);
+        return NULL;
+    }
+    return prot;
+}
+
 char *lb_jws_sign(EVP_PKEY *key, const char *protected_json, const char *payload)
 {
     size_t plen = strlen(protected_json), ylen = strlen(payload);

@@ -27,6 +27,12 @@ int lb_jws_jwk(struct evp_pkey_st *key, char *out, size_t cap);
 /* base64url(SHA-256(JWK)) into OUT (at least 44 bytes). 0 or -1. */
 int lb_jws_thumbprint(const char *jwk, char *out);
 
+/* The protected header {"alg":"ES256","kid"|"jwk":...,"nonce":...,"url":...}
+ * of an ACME request: with KID when it is not "" (an account's URL), else
+ * with JWK (the key's, JSON); KID, NONCE and URL come from the server and
+ * are escaped. malloc'd, or NULL. */
+char *lb_jws_protected(const char *kid, const char *jwk, const char *nonce, const char *url);
+
 /* The flattened JWS {"protected":...,"payload":...,"signature":...} of
  * PAYLOAD ("" for POST-as-GET) with header PROTECTED (JSON), signed ES256
  * by KEY; malloc'd, or NULL. */

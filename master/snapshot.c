@@ -217,20 +217,15 @@ static void lb_snapshot_faults(const struct lb_shm_header *h, FILE *out)
 
 void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
 {
-    char version[sizeof(h->version) + 1];
-    memcpy(version, h->version, sizeof(h->version));
-    version[sizeof(h->version)] = '\0';
-    for (char *c = version; *c; c++)
-        if (*c == '"' || *c == '\\' || (unsigned char)*c < 0x20)
-            *c = '?';       /* a make variable: no JSON escaping needed */
     fprintf(out, "{\"layout_version\":%u,\"master_pid\":%d,\"generation\":%llu,"
-                 "\"started_ms\":%llu,\"reloads\":%llu,\"reload_failures\":%llu,"
-                 "\"version\":\"%s\",\"upgrades\":%llu,\"upgrade_failures\":%llu,\"workers\":[",
+                 "\"started_ms\":%llu,\"reloads\":%llu,\"reload_failures\":%llu,\"version\":",
             h->layout_version, (int)atomic_load(&h->master_pid),
             (unsigned long long)atomic_load(&h->generation),
             (unsigned long long)atomic_load(&h->started_ms),
             (unsigned long long)atomic_load(&h->reloads),
-            (unsigned long long)atomic_load(&h->reload_failures), version,
+            (unsigned long long)atomic_load(&h->reload_failures));
+    lb_json_write_stringn(out, h->version, sizeof(h->version));
+    fprintf(out, ",\"upgrades\":%llu,\"upgrade_failures\":%llu,\"workers\":[",
             (unsigned long long)atomic_load(&h->upgrades),
             (unsigned long long)atomic_load(&h->upgrade_failures));
     unsigned used = atomic_load(&h->slots_used);
@@ -419,9 +414,12 @@ void lb_snapshot_write(const struct lb_shm_header *h, FILE *out)
             lb_shm_error_get(be, error, sizeof(error));
             lb_json_write_stringn(out, error, sizeof(error));
             fputs("}", out);
+            /* "removed" as GET /api/pools says it: a runtime server taken
+             * out (discovery, DELETE) that still finishes its requests. */
+            bool removed = be->runtime && atomic_load(&be->rt_state) != LB_RT_ACTIVE;
             if (be->runtime)
-                fprintf(out, ",\"runtime\":\"%s\"",
-                        atomic_load(&be->rt_state) == LB_RT_DRAINING ? "draining" : "active");
+                fprintf(out, ",\"runtime\":\"%s\"", removed ? "draining" : "active");
+            fprintf(out, ",\"removed\":%s", removed ? "true" : "false");
             fputs("}", out);
             sfirst = false;
         }

@@ -12,6 +12,7 @@
 
 #include <zookeeper/zookeeper.h>
 
+#include "master/discovery.h"
 #include "master/etcd.h"
 
 /* What the library's threads ask of the loop (bits of lb_zk.pending). */
@@ -253,15 +254,8 @@ static void lb_zk_apply(struct lb_zk *z, struct lb_zk_batch *b)
             z->ops->skipped(z->arg, entry, why);
             continue;
         }
-        bool dup = false;
-        for (size_t k = 0; k < n && !dup; k++)
-            dup = strcmp(v[k].address, s.address) == 0;
-        if (dup)
-            z->ops->skipped(z->arg, entry, "duplicate address");
-        else if (n >= z->max)
-            z->ops->skipped(z->arg, entry, "no room (max_servers)");
-        else
-            v[n++] = s;
+        if ((why = lb_discovery_add(v, &n, z->max, &s)) != NULL)
+            z->ops->skipped(z->arg, entry, why);
     }
     z->ops->servers(z->arg, v, n);
     free(v);

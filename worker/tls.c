@@ -396,21 +396,26 @@ static int lb_tls_load_cert(SSL_CTX *ctx, const struct lb_tls_cert_cfg *c, char 
     return 0;
 }
 
-/* Subject (RFC 2253) and notAfter of X into C; -1 with ERR when expired. */
-static int lb_tls_describe(X509 *x, struct lb_tls_cert_cfg *c, char *err, size_t errlen)
+void lb_tls_subject(struct x509_st *x, char *out, size_t outlen)
 {
-    c->subject[0] = '\0';
+    out[0] = '\0';
     BIO *b = BIO_new(BIO_s_mem());
     if (b != NULL) {
         X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
-        int n = BIO_read(b, c->subject, sizeof(c->subject) - 1);
-        c->subject[n > 0 ? n : 0] = '\0';
+        int n = BIO_read(b, out, (int)outlen - 1);
+        out[n > 0 ? n : 0] = '\0';
         BIO_free(b);
     }
     /* What reaches the JSON and the metrics' labels stays printable. */
-    for (char *p = c->subject; *p; p++)
+    for (char *p = out; *p; p++)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"' || *p == '\\')
             *p = '_';
+}
+
+/* Subject (RFC 2253) and notAfter of X into C; -1 with ERR when expired. */
+static int lb_tls_describe(X509 *x, struct lb_tls_cert_cfg *c, char *err, size_t errlen)
+{
+    lb_tls_subject(x, c->subject, sizeof(c->subject));
     struct tm tm;
     const ASN1_TIME *na = X509_get0_notAfter(x);
     c->not_after = ASN1_TIME_to_tm(na, &tm) == 1 ? (int64_t)timegm(&tm) : 0;

@@ -101,6 +101,11 @@ int lb_tls_connect(struct lb_conn *c, const struct lb_pool_tls_cfg *t, struct lb
  * server's address without its port), with no session: the health checks'.
  * NULL when out of memory. */
 struct ssl_st *lb_tls_client_new(const struct lb_pool_tls_cfg *t, const char *ip);
+struct x509_st;
+/* X's subject (RFC 2253) into OUT, printable ASCII without a quote or a
+ * backslash (those become '_'): it goes to the JSON and the metrics'
+ * labels as is. The master's ACME client uses it too. */
+void lb_tls_subject(struct x509_st *x, char *out, size_t outlen);
 /* ADDRESS ("1.2.3.4:443", "[::1]:443") without its port, into OUT. */
 void lb_tls_address_host(const char *address, char *out, size_t outlen);
 

@@ -168,10 +168,13 @@ class DnsDiscoveryTest(LbdTestCase):
             self._wait_set([b3.addr, b4.addr])
             lbd.wait_log(r"pool 'web': discovery \(dns web.test\): 2 server\(s\): 0 added, "
                          r"1 removed", since=off)
-            srv = [s for s in self._servers()["servers"] if s["address"] == b2.addr]
+            servers = self._servers()["servers"]
+            srv = [s for s in servers if s["address"] == b2.addr]
             self.assertEqual(len(srv), 1)
             self.assertEqual(srv[0]["runtime"], "draining")
             self.assertEqual(srv[0]["weight"], 0)
+            # /status marks it "removed" as GET /api/pools does, and only it
+            self.assertEqual([s["address"] for s in servers if s["removed"]], [b2.addr])
             time.sleep(0.3)     # requests of the load picked just before may end
             before = backend_count(b2)
             per, bad = tally(run_requests(lbd.listen, [("/", ())] * 60, nthreads=2))
@@ -273,8 +276,12 @@ class DnsDiscoveryTest(LbdTestCase):
                  what="the slow request in flight")
         self.dns.set_hosts([("127.0.0.3", "web.test")])
         self._wait_set([b3.addr])
-        srv = [s for s in self._servers()["servers"] if s["address"] == b2.addr][0]
+        servers = self._servers()["servers"]
+        srv = [s for s in servers if s["address"] == b2.addr][0]
         self.assertEqual(srv["runtime"], "draining")
+        # while it drains /status says "removed" of it, as GET /api/pools does
+        self.assertEqual({s["address"]: s["removed"] for s in servers},
+                         {b2.addr: True, b3.addr: False})
         t.join(15)
         self.assertEqual(len(out), 1)
         self.assertEqual((out[0].status, out[0].backend), (200, "b2"))

@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "master/jws.h"
+#include "shared/json.h"
 #include "tests/unit/suites.h"
 
 /* Verify JWS's ES256 signature over "protected.payload" with KEY. */
@@ -96,11 +97,43 @@ START_TEST(test_jws_key_and_signature)
 }
 END_TEST
 
+/* The header's kid, nonce and url come from the server: a quote or a
+ * backslash in them must stay inside their strings. */
+START_TEST(test_jws_protected_escapes)
+{
+    static const char url[] = "https://ca.test/acme/\"a\\b\"/order?x=\"}";
+    static const char kid[] = "https://ca.test/acct/1\",\"url\":\"https://evil\\";
+    char *p = lb_jws_protected(kid, "{}", "n\"1", url);
+    ck_assert_ptr_nonnull(p);
+    const char *why = NULL;
+    struct lb_json *j = lb_json_parse(p, strlen(p), &why);
+    ck_assert_msg(j != NULL, "not JSON (%s): %s", why ? why : "?", p);
+    ck_assert_str_eq(lb_json_str(lb_json_get(j, "alg")), "ES256");
+    ck_assert_str_eq(lb_json_str(lb_json_get(j, "kid")), kid);
+    ck_assert_str_eq(lb_json_str(lb_json_get(j, "nonce")), "n\"1");
+    ck_assert_str_eq(lb_json_str(lb_json_get(j, "url")), url);
+    ck_assert_ptr_null(lb_json_get(j, "jwk"));
+    lb_json_free(j);
+    free(p);
+    /* No kid yet (newAccount): the JWK, as JSON. */
+    p = lb_jws_protected("", "{\"kty\":\"EC\"}", "n", url);
+    ck_assert_ptr_nonnull(p);
+    j = lb_json_parse(p, strlen(p), &why);
+    ck_assert_msg(j != NULL, "not JSON (%s): %s", why ? why : "?", p);
+    ck_assert_str_eq(lb_json_str(lb_json_get(lb_json_get(j, "jwk"), "kty")), "EC");
+    ck_assert_ptr_null(lb_json_get(j, "kid"));
+    ck_assert_str_eq(lb_json_str(lb_json_get(j, "url")), url);
+    lb_json_free(j);
+    free(p);
+}
+END_TEST
+
 Suite *acme_suite(void)
 {
     Suite *s = suite_create("acme");
     TCase *tc = tcase_create("helpers");
     tcase_add_test(tc, test_jws_key_and_signature);
+    tcase_add_test(tc, test_jws_protected_escapes);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -7,11 +7,14 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "master/snapshot.h"
+#include "shared/json.h"
 #include "shared/shm.h"
 #include "shared/version.h"
 #include "tests/unit/suites.h"
@@ -796,6 +799,39 @@ START_TEST(test_attach_refuses)
 }
 END_TEST
 
+/* The version comes from a make variable (LBD_VERSION_EXTRA): whatever it
+ * holds reaches `lbd -s` and /status as it is, escaped. */
+START_TEST(test_snapshot_version_escaped)
+{
+    static const char v[] = "1.0 \"quoted\" C:\\x";
+    snprintf(shm.hdr->version, sizeof(shm.hdr->version), "%s", v);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(f);
+    lb_snapshot_write(shm.hdr, f);
+    fclose(f);
+    const char *why = NULL;
+    struct lb_json *j = lb_json_parse(buf, len, &why);
+    ck_assert_msg(j != NULL, "not JSON: %s", why ? why : "?");
+    ck_assert_str_eq(lb_json_str(lb_json_get(j, "version")), v);
+    lb_json_free(j);
+    free(buf);
+    /* A version that fills the field, with no NUL: all of it, no more. */
+    memset(shm.hdr->version, '"', sizeof(shm.hdr->version));
+    f = open_memstream(&buf, &len);
+    lb_snapshot_write(shm.hdr, f);
+    fclose(f);
+    j = lb_json_parse(buf, len, &why);
+    ck_assert_msg(j != NULL, "not JSON: %s", why ? why : "?");
+    const char *got = lb_json_str(lb_json_get(j, "version"));
+    ck_assert_uint_eq(strlen(got), sizeof(shm.hdr->version));
+    ck_assert(strspn(got, "\"") == sizeof(shm.hdr->version));
+    lb_json_free(j);
+    free(buf);
+}
+END_TEST
+
 Suite *shm_suite(void)
 {
     Suite *s = suite_create("shm");
@@ -815,6 +851,7 @@ Suite *shm_suite(void)
     tcase_add_test(tc, test_error_text_never_torn);
     tcase_add_test(tc, test_attach_readonly);
     tcase_add_test(tc, test_attach_refuses);
+    tcase_add_test(tc, test_snapshot_version_escaped);
     suite_add_tcase(s, tc);
     return s;
 }
