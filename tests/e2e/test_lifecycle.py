@@ -627,10 +627,16 @@ class ReloadTest(LbdTestCase):
         """A reload that lowers the worker count closes the sockets of the
         slots that go. Connections still queued on such a socket are handed
         to the remaining workers (net.ipv4.tcp_migrate_req, which lbd turns
-        on), not reset. Made deterministic: the worker of slot 2 is stopped
-        while clients connect, so its socket's queue fills; after the
-        reload to 1 worker it is killed, which closes the socket."""
+        on with steering "kernel", the harness's default; with "client_ip"
+        and the migrate program attached lbd leaves it alone), not reset.
+        Made deterministic: the worker of slot 2 is stopped while clients
+        connect, so its socket's queue fills; after the reload to 1 worker
+        it is killed, which closes the socket. In a network namespace of its
+        own: the sysctl is per namespace, and another lbd on the machine
+        (another test run) would otherwise turn it on first, or a parallel
+        run of this test off under our feet."""
         self.expect_worker_deaths()
+        self.enter_private_netns()
         sysctl = "/proc/sys/net/ipv4/tcp_migrate_req"
         try:
             # Off first (where we may), so that lbd is seen turning it on.
