@@ -184,9 +184,13 @@ int lb_instance_fetch(const char *config_path)
     if (fd < 0)
         return -1;
     int shm_fd = -1;
-    if (connect(fd, (struct sockaddr *)&sun, len) < 0 ||
-        send(fd, "G", 1, MSG_NOSIGNAL) != 1)
+    if (connect(fd, (struct sockaddr *)&sun, len) < 0)
         goto out;
+    /* A failed send is no failure: a master that got nothing from us
+     * within LB_INSTANCE_WAIT_MS (we were slow to run after connect) took
+     * us for an old client, sent the memfd and closed; the answer waits in
+     * our queue all the same. */
+    (void)send(fd, "G", 1, MSG_NOSIGNAL);
     struct timeval tv = { .tv_sec = 5 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     struct lb_fd_msg m;
@@ -208,7 +212,10 @@ out:;
     return shm_fd;
 }
 
-int lb_instance_scale_request(const char *config_path, unsigned n, char *reply, size_t len)
+/* One scale request: 1 when the master took us for an old client (our
+ * request came after LB_INSTANCE_WAIT_MS: it sent the memfd, ignored
+ * here, and closed before reading a byte), so asking again is safe. */
+static int lb_instance_scale_once(const char *config_path, unsigned n, char *reply, size_t len)
 {
     struct sockaddr_un sun;
     socklen_t alen = lb_instance_addr(config_path, &sun);
@@ -220,12 +227,16 @@ int lb_instance_scale_request(const char *config_path, unsigned n, char *reply, 
     struct timeval tv = { .tv_sec = 10 };
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     ssize_t got = -1;
-    if (connect(fd, (struct sockaddr *)&sun, alen) == 0 &&
-        send(fd, req, (size_t)rlen, MSG_NOSIGNAL) == rlen) {
+    bool again = false;
+    if (connect(fd, (struct sockaddr *)&sun, alen) == 0) {
+        /* EPIPE: the master closed before our request came (see above). */
+        again = send(fd, req, (size_t)rlen, MSG_NOSIGNAL) != rlen && errno == EPIPE;
         size_t have = 0;
-        while (have + 1 < len && (got = recv(fd, reply + have, len - 1 - have, 0)) > 0)
+        while (!again && have + 1 < len &&
+               (got = recv(fd, reply + have, len - 1 - have, 0)) > 0)
             have += (size_t)got;
         reply[have] = '\0';
+        again |= have == 1 && reply[0] == 'L';      /* the memfd's byte */
         got = have > 0 ? (ssize_t)have : -1;
         if (have == 0)
             errno = errno ? errno : ECONNRESET;
@@ -233,5 +244,18 @@ int lb_instance_scale_request(const char *config_path, unsigned n, char *reply, 
     int saved = errno;
     close(fd);
     errno = saved;
-    return got < 0 ? -1 : 0;
+    return again ? 1 : got < 0 ? -1 : 0;
+}
+
+int lb_instance_scale_request(const char *config_path, unsigned n, char *reply, size_t len)
+{
+    int rc = 1;
+    for (int i = 0; i < 5 && rc == 1; i++)
+        rc = lb_instance_scale_once(config_path, n, reply, len);
+    if (rc == 1) {
+        snprintf(reply, len, "no answer from lbd");
+        errno = ETIMEDOUT;
+        rc = -1;
+    }
+    return rc;
 }

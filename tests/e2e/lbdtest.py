@@ -57,6 +57,9 @@ class Timeout(AssertionError):
     pass
 
 
+CLONE_NEWNET = 0x40000000      # <sched.h>
+
+
 def wait_for(cond, timeout=10.0, interval=0.02, what="condition"):
     """Poll COND until it returns a true value; return that value.
     Raises Timeout (an AssertionError) after TIMEOUT seconds."""
@@ -856,7 +859,10 @@ class LbdTestCase(unittest.TestCase):
         self.lbd = None
         self.backends = []
         self._lbds = []
-        # Cleanups run in reverse: backends stop after lbd.
+        self._netns_back = None
+        # Cleanups run in reverse: backends stop after lbd, and the test
+        # leaves its network namespace (enter_private_netns) last.
+        self.addCleanup(self._leave_netns)
         self.addCleanup(self._stop_backends)
         self.addCleanup(self._stop_lbds)
 
@@ -898,6 +904,41 @@ class LbdTestCase(unittest.TestCase):
     def _stop_backends(self):
         for b in self.backends:
             b.stop()
+
+    def enter_private_netns(self):
+        """The rest of this test runs in a network namespace of its own:
+        this thread and what it starts (lbd, backends, client threads) get
+        a loopback, net.* sysctls and abstract unix sockets no other test
+        run on the machine shares. Call before starting anything. Skips
+        where the namespace cannot be made (fails with LBD_REQUIRE_BPF=1)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        if libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            os.close(back)
+            self.require_capability(f"no network namespace of our own (unshare: "
+                                    f"{os.strerror(err)})")
+        self._netns_back = back
+        try:
+            r = subprocess.run(["ip", "link", "set", "lo", "up"], stderr=subprocess.PIPE,
+                               timeout=10)
+            why = r.stderr.decode(errors="replace").strip() if r.returncode else None
+        except OSError as e:
+            why = repr(e)
+        if why is not None:
+            self.require_capability(f"cannot bring up lo in a new network namespace: {why}")
+
+    def _leave_netns(self):
+        if self._netns_back is None:
+            return
+        fd, self._netns_back = self._netns_back, None
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.setns(fd, CLONE_NEWNET)
+        err = ctypes.get_errno()
+        os.close(fd)
+        if rc != 0:
+            raise OSError(err, f"cannot go back to the test run's network namespace: "
+                               f"{os.strerror(err)}")
 
     # -- helpers ------------------------------------------------------------
 

@@ -105,7 +105,11 @@ class AdminTest(LbdTestCase):
         pools = [{"name": "web", "servers": [(b.addr, 1) for b in bs], "health_check": HTTP_CHECK}]
         lbd = self._lbd(pools, routes=[("*", "/app", "web")])
         n = 90
-        per, bad = tally(run_requests(lbd.listen, [("/app?size=100", ())] * n, nthreads=3))
+        # A connection per request: a known connection count (over
+        # keep-alive connections it depends on how many of the client
+        # threads got a request before the others took them all).
+        per, bad = tally(run_requests(lbd.listen, [("/app?size=100", ())] * n, nthreads=3,
+                                      new_conn=True))
         self.assertEqual(bad, [])
         self.assertEqual(self.get("/nowhere").status, 404)
         wait_for(lambda: all(find_server(admin_status(self.admin), b.addr)["checks"]["ok"] >= 1
@@ -140,7 +144,7 @@ class AdminTest(LbdTestCase):
         self.assertEqual(m.value("lbd_requests_total"), n + 1)
         self.assertEqual(m.value("lbd_responses_total", code="2xx"), n)
         self.assertEqual(m.value("lbd_responses_total", code="4xx"), 1)
-        self.assertGreaterEqual(m.value("lbd_connections_total"), 4)
+        self.assertGreaterEqual(m.value("lbd_connections_total"), n + 1)
         self.assertEqual(m.value("lbd_config_reloads_total"), 0)
         self.assertEqual(m.value("lbd_config_reload_failures_total"), 0)
         self.assertEqual(m.value("lbd_build_info"), 1)

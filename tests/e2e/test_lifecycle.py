@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,7 +114,10 @@ class RespawnTest(LbdTestCase):
                 return ws and ws[0]["pid"] not in (0, vpid) and s
             snap = wait_for(respawned, 15, what=f"worker {vid} to be respawned")
             new_pid = [w for w in snap["workers"] if w["id"] == vid and w["state"] == "running"][0]["pid"]
-            self.assertEqual(proc_title(new_pid), f"lbd: worker {vid}")
+            # The master publishes the pid right after fork(); the child
+            # titles itself a moment later.
+            wait_for(lambda: proc_title(new_pid) == f"lbd: worker {vid}", 15,
+                     what=f"pid {new_pid} to be titled 'lbd: worker {vid}'")
             self.assertEqual(lbd.worker_pids()[vid], new_pid)
             self.assertFalse(pid_alive(vpid))
             at_respawn = load.count()
@@ -623,10 +627,16 @@ class ReloadTest(LbdTestCase):
         """A reload that lowers the worker count closes the sockets of the
         slots that go. Connections still queued on such a socket are handed
         to the remaining workers (net.ipv4.tcp_migrate_req, which lbd turns
-        on), not reset. Made deterministic: the worker of slot 2 is stopped
-        while clients connect, so its socket's queue fills; after the
-        reload to 1 worker it is killed, which closes the socket."""
+        on with steering "kernel", the harness's default; with "client_ip"
+        and the migrate program attached lbd leaves it alone), not reset.
+        Made deterministic: the worker of slot 2 is stopped while clients
+        connect, so its socket's queue fills; after the reload to 1 worker
+        it is killed, which closes the socket. In a network namespace of its
+        own: the sysctl is per namespace, and another lbd on the machine
+        (another test run) would otherwise turn it on first, or a parallel
+        run of this test off under our feet."""
         self.expect_worker_deaths()
+        self.enter_private_netns()
         sysctl = "/proc/sys/net/ipv4/tcp_migrate_req"
         try:
             # Off first (where we may), so that lbd is seen turning it on.
@@ -823,6 +833,75 @@ class SignalsTest(LbdTestCase):
         self.assertEqual(os.path.getsize(log + ".1"), old_size,
                          "something still writes to the moved log file")
 
+
+
+class ControlSocketTest(LbdTestCase):
+    """lbd -s and lbd -S talk to the master over its abstract socket. The
+    master waits LB_INSTANCE_WAIT_MS for a request byte (an old client sends
+    none), then answers with the memfd and closes: a client slow to send
+    after its connect used to fail with "Broken pipe"."""
+
+    def _lbd(self):
+        (b,) = self.start_backends("b1")
+        listen = f"127.0.0.1:{free_port()}"
+        return self.start_lbd(lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}],
+                                         workers=2), listen, workers=2)
+
+    def test_slow_client_is_answered(self):
+        """Under strace, the client's first send comes 400 ms after its
+        connect (the master gave up waiting after 200 ms): -s still gets the
+        snapshot, -S still scales (it asks again)."""
+        strace = shutil.which("strace")
+        if strace is None:
+            self.skipTest("no strace")
+        lbd = self._lbd()
+        slow = [strace, "-f", "-qq", "-o", os.devnull, "-e", "trace=sendto",
+                "-e", "inject=sendto:delay_enter=400000:when=1"]
+        # LeakSanitizer cannot run under a tracer (make asan builds).
+        env = dict(os.environ, ASAN_OPTIONS=":".join(
+            filter(None, [os.environ.get("ASAN_OPTIONS"), "detect_leaks=0"])))
+        r = subprocess.run(slow + ["true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=30)
+        if r.returncode != 0:
+            self.skipTest(f"strace cannot run here: {r.stderr.decode(errors='replace')}")
+        for _ in range(3):
+            r = subprocess.run(slow + [self.lbd_bin, "-s", "-c", lbd.config_path],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
+                               env=env)
+            self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+            self.assertEqual(json.loads(r.stdout)["master_pid"], lbd.pid)
+        r = subprocess.run(slow + [self.lbd_bin, "-S", "2", "-c", lbd.config_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
+                           env=env)
+        self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+        self.assertIn(b"lbd: ok", r.stdout)
+
+    def test_status_200_times_while_reloading(self):
+        """200 lbd -s in a row while the master reloads again and again:
+        not one fails."""
+        lbd = self._lbd()
+        stop = threading.Event()
+        sent = [0]
+
+        def reloader():
+            while not stop.is_set() and sent[0] < 400:
+                lbd.signal(signal.SIGHUP)
+                sent[0] += 1
+                stop.wait(0.05)
+        t = threading.Thread(target=reloader, daemon=True)
+        t.start()
+        failures = []
+        try:
+            for _ in range(200):
+                r = subprocess.run([self.lbd_bin, "-s", "-c", lbd.config_path],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=15)
+                if r.returncode != 0:
+                    failures.append(r.stderr.decode(errors="replace").strip())
+        finally:
+            stop.set()
+            t.join(10)
+        self.assertEqual(failures, [])
+        self.assertGreater(lbd.snapshot()["generation"], 1, "no reload happened meanwhile")
 
 class StartupTest(LbdTestCase):
 

@@ -30,10 +30,12 @@ class BurstMemoryTest(LbdTestCase):
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
             self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
 
-    def burst(self, n, target):
+    def burst(self, n, target, backend=None):
         """N connections at once, each with one request (in flight together:
-        TARGET delays its answer), every answer read. Returns the worker's
-        RSS with all of them open; they are closed on return."""
+        TARGET delays its answer; with BACKEND, its delayed requests are
+        waited for until all N are, so a slow client side cannot make the
+        burst smaller), every answer read. Returns the worker's RSS with
+        all of them open; they are closed on return."""
         socks = []
         try:
             for _ in range(n):
@@ -42,12 +44,15 @@ class BurstMemoryTest(LbdTestCase):
             req = b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"
             for s in socks:
                 s.sendall(req)
+            if backend is not None:
+                wait_for(lambda: backend.stats()["delayed"] == n, 120, interval=0.2,
+                         what=f"all {n} requests to wait at the backend together")
             ep = select.epoll()
             left = {}
             for s in socks:
                 ep.register(s.fileno(), select.EPOLLIN)
                 left[s.fileno()] = [s, b""]
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while left and time.monotonic() < deadline:
                 for fd, _ in ep.poll(1):
                     s, got = left[fd]
@@ -74,17 +79,21 @@ class BurstMemoryTest(LbdTestCase):
         (b,) = self.start_backends("b1")
         listen = f"127.0.0.1:{free_port()}"
         self.start_lbd(lbd_config(listen, [{"name": "web", "servers": [(b.addr, 1)]}],
-                                  workers=1), listen, workers=1)
+                                  workers=1, timeouts={"backend_response": "60s"}),
+                       listen, workers=1)
         self.worker = self.lbd.worker_pids()[0]
         self.assertEqual(self.get("/").status, 200)
         base = vm_rss_kib(self.worker)
-        peak = self.burst(BURST, b"/?delay=500")
+        # All BURST requests in flight together, whatever the machine's
+        # load: the delay outlasts sending them (seconds at worst) and the
+        # burst waits until the backend holds every one.
+        peak = self.burst(BURST, b"/?delay=8000", backend=b)
         self.assertGreater(peak - base, 8 * 1024,
                            f"the burst took too little to tell: {base} -> {peak} KiB")
-        wait_for(lambda: self.lbd.snapshot()["totals"]["active_connections"] == 0, 30,
+        wait_for(lambda: self.lbd.snapshot()["totals"]["active_connections"] == 0, 120,
                  what="every client connection to be gone")
         self.lbd.wait_log(rf"memory returned after a peak of {BURST} connections \(0 now\)",
-                          timeout=30)
+                          timeout=120)
         if sanitized(self.lbd_bin):
             return      # ASan's allocator keeps what it likes: the trim ran, that is all
         self.assertEqual(self.get("/").status, 200)
@@ -95,10 +104,10 @@ class BurstMemoryTest(LbdTestCase):
             rss.append(vm_rss_kib(self.worker))
             return rss[-1] <= bound
         try:
-            wait_for(fell, 30, interval=0.2, what="the worker's RSS to fall")
+            wait_for(fell, 120, interval=0.2, what="the worker's RSS to fall")
         except Timeout:
             self.fail(f"the worker's RSS stays at {rss[-1]} KiB after the burst (base {base} "
-                      f"KiB, peak {peak} KiB): not back to {bound} KiB within 30 s")
+                      f"KiB, peak {peak} KiB): not back to {bound} KiB within 120 s")
         self.assertEqual(self.lbd.worker_pids()[0], self.worker)
 
 

@@ -324,10 +324,13 @@ class RetryTest(LbdTestCase):
         """A pooled connection the backend closed as it was reused: the
         request goes again on a new one whatever the budget (here none:
         budget 0, min_retries 0), and is not counted as a retry; with
-        methods = "all" a POST with a body is resent whole too."""
+        methods = "all" a POST with a body is resent whole too. A fixed
+        keepalive: "auto" lets an idle connection go after a second or two
+        without requests (the pool tick), and on a loaded machine the next
+        request can come that late: it would find no pooled connection."""
         rb = RawBackend()
         self.addCleanup(rb.stop)
-        lbd = self._lbd([{"name": "web", "servers": [(rb.addr, 1)],
+        lbd = self._lbd([{"name": "web", "servers": [(rb.addr, 1)], "keepalive": 4,
                           "retries": {"attempts": 2, "budget": 0, "min_retries": 0,
                                       "methods": "all"}}], workers=1)
         self.assertEqual(self.get("/warm", lbd=lbd).status, 200)
