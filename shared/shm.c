@@ -609,6 +609,30 @@ void lb_shm_seq_unlock(_Atomic uint32_t *seq, uint32_t locked)
     atomic_store_explicit(seq, locked + 1, memory_order_release);
 }
 
+/* A seqlock reader's copy of an array of at most MAX elements of ELEM
+ * bytes, *COUNT of them, made while no writer held SEQ: their number in
+ * *N (0 when 100 tries all met a writer). */
+static void lb_shm_seq_copy(const _Atomic uint32_t *seq, void *out, const void *src,
+                            const uint32_t *count, uint32_t max, size_t elem, uint32_t *n)
+{
+    _Atomic uint32_t *sq = (_Atomic uint32_t *)seq;
+    *n = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        uint32_t before = atomic_load_explicit(sq, memory_order_acquire);
+        if (before & 1) {
+            sched_yield();
+            continue;
+        }
+        uint32_t k = *count < max ? *count : max;
+        memcpy(out, src, elem * k);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(sq, memory_order_relaxed) == before) {
+            *n = k;
+            return;
+        }
+    }
+}
+
 static void lb_shm_tls_new_key(struct lb_shm_ticket_key *k)
 {
     /* getrandom() of 80 bytes does not fail short once the pool is up;
@@ -658,24 +682,9 @@ int lb_shm_tls_key(const struct lb_shm_tls *t, const uint8_t *name,
 
 void lb_shm_tls_certs_get(const struct lb_shm_tls *t, struct lb_shm_tls_cert *out, uint32_t *n)
 {
-    _Atomic uint32_t *seq = (_Atomic uint32_t *)&t->cert_seq;
-    *n = 0;
-    for (int tries = 0; tries < 100; tries++) {
-        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
-        if (before & 1) {
-            sched_yield();
-            continue;
-        }
-        uint32_t k = t->ncerts < LB_SHM_TLS_CERTS ? t->ncerts : LB_SHM_TLS_CERTS;
-        memcpy(out, t->certs, sizeof(t->certs[0]) * k);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
-            for (uint32_t i = 0; i < k; i++)
-                out[i].subject[sizeof(out[i].subject) - 1] = '\0';
-            *n = k;
-            return;
-        }
-    }
+    lb_shm_seq_copy(&t->cert_seq, out, t->certs, &t->ncerts, LB_SHM_TLS_CERTS, sizeof(*out), n);
+    for (uint32_t i = 0; i < *n; i++)
+        out[i].subject[sizeof(out[i].subject) - 1] = '\0';
 }
 
 /* Every TLS listener of CFG gets its entry: the one of its address if
@@ -1162,25 +1171,10 @@ void lb_shm_acme_names_set(struct lb_shm_acme *a, const struct lb_shm_acme_name 
 
 void lb_shm_acme_names_get(const struct lb_shm_acme *a, struct lb_shm_acme_name *out, uint32_t *n)
 {
-    _Atomic uint32_t *seq = (_Atomic uint32_t *)&a->seq;
-    *n = 0;
-    for (int tries = 0; tries < 100; tries++) {
-        uint32_t before = atomic_load_explicit(seq, memory_order_acquire);
-        if (before & 1) {
-            sched_yield();
-            continue;
-        }
-        uint32_t k = a->nnames < LB_ACME_MAX_NAMES ? a->nnames : LB_ACME_MAX_NAMES;
-        memcpy(out, a->names, sizeof(*out) * k);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(seq, memory_order_relaxed) == before) {
-            for (uint32_t i = 0; i < k; i++) {
-                out[i].name[sizeof(out[i].name) - 1] = '\0';
-                out[i].error[sizeof(out[i].error) - 1] = '\0';
-            }
-            *n = k;
-            return;
-        }
+    lb_shm_seq_copy(&a->seq, out, a->names, &a->nnames, LB_ACME_MAX_NAMES, sizeof(*out), n);
+    for (uint32_t i = 0; i < *n; i++) {
+        out[i].name[sizeof(out[i].name) - 1] = '\0';
+        out[i].error[sizeof(out[i].error) - 1] = '\0';
     }
 }
 

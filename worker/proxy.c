@@ -582,6 +582,34 @@ static void lb_session_count_response(struct lb_session *s, int status)
         s->acc->status = status;
 }
 
+/* An answer lbd made itself (an error, a refusal, an ACME challenge) is in
+ * the client's buffer, SENT bytes: count and log it, then end the
+ * connection or wait for the next request on it. */
+static void lb_session_answered(struct lb_session *s, int status, size_t sent, bool keep)
+{
+    if (s->acc != NULL && s->acc->start_us == 0) {
+        /* Answered before a head was parsed (408, 414, 431, 400): logged too. */
+        snprintf(s->acc->request, sizeof(s->acc->request), "-");
+        s->acc->referer[0] = s->acc->user_agent[0] = s->acc->request_id[0] = '\0';
+        s->acc->start_us = lb_wall_us();
+    }
+    lb_session_sent(s, sent);
+    lb_session_count_response(s, status);
+    lb_session_log(s);
+    if (!keep) {
+        lb_session_linger(s);
+        return;
+    }
+    if (s->head_pending) {
+        evbuffer_drain(s->client->in, s->x->head_len);
+        lb_counter_add(&s->w->slot_stats->bytes_in, s->x->head_len);
+    }
+    s->served++;
+    lb_session_reset_request(s);
+    lb_session_set_idle(s);
+    s->resume_head = lb_conn_in_len(s->client) > 0;     /* see lb_client_write */
+}
+
 /* Answer STATUS, with the header lines EXTRA (EXTRA_LEN bytes) when given.
  * Once response bytes went out nothing can be said any more: the connection
  * is cut so the client sees a truncated response. A refusal by a rate limit
@@ -667,28 +695,7 @@ static void lb_session_answer(struct lb_session *s, int status, const char *extr
 #undef LB_ANSWER_PUT
     v.iov_len = n;
     evbuffer_commit_space(out, &v, 1);
-    if (s->acc != NULL && s->acc->start_us == 0) {
-        /* Refused before a head was parsed (408, 414, 431, 400): logged too. */
-        snprintf(s->acc->request, sizeof(s->acc->request), "-");
-        s->acc->referer[0] = s->acc->user_agent[0] = s->acc->request_id[0] = '\0';
-        s->acc->start_us = lb_wall_us();
-    }
-    lb_session_sent(s, evbuffer_get_length(out) - before);
-    lb_session_count_response(s, status);
-    lb_session_log(s);
-
-    if (!keep) {
-        lb_session_linger(s);
-        return;
-    }
-    if (s->head_pending) {
-        evbuffer_drain(s->client->in, s->x->head_len);
-        lb_counter_add(&s->w->slot_stats->bytes_in, s->x->head_len);
-    }
-    s->served++;
-    lb_session_reset_request(s);
-    lb_session_set_idle(s);
-    s->resume_head = lb_conn_in_len(s->client) > 0;     /* see lb_client_write */
+    lb_session_answered(s, status, evbuffer_get_length(out) - before, keep);
 }
 
 static void lb_session_error(struct lb_session *s, int status)
@@ -2297,26 +2304,7 @@ static bool lb_session_acme_http01(struct lb_session *s, const char *path, size_
         return true;
     }
     lb_log_info("acme: HTTP-01 challenge answered for token %.*s", (int)tlen, token);
-    if (s->acc != NULL && s->acc->start_us == 0) {
-        snprintf(s->acc->request, sizeof(s->acc->request), "-");
-        s->acc->referer[0] = s->acc->user_agent[0] = s->acc->request_id[0] = '\0';
-        s->acc->start_us = lb_wall_us();
-    }
-    lb_session_sent(s, evbuffer_get_length(out) - before);
-    lb_session_count_response(s, 200);
-    lb_session_log(s);
-    if (!keep) {
-        lb_session_linger(s);
-        return true;
-    }
-    if (s->head_pending) {
-        evbuffer_drain(s->client->in, s->x->head_len);
-        lb_counter_add(&s->w->slot_stats->bytes_in, s->x->head_len);
-    }
-    s->served++;
-    lb_session_reset_request(s);
-    lb_session_set_idle(s);
-    s->resume_head = lb_conn_in_len(s->client) > 0;
+    lb_session_answered(s, 200, evbuffer_get_length(out) - before, keep);
     return true;
 }
 
