@@ -477,15 +477,25 @@ static int lb_admin_add_server(struct lb_admin_req *r)
     return 201;
 }
 
+/* An object the API reads (GET, HEAD), changes (PUT) or resets (DELETE):
+ * the method checked, and the token for a change. 0, or the answer's
+ * status already written. */
+static int lb_admin_object_method(struct lb_admin_req *r, bool *put, bool *del)
+{
+    *put = lb_admin_method(r, "PUT");
+    *del = lb_admin_method(r, "DELETE");
+    if (!*put && !*del && !lb_admin_get(r))
+        return lb_admin_not_allowed(r, "GET, HEAD, PUT, DELETE");
+    return (*put || *del) ? lb_admin_auth(r) : 0;
+}
+
 /* PUT {"weight": N, "state": "drain"|"maint"|"ready"} (either or both),
  * DELETE (a static server: back to the file's values; a runtime one:
  * removed, it drains), GET. */
 static int lb_admin_server(struct lb_admin_req *r)
 {
-    bool put = lb_admin_method(r, "PUT"), del = lb_admin_method(r, "DELETE");
-    if (!put && !del && !lb_admin_get(r))
-        return lb_admin_not_allowed(r, "GET, HEAD, PUT, DELETE");
-    int rc = (put || del) ? lb_admin_auth(r) : 0;
+    bool put, del;
+    int rc = lb_admin_object_method(r, &put, &del);
     if (rc != 0)
         return rc;
     const struct lb_pool_cfg *pc = lb_admin_find_pool(r->a->cfg, r->seg[2]);
@@ -603,10 +613,8 @@ static int lb_admin_faults(struct lb_admin_req *r)
 /* PUT {"percent": P, "enabled": B} (either or both), DELETE, GET. */
 static int lb_admin_fault(struct lb_admin_req *r)
 {
-    bool put = lb_admin_method(r, "PUT"), del = lb_admin_method(r, "DELETE");
-    if (!put && !del && !lb_admin_get(r))
-        return lb_admin_not_allowed(r, "GET, HEAD, PUT, DELETE");
-    int rc = (put || del) ? lb_admin_auth(r) : 0;
+    bool put, del;
+    int rc = lb_admin_object_method(r, &put, &del);
     if (rc != 0)
         return rc;
     const struct lb_config *cfg = r->a->cfg;
